@@ -1,0 +1,393 @@
+"""Frozen configuration dataclasses, presets, validation and (de)serialisation.
+
+A run is described by one :class:`RunConfig` holding four sections: :class:`TaskConfig`,
+:class:`ModelConfig`, :class:`TrainConfig` and :class:`CheckpointSchedule`. Each section checks
+itself in ``__post_init__`` and raises :class:`~grokinterp.errors.ConfigError` whose message
+starts with the dotted field name (``"task.frac_train: ..."``). Values derived from others are
+properties, never class-body defaults (``d_head`` follows ``d_model / n_heads``, the vocabulary
+follows ``p``), so changing ``p`` can never leave a stale vocabulary behind.
+
+This module imports no torch: the CLI builds and validates configs before any heavy import.
+
+Example:
+    >>> cfg = make_config("tiny", p=29, lr=3e-3)
+    >>> cfg.task.p, cfg.model.d_vocab, cfg.train.lr
+    (29, 30, 0.003)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "TaskConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "CheckpointSchedule",
+    "RunConfig",
+    "PRESETS",
+    "make_config",
+]
+
+#: Version of the run-directory format written by this package. Readers refuse newer ones.
+FORMAT_VERSION = 1
+
+
+def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {msg}, got {value!r}")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+
+
+def _check_ints(obj: Any, section: str) -> None:
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if f.type in ("int",) and not _is_int(v):
+            raise ConfigError(f"{section}.{f.name}: must be an integer, got {v!r}")
+        if f.type in ("float",) and not _is_number(v):
+            raise ConfigError(f"{section}.{f.name}: must be a number, got {v!r}")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The algorithmic task: ``c = a ∘ b mod p`` and the train/test split.
+
+    Attributes:
+        p: modulus (≥ 3). The input vocabulary is ``p + 1`` tokens (``=`` is token ``p``).
+        operation: name in :data:`grokinterp.tasks.OPERATIONS` (``add`` by default).
+        frac_train: fraction of the valid pairs used for training, in (0, 1).
+        split_seed: seed of the split permutation (independent of the model's init seed).
+    """
+
+    p: int = 113
+    operation: str = "add"
+    frac_train: float = 0.3
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        from .tasks import get_operation, is_prime
+
+        _check_ints(self, "task")
+        _require(self.p >= 3, "task.p", "must be at least 3", self.p)
+        _require(0.0 < float(self.frac_train) < 1.0, "task.frac_train", "must lie in (0, 1)", self.frac_train)
+        _require(self.split_seed >= 0, "task.split_seed", "must be non-negative", self.split_seed)
+        op = get_operation(self.operation)
+        if op.requires_prime and not is_prime(self.p):
+            raise ConfigError(
+                f"task.p: operation {self.operation!r} is only defined for prime p, got {self.p}"
+            )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the hooked transformer (paper defaults).
+
+    The vocabulary is not a free field: :class:`RunConfig` passes ``p`` so that ``d_vocab = p + 1``
+    and ``d_vocab_out = p`` are always consistent with the task.
+
+    Attributes:
+        p: modulus of the task (sets the vocabulary sizes).
+        d_model: residual width; must be divisible by ``n_heads``.
+        n_heads: attention heads per layer; ``d_head = d_model // n_heads``.
+        d_mlp: MLP width (neurons).
+        n_layers: number of blocks (the paper uses 1; the fast training path needs 1).
+        act_fn: MLP non-linearity, ``relu`` or ``gelu``.
+        n_ctx: context length (3 for ``[a, b, =]``).
+        init_seed: seed of the parameter initialisation (independent of the split seed).
+    """
+
+    p: int = 113
+    d_model: int = 128
+    n_heads: int = 4
+    d_mlp: int = 512
+    n_layers: int = 1
+    act_fn: str = "relu"
+    n_ctx: int = 3
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_ints(self, "model")
+        _require(self.p >= 3, "model.p", "must be at least 3", self.p)
+        for name in ("d_model", "n_heads", "d_mlp", "n_layers", "n_ctx"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "must be positive", getattr(self, name))
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model: must be divisible by model.n_heads ({self.n_heads}), got {self.d_model}"
+            )
+        _require(self.act_fn in ("relu", "gelu"), "model.act_fn", "must be 'relu' or 'gelu'", self.act_fn)
+        _require(self.init_seed >= 0, "model.init_seed", "must be non-negative", self.init_seed)
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def d_vocab(self) -> int:
+        """Input vocabulary: the residues ``0..p-1`` and ``=`` (token ``p``)."""
+        return self.p + 1
+
+    @property
+    def d_vocab_out(self) -> int:
+        """Output vocabulary: the residues only (``=`` has no output logit)."""
+        return self.p
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Full-batch AdamW training (paper recipe by default).
+
+    Attributes:
+        epochs: number of full-batch steps (≥ 0).
+        lr: peak learning rate.
+        weight_decay: decoupled (AdamW) weight decay.
+        beta1, beta2: Adam betas (paper: 0.9, 0.98).
+        warmup_epochs: linear warm-up of the learning rate over this many steps (0 = none;
+            the paper's code uses 10).
+        eval_every: test loss/accuracy and train accuracy are recorded every this many epochs
+            (train loss is recorded every epoch).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        fast_path: train on final-position logits from per-(position, token) tables (1-layer
+            models); ``False`` uses the general hooked forward.
+    """
+
+    epochs: int = 40_000
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.98
+    warmup_epochs: int = 10
+    eval_every: int = 100
+    device: str = "auto"
+    fast_path: bool = True
+
+    def __post_init__(self) -> None:
+        _check_ints(self, "train")
+        _require(self.epochs >= 0, "train.epochs", "must be non-negative", self.epochs)
+        _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", "must be a positive number", self.lr)
+        _require(
+            math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+            "train.weight_decay", "must be non-negative", self.weight_decay,
+        )
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _require(0.0 <= v < 1.0, f"train.{name}", "must lie in [0, 1)", v)
+        _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be non-negative", self.warmup_epochs)
+        _require(self.eval_every >= 1, "train.eval_every", "must be positive", self.eval_every)
+        dev = str(self.device)
+        ok = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
+        _require(ok, "train.device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
+        _require(isinstance(self.fast_path, bool), "train.fast_path", "must be true or false", self.fast_path)
+
+    def lr_at(self, epoch: int) -> float:
+        """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``."""
+        if self.warmup_epochs <= 0:
+            return self.lr
+        return self.lr * min((epoch + 1) / self.warmup_epochs, 1.0)
+
+
+@dataclass(frozen=True)
+class CheckpointSchedule:
+    """When to snapshot the parameters, and how many snapshots go into one shard file.
+
+    Epoch ``e`` means "after ``e`` full-batch steps"; epoch 0 (the initialisation) and the final
+    epoch are always included.
+
+    Attributes:
+        every: a checkpoint every this many epochs (default 100).
+        windows: dense windows ``(start, stop, every)``: a checkpoint every ``every`` epochs in
+            ``[start, stop]`` (e.g. ``((1000, 15000, 10),)``).
+        log_early: this many log-spaced checkpoints between epoch 1 and ``every`` (the first steps
+            change the weights fastest).
+        flush_every: snapshots per shard; they wait in a device-side buffer until then.
+
+    Example:
+        >>> CheckpointSchedule(every=100, windows=((200, 300, 50),)).epochs(400).tolist()
+        [0, 100, 200, 250, 300, 400]
+    """
+
+    every: int = 100
+    windows: tuple[tuple[int, int, int], ...] = ()
+    log_early: int = 0
+    flush_every: int = 50
+
+    def __post_init__(self) -> None:
+        _check_ints(self, "checkpoints")
+        _require(self.every >= 1, "checkpoints.every", "must be positive", self.every)
+        _require(self.log_early >= 0, "checkpoints.log_early", "must be non-negative", self.log_early)
+        _require(self.flush_every >= 1, "checkpoints.flush_every", "must be positive", self.flush_every)
+        try:
+            windows = tuple(tuple(int(x) for x in w) for w in self.windows)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"checkpoints.windows: must be a list of (start, stop, every) triples, got {self.windows!r}"
+            ) from None
+        for w in windows:
+            if len(w) != 3 or w[0] < 0 or w[1] < w[0] or w[2] < 1:
+                raise ConfigError(
+                    f"checkpoints.windows: each window must be (start ≥ 0, stop ≥ start, every ≥ 1), got {w!r}"
+                )
+        object.__setattr__(self, "windows", windows)
+
+    def epochs(self, n_epochs: int) -> np.ndarray:
+        """Sorted unique checkpoint epochs in ``[0, n_epochs]`` (int64)."""
+        pts = set(range(0, n_epochs + 1, self.every))
+        pts.add(n_epochs)
+        for start, stop, step in self.windows:
+            pts.update(range(start, min(stop, n_epochs) + 1, step))
+        if self.log_early and min(self.every, n_epochs) > 1:
+            hi = min(self.every, n_epochs)
+            pts.update(int(x) for x in np.unique(np.round(np.geomspace(1, hi, self.log_early + 1))))
+        return np.array(sorted(pts), dtype=np.int64)
+
+
+_SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "checkpoints": CheckpointSchedule}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; serialised into the run directory's ``run.json``.
+
+    ``model.p`` must equal ``task.p`` (use :func:`make_config`, which keeps them in step).
+    """
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoints: CheckpointSchedule = field(default_factory=CheckpointSchedule)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"{name}: must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.model.p != self.task.p:
+            raise ConfigError(f"model.p: must equal task.p ({self.task.p}), got {self.model.p}")
+        if self.model.n_ctx != 3:
+            raise ConfigError(f"model.n_ctx: the [a, b, =] tasks need n_ctx = 3, got {self.model.n_ctx}")
+
+    def checkpoint_epochs(self) -> np.ndarray:
+        return self.checkpoints.epochs(self.train.epochs)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """A JSON-ready nested dict (tuples become lists)."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "config") -> "RunConfig":
+        """Rebuild from :meth:`to_dict` output, strictly: unknown or missing fields raise.
+
+        ``source`` names where the dict came from (a file path) in error messages.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the config must be a JSON object, got {type(data).__name__}")
+        extra = set(data) - set(_SECTIONS)
+        missing = set(_SECTIONS) - set(data)
+        if extra or missing:
+            raise ConfigError(
+                f"{source}: config sections {sorted(missing)} missing, {sorted(extra)} unexpected"
+            )
+        kwargs = {}
+        for name, sec_cls in _SECTIONS.items():
+            sec = data[name]
+            if not isinstance(sec, dict):
+                raise ConfigError(f"{source}: {name} must be a JSON object, got {type(sec).__name__}")
+            names = {f.name for f in fields(sec_cls)}
+            extra, missing = set(sec) - names, names - set(sec)
+            if extra:
+                raise ConfigError(f"{source}: unexpected field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))}")
+            if missing:
+                raise ConfigError(f"{source}: missing field(s) {', '.join(f'{name}.{m}' for m in sorted(missing))}")
+            try:
+                kwargs[name] = sec_cls(**sec)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{source}: {name}: {e}") from None
+        return cls(**kwargs)
+
+    def replace(self, **overrides: Any) -> "RunConfig":
+        """A copy with fields overridden by bare name (``p=97``, ``lr=3e-3``, ``every=50``)."""
+        return _apply_overrides(self, overrides)
+
+
+def _field_owner() -> dict[str, list[str]]:
+    owner: dict[str, list[str]] = {}
+    for sec, cls in _SECTIONS.items():
+        for f in fields(cls):
+            owner.setdefault(f.name, []).append(sec)
+    return owner
+
+
+def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    owner = _field_owner()
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    for key, value in overrides.items():
+        if "." in key:
+            sec, name = key.split(".", 1)
+            if sec not in _SECTIONS or name not in {f.name for f in fields(_SECTIONS[sec])}:
+                raise ConfigError(f"{key}: no such config field")
+            per_section[sec][name] = value
+            if name == "p":  # keep the model's vocabulary in step with the task
+                per_section["task" if sec == "model" else "model"]["p"] = value
+            continue
+        if key not in owner:
+            raise ConfigError(f"{key}: no such config field; fields: {', '.join(sorted(owner))}")
+        for sec in owner[key]:  # 'p' lives in task and model: set both
+            per_section[sec][key] = value
+    sections = {
+        s: dataclasses.replace(getattr(cfg, s), **kw) if kw else getattr(cfg, s)
+        for s, kw in per_section.items()
+    }
+    return RunConfig(**sections)
+
+
+def _preset_paper() -> RunConfig:
+    return RunConfig()
+
+
+def _preset_quick() -> RunConfig:
+    return _apply_overrides(
+        RunConfig(),
+        dict(p=113, frac_train=0.3, epochs=12_000, lr=1e-3, weight_decay=1.0, eval_every=50,
+             every=50, log_early=8, flush_every=40),
+    )
+
+
+def _preset_tiny() -> RunConfig:
+    return _apply_overrides(
+        RunConfig(),
+        dict(p=23, frac_train=0.6, d_model=32, n_heads=4, d_mlp=64, epochs=300, lr=3e-3,
+             eval_every=10, every=20, log_early=4, flush_every=5, device="cpu"),
+    )
+
+
+#: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs).
+#: ``quick``: groks on a 2-core CPU in minutes and shows the phases. ``tiny``: seconds, for tests.
+PRESETS = {"paper": _preset_paper, "quick": _preset_quick, "tiny": _preset_tiny}
+
+
+def make_config(preset: str = "quick", **overrides: Any) -> RunConfig:
+    """A preset's :class:`RunConfig` with fields overridden by name.
+
+    Args:
+        preset: ``paper``, ``quick`` (default) or ``tiny``.
+        **overrides: any config field by bare name (``p``, ``lr``, ``every``) or dotted name
+            (``train.epochs``). ``p`` updates both the task and the model.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    return _apply_overrides(PRESETS[preset](), overrides)

@@ -1,0 +1,190 @@
+"""Final-position logits of a one-layer model, computed from per-(position, token) tables.
+
+The loss of an ``[a, b, =]`` task needs only the logits at the last position. In a one-layer
+model the keys and values of a position depend only on that position's token, so everything the
+last position reads is a table indexed by ``(position, token)``:
+
+* the query is that of the ``=`` token (the same for every example), so the attention score of
+  key position ``j`` is a table ``S[j, token, head]``;
+* value → ``W_O`` → (``W_in`` | ``W_U``) folds into ``T[j, token, head, d_mlp + vocab]``: what one
+  head, attending fully to ``token`` at position ``j``, adds to the MLP pre-activations and to
+  the direct-path logits;
+* per example, the MLP input is the attention-weighted sum of a handful of rows of ``T``: an
+  ``embedding_bag`` whose backward we compute with a transposed bag (table gradient) and a
+  sampled dense-dense product (attention-weight gradient) over a sparsity pattern built once;
+* the unembedding of the MLP goes through ``W_L = W_out @ W_U`` (``[d_mlp, vocab]``).
+
+So a training step costs about one ``[batch, d_mlp] @ [d_mlp, vocab]`` product forward and two
+backward, instead of the full model at every position. :func:`final_logits` equals
+``model(tokens)[:, -1]`` up to float32 rounding (tested to 1e-5).
+
+Example:
+    >>> plan = FastPlan.build(model.cfg, tokens)                       # doctest: +SKIP
+    >>> logits = final_logits(dict(model.named_parameters()), plan)    # [batch, vocab]
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+
+__all__ = ["FastPlan", "final_logits", "fast_path_unsupported"]
+
+
+def fast_path_unsupported(cfg: ModelConfig, tokens: Tensor) -> str | None:
+    """Why the table fast path cannot run on ``tokens`` (``None`` when it can)."""
+    if cfg.n_layers != 1:
+        return f"the fast path needs n_layers = 1 (got {cfg.n_layers})"
+    if tokens.ndim != 2 or tokens.shape[1] != cfg.n_ctx or tokens.shape[0] == 0:
+        return f"tokens must be [batch ≥ 1, {cfg.n_ctx}], got {list(tokens.shape)}"
+    if not bool((tokens[:, -1] == tokens[0, -1]).all()):
+        return "the last token must be the same for every example"
+    return None
+
+
+class _Bag(torch.autograd.Function):
+    """``out[b] = Σ_i w[b, i] · table[idx[b, i]]`` with a backward built for a fixed ``idx``."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, table: Tensor, plan: "FastPlan") -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w, table)
+        ctx.plan = plan
+        return F.embedding_bag(plan.bag_idx, table, per_sample_weights=w, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        w, table = ctx.saved_tensors
+        plan: FastPlan = ctx.plan
+        grad = grad.contiguous()
+        grad_w = grad_table = None
+        if ctx.needs_input_grad[1]:
+            # table row r collects Σ w[b, i] grad[b] over the (b, i) that point at r:
+            # the same bag, transposed (built once per token set).
+            grad_table = F.embedding_bag(
+                plan.t_rows, grad, plan.t_offsets, per_sample_weights=w.reshape(-1)[plan.t_perm],
+                mode="sum", include_last_offset=True,
+            )
+        if ctx.needs_input_grad[0]:
+            # grad_w[b, i] = grad[b] · table[idx[b, i]]: a sampled dense-dense product.
+            grad_w = torch.sparse.sampled_addmm(plan.pattern, grad, table.t(), beta=0.0)
+            grad_w = grad_w.values().view_as(w)
+        return grad_w, grad_table, None
+
+
+@dataclass(eq=False)
+class FastPlan:
+    """Index structures for :func:`final_logits` on one fixed set of token sequences.
+
+    Built once per token set (the training set, the test set, the full grid) and reused every
+    step. ``vary`` are the positions whose token differs between examples (``a`` and ``b``);
+    the others hold one token each (``=``) and are handled densely.
+    """
+
+    cfg: ModelConfig
+    n_examples: int
+    vary: tuple[int, ...]
+    const_tokens: dict[int, int]
+    score_idx: Tensor  # [batch, n_ctx] rows of the flattened score table
+    bag_idx: Tensor  # [batch, len(vary) * n_heads] rows of the flattened value table
+    t_rows: Tensor  # transposed bag: example indices sorted by table row
+    t_offsets: Tensor  # [rows + 1] CSR offsets of the transposed bag
+    t_perm: Tensor  # order of the flattened bag entries in the transposed bag
+    pattern: Tensor  # sparse CSR [batch, rows] with the bag's sparsity
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, tokens: Tensor) -> "FastPlan":
+        reason = fast_path_unsupported(cfg, tokens)
+        if reason:
+            raise ValueError(reason)
+        tokens = tokens.long()
+        dev = tokens.device
+        n, n_ctx, H, V = tokens.shape[0], cfg.n_ctx, cfg.n_heads, cfg.d_vocab
+        const = {j: int(tokens[0, j]) for j in range(n_ctx) if bool((tokens[:, j] == tokens[0, j]).all())}
+        vary = tuple(j for j in range(n_ctx) if j not in const)
+        score_idx = torch.arange(n_ctx, device=dev) * V + tokens
+        heads = torch.arange(H, device=dev)
+        if vary:
+            v = torch.tensor(vary, device=dev)
+            bag_idx = ((v * V)[None, :, None] + tokens[:, v, None]) * H + heads  # [n, |vary|, H]
+            bag_idx = bag_idx.reshape(n, -1).contiguous()
+        else:
+            bag_idx = torch.zeros(n, 0, dtype=torch.long, device=dev)
+        k = bag_idx.shape[1]
+        rows = n_ctx * V * H
+        flat = bag_idx.reshape(-1)
+        t_perm = torch.argsort(flat, stable=True)
+        t_rows = torch.div(t_perm, max(k, 1), rounding_mode="floor")
+        t_offsets = torch.zeros(rows + 1, dtype=torch.long, device=dev)
+        t_offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=rows), 0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(
+                torch.arange(0, n * k + 1, max(k, 1), device=dev)[: n + 1] if k else torch.zeros(n + 1, dtype=torch.long, device=dev),
+                flat, torch.zeros(n * k, device=dev), size=(n, rows),
+            )
+        return cls(cfg, n, vary, const, score_idx, bag_idx, t_rows, t_offsets, t_perm, pattern)
+
+    def to(self, device: torch.device | str) -> "FastPlan":
+        """The same plan with its tensors on ``device``."""
+        moved = {
+            name: getattr(self, name).to(device)
+            for name in ("score_idx", "bag_idx", "t_rows", "t_offsets", "t_perm", "pattern")
+        }
+        return FastPlan(self.cfg, self.n_examples, self.vary, self.const_tokens, **moved)
+
+
+def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
+    """Logits at the last position ``[batch, d_vocab_out]`` from the parameter dict.
+
+    Args:
+        params: TransformerLens-named parameters of a one-layer model (``model.named_parameters()``).
+        plan: :class:`FastPlan` of the token set.
+
+    Notes:
+        With ``EP[j, t] = W_E[t] + W_pos[j]``, query ``q_h = EP[last, =] W_Q[h]``, scores
+        ``S[j, t, h] = EP[j, t] · (W_K[h] q_h) / sqrt(d_head)`` and
+        ``T[j, t, h] = EP[j, t] W_V[h] W_O[h] [W_in | W_U]``:
+        ``[pre | direct] = EP[last, =][W_in | W_U] + Σ_{j,h} softmax_j(S)[j, h] T[j, tok_j, h]``,
+        ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
+    """
+    cfg = plan.cfg
+    n_ctx, V, H, dm = cfg.n_ctx, cfg.d_vocab, cfg.n_heads, cfg.d_mlp
+    W_E, W_pos = params["embed.W_E"], params["pos_embed.W_pos"]
+    W_Q, W_K = params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"]
+    W_V, W_O = params["blocks.0.attn.W_V"], params["blocks.0.attn.W_O"]
+    W_in, b_in = params["blocks.0.mlp.W_in"], params["blocks.0.mlp.b_in"]
+    W_out, b_out = params["blocks.0.mlp.W_out"], params["blocks.0.mlp.b_out"]
+    W_U = params["unembed.W_U"]
+
+    last = n_ctx - 1
+    eq = plan.const_tokens[last]
+    EP = W_E.unsqueeze(0) + W_pos[:n_ctx].unsqueeze(1)  # [pos, vocab, d_model]
+    x_last = EP[last, eq]  # [d_model]
+    q = torch.einsum("d,hde->he", x_last, W_Q)
+    kq = torch.einsum("hde,he->dh", W_K, q) / math.sqrt(cfg.d_head)  # [d_model, head]
+    S = EP.reshape(n_ctx * V, -1) @ kq  # [pos * vocab, head]
+    pattern = F.embedding(plan.score_idx, S).softmax(dim=1)  # [batch, pos, head]
+
+    W_read = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + vocab]
+    OV_read = torch.einsum("hed,dk->hek", W_O, W_read)  # [head, d_head, d_mlp + vocab]
+    vals = torch.einsum("pvd,hde->hpve", EP, W_V).reshape(H, n_ctx * V, -1)
+    T = torch.bmm(vals, OV_read)  # [head, pos * vocab, k]
+    T = T.reshape(H, n_ctx, V, -1).permute(1, 2, 0, 3)  # [pos, vocab, head, k]
+
+    out = x_last @ W_read  # [k], broadcast below
+    if plan.vary:
+        w = pattern[:, list(plan.vary), :].reshape(plan.n_examples, -1)
+        out = _Bag.apply(w, T.reshape(n_ctx * V * H, -1), plan) + out
+    for j, tok in plan.const_tokens.items():
+        out = torch.addmm(out, pattern[:, j, :], T[j, tok])
+    pre = out[:, :dm] + b_in
+    post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
+    W_L = W_out @ W_U
+    return torch.addmm(out[:, dm:] + b_out @ W_U, post, W_L)

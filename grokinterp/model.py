@@ -1,0 +1,244 @@
+"""The hooked one-layer transformer of Nanda et al. 2023, on TransformerLens' ``HookedRootModule``.
+
+Parameter names, shapes and hook names follow TransformerLens, so code written for its models
+reads ours unchanged:
+
+=========================  ===============================  ==============================
+parameter                  shape                            init (paper's code)
+=========================  ===============================  ==============================
+``embed.W_E``              ``[d_vocab, d_model]``           N(0, 1/d_model)
+``pos_embed.W_pos``        ``[n_ctx, d_model]``             N(0, 1/d_model)
+``blocks.L.attn.W_Q/K/V``  ``[n_heads, d_model, d_head]``   N(0, 1/d_model)
+``blocks.L.attn.W_O``      ``[n_heads, d_head, d_model]``   N(0, 1/d_model)
+``blocks.L.mlp.W_in``      ``[d_model, d_mlp]``             N(0, 1/d_model)
+``blocks.L.mlp.b_in``      ``[d_mlp]``                      0
+``blocks.L.mlp.W_out``     ``[d_mlp, d_model]``             N(0, 1/d_model)
+``blocks.L.mlp.b_out``     ``[d_model]``                    0
+``unembed.W_U``            ``[d_model, d_vocab_out]``       N(0, 1/d_vocab)
+=========================  ===============================  ==============================
+
+No LayerNorm, no attention biases, no unembedding bias; causal attention scaled by
+``1/sqrt(d_head)``. Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,
+``blocks.L.attn.hook_q/k/v`` ``[batch, pos, n_heads, d_head]``, ``blocks.L.attn.hook_attn_scores``
+and ``hook_pattern`` ``[batch, n_heads, query_pos, key_pos]``, ``blocks.L.attn.hook_z``,
+``blocks.L.hook_attn_out``, ``blocks.L.hook_resid_mid``, ``blocks.L.mlp.hook_pre/hook_post``
+``[batch, pos, d_mlp]``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``.
+
+Initialisation draws every parameter from one ``torch.Generator`` seeded with
+``ModelConfig.init_seed`` in the fixed order of :func:`param_shapes`, on the CPU, so the same seed
+gives the same weights on every device.
+
+Example:
+    >>> from grokinterp.config import ModelConfig
+    >>> model = HookedGrokTransformer(ModelConfig(p=7, d_model=8, n_heads=2, d_mlp=16))
+    >>> logits, cache = model.run_with_cache(torch.tensor([[1, 2, 7]]))
+    >>> logits.shape, cache["blocks.0.mlp.hook_post"].shape
+    (torch.Size([1, 3, 7]), torch.Size([1, 3, 16]))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import ActivationCache, HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+from .config import ModelConfig
+from .errors import ConfigError
+
+__all__ = ["HookedGrokTransformer", "param_shapes", "init_params"]
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's TransformerLens name and shape, in initialisation order."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.W_E": (cfg.d_vocab, cfg.d_model),
+        "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
+    }
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        shapes.update({
+            f"{b}.attn.W_Q": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_K": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_V": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_O": (cfg.n_heads, cfg.d_head, cfg.d_model),
+            f"{b}.mlp.W_in": (cfg.d_model, cfg.d_mlp),
+            f"{b}.mlp.b_in": (cfg.d_mlp,),
+            f"{b}.mlp.W_out": (cfg.d_mlp, cfg.d_model),
+            f"{b}.mlp.b_out": (cfg.d_model,),
+        })
+    shapes["unembed.W_U"] = (cfg.d_model, cfg.d_vocab_out)
+    return shapes
+
+
+def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
+    """Initial parameters as in the paper's code, seeded by ``cfg.init_seed`` (CPU, float32).
+
+    Notes:
+        Weights are ``N(0, 1/d_model)`` except ``W_U``, which is ``N(0, 1/d_vocab)``; biases are 0.
+    """
+    gen = torch.Generator().manual_seed(cfg.init_seed)
+    out: dict[str, Tensor] = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.split(".")[-1].startswith("b_"):
+            out[name] = torch.zeros(shape)
+        else:
+            fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
+            out[name] = torch.randn(shape, generator=gen) / math.sqrt(fan)
+    return out
+
+
+class Embed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_E = nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_E[tokens]
+
+
+class PosEmbed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        return self.W_pos[: tokens.shape[1]].unsqueeze(0).expand(tokens.shape[0], -1, -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h, d, e = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.W_Q = nn.Parameter(torch.empty(h, d, e))
+        self.W_K = nn.Parameter(torch.empty(h, d, e))
+        self.W_V = nn.Parameter(torch.empty(h, d, e))
+        self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.scale = 1.0 / math.sqrt(e)
+        self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)
+        self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
+        self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q))
+        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K))
+        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
+        n = x.shape[1]
+        scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:n, :n], float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
+        return torch.einsum("bqhe,hed->bqd", z, self.W_O)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
+        self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
+        self.b_out = nn.Parameter(torch.empty(cfg.d_model))
+        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.hook_pre, self.hook_post = HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        pre = self.hook_pre(x @ self.W_in + self.b_in)
+        post = self.hook_post(self.act(pre))
+        return post @ self.W_out + self.b_out
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        resid = self.hook_resid_pre(resid)
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(resid)))
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
+
+
+class Unembed(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.W_U = nn.Parameter(torch.empty(cfg.d_model, cfg.d_vocab_out))
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos vocab"]:
+        return x @ self.W_U
+
+
+class HookedGrokTransformer(HookedRootModule):
+    """A TransformerLens-style hooked transformer for ``[a, b, =]`` tasks.
+
+    Args:
+        cfg: the model's :class:`~grokinterp.config.ModelConfig`.
+        init: ``True`` (default) initialises as the paper's code, seeded by ``cfg.init_seed``;
+            ``False`` leaves the parameters uninitialised (a loader fills them).
+
+    ``forward(tokens)`` returns logits ``[batch, pos, d_vocab_out]``;
+    ``run_with_cache(tokens)`` returns ``(logits, ActivationCache)``.
+    """
+
+    def __init__(self, cfg: ModelConfig, init: bool = True):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise ConfigError(f"model: expected a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        self.embed = Embed(cfg)
+        self.pos_embed = PosEmbed(cfg)
+        self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
+        self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        self.unembed = Unembed(cfg)
+        if init:
+            self.load_params(init_params(cfg))
+        self.setup()
+
+    def load_params(self, params: dict[str, Tensor]) -> "HookedGrokTransformer":
+        """Copy a ``{name: tensor}`` dict into the parameters, checking names and shapes."""
+        expected = param_shapes(self.cfg)
+        missing, extra = set(expected) - set(params), set(params) - set(expected)
+        if missing or extra:
+            raise ConfigError(f"parameters: missing {sorted(missing)}, unexpected {sorted(extra)}")
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, shape in expected.items():
+                t = params[name]
+                if tuple(t.shape) != shape:
+                    raise ConfigError(f"parameter {name}: expected shape {list(shape)}, got {list(t.shape)}")
+                own[name].copy_(t)
+        return self
+
+    def check_tokens(self, tokens: Tensor) -> None:
+        if tokens.ndim != 2 or tokens.shape[1] > self.cfg.n_ctx:
+            raise ConfigError(f"tokens: expected shape [batch, pos ≤ {self.cfg.n_ctx}], got {list(tokens.shape)}")
+
+    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
+        self.check_tokens(tokens)
+        resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
+        for block in self.blocks:
+            resid = block(resid)
+        return self.unembed(resid)
+
+    def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
+        """Run and cache every hook; returns ``(logits, ActivationCache)``."""
+        out, cache = super().run_with_cache(*args, **kwargs)
+        return out, ActivationCache(cache, self)
+
+    @property
+    def W_L(self) -> Float[Tensor, "d_mlp vocab"]:
+        """Neuron-to-logit map ``W_out @ W_U`` of the last block."""
+        return self.blocks[-1].mlp.W_out @ self.unembed.W_U
+
+    def extra_repr(self) -> str:
+        c = self.cfg
+        return f"p={c.p}, d_model={c.d_model}, n_heads={c.n_heads}, d_mlp={c.d_mlp}, n_layers={c.n_layers}, act={c.act_fn}"

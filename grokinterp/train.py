@@ -1,0 +1,398 @@
+"""Full-batch AdamW training with dense checkpoints, resumable bit for bit.
+
+Example:
+    >>> from grokinterp import make_config, train
+    >>> run = train(make_config("tiny"), "checkpoints/tiny")        # doctest: +SKIP
+    >>> run.metrics.tail(1)                                           # doctest: +SKIP
+
+Per epoch ``e`` (the model after ``e`` full-batch steps) the loop: snapshots the parameters if
+``e`` is a checkpoint epoch, flushes when the buffer is full, then computes the loss on the
+training set (final position, log-softmax in float64), records test loss and accuracy every
+``eval_every`` epochs, and takes one AdamW step. The final epoch is evaluated and snapshotted
+without a step. Metrics stay on the device until a flush or an evaluation needs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import Tensor
+
+from . import _io
+from .checkpoints import METRIC_COLUMNS, CheckpointWriter
+from .config import FORMAT_VERSION, RunConfig
+from .errors import ConfigError, RunError
+from .fastpath import FastPlan, fast_path_unsupported, final_logits
+from .model import HookedGrokTransformer, param_shapes
+from .tasks import make_dataset, split_indices
+
+__all__ = ["train", "resume", "TrainingInterrupted", "resolve_device", "split_tensors"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT after flushing; ``.run_dir`` and ``.epoch`` say where to resume."""
+
+    def __init__(self, run_dir: Path, epoch: int):
+        super().__init__(f"training interrupted at epoch {epoch}; everything is saved, resume with "
+                         f"`grokinterp train --resume {run_dir}`")
+        self.run_dir, self.epoch = run_dir, epoch
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; explicit devices must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {device!r} requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {device!r} requested but MPS is not available")
+    return dev
+
+
+def split_tensors(config: RunConfig, train_pairs: np.ndarray, test_pairs: np.ndarray):
+    """Tokens and labels ``(train_tokens, train_labels, test_tokens, test_labels)`` of a split."""
+    ds = make_dataset(config.task.p, config.task.operation)
+    pos = np.full(config.task.p ** 2, -1, dtype=np.int64)
+    pos[ds.pair_index] = np.arange(len(ds))
+    out = []
+    for pairs in (train_pairs, test_pairs):
+        idx = pos[pairs]
+        out += [torch.from_numpy(ds.tokens[idx]), torch.from_numpy(ds.labels[idx])]
+    return tuple(out)
+
+
+@dataclass
+class _Data:
+    tokens: Tensor
+    labels: Tensor
+    plan: FastPlan | None
+
+
+class _Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train_pairs, test_pairs):
+        self.config, self.run_dir, self.device = config, run_dir, device
+        trn_x, trn_y, tst_x, tst_y = split_tensors(config, train_pairs, test_pairs)
+        mc = config.model
+        use_fast = config.train.fast_path and fast_path_unsupported(mc, trn_x) is None
+        self.data = {}
+        for name, x, y in (("train", trn_x, trn_y), ("test", tst_x, tst_y)):
+            x, y = x.to(device), y.to(device)
+            plan = FastPlan.build(mc, x) if use_fast and len(x) else None
+            self.data[name] = _Data(x, y, plan)
+        self.model = HookedGrokTransformer(mc).to(device)
+        self.params = dict(self.model.named_parameters())
+        tc = config.train
+        kw: dict[str, Any] = {}
+        if device.type in ("cpu", "cuda"):
+            kw["fused"] = True
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, **kw
+        )
+        n = tc.epochs + 1
+        self.metrics = {c: torch.full((n,), float("nan"), dtype=torch.float64, device=device)
+                        for c in METRIC_COLUMNS[1:]}
+        self.ckpt_epochs = set(config.checkpoint_epochs().tolist())
+        self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
+        self.start_epoch = 0
+        self.flushed_upto = -1  # last checkpoint epoch already on disk
+
+    # -- forward -----------------------------------------------------------------------------
+    def logits(self, data: _Data) -> Tensor:
+        if data.plan is not None:
+            return final_logits(self.params, data.plan)
+        return self.model(data.tokens)[:, -1]
+
+    @torch.no_grad()
+    def evaluate(self, data: _Data) -> tuple[Tensor, Tensor]:
+        logits = self.logits(data)
+        loss = F.cross_entropy(logits.double(), data.labels)
+        acc = (logits.argmax(-1) == data.labels).double().mean()
+        return loss, acc
+
+    # -- state -------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {f"param/{k}": v.detach() for k, v in self.params.items()}
+        names = {id(p): k for k, p in self.params.items()}
+        for p, st in self.opt.state.items():
+            for key, val in st.items():
+                state[f"opt/{names[id(p)]}/{key}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        state["rng/torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            state["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        for c, v in self.metrics.items():
+            state[f"metrics/{c}"] = v
+        return state
+
+    def load_state(self, path: Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, RuntimeError, ValueError) as e:  # safetensors raises SafetensorError(RuntimeError)
+            raise RunError(f"{path}: cannot read the training state ({e})") from None
+        try:
+            self.start_epoch = int(meta["resume_epoch"])
+            self.flushed_upto = int(meta["flushed_upto"])
+        except (KeyError, ValueError):
+            raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
+        with torch.no_grad():
+            for k, p in self.params.items():
+                t = tensors.get(f"param/{k}")
+                if t is None or t.shape != p.shape:
+                    raise RunError(f"{path}: parameter {k} is missing or has the wrong shape")
+                p.copy_(t)
+        opt_state = {}
+        for i, (k, p) in enumerate(self.params.items()):
+            st = {key.split("/")[-1]: t.to(self.device) for key, t in tensors.items()
+                  if key.startswith(f"opt/{k}/")}
+            if st:
+                opt_state[i] = st
+        sd = self.opt.state_dict()
+        sd["state"] = opt_state
+        self.opt.load_state_dict(sd)
+        for c in self.metrics:
+            t = tensors.get(f"metrics/{c}")
+            if t is None or t.shape != self.metrics[c].shape:
+                raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
+            self.metrics[c].copy_(t)
+        torch.set_rng_state(tensors["rng/torch_cpu"])
+        if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
+
+    def flush(self, resume_epoch: int, finished: bool) -> None:
+        if self.writer.epochs:
+            self.flushed_upto = self.writer.epochs[-1]
+        metrics = {c: v.cpu().numpy() for c, v in self.metrics.items()}
+        progress = {
+            "epoch": resume_epoch,
+            "epochs_total": self.config.train.epochs,
+            "finished": finished,
+            "checkpoints_written": self.writer.n_written + len(self.writer.epochs),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.writer.flush(
+            resume_epoch=resume_epoch, finished=finished, metrics=metrics, state=self.state_tensors(),
+            state_meta={"flushed_upto": str(max(self.flushed_upto, self.writer.epochs[-1] if self.writer.epochs else -1)),
+                        "format_version": str(FORMAT_VERSION)},
+            progress=progress,
+        )
+
+    # -- loop --------------------------------------------------------------------------------
+    def run(self, progress_bar: bool, stop: Callable[[], bool]) -> None:
+        tc = self.config.train
+        E = tc.epochs
+        train, test = self.data["train"], self.data["test"]
+        m = self.metrics
+        bar = _progress(progress_bar, self.start_epoch, E)
+        try:
+            for epoch in range(self.start_epoch, E + 1):
+                if stop():
+                    self.flush(epoch, finished=False)
+                    raise TrainingInterrupted(self.run_dir, epoch)
+                if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
+                    self.writer.snapshot(epoch, self.params)
+                    if self.writer.full:
+                        self.flush(epoch, finished=False)
+                evaluating = epoch % tc.eval_every == 0 or epoch == E
+                if epoch == E:
+                    m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
+                else:
+                    lr = tc.lr_at(epoch)
+                    for group in self.opt.param_groups:
+                        group["lr"] = lr
+                    m["lr"][epoch] = lr
+                    logits = self.logits(train)
+                    loss = F.cross_entropy(logits.double(), train.labels)
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    m["train_loss"][epoch] = loss.detach()
+                    if evaluating:
+                        m["train_acc"][epoch] = (logits.detach().argmax(-1) == train.labels).double().mean()
+                if evaluating and len(test.labels):
+                    m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
+                if bar is not None:
+                    bar.update(1)
+                    if evaluating:  # the only host sync outside flushes
+                        bar.set_postfix(train=f"{m['train_loss'][epoch].item():.2e}",
+                                        test=f"{m['test_loss'][epoch].item():.2e}",
+                                        acc=f"{m['test_acc'][epoch].item():.3f}", refresh=False)
+            self.flush(E, finished=True)
+        finally:
+            if bar is not None:
+                bar.close()
+
+
+def _progress(enabled: bool, start: int, total: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total + 1, initial=start, desc="epoch", unit="ep", dynamic_ncols=True, mininterval=0.5)
+
+
+@contextmanager
+def _sigint_flag() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT into a flag the loop checks between steps (main thread only)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+
+    def handler(signum, frame):
+        if flag.is_set():  # a second Ctrl-C: give up waiting
+            raise KeyboardInterrupt
+        flag.set()
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def _run_metadata(config: RunConfig, device: torch.device, preset: str | None, n_train: int, n_test: int) -> dict:
+    from . import __version__
+
+    info = {
+        "kind": _io.RUN_KIND,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "preset": preset,
+        "seeds": {"split_seed": config.task.split_seed, "init_seed": config.model.init_seed},
+        "n_train": n_train,
+        "n_test": n_test,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {
+            "grokinterp": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {"type": device.type, "name": _device_name(device), "torch_threads": torch.get_num_threads()},
+    }
+    return info
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def _check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
+    """``new``, ``same`` (the same config is already there) or raise; ``overwrite`` clears a run."""
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    run_json = out / _io.RUN_JSON
+    if not run_json.exists():
+        if any(out.iterdir()):
+            raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
+        return "new"
+    info = _io.read_json(run_json, "run metadata")
+    existing = info.get("config") if isinstance(info, dict) else None
+    if overwrite:
+        shutil.rmtree(out)
+        return "new"
+    if existing == config.to_dict():
+        return "same"
+    raise RunError(f"{out}: already holds a different run; pass --overwrite (overwrite=True) to replace it, "
+                   f"or choose another output directory")
+
+
+def train(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+):
+    """Train a model and write a run directory; returns the loaded :class:`~grokinterp.run.Run`.
+
+    Args:
+        config: the run's configuration (see :func:`grokinterp.make_config`).
+        out: run directory to create. If it already holds a run with the same config, that run
+            is resumed (or simply returned when finished); a different run is refused unless
+            ``overwrite``.
+        overwrite: replace a different run found in ``out``.
+        progress: show a tqdm progress bar (epoch, train/test loss, test accuracy).
+        preset: name of the preset the config came from, recorded in ``run.json``.
+
+    Raises:
+        ConfigError: invalid config or unavailable device (nothing is created).
+        RunError: ``out`` is unusable, or a flush failed.
+        TrainingInterrupted: SIGINT; everything up to the current epoch was flushed first.
+    """
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config: expected a RunConfig, got {type(config).__name__}")
+    device = resolve_device(config.train.device)
+    out = Path(out)
+    if _check_out_dir(out, config, overwrite) == "same":
+        return resume(out, progress=progress)
+    ds = make_dataset(config.task.p, config.task.operation)
+    trn, tst = split_indices(len(ds), config.task.frac_train, config.task.split_seed)
+    train_pairs, test_pairs = ds.pair_index[trn], ds.pair_index[tst]
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save as st_save
+
+    _io.write_atomic(out / _io.SPLIT_FILE, st_save(
+        {"train_pairs": torch.from_numpy(train_pairs), "test_pairs": torch.from_numpy(test_pairs)},
+        metadata={"pair_index": "a * p + b"},
+    ))
+    _io.write_json_atomic(out / _io.RUN_JSON, _run_metadata(config, device, preset, len(trn), len(tst)))
+    trainer = _Trainer(config, out, device, train_pairs, test_pairs)
+    with _sigint_flag() as stop:
+        trainer.run(progress, stop)
+    from .run import load_run
+
+    return load_run(out)
+
+
+def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None):
+    """Continue an interrupted run from its last flush; returns the loaded run when done.
+
+    The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one.
+    """
+    from .run import load_run
+
+    run = load_run(run_dir)
+    config = run.config
+    run_dir = run.path
+    state_path = run_dir / _io.STATE_FILE
+    if not state_path.exists():
+        raise RunError(f"{state_path}: no training state to resume from")
+    meta = _state_meta(state_path)
+    if meta.get("finished") == "true":
+        return run
+    dev = resolve_device(device or config.train.device)
+    tp, sp = run.split_pairs()
+    trainer = _Trainer(config, run_dir, dev, tp, sp)
+    trainer.load_state(state_path)
+    trainer.writer.drop_shards_after(trainer.flushed_upto)
+    trainer.writer.n_written = int(np.sum(run.epochs <= trainer.flushed_upto))
+    with _sigint_flag() as stop:
+        trainer.run(progress, stop)
+    return load_run(run_dir)
+
+
+def _state_meta(path: Path) -> dict[str, str]:
+    header, _ = _io.read_safetensors_header(path)
+    meta = header.get("__metadata__", {})
+    return meta if isinstance(meta, dict) else {}
+
