@@ -1,0 +1,147 @@
+"""The model on every input ``(a, b)`` of the grid at once, vectorised over checkpoints.
+
+Analyses need the final-position activations of all ``p²`` inputs, often for hundreds of
+checkpoints. :func:`grid_forward` computes them from (stacked) parameters with the same
+per-(position, token) tables as the training fast path, batched over a leading ``ckpt`` axis,
+and exposes the intervention points the circuit ablations need (per-head scaling of the
+attention output, a function applied to the neuron activations, and to the logits).
+
+Shapes use the axis names ``ckpt a b h d_model d_mlp vocab``; a single model's parameters
+(no ``ckpt`` axis) are accepted and the axis is dropped from the outputs again.
+
+Example:
+    >>> out = grid_forward(run.stacks(), run.config.model, return_post=True)   # doctest: +SKIP
+    >>> out.logits.shape, out.post.shape      # [ckpt, p, p, p], [ckpt, p, p, d_mlp]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .config import ModelConfig
+from .errors import AnalysisError
+
+__all__ = ["GridOutput", "grid_forward", "grid_tokens", "as_params"]
+
+PostFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class GridOutput:
+    """Final-position outputs over the ``(a, b)`` grid.
+
+    Attributes:
+        logits: ``[ckpt, a, b, vocab]`` float32.
+        post: ``[ckpt, a, b, d_mlp]`` neuron activations after the non-linearity (when asked).
+        pattern: ``[ckpt, a, b, h, key_pos]`` attention of the ``=`` position (when asked).
+    """
+
+    logits: Tensor
+    post: Tensor | None = None
+    pattern: Tensor | None = None
+
+
+def grid_tokens(p: int) -> Tensor:
+    """All ``[a, b, =]`` inputs in row-major order (``index = a * p + b``): ``[p², 3]``."""
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    return torch.stack([a.reshape(-1), b.reshape(-1), torch.full((p * p,), p)], dim=1)
+
+
+def as_params(model_or_params) -> dict[str, Tensor]:
+    """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad)."""
+    if hasattr(model_or_params, "named_parameters"):
+        return {k: v.detach() for k, v in model_or_params.named_parameters()}
+    if isinstance(model_or_params, dict):
+        return model_or_params
+    raise AnalysisError(f"expected a model or a dict of parameters, got {type(model_or_params).__name__}")
+
+
+def grid_forward(
+    params: dict[str, Tensor],
+    cfg: ModelConfig,
+    *,
+    head_scale: Tensor | None = None,
+    post_fn: PostFn | None = None,
+    return_post: bool = False,
+    return_pattern: bool = False,
+) -> GridOutput:
+    """Final-position logits (and optionally neurons and attention) on the full ``p × p`` grid.
+
+    Args:
+        params: TransformerLens-named parameters, each ``[...]`` or stacked ``[ckpt, ...]``.
+        cfg: the model config (``n_layers`` must be 1).
+        head_scale: ``[h]`` or ``[ckpt, h]`` multipliers of each head's output (0 ablates a head).
+        post_fn: applied to the neuron activations ``[ckpt, a, b, d_mlp]`` before the unembedding
+            (zero-/mean-ablation, replacement by an approximation). Its result is what
+            ``post`` reports.
+        return_post, return_pattern: also return neuron activations / attention pattern.
+
+    Notes:
+        With ``EP[j, t] = W_E[t] + W_pos[j]`` and the query of ``=``, the scores of key position
+        ``j`` are a table ``S[j, t, h]``; each head's value-output read into ``[W_in | W_U]`` is a
+        table ``T[j, t, h, :]``. For input ``(a, b)``:
+        ``[pre | direct] = EP[2, =][W_in | W_U] + Σ_h A0 T[0, a] + A1 T[1, b] + A2 T[2, =]``
+        with ``A = softmax(S[0, a], S[1, b], S[2, =])``, then
+        ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
+        Equal to ``model(grid_tokens(p))[:, -1]`` up to float32 rounding (tested).
+    """
+    if cfg.n_layers != 1:
+        raise AnalysisError(f"grid_forward supports one-layer models, got n_layers = {cfg.n_layers}")
+    W_E = params["embed.W_E"]
+    single = W_E.ndim == 2
+    P = {k: (v.unsqueeze(0) if single else v).float() for k, v in params.items()}
+    W_E = P["embed.W_E"]
+    p, V, H, dm = cfg.p, cfg.d_vocab, cfg.n_heads, cfg.d_mlp
+    if W_E.shape[-2:] != (V, cfg.d_model):
+        raise AnalysisError(f"embed.W_E has shape {list(W_E.shape)}, expected [ckpt, {V}, {cfg.d_model}] for p = {p}")
+    W_pos = P["pos_embed.W_pos"]
+    W_Q, W_K, W_V, W_O = (P[f"blocks.0.attn.{n}"] for n in ("W_Q", "W_K", "W_V", "W_O"))
+    W_in, b_in, W_out, b_out = (P[f"blocks.0.mlp.{n}"] for n in ("W_in", "b_in", "W_out", "b_out"))
+    W_U = P["unembed.W_U"]
+    n = W_E.shape[0]
+
+    EP = W_E[:, None, :, :] + W_pos[:, :3, None, :]  # [ckpt, pos, vocab, d_model]
+    x_eq = EP[:, 2, p]  # [ckpt, d_model]
+    q = torch.einsum("cd,chde->che", x_eq, W_Q)
+    kq = torch.einsum("chde,che->cdh", W_K, q) / math.sqrt(cfg.d_head)
+    s0 = torch.einsum("cvd,cdh->cvh", EP[:, 0, :p], kq)  # [ckpt, a, h]
+    s1 = torch.einsum("cvd,cdh->cvh", EP[:, 1, :p], kq)  # [ckpt, b, h]
+    s2 = torch.einsum("cd,cdh->ch", x_eq, kq)  # [ckpt, h]
+    scores = torch.stack(torch.broadcast_tensors(
+        s0[:, :, None, :], s1[:, None, :, :], s2[:, None, None, :]), dim=-1)  # [ckpt, a, b, h, 3]
+    pattern = scores.softmax(dim=-1)
+
+    W_read = torch.cat([W_in, W_U], dim=-1)  # [ckpt, d_model, d_mlp + vocab]
+    OV_read = torch.einsum("ched,cdk->chek", W_O, W_read)
+    if head_scale is not None:
+        hs = head_scale.to(OV_read).reshape(-1, H)
+        OV_read = OV_read * hs[:, :, None, None]
+
+    def table(x: Tensor) -> Tensor:  # [ckpt, t, d_model] -> [ckpt, t, h, k]
+        return torch.einsum("ctd,chde,chek->cthk", x, W_V, OV_read)
+
+    T0, T1, T2 = table(EP[:, 0, :p]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
+    out = (x_eq[:, None, :] @ W_read)[:, 0]  # [ckpt, k]
+    acc = torch.einsum("cabh,cahk->cabk", pattern[..., 0], T0)
+    acc = acc + torch.einsum("cabh,cbhk->cabk", pattern[..., 1], T1)
+    acc = acc + torch.einsum("cabh,chk->cabk", pattern[..., 2], T2)
+    acc = acc + out[:, None, None, :]
+    pre = acc[..., :dm] + b_in[:, None, None, :]
+    post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
+    if post_fn is not None:
+        post = post_fn(post)
+    W_L = W_out @ W_U  # [ckpt, d_mlp, vocab]
+    logits = acc[..., dm:] + (b_out[:, None, :] @ W_U)[:, None]  # [ckpt, 1, 1, vocab] broadcasts
+    logits = logits + (post.reshape(n, p * p, dm) @ W_L).reshape(n, p, p, -1)
+
+    def squeeze(t: Tensor | None) -> Tensor | None:
+        return t[0] if (single and t is not None) else t
+
+    return GridOutput(squeeze(logits), squeeze(post) if return_post else None,
+                      squeeze(pattern) if return_pattern else None)
