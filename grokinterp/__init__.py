@@ -30,8 +30,8 @@ _EXPORTS = {
     "make_dataset": "tasks",
     "register_operation": "tasks",
     "HookedGrokTransformer": "model",
-    "train": "train",
-    "resume": "train",
+    "train": "trainer",
+    "resume": "trainer",
     "load_run": "run",
     "Run": "run",
 }

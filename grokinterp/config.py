@@ -370,8 +370,8 @@ def _preset_quick() -> RunConfig:
 def _preset_tiny() -> RunConfig:
     return _apply_overrides(
         RunConfig(),
-        dict(p=23, frac_train=0.6, d_model=32, n_heads=4, d_mlp=64, epochs=300, lr=3e-3,
-             eval_every=10, every=20, log_early=4, flush_every=5, device="cpu"),
+        dict(p=31, frac_train=0.7, d_model=64, n_heads=4, d_mlp=128, epochs=1000, lr=1e-2,
+             eval_every=10, every=20, log_early=4, flush_every=10, device="cpu"),
     )
 
 

@@ -160,7 +160,7 @@ class Run:
         return trn, tst
 
     def _data(self, which: int) -> tuple[Tensor, Tensor]:
-        from .train import split_tensors
+        from .trainer import split_tensors
 
         trn, tst = self._split
         x_tr, y_tr, x_te, y_te = split_tensors(self.config, trn, tst)

@@ -1,0 +1,196 @@
+"""Command-line interface: ``grokinterp train | info`` (and more sub-commands as they land).
+
+Only argparse, the config dataclasses and numpy are imported until a command runs, so
+``grokinterp --help`` answers at once; torch and transformer_lens load inside the commands.
+Errors in the input print one line naming the field or file and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import _SECTIONS, PRESETS, make_config
+from .errors import GrokinterpError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# Fields not exposed as flags: fixed by the task format.
+_HIDDEN = {("model", "n_ctx"), ("model", "p")}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    t = text.lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _window(text: str) -> tuple[int, int, int]:
+    try:
+        start, stop, every = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:STOP:EVERY (e.g. 1000:15000:10), got {text!r}") from None
+    return start, stop, every
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = make_config("paper")
+    for sec, cls in _SECTIONS.items():
+        group = parser.add_argument_group(f"{sec} config (defaults: the chosen preset)")
+        for f in dataclasses.fields(cls):
+            if (sec, f.name) in _HIDDEN:
+                continue
+            default = getattr(getattr(defaults, sec), f.name)
+            doc = f"{sec}.{f.name} (paper: {default!r})"
+            if (sec, f.name) == ("task", "p"):
+                doc = "task.p, also sets the model's vocabulary (paper: 113)"
+            if f.name == "windows":
+                group.add_argument("--window", dest="windows", action="append", type=_window,
+                                   metavar="START:STOP:EVERY", help="dense checkpoint window; repeatable")
+            elif isinstance(default, bool):
+                group.add_argument(_flag(f.name), dest=f.name, type=_bool, metavar="BOOL", help=doc)
+            elif isinstance(default, int):
+                group.add_argument(_flag(f.name), dest=f.name, type=int, metavar="N", help=doc)
+            elif isinstance(default, float):
+                group.add_argument(_flag(f.name), dest=f.name, type=float, metavar="X", help=doc)
+            else:
+                group.add_argument(_flag(f.name), dest=f.name, type=str, metavar="S", help=doc)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {f.name for cls in _SECTIONS.values() for f in dataclasses.fields(cls)}
+    out = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "windows" in out:
+        out["windows"] = tuple(out["windows"])
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grokinterp",
+        description="Train small transformers that grok, keep dense checkpoints, and analyse them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a model and write a run directory",
+                       description="Train on a + b mod p (or another operation) with full-batch AdamW and write "
+                                   "dense checkpoints. Flags override the preset's fields.")
+    t.add_argument("--preset", choices=list(PRESETS), default="quick",
+                   help="paper: Nanda et al. 2023 (p=113, 30%% data, 40k epochs); quick (default): groks on a "
+                        "2-core CPU in minutes; tiny: seconds, for tests")
+    t.add_argument("--out", type=Path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
+    t.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (no config flags)")
+    t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(t)
+
+    i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
+                       "test accuracy passed 99 %%.")
+    i.add_argument("run", type=Path, metavar="RUN")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser
+
+
+def _default_out(preset: str, config) -> Path:
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return Path("checkpoints") / f"{preset}-{config.task.operation}-p{config.task.p}-{digest}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = _overrides(args)
+    if args.resume is not None:
+        if overrides or args.out is not None or args.overwrite:
+            raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
+                                  "and --overwrite")
+        from .trainer import resume
+
+        run = resume(args.resume, progress=not args.no_progress)
+        print(_short_summary(run))
+        return 0
+    config = make_config(args.preset, **overrides)  # validates before anything is created
+    out = args.out if args.out is not None else _default_out(args.preset, config)
+    from .trainer import train
+
+    run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset)
+    print(_short_summary(run))
+    return 0
+
+
+def _short_summary(run) -> str:
+    s = run.summary()
+    acc = s.get("final_test_acc")
+    hit = s.get("test_acc_99_epoch")
+    lines = [f"run: {run.path}",
+             f"  {s['n_checkpoints']} checkpoints, epochs {s['first_checkpoint']}..{s['last_checkpoint']}"]
+    if acc is not None:
+        lines.append(f"  final train loss {s['final_train_loss']:.3g}, test loss {s['final_test_loss']:.3g}, "
+                     f"test accuracy {acc:.2%}")
+        lines.append(f"  test accuracy passed 99% at epoch {hit}" if hit is not None
+                     else "  test accuracy never passed 99%")
+    return "\n".join(lines)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .run import load_run
+
+    run = load_run(args.run)
+    s = run.summary()
+    if args.json:
+        print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions")}, indent=2))
+        return 0
+    c = run.config
+    print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
+    print(f"task:   {c.task.operation} mod {c.task.p}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
+          f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
+    print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
+          f"betas ({c.train.beta1}, {c.train.beta2}), warmup {c.train.warmup_epochs}, device {s['device']}")
+    status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
+    print(f"status: {status}")
+    print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
+    if "metrics_error" in s:
+        print(f"metrics: unreadable: {s['metrics_error']}")
+    elif s.get("final_epoch") is not None:
+        print(f"final (epoch {s['final_epoch']}): train loss {s['final_train_loss']:.3g} "
+              f"(acc {s['final_train_acc']:.2%}), test loss {s['final_test_loss']:.3g} (acc {s['final_test_acc']:.2%})")
+        print(f"train accuracy passed 99% at epoch {s['train_acc_99_epoch']}")
+        hit = s["test_acc_99_epoch"]
+        print(f"test accuracy passed 99% at epoch {hit}" if hit is not None else "test accuracy never passed 99%")
+    for prob in s["problems"]:
+        print(f"problem: {prob}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "info": cmd_info}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except GrokinterpError as e:
+        print(f"grokinterp {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as e:
+        msg = str(e) or "interrupted"
+        print(f"grokinterp {args.command}: {msg}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
