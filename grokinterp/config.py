@@ -283,8 +283,10 @@ class RunConfig:
         return self.checkpoints.epochs(self.train.epochs)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """A JSON-ready nested dict (tuples become lists)."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}
+        """A JSON-ready nested dict (tuples become lists, so it equals its own JSON round trip)."""
+        import json
+
+        return json.loads(json.dumps({name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}))
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> "RunConfig":
