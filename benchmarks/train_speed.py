@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from grokinterp import make_config
-from grokinterp.trainer import _Trainer, resolve_device
 from grokinterp.model import HookedGrokTransformer
 from grokinterp.tasks import make_dataset, split_indices
+from grokinterp.trainer import _Trainer, resolve_device
 
 
 def _sync(device: torch.device) -> None:

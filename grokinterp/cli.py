@@ -12,8 +12,9 @@ import dataclasses
 import hashlib
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .config import _SECTIONS, PRESETS, make_config
 from .errors import GrokinterpError

@@ -14,17 +14,17 @@ without a step. Metrics stay on the device until a flush or an evaluation needs 
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,7 +157,7 @@ class _Trainer:
                     raise RunError(f"{path}: parameter {k} is missing or has the wrong shape")
                 p.copy_(t)
         opt_state = {}
-        for i, (k, p) in enumerate(self.params.items()):
+        for i, k in enumerate(self.params):
             st = {key.split("/")[-1]: t.to(self.device) for key, t in tensors.items()
                   if key.startswith(f"opt/{k}/")}
             if st:

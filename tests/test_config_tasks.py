@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -75,7 +77,7 @@ def test_roundtrip_and_strict_from_dict():
 
 def test_frozen():
     cfg = make_config("tiny")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.task.p = 5  # type: ignore[misc]
 
 
