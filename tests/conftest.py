@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Tiny models: one thread per process is fastest and avoids oversubscribing a 2-core CI machine
+# when tests start subprocesses; every process (and subprocess) uses the same count, which keeps
+# bit-for-bit comparisons across processes meaningful.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

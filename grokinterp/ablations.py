@@ -1,0 +1,572 @@
+"""Circuit ablations: remove or keep parts of the Fourier circuit and measure loss and accuracy.
+
+Every ablation re-evaluates the model on the whole ``p × p`` grid (via
+:func:`grokinterp.grid.grid_forward`) and reports cross-entropy (log-softmax in float64) and
+accuracy on the run's train split, its test split and all pairs.
+
+**One table layout everywhere** (tidy, one row per ablation and split):
+
+==============  ==================================================================
+column          meaning
+==============  ==================================================================
+``ablation``    what was done, in words (``"none"`` for the unablated baseline)
+``component``   ``none``, ``logits``, ``W_E``, ``neurons`` or ``heads``
+``split``       ``train``, ``test`` or ``all``
+``loss``        mean cross-entropy over the split (NaN for an empty split)
+``acc``         accuracy over the split (NaN for an empty split)
+``n``           number of examples in the split
+==============  ==================================================================
+
+Every ablation function returns the baseline ``"none"`` rows first (unless
+``include_baseline=False``). ``df.pivot(index="ablation", columns="split", values="loss")`` gives
+the wide view.
+
+The model and its split come from a :class:`~grokinterp.run.Run`, a pair
+``(model_or_params, train_pairs)``, or an :class:`AblationTarget` built once with
+:func:`ablation_target` (cheapest when running several ablations).
+
+Example:
+    >>> df = ablation_table(run)                               # doctest: +SKIP
+    >>> df.pivot(index="ablation", columns="split", values="loss")   # doctest: +SKIP
+    >>> ablate_logit_freqs(run, [14, 35], mode="remove")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .config import ModelConfig, RunConfig
+from .errors import AnalysisError
+from .fourier import fourier_basis
+from .grid import grid_forward
+from .logits import _freq_of_index, exclude_logits, resolve_model, restrict_logits
+from .neurons import DEFAULT_THRESHOLD, check_neurons, neuron_fourier
+
+__all__ = [
+    "COLUMNS",
+    "SPLITS",
+    "AblationTarget",
+    "ablation_target",
+    "evaluate_logits",
+    "baseline",
+    "ablate_logit_freqs",
+    "project_embedding",
+    "ablate_embed_freqs",
+    "ablate_neurons",
+    "ablate_neuron_clusters",
+    "ablate_heads",
+    "approximate_neurons",
+    "neuron_approximation",
+    "ablation_table",
+]
+
+COLUMNS = ("ablation", "component", "split", "loss", "acc", "n")
+SPLITS = ("train", "test", "all")
+_METHODS = ("zero", "mean")
+
+
+# -- the model and its split -------------------------------------------------------------------
+@dataclass(frozen=True)
+class AblationTarget:
+    """A single model with its labels and split over the grid.
+
+    Attributes:
+        params: the model's parameters (no ``ckpt`` axis).
+        cfg: its :class:`~grokinterp.config.ModelConfig`.
+        labels: int64 ``[p²]`` label of each grid index ``a * p + b`` (``-1`` for pairs outside
+            the task, e.g. ``b = 0`` for division).
+        splits: ``{"train", "test", "all"}`` → sorted int64 grid indices.
+    """
+
+    params: dict[str, Tensor]
+    cfg: ModelConfig
+    labels: Tensor
+    splits: dict[str, Tensor]
+
+    @property
+    def p(self) -> int:
+        return self.cfg.p
+
+    @cached_property
+    def logits(self) -> Tensor:
+        """The unablated grid logits ``[p, p, vocab]`` (computed once)."""
+        with torch.no_grad():
+            return grid_forward(self.params, self.cfg).logits
+
+
+def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
+                    cfg: ModelConfig | RunConfig | None = None, operation: str | None = None) -> AblationTarget:
+    """Bundle a model with its labels and train/test split.
+
+    Args:
+        model_or_run: a :class:`~grokinterp.run.Run` (its split and operation are used), or a
+            model / parameter dict (single checkpoint) together with ``train_pairs``.
+        train_pairs: grid indices ``a * p + b`` of the training pairs (not for a ``Run``). The
+            test split is every other pair of the task.
+        epoch: checkpoint of a ``Run`` (``-1`` = last).
+        cfg: model config for a parameter dict (see :func:`grokinterp.logits.resolve_model`).
+        operation: the task's operation (default: the run's, else ``"add"``).
+
+    Raises:
+        AnalysisError: stacked parameters, train pairs out of range / outside the task / empty,
+            or ``train_pairs`` given together with a ``Run``.
+    """
+    from .tasks import make_dataset
+
+    if isinstance(model_or_run, AblationTarget):
+        return model_or_run
+    is_run = hasattr(model_or_run, "split_pairs") and hasattr(model_or_run, "params")
+    if is_run:
+        run = model_or_run
+        if train_pairs is not None:
+            raise AnalysisError("train_pairs: a Run brings its own split; pass train_pairs only with a model")
+        params, mcfg = run.params(epoch), run.config.model
+        train_pairs = run.split_pairs()[0]
+        operation = operation or run.config.task.operation
+    else:
+        if train_pairs is None:
+            raise AnalysisError("train_pairs: needed with a model or parameter dict (or pass a Run)")
+        params, mcfg = resolve_model(model_or_run, cfg)
+    if params["embed.W_E"].ndim != 2:
+        raise AnalysisError(f"ablations take one checkpoint, got stacked parameters of shape "
+                            f"{list(params['embed.W_E'].shape)}")
+    p = mcfg.p
+    ds = make_dataset(p, operation or "add")
+    labels = torch.full((p * p,), -1, dtype=torch.int64)
+    labels[torch.from_numpy(ds.pair_index)] = torch.from_numpy(ds.labels)
+    trn = np.asarray(train_pairs.detach().cpu() if torch.is_tensor(train_pairs) else train_pairs)
+    if trn.ndim != 1 or trn.size == 0:
+        raise AnalysisError(f"train_pairs: expected a non-empty 1-D list of grid indices, got shape {list(trn.shape)}")
+    if not np.issubdtype(trn.dtype, np.integer):
+        raise AnalysisError(f"train_pairs: expected integer grid indices, got dtype {trn.dtype}")
+    bad = trn[(trn < 0) | (trn >= p * p)]
+    if bad.size:
+        raise AnalysisError(f"train_pairs: index {int(bad[0])} is outside the grid 0..{p * p - 1} (p = {p})")
+    trn = torch.from_numpy(np.unique(trn).astype(np.int64))
+    outside = trn[labels[trn] < 0]
+    if len(outside):
+        raise AnalysisError(f"train_pairs: index {int(outside[0])} is not a pair of the task {operation!r}")
+    all_ = torch.from_numpy(ds.pair_index.astype(np.int64))
+    tst = all_[~torch.isin(all_, trn)]
+    return AblationTarget(params=params, cfg=mcfg, labels=labels, splits={"train": trn, "test": tst, "all": all_})
+
+
+def _target(target) -> AblationTarget:
+    if isinstance(target, AblationTarget):
+        return target
+    if isinstance(target, tuple):
+        if len(target) != 2:
+            raise AnalysisError(f"target: expected (model_or_params, train_pairs), got a tuple of {len(target)}")
+        return ablation_target(target[0], target[1])
+    return ablation_target(target)
+
+
+# -- evaluation --------------------------------------------------------------------------------
+def evaluate_logits(logits: Tensor, target, ablation: str = "none", component: str = "none") -> pd.DataFrame:
+    """Loss and accuracy of grid logits on each split, as rows of the ablation table.
+
+    Args:
+        logits: ``[p, p, vocab]`` logits of every input (any float dtype).
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        ablation, component: the row labels.
+
+    Returns:
+        DataFrame with :data:`COLUMNS`, one row per split in :data:`SPLITS`.
+
+    Notes:
+        ``loss = −mean_{(a,b) ∈ split} log_softmax(L[a, b])[label]`` in float64;
+        ``acc = mean(argmax_c L[a, b, c] = label)``.
+    """
+    t = _target(target)
+    p = t.p
+    if not torch.is_tensor(logits) or tuple(logits.shape) != (p, p, p):
+        shape = list(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise AnalysisError(f"logits: expected shape [{p}, {p}, {p}] for p = {p}, got {shape}")
+    flat = logits.reshape(p * p, p).double()
+    logp = torch.log_softmax(flat, dim=-1)
+    rows = []
+    for split in SPLITS:
+        idx = t.splits[split]
+        n = len(idx)
+        if n == 0:
+            loss = acc = float("nan")
+        else:
+            y = t.labels[idx]
+            loss = float(-logp[idx, y].mean())
+            acc = float((flat[idx].argmax(-1) == y).double().mean())
+        rows.append({"ablation": ablation, "component": component, "split": split, "loss": loss, "acc": acc, "n": n})
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def _forward(t: AblationTarget, params: dict[str, Tensor] | None = None, **kw) -> Tensor:
+    with torch.no_grad():
+        return grid_forward(t.params if params is None else params, t.cfg, **kw).logits
+
+
+def _with_baseline(t: AblationTarget, df: pd.DataFrame, include_baseline: bool) -> pd.DataFrame:
+    if not include_baseline:
+        return df.reset_index(drop=True)
+    return pd.concat([baseline(t), df], ignore_index=True)
+
+
+def baseline(target) -> pd.DataFrame:
+    """The unablated model's rows (``ablation = "none"``)."""
+    t = _target(target)
+    return evaluate_logits(t.logits, t)
+
+
+def _fmt(xs) -> str:
+    return "[" + ", ".join(str(int(x)) for x in xs) + "]"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("keep", "remove"):
+        raise AnalysisError(f"mode: expected 'keep' or 'remove', got {mode!r}")
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise AnalysisError(f"method: expected 'zero' or 'mean', got {method!r}")
+
+
+def _freqs(t: AblationTarget, freqs, allow_empty: bool) -> list[int]:
+    if isinstance(freqs, (int, np.integer)):
+        freqs = [freqs]
+    fs = fourier_basis(t.p).check_freqs(list(freqs))
+    if not fs and not allow_empty:
+        raise AnalysisError("freqs: the frequency set is empty")
+    return fs
+
+
+# -- logits ------------------------------------------------------------------------------------
+def ablate_logit_freqs(target, freqs: Sequence[int], mode: str = "remove", *,
+                       name: str | None = None, include_baseline: bool = True) -> pd.DataFrame:
+    """Keep only, or remove, the ``cos(w(a+b))``, ``sin(w(a+b))`` components of the logits.
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        freqs: the frequencies ``w`` (may be empty: ``keep`` then leaves only the per-output
+            mean, ``remove`` changes nothing).
+        mode: ``"keep"`` (the restricted logits: per-output mean over ``(a, b)`` plus those
+            components) or ``"remove"`` (the excluded logits).
+        name: row label (default describes the ablation).
+        include_baseline: prepend the ``"none"`` rows.
+
+    Returns:
+        DataFrame in the ablation-table layout (:data:`COLUMNS`).
+
+    Notes:
+        See :func:`grokinterp.logits.restrict_logits` / :func:`~grokinterp.logits.exclude_logits`:
+        the components are the 2-D DFT entries ``(w, w)`` and ``(−w, −w)`` of each ``L[·, ·, c]``.
+    """
+    t = _target(target)
+    _check_mode(mode)
+    fs = _freqs(t, freqs, allow_empty=True)
+    L = t.logits
+    L2 = restrict_logits(L, fs) if mode == "keep" else exclude_logits(L, fs)
+    df = evaluate_logits(L2, t, name or f"{mode} logit freqs {_fmt(fs)}", "logits")
+    return _with_baseline(t, df, include_baseline)
+
+
+# -- the embedding -----------------------------------------------------------------------------
+def project_embedding(W_E: Tensor, freqs: Sequence[int], mode: str = "keep", p: int | None = None) -> Tensor:
+    """Project the residue rows of ``W_E`` onto (``keep``) or off (``remove``) frequencies.
+
+    Args:
+        W_E: ``[vocab, d_model]`` (rows ``0..p-1`` are the residues, row ``p`` is ``=``).
+        freqs: frequencies whose cos and sin components are kept / removed.
+        mode: ``"keep"`` (the constant component is kept too) or ``"remove"``.
+        p: modulus (default ``vocab − 1``).
+
+    Returns:
+        float32 tensor like ``W_E``; the ``=`` row is unchanged.
+
+    Notes:
+        ``W_E' [:p] = Bᵀ (m ⊙ (B W_E[:p]))`` with the orthonormal basis ``B`` and the component mask
+        ``m`` (keep: const + cos/sin of ``freqs``; remove: all but cos/sin of ``freqs``).
+    """
+    _check_mode(mode)
+    p = W_E.shape[-2] - 1 if p is None else p
+    if W_E.ndim != 2 or W_E.shape[0] < p:
+        raise AnalysisError(f"W_E: expected [vocab ≥ {p}, d_model], got shape {list(W_E.shape)}")
+    B = fourier_basis(p)
+    comp = B.component_mask(list(freqs), include_const=(mode == "keep"))
+    m = comp if mode == "keep" else ~comp
+    coeffs = B.matrix64 @ W_E[:p].double()
+    out = W_E.detach().clone().float()
+    out[:p] = (B.matrix64.T @ (coeffs * m[:, None].double())).float()
+    return out
+
+
+def ablate_embed_freqs(target, freqs: Sequence[int], mode: str = "keep", *,
+                       name: str | None = None, include_baseline: bool = True) -> pd.DataFrame:
+    """Project ``W_E`` onto / off frequencies (Fourier basis over the residues) and re-run the model.
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        freqs: the frequencies (may be empty: ``keep`` then leaves only the constant component,
+            ``remove`` changes nothing).
+        mode: ``"keep"`` (constant + those frequencies) or ``"remove"``.
+        name, include_baseline: see :func:`ablate_logit_freqs`.
+
+    Returns:
+        DataFrame in the ablation-table layout.
+    """
+    t = _target(target)
+    _check_mode(mode)
+    fs = _freqs(t, freqs, allow_empty=True)
+    params = dict(t.params)
+    params["embed.W_E"] = project_embedding(t.params["embed.W_E"], fs, mode, t.p)
+    df = evaluate_logits(_forward(t, params), t, name or f"{mode} W_E freqs {_fmt(fs)}", "W_E")
+    return _with_baseline(t, df, include_baseline)
+
+
+# -- neurons -----------------------------------------------------------------------------------
+def _neuron_post_fn(idx: Tensor, method: str) -> Callable[[Tensor], Tensor]:
+    def fn(post: Tensor) -> Tensor:  # [ckpt, a, b, d_mlp]
+        out = post.clone()
+        if method == "zero":
+            out[..., idx] = 0.0
+        else:
+            out[..., idx] = post[..., idx].mean(dim=(-3, -2), keepdim=True)
+        return out
+
+    return fn
+
+
+def ablate_neurons(target, neurons, method: str = "mean", *, name: str | None = None,
+                   include_baseline: bool = True) -> pd.DataFrame:
+    """Zero- or mean-ablate MLP neurons.
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        neurons: neuron indices (non-empty; validated against ``d_mlp``).
+        method: ``"zero"`` (activation set to 0) or ``"mean"`` (set to its mean over the grid).
+        name, include_baseline: see :func:`ablate_logit_freqs`.
+
+    Returns:
+        DataFrame in the ablation-table layout.
+
+    Notes:
+        Mean ablation: ``N'[a, b, n] = (1/p²) Σ_{a',b'} N[a', b', n]`` for the ablated ``n``.
+    """
+    t = _target(target)
+    _check_method(method)
+    idx = check_neurons(neurons, t.cfg.d_mlp)
+    L = _forward(t, post_fn=_neuron_post_fn(idx, method))
+    label = name or f"{method}-ablate {len(idx)} neuron{'s' if len(idx) != 1 else ''}"
+    return _with_baseline(t, evaluate_logits(L, t, label, "neurons"), include_baseline)
+
+
+def ablate_neuron_clusters(target, freqs, method: str = "mean", threshold: float = DEFAULT_THRESHOLD, *,
+                           name: str | None = None, include_baseline: bool = True) -> pd.DataFrame:
+    """Zero- or mean-ablate the neurons of the frequency clusters of ``freqs``.
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        freqs: a frequency or several (their clusters are ablated together).
+        method: ``"zero"`` or ``"mean"``.
+        threshold: FVE threshold of the clusters (see :func:`grokinterp.neurons.neuron_fourier`).
+        name, include_baseline: see :func:`ablate_logit_freqs`.
+
+    Raises:
+        AnalysisError: unknown frequency, or the clusters hold no neuron.
+    """
+    t = _target(target)
+    fs = _freqs(t, freqs, allow_empty=False)
+    nf = neuron_fourier(t.params, t.cfg, threshold)
+    ids = nf.neurons_of(fs)
+    if len(ids) == 0:
+        raise AnalysisError(f"freqs: no neuron has FVE > {threshold:g} for frequencies {fs}")
+    return ablate_neurons(t, ids, method, name=name or f"{method}-ablate clusters {_fmt(fs)} ({len(ids)} neurons)",
+                          include_baseline=include_baseline)
+
+
+def neuron_approximation(acts: Tensor, freqs: Sequence[int]) -> Tensor:
+    """Project each neuron's activation map onto the constant, linear and quadratic terms of ``freqs``.
+
+    Args:
+        acts: ``[..., a, b, d_mlp]`` activations.
+        freqs: the frequencies (e.g. the key frequencies; may be empty: only the mean is kept).
+
+    Returns:
+        float64 tensor like ``acts``.
+
+    Notes:
+        Keeps the terms ``1``, ``cos/sin(wa)``, ``cos/sin(wb)`` and
+        ``cos/sin(wa)·cos/sin(wb)`` (same ``w``) for ``w ∈ freqs``; products of two different
+        frequencies are dropped, as in the FVE of :func:`grokinterp.neurons.neuron_fve`. Done
+        with a mask on the 2-D DFT over ``(a, b)``: entry ``(u, v)`` is kept when
+        ``f(u), f(v) ∈ freqs ∪ {0}`` and ``f(u) = f(v)`` or one of them is 0
+        (``f(u) = min(u, p − u)``).
+    """
+    p = acts.shape[-2]
+    if acts.ndim < 3 or acts.shape[-3] != p:
+        raise AnalysisError(f"activations: expected [..., p, p, d_mlp], got shape {list(acts.shape)}")
+    fs = fourier_basis(p).check_freqs(list(freqs))
+    f = _freq_of_index(p)
+    ok = torch.isin(f, torch.tensor([0] + fs, dtype=torch.int64))
+    mask = ok[:, None] & ok[None, :] & ((f[:, None] == 0) | (f[None, :] == 0) | (f[:, None] == f[None, :]))
+    X = torch.fft.fft2(acts.double(), dim=(-3, -2))
+    return torch.fft.ifft2(X * mask[:, :, None], dim=(-3, -2)).real
+
+
+def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str | None = None,
+                        include_baseline: bool = True) -> pd.DataFrame:
+    """Replace neurons by their key-frequency approximation (:func:`neuron_approximation`).
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        freqs: the frequencies (non-empty).
+        neurons: which neurons to replace (default all).
+        name, include_baseline: see :func:`ablate_logit_freqs`.
+
+    Returns:
+        DataFrame in the ablation-table layout.
+    """
+    t = _target(target)
+    fs = _freqs(t, freqs, allow_empty=False)
+    idx = None if neurons is None else check_neurons(neurons, t.cfg.d_mlp)
+
+    def post_fn(post: Tensor) -> Tensor:
+        approx = neuron_approximation(post, fs).to(post.dtype)
+        if idx is None:
+            return approx
+        out = post.clone()
+        out[..., idx] = approx[..., idx]
+        return out
+
+    who = "all neurons" if idx is None else f"{len(idx)} neurons"
+    df = evaluate_logits(_forward(t, post_fn=post_fn), t, name or f"{who} → freqs {_fmt(fs)} approximation",
+                         "neurons")
+    return _with_baseline(t, df, include_baseline)
+
+
+# -- attention heads ---------------------------------------------------------------------------
+def _check_heads(heads, n_heads: int) -> list[int]:
+    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
+        heads = [heads]
+    out = []
+    for h in heads:
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)):
+            raise AnalysisError(f"head index {h!r} is not an integer")
+        if not 0 <= int(h) < n_heads:
+            raise AnalysisError(f"head index {int(h)} is out of range 0..{n_heads - 1} (n_heads = {n_heads})")
+        out.append(int(h))
+    if not out:
+        raise AnalysisError("heads: the selection is empty")
+    return sorted(set(out))
+
+
+def _head_means(t: AblationTarget) -> Tensor:
+    """Mean over the grid of each head's output at the final position: ``[h, d_model]``."""
+    P = {k: v.double() for k, v in t.params.items()}
+    p = t.p
+    with torch.no_grad():
+        A = grid_forward(t.params, t.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
+    OV = torch.einsum("hde,hef->hdf", P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"])  # [h, d, d]
+    W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]
+    v0 = torch.einsum("ad,hdf->ahf", W_E[:p] + W_pos[0], OV)  # [a, h, d_model]
+    v1 = torch.einsum("bd,hdf->bhf", W_E[:p] + W_pos[1], OV)
+    v2 = torch.einsum("d,hdf->hf", W_E[p] + W_pos[2], OV)
+    m = torch.einsum("ah,ahf->hf", A[..., 0].mean(1), v0) / p
+    m = m + torch.einsum("bh,bhf->hf", A[..., 1].mean(0), v1) / p
+    m = m + A[..., 2].mean((0, 1))[:, None] * v2
+    return m
+
+
+def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None,
+                 include_baseline: bool = True) -> pd.DataFrame:
+    """Zero- or mean-ablate attention heads (their output at the final position).
+
+    Args:
+        target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
+        heads: head indices (non-empty; validated against ``n_heads``).
+        method: ``"zero"`` (output 0) or ``"mean"`` (output replaced by its mean over the grid).
+        name, include_baseline: see :func:`ablate_logit_freqs`.
+
+    Returns:
+        DataFrame in the ablation-table layout.
+
+    Notes:
+        Mean ablation of head ``h`` replaces its output ``o_h(a, b)`` by ``m_h = mean_{a,b} o_h``.
+        In a one-layer model without LayerNorm this equals scaling the head by 0 and adding
+        ``m_h`` to the residual after attention, i.e. ``b_in += m_h W_in`` and ``b_out += m_h``
+        (``b_out`` reaches the logits through ``W_U`` only).
+    """
+    t = _target(target)
+    _check_method(method)
+    hs = _check_heads(heads, t.cfg.n_heads)
+    scale = torch.ones(t.cfg.n_heads)
+    scale[hs] = 0.0
+    params = dict(t.params)
+    if method == "mean":
+        m = _head_means(t)[hs].sum(0)  # [d_model]
+        params["blocks.0.mlp.b_in"] = (t.params["blocks.0.mlp.b_in"].double()
+                                       + m @ t.params["blocks.0.mlp.W_in"].double()).float()
+        params["blocks.0.mlp.b_out"] = (t.params["blocks.0.mlp.b_out"].double() + m).float()
+    L = _forward(t, params, head_scale=scale)
+    label = name or f"{method}-ablate head{'s' if len(hs) > 1 else ''} {_fmt(hs)}"
+    return _with_baseline(t, evaluate_logits(L, t, label, "heads"), include_baseline)
+
+
+# -- the standard set --------------------------------------------------------------------------
+def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = -1,
+                   threshold: float = DEFAULT_THRESHOLD, seed: int = 0) -> pd.DataFrame:
+    """The standard circuit ablations of one checkpoint, in one table.
+
+    Args:
+        run: a ``Run``, ``(model_or_params, train_pairs)`` or an :class:`AblationTarget`.
+        key_freqs: the key frequencies (default: :func:`grokinterp.fourier.key_frequencies` of
+            the checkpoint, method ``W_L``).
+        epoch: checkpoint of a ``Run`` (``-1`` = last).
+        threshold: FVE threshold of the neuron clusters.
+        seed: seed choosing the control set of non-key frequencies.
+
+    Returns:
+        DataFrame in the ablation-table layout (:data:`COLUMNS`), rows in this order:
+        ``none``; logits: keep key freqs (restricted), remove key freqs (excluded), remove as many
+        non-key freqs (control, drawn with ``seed``); W_E: keep key freqs, remove key freqs;
+        neurons: all replaced by their key-frequency approximation, mean-ablate the neurons
+        outside the key-frequency clusters (when there are any); heads: mean-ablate each head,
+        and all heads together.
+    """
+    t = ablation_target(run, epoch=epoch) if not isinstance(run, (AblationTarget, tuple)) else _target(run)
+    if key_freqs is None:
+        from .fourier import key_frequencies
+
+        key_freqs = key_frequencies(t.params).freqs
+    key = _freqs(t, key_freqs, allow_empty=False)
+    n_freq = fourier_basis(t.p).n_freq
+    non_key = [w for w in range(1, n_freq + 1) if w not in key]
+    K = _fmt(key)
+    parts = [baseline(t)]
+    kw = dict(include_baseline=False)
+    parts.append(ablate_logit_freqs(t, key, "keep", name=f"logits: keep key freqs {K}", **kw))
+    parts.append(ablate_logit_freqs(t, key, "remove", name=f"logits: remove key freqs {K}", **kw))
+    if non_key:
+        rng = np.random.default_rng(seed)
+        ctrl = sorted(int(w) for w in rng.choice(non_key, size=min(len(key), len(non_key)), replace=False))
+        parts.append(ablate_logit_freqs(t, ctrl, "remove",
+                                        name=f"logits: remove {len(ctrl)} non-key freqs {_fmt(ctrl)}", **kw))
+    parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key freqs {K}", **kw))
+    parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key freqs {K}", **kw))
+    parts.append(approximate_neurons(t, key, name=f"neurons: key-freq approximation {K}", **kw))
+    nf = neuron_fourier(t.params, t.cfg, threshold)
+    outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)
+    outside[nf.neurons_of(key)] = False
+    if outside.any():
+        ids = torch.nonzero(outside).flatten()
+        parts.append(ablate_neurons(t, ids, "mean", name=f"neurons: mean-ablate {len(ids)} outside key clusters",
+                                    **kw))
+    for h in range(t.cfg.n_heads):
+        parts.append(ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw))
+    parts.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,315 @@
+"""MLP neurons over the ``(a, b)`` grid: 2-D Fourier decomposition, fraction of variance
+explained per frequency, dominant frequencies and frequency clusters.
+
+In a grokked model almost every neuron's activation map ``N[a, b]`` is a function of one
+frequency ``w``: a constant plus *linear* terms ``cos(wa), sin(wa), cos(wb), sin(wb)`` plus
+*quadratic* terms ``cos(wa)cos(wb), cos(wa)sin(wb), sin(wa)cos(wb), sin(wa)sin(wb)``
+(Nanda et al. 2023, §4.2: 433 of 512 neurons have more than 85 % of their variance explained by
+one frequency).
+
+Conventions:
+
+* Activations are ``[a, b, d_mlp]`` (or stacked ``[ckpt, a, b, d_mlp]``), taken at the final
+  position after the non-linearity (``blocks.0.mlp.hook_post``).
+* 2-D coefficients are in :class:`~grokinterp.fourier.FourierBasis` ⊗ ``FourierBasis`` order
+  (``const, cos 1, sin 1, ...`` along ``a`` and along ``b``).
+* FVE per frequency: index ``k`` is frequency ``k``; index 0 (the constant) is always 0 because
+  the constant is not variance.
+
+Example:
+    >>> nf = neuron_fourier(run.model(-1))            # doctest: +SKIP
+    >>> nf.fve.shape, nf.explained_fraction    # [d_mlp, n_freq + 1], ≈ 0.85  # doctest: +SKIP
+    >>> nf.cluster_sizes                       # freq, n_neurons, fraction  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .config import ModelConfig, RunConfig
+from .errors import AnalysisError
+from .fourier import KeyFrequencies, fourier_basis
+from .grid import grid_forward
+from .logits import _check_p, fourier_coeffs_fft, resolve_model
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "neuron_activations",
+    "neuron_fourier_coeffs",
+    "neuron_fve",
+    "NeuronFourier",
+    "neuron_fourier",
+    "neuron_key_frequencies",
+    "check_neurons",
+]
+
+#: FVE above which a neuron counts as explained by one frequency (paper: 0.85).
+DEFAULT_THRESHOLD = 0.85
+
+
+def check_neurons(neurons, d_mlp: int, *, allow_empty: bool = False) -> Tensor:
+    """Validate neuron indices; returns them as a sorted, de-duplicated int64 tensor.
+
+    Args:
+        neurons: an int, a sequence of ints, or an integer tensor / array.
+        d_mlp: the number of neurons.
+        allow_empty: accept an empty selection.
+
+    Raises:
+        AnalysisError: an index is not an integer in ``0..d_mlp-1`` (the message names it), or the
+            selection is empty and ``allow_empty`` is false.
+    """
+    if isinstance(neurons, (int, np.integer)) and not isinstance(neurons, bool):
+        neurons = [neurons]
+    if torch.is_tensor(neurons) or isinstance(neurons, np.ndarray):
+        arr = np.asarray(neurons.detach().cpu() if torch.is_tensor(neurons) else neurons)
+        if arr.ndim > 1:
+            raise AnalysisError(f"neurons: expected a 1-D list of indices, got shape {list(arr.shape)}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise AnalysisError(f"neurons: expected integer indices, got dtype {arr.dtype}")
+        neurons = arr.tolist()
+    out = []
+    for n in neurons:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise AnalysisError(f"neuron index {n!r} is not an integer")
+        if not 0 <= int(n) < d_mlp:
+            raise AnalysisError(f"neuron index {int(n)} is out of range 0..{d_mlp - 1} (d_mlp = {d_mlp})")
+        out.append(int(n))
+    if not out and not allow_empty:
+        raise AnalysisError("neurons: the selection is empty")
+    return torch.tensor(sorted(set(out)), dtype=torch.int64)
+
+
+def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = None,
+                       neurons=None) -> Tensor:
+    """Activations of the MLP neurons at the final position on every input ``(a, b)``.
+
+    Args:
+        model_or_params: a model, a ``Run`` (last checkpoint) or a parameter dict, single or
+            stacked ``[ckpt, ...]``.
+        cfg: the model config (needed for a dict of a GELU model; see
+            :func:`grokinterp.logits.resolve_model`).
+        neurons: optional neuron indices to keep (validated).
+
+    Returns:
+        float32 ``[p, p, d_mlp]`` (``[a, b, neuron]``), or ``[ckpt, p, p, d_mlp]`` for a stack;
+        the last axis has ``len(neurons)`` entries when ``neurons`` is given.
+    """
+    params, cfg = resolve_model(model_or_params, cfg)
+    with torch.no_grad():
+        post = grid_forward(params, cfg, return_post=True).post
+    if neurons is not None:
+        post = post[..., check_neurons(neurons, cfg.d_mlp)]
+    return post
+
+
+def _check_acts(acts: Tensor) -> int:
+    if not torch.is_tensor(acts) or acts.ndim < 3:
+        shape = list(acts.shape) if torch.is_tensor(acts) else type(acts).__name__
+        raise AnalysisError(f"activations: expected a tensor [..., a, b, d_mlp], got {shape}")
+    return _check_p(acts, (-3, -2), "activations [..., a, b, d_mlp]")
+
+
+def neuron_fourier_coeffs(acts: Tensor) -> Tensor:
+    """2-D Fourier coefficients of each neuron's activation map over ``(a, b)``.
+
+    Args:
+        acts: ``[..., a, b, d_mlp]`` activations (see :func:`neuron_activations`).
+
+    Returns:
+        float64 ``[..., p, p, d_mlp]``; entry ``[i, j, n]`` is the coefficient of neuron ``n``
+        along ``basis[i](a) · basis[j](b)`` (labels in ``fourier_basis(p).labels``).
+
+    Notes:
+        ``C[i, j, n] = Σ_{a,b} B[i, a] B[j, b] N[a, b, n]`` with the orthonormal basis ``B``,
+        computed by FFT (:func:`grokinterp.logits.fourier_coeffs_fft`).
+    """
+    _check_acts(acts)
+    return fourier_coeffs_fft(acts, (-3, -2))
+
+
+def _freq_energy(acts: Tensor) -> Tensor:
+    """Energy per (frequency in a, frequency in b): ``[..., d_mlp, n_freq + 1, n_freq + 1]``."""
+    p = _check_acts(acts)
+    B = fourier_basis(p)
+    n = B.n_freq + 1
+    sq = neuron_fourier_coeffs(acts).pow(2)  # [..., i, j, d_mlp]
+    sq = torch.movedim(sq, -1, -3)  # [..., d_mlp, i, j]
+    lead = sq.shape[:-2]
+    e = torch.zeros(*lead, n, p, dtype=sq.dtype).index_add_(-2, B.freqs, sq)
+    return torch.zeros(*lead, n, n, dtype=sq.dtype).index_add_(-1, B.freqs, e)
+
+
+def neuron_fve(acts: Tensor) -> Tensor:
+    """Fraction of each neuron's variance explained by each single frequency.
+
+    Args:
+        acts: ``[..., a, b, d_mlp]`` activations (a stack ``[ckpt, a, b, d_mlp]`` works).
+
+    Returns:
+        float64 ``[..., d_mlp, n_freq + 1]``; index ``k`` = frequency ``k``, index 0 is 0. A
+        neuron that is constant over the grid (e.g. dead) has FVE 0 everywhere.
+
+    Notes:
+        With 2-D coefficients ``C[i, j]`` (see :func:`neuron_fourier_coeffs`) and ``f(i)`` the
+        frequency of component ``i``:
+        ``FVE_k = Σ_{(i,j) ∈ T_k} C[i,j]² / (Σ_{i,j} C[i,j]² − C[0,0]²)`` where ``T_k`` holds the
+        linear terms (``f(i) = k, j = 0`` and ``i = 0, f(j) = k``) and the quadratic terms
+        (``f(i) = f(j) = k``). The rest of the variance sits in products of two different
+        frequencies.
+    """
+    E = _freq_energy(acts)
+    n = E.shape[-1]
+    k = torch.arange(1, n)
+    own = E[..., k, 0] + E[..., 0, k] + E[..., k, k]  # [..., d_mlp, n_freq]
+    var = E.sum((-2, -1)) - E[..., 0, 0]
+    tiny = 1e-12 * E.sum((-2, -1)).clamp_min(1e-300)  # constant maps: rounding noise only
+    ok = var > tiny
+    fve = torch.where(ok[..., None], own / torch.where(ok, var, 1.0)[..., None], 0.0)
+    return torch.cat([torch.zeros_like(fve[..., :1]), fve], dim=-1)
+
+
+@dataclass(frozen=True)
+class NeuronFourier:
+    """Per-neuron frequency analysis of one model.
+
+    Attributes:
+        fve: ``[d_mlp, n_freq + 1]`` fraction of variance explained per frequency (index k =
+            frequency k; index 0 is 0).
+        dominant_freq: ``[d_mlp]`` int64, the frequency with the largest FVE (0 when no
+            frequency explains any variance, e.g. a constant neuron).
+        dominant_fve: ``[d_mlp]`` its FVE.
+        threshold: the FVE a neuron's dominant frequency must exceed to join a cluster.
+        clusters: ``{freq: int64 tensor of neuron ids}`` for the well-explained neurons, sorted by
+            frequency; only non-empty clusters appear.
+        cluster_sizes: DataFrame ``freq, n_neurons, fraction`` (fraction of all ``d_mlp``), one
+            row per cluster.
+        explained_fraction: fraction of the neurons in some cluster (paper: 433/512 ≈ 0.846).
+        p: the modulus.
+    """
+
+    fve: Tensor
+    dominant_freq: Tensor
+    dominant_fve: Tensor
+    threshold: float
+    clusters: dict[int, Tensor] = field(repr=False)
+    cluster_sizes: pd.DataFrame = field(repr=False)
+    explained_fraction: float
+    p: int
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.fve.shape[0])
+
+    @property
+    def explained(self) -> Tensor:
+        """Boolean ``[d_mlp]``: the neuron is in a cluster."""
+        return self.dominant_fve > self.threshold
+
+    def cluster(self, freq: int) -> Tensor:
+        """Neuron ids of the cluster of ``freq`` (empty tensor if no neuron has it)."""
+        (f,) = fourier_basis(self.p).check_freqs([freq])
+        return self.clusters.get(f, torch.zeros(0, dtype=torch.int64))
+
+    def neurons_of(self, freqs: Sequence[int]) -> Tensor:
+        """Neuron ids of the clusters of all ``freqs`` together, sorted."""
+        fs = fourier_basis(self.p).check_freqs(list(freqs))
+        ids = [self.clusters[f] for f in fs if f in self.clusters]
+        return torch.sort(torch.cat(ids))[0] if ids else torch.zeros(0, dtype=torch.int64)
+
+    def table(self, neurons=None) -> pd.DataFrame:
+        """One row per neuron: ``neuron, dominant_freq, dominant_fve, cluster`` (cluster = freq or -1)."""
+        idx = check_neurons(neurons, self.d_mlp) if neurons is not None else torch.arange(self.d_mlp)
+        explained = self.explained[idx]
+        return pd.DataFrame({
+            "neuron": idx.numpy(),
+            "dominant_freq": self.dominant_freq[idx].numpy(),
+            "dominant_fve": self.dominant_fve[idx].numpy(),
+            "cluster": torch.where(explained, self.dominant_freq[idx], -1).numpy(),
+        })
+
+
+def _resolve_acts(x, cfg) -> Tensor:
+    if torch.is_tensor(x):
+        _check_acts(x)
+        return x
+    return neuron_activations(x, cfg)
+
+
+def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
+                   threshold: float = DEFAULT_THRESHOLD) -> NeuronFourier:
+    """Frequency analysis of every MLP neuron of one model.
+
+    Args:
+        model_or_acts: a model, a ``Run`` (last checkpoint), a parameter dict, or activations
+            ``[a, b, d_mlp]`` themselves (a tensor).
+        cfg: the model config (see :func:`grokinterp.logits.resolve_model`).
+        threshold: FVE a neuron's dominant frequency must exceed to count as explained
+            (paper: 0.85).
+
+    Returns:
+        :class:`NeuronFourier`. For a stack of checkpoints use :func:`neuron_fve`.
+
+    Notes:
+        ``dominant_freq = argmax_k FVE_k``; cluster ``k`` = ``{n : dominant_freq_n = k and
+        FVE_k(n) > threshold}`` (see :func:`neuron_fve` for ``FVE``).
+    """
+    if not 0.0 <= float(threshold) < 1.0:
+        raise AnalysisError(f"threshold: must lie in [0, 1), got {threshold!r}")
+    acts = _resolve_acts(model_or_acts, cfg)
+    if acts.ndim != 3:
+        raise AnalysisError(f"neuron_fourier takes one model ([a, b, d_mlp] activations), got shape "
+                            f"{list(acts.shape)}; use neuron_fve for a stack of checkpoints")
+    p = acts.shape[0]
+    fve = neuron_fve(acts)
+    dom_fve, dom = fve[:, 1:].max(-1)
+    dom = torch.where(dom_fve > 1e-9, dom + 1, 0)  # no single-frequency variance: 0
+    explained = dom_fve > threshold
+    clusters = {}
+    for k in torch.unique(dom[explained]).tolist():
+        clusters[int(k)] = torch.nonzero(explained & (dom == k)).flatten()
+    d_mlp = fve.shape[0]
+    sizes = pd.DataFrame({
+        "freq": np.array(list(clusters), dtype=np.int64),
+        "n_neurons": np.array([len(v) for v in clusters.values()], dtype=np.int64),
+    })
+    sizes["fraction"] = sizes["n_neurons"] / d_mlp
+    return NeuronFourier(fve=fve, dominant_freq=dom, dominant_fve=dom_fve, threshold=float(threshold),
+                         clusters=clusters, cluster_sizes=sizes,
+                         explained_fraction=float(explained.double().mean()), p=p)
+
+
+def neuron_key_frequencies(model_or_params, min_fraction: float = 0.05,
+                           cfg: ModelConfig | RunConfig | None = None,
+                           threshold: float = DEFAULT_THRESHOLD) -> KeyFrequencies:
+    """Key frequencies read off the neuron clusters (method ``"neurons"``).
+
+    Args:
+        model_or_params: a model, a ``Run`` (last checkpoint), a parameter dict or activations.
+        min_fraction: a frequency is key when it is the dominant frequency of at least this
+            fraction of the well-explained neurons.
+        cfg: the model config (see :func:`grokinterp.logits.resolve_model`).
+        threshold: the FVE that makes a neuron well explained (paper: 0.85).
+
+    Returns:
+        :class:`~grokinterp.fourier.KeyFrequencies` with ``method="neurons"``; ``scores[k]`` is the
+        fraction of the well-explained neurons in cluster ``k``. No well-explained neuron gives
+        an empty frequency set (and zero scores).
+    """
+    if not 0.0 < float(min_fraction) <= 1.0:
+        raise AnalysisError(f"min_fraction: must lie in (0, 1], got {min_fraction!r}")
+    nf = neuron_fourier(model_or_params, cfg, threshold)
+    scores = np.zeros(nf.fve.shape[1])
+    n_explained = int(nf.explained.sum())
+    for k, ids in nf.clusters.items():
+        scores[k] = len(ids) / n_explained
+    freqs = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
+    rule = (f"dominant frequency of ≥ {min_fraction:.0%} of the {n_explained} neurons with "
+            f"FVE > {threshold:g} for one frequency")
+    return KeyFrequencies(freqs, "neurons", scores, rule)
