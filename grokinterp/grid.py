@@ -113,9 +113,14 @@ def grid_forward(
     s0 = torch.einsum("cvd,cdh->cvh", EP[:, 0, :p], kq)  # [ckpt, a, h]
     s1 = torch.einsum("cvd,cdh->cvh", EP[:, 1, :p], kq)  # [ckpt, b, h]
     s2 = torch.einsum("cd,cdh->ch", x_eq, kq)  # [ckpt, h]
-    scores = torch.stack(torch.broadcast_tensors(
-        s0[:, :, None, :], s1[:, None, :, :], s2[:, None, None, :]), dim=-1)  # [ckpt, a, b, h, 3]
-    pattern = scores.softmax(dim=-1)
+    # Softmax over the three key positions, each probability its own contiguous [ckpt, a, b, h]
+    # tensor (a strided slice of a stacked pattern makes the einsums below several times slower).
+    m = torch.maximum(torch.maximum(s0[:, :, None], s1[:, None, :]), s2[:, None, None])
+    p0 = (s0[:, :, None] - m).exp_()
+    p1 = (s1[:, None, :] - m).exp_()
+    p2 = (s2[:, None, None] - m).exp_()
+    z = p0 + p1 + p2
+    p0.div_(z), p1.div_(z), p2.div_(z)
 
     W_read = torch.cat([W_in, W_U], dim=-1)  # [ckpt, d_model, d_mlp + vocab]
     OV_read = torch.einsum("ched,cdk->chek", W_O, W_read)
@@ -124,21 +129,34 @@ def grid_forward(
         OV_read = OV_read * hs[:, :, None, None]
 
     def table(x: Tensor) -> Tensor:  # [ckpt, t, d_model] -> [ckpt, t, h, k]
-        return torch.einsum("ctd,chde,chek->cthk", x, W_V, OV_read)
+        return torch.einsum("ctd,chde,chek->cthk", x, W_V, OV_read).contiguous()
 
     T0, T1, T2 = table(EP[:, 0, :p]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
-    out = (x_eq[:, None, :] @ W_read)[:, 0]  # [ckpt, k]
-    acc = torch.einsum("cabh,cahk->cabk", pattern[..., 0], T0)
-    acc = acc + torch.einsum("cabh,cbhk->cabk", pattern[..., 1], T1)
-    acc = acc + torch.einsum("cabh,chk->cabk", pattern[..., 2], T2)
-    acc = acc + out[:, None, None, :]
-    pre = acc[..., :dm] + b_in[:, None, None, :]
-    post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
-    if post_fn is not None:
-        post = post_fn(post)
+    # p2 = 1 − p0 − p1: Σ_j p_j T_j = Σ_h T2 + p0 (T0 − T2) + p1 (T1 − T2). The constant part
+    # (Σ_h T2, the residual stream of "=" read into [W_in | W_U], b_in and b_out W_U) rides along
+    # as an extra "head" with weight 1, and the p1 term is accumulated in place through a
+    # transposed view: two batched matmuls write acc once (no temporaries, no extra passes).
+    const = (x_eq[:, None, :] @ W_read)[:, 0] + T2.sum(1)  # [ckpt, k]
+    const = const + torch.cat([b_in, (b_out[:, None, :] @ W_U)[:, 0]], dim=-1)
+    K = const.shape[-1]
+    w0 = torch.cat([p0, p0.new_ones(n, p, p, 1)], dim=-1)  # [ckpt, a, b, h + 1]
+    U0 = torch.cat([T0 - T2[:, None], const[:, None, None, :].expand(n, p, 1, K)], dim=2)  # [ckpt, a, h + 1, k]
+    acc = torch.bmm(w0.reshape(n * p, p, H + 1), U0.reshape(n * p, H + 1, K)).reshape(n, p, p, K)
+    U1 = T1 - T2[:, None]  # [ckpt, b, h, k]
+    for i in range(n):  # per checkpoint: acc[i, :, b] += p1[i, :, b] @ U1[i, b]
+        acc[i].transpose(0, 1).baddbmm_(p1[i].transpose(0, 1), U1[i])
+    acc = acc.reshape(n, p * p, -1)
+    pre = acc[..., :dm]  # [ckpt, a*b, d_mlp], a strided view of acc
+    if cfg.act_fn == "relu" and post_fn is None and not return_post:
+        post = pre.relu_()  # in place: nobody else sees the pre-activations
+    else:
+        post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
+        if post_fn is not None:
+            post = post_fn(post.reshape(n, p, p, dm)).reshape(n, p * p, dm)
     W_L = W_out @ W_U  # [ckpt, d_mlp, vocab]
-    logits = acc[..., dm:] + (b_out[:, None, :] @ W_U)[:, None]  # [ckpt, 1, 1, vocab] broadcasts
-    logits = logits + (post.reshape(n, p * p, dm) @ W_L).reshape(n, p, p, -1)
+    logits = torch.baddbmm(acc[..., dm:], post, W_L).reshape(n, p, p, -1)
+    post = post.reshape(n, p, p, dm)
+    pattern = torch.stack([p0, p1, p2], dim=-1) if return_pattern else None
 
     def squeeze(t: Tensor | None) -> Tensor | None:
         return t[0] if (single and t is not None) else t

@@ -1,0 +1,403 @@
+"""The three phases of grokking, found from the progress-measure curves by written-down rules.
+
+Nanda et al. (2023, §5.2) split training into **memorization** (the model fits the training set;
+test loss is high), **circuit formation** (the Fourier circuit grows while the memorizing one is
+still in use: restricted loss falls, excluded loss rises, test loss stays high) and **cleanup**
+(weight decay removes the memorization components: test loss and the weight norm fall sharply).
+For p = 113 with 30 % of the data they give 0–1.4k, 1.4k–9.4k and 9.4k–14k epochs.
+
+:func:`detect_phases` finds the epoch that ends each phase; :func:`circuit_formation_epoch` dates
+the formation of the generalizing circuit from the restricted loss and compares it with the epoch
+test accuracy passed 99 %. Both take a table with one row per checkpoint (the output of
+:func:`grokinterp.progress.progress_measures`, or ``run.eval_metrics()`` for the rules that need
+only losses and accuracies) and return frozen dataclasses whose ``rule`` strings state exactly what
+was tested. A boundary that cannot be found (a run that never memorizes, never generalizes, or
+stops mid-cleanup) is ``None`` with a ``reason``.
+
+The rules use smoothed curves and relative thresholds (fractions of a curve's own log10 range or
+of its fastest fall, a ratio of losses), so they carry over between values of p, loss scales and
+checkpoint spacings:
+
+* every curve is smoothed by a centred running median over :data:`SMOOTH_WINDOW` checkpoints
+  (losses and weight norms on a log10 scale), which removes isolated spikes (slingshots);
+* a curve "falls a fraction f of its range" when its smoothed log10 value drops below
+  ``high − f·(high − low)``, ``high`` and ``low`` being its smoothed extremes;
+* a fall "slows" when its rate (a local least-squares slope of the smoothed log10 curve over
+  :data:`RATE_SPAN` of the run's epochs, so dense checkpoints average more points instead of
+  adding noise) drops below a fraction of the curve's fastest fall.
+
+Example:
+    >>> measures = progress_measures(run)                        # doctest: +SKIP
+    >>> phases = detect_phases(measures)                         # doctest: +SKIP
+    >>> phases.memorization_end, phases.circuit_formation_end, phases.cleanup_end   # doctest: +SKIP
+    (1400, 9750, 14050)        # curves shaped like the paper's (boundaries 1.4k, 9.4k, 14k)
+    >>> print(phases.cleanup.rule)                               # doctest: +SKIP
+    >>> circuit_formation_epoch(measures).lead_time             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import AnalysisError
+
+__all__ = [
+    "ACC_THRESHOLD",
+    "SMOOTH_WINDOW",
+    "PhaseBoundary",
+    "Phases",
+    "detect_phases",
+    "CircuitFormation",
+    "circuit_formation_epoch",
+]
+
+#: Accuracy that counts as "fitted" (train) or "generalized" (test).
+ACC_THRESHOLD = 0.99
+#: Checkpoints in the centred running median applied to every curve.
+SMOOTH_WINDOW = 5
+#: Circuit formation ends when the test loss has fallen this fraction of its log10 range.
+TEST_FALL_START = 0.10
+#: Cleanup ends once the test loss is within this many decades of the train loss ...
+TEST_TRAIN_GAP_END = 1.0
+#: ... and the weight norm falls at less than this fraction of its fastest fall since cleanup began.
+WEIGHT_RATE_END = 0.20
+#: Fall rates are local linear-regression slopes over this fraction of the run's epoch span.
+RATE_SPAN = 0.02
+#: The circuit has formed when the restricted loss has fallen this fraction of its log10 range.
+RESTRICTED_FALL = 0.50
+#: The excluded loss marks formation when it has risen this fraction of its log10 range.
+EXCLUDED_RISE = 0.50
+
+_REQUIRED = ("epoch", "train_loss", "test_loss", "train_acc", "test_acc")
+_TINY = 1e-300
+
+
+# -- input ------------------------------------------------------------------------------------------
+def _check_measures(measures, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Validate and clean a per-checkpoint table: required columns, numeric, sorted epochs."""
+    if not isinstance(measures, pd.DataFrame):
+        raise AnalysisError(f"measures: expected a pandas DataFrame (one row per checkpoint), "
+                            f"got {type(measures).__name__}")
+    need = _REQUIRED + extra
+    missing = [c for c in need if c not in measures.columns]
+    if missing:
+        raise AnalysisError(f"measures: missing column(s) {missing}; columns present: {list(measures.columns)}")
+    if len(measures) == 0:
+        raise AnalysisError("measures: the table is empty (no checkpoints)")
+    for c in measures.columns:
+        if c in need or c in ("restricted_loss", "excluded_loss", "sum_sq_weights"):
+            if not pd.api.types.is_numeric_dtype(measures[c]):
+                raise AnalysisError(f"measures: column {c!r} holds non-numeric values")
+    df = measures.dropna(subset=list(need)).sort_values("epoch", kind="stable").reset_index(drop=True)
+    if len(df) == 0:
+        raise AnalysisError(f"measures: no row has all of {list(need)} recorded (all hold NaN)")
+    ep = df["epoch"].to_numpy()
+    if np.any(np.diff(ep) == 0):
+        dup = ep[1:][np.diff(ep) == 0][:5].tolist()
+        raise AnalysisError(f"measures: epochs {dup} appear more than once")
+    for c in ("train_loss", "test_loss"):
+        if (df[c] < 0).any():
+            raise AnalysisError(f"measures: column {c!r} holds negative losses")
+    return df
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    """Centred running median over ``window`` points (shrinking at the ends)."""
+    return pd.Series(y).rolling(window, center=True, min_periods=1).median().to_numpy()
+
+
+def _log_curve(df: pd.DataFrame, col: str, window: int) -> np.ndarray:
+    y = df[col].to_numpy(dtype=np.float64)
+    if np.all(np.isnan(y)):
+        return y
+    y = pd.Series(y).interpolate(limit_direction="both").to_numpy()
+    return _smooth(np.log10(np.maximum(y, _TINY)), window)
+
+
+def _first(mask: np.ndarray, start: int = 0) -> int | None:
+    idx = np.flatnonzero(mask[start:])
+    return int(idx[0]) + start if len(idx) else None
+
+
+# -- phases -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PhaseBoundary:
+    """The epoch that ends one phase, and how it was found.
+
+    Attributes:
+        phase: ``memorization``, ``circuit_formation`` or ``cleanup``.
+        end: the first checkpoint epoch at which the rule held, or ``None``.
+        rule: the rule, in words, with the thresholds used.
+        reason: why ``end`` is ``None`` (``None`` when it was found).
+    """
+
+    phase: str
+    end: int | None
+    rule: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Phases:
+    """The phases of a run (see the module docstring for the rules).
+
+    Attributes:
+        memorization, circuit_formation, cleanup: the boundary ending each phase.
+        first_epoch, last_epoch: the span of the checkpoints examined.
+        test_acc_99_epoch: first epoch the smoothed test accuracy reached 99 % (``None``: never).
+        smoothing: how the curves were smoothed.
+    """
+
+    memorization: PhaseBoundary
+    circuit_formation: PhaseBoundary
+    cleanup: PhaseBoundary
+    first_epoch: int
+    last_epoch: int
+    test_acc_99_epoch: int | None
+    smoothing: str
+
+    @property
+    def memorization_end(self) -> int | None:
+        return self.memorization.end
+
+    @property
+    def circuit_formation_end(self) -> int | None:
+        return self.circuit_formation.end
+
+    @property
+    def cleanup_end(self) -> int | None:
+        return self.cleanup.end
+
+    @property
+    def grokked(self) -> bool:
+        """The run generalized: test accuracy reached 99 % after memorization."""
+        return self.circuit_formation.end is not None
+
+    def intervals(self) -> list[tuple[str, int, int]]:
+        """``(phase, start, end)`` of each phase whose end was found, for shading plots."""
+        out, start = [], self.first_epoch
+        for b in (self.memorization, self.circuit_formation, self.cleanup):
+            if b.end is None:
+                break
+            out.append((b.phase, start, b.end))
+            start = b.end
+        return out
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per phase: ``phase, start, end, rule, reason`` (``start``/``end`` nullable Int64)."""
+        rows, start = [], self.first_epoch
+        for b in (self.memorization, self.circuit_formation, self.cleanup):
+            rows.append({"phase": b.phase, "start": start, "end": b.end, "rule": b.rule, "reason": b.reason})
+            start = b.end
+        return pd.DataFrame(rows).astype({"start": "Int64", "end": "Int64"})
+
+
+def _fall_rate(y: np.ndarray, ep: np.ndarray) -> np.ndarray:
+    """``−dy/d epoch`` at each checkpoint: least-squares slope over the checkpoints within
+    ``±RATE_SPAN/2`` of the run's epoch span (at least the two neighbours)."""
+    n = len(y)
+    if n < 2:
+        return np.zeros(n)
+    t = ep.astype(np.float64)
+    half = max(RATE_SPAN * (t[-1] - t[0]) / 2, 0.0)
+    lo = np.minimum(np.searchsorted(t, t - half, side="left"), np.maximum(np.arange(n) - 1, 0))
+    hi = np.maximum(np.searchsorted(t, t + half, side="right"), np.minimum(np.arange(n) + 2, n))
+    c = lambda v: np.concatenate([[0.0], np.cumsum(v)])  # noqa: E731
+    S1, St, Sy, Stt, Sty = c(np.ones(n)), c(t), c(y), c(t * t), c(t * y)
+    k = S1[hi] - S1[lo]
+    st, sy, stt, sty = St[hi] - St[lo], Sy[hi] - Sy[lo], Stt[hi] - Stt[lo], Sty[hi] - Sty[lo]
+    den = k * stt - st * st
+    with np.errstate(invalid="ignore", divide="ignore"):
+        slope = (k * sty - st * sy) / den
+    return -np.where(den > 0, slope, 0.0)
+
+
+def detect_phases(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW) -> Phases:
+    """Find the epochs that end memorization, circuit formation and cleanup.
+
+    Args:
+        measures: one row per checkpoint with at least ``epoch, train_loss, test_loss, train_acc,
+            test_acc`` (:func:`~grokinterp.progress.progress_measures` output or
+            ``run.eval_metrics()``); ``sum_sq_weights``, when present, is used for the end of cleanup.
+        window: checkpoints in the running median (1 = no smoothing).
+
+    Returns:
+        :class:`Phases`. Boundaries that cannot be found are ``None`` with a ``reason``; later
+        phases are then ``None`` too.
+
+    Raises:
+        AnalysisError: not a DataFrame, empty, a required column missing or non-numeric, repeated
+            epochs, negative losses, or a bad ``window``.
+
+    Notes:
+        With ``ℓ`` the smoothed log10 test loss, ``hi`` its maximum before smoothed test accuracy
+        reaches 99 % and ``lo`` its minimum from then on:
+
+        * memorization ends at the first epoch where smoothed train accuracy ≥ 99 %;
+        * circuit formation ends (cleanup begins) at the first epoch after both the memorization
+          end and the test-loss peak where ``ℓ ≤ hi − 0.1 (hi − lo)``: the test loss has begun its
+          sharp fall. Requires the smoothed test accuracy to reach 99 % at some point;
+        * cleanup ends at the first epoch after that, with test accuracy ≥ 99 % reached, where the
+          smoothed test loss is within one decade of the smoothed train loss and (with
+          ``sum_sq_weights``) the smoothed log10 weight norm falls at less than 20 % of its fastest
+          rate since cleanup began (rates: local least-squares slopes over 2 % of the epoch span).
+          A weight norm still falling that fast at the last checkpoint leaves the end ``None``.
+
+        Thresholds are relative (fractions of a curve's own range or fastest rate, a ratio of
+        losses), so the rules carry over between p, loss scales and checkpoint spacings.
+    """
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+        raise AnalysisError(f"window: must be a positive integer, got {window!r}")
+    df = _check_measures(measures)
+    ep = df["epoch"].to_numpy(dtype=np.int64)
+    smoothing = (f"centred running median over {window} checkpoints (losses and weight norm in log10); "
+                 f"rates: least-squares slopes over {RATE_SPAN:.0%} of the epoch span")
+    tr_acc = _smooth(df["train_acc"].to_numpy(dtype=np.float64), window)
+    te_acc = _smooth(df["test_acc"].to_numpy(dtype=np.float64), window)
+    ell = _log_curve(df, "test_loss", window)
+    gap = ell - _log_curve(df, "train_loss", window)
+    acc_pct = f"{ACC_THRESHOLD:.0%}"
+
+    rule_m = f"first epoch where the smoothed train accuracy ≥ {acc_pct}"
+    rule_c = (f"first epoch after the memorization end and the test-loss peak where the smoothed log10 test loss "
+              f"has fallen {TEST_FALL_START:.0%} of its range (peak before smoothed test accuracy ≥ {acc_pct} → "
+              f"minimum after): the sharp fall of the test loss has begun")
+    rule_e = (f"first epoch after the circuit-formation end, with smoothed test accuracy ≥ {acc_pct} reached, where "
+              f"the smoothed test loss is within {TEST_TRAIN_GAP_END:g} decade(s) of the smoothed train loss")
+    has_w = "sum_sq_weights" in df.columns and df["sum_sq_weights"].notna().sum() >= 2
+    if has_w:
+        rule_e += (f" and the smoothed log10 sum of squared weights falls at < {WEIGHT_RATE_END:.0%} of its fastest "
+                   f"fall since the circuit-formation end (past that fastest point)")
+
+    t99 = _first(te_acc >= ACC_THRESHOLD)
+    t99_epoch = None if t99 is None else int(ep[t99])
+
+    def result(m, c, e) -> Phases:
+        return Phases(m, c, e, int(ep[0]), int(ep[-1]), t99_epoch, smoothing)
+
+    def none_after(m, why):
+        return result(m, PhaseBoundary("circuit_formation", None, rule_c, why),
+                      PhaseBoundary("cleanup", None, rule_e, why))
+
+    i_m = _first(tr_acc >= ACC_THRESHOLD)
+    if i_m is None:
+        why = f"smoothed train accuracy never reached {acc_pct} (max {np.nanmax(tr_acc):.1%})"
+        return none_after(PhaseBoundary("memorization", None, rule_m, why), "memorization did not end: " + why)
+    mem = PhaseBoundary("memorization", int(ep[i_m]), rule_m)
+    if t99 is None:
+        return none_after(mem, f"smoothed test accuracy never reached {acc_pct} (max {np.nanmax(te_acc):.1%} by "
+                               f"epoch {int(ep[-1])}): the run has not generalized")
+
+    i_peak = int(np.nanargmax(ell[: t99 + 1]))
+    hi, lo = float(ell[i_peak]), float(np.nanmin(ell[t99:]))
+    i_c = _first(ell <= hi - TEST_FALL_START * (hi - lo), max(i_m, i_peak)) if hi > lo else None
+    if i_c is None:
+        return none_after(mem, f"the smoothed test loss never fell {TEST_FALL_START:.0%} of its range after the "
+                               f"memorization end (peak 10^{hi:.2f}, minimum after 10^{lo:.2f})")
+    circ = PhaseBoundary("circuit_formation", int(ep[i_c]), rule_c)
+
+    i_e = _first(gap <= TEST_TRAIN_GAP_END, max(i_c, t99))
+    reason = None
+    if i_e is None:
+        reason = (f"the smoothed test loss never came within {TEST_TRAIN_GAP_END:g} decade(s) of the train loss "
+                  f"after epoch {int(ep[max(i_c, t99)])} (closest: {np.nanmin(gap[max(i_c, t99):]):.2f} decades)")
+    elif has_w:
+        rate = _fall_rate(_log_curve(df, "sum_sq_weights", window), ep)
+        i_f = i_c + int(np.nanargmax(rate[i_c:]))
+        if rate[i_f] > 0:
+            i_w = _first(rate < WEIGHT_RATE_END * rate[i_f], i_f)
+            if i_w is None:
+                i_e, reason = None, (f"the weight norm was still falling at ≥ {WEIGHT_RATE_END:.0%} of its fastest "
+                                     f"cleanup rate at the last checkpoint (epoch {int(ep[-1])}): the run stopped "
+                                     f"during cleanup")
+            else:
+                i_e = max(i_e, i_w)
+    clean = PhaseBoundary("cleanup", None if i_e is None else int(ep[i_e]), rule_e, reason)
+    return result(mem, circ, clean)
+
+
+# -- circuit formation ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CircuitFormation:
+    """When the generalizing circuit formed, by the progress measures, and how far ahead of test accuracy.
+
+    Attributes:
+        epoch: first epoch the smoothed log10 restricted loss had fallen half of its range
+            (``None`` if it never did, see ``reason``).
+        rule: that rule in words.
+        test_acc_99_epoch: first epoch the (unsmoothed) test accuracy reached 99 % (``None``: never).
+        lead_time: ``test_acc_99_epoch − epoch`` (epochs by which the measure leads; ``None`` if
+            either is missing).
+        excluded_loss_epoch: first epoch, after the excluded loss's minimum, at which its smoothed
+            log10 value had risen half of its range (``None`` if it never rose or is absent).
+        excluded_rule: that rule in words.
+        reason: why ``epoch`` is ``None``.
+    """
+
+    epoch: int | None
+    rule: str
+    test_acc_99_epoch: int | None
+    lead_time: int | None
+    excluded_loss_epoch: int | None
+    excluded_rule: str
+    reason: str | None = None
+
+
+def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW) -> CircuitFormation:
+    """The epoch the generalizing circuit formed by the restricted loss, next to test accuracy ≥ 99 %.
+
+    Args:
+        measures: :func:`~grokinterp.progress.progress_measures` output (needs ``restricted_loss``;
+            ``excluded_loss`` is used when present).
+        window: checkpoints in the running median.
+
+    Returns:
+        :class:`CircuitFormation`.
+
+    Raises:
+        AnalysisError: as :func:`detect_phases`, or ``restricted_loss`` missing.
+
+    Notes:
+        With ``ρ`` the smoothed log10 restricted loss, ``ρ_hi`` its maximum before its minimum
+        ``ρ_lo``: formation is the first epoch after the maximum with ``ρ ≤ ρ_hi − ½(ρ_hi − ρ_lo)``
+        (halfway on a log scale); a fall of less than half a decade counts as no circuit
+        (``epoch = None`` with a reason). With ``ε`` the smoothed log10 excluded loss, ``ε_lo`` its
+        minimum before its maximum ``ε_hi``: the excluded-loss epoch is the first after the
+        minimum with ``ε ≥ ε_lo + ½(ε_hi − ε_lo)``.
+    """
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
+        raise AnalysisError(f"window: must be a positive integer, got {window!r}")
+    df = _check_measures(measures, extra=("restricted_loss",))
+    ep = df["epoch"].to_numpy(dtype=np.int64)
+    rule = (f"first epoch after its peak where the smoothed log10 restricted loss has fallen "
+            f"{RESTRICTED_FALL:.0%} of its range (peak → later minimum); {window}-checkpoint running median")
+    ex_rule = (f"first epoch after its minimum where the smoothed log10 excluded loss has risen "
+               f"{EXCLUDED_RISE:.0%} of its range (minimum → later maximum)")
+    hit = np.flatnonzero(df["test_acc"].to_numpy() >= ACC_THRESHOLD)
+    t99 = int(ep[hit[0]]) if len(hit) else None
+
+    rho = _log_curve(df, "restricted_loss", window)
+    i_lo = int(np.nanargmin(rho))
+    i_hi = int(np.nanargmax(rho[: i_lo + 1]))
+    hi, lo = float(rho[i_hi]), float(rho[i_lo])
+    epoch, reason = None, None
+    if hi - lo < 0.5:  # less than half a decade: nothing formed
+        reason = (f"the smoothed restricted loss never fell by half a decade (peak {10 ** hi:.3g}, later "
+                  f"minimum {10 ** lo:.3g}): no circuit of the key frequencies formed")
+    else:
+        i = _first(rho <= hi - RESTRICTED_FALL * (hi - lo), i_hi)
+        epoch = int(ep[i])
+
+    ex_epoch = None
+    if "excluded_loss" in df.columns and df["excluded_loss"].notna().any():
+        eps_ = _log_curve(df, "excluded_loss", window)
+        j_hi = int(np.nanargmax(eps_))
+        j_lo = int(np.nanargmin(eps_[: j_hi + 1]))
+        e_hi, e_lo = float(eps_[j_hi]), float(eps_[j_lo])
+        if e_hi - e_lo >= 0.5:
+            ex_epoch = int(ep[_first(eps_ >= e_lo + EXCLUDED_RISE * (e_hi - e_lo), j_lo)])
+    lead = None if (epoch is None or t99 is None) else t99 - epoch
+    return CircuitFormation(epoch, rule, t99, lead, ex_epoch, ex_rule, reason)
