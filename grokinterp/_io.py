@@ -8,6 +8,7 @@ never half of one. Tensors go through safetensors; nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import tempfile
@@ -33,6 +34,10 @@ _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
     "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def shard_name(first_epoch: int, last_epoch: int) -> str:
@@ -81,21 +86,28 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def is_safe_relpath(rel: Any) -> bool:
+    """A manifest key must name a file inside the run: relative, POSIX, no ``..``, no empty parts."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel:
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def read_json(path: Path, what: str = "file") -> Any:
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise RunError(f"{path}: {what} is missing") from None
     except OSError as e:
         raise RunError(f"{path}: cannot read {what}: {e.strerror}") from None
     try:
-        return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: {what} is not valid JSON ({e})") from None
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RunError(f"{path}: {what} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
@@ -122,19 +134,24 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         header = json.loads(raw)
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RunError(f"{path}: corrupt safetensors header ({e})") from None
+    except (ValueError, RecursionError) as e:  # also UnicodeDecodeError (a ValueError)
+        raise RunError(f"{path}: corrupt safetensors header ({type(e).__name__}: {str(e)[:200]})") from None
     start = 8 + n
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise RunError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape, offsets = list(info["shape"]), list(info["data_offsets"])
+            if len(offsets) != 2 or not all(_is_int(x) for x in shape + offsets):
+                raise ValueError
+            begin, end = offsets
         except (KeyError, TypeError, ValueError):
             raise RunError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if any(s < 0 for s in shape) or end < begin or end - begin != dtype.itemsize * int(np.prod(shape)):
+        if any(s < 0 for s in shape) or begin < 0 or end < begin or end - begin != dtype.itemsize * math.prod(shape):
             raise RunError(f"{path}: tensor {name!r}: byte range does not match dtype {info['dtype']} and shape {shape}")
         if start + end > size:
             raise RunError(f"{path}: truncated: tensor {name!r} needs bytes up to {start + end}, file has {size}")
@@ -144,7 +161,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
 def mmap_tensors(path: Path, names: list[str] | None = None) -> dict[str, np.ndarray]:
     """Memory-map tensors of a safetensors file as numpy arrays (copy-on-write, nothing read yet)."""
     header, start = read_safetensors_header(path)
-    mm = np.memmap(path, dtype=np.uint8, mode="c")
+    try:
+        mm = np.memmap(path, dtype=np.uint8, mode="c")
+    except (OSError, ValueError) as e:
+        raise RunError(f"{path}: cannot map the file: {e}") from None
     out = {}
     for name in names if names is not None else [k for k in header if k != "__metadata__"]:
         if name not in header:

@@ -13,7 +13,14 @@ moves the buffer to the host once and writes, each atomically and in this order:
 5. ``manifest.json`` — size and SHA-256 of every file above and of ``run.json`` / ``split``.
 
 A crash between two steps leaves the previous flush's files, which are consistent with each
-other; shards written after the state they belong to are dropped when the run resumes.
+other; shards written after the state they belong to are dropped when the run resumes. A flush
+that fails (full disk, unwritable directory) removes the shard it had just written if the state
+was not updated, rewrites the manifest if it can, and raises :class:`RunError`.
+
+The manifest never re-blesses damage: files written by this writer are hashed from the bytes it
+wrote; ``run.json``, the split and shards already listed keep their recorded size and hash (a
+shard damaged on disk stays flagged by ``grokinterp verify`` even after the run resumes), and a
+listed shard that vanished stays listed unless the writer deleted it itself.
 """
 
 from __future__ import annotations
@@ -38,6 +45,18 @@ __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "sha256_file"]
 
 #: Columns of ``metrics.csv`` (NaN where a metric was not recorded at that epoch).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+
+
+def _immutable(rel: str) -> bool:
+    """Files written once and never rewritten in place (their manifest entries are carried over)."""
+    return rel in (_io.RUN_JSON, _io.SPLIT_FILE) or rel.startswith(_io.SHARD_DIR + "/")
+
+
+def _shard_last_epoch(name: str) -> int | None:
+    try:
+        return int(Path(name).stem.split("_")[2])
+    except (IndexError, ValueError):
+        return None
 
 
 def sha256_file(path: Path) -> str:
@@ -69,12 +88,36 @@ class CheckpointWriter:
     def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device):
         self.run_dir = Path(run_dir)
         self.shard_dir = self.run_dir / _io.SHARD_DIR
-        self.shard_dir.mkdir(exist_ok=True)
+        try:
+            self.shard_dir.mkdir(exist_ok=True)
+        except OSError as e:
+            raise RunError(f"{self.shard_dir}: cannot create the shard directory ({e.strerror or e})") from e
         self.capacity = flush_every
         self.buffer = {name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
         self.epochs: list[int] = []
-        self._hash_cache: dict[str, tuple[int, float, str]] = {}
+        self._hash_cache: dict[str, tuple[int, int, str]] = {}
+        self._written: dict[str, dict[str, Any]] = {}  # relpath -> manifest entry of the bytes written
+        self._dropped: set[str] = set()  # relpaths this writer deleted on purpose
         self.n_written = 0
+        self.removed_temps = self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> list[str]:
+        """Delete temporary files left by a write that was killed before its rename."""
+        removed = []
+        for d in (self.run_dir, self.shard_dir):
+            for path in d.glob(".*.tmp"):
+                try:
+                    path.unlink()
+                    removed.append(path.relative_to(self.run_dir).as_posix())
+                except OSError:
+                    pass
+        return removed
+
+    def _write(self, rel: str, data: bytes) -> None:
+        """Write one run file atomically and remember the size and SHA-256 of what was written."""
+        _io.write_atomic(self.run_dir / rel, data)
+        self._written[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self._dropped.discard(rel)
 
     @property
     def full(self) -> bool:
@@ -88,14 +131,15 @@ class CheckpointWriter:
                 buf[i].copy_(params[name])
         self.epochs.append(epoch)
 
-    def _write_shard(self) -> None:
+    def _write_shard(self) -> str:
         n = len(self.epochs)
         tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
         tensors["epochs"] = torch.tensor(self.epochs, dtype=torch.int64)
-        path = self.shard_dir / _io.shard_name(self.epochs[0], self.epochs[-1])
-        _io.write_atomic(path, st_save(tensors, metadata={"format": "grokinterp-shard"}))
+        rel = f"{_io.SHARD_DIR}/{_io.shard_name(self.epochs[0], self.epochs[-1])}"
+        self._write(rel, st_save(tensors, metadata={"format": "grokinterp-shard"}))
         self.n_written += n
         self.epochs = []
+        return rel
 
     def flush(
         self,
@@ -108,49 +152,92 @@ class CheckpointWriter:
         progress: dict[str, Any],
     ) -> None:
         """Write buffered snapshots, then metrics, state, progress and manifest (each atomic)."""
+        new_shard, state_written = None, False
         try:
             if self.epochs:
-                self._write_shard()
+                new_shard = self._write_shard()
             buf = io.StringIO()
             metrics_frame(metrics, resume_epoch + 1 if finished else resume_epoch).to_csv(buf, index=False)
-            _io.write_atomic(self.run_dir / _io.METRICS_CSV, buf.getvalue().encode())
+            self._write(_io.METRICS_CSV, buf.getvalue().encode())
             cpu_state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
             meta = {**state_meta, "resume_epoch": str(resume_epoch), "finished": json.dumps(finished)}
-            _io.write_atomic(self.run_dir / _io.STATE_FILE, st_save(cpu_state, metadata=meta))
-            _io.write_json_atomic(self.run_dir / _io.PROGRESS_JSON, progress)
+            self._write(_io.STATE_FILE, st_save(cpu_state, metadata=meta))
+            state_written = True
+            self._write(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
             self.write_manifest()
         except OSError as e:
+            # Keep the last good state: a shard newer than the state on disk would be dropped on
+            # resume anyway; remove it now (it frees space) and describe the disk in the manifest.
+            if new_shard is not None and not state_written:
+                try:
+                    os.unlink(self.run_dir / new_shard)
+                    self._written.pop(new_shard, None)
+                    self._dropped.add(new_shard)
+                except OSError:
+                    pass
+            try:
+                self.write_manifest()
+            except OSError:
+                pass
             raise RunError(
                 f"{self.run_dir}: writing checkpoints failed ({e.strerror or e}); the run keeps the state of its "
                 f"last successful flush and can be resumed once the problem is fixed"
             ) from e
 
+    def previous_manifest(self) -> dict[str, dict[str, Any]]:
+        """The well-formed entries of the manifest on disk (``{}`` if it is missing or unreadable)."""
+        try:
+            files = json.loads((self.run_dir / _io.MANIFEST_JSON).read_bytes())["files"]
+            return {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in files.items()
+                    if _io.is_safe_relpath(rel) and isinstance(e, dict) and isinstance(e.get("size"), int)
+                    and isinstance(e.get("sha256"), str)}
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+            return {}
+
     def write_manifest(self) -> None:
-        """Record size and SHA-256 of every run file (hashes of unchanged files are cached)."""
+        """Record size and SHA-256 of every run file (see the module notes: damage is never re-blessed)."""
+        prev = self.previous_manifest()
         files = {}
         for path in sorted(self.run_dir.rglob("*")):
             if not path.is_file() or path.name.startswith(".") or path.name == _io.MANIFEST_JSON:
                 continue
             rel = path.relative_to(self.run_dir).as_posix()
-            st = path.stat()
-            cached = self._hash_cache.get(rel)
-            if cached and cached[:2] == (st.st_size, st.st_mtime):
-                digest = cached[2]
+            if rel in self._written:
+                files[rel] = self._written[rel]
+            elif rel in prev and _immutable(rel):
+                files[rel] = prev[rel]
             else:
-                digest = sha256_file(path)
-                self._hash_cache[rel] = (st.st_size, st.st_mtime, digest)
-            files[rel] = {"size": st.st_size, "sha256": digest}
-        _io.write_json_atomic(self.run_dir / _io.MANIFEST_JSON, {"algorithm": "sha256", "files": files})
+                st = path.stat()
+                cached = self._hash_cache.get(rel)
+                if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
+                    digest = cached[2]
+                else:
+                    digest = sha256_file(path)
+                    self._hash_cache[rel] = (st.st_size, st.st_mtime_ns, digest)
+                files[rel] = {"size": st.st_size, "sha256": digest}
+        for rel, entry in prev.items():  # a listed file that vanished stays listed (verify reports it)
+            if rel not in files and _immutable(rel) and rel not in self._dropped:
+                files[rel] = entry
+        data = {"algorithm": "sha256", "files": dict(sorted(files.items()))}
+        _io.write_json_atomic(self.run_dir / _io.MANIFEST_JSON, data)
 
     def drop_shards_after(self, epoch: int) -> list[str]:
         """Delete shards holding epochs after ``epoch`` (written after the state being resumed)."""
         dropped = []
-        for path in sorted(self.shard_dir.glob("ckpt_*.safetensors")):
-            try:
-                last = int(path.stem.split("_")[2])
-            except (IndexError, ValueError):
+        listed = [rel.split("/", 1)[1] for rel in self.previous_manifest() if rel.startswith(_io.SHARD_DIR + "/")]
+        on_disk = [path.name for path in self.shard_dir.glob("ckpt_*.safetensors")]
+        for name in sorted(set(listed) | set(on_disk)):
+            last = _shard_last_epoch(name)
+            if last is None or last <= epoch:
                 continue
-            if last > epoch:
-                os.unlink(path)
-                dropped.append(path.name)
+            rel = f"{_io.SHARD_DIR}/{name}"
+            if name in on_disk:
+                try:
+                    os.unlink(self.shard_dir / name)
+                except OSError as e:
+                    raise RunError(f"{self.shard_dir / name}: cannot remove a shard written after the saved "
+                                   f"state ({e.strerror or e})") from e
+                dropped.append(name)
+            self._written.pop(rel, None)
+            self._dropped.add(rel)
         return dropped

@@ -1,4 +1,4 @@
-"""Command-line interface: ``grokinterp train | info`` (and more sub-commands as they land).
+"""Command-line interface: ``grokinterp train | info | verify | import-legacy`` (and more as they land).
 
 Only argparse, the config dataclasses and numpy are imported until a command runs, so
 ``grokinterp --help`` answers at once; torch and transformer_lens load inside the commands.
@@ -103,6 +103,38 @@ def build_parser() -> argparse.ArgumentParser:
                        "test accuracy passed 99 %%.")
     i.add_argument("run", type=Path, metavar="RUN")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    r = sub.add_parser("report", help="write a self-contained HTML report of a run",
+                       description="Analyse a run (progress measures, phases, when the circuit formed, key "
+                                   "frequencies, neurons, logits, ablations) and write one HTML file with every "
+                                   "figure; plotly.js is embedded, so it opens offline.")
+    r.add_argument("run", type=Path, metavar="RUN")
+    r.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
+    r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
+                   help="analyse at most N checkpoints, evenly spread (default 400)")
+    r.add_argument("--key-freqs", type=lambda s: [int(x) for x in s.split(",") if x], metavar="K1,K2,...",
+                   help="fix the key frequencies (default: from the final checkpoint)")
+    r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
+
+    v = sub.add_parser("verify", help="check a run's files against its manifest",
+                       description="Re-hash every file of a run and compare with manifest.json; lists each "
+                                   "missing, truncated, altered or unlisted file. Exit status: 0 when all is well, "
+                                   "1 when a file is damaged, 2 when the run or its manifest cannot be read.")
+    v.add_argument("run", type=Path, metavar="RUN")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
+                       description="Read the TransformerLens grokking demo's .pth or the paper's full_run_data.pth "
+                                   "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
+                                   "it are refused) and write a normal run directory.")
+    m.add_argument("file", type=Path, metavar="FILE")
+    m.add_argument("out", type=Path, metavar="OUT")
+    m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
+    m.add_argument("--split-seed", type=int, metavar="N",
+                   help="seed of the paper code's split when the file stores none (default: its config's seed)")
+    m.add_argument("--epoch-offset", type=int, default=1, metavar="N",
+                   help="our epoch of the checkpoint labelled e is e + N (default 1: saved after the step)")
+    m.add_argument("--overwrite", action="store_true", help="replace a run found in OUT")
     return parser
 
 
@@ -176,7 +208,69 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info}
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .integrity import verify
+
+    report = verify(args.run)
+    if args.json:
+        print(json.dumps({"path": str(report.path), "ok": report.ok, "n_listed": report.n_listed,
+                          **{k: list(getattr(report, k)) for k in ("missing", "truncated", "altered", "unreadable",
+                                                                   "unlisted", "temporary")},
+                          "details": report.details, "notes": list(report.notes)}, indent=2))
+    else:
+        print(report)
+    return 0 if report.ok else 1
+
+
+def cmd_import_legacy(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .legacy import import_legacy
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = import_legacy(args.file, args.out, layout=args.layout, split_seed=args.split_seed,
+                            epoch_offset=args.epoch_offset, overwrite=args.overwrite)
+    src = run.info["imported_from"]
+    print(_short_summary(run))
+    print(f"  imported from {src['file']} ({src['layout']} layout), epoch offset {src['epoch_offset']}")
+    print(f"  split: {src['split']}")
+    check = src["loss_check"]
+    if check["compared"]:
+        w = check["worst"]
+        print(f"  loss check: {check['compared']} recorded losses recomputed, worst relative difference "
+              f"{w['rel_diff']:.2g} ({w['metric']} at epoch {w['epoch']}): "
+              + ("agrees" if check["agrees"] else "DISAGREES"))
+    for note in src["notes"]:
+        print(f"  note: {note}")
+    for w in caught:
+        print(f"grokinterp import-legacy: warning: {w.message}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    if args.max_checkpoints is not None and args.max_checkpoints < 2:
+        raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
+    path, headline = write_report(args.run, args.out, max_checkpoints=args.max_checkpoints,
+                                  key_freqs=args.key_freqs, return_headline=True)
+    if args.summary_json is not None:
+        from . import _io
+
+        try:
+            _io.write_json_atomic(args.summary_json, headline)
+        except OSError as e:
+            raise GrokinterpError(f"{args.summary_json}: cannot write the summary ({e.strerror or e})") from None
+    formed, hit = headline["circuit_formed_epoch"], headline["test_acc_99_epoch"]
+    print(f"report: {path}")
+    print(f"  key frequencies {headline['key_frequencies']}; circuit formed at epoch {formed}, "
+          f"test accuracy ≥ 99% at epoch {hit}")
+    print(f"  open it in a browser: file://{Path(path).resolve()}")
+    return 0
+
+
+COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -58,19 +58,53 @@ def _read_run_info(path: Path) -> tuple[dict[str, Any], RunConfig]:
     if not isinstance(info, dict) or info.get("kind") != _io.RUN_KIND:
         raise RunError(f"{run_json}: not a grokinterp run file (no \"kind\": \"{_io.RUN_KIND}\")")
     version = info.get("format_version")
-    if not isinstance(version, int):
-        raise RunError(f"{run_json}: format_version is missing or not an integer")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunError(f"{run_json}: format_version is missing or not a positive integer")
     if version > FORMAT_VERSION:
         raise RunError(f"{run_json}: written by a newer grokinterp (format {version}; this version reads "
                        f"up to {FORMAT_VERSION}); upgrade grokinterp to read it")
-    for key in ("config", "device", "versions", "seeds"):
-        if key not in info:
-            raise RunError(f"{run_json}: field {key!r} is missing")
+    missing = [k for k in _RUN_FIELDS if k not in info]
+    extra = sorted(set(info) - set(_RUN_FIELDS) - set(_RUN_OPTIONAL))
+    if missing or extra:
+        raise RunError(f"{run_json}: field(s) {missing} missing, {extra} unexpected")
+    for key, types in {**_RUN_FIELDS, **_RUN_OPTIONAL}.items():
+        if key in info and (not isinstance(info[key], types) or isinstance(info[key], bool)):
+            raise RunError(f"{run_json}: field {key!r} has the wrong type ({type(info[key]).__name__})")
     try:
         config = RunConfig.from_dict(info["config"], source=str(run_json))
     except ConfigError as e:
         raise RunError(str(e)) from None
+    _check_plausible(config, run_json)
     return info, config
+
+
+#: Top-level fields of ``run.json`` and their JSON types; unknown fields are refused.
+_RUN_FIELDS: dict[str, Any] = {
+    "kind": str, "format_version": int, "config": dict, "preset": (str, type(None)), "seeds": dict,
+    "n_train": int, "n_test": int, "created": str, "versions": dict, "device": dict,
+}
+_RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict}  # written by grokinterp.legacy
+
+# Loader limits: a config beyond them is damage, not a model (and would exhaust memory when built).
+_MAX_LAYERS = 1024
+_MAX_PARAMS = 2 ** 34
+_MAX_EPOCHS = 10 ** 8  # the paper trains 40k; a resumed run holds per-epoch metrics in memory
+_MAX_CHECKPOINTS = 10 ** 7
+
+
+def _check_plausible(config: RunConfig, run_json: Path) -> None:
+    m = config.model
+    per_layer = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_mlp + m.d_mlp + m.d_model
+    n = (m.d_vocab + m.n_ctx + m.d_vocab_out) * m.d_model + m.n_layers * per_layer
+    if m.n_layers > _MAX_LAYERS or n > _MAX_PARAMS:
+        raise RunError(f"{run_json}: implausible model size ({m.n_layers} layers, {n} parameters per checkpoint; "
+                       f"this loader accepts up to {_MAX_LAYERS} layers and {_MAX_PARAMS} parameters)")
+    E, ck = config.train.epochs, config.checkpoints
+    n_ckpt = E // ck.every + 2 + ck.log_early + sum(max(min(stop, E) - start, 0) // step + 1
+                                                    for start, stop, step in ck.windows)
+    if E > _MAX_EPOCHS or n_ckpt > _MAX_CHECKPOINTS:
+        raise RunError(f"{run_json}: implausible schedule ({E} epochs, about {n_ckpt} checkpoints; this loader "
+                       f"accepts up to {_MAX_EPOCHS} epochs and {_MAX_CHECKPOINTS} checkpoints)")
 
 
 class Run:
@@ -107,7 +141,17 @@ class Run:
     def progress(self) -> dict[str, Any]:
         """``progress.json``: epoch reached, finished or not (empty dict if absent)."""
         path = self.path / _io.PROGRESS_JSON
-        return _io.read_json(path, "progress file") if path.exists() else {}
+        if not path.exists():
+            return {}
+        prog = _io.read_json(path, "progress file")
+        if not isinstance(prog, dict):
+            raise RunError(f"{path}: progress file must hold a JSON object, got {type(prog).__name__}")
+        epoch, finished = prog.get("epoch", 0), prog.get("finished", False)
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise RunError(f"{path}: 'epoch' must be a non-negative integer, got {epoch!r}")
+        if not isinstance(finished, bool):
+            raise RunError(f"{path}: 'finished' must be true or false, got {finished!r}")
+        return prog
 
     @property
     def finished(self) -> bool:
@@ -121,8 +165,8 @@ class Run:
             raise RunError(f"{path}: metrics table is missing")
         try:
             df = pd.read_csv(path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-            raise RunError(f"{path}: cannot parse the metrics table ({e})") from None
+        except (ValueError, OSError, OverflowError) as e:  # ParserError, EmptyDataError, UnicodeDecodeError
+            raise RunError(f"{path}: cannot parse the metrics table ({type(e).__name__}: {str(e)[:200]})") from None
         missing = [c for c in METRIC_COLUMNS if c not in df.columns]
         if missing:
             raise RunError(f"{path}: metrics table lacks column(s) {missing}")
@@ -130,11 +174,29 @@ class Run:
         for c in METRIC_COLUMNS:
             if not pd.api.types.is_numeric_dtype(df[c]):
                 raise RunError(f"{path}: column {c!r} holds non-numeric values")
-        epochs = df["epoch"].to_numpy()
+        epochs = df["epoch"].to_numpy(dtype=np.float64)
         if len(epochs) and not np.array_equal(epochs, np.arange(len(epochs))):
-            gaps = np.setdiff1d(np.arange(int(epochs.max()) + 1), epochs)
-            detail = f"missing rows for epochs {gaps[:5].tolist()}" if len(gaps) else "epochs out of order or repeated"
+            ok = np.isfinite(epochs) & (epochs == np.round(epochs))
+            if not ok.all():
+                detail = f"epoch column holds non-integers ({epochs[~ok][:3].tolist()})"
+            else:
+                seen = set(epochs.astype(np.int64).tolist())
+                first_gap = next(i for i in range(len(epochs) + 1) if i not in seen)
+                detail = (f"missing rows from epoch {first_gap}" if first_gap < max(seen)
+                          else "epochs out of order or repeated")
             raise RunError(f"{path}: metrics table is inconsistent: {detail}")
+        limit = self.config.train.epochs + 1
+        if len(df) > limit:
+            raise RunError(f"{path}: metrics table has {len(df)} rows, more than the {limit} epochs of the run")
+        try:
+            prog = self.progress
+        except RunError:  # progress.json has its own error; the table itself is consistent
+            prog = {}
+        if prog:
+            expected = int(prog.get("epoch", 0)) + (1 if prog.get("finished") else 0)
+            if len(df) < expected:
+                raise RunError(f"{path}: metrics table is missing rows: it ends at epoch {len(df) - 1}, but "
+                               f"{_io.PROGRESS_JSON} says epochs up to {expected - 1} were trained")
         df["epoch"] = df["epoch"].astype(np.int64)
         return df
 
@@ -158,6 +220,20 @@ class Run:
                 raise RunError(f"{path}: {name} must be int64 indices in [0, {p2})")
         if len(np.intersect1d(trn, tst)):
             raise RunError(f"{path}: train and test pairs overlap")
+        n = len(trn) + len(tst)
+        for key, have in (("n_train", len(trn)), ("n_test", len(tst))):
+            if self.info.get(key) != have:
+                raise RunError(f"{path}: holds {have} {key[2:]} pairs, {_io.RUN_JSON} says {key} = {self.info.get(key)}")
+        # The split must cover exactly the task's valid pairs. (Bound p first: a damaged p must not
+        # make us build a p² grid far larger than the split; the built-in tasks keep ≥ p(p-1) pairs.)
+        if p2 > 4 * n + 64:
+            raise RunError(f"{path}: holds {n} pairs, but the task mod {self.p} has up to {p2}")
+        from .tasks import make_dataset
+
+        valid = make_dataset(self.p, self.config.task.operation).pair_index
+        if len(valid) != n or not np.array_equal(np.sort(np.concatenate([trn, tst])), valid):
+            raise RunError(f"{path}: train and test pairs do not partition the {len(valid)} valid pairs of "
+                           f"{self.config.task.operation} mod {self.p} (repeated, invalid or missing pairs)")
         return trn, tst
 
     def _data(self, which: int) -> tuple[Tensor, Tensor]:
@@ -207,8 +283,9 @@ class Run:
         """A ready :class:`~grokinterp.model.HookedGrokTransformer` at ``epoch`` (``-1`` = last)."""
         from .model import HookedGrokTransformer
 
+        params = self.params(epoch)  # first: a bad epoch must not cost building the model
         model = HookedGrokTransformer(self.config.model, init=False)
-        model.load_params(self.params(epoch))
+        model.load_params(params)
         return model.to(device).eval()
 
     def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None) -> Tensor:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from . import _io
@@ -143,18 +143,38 @@ class _Trainer:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, RuntimeError, ValueError) as e:  # safetensors raises SafetensorError(RuntimeError)
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # SafetensorError is a bare Exception
             raise RunError(f"{path}: cannot read the training state ({e})") from None
         try:
             self.start_epoch = int(meta["resume_epoch"])
             self.flushed_upto = int(meta["flushed_upto"])
         except (KeyError, ValueError):
             raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
+        E = self.config.train.epochs
+        if not (0 <= self.start_epoch <= E and -1 <= self.flushed_upto <= E):
+            raise RunError(f"{path}: resume epoch {self.start_epoch} or flushed epoch {self.flushed_upto} lies "
+                           f"outside the run's 0..{E} epochs")
+        rng = tensors.get("rng/torch_cpu")
+        if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
+            raise RunError(f"{path}: the CPU random-number state is missing or malformed")
+        for key, t in tensors.items():
+            if key.startswith("opt/"):
+                name, _, slot = key[4:].rpartition("/")
+                p = self.params.get(name)
+                want = () if slot == "step" else (tuple(p.shape) if p is not None else None)
+                if (p is None or slot not in ("step", "exp_avg", "exp_avg_sq") or tuple(t.shape) != want
+                        or t.dtype != p.dtype):
+                    raise RunError(f"{path}: optimizer state {key!r} does not match the model (shape "
+                                   f"{list(t.shape)}, dtype {t.dtype})")
+        for name in self.params:
+            slots = {k.rpartition("/")[2] for k in tensors if k.startswith(f"opt/{name}/")}
+            if slots and slots != {"step", "exp_avg", "exp_avg_sq"}:
+                raise RunError(f"{path}: optimizer state of {name} is incomplete (has {sorted(slots)})")
         with torch.no_grad():
             for k, p in self.params.items():
                 t = tensors.get(f"param/{k}")
-                if t is None or t.shape != p.shape:
-                    raise RunError(f"{path}: parameter {k} is missing or has the wrong shape")
+                if t is None or t.shape != p.shape or t.dtype != p.dtype:
+                    raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
                 p.copy_(t)
         opt_state = {}
         for i, k in enumerate(self.params):
@@ -170,9 +190,12 @@ class _Trainer:
             if t is None or t.shape != self.metrics[c].shape:
                 raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
             self.metrics[c].copy_(t)
-        torch.set_rng_state(tensors["rng/torch_cpu"])
-        if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
+        try:
+            torch.set_rng_state(rng)
+            if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RunError(f"{path}: cannot restore the random-number state ({e})") from None
 
     def flush(self, resume_epoch: int, finished: bool) -> None:
         if self.writer.epochs:
@@ -209,6 +232,8 @@ class _Trainer:
                     if self.writer.full:
                         self.flush(epoch, finished=False)
                 evaluating = epoch % tc.eval_every == 0 or epoch == E
+                if evaluating and len(test.labels):  # the model at this epoch, before its step
+                    m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
                 if epoch == E:
                     m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
                 else:
@@ -224,8 +249,6 @@ class _Trainer:
                     m["train_loss"][epoch] = loss.detach()
                     if evaluating:
                         m["train_acc"][epoch] = (logits.detach().argmax(-1) == train.labels).double().mean()
-                if evaluating and len(test.labels):
-                    m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
                 if bar is not None:
                     bar.update(1)
                     if evaluating:  # the only host sync outside flushes
@@ -248,22 +271,24 @@ def _progress(enabled: bool, start: int, total: int):
 
 @contextmanager
 def _sigint_flag() -> Iterator[Callable[[], bool]]:
-    """Turn SIGINT into a flag the loop checks between steps (main thread only)."""
+    """Turn SIGINT (Ctrl-C) and SIGTERM (schedulers stopping a job) into a flag the loop checks
+    between steps, so a stop always flushes first (main thread only)."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag.is_set
         return
 
     def handler(signum, frame):
-        if flag.is_set():  # a second Ctrl-C: give up waiting
+        if flag.is_set() and signum == signal.SIGINT:  # a second Ctrl-C: give up waiting
             raise KeyboardInterrupt
         flag.set()
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag.is_set
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def _run_metadata(config: RunConfig, device: torch.device, preset: str | None, n_train: int, n_test: int) -> dict:
@@ -301,7 +326,7 @@ def _check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
         raise RunError(f"{out}: exists and is not a directory")
     run_json = out / _io.RUN_JSON
     if not run_json.exists():
-        if any(out.iterdir()):
+        if any(out.iterdir()) and not _creation_leftovers(out):
             raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
         return "new"
     info = _io.read_json(run_json, "run metadata")
@@ -313,6 +338,16 @@ def _check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
         return "same"
     raise RunError(f"{out}: already holds a different run; pass --overwrite (overwrite=True) to replace it, "
                    f"or choose another output directory")
+
+
+def _creation_leftovers(out: Path) -> bool:
+    """Whether ``out`` holds only what a ``train`` killed before writing ``run.json`` leaves behind."""
+    for entry in out.iterdir():
+        if entry.is_file() and (entry.name == _io.SPLIT_FILE or
+                                (entry.name.startswith(".") and entry.name.endswith(".tmp"))):
+            continue
+        return False
+    return True
 
 
 def train(
@@ -348,14 +383,17 @@ def train(
     ds = make_dataset(config.task.p, config.task.operation)
     trn, tst = split_indices(len(ds), config.task.frac_train, config.task.split_seed)
     train_pairs, test_pairs = ds.pair_index[trn], ds.pair_index[tst]
-    out.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save as st_save
 
-    _io.write_atomic(out / _io.SPLIT_FILE, st_save(
-        {"train_pairs": torch.from_numpy(train_pairs), "test_pairs": torch.from_numpy(test_pairs)},
-        metadata={"pair_index": "a * p + b"},
-    ))
-    _io.write_json_atomic(out / _io.RUN_JSON, _run_metadata(config, device, preset, len(trn), len(tst)))
+    try:  # run.json last: without it the directory is not a run, and `train` may start it again
+        out.mkdir(parents=True, exist_ok=True)
+        _io.write_atomic(out / _io.SPLIT_FILE, st_save(
+            {"train_pairs": torch.from_numpy(train_pairs), "test_pairs": torch.from_numpy(test_pairs)},
+            metadata={"pair_index": "a * p + b"},
+        ))
+        _io.write_json_atomic(out / _io.RUN_JSON, _run_metadata(config, device, preset, len(trn), len(tst)))
+    except OSError as e:
+        raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from e
     trainer = _Trainer(config, out, device, train_pairs, test_pairs)
     with _sigint_flag() as stop:
         trainer.run(progress, stop)
@@ -368,26 +406,42 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     """Continue an interrupted run from its last flush; returns the loaded run when done.
 
     The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one.
+    A run killed before its first flush completed (no state, no progress file) starts again from
+    its seeded initialisation; a run killed during its final flush gets that flush rewritten; a
+    finished or imported run (:mod:`grokinterp.legacy`) is returned as it is.
     """
     from .run import load_run
 
     run = load_run(run_dir)
     config = run.config
     run_dir = run.path
-    state_path = run_dir / _io.STATE_FILE
-    if not state_path.exists():
-        raise RunError(f"{state_path}: no training state to resume from")
-    meta = _state_meta(state_path)
-    if meta.get("finished") == "true":
+    if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
         return run
+    state_path = run_dir / _io.STATE_FILE
+    if state_path.exists():
+        finished = _state_meta(state_path).get("finished") == "true"
+    elif (run_dir / _io.PROGRESS_JSON).exists():
+        raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
+                       f"cannot be resumed (its checkpoints stay readable)")
+    else:  # killed before its first flush completed: start again from the (seeded) initialisation
+        finished = False
+    if finished:
+        from .integrity import last_flush_complete
+
+        if last_flush_complete(run_dir):
+            return run
     dev = resolve_device(device or config.train.device)
     tp, sp = run.split_pairs()
     trainer = _Trainer(config, run_dir, dev, tp, sp)
-    trainer.load_state(state_path)
+    if state_path.exists():
+        trainer.load_state(state_path)
     trainer.writer.drop_shards_after(trainer.flushed_upto)
     trainer.writer.n_written = int(np.sum(run.epochs <= trainer.flushed_upto))
-    with _sigint_flag() as stop:
-        trainer.run(progress, stop)
+    if finished:  # killed during the final flush, after the state: write progress and manifest again
+        trainer.flush(config.train.epochs, finished=True)
+    else:
+        with _sigint_flag() as stop:
+            trainer.run(progress, stop)
     return load_run(run_dir)
 
 

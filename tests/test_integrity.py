@@ -1,0 +1,162 @@
+"""Integrity: the manifest lists every file with size and SHA-256; `grokinterp verify` finds any damage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import grokinterp as g
+from grokinterp import _io
+from grokinterp.checkpoints import CheckpointWriter
+from grokinterp.errors import RunError
+from grokinterp.integrity import read_manifest, verify
+
+PY = sys.executable
+CFG = g.make_config("tiny", epochs=40, every=10, log_early=0, flush_every=2, eval_every=10)
+
+
+class _Crash(BaseException):
+    """Stands for the process dying at a write (no except clause of the package catches it)."""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return g.train(CFG, tmp_path_factory.mktemp("integrity") / "run", progress=False).path
+
+
+@pytest.fixture
+def run_dir(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def _cli(*args):
+    return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True)
+
+
+def _crash_at_write(monkeypatch, n: int, after: bool = False):
+    real, count = _io.write_atomic, [0]
+
+    def patched(path, data):
+        count[0] += 1
+        if count[0] - 1 == n:
+            if after:
+                real(path, data)
+            raise _Crash
+        return real(path, data)
+
+    monkeypatch.setattr(_io, "write_atomic", patched)
+
+
+def test_every_file_is_listed_and_verifies(run_dir):
+    files = read_manifest(run_dir)
+    on_disk = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert set(files) == on_disk
+    assert {"run.json", "split.safetensors", "metrics.csv", "state.safetensors", "progress.json"} <= on_disk
+    for rel, entry in files.items():
+        assert entry["size"] == (run_dir / rel).stat().st_size
+    report = verify(run_dir)
+    assert report.ok and report.n_listed == len(files) and report.problems() == []
+    res = _cli("verify", str(run_dir))
+    assert res.returncode == 0 and "OK" in res.stdout
+
+
+def test_each_missing_truncated_altered_or_unlisted_file_is_reported(run_dir):
+    shards = sorted((run_dir / "shards").iterdir())
+    shards[0].unlink()  # missing
+    state = run_dir / "state.safetensors"
+    state.write_bytes(state.read_bytes()[:1000])  # truncated
+    raw = bytearray((run_dir / "run.json").read_bytes())
+    raw[10] ^= 0x01
+    (run_dir / "run.json").write_bytes(bytes(raw))  # altered, same size
+    with open(run_dir / "metrics.csv", "a") as f:
+        f.write("junk\n")  # altered, longer
+    (run_dir / "shards" / "notes.txt").write_text("x")  # unlisted
+    (run_dir / ".metrics.csv.abc.tmp").write_text("half")  # a killed write's leftover: harmless
+    report = verify(run_dir)
+    assert not report.ok
+    assert report.missing == (f"shards/{shards[0].name}",)
+    assert report.truncated == ("state.safetensors",) and "1000 of" in report.details["state.safetensors"]
+    assert set(report.altered) == {"run.json", "metrics.csv"}
+    assert report.details["run.json"] == "SHA-256 differs"
+    assert report.unlisted == ("shards/notes.txt",) and report.temporary == (".metrics.csv.abc.tmp",)
+    res = _cli("verify", str(run_dir))
+    assert res.returncode == 1
+    for line in (f"missing: shards/{shards[0].name}", "truncated: state.safetensors", "altered: run.json",
+                 "altered: metrics.csv", "unlisted: shards/notes.txt"):
+        assert line in res.stdout
+    data = json.loads(_cli("verify", str(run_dir), "--json").stdout)
+    assert data["ok"] is False and data["truncated"] == ["state.safetensors"]
+
+
+def test_missing_or_malformed_manifest_is_a_clean_error(run_dir, tmp_path):
+    manifest = run_dir / "manifest.json"
+    good = json.loads(manifest.read_text())
+    for bad, match in [({"algorithm": "md5", "files": {}}, "unsupported hash"),
+                       ({"files": {}}, "exactly"),
+                       ({"algorithm": "sha256", "files": {"../../etc/passwd": {"size": 1, "sha256": "0" * 64}}},
+                        "inside the run"),
+                       ({"algorithm": "sha256", "files": {"run.json": {"size": -1, "sha256": "0" * 64}}}, "run.json"),
+                       ({"algorithm": "sha256", "files": {"run.json": {"size": 1, "sha256": "xyz"}}}, "64 hex")]:
+        manifest.write_text(json.dumps(bad))
+        with pytest.raises(RunError, match=match):
+            verify(run_dir)
+    manifest.write_text("{not json")
+    with pytest.raises(RunError, match="not valid JSON"):
+        verify(run_dir)
+    manifest.unlink()
+    res = _cli("verify", str(run_dir))
+    assert res.returncode == 2 and "manifest is missing" in res.stderr and "Traceback" not in res.stderr
+    manifest.write_text(json.dumps(good))
+    assert verify(run_dir).ok
+    assert _cli("verify", str(tmp_path / "nope")).returncode == 2
+
+
+def test_manifest_is_complete_after_every_flush(tmp_path, monkeypatch):
+    real, reports = CheckpointWriter.write_manifest, []
+
+    def checked(self):
+        real(self)
+        reports.append(verify(self.run_dir))
+
+    monkeypatch.setattr(CheckpointWriter, "write_manifest", checked)
+    g.train(CFG, tmp_path / "run", progress=False)
+    assert len(reports) == 3 and all(r.ok for r in reports), [str(r) for r in reports if not r.ok]
+
+
+def test_resume_never_re_blesses_earlier_damage(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _crash_at_write(monkeypatch, 2 + 5 * 2)  # dies at the third flush
+    with pytest.raises(_Crash):
+        g.train(CFG, out, progress=False)
+    monkeypatch.undo()
+    first, second = sorted((out / "shards").iterdir())
+    raw = bytearray(first.read_bytes())
+    raw[-5] ^= 0xFF  # a flipped bit in the tensor data: the loader cannot see it, the hash can
+    first.write_bytes(bytes(raw))
+    second.unlink()
+    g.resume(out, progress=False)
+    report = verify(out)
+    assert report.altered == (f"shards/{first.name}",) and report.missing == (f"shards/{second.name}",)
+    assert not report.unlisted and not report.truncated
+
+
+def test_a_run_killed_mid_flush_says_so_and_resume_fixes_it(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _crash_at_write(monkeypatch, 2 + 5 * 1 + 2, after=True)  # second flush: shard, metrics, state written
+    with pytest.raises(_Crash):
+        g.train(CFG, out, progress=False)
+    monkeypatch.undo()
+    report = verify(out)
+    assert not report.ok and len(report.unlisted) == 1 and report.unlisted[0].startswith("shards/")
+    assert set(report.altered) == {"metrics.csv", "state.safetensors"}
+    assert any("--resume" in n for n in report.notes)
+    res = _cli("verify", str(out))
+    assert res.returncode == 1 and "--resume" in res.stdout
+    g.resume(out, progress=False)
+    assert verify(out).ok
