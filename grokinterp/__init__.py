@@ -34,6 +34,14 @@ _EXPORTS = {
     "resume": "trainer",
     "load_run": "run",
     "Run": "run",
+    "fourier_basis": "fourier",
+    "key_frequencies": "fourier",
+    "progress_measures": "progress",
+    "detect_phases": "phases",
+    "circuit_formation_epoch": "phases",
+    "ablation_table": "ablations",
+    "analyze_run": "summary",
+    "write_report": "report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

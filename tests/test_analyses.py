@@ -1,0 +1,51 @@
+"""The studies in analyses/ run from the command line and write their summaries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+@pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py"])
+def test_help(script):
+    res = subprocess.run([PY, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "usage" in res.stdout.lower()
+
+
+def test_progress_measures_paper_on_a_run(tiny_run, tmp_path):
+    out = tmp_path / "out"
+    res = subprocess.run([PY, str(ROOT / "analyses" / "progress_measures_paper.py"), "--run", str(tiny_run.path),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["quantity"]: r for r in summary["comparison"]}
+    assert rows["key frequencies (count)"]["paper"] == 5
+    assert rows["key frequencies (count)"]["ours"] == len(summary["ours"]["key_frequencies"])
+    assert (out / "report.html").stat().st_size > 100_000 and (out / "figures" / "progress_measures.html").exists()
+    assert (out / "comparison.csv").read_text().startswith("quantity,ours,paper")
+
+
+def test_progress_measures_paper_bad_run(tmp_path):
+    res = subprocess.run([PY, str(ROOT / "analyses" / "progress_measures_paper.py"), "--run", str(tmp_path / "x"),
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no such run directory" in res.stderr
+
+
+def test_train_fraction_smoke(tmp_path):
+    res = subprocess.run([PY, str(ROOT / "analyses" / "train_fraction.py"), "--preset", "tiny", "--p", "23",
+                          "--fractions", "0.5,0.8", "--seeds", "0", "--epochs", "150",
+                          "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [r["frac_train"] for r in summary["runs"]] == [0.5, 0.8]
+    assert all(r["n_train"] > 0 for r in summary["runs"])
+    assert summary["runs"][0]["n_train"] < summary["runs"][1]["n_train"]
+    assert (tmp_path / "out" / "train_fraction.html").exists()
