@@ -42,6 +42,8 @@ _EXPORTS = {
     "ablation_table": "ablations",
     "analyze_run": "summary",
     "write_report": "report",
+    "verify": "integrity",
+    "import_legacy": "legacy",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -28,6 +28,9 @@ STATE_FILE = "state.safetensors"  # parameters, optimizer and RNG state at the l
 SHARD_DIR = "shards"
 MANIFEST_JSON = "manifest.json"  # size and SHA-256 of every file, rewritten after each flush
 RUN_KIND = "grokinterp-run"
+# Files other tools derive from a run and keep beside it (``grokinterp report``); they are not
+# part of the run, so the manifest neither lists them nor counts them as unlisted.
+DERIVED_FILES = frozenset({"report.html"})
 
 # safetensors dtype strings of the numpy dtypes we read back.
 _ST_DTYPES = {

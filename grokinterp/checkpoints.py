@@ -202,6 +202,8 @@ class CheckpointWriter:
             if not path.is_file() or path.name.startswith(".") or path.name == _io.MANIFEST_JSON:
                 continue
             rel = path.relative_to(self.run_dir).as_posix()
+            if rel in _io.DERIVED_FILES:
+                continue
             if rel in self._written:
                 files[rel] = self._written[rel]
             elif rel in prev and _immutable(rel):

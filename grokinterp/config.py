@@ -375,7 +375,7 @@ def _preset_quick() -> RunConfig:
 def _preset_tiny() -> RunConfig:
     return _apply_overrides(
         RunConfig(),
-        dict(p=31, frac_train=0.7, d_model=64, n_heads=4, d_mlp=128, epochs=1000, lr=1e-2,
+        dict(p=31, frac_train=0.7, d_model=64, n_heads=4, d_mlp=128, epochs=1000, lr=1e-2, weight_decay=2.0,
              eval_every=10, every=20, log_early=4, flush_every=10, device="cpu"),
     )
 

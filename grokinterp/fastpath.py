@@ -83,20 +83,23 @@ class FastPlan:
     """Index structures for :func:`final_logits` on one fixed set of token sequences.
 
     Built once per token set (the training set, the test set, the full grid) and reused every
-    step. ``vary`` are the positions whose token differs between examples (``a`` and ``b``);
-    the others hold one token each (``=``) and are handled densely.
+    step. The tables are built only for the ``(position, token)`` pairs that occur (``rows``);
+    ``vary`` are the positions whose token differs between examples (``a`` and ``b``), gathered
+    through the bag; the others hold one token each (``=``) and are handled densely.
     """
 
     cfg: ModelConfig
     n_examples: int
     vary: tuple[int, ...]
-    const_tokens: dict[int, int]
-    score_idx: Tensor  # [batch, n_ctx] rows of the flattened score table
-    bag_idx: Tensor  # [batch, len(vary) * n_heads] rows of the flattened value table
-    t_rows: Tensor  # transposed bag: example indices sorted by table row
-    t_offsets: Tensor  # [rows + 1] CSR offsets of the transposed bag
+    const_rows: tuple[int, ...]  # table row of each constant position, in position order
+    row_pos: Tensor  # [rows] position of each table row
+    row_tok: Tensor  # [rows] token of each table row
+    row_idx: Tensor  # [batch, len(vary)] table row of each example's token at each varying position
+    bag_idx: Tensor  # [batch, len(vary) * n_heads (+1)] entries (row * n_heads + head) of the value table
+    t_rows: Tensor  # transposed bag: example indices sorted by table entry
+    t_offsets: Tensor  # [entries + 1] CSR offsets of the transposed bag
     t_perm: Tensor  # order of the flattened bag entries in the transposed bag
-    pattern: Tensor  # sparse CSR [batch, rows] with the bag's sparsity
+    pattern: Tensor  # sparse CSR [batch, entries] with the bag's sparsity
 
     @classmethod
     def build(cls, cfg: ModelConfig, tokens: Tensor) -> "FastPlan":
@@ -106,38 +109,41 @@ class FastPlan:
         tokens = tokens.long()
         dev = tokens.device
         n, n_ctx, H, V = tokens.shape[0], cfg.n_ctx, cfg.n_heads, cfg.d_vocab
-        const = {j: int(tokens[0, j]) for j in range(n_ctx) if bool((tokens[:, j] == tokens[0, j]).all())}
+        const = [j for j in range(n_ctx) if bool((tokens[:, j] == tokens[0, j]).all())]
         vary = tuple(j for j in range(n_ctx) if j not in const)
-        score_idx = torch.arange(n_ctx, device=dev) * V + tokens
+        # Table rows: every (position, token) that occurs, as compact ids.
+        key = torch.arange(n_ctx, device=dev) * V + tokens  # [n, pos]
+        used, inverse = torch.unique(key, return_inverse=True)  # sorted: position-major
+        row_pos, row_tok = used // V, used % V
+        const_rows = tuple(int(inverse[0, j]) for j in const)
+        row_idx = inverse[:, list(vary)].contiguous()
         heads = torch.arange(H, device=dev)
-        if vary:
-            v = torch.tensor(vary, device=dev)
-            bag_idx = ((v * V)[None, :, None] + tokens[:, v, None]) * H + heads  # [n, |vary|, H]
-            bag_idx = bag_idx.reshape(n, -1).contiguous()
-        else:
-            bag_idx = torch.zeros(n, 0, dtype=torch.long, device=dev)
+        bag_idx = (row_idx[:, :, None] * H + heads).reshape(n, -1)
+        entries = len(used) * H
+        if len(const) == 1 and vary:  # the folded constant is one extra table entry (see final_logits)
+            bag_idx = torch.cat([bag_idx, torch.full((n, 1), entries, dtype=torch.long, device=dev)], dim=1)
+            entries += 1
+        bag_idx = bag_idx.contiguous()
         k = bag_idx.shape[1]
-        rows = n_ctx * V * H
         flat = bag_idx.reshape(-1)
         t_perm = torch.argsort(flat, stable=True)
         t_rows = torch.div(t_perm, max(k, 1), rounding_mode="floor")
-        t_offsets = torch.zeros(rows + 1, dtype=torch.long, device=dev)
-        t_offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=rows), 0)
+        t_offsets = torch.zeros(entries + 1, dtype=torch.long, device=dev)
+        t_offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=entries), 0)
+        crow = (torch.arange(n + 1, device=dev) * k)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(
-                torch.arange(0, n * k + 1, max(k, 1), device=dev)[: n + 1] if k else torch.zeros(n + 1, dtype=torch.long, device=dev),
-                flat, torch.zeros(n * k, device=dev), size=(n, rows),
-            )
-        return cls(cfg, n, vary, const, score_idx, bag_idx, t_rows, t_offsets, t_perm, pattern)
+            pattern = torch.sparse_csr_tensor(crow, flat, torch.zeros(n * k, device=dev), size=(n, entries))
+        return cls(cfg, n, vary, const_rows, row_pos, row_tok, row_idx, bag_idx, t_rows, t_offsets, t_perm,
+                   pattern)
 
     def to(self, device: torch.device | str) -> "FastPlan":
         """The same plan with its tensors on ``device``."""
         moved = {
             name: getattr(self, name).to(device)
-            for name in ("score_idx", "bag_idx", "t_rows", "t_offsets", "t_perm", "pattern")
+            for name in ("row_pos", "row_tok", "row_idx", "bag_idx", "t_rows", "t_offsets", "t_perm", "pattern")
         }
-        return FastPlan(self.cfg, self.n_examples, self.vary, self.const_tokens, **moved)
+        return FastPlan(self.cfg, self.n_examples, self.vary, self.const_rows, **moved)
 
 
 def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
@@ -151,11 +157,14 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
         With ``EP[j, t] = W_E[t] + W_pos[j]``, query ``q_h = EP[last, =] W_Q[h]``, scores
         ``S[j, t, h] = EP[j, t] · (W_K[h] q_h) / sqrt(d_head)`` and
         ``T[j, t, h] = EP[j, t] W_V[h] W_O[h] [W_in | W_U]``:
-        ``[pre | direct] = EP[last, =][W_in | W_U] + Σ_{j,h} softmax_j(S)[j, h] T[j, tok_j, h]``,
-        ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
+        ``[pre | direct] = c + Σ_{j,h} softmax_j(S)[j, h] T[j, tok_j, h]`` with the constant
+        ``c = EP[last, =][W_in | W_U] + [b_in | b_out W_U]``, and
+        ``logits = direct + act(pre) W_out W_U``. Constant positions and ``c`` enter through one
+        small matrix product; the varying positions through the bag.
     """
     cfg = plan.cfg
-    n_ctx, V, H, dm = cfg.n_ctx, cfg.d_vocab, cfg.n_heads, cfg.d_mlp
+    H, dm = cfg.n_heads, cfg.d_mlp
+    n = plan.n_examples
     W_E, W_pos = params["embed.W_E"], params["pos_embed.W_pos"]
     W_Q, W_K = params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"]
     W_V, W_O = params["blocks.0.attn.W_V"], params["blocks.0.attn.W_O"]
@@ -163,28 +172,43 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
     W_out, b_out = params["blocks.0.mlp.W_out"], params["blocks.0.mlp.b_out"]
     W_U = params["unembed.W_U"]
 
-    last = n_ctx - 1
-    eq = plan.const_tokens[last]
-    EP = W_E.unsqueeze(0) + W_pos[:n_ctx].unsqueeze(1)  # [pos, vocab, d_model]
-    x_last = EP[last, eq]  # [d_model]
+    EP = W_E[plan.row_tok] + W_pos[plan.row_pos]  # [rows, d_model]
+    x_last = EP[plan.const_rows[-1]]  # the query token (constant at the last position)
     q = torch.einsum("d,hde->he", x_last, W_Q)
     kq = torch.einsum("hde,he->dh", W_K, q) / math.sqrt(cfg.d_head)  # [d_model, head]
-    S = EP.reshape(n_ctx * V, -1) @ kq  # [pos * vocab, head]
-    pattern = F.embedding(plan.score_idx, S).softmax(dim=1)  # [batch, pos, head]
+    S = EP @ kq  # [rows, head]
+    n_pos = len(plan.vary) + len(plan.const_rows)
+    scores = [None] * n_pos
+    for i, j in enumerate(plan.vary):
+        scores[j] = S.index_select(0, plan.row_idx[:, i])  # [batch, head]
+    const_pos = [j for j in range(n_pos) if j not in plan.vary]
+    for j, r in zip(const_pos, plan.const_rows):
+        scores[j] = S[r].expand(n, H)
+    pattern = torch.stack(scores, dim=1).softmax(dim=1)  # [batch, pos, head]
 
     W_read = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + vocab]
-    OV_read = torch.einsum("hed,dk->hek", W_O, W_read)  # [head, d_head, d_mlp + vocab]
-    vals = torch.einsum("pvd,hde->hpve", EP, W_V).reshape(H, n_ctx * V, -1)
-    T = torch.bmm(vals, OV_read)  # [head, pos * vocab, k]
-    T = T.reshape(H, n_ctx, V, -1).permute(1, 2, 0, 3)  # [pos, vocab, head, k]
+    OV_read = torch.einsum("hed,dk->hek", W_O, W_read)  # [head, d_head, k]
+    vals = torch.einsum("rd,hde->hre", EP, W_V)  # [head, rows, d_head]
+    T = torch.bmm(vals, OV_read).transpose(0, 1)  # [rows, head, k]
 
-    out = x_last @ W_read  # [k], broadcast below
-    if plan.vary:
-        w = pattern[:, list(plan.vary), :].reshape(plan.n_examples, -1)
-        out = _Bag.apply(w, T.reshape(n_ctx * V * H, -1), plan) + out
-    for j, tok in plan.const_tokens.items():
-        out = torch.addmm(out, pattern[:, j, :], T[j, tok])
-    pre = out[:, :dm] + b_in
-    post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
-    W_L = W_out @ W_U
-    return torch.addmm(out[:, dm:] + b_out @ W_U, post, W_L)
+    c = x_last @ W_read + torch.cat([b_in, b_out @ W_U])  # [k]
+    k = T.shape[-1]
+    if plan.vary and len(plan.const_rows) == 1:
+        # One constant position (the '=' query): its weights are 1 − Σ_vary pattern, so its rows
+        # fold into the varying rows (T − T_=) and the constant (c + Σ_h T_=), and the constant
+        # enters the bag as one more entry of weight 1: the whole sum is a single bag.
+        T_eq = T[plan.const_rows[0]]  # [head, k]
+        table = torch.cat([(T - T_eq).reshape(-1, k), (c + T_eq.sum(0))[None]], dim=0)
+        w = torch.cat([pattern[:, list(plan.vary), :].reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
+        out = _Bag.apply(w, table, plan)
+    else:
+        # General case: constant positions and c in one product [pattern_const | 1] @ [T_const; c].
+        A_const = torch.cat([pattern[:, const_pos, :].reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
+        T_const = torch.cat([T[list(plan.const_rows)].reshape(-1, k), c[None]], dim=0)
+        out = A_const @ T_const
+        if plan.vary:
+            w = pattern[:, list(plan.vary), :].reshape(n, -1)
+            out = out + _Bag.apply(w, T.reshape(-1, k), plan)
+    pre, direct = out.split([dm, out.shape[1] - dm], dim=1)
+    post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
+    return torch.addmm(direct, post, W_out @ W_U)

@@ -171,7 +171,7 @@ def verify(run_dir: str | os.PathLike) -> VerifyReport:
             details[rel] = e.strerror or str(e)
     for rel in _walk(run_dir):
         name = rel.rsplit("/", 1)[-1]
-        if rel == _io.MANIFEST_JSON or rel in files:
+        if rel == _io.MANIFEST_JSON or rel in files or rel in _io.DERIVED_FILES:
             continue
         if name.startswith("."):
             if name.endswith(".tmp"):

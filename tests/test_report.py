@@ -161,3 +161,14 @@ def test_report_write_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):
     with pytest.raises(RunError, match="cannot write the report"):
         write_report(tiny_run, tmp_path / "r.html", max_checkpoints=10)
     assert os.listdir(tmp_path) == []
+
+
+def test_report_beside_the_run_keeps_it_verifiable(tiny_run, tmp_path):
+    from grokinterp.integrity import verify
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run.path, run_dir)
+    path = write_report(run_dir, max_checkpoints=10)
+    assert path == run_dir / "report.html" and path.stat().st_size > 0
+    report = verify(run_dir)
+    assert report.ok, report
