@@ -285,24 +285,13 @@ def logit_fourier_norms_2d(logits: Tensor, per: str = "component", reduce: str =
 
 
 # -- projections on / off cos(w(a+b)), sin(w(a+b)) ---------------------------------------------
-def _diag_mask(p: int, freqs: Sequence[int], include_mean: bool) -> Tensor:
-    """Boolean ``[p, p]`` over 2-D DFT indices: ``(w, w)`` and ``(−w, −w)`` for each frequency."""
-    B = fourier_basis(p)
-    ws = B.check_freqs(freqs)
-    mask = torch.zeros(p, p, dtype=torch.bool)
-    for w in ws:
-        mask[w, w] = True
-        mask[(-w) % p, (-w) % p] = True
-    if include_mean:
-        mask[0, 0] = True
-    return mask
-
-
 def _diag_projection(logits: Tensor, freqs: Sequence[int], include_mean: bool) -> Tensor:
-    p = _check_logits(logits)
-    mask = _diag_mask(p, freqs, include_mean)
-    X = torch.fft.fft2(logits.double(), dim=(-3, -2))
-    return torch.fft.ifft2(X * mask[:, :, None], dim=(-3, -2)).real
+    # One implementation of the cos/sin(w(a+b)) projection for the whole package: the
+    # anti-diagonal-sum FFT of the progress measures (≈ 8× cheaper than a 2-D FFT of the logits).
+    from .progress import sum_frequency_projection
+
+    _check_logits(logits)
+    return sum_frequency_projection(logits, freqs, include_mean=include_mean)
 
 
 def restrict_logits(logits: Tensor, freqs: Sequence[int]) -> Tensor:
