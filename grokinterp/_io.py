@@ -113,6 +113,15 @@ def read_json(path: Path, what: str = "file") -> Any:
         raise RunError(f"{path}: {what} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` holds a readable ``run.json`` of kind ``grokinterp-run`` (safe to replace)."""
+    try:
+        info = read_json(Path(path) / RUN_JSON, "run metadata")
+    except RunError:
+        return False
+    return isinstance(info, dict) and info.get("kind") == RUN_KIND
+
+
 def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     """Parse and check a safetensors header: ``({name: {dtype, shape, data_offsets}}, data_start)``.
 

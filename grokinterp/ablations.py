@@ -83,6 +83,9 @@ class AblationTarget:
         labels: int64 ``[p²]`` label of each grid index ``a * p + b`` (``-1`` for pairs outside
             the task, e.g. ``b = 0`` for division).
         splits: ``{"train", "test", "all"}`` → sorted int64 grid indices.
+
+    ``labels`` and ``splits`` live on the CPU whatever the parameters' device;
+    :func:`evaluate_logits` moves them to the device of the logits it scores.
     """
 
     params: dict[str, Tensor]
@@ -198,7 +201,8 @@ def evaluate_logits(logits: Tensor, target, ablation: str = "none", component: s
         if n == 0:
             loss = acc = float("nan")
         else:
-            y = t.labels[idx]
+            y = t.labels[idx].to(flat.device)
+            idx = idx.to(flat.device)
             loss = float(-logp[idx, y].mean())
             acc = float((flat[idx].argmax(-1) == y).double().mean())
         rows.append({"ablation": ablation, "component": component, "split": split, "loss": loss, "acc": acc, "n": n})
@@ -297,11 +301,13 @@ def project_embedding(W_E: Tensor, freqs: Sequence[int], mode: str = "keep", p: 
     if W_E.ndim != 2 or W_E.shape[0] < p:
         raise AnalysisError(f"W_E: expected [vocab ≥ {p}, d_model], got shape {list(W_E.shape)}")
     B = fourier_basis(p)
-    comp = B.component_mask(list(freqs), include_const=(mode == "keep"))
+    dev = W_E.device
+    comp = B.component_mask(list(freqs), include_const=(mode == "keep"), device=dev)
     m = comp if mode == "keep" else ~comp
-    coeffs = B.matrix64 @ W_E[:p].double()
+    basis = B.matrix64.to(dev)
+    coeffs = basis @ W_E[:p].detach().double()
     out = W_E.detach().clone().float()
-    out[:p] = (B.matrix64.T @ (coeffs * m[:, None].double())).float()
+    out[:p] = (basis.T @ (coeffs * m[:, None].double())).float()
     return out
 
 
@@ -332,10 +338,11 @@ def ablate_embed_freqs(target, freqs: Sequence[int], mode: str = "keep", *,
 def _neuron_post_fn(idx: Tensor, method: str) -> Callable[[Tensor], Tensor]:
     def fn(post: Tensor) -> Tensor:  # [ckpt, a, b, d_mlp]
         out = post.clone()
+        i = idx.to(post.device)
         if method == "zero":
-            out[..., idx] = 0.0
+            out[..., i] = 0.0
         else:
-            out[..., idx] = post[..., idx].mean(dim=(-3, -2), keepdim=True)
+            out[..., i] = post[..., i].mean(dim=(-3, -2), keepdim=True)
         return out
 
     return fn
@@ -407,12 +414,13 @@ def neuron_approximation(acts: Tensor, freqs: Sequence[int]) -> Tensor:
         ``f(u), f(v) ∈ freqs ∪ {0}`` and ``f(u) = f(v)`` or one of them is 0
         (``f(u) = min(u, p − u)``).
     """
+    if not torch.is_tensor(acts) or acts.ndim < 3 or acts.shape[-3] != acts.shape[-2]:
+        shape = list(acts.shape) if torch.is_tensor(acts) else type(acts).__name__
+        raise AnalysisError(f"activations: expected [..., p, p, d_mlp], got shape {shape}")
     p = acts.shape[-2]
-    if acts.ndim < 3 or acts.shape[-3] != p:
-        raise AnalysisError(f"activations: expected [..., p, p, d_mlp], got shape {list(acts.shape)}")
     fs = fourier_basis(p).check_freqs(list(freqs))
-    f = _freq_of_index(p)
-    ok = torch.isin(f, torch.tensor([0] + fs, dtype=torch.int64))
+    f = _freq_of_index(p, device=acts.device)
+    ok = torch.isin(f, torch.tensor([0] + fs, dtype=torch.int64, device=acts.device))
     mask = ok[:, None] & ok[None, :] & ((f[:, None] == 0) | (f[None, :] == 0) | (f[:, None] == f[None, :]))
     X = torch.fft.fft2(acts.double(), dim=(-3, -2))
     return torch.fft.ifft2(X * mask[:, :, None], dim=(-3, -2)).real
@@ -440,7 +448,8 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
         if idx is None:
             return approx
         out = post.clone()
-        out[..., idx] = approx[..., idx]
+        i = idx.to(post.device)
+        out[..., i] = approx[..., i]
         return out
 
     who = "all neurons" if idx is None else f"{len(idx)} neurons"
@@ -504,7 +513,7 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
     t = _target(target)
     _check_method(method)
     hs = _check_heads(heads, t.cfg.n_heads)
-    scale = torch.ones(t.cfg.n_heads)
+    scale = torch.ones(t.cfg.n_heads, device=t.params["embed.W_E"].device)
     scale[hs] = 0.0
     params = dict(t.params)
     if method == "mean":
@@ -542,7 +551,7 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
     if key_freqs is None:
         from .fourier import key_frequencies
 
-        key_freqs = key_frequencies(t.params).freqs
+        key_freqs = key_frequencies(t.params, cfg=t.cfg).freqs
     key = _freqs(t, key_freqs, allow_empty=False)
     n_freq = fourier_basis(t.p).n_freq
     non_key = [w for w in range(1, n_freq + 1) if w not in key]
@@ -560,8 +569,8 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
     parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key freqs {K}", **kw))
     parts.append(approximate_neurons(t, key, name=f"neurons: key-freq approximation {K}", **kw))
     nf = neuron_fourier(t.params, t.cfg, threshold)
-    outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)
-    outside[nf.neurons_of(key)] = False
+    outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)  # host-side selection (check_neurons)
+    outside[nf.neurons_of(key).cpu()] = False
     if outside.any():
         ids = torch.nonzero(outside).flatten()
         parts.append(ablate_neurons(t, ids, "mean", name=f"neurons: mean-ablate {len(ids)} outside key clusters",

@@ -20,7 +20,6 @@ from .config import _SECTIONS, PRESETS, make_config
 from .errors import GrokinterpError
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 # Fields not exposed as flags: fixed by the task format.
 _HIDDEN = {("model", "n_ctx"), ("model", "p")}
@@ -146,12 +145,17 @@ def _default_out(preset: str, config) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.resume is not None:
+        device = overrides.pop("device", None)  # the one setting a resume may change (e.g. CUDA → CPU)
+        if device is not None:
+            from .config import TrainConfig
+
+            TrainConfig(device=device)  # validates the value (ConfigError naming train.device)
         if overrides or args.out is not None or args.overwrite:
             raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
-                                  "and --overwrite")
+                                  "and --overwrite (only --device may be given)")
         from .trainer import resume
 
-        run = resume(args.resume, progress=not args.no_progress)
+        run = resume(args.resume, progress=not args.no_progress, device=device)
         print(_short_summary(run))
         return 0
     config = make_config(args.preset, **overrides)  # validates before anything is created
@@ -249,8 +253,14 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import os
+
     from .report import write_report
 
+    if args.summary_json is not None:  # refuse before the analysis, so nothing is half-written
+        parent = args.summary_json.parent if str(args.summary_json.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise GrokinterpError(f"{args.summary_json}: the directory {parent} does not exist or is not writable")
     if args.max_checkpoints is not None and args.max_checkpoints < 2:
         raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
     path, headline = write_report(args.run, args.out, max_checkpoints=args.max_checkpoints,
@@ -284,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         msg = str(e) or "interrupted"
         print(f"grokinterp {args.command}: {msg}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + getattr(e, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,6 +39,8 @@ __all__ = [
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
 FORMAT_VERSION = 1
+#: Largest modulus accepted: every one of the p² pairs is materialised (tokens, labels, grids).
+MAX_P = 5000
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -84,6 +86,7 @@ class TaskConfig:
 
         _check_ints(self, "task")
         _require(self.p >= 3, "task.p", "must be at least 3", self.p)
+        _require(self.p <= MAX_P, "task.p", f"must be at most {MAX_P} (p² examples are materialised)", self.p)
         _require(0.0 < float(self.frac_train) < 1.0, "task.frac_train", "must lie in (0, 1)", self.frac_train)
         _require(self.split_seed >= 0, "task.split_seed", "must be non-negative", self.split_seed)
         op = get_operation(self.operation)
@@ -194,7 +197,12 @@ class TrainConfig:
         _require(isinstance(self.fast_path, bool), "train.fast_path", "must be true or false", self.fast_path)
 
     def lr_at(self, epoch: int) -> float:
-        """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``."""
+        """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
+
+        ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step already moves (at
+        ``lr / warmup_epochs``); the paper's ``LambdaLR(min(step / 10, 1))`` spends its first step at
+        learning rate 0.
+        """
         if self.warmup_epochs <= 0:
             return self.lr
         return self.lr * min((epoch + 1) / self.warmup_epochs, 1.0)

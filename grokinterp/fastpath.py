@@ -100,6 +100,10 @@ class FastPlan:
     t_offsets: Tensor  # [entries + 1] CSR offsets of the transposed bag
     t_perm: Tensor  # order of the flattened bag entries in the transposed bag
     pattern: Tensor  # sparse CSR [batch, entries] with the bag's sparsity
+    vary_idx: Tensor  # the varying positions as an index tensor on the plan's device
+    const_pos_idx: Tensor  # the constant positions, likewise
+    const_rows_idx: Tensor  # their table rows, likewise (Python lists as indices would copy
+    #                         host → device, and wait for the GPU, at every step)
 
     @classmethod
     def build(cls, cfg: ModelConfig, tokens: Tensor) -> "FastPlan":
@@ -134,14 +138,16 @@ class FastPlan:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             pattern = torch.sparse_csr_tensor(crow, flat, torch.zeros(n * k, device=dev), size=(n, entries))
+        as_idx = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=dev)  # noqa: E731
         return cls(cfg, n, vary, const_rows, row_pos, row_tok, row_idx, bag_idx, t_rows, t_offsets, t_perm,
-                   pattern)
+                   pattern, as_idx(vary), as_idx(const), as_idx(const_rows))
 
     def to(self, device: torch.device | str) -> "FastPlan":
         """The same plan with its tensors on ``device``."""
         moved = {
             name: getattr(self, name).to(device)
-            for name in ("row_pos", "row_tok", "row_idx", "bag_idx", "t_rows", "t_offsets", "t_perm", "pattern")
+            for name in ("row_pos", "row_tok", "row_idx", "bag_idx", "t_rows", "t_offsets", "t_perm", "pattern",
+                         "vary_idx", "const_pos_idx", "const_rows_idx")
         }
         return FastPlan(self.cfg, self.n_examples, self.vary, self.const_rows, **moved)
 
@@ -180,7 +186,9 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
     n_pos = len(plan.vary) + len(plan.const_rows)
     scores = [None] * n_pos
     for i, j in enumerate(plan.vary):
-        scores[j] = S.index_select(0, plan.row_idx[:, i])  # [batch, head]
+        # index_select's backward (index_add) is fastest on CPU; embedding's is deterministic on CUDA
+        idx = plan.row_idx[:, i]
+        scores[j] = F.embedding(idx, S) if S.is_cuda else S.index_select(0, idx)  # [batch, head]
     const_pos = [j for j in range(n_pos) if j not in plan.vary]
     for j, r in zip(const_pos, plan.const_rows):
         scores[j] = S[r].expand(n, H)
@@ -199,15 +207,16 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
         # enters the bag as one more entry of weight 1: the whole sum is a single bag.
         T_eq = T[plan.const_rows[0]]  # [head, k]
         table = torch.cat([(T - T_eq).reshape(-1, k), (c + T_eq.sum(0))[None]], dim=0)
-        w = torch.cat([pattern[:, list(plan.vary), :].reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
+        w = torch.cat([pattern.index_select(1, plan.vary_idx).reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
         out = _Bag.apply(w, table, plan)
     else:
         # General case: constant positions and c in one product [pattern_const | 1] @ [T_const; c].
-        A_const = torch.cat([pattern[:, const_pos, :].reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
-        T_const = torch.cat([T[list(plan.const_rows)].reshape(-1, k), c[None]], dim=0)
+        A_const = torch.cat([pattern.index_select(1, plan.const_pos_idx).reshape(n, -1), pattern.new_ones(n, 1)],
+                            dim=1)
+        T_const = torch.cat([T.index_select(0, plan.const_rows_idx).reshape(-1, k), c[None]], dim=0)
         out = A_const @ T_const
         if plan.vary:
-            w = pattern[:, list(plan.vary), :].reshape(n, -1)
+            w = pattern.index_select(1, plan.vary_idx).reshape(n, -1)
             out = out + _Bag.apply(w, T.reshape(-1, k), plan)
     pre, direct = out.split([dm, out.shape[1] - dm], dim=1)
     post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)

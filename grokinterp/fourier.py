@@ -26,12 +26,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .errors import AnalysisError
+
+if TYPE_CHECKING:
+    from .config import ModelConfig, RunConfig
 
 __all__ = [
     "FourierBasis",
@@ -99,10 +103,11 @@ class FourierBasis:
             out.append(int(f))
         return sorted(set(out))
 
-    def component_mask(self, freqs: Sequence[int], include_const: bool = False) -> Tensor:
-        """Boolean ``[p]``: the components (cos and sin) of the given frequencies."""
+    def component_mask(self, freqs: Sequence[int], include_const: bool = False,
+                       device: torch.device | str | None = None) -> Tensor:
+        """Boolean ``[p]`` (on ``device``, default CPU): the components (cos and sin) of the given frequencies."""
         freqs = self.check_freqs(freqs)
-        mask = torch.isin(self.freqs, torch.tensor(freqs, dtype=torch.int64))
+        mask = torch.isin(self.freqs, torch.tensor(freqs, dtype=torch.int64)).to(device)
         if include_const:
             mask[0] = True
         return mask
@@ -216,16 +221,22 @@ def neuron_logit_fourier_norms(W_L, p: int | None = None, per: str = "freq") -> 
 def gini(x: Tensor, dim: int = -1) -> Tensor:
     """Gini coefficient of non-negative values along ``dim`` (Hurley & Rickard 2009).
 
+    Returns:
+        float64 tensor with ``dim`` removed, on the device of ``x``.
+
     Notes:
         With ``x`` sorted ascending, ``N`` values and ``‖x‖₁ > 0``:
-        ``G = 1 − 2 Σ_k (x_(k) / ‖x‖₁) · (N − k + ½) / N``. 0 for equal values, → 1 for one spike.
+        ``G = 1 − 2 Σ_k (x_(k) / ‖x‖₁) · (N − k + ½) / N``. 0 for equal values, ``1 − 1/N`` for
+        a single spike. An all-zero vector has no inequality and gives 0 (the formula is 0/0
+        there). Negative values enter by their absolute value.
     """
     x = torch.movedim(x.double(), dim, -1)
     n = x.shape[-1]
     xs, _ = torch.sort(x.abs(), dim=-1)
     k = torch.arange(1, n + 1, dtype=x.dtype, device=x.device)
-    total = xs.sum(-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
-    return 1 - 2 * ((xs / total) * (n - k + 0.5) / n).sum(-1)
+    total = xs.sum(-1, keepdim=True)
+    g = 1 - 2 * ((xs / total.clamp_min(torch.finfo(x.dtype).tiny)) * (n - k + 0.5) / n).sum(-1)
+    return torch.where(total[..., 0] > 0, g, torch.zeros_like(g))
 
 
 @dataclass(frozen=True)
@@ -252,32 +263,61 @@ class KeyFrequencies:
 
 
 def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 0.05,
-                    p: int | None = None) -> KeyFrequencies:
+                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
     """The frequencies a trained model uses.
 
     Args:
-        model_or_params: a model or a parameter dict (single checkpoint).
+        model_or_params: a model or a parameter dict of **one** checkpoint (stacked
+            ``[ckpt, ...]`` parameters are refused: choose a checkpoint first).
         method:
-            ``"W_L"`` (default): frequencies carrying at least ``min_fraction`` of the
-            non-constant squared Fourier norm of ``W_L = W_out W_U`` (the neuron → logit map;
-            each key frequency holds two directions of it).
+            ``"W_L"`` (default): frequencies whose share of the non-constant squared Fourier
+            norm of ``W_L = W_out W_U`` (the neuron → logit map; each key frequency holds two
+            directions of it) is at least ``max(min_fraction, 2 / n_freq)``.
             ``"W_E"``: the same rule on the embedding ``W_E``.
             ``"neurons"``: frequencies that are the dominant frequency of at least
             ``min_fraction`` of the MLP neurons well explained (FVE > 0.85) by one frequency
-            (see :mod:`grokinterp.neurons`).
-        min_fraction: the threshold of the rule.
+            (see :func:`grokinterp.neurons.neuron_key_frequencies`).
+        min_fraction: the threshold of the rule, in ``(0, 1]``.
         p: modulus (default from the parameter shapes).
+        cfg: the model config (``ModelConfig`` or ``RunConfig``), used by ``"neurons"``: a
+            parameter dict of a GELU model needs it, since the config read off the shapes
+            assumes ReLU (see :func:`grokinterp.logits.resolve_model`).
+
+    Returns:
+        :class:`KeyFrequencies`; for ``W_L`` / ``W_E``, ``scores[k]`` is frequency ``k``'s share
+        of the non-constant squared norm (``scores[0] = 0``).
+
+    Notes:
+        Why ``2 / n_freq``: a flat spectrum (an untrained model) gives every one of the
+        ``n_freq = ⌊p/2⌋`` frequencies the share ``1 / n_freq``, which a fixed threshold such as
+        5 % does not exceed only when ``p > 40``. Requiring twice the uniform share keeps a flat
+        spectrum free of key frequencies for every ``p``; a grokked model concentrates most of
+        the norm on a few frequencies and passes both bounds. The bound ``2 / n_freq`` is capped
+        at 1 (for ``p = 3, 4`` the single frequency holds the whole non-constant norm).
+
+    Raises:
+        AnalysisError: unknown method, ``min_fraction`` outside ``(0, 1]``, stacked parameters.
     """
-    if method in ("W_L", "W_E"):
-        norms = (neuron_logit_fourier_norms if method == "W_L" else embed_fourier_norms)(model_or_params, p)
-        energy = norms[1:].double() ** 2
-        frac = (energy / energy.sum().clamp_min(1e-300)).numpy()
-        scores = np.concatenate([[0.0], frac])
-        freqs = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
-        rule = f"frequencies with ≥ {min_fraction:.0%} of the non-constant squared Fourier norm of {method}"
-        return KeyFrequencies(freqs, method, scores, rule)
+    if method not in ("W_L", "W_E", "neurons"):
+        raise AnalysisError(f"method: unknown key-frequency method {method!r}; use 'W_L', 'W_E' or 'neurons'")
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)) \
+            or not 0.0 < float(min_fraction) <= 1.0:
+        raise AnalysisError(f"min_fraction: must be a number in (0, 1], got {min_fraction!r}")
     if method == "neurons":
         from .neurons import neuron_key_frequencies
 
-        return neuron_key_frequencies(model_or_params, min_fraction=min_fraction)
-    raise AnalysisError(f"method: unknown key-frequency method {method!r}; use 'W_L', 'W_E' or 'neurons'")
+        return neuron_key_frequencies(model_or_params, min_fraction=min_fraction, cfg=cfg)
+    norms = (neuron_logit_fourier_norms if method == "W_L" else embed_fourier_norms)(model_or_params, p)
+    if norms.ndim != 1:
+        raise AnalysisError(f"key_frequencies takes one checkpoint, but the Fourier norms of {method} have "
+                            f"shape {list(norms.shape)} (stacked parameters [ckpt, ...]?); pick a checkpoint")
+    n_freq = norms.shape[0] - 1
+    energy = norms[1:].detach().double().cpu() ** 2
+    frac = (energy / energy.sum().clamp_min(1e-300)).numpy()
+    scores = np.concatenate([[0.0], frac])
+    uniform_bound = min(2.0 / n_freq, 1.0)
+    threshold = max(float(min_fraction), uniform_bound)
+    freqs = tuple(int(k) for k in np.flatnonzero(scores >= threshold))
+    rule = (f"frequencies with ≥ max({float(min_fraction):.0%}, 2/n_freq = 2/{n_freq} = {uniform_bound:.1%}) "
+            f"= {threshold:.1%} of the non-constant squared Fourier norm of {method}")
+    return KeyFrequencies(freqs, method, scores, rule)

@@ -587,7 +587,7 @@ def import_legacy(
         writer._write(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
         writer.write_manifest()
         if out.exists():
-            if overwrite and (out / _io.RUN_JSON).exists():
+            if overwrite and _io.looks_like_run(out):
                 shutil.rmtree(out)
             else:
                 out.rmdir()  # empty (checked above)
@@ -607,7 +607,7 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if not out.is_dir():
         raise RunError(f"{out}: exists and is not a directory")
     if any(out.iterdir()):
-        if overwrite and (out / _io.RUN_JSON).exists():
+        if overwrite and _io.looks_like_run(out):
             return
         raise RunError(f"{out}: directory is not empty; choose another output directory"
                        + ("" if overwrite else " (or pass --overwrite to replace a run)"))

@@ -101,9 +101,9 @@ def _check_p(x: Tensor, dims: Sequence[int], what: str) -> int:
     return p
 
 
-def _freq_of_index(p: int) -> Tensor:
-    """Frequency ``min(u, p − u)`` of each DFT index ``u`` (int64 ``[p]``)."""
-    u = torch.arange(p)
+def _freq_of_index(p: int, device: torch.device | str | None = None) -> Tensor:
+    """Frequency ``min(u, p − u)`` of each DFT index ``u`` (int64 ``[p]``, on ``device``)."""
+    u = torch.arange(p, device=device)
     return torch.minimum(u, p - u)
 
 
@@ -194,9 +194,10 @@ class LogitCosFit:
         if p // 2 != n_freq:
             raise AnalysisError(f"p = {p} does not match the fit's {n_freq} frequencies")
         ws = list(range(1, n_freq + 1)) if self.freqs is None else list(self.freqs)
-        x = torch.arange(p, dtype=torch.float64)
+        dev = self.alpha.device
+        x = torch.arange(p, dtype=torch.float64, device=dev)
         ang = (x[:, None, None] + x[None, :, None] - x[None, None, :]) * (2 * math.pi / p)
-        out = torch.zeros(*self.alpha.shape[:-1], p, p, p, dtype=torch.float64)
+        out = torch.zeros(*self.alpha.shape[:-1], p, p, p, dtype=torch.float64, device=dev)
         for w in ws:  # one p³ map per frequency, never the whole cube
             out = out + self.alpha[..., w, None, None, None] * torch.cos(w * ang)
         return out
@@ -226,17 +227,19 @@ def logit_cos_fit(logits: Tensor, freqs: Sequence[int] | None = None) -> LogitCo
     key = tuple(B.check_freqs(freqs)) if freqs is not None else None
     L = logits.double()
     lead = L.shape[:-3]
-    s = (torch.arange(p)[:, None] + torch.arange(p)[None, :]).remainder(p).reshape(-1)
-    S = torch.zeros(*lead, p, p, dtype=torch.float64)
+    dev = L.device
+    x = torch.arange(p, device=dev)
+    s = (x[:, None] + x[None, :]).remainder(p).reshape(-1)
+    S = torch.zeros(*lead, p, p, dtype=torch.float64, device=dev)
     S.index_add_(-2, s, L.reshape(*lead, p * p, p))  # [..., s, c]
     Fh = torch.fft.fft2(S)  # [..., u (over s), t (over c)]
-    w = torch.arange(1, B.n_freq + 1)
+    w = torch.arange(1, B.n_freq + 1, device=dev)
     proj = Fh[..., w, (-w).remainder(p)].real  # [..., n_freq]
-    norm2 = torch.full((B.n_freq,), p ** 3 / 2, dtype=torch.float64)
+    norm2 = torch.full((B.n_freq,), p ** 3 / 2, dtype=torch.float64, device=dev)
     if p % 2 == 0:
         norm2[-1] = p ** 3
     total = (L - L.mean(-1, keepdim=True)).pow(2).sum((-3, -2, -1))
-    zero = torch.zeros(*lead, 1, dtype=torch.float64)
+    zero = torch.zeros(*lead, 1, dtype=torch.float64, device=dev)
     alpha = torch.cat([zero, proj / norm2], dim=-1)
     fve = torch.cat([zero, proj ** 2 / norm2 / total.clamp_min(1e-300)[..., None]], dim=-1)
     fve_key = fve[..., list(key)].sum(-1) if key is not None else None
@@ -279,8 +282,9 @@ def logit_fourier_norms_2d(logits: Tensor, per: str = "component", reduce: str =
         B = fourier_basis(p)
         n = B.n_freq + 1
         lead = sq.shape[:-2]
-        out = torch.zeros(*lead, n, p, dtype=sq.dtype).index_add_(-2, B.freqs, sq)
-        sq = torch.zeros(*lead, n, n, dtype=sq.dtype).index_add_(-1, B.freqs, out)
+        f = B.freqs.to(sq.device)
+        out = torch.zeros(*lead, n, p, dtype=sq.dtype, device=sq.device).index_add_(-2, f, sq)
+        sq = torch.zeros(*lead, n, n, dtype=sq.dtype, device=sq.device).index_add_(-1, f, out)
     return sq.sqrt()
 
 

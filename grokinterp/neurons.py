@@ -105,7 +105,7 @@ def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = No
     with torch.no_grad():
         post = grid_forward(params, cfg, return_post=True).post
     if neurons is not None:
-        post = post[..., check_neurons(neurons, cfg.d_mlp)]
+        post = post[..., check_neurons(neurons, cfg.d_mlp).to(post.device)]
     return post
 
 
@@ -142,8 +142,9 @@ def _freq_energy(acts: Tensor) -> Tensor:
     sq = neuron_fourier_coeffs(acts).pow(2)  # [..., i, j, d_mlp]
     sq = torch.movedim(sq, -1, -3)  # [..., d_mlp, i, j]
     lead = sq.shape[:-2]
-    e = torch.zeros(*lead, n, p, dtype=sq.dtype).index_add_(-2, B.freqs, sq)
-    return torch.zeros(*lead, n, n, dtype=sq.dtype).index_add_(-1, B.freqs, e)
+    f = B.freqs.to(sq.device)
+    e = torch.zeros(*lead, n, p, dtype=sq.dtype, device=sq.device).index_add_(-2, f, sq)
+    return torch.zeros(*lead, n, n, dtype=sq.dtype, device=sq.device).index_add_(-1, f, e)
 
 
 def neuron_fve(acts: Tensor) -> Tensor:
@@ -166,7 +167,7 @@ def neuron_fve(acts: Tensor) -> Tensor:
     """
     E = _freq_energy(acts)
     n = E.shape[-1]
-    k = torch.arange(1, n)
+    k = torch.arange(1, n, device=E.device)
     own = E[..., k, 0] + E[..., 0, k] + E[..., k, k]  # [..., d_mlp, n_freq]
     var = E.sum((-2, -1)) - E[..., 0, 0]
     tiny = 1e-12 * E.sum((-2, -1)).clamp_min(1e-300)  # constant maps: rounding noise only
@@ -215,23 +216,24 @@ class NeuronFourier:
     def cluster(self, freq: int) -> Tensor:
         """Neuron ids of the cluster of ``freq`` (empty tensor if no neuron has it)."""
         (f,) = fourier_basis(self.p).check_freqs([freq])
-        return self.clusters.get(f, torch.zeros(0, dtype=torch.int64))
+        return self.clusters.get(f, torch.zeros(0, dtype=torch.int64, device=self.fve.device))
 
     def neurons_of(self, freqs: Sequence[int]) -> Tensor:
         """Neuron ids of the clusters of all ``freqs`` together, sorted."""
         fs = fourier_basis(self.p).check_freqs(list(freqs))
         ids = [self.clusters[f] for f in fs if f in self.clusters]
-        return torch.sort(torch.cat(ids))[0] if ids else torch.zeros(0, dtype=torch.int64)
+        return torch.sort(torch.cat(ids))[0] if ids else torch.zeros(0, dtype=torch.int64, device=self.fve.device)
 
     def table(self, neurons=None) -> pd.DataFrame:
         """One row per neuron: ``neuron, dominant_freq, dominant_fve, cluster`` (cluster = freq or -1)."""
         idx = check_neurons(neurons, self.d_mlp) if neurons is not None else torch.arange(self.d_mlp)
-        explained = self.explained[idx]
+        dom, dom_fve = self.dominant_freq.cpu()[idx], self.dominant_fve.cpu()[idx]  # host-side table
+        explained = dom_fve > self.threshold
         return pd.DataFrame({
             "neuron": idx.numpy(),
-            "dominant_freq": self.dominant_freq[idx].numpy(),
-            "dominant_fve": self.dominant_fve[idx].numpy(),
-            "cluster": torch.where(explained, self.dominant_freq[idx], -1).numpy(),
+            "dominant_freq": dom.numpy(),
+            "dominant_fve": dom_fve.numpy(),
+            "cluster": torch.where(explained, dom, -1).numpy(),
         })
 
 

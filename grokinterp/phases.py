@@ -7,7 +7,7 @@ still in use: restricted loss falls, excluded loss rises, test loss stays high) 
 For p = 113 with 30 % of the data they give 0–1.4k, 1.4k–9.4k and 9.4k–14k epochs.
 
 :func:`detect_phases` finds the epoch that ends each phase; :func:`circuit_formation_epoch` dates
-the formation of the generalizing circuit from the restricted loss and compares it with the epoch
+the formation of the generalizing circuit from the restricted accuracy and compares it with the epoch
 test accuracy passed 99 %. Both take a table with one row per checkpoint (the output of
 :func:`grokinterp.progress.progress_measures`, or ``run.eval_metrics()`` for the rules that need
 only losses and accuracies) and return frozen dataclasses whose ``rule`` strings state exactly what
@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,9 @@ TEST_TRAIN_GAP_END = 1.0
 WEIGHT_RATE_END = 0.20
 #: Fall rates are local linear-regression slopes over this fraction of the run's epoch span.
 RATE_SPAN = 0.02
-#: The circuit has formed when the restricted loss has fallen this fraction of its log10 range.
-RESTRICTED_FALL = 0.50
-#: The excluded loss marks formation when it has risen this fraction of its log10 range.
-EXCLUDED_RISE = 0.50
+#: Without a ``restricted_acc`` column, the circuit has formed when the smoothed restricted loss
+#: falls below this many nats (absolute, so the date does not depend on how long training went on).
+RESTRICTED_LOSS_MAX = 0.1
 
 _REQUIRED = ("epoch", "train_loss", "test_loss", "train_acc", "test_acc")
 _TINY = 1e-300
@@ -325,14 +325,14 @@ class CircuitFormation:
     """When the generalizing circuit formed, by the progress measures, and how far ahead of test accuracy.
 
     Attributes:
-        epoch: first epoch the smoothed log10 restricted loss had fallen half of its range
-            (``None`` if it never did, see ``reason``).
+        epoch: first epoch the key-frequency circuit alone classifies 99 % of the pairs (smoothed
+            restricted accuracy; see :func:`circuit_formation_epoch`), ``None`` if never (``reason``).
         rule: that rule in words.
         test_acc_99_epoch: first epoch the (unsmoothed) test accuracy reached 99 % (``None``: never).
         lead_time: ``test_acc_99_epoch − epoch`` (epochs by which the measure leads; ``None`` if
             either is missing).
-        excluded_loss_epoch: first epoch, after the excluded loss's minimum, at which its smoothed
-            log10 value had risen half of its range (``None`` if it never rose or is absent).
+        excluded_loss_epoch: first epoch, after the smoothed excluded loss fell below ``ln p``, at
+            which it is back above ``ln p`` (``None`` if it never rose or is absent).
         excluded_rule: that rule in words.
         reason: why ``epoch`` is ``None``.
     """
@@ -346,58 +346,82 @@ class CircuitFormation:
     reason: str | None = None
 
 
-def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW) -> CircuitFormation:
-    """The epoch the generalizing circuit formed by the restricted loss, next to test accuracy ≥ 99 %.
+def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW, p: int | None = None,
+                            test_acc_99_epoch: int | None = None) -> CircuitFormation:
+    """The epoch the generalizing circuit formed by the progress measures, next to test accuracy ≥ 99 %.
 
     Args:
-        measures: :func:`~grokinterp.progress.progress_measures` output (needs ``restricted_loss``;
-            ``excluded_loss`` is used when present).
+        measures: :func:`~grokinterp.progress.progress_measures` output (needs ``restricted_acc``
+            or ``restricted_loss``; ``excluded_loss`` is used when present).
         window: checkpoints in the running median.
+        p: the modulus, for the excluded-loss rule (default: ``measures.attrs["p"]``).
+        test_acc_99_epoch: the epoch test accuracy first reached 99 %, when known more finely than
+            the table's checkpoints (e.g. from ``run.eval_metrics()``); default: from the table.
 
     Returns:
         :class:`CircuitFormation`.
 
     Raises:
-        AnalysisError: as :func:`detect_phases`, or ``restricted_loss`` missing.
+        AnalysisError: as :func:`detect_phases`, or neither ``restricted_acc`` nor
+            ``restricted_loss`` present.
 
     Notes:
-        With ``ρ`` the smoothed log10 restricted loss, ``ρ_hi`` its maximum before its minimum
-        ``ρ_lo``: formation is the first epoch after the maximum with ``ρ ≤ ρ_hi − ½(ρ_hi − ρ_lo)``
-        (halfway on a log scale); a fall of less than half a decade counts as no circuit
-        (``epoch = None`` with a reason). With ``ε`` the smoothed log10 excluded loss, ``ε_lo`` its
-        minimum before its maximum ``ε_hi``: the excluded-loss epoch is the first after the
-        minimum with ``ε ≥ ε_lo + ½(ε_hi − ε_lo)``.
+        Every threshold is absolute, so the dates do not move when training goes on longer:
+
+        * the circuit has formed at the first epoch where the smoothed **restricted accuracy**
+          (the key-frequency components of the logits alone, over all pairs) reaches 99 % — the
+          same bar as test accuracy, so ``lead_time`` compares like with like. Tables without
+          ``restricted_acc`` use the smoothed restricted loss falling below
+          :data:`RESTRICTED_LOSS_MAX` nats instead;
+        * the excluded loss marks the circuit as *in use* at the first epoch, after it first fell
+          below ``ln p`` (the training pairs fitted without the key frequencies), where the
+          smoothed excluded loss is back above ``ln p``: without the key frequencies the model
+          does worse than chance on its own training pairs.
     """
     if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 1:
         raise AnalysisError(f"window: must be a positive integer, got {window!r}")
-    df = _check_measures(measures, extra=("restricted_loss",))
+    has_acc = isinstance(measures, pd.DataFrame) and "restricted_acc" in measures.columns
+    df = _check_measures(measures, extra=("restricted_acc",) if has_acc else ("restricted_loss",))
     ep = df["epoch"].to_numpy(dtype=np.int64)
-    rule = (f"first epoch after its peak where the smoothed log10 restricted loss has fallen "
-            f"{RESTRICTED_FALL:.0%} of its range (peak → later minimum); {window}-checkpoint running median")
-    ex_rule = (f"first epoch after its minimum where the smoothed log10 excluded loss has risen "
-               f"{EXCLUDED_RISE:.0%} of its range (minimum → later maximum)")
-    hit = np.flatnonzero(df["test_acc"].to_numpy() >= ACC_THRESHOLD)
-    t99 = int(ep[hit[0]]) if len(hit) else None
-
-    rho = _log_curve(df, "restricted_loss", window)
-    i_lo = int(np.nanargmin(rho))
-    i_hi = int(np.nanargmax(rho[: i_lo + 1]))
-    hi, lo = float(rho[i_hi]), float(rho[i_lo])
-    epoch, reason = None, None
-    if hi - lo < 0.5:  # less than half a decade: nothing formed
-        reason = (f"the smoothed restricted loss never fell by half a decade (peak {10 ** hi:.3g}, later "
-                  f"minimum {10 ** lo:.3g}): no circuit of the key frequencies formed")
+    if test_acc_99_epoch is not None:
+        t99 = int(test_acc_99_epoch)
     else:
-        i = _first(rho <= hi - RESTRICTED_FALL * (hi - lo), i_hi)
+        hit = np.flatnonzero(df["test_acc"].to_numpy() >= ACC_THRESHOLD)
+        t99 = int(ep[hit[0]]) if len(hit) else None
+
+    epoch, reason = None, None
+    if has_acc:
+        rule = (f"first epoch where the smoothed restricted accuracy (key-frequency components of the logits "
+                f"alone, all pairs) reaches {ACC_THRESHOLD:.0%}; {window}-checkpoint running median")
+        r = _smooth(df["restricted_acc"].to_numpy(dtype=np.float64), window)
+        i = _first(r >= ACC_THRESHOLD)
+        if i is None:
+            reason = (f"the restricted accuracy never reached {ACC_THRESHOLD:.0%} (best {np.nanmax(r):.1%}): "
+                      f"the key frequencies alone do not solve the task")
+    else:
+        rule = (f"first epoch where the smoothed restricted loss falls below {RESTRICTED_LOSS_MAX} nats; "
+                f"{window}-checkpoint running median")
+        r = _smooth(df["restricted_loss"].to_numpy(dtype=np.float64), window)
+        i = _first(r <= RESTRICTED_LOSS_MAX)
+        if i is None:
+            reason = (f"the smoothed restricted loss never fell below {RESTRICTED_LOSS_MAX} nats "
+                      f"(lowest {np.nanmin(r):.3g})")
+    if i is not None:
         epoch = int(ep[i])
 
+    p = p if p is not None else measures.attrs.get("p")
     ex_epoch = None
-    if "excluded_loss" in df.columns and df["excluded_loss"].notna().any():
-        eps_ = _log_curve(df, "excluded_loss", window)
-        j_hi = int(np.nanargmax(eps_))
-        j_lo = int(np.nanargmin(eps_[: j_hi + 1]))
-        e_hi, e_lo = float(eps_[j_hi]), float(eps_[j_lo])
-        if e_hi - e_lo >= 0.5:
-            ex_epoch = int(ep[_first(eps_ >= e_lo + EXCLUDED_RISE * (e_hi - e_lo), j_lo)])
+    if p is None:
+        ex_rule = "needs p (pass p= or use progress_measures output, which records it)"
+    else:
+        chance = math.log(p)
+        ex_rule = (f"first epoch, after the smoothed excluded loss first fell below ln p = {chance:.2f} nats, at "
+                   f"which it is back above ln p (worse than chance without the key frequencies)")
+        if "excluded_loss" in df.columns and df["excluded_loss"].notna().any():
+            x = _smooth(df["excluded_loss"].to_numpy(dtype=np.float64), window)
+            j0 = _first(x < chance)
+            if j0 is not None:
+                j = _first(x >= chance, j0)
+                ex_epoch = int(ep[j]) if j is not None else None
     lead = None if (epoch is None or t99 is None) else t99 - epoch
     return CircuitFormation(epoch, rule, t99, lead, ex_epoch, ex_rule, reason)

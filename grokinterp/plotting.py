@@ -281,7 +281,8 @@ def progress_figure(measures: pd.DataFrame, phases=None, circuit=None, *,
     """The progress-measure panels of the paper, with phase bands and the circuit-formation line.
 
     Panels: (1) train, test, restricted and excluded loss (log); (2) Gini of the W_E and W_L
-    Fourier norms; (3) total sum of squared weights.
+    Fourier norms; (3) total sum of squared weights; (4, when the table has ``restricted_acc``)
+    test accuracy against the accuracy of the key-frequency components alone.
 
     Args:
         measures: :func:`grokinterp.progress.progress_measures` output.
@@ -295,8 +296,11 @@ def progress_figure(measures: pd.DataFrame, phases=None, circuit=None, *,
     if missing:
         raise AnalysisError(f"measures: missing column(s) {missing}")
     m = measures
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=["losses", "Gini coefficient of Fourier norms", "total sum of squared weights"])
+    acc_panel = "restricted_acc" in m.columns
+    rows = 4 if acc_panel else 3
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=["losses", "Gini coefficient of Fourier norms", "total sum of squared weights"]
+                        + (["accuracy: full model vs key frequencies alone"] if acc_panel else []))
     for col, name, color, dash in [("train_loss", "train loss", "#636efa", None), ("test_loss", "test loss", "#ef553b", None),
                                    ("restricted_loss", "restricted loss", "#00cc96", "dash"),
                                    ("excluded_loss", "excluded loss", "#ab63fa", "dash")]:
@@ -304,17 +308,23 @@ def progress_figure(measures: pd.DataFrame, phases=None, circuit=None, *,
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_E"], name="Gini W_E", line=dict(color="#ffa15a")), row=2, col=1)
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_L"], name="Gini W_L", line=dict(color="#19d3f3")), row=2, col=1)
     fig.add_trace(go.Scatter(x=m["epoch"], y=m["sum_sq_weights"], name="Σ w²", line=dict(color="#7f7f7f")), row=3, col=1)
+    if acc_panel:
+        for col, name, color, dash in [("test_acc", "test accuracy", "#ef553b", None),
+                                       ("restricted_acc", "restricted accuracy", "#00cc96", "dash")]:
+            fig.add_trace(go.Scatter(x=m["epoch"], y=m[col], name=name, line=dict(color=color, dash=dash)),
+                          row=4, col=1)
+        fig.update_yaxes(range=[0, 1.02], row=4, col=1)
     fig.update_yaxes(type="log", exponentformat="power", row=1, col=1)
     fig.update_yaxes(range=[0, 1], row=2, col=1)
-    fig.update_xaxes(title_text="epoch", row=3, col=1)
-    _phase_bands(fig, phases, rows=[1, 2, 3])
+    fig.update_xaxes(title_text="epoch", row=rows, col=1)
+    _phase_bands(fig, phases, rows=list(range(1, rows + 1)))
     if circuit is not None:
         for x, label, color in [(circuit.epoch, "circuit formed", "#00cc96"),
                                 (circuit.test_acc_99_epoch, "test acc ≥ 99%", "#ef553b")]:
             if x is not None:
                 fig.add_vline(x=x, line=dict(color=color, width=1.5, dash="dot"), annotation_text=label,
                               annotation_font_size=10, annotation_font_color=color)
-    fig.update_layout(title=title, template=_TEMPLATE, height=820, hovermode="x unified",
+    fig.update_layout(title=title, template=_TEMPLATE, height=260 * rows + 40, hovermode="x unified",
                       legend=dict(orientation="h", y=-0.08))
     return fig
 

@@ -17,6 +17,8 @@ column                 definition
 ``restricted_loss``    the logits of **all** ``p²`` inputs projected, per output ``c``, onto
                        ``span{1, cos(w(a+b)), sin(w(a+b)) : w ∈ key}`` (the per-output mean plus
                        the key-frequency components); cross-entropy over **all** valid pairs.
+``restricted_acc``     accuracy of those restricted logits over **all** valid pairs: how well the
+                       key-frequency circuit alone would classify.
 ``excluded_loss``      the logits with the key-frequency ``cos(w(a+b))``, ``sin(w(a+b))``
                        components removed (projection taken over the full grid, as above);
                        cross-entropy on the **training** pairs.
@@ -72,12 +74,13 @@ __all__ = [
 #: Columns of :func:`progress_measures`, in order.
 MEASURE_COLUMNS = (
     "epoch", "train_loss", "test_loss", "train_acc", "test_acc", "all_loss",
-    "restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L", "sum_sq_weights",
+    "restricted_loss", "restricted_acc", "excluded_loss", "gini_W_E", "gini_W_L", "sum_sq_weights",
 )
 
 _SPLITS = {
     "train_loss": "train pairs", "test_loss": "test pairs", "all_loss": "all valid pairs",
     "restricted_loss": "all valid pairs (projection over the full p×p grid)",
+    "restricted_acc": "all valid pairs (projection over the full p×p grid)",
     "excluded_loss": "train pairs (projection over the full p×p grid)",
 }
 
@@ -302,7 +305,7 @@ def _resolve_keys(run, key_freqs, method: str) -> _Keys:
     p = run.config.task.p
     if key_freqs is None:
         e = int(run.resolve_epoch(-1))
-        kf = key_frequencies(run.params(e), method=method)
+        kf = key_frequencies(run.model(e), method=method)  # the model carries its config (act_fn)
         return _Keys(_check_freqs(p, kf.freqs), kf.method, kf.rule + f" (checkpoint at epoch {e})", e)
     if isinstance(key_freqs, KeyFrequencies):
         return _Keys(_check_freqs(p, key_freqs.freqs), key_freqs.method, key_freqs.rule, None)
@@ -335,7 +338,7 @@ def _auto_chunk(cfg) -> int:
     return int(min(max(_CHUNK_BUDGET // per_ckpt, 1), 64))
 
 
-def _frame(rows: dict[str, list], keys: _Keys, epochs: np.ndarray, impl: str) -> pd.DataFrame:
+def _frame(rows: dict[str, list], keys: _Keys, epochs: np.ndarray, impl: str, p: int) -> pd.DataFrame:
     df = pd.DataFrame({c: np.concatenate(rows[c]) if c != "epoch" else epochs for c in MEASURE_COLUMNS})
     df["epoch"] = df["epoch"].astype(np.int64)
     df.attrs.update({
@@ -346,6 +349,7 @@ def _frame(rows: dict[str, list], keys: _Keys, epochs: np.ndarray, impl: str) ->
         "splits": dict(_SPLITS),
         "gini": "Hurley & Rickard Gini of the per-frequency Fourier norms, frequencies 1..p//2",
         "implementation": impl,
+        "p": int(p),
     })
     return df
 
@@ -419,6 +423,8 @@ def progress_measures(
             del Lv
             R, K = _sum_filters(_antidiagonal_sums(L), keys.freqs)  # [n, s, c]
             restricted = _restricted(R, s_valid, y_valid)
+            # R depends on (a, b) only through s = a + b: one argmax per (s, checkpoint)
+            r_acc = (R.argmax(-1)[:, s_valid.to(dev)] == y_valid.to(dev)).double().mean(-1)
             excluded = _excluded(L, K, trn, labels[trn])
             del L, R, K
             W_L = P["blocks.0.mlp.W_out"].float() @ P["unembed.W_U"].float()
@@ -430,12 +436,13 @@ def progress_measures(
         cols = {
             "train_loss": nll[:, trn_v].mean(-1), "test_loss": nll[:, tst_v].mean(-1) if has_test else None,
             "train_acc": correct[:, trn_v].mean(-1), "test_acc": correct[:, tst_v].mean(-1) if has_test else None,
-            "all_loss": nll.mean(-1), "restricted_loss": restricted, "excluded_loss": excluded,
+            "all_loss": nll.mean(-1), "restricted_loss": restricted, "restricted_acc": r_acc,
+            "excluded_loss": excluded,
             "gini_W_E": g_E, "gini_W_L": g_L, "sum_sq_weights": ssq,
         }
         for c, v in cols.items():
             rows[c].append(np.full(n, np.nan) if v is None else v.double().cpu().numpy())
-    return _frame(rows, keys, eps, f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints)")
+    return _frame(rows, keys, eps, f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints)", p)
 
 
 # -- the plain reference ----------------------------------------------------------------------------
@@ -523,6 +530,7 @@ def progress_measures_reference(
             "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
             "test_acc": float((L32[tst].argmax(-1) == labels[tst]).double().mean()) if len(tst) else np.nan,
             "all_loss": ce(L, valid), "restricted_loss": ce(restricted, valid),
+            "restricted_acc": float((restricted[valid].argmax(-1) == labels[valid]).double().mean()),
             "excluded_loss": ce(excluded, trn),
             "gini_W_E": _brute_gini(_brute_freq_norms(W_E, p)),
             "gini_W_L": _brute_gini(_brute_freq_norms(W_L.T, p)),
@@ -530,4 +538,4 @@ def progress_measures_reference(
         }
         for c, v in vals.items():
             rows[c].append(np.array([v], dtype=np.float64))
-    return _frame(rows, keys, eps, "reference (per-checkpoint forward, brute-force projection)")
+    return _frame(rows, keys, eps, "reference (per-checkpoint forward, brute-force projection)", p)

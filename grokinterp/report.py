@@ -80,8 +80,9 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     figs = [
         ("Training curves", "Train and test loss (log axis) and accuracy, with the detected phases shaded.",
          P.loss_curves(run.metrics, analysis.phases)),
-        ("Progress measures", "Restricted loss (only the key-frequency components of the logits) falls before the "
-         "test loss; excluded loss (those components removed, on training pairs) rises while the circuit forms.",
+        ("Progress measures", "Restricted loss and accuracy (only the key-frequency components of the logits) "
+         "reach their final level before the test loss and accuracy do; excluded loss (those components removed, "
+         "on training pairs) rises while the circuit forms.",
          P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)),
         ("Fourier norms of W_E and W_L", "Norm of each Fourier component of the embedding (W_E) and of the "
          "neuron-to-logit map W_L = W_out W_U, final checkpoint; key frequencies in red.",
@@ -130,7 +131,8 @@ def render_report(analysis) -> str:
     lead = h["lead_time_epochs"]
     if h["circuit_formed_epoch"] is not None and h["test_acc_99_epoch"] is not None:
         headline = (f"The generalizing circuit formed at epoch <b>{h['circuit_formed_epoch']}</b> "
-                    f"(restricted loss), test accuracy passed 99 % at epoch <b>{h['test_acc_99_epoch']}</b>: "
+                    f"(the key-frequency circuit alone classifies 99 % of all pairs), test accuracy passed 99 % at epoch "
+                    f"<b>{h['test_acc_99_epoch']}</b>: "
                     f"a lead of <b>{lead}</b> epochs.")
     elif h["test_acc_99_epoch"] is None:
         headline = "Test accuracy never passed 99 %: this run has not grokked (yet)."

@@ -126,7 +126,10 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     keys = tuple(measures.attrs["key_freqs"])
     rule = measures.attrs.get("key_freq_rule", "given")
     phases = detect_phases(measures)
-    circuit = circuit_formation_epoch(measures)
+    # The 99 % test-accuracy epoch from the training metrics (every eval_every epochs), the same
+    # figure `grokinterp info` prints, rather than from the (possibly thinned) checkpoints.
+    t99 = run.summary().get("test_acc_99_epoch")
+    circuit = circuit_formation_epoch(measures, test_acc_99_epoch=t99)
     params = run.params(-1)
     cfg = run.config.model
     with torch.no_grad():

@@ -44,12 +44,15 @@ __all__ = ["train", "resume", "TrainingInterrupted", "resolve_device", "split_te
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT after flushing; ``.run_dir`` and ``.epoch`` say where to resume."""
+    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` say where to resume.
 
-    def __init__(self, run_dir: Path, epoch: int):
+    ``.signum`` is the signal that stopped it (the CLI exits with ``128 + signum``).
+    """
+
+    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT):
         super().__init__(f"training interrupted at epoch {epoch}; everything is saved, resume with "
                          f"`grokinterp train --resume {run_dir}`")
-        self.run_dir, self.epoch = run_dir, epoch
+        self.run_dir, self.epoch, self.signum = run_dir, epoch, int(signum)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -226,7 +229,7 @@ class _Trainer:
             for epoch in range(self.start_epoch, E + 1):
                 if stop():
                     self.flush(epoch, finished=False)
-                    raise TrainingInterrupted(self.run_dir, epoch)
+                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT))
                 if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
                     self.writer.snapshot(epoch, self.params)
                     if self.writer.full:
@@ -272,20 +275,27 @@ def _progress(enabled: bool, start: int, total: int):
 @contextmanager
 def _sigint_flag() -> Iterator[Callable[[], bool]]:
     """Turn SIGINT (Ctrl-C) and SIGTERM (schedulers stopping a job) into a flag the loop checks
-    between steps, so a stop always flushes first (main thread only)."""
+    between steps, so a stop always flushes first (main thread only). The returned callable's
+    ``signum`` attribute records which signal arrived."""
     flag = threading.Event()
+
+    def stopped() -> bool:
+        return flag.is_set()
+
+    stopped.signum = signal.SIGINT  # type: ignore[attr-defined]
     if threading.current_thread() is not threading.main_thread():
-        yield flag.is_set
+        yield stopped
         return
 
     def handler(signum, frame):
         if flag.is_set() and signum == signal.SIGINT:  # a second Ctrl-C: give up waiting
             raise KeyboardInterrupt
+        stopped.signum = signum  # type: ignore[attr-defined]
         flag.set()
 
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield flag.is_set
+        yield stopped
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -329,8 +339,11 @@ def _check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
         if any(out.iterdir()) and not _creation_leftovers(out):
             raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
         return "new"
+    if not _io.looks_like_run(out):  # never delete or reuse a directory we cannot recognise
+        raise RunError(f"{out}: holds a {_io.RUN_JSON} that is not a readable grokinterp run's; refusing to "
+                       f"touch it (choose another output directory)")
     info = _io.read_json(run_json, "run metadata")
-    existing = info.get("config") if isinstance(info, dict) else None
+    existing = info.get("config")
     if overwrite:
         shutil.rmtree(out)
         return "new"

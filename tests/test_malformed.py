@@ -154,7 +154,7 @@ def test_shard_with_header_lies(run_dir, base):
     (lambda d: d["config"]["model"].pop("d_mlp"), "missing field.*model.d_mlp"),
     (lambda d: d["config"]["train"].update(momentum=0.9), "unexpected field.*train.momentum"),
     (lambda d: (d["config"]["task"].update(p=10 ** 8), d["config"]["model"].update(p=10 ** 8)),
-     "holds .* pairs, but the task mod 100000000"),
+     r"task.p: must be at most 5000"),
     (lambda d: d["config"]["train"].update(epochs=10 ** 15), "implausible"),
     (lambda d: d["config"]["model"].update(n_layers=10 ** 9), "implausible model size"),
     (lambda d: d.update(n_train=3), "n_train = 3"),

@@ -166,3 +166,66 @@ def test_head_scale_zero_removes_the_head():
 
     ref = model.run_with_hooks(grid_tokens(cfg.p), fwd_hooks=[("blocks.0.attn.hook_z", hook)])[:, -1]
     assert _close(out.logits.reshape(-1, cfg.p), ref)
+
+
+GELU = ModelConfig(p=13, d_model=24, n_heads=3, d_mlp=40, act_fn="gelu")
+
+
+def _assert_fast_grads_equal_hooked(cfg: ModelConfig, tokens: torch.Tensor, labels: torch.Tensor,
+                                    seed: int = 0) -> None:
+    """Cross-entropy gradients of every parameter: fast path vs the hooked model's forward."""
+    model = _perturbed(cfg, scale=1.0, seed=seed)
+    plan = FastPlan.build(cfg, tokens)
+
+    def grads(fn):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(fn().double(), labels).backward()
+        return {k: v.grad.clone() for k, v in model.named_parameters()}
+
+    fast = final_logits(dict(model.named_parameters()), plan)
+    with torch.no_grad():
+        assert _close(fast, model(tokens)[:, -1])
+    g_fast = grads(lambda: final_logits(dict(model.named_parameters()), plan))
+    g_ref = grads(lambda: model(tokens)[:, -1])
+    assert g_fast.keys() == g_ref.keys()
+    for k in g_ref:
+        assert g_ref[k].abs().max().item() > 0, f"{k}: the reference gradient is zero, the check is vacuous"
+        assert _close(g_fast[k], g_ref[k]), k
+
+
+def _subset(cfg: ModelConfig, keep) -> tuple[torch.Tensor, torch.Tensor]:
+    ds = make_dataset(cfg.p)
+    keep = keep(ds.tokens)
+    return torch.from_numpy(ds.tokens[keep].copy()), torch.from_numpy(ds.labels[keep].copy())
+
+
+def test_fast_path_gradients_equal_hooked_gradients_gelu():
+    tokens, labels = _subset(GELU, lambda t: slice(None))
+    _assert_fast_grads_equal_hooked(GELU, tokens, labels)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, GELU], ids=["relu", "gelu"])
+@pytest.mark.parametrize("const_pos", [0, 1])
+def test_fast_path_gradients_two_constant_positions(cfg, const_pos):
+    # Position const_pos holds one token in every example, like '=': two constant positions,
+    # so final_logits takes its general branch (constant rows through a dense product, one
+    # varying position through the bag) instead of folding '=' into the bag.
+    tokens, labels = _subset(cfg, lambda t: t[:, const_pos] == 3)
+    assert len(tokens) == cfg.p and bool((tokens[:, const_pos] == 3).all())
+    _assert_fast_grads_equal_hooked(cfg, tokens, labels, seed=1)
+
+
+@pytest.mark.parametrize("cfg", [SMALL, GELU], ids=["relu", "gelu"])
+def test_fast_path_gradients_single_example(cfg):
+    # One example: every position is constant, nothing goes through the bag.
+    tokens, labels = _subset(cfg, lambda t: (t[:, 0] == 5) & (t[:, 1] == 8))
+    assert tokens.shape == (1, 3)
+    _assert_fast_grads_equal_hooked(cfg, tokens, labels, seed=2)
+
+
+def test_fast_path_gradients_small_token_set_gelu():
+    # A handful of examples with repeated tokens at both varying positions (the transposed bag
+    # accumulates several examples into one table row).
+    tokens, labels = _subset(GELU, lambda t: ((t[:, 0] + 2 * t[:, 1]) % 5 == 0) & (t[:, 0] < 6))
+    assert 3 <= len(tokens) < GELU.p ** 2 // 4
+    _assert_fast_grads_equal_hooked(GELU, tokens, labels, seed=3)

@@ -122,17 +122,38 @@ def test_run_stopped_during_cleanup():
 
 def test_circuit_formation_leads_test_accuracy():
     df = paper_like(noise=0.1)
-    cf = circuit_formation_epoch(df)
+    # restricted accuracy: a logistic centred at 5k (width 250) reaches 99 % at ≈ 6.15k
+    df["restricted_acc"] = 1 / (1 + np.exp(-(df["epoch"] - 5000) / 250))
+    cf = circuit_formation_epoch(df, p=113)
     assert isinstance(cf, CircuitFormation) and cf.reason is None
-    # restricted loss: log10 0.8 at 3k → −4 at 8k → −6.6 at the end; halfway (−2.9) is at ≈ 6.85k
-    assert abs(cf.epoch - 6850) <= 300
+    assert abs(cf.epoch - 6150) <= 150
     first_99 = int(df.loc[df["test_acc"] >= 0.99, "epoch"].iloc[0])
     assert cf.test_acc_99_epoch == first_99 and cf.lead_time == first_99 - cf.epoch > 4000
-    # excluded loss: log10 −2.5 at 3k → 1.6 at the end; halfway (−0.45) at ≈ 6.3k
-    assert 5500 <= cf.excluded_loss_epoch <= 7500
-    assert "restricted loss" in cf.rule and "excluded loss" in cf.excluded_rule
+    # excluded loss: log10 −2.5 at 3k → 1.0 at 9.4k crosses ln 113 (log10 0.675) at ≈ 8.8k
+    assert 8300 <= cf.excluded_loss_epoch <= 9300
+    assert "restricted accuracy" in cf.rule and "ln p" in cf.excluded_rule
+    # a finer test-accuracy epoch can be given (e.g. from the training metrics)
+    assert circuit_formation_epoch(df, p=113, test_acc_99_epoch=first_99 + 7).lead_time == cf.lead_time + 7
     with pytest.raises(dataclasses.FrozenInstanceError):
         cf.epoch = 0
+
+
+def test_circuit_formation_without_restricted_accuracy_uses_the_loss():
+    df = paper_like(noise=0.0)
+    cf = circuit_formation_epoch(df)
+    # restricted loss: log10 0.8 at 3k → −4 at 8k falls below 0.1 nats (log10 −1) at ≈ 4.9k
+    assert abs(cf.epoch - 4875) <= 150 and "restricted loss" in cf.rule
+    assert cf.excluded_loss_epoch is None and "needs p" in cf.excluded_rule
+
+
+def test_circuit_formation_does_not_move_when_training_goes_on():
+    df = paper_like(noise=0.1, end=30000)
+    df["restricted_acc"] = 1 / (1 + np.exp(-(df["epoch"] - 5000) / 250))
+    dates = set()
+    for end in (16000, 20000, 30000):
+        cf = circuit_formation_epoch(df[df["epoch"] <= end], p=113)
+        dates.add((cf.epoch, cf.excluded_loss_epoch, cf.test_acc_99_epoch))
+    assert len(dates) == 1, dates
 
 
 def test_bad_input_is_refused():

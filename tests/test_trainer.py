@@ -111,7 +111,7 @@ def _wait_for_progress(run_dir: Path, epoch: int, proc: subprocess.Popen, timeou
     raise AssertionError("training made no progress")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, sig):
     flags = ["--preset", "tiny", "--epochs", "400", "--flush-every", "3", "--no-progress"]
     ref = g.train(g.make_config("tiny", epochs=400, flush_every=3), tmp_path / "ref", progress=False)
@@ -125,11 +125,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
-    if sig == signal.SIGINT:
-        assert rc == 130, proc.stderr.read()
-        assert "resume" in proc.stderr.read()
-    else:
+    if sig == signal.SIGKILL:
         assert rc == -signal.SIGKILL
+    else:  # Ctrl-C and a scheduler's SIGTERM both flush and exit with 128 + signal
+        err = proc.stderr.read()
+        assert rc == 128 + int(sig), err
+        assert "resume" in err
     partial = g.load_run(out)
     assert not partial.finished and 0 < len(partial.epochs) < len(ref.epochs)
     assert np.array_equal(partial.epochs, ref.epochs[: len(partial.epochs)])
@@ -195,3 +196,15 @@ def test_cli_help_does_not_import_torch():
     code = "import sys; from grokinterp.cli import build_parser; build_parser(); print('torch' in sys.modules, 'transformer_lens' in sys.modules)"
     res = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["False", "False"]
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path):
+    out = tmp_path / "other_tool"
+    out.mkdir()
+    (out / "run.json").write_text('{"wandb": 1}')
+    (out / "precious.txt").write_text("keep me")
+    with pytest.raises(RunError, match="not a readable grokinterp run"):
+        g.train(g.make_config("tiny", epochs=5), out, progress=False, overwrite=True)
+    assert (out / "precious.txt").read_text() == "keep me"
+    res = _cli("train", "--preset", "tiny", "--epochs", "5", "--out", str(out), "--overwrite")
+    assert res.returncode == 2 and (out / "precious.txt").exists()
