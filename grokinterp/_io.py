@@ -7,6 +7,7 @@ never half of one. Tensors go through safetensors; nothing is ever unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -111,6 +112,15 @@ def read_json(path: Path, what: str = "file") -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RunError(f"{path}: {what} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def looks_like_run(path: Path) -> bool:

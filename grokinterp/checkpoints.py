@@ -39,6 +39,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from . import _io
+from ._io import sha256_file
 from .errors import RunError
 
 __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "sha256_file"]
@@ -58,13 +59,6 @@ def _shard_last_epoch(name: str) -> int | None:
     except (IndexError, ValueError):
         return None
 
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def metrics_frame(arrays: dict[str, np.ndarray], upto: int) -> pd.DataFrame:

@@ -18,7 +18,6 @@ re-blessed by later flushes (see :mod:`grokinterp.checkpoints`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _io
+from ._io import sha256_file
 from .errors import RunError
 
 __all__ = ["VerifyReport", "verify", "read_manifest", "last_flush_complete"]
@@ -109,14 +109,6 @@ def read_manifest(run_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
             raise RunError(f"{path}: entry {rel!r} must be {{\"size\": bytes ≥ 0, \"sha256\": 64 hex digits}}")
     return files
 
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (no torch import: ``grokinterp verify`` stays light)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _walk(run_dir: Path) -> list[str]:
