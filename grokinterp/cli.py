@@ -46,6 +46,13 @@ def _window(text: str) -> tuple[int, int, int]:
     return start, stop, every
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 4,14,35), got {text!r}") from None
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = make_config("paper")
     for sec, cls in _SECTIONS.items():
@@ -111,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
-    r.add_argument("--key-freqs", type=lambda s: [int(x) for x in s.split(",") if x], metavar="K1,K2,...",
+    r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (default: from the final checkpoint)")
     r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
 

@@ -150,6 +150,12 @@ def test_report_cli_bad_inputs(tmp_path, tiny_run):
     res = _cli("report", str(tiny_run.path), "--out", str(tmp_path / "nodir" / "r.html"))
     assert res.returncode == 2 and "does not exist" in res.stderr
     assert not (tmp_path / "nodir").exists()
+    # key frequencies that are not integers, or not frequencies of this p
+    res = _cli("report", str(tiny_run.path), "--key-freqs", "1,x", "--out", str(tmp_path / "k.html"))
+    assert res.returncode == 2 and "comma-separated integers" in res.stderr and "'1,x'" in res.stderr
+    res = _cli("report", str(tiny_run.path), "--key-freqs", "99", "--out", str(tmp_path / "k.html"))
+    assert res.returncode == 2 and "frequency 99" in res.stderr
+    assert not (tmp_path / "k.html").exists()
 
 
 def test_report_write_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):
