@@ -22,6 +22,7 @@ Targets on a 2-core CPU: (a) ≤ 60 s for 400 checkpoints, ≥ 10× faster than 
     python benchmarks/analysis_speed.py                      # 400 checkpoints
     python benchmarks/analysis_speed.py --checkpoints 100    # when the CPU is busy
     python benchmarks/analysis_speed.py --quick              # smoke run (16 checkpoints)
+    python benchmarks/analysis_speed.py --device cuda        # both paths on the GPU
 """
 
 from __future__ import annotations
@@ -100,7 +101,12 @@ def _status_kib(field: str) -> int:
     return -1
 
 
-def worker(mode: str, run_dir: str, n: int, chunk: int | None) -> None:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def worker(mode: str, run_dir: str, n: int, chunk: int | None, device: str = "cpu") -> None:
     """Run one path once in this (fresh) process and print its peak memory as JSON."""
     from grokinterp.progress import progress_measures, progress_measures_reference
     from grokinterp.run import load_run
@@ -110,9 +116,9 @@ def worker(mode: str, run_dir: str, n: int, chunk: int | None) -> None:
     base = _status_kib("VmRSS")
     t0 = time.perf_counter()
     if mode == "fast":
-        progress_measures(run, PAPER_KEY_FREQS, chunk=chunk, epochs=eps)
+        progress_measures(run, PAPER_KEY_FREQS, chunk=chunk, epochs=eps, device=device)
     else:
-        progress_measures_reference(run, PAPER_KEY_FREQS, epochs=eps)
+        progress_measures_reference(run, PAPER_KEY_FREQS, epochs=eps, device=device)
     dt = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
     if peak < 0:  # not Linux: fall back on ru_maxrss (KiB on Linux, bytes on macOS)
@@ -120,8 +126,9 @@ def worker(mode: str, run_dir: str, n: int, chunk: int | None) -> None:
     print(json.dumps({"mode": mode, "n": int(len(eps)), "seconds": dt, "base_rss_kib": base, "peak_rss_kib": peak}))
 
 
-def measure_memory(mode: str, run_dir: Path, n: int, chunk: int | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", mode, "--run-dir", str(run_dir), "--checkpoints", str(n)]
+def measure_memory(mode: str, run_dir: Path, n: int, chunk: int | None, device: str = "cpu") -> dict:
+    cmd = [sys.executable, __file__, "--worker", mode, "--run-dir", str(run_dir), "--checkpoints", str(n),
+           "--device", device]
     if chunk is not None:
         cmd += ["--chunk", str(chunk)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -143,11 +150,12 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=None, help="checkpoints per vectorised chunk (default: auto)")
     ap.add_argument("--run-dir", default=None, help="where to write the synthetic run (default: a temp dir)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--device", default="cpu", help="where both paths compute (default cpu; e.g. cuda)")
     ap.add_argument("--worker", choices=("fast", "ref"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.worker:
-        worker(args.worker, args.run_dir, args.checkpoints, args.chunk)
+        worker(args.worker, args.run_dir, args.checkpoints, args.chunk, args.device)
         return
 
     from grokinterp.progress import _auto_chunk, progress_measures, progress_measures_reference
@@ -173,19 +181,27 @@ def main() -> None:
         chunk = args.chunk or _auto_chunk(cfg)
         print(f"synthetic run: p = {cfg.p}, d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
               f"{len(run.epochs)} checkpoints (written in {time.perf_counter() - t0:.1f} s)")
+        gpu = f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-              f"vectorised chunk = {chunk} checkpoints")
+              f"device {args.device}{gpu}; vectorised chunk = {chunk} checkpoints")
 
         # Interleave the two paths so that both see the same load on a shared machine.
         eps_ref = run.epochs[:n_ref]
         fast_times, ref_times = [], []
+        dev = args.device
+        if torch.device(dev).type == "cuda":  # warm up kernels and the allocator on both paths
+            progress_measures(run, PAPER_KEY_FREQS, chunk=chunk, epochs=run.epochs[:chunk], device=dev)
+            progress_measures_reference(run, PAPER_KEY_FREQS, epochs=run.epochs[:2], device=dev)
         for i in range(repeats):
+            _sync(dev)
             t0 = time.perf_counter()
-            df = progress_measures(run, PAPER_KEY_FREQS, chunk=chunk)
+            df = progress_measures(run, PAPER_KEY_FREQS, chunk=chunk, device=dev)
+            _sync(dev)
             fast_times.append(time.perf_counter() - t0)
             if i < ref_repeats:
                 t0 = time.perf_counter()
-                ref = progress_measures_reference(run, PAPER_KEY_FREQS, epochs=eps_ref)
+                ref = progress_measures_reference(run, PAPER_KEY_FREQS, epochs=eps_ref, device=dev)
+                _sync(dev)
                 ref_times.append(time.perf_counter() - t0)
         t_fast = statistics.median(fast_times)
         t_ref_part = statistics.median(ref_times)
@@ -208,9 +224,9 @@ def main() -> None:
         print(f"max relative difference between the tables ({n_ref} checkpoints): {rel:.2e}")
 
         if not args.no_memory:
-            m_fast = measure_memory("fast", run_dir, n, chunk)
+            m_fast = measure_memory("fast", run_dir, n, chunk, args.device)
             n_mem_ref = min(n, 20)
-            m_ref = measure_memory("ref", run_dir, n_mem_ref, None)
+            m_ref = measure_memory("ref", run_dir, n_mem_ref, None, args.device)
             print("\npeak resident memory (fresh subprocess each; 'after load' = process with torch and the run "
                   "opened, before the analysis):")
             print(f"  vectorised, {m_fast['n']} checkpoints: peak {_gib(m_fast['peak_rss_kib'])} "

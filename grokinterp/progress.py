@@ -489,6 +489,7 @@ def progress_measures_reference(
     *,
     epochs: Sequence[int] | None = None,
     key_freq_method: str = "W_L",
+    device: str | torch.device = "cpu",
 ) -> pd.DataFrame:
     """The same table as :func:`progress_measures`, computed plainly one checkpoint at a time.
 
@@ -498,7 +499,7 @@ def progress_measures_reference(
     (a Python loop of full forwards); it exists to check the vectorised path and as the baseline
     of ``benchmarks/analysis_speed.py``.
 
-    Args and Returns: as :func:`progress_measures`.
+    Args and Returns: as :func:`progress_measures` (``device``: where the forwards run).
     """
     from .grid import grid_tokens
 
@@ -506,25 +507,26 @@ def progress_measures_reference(
     p = cfg.p
     eps = _select_epochs(run, epochs)
     keys = _resolve_keys(run, key_freqs, key_freq_method)
-    labels, trn, tst, valid = _task_arrays(run)
-    B_all = _brute_sum_basis(p, keys.freqs, include_mean=True)
-    B_key = _brute_sum_basis(p, keys.freqs, include_mean=False)
-    tokens = grid_tokens(p)
+    dev = torch.device(device)
+    labels, trn, tst, valid = (t.to(dev) for t in _task_arrays(run))
+    B_all = _brute_sum_basis(p, keys.freqs, include_mean=True).to(dev)
+    B_key = _brute_sum_basis(p, keys.freqs, include_mean=False).to(dev)
+    tokens = grid_tokens(p).to(dev)
     rows: dict[str, list] = {c: [] for c in MEASURE_COLUMNS}
 
     def ce(L: Tensor, idx: Tensor) -> float:
         logp = torch.log_softmax(L[idx], dim=-1)
-        return float(-logp[torch.arange(len(idx)), labels[idx]].mean())
+        return float(-logp[torch.arange(len(idx), device=dev), labels[idx]].mean())
 
     for e in eps:
-        model = run.model(int(e))
+        model = run.model(int(e), device=dev)
         with torch.no_grad():
             L32 = model(tokens)[:, -1]  # [p², c]
         L = L32.double()
         restricted = B_all @ (B_all.T @ L)
         excluded = L - B_key @ (B_key.T @ L)
-        W_E = model.embed.W_E.detach()[:p]
-        W_L = (model.blocks[0].mlp.W_out @ model.unembed.W_U).detach()  # [d_mlp, c]
+        W_E = model.embed.W_E.detach()[:p].cpu()
+        W_L = (model.blocks[0].mlp.W_out @ model.unembed.W_U).detach().cpu()  # [d_mlp, c]
         vals = {
             "train_loss": ce(L, trn), "test_loss": ce(L, tst) if len(tst) else np.nan,
             "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
