@@ -178,7 +178,7 @@ def main() -> None:
         t0 = time.perf_counter()
         run = make_synthetic_run(run_dir, n)
         cfg = run.config.model
-        chunk = args.chunk or _auto_chunk(cfg)
+        chunk = args.chunk or _auto_chunk(cfg, args.device)
         print(f"synthetic run: p = {cfg.p}, d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
               f"{len(run.epochs)} checkpoints (written in {time.perf_counter() - t0:.1f} s)")
         gpu = f", {torch.cuda.get_device_name()}" if torch.device(args.device).type == "cuda" else ""
