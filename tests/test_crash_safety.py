@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL at random moments and at every write, SIGINT at random moments.
 
-Every training here runs in a forked child process (single-threaded torch, so the bits do not
+Every training here runs in a child process (single-threaded torch, so the bits do not
 depend on thread scheduling) and is killed from outside with SIGKILL, or kills itself with SIGKILL
 at an exact write. After each kill: the run loads without complaint, holds every checkpoint flushed
 before the kill (bit-identical to an uninterrupted run), and resuming it ends with checkpoints and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -41,51 +42,93 @@ N_SIGINTS, N_SIGINTS_SLOW = 1, 9
 _RESULTS: list[dict] = []
 
 
-# -- helpers --------------------------------------------------------------------------------------
-def _child(fn) -> int:
-    """Run ``fn()`` in a forked child with single-threaded torch; exit 0 / 130 (SIGINT flushed) / 131 / 1."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        code = 1
-        try:
-            torch.set_num_threads(1)
-            fn()
-            code = 0
-        except TrainingInterrupted:
-            code = 130
-        except KeyboardInterrupt:
-            code = 131
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return pid
+# -- child processes ------------------------------------------------------------------------------
+# Children are forked from this process (fast: torch is imported already). Where the parent's
+# autograd engine has started per-device threads (PyTorch with a visible CUDA device does at the
+# first backward), a forked child cannot run backward; children then come from a fork server, a
+# clean process that imported torch but never ran autograd. GROKINTERP_TEST_START=forkserver
+# forces that path anywhere.
+_CONTEXT: list = []
 
 
-def _wait(pid: int, timeout: float = 300) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("child did not finish")
+def _context():
+    if not _CONTEXT:
+        method = os.environ.get("GROKINTERP_TEST_START") or ("forkserver" if torch.cuda.is_available() else "fork")
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["torch", "torch._dynamo", "grokinterp.trainer", "grokinterp.run"])
+        _CONTEXT.append(ctx)
+    return _CONTEXT[0]
 
 
-def _train(out: Path):
-    return lambda: g.train(CFG, out, progress=False)
+def _child_main(action: str, out: str, n: int, mode: str) -> None:  # pragma: no cover - child
+    """What a child does; exits 0 / 130 (SIGINT flushed) / 131 (second SIGINT) / 1 (error)."""
+    code = 1
+    try:
+        torch.set_num_threads(1)
+        path = Path(out)
+        if action == "noop":  # starts the fork server, if any, before a child is timed
+            pass
+        elif action == "train":
+            g.train(CFG, path, progress=False)
+        elif action == "restart":  # what a user does after a crash: resume, or start again without run.json
+            if (path / "run.json").exists():
+                g.resume(path, progress=False)
+            else:
+                g.train(CFG, path, progress=False)
+        elif action == "reference":  # the uninterrupted run, recording the sequence of its writes
+            real, names = _io.write_atomic, []
 
+            def counting(p, data):
+                names.append(Path(p).relative_to(path / "ref").as_posix())
+                return real(p, data)
 
-def _restart(out: Path):
-    """What a user does after a crash: resume the run, or start it again if it never got a run.json."""
-    def fn():
-        if (out / "run.json").exists():
-            g.resume(out, progress=False)
+            _io.write_atomic = counting
+            g.train(CFG, path / "ref", progress=False)
+            (path / "writes.json").write_text(json.dumps(names))
+        elif action == "kill-train":
+            _kill_at_write(n, mode)
+            g.train(CFG, path, progress=False)
+        elif action == "kill-resume":
+            _kill_at_write(n, mode)
+            g.resume(path, progress=False)
         else:
-            g.train(CFG, out, progress=False)
-    return fn
+            raise ValueError(action)
+        code = 0
+    except TrainingInterrupted:
+        code = 130
+    except KeyboardInterrupt:
+        code = 131
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _child(action: str, out: Path, n: int = -1, mode: str = ""):
+    """Start a child doing ``action`` on ``out`` with single-threaded torch; returns the process."""
+    proc = _context().Process(target=_child_main, args=(action, str(out), n, mode))
+    proc.start()
+    return proc
+
+
+def _kill(proc, sig: int) -> None:
+    """Send ``sig`` to the child; one that already finished (and, from a fork server, was reaped
+    there) counts as killed after its end."""
+    try:
+        os.kill(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(proc, timeout: float = 300) -> int:
+    """The child's exit code (negative: killed by that signal)."""
+    proc.join(timeout)
+    if proc.exitcode is None:
+        proc.kill()
+        proc.join()
+        raise AssertionError("child did not finish")
+    return proc.exitcode
 
 
 def _same_checkpoints(run, ref, epochs=None) -> None:
@@ -123,7 +166,7 @@ def _check_partial(out: Path, ref) -> dict:
 
 
 def _resume_and_compare(out: Path, ref) -> None:
-    assert _wait(_child(_restart(out))) == 0
+    assert _wait(_child("restart", out)) == 0
     run = g.load_run(out)
     assert run.finished
     _same_checkpoints(run, ref)
@@ -137,26 +180,14 @@ def _resume_and_compare(out: Path, ref) -> None:
 def reference(tmp_path_factory):
     """The uninterrupted run (in a child, like the others), its duration, and its sequence of writes."""
     root = tmp_path_factory.mktemp("crash")
-    log = root / "writes.json"
     # Warm up in the parent (lazy imports such as torch._dynamo on the first AdamW), so that each
     # forked child starts training at once.
     g.train(CFG.replace(epochs=2), root / "warmup", progress=False)
-
-    def fn():
-        real, names = _io.write_atomic, []
-
-        def counting(path, data):
-            names.append(Path(path).relative_to(root / "ref").as_posix())
-            return real(path, data)
-
-        _io.write_atomic = counting
-        g.train(CFG, root / "ref", progress=False)
-        log.write_text(json.dumps(names))
-
+    assert _wait(_child("noop", root)) == 0
     t0 = time.time()
-    assert _wait(_child(fn)) == 0
+    assert _wait(_child("reference", root)) == 0
     duration = time.time() - t0
-    return g.load_run(root / "ref"), duration, json.loads(log.read_text())
+    return g.load_run(root / "ref"), duration, json.loads((root / "writes.json").read_text())
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -184,10 +215,10 @@ def _random_kill(tmp_path, reference, k: int) -> None:
     rng = random.Random(f"sigkill-{k}")
     delay = rng.uniform(0.0, 1.1 * duration)
     out = tmp_path / "run"
-    pid = _child(_train(out))
+    proc = _child("train", out)
     time.sleep(delay)
-    os.kill(pid, signal.SIGKILL)
-    code = _wait(pid)
+    _kill(proc, signal.SIGKILL)
+    code = _wait(proc)
     assert code in (-signal.SIGKILL, 0)
     facts = _check_partial(out, ref)
     _RESULTS.append({"kind": "sigkill-random", "delay": round(delay, 3), **facts})
@@ -233,17 +264,10 @@ def _write_kill(tmp_path, reference, n: int, mode: str, resume_too: bool = False
     ref, _, writes = reference
     out = tmp_path / "run"
 
-    def fn():
-        _kill_at_write(n, mode)
-        g.train(CFG, out, progress=False)
-
-    assert _wait(_child(fn)) == -signal.SIGKILL
+    assert _wait(_child("kill-train", out, n, mode)) == -signal.SIGKILL
     facts = _check_partial(out, ref)
     if resume_too and (out / "run.json").exists():  # and a second kill during the resume
-        def again():
-            _kill_at_write(3, mode)
-            g.resume(out, progress=False)
-        assert _wait(_child(again)) in (-signal.SIGKILL, 0)
+        assert _wait(_child("kill-resume", out, 3, mode)) in (-signal.SIGKILL, 0)
         _check_partial(out, ref)
     _RESULTS.append({"kind": f"sigkill-write-{mode}", "write": f"{n}:{writes[n]}", **facts})
     _resume_and_compare(out, ref)
@@ -276,10 +300,10 @@ def _random_sigint(tmp_path, reference, k: int) -> None:
     rng = random.Random(f"sigint-{k}")
     delay = rng.uniform(0.05 * duration, 0.95 * duration)
     out = tmp_path / "run"
-    pid = _child(_train(out))
+    proc = _child("train", out)
     time.sleep(delay)
-    os.kill(pid, signal.SIGINT)
-    code = _wait(pid)
+    _kill(proc, signal.SIGINT)
+    code = _wait(proc)
     assert code in (130, 131, 0), code
     facts = _check_partial(out, ref)
     if code == 130:  # the handler flushed everything up to the epoch it stopped at, and exited cleanly
@@ -308,11 +332,7 @@ def test_killed_before_run_json_can_be_started_again(tmp_path, reference):
     ref = reference[0]
     out = tmp_path / "run"
 
-    def fn():
-        _kill_at_write(0, "partial")
-        g.train(CFG, out, progress=False)
-
-    assert _wait(_child(fn)) == -signal.SIGKILL
+    assert _wait(_child("kill-train", out, 0, "partial")) == -signal.SIGKILL
     assert not (out / "run.json").exists() and any(out.iterdir())
-    assert _wait(_child(_train(out))) == 0
+    assert _wait(_child("train", out)) == 0
     _same_checkpoints(g.load_run(out), ref)
