@@ -86,11 +86,11 @@ def main(argv=None) -> int:
     table = comparison(h)
     figs_dir = args.out / "figures"
     figs_dir.mkdir(parents=True, exist_ok=True)
-    figures = {re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_"): fig
-               for title, _, fig in report_figures(analysis)}
-    for name, fig in figures.items():
+    figures = report_figures(analysis)
+    for title, _, fig in figures:
+        name = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
         fig.write_html(figs_dir / f"{name}.html", include_plotlyjs="directory")
-    (args.out / "report.html").write_text(render_report(analysis))
+    (args.out / "report.html").write_text(render_report(analysis, figures))
     pd.DataFrame(table).to_csv(args.out / "comparison.csv", index=False)
     (args.out / "summary.json").write_text(json.dumps({"ours": h, "comparison": table}, indent=2, default=str) + "\n")
     width = max(len(r["quantity"]) for r in table)

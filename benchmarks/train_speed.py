@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from grokinterp import make_config
 from grokinterp.model import HookedGrokTransformer
-from grokinterp.tasks import make_dataset, split_indices
+from grokinterp.tasks import make_dataset, split_indices, split_pairs
 from grokinterp.trainer import _Trainer, resolve_device
 
 
@@ -39,11 +39,9 @@ def _sync(device: torch.device) -> None:
 def trainer_ms_per_epoch(cfg, device: torch.device, epochs: int, every: int, root: Path, tag: str) -> float:
     """Wall time of the real training loop (metrics, evals, checkpoints, flushes) per epoch."""
     cfg = cfg.replace(epochs=epochs, every=every, log_early=0, flush_every=50, device=str(device))
-    ds = make_dataset(cfg.task.p, cfg.task.operation)
-    trn, tst = split_indices(len(ds), cfg.task.frac_train, cfg.task.split_seed)
     out = root / tag
     out.mkdir()
-    trainer = _Trainer(cfg, out, device, ds.pair_index[trn], ds.pair_index[tst])
+    trainer = _Trainer(cfg, out, device, *split_pairs(cfg.task))
     _sync(device)
     t0 = time.perf_counter()
     trainer.run(progress_bar=False, stop=lambda: False)

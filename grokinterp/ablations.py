@@ -47,7 +47,8 @@ from .errors import AnalysisError
 from .fourier import fourier_basis
 from .grid import grid_forward
 from .logits import _freq_of_index, exclude_logits, resolve_model, restrict_logits
-from .neurons import DEFAULT_THRESHOLD, check_neurons, neuron_fourier
+from .neurons import DEFAULT_THRESHOLD, check_indices, check_neurons, neuron_fourier
+from .progress import task_label_grid
 
 __all__ = [
     "COLUMNS",
@@ -103,6 +104,24 @@ class AblationTarget:
         with torch.no_grad():
             return grid_forward(self.params, self.cfg).logits
 
+    @cached_property
+    def head_means(self) -> Tensor:
+        """Mean over the grid of each head's output at the final position: ``[h, d_model]``
+        (float64; computed once)."""
+        P = {k: v.double() for k, v in self.params.items()}
+        p = self.p
+        with torch.no_grad():
+            A = grid_forward(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
+        OV = torch.einsum("hde,hef->hdf", P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"])  # [h, d, d]
+        W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]
+        v0 = torch.einsum("ad,hdf->ahf", W_E[:p] + W_pos[0], OV)  # [a, h, d_model]
+        v1 = torch.einsum("bd,hdf->bhf", W_E[:p] + W_pos[1], OV)
+        v2 = torch.einsum("d,hdf->hf", W_E[p] + W_pos[2], OV)
+        m = torch.einsum("ah,ahf->hf", A[..., 0].mean(1), v0) / p
+        m = m + torch.einsum("bh,bhf->hf", A[..., 1].mean(0), v1) / p
+        m = m + A[..., 2].mean((0, 1))[:, None] * v2
+        return m
+
 
 def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
                     cfg: ModelConfig | RunConfig | None = None, operation: str | None = None) -> AblationTarget:
@@ -121,8 +140,6 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         AnalysisError: stacked parameters, train pairs out of range / outside the task / empty,
             or ``train_pairs`` given together with a ``Run``.
     """
-    from .tasks import make_dataset
-
     if isinstance(model_or_run, AblationTarget):
         return model_or_run
     is_run = hasattr(model_or_run, "split_pairs") and hasattr(model_or_run, "params")
@@ -141,9 +158,7 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         raise AnalysisError(f"ablations take one checkpoint, got stacked parameters of shape "
                             f"{list(params['embed.W_E'].shape)}")
     p = mcfg.p
-    ds = make_dataset(p, operation or "add")
-    labels = torch.full((p * p,), -1, dtype=torch.int64)
-    labels[torch.from_numpy(ds.pair_index)] = torch.from_numpy(ds.labels)
+    labels = task_label_grid(p, operation or "add")
     trn = np.asarray(train_pairs.detach().cpu() if torch.is_tensor(train_pairs) else train_pairs)
     if trn.ndim != 1 or trn.size == 0:
         raise AnalysisError(f"train_pairs: expected a non-empty 1-D list of grid indices, got shape {list(trn.shape)}")
@@ -156,7 +171,7 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
     outside = trn[labels[trn] < 0]
     if len(outside):
         raise AnalysisError(f"train_pairs: index {int(outside[0])} is not a pair of the task {operation!r}")
-    all_ = torch.from_numpy(ds.pair_index.astype(np.int64))
+    all_ = torch.nonzero(labels >= 0)[:, 0]  # the task's pairs, sorted
     tst = all_[~torch.isin(all_, trn)]
     return AblationTarget(params=params, cfg=mcfg, labels=labels, splits={"train": trn, "test": tst, "all": all_})
 
@@ -459,38 +474,6 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
 
 
 # -- attention heads ---------------------------------------------------------------------------
-def _check_heads(heads, n_heads: int) -> list[int]:
-    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
-        heads = [heads]
-    out = []
-    for h in heads:
-        if isinstance(h, bool) or not isinstance(h, (int, np.integer)):
-            raise AnalysisError(f"head index {h!r} is not an integer")
-        if not 0 <= int(h) < n_heads:
-            raise AnalysisError(f"head index {int(h)} is out of range 0..{n_heads - 1} (n_heads = {n_heads})")
-        out.append(int(h))
-    if not out:
-        raise AnalysisError("heads: the selection is empty")
-    return sorted(set(out))
-
-
-def _head_means(t: AblationTarget) -> Tensor:
-    """Mean over the grid of each head's output at the final position: ``[h, d_model]``."""
-    P = {k: v.double() for k, v in t.params.items()}
-    p = t.p
-    with torch.no_grad():
-        A = grid_forward(t.params, t.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
-    OV = torch.einsum("hde,hef->hdf", P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"])  # [h, d, d]
-    W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]
-    v0 = torch.einsum("ad,hdf->ahf", W_E[:p] + W_pos[0], OV)  # [a, h, d_model]
-    v1 = torch.einsum("bd,hdf->bhf", W_E[:p] + W_pos[1], OV)
-    v2 = torch.einsum("d,hdf->hf", W_E[p] + W_pos[2], OV)
-    m = torch.einsum("ah,ahf->hf", A[..., 0].mean(1), v0) / p
-    m = m + torch.einsum("bh,bhf->hf", A[..., 1].mean(0), v1) / p
-    m = m + A[..., 2].mean((0, 1))[:, None] * v2
-    return m
-
-
 def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None,
                  include_baseline: bool = True) -> pd.DataFrame:
     """Zero- or mean-ablate attention heads (their output at the final position).
@@ -512,12 +495,12 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
     """
     t = _target(target)
     _check_method(method)
-    hs = _check_heads(heads, t.cfg.n_heads)
+    hs = check_indices(heads, t.cfg.n_heads, "head", "n_heads").tolist()
     scale = torch.ones(t.cfg.n_heads, device=t.params["embed.W_E"].device)
     scale[hs] = 0.0
     params = dict(t.params)
     if method == "mean":
-        m = _head_means(t)[hs].sum(0)  # [d_model]
+        m = t.head_means[hs].sum(0)  # [d_model]
         params["blocks.0.mlp.b_in"] = (t.params["blocks.0.mlp.b_in"].double()
                                        + m @ t.params["blocks.0.mlp.W_in"].double()).float()
         params["blocks.0.mlp.b_out"] = (t.params["blocks.0.mlp.b_out"].double() + m).float()

@@ -53,7 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -558,7 +557,7 @@ def import_legacy(
                       f"the epoch offset ({epoch_offset}) may be wrong", RunWarning, stacklevel=2)
 
     # -- write into a temporary sibling, then rename: an interrupted import leaves nothing --------
-    digest, size = _file_digest(src)
+    digest, size = _io.sha256_file(src), src.stat().st_size
     info = _run_metadata(config, torch.device("cpu"), None, len(trn), len(tst))
     info["device"]["name"] = "unknown (imported)"
     info["imported_from"] = {
@@ -611,13 +610,3 @@ def _check_out(out: Path, overwrite: bool) -> None:
             return
         raise RunError(f"{out}: directory is not empty; choose another output directory"
                        + ("" if overwrite else " (or pass --overwrite to replace a run)"))
-
-
-def _file_digest(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size

@@ -39,6 +39,7 @@ from .config import ModelConfig, RunConfig
 from .errors import AnalysisError
 from .fourier import fourier_basis
 from .grid import as_params, grid_forward
+from .progress import _antidiagonal_sums, sum_frequency_projection
 
 __all__ = [
     "grid_logits",
@@ -228,10 +229,7 @@ def logit_cos_fit(logits: Tensor, freqs: Sequence[int] | None = None) -> LogitCo
     L = logits.double()
     lead = L.shape[:-3]
     dev = L.device
-    x = torch.arange(p, device=dev)
-    s = (x[:, None] + x[None, :]).remainder(p).reshape(-1)
-    S = torch.zeros(*lead, p, p, dtype=torch.float64, device=dev)
-    S.index_add_(-2, s, L.reshape(*lead, p * p, p))  # [..., s, c]
+    S = _antidiagonal_sums(L.reshape(-1, p, p, p)).reshape(*lead, p, p)  # [..., s, c]
     Fh = torch.fft.fft2(S)  # [..., u (over s), t (over c)]
     w = torch.arange(1, B.n_freq + 1, device=dev)
     proj = Fh[..., w, (-w).remainder(p)].real  # [..., n_freq]
@@ -292,8 +290,6 @@ def logit_fourier_norms_2d(logits: Tensor, per: str = "component", reduce: str =
 def _diag_projection(logits: Tensor, freqs: Sequence[int], include_mean: bool) -> Tensor:
     # One implementation of the cos/sin(w(a+b)) projection for the whole package: the
     # anti-diagonal-sum FFT of the progress measures (≈ 8× cheaper than a 2-D FFT of the logits).
-    from .progress import sum_frequency_projection
-
     _check_logits(logits)
     return sum_frequency_projection(logits, freqs, include_mean=include_mean)
 

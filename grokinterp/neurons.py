@@ -65,24 +65,37 @@ def check_neurons(neurons, d_mlp: int, *, allow_empty: bool = False) -> Tensor:
         AnalysisError: an index is not an integer in ``0..d_mlp-1`` (the message names it), or the
             selection is empty and ``allow_empty`` is false.
     """
-    if isinstance(neurons, (int, np.integer)) and not isinstance(neurons, bool):
-        neurons = [neurons]
-    if torch.is_tensor(neurons) or isinstance(neurons, np.ndarray):
-        arr = np.asarray(neurons.detach().cpu() if torch.is_tensor(neurons) else neurons)
+    return check_indices(neurons, d_mlp, "neuron", "d_mlp", allow_empty=allow_empty)
+
+
+def check_indices(values, n: int, noun: str, size_name: str, *, allow_empty: bool = False) -> Tensor:
+    """Sorted unique indices in ``0..n-1`` of one kind (``noun``: ``"neuron"``, ``"head"``) as int64.
+
+    ``values``: an int, a sequence of ints, or an integer tensor / array; ``size_name`` names the
+    bound in messages (``d_mlp``, ``n_heads``).
+
+    Raises:
+        AnalysisError: an index is not an integer in ``0..n-1`` (the message names it), or the
+            selection is empty and ``allow_empty`` is false.
+    """
+    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
+        values = [values]
+    if torch.is_tensor(values) or isinstance(values, np.ndarray):
+        arr = np.asarray(values.detach().cpu() if torch.is_tensor(values) else values)
         if arr.ndim > 1:
-            raise AnalysisError(f"neurons: expected a 1-D list of indices, got shape {list(arr.shape)}")
+            raise AnalysisError(f"{noun}s: expected a 1-D list of indices, got shape {list(arr.shape)}")
         if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise AnalysisError(f"neurons: expected integer indices, got dtype {arr.dtype}")
-        neurons = arr.tolist()
+            raise AnalysisError(f"{noun}s: expected integer indices, got dtype {arr.dtype}")
+        values = arr.tolist()
     out = []
-    for n in neurons:
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-            raise AnalysisError(f"neuron index {n!r} is not an integer")
-        if not 0 <= int(n) < d_mlp:
-            raise AnalysisError(f"neuron index {int(n)} is out of range 0..{d_mlp - 1} (d_mlp = {d_mlp})")
-        out.append(int(n))
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise AnalysisError(f"{noun} index {v!r} is not an integer")
+        if not 0 <= int(v) < n:
+            raise AnalysisError(f"{noun} index {int(v)} is out of range 0..{n - 1} ({size_name} = {n})")
+        out.append(int(v))
     if not out and not allow_empty:
-        raise AnalysisError("neurons: the selection is empty")
+        raise AnalysisError(f"{noun}s: the selection is empty")
     return torch.tensor(sorted(set(out)), dtype=torch.int64)
 
 

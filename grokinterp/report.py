@@ -53,19 +53,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def _table(rows: list[tuple[str, Any]], header: tuple[str, str] | None = None) -> str:
+def _table(rows: list[tuple[str, Any]]) -> str:
     out = ["<table>"]
-    if header:
-        out.append(f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>")
     for k, v in rows:
         cls = ' class="num"' if isinstance(v, (int, float)) else ""
-        out.append(f"<tr><th>{html.escape(str(k))}</th><td{cls}>{v if isinstance(v, _Raw) else html.escape(_fmt(v))}</td></tr>")
+        out.append(f"<tr><th>{html.escape(str(k))}</th><td{cls}>{html.escape(_fmt(v))}</td></tr>")
     out.append("</table>")
     return "\n".join(out)
-
-
-class _Raw(str):
-    """HTML that is already escaped."""
 
 
 def report_figures(analysis) -> list[tuple[str, str, Any]]:
@@ -117,8 +111,10 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     return figs
 
 
-def render_report(analysis) -> str:
-    """The report of a :class:`~grokinterp.summary.RunAnalysis` as one HTML string."""
+def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:
+    """The report of a :class:`~grokinterp.summary.RunAnalysis` as one HTML string.
+
+    ``figures``: the output of :func:`report_figures` when the caller has built it already."""
     import plotly
     from plotly.offline import get_plotlyjs
 
@@ -177,7 +173,7 @@ def render_report(analysis) -> str:
              f"<p class='headline'>{headline}</p>",
              "<h2>Headline numbers</h2>", _table(numbers),
              "<h2>Rules</h2>", "<div class='rule'>", _table(rules), "</div>"]
-    for i, (name, caption, fig) in enumerate(report_figures(analysis)):
+    for i, (name, caption, fig) in enumerate(report_figures(analysis) if figures is None else figures):
         parts += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(caption)}</p>",
                   "<div class='figure'>",
                   fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{i}",

@@ -161,3 +161,11 @@ def split_indices(n: int, frac_train: float, seed: int) -> tuple[np.ndarray, np.
     n_train = min(max(int(round(frac_train * n)), 1), n - 1)
     perm = np.random.default_rng(seed).permutation(n)
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+def split_pairs(task) -> tuple[np.ndarray, np.ndarray]:
+    """A task's seeded train / test split (a :class:`~grokinterp.config.TaskConfig`) as grid
+    indices ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64."""
+    ds = make_dataset(task.p, task.operation)
+    trn, tst = split_indices(len(ds), task.frac_train, task.split_seed)
+    return ds.pair_index[trn], ds.pair_index[tst]

@@ -41,7 +41,7 @@ from .config import FORMAT_VERSION, RunConfig
 from .errors import ConfigError, RunError
 from .fastpath import FastPlan, fast_path_unsupported, final_logits
 from .model import HookedGrokTransformer, param_shapes
-from .tasks import make_dataset, split_indices
+from .tasks import make_dataset, split_pairs
 
 __all__ = ["train", "resume", "TrainingInterrupted", "resolve_device", "split_tensors"]
 
@@ -277,15 +277,10 @@ class _Trainer:
             self._eager_steps += 1
             return out
         if self.graph is None:
-            train = self.data["train"]
             graph = torch.cuda.CUDAGraph()
-            self.opt.zero_grad(set_to_none=True)  # the captured backward writes fresh gradient tensors
-            try:
+            try:  # the eager step's kernels; its zero_grad(set_to_none) lets backward write fresh gradients
                 with torch.cuda.graph(graph):
-                    logits = self.logits(train)
-                    loss = F.cross_entropy(logits.double(), train.labels)
-                    loss.backward()
-                    self.opt.step()
+                    logits, loss = self._eager_step()
             except RuntimeError as e:  # pragma: no cover - depends on the CUDA build
                 import warnings
 
@@ -471,9 +466,7 @@ def train(
     out = Path(out)
     if _check_out_dir(out, config, overwrite) == "same":
         return resume(out, progress=progress)
-    ds = make_dataset(config.task.p, config.task.operation)
-    trn, tst = split_indices(len(ds), config.task.frac_train, config.task.split_seed)
-    train_pairs, test_pairs = ds.pair_index[trn], ds.pair_index[tst]
+    train_pairs, test_pairs = split_pairs(config.task)
     from safetensors.torch import save as st_save
 
     try:  # run.json last: without it the directory is not a run, and `train` may start it again
@@ -482,7 +475,7 @@ def train(
             {"train_pairs": torch.from_numpy(train_pairs), "test_pairs": torch.from_numpy(test_pairs)},
             metadata={"pair_index": "a * p + b"},
         ))
-        _io.write_json_atomic(out / _io.RUN_JSON, _run_metadata(config, device, preset, len(trn), len(tst)))
+        _io.write_json_atomic(out / _io.RUN_JSON, _run_metadata(config, device, preset, len(train_pairs), len(test_pairs)))
     except OSError as e:
         raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from e
     trainer = _Trainer(config, out, device, train_pairs, test_pairs)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 
 import numpy as np
 import pytest
 import torch
+from _helpers import close as _close
+from _helpers import perturbed
 
 import grokinterp as g
 from grokinterp import trainer as trainer_mod
@@ -20,9 +21,8 @@ from grokinterp.config import ModelConfig, make_config
 from grokinterp.fastpath import FastPlan, final_logits
 from grokinterp.grid import grid_forward
 from grokinterp.integrity import verify
-from grokinterp.model import HookedGrokTransformer
 from grokinterp.progress import progress_measures_reference
-from grokinterp.tasks import make_dataset, split_indices
+from grokinterp.tasks import make_dataset, split_pairs
 from grokinterp.trainer import TrainingInterrupted, _Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -31,24 +31,10 @@ CUDA = torch.device("cuda")
 TINY = make_config("tiny", device="cuda")
 
 
-def _close(x: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> bool:
-    """Equal up to float32 rounding: max error ≤ rel × max(1, max |ref|)."""
-    return (x.cpu() - ref.cpu()).abs().max().item() <= rel * max(1.0, ref.abs().max().item())
-
-
-def _perturbed(cfg: ModelConfig, seed: int = 0) -> HookedGrokTransformer:
-    model = HookedGrokTransformer(cfg)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) / math.sqrt(cfg.d_model))
-    return model
-
-
 @pytest.mark.parametrize("cfg", [make_config("paper").model,
                                  ModelConfig(p=13, d_model=24, n_heads=3, d_mlp=40, act_fn="gelu")])
 def test_fast_path_on_cuda_equals_hooked_forward_and_gradients_on_cpu(cfg):
-    model = _perturbed(cfg)
+    model = perturbed(cfg, scale=1.0)
     ds = make_dataset(cfg.p)
     tokens, labels = torch.from_numpy(ds.tokens[::3].copy()), torch.from_numpy(ds.labels[::3].copy())
 
@@ -59,7 +45,7 @@ def test_fast_path_on_cuda_equals_hooked_forward_and_gradients_on_cpu(cfg):
 
     ref_logits = model(tokens)[:, -1].detach()
     g_ref = grads(model, lambda: model(tokens)[:, -1], labels)
-    gpu = _perturbed(cfg).to(CUDA)
+    gpu = perturbed(cfg, scale=1.0).to(CUDA)
     plan = FastPlan.build(cfg, tokens.to(CUDA))
     assert plan.bag_idx.is_cuda and plan.pattern.is_cuda and plan.vary_idx.is_cuda
     fast = final_logits(dict(gpu.named_parameters()), plan)
@@ -71,9 +57,7 @@ def test_fast_path_on_cuda_equals_hooked_forward_and_gradients_on_cpu(cfg):
 
 def _trainer(cfg, tmp_path) -> _Trainer:
     tmp_path.mkdir(parents=True, exist_ok=True)
-    ds = make_dataset(cfg.task.p, cfg.task.operation)
-    trn, tst = split_indices(len(ds), cfg.task.frac_train, cfg.task.split_seed)
-    return _Trainer(cfg, tmp_path, CUDA, ds.pair_index[trn], ds.pair_index[tst])
+    return _Trainer(cfg, tmp_path, CUDA, *split_pairs(cfg.task))
 
 
 def test_training_step_and_snapshot_never_wait_for_the_gpu(tmp_path):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
+from _helpers import cli as _cli
 
 import grokinterp as g
 from grokinterp import _io
@@ -33,10 +33,6 @@ def run_dir(trained, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained, out)
     return out
-
-
-def _cli(*args):
-    return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True)
 
 
 def _crash_at_write(monkeypatch, n: int, after: bool = False):

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from _helpers import close as _close
+from _helpers import perturbed as _perturbed
 from transformer_lens import ActivationCache, HookedRootModule
 
 from grokinterp.config import ModelConfig, make_config
@@ -85,18 +87,6 @@ def test_general_forward_supports_more_layers():
     assert fast_path_unsupported(cfg, torch.tensor([[1, 2, 7]])) is not None
 
 
-def _close(x: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> bool:
-    """Equal up to float32 rounding: max error ≤ rel × max(1, max |ref|)."""
-    return (x - ref).abs().max().item() <= rel * max(1.0, ref.abs().max().item())
-
-
-def _perturbed(cfg: ModelConfig, scale: float = 3.0, seed: int = 0) -> HookedGrokTransformer:
-    model = HookedGrokTransformer(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():  # non-zero biases, larger weights: stress the identities
-            p.add_(torch.randn(p.shape, generator=g) * scale / math.sqrt(cfg.d_model))
-    return model
 
 
 @pytest.mark.parametrize("cfg", [

@@ -12,6 +12,7 @@ import tempfile
 
 import plotly.graph_objects as go
 import pytest
+from _helpers import cli as _cli
 
 from grokinterp import plotting as P
 from grokinterp.errors import AnalysisError, RunError
@@ -126,10 +127,6 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert n_divs >= 9, f"only {n_divs} plots were drawn"
     assert n_svg >= n_divs, "every plot draws SVG"
     assert "Uncaught" not in res.stderr
-
-
-def _cli(*args):
-    return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True)
 
 
 def test_report_cli_bad_inputs(tmp_path, tiny_run):

@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import cli as _cli
 
 import grokinterp as g
 from grokinterp.errors import RunError
 
 PY = sys.executable
-
-
-def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True, **kw)
 
 
 def _same_checkpoints(run_a, run_b) -> None:
