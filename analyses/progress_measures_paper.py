@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     import pandas as pd
 
     import grokinterp as gi
-    from grokinterp.report import render_report, report_figures
+    from grokinterp.viz.report import render_report, report_figures
 
     try:
         if args.run is not None:

@@ -2,11 +2,11 @@
 
 Builds a synthetic run directory (paper architecture: p = 113, d_model 128, 4 heads, d_mlp 512,
 30 % training pairs) with N checkpoints of randomly perturbed initial weights, written with the
-package's own :class:`~grokinterp.checkpoints.CheckpointWriter` — no trained run is needed, and
+package's own :class:`~grokinterp.store.writer.CheckpointWriter` — no trained run is needed, and
 the cost of the measures does not depend on what the weights are. Then, in one process:
 
-(a) :func:`grokinterp.progress.progress_measures` on all N checkpoints (median over repeats);
-(b) :func:`grokinterp.progress.progress_measures_reference`: a Python loop of full hooked
+(a) :func:`grokinterp.analysis.measures.progress_measures` on all N checkpoints (median over repeats);
+(b) :func:`oracles.progress_measures_reference`: a Python loop of full hooked
     forwards on the ``p²`` grid tokens with brute-force projections. Its cost per checkpoint is
     constant, so by default it is timed on the first 50 checkpoints and scaled to N (marked as
     such in the output; ``--ref-checkpoints 0`` times all N).
@@ -42,6 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# the per-checkpoint reference is the tests' oracle (tests/oracles.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 PAPER_KEY_FREQS = (14, 35, 41, 42, 52)
 
 
@@ -51,12 +54,12 @@ def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: in
     ``train(epochs=0)`` writes ``run.json``, the split and metrics; the config is then widened to
     ``epochs = every · (n − 1)`` and the checkpoints are written with ``CheckpointWriter``.
     """
-    from grokinterp import _io
-    from grokinterp.checkpoints import METRIC_COLUMNS, CheckpointWriter
     from grokinterp.config import make_config
     from grokinterp.model import init_params, param_shapes
-    from grokinterp.run import load_run
-    from grokinterp.trainer import train
+    from grokinterp.store import layout as _io
+    from grokinterp.store.run import load_run
+    from grokinterp.store.writer import METRIC_COLUMNS, CheckpointWriter
+    from grokinterp.training.loop import train
 
     cfg0 = make_config("paper", epochs=0, device="cpu")
     train(cfg0, path, progress=False, overwrite=True)
@@ -108,8 +111,10 @@ def _sync(device: str) -> None:
 
 def worker(mode: str, run_dir: str, n: int, chunk: int | None, device: str = "cpu") -> None:
     """Run one path once in this (fresh) process and print its peak memory as JSON."""
-    from grokinterp.progress import progress_measures, progress_measures_reference
-    from grokinterp.run import load_run
+    from oracles import progress_measures_reference
+
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.store.run import load_run
 
     run = load_run(run_dir)
     eps = run.epochs[:n]
@@ -158,7 +163,10 @@ def main() -> None:
         worker(args.worker, args.run_dir, args.checkpoints, args.chunk, args.device)
         return
 
-    from grokinterp.progress import _auto_chunk, progress_measures, progress_measures_reference
+    from oracles import progress_measures_reference
+
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.analysis.measures.driver import auto_chunk as _auto_chunk
 
     n = 16 if args.quick else args.checkpoints
     if n < 1:

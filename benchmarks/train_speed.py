@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from grokinterp import make_config
 from grokinterp.model import HookedGrokTransformer
 from grokinterp.tasks import make_dataset, split_indices, split_pairs
-from grokinterp.trainer import _Trainer, resolve_device
+from grokinterp.training.loop import TrainLoop, resolve_device
 
 
 def _sync(device: torch.device) -> None:
@@ -41,10 +41,10 @@ def trainer_ms_per_epoch(cfg, device: torch.device, epochs: int, every: int, roo
     cfg = cfg.replace(epochs=epochs, every=every, log_early=0, flush_every=50, device=str(device))
     out = root / tag
     out.mkdir()
-    trainer = _Trainer(cfg, out, device, *split_pairs(cfg.task))
+    trainer = TrainLoop(cfg, out, device, *split_pairs(cfg.task))
     _sync(device)
     t0 = time.perf_counter()
-    trainer.run(progress_bar=False, stop=lambda: False)
+    trainer.run(stop=lambda: False)
     _sync(device)
     return (time.perf_counter() - t0) / epochs * 1e3
 

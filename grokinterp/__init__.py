@@ -4,6 +4,17 @@ Train small transformers on modular arithmetic with dense, self-describing check
 which algorithm they learned (Fourier features, circuits) and when the generalizing circuit formed
 (progress measures), following Nanda et al., ICLR 2023.
 
+The package is layered (imports point down only; ``tests/test_architecture.py`` checks it)::
+
+    cli                      commands wired to the layers below
+    viz                      plotly figures, the HTML report
+    analysis | training      independent siblings: analyses of runs | the training loop and its seams
+    store                    the run directory: writer, loader, integrity, legacy import
+    model                    parameters, hooked transformer, table fold, fast forwards
+    config                   frozen dataclasses, presets, validation
+    tasks                    the Task protocol and the registered tasks
+    errors                   one exception family
+
 Heavy modules (torch, transformer_lens, plotly) load on first use of a name that needs them, so
 ``import grokinterp`` and the CLI's ``--help`` stay fast.
 """
@@ -28,22 +39,30 @@ _EXPORTS = {
     "RunError": "errors",
     "AnalysisError": "errors",
     "make_dataset": "tasks",
+    "get_task": "tasks",
     "register_operation": "tasks",
-    "HookedGrokTransformer": "model",
-    "train": "trainer",
-    "resume": "trainer",
-    "load_run": "run",
-    "Run": "run",
-    "fourier_basis": "fourier",
-    "key_frequencies": "fourier",
-    "progress_measures": "progress",
-    "detect_phases": "phases",
-    "circuit_formation_epoch": "phases",
-    "ablation_table": "ablations",
-    "analyze_run": "summary",
-    "write_report": "report",
-    "verify": "integrity",
-    "import_legacy": "legacy",
+    "HookedGrokTransformer": "model.hooked",
+    "train": "training.loop",
+    "resume": "training.loop",
+    "Callback": "training.callbacks",
+    "register_optimizer": "training.optim",
+    "register_gradient_transform": "training.transforms",
+    "load_run": "store.run",
+    "Run": "store.run",
+    "verify": "store.integrity",
+    "import_legacy": "store.legacy",
+    "fourier_basis": "analysis.fourier",
+    "key_frequencies": "analysis.keyfreqs",
+    "progress_measures": "analysis.measures",
+    "Measure": "analysis.measures",
+    "register_measure": "analysis.measures",
+    "detect_phases": "analysis.phases",
+    "circuit_formation_epoch": "analysis.phases",
+    "ablation_table": "analysis.ablations",
+    "analyze_run": "analysis.summary",
+    "register_run_analysis": "analysis.summary",
+    "write_report": "viz.report",
+    "register_figure": "viz.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import _SECTIONS, PRESETS, make_config
+from .config import PRESETS, SECTIONS, make_config
 from .errors import GrokinterpError
 
 EXIT_USAGE = 2
@@ -55,7 +55,7 @@ def _int_list(text: str) -> list[int]:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = make_config("paper")
-    for sec, cls in _SECTIONS.items():
+    for sec, cls in SECTIONS.items():
         group = parser.add_argument_group(f"{sec} config (defaults: the chosen preset)")
         for f in dataclasses.fields(cls):
             if (sec, f.name) in _HIDDEN:
@@ -78,7 +78,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for cls in _SECTIONS.values() for f in dataclasses.fields(cls)}
+    names = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
     out = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "windows" in out:
         out["windows"] = tuple(out["windows"])
@@ -160,14 +160,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides or args.out is not None or args.overwrite:
             raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
                                   "and --overwrite (only --device may be given)")
-        from .trainer import resume
+        from .training.loop import resume
 
         run = resume(args.resume, progress=not args.no_progress, device=device)
         print(_short_summary(run))
         return 0
     config = make_config(args.preset, **overrides)  # validates before anything is created
     out = args.out if args.out is not None else _default_out(args.preset, config)
-    from .trainer import train
+    from .training.loop import train
 
     run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset)
     print(_short_summary(run))
@@ -189,7 +189,7 @@ def _short_summary(run) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .run import load_run
+    from .store.run import load_run
 
     run = load_run(args.run)
     s = run.summary()
@@ -220,7 +220,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .integrity import verify
+    from .store.integrity import verify
 
     report = verify(args.run)
     if args.json:
@@ -236,7 +236,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     import warnings
 
-    from .legacy import import_legacy
+    from .store.legacy import import_legacy
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -262,7 +262,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import os
 
-    from .report import write_report
+    from .viz.report import write_report
 
     if args.summary_json is not None:  # refuse before the analysis, so nothing is half-written
         parent = args.summary_json.parent if str(args.summary_json.parent) else Path(".")
@@ -273,10 +273,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     path, headline = write_report(args.run, args.out, max_checkpoints=args.max_checkpoints,
                                   key_freqs=args.key_freqs, return_headline=True)
     if args.summary_json is not None:
-        from . import _io
+        from .store.layout import write_json_atomic
 
         try:
-            _io.write_json_atomic(args.summary_json, headline)
+            write_json_atomic(args.summary_json, headline)
         except OSError as e:
             raise GrokinterpError(f"{args.summary_json}: cannot write the summary ({e.strerror or e})") from None
     formed, hit = headline["circuit_formed_epoch"], headline["test_acc_99_epoch"]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
+from .tasks import SPLIT_METHODS, get_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -35,6 +36,8 @@ __all__ = [
     "RunConfig",
     "PRESETS",
     "make_config",
+    "SECTIONS",
+    "is_int",
 ]
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
@@ -48,7 +51,8 @@ def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
         raise ConfigError(f"{field_name}: {msg}, got {value!r}")
 
 
-def _is_int(x: Any) -> bool:
+def is_int(x: Any) -> bool:
+    """An integer (Python or numpy), not a bool."""
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
@@ -59,7 +63,7 @@ def _is_number(x: Any) -> bool:
 def _check_ints(obj: Any, section: str) -> None:
     for f in fields(obj):
         v = getattr(obj, f.name)
-        if f.type in ("int",) and not _is_int(v):
+        if f.type in ("int",) and not is_int(v):
             raise ConfigError(f"{section}.{f.name}: must be an integer, got {v!r}")
         if f.type in ("float",) and not _is_number(v):
             raise ConfigError(f"{section}.{f.name}: must be a number, got {v!r}")
@@ -74,26 +78,29 @@ class TaskConfig:
         operation: name in :data:`grokinterp.tasks.OPERATIONS` (``add`` by default).
         frac_train: fraction of the valid pairs used for training, in (0, 1).
         split_seed: seed of the split permutation (independent of the model's init seed).
+        split_method: how the split is drawn, a name in :data:`grokinterp.tasks.SPLIT_METHODS`
+            (``random``: a PCG64 permutation of the valid pairs).
     """
 
     p: int = 113
     operation: str = "add"
     frac_train: float = 0.3
     split_seed: int = 0
+    split_method: str = "random"
 
     def __post_init__(self) -> None:
-        from .tasks import get_operation, is_prime
-
         _check_ints(self, "task")
         _require(self.p >= 3, "task.p", "must be at least 3", self.p)
         _require(self.p <= MAX_P, "task.p", f"must be at most {MAX_P} (p² examples are materialised)", self.p)
         _require(0.0 < float(self.frac_train) < 1.0, "task.frac_train", "must lie in (0, 1)", self.frac_train)
         _require(self.split_seed >= 0, "task.split_seed", "must be non-negative", self.split_seed)
-        op = get_operation(self.operation)
-        if op.requires_prime and not is_prime(self.p):
-            raise ConfigError(
-                f"task.p: operation {self.operation!r} is only defined for prime p, got {self.p}"
-            )
+        _require(self.split_method in SPLIT_METHODS, "task.split_method",
+                 f"must be one of {', '.join(sorted(SPLIT_METHODS))}", self.split_method)
+        self.task()  # the operation exists and is defined for this p (ConfigError naming the field)
+
+    def task(self):
+        """The :class:`~grokinterp.tasks.Task` this config describes."""
+        return get_task(self.operation, self.p)
 
 
 @dataclass(frozen=True)
@@ -152,13 +159,19 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Full-batch AdamW training (paper recipe by default).
+    """Full-batch training (the paper's AdamW recipe by default).
 
     Attributes:
         epochs: number of full-batch steps (≥ 0).
         lr: peak learning rate.
-        weight_decay: decoupled (AdamW) weight decay.
+        weight_decay: weight decay (decoupled for ``adamw``, an L2 term in the gradient for
+            ``adam`` and ``sgd``, as in ``torch.optim``).
+        optimizer: a name in the optimizer registry (:mod:`grokinterp.training.optim`):
+            ``adamw`` (default), ``adam`` or ``sgd``.
         beta1, beta2: Adam betas (paper: 0.9, 0.98).
+        momentum: SGD momentum (only ``sgd`` reads it).
+        grad_transforms: names of registered gradient transforms applied, in order, between
+            backward and the optimizer step (:mod:`grokinterp.training.transforms`); none by default.
         warmup_epochs: linear warm-up of the learning rate over this many steps (0 = none;
             the paper's code uses 10).
         eval_every: test loss/accuracy and train accuracy are recorded every this many epochs
@@ -171,8 +184,11 @@ class TrainConfig:
     epochs: int = 40_000
     lr: float = 1e-3
     weight_decay: float = 1.0
+    optimizer: str = "adamw"
     beta1: float = 0.9
     beta2: float = 0.98
+    momentum: float = 0.9
+    grad_transforms: tuple[str, ...] = ()
     warmup_epochs: int = 10
     eval_every: int = 100
     device: str = "auto"
@@ -186,9 +202,20 @@ class TrainConfig:
             math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "train.weight_decay", "must be non-negative", self.weight_decay,
         )
-        for name in ("beta1", "beta2"):
+        for name in ("beta1", "beta2", "momentum"):
             v = getattr(self, name)
             _require(0.0 <= v < 1.0, f"train.{name}", "must lie in [0, 1)", v)
+        _require(isinstance(self.optimizer, str) and self.optimizer.isidentifier(), "train.optimizer",
+                 "must be the name of a registered optimizer", self.optimizer)
+        if isinstance(self.grad_transforms, str):
+            object.__setattr__(self, "grad_transforms", (self.grad_transforms,) if self.grad_transforms else ())
+        try:
+            names = tuple(self.grad_transforms)
+        except TypeError:
+            names = (None,)
+        _require(all(isinstance(n, str) and n.isidentifier() for n in names), "train.grad_transforms",
+                 "must be a list of registered gradient-transform names", self.grad_transforms)
+        object.__setattr__(self, "grad_transforms", names)
         _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be non-negative", self.warmup_epochs)
         _require(self.eval_every >= 1, "train.eval_every", "must be positive", self.eval_every)
         dev = str(self.device)
@@ -263,7 +290,19 @@ class CheckpointSchedule:
         return np.array(sorted(pts), dtype=np.int64)
 
 
-_SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "checkpoints": CheckpointSchedule}
+#: Fields added after the first release, per section. A ``run.json`` written before a field
+#: existed lacks it; the field's default reproduces what those runs did. Format-version policy:
+#: new config fields never bump :data:`FORMAT_VERSION` (they are optional on read, always written);
+#: the version is bumped only when files, tensor names or the meaning of an existing field change,
+#: and a reader refuses runs of a newer version with a message to upgrade. An older grokinterp
+#: reading a run that uses a newer field refuses it, naming the field.
+_ADDED_FIELDS: dict[str, set[str]] = {
+    "task": {"split_method"},
+    "train": {"optimizer", "momentum", "grad_transforms"},
+}
+
+#: The sections of a :class:`RunConfig`, in ``run.json`` order.
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "train": TrainConfig, "checkpoints": CheckpointSchedule}
 
 
 @dataclass(frozen=True)
@@ -279,13 +318,18 @@ class RunConfig:
     checkpoints: CheckpointSchedule = field(default_factory=CheckpointSchedule)
 
     def __post_init__(self) -> None:
-        for name, cls in _SECTIONS.items():
+        for name, cls in SECTIONS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name}: must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.model.p != self.task.p:
             raise ConfigError(f"model.p: must equal task.p ({self.task.p}), got {self.model.p}")
-        if self.model.n_ctx != 3:
-            raise ConfigError(f"model.n_ctx: the [a, b, =] tasks need n_ctx = 3, got {self.model.n_ctx}")
+        task = self.task.task()
+        if self.model.n_ctx != task.n_ctx:
+            raise ConfigError(f"model.n_ctx: the task {task.describe()} needs n_ctx = {task.n_ctx}, "
+                              f"got {self.model.n_ctx}")
+        if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
+            raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
+                              f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
 
     def checkpoint_epochs(self) -> np.ndarray:
         return self.checkpoints.epochs(self.train.epochs)
@@ -294,31 +338,34 @@ class RunConfig:
         """A JSON-ready nested dict (tuples become lists, so it equals its own JSON round trip)."""
         import json
 
-        return json.loads(json.dumps({name: dataclasses.asdict(getattr(self, name)) for name in _SECTIONS}))
+        return json.loads(json.dumps({name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}))
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "config") -> "RunConfig":
-        """Rebuild from :meth:`to_dict` output, strictly: unknown or missing fields raise.
+        """Rebuild from :meth:`to_dict` output, strictly: unknown fields raise, and so do missing
+        ones, except fields added after format 1 (:data:`_ADDED_FIELDS`), which take their defaults
+        (defaults that reproduce the behaviour of the runs written before them).
 
         ``source`` names where the dict came from (a file path) in error messages.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the config must be a JSON object, got {type(data).__name__}")
-        extra = set(data) - set(_SECTIONS)
-        missing = set(_SECTIONS) - set(data)
+        extra = set(data) - set(SECTIONS)
+        missing = set(SECTIONS) - set(data)
         if extra or missing:
             raise ConfigError(
                 f"{source}: config sections {sorted(missing)} missing, {sorted(extra)} unexpected"
             )
         kwargs = {}
-        for name, sec_cls in _SECTIONS.items():
+        for name, sec_cls in SECTIONS.items():
             sec = data[name]
             if not isinstance(sec, dict):
                 raise ConfigError(f"{source}: {name} must be a JSON object, got {type(sec).__name__}")
             names = {f.name for f in fields(sec_cls)}
-            extra, missing = set(sec) - names, names - set(sec)
+            extra, missing = set(sec) - names, (names - set(sec)) - _ADDED_FIELDS.get(name, set())
             if extra:
-                raise ConfigError(f"{source}: unexpected field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))}")
+                raise ConfigError(f"{source}: unexpected field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))} "
+                                  f"(written by a newer grokinterp? upgrade to read it)")
             if missing:
                 raise ConfigError(f"{source}: missing field(s) {', '.join(f'{name}.{m}' for m in sorted(missing))}")
             try:
@@ -336,7 +383,7 @@ class RunConfig:
 
 def _field_owner() -> dict[str, list[str]]:
     owner: dict[str, list[str]] = {}
-    for sec, cls in _SECTIONS.items():
+    for sec, cls in SECTIONS.items():
         for f in fields(cls):
             owner.setdefault(f.name, []).append(sec)
     return owner
@@ -344,11 +391,11 @@ def _field_owner() -> dict[str, list[str]]:
 
 def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     owner = _field_owner()
-    per_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in overrides.items():
         if "." in key:
             sec, name = key.split(".", 1)
-            if sec not in _SECTIONS or name not in {f.name for f in fields(_SECTIONS[sec])}:
+            if sec not in SECTIONS or name not in {f.name for f in fields(SECTIONS[sec])}:
                 raise ConfigError(f"{key}: no such config field")
             per_section[sec][name] = value
             if name == "p":  # keep the model's vocabulary in step with the task

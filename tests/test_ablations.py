@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grokinterp.ablations import (
+from grokinterp.analysis.ablations import (
     COLUMNS,
     SPLITS,
     ablate_embed_freqs,
@@ -25,11 +25,12 @@ from grokinterp.ablations import (
     neuron_approximation,
     project_embedding,
 )
+from grokinterp.analysis.fourier import fourier_basis
+from grokinterp.analysis.keyfreqs import key_frequencies
 from grokinterp.config import ModelConfig
 from grokinterp.errors import AnalysisError
-from grokinterp.fourier import fourier_basis, key_frequencies
-from grokinterp.grid import grid_tokens
 from grokinterp.model import HookedGrokTransformer
+from grokinterp.model.grid import grid_tokens
 
 P = 11
 
@@ -108,7 +109,8 @@ def test_project_embedding_splits_components():
 
 def test_keep_logit_freqs_matches_restriction(small):
     _, _, t = small
-    from grokinterp.logits import grid_logits, restrict_logits
+    from grokinterp.analysis.logits import grid_logits
+    from grokinterp.analysis.projections import restrict_logits
 
     L = restrict_logits(grid_logits(t.params, t.cfg), [1, 4])
     df = ablate_logit_freqs(t, [1, 4], "keep")
@@ -183,7 +185,7 @@ def test_neuron_approximation_equals_least_squares(p):
 
 def test_approximating_neurons_with_all_their_terms_is_exact(small):
     _, _, t = small
-    from grokinterp.neurons import neuron_activations
+    from grokinterp.analysis.neurons import neuron_activations
 
     acts = neuron_activations(t.params, t.cfg).double()
     approx_all = neuron_approximation(acts, range(1, P // 2 + 1))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import grokinterp as gi
-from grokinterp.fourier import embed_fourier_norms
+from grokinterp.analysis.fourier import embed_fourier_norms
 
 
 def _first_below(df, col, level):

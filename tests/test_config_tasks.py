@@ -66,13 +66,25 @@ def test_roundtrip_and_strict_from_dict():
     cfg = make_config("quick", windows=((100, 200, 10),))
     assert RunConfig.from_dict(cfg.to_dict()) == cfg
     d = cfg.to_dict()
-    d["train"]["momentum"] = 0.9
-    with pytest.raises(ConfigError, match="train.momentum"):
+    d["train"]["nesterov_momentum"] = 0.9
+    with pytest.raises(ConfigError, match="train.nesterov_momentum.*newer grokinterp"):
         RunConfig.from_dict(d)
     d = cfg.to_dict()
     del d["model"]["d_mlp"]
     with pytest.raises(ConfigError, match="model.d_mlp"):
         RunConfig.from_dict(d)
+
+
+def test_fields_added_later_default_to_the_old_behaviour():
+    """A run.json written before a field existed lacks it; the default reproduces the old run."""
+    cfg = make_config("quick")
+    d = cfg.to_dict()
+    for sec, names in {"task": ["split_method"], "train": ["optimizer", "momentum", "grad_transforms"]}.items():
+        for name in names:
+            del d[sec][name]
+    old = RunConfig.from_dict(d)
+    assert old == cfg
+    assert (old.task.split_method, old.train.optimizer, old.train.grad_transforms) == ("random", "adamw", ())
 
 
 def test_frozen():

@@ -30,11 +30,11 @@ import pytest
 import torch
 
 import grokinterp as g
-from grokinterp import _io
-from grokinterp.integrity import verify
 from grokinterp.model import param_shapes
-from grokinterp.run import RunWarning
-from grokinterp.trainer import TrainingInterrupted
+from grokinterp.store import layout as _io
+from grokinterp.store.integrity import verify
+from grokinterp.store.run import RunWarning
+from grokinterp.training.loop import TrainingInterrupted
 
 CFG = g.make_config("tiny", epochs=80, every=10, log_early=4, flush_every=2, eval_every=10)
 N_RANDOM_KILLS, N_RANDOM_KILLS_SLOW = 3, 27

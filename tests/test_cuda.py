@@ -14,16 +14,18 @@ import pytest
 import torch
 from _helpers import close as _close
 from _helpers import perturbed
+from oracles import progress_measures_reference
 
 import grokinterp as g
-from grokinterp import trainer as trainer_mod
 from grokinterp.config import ModelConfig, make_config
-from grokinterp.fastpath import FastPlan, final_logits
-from grokinterp.grid import grid_forward
-from grokinterp.integrity import verify
-from grokinterp.progress import progress_measures_reference
+from grokinterp.model.fastpath import FastPlan, final_logits
+from grokinterp.model.grid import grid_forward
+from grokinterp.store.integrity import verify
 from grokinterp.tasks import make_dataset, split_pairs
-from grokinterp.trainer import TrainingInterrupted, _Trainer
+from grokinterp.training import loop as trainer_mod
+from grokinterp.training.loop import TrainingInterrupted
+from grokinterp.training.loop import TrainLoop as _Trainer
+from grokinterp.training.step import CudaGraphStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
@@ -67,10 +69,10 @@ def test_training_step_and_snapshot_never_wait_for_the_gpu(tmp_path):
     assert all(b.is_cuda for b in tr.writer.buffer.values())
     assert all(v.is_cuda for c, v in tr.metrics.items() if c != "lr")  # lr: a host value, kept on the host
     assert all(p.is_cuda for p in tr.params.values())
-    assert tr.use_graph and tr.graph is None
+    assert isinstance(tr.step_fn, CudaGraphStep) and tr.step_fn.graph is None
     for epoch in range(4):  # eager warm-up steps, then the capture (and its first replay)
         tr.step(epoch, record_acc=True)
-    assert tr.graph is not None
+    assert tr.step_fn.graph is not None
     torch.cuda.synchronize()
     before = {k: v.detach().clone() for k, v in tr.params.items()}
     torch.cuda.set_sync_debug_mode("error")
@@ -95,12 +97,12 @@ def test_graph_replayed_steps_equal_eager_steps(tmp_path, monkeypatch):
     graph = _trainer(TINY, tmp_path / "graph")
     monkeypatch.setenv("GROKINTERP_CUDA_GRAPHS", "0")
     eager = _trainer(TINY, tmp_path / "eager")
-    assert graph.use_graph and not eager.use_graph
+    assert isinstance(graph.step_fn, CudaGraphStep) and not isinstance(eager.step_fn, CudaGraphStep)
     n = 40  # through the lr warm-up (10 epochs) and well past the capture
     for tr in (graph, eager):
         for epoch in range(n):
             tr.step(epoch, record_acc=True)
-    assert graph.graph is not None
+    assert graph.step_fn.graph is not None
     lg, le = (tr.metrics["train_loss"][:n].cpu().numpy() for tr in (graph, eager))
     assert np.allclose(lg, le, rtol=1e-5, atol=0), np.abs(lg / le - 1).max()
     assert lg[-1] < 0.5 * lg[0]

@@ -21,12 +21,12 @@ import pytest
 import torch
 
 import grokinterp as g
-from grokinterp import _io
-from grokinterp.checkpoints import CheckpointWriter
 from grokinterp.errors import RunError
-from grokinterp.integrity import verify
 from grokinterp.model import param_shapes
-from grokinterp.run import RunWarning
+from grokinterp.store import layout as _io
+from grokinterp.store.integrity import verify
+from grokinterp.store.run import RunWarning
+from grokinterp.store.writer import CheckpointWriter
 
 PY = sys.executable
 CFG = g.make_config("tiny", epochs=60, every=10, log_early=0, flush_every=2, eval_every=10)

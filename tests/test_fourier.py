@@ -8,20 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-import grokinterp.neurons
-from grokinterp.config import ModelConfig
-from grokinterp.errors import AnalysisError
-from grokinterp.fourier import (
+import grokinterp.analysis.keyfreqs
+from grokinterp.analysis.fourier import (
     FourierBasis,
     embed_fourier_norms,
     fourier_basis,
     gini,
-    key_frequencies,
     neuron_logit_fourier_norms,
     unembed_fourier_norms,
 )
+from grokinterp.analysis.keyfreqs import key_frequencies, neuron_key_frequencies
+from grokinterp.config import ModelConfig
+from grokinterp.errors import AnalysisError
 from grokinterp.model import HookedGrokTransformer
-from grokinterp.neurons import neuron_key_frequencies
 
 PS = (3, 4, 7, 8, 113)
 
@@ -342,7 +341,7 @@ def test_neurons_method_passes_cfg_through(monkeypatch):
         seen.update(cfg=cfg, min_fraction=min_fraction)
         return neuron_key_frequencies(model_or_params, min_fraction=min_fraction, cfg=cfg, **kw)
 
-    monkeypatch.setattr(grokinterp.neurons, "neuron_key_frequencies", spy)
+    monkeypatch.setattr(grokinterp.analysis.keyfreqs, "neuron_key_frequencies", spy)
     out = key_frequencies(params, method="neurons", min_fraction=0.2, cfg=cfg)
     assert seen == {"cfg": cfg, "min_fraction": 0.2}
     ref = neuron_key_frequencies(model, min_fraction=0.2)  # the model brings its GELU config

@@ -10,10 +10,10 @@ import pytest
 from _helpers import cli as _cli
 
 import grokinterp as g
-from grokinterp import _io
-from grokinterp.checkpoints import CheckpointWriter
 from grokinterp.errors import RunError
-from grokinterp.integrity import read_manifest, verify
+from grokinterp.store import layout as _io
+from grokinterp.store.integrity import read_manifest, verify
+from grokinterp.store.writer import CheckpointWriter
 
 PY = sys.executable
 CFG = g.make_config("tiny", epochs=40, every=10, log_early=0, flush_every=2, eval_every=10)

@@ -27,9 +27,9 @@ from hypothesis import strategies as st
 
 import grokinterp as g
 from grokinterp.errors import RunError
-from grokinterp.integrity import verify
-from grokinterp.legacy import import_legacy, paper_split
-from grokinterp.run import RunWarning
+from grokinterp.store.integrity import verify
+from grokinterp.store.legacy import import_legacy, paper_split
+from grokinterp.store.run import RunWarning
 
 PY = sys.executable
 P, D, H, MLP = 7, 8, 2, 16  # small model: p, d_model, n_heads, d_mlp
@@ -79,7 +79,7 @@ def paper_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
 
 
 def paper_gen_train_test(frac_train: float, num: int, seed: int):
-    """The paper's gen_train_test, transcribed (independent of grokinterp.legacy.paper_split)."""
+    """The paper's gen_train_test, transcribed (independent of grokinterp.store.legacy.paper_split)."""
     pairs = [(i, j, num) for i in range(num) for j in range(num)]
     random.seed(seed)
     random.shuffle(pairs)

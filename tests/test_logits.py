@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from grokinterp.analysis.fourier import fourier_basis, fourier_coeffs_fft
+from grokinterp.analysis.logits import grid_logits, logit_cos_fit, logit_fourier_norms_2d
+from grokinterp.analysis.projections import exclude_logits, restrict_logits
 from grokinterp.config import ModelConfig
 from grokinterp.errors import AnalysisError
-from grokinterp.fourier import fourier_basis
-from grokinterp.grid import grid_tokens
-from grokinterp.logits import (
-    exclude_logits,
-    fourier_coeffs_fft,
-    grid_logits,
-    logit_cos_fit,
-    logit_fourier_norms_2d,
-    restrict_logits,
-)
 from grokinterp.model import HookedGrokTransformer
+from grokinterp.model.grid import grid_tokens
 
 
 def _angles(p: int) -> np.ndarray:

@@ -27,12 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grokinterp as g
+from grokinterp.analysis.fourier import embed_fourier_norms
+from grokinterp.analysis.keyfreqs import key_frequencies
 from grokinterp.errors import GrokinterpError, RunError
-from grokinterp.fourier import embed_fourier_norms, key_frequencies
-from grokinterp.grid import grid_forward
-from grokinterp.integrity import verify
-from grokinterp.run import RunWarning
-from grokinterp.trainer import _Trainer
+from grokinterp.model.grid import grid_forward
+from grokinterp.store.integrity import verify
+from grokinterp.store.run import RunWarning
+from grokinterp.training.loop import TrainLoop as _Trainer
 
 CFG = g.make_config("tiny", p=11, d_model=16, n_heads=2, d_mlp=32, epochs=40, every=10, log_early=0,
                     flush_every=2, eval_every=10)
@@ -152,7 +153,7 @@ def test_shard_with_header_lies(run_dir, base):
     (lambda d: d.update(format_version=99), "newer grokinterp"),
     (lambda d: d.update(format_version=True), "format_version"),
     (lambda d: d["config"]["model"].pop("d_mlp"), "missing field.*model.d_mlp"),
-    (lambda d: d["config"]["train"].update(momentum=0.9), "unexpected field.*train.momentum"),
+    (lambda d: d["config"]["train"].update(nesterov_momentum=0.9), "unexpected field.*train.nesterov_momentum"),
     (lambda d: (d["config"]["task"].update(p=10 ** 8), d["config"]["model"].update(p=10 ** 8)),
      r"task.p: must be at most 5000"),
     (lambda d: d["config"]["train"].update(epochs=10 ** 15), "implausible"),

@@ -11,9 +11,9 @@ from _helpers import perturbed as _perturbed
 from transformer_lens import ActivationCache, HookedRootModule
 
 from grokinterp.config import ModelConfig, make_config
-from grokinterp.fastpath import FastPlan, fast_path_unsupported, final_logits
-from grokinterp.grid import grid_forward, grid_tokens
 from grokinterp.model import HookedGrokTransformer, init_params, param_shapes
+from grokinterp.model.fastpath import FastPlan, fast_path_unsupported, final_logits
+from grokinterp.model.grid import grid_forward, grid_tokens
 from grokinterp.tasks import make_dataset
 
 SMALL = ModelConfig(p=11, d_model=16, n_heads=4, d_mlp=32)

@@ -8,20 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from grokinterp.config import ModelConfig
-from grokinterp.errors import AnalysisError
-from grokinterp.fourier import fourier_basis, key_frequencies
-from grokinterp.grid import grid_tokens
-from grokinterp.model import HookedGrokTransformer
-from grokinterp.neurons import (
+from grokinterp.analysis.fourier import fourier_basis
+from grokinterp.analysis.keyfreqs import key_frequencies, neuron_key_frequencies
+from grokinterp.analysis.neurons import (
     NeuronFourier,
     check_neurons,
     neuron_activations,
     neuron_fourier,
     neuron_fourier_coeffs,
     neuron_fve,
-    neuron_key_frequencies,
 )
+from grokinterp.config import ModelConfig
+from grokinterp.errors import AnalysisError
+from grokinterp.model import HookedGrokTransformer
+from grokinterp.model.grid import grid_tokens
 
 P = 13
 

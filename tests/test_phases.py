@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grokinterp.analysis.phases import CircuitFormation, Phases, circuit_formation_epoch, detect_phases
 from grokinterp.errors import AnalysisError
-from grokinterp.phases import CircuitFormation, Phases, circuit_formation_epoch, detect_phases
 
 # Designed boundaries of the synthetic curves (the paper's p = 113 numbers).
 MEM, CIRC, CLEAN = 1400, 9400, 14000

@@ -9,19 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from oracles import progress_measures_reference
 
+from grokinterp.analysis.keyfreqs import KeyFrequencies, key_frequencies
+from grokinterp.analysis.losses import excluded_loss, restricted_loss, task_label_grid
+from grokinterp.analysis.losses import nll_and_correct as _nll
+from grokinterp.analysis.measures import MEASURE_COLUMNS, progress_measures
+from grokinterp.analysis.projections import sum_frequency_projection
 from grokinterp.errors import AnalysisError
-from grokinterp.fourier import KeyFrequencies, key_frequencies
-from grokinterp.progress import (
-    MEASURE_COLUMNS,
-    _nll,
-    excluded_loss,
-    progress_measures,
-    progress_measures_reference,
-    restricted_loss,
-    sum_frequency_projection,
-    task_label_grid,
-)
 
 
 def _sum_vectors(p: int, freqs, include_mean: bool) -> torch.Tensor:

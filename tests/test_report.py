@@ -14,11 +14,11 @@ import plotly.graph_objects as go
 import pytest
 from _helpers import cli as _cli
 
-from grokinterp import plotting as P
+from grokinterp.analysis.fourier import fourier_basis
+from grokinterp.analysis.summary import analyze_run, select_checkpoints
 from grokinterp.errors import AnalysisError, RunError
-from grokinterp.fourier import fourier_basis
-from grokinterp.report import render_report, write_report
-from grokinterp.summary import analyze_run, select_checkpoints
+from grokinterp.viz import plotting as P
+from grokinterp.viz.report import render_report, write_report
 
 PY = sys.executable
 
@@ -156,7 +156,7 @@ def test_report_cli_bad_inputs(tmp_path, tiny_run):
 
 
 def test_report_write_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):
-    from grokinterp import _io
+    from grokinterp.store import layout as _io
 
     def boom(path, data):
         raise OSError(28, "No space left on device")
@@ -168,7 +168,7 @@ def test_report_write_failure_leaves_nothing(tiny_run, tmp_path, monkeypatch):
 
 
 def test_report_beside_the_run_keeps_it_verifiable(tiny_run, tmp_path):
-    from grokinterp.integrity import verify
+    from grokinterp.store.integrity import verify
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run.path, run_dir)

@@ -42,13 +42,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import ModelConfig, RunConfig
-from .errors import AnalysisError
-from .fourier import fourier_basis
-from .grid import grid_forward
-from .logits import _freq_of_index, exclude_logits, resolve_model, restrict_logits
-from .neurons import DEFAULT_THRESHOLD, check_indices, check_neurons, neuron_fourier
-from .progress import task_label_grid
+from ..config import ModelConfig, RunConfig
+from ..errors import AnalysisError
+from ..model import tables
+from ..model.grid import grid_forward
+from .fourier import dft_index_freqs, fourier_basis
+from .inputs import check_indices, is_run, resolve_model, task_label_grid
+from .keyfreqs import key_frequencies
+from .neurons import DEFAULT_THRESHOLD, check_neurons, neuron_fourier
+from .projections import exclude_logits, restrict_logits
 
 __all__ = [
     "COLUMNS",
@@ -112,11 +114,10 @@ class AblationTarget:
         p = self.p
         with torch.no_grad():
             A = grid_forward(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
-        OV = torch.einsum("hde,hef->hdf", P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"])  # [h, d, d]
-        W_E, W_pos = P["embed.W_E"], P["pos_embed.W_pos"]
-        v0 = torch.einsum("ad,hdf->ahf", W_E[:p] + W_pos[0], OV)  # [a, h, d_model]
-        v1 = torch.einsum("bd,hdf->bhf", W_E[:p] + W_pos[1], OV)
-        v2 = torch.einsum("d,hdf->hf", W_E[p] + W_pos[2], OV)
+        W_E, W_pos, W_V, W_O = P["embed.W_E"], P["pos_embed.W_pos"], P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"]
+        v0 = tables.head_outputs(W_E[:p] + W_pos[0], W_V, W_O)  # [a, h, d_model]
+        v1 = tables.head_outputs(W_E[:p] + W_pos[1], W_V, W_O)  # [b, h, d_model]
+        v2 = tables.head_outputs((W_E[p] + W_pos[2])[None], W_V, W_O)[0]  # [h, d_model]
         m = torch.einsum("ah,ahf->hf", A[..., 0].mean(1), v0) / p
         m = m + torch.einsum("bh,bhf->hf", A[..., 1].mean(0), v1) / p
         m = m + A[..., 2].mean((0, 1))[:, None] * v2
@@ -142,8 +143,7 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
     """
     if isinstance(model_or_run, AblationTarget):
         return model_or_run
-    is_run = hasattr(model_or_run, "split_pairs") and hasattr(model_or_run, "params")
-    if is_run:
+    if is_run(model_or_run):
         run = model_or_run
         if train_pairs is not None:
             raise AnalysisError("train_pairs: a Run brings its own split; pass train_pairs only with a model")
@@ -434,7 +434,7 @@ def neuron_approximation(acts: Tensor, freqs: Sequence[int]) -> Tensor:
         raise AnalysisError(f"activations: expected [..., p, p, d_mlp], got shape {shape}")
     p = acts.shape[-2]
     fs = fourier_basis(p).check_freqs(list(freqs))
-    f = _freq_of_index(p, device=acts.device)
+    f = dft_index_freqs(p, device=acts.device)
     ok = torch.isin(f, torch.tensor([0] + fs, dtype=torch.int64, device=acts.device))
     mask = ok[:, None] & ok[None, :] & ((f[:, None] == 0) | (f[None, :] == 0) | (f[:, None] == f[None, :]))
     X = torch.fft.fft2(acts.double(), dim=(-3, -2))
@@ -532,7 +532,6 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
     """
     t = ablation_target(run, epoch=epoch) if not isinstance(run, (AblationTarget, tuple)) else _target(run)
     if key_freqs is None:
-        from .fourier import key_frequencies
 
         key_freqs = key_frequencies(t.params, cfg=t.cfg).freqs
     key = _freqs(t, key_freqs, allow_empty=False)

@@ -1,4 +1,8 @@
-"""Dense checkpoints: a device-side snapshot buffer flushed as safetensors shards.
+"""The public write API of a run directory: creating a run, and dense checkpoints flushed as shards.
+
+:func:`prepare_out_dir` decides whether a directory may receive a run, :func:`start_run` writes
+the immutable files (the split, then ``run.json``), and :class:`CheckpointWriter` owns every
+write after that — the trainer and the legacy importer both write through it.
 
 :class:`CheckpointWriter` owns every write into a run directory after it is created. Snapshots
 are copied into preallocated device tensors ``[flush_every, *shape]`` (no host sync); a flush
@@ -38,11 +42,12 @@ import torch
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from . import _io
-from ._io import sha256_file
-from .errors import RunError
+from ..config import FORMAT_VERSION, RunConfig
+from ..errors import RunError
+from . import layout as _io
+from .layout import sha256_file
 
-__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "sha256_file"]
+__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir"]
 
 #: Columns of ``metrics.csv`` (NaN where a metric was not recorded at that epoch).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
@@ -107,7 +112,7 @@ class CheckpointWriter:
                     pass
         return removed
 
-    def _write(self, rel: str, data: bytes) -> None:
+    def write_file(self, rel: str, data: bytes) -> None:
         """Write one run file atomically and remember the size and SHA-256 of what was written."""
         _io.write_atomic(self.run_dir / rel, data)
         self._written[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -125,12 +130,13 @@ class CheckpointWriter:
                 buf[i].copy_(params[name])
         self.epochs.append(epoch)
 
-    def _write_shard(self) -> str:
+    def write_shard(self) -> str:
+        """Write the buffered snapshots as one shard (atomically); returns its relative path."""
         n = len(self.epochs)
         tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
         tensors["epochs"] = torch.tensor(self.epochs, dtype=torch.int64)
         rel = f"{_io.SHARD_DIR}/{_io.shard_name(self.epochs[0], self.epochs[-1])}"
-        self._write(rel, st_save(tensors, metadata={"format": "grokinterp-shard"}))
+        self.write_file(rel, st_save(tensors, metadata={"format": "grokinterp-shard"}))
         self.n_written += n
         self.epochs = []
         return rel
@@ -149,15 +155,13 @@ class CheckpointWriter:
         new_shard, state_written = None, False
         try:
             if self.epochs:
-                new_shard = self._write_shard()
-            buf = io.StringIO()
-            metrics_frame(metrics, resume_epoch + 1 if finished else resume_epoch).to_csv(buf, index=False)
-            self._write(_io.METRICS_CSV, buf.getvalue().encode())
+                new_shard = self.write_shard()
+            self.write_metrics(metrics, resume_epoch + 1 if finished else resume_epoch)
             cpu_state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
             meta = {**state_meta, "resume_epoch": str(resume_epoch), "finished": json.dumps(finished)}
-            self._write(_io.STATE_FILE, st_save(cpu_state, metadata=meta))
+            self.write_file(_io.STATE_FILE, st_save(cpu_state, metadata=meta))
             state_written = True
-            self._write(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
+            self.write_progress(progress)
             self.write_manifest()
         except OSError as e:
             # Keep the last good state: a shard newer than the state on disk would be dropped on
@@ -177,6 +181,16 @@ class CheckpointWriter:
                 f"{self.run_dir}: writing checkpoints failed ({e.strerror or e}); the run keeps the state of its "
                 f"last successful flush and can be resumed once the problem is fixed"
             ) from e
+
+    def write_metrics(self, metrics: dict[str, np.ndarray], upto: int) -> None:
+        """``metrics.csv`` with epochs ``0 .. upto - 1`` of the per-epoch arrays (atomically)."""
+        buf = io.StringIO()
+        metrics_frame(metrics, upto).to_csv(buf, index=False)
+        self.write_file(_io.METRICS_CSV, buf.getvalue().encode())
+
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        """``progress.json`` (atomically)."""
+        self.write_file(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
 
     def previous_manifest(self) -> dict[str, dict[str, Any]]:
         """The well-formed entries of the manifest on disk (``{}`` if it is missing or unreadable)."""
@@ -237,3 +251,102 @@ class CheckpointWriter:
             self._written.pop(rel, None)
             self._dropped.add(rel)
         return dropped
+
+
+# -- creating a run directory -----------------------------------------------------------------------
+def run_metadata(config: RunConfig, device: torch.device, preset: str | None, n_train: int, n_test: int) -> dict:
+    """The contents of ``run.json``: config, seeds, sizes, versions and the device."""
+    import platform
+    import time
+
+    from .. import __version__
+
+    return {
+        "kind": _io.RUN_KIND,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "preset": preset,
+        "seeds": {"split_seed": config.task.split_seed, "init_seed": config.model.init_seed},
+        "n_train": n_train,
+        "n_test": n_test,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {
+            "grokinterp": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {"type": device.type, "name": _device_name(device), "torch_threads": torch.get_num_threads()},
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    import platform
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def start_run(out: Path, info: dict[str, Any], train_pairs: np.ndarray, test_pairs: np.ndarray) -> None:
+    """Write the immutable files of a new run: the split, then ``run.json`` (each atomically).
+
+    ``run.json`` comes last: without it the directory is not a run, and a ``train`` killed in
+    between may start it again.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _io.write_atomic(out / _io.SPLIT_FILE, st_save(
+            {"train_pairs": torch.from_numpy(np.asarray(train_pairs, dtype=np.int64)),
+             "test_pairs": torch.from_numpy(np.asarray(test_pairs, dtype=np.int64))},
+            metadata={"pair_index": "a * p + b"},
+        ))
+        _io.write_json_atomic(out / _io.RUN_JSON, info)
+    except OSError as e:
+        raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from e
+
+
+def prepare_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
+    """``new``, ``same`` (a run of the same config is already there) or raise; ``overwrite`` clears a run.
+
+    A directory that is not a readable grokinterp run is never deleted or reused.
+    """
+    import shutil
+
+    if not out.exists():
+        return "new"
+    if not out.is_dir():
+        raise RunError(f"{out}: exists and is not a directory")
+    run_json = out / _io.RUN_JSON
+    if not run_json.exists():
+        if any(out.iterdir()) and not _creation_leftovers(out):
+            raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
+        return "new"
+    if not _io.looks_like_run(out):  # never delete or reuse a directory we cannot recognise
+        raise RunError(f"{out}: holds a {_io.RUN_JSON} that is not a readable grokinterp run's; refusing to "
+                       f"touch it (choose another output directory)")
+    info = _io.read_json(run_json, "run metadata")
+    existing = info.get("config")
+    if overwrite:
+        shutil.rmtree(out)
+        return "new"
+    if _same_config(existing, config):
+        return "same"
+    raise RunError(f"{out}: already holds a different run; pass --overwrite (overwrite=True) to replace it, "
+                   f"or choose another output directory")
+
+
+def _same_config(existing: Any, config: RunConfig) -> bool:
+    """Whether a stored config (possibly from before some fields existed) describes ``config``."""
+    try:
+        return RunConfig.from_dict(existing).to_dict() == config.to_dict()
+    except (TypeError, ValueError):  # ConfigError included: an unreadable config is "not the same"
+        return False
+
+
+def _creation_leftovers(out: Path) -> bool:
+    """Whether ``out`` holds only what a ``train`` killed before writing ``run.json`` leaves behind."""
+    for entry in out.iterdir():
+        if entry.is_file() and (entry.name == _io.SPLIT_FILE or
+                                (entry.name.startswith(".") and entry.name.endswith(".tmp"))):
+            continue
+        return False
+    return True

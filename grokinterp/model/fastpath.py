@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -33,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelConfig
+from ..config import ModelConfig
+from . import tables
 
 __all__ = ["FastPlan", "final_logits", "fast_path_unsupported"]
 
@@ -180,9 +180,7 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
 
     EP = W_E[plan.row_tok] + W_pos[plan.row_pos]  # [rows, d_model]
     x_last = EP[plan.const_rows[-1]]  # the query token (constant at the last position)
-    q = torch.einsum("d,hde->he", x_last, W_Q)
-    kq = torch.einsum("hde,he->dh", W_K, q) / math.sqrt(cfg.d_head)  # [d_model, head]
-    S = EP @ kq  # [rows, head]
+    S = EP @ tables.query_key_map(x_last, W_Q, W_K)  # [rows, head]
     n_pos = len(plan.vary) + len(plan.const_rows)
     scores = [None] * n_pos
     for i, j in enumerate(plan.vary):
@@ -194,12 +192,9 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
         scores[j] = S[r].expand(n, H)
     pattern = torch.stack(scores, dim=1).softmax(dim=1)  # [batch, pos, head]
 
-    W_read = torch.cat([W_in, W_U], dim=1)  # [d_model, d_mlp + vocab]
-    OV_read = torch.einsum("hed,dk->hek", W_O, W_read)  # [head, d_head, k]
-    vals = torch.einsum("rd,hde->hre", EP, W_V)  # [head, rows, d_head]
-    T = torch.bmm(vals, OV_read).transpose(0, 1)  # [rows, head, k]
-
-    c = x_last @ W_read + torch.cat([b_in, b_out @ W_U])  # [k]
+    W_read = tables.read_weights(W_in, W_U)  # [d_model, d_mlp + vocab]
+    T = tables.value_table(EP, W_V, tables.ov_read(W_O, W_read))  # [rows, head, k]
+    c = tables.constant_read(x_last, W_read, b_in, b_out, W_U)  # [k]
     k = T.shape[-1]
     if plan.vary and len(plan.const_rows) == 1:
         # One constant position (the '=' query): its weights are 1 − Σ_vary pattern, so its rows

@@ -14,11 +14,16 @@ import html
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import _io
-from .errors import RunError
+from ..analysis.fourier import fourier_basis
+from ..analysis.summary import analyze_run
+from ..errors import AnalysisError, RunError
+from ..store import layout as _io
+from ..store.run import Run, load_run
+from . import plotting as P
 
 __all__ = ["write_report", "render_report", "report_figures", "REPORT_NAME"]
 
@@ -64,9 +69,6 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def report_figures(analysis) -> list[tuple[str, str, Any]]:
     """The report's figures as ``(title, caption, go.Figure)``, in order, for a :class:`RunAnalysis`."""
-    from . import plotting as P
-    from .fourier import fourier_basis
-
     run = analysis.run
     B = fourier_basis(run.p)
     keys = analysis.key_freqs
@@ -108,7 +110,23 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     if len(analysis.ablations):
         figs.append(("Circuit ablations", "Loss after removing or keeping parts of the circuit (final checkpoint).",
                      P.ablation_bars(analysis.ablations)))
+    for title, caption, fn in REPORT_FIGURES:
+        fig = fn(analysis)
+        if fig is not None:
+            figs.append((title, caption, fig))
     return figs
+
+
+#: Extra figures appended to every report: ``(title, caption, fn(analysis) -> go.Figure | None)``.
+REPORT_FIGURES: list[tuple[str, str, Callable[[Any], Any]]] = []
+
+
+def register_figure(title: str, caption: str, fn: Callable[[Any], Any]) -> None:
+    """Add a figure to every run report; ``fn`` gets the :class:`~grokinterp.analysis.summary.RunAnalysis`
+    and returns a ``plotly.graph_objects.Figure`` (or ``None`` to skip it for that run)."""
+    if not callable(fn) or not isinstance(title, str) or not title:
+        raise AnalysisError(f"register_figure: expected a title and a callable, got {title!r}, {fn!r}")
+    REPORT_FIGURES[:] = [f for f in REPORT_FIGURES if f[0] != title] + [(title, caption, fn)]
 
 
 def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:
@@ -118,7 +136,7 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     import plotly
     from plotly.offline import get_plotlyjs
 
-    from . import __version__
+    from .. import __version__
 
     run = analysis.run
     h = analysis.headline()
@@ -151,6 +169,8 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
         ("final train / test loss", f"{_fmt(h['final_train_loss'])} / {_fmt(h['final_test_loss'])}"),
         ("final test accuracy", f"{h['final_test_acc']:.2%}" if h["final_test_acc"] is not None else "—"),
     ]
+    numbers += [(name.replace("_", " "), v if isinstance(v, (int, float, str)) else json.dumps(v))
+                for name, v in h["extras"].items()]
     rules = [(k.replace("_", " "), v) for k, v in h["phase_rules"].items()]
     rules.append(("circuit formed", h["circuit_rule"]))
     rules += [(f"{k.replace('_', ' ')} (not found)", v) for k, v in h["phase_reasons"].items()]
@@ -198,9 +218,6 @@ def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_check
         RunError: not a run, no checkpoints, or the output cannot be written (nothing is left
             behind).
     """
-    from .run import Run, load_run
-    from .summary import analyze_run
-
     run = run_or_path if isinstance(run_or_path, Run) else load_run(run_or_path)
     out = Path(out) if out is not None else run.path / REPORT_NAME
     if out.exists() and out.is_dir():

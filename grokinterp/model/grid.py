@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import ModelConfig
-from .errors import AnalysisError
+from ..config import ModelConfig
+from ..errors import AnalysisError
+from . import tables
 
-__all__ = ["GridOutput", "grid_forward", "grid_tokens", "as_params"]
+__all__ = ["GridOutput", "grid_forward", "grid_tokens"]
 
 PostFn = Callable[[Tensor], Tensor]
 
@@ -51,15 +51,6 @@ def grid_tokens(p: int) -> Tensor:
     """All ``[a, b, =]`` inputs in row-major order (``index = a * p + b``): ``[p², 3]``."""
     a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
     return torch.stack([a.reshape(-1), b.reshape(-1), torch.full((p * p,), p)], dim=1)
-
-
-def as_params(model_or_params) -> dict[str, Tensor]:
-    """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad)."""
-    if hasattr(model_or_params, "named_parameters"):
-        return {k: v.detach() for k, v in model_or_params.named_parameters()}
-    if isinstance(model_or_params, dict):
-        return model_or_params
-    raise AnalysisError(f"expected a model or a dict of parameters, got {type(model_or_params).__name__}")
 
 
 def grid_forward(
@@ -108,8 +99,7 @@ def grid_forward(
 
     EP = W_E[:, None, :, :] + W_pos[:, :3, None, :]  # [ckpt, pos, vocab, d_model]
     x_eq = EP[:, 2, p]  # [ckpt, d_model]
-    q = torch.einsum("cd,chde->che", x_eq, W_Q)
-    kq = torch.einsum("chde,che->cdh", W_K, q) / math.sqrt(cfg.d_head)
+    kq = tables.query_key_map(x_eq, W_Q, W_K)  # [ckpt, d_model, h]
     s0 = torch.einsum("cvd,cdh->cvh", EP[:, 0, :p], kq)  # [ckpt, a, h]
     s1 = torch.einsum("cvd,cdh->cvh", EP[:, 1, :p], kq)  # [ckpt, b, h]
     s2 = torch.einsum("cd,cdh->ch", x_eq, kq)  # [ckpt, h]
@@ -122,22 +112,21 @@ def grid_forward(
     z = p0 + p1 + p2
     p0.div_(z), p1.div_(z), p2.div_(z)
 
-    W_read = torch.cat([W_in, W_U], dim=-1)  # [ckpt, d_model, d_mlp + vocab]
-    OV_read = torch.einsum("ched,cdk->chek", W_O, W_read)
+    W_read = tables.read_weights(W_in, W_U)  # [ckpt, d_model, d_mlp + vocab]
+    OV_read = tables.ov_read(W_O, W_read)  # [ckpt, h, d_head, k]
     if head_scale is not None:
         hs = head_scale.to(OV_read).reshape(-1, H)
         OV_read = OV_read * hs[:, :, None, None]
 
     def table(x: Tensor) -> Tensor:  # [ckpt, t, d_model] -> [ckpt, t, h, k]
-        return torch.einsum("ctd,chde,chek->cthk", x, W_V, OV_read).contiguous()
+        return tables.value_table(x, W_V, OV_read).contiguous()
 
     T0, T1, T2 = table(EP[:, 0, :p]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
     # p2 = 1 − p0 − p1: Σ_j p_j T_j = Σ_h T2 + p0 (T0 − T2) + p1 (T1 − T2). The constant part
     # (Σ_h T2, the residual stream of "=" read into [W_in | W_U], b_in and b_out W_U) rides along
     # as an extra "head" with weight 1, and the p1 term is accumulated in place through a
     # transposed view: two batched matmuls write acc once (no temporaries, no extra passes).
-    const = (x_eq[:, None, :] @ W_read)[:, 0] + T2.sum(1)  # [ckpt, k]
-    const = const + torch.cat([b_in, (b_out[:, None, :] @ W_U)[:, 0]], dim=-1)
+    const = tables.constant_read(x_eq, W_read, b_in, b_out, W_U) + T2.sum(1)  # [ckpt, k]
     K = const.shape[-1]
     w0 = torch.cat([p0, p0.new_ones(n, p, p, 1)], dim=-1)  # [ckpt, a, b, h + 1]
     U0 = torch.cat([T0 - T2[:, None], const[:, None, None, :].expand(n, p, 1, K)], dim=2)  # [ckpt, a, h + 1, k]

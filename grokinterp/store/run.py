@@ -27,10 +27,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from . import _io
-from .checkpoints import METRIC_COLUMNS
-from .config import FORMAT_VERSION, RunConfig
-from .errors import ConfigError, RunError
+from ..config import FORMAT_VERSION, RunConfig
+from ..errors import ConfigError, RunError
+from ..model import n_params, param_shapes
+from . import layout as _io
+from .writer import METRIC_COLUMNS
 
 __all__ = ["Run", "load_run", "RunWarning"]
 
@@ -43,13 +44,6 @@ class RunWarning(UserWarning):
 class _Shard:
     path: Path
     epochs: np.ndarray
-
-
-def _param_shapes(config: RunConfig) -> dict[str, tuple[int, ...]]:
-    # Same table as model.param_shapes without importing torch-heavy transformer_lens here.
-    from .model import param_shapes
-
-    return param_shapes(config.model)
 
 
 def _read_run_info(path: Path) -> tuple[dict[str, Any], RunConfig]:
@@ -94,8 +88,7 @@ _MAX_CHECKPOINTS = 10 ** 7
 
 def _check_plausible(config: RunConfig, run_json: Path) -> None:
     m = config.model
-    per_layer = 4 * m.d_model * m.d_model + 2 * m.d_model * m.d_mlp + m.d_mlp + m.d_model
-    n = (m.d_vocab + m.n_ctx + m.d_vocab_out) * m.d_model + m.n_layers * per_layer
+    n = n_params(m)
     if m.n_layers > _MAX_LAYERS or n > _MAX_PARAMS:
         raise RunError(f"{run_json}: implausible model size ({m.n_layers} layers, {n} parameters per checkpoint; "
                        f"this loader accepts up to {_MAX_LAYERS} layers and {_MAX_PARAMS} parameters)")
@@ -136,6 +129,11 @@ class Run:
     @property
     def p(self) -> int:
         return self.config.task.p
+
+    @property
+    def task(self):
+        """The run's :class:`~grokinterp.tasks.Task` (vocabulary, valid pairs, labels, structure)."""
+        return self.config.task.task()
 
     @cached_property
     def progress(self) -> dict[str, Any]:
@@ -228,20 +226,15 @@ class Run:
         # make us build a p² grid far larger than the split; the built-in tasks keep ≥ p(p-1) pairs.)
         if p2 > 4 * n + 64:
             raise RunError(f"{path}: holds {n} pairs, but the task mod {self.p} has up to {p2}")
-        from .tasks import make_dataset
-
-        valid = make_dataset(self.p, self.config.task.operation).pair_index
+        valid = self.task.valid_pairs()
         if len(valid) != n or not np.array_equal(np.sort(np.concatenate([trn, tst])), valid):
             raise RunError(f"{path}: train and test pairs do not partition the {len(valid)} valid pairs of "
                            f"{self.config.task.operation} mod {self.p} (repeated, invalid or missing pairs)")
         return trn, tst
 
     def _data(self, which: int) -> tuple[Tensor, Tensor]:
-        from .trainer import split_tensors
-
-        trn, tst = self._split
-        x_tr, y_tr, x_te, y_te = split_tensors(self.config, trn, tst)
-        return (x_tr, y_tr) if which == 0 else (x_te, y_te)
+        tokens, labels = self.task.dataset().select(self._split[which])
+        return torch.from_numpy(tokens), torch.from_numpy(labels)
 
     def train_data(self) -> tuple[Tensor, Tensor]:
         """Training tokens ``[n_train, 3]`` and labels ``[n_train]`` (int64, CPU)."""
@@ -277,11 +270,11 @@ class Run:
         e = self.resolve_epoch(epoch)
         si, row = self._where[e]
         arrays = self._shard_arrays(si)
-        return {name: torch.from_numpy(np.array(arrays[name][row])) for name in _param_shapes(self.config)}
+        return {name: torch.from_numpy(np.array(arrays[name][row])) for name in param_shapes(self.config.model)}
 
     def model(self, epoch: int = -1, device: str | torch.device = "cpu"):
         """A ready :class:`~grokinterp.model.HookedGrokTransformer` at ``epoch`` (``-1`` = last)."""
-        from .model import HookedGrokTransformer
+        from ..model.hooked import HookedGrokTransformer
 
         params = self.params(epoch)  # first: a bad epoch must not cost building the model
         model = HookedGrokTransformer(self.config.model, init=False)
@@ -300,7 +293,7 @@ class Run:
             a memory-mapped view of that file (copy-on-write: nothing is read until used);
             otherwise a copy.
         """
-        shapes = _param_shapes(self.config)
+        shapes = param_shapes(self.config.model)
         if name not in shapes:
             raise RunError(f"{self.path}: no parameter named {name!r}; parameters: {', '.join(shapes)}")
         eps = self.epochs if epochs is None else [self.resolve_epoch(e) for e in epochs]
@@ -326,7 +319,7 @@ class Run:
 
     def stacks(self, names: Sequence[str] | None = None, epochs=None) -> dict[str, Tensor]:
         """Several parameters at once: ``{name: [ckpt, ...]}`` (all parameters by default)."""
-        names = list(_param_shapes(self.config)) if names is None else list(names)
+        names = list(param_shapes(self.config.model)) if names is None else list(names)
         return {n: self.stack(n, epochs) for n in names}
 
     def iter_chunks(self, chunk: int = 64, names: Sequence[str] | None = None,
@@ -384,7 +377,7 @@ class Run:
 
 
 def _scan_shards(path: Path, config: RunConfig) -> tuple[list[_Shard], list[str]]:
-    shapes = _param_shapes(config)
+    shapes = param_shapes(config.model)
     shards, problems = [], []
     shard_dir = path / _io.SHARD_DIR
     files = sorted(shard_dir.glob("ckpt_*.safetensors")) if shard_dir.is_dir() else []

@@ -1,6 +1,7 @@
 """Fourier analysis over Z_p: an orthonormal basis with named components, projections,
-per-frequency norms of W_E / W_U / W_L (one model or a stack of checkpoints), Gini
-coefficients, and the key frequencies of a model.
+per-frequency norms of W_E / W_U / W_L (one model or a stack of checkpoints), FFT shortcuts,
+the one fold of components into frequencies, and Gini coefficients. Key frequencies live in
+:mod:`~grokinterp.analysis.keyfreqs`.
 
 Conventions (also in DESIGN.md):
 
@@ -24,18 +25,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import AnalysisError
-
-if TYPE_CHECKING:
-    from .config import ModelConfig, RunConfig
+from ..errors import AnalysisError
+from .inputs import as_params, check_freq_list
 
 __all__ = [
     "FourierBasis",
@@ -44,8 +41,8 @@ __all__ = [
     "unembed_fourier_norms",
     "neuron_logit_fourier_norms",
     "gini",
-    "KeyFrequencies",
-    "key_frequencies",
+    "fourier_coeffs_fft",
+    "dft_index_freqs",
 ]
 
 
@@ -96,12 +93,7 @@ class FourierBasis:
 
     def check_freqs(self, freqs: Sequence[int]) -> list[int]:
         """Validate frequencies (each in ``1..n_freq``); returns them as a sorted list of ints."""
-        out = []
-        for f in freqs:
-            if not isinstance(f, (int, np.integer)) or not 1 <= int(f) <= self.n_freq:
-                raise AnalysisError(f"frequency {f!r} is not in 1..{self.n_freq} (p = {self.p})")
-            out.append(int(f))
-        return sorted(set(out))
+        return check_freq_list(self.p, freqs)
 
     def component_mask(self, freqs: Sequence[int], include_const: bool = False,
                        device: torch.device | str | None = None) -> Tensor:
@@ -141,17 +133,30 @@ class FourierBasis:
     def from_fourier_2d(self, coeffs: Tensor, dims: tuple[int, int] = (0, 1)) -> Tensor:
         return self.from_fourier(self.from_fourier(coeffs, dims[1]), dims[0])
 
+    def fold(self, sq: Tensor, dims: int | Sequence[int] = -1) -> Tensor:
+        """Sum squared per-component values into per-frequency values along each axis in ``dims``.
+
+        The one frequency fold of the package: an axis of size ``p`` in the basis order becomes
+        an axis of size ``n_freq + 1`` (index ``k`` = frequency ``k``, 0 = the constant), holding
+        ``Σ`` of the entries of ``cos k`` and ``sin k``. Over two axes (a 2-D spectrum) entry
+        ``[k, l]`` sums the four components ``(cos|sin k) ⊗ (cos|sin l)``.
+        """
+        for d in ([dims] if isinstance(dims, int) else list(dims)):
+            self._check_axis(sq, d)
+            d = d % sq.ndim
+            shape = list(sq.shape)
+            shape[d] = self.n_freq + 1
+            out = torch.zeros(shape, dtype=sq.dtype, device=sq.device)
+            sq = out.index_add_(d, self.freqs.to(sq.device), sq)
+        return sq
+
     def freq_norms(self, coeffs: Tensor, dim: int = -1) -> Tensor:
         """Combine per-component values along ``dim`` into per-frequency ``√(cos² + sin²)``.
 
         ``coeffs`` holds non-negative component norms (or signed coefficients) along ``dim``;
         the result has size ``n_freq + 1`` there, index ``k`` = frequency ``k`` (0 = constant).
         """
-        self._check_axis(coeffs, dim)
-        sq = torch.movedim(coeffs, dim, -1) ** 2
-        out = torch.zeros(*sq.shape[:-1], self.n_freq + 1, dtype=sq.dtype, device=sq.device)
-        out.index_add_(-1, self.freqs.to(sq.device), sq)
-        return torch.movedim(out.sqrt(), -1, dim)
+        return self.fold(coeffs ** 2, dim).sqrt()
 
 
 _BASES: dict[int, FourierBasis] = {}
@@ -165,8 +170,6 @@ def fourier_basis(p: int) -> FourierBasis:
 
 
 def _get(params_or_model, name: str) -> Tensor:
-    from .grid import as_params
-
     params = as_params(params_or_model)
     if name not in params:
         raise AnalysisError(f"parameter {name!r} not found")
@@ -239,85 +242,42 @@ def gini(x: Tensor, dim: int = -1) -> Tensor:
     return torch.where(total[..., 0] > 0, g, torch.zeros_like(g))
 
 
-@dataclass(frozen=True)
-class KeyFrequencies:
-    """The key frequencies of a model and how they were chosen.
-
-    Attributes:
-        freqs: the key frequencies, sorted.
-        method: the rule used (``W_L``, ``W_E`` or ``neurons``).
-        scores: per-frequency score the rule used (index k = frequency k), as a numpy array.
-        rule: the rule in words, for reports.
-    """
-
-    freqs: tuple[int, ...]
-    method: str
-    scores: np.ndarray
-    rule: str
-
-    def __iter__(self):
-        return iter(self.freqs)
-
-    def __len__(self) -> int:
-        return len(self.freqs)
+def dft_index_freqs(p: int, device: torch.device | str | None = None) -> Tensor:
+    """Frequency ``min(u, p − u)`` of each DFT index ``u`` (int64 ``[p]``, on ``device``)."""
+    u = torch.arange(p, device=device)
+    return torch.minimum(u, p - u)
 
 
-def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 0.05,
-                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
-    """The frequencies a trained model uses.
+def fourier_coeffs_fft(x: Tensor, dims: int | Sequence[int] = -1) -> Tensor:
+    """Coefficients in the :class:`~grokinterp.fourier.FourierBasis` along one or more axes, by FFT.
+
+    Equal to ``fourier_basis(p).to_fourier(x, dim)`` applied along each axis in ``dims``, in
+    ``O(p log p)`` per line instead of ``O(p²)``. Computed in float64.
 
     Args:
-        model_or_params: a model or a parameter dict of **one** checkpoint (stacked
-            ``[ckpt, ...]`` parameters are refused: choose a checkpoint first).
-        method:
-            ``"W_L"`` (default): frequencies whose share of the non-constant squared Fourier
-            norm of ``W_L = W_out W_U`` (the neuron → logit map; each key frequency holds two
-            directions of it) is at least ``max(min_fraction, 2 / n_freq)``.
-            ``"W_E"``: the same rule on the embedding ``W_E``.
-            ``"neurons"``: frequencies that are the dominant frequency of at least
-            ``min_fraction`` of the MLP neurons well explained (FVE > 0.85) by one frequency
-            (see :func:`grokinterp.neurons.neuron_key_frequencies`).
-        min_fraction: the threshold of the rule, in ``(0, 1]``.
-        p: modulus (default from the parameter shapes).
-        cfg: the model config (``ModelConfig`` or ``RunConfig``), used by ``"neurons"``: a
-            parameter dict of a GELU model needs it, since the config read off the shapes
-            assumes ReLU (see :func:`grokinterp.logits.resolve_model`).
+        x: real tensor whose axes ``dims`` have size ``p``.
+        dims: an axis or a sequence of axes.
 
     Returns:
-        :class:`KeyFrequencies`; for ``W_L`` / ``W_E``, ``scores[k]`` is frequency ``k``'s share
-        of the non-constant squared norm (``scores[0] = 0``).
+        float64 tensor of the shape of ``x``; along each axis in ``dims`` the components are in
+        the basis order ``const, cos 1, sin 1, ..., (cos p/2)``.
 
     Notes:
-        Why ``2 / n_freq``: a flat spectrum (an untrained model) gives every one of the
-        ``n_freq = ⌊p/2⌋`` frequencies the share ``1 / n_freq``, which a fixed threshold such as
-        5 % does not exceed only when ``p > 40``. Requiring twice the uniform share keeps a flat
-        spectrum free of key frequencies for every ``p``; a grokked model concentrates most of
-        the norm on a few frequencies and passes both bounds. The bound ``2 / n_freq`` is capped
-        at 1 (for ``p = 3, 4`` the single frequency holds the whole non-constant norm).
-
-    Raises:
-        AnalysisError: unknown method, ``min_fraction`` outside ``(0, 1]``, stacked parameters.
+        With ``X_k = Σ_x x[x] e^{−2πikx/p}`` (``rfft``): ``const = X_0/√p``,
+        ``cos k = √(2/p) Re X_k``, ``sin k = −√(2/p) Im X_k`` and, for even p,
+        ``cos p/2 = X_{p/2}/√p``.
     """
-    if method not in ("W_L", "W_E", "neurons"):
-        raise AnalysisError(f"method: unknown key-frequency method {method!r}; use 'W_L', 'W_E' or 'neurons'")
-    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)) \
-            or not 0.0 < float(min_fraction) <= 1.0:
-        raise AnalysisError(f"min_fraction: must be a number in (0, 1], got {min_fraction!r}")
-    if method == "neurons":
-        from .neurons import neuron_key_frequencies
-
-        return neuron_key_frequencies(model_or_params, min_fraction=min_fraction, cfg=cfg)
-    norms = (neuron_logit_fourier_norms if method == "W_L" else embed_fourier_norms)(model_or_params, p)
-    if norms.ndim != 1:
-        raise AnalysisError(f"key_frequencies takes one checkpoint, but the Fourier norms of {method} have "
-                            f"shape {list(norms.shape)} (stacked parameters [ckpt, ...]?); pick a checkpoint")
-    n_freq = norms.shape[0] - 1
-    energy = norms[1:].detach().double().cpu() ** 2
-    frac = (energy / energy.sum().clamp_min(1e-300)).numpy()
-    scores = np.concatenate([[0.0], frac])
-    uniform_bound = min(2.0 / n_freq, 1.0)
-    threshold = max(float(min_fraction), uniform_bound)
-    freqs = tuple(int(k) for k in np.flatnonzero(scores >= threshold))
-    rule = (f"frequencies with ≥ max({float(min_fraction):.0%}, 2/n_freq = 2/{n_freq} = {uniform_bound:.1%}) "
-            f"= {threshold:.1%} of the non-constant squared Fourier norm of {method}")
-    return KeyFrequencies(freqs, method, scores, rule)
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    out = x.double()
+    for d in dims:
+        p = out.shape[d]
+        if p < 3:
+            raise AnalysisError(f"axis {d} of a tensor of shape {list(x.shape)} has size {p}; need p ≥ 3")
+        X = torch.movedim(torch.fft.rfft(out, dim=d), d, -1)
+        m = (p - 1) // 2
+        pairs = torch.stack([X.real[..., 1:m + 1], -X.imag[..., 1:m + 1]], dim=-1)
+        parts = [X.real[..., :1] / math.sqrt(p), pairs.flatten(-2) * math.sqrt(2 / p)]
+        if p % 2 == 0:
+            parts.append(X.real[..., p // 2: p // 2 + 1] / math.sqrt(p))
+        out = torch.movedim(torch.cat(parts, dim=-1), -1, d)
+    return out

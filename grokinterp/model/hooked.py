@@ -24,9 +24,9 @@ and ``hook_pattern`` ``[batch, n_heads, query_pos, key_pos]``, ``blocks.L.attn.h
 ``blocks.L.hook_attn_out``, ``blocks.L.hook_resid_mid``, ``blocks.L.mlp.hook_pre/hook_post``
 ``[batch, pos, d_mlp]``, ``blocks.L.hook_mlp_out``, ``blocks.L.hook_resid_post``.
 
-Initialisation draws every parameter from one ``torch.Generator`` seeded with
-``ModelConfig.init_seed`` in the fixed order of :func:`param_shapes`, on the CPU, so the same seed
-gives the same weights on every device.
+Initialisation (:func:`grokinterp.model.params.init_params`) draws every parameter from one
+``torch.Generator`` seeded with ``ModelConfig.init_seed`` in the fixed order of ``param_shapes``, on
+the CPU, so the same seed gives the same weights on every device.
 
 Example:
     >>> from grokinterp.config import ModelConfig
@@ -49,49 +49,11 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from .config import ModelConfig
-from .errors import ConfigError
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .params import init_params, param_shapes
 
-__all__ = ["HookedGrokTransformer", "param_shapes", "init_params"]
-
-
-def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's TransformerLens name and shape, in initialisation order."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "embed.W_E": (cfg.d_vocab, cfg.d_model),
-        "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
-    }
-    for layer in range(cfg.n_layers):
-        b = f"blocks.{layer}"
-        shapes.update({
-            f"{b}.attn.W_Q": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_K": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_V": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_O": (cfg.n_heads, cfg.d_head, cfg.d_model),
-            f"{b}.mlp.W_in": (cfg.d_model, cfg.d_mlp),
-            f"{b}.mlp.b_in": (cfg.d_mlp,),
-            f"{b}.mlp.W_out": (cfg.d_mlp, cfg.d_model),
-            f"{b}.mlp.b_out": (cfg.d_model,),
-        })
-    shapes["unembed.W_U"] = (cfg.d_model, cfg.d_vocab_out)
-    return shapes
-
-
-def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
-    """Initial parameters as in the paper's code, seeded by ``cfg.init_seed`` (CPU, float32).
-
-    Notes:
-        Weights are ``N(0, 1/d_model)`` except ``W_U``, which is ``N(0, 1/d_vocab)``; biases are 0.
-    """
-    gen = torch.Generator().manual_seed(cfg.init_seed)
-    out: dict[str, Tensor] = {}
-    for name, shape in param_shapes(cfg).items():
-        if name.split(".")[-1].startswith("b_"):
-            out[name] = torch.zeros(shape)
-        else:
-            fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
-            out[name] = torch.randn(shape, generator=gen) / math.sqrt(fan)
-    return out
+__all__ = ["HookedGrokTransformer"]
 
 
 class Embed(nn.Module):

@@ -32,11 +32,11 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .config import ModelConfig, RunConfig
-from .errors import AnalysisError
-from .fourier import KeyFrequencies, fourier_basis
-from .grid import grid_forward
-from .logits import _check_p, fourier_coeffs_fft, resolve_model
+from ..config import ModelConfig, RunConfig
+from ..errors import AnalysisError
+from ..model.grid import grid_forward
+from .fourier import fourier_basis, fourier_coeffs_fft
+from .inputs import check_indices, check_square_axes, resolve_model
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -45,7 +45,6 @@ __all__ = [
     "neuron_fve",
     "NeuronFourier",
     "neuron_fourier",
-    "neuron_key_frequencies",
     "check_neurons",
 ]
 
@@ -66,37 +65,6 @@ def check_neurons(neurons, d_mlp: int, *, allow_empty: bool = False) -> Tensor:
             selection is empty and ``allow_empty`` is false.
     """
     return check_indices(neurons, d_mlp, "neuron", "d_mlp", allow_empty=allow_empty)
-
-
-def check_indices(values, n: int, noun: str, size_name: str, *, allow_empty: bool = False) -> Tensor:
-    """Sorted unique indices in ``0..n-1`` of one kind (``noun``: ``"neuron"``, ``"head"``) as int64.
-
-    ``values``: an int, a sequence of ints, or an integer tensor / array; ``size_name`` names the
-    bound in messages (``d_mlp``, ``n_heads``).
-
-    Raises:
-        AnalysisError: an index is not an integer in ``0..n-1`` (the message names it), or the
-            selection is empty and ``allow_empty`` is false.
-    """
-    if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
-        values = [values]
-    if torch.is_tensor(values) or isinstance(values, np.ndarray):
-        arr = np.asarray(values.detach().cpu() if torch.is_tensor(values) else values)
-        if arr.ndim > 1:
-            raise AnalysisError(f"{noun}s: expected a 1-D list of indices, got shape {list(arr.shape)}")
-        if arr.size and not np.issubdtype(arr.dtype, np.integer):
-            raise AnalysisError(f"{noun}s: expected integer indices, got dtype {arr.dtype}")
-        values = arr.tolist()
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise AnalysisError(f"{noun} index {v!r} is not an integer")
-        if not 0 <= int(v) < n:
-            raise AnalysisError(f"{noun} index {int(v)} is out of range 0..{n - 1} ({size_name} = {n})")
-        out.append(int(v))
-    if not out and not allow_empty:
-        raise AnalysisError(f"{noun}s: the selection is empty")
-    return torch.tensor(sorted(set(out)), dtype=torch.int64)
 
 
 def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = None,
@@ -123,10 +91,7 @@ def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = No
 
 
 def _check_acts(acts: Tensor) -> int:
-    if not torch.is_tensor(acts) or acts.ndim < 3:
-        shape = list(acts.shape) if torch.is_tensor(acts) else type(acts).__name__
-        raise AnalysisError(f"activations: expected a tensor [..., a, b, d_mlp], got {shape}")
-    return _check_p(acts, (-3, -2), "activations [..., a, b, d_mlp]")
+    return check_square_axes(acts, (-3, -2), "activations [..., a, b, d_mlp]")
 
 
 def neuron_fourier_coeffs(acts: Tensor) -> Tensor:
@@ -141,7 +106,7 @@ def neuron_fourier_coeffs(acts: Tensor) -> Tensor:
 
     Notes:
         ``C[i, j, n] = Σ_{a,b} B[i, a] B[j, b] N[a, b, n]`` with the orthonormal basis ``B``,
-        computed by FFT (:func:`grokinterp.logits.fourier_coeffs_fft`).
+        computed by FFT (:func:`grokinterp.analysis.fourier.fourier_coeffs_fft`).
     """
     _check_acts(acts)
     return fourier_coeffs_fft(acts, (-3, -2))
@@ -150,14 +115,8 @@ def neuron_fourier_coeffs(acts: Tensor) -> Tensor:
 def _freq_energy(acts: Tensor) -> Tensor:
     """Energy per (frequency in a, frequency in b): ``[..., d_mlp, n_freq + 1, n_freq + 1]``."""
     p = _check_acts(acts)
-    B = fourier_basis(p)
-    n = B.n_freq + 1
     sq = neuron_fourier_coeffs(acts).pow(2)  # [..., i, j, d_mlp]
-    sq = torch.movedim(sq, -1, -3)  # [..., d_mlp, i, j]
-    lead = sq.shape[:-2]
-    f = B.freqs.to(sq.device)
-    e = torch.zeros(*lead, n, p, dtype=sq.dtype, device=sq.device).index_add_(-2, f, sq)
-    return torch.zeros(*lead, n, n, dtype=sq.dtype, device=sq.device).index_add_(-1, f, e)
+    return fourier_basis(p).fold(torch.movedim(sq, -1, -3), (-2, -1))  # [..., d_mlp, k, l]
 
 
 def neuron_fve(acts: Tensor) -> Tensor:
@@ -264,7 +223,7 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     Args:
         model_or_acts: a model, a ``Run`` (last checkpoint), a parameter dict, or activations
             ``[a, b, d_mlp]`` themselves (a tensor).
-        cfg: the model config (see :func:`grokinterp.logits.resolve_model`).
+        cfg: the model config (see :func:`grokinterp.analysis.inputs.resolve_model`).
         threshold: FVE a neuron's dominant frequency must exceed to count as explained
             (paper: 0.85).
 
@@ -298,33 +257,3 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     return NeuronFourier(fve=fve, dominant_freq=dom, dominant_fve=dom_fve, threshold=float(threshold),
                          clusters=clusters, cluster_sizes=sizes,
                          explained_fraction=float(explained.double().mean()), p=p)
-
-
-def neuron_key_frequencies(model_or_params, min_fraction: float = 0.05,
-                           cfg: ModelConfig | RunConfig | None = None,
-                           threshold: float = DEFAULT_THRESHOLD) -> KeyFrequencies:
-    """Key frequencies read off the neuron clusters (method ``"neurons"``).
-
-    Args:
-        model_or_params: a model, a ``Run`` (last checkpoint), a parameter dict or activations.
-        min_fraction: a frequency is key when it is the dominant frequency of at least this
-            fraction of the well-explained neurons.
-        cfg: the model config (see :func:`grokinterp.logits.resolve_model`).
-        threshold: the FVE that makes a neuron well explained (paper: 0.85).
-
-    Returns:
-        :class:`~grokinterp.fourier.KeyFrequencies` with ``method="neurons"``; ``scores[k]`` is the
-        fraction of the well-explained neurons in cluster ``k``. No well-explained neuron gives
-        an empty frequency set (and zero scores).
-    """
-    if not 0.0 < float(min_fraction) <= 1.0:
-        raise AnalysisError(f"min_fraction: must lie in (0, 1], got {min_fraction!r}")
-    nf = neuron_fourier(model_or_params, cfg, threshold)
-    scores = np.zeros(nf.fve.shape[1])
-    n_explained = int(nf.explained.sum())
-    for k, ids in nf.clusters.items():
-        scores[k] = len(ids) / n_explained
-    freqs = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
-    rule = (f"dominant frequency of ≥ {min_fraction:.0%} of the {n_explained} neurons with "
-            f"FVE > {threshold:g} for one frequency")
-    return KeyFrequencies(freqs, "neurons", scores, rule)

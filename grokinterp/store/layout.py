@@ -1,4 +1,7 @@
-"""File helpers shared by the writer and the loader: names, atomic writes, safetensors headers.
+"""The run-directory layout: file names, atomic writes, JSON and safetensors headers.
+
+Shared by the writer, the loader, the integrity checks and the legacy import (the format itself is
+documented in ``checkpoints/README.md``).
 
 Every file of a run is written to a temporary name beside its target, fsynced, then renamed over
 the target (``os.replace`` is atomic on POSIX), so a crash leaves the old file or the new one,
@@ -18,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RunError
+from ..config import is_int
+from ..errors import RunError
 
 # Names of the files in a run directory (documented in checkpoints/README.md).
 RUN_JSON = "run.json"  # immutable: configs, versions, seeds, device
@@ -38,10 +42,6 @@ _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
     "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def shard_name(first_epoch: int, last_epoch: int) -> str:
@@ -168,7 +168,7 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         try:
             dtype = np.dtype(_ST_DTYPES[info["dtype"]])
             shape, offsets = list(info["shape"]), list(info["data_offsets"])
-            if len(offsets) != 2 or not all(_is_int(x) for x in shape + offsets):
+            if len(offsets) != 2 or not all(is_int(x) for x in shape + offsets):
                 raise ValueError
             begin, end = offsets
         except (KeyError, TypeError, ValueError):

@@ -12,8 +12,10 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,29 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from .errors import RunError
+from ..errors import AnalysisError, RunError
+from ..model.grid import grid_forward
+from .ablations import COLUMNS as ABLATION_COLUMNS
+from .ablations import ablation_table
+from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
+from .logits import logit_cos_fit, logit_fourier_norms_2d
+from .measures import progress_measures
+from .neurons import neuron_fourier
+from .phases import circuit_formation_epoch, detect_phases
 
-__all__ = ["RunAnalysis", "analyze_run", "select_checkpoints"]
+__all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis"]
+
+#: Extra analyses run by :func:`analyze_run` after the built-in ones: ``fn(analysis) -> result``.
+#: Results land in ``RunAnalysis.extras[name]``; JSON-ready ones (numbers, strings, lists, dicts)
+#: also appear in :meth:`RunAnalysis.headline` under ``"extras"``.
+RUN_ANALYSES: dict[str, Callable[["RunAnalysis"], Any]] = {}
+
+
+def register_run_analysis(name: str, fn: Callable[["RunAnalysis"], Any]) -> None:
+    """Add an analysis to every :func:`analyze_run` (and so to the report and ``--summary-json``)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise AnalysisError(f"analysis name must be an identifier, got {name!r}")
+    RUN_ANALYSES[name] = fn
 
 
 def select_checkpoints(epochs: np.ndarray, max_checkpoints: int | None) -> np.ndarray:
@@ -56,6 +78,7 @@ class RunAnalysis:
     logit_fit: Any  # LogitCosFit
     logit_norms_2d: Tensor  # [p, p]
     ablations: pd.DataFrame
+    extras: dict[str, Any] = field(default_factory=dict)  # results of RUN_ANALYSES, by name
 
     def headline(self) -> dict[str, Any]:
         """The headline numbers as plain Python values (JSON-ready)."""
@@ -97,6 +120,7 @@ class RunAnalysis:
             "neurons_explained_fraction": float(nf.explained_fraction),
             "logit_fve_key_freqs": f(float(self.logit_fit.fve_key)) if self.logit_fit.fve_key is not None else None,
             "ablation_loss": {k: {c: f(float(v)) for c, v in row.items()} for k, row in abl.iterrows()},
+            "extras": {k: v for k, v in self.extras.items() if _json_ready(v)},
         }
 
 
@@ -111,14 +135,6 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
             which bounds the time on very dense runs.
         device: where the progress measures are computed.
     """
-    from .ablations import ablation_table
-    from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
-    from .grid import grid_forward
-    from .logits import logit_cos_fit, logit_fourier_norms_2d
-    from .neurons import neuron_fourier
-    from .phases import circuit_formation_epoch, detect_phases
-    from .progress import progress_measures
-
     if len(run.epochs) == 0:
         raise RunError(f"{run.path}: the run has no readable checkpoints to analyse")
     epochs = select_checkpoints(run.epochs, max_checkpoints)
@@ -138,13 +154,23 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     fit = logit_cos_fit(out.logits, keys) if keys else logit_cos_fit(out.logits)
     norms2d = logit_fourier_norms_2d(out.logits, per="component", center=True)
     # Ablations need key frequencies; a run that never formed a circuit has none to ablate.
-    abl = ablation_table(run, list(keys)) if keys else pd.DataFrame(
-        columns=["ablation", "component", "split", "loss", "acc", "n"])
+    abl = ablation_table(run, list(keys)) if keys else pd.DataFrame(columns=list(ABLATION_COLUMNS))
     W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]
-    return RunAnalysis(
+    analysis = RunAnalysis(
         run=run, epochs=epochs, measures=measures, phases=phases, circuit=circuit, key_freqs=keys, key_rule=rule,
         embed_norms_over_time=embed_fourier_norms(run.stack("embed.W_E", epochs)),
         embed_norms=embed_fourier_norms(params["embed.W_E"], per="component"),
         W_L_norms=neuron_logit_fourier_norms(W_L, per="component"),
         neurons=nf, acts=out.post, pattern=out.pattern, logit_fit=fit, logit_norms_2d=norms2d, ablations=abl,
     )
+    for name, fn in RUN_ANALYSES.items():
+        analysis.extras[name] = fn(analysis)
+    return analysis
+
+
+def _json_ready(x: Any) -> bool:
+    try:
+        json.dumps(x, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

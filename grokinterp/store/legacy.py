@@ -53,8 +53,6 @@ Example:
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import pickle
@@ -71,14 +69,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save as st_save
 from torch import Tensor
 
-from . import _io
-from .checkpoints import METRIC_COLUMNS, CheckpointWriter, metrics_frame
-from .config import CheckpointSchedule, ModelConfig, RunConfig, TaskConfig, TrainConfig
-from .errors import ConfigError, RunError
-from .model import HookedGrokTransformer, param_shapes
+from ..config import CheckpointSchedule, ModelConfig, RunConfig, TaskConfig, TrainConfig
+from ..errors import ConfigError, RunError
+from ..model import param_shapes
+from ..model.hooked import HookedGrokTransformer
+from . import layout as _io
+from .run import RunWarning, load_run
+from .writer import METRIC_COLUMNS, CheckpointWriter, run_metadata, start_run
 
 __all__ = ["import_legacy", "read_legacy", "LAYOUTS"]
 
@@ -385,9 +384,6 @@ def import_legacy(
         RunError: the file is refused (needs arbitrary unpickling), malformed, of an unsupported
             architecture, or ``out`` is unusable. Nothing is left in ``out`` then.
     """
-    from .run import RunWarning, load_run
-    from .trainer import _run_metadata, split_tensors
-
     src = Path(path)
     out = Path(out)
     if layout not in ("auto", *LAYOUTS):
@@ -530,7 +526,8 @@ def import_legacy(
     metrics = {c: np.full(E + 1, np.nan) for c in METRIC_COLUMNS[1:]}
     metrics["train_loss"][tr_off: tr_off + len(train_losses)] = train_losses[: E + 1 - tr_off]
     metrics["test_loss"][te_off: te_off + len(test_losses)] = test_losses[: E + 1 - te_off]
-    x_tr, y_tr, x_te, y_te = split_tensors(config, trn, tst)
+    ds = config.task.task().dataset()
+    x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in (*ds.select(trn), *ds.select(tst)))
     model = HookedGrokTransformer(mc, init=False)
     compared, worst = 0, None
     for e, params, W_U_full in converted:
@@ -558,7 +555,7 @@ def import_legacy(
 
     # -- write into a temporary sibling, then rename: an interrupted import leaves nothing --------
     digest, size = _io.sha256_file(src), src.stat().st_size
-    info = _run_metadata(config, torch.device("cpu"), None, len(trn), len(tst))
+    info = run_metadata(config, torch.device("cpu"), None, len(trn), len(tst))
     info["device"]["name"] = "unknown (imported)"
     info["imported_from"] = {
         "file": str(src.resolve()), "size": size, "sha256": digest, "layout": found,
@@ -567,23 +564,18 @@ def import_legacy(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.importing-", dir=out.parent))
     try:
-        _io.write_atomic(tmp / _io.SPLIT_FILE, st_save(
-            {"train_pairs": torch.from_numpy(trn), "test_pairs": torch.from_numpy(tst)},
-            metadata={"pair_index": "a * p + b"}))
-        _io.write_json_atomic(tmp / _io.RUN_JSON, info)
+        start_run(tmp, info, trn, tst)
         writer = CheckpointWriter(tmp, param_shapes(mc), config.checkpoints.flush_every, torch.device("cpu"))
         for e, params, _ in converted:
             writer.snapshot(e, params)
             if writer.full:
-                writer._write_shard()
+                writer.write_shard()
         if writer.epochs:
-            writer._write_shard()
-        buf = io.StringIO()
-        metrics_frame(metrics, E + 1).to_csv(buf, index=False)
-        writer._write(_io.METRICS_CSV, buf.getvalue().encode())
+            writer.write_shard()
+        writer.write_metrics(metrics, E + 1)
         progress = {"epoch": E, "epochs_total": E, "finished": True, "checkpoints_written": len(converted),
                     "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "imported": True}
-        writer._write(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
+        writer.write_progress(progress)
         writer.write_manifest()
         if out.exists():
             if overwrite and _io.looks_like_run(out):

@@ -19,7 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .errors import AnalysisError
+from ..errors import AnalysisError
 
 __all__ = [
     "loss_curves",

@@ -35,112 +35,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import ModelConfig, RunConfig
-from .errors import AnalysisError
-from .fourier import fourier_basis
-from .grid import as_params, grid_forward
-from .progress import _antidiagonal_sums, sum_frequency_projection
+from ..config import ModelConfig, RunConfig
+from ..errors import AnalysisError
+from ..model.grid import grid_forward
+from .fourier import fourier_basis, fourier_coeffs_fft
+from .inputs import check_square_axes, resolve_model
+from .projections import antidiagonal_sums
 
 __all__ = [
     "grid_logits",
     "LogitCosFit",
     "logit_cos_fit",
     "logit_fourier_norms_2d",
-    "restrict_logits",
-    "exclude_logits",
-    "fourier_coeffs_fft",
-    "resolve_model",
 ]
-
-
-# -- shared helpers (also used by neurons.py and ablations.py) ---------------------------------
-def resolve_model(model_or_params, cfg: ModelConfig | RunConfig | None = None) -> tuple[dict[str, Tensor], ModelConfig]:
-    """``(params, ModelConfig)`` of a model, a :class:`~grokinterp.run.Run` or a parameter dict.
-
-    Args:
-        model_or_params: a :class:`~grokinterp.model.HookedGrokTransformer` (its ``cfg`` is
-            used), a ``Run`` (its last checkpoint), or a ``{name: tensor}`` dict, single or
-            stacked ``[ckpt, ...]``.
-        cfg: the model config (a ``RunConfig`` is accepted too). Needed for a dict of a GELU
-            model: without it the config is read off the parameter shapes with ``act_fn="relu"``.
-    """
-    if isinstance(cfg, RunConfig):
-        cfg = cfg.model
-    if hasattr(model_or_params, "split_pairs") and hasattr(model_or_params, "params"):  # a Run
-        run = model_or_params
-        return run.params(-1), cfg if cfg is not None else run.config.model
-    if cfg is None and isinstance(getattr(model_or_params, "cfg", None), ModelConfig):
-        cfg = model_or_params.cfg
-    params = as_params(model_or_params)
-    if cfg is None:
-        cfg = _infer_config(params)
-    if not isinstance(cfg, ModelConfig):
-        raise AnalysisError(f"cfg: expected a ModelConfig or RunConfig, got {type(cfg).__name__}")
-    return params, cfg
-
-
-def _infer_config(params: dict[str, Tensor]) -> ModelConfig:
-    needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
-    missing = [n for n in needed if n not in params]
-    if missing:
-        raise AnalysisError(f"cannot read the model config off the parameters: {missing} missing; pass cfg")
-    V, d_model = params["embed.W_E"].shape[-2:]
-    n_heads = params["blocks.0.attn.W_Q"].shape[-3]
-    d_mlp = params["blocks.0.mlp.W_in"].shape[-1]
-    n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
-    return ModelConfig(p=int(V) - 1, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
-                       n_layers=n_layers)
-
-
-def _check_p(x: Tensor, dims: Sequence[int], what: str) -> int:
-    sizes = {x.shape[d] for d in dims}
-    if len(sizes) != 1:
-        raise AnalysisError(f"{what}: axes {list(dims)} of shape {list(x.shape)} must all have size p")
-    p = sizes.pop()
-    if p < 3:
-        raise AnalysisError(f"{what}: p must be at least 3, got shape {list(x.shape)}")
-    return p
-
-
-def _freq_of_index(p: int, device: torch.device | str | None = None) -> Tensor:
-    """Frequency ``min(u, p − u)`` of each DFT index ``u`` (int64 ``[p]``, on ``device``)."""
-    u = torch.arange(p, device=device)
-    return torch.minimum(u, p - u)
-
-
-def fourier_coeffs_fft(x: Tensor, dims: int | Sequence[int] = -1) -> Tensor:
-    """Coefficients in the :class:`~grokinterp.fourier.FourierBasis` along one or more axes, by FFT.
-
-    Equal to ``fourier_basis(p).to_fourier(x, dim)`` applied along each axis in ``dims``, in
-    ``O(p log p)`` per line instead of ``O(p²)``. Computed in float64.
-
-    Args:
-        x: real tensor whose axes ``dims`` have size ``p``.
-        dims: an axis or a sequence of axes.
-
-    Returns:
-        float64 tensor of the shape of ``x``; along each axis in ``dims`` the components are in
-        the basis order ``const, cos 1, sin 1, ..., (cos p/2)``.
-
-    Notes:
-        With ``X_k = Σ_x x[x] e^{−2πikx/p}`` (``rfft``): ``const = X_0/√p``,
-        ``cos k = √(2/p) Re X_k``, ``sin k = −√(2/p) Im X_k`` and, for even p,
-        ``cos p/2 = X_{p/2}/√p``.
-    """
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    out = x.double()
-    for d in dims:
-        p = out.shape[d]
-        if p < 3:
-            raise AnalysisError(f"axis {d} of a tensor of shape {list(x.shape)} has size {p}; need p ≥ 3")
-        X = torch.movedim(torch.fft.rfft(out, dim=d), d, -1)
-        m = (p - 1) // 2
-        pairs = torch.stack([X.real[..., 1:m + 1], -X.imag[..., 1:m + 1]], dim=-1)
-        parts = [X.real[..., :1] / math.sqrt(p), pairs.flatten(-2) * math.sqrt(2 / p)]
-        if p % 2 == 0:
-            parts.append(X.real[..., p // 2: p // 2 + 1] / math.sqrt(p))
-        out = torch.movedim(torch.cat(parts, dim=-1), -1, d)
-    return out
 
 
 # -- logits on the grid ------------------------------------------------------------------------
@@ -161,10 +68,7 @@ def grid_logits(model_or_params, cfg: ModelConfig | RunConfig | None = None) -> 
 
 
 def _check_logits(logits: Tensor) -> int:
-    if not torch.is_tensor(logits) or logits.ndim < 3:
-        shape = list(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
-        raise AnalysisError(f"logits: expected a tensor [..., a, b, vocab], got {shape}")
-    return _check_p(logits, (-3, -2, -1), "logits [..., a, b, vocab]")
+    return check_square_axes(logits, (-3, -2, -1), "logits [..., a, b, vocab]")
 
 
 # -- the cos(w(a+b−c)) fit ---------------------------------------------------------------------
@@ -229,7 +133,7 @@ def logit_cos_fit(logits: Tensor, freqs: Sequence[int] | None = None) -> LogitCo
     L = logits.double()
     lead = L.shape[:-3]
     dev = L.device
-    S = _antidiagonal_sums(L.reshape(-1, p, p, p)).reshape(*lead, p, p)  # [..., s, c]
+    S = antidiagonal_sums(L.reshape(-1, p, p, p)).reshape(*lead, p, p)  # [..., s, c]
     Fh = torch.fft.fft2(S)  # [..., u (over s), t (over c)]
     w = torch.arange(1, B.n_freq + 1, device=dev)
     proj = Fh[..., w, (-w).remainder(p)].real  # [..., n_freq]
@@ -277,62 +181,5 @@ def logit_fourier_norms_2d(logits: Tensor, per: str = "component", reduce: str =
     if reduce == "rms":
         sq = sq / p
     if per == "freq":
-        B = fourier_basis(p)
-        n = B.n_freq + 1
-        lead = sq.shape[:-2]
-        f = B.freqs.to(sq.device)
-        out = torch.zeros(*lead, n, p, dtype=sq.dtype, device=sq.device).index_add_(-2, f, sq)
-        sq = torch.zeros(*lead, n, n, dtype=sq.dtype, device=sq.device).index_add_(-1, f, out)
+        sq = fourier_basis(p).fold(sq, (-2, -1))
     return sq.sqrt()
-
-
-# -- projections on / off cos(w(a+b)), sin(w(a+b)) ---------------------------------------------
-def _diag_projection(logits: Tensor, freqs: Sequence[int], include_mean: bool) -> Tensor:
-    # One implementation of the cos/sin(w(a+b)) projection for the whole package: the
-    # anti-diagonal-sum FFT of the progress measures (≈ 8× cheaper than a 2-D FFT of the logits).
-    _check_logits(logits)
-    return sum_frequency_projection(logits, freqs, include_mean=include_mean)
-
-
-def restrict_logits(logits: Tensor, freqs: Sequence[int]) -> Tensor:
-    """Keep only each output's mean and its ``cos(w(a+b))``, ``sin(w(a+b))`` components, ``w ∈ freqs``.
-
-    The logits of the paper's *restricted loss*.
-
-    Args:
-        logits: ``[..., a, b, vocab]``.
-        freqs: frequencies to keep (may be empty: then only the per-output mean is left).
-
-    Returns:
-        float64 tensor of the shape of ``logits``.
-
-    Notes:
-        With the 2-D DFT ``X[u, v, c]`` of ``L[·, ·, c]``, keep the entries ``(0, 0)``,
-        ``(w, w)`` and ``(−w, −w)`` and invert: the projection onto span
-        ``{1, cos(w(a+b)), sin(w(a+b)) : w ∈ freqs}`` for every ``c``.
-    """
-    return _diag_projection(logits, freqs, include_mean=True)
-
-
-def exclude_logits(logits: Tensor, freqs: Sequence[int]) -> Tensor:
-    """Remove each output's ``cos(w(a+b))``, ``sin(w(a+b))`` components for ``w ∈ freqs``.
-
-    The logits of the paper's *excluded loss*.
-
-    Args:
-        logits: ``[..., a, b, vocab]``.
-        freqs: frequencies to remove (empty: the logits are returned unchanged, as float64).
-
-    Returns:
-        float64 tensor of the shape of ``logits``.
-
-    Notes:
-        ``L − P L`` with ``P`` the projection onto span ``{cos(w(a+b)), sin(w(a+b)) : w ∈ freqs}``
-        (2-D DFT entries ``(w, w)`` and ``(−w, −w)``).
-    """
-    freqs = list(freqs)
-    if not freqs:
-        _check_logits(logits)
-        return logits.double().clone()
-    return logits.double() - _diag_projection(logits, freqs, include_mean=False)
-

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .errors import AnalysisError
+from ..errors import AnalysisError
 
 __all__ = [
     "ACC_THRESHOLD",

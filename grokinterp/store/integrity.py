@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import _io
-from ._io import sha256_file
-from .errors import RunError
+from ..errors import RunError
+from . import layout as _io
+from .layout import sha256_file
 
 __all__ = ["VerifyReport", "verify", "read_manifest", "last_flush_complete"]
 

@@ -1,0 +1,188 @@
+"""What analyses accept, resolved and checked in one place.
+
+Analyses take a model, a :class:`~grokinterp.store.run.Run`, a parameter dict (single or stacked
+``[ckpt, ...]``), or tensors laid out over the input grid. This module turns each into what the
+computation needs and refuses anything else with a message naming the argument and its shape:
+
+* :func:`as_params`, :func:`resolve_model` — parameters and the :class:`ModelConfig`;
+* :func:`check_square_axes` — the ``p``-sized axes of a grid tensor (logits, activations);
+* :func:`check_indices` — neuron / head indices;
+* :func:`check_freq_list` — frequencies of the Fourier basis of ``Z_p``;
+* :func:`check_grid_pairs` — grid indices ``a * p + b`` that must be pairs of the task;
+* :func:`run_task_arrays` — a run's labels, splits and valid pairs as tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..config import ModelConfig, RunConfig, is_int
+from ..errors import AnalysisError
+from ..tasks import get_task
+
+__all__ = [
+    "is_run", "as_params", "resolve_model", "infer_config", "check_square_axes", "check_indices",
+    "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays",
+]
+
+
+def is_run(x: Any) -> bool:
+    """Whether ``x`` is a loaded run (duck-typed: analyses never import the loader)."""
+    return hasattr(x, "split_pairs") and hasattr(x, "params") and hasattr(x, "config")
+
+
+def as_params(model_or_params: Any) -> dict[str, Tensor]:
+    """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad)."""
+    if hasattr(model_or_params, "named_parameters"):
+        return {k: v.detach() for k, v in model_or_params.named_parameters()}
+    if isinstance(model_or_params, dict):
+        return model_or_params
+    raise AnalysisError(f"expected a model or a dict of parameters, got {type(model_or_params).__name__}")
+
+
+def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = None) -> tuple[dict[str, Tensor], ModelConfig]:
+    """``(params, ModelConfig)`` of a model, a :class:`~grokinterp.store.run.Run` or a parameter dict.
+
+    Args:
+        model_or_params: a :class:`~grokinterp.model.hooked.HookedGrokTransformer` (its ``cfg`` is
+            used), a ``Run`` (its last checkpoint), or a ``{name: tensor}`` dict, single or
+            stacked ``[ckpt, ...]``.
+        cfg: the model config (a ``RunConfig`` is accepted too). Needed for a dict of a GELU
+            model: without it the config is read off the parameter shapes with ``act_fn="relu"``.
+    """
+    if isinstance(cfg, RunConfig):
+        cfg = cfg.model
+    if is_run(model_or_params):
+        run = model_or_params
+        return run.params(-1), cfg if cfg is not None else run.config.model
+    if cfg is None and isinstance(getattr(model_or_params, "cfg", None), ModelConfig):
+        cfg = model_or_params.cfg
+    params = as_params(model_or_params)
+    if cfg is None:
+        cfg = infer_config(params)
+    if not isinstance(cfg, ModelConfig):
+        raise AnalysisError(f"cfg: expected a ModelConfig or RunConfig, got {type(cfg).__name__}")
+    return params, cfg
+
+
+def infer_config(params: dict[str, Tensor]) -> ModelConfig:
+    """A :class:`ModelConfig` read off parameter shapes (ReLU assumed; pass ``cfg`` for GELU)."""
+    needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
+    missing = [n for n in needed if n not in params]
+    if missing:
+        raise AnalysisError(f"cannot read the model config off the parameters: {missing} missing; pass cfg")
+    V, d_model = params["embed.W_E"].shape[-2:]
+    n_heads = params["blocks.0.attn.W_Q"].shape[-3]
+    d_mlp = params["blocks.0.mlp.W_in"].shape[-1]
+    n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
+    return ModelConfig(p=int(V) - 1, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
+                       n_layers=n_layers)
+
+
+def check_square_axes(x: Any, dims: Sequence[int], what: str) -> int:
+    """The common size ``p ≥ 3`` of the axes ``dims`` of tensor ``x``; :class:`AnalysisError` otherwise.
+
+    ``what`` names the argument and its layout in messages, e.g. ``"logits [..., a, b, vocab]"``.
+    """
+    if not torch.is_tensor(x) or x.ndim < max(-min(dims), max(dims) + 1):
+        shape = list(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise AnalysisError(f"{what}: expected a tensor with axes {list(dims)} of size p, got {shape}")
+    sizes = {x.shape[d] for d in dims}
+    if len(sizes) != 1:
+        raise AnalysisError(f"{what}: axes {list(dims)} of shape {list(x.shape)} must all have size p")
+    p = sizes.pop()
+    if p < 3:
+        raise AnalysisError(f"{what}: p must be at least 3, got shape {list(x.shape)}")
+    return p
+
+
+def check_indices(values: Any, n: int, noun: str, size_name: str, *, allow_empty: bool = False) -> Tensor:
+    """Sorted unique indices in ``0..n-1`` of one kind (``noun``: ``"neuron"``, ``"head"``) as int64.
+
+    ``values``: an int, a sequence of ints, or an integer tensor / array; ``size_name`` names the
+    bound in messages (``d_mlp``, ``n_heads``).
+
+    Raises:
+        AnalysisError: an index is not an integer in ``0..n-1`` (the message names it), or the
+            selection is empty and ``allow_empty`` is false.
+    """
+    if is_int(values):
+        values = [values]
+    if torch.is_tensor(values) or isinstance(values, np.ndarray):
+        arr = np.asarray(values.detach().cpu() if torch.is_tensor(values) else values)
+        if arr.ndim > 1:
+            raise AnalysisError(f"{noun}s: expected a 1-D list of indices, got shape {list(arr.shape)}")
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise AnalysisError(f"{noun}s: expected integer indices, got dtype {arr.dtype}")
+        values = arr.tolist()
+    out = []
+    try:
+        items = list(values)
+    except TypeError:
+        raise AnalysisError(f"{noun}s: expected an index or a list of indices, got {values!r}") from None
+    for v in items:
+        if not is_int(v):
+            raise AnalysisError(f"{noun} index {v!r} is not an integer")
+        if not 0 <= int(v) < n:
+            raise AnalysisError(f"{noun} index {int(v)} is out of range 0..{n - 1} ({size_name} = {n})")
+        out.append(int(v))
+    if not out and not allow_empty:
+        raise AnalysisError(f"{noun}s: the selection is empty")
+    return torch.tensor(sorted(set(out)), dtype=torch.int64)
+
+
+def check_freq_list(p: int, freqs: Any) -> list[int]:
+    """Frequencies of ``Z_p`` (``1..⌊p/2⌋``) as a sorted list of unique ints.
+
+    Accepts an int, a sequence, or any object with a ``freqs`` attribute (a
+    :class:`~grokinterp.analysis.keyfreqs.KeyFrequencies`).
+    """
+    freqs = getattr(freqs, "freqs", freqs)
+    if is_int(freqs):
+        freqs = [freqs]
+    try:
+        freqs = list(freqs)
+    except TypeError:
+        raise AnalysisError(f"key_freqs: expected a sequence of frequencies, got {freqs!r}") from None
+    n_freq = p // 2
+    out = []
+    for f in freqs:
+        if not is_int(f) or not 1 <= int(f) <= n_freq:
+            raise AnalysisError(f"frequency {f!r} is not in 1..{n_freq} (p = {p})")
+        out.append(int(f))
+    return sorted(set(out))
+
+
+def task_label_grid(p: int, operation: str = "add") -> Tensor:
+    """Labels of every grid input: int64 ``[p²]`` (index ``a * p + b``), ``-1`` where ``(a, b)`` is not a task pair."""
+    return torch.from_numpy(get_task(operation, p).label_grid().copy())
+
+
+def check_grid_pairs(labels: Tensor, pairs: Any, p: int, what: str) -> Tensor:
+    """Grid indices ``a * p + b`` as int64, each a pair of the task (``labels[i] ≥ 0``)."""
+    pairs = torch.as_tensor(np.asarray(pairs), dtype=torch.int64).reshape(-1)
+    if len(pairs) == 0:
+        raise AnalysisError(f"{what}: no pairs given")
+    if pairs.min() < 0 or pairs.max() >= p * p:
+        raise AnalysisError(f"{what}: grid indices must lie in [0, {p * p}), got range "
+                            f"[{int(pairs.min())}, {int(pairs.max())}]")
+    if (labels[pairs] < 0).any():
+        bad = pairs[labels[pairs] < 0][:5].tolist()
+        raise AnalysisError(f"{what}: grid indices {bad} are not pairs of the task")
+    return pairs
+
+
+def run_task_arrays(run: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(labels [p²], train_pairs, test_pairs, valid pairs)`` of a run, as int64 tensors."""
+    p = run.config.task.p
+    labels = task_label_grid(p, run.config.task.operation)
+    trn, tst = run.split_pairs()
+    train_pairs = check_grid_pairs(labels, trn, p, "train pairs of the run")
+    test_pairs = torch.from_numpy(np.asarray(tst, dtype=np.int64))
+    valid = torch.nonzero(labels >= 0)[:, 0]
+    return labels, train_pairs, test_pairs, valid

@@ -1,0 +1,173 @@
+"""The Measure protocol, its registry, and the per-chunk context every measure shares.
+
+A progress measure is one class: a ``name``, the ``columns`` it adds to the progress table (each
+with a one-line ``definitions`` entry saying what it measures and on which pairs), and
+``compute(ctx)`` returning ``{column: float tensor [n]}`` for a chunk of ``n`` checkpoints.
+Registering it (:func:`register_measure`) adds its columns to :func:`~grokinterp.analysis.measures.progress_measures`
+— nothing else changes.
+
+:class:`ChunkContext` computes the expensive shared pieces once per chunk, on demand: the grid
+logits of every input, the per-pair cross-entropy, the key-frequency filters, ``W_L``. A measure
+asks for what it needs; measures that need the same piece share it.
+
+Example:
+    >>> class LogitNorm(Measure):                                           # doctest: +SKIP
+    ...     name, columns = "logit_norm", ("logit_norm",)
+    ...     definitions = {"logit_norm": "RMS of the logits over all p² inputs"}
+    ...     def compute(self, ctx):
+    ...         return {"logit_norm": ctx.logits.pow(2).mean((1, 2, 3)).sqrt()}
+    >>> register_measure(LogitNorm())                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...config import ModelConfig
+from ...errors import AnalysisError
+from ...model.grid import grid_forward
+from ..keyfreqs import ResolvedKeys
+from ..losses import nll_and_correct
+from ..projections import antidiagonal_sums, key_filters, sum_index
+
+__all__ = ["Measure", "ChunkContext", "RunArrays", "MEASURES", "register_measure", "get_measures"]
+
+
+@dataclass(frozen=True)
+class RunArrays:
+    """A run's task arrays on the analysis device, shared by every chunk.
+
+    Attributes:
+        p: the modulus.
+        labels: int64 ``[p²]`` label of each grid index (``-1`` outside the task).
+        train, test: grid indices of the split (``test`` may be empty).
+        valid: grid indices of all task pairs, sorted.
+        train_pos, test_pos: positions of the train / test pairs among ``valid``.
+        s_valid, y_valid: ``(a + b) mod p`` and the label of each valid pair.
+    """
+
+    p: int
+    labels: Tensor
+    train: Tensor
+    test: Tensor
+    valid: Tensor
+    train_pos: Tensor
+    test_pos: Tensor
+    s_valid: Tensor
+    y_valid: Tensor
+
+    @classmethod
+    def build(cls, labels: Tensor, train: Tensor, test: Tensor, valid: Tensor, p: int, device: torch.device) -> "RunArrays":
+        pos = torch.full((p * p,), -1, dtype=torch.int64)
+        pos[valid] = torch.arange(len(valid))
+        return cls(p, labels, train, test, valid, pos[train].to(device), pos[test].to(device),
+                   sum_index(p)[valid], labels[valid])
+
+
+@dataclass
+class ChunkContext:
+    """What the measures of one chunk of checkpoints share (computed lazily, once).
+
+    Attributes:
+        epochs: int64 ``[n]`` epochs of the chunk.
+        params: stacked parameters ``{name: [n, ...]}`` on ``device``.
+        cfg: the model config.
+        keys: the key frequencies held fixed for the run.
+        arrays: the run's :class:`RunArrays`.
+        device: where the chunk is computed.
+    """
+
+    epochs: np.ndarray
+    params: dict[str, Tensor]
+    cfg: ModelConfig
+    keys: ResolvedKeys
+    arrays: RunArrays
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return len(self.epochs)
+
+    @cached_property
+    def logits(self) -> Tensor:
+        """Final-position logits of every input: float32 ``[n, a, b, vocab]``."""
+        with torch.no_grad():
+            return grid_forward(self.params, self.cfg).logits
+
+    @cached_property
+    def nll_correct(self) -> tuple[Tensor, Tensor]:
+        """Per valid pair: cross-entropy (float64) and correctness, ``[n, valid]`` each."""
+        a, p = self.arrays, self.arrays.p
+        L = self.logits
+        Lv = L.reshape(self.n, p * p, -1)
+        if len(a.valid) != p * p:
+            Lv = Lv[:, a.valid.to(L.device)]
+        with torch.no_grad():
+            return nll_and_correct(Lv, a.y_valid)
+
+    @cached_property
+    def filters(self) -> tuple[Tensor, Tensor]:
+        """``(R, K)`` ``[n, s, c]``: the restricted logits and the key components as functions of
+        ``s = a + b mod p`` (:func:`~grokinterp.analysis.projections.key_filters`)."""
+        with torch.no_grad():
+            return key_filters(antidiagonal_sums(self.logits), self.keys.freqs)
+
+    @cached_property
+    def W_L(self) -> Tensor:
+        """``W_out W_U`` ``[n, d_mlp, vocab]`` (float32)."""
+        return self.params["blocks.0.mlp.W_out"].float() @ self.params["unembed.W_U"].float()
+
+
+class Measure:
+    """A progress measure (see the module docstring). Subclass and set the class attributes."""
+
+    #: registry name
+    name: str = ""
+    #: columns added to the progress table, in order
+    columns: tuple[str, ...] = ()
+    #: one line per column: what it measures, on which pairs
+    definitions: dict[str, str] = {}
+
+    def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
+        """``{column: [n] tensor}`` for the chunk (``None``: undefined here, recorded as NaN)."""
+        raise NotImplementedError
+
+
+#: Registered measures, in column order.
+MEASURES: dict[str, Measure] = {}
+
+
+def register_measure(measure: Measure, *, replace: bool = False) -> Measure:
+    """Add a measure (an instance) to the default set of :func:`progress_measures`."""
+    if not isinstance(measure, Measure) or not measure.name or not measure.columns:
+        raise AnalysisError(f"register_measure: expected a Measure with a name and columns, got {measure!r}")
+    taken = {c: m.name for m in MEASURES.values() if m.name != measure.name for c in m.columns}
+    clash = [c for c in measure.columns if c in taken or c == "epoch"]
+    if clash:
+        raise AnalysisError(f"measure {measure.name!r}: column(s) {clash} already belong to another measure")
+    if measure.name in MEASURES and not replace:
+        raise AnalysisError(f"measure {measure.name!r} is already registered (pass replace=True)")
+    MEASURES[measure.name] = measure
+    return measure
+
+
+def get_measures(measures=None) -> list[Measure]:
+    """Measures by name or instance (default: every registered one)."""
+    if measures is None:
+        return list(MEASURES.values())
+    out = []
+    for m in ([measures] if isinstance(measures, (str, Measure)) else list(measures)):
+        if isinstance(m, Measure):
+            out.append(m)
+        elif m in MEASURES:
+            out.append(MEASURES[m])
+        else:
+            raise AnalysisError(f"measures: unknown measure {m!r}; registered: {', '.join(MEASURES)}")
+    if not out:
+        raise AnalysisError("measures: the selection is empty")
+    return out

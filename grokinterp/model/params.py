@@ -1,0 +1,79 @@
+"""Parameter names, shapes and initialisation of the model (torch only, no transformer_lens).
+
+The loader and the trainer need the table of parameters without building the hooked module;
+keeping it here lets them skip the (slow) transformer_lens import.
+
+=========================  ===============================  ==============================
+parameter                  shape                            init (paper's code)
+=========================  ===============================  ==============================
+``embed.W_E``              ``[d_vocab, d_model]``           N(0, 1/d_model)
+``pos_embed.W_pos``        ``[n_ctx, d_model]``             N(0, 1/d_model)
+``blocks.L.attn.W_Q/K/V``  ``[n_heads, d_model, d_head]``   N(0, 1/d_model)
+``blocks.L.attn.W_O``      ``[n_heads, d_head, d_model]``   N(0, 1/d_model)
+``blocks.L.mlp.W_in``      ``[d_model, d_mlp]``             N(0, 1/d_model)
+``blocks.L.mlp.b_in``      ``[d_mlp]``                      0
+``blocks.L.mlp.W_out``     ``[d_mlp, d_model]``             N(0, 1/d_model)
+``blocks.L.mlp.b_out``     ``[d_model]``                    0
+``unembed.W_U``            ``[d_model, d_vocab_out]``       N(0, 1/d_vocab)
+=========================  ===============================  ==============================
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..config import ModelConfig
+
+__all__ = ["param_shapes", "init_params", "n_params"]
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's TransformerLens name and shape, in initialisation order."""
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.W_E": (cfg.d_vocab, cfg.d_model),
+        "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
+    }
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        shapes.update({
+            f"{b}.attn.W_Q": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_K": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_V": (cfg.n_heads, cfg.d_model, cfg.d_head),
+            f"{b}.attn.W_O": (cfg.n_heads, cfg.d_head, cfg.d_model),
+            f"{b}.mlp.W_in": (cfg.d_model, cfg.d_mlp),
+            f"{b}.mlp.b_in": (cfg.d_mlp,),
+            f"{b}.mlp.W_out": (cfg.d_mlp, cfg.d_model),
+            f"{b}.mlp.b_out": (cfg.d_model,),
+        })
+    shapes["unembed.W_U"] = (cfg.d_model, cfg.d_vocab_out)
+    return shapes
+
+
+def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
+    """Initial parameters as in the paper's code, seeded by ``cfg.init_seed`` (CPU, float32).
+
+    Notes:
+        Weights are ``N(0, 1/d_model)`` except ``W_U``, which is ``N(0, 1/d_vocab)``; biases are 0.
+    """
+    gen = torch.Generator().manual_seed(cfg.init_seed)
+    out: dict[str, Tensor] = {}
+    for name, shape in param_shapes(cfg).items():
+        if name.split(".")[-1].startswith("b_"):
+            out[name] = torch.zeros(shape)
+        else:
+            fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
+            out[name] = torch.randn(shape, generator=gen) / math.sqrt(fan)
+    return out
+
+
+def n_params(cfg: ModelConfig) -> int:
+    """Number of scalar parameters of a model (by formula: cheap even for absurd configs).
+
+    Equals ``sum(prod(shape) for shape in param_shapes(cfg).values())`` (tested).
+    """
+    d, dm = cfg.d_model, cfg.d_mlp
+    per_layer = 4 * cfg.n_heads * d * cfg.d_head + 2 * d * dm + dm + d
+    return (cfg.d_vocab + cfg.n_ctx + cfg.d_vocab_out) * d + cfg.n_layers * per_layer

@@ -1,0 +1,83 @@
+"""Tasks: what the model is trained on (``[a, b, =]`` → ``a ∘ b``), behind one :class:`Task` protocol.
+
+Today's tasks are the binary operations mod p of :mod:`~grokinterp.tasks.modular`; a new kind of
+task implements :class:`~grokinterp.tasks.base.Task` and registers a factory with
+:func:`register_task_kind`. Only numpy is imported (configs validate against tasks cheaply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import (
+    SPLIT_METHODS,
+    CyclicSum,
+    Dataset,
+    Structure,
+    Task,
+    get_split_method,
+    register_split_method,
+    split_indices,
+)
+from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime, register_operation
+
+__all__ = [
+    "Task", "Structure", "CyclicSum", "Dataset", "ModularTask", "Operation", "OPERATIONS",
+    "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
+    "get_split_method", "get_task", "is_prime", "make_dataset", "split_indices", "split_pairs", "task_names",
+]
+
+#: Task kinds tried in order: ``factory(name, p) -> Task | None`` (``None``: not this kind's name).
+_KINDS: list[Callable[[str, int], Task | None]] = []
+_CACHE: dict[tuple[str, int], Task] = {}
+
+
+def register_task_kind(factory: Callable[[str, int], Task | None]) -> None:
+    """Add a family of tasks: ``factory(name, p)`` returns a :class:`Task` for the names it knows."""
+    _KINDS.insert(0, factory)
+    _CACHE.clear()
+
+
+def _modular(name: str, p: int) -> Task | None:
+    return ModularTask(name, p) if name in OPERATIONS else None
+
+
+_KINDS.append(_modular)
+
+
+def task_names() -> list[str]:
+    """Names a config may use (the registered operations)."""
+    return sorted(OPERATIONS)
+
+
+def get_task(operation: str, p: int) -> Task:
+    """The task called ``operation`` at size ``p`` (cached; raises :class:`ConfigError` if unknown)."""
+    key = (operation, int(p))
+    task = _CACHE.get(key)
+    if task is None or (isinstance(task, ModularTask) and OPERATIONS.get(operation) is not task.op):
+        for kind in _KINDS:
+            task = kind(operation, int(p))
+            if task is not None:
+                break
+        else:
+            get_operation(operation)  # raises the "unknown operation" error listing the known ones
+            raise ConfigError(f"task.operation: unknown operation {operation!r}")
+        _CACHE[key] = task
+    return task
+
+
+def make_dataset(p: int, operation: str = "add") -> Dataset:
+    """All valid ``(a, b)`` pairs of ``operation`` mod ``p``, in row-major grid order."""
+    return get_task(operation, p).dataset()
+
+
+def split_pairs(task_config: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded train / test split of a :class:`~grokinterp.config.TaskConfig`, as grid indices
+    ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64."""
+    task = get_task(task_config.operation, task_config.p)
+    return task.split(task_config.frac_train, task_config.split_seed,
+                      getattr(task_config, "split_method", "random"))

@@ -1,0 +1,206 @@
+"""The Task protocol: what the trainer, the store and the analyses need to know about a task.
+
+A task is a binary operation on a finite alphabet of ``n`` symbols, presented to the model as
+``[a, b, =]`` and labelled by ``a ∘ b``. Everything downstream talks to a :class:`Task` — never to
+"a + b mod p" directly:
+
+=====================  ==============================================================================
+member                 meaning
+=====================  ==============================================================================
+``name``               registry name (``add``, ``mul``, ...), what configs and the CLI use
+``n``                  operand alphabet size (``p`` for arithmetic mod p)
+``d_vocab``            input vocabulary: the ``n`` operands and ``=`` (token ``n``)
+``d_vocab_out``        output logits: ``n``, or ``n + 1`` when ``=`` has an output logit
+``n_ctx``              context length (3: ``[a, b, =]``)
+``eq_token``           the token id of ``=``
+``valid_pairs()``      sorted grid indices ``a * n + b`` of the pairs that belong to the task
+``label_grid()``       int64 ``[n²]``: the label of every grid index, ``-1`` outside the task
+``dataset()``          :class:`Dataset` of every valid pair (indices, tokens, labels)
+``split(...)``         a named, seeded train/test split of the valid pairs (:data:`SPLIT_METHODS`)
+``structure``          the algebraic structure analyses may rely on (``None``: none declared)
+=====================  ==============================================================================
+
+Only numpy is imported here: configs (and the CLI's ``--help``) validate against tasks without
+loading torch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import ConfigError
+
+__all__ = [
+    "Task",
+    "Structure",
+    "CyclicSum",
+    "Dataset",
+    "SPLIT_METHODS",
+    "register_split_method",
+    "split_indices",
+]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """Algebraic structure a task declares for its analyses (base class of the kinds).
+
+    Analyses check ``isinstance(task.structure, <kind>)`` and refuse, with a message, where the
+    structure they need is absent. Today's kind is :class:`CyclicSum`; group tasks add theirs.
+    """
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class CyclicSum(Structure):
+    """The label is ``(a + b) mod n``: the cyclic group Z_n, analysed with its Fourier basis."""
+
+    n: int
+
+    def describe(self) -> str:
+        return f"cyclic group Z_{self.n} (label = a + b mod {self.n})"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Every valid pair of a task, in grid order.
+
+    Attributes:
+        n: the operand alphabet size (``p``).
+        operation: the task's registry name.
+        pair_index: int64 ``[m]``, ``a * n + b`` of each example (row-major over the grid).
+        tokens: int64 ``[m, 3]`` rows ``[a, b, =]``.
+        labels: int64 ``[m]``.
+    """
+
+    n: int
+    operation: str
+    pair_index: np.ndarray
+    tokens: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def p(self) -> int:  # the name every modular-arithmetic user expects
+        return self.n
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def select(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, labels)`` of the given grid indices (each must be a valid pair)."""
+        pos = np.full(self.n * self.n, -1, dtype=np.int64)
+        pos[self.pair_index] = np.arange(len(self.pair_index))
+        idx = pos[np.asarray(pairs, dtype=np.int64)]
+        if (idx < 0).any():
+            raise ConfigError(f"pairs: grid indices {np.asarray(pairs)[idx < 0][:5].tolist()} are not pairs of "
+                              f"the task {self.operation!r}")
+        return self.tokens[idx], self.labels[idx]
+
+
+# -- named split methods ----------------------------------------------------------------------------
+SplitFn = Callable[[int, float, int], tuple[np.ndarray, np.ndarray]]
+
+
+def split_indices(n: int, frac_train: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``random`` split: sorted train and test positions in ``range(n)``.
+
+    ``round(frac_train * n)`` examples go to training (at least 1, at most ``n - 1``). The
+    permutation comes from ``numpy.random.default_rng(seed)`` (PCG64), which is stable across
+    platforms and numpy versions, so the same seed gives the same split everywhere.
+    """
+    n_train = min(max(int(round(frac_train * n)), 1), n - 1)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:])
+
+
+#: Split methods by name: ``fn(n_valid, frac_train, seed) -> (train_positions, test_positions)``,
+#: positions into the task's sorted valid pairs.
+SPLIT_METHODS: dict[str, SplitFn] = {"random": split_indices}
+
+
+def register_split_method(name: str, fn: SplitFn) -> None:
+    """Make a split method available to ``TaskConfig.split_method`` (and the CLI)."""
+    if not name.isidentifier():
+        raise ConfigError(f"split method name must be an identifier, got {name!r}")
+    SPLIT_METHODS[name] = fn
+
+
+def get_split_method(name: str) -> SplitFn:
+    try:
+        return SPLIT_METHODS[name]
+    except KeyError:
+        raise ConfigError(f"task.split_method: unknown split method {name!r}; known: "
+                          f"{', '.join(sorted(SPLIT_METHODS))}") from None
+
+
+# -- the protocol -----------------------------------------------------------------------------------
+class Task(ABC):
+    """A binary operation on ``n`` symbols presented as ``[a, b, =]`` (see the module docstring)."""
+
+    name: str
+    n: int
+    n_ctx: int = 3
+    #: whether ``=`` has an output logit (the paper's own code has one; ours does not by default)
+    eq_logit: bool = False
+    structure: Structure | None = None
+
+    @property
+    def d_vocab(self) -> int:
+        return self.n + 1
+
+    @property
+    def d_vocab_out(self) -> int:
+        return self.n + int(self.eq_logit)
+
+    @property
+    def eq_token(self) -> int:
+        return self.n
+
+    @abstractmethod
+    def labels_of(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Labels (int64, in ``[0, n)``) of operand arrays ``a``, ``b`` (valid pairs only)."""
+
+    def is_valid(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Which pairs belong to the task (all by default)."""
+        return np.ones(np.broadcast(a, b).shape, dtype=bool)
+
+    @cached_property
+    def _dataset(self) -> Dataset:
+        n = self.n
+        a, b = np.divmod(np.arange(n * n, dtype=np.int64), n)
+        keep = np.asarray(self.is_valid(a, b), dtype=bool)
+        a, b = a[keep], b[keep]
+        labels = np.asarray(self.labels_of(a, b), dtype=np.int64)
+        tokens = np.stack([a, b, np.full_like(a, self.eq_token)], axis=1)
+        return Dataset(n, self.name, a * n + b, tokens, labels)
+
+    def dataset(self) -> Dataset:
+        """Every valid pair, in row-major grid order (computed once per task object)."""
+        return self._dataset
+
+    def valid_pairs(self) -> np.ndarray:
+        """Sorted int64 grid indices ``a * n + b`` of the task's pairs."""
+        return self._dataset.pair_index
+
+    def label_grid(self) -> np.ndarray:
+        """int64 ``[n²]``: the label of each grid index, ``-1`` where ``(a, b)`` is not a task pair."""
+        ds = self._dataset
+        out = np.full(self.n * self.n, -1, dtype=np.int64)
+        out[ds.pair_index] = ds.labels
+        return out
+
+    def split(self, frac_train: float, seed: int, method: str = "random") -> tuple[np.ndarray, np.ndarray]:
+        """A named, seeded split as grid indices ``(train_pairs, test_pairs)``, each sorted int64."""
+        ds = self._dataset
+        trn, tst = get_split_method(method)(len(ds), frac_train, seed)
+        return np.sort(ds.pair_index[trn]), np.sort(ds.pair_index[tst])
+
+    def describe(self) -> str:
+        return f"{self.name} on {self.n} symbols"

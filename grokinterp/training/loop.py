@@ -1,0 +1,403 @@
+"""The training loop: full-batch steps, dense checkpoints, resumable bit for bit.
+
+Example:
+    >>> from grokinterp import make_config, train
+    >>> run = train(make_config("tiny"), "checkpoints/tiny")        # doctest: +SKIP
+    >>> run.metrics.tail(1)                                           # doctest: +SKIP
+
+Per epoch ``e`` (the model after ``e`` full-batch steps) the loop: snapshots the parameters if
+``e`` is a checkpoint epoch, flushes when the buffer is full, records test loss and accuracy every
+``eval_every`` epochs (the model at ``e``, before its step), then takes one step
+(:mod:`~grokinterp.training.step`: forward on the final position, float64 log-softmax,
+backward, gradient transforms, optimizer). The final epoch is evaluated and snapshotted without a
+step. Metrics stay on the device until a flush needs them (the learning rate, a host value, is
+kept on the host). The pieces are seams of their own: the optimizer comes from the registry in
+:mod:`~grokinterp.training.optim`, gradient transforms from :mod:`~grokinterp.training.transforms`,
+the step executor (eager or CUDA graph) from :mod:`~grokinterp.training.step`, and observers are
+:mod:`~grokinterp.training.callbacks`. Files are written through :mod:`grokinterp.store.writer`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from ..config import FORMAT_VERSION, RunConfig
+from ..errors import ConfigError, RunError
+from ..model import param_shapes
+from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
+from ..model.hooked import HookedGrokTransformer
+from ..store import layout
+from ..store.integrity import last_flush_complete
+from ..store.run import load_run
+from ..store.writer import METRIC_COLUMNS, CheckpointWriter, prepare_out_dir, run_metadata, start_run
+from .callbacks import Callback, ProgressBar
+from .optim import (
+    OptimizerOptions,
+    build_optimizer,
+    check_optimizer,
+    load_optimizer_state,
+    optimizer_state_tensors,
+)
+from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
+from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
+
+__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable"]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` say where to resume.
+
+    ``.signum`` is the signal that stopped it (the CLI exits with ``128 + signum``).
+    """
+
+    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT):
+        super().__init__(f"training interrupted at epoch {epoch}; everything is saved, resume with "
+                         f"`grokinterp train --resume {run_dir}`")
+        self.run_dir, self.epoch, self.signum = run_dir, epoch, int(signum)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; explicit devices must exist."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {device!r} requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: {device!r} requested but MPS is not available")
+    return dev
+
+
+def check_trainable(config: RunConfig) -> torch.device:
+    """Everything ``train`` needs that the config alone cannot check — the device exists, the
+    optimizer and gradient transforms are registered — before anything is written."""
+    device = resolve_device(config.train.device)
+    check_optimizer(config.train)
+    check_transforms(config.train)
+    return device
+
+
+@dataclass
+class _Data:
+    tokens: Tensor
+    labels: Tensor
+    plan: FastPlan | None
+
+
+class TrainLoop:
+    """The state of one training run and its epoch loop (built by :func:`train` / :func:`resume`).
+
+    Attributes callbacks may read: ``config``, ``run_dir``, ``device``, ``model``, ``params``
+    (``{name: Parameter}``), ``metrics`` (``{column: float64 [epochs + 1]}``, on the device except
+    ``lr``), ``optimizer``, ``transforms``.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train_pairs, test_pairs,
+                 callbacks: Sequence[Callback] = ()):
+        self.config, self.run_dir, self.device = config, run_dir, device
+        self.callbacks = list(callbacks)
+        ds = config.task.task().dataset()
+        mc, tc = config.model, config.train
+        trn_x = torch.from_numpy(ds.select(train_pairs)[0])
+        use_fast = tc.fast_path and fast_path_unsupported(mc, trn_x) is None
+        self.data = {}
+        for name, pairs in (("train", train_pairs), ("test", test_pairs)):
+            x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs))
+            plan = FastPlan.build(mc, x) if use_fast and len(x) else None
+            self.data[name] = _Data(x, y, plan)
+        self.model = HookedGrokTransformer(mc).to(device)
+        self.params = dict(self.model.named_parameters())
+        # On CUDA the step of the fast path is replayed from a CUDA graph (see step.py); the graph
+        # reads the learning rate from a device tensor.
+        use_graph = device.type == "cuda" and self.data["train"].plan is not None and graphs_enabled()
+        options = OptimizerOptions(lr=torch.tensor(tc.lr, device=device) if use_graph else tc.lr,
+                                   fused=device.type in ("cpu", "cuda"), capturable=use_graph)
+        self.optimizer = build_optimizer(self.params, tc, options)
+        self.transforms = build_transforms(self.params, tc)
+        train = self.data["train"]
+        eager = EagerStep(lambda: self.logits(train), train.labels, self.params, self.optimizer, self.transforms,
+                          loss_fn=cross_entropy64)
+        self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(eager, device) if use_graph else eager
+        n = tc.epochs + 1
+        # The learning rate is known on the host: its column stays there (writing a host value
+        # into a CUDA tensor is a host→device copy that waits for the GPU, at every step).
+        self.metrics = {c: torch.full((n,), float("nan"), dtype=torch.float64, device="cpu" if c == "lr" else device)
+                        for c in METRIC_COLUMNS[1:]}
+        self.ckpt_epochs = set(config.checkpoint_epochs().tolist())
+        self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
+        self.start_epoch = 0
+        self.flushed_upto = -1  # last checkpoint epoch already on disk
+
+    # -- forward -----------------------------------------------------------------------------
+    def logits(self, data: _Data) -> Tensor:
+        if data.plan is not None:
+            return final_logits(self.params, data.plan)
+        return self.model(data.tokens)[:, -1]
+
+    @torch.no_grad()
+    def evaluate(self, data: _Data) -> tuple[Tensor, Tensor]:
+        logits = self.logits(data)
+        loss = cross_entropy64(logits, data.labels)
+        acc = (logits.argmax(-1) == data.labels).double().mean()
+        return loss, acc
+
+    # -- state -------------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {f"param/{k}": v.detach() for k, v in self.params.items()}
+        state.update(optimizer_state_tensors(self.optimizer, list(self.params)))
+        state.update(transform_state_tensors(self.transforms, self.config.train.grad_transforms))
+        state["rng/torch_cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            state["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        for c, v in self.metrics.items():
+            state[f"metrics/{c}"] = v
+        return state
+
+    def load_state(self, path: Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # SafetensorError is a bare Exception
+            raise RunError(f"{path}: cannot read the training state ({e})") from None
+        try:
+            self.start_epoch = int(meta["resume_epoch"])
+            self.flushed_upto = int(meta["flushed_upto"])
+        except (KeyError, ValueError):
+            raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
+        E = self.config.train.epochs
+        if not (0 <= self.start_epoch <= E and -1 <= self.flushed_upto <= E):
+            raise RunError(f"{path}: resume epoch {self.start_epoch} or flushed epoch {self.flushed_upto} lies "
+                           f"outside the run's 0..{E} epochs")
+        rng = tensors.get("rng/torch_cpu")
+        if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
+            raise RunError(f"{path}: the CPU random-number state is missing or malformed")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                t = tensors.get(f"param/{k}")
+                if t is None or t.shape != p.shape or t.dtype != p.dtype:
+                    raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
+                p.copy_(t)
+        load_optimizer_state(self.optimizer, self.config.train, list(self.params), tensors, self.params, str(path))
+        load_transform_state(self.transforms, self.config.train.grad_transforms, tensors, str(path))
+        for c in self.metrics:
+            t = tensors.get(f"metrics/{c}")
+            if t is None or t.shape != self.metrics[c].shape:
+                raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
+            self.metrics[c].copy_(t)
+        try:
+            torch.set_rng_state(rng)
+            if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
+                torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RunError(f"{path}: cannot restore the random-number state ({e})") from None
+
+    def flush(self, resume_epoch: int, finished: bool) -> None:
+        if self.writer.epochs:
+            self.flushed_upto = self.writer.epochs[-1]
+        metrics = {c: v.cpu().numpy() for c, v in self.metrics.items()}
+        progress = {
+            "epoch": resume_epoch,
+            "epochs_total": self.config.train.epochs,
+            "finished": finished,
+            "checkpoints_written": self.writer.n_written + len(self.writer.epochs),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        self.writer.flush(
+            resume_epoch=resume_epoch, finished=finished, metrics=metrics, state=self.state_tensors(),
+            state_meta={"flushed_upto": str(max(self.flushed_upto, self.writer.epochs[-1] if self.writer.epochs else -1)),
+                        "format_version": str(FORMAT_VERSION)},
+            progress=progress,
+        )
+        self._emit("on_flush", resume_epoch, finished)
+
+    # -- loop --------------------------------------------------------------------------------
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def step(self, epoch: int, record_acc: bool) -> None:
+        """One full-batch step from the model at ``epoch``; records the learning rate and the
+        train loss (and, with ``record_acc``, the train accuracy) into the metrics.
+        Nothing here waits for the device: no host sync per step (tested on CUDA)."""
+        lr = self.config.train.lr_at(epoch)
+        for group in self.optimizer.param_groups:
+            if torch.is_tensor(group["lr"]):
+                group["lr"].fill_(lr)  # a kernel with the value as argument: no host→device copy
+            else:
+                group["lr"] = lr
+        m = self.metrics
+        m["lr"][epoch] = lr
+        logits, loss = self.step_fn()
+        m["train_loss"][epoch] = loss.detach()
+        if record_acc:
+            m["train_acc"][epoch] = (logits.detach().argmax(-1) == self.data["train"].labels).double().mean()
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        tc = self.config.train
+        E = tc.epochs
+        train, test = self.data["train"], self.data["test"]
+        m = self.metrics
+        self._emit("on_start", self.start_epoch)
+        try:
+            for epoch in range(self.start_epoch, E + 1):
+                if stop():
+                    self.flush(epoch, finished=False)
+                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT))
+                if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
+                    self.writer.snapshot(epoch, self.params)
+                    self._emit("on_checkpoint", epoch)
+                    if self.writer.full:
+                        self.flush(epoch, finished=False)
+                evaluating = epoch % tc.eval_every == 0 or epoch == E
+                if evaluating and len(test.labels):  # the model at this epoch, before its step
+                    m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
+                if epoch == E:
+                    m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
+                else:
+                    self.step(epoch, record_acc=evaluating)
+                self._emit("on_step", epoch)
+                if evaluating:
+                    self._emit("on_eval", epoch)
+            self.flush(E, finished=True)
+        finally:
+            self._emit("on_end")
+
+
+@contextmanager
+def _sigint_flag() -> Iterator[Callable[[], bool]]:
+    """Turn SIGINT (Ctrl-C) and SIGTERM (schedulers stopping a job) into a flag the loop checks
+    between steps, so a stop always flushes first (main thread only). The returned callable's
+    ``signum`` attribute records which signal arrived."""
+    flag = threading.Event()
+
+    def stopped() -> bool:
+        return flag.is_set()
+
+    stopped.signum = signal.SIGINT  # type: ignore[attr-defined]
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def handler(signum, frame):
+        if flag.is_set() and signum == signal.SIGINT:  # a second Ctrl-C: give up waiting
+            raise KeyboardInterrupt
+        stopped.signum = signum  # type: ignore[attr-defined]
+        flag.set()
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stopped
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+def _callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
+    cbs = list(callbacks)
+    bad = [type(cb).__name__ for cb in cbs if not isinstance(cb, Callback)]
+    if bad:
+        raise ConfigError(f"callbacks: expected grokinterp.training.Callback objects, got {', '.join(bad)}")
+    return ([ProgressBar()] if progress else []) + cbs
+
+
+def train(
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    preset: str | None = None,
+    callbacks: Sequence[Callback] = (),
+):
+    """Train a model and write a run directory; returns the loaded :class:`~grokinterp.store.run.Run`.
+
+    Args:
+        config: the run's configuration (see :func:`grokinterp.make_config`).
+        out: run directory to create. If it already holds a run with the same config, that run
+            is resumed (or simply returned when finished); a different run is refused unless
+            ``overwrite``.
+        overwrite: replace a different run found in ``out``.
+        progress: show a tqdm progress bar (epoch, train/test loss, test accuracy).
+        preset: name of the preset the config came from, recorded in ``run.json``.
+        callbacks: :class:`~grokinterp.training.callbacks.Callback` objects that watch the loop.
+
+    Raises:
+        ConfigError: invalid config, unknown optimizer or gradient transform, or unavailable
+            device (nothing is created).
+        RunError: ``out`` is unusable, or a flush failed.
+        TrainingInterrupted: SIGINT; everything up to the current epoch was flushed first.
+    """
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"config: expected a RunConfig, got {type(config).__name__}")
+    device = check_trainable(config)
+    cbs = _callbacks(progress, callbacks)
+    out = Path(out)
+    if prepare_out_dir(out, config, overwrite) == "same":
+        return resume(out, progress=progress, callbacks=callbacks)
+    train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
+                                                       config.task.split_method)
+    start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs, test_pairs)
+    loop = TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
+    with _sigint_flag() as stop:
+        loop.run(stop)
+    return load_run(out)
+
+
+def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None,
+           callbacks: Sequence[Callback] = ()):
+    """Continue an interrupted run from its last flush; returns the loaded run when done.
+
+    The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one.
+    A run killed before its first flush completed (no state, no progress file) starts again from
+    its seeded initialisation; a run killed during its final flush gets that flush rewritten; a
+    finished or imported run (:mod:`grokinterp.store.legacy`) is returned as it is.
+    """
+    run = load_run(run_dir)
+    config = run.config
+    run_dir = run.path
+    if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
+        return run
+    state_path = run_dir / layout.STATE_FILE
+    if state_path.exists():
+        finished = _state_meta(state_path).get("finished") == "true"
+    elif (run_dir / layout.PROGRESS_JSON).exists():
+        raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
+                       f"cannot be resumed (its checkpoints stay readable)")
+    else:  # killed before its first flush completed: start again from the (seeded) initialisation
+        finished = False
+    if finished and last_flush_complete(run_dir):
+        return run
+    dev = resolve_device(device or config.train.device)
+    check_trainable(config)
+    tp, sp = run.split_pairs()
+    loop = TrainLoop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
+    if state_path.exists():
+        loop.load_state(state_path)
+    loop.writer.drop_shards_after(loop.flushed_upto)
+    loop.writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
+    if finished:  # killed during the final flush, after the state: write progress and manifest again
+        loop.flush(config.train.epochs, finished=True)
+    else:
+        with _sigint_flag() as stop:
+            loop.run(stop)
+    return load_run(run_dir)
+
+
+def _state_meta(path: Path) -> dict[str, str]:
+    header, _ = layout.read_safetensors_header(path)
+    meta = header.get("__metadata__", {})
+    return meta if isinstance(meta, dict) else {}

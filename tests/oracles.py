@@ -1,0 +1,119 @@
+"""Plain reference implementations the tests (and the benchmarks) check the package against.
+
+Nothing here is fast or clever on purpose: every quantity is computed the textbook way — explicit
+loops over checkpoints, explicit orthonormal bases, full forwards of the hooked model — so that a
+disagreement with the vectorised package code points at the package.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from grokinterp.analysis.inputs import run_task_arrays
+from grokinterp.analysis.keyfreqs import KeyFrequencies, resolve_key_frequencies
+from grokinterp.analysis.measures import MEASURE_COLUMNS, measures_frame, select_epochs
+from grokinterp.model.grid import grid_tokens
+
+__all__ = ["progress_measures_reference"]
+
+
+def _brute_sum_basis(p: int, freqs: Sequence[int], include_mean: bool) -> Tensor:
+    """Orthonormal columns ``[p², m]``: the constant and ``cos/sin(2πw(a+b)/p)`` on the grid."""
+    a = torch.arange(p, dtype=torch.float64)
+    s = (a[:, None] + a[None, :]).reshape(-1)
+    cols = [torch.ones(p * p, dtype=torch.float64)] if include_mean else []
+    for w in freqs:
+        for fn in (torch.cos, torch.sin):
+            v = fn(2 * math.pi * w * s / p)
+            if v.norm() > 1e-6:  # the Nyquist sine vanishes
+                cols.append(v)
+    if not cols:
+        return torch.zeros(p * p, 0, dtype=torch.float64)
+    B = torch.stack(cols, dim=1)
+    return B / B.norm(dim=0, keepdim=True)
+
+
+def _brute_freq_norms(W: Tensor, p: int) -> np.ndarray:
+    """Per-frequency norms ``√(‖c_k·W‖² + ‖s_k·W‖²)``, k = 1..p//2, of ``W [p, d]`` along axis 0."""
+    x = torch.arange(p, dtype=torch.float64)
+    out = []
+    for k in range(1, p // 2 + 1):
+        sq = 0.0
+        for fn in (torch.cos, torch.sin):
+            v = fn(2 * math.pi * k * x / p)
+            if v.norm() > 1e-6:
+                sq += float(((v / v.norm()) @ W.double()).pow(2).sum())
+        out.append(math.sqrt(sq))
+    return np.array(out)
+
+
+def _brute_gini(x: np.ndarray) -> float:
+    xs = np.sort(np.abs(x))
+    n = len(xs)
+    k = np.arange(1, n + 1)
+    return float(1 - 2 * np.sum(xs / xs.sum() * (n - k + 0.5) / n))
+
+
+def progress_measures_reference(
+    run,
+    key_freqs: Sequence[int] | KeyFrequencies | None = None,
+    *,
+    epochs: Sequence[int] | None = None,
+    key_freq_method: str = "W_L",
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """The same table as :func:`progress_measures`, computed plainly one checkpoint at a time.
+
+    For each checkpoint: build the model (``run.model(epoch)``), run it on the ``p²`` grid tokens,
+    project the final-position logits onto explicit orthonormal vectors ``1``, ``cos(w(a+b))``,
+    ``sin(w(a+b))`` (``B Bᵀ L``), and compute Fourier norms from explicit cos/sin vectors. Slow
+    (a Python loop of full forwards); it exists to check the vectorised path and as the baseline
+    of ``benchmarks/analysis_speed.py``.
+
+    Args and Returns: as :func:`~grokinterp.analysis.measures.progress_measures` with the built-in
+    measures (``device``: where the forwards run).
+    """
+    cfg = run.config.model
+    p = cfg.p
+    eps = select_epochs(run, epochs)
+    keys = resolve_key_frequencies(run, key_freqs, key_freq_method)
+    dev = torch.device(device)
+    labels, trn, tst, valid = (t.to(dev) for t in run_task_arrays(run))
+    B_all = _brute_sum_basis(p, keys.freqs, include_mean=True).to(dev)
+    B_key = _brute_sum_basis(p, keys.freqs, include_mean=False).to(dev)
+    tokens = grid_tokens(p).to(dev)
+    rows: dict[str, list] = {c: [] for c in MEASURE_COLUMNS[1:]}
+
+    def ce(L: Tensor, idx: Tensor) -> float:
+        logp = torch.log_softmax(L[idx], dim=-1)
+        return float(-logp[torch.arange(len(idx), device=dev), labels[idx]].mean())
+
+    for e in eps:
+        model = run.model(int(e), device=dev)
+        with torch.no_grad():
+            L32 = model(tokens)[:, -1]  # [p², c]
+        L = L32.double()
+        restricted = B_all @ (B_all.T @ L)
+        excluded = L - B_key @ (B_key.T @ L)
+        W_E = model.embed.W_E.detach()[:p].cpu()
+        W_L = (model.blocks[0].mlp.W_out @ model.unembed.W_U).detach().cpu()  # [d_mlp, c]
+        vals = {
+            "train_loss": ce(L, trn), "test_loss": ce(L, tst) if len(tst) else np.nan,
+            "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
+            "test_acc": float((L32[tst].argmax(-1) == labels[tst]).double().mean()) if len(tst) else np.nan,
+            "all_loss": ce(L, valid), "restricted_loss": ce(restricted, valid),
+            "restricted_acc": float((restricted[valid].argmax(-1) == labels[valid]).double().mean()),
+            "excluded_loss": ce(excluded, trn),
+            "gini_W_E": _brute_gini(_brute_freq_norms(W_E, p)),
+            "gini_W_L": _brute_gini(_brute_freq_norms(W_L.T, p)),
+            "sum_sq_weights": float(sum(t.detach().double().pow(2).sum() for t in model.parameters())),
+        }
+        for c, v in vals.items():
+            rows[c].append(np.array([v], dtype=np.float64))
+    return measures_frame(rows, keys, eps, "reference (per-checkpoint forward, brute-force projection)", p, {})
