@@ -140,6 +140,12 @@ class TrainLoop:
         self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
         self.start_epoch = 0
         self.flushed_upto = -1  # last checkpoint epoch already on disk
+        self._stop_requested = False
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop before the next epoch (a callback may call it, e.g. for early
+        stopping): it flushes and raises :class:`TrainingInterrupted`; the run stays resumable."""
+        self._stop_requested = True
 
     # -- forward -----------------------------------------------------------------------------
     def logits(self, data: _Data) -> Tensor:
@@ -254,7 +260,7 @@ class TrainLoop:
         self._emit("on_start", self.start_epoch)
         try:
             for epoch in range(self.start_epoch, E + 1):
-                if stop():
+                if stop() or self._stop_requested:
                     self.flush(epoch, finished=False)
                     raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT))
                 if epoch in self.ckpt_epochs and epoch > self.flushed_upto:

@@ -1,0 +1,91 @@
+"""A/B speed of two source trees of grokinterp (e.g. before and after a refactor), interleaved.
+
+Each repeat runs, for tree A and tree B in alternating order, a fresh subprocess with that tree
+first on ``sys.path`` which measures through the public API only (the same code in both trees):
+
+* ``train``: ``grokinterp.train`` of the paper config for ``--epochs`` epochs, no intermediate
+  checkpoints (ms per epoch, set-up included: plan, first and last flush);
+* ``train_ckpt``: the same with a checkpoint every 10 epochs;
+* ``analysis``: ``grokinterp.progress_measures`` on a synthetic 400-checkpoint p = 113 run (the one
+  of ``benchmarks/analysis_speed.py``, built once by tree A — the older tree, whose run format
+  both read), key frequencies fixed.
+
+It prints every measurement, the median per tree and the ratio B/A.
+
+    git worktree add /tmp/old HEAD~1
+    python benchmarks/ab_trees.py /tmp/old . --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SNIPPET = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+import grokinterp as g
+what, epochs, run_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {}
+if what in ("train", "all"):
+    with tempfile.TemporaryDirectory() as tmp:  # warm-up: one-time costs (kernels, allocator) stay out
+        g.train(g.make_config("paper", epochs=20, device="cpu"), Path(tmp) / "w", progress=False)
+    for tag, every in (("train", 100000), ("train_ckpt", 10)):
+        cfg = g.make_config("paper", epochs=epochs, every=every, log_early=0, flush_every=50, device="cpu")
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            g.train(cfg, Path(tmp) / "r", progress=False)
+            out[tag] = (time.perf_counter() - t0) / epochs * 1e3
+if what in ("analysis", "all"):
+    run = g.load_run(run_dir)
+    t0 = time.perf_counter()
+    g.progress_measures(run, key_freqs=[14, 35, 41, 42, 52])
+    out["analysis"] = time.perf_counter() - t0
+out["file"] = g.__file__
+print(json.dumps(out))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("tree_a", type=Path)
+    ap.add_argument("tree_b", type=Path)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=300)
+    ap.add_argument("--checkpoints", type=int, default=400)
+    ap.add_argument("--what", choices=("all", "train", "analysis"), default="all")
+    args = ap.parse_args()
+    trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
+    results: dict[str, list[dict]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "synthetic"
+        if args.what != "train":  # built by tree A (the older format, which both trees read)
+            build = ("import sys; sys.path.insert(0, 'benchmarks'); from analysis_speed import make_synthetic_run; "
+                     f"make_synthetic_run(__import__('pathlib').Path({str(run_dir)!r}), {args.checkpoints})")
+            subprocess.run([sys.executable, "-c", build], cwd=trees["A"], check=True,
+                           env={**os.environ, "PYTHONPATH": str(trees["A"])})
+        for r in range(args.repeats):
+            for name in (("A", "B") if r % 2 == 0 else ("B", "A")):
+                env = {**os.environ, "PYTHONPATH": str(trees[name])}
+                out = subprocess.run([sys.executable, "-c", SNIPPET, args.what, str(args.epochs), str(run_dir)],
+                                     cwd=trees[name], env=env, check=True, capture_output=True, text=True)
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                results[name].append(res)
+                print(f"repeat {r} tree {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if k != "file"),
+                      flush=True)
+    print(f"A = {trees['A']} ({results['A'][0]['file']})\nB = {trees['B']} ({results['B'][0]['file']})")
+    for key, unit in (("train", "ms/epoch"), ("train_ckpt", "ms/epoch"), ("analysis", "s")):
+        if key not in results["A"][0]:
+            continue
+        a, b = (statistics.median(x[key] for x in results[t]) for t in ("A", "B"))
+        print(f"{key:11s} median A {a:9.3f} {unit}, B {b:9.3f} {unit}, B/A {b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
