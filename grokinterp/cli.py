@@ -53,6 +53,10 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers (e.g. 4,14,35), got {text!r}") from None
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = make_config("paper")
     for sec, cls in SECTIONS.items():
@@ -67,6 +71,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             if f.name == "windows":
                 group.add_argument("--window", dest="windows", action="append", type=_window,
                                    metavar="START:STOP:EVERY", help="dense checkpoint window; repeatable")
+            elif isinstance(default, tuple):
+                group.add_argument(_flag(f.name), dest=f.name, type=_name_list, metavar="NAME[,NAME...]",
+                                   help=doc + "; comma-separated")
             elif isinstance(default, bool):
                 group.add_argument(_flag(f.name), dest=f.name, type=_bool, metavar="BOOL", help=doc)
             elif isinstance(default, int):
@@ -201,8 +208,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"task:   {c.task.operation} mod {c.task.p}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
     print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
-    print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
-          f"betas ({c.train.beta1}, {c.train.beta2}), warmup {c.train.warmup_epochs}, device {s['device']}")
+    t = c.train
+    opt = (f"{t.optimizer} (momentum {t.momentum})" if t.optimizer == "sgd" else
+           f"{t.optimizer} (betas {t.beta1}, {t.beta2})" if t.optimizer in ("adam", "adamw") else t.optimizer)
+    print(f"train:  {t.epochs} epochs, {opt}, lr {t.lr}, weight_decay {t.weight_decay}, warmup {t.warmup_epochs}, "
+          f"device {s['device']}" + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else ""))
     status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")

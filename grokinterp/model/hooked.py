@@ -1,21 +1,7 @@
 """The hooked one-layer transformer of Nanda et al. 2023, on TransformerLens' ``HookedRootModule``.
 
 Parameter names, shapes and hook names follow TransformerLens, so code written for its models
-reads ours unchanged:
-
-=========================  ===============================  ==============================
-parameter                  shape                            init (paper's code)
-=========================  ===============================  ==============================
-``embed.W_E``              ``[d_vocab, d_model]``           N(0, 1/d_model)
-``pos_embed.W_pos``        ``[n_ctx, d_model]``             N(0, 1/d_model)
-``blocks.L.attn.W_Q/K/V``  ``[n_heads, d_model, d_head]``   N(0, 1/d_model)
-``blocks.L.attn.W_O``      ``[n_heads, d_head, d_model]``   N(0, 1/d_model)
-``blocks.L.mlp.W_in``      ``[d_model, d_mlp]``             N(0, 1/d_model)
-``blocks.L.mlp.b_in``      ``[d_mlp]``                      0
-``blocks.L.mlp.W_out``     ``[d_mlp, d_model]``             N(0, 1/d_model)
-``blocks.L.mlp.b_out``     ``[d_model]``                    0
-``unembed.W_U``            ``[d_model, d_vocab_out]``       N(0, 1/d_vocab)
-=========================  ===============================  ==============================
+reads ours unchanged. The parameter table (names, shapes, the paper's initialisation) is in :mod:`grokinterp.model.params`.
 
 No LayerNorm, no attention biases, no unembedding bias; causal attention scaled by
 ``1/sqrt(d_head)``. Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,

@@ -8,20 +8,3 @@
 * :mod:`~grokinterp.store.legacy` — reference implementations' ``.pth`` files, read with
   ``torch.load(weights_only=True)``.
 """
-
-from __future__ import annotations
-
-from typing import Any
-
-__all__ = ["Run", "RunWarning", "load_run", "verify", "import_legacy", "CheckpointWriter", "start_run"]
-
-_WHERE = {"Run": "run", "RunWarning": "run", "load_run": "run", "verify": "integrity",
-          "import_legacy": "legacy", "CheckpointWriter": "writer", "start_run": "writer"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    raise AttributeError(f"module 'grokinterp.store' has no attribute {name!r}")
