@@ -22,7 +22,7 @@ from .errors import GrokinterpError
 EXIT_USAGE = 2
 
 # Fields not exposed as flags: fixed by the task format.
-_HIDDEN = {("model", "n_ctx"), ("model", "p")}
+_HIDDEN = {("model", "n_ctx"), ("model", "p"), ("model", "eq_logit")}
 
 
 def _flag(name: str) -> str:
@@ -130,14 +130,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
-                       description="Read the TransformerLens grokking demo's .pth or the paper's full_run_data.pth "
+                       description="Read a checkpoint file of the paper's code (full_run_data.pth, or the repository's "
+                                   "saved_runs/*.pth with one final model) or of the TransformerLens grokking demo "
                                    "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
-                                   "it are refused) and write a normal run directory.")
+                                   "it are refused) and write a normal run directory. The layout is told by the "
+                                   "parameter shapes.")
     m.add_argument("file", type=Path, metavar="FILE")
     m.add_argument("out", type=Path, metavar="OUT")
     m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
     m.add_argument("--split-seed", type=int, metavar="N",
-                   help="seed of the paper code's split when the file stores none (default: its config's seed)")
+                   help="seed of the paper code's split when the file stores none (default: its config's seed; "
+                        "required when it has none)")
+    m.add_argument("--frac-train", type=float, metavar="X",
+                   help="training fraction of the paper code's split (default: its config's frac_train; required "
+                        "when it has none)")
     m.add_argument("--epoch-offset", type=int, default=1, metavar="N",
                    help="our epoch of the checkpoint labelled e is e + N (default 1: saved after the step)")
     m.add_argument("--overwrite", action="store_true", help="replace a run found in OUT")
@@ -241,14 +247,21 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = import_legacy(args.file, args.out, layout=args.layout, split_seed=args.split_seed,
-                            epoch_offset=args.epoch_offset, overwrite=args.overwrite)
+                            frac_train=args.frac_train, epoch_offset=args.epoch_offset, overwrite=args.overwrite)
     src = run.info["imported_from"]
     print(_short_summary(run))
-    print(f"  imported from {src['file']} ({src['layout']} layout), epoch offset {src['epoch_offset']}")
+    print(f"  imported from {src['file']} ({src['layout']} layout, checkpoints under {src.get('container')!r}), "
+          f"epoch offset {src['epoch_offset']}")
     print(f"  split: {src['split']}")
     check = src["loss_check"]
-    if check["compared"]:
-        w = check["worst"]
+    w = check["worst"]
+    if check.get("kind") == "adjacent" and w is not None:
+        verdict = "agrees" if check["agrees"] else "DISAGREES"
+        print(f"  loss check (one step apart): train loss {w['recomputed']:.4g} at epoch {w['epoch']} vs "
+              f"{w['recorded']:.4g} recorded at epoch {w['recorded_epoch']}, within a factor "
+              f"{check['factor']:g}: {verdict}" + (" (inconclusive: train and test losses are alike)"
+                                                   if check.get("inconclusive") else ""))
+    elif check["compared"]:
         print(f"  loss check: {check['compared']} recorded losses recomputed, worst relative difference "
               f"{w['rel_diff']:.2g} ({w['metric']} at epoch {w['epoch']}): "
               + ("agrees" if check["agrees"] else "DISAGREES"))

@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
-from ..inputs import run_task_arrays
+from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
 from . import standard  # noqa: F401  (registers the built-in measures)
 from .base import ChunkContext, Measure, RunArrays, get_measures
@@ -156,6 +156,7 @@ def progress_measures(
         definition and split.
     """
     cfg = run.config.model
+    model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if cfg.n_layers != 1:
         raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")
     if chunk is None:
@@ -173,6 +174,7 @@ def progress_measures(
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
     rows: dict[str, list] = {c: [] for c in columns}
     for part, params in run.iter_chunks(int(chunk), epochs=eps):
+        params = residue_outputs(params, model_cfg)[0]
         ctx = ChunkContext(part, {k: v.to(dev) for k, v in params.items()}, cfg, keys, arrays, dev)
         with torch.no_grad():
             for m in chosen:
