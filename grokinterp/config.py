@@ -18,7 +18,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -41,6 +43,7 @@ __all__ = [
     "OPTIMIZER_NAMES",
     "ACT_FNS",
     "make_config",
+    "field_docs",
     "SECTIONS",
     "is_int",
 ]
@@ -435,6 +438,30 @@ class RunConfig:
 
 #: Fields held by both the task and the model sections (the vocabulary), always set together.
 _SHARED = ("p", "eq_logit")
+
+
+def field_docs() -> dict[tuple[str, str], str]:
+    """What each config field means: ``{(section, field): text}``, read from the ``Attributes:``
+    section of each section class's docstring (the one place fields are documented; the CLI's
+    ``--help`` shows it)."""
+    out: dict[tuple[str, str], str] = {}
+    for sec, cls in SECTIONS.items():
+        lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+        if "Attributes:" not in lines:
+            continue
+        names: list[str] = []
+        for line in lines[lines.index("Attributes:") + 1:]:
+            if line.strip() and not line.startswith("    "):
+                break  # the next section (Example:, Notes:)
+            m = re.match(r"    ([a-z_0-9]+(?:, [a-z_0-9]+)*): (.*)", line)
+            if m:
+                names = m.group(1).split(", ")
+                for n in names:
+                    out[(sec, n)] = m.group(2).strip()
+            elif line.strip() and names:
+                for n in names:
+                    out[(sec, n)] += " " + line.strip()
+    return out
 
 
 def _field_owner() -> dict[str, list[str]]:
