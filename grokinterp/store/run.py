@@ -329,6 +329,18 @@ class Run:
         model.load_params(params)
         return model.to(device).eval()
 
+    def to_transformer_lens(self, epoch: int = -1, device: str | torch.device = "cpu"):
+        """The checkpoint at ``epoch`` as a TransformerLens 4.x model, for TransformerLens' own tools.
+
+        A ``transformer_lens.model_bridge.TransformerBridge`` built with ``TransformerBridge.boot_native``
+        from this run's architecture, holding these weights unprocessed: its logits equal
+        :meth:`model`'s (:mod:`grokinterp.model.tl_export` has the details). TransformerLens is
+        imported only here.
+        """
+        from ..model.tl_export import to_transformer_lens
+
+        return to_transformer_lens(self.params(epoch), self.config.model, device)
+
     def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None) -> Tensor:
         """One parameter across checkpoints, ``[ckpt, ...]``.
 
