@@ -54,7 +54,8 @@ class _Parser(argparse.ArgumentParser):
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if action.choices is not None and value not in action.choices:
             names = [str(c) for c in action.choices]
-            msg = f"invalid choice: {value!r} (choose from {', '.join(names)})"
+            field = getattr(action, "config_field", None)  # set on the config flags: name the field too
+            msg = f"invalid choice{f' for {field}' if field else ''}: {value!r} (choose from {', '.join(names)})"
             close = difflib.get_close_matches(str(value), names, n=1)
             raise argparse.ArgumentError(action, msg + (f"; did you mean {close[0]!r}?" if close else ""))
 
@@ -133,20 +134,21 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
             if (sec, f.name) in choices:
                 kw["choices"] = choices[(sec, f.name)]
             if f.name == "windows":
-                group.add_argument("--window", dest="windows", action="append", type=_window,
-                                   metavar="START:STOP:EVERY", help=doc + "; repeatable")
+                action = group.add_argument("--window", dest="windows", action="append", type=_window,
+                                            metavar="START:STOP:EVERY", help=doc + "; repeatable")
             elif f.name == "grad_transforms":
-                group.add_argument(_flag(f.name), type=str, metavar="NAME", **kw)
+                action = group.add_argument(_flag(f.name), type=str, metavar="NAME", **kw)
             elif f.name == "device":
-                group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
+                action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
             elif isinstance(default, bool):
-                group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
+                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
             elif isinstance(default, int):
-                group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
+                action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
-                group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
+                action = group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
             else:
-                group.add_argument(_flag(f.name), type=str, metavar=None if "choices" in kw else "S", **kw)
+                action = group.add_argument(_flag(f.name), type=str, metavar=None if "choices" in kw else "S", **kw)
+            action.config_field = f"{sec}.{f.name}"  # type: ignore[attr-defined]
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 import types
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import paper_gen_train_test
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,15 +76,6 @@ def paper_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
         resid = resid + torch.einsum("dm,bpm->bpd", sd[f"{b}.mlp.W_out"], hid) + sd[f"{b}.mlp.b_out"]
         L += 1
     return resid @ sd["unembed.W_U"]
-
-
-def paper_gen_train_test(frac_train: float, num: int, seed: int):
-    """The paper's gen_train_test, transcribed (independent of the ``paper`` split method of grokinterp.tasks)."""
-    pairs = [(i, j, num) for i in range(num) for j in range(num)]
-    random.seed(seed)
-    random.shuffle(pairs)
-    div = int(frac_train * len(pairs))
-    return pairs[:div], pairs[div:]
 
 
 def _loss(sd, pairs, p):

@@ -5,14 +5,13 @@ against a plain re-implementation of that code written here (transcribed from Na
 from __future__ import annotations
 
 import dataclasses
-import random
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import close, perturbed
+from _helpers import close, paper_gen_train_test, perturbed
 
 import grokinterp as g
 from grokinterp.analysis.fourier import neuron_logit_fourier_norms
@@ -108,14 +107,6 @@ def reference_init(seed: int, cfg: ModelConfig) -> RefTransformer:
     return RefTransformer(cfg.p, cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.n_layers)
 
 
-def reference_gen_train_test(p: int, frac_train: float, seed: int):
-    pairs = [(i, j, p) for i in range(p) for j in range(p)]
-    random.seed(seed)
-    random.shuffle(pairs)
-    div = int(frac_train * len(pairs))
-    return pairs[:div], pairs[div:]
-
-
 CFG = ModelConfig(p=7, eq_logit=True, d_model=8, n_heads=2, d_mlp=16, init_method="paper")
 
 
@@ -169,8 +160,8 @@ def test_default_init_is_unchanged_and_differs_from_paper_init():
 
 # -- split and warm-up ------------------------------------------------------------------------------
 @pytest.mark.parametrize("p,frac,seed", [(7, 0.3, 0), (13, 0.5, 7), (113, 0.3, 1)])
-def test_paper_split_is_the_reference_gen_train_test(p, frac, seed):
-    train, test = reference_gen_train_test(p, frac, seed)
+def test_paper_split_is_the_paper_gen_train_test(frac, p, seed):
+    train, test = paper_gen_train_test(frac, p, seed)
     cfg = make_config("tiny", p=p, frac_train=frac, split_seed=seed, split_method="paper")
     trn, tst = g.tasks.split_pairs(cfg.task)
     assert np.array_equal(trn, np.sort([a * p + b for a, b, _ in train]))
@@ -256,7 +247,7 @@ def test_a_paper_exact_run_trains_and_is_analysed(tmp_path):
                       split_method="paper", warmup_style="paper", init_method="paper", split_seed=3, init_seed=4)
     run = g.train(cfg, tmp_path / "run", progress=False)
     # the reference's split and initial tensors
-    train, _ = reference_gen_train_test(13, cfg.task.frac_train, 3)
+    train, _ = paper_gen_train_test(cfg.task.frac_train, 13, 3)
     assert np.array_equal(run.split_pairs()[0], np.sort([a * 13 + b for a, b, _ in train]))
     ref = reference_init(4, cfg.model)
     assert torch.equal(run.params(0)["embed.W_E"], ref.embed.W_E.detach().T)
