@@ -265,5 +265,10 @@ def test_a_paper_exact_run_trains_and_is_analysed(tmp_path):
     with torch.no_grad():
         res = F.cross_entropy(run.model(int(pm["epoch"].iloc[-1]))(x)[:, -1, :13].double(), y).item()
     assert pm["train_loss"].iloc[-1] == pytest.approx(res, rel=1e-4)
+    # ... but the weight norm is the model's, '=' column included
+    e = int(pm["epoch"].iloc[-1])
+    full = sum(v.double().pow(2).sum().item() for v in run.params(e).values())
+    assert pm["sum_sq_weights"].iloc[-1] == pytest.approx(full, rel=1e-9)
+    assert full > full - run.params(e)["unembed.W_U"][:, 13].double().pow(2).sum().item()
     analysis = g.analyze_run(run, key_freqs=[1, 2])
     assert analysis.logit_fit is not None and analysis.W_L_norms.shape[-1] == 13

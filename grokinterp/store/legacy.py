@@ -741,7 +741,7 @@ def import_legacy(
     # -- write into a temporary sibling, then rename: an interrupted import leaves nothing --------
     digest, size = _io.sha256_file(src), src.stat().st_size
     info = run_metadata(config, torch.device("cpu"), None, len(trn), len(tst))
-    info["device"]["name"] = "unknown (imported)"
+    info["device"].update(name="unknown (imported)", torch_threads=None)  # not trained here
     info["imported_from"] = {
         "file": str(src.resolve()), "size": size, "sha256": digest, "layout": found, "container": container,
         "epoch_offset": epoch_offset, "split": split_note, "loss_check": check, "notes": notes,
