@@ -1,28 +1,63 @@
-"""Command-line interface: ``grokinterp train | info | verify | import-legacy`` (and more as they land).
+"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy``.
 
-Only argparse, the config dataclasses and numpy are imported until a command runs, so
-``grokinterp --help`` answers at once; torch and transformer_lens load inside the commands.
-Errors in the input print one line naming the field or file and exit with status 2.
+Only argparse, the config dataclasses and the task registry (numpy) are imported until a command
+runs, so ``--help`` answers at once; torch and transformer_lens load inside the commands.
+
+The CLI explains itself: ``grokinterp train --help`` shows the values of the preset given with
+``--preset`` (``grokinterp train --preset paper --help``), the choices of every enumerated field
+(operations from the task registry, optimizers from the light-weight list in
+:data:`grokinterp.config.OPTIMIZER_NAMES`), and what each field means (from the config
+docstrings). A mistyped flag or choice gets a "did you mean". Errors in the input print one line
+naming the field, flag or file and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .config import PRESETS, SECTIONS, make_config
+from .config import (
+    ACT_FNS,
+    INIT_METHODS,
+    OPTIMIZER_NAMES,
+    PRESET_HELP,
+    PRESETS,
+    SECTIONS,
+    WARMUP_STYLES,
+    field_docs,
+    make_config,
+)
 from .errors import GrokinterpError
+from .tasks import SPLIT_METHODS, task_names
 
 EXIT_USAGE = 2
+DEFAULT_PRESET = "quick"
 
-# Fields not exposed as flags: fixed by the task format.
-_HIDDEN = {("model", "n_ctx"), ("model", "p")}
+# Fields not exposed as flags: fixed by the task format, or set through the task's field.
+_HIDDEN = {("model", "n_ctx"), ("model", "p"), ("model", "eq_logit")}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and a "did you mean" for mistyped choices."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            names = [str(c) for c in action.choices]
+            field = getattr(action, "config_field", None)  # set on the config flags: name the field too
+            msg = f"invalid choice{f' for {field}' if field else ''}: {value!r} (choose from {', '.join(names)})"
+            close = difflib.get_close_matches(str(value), names, n=1)
+            raise argparse.ArgumentError(action, msg + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _flag(name: str) -> str:
@@ -57,31 +92,68 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = make_config("paper")
+def _choices() -> dict[tuple[str, str], list[str]]:
+    """The allowed values of every enumerated config field (no torch import: light-weight lists)."""
+    return {
+        ("task", "operation"): task_names(),
+        ("task", "split_method"): sorted(SPLIT_METHODS),
+        ("model", "act_fn"): list(ACT_FNS),
+        ("model", "init_method"): list(INIT_METHODS),
+        ("train", "optimizer"): list(OPTIMIZER_NAMES),
+        ("train", "warmup_style"): list(WARMUP_STYLES),
+    }
+
+
+def _plain(text: str) -> str:
+    """A docstring fragment as plain text for --help (no reST roles or literals; '%' escaped for argparse)."""
+    text = re.sub(r":\w+:`~?(?:[\w.]+\.)?([\w]+)`", r"\1", text)
+    return text.replace("``", "").replace("%", "%%")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        if not value:
+            return "none"
+        if all(isinstance(v, tuple) for v in value):
+            return " ".join(":".join(str(x) for x in v) for v in value)
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
+    """One flag per config field; help shows what it means and its value in ``preset``."""
+    defaults = make_config(preset)
+    docs, choices = field_docs(), _choices()
     for sec, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{sec} config (defaults: the chosen preset)")
+        group = parser.add_argument_group(f"{sec} config ([{preset}: value] = the value of preset {preset!r}; "
+                                          f"a flag overrides it)")
         for f in dataclasses.fields(cls):
             if (sec, f.name) in _HIDDEN:
                 continue
             default = getattr(getattr(defaults, sec), f.name)
-            doc = f"{sec}.{f.name} (paper: {default!r})"
+            doc = f"{_plain(docs.get((sec, f.name), sec + '.' + f.name))} [{preset}: {_shown(default)}]"
             if (sec, f.name) == ("task", "p"):
-                doc = "task.p, also sets the model's vocabulary (paper: 113)"
+                doc = f"{doc} (also sets the model's vocabulary)"
+            kw: dict[str, Any] = {"dest": f.name, "help": doc}
+            if (sec, f.name) in choices:
+                kw["choices"] = choices[(sec, f.name)]
             if f.name == "windows":
-                group.add_argument("--window", dest="windows", action="append", type=_window,
-                                   metavar="START:STOP:EVERY", help="dense checkpoint window; repeatable")
+                action = group.add_argument("--window", dest="windows", action="append", type=_window,
+                                            metavar="START:STOP:EVERY", help=doc + "; repeatable")
             elif isinstance(default, tuple):
-                group.add_argument(_flag(f.name), dest=f.name, type=_name_list, metavar="NAME[,NAME...]",
-                                   help=doc + "; comma-separated")
+                kw["help"] += "; comma-separated"
+                action = group.add_argument(_flag(f.name), type=_name_list, metavar="NAME[,NAME...]", **kw)
+            elif f.name == "device":
+                action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
             elif isinstance(default, bool):
-                group.add_argument(_flag(f.name), dest=f.name, type=_bool, metavar="BOOL", help=doc)
+                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
             elif isinstance(default, int):
-                group.add_argument(_flag(f.name), dest=f.name, type=int, metavar="N", help=doc)
+                action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
-                group.add_argument(_flag(f.name), dest=f.name, type=float, metavar="X", help=doc)
+                action = group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
             else:
-                group.add_argument(_flag(f.name), dest=f.name, type=str, metavar="S", help=doc)
+                action = group.add_argument(_flag(f.name), type=str, metavar=None if "choices" in kw else "S", **kw)
+            action.config_field = f"{sec}.{f.name}"  # type: ignore[attr-defined]
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,25 +164,36 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
+    """The CLI's parser; the ``train`` flags show the values of ``preset`` in their help."""
+    parser = _Parser(
         prog="grokinterp",
         description="Train small transformers that grok, keep dense checkpoints, and analyse them.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    parser.subcommands = {}  # type: ignore[attr-defined]
 
-    t = sub.add_parser("train", help="train a model and write a run directory",
-                       description="Train on a + b mod p (or another operation) with full-batch AdamW and write "
-                                   "dense checkpoints. Flags override the preset's fields.")
-    t.add_argument("--preset", choices=list(PRESETS), default="quick",
-                   help="paper: Nanda et al. 2023 (p=113, 30%% data, 40k epochs); quick (default): groks on a "
-                        "2-core CPU in minutes; tiny: seconds, for tests")
+    presets = "; ".join(f"{name}: {text}" for name, text in PRESET_HELP.items())
+    t = sub.add_parser(
+        "train", help="train a model and write a run directory",
+        usage="grokinterp train [--preset NAME] [--out DIR] [--threads N] [--<config field> VALUE ...]\n"
+              "       grokinterp train --resume RUN [--device DEVICE] [--threads N]",
+        description="Train on a + b mod p (or another operation) with full-batch AdamW and write dense checkpoints. "
+                    "Flags override the preset's fields; this help shows the values of the preset given with "
+                    f"--preset (here {preset!r}; e.g. `grokinterp train --preset paper --help`). Re-running a "
+                    "finished run's command trains nothing and says so.")
+    t.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
+                   help=f"{presets.replace('%', '%%')} (default {DEFAULT_PRESET})")
     t.add_argument("--out", type=Path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
     t.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (no config flags)")
     t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _add_config_flags(t)
+    t.add_argument("--threads", type=int, metavar="N",
+                   help="torch CPU threads (default 1: faster for these small models on a shared machine, and "
+                        "bit-reproducible; see grokinterp.training.threads); recorded in run.json; --resume uses "
+                        "the recorded count")
+    _add_config_flags(t, preset)
 
     i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
                        "test accuracy passed 99 %%.")
@@ -137,17 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
-                       description="Read the TransformerLens grokking demo's .pth or the paper's full_run_data.pth "
+                       description="Read a checkpoint file of the paper's code (full_run_data.pth, or the repository's "
+                                   "saved_runs/*.pth with one final model) or of the TransformerLens grokking demo "
                                    "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
-                                   "it are refused) and write a normal run directory.")
+                                   "it are refused) and write a normal run directory. The layout is told by the "
+                                   "parameter shapes.")
     m.add_argument("file", type=Path, metavar="FILE")
     m.add_argument("out", type=Path, metavar="OUT")
     m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
     m.add_argument("--split-seed", type=int, metavar="N",
-                   help="seed of the paper code's split when the file stores none (default: its config's seed)")
+                   help="seed of the paper code's split when the file stores none (default: its config's seed; "
+                        "required when it has none)")
+    m.add_argument("--frac-train", type=float, metavar="X",
+                   help="training fraction of the paper code's split (default: its config's frac_train; required "
+                        "when it has none)")
     m.add_argument("--epoch-offset", type=int, default=1, metavar="N",
                    help="our epoch of the checkpoint labelled e is e + N (default 1: saved after the step)")
     m.add_argument("--overwrite", action="store_true", help="replace a run found in OUT")
+    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m})  # type: ignore[attr-defined]
     return parser
 
 
@@ -157,28 +247,53 @@ def _default_out(preset: str, config) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import warnings
+
     overrides = _overrides(args)
-    if args.resume is not None:
-        device = overrides.pop("device", None)  # the one setting a resume may change (e.g. CUDA → CPU)
-        if device is not None:
-            from .config import TrainConfig
+    if args.threads is not None and args.threads < 1:
+        raise GrokinterpError(f"--threads: must be a positive integer, got {args.threads}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if args.resume is not None:
+            device = overrides.pop("device", None)  # the one setting a resume may change (e.g. CUDA → CPU)
+            if device is not None:
+                from .config import TrainConfig
 
-            TrainConfig(device=device)  # validates the value (ConfigError naming train.device)
-        if overrides or args.out is not None or args.overwrite:
-            raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
-                                  "and --overwrite (only --device may be given)")
-        from .training.loop import resume
+                TrainConfig(device=device)  # validates the value (ConfigError naming train.device)
+            if overrides or args.out is not None or args.overwrite:
+                raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, "
+                                      "--out and --overwrite (only --device and --threads may be given)")
+            from .training.loop import resume
 
-        run = resume(args.resume, progress=not args.no_progress, device=device)
-        print(_short_summary(run))
-        return 0
-    config = make_config(args.preset, **overrides)  # validates before anything is created
-    out = args.out if args.out is not None else _default_out(args.preset, config)
-    from .training.loop import train
+            run = resume(args.resume, progress=not args.no_progress, device=device, threads=args.threads)
+        else:
+            config = make_config(args.preset, **overrides)  # validates before anything is created
+            out = args.out if args.out is not None else _default_out(args.preset, config)
+            from .training.loop import train
 
-    run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset)
+            run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset,
+                        threads=args.threads)
+    for w in caught:
+        print(f"grokinterp train: warning: {w.message}", file=sys.stderr)
+    print(_session_line(run))
     print(_short_summary(run))
     return 0
+
+
+def _session_line(run) -> str:
+    """What this call did, in one line (re-running a finished run's command trains nothing)."""
+    sess = run.session or {}
+    action = sess.get("action")
+    if action == "already_finished":
+        return (f"nothing to train: {run.path} already holds this run, finished at epoch {sess['end_epoch']}; its "
+                f"checkpoints were loaded, not retrained (pass --overwrite to train it again, or choose another --out)")
+    if action == "imported":
+        return f"nothing to train: {run.path} is an imported run (import-legacy); imported runs are not trained"
+    threads = sess.get("threads")
+    how = f" with {threads} torch thread{'s' if threads != 1 else ''}" if threads else ""
+    if action == "resumed":
+        return f"resumed {run.path} at epoch {sess['start_epoch']}: trained epochs {sess['start_epoch']}..{sess['end_epoch']}{how}"
+    return f"trained {sess.get('epochs_trained', '?')} epochs{how}"
 
 
 def _short_summary(run) -> str:
@@ -211,8 +326,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     t = c.train
     opt = (f"{t.optimizer} (momentum {t.momentum})" if t.optimizer == "sgd" else
            f"{t.optimizer} (betas {t.beta1}, {t.beta2})" if t.optimizer in ("adam", "adamw") else t.optimizer)
-    print(f"train:  {t.epochs} epochs, {opt}, lr {t.lr}, weight_decay {t.weight_decay}, warmup {t.warmup_epochs}, "
-          f"device {s['device']}" + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else ""))
+    threads = s.get("torch_threads")
+    print(f"train:  {t.epochs} epochs, {opt}, lr {t.lr}, weight_decay {t.weight_decay}, warmup {t.warmup_epochs}"
+          + (" (paper style)" if t.warmup_style == "paper" else "")
+          + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else "")
+          + f", device {s['device']}" + (f" ({threads} torch thread{'s' if threads != 1 else ''})" if threads else ""))
     status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
@@ -251,14 +369,21 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = import_legacy(args.file, args.out, layout=args.layout, split_seed=args.split_seed,
-                            epoch_offset=args.epoch_offset, overwrite=args.overwrite)
+                            frac_train=args.frac_train, epoch_offset=args.epoch_offset, overwrite=args.overwrite)
     src = run.info["imported_from"]
     print(_short_summary(run))
-    print(f"  imported from {src['file']} ({src['layout']} layout), epoch offset {src['epoch_offset']}")
+    print(f"  imported from {src['file']} ({src['layout']} layout, checkpoints under {src.get('container')!r}), "
+          f"epoch offset {src['epoch_offset']}")
     print(f"  split: {src['split']}")
     check = src["loss_check"]
-    if check["compared"]:
-        w = check["worst"]
+    w = check["worst"]
+    if check.get("kind") == "adjacent" and w is not None:
+        verdict = "agrees" if check["agrees"] else "DISAGREES"
+        print(f"  loss check (one step apart): train loss {w['recomputed']:.4g} at epoch {w['epoch']} vs "
+              f"{w['recorded']:.4g} recorded at epoch {w['recorded_epoch']}, within a factor "
+              f"{check['factor']:g}: {verdict}" + (" (inconclusive: train and test losses are alike)"
+                                                   if check.get("inconclusive") else ""))
+    elif check["compared"]:
         print(f"  loss check: {check['compared']} recorded losses recomputed, worst relative difference "
               f"{w['rel_diff']:.2g} ({w['metric']} at epoch {w['epoch']}): "
               + ("agrees" if check["agrees"] else "DISAGREES"))
@@ -300,9 +425,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy}
 
 
+def _preset_in(argv: Sequence[str]) -> str:
+    """The ``--preset`` given after ``train`` (exact spelling), so that ``--help`` can show its values."""
+    argv = list(argv)
+    if "train" not in argv:
+        return DEFAULT_PRESET
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--preset")
+    known, _ = pre.parse_known_args(argv[argv.index("train") + 1:])
+    return known.preset if known.preset in PRESETS else DEFAULT_PRESET
+
+
+def _unrecognized(extra: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """The "unrecognized arguments" message, with the closest flag of ``parser`` for each unknown one."""
+    flags = [f for f in parser._option_string_actions if f.startswith("--")]
+    hints = []
+    for tok in extra:
+        if tok.startswith("-"):
+            name = tok.split("=", 1)[0]
+            close = difflib.get_close_matches(name.replace("_", "-"), flags, n=1, cutoff=0.6)
+            if close:
+                hints.append(f"{name}: did you mean {close[0]}?")
+    return f"unrecognized arguments: {' '.join(extra)}" + (f"; {'; '.join(hints)}" if hints else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_preset_in(argv))
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = parser.subcommands.get(args.command, parser)  # type: ignore[attr-defined]
+        sub.error(_unrecognized(extra, sub))
     try:
         return COMMANDS[args.command](args)
     except GrokinterpError as e:

@@ -18,7 +18,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -35,7 +37,13 @@ __all__ = [
     "CheckpointSchedule",
     "RunConfig",
     "PRESETS",
+    "PRESET_HELP",
+    "INIT_METHODS",
+    "WARMUP_STYLES",
+    "OPTIMIZER_NAMES",
+    "ACT_FNS",
     "make_config",
+    "field_docs",
     "SECTIONS",
     "is_int",
 ]
@@ -44,6 +52,26 @@ __all__ = [
 FORMAT_VERSION = 1
 #: Largest modulus accepted: every one of the p² pairs is materialised (tokens, labels, grids).
 MAX_P = 5000
+
+#: Initialisation methods (``ModelConfig.init_method``), implemented in :mod:`grokinterp.model.params`.
+INIT_METHODS = {
+    "default": "one seeded generator, parameters drawn in our order and layout",
+    "paper": "the reference code's draw order and [d_model, vocab] / [n_heads, d_head, d_model] layouts",
+}
+#: Learning-rate warm-up styles (``TrainConfig.warmup_style``).
+WARMUP_STYLES = {
+    "default": "lr · min((e + 1) / warmup_epochs, 1): the first step moves at lr / warmup_epochs",
+    "paper": "lr · min(e / warmup_epochs, 1): the reference code's LambdaLR (the first step has lr 0)",
+}
+#: Built-in optimizers (``TrainConfig.optimizer``), listed here without importing torch so the CLI can
+#: offer them in ``--help``; :func:`grokinterp.training.optim.register_optimizer` adds new names.
+OPTIMIZER_NAMES: dict[str, str] = {
+    "adamw": "AdamW, decoupled weight decay (the paper's)",
+    "adam": "Adam, weight decay as an L2 term in the gradient",
+    "sgd": "SGD with momentum",
+}
+#: MLP non-linearities (``ModelConfig.act_fn``).
+ACT_FNS = ("relu", "gelu")
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -79,7 +107,11 @@ class TaskConfig:
         frac_train: fraction of the valid pairs used for training, in (0, 1).
         split_seed: seed of the split permutation (independent of the model's init seed).
         split_method: how the split is drawn, a name in :data:`grokinterp.tasks.SPLIT_METHODS`
-            (``random``: a PCG64 permutation of the valid pairs).
+            (``random``: a PCG64 permutation of the valid pairs, ``round(frac_train · n)`` train;
+            ``paper``: the reference code's ``random.seed(split_seed); random.shuffle`` of the
+            row-major pair list, the first ``int(frac_train · n)`` train).
+        eq_logit: whether ``=`` has an output logit (``d_vocab_out = p + 1``, as in the paper's
+            code) or not (``p``, the default). The model's ``eq_logit`` follows this field.
     """
 
     p: int = 113
@@ -87,6 +119,7 @@ class TaskConfig:
     frac_train: float = 0.3
     split_seed: int = 0
     split_method: str = "random"
+    eq_logit: bool = False
 
     def __post_init__(self) -> None:
         _check_ints(self, "task")
@@ -96,22 +129,24 @@ class TaskConfig:
         _require(self.split_seed >= 0, "task.split_seed", "must be non-negative", self.split_seed)
         _require(self.split_method in SPLIT_METHODS, "task.split_method",
                  f"must be one of {', '.join(sorted(SPLIT_METHODS))}", self.split_method)
+        _require(isinstance(self.eq_logit, bool), "task.eq_logit", "must be true or false", self.eq_logit)
         self.task()  # the operation exists and is defined for this p (ConfigError naming the field)
 
     def task(self):
         """The :class:`~grokinterp.tasks.Task` this config describes."""
-        return get_task(self.operation, self.p)
+        return get_task(self.operation, self.p, self.eq_logit)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of the hooked transformer (paper defaults).
 
-    The vocabulary is not a free field: :class:`RunConfig` passes ``p`` so that ``d_vocab = p + 1``
-    and ``d_vocab_out = p`` are always consistent with the task.
+    The vocabulary is not a free field: :class:`RunConfig` passes the task's ``p`` and ``eq_logit``
+    so that ``d_vocab = p + 1`` and ``d_vocab_out = p + eq_logit`` are always the task's.
 
     Attributes:
         p: modulus of the task (sets the vocabulary sizes).
+        eq_logit: ``=`` has an output logit (``d_vocab_out = p + 1``); kept equal to ``task.eq_logit``.
         d_model: residual width; must be divisible by ``n_heads``.
         n_heads: attention heads per layer; ``d_head = d_model // n_heads``.
         d_mlp: MLP width (neurons).
@@ -119,9 +154,13 @@ class ModelConfig:
         act_fn: MLP non-linearity, ``relu`` or ``gelu``.
         n_ctx: context length (3 for ``[a, b, =]``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
+        init_method: how the seeded initial tensors are drawn (:data:`INIT_METHODS`): ``default``
+            (one generator, our parameter order and layout) or ``paper`` (the reference code's
+            order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors).
     """
 
     p: int = 113
+    eq_logit: bool = False
     d_model: int = 128
     n_heads: int = 4
     d_mlp: int = 512
@@ -129,6 +168,7 @@ class ModelConfig:
     act_fn: str = "relu"
     n_ctx: int = 3
     init_seed: int = 0
+    init_method: str = "default"
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
@@ -139,8 +179,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.d_model: must be divisible by model.n_heads ({self.n_heads}), got {self.d_model}"
             )
-        _require(self.act_fn in ("relu", "gelu"), "model.act_fn", "must be 'relu' or 'gelu'", self.act_fn)
+        _require(self.act_fn in ACT_FNS, "model.act_fn", "must be 'relu' or 'gelu'", self.act_fn)
         _require(self.init_seed >= 0, "model.init_seed", "must be non-negative", self.init_seed)
+        _require(isinstance(self.eq_logit, bool), "model.eq_logit", "must be true or false", self.eq_logit)
+        _require(self.init_method in INIT_METHODS, "model.init_method",
+                 f"must be one of {', '.join(INIT_METHODS)}", self.init_method)
 
     @property
     def d_head(self) -> int:
@@ -153,8 +196,8 @@ class ModelConfig:
 
     @property
     def d_vocab_out(self) -> int:
-        """Output vocabulary: the residues only (``=`` has no output logit)."""
-        return self.p
+        """Output vocabulary: the residues, plus ``=`` when ``eq_logit`` (the paper's code has it)."""
+        return self.p + int(self.eq_logit)
 
 
 @dataclass(frozen=True)
@@ -174,6 +217,9 @@ class TrainConfig:
             backward and the optimizer step (:mod:`grokinterp.training.transforms`); none by default.
         warmup_epochs: linear warm-up of the learning rate over this many steps (0 = none;
             the paper's code uses 10).
+        warmup_style: ``default``: the step from epoch ``e`` uses ``lr · min((e + 1) / warmup, 1)``
+            (the first step already moves); ``paper``: ``lr · min(e / warmup, 1)``, the reference
+            code's ``LambdaLR(lambda step: min(step / 10, 1))``, whose first step has learning rate 0.
         eval_every: test loss/accuracy and train accuracy are recorded every this many epochs
             (train loss is recorded every epoch).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
@@ -190,6 +236,7 @@ class TrainConfig:
     momentum: float = 0.9
     grad_transforms: tuple[str, ...] = ()
     warmup_epochs: int = 10
+    warmup_style: str = "default"
     eval_every: int = 100
     device: str = "auto"
     fast_path: bool = True
@@ -217,6 +264,8 @@ class TrainConfig:
                  "must be a list of registered gradient-transform names", self.grad_transforms)
         object.__setattr__(self, "grad_transforms", names)
         _require(self.warmup_epochs >= 0, "train.warmup_epochs", "must be non-negative", self.warmup_epochs)
+        _require(self.warmup_style in WARMUP_STYLES, "train.warmup_style",
+                 f"must be one of {', '.join(WARMUP_STYLES)}", self.warmup_style)
         _require(self.eval_every >= 1, "train.eval_every", "must be positive", self.eval_every)
         dev = str(self.device)
         ok = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
@@ -226,13 +275,15 @@ class TrainConfig:
     def lr_at(self, epoch: int) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
 
-        ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step already moves (at
-        ``lr / warmup_epochs``); the paper's ``LambdaLR(min(step / 10, 1))`` spends its first step at
-        learning rate 0.
+        Notes:
+            ``default``: ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step already moves
+            (at ``lr / warmup_epochs``). ``paper``: ``lr · min(epoch / warmup_epochs, 1)``, as the
+            paper's ``LambdaLR(min(step / 10, 1))``, which spends its first step at learning rate 0.
         """
         if self.warmup_epochs <= 0:
             return self.lr
-        return self.lr * min((epoch + 1) / self.warmup_epochs, 1.0)
+        shift = 0 if self.warmup_style == "paper" else 1
+        return self.lr * min((epoch + shift) / self.warmup_epochs, 1.0)
 
 
 @dataclass(frozen=True)
@@ -297,8 +348,9 @@ class CheckpointSchedule:
 #: and a reader refuses runs of a newer version with a message to upgrade. An older grokinterp
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
-    "task": {"split_method"},
-    "train": {"optimizer", "momentum", "grad_transforms"},
+    "task": {"split_method", "eq_logit"},
+    "model": {"eq_logit", "init_method"},
+    "train": {"optimizer", "momentum", "grad_transforms", "warmup_style"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -323,6 +375,9 @@ class RunConfig:
                 raise ConfigError(f"{name}: must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.model.p != self.task.p:
             raise ConfigError(f"model.p: must equal task.p ({self.task.p}), got {self.model.p}")
+        if self.model.eq_logit != self.task.eq_logit:
+            raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
+                              f"{self.model.eq_logit}")
         task = self.task.task()
         if self.model.n_ctx != task.n_ctx:
             raise ConfigError(f"model.n_ctx: the task {task.describe()} needs n_ctx = {task.n_ctx}, "
@@ -381,6 +436,34 @@ class RunConfig:
         return _apply_overrides(self, overrides)
 
 
+#: Fields held by both the task and the model sections (the vocabulary), always set together.
+_SHARED = ("p", "eq_logit")
+
+
+def field_docs() -> dict[tuple[str, str], str]:
+    """What each config field means: ``{(section, field): text}``, read from the ``Attributes:``
+    section of each section class's docstring (the one place fields are documented; the CLI's
+    ``--help`` shows it)."""
+    out: dict[tuple[str, str], str] = {}
+    for sec, cls in SECTIONS.items():
+        lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+        if "Attributes:" not in lines:
+            continue
+        names: list[str] = []
+        for line in lines[lines.index("Attributes:") + 1:]:
+            if line.strip() and not line.startswith("    "):
+                break  # the next section (Example:, Notes:)
+            m = re.match(r"    ([a-z_0-9]+(?:, [a-z_0-9]+)*): (.*)", line)
+            if m:
+                names = m.group(1).split(", ")
+                for n in names:
+                    out[(sec, n)] = m.group(2).strip()
+            elif line.strip() and names:
+                for n in names:
+                    out[(sec, n)] += " " + line.strip()
+    return out
+
+
 def _field_owner() -> dict[str, list[str]]:
     owner: dict[str, list[str]] = {}
     for sec, cls in SECTIONS.items():
@@ -398,12 +481,12 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             if sec not in SECTIONS or name not in {f.name for f in fields(SECTIONS[sec])}:
                 raise ConfigError(f"{key}: no such config field")
             per_section[sec][name] = value
-            if name == "p":  # keep the model's vocabulary in step with the task
-                per_section["task" if sec == "model" else "model"]["p"] = value
+            if name in _SHARED:  # keep the model's vocabulary in step with the task
+                per_section["task" if sec == "model" else "model"][name] = value
             continue
         if key not in owner:
             raise ConfigError(f"{key}: no such config field; fields: {', '.join(sorted(owner))}")
-        for sec in owner[key]:  # 'p' lives in task and model: set both
+        for sec in owner[key]:  # 'p' and 'eq_logit' live in task and model: set both
             per_section[sec][key] = value
     sections = {
         s: dataclasses.replace(getattr(cfg, s), **kw) if kw else getattr(cfg, s)
@@ -435,16 +518,35 @@ def _preset_tiny() -> RunConfig:
     )
 
 
-#: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs).
-#: ``quick``: groks on a 2-core CPU in minutes and shows the phases. ``tiny``: seconds, for tests.
-PRESETS = {"paper": _preset_paper, "quick": _preset_quick, "tiny": _preset_tiny}
+def _preset_paper_exact() -> RunConfig:
+    # The paper's recipe with the reference code's conventions: an output logit for '=', its split
+    # (random.shuffle), its warm-up (first step at lr 0) and its initialisation order and layout.
+    return _apply_overrides(
+        _preset_paper(),
+        dict(eq_logit=True, split_method="paper", warmup_style="paper", init_method="paper"),
+    )
+
+
+#: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs), in our
+#: conventions. ``paper-exact``: the same with the reference code's conventions (``=`` logit, split,
+#: warm-up, initialisation), so a seed gives the published code's split and initial tensors.
+#: ``quick``: groks on a 2-core CPU and shows the phases. ``tiny``: seconds, for tests.
+PRESETS = {"paper": _preset_paper, "paper-exact": _preset_paper_exact, "quick": _preset_quick,
+           "tiny": _preset_tiny}
+#: One line per preset, for ``--help`` (no config is built to print it).
+PRESET_HELP = {
+    "paper": "Nanda et al. 2023: p = 113, 30% of pairs, AdamW lr 1e-3, wd 1, 40k epochs",
+    "paper-exact": "paper, with the reference code's conventions: '=' logit, its split, warm-up and init",
+    "quick": "p = 97, 40% of pairs, lr 2e-3, 3k epochs: groks on a CPU and shows the three phases",
+    "tiny": "p = 31, small model, 1k epochs: seconds, for tests",
+}
 
 
 def make_config(preset: str = "quick", **overrides: Any) -> RunConfig:
     """A preset's :class:`RunConfig` with fields overridden by name.
 
     Args:
-        preset: ``paper``, ``quick`` (default) or ``tiny``.
+        preset: ``paper``, ``paper-exact``, ``quick`` (default) or ``tiny``.
         **overrides: any config field by bare name (``p``, ``lr``, ``every``) or dotted name
             (``train.epochs``). ``p`` updates both the task and the model.
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import subprocess
 import sys
 
@@ -32,3 +33,12 @@ def perturbed(cfg: ModelConfig, scale: float = 3.0, seed: int = 0) -> HookedGrok
         for p in model.parameters():  # non-zero biases, larger weights: stress the identities
             p.add_(torch.randn(p.shape, generator=g) * scale / math.sqrt(cfg.d_model))
     return model
+
+
+def paper_gen_train_test(frac_train: float, num: int, seed: int):
+    """The paper code's ``gen_train_test``, transcribed: ``(train, test)`` lists of ``(a, b, =)`` triples."""
+    pairs = [(i, j, num) for i in range(num) for j in range(num)]
+    random.seed(seed)
+    random.shuffle(pairs)
+    div = int(frac_train * len(pairs))
+    return pairs[:div], pairs[div:]

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from grokinterp.config import CheckpointSchedule, RunConfig, make_config
+from grokinterp.config import _ADDED_FIELDS, CheckpointSchedule, RunConfig, make_config
 from grokinterp.errors import ConfigError, GrokinterpError
 from grokinterp.tasks import OPERATIONS, is_prime, make_dataset, register_operation, split_indices
 
@@ -79,12 +79,17 @@ def test_fields_added_later_default_to_the_old_behaviour():
     """A run.json written before a field existed lacks it; the default reproduces the old run."""
     cfg = make_config("quick")
     d = cfg.to_dict()
-    for sec, names in {"task": ["split_method"], "train": ["optimizer", "momentum", "grad_transforms"]}.items():
+    added = {"task": ["split_method", "eq_logit"], "model": ["eq_logit", "init_method"],
+             "train": ["optimizer", "momentum", "grad_transforms", "warmup_style"]}
+    assert added == {sec: sorted(names, key=added[sec].index) for sec, names in _ADDED_FIELDS.items()}
+    for sec, names in added.items():
         for name in names:
             del d[sec][name]
     old = RunConfig.from_dict(d)
     assert old == cfg
     assert (old.task.split_method, old.train.optimizer, old.train.grad_transforms) == ("random", "adamw", ())
+    assert (old.task.eq_logit, old.model.init_method, old.train.warmup_style) == (False, "default", "default")
+    assert old.model.d_vocab_out == old.task.p
 
 
 def test_frozen():

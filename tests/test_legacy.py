@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import subprocess
 import sys
 import types
@@ -22,13 +21,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _helpers import paper_gen_train_test
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grokinterp as g
 from grokinterp.errors import RunError
 from grokinterp.store.integrity import verify
-from grokinterp.store.legacy import import_legacy, paper_split
+from grokinterp.store.legacy import import_legacy
 from grokinterp.store.run import RunWarning
 
 PY = sys.executable
@@ -76,15 +76,6 @@ def paper_forward(sd: dict, x: torch.Tensor) -> torch.Tensor:
         resid = resid + torch.einsum("dm,bpm->bpd", sd[f"{b}.mlp.W_out"], hid) + sd[f"{b}.mlp.b_out"]
         L += 1
     return resid @ sd["unembed.W_U"]
-
-
-def paper_gen_train_test(frac_train: float, num: int, seed: int):
-    """The paper's gen_train_test, transcribed (independent of grokinterp.store.legacy.paper_split)."""
-    pairs = [(i, j, num) for i in range(num) for j in range(num)]
-    random.seed(seed)
-    random.shuffle(pairs)
-    div = int(frac_train * len(pairs))
-    return pairs[:div], pairs[div:]
 
 
 def _loss(sd, pairs, p):
@@ -198,9 +189,9 @@ def make_tl_file(path, config, *, bias=0.0, n_epochs=30, every=10):
 
 # -- tests: the paper layout -----------------------------------------------------------------------
 def test_paper_split_replays_the_papers_gen_train_test():
-    for p, frac, seed in [(7, 0.5, 3), (11, 0.3, 0), (13, 0.7, 598)]:
+    for p, frac, seed in [(7, 0.5, 3), (11, 0.3, 0), (13, 0.7, 598), (113, 0.3, 0)]:
         train, test = paper_gen_train_test(frac, p, seed)
-        trn, tst = paper_split(p, frac, seed)
+        trn, tst = g.get_task("add", p).split(frac, seed, "paper")
         assert np.array_equal(trn, np.sort([a * p + b for a, b, _ in train]))
         assert np.array_equal(tst, np.sort([a * p + b for a, b, _ in test]))
 
@@ -219,16 +210,19 @@ def test_import_paper_layout_matches_the_papers_forward(tmp_path):
     c = run.config
     assert (c.task.p, c.model.d_model, c.model.n_heads, c.model.d_mlp, c.task.operation) == (P, D, H, MLP, "add")
     assert c.train.epochs == 24 and c.train.lr == 1e-3 and c.train.warmup_epochs == 10
+    assert c.train.warmup_style == "paper" and c.task.split_method == "paper" and c.model.init_method == "paper"
+    assert c.task.eq_logit and c.model.d_vocab_out == P + 1  # the '=' logit is kept
     # the split is the paper's, stored
     trn, _ = run.split_pairs()
     assert np.array_equal(trn, np.sort([a * P + b for a, b, _ in train]))
-    # our model computes the paper's logits on the residues, at every checkpoint
+    # our model computes the paper's logits ('=' included), at every checkpoint
     ds = g.make_dataset(P)
     x = torch.from_numpy(ds.tokens)
     for e, sd in zip(run.epochs, sds):
         with torch.no_grad():
             ours = run.model(int(e))(x)
-        assert torch.allclose(ours, paper_forward(sd, x)[..., :P], atol=1e-4, rtol=1e-4)
+        assert ours.shape[-1] == P + 1
+        assert torch.allclose(ours, paper_forward(sd, x), atol=1e-4, rtol=1e-4)
     # metrics: recorded losses (paper: index i is our epoch i), accuracies at checkpoints
     m = run.metrics
     assert len(m) == 25 and m["train_loss"].notna().all()
@@ -273,6 +267,169 @@ def test_paper_wrong_shapes_are_refused_naming_the_parameter(tmp_path):
     with pytest.raises(RunError, match=r"epoch 6: blocks\.0\.mlp\.W_out has shape \[8, 17\]"):
         import_legacy(src, tmp_path / "run")
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run*"))
+
+
+# -- the paper repository's saved_runs/*.pth: one final model under 'model' -----------------------
+def train_saved_run(path, *, seed=2, frac=0.3, steps=120, test_every=10, lr=1e-2, wd=0.1, config=None,
+                    optimizer=True, scheduler=True, epoch_key=True):
+    """A saved_runs-like file, made as the paper's Trainer makes it: full-batch AdamW with the LambdaLR
+    warm-up, losses recorded before each step (the test loss every ``test_every`` epochs), and the
+    model, optimizer and scheduler state saved after the last step."""
+    gen = torch.Generator().manual_seed(5)
+    sd = OrderedDict((k, v if k.endswith("mask") else v / math.sqrt(D)) for k, v in paper_state_dict(gen).items())
+    leaves = [v.requires_grad_() for k, v in sd.items() if not k.endswith("mask")]
+    train, test = paper_gen_train_test(frac, P, seed)
+    xs = {n: torch.tensor(d) for n, d in (("train", train), ("test", test))}
+    opt = torch.optim.AdamW(leaves, lr=lr, weight_decay=wd, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(step / 10, 1))
+
+    def loss(x):
+        return F.cross_entropy(paper_forward(sd, x)[:, -1].double(), (x[:, 0] + x[:, 1]) % P)
+
+    train_losses, test_losses = [], []
+    for epoch in range(steps):
+        tl = loss(xs["train"])
+        train_losses.append(tl.item())
+        if epoch % test_every == 0:
+            with torch.no_grad():
+                test_losses.append(loss(xs["test"]).item())
+        tl.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+    obj = {"model": OrderedDict((k, v.detach().clone()) for k, v in sd.items()), "train_losses": train_losses,
+           "test_losses": test_losses}
+    if optimizer:
+        obj["optimizer"] = opt.state_dict()
+    if scheduler:
+        obj["scheduler"] = sched.state_dict()
+    if epoch_key:
+        obj["epoch"] = steps - 1
+    if config is not None:
+        obj["config"] = config
+    torch.save(obj, path)
+    return obj, train, test
+
+
+def test_import_saved_run_without_config_needs_the_split_and_infers_p_from_shapes(tmp_path):
+    src = tmp_path / "mod_addition_no_wd.pth"
+    obj, train, test = train_saved_run(src)
+    with pytest.raises(RunError, match=r"--split-seed N\) and frac_train \(--frac-train X\)"):
+        import_legacy(src, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunWarning)
+        run = import_legacy(src, tmp_path / "run", split_seed=2, frac_train=0.3)
+    info = run.info["imported_from"]
+    assert info["layout"] == "paper" and info["container"] == "model"
+    assert any("p = 7 read off the shapes" in n for n in info["notes"])
+    # W_E is [8, 8] here (d_model = d_vocab): the layout was told by W_O and W_pos, not W_E
+    assert obj["model"]["embed.W_E"].shape == (D, P + 1) == (8, 8)
+    c = run.config
+    assert (c.task.p, c.task.eq_logit, c.model.d_vocab_out, c.task.split_method) == (P, True, P + 1, "paper")
+    assert (c.train.lr, c.train.weight_decay, c.train.warmup_style) == (1e-2, 0.1, "paper")  # from the optimizer
+    assert run.epochs.tolist() == [120] == [obj["scheduler"]["last_epoch"]]  # after 120 steps
+    trn, _ = run.split_pairs()
+    assert np.array_equal(trn, np.sort([a * P + b for a, b, _ in train]))
+    # the model is the file's: logits (with '=') equal the paper's forward
+    x = torch.from_numpy(g.make_dataset(P).tokens)
+    with torch.no_grad():
+        assert torch.allclose(run.model(-1)(x), paper_forward(obj["model"], x), atol=1e-5, rtol=1e-5)
+    # the curves: train loss every epoch, test loss every 10 epochs, at the right epochs
+    m = run.metrics.set_index("epoch")
+    assert np.allclose(m["train_loss"].to_numpy()[:120], obj["train_losses"])
+    assert np.allclose(m.loc[list(range(0, 120, 10)), "test_loss"], obj["test_losses"])
+    assert m["test_loss"].iloc[1:10].isna().all()
+    # the loss check: the final model's train loss against the one recorded a step earlier
+    check = info["loss_check"]
+    assert check["kind"] == "adjacent" and check["agrees"] and not check["inconclusive"]
+    assert check["worst"]["recorded_epoch"] == 119 and check["worst"]["epoch"] == 120
+    final = run.evals.iloc[-1]
+    assert final["epoch"] == 120 and final["train_acc"] == 1.0 and final["test_loss"] > 4 * final["train_loss"]
+    assert verify(run.path).ok
+
+
+def test_saved_run_wrong_seed_is_flagged_and_partial_config_is_used(tmp_path):
+    src = tmp_path / "wd_10-1.pth"
+    cfg = {"lr": 1e-2, "p": P, "d_model": D, "fn_name": "add", "frac_train": 0.3, "seed": 2, "weight_decay": 1}
+    train_saved_run(src, config=cfg)
+    run = import_legacy(src, tmp_path / "run")  # seed and frac_train from the partial config
+    info = run.info["imported_from"]
+    assert info["loss_check"]["agrees"] and "derived from seed 2" in info["split"]
+    assert run.config.train.weight_decay == 0.1  # the optimizer's, not the config's stale 1
+    assert any("config weight_decay = 1 but the optimizer state says 0.1" in n for n in info["notes"])
+    with pytest.warns(RunWarning, match="split"):
+        bad = import_legacy(src, tmp_path / "bad", split_seed=3)
+    assert not bad.info["imported_from"]["loss_check"]["agrees"]
+
+
+def test_saved_run_epoch_sources_and_irregular_test_curve(tmp_path):
+    src = tmp_path / "a.pth"
+    train_saved_run(src, optimizer=False, scheduler=False, epoch_key=False, steps=50, test_every=1)
+    run = import_legacy(src, tmp_path / "run", split_seed=2, frac_train=0.3)
+    assert run.epochs.tolist() == [50]  # one train loss per step: the model after 50 steps
+    assert run.config.train.weight_decay == 1.0 and any("weight_decay not recorded" in n
+                                                         for n in run.info["imported_from"]["notes"])
+    obj = torch.load(src, weights_only=True)
+    obj["test_losses"] = obj["test_losses"][:7]  # 7 values for 50 epochs: no regular spacing
+    obj["epoch"] = 60  # disagrees with len(train_losses): noted, the step count wins
+    torch.save(obj, src)
+    with pytest.warns(RunWarning, match="no regular spacing"):
+        run = import_legacy(src, tmp_path / "run2", split_seed=2, frac_train=0.3)
+    assert run.metrics["test_loss"].iloc[:50].isna().all() and run.epochs.tolist() == [50]
+    assert any("'epoch' + epoch_offset 1 = 61" in n for n in run.info["imported_from"]["notes"])
+
+
+def test_layout_is_told_by_shapes_not_keys(tmp_path, tl_config_class):
+    # a TransformerLens-layout model under 'model' alone (no checkpoint list) is the demo's
+    src = tmp_path / "demo.pth"
+    make_tl_file(src, tl_config_class())
+    obj = torch.load(src, weights_only=False)
+    for k in ("checkpoints", "checkpoint_epochs"):
+        del obj[k]
+    torch.save(obj, src)
+    run = import_legacy(src, tmp_path / "tl")
+    assert run.info["imported_from"]["layout"] == "tl-demo" and run.epochs.tolist() == [30]
+    # a paper-layout model under 'model' is the paper's, whatever the container
+    src2 = tmp_path / "paper.pth"
+    train_saved_run(src2, steps=20)
+    with pytest.raises(RunError, match="shapes are the 'paper' layout, not 'tl-demo'"):
+        import_legacy(src2, tmp_path / "x", layout="tl-demo", split_seed=2, frac_train=0.3)
+    assert g.store.legacy.param_layout(tl_state_dict(torch.Generator()), "sd", src) == "tl-demo"
+    assert g.store.legacy.param_layout(paper_state_dict(torch.Generator()), "sd", src) == "paper"
+
+
+def test_saved_run_refusals_never_guess_p(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    sd = paper_state_dict(gen)
+    cases = {
+        "wrong_outputs": ({**sd, "unembed.W_U": torch.randn(D, P - 1)}, {}, r"W_U has 6 outputs, expected p = 7"),
+        "stale_vocab": (sd, {"p": 5, "seed": 0, "frac_train": 0.3}, r"config p = 5 but embed.W_E has 8 tokens"),
+        "positions": ({**sd, "pos_embed.W_pos": torch.randn(18, D)}, {}, r"W_pos has 18 positions"),
+    }
+    for name, (state, cfg, match) in cases.items():
+        src = tmp_path / f"{name}.pth"
+        torch.save({"model": state, "train_losses": [1.0], "config": cfg}, src)
+        with pytest.raises(RunError, match=match):
+            import_legacy(src, tmp_path / name, split_seed=0, frac_train=0.3)
+        assert not (tmp_path / name).exists()
+    torch.save({"train_losses": [1.0, 0.5], "test_losses": [1.0, 0.9]}, tmp_path / "curves.pth")
+    with pytest.raises(RunError, match="loss curves but no model"):
+        import_legacy(tmp_path / "curves.pth", tmp_path / "c")
+
+
+def test_cli_import_saved_run(tmp_path):
+    src = tmp_path / "saved.pth"
+    train_saved_run(src, steps=40)
+    res = subprocess.run([PY, "-m", "grokinterp", "import-legacy", str(src), str(tmp_path / "r")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--split-seed" in res.stderr and "--frac-train" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run([PY, "-m", "grokinterp", "import-legacy", str(src), str(tmp_path / "r"), "--split-seed", "2",
+                          "--frac-train", "0.3"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "loss check (one step apart)" in res.stdout and "agrees" in res.stdout and "checkpoints under 'model'" \
+        in res.stdout
 
 
 # -- tests: the TransformerLens demo layout --------------------------------------------------------

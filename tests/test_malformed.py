@@ -410,7 +410,7 @@ def _exercise(path: Path) -> None:
         return
     _STATS["loaded"] += 1
     step(lambda: run.metrics)
-    step(run.eval_metrics)
+    step(lambda: run.evals)
     step(run.summary)
     step(lambda: repr(run))
     step(run.train_data)

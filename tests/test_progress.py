@@ -178,7 +178,7 @@ def test_vectorised_measures_equal_the_reference(tiny_run):
 
 def _logged_vs_measured(run, cols):
     df = progress_measures(run, [1, 2])
-    ev = run.eval_metrics().set_index("epoch")
+    ev = run.evals.set_index("epoch")
     rows = df[df["epoch"].isin(ev.index)]
     assert len(rows) >= 3
     for c in cols:

@@ -36,7 +36,7 @@ def test_tiny_run_groks(tiny_run):
     m = tiny_run.metrics
     assert list(m.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
     assert len(m) == tiny_run.config.train.epochs + 1 and m["train_loss"].notna().all()
-    ev = tiny_run.eval_metrics()
+    ev = tiny_run.evals
     assert (ev["epoch"] % tiny_run.config.train.eval_every == 0).all()
 
 
@@ -62,7 +62,7 @@ def test_run_api_stack_params_model_data(tiny_run):
     x, y = run.test_data()
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(last(x)[:, -1].double(), y).item()
-    final = run.eval_metrics().iloc[-1]
+    final = run.evals.iloc[-1]
     assert loss == pytest.approx(final["test_loss"], rel=1e-4, abs=1e-9)
     xt, yt = run.train_data()
     assert len(xt) + len(x) == 31 * 31 and ((xt[:, 0] + xt[:, 1]) % 31 == yt).all()

@@ -47,7 +47,7 @@ from ..errors import AnalysisError
 from ..model import tables
 from ..model.grid import grid_forward
 from .fourier import dft_index_freqs, fourier_basis
-from .inputs import check_indices, is_run, resolve_model, task_label_grid
+from .inputs import check_indices, is_run, residue_outputs, resolve_model, task_label_grid
 from .keyfreqs import key_frequencies
 from .neurons import DEFAULT_THRESHOLD, check_neurons, neuron_fourier
 from .projections import exclude_logits, restrict_logits
@@ -147,7 +147,7 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         run = model_or_run
         if train_pairs is not None:
             raise AnalysisError("train_pairs: a Run brings its own split; pass train_pairs only with a model")
-        params, mcfg = run.params(epoch), run.config.model
+        params, mcfg = residue_outputs(run.params(epoch), run.config.model)
         train_pairs = run.split_pairs()[0]
         operation = operation or run.config.task.operation
     else:

@@ -5,6 +5,7 @@ Analyses take a model, a :class:`~grokinterp.store.run.Run`, a parameter dict (s
 computation needs and refuses anything else with a message naming the argument and its shape:
 
 * :func:`as_params`, :func:`resolve_model` — parameters and the :class:`ModelConfig`;
+* :func:`residue_outputs` — the one place where a model's ``=`` output logit is dropped;
 * :func:`check_square_axes` — the ``p``-sized axes of a grid tensor (logits, activations);
 * :func:`check_indices` — neuron / head indices;
 * :func:`check_freq_list` — frequencies of the Fourier basis of ``Z_p``;
@@ -14,6 +15,7 @@ computation needs and refuses anything else with a message naming the argument a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +28,7 @@ from ..errors import AnalysisError
 from ..tasks import get_task
 
 __all__ = [
-    "is_run", "as_params", "resolve_model", "infer_config", "check_square_axes", "check_indices",
+    "is_run", "as_params", "resolve_model", "residue_outputs", "infer_config", "check_square_axes", "check_indices",
     "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays",
 ]
 
@@ -37,16 +39,53 @@ def is_run(x: Any) -> bool:
 
 
 def as_params(model_or_params: Any) -> dict[str, Tensor]:
-    """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad)."""
+    """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad), with the
+    residue outputs only (:func:`residue_outputs`: an ``=`` output logit is dropped)."""
     if hasattr(model_or_params, "named_parameters"):
-        return {k: v.detach() for k, v in model_or_params.named_parameters()}
+        return residue_outputs({k: v.detach() for k, v in model_or_params.named_parameters()})[0]
     if isinstance(model_or_params, dict):
-        return model_or_params
+        return residue_outputs(model_or_params)[0]
     raise AnalysisError(f"expected a model or a dict of parameters, got {type(model_or_params).__name__}")
+
+
+def residue_outputs(params: dict[str, Tensor], cfg: ModelConfig | None = None) -> tuple[dict[str, Tensor], ModelConfig | None]:
+    """The model restricted to its residue outputs: ``W_U [..., d_model, p]`` and ``eq_logit = False``.
+
+    A model trained with an output logit for ``=`` (``eq_logit``, the paper's code) has
+    ``d_vocab_out = p + 1``. Every analysis works on the ``p`` residue logits, as the paper's own
+    analysis code does (``logits[..., :-1]``): Fourier transforms over the output axis, restricted
+    and excluded losses, accuracies (an input is classified among the residues). Analysis losses
+    of such a model therefore leave ``=`` out of the softmax, unlike the training loss.
+
+    Args:
+        params: parameters, single or stacked ``[ckpt, ...]`` (left unchanged when they have no
+            ``=`` logit: ``W_U`` has as many columns as ``W_E`` has rows minus one).
+        cfg: the model config, if known (returned with ``eq_logit = False``).
+
+    Returns:
+        ``(params, cfg)``: the same objects when there is nothing to drop.
+    """
+    W_U, W_E = params.get("unembed.W_U"), params.get("embed.W_E")
+    eq = cfg.eq_logit if cfg is not None else (
+        W_U is not None and W_E is not None and W_U.ndim >= 2 and W_E.ndim >= 2 and W_U.shape[-1] == W_E.shape[-2])
+    if not eq:
+        return params, cfg
+    out_cfg = dataclasses.replace(cfg, eq_logit=False) if cfg is not None else None
+    if W_U is None:  # nothing to drop (e.g. only the config is wanted)
+        return params, out_cfg
+    p = cfg.p if cfg is not None else int(W_E.shape[-2]) - 1
+    if W_U.shape[-1] != p + 1:
+        raise AnalysisError(f"unembed.W_U: a model with an '=' logit needs p + 1 = {p + 1} output columns, "
+                            f"got shape {list(W_U.shape)}")
+    out = dict(params)
+    out["unembed.W_U"] = W_U[..., :p]
+    return out, out_cfg
 
 
 def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = None) -> tuple[dict[str, Tensor], ModelConfig]:
     """``(params, ModelConfig)`` of a model, a :class:`~grokinterp.store.run.Run` or a parameter dict.
+
+    The result has the residue outputs only (:func:`residue_outputs`).
 
     Args:
         model_or_params: a :class:`~grokinterp.model.hooked.HookedGrokTransformer` (its ``cfg`` is
@@ -59,19 +98,21 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
         cfg = cfg.model
     if is_run(model_or_params):
         run = model_or_params
-        return run.params(-1), cfg if cfg is not None else run.config.model
+        return residue_outputs(run.params(-1), cfg if cfg is not None else run.config.model)
     if cfg is None and isinstance(getattr(model_or_params, "cfg", None), ModelConfig):
         cfg = model_or_params.cfg
-    params = as_params(model_or_params)
+    params = as_params(model_or_params)  # residue outputs already
     if cfg is None:
         cfg = infer_config(params)
     if not isinstance(cfg, ModelConfig):
         raise AnalysisError(f"cfg: expected a ModelConfig or RunConfig, got {type(cfg).__name__}")
-    return params, cfg
+    return params, dataclasses.replace(cfg, eq_logit=False) if cfg.eq_logit else cfg
 
 
 def infer_config(params: dict[str, Tensor]) -> ModelConfig:
-    """A :class:`ModelConfig` read off parameter shapes (ReLU assumed; pass ``cfg`` for GELU)."""
+    """A :class:`ModelConfig` read off parameter shapes (ReLU assumed; pass ``cfg`` for GELU).
+
+    ``eq_logit`` is true when ``W_U`` has an output for every input token (``p + 1``)."""
     needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
     missing = [n for n in needed if n not in params]
     if missing:
@@ -80,8 +121,10 @@ def infer_config(params: dict[str, Tensor]) -> ModelConfig:
     n_heads = params["blocks.0.attn.W_Q"].shape[-3]
     d_mlp = params["blocks.0.mlp.W_in"].shape[-1]
     n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
+    W_U = params.get("unembed.W_U")
+    eq_logit = W_U is not None and W_U.ndim >= 2 and int(W_U.shape[-1]) == int(V)
     return ModelConfig(p=int(V) - 1, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
-                       n_layers=n_layers)
+                       n_layers=n_layers, eq_logit=eq_logit)
 
 
 def check_square_axes(x: Any, dims: Sequence[int], what: str) -> int:

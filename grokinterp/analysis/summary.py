@@ -28,6 +28,7 @@ from ..model.grid import grid_forward
 from .ablations import COLUMNS as ABLATION_COLUMNS
 from .ablations import ablation_table
 from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
+from .inputs import residue_outputs
 from .logits import logit_cos_fit, logit_fourier_norms_2d
 from .measures import progress_measures
 from .neurons import neuron_fourier
@@ -146,8 +147,7 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     # figure `grokinterp info` prints, rather than from the (possibly thinned) checkpoints.
     t99 = run.summary().get("test_acc_99_epoch")
     circuit = circuit_formation_epoch(measures, test_acc_99_epoch=t99)
-    params = run.params(-1)
-    cfg = run.config.model
+    params, cfg = residue_outputs(run.params(-1), run.config.model)  # analyses see the residue logits
     with torch.no_grad():
         out = grid_forward(params, cfg, return_post=True, return_pattern=True)
     nf = neuron_fourier(out.post)

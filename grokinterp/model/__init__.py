@@ -4,7 +4,8 @@
 * :mod:`~grokinterp.model.hooked` — :class:`HookedGrokTransformer` on TransformerLens' ``HookedRootModule``;
 * :mod:`~grokinterp.model.tables` — the per-(position, token) table fold shared by the two below;
 * :mod:`~grokinterp.model.fastpath` — final-position training forward with a hand-written backward;
-* :mod:`~grokinterp.model.grid` — every input of the task at every checkpoint, for analyses.
+* :mod:`~grokinterp.model.grid` — every input of the task at every checkpoint, for analyses;
+* :mod:`~grokinterp.model.tl_export` — the model as a TransformerLens 4.x ``TransformerBridge``.
 
 ``HookedGrokTransformer`` is loaded on first use (transformer_lens takes seconds to import).
 """

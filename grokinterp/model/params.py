@@ -16,6 +16,18 @@ parameter                  shape                            init (paper's code)
 ``blocks.L.mlp.b_out``     ``[d_model]``                    0
 ``unembed.W_U``            ``[d_model, d_vocab_out]``       N(0, 1/d_vocab)
 =========================  ===============================  ==============================
+
+Two initialisation methods draw these same distributions (``ModelConfig.init_method``):
+
+* ``default`` — one ``torch.Generator`` seeded with ``init_seed``, each parameter drawn in the
+  order and layout of :func:`param_shapes`.
+* ``paper`` — the tensors the reference code (Nanda et al.'s ``transformers.py``) draws after
+  ``torch.manual_seed(init_seed)``: its ``Transformer(config)`` constructor draws ``W_E [d_model,
+  d_vocab]``, ``W_pos``, then per block ``W_K``, ``W_Q``, ``W_V`` ``[n_heads, d_head, d_model]``,
+  ``W_O [d_model, n_heads·d_head]``, ``W_in [d_mlp, d_model]``, ``W_out [d_model, d_mlp]``, and
+  last ``W_U [d_model, d_vocab]`` (``d_vocab = p + 1`` columns: its ``=`` logit), each
+  ``randn(shape) / sqrt(fan)``. We draw the same numbers in that order and transpose them into our
+  layout; without ``eq_logit`` the ``=`` column of ``W_U`` is dropped.
 """
 
 from __future__ import annotations
@@ -55,9 +67,17 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
     """Initial parameters as in the paper's code, seeded by ``cfg.init_seed`` (CPU, float32).
 
+    Args:
+        cfg: the model config; ``cfg.init_method`` picks the draw order (module notes).
+
+    Returns:
+        ``{name: tensor}`` in the order and shapes of :func:`param_shapes`.
+
     Notes:
         Weights are ``N(0, 1/d_model)`` except ``W_U``, which is ``N(0, 1/d_vocab)``; biases are 0.
     """
+    if cfg.init_method == "paper":
+        return _init_paper(cfg)
     gen = torch.Generator().manual_seed(cfg.init_seed)
     out: dict[str, Tensor] = {}
     for name, shape in param_shapes(cfg).items():
@@ -67,6 +87,31 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
             fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
             out[name] = torch.randn(shape, generator=gen) / math.sqrt(fan)
     return out
+
+
+def _init_paper(cfg: ModelConfig) -> dict[str, Tensor]:
+    """The reference code's initial tensors for ``torch.manual_seed(cfg.init_seed)``, in our layout."""
+    gen = torch.Generator().manual_seed(cfg.init_seed)
+    d, V, h, e, m = cfg.d_model, cfg.d_vocab, cfg.n_heads, cfg.d_head, cfg.d_mlp
+
+    def draw(*shape: int, fan: int) -> Tensor:
+        return torch.randn(shape, generator=gen) / math.sqrt(fan)
+
+    raw: dict[str, Tensor] = {
+        "embed.W_E": draw(d, V, fan=d).T,  # theirs [d_model, d_vocab]
+        "pos_embed.W_pos": draw(cfg.n_ctx, d, fan=d),
+    }
+    for layer in range(cfg.n_layers):
+        b = f"blocks.{layer}"
+        for name in ("W_K", "W_Q", "W_V"):  # their order; theirs [n_heads, d_head, d_model]
+            raw[f"{b}.attn.{name}"] = draw(h, e, d, fan=d).transpose(1, 2)
+        raw[f"{b}.attn.W_O"] = draw(d, h * e, fan=d).T.reshape(h, e, d)  # theirs [d_model, (head d_head)]
+        raw[f"{b}.mlp.W_in"] = draw(m, d, fan=d).T
+        raw[f"{b}.mlp.b_in"] = torch.zeros(m)
+        raw[f"{b}.mlp.W_out"] = draw(d, m, fan=d).T
+        raw[f"{b}.mlp.b_out"] = torch.zeros(d)
+    raw["unembed.W_U"] = draw(d, V, fan=V)[:, : cfg.d_vocab_out]  # their W_U has d_vocab columns
+    return {name: raw[name].contiguous() for name in param_shapes(cfg)}
 
 
 def n_params(cfg: ModelConfig) -> int:

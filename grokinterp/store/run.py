@@ -109,6 +109,11 @@ class Run:
         config: the :class:`~grokinterp.config.RunConfig`.
         epochs: int64 array of the checkpoint epochs available, sorted.
         problems: damaged files found while loading (their checkpoints are left out).
+        session: what the training call that returned this run did (``None`` when loaded).
+
+    Tables are properties: :attr:`metrics` (every epoch; NaN where a value was not recorded) and
+    :attr:`evals` (the evaluation epochs only, no NaN). ``eval_metrics()`` is a deprecated method
+    kept for older code.
     """
 
     def __init__(self, path: Path, info: dict[str, Any], config: RunConfig, shards: list[_Shard], problems: list[str]):
@@ -124,6 +129,11 @@ class Run:
         self._where = where
         self.epochs = np.array(sorted(where), dtype=np.int64)
         self._mmaps: dict[int, dict[str, np.ndarray]] = {}
+        #: What the call that returned this run trained (set by :func:`grokinterp.train` and
+        #: :func:`grokinterp.resume`; ``None`` for :func:`load_run`): a dict with ``action``
+        #: (``trained``, ``resumed`` or ``already_finished``), ``start_epoch``, ``end_epoch``,
+        #: ``epochs_trained`` and ``threads`` (torch CPU threads used).
+        self.session: dict[str, Any] | None = None
 
     # -- metadata ----------------------------------------------------------------------------
     @property
@@ -157,7 +167,28 @@ class Run:
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
-        """One row per epoch: ``epoch, train_loss, train_acc, test_loss, test_acc, lr`` (NaN = not recorded)."""
+        """The training log: one row per epoch ``0 .. E``, columns ``epoch, train_loss, train_acc,
+        test_loss, test_acc, lr``; NaN means "not recorded at this epoch".
+
+        Row ``e`` describes the model after ``e`` steps. What is recorded where (runs trained by
+        grokinterp):
+
+        ============  =========================================================================
+        column        recorded at
+        ============  =========================================================================
+        train_loss    every epoch (the loss of step ``e``, before its update; the final epoch
+                      ``E`` is evaluated without a step)
+        lr            every epoch but the last (the learning rate of step ``e``; none at ``E``)
+        test_loss,    every ``train.eval_every`` epochs and at ``E``: NaN in between
+        test_acc,
+        train_acc
+        ============  =========================================================================
+
+        A run still training has rows up to its last flush. Imported runs
+        (:mod:`~grokinterp.store.legacy`) hold the recorded curves (test loss possibly every ``k``
+        epochs), accuracies only at checkpoint epochs, and no ``lr``. For the evaluations alone,
+        without NaN, use :attr:`evals`.
+        """
         path = self.path / _io.METRICS_CSV
         if not path.exists():
             raise RunError(f"{path}: metrics table is missing")
@@ -198,8 +229,25 @@ class Run:
         df["epoch"] = df["epoch"].astype(np.int64)
         return df
 
+    @property
+    def evals(self) -> pd.DataFrame:
+        """The evaluations: the rows of :attr:`metrics` where the test loss was recorded, with
+        columns ``epoch, train_loss, train_acc, test_loss, test_acc`` (no ``lr``: it belongs to a
+        step). In runs trained by grokinterp every value is set (no NaN): every
+        ``train.eval_every`` epochs and the final epoch. (Imported runs may lack the accuracies
+        between checkpoints.)
+        """
+        m = self.metrics
+        return m.loc[m["test_loss"].notna(), list(METRIC_COLUMNS[:-1])].reset_index(drop=True)
+
     def eval_metrics(self) -> pd.DataFrame:
-        """The rows of :attr:`metrics` where test loss was recorded."""
+        """Deprecated: use the property :attr:`evals` (this method also keeps the ``lr`` column).
+
+        The rows of :attr:`metrics` where test loss was recorded. Kept so that older code runs; it
+        warns with a :class:`DeprecationWarning` and will be removed in a later release.
+        """
+        warnings.warn("Run.eval_metrics() is deprecated; use the property run.evals (or run.metrics for every "
+                      "epoch)", DeprecationWarning, stacklevel=2)
         m = self.metrics
         return m[m["test_loss"].notna()].reset_index(drop=True)
 
@@ -281,6 +329,18 @@ class Run:
         model.load_params(params)
         return model.to(device).eval()
 
+    def to_transformer_lens(self, epoch: int = -1, device: str | torch.device = "cpu"):
+        """The checkpoint at ``epoch`` as a TransformerLens 4.x model, for TransformerLens' own tools.
+
+        A ``transformer_lens.model_bridge.TransformerBridge`` built with ``TransformerBridge.boot_native``
+        from this run's architecture, holding these weights unprocessed: its logits equal
+        :meth:`model`'s (:mod:`grokinterp.model.tl_export` has the details). TransformerLens is
+        imported only here.
+        """
+        from ..model.tl_export import to_transformer_lens
+
+        return to_transformer_lens(self.params(epoch), self.config.model, device)
+
     def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None) -> Tensor:
         """One parameter across checkpoints, ``[ckpt, ...]``.
 
@@ -339,7 +399,8 @@ class Run:
             "path": str(self.path),
             "preset": self.info.get("preset"),
             "task": f"{self.config.task.operation} mod {self.p}, frac_train {self.config.task.frac_train}",
-            "device": self.info.get("device", {}).get("type"),
+            "device": (self.info.get("device") or {}).get("type"),
+            "torch_threads": (self.info.get("device") or {}).get("torch_threads"),
             "finished": self.finished,
             "epoch_reached": self.progress.get("epoch"),
             "epochs_total": self.config.train.epochs,
@@ -349,7 +410,7 @@ class Run:
             "problems": list(self.problems),
         }
         try:
-            ev = self.eval_metrics()
+            ev = self.evals
         except RunError as e:
             out["metrics_error"] = str(e)
             return out

@@ -7,6 +7,7 @@ task implements :class:`~grokinterp.tasks.base.Task` and registers a factory wit
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from .base import (
     Structure,
     Task,
     get_split_method,
+    paper_split_indices,
     register_split_method,
     split_indices,
 )
@@ -28,12 +30,13 @@ from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime
 __all__ = [
     "Task", "Structure", "CyclicSum", "Dataset", "ModularTask", "Operation", "OPERATIONS",
     "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
-    "get_split_method", "get_task", "is_prime", "make_dataset", "split_indices", "split_pairs", "task_names",
+    "get_split_method", "get_task", "is_prime", "make_dataset", "paper_split_indices", "split_indices", "split_pairs",
+    "task_names",
 ]
 
 #: Task kinds tried in order: ``factory(name, p) -> Task | None`` (``None``: not this kind's name).
 _KINDS: list[Callable[[str, int], Task | None]] = []
-_CACHE: dict[tuple[str, int], Task] = {}
+_CACHE: dict[tuple[str, int, bool | None], Task] = {}
 
 
 def register_task_kind(factory: Callable[[str, int], Task | None]) -> None:
@@ -54,9 +57,16 @@ def task_names() -> list[str]:
     return sorted(OPERATIONS)
 
 
-def get_task(operation: str, p: int) -> Task:
-    """The task called ``operation`` at size ``p`` (cached; raises :class:`ConfigError` if unknown)."""
-    key = (operation, int(p))
+def get_task(operation: str, p: int, eq_logit: bool | None = None) -> Task:
+    """The task called ``operation`` at size ``p`` (cached; raises :class:`ConfigError` if unknown).
+
+    Args:
+        operation: a registered operation or a name a registered task kind knows.
+        p: the operand alphabet size.
+        eq_logit: give ``=`` an output logit (``d_vocab_out = p + 1``, as the paper's code does) or
+            not (``p``); ``None`` keeps the task's own choice (none for the operations mod p).
+    """
+    key = (operation, int(p), None if eq_logit is None else bool(eq_logit))
     task = _CACHE.get(key)
     if task is None or (isinstance(task, ModularTask) and OPERATIONS.get(operation) is not task.op):
         for kind in _KINDS:
@@ -66,6 +76,9 @@ def get_task(operation: str, p: int) -> Task:
         else:
             get_operation(operation)  # raises the "unknown operation" error listing the known ones
             raise ConfigError(f"task.operation: unknown operation {operation!r}")
+        if eq_logit is not None and bool(eq_logit) != task.eq_logit:
+            task = copy.copy(task)  # the same task with (or without) an output logit for '='
+            task.eq_logit = bool(eq_logit)
         _CACHE[key] = task
     return task
 
@@ -78,6 +91,6 @@ def make_dataset(p: int, operation: str = "add") -> Dataset:
 def split_pairs(task_config: Any) -> tuple[np.ndarray, np.ndarray]:
     """The seeded train / test split of a :class:`~grokinterp.config.TaskConfig`, as grid indices
     ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64."""
-    task = get_task(task_config.operation, task_config.p)
+    task = get_task(task_config.operation, task_config.p, getattr(task_config, "eq_logit", None))
     return task.split(task_config.frac_train, task_config.split_seed,
                       getattr(task_config, "split_method", "random"))

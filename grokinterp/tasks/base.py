@@ -26,6 +26,7 @@ loading torch.
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ __all__ = [
     "SPLIT_METHODS",
     "register_split_method",
     "split_indices",
+    "paper_split_indices",
 ]
 
 
@@ -120,9 +122,30 @@ def split_indices(n: int, frac_train: float, seed: int) -> tuple[np.ndarray, np.
     return np.sort(perm[:n_train]), np.sort(perm[n_train:])
 
 
+def paper_split_indices(n: int, frac_train: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``paper`` split: the reference code's ``gen_train_test``, as sorted positions in ``range(n)``.
+
+    Notes:
+        Nanda et al.'s code builds the row-major list of pairs ``[(a, b, =) for a in range(p) for b in
+        range(p)]``, calls ``random.seed(seed); random.shuffle(pairs)`` (Python's Mersenne Twister)
+        and trains on the first ``int(frac_train · len(pairs))``. Shuffling positions ``0..n-1``
+        with ``random.Random(seed)`` permutes them identically, so the same seed selects the same
+        pairs. Note the floor (``int``), where the ``random`` method rounds. For a task whose
+        valid pairs are not the whole grid, the list is the valid pairs in row-major order.
+    """
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    div = int(frac_train * n)
+    if not 0 < div < n:
+        raise ConfigError(f"task.frac_train: the paper split of {n} pairs at frac_train {frac_train} leaves an empty "
+                          f"train or test set")
+    return np.sort(np.array(idx[:div], dtype=np.int64)), np.sort(np.array(idx[div:], dtype=np.int64))
+
+
 #: Split methods by name: ``fn(n_valid, frac_train, seed) -> (train_positions, test_positions)``,
-#: positions into the task's sorted valid pairs.
-SPLIT_METHODS: dict[str, SplitFn] = {"random": split_indices}
+#: positions into the task's sorted valid pairs. ``random``: a PCG64 permutation, ``round(frac · n)``
+#: train; ``paper``: the reference code's ``random.shuffle``, ``int(frac · n)`` train.
+SPLIT_METHODS: dict[str, SplitFn] = {"random": split_indices, "paper": paper_split_indices}
 
 
 def register_split_method(name: str, fn: SplitFn) -> None:

@@ -23,6 +23,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from .optim import (
     optimizer_state_tensors,
 )
 from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
+from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
 
 __all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable"]
@@ -328,55 +330,84 @@ def train(
     progress: bool = True,
     preset: str | None = None,
     callbacks: Sequence[Callback] = (),
+    threads: int | None = None,
 ):
     """Train a model and write a run directory; returns the loaded :class:`~grokinterp.store.run.Run`.
 
     Args:
         config: the run's configuration (see :func:`grokinterp.make_config`).
         out: run directory to create. If it already holds a run with the same config, that run
-            is resumed (or simply returned when finished); a different run is refused unless
-            ``overwrite``.
+            is resumed (or simply returned when finished: nothing is trained then, and
+            ``run.session["action"]`` says ``already_finished``); a different run is refused
+            unless ``overwrite``.
         overwrite: replace a different run found in ``out``.
         progress: show a tqdm progress bar (epoch, train/test loss, test accuracy).
         preset: name of the preset the config came from, recorded in ``run.json``.
         callbacks: :class:`~grokinterp.training.callbacks.Callback` objects that watch the loop.
+        threads: torch CPU threads while training (default 1: :mod:`~grokinterp.training.threads`
+            says why); recorded in ``run.json``. The caller's setting is restored afterwards.
+
+    Returns:
+        The run, with ``run.session`` saying what this call did (``trained``, ``resumed`` or
+        ``already_finished``, the epochs trained and the thread count).
 
     Raises:
-        ConfigError: invalid config, unknown optimizer or gradient transform, or unavailable
-            device (nothing is created).
+        ConfigError: invalid config, unknown optimizer or gradient transform, unavailable device
+            or bad thread count (nothing is created).
         RunError: ``out`` is unusable, or a flush failed.
         TrainingInterrupted: SIGINT; everything up to the current epoch was flushed first.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config: expected a RunConfig, got {type(config).__name__}")
     device = check_trainable(config)
+    n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     cbs = _callbacks(progress, callbacks)
     out = Path(out)
     if prepare_out_dir(out, config, overwrite) == "same":
-        return resume(out, progress=progress, callbacks=callbacks)
-    train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
-                                                       config.task.split_method)
-    start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs, test_pairs)
-    loop = TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
-    with _sigint_flag() as stop:
-        loop.run(stop)
-    return load_run(out)
+        return resume(out, progress=progress, callbacks=callbacks, threads=threads)
+    with torch_threads(n_threads):
+        train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
+                                                           config.task.split_method)
+        start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
+                  test_pairs)
+        loop = TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
+        with _sigint_flag() as stop:
+            loop.run(stop)
+    return _with_session(load_run(out), "trained", 0, config.train.epochs, n_threads)
+
+
+def _with_session(run, action: str, start: int, end: int, threads: int | None):
+    run.session = {"action": action, "start_epoch": start, "end_epoch": end, "epochs_trained": max(end - start, 0),
+                   "threads": threads}
+    return run
+
+
+def _recorded_threads(run) -> int | None:
+    n = (run.info.get("device") or {}).get("torch_threads")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
 def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None,
-           callbacks: Sequence[Callback] = ()):
+           callbacks: Sequence[Callback] = (), threads: int | None = None):
     """Continue an interrupted run from its last flush; returns the loaded run when done.
 
-    The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one.
+    The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one: it
+    trains with the torch thread count recorded in ``run.json`` unless ``threads`` asks for
+    another (then it warns: the bits of a float32 product can depend on the thread count).
     A run killed before its first flush completed (no state, no progress file) starts again from
     its seeded initialisation; a run killed during its final flush gets that flush rewritten; a
-    finished or imported run (:mod:`grokinterp.store.legacy`) is returned as it is.
+    finished or imported run (:mod:`grokinterp.store.legacy`) is returned as it is
+    (``run.session["action"]``: ``already_finished`` or ``imported``).
     """
+    if threads is not None:
+        check_threads(threads)
     run = load_run(run_dir)
     config = run.config
     run_dir = run.path
+    E = config.train.epochs
+    reached = int(run.progress.get("epoch", 0) or 0)
     if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
-        return run
+        return _with_session(run, "imported", reached, reached, None)
     state_path = run_dir / layout.STATE_FILE
     if state_path.exists():
         finished = _state_meta(state_path).get("finished") == "true"
@@ -386,21 +417,29 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     else:  # killed before its first flush completed: start again from the (seeded) initialisation
         finished = False
     if finished and last_flush_complete(run_dir):
-        return run
+        return _with_session(run, "already_finished", E, E, None)
     dev = resolve_device(device or config.train.device)
     check_trainable(config)
+    recorded = _recorded_threads(run)
+    n_threads = threads if threads is not None else (recorded or DEFAULT_THREADS)
+    if threads is not None and recorded is not None and threads != recorded and dev.type == "cpu":
+        warnings.warn(f"{run_dir}: resuming with {threads} torch threads; the run was trained with {recorded}. The "
+                      f"checkpoints may then differ in the last bits from an uninterrupted run (drop --threads to "
+                      f"use the recorded count)", UserWarning, stacklevel=2)
     tp, sp = run.split_pairs()
-    loop = TrainLoop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
-    if state_path.exists():
-        loop.load_state(state_path)
-    loop.writer.drop_shards_after(loop.flushed_upto)
-    loop.writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
-    if finished:  # killed during the final flush, after the state: write progress and manifest again
-        loop.flush(config.train.epochs, finished=True)
-    else:
-        with _sigint_flag() as stop:
-            loop.run(stop)
-    return load_run(run_dir)
+    with torch_threads(n_threads):
+        loop = TrainLoop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
+        if state_path.exists():
+            loop.load_state(state_path)
+        start = loop.start_epoch
+        loop.writer.drop_shards_after(loop.flushed_upto)
+        loop.writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
+        if finished:  # killed during the final flush, after the state: write progress and manifest again
+            loop.flush(E, finished=True)
+        else:
+            with _sigint_flag() as stop:
+                loop.run(stop)
+    return _with_session(load_run(run_dir), "resumed", start, E, n_threads)
 
 
 def _state_meta(path: Path) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import TrainConfig
+from ..config import OPTIMIZER_NAMES, TrainConfig
 from ..errors import ConfigError, RunError
 
 __all__ = ["OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
@@ -67,7 +67,7 @@ Builder = Callable[[dict[str, torch.nn.Parameter], TrainConfig, OptimizerOptions
 OPTIMIZERS: dict[str, Builder] = {}
 
 
-def register_optimizer(name: str, builder: Builder) -> None:
+def register_optimizer(name: str, builder: Builder, description: str = "") -> None:
     """Make an optimizer available as ``TrainConfig.optimizer = name``.
 
     Args:
@@ -75,10 +75,14 @@ def register_optimizer(name: str, builder: Builder) -> None:
         builder: ``builder(named_params, train_config, options) -> torch.optim.Optimizer``; it
             should honour ``options.lr`` (possibly a tensor) and may ignore ``fused`` /
             ``capturable`` (then a CUDA-graph capture that fails falls back to eager steps).
+        description: one line for listings (``grokinterp train --help`` lists the built-in ones
+            from :data:`grokinterp.config.OPTIMIZER_NAMES`, which this call extends).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
     OPTIMIZERS[name] = builder
+    if description or name not in OPTIMIZER_NAMES:
+        OPTIMIZER_NAMES[name] = description or name
 
 
 def check_optimizer(tc: TrainConfig) -> Builder:

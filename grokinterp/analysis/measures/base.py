@@ -75,11 +75,15 @@ class ChunkContext:
 
     Attributes:
         epochs: int64 ``[n]`` epochs of the chunk.
-        params: stacked parameters ``{name: [n, ...]}`` on ``device``.
-        cfg: the model config.
+        params: stacked parameters ``{name: [n, ...]}`` on ``device``, with the residue outputs only
+            (a model with an output logit for ``=`` has its ``W_U`` column dropped:
+            :func:`~grokinterp.analysis.inputs.residue_outputs`).
+        cfg: the model config (of those parameters: ``eq_logit`` false).
         keys: the key frequencies held fixed for the run.
         arrays: the run's :class:`RunArrays`.
         device: where the chunk is computed.
+        model_params: every parameter of the model as trained (``=`` column included), when it
+            differs from ``params``; :attr:`all_params` falls back to ``params``.
     """
 
     epochs: np.ndarray
@@ -88,6 +92,12 @@ class ChunkContext:
     keys: ResolvedKeys
     arrays: RunArrays
     device: torch.device
+    model_params: dict[str, Tensor] | None = None
+
+    @property
+    def all_params(self) -> dict[str, Tensor]:
+        """Every parameter of the model as trained (for measures of the weights themselves)."""
+        return self.model_params if self.model_params is not None else self.params
 
     @property
     def n(self) -> int:

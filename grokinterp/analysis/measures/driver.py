@@ -27,7 +27,7 @@ column                 definition
 ``gini_W_E``           Gini coefficient (Hurley & Rickard) of the per-frequency Fourier norms of
                        ``W_E[:p]``, frequencies ``1..⌊p/2⌋`` (the constant left out).
 ``gini_W_L``           the same for ``W_L = W_out W_U`` along the output (vocab) axis.
-``sum_sq_weights``     ``Σ θ²`` over every parameter (weights and biases).
+``sum_sq_weights``     ``Σ θ²`` over every parameter (weights and biases; an ``=`` output column too).
 =====================  ==========================================================================
 
 Losses are computed from the float32 grid logits of that checkpoint (exact per checkpoint, not
@@ -51,7 +51,7 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
-from ..inputs import run_task_arrays
+from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
 from . import standard  # noqa: F401  (registers the built-in measures)
 from .base import ChunkContext, Measure, RunArrays, get_measures
@@ -156,6 +156,7 @@ def progress_measures(
         definition and split.
     """
     cfg = run.config.model
+    model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if cfg.n_layers != 1:
         raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")
     if chunk is None:
@@ -172,8 +173,10 @@ def progress_measures(
     if len(set(columns)) != len(columns):
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
     rows: dict[str, list] = {c: [] for c in columns}
-    for part, params in run.iter_chunks(int(chunk), epochs=eps):
-        ctx = ChunkContext(part, {k: v.to(dev) for k, v in params.items()}, cfg, keys, arrays, dev)
+    for part, full in run.iter_chunks(int(chunk), epochs=eps):
+        full = {k: v.to(dev) for k, v in full.items()}
+        params = residue_outputs(full, model_cfg)[0]
+        ctx = ChunkContext(part, params, cfg, keys, arrays, dev, model_params=full if params is not full else None)
         with torch.no_grad():
             for m in chosen:
                 out = m.compute(ctx)

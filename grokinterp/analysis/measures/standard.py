@@ -88,10 +88,10 @@ class FourierGini(Measure):
 class WeightNorm(Measure):
     name = "weight_norm"
     columns = ("sum_sq_weights",)
-    definitions = {"sum_sq_weights": "Σ θ² over every parameter (weights and biases)"}
+    definitions = {"sum_sq_weights": "Σ θ² over every parameter (weights and biases; the '=' output column too)"}
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
-        return {"sum_sq_weights": sum(v.double().pow(2).reshape(ctx.n, -1).sum(-1) for v in ctx.params.values())}
+        return {"sum_sq_weights": sum(v.double().pow(2).reshape(ctx.n, -1).sum(-1) for v in ctx.all_params.values())}
 
 
 for _m in (Losses(), Restricted(), Excluded(), FourierGini(), WeightNorm()):

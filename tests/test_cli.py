@@ -1,0 +1,191 @@
+"""The CLI and the Run API explain themselves: help with the chosen preset's values and every choice,
+"did you mean", an explicit message when nothing was trained, torch threads chosen and recorded,
+consistent table properties with documented NaN semantics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from _helpers import cli
+
+import grokinterp as g
+from grokinterp.cli import main
+from grokinterp.config import OPTIMIZER_NAMES, PRESETS, SECTIONS, field_docs, make_config
+from grokinterp.errors import ConfigError
+from grokinterp.tasks import SPLIT_METHODS, task_names
+from grokinterp.training.callbacks import Callback
+
+
+@pytest.fixture(autouse=True)
+def _wide_help(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "2000")  # argparse wraps help (at hyphens too) to the terminal width
+
+
+def _help(capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--help"])
+    assert exc.value.code == 0
+    return capsys.readouterr().out
+
+
+# -- help ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_train_help_shows_the_values_of_the_chosen_preset(capsys, preset):
+    argv = ("train", "--preset", preset) if preset else ("train",)
+    text = " ".join(_help(capsys, *argv).split())  # argparse wraps lines
+    cfg = make_config(preset)
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name in ("n_ctx", "windows") or (sec, f.name) in (("model", "p"), ("model", "eq_logit")):
+                continue
+            value = getattr(getattr(cfg, sec), f.name)
+            shown = repr(value) if isinstance(value, str) else ("none" if value == () else str(value))
+            assert f"[{preset}: {shown}]" in text, (sec, f.name, shown)
+    other = "paper" if preset != "paper" else "quick"
+    assert f"[{other}:" not in text
+
+
+def test_train_help_default_preset_is_quick_and_lists_every_choice(capsys):
+    text = " ".join(_help(capsys, "train").split())
+    assert "[quick: 0.002]" in text and "[quick: 3000]" in text and "[paper:" not in text
+    assert "{" + ",".join(task_names()) + "}" in text
+    assert "{" + ",".join(sorted(SPLIT_METHODS)) + "}" in text
+    assert "{" + ",".join(OPTIMIZER_NAMES) + "}" in text
+    assert "{relu,gelu}" in text and "{default,paper}" in text and "{paper,paper-exact,quick,tiny}" in text
+    # what each field means comes from the config docstrings, for every field
+    docs = field_docs()
+    assert all((sec, f.name) in docs for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls))
+    assert "peak learning rate" in text and "full-batch steps" in text
+
+
+def test_the_light_weight_optimizer_list_is_the_registry():
+    from grokinterp.training.optim import OPTIMIZERS, register_optimizer
+
+    assert set(OPTIMIZER_NAMES) == set(OPTIMIZERS)
+    register_optimizer("rmsprop_test", lambda params, tc, o: torch.optim.RMSprop(params.values(), lr=o.lr),
+                       "RMSprop (test)")
+    try:
+        assert OPTIMIZER_NAMES["rmsprop_test"] == "RMSprop (test)"
+    finally:
+        OPTIMIZERS.pop("rmsprop_test")
+        OPTIMIZER_NAMES.pop("rmsprop_test")
+
+
+def test_help_stays_off_torch():
+    code = ("import sys; from grokinterp.cli import main\n"
+            "try:\n    main(['train', '--preset', 'paper', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'transformer_lens' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.split()[-2:] == ["False", "False"]
+
+
+# -- did you mean ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,hint", [
+    (["train", "--epohcs", "10"], "did you mean --epochs?"),
+    (["train", "--frac_train", "0.3"], "did you mean --frac-train?"),
+    (["train", "--operation", "ad"], "did you mean 'add'?"),
+    (["train", "--optimizer", "admaw"], "did you mean 'adamw'?"),
+    (["trian"], "did you mean 'train'?"),
+    (["report", "run", "--max-chekpoints", "3"], "did you mean --max-checkpoints?"),
+])
+def test_mistyped_flags_and_choices_suggest_the_closest(argv, hint):
+    res = cli(*argv)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and hint in lines[0] and "Traceback" not in res.stderr
+    cmd = "grokinterp" if argv[0] == "trian" else f"grokinterp {argv[0]}"
+    assert lines[0].startswith(f"{cmd}: error:")
+
+
+# -- nothing trained, said so ----------------------------------------------------------------------
+def test_rerunning_a_finished_run_says_it_trained_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--p", "13", "--d-model", "32", "--d-mlp", "64", "--epochs", "30", "--every",
+            "10", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith("trained 30 epochs with 1 torch thread\n")
+    shard_times = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    again = cli(*args)  # the real command line, once
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"nothing to train: {out} already holds this run, finished at epoch 30")
+    assert "--overwrite" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()} == shard_times
+    run = g.train(make_config("tiny", p=13, d_model=32, d_mlp=64, epochs=30, every=10), out, progress=False)
+    assert run.session == {"action": "already_finished", "start_epoch": 30, "end_epoch": 30, "epochs_trained": 0,
+                           "threads": None}
+    assert g.load_run(out).session is None
+
+
+# -- threads ---------------------------------------------------------------------------------------
+class _StopAt(Callback):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_step(self, loop, epoch: int) -> None:
+        if epoch + 1 == self.epoch:
+            loop.request_stop()
+
+
+def test_threads_default_to_one_are_recorded_and_restored(tmp_path):
+    before = torch.get_num_threads()
+    cfg = make_config("tiny", p=13, d_model=32, d_mlp=64, epochs=40, every=10, flush_every=2)
+    run = g.train(cfg, tmp_path / "one", progress=False)
+    assert run.info["device"]["torch_threads"] == 1 == run.session["threads"]
+    assert torch.get_num_threads() == before
+    run = g.train(cfg, tmp_path / "three", progress=False, threads=3)
+    assert run.info["device"]["torch_threads"] == 3 and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads: must be a positive integer"):
+        g.train(cfg, tmp_path / "bad", progress=False, threads=0)
+    assert not (tmp_path / "bad").exists()
+    # a resume trains with the recorded count; another count works but warns
+    with pytest.raises(g.training.TrainingInterrupted):
+        g.train(cfg, tmp_path / "stopped", progress=False, threads=2, callbacks=[_StopAt(20)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resumed = g.resume(tmp_path / "stopped", progress=False)
+    assert resumed.session["action"] == "resumed" and resumed.session["threads"] == 2
+    assert resumed.session["start_epoch"] == 20 and resumed.session["epochs_trained"] == 20
+    with pytest.raises(g.training.TrainingInterrupted):
+        g.train(cfg, tmp_path / "stopped2", progress=False, threads=2, callbacks=[_StopAt(20)])
+    with pytest.warns(UserWarning, match="resuming with 1 torch threads; the run was trained with 2"):
+        g.resume(tmp_path / "stopped2", progress=False, threads=1)
+    # the same config, seed and thread count: bit-identical, resumed or not
+    ref = g.train(cfg, tmp_path / "ref", progress=False, threads=2)
+    for name, stack in resumed.stacks().items():
+        assert torch.equal(stack, ref.stack(name)), name
+
+
+def test_cli_threads_flag(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--p", "13", "--d-model", "32", "--d-mlp", "64", "--epochs", "10",
+                 "--out", str(out), "--no-progress", "--threads", "2"]) == 0
+    assert "with 2 torch threads" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["device"]["torch_threads"] == 2
+    assert main(["info", str(out)]) == 0 and "(2 torch threads)" in capsys.readouterr().out
+    assert main(["train", "--preset", "tiny", "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert "--threads" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+# -- the Run's tables ------------------------------------------------------------------------------
+def test_metrics_nan_semantics_and_evals_property(tiny_run):
+    m, E, k = tiny_run.metrics, tiny_run.config.train.epochs, tiny_run.config.train.eval_every
+    evaluated = (m["epoch"] % k == 0) | (m["epoch"] == E)
+    assert m["train_loss"].notna().all()
+    for col in ("test_loss", "test_acc", "train_acc"):
+        assert np.array_equal(m[col].notna().to_numpy(), evaluated.to_numpy()), col
+    assert m["lr"].iloc[:-1].notna().all() and np.isnan(m["lr"].iloc[-1])  # no step at the final epoch
+    ev = tiny_run.evals
+    assert list(ev.columns) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+    assert not ev.isna().any().any() and ev["epoch"].tolist() == m.loc[evaluated, "epoch"].tolist()
+    with pytest.warns(DeprecationWarning, match="run.evals"):
+        old = tiny_run.eval_metrics()
+    assert old.drop(columns="lr").equals(ev)
+    assert isinstance(type(tiny_run).metrics, property) or hasattr(type(tiny_run).metrics, "__get__")
+    assert isinstance(type(tiny_run).evals, property)
