@@ -21,6 +21,7 @@ from grokinterp.config import OPTIMIZER_NAMES, PRESETS, SECTIONS, field_docs, ma
 from grokinterp.errors import ConfigError
 from grokinterp.tasks import SPLIT_METHODS, task_names
 from grokinterp.training.callbacks import Callback
+from grokinterp.training.loop import TrainingInterrupted
 
 
 @pytest.fixture(autouse=True)
@@ -145,14 +146,14 @@ def test_threads_default_to_one_are_recorded_and_restored(tmp_path):
         g.train(cfg, tmp_path / "bad", progress=False, threads=0)
     assert not (tmp_path / "bad").exists()
     # a resume trains with the recorded count; another count works but warns
-    with pytest.raises(g.training.TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted):
         g.train(cfg, tmp_path / "stopped", progress=False, threads=2, callbacks=[_StopAt(20)])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         resumed = g.resume(tmp_path / "stopped", progress=False)
     assert resumed.session["action"] == "resumed" and resumed.session["threads"] == 2
     assert resumed.session["start_epoch"] == 20 and resumed.session["epochs_trained"] == 20
-    with pytest.raises(g.training.TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted):
         g.train(cfg, tmp_path / "stopped2", progress=False, threads=2, callbacks=[_StopAt(20)])
     with pytest.warns(UserWarning, match="resuming with 1 torch threads; the run was trained with 2"):
         g.resume(tmp_path / "stopped2", progress=False, threads=1)

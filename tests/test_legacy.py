@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grokinterp as g
+import grokinterp.store.legacy as legacy_mod
 from grokinterp.errors import RunError
 from grokinterp.store.integrity import verify
 from grokinterp.store.legacy import import_legacy
@@ -395,8 +396,8 @@ def test_layout_is_told_by_shapes_not_keys(tmp_path, tl_config_class):
     train_saved_run(src2, steps=20)
     with pytest.raises(RunError, match="shapes are the 'paper' layout, not 'tl-demo'"):
         import_legacy(src2, tmp_path / "x", layout="tl-demo", split_seed=2, frac_train=0.3)
-    assert g.store.legacy.param_layout(tl_state_dict(torch.Generator()), "sd", src) == "tl-demo"
-    assert g.store.legacy.param_layout(paper_state_dict(torch.Generator()), "sd", src) == "paper"
+    assert legacy_mod.param_layout(tl_state_dict(torch.Generator()), "sd", src) == "tl-demo"
+    assert legacy_mod.param_layout(paper_state_dict(torch.Generator()), "sd", src) == "paper"
 
 
 def test_saved_run_refusals_never_guess_p(tmp_path):

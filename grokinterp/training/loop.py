@@ -318,7 +318,7 @@ def _callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
     cbs = list(callbacks)
     bad = [type(cb).__name__ for cb in cbs if not isinstance(cb, Callback)]
     if bad:
-        raise ConfigError(f"callbacks: expected grokinterp.training.Callback objects, got {', '.join(bad)}")
+        raise ConfigError(f"callbacks: expected grokinterp.training.callbacks.Callback objects, got {', '.join(bad)}")
     return ([ProgressBar()] if progress else []) + cbs
 
 
