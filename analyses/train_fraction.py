@@ -40,9 +40,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=_ints, default=[0, 1], metavar="S1,S2,...",
                     help="seeds; each sets both the split seed and the init seed")
     ap.add_argument("--epochs", type=int, default=4000, help="training budget per run")
+    ap.add_argument("--every", type=int, default=None,
+                    help="checkpoint every this many epochs (default: the preset's, dense enough to date the phases)")
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/train_fraction"))
     ap.add_argument("--out", type=Path, default=Path("analyses/out/train_fraction"))
     return ap.parse_args(argv)
+
+
+def run_config(args: argparse.Namespace, frac: float, seed: int):
+    """The config of one run of the sweep (the preset with p, operation, fraction, seeds and budget set)."""
+    import grokinterp as gi
+
+    every = {} if args.every is None else {"every": args.every}
+    return gi.make_config(args.preset, p=args.p, operation=args.operation, frac_train=frac, split_seed=seed,
+                          init_seed=seed, epochs=args.epochs, **every)
 
 
 def main(argv=None) -> int:
@@ -57,8 +68,7 @@ def main(argv=None) -> int:
     try:
         for frac in args.fractions:
             for seed in args.seeds:
-                cfg = gi.make_config(args.preset, p=args.p, operation=args.operation, frac_train=frac,
-                                     split_seed=seed, init_seed=seed, epochs=args.epochs, every=max(args.epochs // 20, 1))
+                cfg = run_config(args, frac, seed)
                 out = args.runs_dir / f"{args.operation}-p{args.p}-f{frac:g}-s{seed}"
                 run = gi.train(cfg, out, progress=False, overwrite=False)
                 s = run.summary()
