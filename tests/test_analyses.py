@@ -28,6 +28,11 @@ def test_progress_measures_paper_on_a_run(tiny_run, tmp_path):
     rows = {r["quantity"]: r for r in summary["comparison"]}
     assert rows["key frequencies (count)"]["paper"] == 5
     assert rows["key frequencies (count)"]["ours"] == len(summary["ours"]["key_frequencies"])
+    # each phase date is compared under its own definition: the paper's dates beside our paper-rule dates
+    paper_mem = rows["memorization ends (epoch), paper's definition: excluded loss turns up"]
+    assert paper_mem["paper"] == 1400 and paper_mem["ours"] == summary["ours"]["memorization_end_paper"]
+    ours_mem = rows["memorization ends (epoch), ours: train accuracy ≥ 99 %"]
+    assert ours_mem["ours"] == summary["ours"]["memorization_end"] and "not reported" in ours_mem["paper"]
     assert (out / "report.html").stat().st_size > 100_000 and (out / "figures" / "progress_measures.html").exists()
     assert (out / "comparison.csv").read_text().startswith("quantity,ours,paper")
 
@@ -49,3 +54,7 @@ def test_train_fraction_smoke(tmp_path):
     assert all(r["n_train"] > 0 for r in summary["runs"])
     assert summary["runs"][0]["n_train"] < summary["runs"][1]["n_train"]
     assert (tmp_path / "out" / "train_fraction.html").exists()
+    # the phase dates travel with each run, named after their rules
+    for name in ("memorization_end_acc99", "circuit_formation_end_restricted99", "memorization_end_paper"):
+        assert name in summary["runs"][0] and name in summary["phase_rules"] and name in summary["medians"]
+    assert summary["runs"][1]["circuit_formed"] == summary["runs"][1]["circuit_formation_end_restricted99"]
