@@ -274,6 +274,11 @@ class PhaseBoundary:
         return f"{head} ({what})" if what else head
 
 
+def _end_of(field: str) -> property:
+    """A read-only property: the epoch of the boundary stored in ``field`` (``None`` if not found)."""
+    return property(lambda self: getattr(self, field).end, doc=f"``{field}.end``: an epoch or None.")
+
+
 @dataclass(frozen=True)
 class Phases:
     """The phases of a run by both definitions (see the module docstring for the rules).
@@ -301,29 +306,12 @@ class Phases:
     test_acc_99_epoch: int | None
     smoothing: str
 
-    @property
-    def memorization_end(self) -> int | None:
-        return self.memorization.end
-
-    @property
-    def circuit_formation_end(self) -> int | None:
-        return self.circuit_formation.end
-
-    @property
-    def cleanup_end(self) -> int | None:
-        return self.cleanup.end
-
-    @property
-    def memorization_end_paper(self) -> int | None:
-        return self.memorization_paper.end
-
-    @property
-    def circuit_formation_end_paper(self) -> int | None:
-        return self.circuit_formation_paper.end
-
-    @property
-    def cleanup_end_paper(self) -> int | None:
-        return self.cleanup_paper.end
+    memorization_end = _end_of("memorization")
+    circuit_formation_end = _end_of("circuit_formation")
+    cleanup_end = _end_of("cleanup")
+    memorization_end_paper = _end_of("memorization_paper")
+    circuit_formation_end_paper = _end_of("circuit_formation_paper")
+    cleanup_end_paper = _end_of("cleanup_paper")
 
     @property
     def grokked(self) -> bool:
