@@ -98,14 +98,16 @@ def main(argv=None) -> int:
 
     med = df.groupby("frac_train")["epochs_to_test_99"].agg(median).rename("median_epochs_to_test_99")
     dated = ["epochs_to_test_99", "circuit_formed", "lead_time", *rules]
-    medians = {c: {str(k): v for k, v in df.groupby("frac_train")[c].agg(median).items()} for c in dated}
+    medians = {c: {str(k): (None if v is None or v != v else float(v))
+                   for k, v in df.groupby("frac_train")[c].agg(median).items()} for c in dated}
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
     fig = go.Figure()
     hit = df[df["epochs_to_test_99"].notna()]
-    fig.add_trace(go.Scatter(x=hit["frac_train"], y=hit["epochs_to_test_99"], mode="markers", name="runs (seeds)",
+    fig.add_trace(go.Scatter(x=hit["frac_train"], y=hit["epochs_to_test_99"], mode="markers",
+                             name="test accuracy ≥ 99 % (each seed)",
                              marker=dict(size=9, opacity=0.7)))
-    fig.add_trace(go.Scatter(x=med.index, y=med.values, mode="lines+markers", name="median"))
+    fig.add_trace(go.Scatter(x=med.index, y=med.values, mode="lines+markers", name="test accuracy ≥ 99 % (median)"))
     formed = df[df["circuit_formed"].notna()]
     fig.add_trace(go.Scatter(x=formed["frac_train"], y=formed["circuit_formed"], mode="markers",
                              marker=dict(symbol="diamond-open", size=9), name="circuit formed (restricted accuracy ≥ 99 %)"))
@@ -119,9 +121,9 @@ def main(argv=None) -> int:
                       yaxis_type="log", template="plotly_white", legend=dict(orientation="h", y=-0.2))
     fig.write_html(args.out / "train_fraction.html", include_plotlyjs=True)
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "runs": rows, "median_epochs_to_test_99": {str(k): v for k, v in med.items()},
+               "runs": rows, "median_epochs_to_test_99": medians["epochs_to_test_99"],
                "medians": medians, "phase_rules": rules, "circuit_rule": circuit.rule}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str, allow_nan=False) + "\n")
     print(med.to_string())
     print(f"wrote {args.out}/runs.csv, summary.json, train_fraction.html")
     return 0
