@@ -63,6 +63,7 @@ _EXPORTS = {
     "register_run_analysis": "analysis.summary",
     "write_report": "viz.report",
     "register_figure": "viz.report",
+    "setup_notebook": "viz.notebook",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

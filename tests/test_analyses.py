@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
-@pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py"])
+@pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py", "phase_dates.py"])
 def test_help(script):
     res = subprocess.run([PY, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "usage" in res.stdout.lower()
@@ -28,6 +28,11 @@ def test_progress_measures_paper_on_a_run(tiny_run, tmp_path):
     rows = {r["quantity"]: r for r in summary["comparison"]}
     assert rows["key frequencies (count)"]["paper"] == 5
     assert rows["key frequencies (count)"]["ours"] == len(summary["ours"]["key_frequencies"])
+    # each phase date is compared under its own definition: the paper's dates beside our paper-rule dates
+    paper_mem = rows["memorization ends (epoch), paper's definition: excluded loss turns up"]
+    assert paper_mem["paper"] == 1400 and paper_mem["ours"] == summary["ours"]["memorization_end_paper"]
+    ours_mem = rows["memorization ends (epoch), ours: train accuracy ≥ 99 %"]
+    assert ours_mem["ours"] == summary["ours"]["memorization_end"] and "not reported" in ours_mem["paper"]
     assert (out / "report.html").stat().st_size > 100_000 and (out / "figures" / "progress_measures.html").exists()
     assert (out / "comparison.csv").read_text().startswith("quantity,ours,paper")
 
@@ -49,3 +54,26 @@ def test_train_fraction_smoke(tmp_path):
     assert all(r["n_train"] > 0 for r in summary["runs"])
     assert summary["runs"][0]["n_train"] < summary["runs"][1]["n_train"]
     assert (tmp_path / "out" / "train_fraction.html").exists()
+    # the phase dates travel with each run, named after their rules
+    for name in ("memorization_end_acc99", "circuit_formation_end_restricted99", "memorization_end_paper"):
+        assert name in summary["runs"][0] and name in summary["phase_rules"] and name in summary["medians"]
+    assert summary["runs"][1]["circuit_formed"] == summary["runs"][1]["circuit_formation_end_restricted99"]
+
+
+def test_phase_dates_on_a_run(tiny_run, tmp_path):
+    import grokinterp as gi
+
+    out = tmp_path / "out"
+    res = subprocess.run([PY, str(ROOT / "analyses" / "phase_dates.py"), str(tiny_run.path), str(tiny_run.path),
+                          "--until", "600", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    expected = gi.detect_phases(gi.progress_measures(tiny_run, epochs=[e for e in tiny_run.epochs if e <= 600]))
+    assert [r["last_epoch"] for r in summary["runs"]] == [600, 600]
+    for name, date in expected.dates().items():
+        assert summary["runs"][0][name] == date and name in summary["rules"]
+        assert summary["spread"][name]["runs"] == 2
+    assert summary["runs"][0]["circuit_formed"] == expected.circuit_formation_end
+    res = subprocess.run([PY, str(ROOT / "analyses" / "phase_dates.py"), str(tmp_path / "nope"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "no such run directory" in res.stderr

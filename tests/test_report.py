@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 
 import plotly.graph_objects as go
 import pytest
+from _browser import chromium, dump_dom, overlaps
 from _helpers import cli as _cli
 
 from grokinterp.analysis.fourier import fourier_basis
@@ -65,17 +65,54 @@ def test_figures_draw_what_they_are_given(analysis, tiny_run):
     }
     for name, fig in figs.items():
         assert isinstance(fig, go.Figure) and len(fig.data) >= 1, name
-    # the bars carry the numbers they were given, key frequencies coloured
-    bar = figs["bars"].data[0]
-    assert list(bar.x) == list(B.labels)
-    assert bar.y[B.index(f"cos {analysis.key_freqs[0]}")] == pytest.approx(
-        float(analysis.embed_norms[B.index(f"cos {analysis.key_freqs[0]}")]))
-    assert bar.marker.color[B.index(f"cos {analysis.key_freqs[0]}")] != bar.marker.color[0]
+    # the bars carry the numbers they were given on a numeric frequency axis (cos k and sin k side
+    # by side at x = k, hover names the component), key frequencies coloured
+    cos_bar, sin_bar = figs["bars"].data[0], figs["bars"].data[1]
+    k = analysis.key_freqs[0]
+    assert list(cos_bar.customdata) == [lab for lab in B.labels if not lab.startswith("sin")]
+    assert list(sin_bar.x) == list(range(1, B.n_freq + 1))
+    i = list(cos_bar.customdata).index(f"cos {k}")
+    assert cos_bar.x[i] == k and cos_bar.y[i] == pytest.approx(float(analysis.embed_norms[B.index(f"cos {k}")]))
+    assert sin_bar.y[k - 1] == pytest.approx(float(analysis.embed_norms[B.index(f"sin {k}")]))
+    assert cos_bar.marker.color[i] != cos_bar.marker.color[0]
     # one heatmap per neuron, one per head; the heatmap rows are the checkpoints
-    assert len(figs["neurons"].data) == 2 and len(figs["attn"].data) == tiny_run.config.model.n_heads
+    assert len([d for d in figs["neurons"].data if d.type == "heatmap"]) == 2
+    assert len([d for d in figs["attn"].data if d.type == "heatmap"]) == tiny_run.config.model.n_heads
     assert figs["heat"].data[0].z.shape == (len(analysis.epochs), B.n_freq)
-    # phase bands are drawn as shapes
-    assert len(figs["loss"].layout.shapes) == len(analysis.phases.intervals())
+    # phase bands are drawn as shapes, and named (with their epochs) in the legend, not on the band
+    intervals = analysis.phases.intervals()
+    assert len(figs["loss"].layout.shapes) == len(intervals) and not figs["loss"].layout.annotations
+    legend = [d.name for d in figs["loss"].data if d.showlegend is not False]
+    for name, start, end in intervals:
+        assert f"{P.PHASE_NAMES[name]} {start}–{end}" in legend
+    # every panel of the progress figure has a y-axis title; excluded loss has its own linear axis
+    prog = figs["progress"]
+    n_panels = len([a for a in prog.layout if a.startswith("yaxis")])
+    assert n_panels == 5 and all(prog.layout[f"yaxis{i if i > 1 else ''}"].title.text for i in range(1, 6))
+    excl = next(d for d in prog.data if d.name == "excluded loss")
+    assert excl.yaxis == "y2" and prog.layout.yaxis2.type != "log" and prog.layout.yaxis.type == "log"
+    # the logit spectrum labels every component (cos and sin rows) at this small p
+    heat = figs["logits"]
+    assert list(heat.layout.yaxis.ticktext) == list(B.labels) == list(heat.layout.xaxis.ticktext)
+
+
+def test_large_p_spectrum_ticks_stay_legible():
+    """At p = 113 the logit spectrum gets one tick per frequency, centred on its cos and sin rows,
+    key frequencies always (bold); the Fourier bars use a numeric axis."""
+    import numpy as np
+
+    B = fourier_basis(113)
+    fig = P.logit_fourier_norms(np.random.default_rng(0).random((113, 113)), B.labels, key_freqs=[14, 35, 41, 42, 52])
+    vals, text = fig.layout.yaxis.tickvals, fig.layout.yaxis.ticktext
+    for k in (14, 35, 52):
+        j = text.index(f"<b>{k}</b>")
+        assert vals[j] == (B.index(f"cos {k}") + B.index(f"sin {k}")) / 2
+    # neighbouring key frequencies share one tick rather than overprint
+    j = text.index("<b>41/42</b>")
+    assert vals[j] == (B.index("cos 41") + B.index("sin 42")) / 2
+    assert min(np.diff(vals)) * 560 / 113 >= 14 and len(text) < 60 and list(vals) == sorted(vals)
+    bars = P.fourier_norms_bars({"W_E": np.ones(113)}, B.labels, key_freqs=[14])
+    assert bars.layout.xaxis.type in (None, "linear") and max(bars.data[0].x) == 56
 
 
 def test_figures_reject_bad_input(analysis):
@@ -99,25 +136,17 @@ def test_report_is_self_contained(analysis, tmp_path):
     assert f"<b>{h['test_acc_99_epoch']}</b>" in text
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
+def _browser() -> str:
+    browser = chromium()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    return browser
 
 
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    browser = _browser()
     out = write_report(tiny_run, tmp_path / "r.html")
-    with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", out.as_uri()],
-            capture_output=True, text=True, timeout=180)
+    res = dump_dom(browser, out)
     dom = res.stdout
     assert "</html>" in dom, res.stderr[-2000:]
     errors = re.search(r'data-js-errors="(\d+)"', dom)
@@ -127,6 +156,54 @@ def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
     assert n_divs >= 9, f"only {n_divs} plots were drawn"
     assert n_svg >= n_divs, "every plot draws SVG"
     assert "Uncaught" not in res.stderr
+    # no text label of any figure overprints another (titles, legend, annotations, tick labels)
+    n_checked, found, _ = overlaps(browser, out.read_text(), tmp_path)
+    assert n_checked == n_divs and found == [], found
+
+
+def _page(figs) -> str:
+    from plotly.offline import get_plotlyjs
+
+    divs = "".join(f.to_html(full_html=False, include_plotlyjs=False, div_id=f"f{i}") for i, f in enumerate(figs))
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><script>{get_plotlyjs()}</script></head>"
+            f"<body>{divs}</body></html>")
+
+
+def test_overlap_check_catches_overprinted_labels(tmp_path):
+    """The check is not vacuous: two annotations at one spot, and the old in-band phase labels."""
+    browser = _browser()
+    fig = go.Figure(go.Scatter(x=[0, 10], y=[0, 1]))
+    fig.add_annotation(x=5, y=0.5, text="memorization", showarrow=False)
+    fig.add_annotation(x=5.2, y=0.5, text="circuit formation", showarrow=False)
+    old_style = go.Figure(go.Scatter(x=[0, 3000], y=[0, 1]))
+    for x0, x1, name in [(0, 100, "memorization"), (100, 125, "circuit formation"), (125, 2000, "cleanup")]:
+        old_style.add_vrect(x0=x0, x1=x1, annotation_text=name, annotation_position="top left")
+    n, found, _ = overlaps(browser, _page([fig, old_style]), tmp_path)
+    assert n == 2 and any("f0" in f for f in found) and any("f1" in f for f in found), found
+
+
+def test_labels_stay_readable_at_any_band_width(analysis, tiny_run, tmp_path):
+    """Phases one epoch wide, markers one epoch apart, p = 113 spectra with neighbouring key
+    frequencies: nothing overprints."""
+    import numpy as np
+
+    browser = _browser()
+    ph, e0 = analysis.phases, analysis.phases.first_epoch
+    narrow = dataclasses.replace(
+        ph, **{f: dataclasses.replace(getattr(ph, f), end=e0 + i, reason=None)
+               for f, i in [("memorization", 1), ("circuit_formation", 2), ("cleanup", 3),
+                            ("memorization_paper", 1), ("circuit_formation_paper", 2), ("cleanup_paper", 3)]})
+    circuit = dataclasses.replace(analysis.circuit, epoch=e0 + 2, test_acc_99_epoch=e0 + 3)
+    B = fourier_basis(113)
+    rng = np.random.default_rng(0)
+    keys = [14, 35, 41, 42, 52]
+    figs = [P.loss_curves(tiny_run.metrics, narrow), P.progress_figure(analysis.measures, narrow, circuit),
+            P.fourier_norms_heatmap(analysis.embed_norms_over_time, analysis.epochs, key_freqs=analysis.key_freqs,
+                                    phases=narrow),
+            P.logit_fourier_norms(rng.random((113, 113)), B.labels, key_freqs=keys),
+            P.fourier_norms_bars({"W_E": rng.random(113), "W_L": rng.random(113)}, B.labels, key_freqs=keys)]
+    n, found, _ = overlaps(browser, _page(figs), tmp_path)
+    assert n == len(figs) and found == [], found
 
 
 def test_report_cli_bad_inputs(tmp_path, tiny_run):

@@ -36,8 +36,15 @@ __all__ = [
 
 PHASE_COLORS = {"memorization": "rgba(99,110,250,0.10)", "circuit_formation": "rgba(239,85,59,0.10)",
                 "cleanup": "rgba(0,204,150,0.12)"}
+# The same hues, opaque enough to read as legend swatches.
+_PHASE_SWATCH = {"memorization": "rgba(99,110,250,0.45)", "circuit_formation": "rgba(239,85,59,0.45)",
+                 "cleanup": "rgba(0,204,150,0.5)"}
 PHASE_NAMES = {"memorization": "memorization", "circuit_formation": "circuit formation", "cleanup": "cleanup"}
+_PAPER_DASH = {"memorization": "dot", "circuit_formation": "dash", "cleanup": "longdash"}
 _TEMPLATE = "plotly_white"
+# Legend below the plot area, horizontal: phase and marker labels live here, so they never overprint
+# the curves or each other whatever the width of a band.
+_LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0)
 
 
 def _np(x) -> np.ndarray:
@@ -46,21 +53,48 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _phase_bands(fig: go.Figure, phases, rows: Sequence[int] | None = None) -> None:
-    """Shade each phase found in ``phases`` (a :class:`~grokinterp.phases.Phases`)."""
+def _legend_entry(fig: go.Figure, name: str, *, group: str, title: str | None = None, color: str = "#444",
+                  symbol: str | None = "square", dash: str | None = None, row: int | None = None) -> None:
+    """A legend-only entry (an invisible point) naming a band or a line drawn as a shape."""
+    marker = dict(symbol=symbol, size=13, color=color) if symbol else None
+    kw = dict(row=row, col=1) if row is not None else {}
+    fig.add_trace(go.Scatter(x=[None], y=[None], name=name, mode="markers" if symbol else "lines",
+                             marker=marker, line=dict(color=color, dash=dash, width=2) if not symbol else None,
+                             legendgroup=group, legendgrouptitle_text=title, hoverinfo="skip", showlegend=True),
+                  **kw)
+
+
+def _phase_bands(fig: go.Figure, phases, rows: Sequence[int] | None = None, *, paper_lines: bool = False) -> None:
+    """Shade each phase found in ``phases`` (a :class:`~grokinterp.analysis.phases.Phases`, our rules).
+
+    The phase names (with their epochs) go into the legend rather than onto the bands, so they stay
+    readable however narrow a band is. With ``paper_lines``, the boundaries dated by the paper's
+    definitions are drawn as dashed vertical lines, each with its own legend entry.
+    """
     if phases is None:
         return
+    targets = [None] if rows is None else list(rows)
+    title = "phases (our rules)"
     for name, start, end in phases.intervals():
-        kw = dict(x0=start, x1=end, fillcolor=PHASE_COLORS.get(name, "rgba(0,0,0,0.05)"), line_width=0,
-                  layer="below")
-        if rows is None:
-            fig.add_vrect(**kw, annotation_text=PHASE_NAMES.get(name, name), annotation_position="top left",
-                          annotation_font_size=10)
-        else:
-            for i, r in enumerate(rows):
-                fig.add_vrect(**kw, row=r, col=1,
-                              **(dict(annotation_text=PHASE_NAMES.get(name, name), annotation_position="top left",
-                                      annotation_font_size=10) if i == 0 else {}))
+        for r in targets:
+            kw = {} if r is None else dict(row=r, col=1)
+            fig.add_vrect(x0=start, x1=end, fillcolor=PHASE_COLORS.get(name, "rgba(0,0,0,0.05)"), line_width=0,
+                          layer="below", **kw)
+        _legend_entry(fig, f"{PHASE_NAMES.get(name, name)} {start}–{end}", group="phases", title=title,
+                      color=_PHASE_SWATCH.get(name, "#999"), row=targets[0])
+        title = None
+    if not paper_lines or not hasattr(phases, "boundaries"):
+        return
+    title = "paper's boundaries (§5.2)"
+    for b in phases.boundaries("paper"):
+        if b.end is None:
+            continue
+        for r in targets:
+            kw = {} if r is None else dict(row=r, col=1)
+            fig.add_vline(x=b.end, line=dict(color="#555", width=1, dash=_PAPER_DASH.get(b.phase)), **kw)
+        _legend_entry(fig, f"{PHASE_NAMES.get(b.phase, b.phase)} ends {b.end}", group="paper", title=title,
+                      color="#555", symbol=None, dash=_PAPER_DASH.get(b.phase), row=targets[0])
+        title = None
 
 
 def loss_curves(metrics: pd.DataFrame, phases=None, *, title: str = "Train and test loss",
@@ -92,52 +126,100 @@ def loss_curves(metrics: pd.DataFrame, phases=None, *, title: str = "Train and t
                                      line=dict(color="#636efa", dash="dot", width=1)), secondary_y=True)
         fig.update_yaxes(title_text="accuracy", range=[0, 1.02], tickvals=[0, 0.25, 0.5, 0.75, 1.0],
                          showgrid=False, secondary_y=True)
-    fig.update_yaxes(type="log", title_text="loss", secondary_y=False, exponentformat="power")
+    fig.update_yaxes(type="log", title_text="loss (nats, log)", secondary_y=False, exponentformat="power")
     fig.update_xaxes(title_text="epoch", type="log" if log_x else "linear")
     _phase_bands(fig, phases)
-    fig.update_layout(title=title, template=_TEMPLATE, hovermode="x unified", legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title=title, template=_TEMPLATE, hovermode="x unified", height=520,
+                      legend=dict(_LEGEND_BELOW, y=-0.22), margin=dict(b=150))
     return fig
+
+
+def _split_components(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """For basis labels (``const``, ``cos k``, ``sin k``): the frequency and kind (0 const/cos, 1 sin)
+    of each component; ``None`` for other labels."""
+    freq, kind = [], []
+    for lab in labels:
+        parts = str(lab).split()
+        if parts == ["const"]:
+            freq.append(0), kind.append(0)
+        elif len(parts) == 2 and parts[0] in ("cos", "sin") and parts[1].isdigit():
+            freq.append(int(parts[1])), kind.append(0 if parts[0] == "cos" else 1)
+        else:
+            return None
+    return np.array(freq), np.array(kind)
 
 
 def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_freqs: Sequence[int] = (),
                        component_freqs: Sequence[int] | None = None,
                        title: str = "Fourier norms") -> go.Figure:
-    """Bar charts of Fourier norms, one row per named matrix (e.g. ``{"W_E": ..., "W_L": ...}``).
+    """Bar charts of Fourier norms on a numeric frequency axis, one row per named matrix.
+
+    With basis labels (``const``, ``cos k``, ``sin k``) each frequency ``k`` gets two bars side by
+    side — ``cos k`` (solid) and ``sin k`` (hatched) — and the constant sits at ``k = 0``; the axis
+    is numeric, so its ticks stay legible at any p, and hovering a bar names its component.
 
     Args:
-        norms: name → ``[n]`` norms per component (or per frequency) in the order of ``labels``.
+        norms: name → ``[n]`` norms per component (or per frequency) in the order of ``labels``
+            (e.g. ``{"W_E": ..., "W_L": ...}``).
         labels: the component names (``FourierBasis.labels``) or frequency labels.
-        key_freqs: frequencies to highlight.
-        component_freqs: frequency of each bar (``FourierBasis.freqs``) for the highlighting;
-            default: bar index = frequency.
+        key_freqs: frequencies to highlight (red).
+        component_freqs: frequency of each bar (``FourierBasis.freqs``); default: from basis
+            labels, else bar index = frequency.
     """
     if not norms:
         raise AnalysisError("norms: nothing to plot")
-    fig = make_subplots(rows=len(norms), cols=1, subplot_titles=list(norms), vertical_spacing=0.12)
-    freqs = np.arange(len(labels)) if component_freqs is None else _np(component_freqs)
-    colors = np.where(np.isin(freqs, list(key_freqs)), "#ef553b", "#636efa")
+    split = _split_components(labels)
+    if component_freqs is not None:
+        freqs = _np(component_freqs).astype(np.int64)
+        if len(freqs) != len(labels):
+            raise AnalysisError(f"component_freqs has {len(freqs)} values for {len(labels)} labels")
+        kinds = split[1] if split is not None else np.zeros(len(labels), dtype=np.int64)
+    elif split is not None:
+        freqs, kinds = split
+    else:
+        freqs, kinds = np.arange(len(labels)), np.zeros(len(labels), dtype=np.int64)
+    two_kinds = bool((kinds == 1).any())
+    key = np.isin(freqs, list(key_freqs))
+    fig = make_subplots(rows=len(norms), cols=1, subplot_titles=list(norms), vertical_spacing=0.16)
     for i, (name, v) in enumerate(norms.items(), start=1):
         v = _np(v)
         if len(v) != len(labels):
             raise AnalysisError(f"norms[{name!r}] has {len(v)} values for {len(labels)} labels")
-        fig.add_trace(go.Bar(x=list(labels), y=v, name=name, marker_color=colors, showlegend=False,
-                             hovertemplate="%{x}: %{y:.3g}<extra>" + name + "</extra>"), row=i, col=1)
-        fig.update_yaxes(title_text="norm", row=i, col=1)
-    fig.update_xaxes(tickangle=-90, tickfont=dict(size=8))
+        for kind, kind_name, pattern, (c_key, c_other) in (
+                (0, "cos k (and const)" if two_kinds else "norm", "", ("#ef553b", "#636efa")),
+                (1, "sin k", "/", ("#f4a08f", "#a9aefc"))):
+            sel = kinds == kind
+            if not sel.any():
+                continue
+            fig.add_trace(go.Bar(
+                x=freqs[sel], y=v[sel], name=kind_name, offsetgroup=str(kind), legendgroup=kind_name,
+                showlegend=i == 1 and two_kinds,
+                marker=dict(color=np.where(key[sel], c_key, c_other).tolist(),
+                            pattern=dict(shape=pattern, fgcolor="white", size=4) if pattern else None),
+                customdata=np.array(labels, dtype=object)[sel],
+                hovertemplate="%{customdata}: %{y:.3g}<extra>" + name + "</extra>"), row=i, col=1)
+        fig.update_yaxes(title_text=f"norm of {name}", row=i, col=1)
+        fig.update_xaxes(title_text="frequency k" + (" (bars: cos k, then sin k, lighter and hatched)" if two_kinds
+                                                     else ""),
+                         row=i, col=1)
+    if len(key_freqs):
+        _legend_entry(fig, "key frequency", group="key", color="#ef553b")
+    fig.update_xaxes(range=[-0.75, float(freqs.max()) + 0.75], dtick=5 if freqs.max() > 20 else 1)
     sub = f" — key frequencies {', '.join(map(str, sorted(key_freqs)))} in red" if len(key_freqs) else ""
-    fig.update_layout(title=title + sub, template=_TEMPLATE, height=320 * len(norms), bargap=0.1)
+    fig.update_layout(title=title + sub, template=_TEMPLATE, height=330 * len(norms) + 60, bargap=0.15,
+                      barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
     return fig
 
 
 def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phases=None,
                           title: str = "Fourier norms of W_E over training", normalize: bool = True) -> go.Figure:
-    """Heatmap epoch × frequency (e.g. of :func:`~grokinterp.fourier.embed_fourier_norms` of a stack).
+    """Heatmap epoch × frequency (e.g. of :func:`~grokinterp.analysis.fourier.embed_fourier_norms` of a stack).
 
     Args:
         norms: ``[ckpt, n_freq + 1]`` (index k = frequency k; the constant column is dropped).
         epochs: ``[ckpt]`` checkpoint epochs.
-        key_freqs: marked on the frequency axis.
-        phases: draw the phase boundaries as horizontal lines.
+        key_freqs: marked on the frequency axis (dotted white lines).
+        phases: draw the ends of the phases (our rules) as horizontal lines, named in the legend.
         normalize: divide each checkpoint's row by its total, to show where the norm sits.
     """
     v = _np(norms).astype(np.float64)[:, 1:]
@@ -147,16 +229,26 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
     if normalize:
         v = v / np.maximum(v.sum(1, keepdims=True), 1e-30)
     freqs = np.arange(1, v.shape[1] + 1)
-    fig = go.Figure(go.Heatmap(z=v, x=freqs, y=ep, colorscale="Viridis",
+    fig = go.Figure(go.Heatmap(z=v, x=freqs, y=ep, colorscale="Viridis", showlegend=False,
                                colorbar=dict(title="share" if normalize else "norm"),
-                               hovertemplate="epoch %{y}<br>freq %{x}<br>%{z:.3g}<extra></extra>"))
+                               hovertemplate="epoch %{y}<br>frequency %{x}<br>%{z:.3g}<extra></extra>"))
     for k in key_freqs:
         fig.add_vline(x=k, line=dict(color="white", width=1, dash="dot"))
+    if len(key_freqs):
+        _legend_entry(fig, f"key frequencies ({', '.join(map(str, sorted(key_freqs)))})", group="key",
+                      color="#888", symbol=None, dash="dot")
     if phases is not None:
+        dashes = {"memorization": "dot", "circuit_formation": "dash", "cleanup": "solid"}
+        title_ = "phase ends (our rules)"
         for name, _, end in phases.intervals():
-            fig.add_hline(y=end, line=dict(color="white", width=1), annotation_text=f"end of {PHASE_NAMES.get(name, name)}",
-                          annotation_font_color="white", annotation_font_size=9)
-    fig.update_layout(title=title, xaxis_title="frequency", yaxis_title="epoch", template=_TEMPLATE, height=520)
+            fig.add_hline(y=end, line=dict(color="white", width=1.5, dash=dashes.get(name)))
+            _legend_entry(fig, f"{PHASE_NAMES.get(name, name)} ends {end}", group="phases", title=title_,
+                          color="#888", symbol=None, dash=dashes.get(name))
+            title_ = None
+    fig.update_layout(title=title, xaxis_title="frequency k", yaxis_title="epoch", template=_TEMPLATE, height=560,
+                      legend=_LEGEND_BELOW, margin=dict(b=130), plot_bgcolor="white")
+    fig.update_xaxes(range=[0.5, freqs[-1] + 0.5], showgrid=False)
+    fig.update_yaxes(showgrid=False)
     return fig
 
 
@@ -181,14 +273,14 @@ def neuron_activations(acts, neurons: Sequence[int], *, titles: Sequence[str] | 
     cols = min(len(neurons), 4)
     rows = -(-len(neurons) // cols)
     titles = list(titles) if titles is not None else [f"neuron {n}" for n in neurons]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.04, vertical_spacing=0.08)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.06, vertical_spacing=0.12)
     for i, n in enumerate(neurons):
         fig.add_trace(go.Heatmap(z=a[:, :, n], colorscale="RdBu", zmid=0, showscale=False,
                                  hovertemplate="a %{y}, b %{x}: %{z:.3g}<extra></extra>"),
                       row=i // cols + 1, col=i % cols + 1)
-    fig.update_yaxes(autorange="reversed", title_text="a", col=1)
-    fig.update_xaxes(title_text="b", row=rows)
-    fig.update_layout(title=title, template=_TEMPLATE, height=260 * rows + 80, width=max(900, 230 * cols))
+    fig.update_yaxes(autorange="reversed", title_text="a", title_standoff=2)
+    fig.update_xaxes(title_text="b", title_standoff=2)
+    fig.update_layout(title=title, template=_TEMPLATE, height=280 * rows + 80, width=max(900, 230 * cols))
     return fig
 
 
@@ -242,37 +334,93 @@ def attention_to_a(pattern, *, key_pos: int = 0, title: str | None = None) -> go
         raise AnalysisError(f"pattern: expected [a, b, h, key_pos], got shape {list(pat.shape)}")
     H = pat.shape[2]
     names = {0: "a", 1: "b", 2: "="}
-    fig = make_subplots(rows=1, cols=H, subplot_titles=[f"head {h}" for h in range(H)], horizontal_spacing=0.03)
+    fig = make_subplots(rows=1, cols=H, subplot_titles=[f"head {h}" for h in range(H)], horizontal_spacing=0.05)
     for h in range(H):
         fig.add_trace(go.Heatmap(z=pat[:, :, h, key_pos], zmin=0, zmax=1, colorscale="Viridis", showscale=h == H - 1,
                                  hovertemplate="a %{y}, b %{x}: %{z:.2f}<extra></extra>"), row=1, col=h + 1)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_yaxes(title_text="a", col=1)
-    fig.update_xaxes(title_text="b")
+    fig.update_yaxes(autorange="reversed", title_text="a", title_standoff=2)
+    fig.update_xaxes(title_text="b", title_standoff=2)
     fig.update_layout(title=title or f"Attention from '=' to '{names.get(key_pos, key_pos)}' per head",
                       template=_TEMPLATE, height=340, width=max(900, 260 * H))
     return fig
 
 
+def _component_ticks(labels: Sequence[str], key_freqs: Sequence[int], pixels: float) -> dict:
+    """Tick positions and texts for an axis of basis components.
+
+    Every component is labelled when each gets at least 9 px; otherwise one tick per frequency
+    ``k`` sits between its ``cos k`` and ``sin k`` rows, thinned so no two labels touch (widths
+    estimated at 7 px per character of 10 px text, plus a 4 px gap), key frequencies always shown
+    in bold (neighbouring ones share a tick, ``41/42``) and plain ticks dropped where they would crowd.
+    """
+    n = len(labels)
+    split = _split_components(labels)
+    if split is None or pixels / n >= 9:
+        return dict(tickvals=list(range(n)), ticktext=list(labels), tickfont=dict(size=8))
+    freq, _ = split
+    n_freq = int(freq.max())
+    px = pixels / n  # per component
+
+    def width(text: str) -> float:
+        return 7.0 * len(text.replace("<b>", "").replace("</b>", "")) + 4.0
+
+    def clear(v1, t1, v2, t2) -> bool:
+        return abs(v1 - v2) * px >= (width(t1) + width(t2)) / 2
+
+    centre = {k: float(np.flatnonzero(freq == k).mean()) for k in range(1, n_freq + 1)}
+    keys = sorted(int(k) for k in key_freqs if 1 <= int(k) <= n_freq)
+    bold: list[tuple[float, str]] = []
+    for k in keys:  # neighbouring key frequencies share one tick
+        t = f"<b>{k}</b>"
+        if bold and not clear(bold[-1][0], bold[-1][1], centre[k], t):
+            v0, t0 = bold.pop()
+            ks = t0[3:-4] + "/" + str(k)
+            bold.append(((v0 * (len(ks.split("/")) - 1) + centre[k]) / len(ks.split("/")), f"<b>{ks}</b>"))
+        else:
+            bold.append((centre[k], t))
+    digits = len(str(n_freq))
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 10**9) if 2 * s * px >= width("9" * digits))
+    kept = [(0.0, "const")] + bold
+    for k in range(step, n_freq + 1, step):
+        if k not in keys and all(clear(centre[k], str(k), v, t) for v, t in kept):
+            kept.append((centre[k], str(k)))
+    kept.sort()
+    return dict(tickvals=[v for v, _ in kept], ticktext=[t for _, t in kept], tickfont=dict(size=10))
+
+
 def logit_fourier_norms(norms, labels: Sequence[str], *, title: str = "2-D Fourier norms of the logits over (a, b)",
-                        log: bool = True) -> go.Figure:
+                        log: bool = True, key_freqs: Sequence[int] = ()) -> go.Figure:
     """Heatmap of the logits' 2-D Fourier norms (component in a × component in b).
 
+    Both axes hold every basis component (``const``, then ``cos k``, ``sin k`` for each k). At small p
+    every row and column is labelled; otherwise one tick per frequency ``k`` sits between its cos and
+    sin rows (key frequencies always, in bold), and hovering names the exact components.
+
     Args:
-        norms: ``[p, p]`` (:func:`grokinterp.logits.logit_fourier_norms_2d` with ``per="component"``).
+        norms: ``[p, p]`` (:func:`grokinterp.analysis.logits.logit_fourier_norms_2d` with ``per="component"``).
         labels: the basis component names (``FourierBasis.labels``).
         log: colour by log10 of the norm (the spectrum is sparse).
+        key_freqs: frequencies whose ticks are always shown (bold).
     """
     z = _np(norms).astype(np.float64)
-    if z.ndim != 2 or z.shape[0] != len(labels):
+    if z.ndim != 2 or z.shape[0] != len(labels) or z.shape[1] != len(labels):
         raise AnalysisError(f"norms: expected [{len(labels)}, {len(labels)}], got shape {list(z.shape)}")
+    n = len(labels)
     shown = np.log10(np.maximum(z, z.max() * 1e-6 + 1e-30)) if log else z
-    fig = go.Figure(go.Heatmap(z=shown, x=list(labels), y=list(labels), colorscale="Viridis", customdata=z,
-                               hovertemplate="a: %{y}<br>b: %{x}<br>norm %{customdata:.3g}<extra></extra>",
+    lab = np.array(labels, dtype=object)
+    names = np.stack([np.broadcast_to(lab[:, None], (n, n)), np.broadcast_to(lab[None, :], (n, n))], axis=-1)
+    fig = go.Figure(go.Heatmap(z=shown, x=np.arange(n), y=np.arange(n), colorscale="Viridis",
+                               customdata=np.concatenate([names, z[..., None].astype(object)], axis=-1),
+                               hovertemplate="a: %{customdata[0]}<br>b: %{customdata[1]}<br>norm %{customdata[2]:.3g}"
+                                             "<extra></extra>",
                                colorbar=dict(title="log10 norm" if log else "norm")))
-    fig.update_yaxes(autorange="reversed", title_text="component in a", tickfont=dict(size=7))
-    fig.update_xaxes(title_text="component in b", tickfont=dict(size=7))
-    fig.update_layout(title=title, template=_TEMPLATE, height=640, width=700)
+    side = 560
+    ticks = _component_ticks(labels, key_freqs, side)
+    axis_title = "component" if ticks["tickfont"]["size"] == 8 else "frequency k (rows cos k, sin k)"
+    fig.update_yaxes(autorange="reversed", title_text=f"{axis_title} in a", showgrid=False, **ticks)
+    fig.update_xaxes(title_text=f"{axis_title} in b", showgrid=False, tickangle=0 if ticks["tickfont"]["size"] > 8
+                     else -90, **ticks)
+    fig.update_layout(title=title, template=_TEMPLATE, height=side + 140, width=side + 200)
     return fig
 
 
@@ -280,15 +428,18 @@ def progress_figure(measures: pd.DataFrame, phases=None, circuit=None, *,
                     title: str = "Progress measures") -> go.Figure:
     """The progress-measure panels of the paper, with phase bands and the circuit-formation line.
 
-    Panels: (1) train, test, restricted and excluded loss (log); (2) Gini of the W_E and W_L
-    Fourier norms; (3) total sum of squared weights; (4, when the table has ``restricted_acc``)
-    test accuracy against the accuracy of the key-frequency components alone.
+    Panels: (1) train, test and restricted loss (log); (2) excluded loss on its own linear axis,
+    with chance (``ln p``) marked, so its rise during circuit formation is visible; (3) Gini of
+    the W_E and W_L Fourier norms; (4) total sum of squared weights; (5, when the table has
+    ``restricted_acc``) test accuracy against the accuracy of the key-frequency components alone.
+    Phase names, the paper's boundaries and the vertical markers are named in the legend.
 
     Args:
-        measures: :func:`grokinterp.progress.progress_measures` output.
-        phases: :class:`~grokinterp.phases.Phases` (shaded bands).
-        circuit: :class:`~grokinterp.phases.CircuitFormation` (vertical lines at the circuit's
-            formation and at test accuracy ≥ 99 %).
+        measures: :func:`grokinterp.analysis.measures.progress_measures` output.
+        phases: :class:`~grokinterp.analysis.phases.Phases` (shaded bands for our rules, dashed
+            lines for the paper's).
+        circuit: :class:`~grokinterp.analysis.phases.CircuitFormation` (vertical lines at the
+            circuit's formation and at test accuracy ≥ 99 %).
     """
     need = ["epoch", "train_loss", "test_loss", "restricted_loss", "excluded_loss", "gini_W_E", "gini_W_L",
             "sum_sq_weights"]
@@ -297,41 +448,65 @@ def progress_figure(measures: pd.DataFrame, phases=None, circuit=None, *,
         raise AnalysisError(f"measures: missing column(s) {missing}")
     m = measures
     acc_panel = "restricted_acc" in m.columns
-    rows = 4 if acc_panel else 3
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=["losses", "Gini coefficient of Fourier norms", "total sum of squared weights"]
-                        + (["accuracy: full model vs key frequencies alone"] if acc_panel else []))
-    for col, name, color, dash in [("train_loss", "train loss", "#636efa", None), ("test_loss", "test loss", "#ef553b", None),
-                                   ("restricted_loss", "restricted loss", "#00cc96", "dash"),
-                                   ("excluded_loss", "excluded loss", "#ab63fa", "dash")]:
-        fig.add_trace(go.Scatter(x=m["epoch"], y=m[col], name=name, line=dict(color=color, dash=dash)), row=1, col=1)
-    fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_E"], name="Gini W_E", line=dict(color="#ffa15a")), row=2, col=1)
-    fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_L"], name="Gini W_L", line=dict(color="#19d3f3")), row=2, col=1)
-    fig.add_trace(go.Scatter(x=m["epoch"], y=m["sum_sq_weights"], name="Σ w²", line=dict(color="#7f7f7f")), row=3, col=1)
+    p = m.attrs.get("p")
+    titles = ["train, test and restricted loss", "excluded loss (training pairs, key frequencies removed)",
+              "Gini coefficient of the Fourier norms", "total sum of squared weights"]
     if acc_panel:
-        for col, name, color, dash in [("test_acc", "test accuracy", "#ef553b", None),
+        titles.append("accuracy: full model vs key frequencies alone")
+    rows = len(titles)
+    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.045, subplot_titles=titles)
+    for col, name, color, dash in [("train_loss", "train loss", "#636efa", None),
+                                   ("test_loss", "test loss", "#ef553b", None),
+                                   ("restricted_loss", "restricted loss", "#00cc96", "dash")]:
+        fig.add_trace(go.Scatter(x=m["epoch"], y=m[col], name=name, line=dict(color=color, dash=dash),
+                                 legendgroup="measures", legendgrouptitle_text="measures" if col == "train_loss"
+                                 else None), row=1, col=1)
+    fig.add_trace(go.Scatter(x=m["epoch"], y=m["excluded_loss"], name="excluded loss", legendgroup="measures",
+                             line=dict(color="#ab63fa")), row=2, col=1)
+    if p is not None:
+        fig.add_hline(y=float(np.log(p)), line=dict(color="#ab63fa", width=1, dash="dot"), row=2, col=1)
+        _legend_entry(fig, f"chance, ln p = {np.log(p):.2f}", group="measures", color="#ab63fa", symbol=None,
+                      dash="dot", row=2)
+    fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_E"], name="Gini W_E", legendgroup="measures",
+                             line=dict(color="#ffa15a")), row=3, col=1)
+    fig.add_trace(go.Scatter(x=m["epoch"], y=m["gini_W_L"], name="Gini W_L", legendgroup="measures",
+                             line=dict(color="#19d3f3")), row=3, col=1)
+    fig.add_trace(go.Scatter(x=m["epoch"], y=m["sum_sq_weights"], name="Σ w²", legendgroup="measures",
+                             line=dict(color="#7f7f7f")), row=4, col=1)
+    if acc_panel:
+        for col, name, color, dash in [("test_acc", "test accuracy", "#ef553b", "dot"),
                                        ("restricted_acc", "restricted accuracy", "#00cc96", "dash")]:
-            fig.add_trace(go.Scatter(x=m["epoch"], y=m[col], name=name, line=dict(color=color, dash=dash)),
-                          row=4, col=1)
-        fig.update_yaxes(range=[0, 1.02], row=4, col=1)
-    fig.update_yaxes(type="log", exponentformat="power", row=1, col=1)
-    fig.update_yaxes(range=[0, 1], row=2, col=1)
+            fig.add_trace(go.Scatter(x=m["epoch"], y=m[col], name=name, legendgroup="measures",
+                                     line=dict(color=color, dash=dash)), row=5, col=1)
+        fig.update_yaxes(range=[0, 1.04], title_text="accuracy", row=5, col=1)
+    fig.update_yaxes(type="log", exponentformat="power", title_text="loss (nats, log)", row=1, col=1)
+    fig.update_yaxes(title_text="nats", rangemode="tozero", row=2, col=1)
+    fig.update_yaxes(range=[0, 1], title_text="Gini", row=3, col=1)
+    fig.update_yaxes(title_text="Σ w²", row=4, col=1)
     fig.update_xaxes(title_text="epoch", row=rows, col=1)
-    _phase_bands(fig, phases, rows=list(range(1, rows + 1)))
+    _phase_bands(fig, phases, rows=list(range(1, rows + 1)), paper_lines=True)
     if circuit is not None:
+        title_ = "markers"
         for x, label, color in [(circuit.epoch, "circuit formed", "#00cc96"),
-                                (circuit.test_acc_99_epoch, "test acc ≥ 99%", "#ef553b")]:
-            if x is not None:
-                fig.add_vline(x=x, line=dict(color=color, width=1.5, dash="dot"), annotation_text=label,
-                              annotation_font_size=10, annotation_font_color=color)
-    fig.update_layout(title=title, template=_TEMPLATE, height=260 * rows + 40, hovermode="x unified",
-                      legend=dict(orientation="h", y=-0.08))
+                                (circuit.test_acc_99_epoch, "test accuracy ≥ 99 %", "#ef553b")]:
+            if x is None:
+                continue
+            for r in range(1, rows + 1):
+                fig.add_vline(x=x, line=dict(color=color, width=1.5, dash="dot"), row=r, col=1)
+            _legend_entry(fig, f"{label} ({x})", group="markers", title=title_, color=color, symbol=None, dash="dot")
+            title_ = None
+    fig.update_layout(title=title, template=_TEMPLATE, height=230 * rows + 200, hovermode="x unified",
+                      legend=dict(orientation="h", yanchor="top", y=-0.06, xanchor="left", x=0, groupclick="toggleitem"),
+                      margin=dict(b=60))
     return fig
 
 
 def ablation_bars(table: pd.DataFrame, *, metric: str = "loss", splits: Sequence[str] = ("train", "test"),
                   title: str | None = None, log: bool | None = None) -> go.Figure:
-    """Grouped bars of an ablation table (:mod:`grokinterp.ablations` tidy layout).
+    """Grouped horizontal bars of an ablation table (:mod:`grokinterp.analysis.ablations` tidy layout).
+
+    One row per ablation, its name written horizontally on the left (long names stay legible), in
+    the table's order from the top.
 
     Args:
         table: rows ``ablation, component, split, loss, acc, n``.
@@ -346,10 +521,13 @@ def ablation_bars(table: pd.DataFrame, *, metric: str = "loss", splits: Sequence
     colors = {"train": "#636efa", "test": "#ef553b", "all": "#00cc96"}
     for s in splits:
         rows = table[table["split"] == s].set_index("ablation").reindex(order)
-        fig.add_trace(go.Bar(x=order, y=rows[metric], name=s, marker_color=colors.get(s),
-                             hovertemplate="%{x}<br>" + s + f" {metric}: " + "%{y:.3g}<extra></extra>"))
+        fig.add_trace(go.Bar(y=order, x=rows[metric], name=s, orientation="h", marker_color=colors.get(s),
+                             hovertemplate="%{y}<br>" + s + f" {metric}: " + "%{x:.3g}<extra></extra>"))
     log = (metric == "loss") if log is None else log
-    fig.update_yaxes(type="log" if log else "linear", title_text=metric, exponentformat="power")
-    fig.update_xaxes(tickangle=-30)
-    fig.update_layout(title=title or f"Circuit ablations: {metric}", barmode="group", template=_TEMPLATE, height=480)
+    fig.update_xaxes(type="log" if log else "linear", title_text=metric + (" (nats, log)" if metric == "loss" else ""),
+                     exponentformat="power")
+    fig.update_yaxes(autorange="reversed", automargin=True, title_text="ablation", tickfont=dict(size=11))
+    fig.update_layout(title=title or f"Circuit ablations: {metric}", barmode="group", template=_TEMPLATE,
+                      height=max(360, 34 * len(order) + 160), legend=dict(orientation="h", yanchor="bottom", y=1.01,
+                                                                         xanchor="right", x=1))
     return fig

@@ -74,11 +74,12 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     keys = analysis.key_freqs
     nf = analysis.neurons
     figs = [
-        ("Training curves", "Train and test loss (log axis) and accuracy, with the detected phases shaded.",
+        ("Training curves", "Train and test loss (log axis) and accuracy, with the phases (our rules) shaded.",
          P.loss_curves(run.metrics, analysis.phases)),
         ("Progress measures", "Restricted loss and accuracy (only the key-frequency components of the logits) "
          "reach their final level before the test loss and accuracy do; excluded loss (those components removed, "
-         "on training pairs) rises while the circuit forms.",
+         "on training pairs; its own linear axis, chance ln p dotted) rises while the circuit forms. Shaded: the "
+         "phases by our rules; dashed: the boundaries by the paper's definitions.",
          P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)),
         ("Fourier norms of W_E and W_L", "Norm of each Fourier component of the embedding (W_E) and of the "
          "neuron-to-logit map W_L = W_out W_U, final checkpoint; key frequencies in red.",
@@ -105,7 +106,7 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
          P.attention_to_a(analysis.pattern, key_pos=0)),
         ("Logits in the Fourier basis", "2-D Fourier norms over (a, b) of the centred logits: the spectrum is "
          "concentrated on the key frequencies' cos(w(a+b)), sin(w(a+b)) terms.",
-         P.logit_fourier_norms(analysis.logit_norms_2d, B.labels)),
+         P.logit_fourier_norms(analysis.logit_norms_2d, B.labels, key_freqs=keys)),
     ]
     if len(analysis.ablations):
         figs.append(("Circuit ablations", "Loss after removing or keeping parts of the circuit (final checkpoint).",
@@ -155,11 +156,8 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     numbers = [
         ("key frequencies", ", ".join(map(str, h["key_frequencies"])) or "none"),
         ("key-frequency rule", h["key_frequency_rule"]),
-        ("memorization ends", h["memorization_end"]),
-        ("circuit formation ends", h["circuit_formation_end"]),
-        ("cleanup ends", h["cleanup_end"]),
         ("circuit formed (progress measures)", h["circuit_formed_epoch"]),
-        ("excluded loss risen", h["excluded_loss_rise_epoch"]),
+        ("excluded loss back above chance", h["excluded_loss_rise_epoch"]),
         ("test accuracy ≥ 99 %", h["test_acc_99_epoch"]),
         ("lead time (epochs)", lead),
         ("neurons explained by one frequency", f"{h['neurons_explained_by_one_freq']} of {h['neurons_total']} "
@@ -171,9 +169,16 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     ]
     numbers += [(name.replace("_", " "), v if isinstance(v, (int, float, str)) else json.dumps(v))
                 for name, v in h["extras"].items()]
-    rules = [(k.replace("_", " "), v) for k, v in h["phase_rules"].items()]
-    rules.append(("circuit formed", h["circuit_rule"]))
-    rules += [(f"{k.replace('_', ' ')} (not found)", v) for k, v in h["phase_reasons"].items()]
+    phase_rows = "".join(
+        f"<tr><th>{html.escape(b['phase'].replace('_', ' '))} ends</th>"
+        f"<td>{'ours' if b['definition'] == 'ours' else 'paper (§5.2)'}</td>"
+        f"<td><code>{html.escape(b['name'])}</code></td><td class='num'>{html.escape(_fmt(b['end']))}</td>"
+        f"<td class='rule'>{html.escape(b['rule'] if b['end'] is not None else 'not found: ' + b['reason'])}</td></tr>"
+        for b in sorted(h["phases"], key=lambda b: (["memorization", "circuit_formation", "cleanup"].index(b["phase"]),
+                                                    b["definition"] != "ours")))
+    phases_table = ("<table><tr><th>boundary</th><th>definition</th><th>name</th><th>epoch</th><th>rule</th></tr>"
+                    + phase_rows + "</table>")
+    rules = [("circuit formed", h["circuit_rule"]), ("excluded loss back above chance", h["excluded_loss_rule"])]
     cfg_rows = []
     for sec, fields in c.to_dict().items():
         cfg_rows += [(f"{sec}.{k}", v if isinstance(v, (int, float)) else json.dumps(v) if not isinstance(v, str) else v)
@@ -192,6 +197,10 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
              f"{__version__}</p>",
              f"<p class='headline'>{headline}</p>",
              "<h2>Headline numbers</h2>", _table(numbers),
+             "<h2>Phases</h2>",
+             "<p>Each boundary is dated twice: by our rules and by the paper's §5.2 descriptions (operationalised). "
+             "Within a definition the dates are ordered; the two definitions date different events and are not "
+             "ordered with respect to each other.</p>", phases_table,
              "<h2>Rules</h2>", "<div class='rule'>", _table(rules), "</div>"]
     for i, (name, caption, fig) in enumerate(report_figures(analysis) if figures is None else figures):
         parts += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(caption)}</p>",
