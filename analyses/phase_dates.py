@@ -43,7 +43,7 @@ def main(argv=None) -> int:
             run = gi.load_run(path)
             epochs = [int(e) for e in run.epochs if args.until is None or e <= args.until]
             measures = gi.progress_measures(run, epochs=epochs)
-            metrics = run.eval_metrics()
+            metrics = run.evals
             if args.until is not None:
                 metrics = metrics[metrics["epoch"] <= args.until]
             hit = metrics.loc[metrics["test_acc"] >= 0.99, "epoch"]

@@ -484,7 +484,7 @@ def detect_phases(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW, p: int
     Args:
         measures: one row per checkpoint with at least ``epoch, train_loss, test_loss, train_acc,
             test_acc`` (:func:`~grokinterp.analysis.measures.progress_measures` output, or
-            ``run.eval_metrics()`` for the rules that need only losses and accuracies). Our circuit
+            ``run.evals`` for the rules that need only losses and accuracies). Our circuit
             rule reads ``restricted_acc`` (else ``restricted_loss``); the paper's rules read
             ``excluded_loss`` and ``sum_sq_weights``.
         window: checkpoints in the running median (1 = no smoothing).
@@ -568,7 +568,7 @@ def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WIND
         window: checkpoints in the running median.
         p: the modulus, for the excluded-loss rule (default: ``measures.attrs["p"]``).
         test_acc_99_epoch: the epoch test accuracy first reached 99 %, when known more finely than
-            the table's checkpoints (e.g. from ``run.eval_metrics()``); default: from the table.
+            the table's checkpoints (e.g. from ``run.evals``); default: from the table.
 
     Returns:
         :class:`CircuitFormation`.
