@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +45,15 @@ def _window(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START:STOP:EVERY (e.g. 1000:15000:10), got {text!r}") from None
     return start, stop, every
+
+
+def _path(text: str | None, flag: str) -> Path | None:
+    """A path argument: refuse an empty one (``Path("")`` would silently mean the current directory)."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise GrokinterpError(f"{flag}: an empty path; give a directory or file name")
+    return Path(text)
 
 
 def _int_list(text: str) -> list[int]:
@@ -99,42 +109,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=list(PRESETS), default="quick",
                    help="paper: Nanda et al. 2023 (p=113, 30%% data, 40k epochs); quick (default): groks on a "
                         "2-core CPU in minutes; tiny: seconds, for tests")
-    t.add_argument("--out", type=Path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
-    t.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (no config flags)")
+    t.add_argument("--out", help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run (no config flags)")
     t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(t)
 
     i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
                        "test accuracy passed 99 %%.")
-    i.add_argument("run", type=Path, metavar="RUN")
+    i.add_argument("run", metavar="RUN")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run",
                        description="Analyse a run (progress measures, phases, when the circuit formed, key "
                                    "frequencies, neurons, logits, ablations) and write one HTML file with every "
                                    "figure; plotly.js is embedded, so it opens offline.")
-    r.add_argument("run", type=Path, metavar="RUN")
-    r.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
+    r.add_argument("run", metavar="RUN")
+    r.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (default: from the final checkpoint)")
-    r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
+    r.add_argument("--summary-json", metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
                        description="Re-hash every file of a run and compare with manifest.json; lists each "
                                    "missing, truncated, altered or unlisted file. Exit status: 0 when all is well, "
                                    "1 when a file is damaged, 2 when the run or its manifest cannot be read.")
-    v.add_argument("run", type=Path, metavar="RUN")
+    v.add_argument("run", metavar="RUN")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
                        description="Read the TransformerLens grokking demo's .pth or the paper's full_run_data.pth "
                                    "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
                                    "it are refused) and write a normal run directory.")
-    m.add_argument("file", type=Path, metavar="FILE")
-    m.add_argument("out", type=Path, metavar="OUT")
+    m.add_argument("file", metavar="FILE")
+    m.add_argument("out", metavar="OUT")
     m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
     m.add_argument("--split-seed", type=int, metavar="N",
                    help="seed of the paper code's split when the file stores none (default: its config's seed)")
@@ -151,6 +161,7 @@ def _default_out(preset: str, config) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
+    args.out, args.resume = _path(args.out, "--out"), _path(args.resume, "--resume")
     if args.resume is not None:
         device = overrides.pop("device", None)  # the one setting a resume may change (e.g. CUDA → CPU)
         if device is not None:
@@ -191,7 +202,7 @@ def _short_summary(run) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .store.run import load_run
 
-    run = load_run(args.run)
+    run = load_run(_path(args.run, "RUN"))
     s = run.summary()
     if args.json:
         print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions")}, indent=2))
@@ -203,7 +214,15 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
     print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
           f"betas ({c.train.beta1}, {c.train.beta2}), warmup {c.train.warmup_epochs}, device {s['device']}")
-    status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
+    if s.get("training"):
+        flushed = s["epoch_reached"] if s["epoch_reached"] is not None else "none yet"
+        status = f"training ({s['writer']}); last flushed epoch {flushed}"
+    elif s["finished"]:
+        status = "finished"
+    elif s["epoch_reached"] is None:
+        status = "not started: stopped before its first flush (start it with --resume)"
+    else:
+        status = f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
     if "metrics_error" in s:
@@ -222,11 +241,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store.integrity import verify
 
-    report = verify(args.run)
+    report = verify(_path(args.run, "RUN"))
     if args.json:
-        print(json.dumps({"path": str(report.path), "ok": report.ok, "n_listed": report.n_listed,
+        print(json.dumps({"path": str(report.path), "ok": report.ok, "status": report.status,
+                          "n_listed": report.n_listed,
                           **{k: list(getattr(report, k)) for k in ("missing", "truncated", "altered", "unreadable",
-                                                                   "unlisted", "temporary")},
+                                                                   "unlisted", "temporary", "interrupted",
+                                                                   "inconsistent")},
                           "details": report.details, "notes": list(report.notes)}, indent=2))
     else:
         print(report)
@@ -240,7 +261,8 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = import_legacy(args.file, args.out, layout=args.layout, split_seed=args.split_seed,
+        run = import_legacy(_path(args.file, "FILE"), _path(args.out, "OUT"), layout=args.layout,
+                            split_seed=args.split_seed,
                             epoch_offset=args.epoch_offset, overwrite=args.overwrite)
     src = run.info["imported_from"]
     print(_short_summary(run))
@@ -264,6 +286,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from .viz.report import write_report
 
+    args.run, args.out = _path(args.run, "RUN"), _path(args.out, "--out")
+    args.summary_json = _path(args.summary_json, "--summary-json")
     if args.summary_json is not None:  # refuse before the analysis, so nothing is half-written
         parent = args.summary_json.parent if str(args.summary_json.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK):
@@ -294,9 +318,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of our output closed it (``grokinterp info RUN | head -3``): stop quietly, and keep
+        # the interpreter from complaining when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        return 128 + 13  # as if killed by SIGPIPE
     except GrokinterpError as e:
         print(f"grokinterp {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # e.g. a path too long for the file system, found below any check of ours
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        where = where if len(where) < 300 else where[:150] + "...: "
+        print(f"grokinterp {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         msg = str(e) or "interrupted"

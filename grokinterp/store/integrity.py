@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import LIMITS
 from ..errors import RunError
 from . import layout as _io
@@ -264,6 +266,9 @@ class VerifyReport:
         notes: hints (an interrupted flush and how to complete it, a live run, ...).
         interrupted: files written by a flush that is under way or was interrupted: they match the
             flush's record in the manifest (authentic, not a failure).
+        inconsistent: what disagrees although every file matches the manifest (a shard whose
+            epochs are not those its name and the run's schedule say; checkpoints ``progress.json``
+            says were written that no listed shard holds), one line each.
         status: ``finished``, ``training`` (a live writer holds the lock), ``interrupted`` (a flush
             did not complete), ``stopped`` (resumable) or ``not started`` (no flush yet).
     """
@@ -280,12 +285,14 @@ class VerifyReport:
     notes: tuple[str, ...] = ()
     interrupted: tuple[str, ...] = ()
     status: str = ""
+    inconsistent: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when no listed file is missing or damaged and nothing is unlisted (files of an
-        interrupted flush that match its record are not damage)."""
-        return not (self.missing or self.truncated or self.altered or self.unreadable or self.unlisted)
+        """True when no listed file is missing or damaged, nothing is unlisted and the files agree
+        with each other (files of an interrupted flush that match its record are not damage)."""
+        return not (self.missing or self.truncated or self.altered or self.unreadable or self.unlisted
+                    or self.inconsistent)
 
     def problems(self) -> list[str]:
         """One line per problem: ``"<kind>: <relpath> (<detail>)"``."""
@@ -294,6 +301,7 @@ class VerifyReport:
             for rel in getattr(self, kind):
                 detail = self.details.get(rel)
                 out.append(f"{kind}: {rel}" + (f" ({detail})" if detail else ""))
+        out += [f"inconsistent: {line}" for line in self.inconsistent]
         return out
 
     def __str__(self) -> str:
@@ -396,6 +404,62 @@ def _scan(run_dir: Path, manifest: Manifest) -> dict[str, Any]:
     return out
 
 
+def _consistency(run_dir: Path, manifest: Manifest, found: dict[str, Any]) -> list[str]:
+    """What the loader would refuse although every file matches the manifest: shards whose epochs
+    disagree with their name and the schedule, checkpoints the progress promises that no shard holds."""
+    from ..config import RunConfig
+
+    damaged = {rel for k in ("missing", "truncated", "altered", "unreadable") for rel in found[k]}
+    if _io.RUN_JSON in damaged or _io.PROGRESS_JSON in damaged:
+        return []
+    try:
+        info = _io.read_json(run_dir / _io.RUN_JSON, "run metadata", run_dir)
+        config = RunConfig.from_dict(info["config"])
+    except (RunError, KeyError, TypeError, ValueError):
+        return []
+    schedule = None if "imported_from" in info else config.checkpoint_epochs()
+    prefix = _io.SHARD_DIR + "/"
+    out, covered = [], set()
+    for rel in sorted(r for r in {*manifest.files, *manifest.pending} if r.startswith(prefix)):
+        span = _io.shard_span(rel[len(prefix):])
+        present = os.path.lexists(run_dir / rel)
+        if span is None or (rel not in manifest.files and not present):
+            continue
+        expected = None
+        if schedule is not None:
+            expected = schedule[(schedule >= span[0]) & (schedule <= span[1])]
+            if not len(expected) or expected[0] != span[0] or expected[-1] != span[1]:
+                out.append(f"{rel}: its name does not match the run's checkpoint schedule")
+                continue
+            covered.update(expected.tolist())
+        if present and rel not in damaged:
+            try:
+                arrays = _io.mmap_tensors(run_dir / rel, ["epochs"], run_dir)
+                epochs = np.array(arrays["epochs"]).tolist()
+            except RunError as e:
+                out.append(f"{rel}: {str(e).split(': ', 1)[-1]}")
+                continue
+            want = expected.tolist() if expected is not None else None
+            if (want is not None and epochs != want) or (want is None and (not epochs or epochs[0] != span[0]
+                                                                              or epochs[-1] != span[1])):
+                out.append(f"{rel}: holds checkpoints of epochs {epochs}, not those its name and the run's "
+                           f"schedule say")
+            if want is None:
+                covered.update(epochs)
+    prog = _progress(run_dir)
+    written = prog.get("checkpoints_written")
+    if isinstance(written, int) and not isinstance(written, bool) and written > 0:
+        if schedule is not None:
+            lost = [e for e in schedule[:written].tolist() if e not in covered]
+            if lost:
+                out.append(f"{_io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the "
+                           f"manifest holds epochs {lost[:8]}{' ...' if len(lost) > 8 else ''}")
+        elif len(covered) < written:
+            out.append(f"{_io.PROGRESS_JSON}: says {written} checkpoints were written; the listed shards hold "
+                       f"{len(covered)}")
+    return out
+
+
 def _progress(run_dir: Path) -> dict[str, Any]:
     try:
         prog = _io.read_json(run_dir / _io.PROGRESS_JSON, "progress file", run_dir)
@@ -447,6 +511,7 @@ def verify(run_dir: str | os.PathLike) -> VerifyReport:
         if not (damaged and live) or attempt + 1 == tries:
             break
         time.sleep(0.25)  # the live writer is replacing files: look again once it has moved on
+    inconsistent = _consistency(run_dir, manifest, found)
     prog = _progress(run_dir)
     notes = []
     if live:
@@ -476,7 +541,7 @@ def verify(run_dir: str | os.PathLike) -> VerifyReport:
     listed = len(manifest.files)
     return VerifyReport(run_dir, listed, *(tuple(found[k]) for k in ("missing", "truncated", "altered", "unreadable",
                                                                        "unlisted", "temporary")),
-                        found["details"], tuple(notes), tuple(found["interrupted"]), status)
+                        found["details"], tuple(notes), tuple(found["interrupted"]), status, tuple(inconsistent))
 
 
 def last_flush_complete(run_dir: str | os.PathLike) -> bool:

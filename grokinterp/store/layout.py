@@ -56,6 +56,19 @@ def shard_name(first_epoch: int, last_epoch: int) -> str:
     return f"ckpt_{first_epoch:08d}_{last_epoch:08d}.safetensors"
 
 
+def shard_span(name: str) -> tuple[int, int] | None:
+    """``(first, last)`` epoch of a shard file name ``ckpt_<first>_<last>.safetensors`` (``None``: not one)."""
+    parts = name.split("_")
+    if len(parts) != 3 or parts[0] != "ckpt" or not parts[2].endswith(".safetensors"):
+        return None
+    first, last = parts[1], parts[2][: -len(".safetensors")]
+    if not (first.isascii() and first.isdigit() and last.isascii() and last.isdigit()):
+        return None
+    if shard_name(int(first), int(last)) != name:
+        return None
+    return int(first), int(last)
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory (makes a rename or unlink in it durable); errors are ignored."""
     try:
@@ -343,11 +356,16 @@ def parse_safetensors_header(buf: bytes | mmap.mmap | None, path: Path) -> tuple
         if start + end > size:
             raise RunError(f"{path}: truncated: tensor {name!r} needs bytes up to {start + end}, file has {size}")
         ranges.append((begin, end, name))
+    ranges.sort()
+    for (_, end0, name0), (begin, _, name) in zip(ranges, ranges[1:]):
+        if begin < end0:
+            raise RunError(f"{path}: corrupt safetensors header: tensors {name0!r} and {name!r} overlap (their "
+                           f"byte ranges alias each other)")
     pos = 0
-    for begin, end, name in sorted(ranges):
+    for begin, end, name in ranges:
         if begin != pos:
-            what = "overlaps another tensor's bytes" if begin < pos else f"leaves bytes {pos}..{begin} unused before it"
-            raise RunError(f"{path}: corrupt safetensors header: tensor {name!r} {what}")
+            raise RunError(f"{path}: corrupt safetensors header: tensor {name!r} leaves bytes {pos}..{begin} "
+                           f"unused before it")
         pos = end
     if start + pos != size:
         raise RunError(f"{path}: corrupt safetensors file: {size - start - pos} bytes after the last tensor")

@@ -279,8 +279,9 @@ class RunLock:
             ok = False
         if not ok:
             other = None
-            try:
-                other = holder(self.run_dir)
+            try:  # what the lock file says now (not this process's registry: that still names us)
+                got = _read_record(self.path)
+                other = _judge(self.path, *got) if got is not None else None
             except RunError:
                 pass
             now = f" (now held by {other.describe()})" if other is not None and not other.this_process else ""

@@ -50,7 +50,7 @@ from ..errors import ConfigError, RunError
 from ..model import param_shapes
 from . import layout as _io
 from .integrity import ReadChecker, never_flushed
-from .writer import METRIC_COLUMNS, shard_span
+from .writer import METRIC_COLUMNS
 
 __all__ = ["Run", "load_run", "RunWarning"]
 
@@ -641,7 +641,7 @@ def _scan_shards(path: Path, config: RunConfig, info: dict[str, Any], checker: R
     usable, left_out, claimed = [], [], set()
     for name in sorted(set(on_disk) | set(listed)):
         rel, file = prefix + name, path / _io.SHARD_DIR / name
-        span = shard_span(name)
+        span = _io.shard_span(name)
         if span is None:
             if name in on_disk:
                 problems.append(f"{file}: not a shard name (ckpt_<first>_<last>.safetensors); ignored")

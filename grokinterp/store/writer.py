@@ -53,7 +53,7 @@ from . import layout as _io
 from .integrity import Manifest, entry_matches, load_manifest
 
 __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
-           "check_out_dir", "shard_span"]
+           "check_out_dir"]
 
 #: Columns of ``metrics.csv`` (NaN where a metric was not recorded at that epoch).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
@@ -62,19 +62,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 def _immutable(rel: str) -> bool:
     """Files written once and never rewritten in place (their manifest entries are carried over)."""
     return rel in (_io.RUN_JSON, _io.SPLIT_FILE) or rel.startswith(_io.SHARD_DIR + "/")
-
-
-def shard_span(name: str) -> tuple[int, int] | None:
-    """``(first, last)`` epoch of a shard file name ``ckpt_<first>_<last>.safetensors`` (``None``: not one)."""
-    parts = name.split("_")
-    if len(parts) != 3 or parts[0] != "ckpt" or not parts[2].endswith(".safetensors"):
-        return None
-    first, last = parts[1], parts[2][: -len(".safetensors")]
-    if not (first.isascii() and first.isdigit() and last.isascii() and last.isdigit()):
-        return None
-    if _io.shard_name(int(first), int(last)) != name:
-        return None
-    return int(first), int(last)
 
 
 
@@ -279,7 +266,7 @@ class CheckpointWriter:
         listed = [rel.split("/", 1)[1] for rel in (*prev.files, *prev.pending) if rel.startswith(_io.SHARD_DIR + "/")]
         on_disk = [path.name for path in self.shard_dir.glob("ckpt_*.safetensors")]
         for name in sorted(set(listed) | set(on_disk)):
-            span = shard_span(name)
+            span = _io.shard_span(name)
             if span is None or span[1] <= epoch:
                 continue
             rel = f"{_io.SHARD_DIR}/{name}"
