@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,7 @@ class ReadChecker:
         self.enabled = enabled
         self.manifest: Manifest | None = None
         self.problem: str | None = None  # why there is no usable manifest
+        self._guard = threading.Lock()  # shards are checked from worker threads too
         if enabled:
             self._load()
 
@@ -191,10 +193,11 @@ class ReadChecker:
         """Re-read the manifest if it was rewritten since it was read; True when it changed."""
         if not self.enabled:
             return False
-        now = manifest_stamp(self.run_dir)
-        if now is not None and (self.manifest is None or now != self.manifest.stamp):
-            self._load()
-            return True
+        with self._guard:
+            now = manifest_stamp(self.run_dir)
+            if now is not None and (self.manifest is None or now != self.manifest.stamp):
+                self._load()
+                return True
         return False
 
     @property

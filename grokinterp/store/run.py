@@ -81,6 +81,24 @@ def _fmt_epochs(epochs: Sequence[int] | np.ndarray) -> str:
     return f"{e[0]}, {e[1]}, {e[2]}, ..., {e[-2]}, {e[-1]} ({len(e)} checkpoints)"
 
 
+#: Shards checked ahead, in worker threads, when a loop over checkpoints opens one.
+_PREFETCH = 2
+_EXECUTOR: list[Any] = []
+
+
+def _executor():
+    """The worker threads that check shards ahead (two: hashing is memory-bound)."""
+    if not _EXECUTOR:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="grokinterp-check"))
+    return _EXECUTOR[0]
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: start afresh
+    os.register_at_fork(after_in_child=_EXECUTOR.clear)
+
+
 def _trust_storage() -> bool:
     return os.environ.get("GROKINTERP_TRUST_STORAGE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -163,6 +181,7 @@ class Run:
         self.strict = strict
         self._checker = checker
         self._shards = shards
+        self._futures: dict[int, Any] = {}  # shard index -> its check under way in a worker thread
         self._index()
 
     def _index(self) -> None:
@@ -348,10 +367,17 @@ class Run:
             raise RunError(msg)
         warnings.warn(f"{self.path}: damaged file left out: {msg}", RunWarning, stacklevel=4)
 
-    def _open_shard(self, sh: _Shard) -> dict[str, np.ndarray]:
-        """Map, check (manifest, structure, epochs) and return the tensor views of one shard."""
+    def _map_checked(self, sh: _Shard):
+        """Map a shard and check the mapping against the manifest (safe in a worker thread)."""
         buf = _io.map_file(sh.path, self.path, "shard")
         self._checker.check(sh.rel, buf, "shard")
+        return buf
+
+    def _open_shard(self, sh: _Shard, buf=None) -> dict[str, np.ndarray]:
+        """Map, check (manifest, structure, epochs) and return the tensor views of one shard (``buf``:
+        its mapping, already checked against the manifest)."""
+        if buf is None:
+            buf = self._map_checked(sh)
         header, start = _io.parse_safetensors_header(buf, sh.path)
         info = header.get("epochs")
         if info is None or info.get("dtype") != "I64" or len(info.get("shape", [])) != 1:
@@ -382,21 +408,36 @@ class Run:
             sh.epochs = epochs
         return arrays
 
+    def _prefetch(self, shard_ids) -> None:
+        """Start checking shards in worker threads (hashing releases the GIL): the next shards of a
+        loop over checkpoints, or all the shards a stack needs. Results are used — and damage
+        reported — only when a shard is needed."""
+        if not self._checker.enabled:
+            return
+        for si in shard_ids:
+            sh = self._shards[si]
+            if sh.arrays is None and sh.dropped is None and si not in self._futures:
+                self._futures[si] = _executor().submit(self._map_checked, sh)
+
     def _shard_arrays(self, si: int) -> dict[str, np.ndarray]:
         sh = self._shards[si]
         if sh.arrays is None:
             if sh.dropped is not None:
                 raise RunError(f"{self.path}: {sh.dropped}")
             try:
-                sh.arrays = self._open_shard(sh)
+                future = self._futures.pop(si, None)
+                sh.arrays = self._open_shard(sh, future.result() if future is not None else None)
             except RunError as e:
                 self._drop(si, str(e))
                 raise RunError(f"{self.path}: {sh.dropped}") from None
+            self._prefetch(range(si + 1, min(si + 1 + _PREFETCH, len(self._shards))))
         return sh.arrays
 
     def _check_shards(self, shard_ids=None) -> None:
         """Check shards now (all by default); damaged ones are left out with a warning, not raised."""
-        for si in range(len(self._shards)) if shard_ids is None else sorted(shard_ids):
+        ids = range(len(self._shards)) if shard_ids is None else sorted(shard_ids)
+        self._prefetch(ids)
+        for si in ids:
             sh = self._shards[si]
             if sh.arrays is None and sh.dropped is None:
                 try:
