@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import subprocess
 import sys
 
@@ -32,3 +34,19 @@ def perturbed(cfg: ModelConfig, scale: float = 3.0, seed: int = 0) -> HookedGrok
         for p in model.parameters():  # non-zero biases, larger weights: stress the identities
             p.add_(torch.randn(p.shape, generator=g) * scale / math.sqrt(cfg.d_model))
     return model
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, error=lambda s: AssertionError(f"hung for {s} s")):
+    """Raise ``error(seconds)`` in the main thread if the block runs longer (SIGALRM: a blocking
+    system call, such as opening a FIFO, is interrupted too)."""
+    def handler(signum, frame):
+        raise error(seconds)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

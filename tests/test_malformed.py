@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -344,18 +345,8 @@ class _Hang(BaseException):
     """A case ran past its timeout (a BaseException: no ``except Exception`` in the package swallows it)."""
 
 
-@contextlib.contextmanager
 def _timeout(seconds: float):
-    def handler(signum, frame):
-        raise _Hang
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return deadline(seconds, lambda s: _Hang())
 
 
 _PROBE = torch.tensor([[1, 2, CFG.task.p], [3, 7, CFG.task.p], [10, 0, CFG.task.p]])
@@ -558,10 +549,11 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _mutate_file(root: Path, rel: str, data, others: tuple[Path, Path], scratch: Path) -> str:
-    """Apply one mutation to ``root / rel``; returns its kind."""
+def _mutate_file(root: Path, rel: str, data, others: tuple[Path, Path], scratch: Path, kind: str | None = None) -> str:
+    """Apply one mutation to ``root / rel`` (of ``kind``, or one drawn); returns its kind."""
     path = root / rel.rstrip("/")
-    kind = data.draw(st.sampled_from(_kinds_for(rel)), label=f"mutation of {rel}")
+    if kind is None:
+        kind = data.draw(st.sampled_from(_kinds_for(rel)), label=f"mutation of {rel}")
     is_file = path.is_file() and not path.is_symlink()
     raw = path.read_bytes() if is_file else b""
     structured = {"json", "json_value", "header", "data_flip", "offsets_swap", "offsets_alias", "csv", "csv_value",
@@ -848,7 +840,8 @@ def _trusted_uses(path: Path) -> list[str]:
     return failures
 
 
-def _fuzz_one(runs, oracle, data) -> None:
+def _fuzz_one(runs, oracle, data, force: str | None = None) -> None:
+    """One mutated run directory (1-3 mutations; the first of kind ``force`` when given)."""
     base, twin, sibling = runs
     files = sorted(p.relative_to(base).as_posix() for p in base.rglob("*") if p.is_file()) + ["shards/"]
     root = Path(tempfile.mkdtemp(prefix="gi-fuzz-"))
@@ -860,12 +853,14 @@ def _fuzz_one(runs, oracle, data) -> None:
         mutated = set()
         signal.setitimer(signal.ITIMER_REAL, CASE_TIMEOUT_S)  # the harness must not hang either (default
         # SIGALRM action: the process ends, and the test run with it)
-        for _ in range(data.draw(st.integers(1, 3), label="number of mutations")):
+        for i in range(data.draw(st.integers(1, 3), label="number of mutations")):
             present = [f for f in files if os.path.lexists(run / f.rstrip("/"))]
+            if i == 0 and force is not None:
+                present = [f for f in present if force in _kinds_for(f)]
             if not present:
                 break
             rel = data.draw(st.sampled_from(present), label="file")
-            kind = _mutate_file(run, rel, data, (twin, sibling), scratch)
+            kind = _mutate_file(run, rel, data, (twin, sibling), scratch, force if i == 0 else None)
             _KINDS[kind] = _KINDS.get(kind, 0) + 1
             _STATS["mutations"] += 1
             mutated.add(rel)
@@ -910,6 +905,18 @@ def test_a_clean_run_loads_identically_with_zero_warnings(runs, oracle):
 @given(data=st.data())
 def test_fuzz_mutated_run_directories(runs, oracle, data):
     _fuzz_one(runs, oracle, data)
+
+
+_ALL_KINDS = sorted({k for rel in ("run.json", "metrics.csv", "shards/ckpt_00000000_00000010.safetensors",
+                                    "shards/") for k in _kinds_for(rel)})
+
+
+@pytest.mark.parametrize("kind", _ALL_KINDS)
+@settings(max_examples=3, derandomize=True, **_FUZZ_SETTINGS)
+@given(data=st.data())
+def test_fuzz_every_kind_of_mutation(runs, oracle, kind, data):
+    """Every kind of mutation, whatever the sample above drew: three inputs whose first mutation is it."""
+    _fuzz_one(runs, oracle, data, force=kind)
 
 
 @pytest.mark.slow

@@ -11,11 +11,9 @@ JSON is size-capped.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import struct
 import warnings
@@ -24,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import cli
+from _helpers import cli, deadline
 
 import grokinterp as g
 from grokinterp.errors import RunError
@@ -51,18 +49,8 @@ def run_dir(runs, tmp_path):
     return out
 
 
-@contextlib.contextmanager
 def _deadline(seconds: float = 30):
-    def handler(signum, frame):
-        raise AssertionError(f"hung for {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, handler)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+    return deadline(seconds)
 
 
 def _st_parts(path: Path) -> tuple[int, dict, bytes]:

@@ -234,6 +234,8 @@ def holder(run_dir: str | os.PathLike) -> Holder | None:
     rec, st = got
     h = _judge(path, rec, st)
     if h is None:  # a record being written, or damaged: someone may be taking the lock right now
+        if time.time() - st.st_mtime > STALE_AFTER_S:
+            return None  # unreadable and untouched for long: stale (the next writer takes it over)
         return Holder(host="?", pid=-1, started="?", command="?", heartbeat_age_s=max(time.time() - st.st_mtime, 0),
                       alive=None, this_process=False, record={})
     return h if h.alive is not False else None

@@ -52,7 +52,7 @@ from . import layout as _io
 from .integrity import ReadChecker, never_flushed
 from .writer import METRIC_COLUMNS
 
-__all__ = ["Run", "load_run", "RunWarning"]
+__all__ = ["Run", "load_run", "RunWarning", "run_directory"]
 
 
 class RunWarning(UserWarning):
@@ -749,6 +749,25 @@ def _coverage(run: Run, schedule_known: bool) -> str | None:
             f"holds those at epochs {_fmt_epochs(lost) if schedule_known else lost[0]}; they are missing")
 
 
+def run_directory(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, if it is a run directory (holds ``run.json``).
+
+    Raises:
+        RunError: it does not exist, is not a directory, holds no ``run.json``, or cannot be read.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise RunError(f"{path}: no such run directory")
+        if not path.is_dir():
+            raise RunError(f"{path}: not a directory (expected a run directory)")
+        if not os.path.lexists(path / _io.RUN_JSON):
+            raise RunError(f"{path}: not a grokinterp run (no {_io.RUN_JSON})")
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the run directory ({e.strerror or e})") from None
+    return path
+
+
 def load_run(path: str | os.PathLike, *, strict: bool = False, check: bool | None = None) -> Run:
     """Open a run directory.
 
@@ -765,16 +784,7 @@ def load_run(path: str | os.PathLike, *, strict: bool = False, check: bool | Non
             match the manifest; the manifest is missing or malformed (unless the run was stopped
             before its first flush); or (``strict``) anything is damaged.
     """
-    path = Path(path)
-    try:
-        if not path.exists():
-            raise RunError(f"{path}: no such run directory")
-        if not path.is_dir():
-            raise RunError(f"{path}: not a directory (expected a run directory)")
-        if not os.path.lexists(path / _io.RUN_JSON):
-            raise RunError(f"{path}: not a grokinterp run (no {_io.RUN_JSON})")
-    except OSError as e:
-        raise RunError(f"{path}: cannot open the run directory ({e.strerror or e})") from None
+    path = run_directory(path)
     check = (not _trust_storage()) if check is None else bool(check)
     checker = ReadChecker(path, enabled=check)
     if check and not checker.usable:

@@ -41,7 +41,7 @@ from ..model.hooked import HookedGrokTransformer
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
-from ..store.run import Run, load_run
+from ..store.run import Run, load_run, run_directory
 from ..store.writer import (
     METRIC_COLUMNS,
     CheckpointWriter,
@@ -388,7 +388,7 @@ def train(
         if created:
             _remove_empty(out)
         raise
-    started = False
+    started = wrote = False
     try:
         decision = check_out_dir(out, config, overwrite)  # again: another process may have written it meanwhile
         if decision == "same":
@@ -398,6 +398,7 @@ def train(
             clear_run_dir(out)
         train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
                                                            config.task.split_method)
+        wrote = True
         start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
                   test_pairs)
         loop = _build_loop(config, out, device, train_pairs, test_pairs, cbs)
@@ -406,6 +407,11 @@ def train(
         with _sigint_flag() as stop:
             loop.run(stop)
     finally:
+        if not started and wrote and not created:  # failed before training began: take back what we wrote
+            try:
+                clear_run_dir(out)
+            except RunError:
+                pass
         lock.release()
         if created and not started:  # refused or failed before training began: leave nothing behind
             import shutil
@@ -446,15 +452,16 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     is read through the run's checks (``check=False``, or ``GROKINTERP_TRUST_STORAGE=1``, reads
     without the manifest checks).
     """
-    run_dir = Path(run_dir)
+    run_dir = run_directory(run_dir)
     try:
-        if not run_dir.is_dir():
-            raise RunError(f"{run_dir}: no such run directory")
-        if not os.path.lexists(run_dir / layout.RUN_JSON):
-            raise RunError(f"{run_dir}: not a grokinterp run (no {layout.RUN_JSON})")
-    except OSError as e:
-        raise RunError(f"{run_dir}: cannot open the run directory ({e.strerror or e})") from None
-    lock = acquire(run_dir, "resume")
+        lock = acquire(run_dir, "resume")
+    except RunError:
+        if os.path.lexists(run_dir / layout.LOCK_FILE) or os.access(run_dir, os.W_OK):
+            raise
+        run = load_run(run_dir, check=check)  # a read-only run: fine if there is nothing left to write
+        if run.finished and last_flush_complete(run_dir):
+            return run
+        raise
     try:
         return _resume_locked(run_dir, lock, progress=progress, device=device, callbacks=callbacks, check=check)
     finally:
