@@ -21,6 +21,18 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True, **kw)
 
 
+def cli_here(*args: str) -> tuple[int, str, str]:
+    """``grokinterp ARGS`` in this process (no interpreter start-up): ``(exit status, stdout, stderr)``."""
+    import io
+
+    from grokinterp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
+
+
 def close(x: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> bool:
     """Equal up to float32 rounding: max error ≤ rel × max(1, max |ref|) (either may be on a GPU)."""
     return (x.cpu() - ref.cpu()).abs().max().item() <= rel * max(1.0, ref.abs().max().item())

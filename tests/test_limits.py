@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 import pytest
-from _helpers import cli
+from _helpers import cli, cli_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -40,10 +40,17 @@ TINY = g.make_config("tiny", epochs=20, every=10, log_early=0, flush_every=2, ev
 ])
 def test_configs_beyond_the_limits_exit_2_and_write_nothing(tmp_path, flags, field):
     out = tmp_path / "run"
-    res = cli("train", "--preset", "tiny", "--out", str(out), "--no-progress", *flags, timeout=120)
-    assert res.returncode == 2, res.stderr
-    assert field in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    code, _, err = cli_here("train", "--preset", "tiny", "--out", str(out), "--no-progress", *flags)
+    assert code == 2, err
+    assert field in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_the_real_cli_exits_2_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--preset", "tiny", "--out", str(out), "--n-layers", "1025", timeout=120)
+    assert res.returncode == 2 and "model.n_layers" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
 
 
 def test_the_loader_refuses_exactly_what_config_validation_refuses(tmp_path):
@@ -90,10 +97,10 @@ def test_a_run_beyond_this_machines_memory_exits_2_and_writes_nothing(tmp_path):
     out = tmp_path / "run"
     # 2^33 parameters: within the limits (a big GPU machine's run must load anywhere), but with the
     # checkpoint buffer it needs terabytes: no machine trains it
-    res = cli("train", "--preset", "tiny", "--out", str(out), "--d-model", "64", "--n-heads", "1",
-              "--d-mlp", str(2 ** 26), "--no-progress", timeout=120)
-    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert "of cpu memory" in res.stderr and "checkpoint buffer" in res.stderr and "more than this machine" in res.stderr
+    code, _, err = cli_here("train", "--preset", "tiny", "--out", str(out), "--d-model", "64", "--n-heads", "1",
+                            "--d-mlp", str(2 ** 26), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "of cpu memory" in err and "checkpoint buffer" in err and "more than this machine" in err
     assert not out.exists()
 
 
@@ -140,12 +147,13 @@ def test_preflight_runs_at_resume_for_what_is_left(tmp_path, monkeypatch):
 
 
 # -- CLI edges ------------------------------------------------------------------------------------
-def test_an_empty_out_is_refused(tmp_path):
+def test_an_empty_out_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     for args in (["train", "--preset", "tiny", "--out", ""], ["train", "--resume", ""], ["info", ""],
                  ["verify", " "], ["import-legacy", "x.pth", ""]):
-        res = cli(*args, cwd=tmp_path)
-        assert res.returncode == 2, (args, res.stderr)
-        assert "an empty path" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+        code, _, err = cli_here(*args)
+        assert code == 2, (args, err)
+        assert "an empty path" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
 
 
@@ -154,15 +162,15 @@ def test_over_long_paths_are_a_one_line_error(tmp_path, length):
     long = str(tmp_path / ("x" * length))
     for args in (["train", "--preset", "tiny", "--out", long, "--epochs", "1"], ["info", long], ["verify", long],
                  ["train", "--resume", long]):
-        res = cli(*args)
-        assert res.returncode == 2, (args, res.stderr)
-        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-        assert "long" in res.stderr.lower() or "no such" in res.stderr.lower(), res.stderr
+        code, _, err = cli_here(*args)
+        assert code == 2, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "long" in err.lower() or "no such" in err.lower(), err
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
     run = g.train(TINY, tmp_path / "run", progress=False)
-    for args in ("info", "info --json", "verify", "verify --json"):
+    for args in ("info", "verify --json"):
         res = subprocess.run(["bash", "-c", f"{PY} -m grokinterp {args} {run.path} | true; echo $((PIPESTATUS[0]))"],
                              capture_output=True, text=True, timeout=120)
         assert res.stderr == "", res.stderr

@@ -25,8 +25,6 @@ run loads with zero warnings. ``GROKINTERP_FUZZ_EXAMPLES`` sets the number of in
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -40,14 +38,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import deadline
+from _helpers import cli_here, deadline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import grokinterp as g
 from grokinterp.analysis.fourier import embed_fourier_norms
 from grokinterp.analysis.keyfreqs import key_frequencies
-from grokinterp.cli import main as cli_main
 from grokinterp.errors import GrokinterpError, RunError
 from grokinterp.model.grid import grid_forward
 from grokinterp.store import layout as _io
@@ -806,11 +803,9 @@ class _Case:
 
 
 def _cli_quiet(*args) -> int:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main([args[0], str(args[1])])
-    if code == 2 and "Traceback" in err.getvalue():
-        raise AssertionError(err.getvalue())
+    code, _, err = cli_here(args[0], str(args[1]))
+    if "Traceback" in err:
+        raise AssertionError(err)
     return code
 
 
