@@ -124,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Analyse a run (progress measures, phases, when the circuit formed, key "
                                    "frequencies, neurons, logits, ablations) and write one HTML file with every "
                                    "figure; plotly.js is embedded, so it opens offline.")
-    r.add_argument("run", metavar="RUN")
-    r.add_argument("--out", help="HTML file to write (default: RUN/report.html)")
+    r.add_argument("run", type=Path, metavar="RUN")
+    r.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (default: from the final checkpoint)")
-    r.add_argument("--summary-json", metavar="FILE", help="also write the headline numbers as JSON")
+    r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
                        description="Re-hash every file of a run and compare with manifest.json; lists each "
@@ -286,8 +286,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from .viz.report import write_report
 
-    args.run, args.out = _path(args.run, "RUN"), _path(args.out, "--out")
-    args.summary_json = _path(args.summary_json, "--summary-json")
     if args.summary_json is not None:  # refuse before the analysis, so nothing is half-written
         parent = args.summary_json.parent if str(args.summary_json.parent) else Path(".")
         if not parent.is_dir() or not os.access(parent, os.W_OK):

@@ -62,3 +62,18 @@ def deadline(seconds: float, error=lambda s: AssertionError(f"hung for {s} s")):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def make_socket(path) -> None:
+    """A Unix socket file at ``path`` (bound by its name from its directory: socket paths are short)."""
+    import os
+    import socket
+
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.fspath(path)) or ".")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.path.basename(os.fspath(path)))
+    finally:
+        sock.close()
+        os.chdir(here)

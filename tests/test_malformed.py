@@ -29,7 +29,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import tempfile
 import warnings
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import cli_here, deadline
+from _helpers import cli_here, deadline, make_socket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -645,11 +644,7 @@ def _mutate_file(root: Path, rel: str, data, others: tuple[Path, Path], scratch:
         os.mkfifo(path)
     elif kind == "socket":
         _remove(path)
-        sock = socket.socket(socket.AF_UNIX)
-        try:
-            sock.bind(str(path))
-        finally:
-            sock.close()
+        make_socket(path)
     elif kind == "directory":
         _remove(path)
         path.mkdir()

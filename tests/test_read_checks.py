@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import cli, deadline
+from _helpers import cli, deadline, make_socket
 
 import grokinterp as g
 from grokinterp.errors import RunError
@@ -113,9 +112,17 @@ def test_a_deleted_shard_does_not_vanish_silently(run_dir, runs):
     m = json.loads((run_dir / "manifest.json").read_text())
     del m["files"][MIDDLE]
     (run_dir / "manifest.json").write_text(json.dumps(m))
-    with pytest.warns(RunWarning, match=r"no shard in the manifest holds those at epochs 20, 30"):
+    with pytest.warns(RunWarning, match=r"no shard in the manifest holds the checkpoints at epochs 20, 30, between"):
         g.load_run(run_dir)
-    assert any("no shard in the manifest holds epochs [20, 30]" in p for p in g.verify(run_dir).problems())
+    assert any("holds the checkpoints at epochs [20, 30], between" in p for p in g.verify(run_dir).problems())
+    # the last shard too: progress.json still says 5 checkpoints were written
+    last = "shards/ckpt_00000040_00000040.safetensors"
+    (run_dir / last).unlink()
+    del m["files"][last]
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+    with pytest.warns(RunWarning, match=r"progress.json: says 5 checkpoints were written, but no shard .* epochs 20, 30, 40;"):
+        g.load_run(run_dir)
+    assert any("no shard in the manifest holds epochs [20, 30, 40]" in p for p in g.verify(run_dir).problems())
 
 
 @pytest.mark.parametrize("bless", [False, True])
@@ -231,9 +238,7 @@ def _replace(path: Path, kind: str, scratch: Path) -> None:
     elif kind == "directory":
         path.mkdir()
     elif kind == "socket":
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(path))
-        s.close()
+        make_socket(path)
     elif kind.startswith("/dev/"):
         path.symlink_to(kind)
     elif kind == "outside":

@@ -449,11 +449,16 @@ def _consistency(run_dir: Path, manifest: Manifest, found: dict[str, Any]) -> li
                            f"schedule say")
             if want is None:
                 covered.update(epochs)
+    if schedule is not None and covered:
+        gaps = [e for e in schedule[schedule <= max(covered)].tolist() if e not in covered]
+        if gaps:
+            out.append(f"{_io.SHARD_DIR}/: no shard in the manifest holds the checkpoints at epochs {gaps[:8]}"
+                       f"{' ...' if len(gaps) > 8 else ''}, between those it holds")
     prog = _progress(run_dir)
     written = prog.get("checkpoints_written")
     if isinstance(written, int) and not isinstance(written, bool) and written > 0:
         if schedule is not None:
-            lost = [e for e in schedule[:written].tolist() if e not in covered]
+            lost = [e for e in schedule[:written].tolist() if e not in covered and (not covered or e > max(covered))]
             if lost:
                 out.append(f"{_io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the "
                            f"manifest holds epochs {lost[:8]}{' ...' if len(lost) > 8 else ''}")

@@ -728,25 +728,36 @@ def _scan_shards(path: Path, config: RunConfig, info: dict[str, Any], checker: R
     return usable, left_out, problems
 
 
-def _coverage(run: Run, schedule_known: bool) -> str | None:
-    """Checkpoints ``progress.json`` says were written but no shard holds (files gone together with
-    their manifest entries)."""
+def _coverage(run: Run, schedule_known: bool) -> list[str]:
+    """Checkpoints that should exist but no listed shard holds (files gone together with their
+    manifest entries): gaps in the schedule below the last listed checkpoint, and checkpoints
+    ``progress.json`` says were written beyond it."""
+    accounted: set[int] = set()
+    for sh in run._shards:  # damaged ones too: they are reported on their own
+        accounted.update(sh.epochs.tolist())
+    out = []
+    schedule = run.config.checkpoint_epochs() if schedule_known else None
+    if schedule is not None and accounted:
+        gaps = [e for e in schedule[schedule <= max(accounted)].tolist() if e not in accounted]
+        if gaps:
+            out.append(f"{run.path / _io.SHARD_DIR}: no shard in the manifest holds the checkpoints at epochs "
+                       f"{_fmt_epochs(gaps)}, between those it holds; they are missing")
     try:
         written = int(run.progress.get("checkpoints_written", 0))
-    except RunError:
-        return None  # its own error surfaces when the progress is read
-    accounted = set()
-    for sh in run._shards:
-        accounted.update(sh.epochs.tolist())
-    if schedule_known:
-        promised = run.config.checkpoint_epochs()[:written]
-        lost = [e for e in promised.tolist() if e not in accounted]
+    except RunError as e:  # damaged: its own error is raised when it is read; here say what it hides
+        if run.checked:
+            out.append(f"{e}; whether checkpoints after the last listed one are missing cannot be checked")
+        return out
+    if schedule is not None:
+        lost = [e for e in schedule[:written].tolist() if e not in accounted and (not accounted or e > max(accounted))]
+        what = _fmt_epochs(lost)
     else:
-        lost = [] if len(accounted) >= written else [f"{written - len(accounted)} checkpoint(s)"]
-    if not lost:
-        return None
-    return (f"{run.path / _io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the manifest "
-            f"holds those at epochs {_fmt_epochs(lost) if schedule_known else lost[0]}; they are missing")
+        lost = [] if len(accounted) >= written else [written - len(accounted)]
+        what = f"{lost[0]} checkpoint(s)" if lost else ""
+    if lost:
+        out.append(f"{run.path / _io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the "
+                   f"manifest holds those at epochs {what}; they are missing")
+    return out
 
 
 def run_directory(path: str | os.PathLike) -> Path:
@@ -809,14 +820,12 @@ def load_run(path: str | os.PathLike, *, strict: bool = False, check: bool | Non
                     sh.arrays, sh.dropped = None, f"{e}; its checkpoints are left out"
                     problems.append(sh.dropped)
         run._index()
-    lost = _coverage(run, "imported_from" not in info)
-    if lost:
-        problems.append(lost)
+    problems += _coverage(run, "imported_from" not in info)
     if strict:
         if problems:
             raise RunError("; ".join(problems))
         run.check()
     elif problems:
-        warnings.warn(f"{path}: {len(problems)} damaged file(s) left out: " + "; ".join(problems),
+        warnings.warn(f"{path}: {len(problems)} problem(s) found, damaged checkpoints left out: " + "; ".join(problems),
                       RunWarning, stacklevel=2)
     return run

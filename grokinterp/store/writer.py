@@ -248,7 +248,10 @@ class CheckpointWriter:
                 continue
             entry = self._written.get(rel) or self._recorded_entry(rel, prev)
             if entry is None and self.adopt_unlisted:
-                entry = _io.digest_entry(_io.read_file(path, self.run_dir))
+                try:
+                    entry = _io.digest_entry(_io.read_file(path, self.run_dir))
+                except RunError:  # not a regular file inside the run: never listed
+                    entry = None
             if entry is not None:
                 files[rel] = entry
         for rel, entry in prev.files.items():  # a listed file that vanished stays listed (verify reports it)
