@@ -55,8 +55,14 @@ HEARTBEAT_S = 30.0
 #: A lock held from another host is stale when its heartbeat is older than this (seconds).
 STALE_AFTER_S = 600.0
 _RECORD_MAX = 1 << 16
-_HELD: dict[str, "RunLock"] = {}  # lock path -> the lock this process holds (never re-opened here)
+_HELD: dict[str, "RunLock"] = {}  # resolved lock path -> the lock this process holds (never re-opened here)
 _HELD_GUARD = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a forked child holds none of its parent's locks
+    os.register_at_fork(after_in_child=_HELD.clear)
+
+
+def _key(path: Path) -> str:
+    return os.path.realpath(path)
 
 
 # -- who we are -----------------------------------------------------------------------------------
@@ -203,7 +209,7 @@ def _judge(path: Path, rec: dict[str, Any] | None, st: os.stat_result) -> Holder
         return None
     me = _identity()
     with _HELD_GUARD:
-        mine = _HELD.get(str(path))
+        mine = _HELD.get(_key(path))
     if mine is not None and mine.record.get("token") == rec.get("token"):
         alive: bool | None = True
     elif _same_host(rec, me):
@@ -223,7 +229,7 @@ def holder(run_dir: str | os.PathLike) -> Holder | None:
     is left, which the next writer takes over). Never takes or changes the lock."""
     path = Path(run_dir) / _io.LOCK_FILE
     with _HELD_GUARD:
-        mine = _HELD.get(str(path))
+        mine = _HELD.get(_key(path))
     if mine is not None:
         return Holder(host=mine.record["host"], pid=mine.record["pid"], started=mine.record["started"],
                       command=mine.record["command"], heartbeat_age_s=0.0, alive=True, this_process=True,
@@ -253,6 +259,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path, path: Path, record: dict[str, Any], fd: int):
         self.run_dir, self.path, self.record, self._fd = run_dir, path, record, fd
+        self._key = _key(path)
         st = os.fstat(fd)
         self._ident = (st.st_dev, st.st_ino)
         self._stop = threading.Event()
@@ -305,8 +312,8 @@ class RunLock:
         except OSError:
             pass
         with _HELD_GUARD:
-            if _HELD.get(str(self.path)) is self:
-                del _HELD[str(self.path)]
+            if _HELD.get(self._key) is self:
+                del _HELD[self._key]
         os.close(self._fd)
         self._fd = -1
 
@@ -426,8 +433,8 @@ def acquire(run_dir: str | os.PathLike, command: str = "train") -> RunLock:
     run_dir = Path(run_dir)
     path = run_dir / _io.LOCK_FILE
     with _HELD_GUARD:
-        if str(path) in _HELD:
-            mine = _HELD[str(path)]
+        if _key(path) in _HELD:
+            mine = _HELD[_key(path)]
             raise RunError(f"{run_dir}: this process is already writing the run (since {mine.record['started']})")
     token = secrets.token_hex(16)
     record = {**_identity(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "started_unix": time.time(),
@@ -436,13 +443,17 @@ def acquire(run_dir: str | os.PathLike, command: str = "train") -> RunLock:
     while True:
         if _take(path, record):
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                pass  # no flock here (or a reader probing this instant): the record and heartbeat remain
+            for _ in range(20):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:  # a reader probing this instant
+                    time.sleep(0.01)
+                except OSError:
+                    break  # no flock here: the record and the heartbeat remain
             lock = RunLock(run_dir, path, record, fd)
             with _HELD_GUARD:
-                _HELD[str(path)] = lock
+                _HELD[lock._key] = lock
             return lock
         got = _read_record(path)
         if got is None:
