@@ -232,3 +232,18 @@ def test_a_writer_whose_lock_was_taken_over_stops_without_writing(tmp_path, monk
         g.train(CFG, out, progress=False)
     assert len(list((out / "shards").iterdir())) == 1  # the second flush wrote nothing
     assert json.loads((out / _io.LOCK_FILE).read_text())["host"] == "node-3"  # the new holder's lock stays
+
+
+def test_import_legacy_never_replaces_a_run_being_written(tmp_path):
+    from test_legacy import make_paper_file
+
+    src = tmp_path / "full_run_data.pth"
+    make_paper_file(src)
+    out = tmp_path / "run"
+    g.import_legacy(src, out)
+    _record(out, host="node-9", boot_id="b", pid_ns="n", pid=7)  # a live writer elsewhere
+    with pytest.raises(RunError, match="being written by host node-9, pid 7"):
+        g.import_legacy(src, out, overwrite=True)
+    (out / _io.LOCK_FILE).unlink()
+    assert g.import_legacy(src, out, overwrite=True).finished
+    assert not (out / _io.LOCK_FILE).exists() and verify(out).ok
