@@ -424,13 +424,13 @@ class Run:
         if sh.arrays is None:
             if sh.dropped is not None:
                 raise RunError(f"{self.path}: {sh.dropped}")
+            future = self._futures.pop(si, None)
+            self._prefetch(range(si + 1, min(si + 1 + _PREFETCH, len(self._shards))))  # while this one is hashed
             try:
-                future = self._futures.pop(si, None)
                 sh.arrays = self._open_shard(sh, future.result() if future is not None else None)
             except RunError as e:
                 self._drop(si, str(e))
                 raise RunError(f"{self.path}: {sh.dropped}") from None
-            self._prefetch(range(si + 1, min(si + 1 + _PREFETCH, len(self._shards))))
         return sh.arrays
 
     def _check_shards(self, shard_ids=None) -> None:
