@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _helpers import cli
+from _helpers import cli, cli_here
 
 import grokinterp as g
 from grokinterp.errors import RunError
@@ -66,20 +66,21 @@ def test_a_live_run_is_locked_named_and_reported_as_training(tmp_path):
         # a second trainer, a resume and an overwrite are refused, naming the holder
         for extra in (["--out", str(out), *args], ["--resume", str(out)],
                       ["--out", str(out), "--overwrite", "--preset", "tiny", "--epochs", "7"]):
-            res = cli("train", *extra)
-            assert res.returncode == 2, res.stderr
-            line = res.stderr.strip()
-            assert "\n" not in line and "Traceback" not in line
-            assert f"being written by host {socket.gethostname()}, pid {proc.pid}, since" in line, line
+            code, _, err = cli_here("train", *extra)  # this process is another writer
+            assert code == 2, err
+            line = err.strip()
+            assert "\n" not in line and f"being written by host {socket.gethostname()}, pid {proc.pid}, since" in line
+        res = cli("train", "--resume", str(out))  # and from another process, the real CLI
+        assert res.returncode == 2 and f"pid {proc.pid}" in res.stderr and "Traceback" not in res.stderr
         with pytest.raises(RunError, match=f"pid {proc.pid}"):
             g.resume(out, progress=False)
         # info and verify say it is training, with the last flushed epoch
-        res = cli("info", str(out))
-        assert res.returncode == 0 and f"status: training (host {socket.gethostname()}, pid {proc.pid}" in res.stdout
-        assert "last flushed epoch" in res.stdout and "stopped at" not in res.stdout
-        res = cli("verify", str(out))
-        assert res.returncode == 0, res.stdout + res.stderr
-        assert "status: training" in res.stdout and "last flushed epoch" in res.stdout
+        code, out_text, _ = cli_here("info", str(out))
+        assert code == 0 and f"status: training (host {socket.gethostname()}, pid {proc.pid}" in out_text
+        assert "last flushed epoch" in out_text and "stopped at" not in out_text
+        code, out_text, err = cli_here("verify", str(out))
+        assert code == 0, out_text + err
+        assert "status: training" in out_text and "last flushed epoch" in out_text
         run = g.load_run(out)
         assert run.training and run.writer.pid == proc.pid and run.summary()["training"]
         assert "training, flushed to epoch" in repr(run)
@@ -88,8 +89,7 @@ def test_a_live_run_is_locked_named_and_reported_as_training(tmp_path):
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err
     assert not (out / _io.LOCK_FILE).exists()  # released
-    res = cli("info", str(out))
-    assert "status: stopped at epoch" in res.stdout
+    assert "status: stopped at epoch" in cli_here("info", str(out))[1]
     assert verify(out).ok
 
 
