@@ -51,25 +51,21 @@ PAPER_KEY_FREQS = (14, 35, 41, 42, 52)
 def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: int = 0):
     """A run directory with ``n_checkpoints`` checkpoints of the paper architecture (random weights).
 
-    ``train(epochs=0)`` writes ``run.json``, the split and metrics; the config is then widened to
-    ``epochs = every · (n − 1)`` and the checkpoints are written with ``CheckpointWriter``.
+    Written through the public write API: :func:`~grokinterp.store.writer.start_run` (``run.json``
+    with ``epochs = every · (n − 1)``, the split, the manifest), then the checkpoints with
+    :class:`~grokinterp.store.writer.CheckpointWriter`; it verifies and loads strictly.
     """
     from grokinterp.config import make_config
     from grokinterp.model import init_params, param_shapes
-    from grokinterp.store import layout as _io
     from grokinterp.store.run import load_run
-    from grokinterp.store.writer import METRIC_COLUMNS, CheckpointWriter
-    from grokinterp.training.loop import train
+    from grokinterp.store.writer import METRIC_COLUMNS, CheckpointWriter, run_metadata, start_run
 
-    cfg0 = make_config("paper", epochs=0, device="cpu")
-    train(cfg0, path, progress=False, overwrite=True)
     last = every * (n_checkpoints - 1)
-    cfg = cfg0.replace(epochs=last, every=every, flush_every=50)
-    info = _io.read_json(path / _io.RUN_JSON, "run metadata")
-    info["config"] = cfg.to_dict()
-    _io.write_json_atomic(path / _io.RUN_JSON, info)
-    for f in (path / _io.SHARD_DIR).glob("*.safetensors"):
-        f.unlink()
+    cfg = make_config("paper", epochs=last, every=every, flush_every=50, device="cpu")
+    if path.exists():
+        shutil.rmtree(path)
+    trn, tst = cfg.task.task().split(cfg.task.frac_train, cfg.task.split_seed, cfg.task.split_method)
+    start_run(path, run_metadata(cfg, torch.device("cpu"), "paper", len(trn), len(tst)), trn, tst)
     shapes = param_shapes(cfg.model)
     base = init_params(cfg.model)
     gen = torch.Generator().manual_seed(seed)

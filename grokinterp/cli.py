@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -79,6 +80,15 @@ def _window(text: str) -> tuple[int, int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected START:STOP:EVERY (e.g. 1000:15000:10), got {text!r}") from None
     return start, stop, every
+
+
+def _path(text: str | None, flag: str) -> Path | None:
+    """A path argument: refuse an empty one (``Path("")`` would silently mean the current directory)."""
+    if text is None:
+        return None
+    if not text.strip():
+        raise GrokinterpError(f"{flag}: an empty path; give a directory or file name")
+    return Path(text)
 
 
 def _int_list(text: str) -> list[int]:
@@ -185,8 +195,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                     "finished run's command trains nothing and says so.")
     t.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help=f"{presets.replace('%', '%%')} (default {DEFAULT_PRESET})")
-    t.add_argument("--out", type=Path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
-    t.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run (no config flags)")
+    t.add_argument("--out", help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run (no config flags)")
     t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=int, metavar="N",
@@ -197,7 +207,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
                        "test accuracy passed 99 %%.")
-    i.add_argument("run", type=Path, metavar="RUN")
+    i.add_argument("run", metavar="RUN")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run",
@@ -216,7 +226,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                        description="Re-hash every file of a run and compare with manifest.json; lists each "
                                    "missing, truncated, altered or unlisted file. Exit status: 0 when all is well, "
                                    "1 when a file is damaged, 2 when the run or its manifest cannot be read.")
-    v.add_argument("run", type=Path, metavar="RUN")
+    v.add_argument("run", metavar="RUN")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
@@ -225,8 +235,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                                    "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
                                    "it are refused) and write a normal run directory. The layout is told by the "
                                    "parameter shapes.")
-    m.add_argument("file", type=Path, metavar="FILE")
-    m.add_argument("out", type=Path, metavar="OUT")
+    m.add_argument("file", metavar="FILE")
+    m.add_argument("out", metavar="OUT")
     m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
     m.add_argument("--split-seed", type=int, metavar="N",
                    help="seed of the paper code's split when the file stores none (default: its config's seed; "
@@ -252,6 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _overrides(args)
     if args.threads is not None and args.threads < 1:
         raise GrokinterpError(f"--threads: must be a positive integer, got {args.threads}")
+    args.out, args.resume = _path(args.out, "--out"), _path(args.resume, "--resume")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if args.resume is not None:
@@ -313,7 +324,7 @@ def _short_summary(run) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .store.run import load_run
 
-    run = load_run(args.run)
+    run = load_run(_path(args.run, "RUN"))
     s = run.summary()
     if args.json:
         print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions")}, indent=2))
@@ -331,7 +342,15 @@ def cmd_info(args: argparse.Namespace) -> int:
           + (" (paper style)" if t.warmup_style == "paper" else "")
           + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else "")
           + f", device {s['device']}" + (f" ({threads} torch thread{'s' if threads != 1 else ''})" if threads else ""))
-    status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
+    if s.get("training"):
+        flushed = s["epoch_reached"] if s["epoch_reached"] is not None else "none yet"
+        status = f"training ({s['writer']}); last flushed epoch {flushed}"
+    elif s["finished"]:
+        status = "finished"
+    elif s["epoch_reached"] is None:
+        status = "not started: stopped before its first flush (start it with --resume)"
+    else:
+        status = f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
     if "metrics_error" in s:
@@ -350,11 +369,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .store.integrity import verify
 
-    report = verify(args.run)
+    report = verify(_path(args.run, "RUN"))
     if args.json:
-        print(json.dumps({"path": str(report.path), "ok": report.ok, "n_listed": report.n_listed,
+        print(json.dumps({"path": str(report.path), "ok": report.ok, "status": report.status,
+                          "n_listed": report.n_listed,
                           **{k: list(getattr(report, k)) for k in ("missing", "truncated", "altered", "unreadable",
-                                                                   "unlisted", "temporary")},
+                                                                   "unlisted", "temporary", "interrupted",
+                                                                   "inconsistent")},
                           "details": report.details, "notes": list(report.notes)}, indent=2))
     else:
         print(report)
@@ -368,8 +389,9 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = import_legacy(args.file, args.out, layout=args.layout, split_seed=args.split_seed,
-                            frac_train=args.frac_train, epoch_offset=args.epoch_offset, overwrite=args.overwrite)
+        run = import_legacy(_path(args.file, "FILE"), _path(args.out, "OUT"), layout=args.layout,
+                            split_seed=args.split_seed, frac_train=args.frac_train,
+                            epoch_offset=args.epoch_offset, overwrite=args.overwrite)
     src = run.info["imported_from"]
     print(_short_summary(run))
     print(f"  imported from {src['file']} ({src['layout']} layout, checkpoints under {src.get('container')!r}), "
@@ -457,9 +479,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = parser.subcommands.get(args.command, parser)  # type: ignore[attr-defined]
         sub.error(_unrecognized(extra, sub))
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
+    except BrokenPipeError:
+        # The reader of our output closed it (``grokinterp info RUN | head -3``): stop quietly, and keep
+        # the interpreter from complaining when it flushes stdout at exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        return 128 + 13  # as if killed by SIGPIPE
     except GrokinterpError as e:
         print(f"grokinterp {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # e.g. a path too long for the file system, found below any check of ours
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        where = where if len(where) < 300 else where[:150] + "...: "
+        print(f"grokinterp {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as e:
         msg = str(e) or "interrupted"

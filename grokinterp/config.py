@@ -46,12 +46,54 @@ __all__ = [
     "field_docs",
     "SECTIONS",
     "is_int",
+    "Limits",
+    "LIMITS",
 ]
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
 FORMAT_VERSION = 1
-#: Largest modulus accepted: every one of the p² pairs is materialised (tokens, labels, grids).
-MAX_P = 5000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The one set of limits shared by config validation and the run loader.
+
+    They are machine-independent on purpose: a config beyond them is refused before anything is
+    written (``ConfigError`` naming the field), and a ``run.json`` beyond them is damage, not a
+    model (the loader refuses it, ``RunError``), so a run trained on a big GPU machine always loads
+    on a laptop. Whether *this* machine can hold a run is a separate question, answered by the
+    trainer's pre-flight estimate at ``train`` and ``resume`` only.
+
+    Attributes:
+        p: largest modulus (every one of the p² pairs is materialised: tokens, labels, grids).
+        n_layers: most blocks.
+        params: most scalar parameters per checkpoint (2³⁴ float32 = 64 GiB).
+        epochs: most training epochs (the paper trains 40k; metrics hold one row per epoch).
+        checkpoints: most checkpoints in a schedule (an upper bound computed without building it).
+        shards: most shard files (checkpoints / flush_every).
+        seed: largest seed (seeds must fit a signed 64-bit integer: torch and safetensors).
+        json_bytes: largest ``run.json`` / ``progress.json`` read (checked before reading).
+    """
+
+    p: int = 5000
+    n_layers: int = 1024
+    params: int = 2 ** 34
+    epochs: int = 10 ** 8
+    checkpoints: int = 10 ** 7
+    shards: int = 10 ** 6
+    seed: int = 2 ** 63 - 1
+    json_bytes: int = 1 << 20
+
+    @property
+    def manifest_bytes(self) -> int:
+        """Largest ``manifest.json`` read: a few hundred bytes per listed file."""
+        return (1 << 16) + 320 * (self.shards + 16)
+
+
+#: The limits in force (see :class:`Limits`).
+LIMITS = Limits()
+#: Largest modulus accepted (``LIMITS.p``; kept as a name for existing callers).
+MAX_P = LIMITS.p
 
 #: Initialisation methods (``ModelConfig.init_method``), implemented in :mod:`grokinterp.model.params`.
 INIT_METHODS = {
@@ -126,7 +168,8 @@ class TaskConfig:
         _require(self.p >= 3, "task.p", "must be at least 3", self.p)
         _require(self.p <= MAX_P, "task.p", f"must be at most {MAX_P} (p² examples are materialised)", self.p)
         _require(0.0 < float(self.frac_train) < 1.0, "task.frac_train", "must lie in (0, 1)", self.frac_train)
-        _require(self.split_seed >= 0, "task.split_seed", "must be non-negative", self.split_seed)
+        _require(0 <= self.split_seed <= LIMITS.seed, "task.split_seed", f"must lie in [0, {LIMITS.seed}]",
+                 self.split_seed)
         _require(self.split_method in SPLIT_METHODS, "task.split_method",
                  f"must be one of {', '.join(sorted(SPLIT_METHODS))}", self.split_method)
         _require(isinstance(self.eq_logit, bool), "task.eq_logit", "must be true or false", self.eq_logit)
@@ -180,14 +223,30 @@ class ModelConfig:
                 f"model.d_model: must be divisible by model.n_heads ({self.n_heads}), got {self.d_model}"
             )
         _require(self.act_fn in ACT_FNS, "model.act_fn", "must be 'relu' or 'gelu'", self.act_fn)
-        _require(self.init_seed >= 0, "model.init_seed", "must be non-negative", self.init_seed)
         _require(isinstance(self.eq_logit, bool), "model.eq_logit", "must be true or false", self.eq_logit)
         _require(self.init_method in INIT_METHODS, "model.init_method",
                  f"must be one of {', '.join(INIT_METHODS)}", self.init_method)
+        _require(0 <= self.init_seed <= LIMITS.seed, "model.init_seed", f"must lie in [0, {LIMITS.seed}]",
+                 self.init_seed)
+        _require(self.n_layers <= LIMITS.n_layers, "model.n_layers", f"must be at most {LIMITS.n_layers}",
+                 self.n_layers)
+        n = self.n_params
+        if n > LIMITS.params:
+            raise ConfigError(f"model: {n} parameters per checkpoint (d_model {self.d_model}, d_mlp {self.d_mlp}, "
+                              f"{self.n_heads} heads, {self.n_layers} layers) is more than the limit of "
+                              f"{LIMITS.params}")
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def n_params(self) -> int:
+        """Scalar parameters per checkpoint, by formula (cheap even for absurd sizes; equals the sum
+        over :func:`grokinterp.model.param_shapes`, tested)."""
+        d, dm = self.d_model, self.d_mlp
+        per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm + dm + d
+        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer
 
     @property
     def d_vocab(self) -> int:
@@ -243,7 +302,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_ints(self, "train")
-        _require(self.epochs >= 0, "train.epochs", "must be non-negative", self.epochs)
+        _require(0 <= self.epochs <= LIMITS.epochs, "train.epochs", f"must lie in [0, {LIMITS.epochs}]", self.epochs)
         _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", "must be a positive number", self.lr)
         _require(
             math.isfinite(self.weight_decay) and self.weight_decay >= 0,
@@ -385,9 +444,23 @@ class RunConfig:
         if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
                               f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
+        n_ckpt = self.checkpoint_count_bound()
+        if n_ckpt > LIMITS.checkpoints:
+            raise ConfigError(f"checkpoints: the schedule has up to {n_ckpt} checkpoints over {self.train.epochs} "
+                              f"epochs, more than the limit of {LIMITS.checkpoints}")
+        n_shards = -(-n_ckpt // self.checkpoints.flush_every)
+        if n_shards > LIMITS.shards:
+            raise ConfigError(f"checkpoints.flush_every: {n_ckpt} checkpoints in shards of {self.checkpoints.flush_every} "
+                              f"make up to {n_shards} files, more than the limit of {LIMITS.shards}")
 
     def checkpoint_epochs(self) -> np.ndarray:
         return self.checkpoints.epochs(self.train.epochs)
+
+    def checkpoint_count_bound(self) -> int:
+        """An upper bound on ``len(checkpoint_epochs())``, computed without building the schedule."""
+        E, ck = self.train.epochs, self.checkpoints
+        return (E // ck.every + 2 + ck.log_early
+                + sum(max(min(stop, E) - start, -1) // step + 1 for start, stop, step in ck.windows))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """A JSON-ready nested dict (tuples become lists, so it equals its own JSON round trip)."""

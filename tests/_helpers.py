@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import signal
 import subprocess
 import sys
 
@@ -18,6 +20,18 @@ PY = sys.executable
 def cli(*args: str, **kw) -> subprocess.CompletedProcess:
     """``python -m grokinterp ARGS`` in a subprocess, output captured as text."""
     return subprocess.run([PY, "-m", "grokinterp", *args], capture_output=True, text=True, **kw)
+
+
+def cli_here(*args: str) -> tuple[int, str, str]:
+    """``grokinterp ARGS`` in this process (no interpreter start-up): ``(exit status, stdout, stderr)``."""
+    import io
+
+    from grokinterp.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, out.getvalue(), err.getvalue()
 
 
 def close(x: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> bool:
@@ -42,3 +56,34 @@ def paper_gen_train_test(frac_train: float, num: int, seed: int):
     random.shuffle(pairs)
     div = int(frac_train * len(pairs))
     return pairs[:div], pairs[div:]
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, error=lambda s: AssertionError(f"hung for {s} s")):
+    """Raise ``error(seconds)`` in the main thread if the block runs longer (SIGALRM: a blocking
+    system call, such as opening a FIFO, is interrupted too)."""
+    def handler(signum, frame):
+        raise error(seconds)
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def make_socket(path) -> None:
+    """A Unix socket file at ``path`` (bound by its name from its directory: socket paths are short)."""
+    import os
+    import socket
+
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.fspath(path)) or ".")
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(os.path.basename(os.fspath(path)))
+    finally:
+        sock.close()
+        os.chdir(here)

@@ -30,7 +30,9 @@ from grokinterp.store.writer import CheckpointWriter
 
 PY = sys.executable
 CFG = g.make_config("tiny", epochs=60, every=10, log_early=0, flush_every=2, eval_every=10)
-FLUSH_FILES = ("shard", "metrics.csv", "state.safetensors", "progress.json", "manifest.json")
+# The writes of a flush: the manifest with the flush's record, then the files, then the manifest.
+FLUSH_FILES = ("manifest.json", "shard", "metrics.csv", "state.safetensors", "progress.json", "manifest.json")
+START_WRITES = 4  # creating the run: the manifest with its record, the split, run.json, the manifest
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +71,15 @@ def _load_clean(out: Path):
 @pytest.mark.parametrize("step", range(len(FLUSH_FILES)))
 def test_disk_full_during_a_flush_keeps_the_last_good_state(tmp_path, ref, monkeypatch, step):
     out = tmp_path / "run"
-    n = 2 + 5 * 1 + step  # split, run.json, then 5 writes per flush: fail in the second flush
+    n = START_WRITES + len(FLUSH_FILES) + step  # fail in the second flush
     calls = _failing_writes(monkeypatch, n)
     with pytest.raises(RunError, match=r"No space left on device.*resume"):
         g.train(CFG, out, progress=False)
     failed = calls[n]
-    assert failed.startswith("ckpt_") if step == 0 else failed == FLUSH_FILES[step]
+    assert failed.startswith("ckpt_") if FLUSH_FILES[step] == "shard" else failed == FLUSH_FILES[step]
     monkeypatch.undo()
     run = _load_clean(out)
-    state_written = step >= 3  # the state of the second flush is on disk when progress/manifest failed
+    state_written = step >= 4  # the state of the second flush is on disk when progress/manifest failed
     kept = ref.epochs[: 4 if state_written else 2]
     assert np.array_equal(run.epochs, kept)  # the shard of the failed flush is gone unless its state was saved
     for name in param_shapes(CFG.model):
@@ -91,7 +93,7 @@ def test_disk_full_during_a_flush_keeps_the_last_good_state(tmp_path, ref, monke
 
 def test_disk_stays_full_then_space_is_freed(tmp_path, ref, monkeypatch):
     out = tmp_path / "run"
-    _failing_writes(monkeypatch, 2 + 5 * 2, persist=True)  # from the third flush on, every write fails
+    _failing_writes(monkeypatch, START_WRITES + len(FLUSH_FILES) * 2, persist=True)  # from the third flush on
     with pytest.raises(RunError, match="No space left on device"):
         g.train(CFG, out, progress=False)
     monkeypatch.undo()
@@ -113,7 +115,7 @@ def test_unwritable_directory_when_the_run_is_created(tmp_path, ref, monkeypatch
 
 def test_unwritable_directory_on_resume_is_a_clean_error(tmp_path, ref, monkeypatch):
     out = tmp_path / "run"
-    _failing_writes(monkeypatch, 2 + 5 * 2)
+    _failing_writes(monkeypatch, START_WRITES + len(FLUSH_FILES) * 2)
     with pytest.raises(RunError):
         g.train(CFG, out, progress=False)
     monkeypatch.undo()

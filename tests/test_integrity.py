@@ -17,6 +17,9 @@ from grokinterp.store.writer import CheckpointWriter
 
 PY = sys.executable
 CFG = g.make_config("tiny", epochs=40, every=10, log_early=0, flush_every=2, eval_every=10)
+# Writes of a run's creation (manifest with the pending record, split, run.json, manifest) and of a
+# flush (manifest with the pending record, shard, metrics, state, progress, manifest).
+START_WRITES, FLUSH_WRITES = 4, 6
 
 
 class _Crash(BaseException):
@@ -116,18 +119,21 @@ def test_missing_or_malformed_manifest_is_a_clean_error(run_dir, tmp_path):
 def test_manifest_is_complete_after_every_flush(tmp_path, monkeypatch):
     real, reports = CheckpointWriter.write_manifest, []
 
-    def checked(self):
-        real(self)
-        reports.append(verify(self.run_dir))
+    def checked(self, pending=None):
+        real(self, pending)
+        reports.append((pending is not None, verify(self.run_dir)))
 
     monkeypatch.setattr(CheckpointWriter, "write_manifest", checked)
     g.train(CFG, tmp_path / "run", progress=False)
-    assert len(reports) == 3 and all(r.ok for r in reports), [str(r) for r in reports if not r.ok]
+    # each of the 3 flushes: the manifest with the flush's record first, then the complete one
+    assert [p for p, _ in reports] == [True, False] * 3
+    assert all(r.ok and not r.interrupted for _, r in reports), [str(r) for _, r in reports if not r.ok]
+    assert {r.status for _, r in reports} == {"training"}  # verified while this process held the lock
 
 
 def test_resume_never_re_blesses_earlier_damage(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _crash_at_write(monkeypatch, 2 + 5 * 2)  # dies at the third flush
+    _crash_at_write(monkeypatch, START_WRITES + FLUSH_WRITES * 2)  # dies at the third flush
     with pytest.raises(_Crash):
         g.train(CFG, out, progress=False)
     monkeypatch.undo()
@@ -144,15 +150,62 @@ def test_resume_never_re_blesses_earlier_damage(tmp_path, monkeypatch):
 
 def test_a_run_killed_mid_flush_says_so_and_resume_fixes_it(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    _crash_at_write(monkeypatch, 2 + 5 * 1 + 2, after=True)  # second flush: shard, metrics, state written
+    # second flush: its record, then shard, metrics and state written; killed before progress
+    _crash_at_write(monkeypatch, START_WRITES + FLUSH_WRITES + 3, after=True)
     with pytest.raises(_Crash):
         g.train(CFG, out, progress=False)
     monkeypatch.undo()
+    report = verify(out)
+    # the files of the interrupted flush match its record: authentic, not damage
+    assert report.ok and report.status == "interrupted" and not report.unlisted and not report.altered
+    assert len(report.interrupted) == 3 and {"metrics.csv", "state.safetensors"} < set(report.interrupted)
+    assert any("interrupted" in n and "--resume" in n for n in report.notes)
+    res = _cli("verify", str(out))
+    assert res.returncode == 0 and "--resume" in res.stdout and "interrupted flush" in res.stdout
+    run = g.load_run(out)  # loads without a warning: the files are the flush's own
+    assert run.problems == [] and len(run.epochs) == 4
+    g.resume(out, progress=False)
+    report = verify(out)
+    assert report.ok and not report.interrupted and report.status == "finished"
+
+
+def test_an_older_release_killed_mid_flush_is_told_apart(tmp_path, monkeypatch):
+    """Manifests of older releases have no record of a flush under way: the files newer than the
+    manifest are reported (not blessed), with the hint that --resume completes the flush."""
+    out = tmp_path / "run"
+    _crash_at_write(monkeypatch, START_WRITES + FLUSH_WRITES + 3, after=True)
+    with pytest.raises(_Crash):
+        g.train(CFG, out, progress=False)
+    monkeypatch.undo()
+    m = json.loads((out / "manifest.json").read_text())
+    del m["pending"]
+    (out / "manifest.json").write_text(json.dumps(m))
     report = verify(out)
     assert not report.ok and len(report.unlisted) == 1 and report.unlisted[0].startswith("shards/")
     assert set(report.altered) == {"metrics.csv", "state.safetensors"}
     assert any("--resume" in n for n in report.notes)
     res = _cli("verify", str(out))
     assert res.returncode == 1 and "--resume" in res.stdout
+    # the state newer than the manifest cannot be told from a damaged one: refused, with the way out
+    with pytest.raises(RunError, match="state.safetensors.*GROKINTERP_TRUST_STORAGE"):
+        g.resume(out, progress=False)
+    g.resume(out, progress=False, check=False)
+    assert verify(out).ok
+
+
+def test_a_run_stopped_before_its_first_flush(tmp_path, monkeypatch):
+    """The new writer's manifest exists from the start; an older release's run had none: both are
+    reported as not started, with the hint to resume, not as "manifest is missing"."""
+    out = tmp_path / "run"
+    _crash_at_write(monkeypatch, START_WRITES)  # killed at the first flush's first write
+    with pytest.raises(_Crash):
+        g.train(CFG, out, progress=False)
+    monkeypatch.undo()
+    report = verify(out)
+    assert report.ok and report.status == "not started" and any("--resume" in n for n in report.notes)
+    (out / "manifest.json").unlink()  # as an older release left it
+    res = _cli("verify", str(out))
+    assert res.returncode == 0 and "before its first flush" in res.stdout and "--resume" in res.stdout
+    assert g.load_run(out).problems == []
     g.resume(out, progress=False)
     assert verify(out).ok

@@ -80,10 +80,14 @@ def test_optimizer_state_is_checked_against_the_optimizer(tmp_path):
 
     trn, tst = run.split_pairs()
     tensors["opt/embed.W_E/exp_avg"] = torch.zeros_like(tensors["param/embed.W_E"])
-    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={"resume_epoch": "5", "flushed_upto": "5"})
     loop = TrainLoop(run.config, run.path, torch.device("cpu"), trn, tst)
     with pytest.raises(RunError, match="exp_avg"):
-        loop.load_state(tmp_path / "bad.safetensors")
+        loop.load_state(({"resume_epoch": "5", "flushed_upto": "5"}, tensors), tmp_path / "bad.safetensors")
+    # written over the run's own state, the same file is refused before it is parsed: it is not the
+    # state the manifest records
+    save_file(tensors, str(state), metadata={"resume_epoch": "5", "flushed_upto": "5"})
+    with pytest.raises(RunError, match="state.safetensors: training state is damaged or was replaced"):
+        loop.load_state(g.load_run(run.path))
 
 
 def test_unknown_optimizer_or_transform_is_refused_before_anything_is_written(tmp_path):

@@ -117,8 +117,8 @@ def _init_paper(cfg: ModelConfig) -> dict[str, Tensor]:
 def n_params(cfg: ModelConfig) -> int:
     """Number of scalar parameters of a model (by formula: cheap even for absurd configs).
 
-    Equals ``sum(prod(shape) for shape in param_shapes(cfg).values())`` (tested).
+    Equals ``sum(prod(shape) for shape in param_shapes(cfg).values())`` (tested); the formula is
+    :attr:`ModelConfig.n_params <grokinterp.config.ModelConfig.n_params>`, which the config's
+    limits use.
     """
-    d, dm = cfg.d_model, cfg.d_mlp
-    per_layer = 4 * cfg.n_heads * d * cfg.d_head + 2 * d * dm + dm + d
-    return (cfg.d_vocab + cfg.n_ctx + cfg.d_vocab_out) * d + cfg.n_layers * per_layer
+    return cfg.n_params

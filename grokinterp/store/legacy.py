@@ -764,10 +764,16 @@ def import_legacy(
         writer.write_manifest()
         if out.exists():
             if overwrite and _io.looks_like_run(out):
-                shutil.rmtree(out)
+                from .lock import acquire
+
+                with acquire(out, "import-legacy"):  # never replace a run another process is writing
+                    shutil.rmtree(out)
+                    os.replace(tmp, out)
             else:
                 out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
+                os.replace(tmp, out)
+        else:
+            os.replace(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RunError(f"{out}: cannot write the imported run ({e.strerror or e})") from e
@@ -825,6 +831,11 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise RunError(f"{out}: exists and is not a directory")
     if any(out.iterdir()):
         if overwrite and _io.looks_like_run(out):
+            from .lock import holder
+
+            h = holder(out)
+            if h is not None and h.alive is not False:
+                raise RunError(f"{out}: the run there is being written by {h.describe()}; refusing to replace it")
             return
         raise RunError(f"{out}: directory is not empty; choose another output directory"
                        + ("" if overwrite else " (or pass --overwrite to replace a run)"))

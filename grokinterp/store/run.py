@@ -6,18 +6,36 @@ Example:
     >>> W_E = run.stack("embed.W_E")       # [ckpt, d_vocab, d_model], memory-mapped
     >>> model = run.model(-1)              # HookedGrokTransformer at the last checkpoint
 
-Files are validated as they are read and nothing is unpickled. ``run.json`` and the split are
-essential (without them nothing is usable) and raise :class:`RunError` at load time; a damaged
-shard only removes its own checkpoints (listed in ``run.problems``, with a warning); a damaged
-metrics table raises when ``run.metrics`` is read.
+Every file is checked before its bytes are used, and nothing is unpickled:
+
+* **against the manifest** (:class:`~grokinterp.store.integrity.ReadChecker`): each file's size and
+  digest, lazily — a shard when one of its checkpoints is first needed, the metrics when
+  ``run.metrics`` is first read — once per file per :class:`Run` (the checked bytes are what is
+  used: shards stay memory-mapped from the very mapping that was hashed). Files written by a flush
+  that is under way or was interrupted match the flush's record in the manifest and are used;
+* **for structure**: safetensors headers, JSON fields, the split, the metrics table, and that each
+  shard holds exactly the checkpoints its file name and the run's schedule say;
+* **for type and place** (:func:`~grokinterp.store.layout.open_regular`): only regular files inside
+  the run are opened; JSON is size-capped.
+
+``run.json`` and the split are essential (without them nothing is usable) and raise
+:class:`RunError` at load time. A damaged, missing or foreign shard only removes its own
+checkpoints: a :class:`RunWarning` names the file and the epochs left out, ``run.problems`` lists
+them, and a call that needed one of them raises :class:`RunError`; ``load_run(path, strict=True)``
+checks everything at once and raises instead. A damaged metrics table or progress file raises when
+read. ``load_run(path, check=False)`` (or ``GROKINTERP_TRUST_STORAGE=1``) skips the manifest checks
+for storage you trust; structure is still checked.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
+import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,28 +45,93 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import FORMAT_VERSION, RunConfig
+from ..config import FORMAT_VERSION, LIMITS, RunConfig
 from ..errors import ConfigError, RunError
-from ..model import n_params, param_shapes
+from ..model import param_shapes
 from . import layout as _io
+from .integrity import ReadChecker, never_flushed
 from .writer import METRIC_COLUMNS
 
-__all__ = ["Run", "load_run", "RunWarning"]
+__all__ = ["Run", "load_run", "RunWarning", "run_directory"]
 
 
 class RunWarning(UserWarning):
     """A part of a run is damaged; the rest stays usable."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Shard:
+    """A shard the run may use: its file, the epochs it must hold, and what is known of it so far."""
+
+    rel: str
     path: Path
-    epochs: np.ndarray
+    span: tuple[int, int]
+    expected: np.ndarray | None  # the epochs its name and the schedule say (None: imported run, read it)
+    arrays: dict[str, np.ndarray] | None = None  # tensor views, once checked
+    dropped: str | None = None  # why it was left out
+    epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
-def _read_run_info(path: Path) -> tuple[dict[str, Any], RunConfig]:
+def _fmt_epochs(epochs: Sequence[int] | np.ndarray) -> str:
+    e = [int(x) for x in epochs]
+    if not e:
+        return "none"
+    if len(e) <= 8:
+        return ", ".join(map(str, e))
+    return f"{e[0]}, {e[1]}, {e[2]}, ..., {e[-2]}, {e[-1]} ({len(e)} checkpoints)"
+
+
+#: Shards checked ahead, in worker threads, when a loop over checkpoints opens one.
+_PREFETCH = 2
+_EXECUTOR: list[Any] = []
+
+
+def _executor():
+    """The worker threads that check shards ahead (two: hashing is memory-bound)."""
+    if not _EXECUTOR:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _EXECUTOR.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="grokinterp-check"))
+    return _EXECUTOR[0]
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of the parent's threads: start afresh
+    os.register_at_fork(after_in_child=_EXECUTOR.clear)
+
+
+def _trust_storage() -> bool:
+    return os.environ.get("GROKINTERP_TRUST_STORAGE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _read_checked(path: Path, checker: ReadChecker, rel: str, what: str, max_bytes: int | None) -> bytes:
+    """A run file's bytes, checked against the manifest. On a live run a file may be replaced between
+    reading it and reading the manifest; it is read again a few times before being called damaged."""
+    for attempt in range(6):
+        raw = _io.read_file(path / rel, path, what, max_bytes)
+        try:
+            checker.check(rel, raw, what)
+            return raw
+        except RunError:
+            if attempt == 5 or not _live(path):
+                raise
+            time.sleep(0.1)
+    raise AssertionError("unreachable")
+
+
+def _live(path: Path) -> bool:
+    from .lock import holder
+
+    try:
+        h = holder(path)
+    except RunError:
+        return False
+    return h is not None and h.alive is not False
+
+
+def _read_run_info(path: Path, checker: ReadChecker) -> tuple[dict[str, Any], RunConfig]:
     run_json = path / _io.RUN_JSON
-    info = _io.read_json(run_json, "run metadata")
+    raw = _read_checked(path, checker, _io.RUN_JSON, "run metadata", LIMITS.json_bytes)
+    info = _io.parse_json(raw, run_json, "run metadata")
     if not isinstance(info, dict) or info.get("kind") != _io.RUN_KIND:
         raise RunError(f"{run_json}: not a grokinterp run file (no \"kind\": \"{_io.RUN_KIND}\")")
     version = info.get("format_version")
@@ -64,11 +147,10 @@ def _read_run_info(path: Path) -> tuple[dict[str, Any], RunConfig]:
     for key, types in {**_RUN_FIELDS, **_RUN_OPTIONAL}.items():
         if key in info and (not isinstance(info[key], types) or isinstance(info[key], bool)):
             raise RunError(f"{run_json}: field {key!r} has the wrong type ({type(info[key]).__name__})")
-    try:
+    try:  # the config's own validation applies the limits shared with training (config.LIMITS)
         config = RunConfig.from_dict(info["config"], source=str(run_json))
     except ConfigError as e:
         raise RunError(str(e)) from None
-    _check_plausible(config, run_json)
     return info, config
 
 
@@ -79,27 +161,6 @@ _RUN_FIELDS: dict[str, Any] = {
 }
 _RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict}  # written by grokinterp.legacy
 
-# Loader limits: a config beyond them is damage, not a model (and would exhaust memory when built).
-_MAX_LAYERS = 1024
-_MAX_PARAMS = 2 ** 34
-_MAX_EPOCHS = 10 ** 8  # the paper trains 40k; a resumed run holds per-epoch metrics in memory
-_MAX_CHECKPOINTS = 10 ** 7
-
-
-def _check_plausible(config: RunConfig, run_json: Path) -> None:
-    m = config.model
-    n = n_params(m)
-    if m.n_layers > _MAX_LAYERS or n > _MAX_PARAMS:
-        raise RunError(f"{run_json}: implausible model size ({m.n_layers} layers, {n} parameters per checkpoint; "
-                       f"this loader accepts up to {_MAX_LAYERS} layers and {_MAX_PARAMS} parameters)")
-    E, ck = config.train.epochs, config.checkpoints
-    n_ckpt = E // ck.every + 2 + ck.log_early + sum(max(min(stop, E) - start, 0) // step + 1
-                                                    for start, stop, step in ck.windows)
-    if E > _MAX_EPOCHS or n_ckpt > _MAX_CHECKPOINTS:
-        raise RunError(f"{run_json}: implausible schedule ({E} epochs, about {n_ckpt} checkpoints; this loader "
-                       f"accepts up to {_MAX_EPOCHS} epochs and {_MAX_CHECKPOINTS} checkpoints)")
-
-
 class Run:
     """A trained (or training) run on disk. Build with :func:`load_run`.
 
@@ -107,8 +168,8 @@ class Run:
         path: the run directory.
         info: the parsed ``run.json`` (configs, versions, seeds, device, preset).
         config: the :class:`~grokinterp.config.RunConfig`.
-        epochs: int64 array of the checkpoint epochs available, sorted.
-        problems: damaged files found while loading (their checkpoints are left out).
+        problems: damaged, missing or foreign files found so far, each with the checkpoints it took
+            out (found at load time or when a file is first read; :meth:`check` reads them all now).
         session: what the training call that returned this run did (``None`` when loaded).
 
     Tables are properties: :attr:`metrics` (every epoch; NaN where a value was not recorded) and
@@ -116,24 +177,42 @@ class Run:
     kept for older code.
     """
 
-    def __init__(self, path: Path, info: dict[str, Any], config: RunConfig, shards: list[_Shard], problems: list[str]):
+    def __init__(self, path: Path, info: dict[str, Any], config: RunConfig, shards: list[_Shard],
+                 problems: list[str], checker: ReadChecker, strict: bool = False):
         self.path = path
         self.info = info
         self.config = config
         self.problems = problems
+        self.strict = strict
+        self._checker = checker
         self._shards = shards
+        self._futures: dict[int, Any] = {}  # shard index -> its check under way in a worker thread
+        self._index()
+
+    def _index(self) -> None:
         where: dict[int, tuple[int, int]] = {}
-        for si, sh in enumerate(shards):
-            for row, e in enumerate(sh.epochs.tolist()):
-                where[e] = (si, row)
+        for si, sh in enumerate(self._shards):
+            if sh.dropped is None:
+                for row, e in enumerate(sh.epochs.tolist()):
+                    where[e] = (si, row)
         self._where = where
-        self.epochs = np.array(sorted(where), dtype=np.int64)
-        self._mmaps: dict[int, dict[str, np.ndarray]] = {}
+        self._epochs = np.array(sorted(where), dtype=np.int64)
         #: What the call that returned this run trained (set by :func:`grokinterp.train` and
         #: :func:`grokinterp.resume`; ``None`` for :func:`load_run`): a dict with ``action``
         #: (``trained``, ``resumed`` or ``already_finished``), ``start_epoch``, ``end_epoch``,
         #: ``epochs_trained`` and ``threads`` (torch CPU threads used).
         self.session: dict[str, Any] | None = None
+
+    @property
+    def epochs(self) -> np.ndarray:
+        """int64 array of the checkpoint epochs available, sorted: those the manifest lists, less any
+        found damaged so far (:meth:`check` checks every file now)."""
+        return self._epochs
+
+    @property
+    def checked(self) -> bool:
+        """Whether files are checked against the manifest as they are read (``load_run(check=...)``)."""
+        return self._checker.enabled
 
     # -- metadata ----------------------------------------------------------------------------
     @property
@@ -145,13 +224,35 @@ class Run:
         """The run's :class:`~grokinterp.tasks.Task` (vocabulary, valid pairs, labels, structure)."""
         return self.config.task.task()
 
+    @property
+    def writer(self):
+        """Who is writing this run now (:class:`~grokinterp.store.lock.Holder`: host, pid, since), or
+        ``None`` when no live process holds its lock."""
+        from .lock import holder
+
+        try:
+            return holder(self.path)
+        except RunError:
+            return None
+
+    @property
+    def training(self) -> bool:
+        """True while a live process holds the run lock (the run is being trained)."""
+        h = self.writer
+        return h is not None and h.alive is not False
+
+    def _listed(self, rel: str) -> bool:
+        m = self._checker.manifest
+        return m is not None and rel in m.files
+
     @cached_property
     def progress(self) -> dict[str, Any]:
         """``progress.json``: epoch reached, finished or not (empty dict if absent)."""
         path = self.path / _io.PROGRESS_JSON
-        if not path.exists():
+        if not os.path.lexists(path) and not self._listed(_io.PROGRESS_JSON):
             return {}
-        prog = _io.read_json(path, "progress file")
+        raw = _read_checked(self.path, self._checker, _io.PROGRESS_JSON, "progress file", LIMITS.json_bytes)
+        prog = _io.parse_json(raw, path, "progress file")
         if not isinstance(prog, dict):
             raise RunError(f"{path}: progress file must hold a JSON object, got {type(prog).__name__}")
         epoch, finished = prog.get("epoch", 0), prog.get("finished", False)
@@ -159,6 +260,9 @@ class Run:
             raise RunError(f"{path}: 'epoch' must be a non-negative integer, got {epoch!r}")
         if not isinstance(finished, bool):
             raise RunError(f"{path}: 'finished' must be true or false, got {finished!r}")
+        written = prog.get("checkpoints_written", 0)
+        if not isinstance(written, int) or isinstance(written, bool) or written < 0:
+            raise RunError(f"{path}: 'checkpoints_written' must be a non-negative integer, got {written!r}")
         return prog
 
     @property
@@ -190,10 +294,16 @@ class Run:
         without NaN, use :attr:`evals`.
         """
         path = self.path / _io.METRICS_CSV
-        if not path.exists():
+        try:  # first: on a live run the table read after it is at least as new
+            prog = self.progress
+        except RunError:  # progress.json has its own error; the table itself may be consistent
+            prog = {}
+        if not os.path.lexists(path) and not self._listed(_io.METRICS_CSV):
             raise RunError(f"{path}: metrics table is missing")
+        cap = 256 * (self.config.train.epochs + 2) + 4096  # a row is under 150 bytes
+        raw = _read_checked(self.path, self._checker, _io.METRICS_CSV, "metrics table", cap)
         try:
-            df = pd.read_csv(path)
+            df = pd.read_csv(io.BytesIO(raw))
         except (ValueError, OSError, OverflowError) as e:  # ParserError, EmptyDataError, UnicodeDecodeError
             raise RunError(f"{path}: cannot parse the metrics table ({type(e).__name__}: {str(e)[:200]})") from None
         missing = [c for c in METRIC_COLUMNS if c not in df.columns]
@@ -217,10 +327,6 @@ class Run:
         limit = self.config.train.epochs + 1
         if len(df) > limit:
             raise RunError(f"{path}: metrics table has {len(df)} rows, more than the {limit} epochs of the run")
-        try:
-            prog = self.progress
-        except RunError:  # progress.json has its own error; the table itself is consistent
-            prog = {}
         if prog:
             expected = int(prog.get("epoch", 0)) + (1 if prog.get("finished") else 0)
             if len(df) < expected:
@@ -258,7 +364,9 @@ class Run:
     @cached_property
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
         path = self.path / _io.SPLIT_FILE
-        arrays = _io.mmap_tensors(path, ["train_pairs", "test_pairs"])
+        raw = _read_checked(self.path, self._checker, _io.SPLIT_FILE, "split", 8 * self.p ** 2 + (1 << 16))
+        header, start = _io.parse_safetensors_header(raw, path)
+        arrays = _io.tensor_views(bytearray(raw), header, start, ["train_pairs", "test_pairs"], path)
         trn, tst = (np.array(arrays[k]) for k in ("train_pairs", "test_pairs"))
         p2 = self.p ** 2
         for name, a in (("train_pairs", trn), ("test_pairs", tst)):
@@ -292,26 +400,144 @@ class Run:
         """Test tokens ``[n_test, 3]`` and labels ``[n_test]`` (int64, CPU)."""
         return self._data(1)
 
+
     # -- checkpoints -------------------------------------------------------------------------
-    def resolve_epoch(self, epoch: int) -> int:
-        """An epoch number, with negative values counting from the end (``-1`` = last)."""
-        if len(self.epochs) == 0:
-            raise RunError(f"{self.path}: the run has no readable checkpoints")
-        epoch = int(epoch)
-        if epoch < 0:
-            if -epoch > len(self.epochs):
-                raise RunError(f"{self.path}: checkpoint index {epoch} out of range ({len(self.epochs)} checkpoints)")
-            return int(self.epochs[epoch])
-        if epoch not in self._where:
-            i = int(np.searchsorted(self.epochs, epoch))
-            near = self.epochs[max(i - 1, 0): i + 1].tolist()
-            raise RunError(f"{self.path}: no checkpoint at epoch {epoch}; nearest: {near}")
-        return epoch
+    def _drop(self, si: int, reason: str) -> None:
+        """Leave a shard's checkpoints out: a warning and ``problems`` name the file and the epochs."""
+        sh = self._shards[si]
+        if sh.dropped is not None:
+            return
+        msg = f"{reason}; its checkpoints at epochs {_fmt_epochs(sh.epochs)} are left out"
+        sh.dropped, sh.arrays = msg, None
+        self.problems.append(msg)
+        self._index()
+        if self.strict:
+            raise RunError(msg)
+        warnings.warn(f"{self.path}: damaged file left out: {msg}", RunWarning, stacklevel=4)
+
+    def _map_checked(self, sh: _Shard):
+        """Map a shard and check the mapping against the manifest (safe in a worker thread)."""
+        buf = _io.map_file(sh.path, self.path, "shard")
+        self._checker.check(sh.rel, buf, "shard")
+        return buf
+
+    def _open_shard(self, sh: _Shard, buf=None) -> dict[str, np.ndarray]:
+        """Map, check (manifest, structure, epochs) and return the tensor views of one shard (``buf``:
+        its mapping, already checked against the manifest)."""
+        if buf is None:
+            buf = self._map_checked(sh)
+        header, start = _io.parse_safetensors_header(buf, sh.path)
+        info = header.get("epochs")
+        if info is None or info.get("dtype") != "I64" or len(info.get("shape", [])) != 1:
+            raise RunError(f"{sh.path}: 'epochs' must be an int64 vector")
+        n = int(info["shape"][0])
+        shapes = param_shapes(self.config.model)
+        for name, shape in shapes.items():
+            t = header.get(name)
+            if t is None:
+                raise RunError(f"{sh.path}: parameter {name!r} is missing")
+            if t["dtype"] != "F32":
+                raise RunError(f"{sh.path}: parameter {name!r} has dtype {t['dtype']}, expected F32")
+            if list(t["shape"]) != [n, *shape]:
+                raise RunError(f"{sh.path}: parameter {name!r} has shape {t['shape']}, expected {[n, *shape]}")
+        extra = set(header) - set(shapes) - {"epochs", "__metadata__"}
+        if extra:
+            raise RunError(f"{sh.path}: unexpected tensor(s) {sorted(extra)}")
+        arrays = _io.tensor_views(buf, header, start, ["epochs", *shapes], sh.path)
+        epochs = np.array(arrays.pop("epochs"))
+        if sh.expected is not None:
+            if not np.array_equal(epochs, sh.expected):
+                raise RunError(f"{sh.path}: holds checkpoints of epochs {_fmt_epochs(epochs)}, but its name and the "
+                               f"run's checkpoint schedule say {_fmt_epochs(sh.expected)}")
+        else:
+            if not (n and epochs[0] == sh.span[0] and epochs[-1] == sh.span[1] and np.all(np.diff(epochs) > 0)):
+                raise RunError(f"{sh.path}: holds checkpoints of epochs {_fmt_epochs(epochs)}, which are not the "
+                               f"increasing epochs {sh.span[0]}..{sh.span[1]} its name says")
+            sh.epochs = epochs
+        return arrays
+
+    def _prefetch(self, shard_ids) -> None:
+        """Start checking shards in worker threads (hashing releases the GIL): the next shards of a
+        loop over checkpoints, or all the shards a stack needs. Results are used — and damage
+        reported — only when a shard is needed."""
+        if not self._checker.enabled:
+            return
+        for si in shard_ids:
+            sh = self._shards[si]
+            if sh.arrays is None and sh.dropped is None and si not in self._futures:
+                self._futures[si] = _executor().submit(self._map_checked, sh)
 
     def _shard_arrays(self, si: int) -> dict[str, np.ndarray]:
-        if si not in self._mmaps:
-            self._mmaps[si] = _io.mmap_tensors(self._shards[si].path)
-        return self._mmaps[si]
+        sh = self._shards[si]
+        if sh.arrays is None:
+            if sh.dropped is not None:
+                raise RunError(f"{self.path}: {sh.dropped}")
+            future = self._futures.pop(si, None)
+            self._prefetch(range(si + 1, min(si + 1 + _PREFETCH, len(self._shards))))  # while this one is hashed
+            try:
+                sh.arrays = self._open_shard(sh, future.result() if future is not None else None)
+            except RunError as e:
+                self._drop(si, str(e))
+                raise RunError(f"{self.path}: {sh.dropped}") from None
+        return sh.arrays
+
+    def _check_shards(self, shard_ids=None) -> None:
+        """Check shards now (all by default); damaged ones are left out with a warning, not raised."""
+        ids = range(len(self._shards)) if shard_ids is None else sorted(shard_ids)
+        self._prefetch(ids)
+        for si in ids:
+            sh = self._shards[si]
+            if sh.arrays is None and sh.dropped is None:
+                try:
+                    self._shard_arrays(si)
+                except RunError:
+                    if self.strict:
+                        raise
+
+    def check(self) -> list[str]:
+        """Check every file of the run now (shards, progress, metrics) instead of when first used.
+
+        Returns:
+            :attr:`problems` (damaged shards are left out with a :class:`RunWarning`; a damaged
+            progress file or metrics table is listed here, and still raises when read).
+        """
+        self._check_shards()
+        for get in (lambda: self.progress, lambda: self.metrics):
+            try:
+                get()
+            except RunError as e:
+                if str(e) not in self.problems:
+                    self.problems.append(str(e))
+                if self.strict:
+                    raise
+        return self.problems
+
+    def resolve_epoch(self, epoch: int) -> int:
+        """An epoch number, with negative values counting from the end (``-1`` = last intact checkpoint)."""
+        epoch = int(epoch)
+        if epoch < 0:
+            while True:
+                if len(self._epochs) == 0:
+                    raise RunError(f"{self.path}: the run has no readable checkpoints")
+                if -epoch > len(self._epochs):
+                    raise RunError(f"{self.path}: checkpoint index {epoch} out of range ({len(self._epochs)} "
+                                   f"checkpoints)")
+                e = int(self._epochs[epoch])
+                try:  # a damaged shard found now drops out: count again among the intact ones
+                    self._shard_arrays(self._where[e][0])
+                    return e
+                except RunError:
+                    if self.strict:
+                        raise
+        if len(self._epochs) == 0:
+            raise RunError(f"{self.path}: the run has no readable checkpoints")
+        if epoch not in self._where:
+            i = int(np.searchsorted(self._epochs, epoch))
+            near = self._epochs[max(i - 1, 0): i + 1].tolist()
+            dropped = [sh.dropped for sh in self._shards if sh.dropped and epoch in sh.epochs.tolist()]
+            why = f" ({dropped[0]})" if dropped else ""
+            raise RunError(f"{self.path}: no checkpoint at epoch {epoch}{why}; nearest: {near}")
+        return epoch
 
     def params(self, epoch: int = -1) -> dict[str, Tensor]:
         """``{name: tensor}`` at ``epoch`` (copies, float32, CPU)."""
@@ -341,22 +567,37 @@ class Run:
 
         return to_transformer_lens(self.params(epoch), self.config.model, device)
 
+    def _resolve_many(self, epochs) -> list[int]:
+        if epochs is None:
+            self._check_shards()  # every checkpoint is wanted: leave damaged shards out first
+            return self._epochs.tolist()
+        eps = [self.resolve_epoch(e) for e in epochs]
+        self._check_shards({self._where[e][0] for e in eps})
+        missing = [e for e in eps if e not in self._where]
+        if missing:
+            self.resolve_epoch(missing[0])  # raises, naming the damaged file
+        return eps
+
     def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None) -> Tensor:
         """One parameter across checkpoints, ``[ckpt, ...]``.
 
         Args:
             name: a TransformerLens parameter name (``embed.W_E``, ``blocks.0.mlp.W_out``, ...).
-            epochs: which checkpoints (default: all of :attr:`epochs`).
+            epochs: which checkpoints (default: all of :attr:`epochs`, after checking every shard:
+                damaged ones are left out with a :class:`RunWarning`).
 
         Returns:
             float32 tensor. When the checkpoints asked for are consecutive rows of one shard it is
             a memory-mapped view of that file (copy-on-write: nothing is read until used);
             otherwise a copy.
+
+        Raises:
+            RunError: an epoch asked for is not a checkpoint, or its shard is damaged.
         """
         shapes = param_shapes(self.config.model)
         if name not in shapes:
             raise RunError(f"{self.path}: no parameter named {name!r}; parameters: {', '.join(shapes)}")
-        eps = self.epochs if epochs is None else [self.resolve_epoch(e) for e in epochs]
+        eps = self._resolve_many(epochs)
         if len(eps) == 0:
             raise RunError(f"{self.path}: no checkpoints to stack")
         locs = [self._where[int(e)] for e in eps]
@@ -380,17 +621,40 @@ class Run:
     def stacks(self, names: Sequence[str] | None = None, epochs=None) -> dict[str, Tensor]:
         """Several parameters at once: ``{name: [ckpt, ...]}`` (all parameters by default)."""
         names = list(param_shapes(self.config.model)) if names is None else list(names)
-        return {n: self.stack(n, epochs) for n in names}
+        eps = self._resolve_many(epochs)
+        return {n: self.stack(n, eps) for n in names}
 
     def iter_chunks(self, chunk: int = 64, names: Sequence[str] | None = None,
                     epochs=None) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
         """Yield ``(epochs, {name: [≤ chunk, ...]})`` over the checkpoints, bounding memory."""
-        eps = self.epochs if epochs is None else np.array([self.resolve_epoch(e) for e in epochs])
         if chunk < 1:
             raise RunError(f"chunk: must be positive, got {chunk}")
+        eps = np.array(self._resolve_many(epochs), dtype=np.int64)
         for i in range(0, len(eps), chunk):
             part = eps[i: i + chunk]
             yield part, self.stacks(names, part)
+
+    def training_state(self) -> tuple[dict[str, str], dict[str, Tensor]]:
+        """``state.safetensors``, checked like every other file: ``(header metadata, tensors)``.
+
+        What :func:`grokinterp.resume` continues from (the trainer reads it only through here).
+
+        Raises:
+            RunError: the state is missing, damaged or malformed.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load as st_load
+
+        path = self.path / _io.STATE_FILE
+        n = self.config.model.n_params
+        cap = 64 * n + 64 * (self.config.train.epochs + 2) + (1 << 24)
+        raw = _read_checked(self.path, self._checker, _io.STATE_FILE, "training state", cap)
+        header, _ = _io.parse_safetensors_header(raw, path)
+        try:
+            tensors = st_load(raw)
+        except (SafetensorError, ValueError, RuntimeError, OverflowError) as e:
+            raise RunError(f"{path}: cannot read the training state ({e})") from None
+        return dict(header.get("__metadata__", {})), tensors
 
     # -- display -----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -409,6 +673,12 @@ class Run:
             "last_checkpoint": int(self.epochs[-1]) if len(self.epochs) else None,
             "problems": list(self.problems),
         }
+        writer = self.writer
+        if writer is not None and writer.alive is not False:
+            out["training"] = True
+            out["writer"] = writer.describe()
+        else:
+            out["training"] = False
         try:
             ev = self.evals
         except RunError as e:
@@ -432,72 +702,191 @@ class Run:
     def __repr__(self) -> str:
         c = self.config
         span = f"epochs {self.epochs[0]}..{self.epochs[-1]}" if len(self.epochs) else "no checkpoints"
-        state = "finished" if self.finished else f"at epoch {self.progress.get('epoch')}"
+        state = ("finished" if self.finished else
+                 f"training, flushed to epoch {self.progress.get('epoch')}" if self.training else
+                 f"at epoch {self.progress.get('epoch')}")
         return (f"Run({str(self.path)!r}: {c.task.operation} mod {c.task.p}, {len(self.epochs)} checkpoints "
                 f"({span}), {state})")
 
 
-def _scan_shards(path: Path, config: RunConfig) -> tuple[list[_Shard], list[str]]:
-    shapes = param_shapes(config.model)
-    shards, problems = [], []
+def _shard_files(path: Path) -> tuple[list[str], list[str]]:
+    """Shard file names on disk (``ckpt_*``) and problems with the shard directory itself."""
     shard_dir = path / _io.SHARD_DIR
-    files = sorted(shard_dir.glob("ckpt_*.safetensors")) if shard_dir.is_dir() else []
-    seen: set[int] = set()
-    for f in files:
-        try:
-            header, _ = _io.read_safetensors_header(f)
-            info = header.get("epochs")
-            if info is None or info.get("dtype") != "I64" or len(info.get("shape", [])) != 1:
-                raise RunError(f"{f}: 'epochs' must be an int64 vector")
-            n = int(info["shape"][0])
-            for name, shape in shapes.items():
-                t = header.get(name)
-                if t is None:
-                    raise RunError(f"{f}: parameter {name!r} is missing")
-                if t["dtype"] != "F32":
-                    raise RunError(f"{f}: parameter {name!r} has dtype {t['dtype']}, expected F32")
-                if list(t["shape"]) != [n, *shape]:
-                    raise RunError(f"{f}: parameter {name!r} has shape {t['shape']}, expected {[n, *shape]}")
-            extra = set(header) - set(shapes) - {"epochs", "__metadata__"}
-            if extra:
-                raise RunError(f"{f}: unexpected tensor(s) {sorted(extra)}")
-            epochs = np.array(_io.mmap_tensors(f, ["epochs"])["epochs"])
-            if n and (np.any(np.diff(epochs) <= 0) or epochs[0] < 0 or epochs[-1] > config.train.epochs):
-                raise RunError(f"{f}: epochs are not increasing within [0, {config.train.epochs}]")
-            if seen.intersection(epochs.tolist()):
-                raise RunError(f"{f}: repeats epochs already held by another shard")
-            seen.update(epochs.tolist())
-            shards.append(_Shard(f, epochs))
-        except RunError as e:
-            problems.append(str(e))
-    return shards, problems
+    try:
+        st = os.lstat(shard_dir)
+    except FileNotFoundError:
+        return [], []
+    except OSError as e:
+        return [], [f"{shard_dir}: cannot read the shard directory ({e.strerror or e})"]
+    if stat.S_ISLNK(st.st_mode) and not _io.is_within(os.path.realpath(shard_dir), os.path.realpath(path)):
+        return [], [f"{shard_dir}: the shard directory is a symbolic link leading outside the run directory"]
+    if not os.path.isdir(shard_dir):
+        return [], [f"{shard_dir}: the shard directory is {_io.describe_mode(st.st_mode)}, not a directory"]
+    try:
+        return sorted(n for n in os.listdir(shard_dir) if n.startswith("ckpt_")), []
+    except OSError as e:
+        return [], [f"{shard_dir}: cannot read the shard directory ({e.strerror or e})"]
 
 
-def load_run(path: str | os.PathLike, *, strict: bool = False) -> Run:
+def _scan_shards(path: Path, config: RunConfig, info: dict[str, Any], checker: ReadChecker
+                 ) -> tuple[list[_Shard], list[_Shard], list[str]]:
+    """The shards the manifest promises (and any others on disk), without reading them.
+
+    Returns ``(usable, left_out, problems)``: ``left_out`` shards are already known to be missing,
+    of the wrong size, foreign or misnamed (their checkpoints are named in ``problems``).
+    """
+    on_disk, problems = _shard_files(path)
+    prefix = _io.SHARD_DIR + "/"
+    m = checker.manifest
+    listed = {} if m is None else {rel[len(prefix):]: rel for rel in (*m.files, *m.pending) if rel.startswith(prefix)}
+    schedule = None if "imported_from" in info else config.checkpoint_epochs()
+    usable, left_out, claimed = [], [], set()
+    for name in sorted(set(on_disk) | set(listed)):
+        rel, file = prefix + name, path / _io.SHARD_DIR / name
+        span = _io.shard_span(name)
+        if span is None:
+            if name in on_disk:
+                problems.append(f"{file}: not a shard name (ckpt_<first>_<last>.safetensors); ignored")
+            continue
+        expected = None
+        if schedule is not None:
+            expected = schedule[(schedule >= span[0]) & (schedule <= span[1])]
+        sh = _Shard(rel, file, span, expected, epochs=expected if expected is not None else np.zeros(0, np.int64))
+        reason = None
+        if expected is not None and (not len(expected) or expected[0] != span[0] or expected[-1] != span[1]):
+            reason = f"{file}: its name does not match the run's checkpoint schedule"
+        elif checker.enabled and checker.usable:
+            committed = rel in m.files
+            if name not in on_disk:
+                if not committed:
+                    continue  # the record of a flush that had not written this file yet
+                reason = f"{file}: listed in the manifest but missing"
+            elif name not in listed:
+                checker.refresh()  # a live run may have flushed since the manifest was read
+                m = checker.manifest
+                if m is None or (rel not in m.files and rel not in m.pending):
+                    reason = (f"{file}: not listed in the manifest (written after it by an older grokinterp, or put "
+                              f"there from elsewhere): its contents cannot be checked")
+            if reason is None:
+                sizes = {e["size"] for _, e in m.entries(rel)} if m is not None else set()
+                try:
+                    size = os.lstat(file).st_size
+                except OSError:
+                    size = None
+                if sizes and size is not None and size not in sizes and stat.S_ISREG(os.lstat(file).st_mode):
+                    reason = (f"{file}: {size} bytes, the manifest records {sorted(sizes)[0]}"
+                              + (" (truncated)" if size < min(sizes) else ""))
+        if reason is None and expected is not None and claimed.intersection(expected.tolist()):
+            reason = f"{file}: repeats epochs already held by another shard"
+        if reason is not None:
+            sh.dropped = f"{reason}; its checkpoints at epochs {_fmt_epochs(sh.epochs)} are left out"
+            left_out.append(sh)
+            problems.append(sh.dropped)
+            continue
+        if expected is not None:
+            claimed.update(expected.tolist())
+        usable.append(sh)
+    return usable, left_out, problems
+
+
+def _coverage(run: Run, schedule_known: bool) -> list[str]:
+    """Checkpoints that should exist but no listed shard holds (files gone together with their
+    manifest entries): gaps in the schedule below the last listed checkpoint, and checkpoints
+    ``progress.json`` says were written beyond it."""
+    accounted: set[int] = set()
+    for sh in run._shards:  # damaged ones too: they are reported on their own
+        accounted.update(sh.epochs.tolist())
+    out = []
+    schedule = run.config.checkpoint_epochs() if schedule_known else None
+    if schedule is not None and accounted:
+        gaps = [e for e in schedule[schedule <= max(accounted)].tolist() if e not in accounted]
+        if gaps:
+            out.append(f"{run.path / _io.SHARD_DIR}: no shard in the manifest holds the checkpoints at epochs "
+                       f"{_fmt_epochs(gaps)}, between those it holds; they are missing")
+    try:
+        written = int(run.progress.get("checkpoints_written", 0))
+    except RunError as e:  # damaged: its own error is raised when it is read; here say what it hides
+        if run.checked:
+            out.append(f"{e}; whether checkpoints after the last listed one are missing cannot be checked")
+        return out
+    if schedule is not None:
+        lost = [e for e in schedule[:written].tolist() if e not in accounted and (not accounted or e > max(accounted))]
+        what = _fmt_epochs(lost)
+    else:
+        lost = [] if len(accounted) >= written else [written - len(accounted)]
+        what = f"{lost[0]} checkpoint(s)" if lost else ""
+    if lost:
+        out.append(f"{run.path / _io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the "
+                   f"manifest holds those at epochs {what}; they are missing")
+    return out
+
+
+def run_directory(path: str | os.PathLike) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, if it is a run directory (holds ``run.json``).
+
+    Raises:
+        RunError: it does not exist, is not a directory, holds no ``run.json``, or cannot be read.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise RunError(f"{path}: no such run directory")
+        if not path.is_dir():
+            raise RunError(f"{path}: not a directory (expected a run directory)")
+        if not os.path.lexists(path / _io.RUN_JSON):
+            raise RunError(f"{path}: not a grokinterp run (no {_io.RUN_JSON})")
+    except OSError as e:
+        raise RunError(f"{path}: cannot open the run directory ({e.strerror or e})") from None
+    return path
+
+
+def load_run(path: str | os.PathLike, *, strict: bool = False, check: bool | None = None) -> Run:
     """Open a run directory.
 
     Args:
         path: a directory written by :func:`grokinterp.train`.
-        strict: raise on any damaged shard instead of leaving its checkpoints out with a warning.
+        strict: check every file now and raise on any problem, instead of leaving damaged
+            checkpoints out with a :class:`RunWarning` when they are first used.
+        check: check each file against the run's manifest before using it (default ``True``;
+            ``GROKINTERP_TRUST_STORAGE=1`` makes the default ``False``). ``False`` is for storage
+            you trust: structure is still checked, contents are not.
 
     Raises:
-        RunError: the path is not a run, ``run.json`` or the split is missing or malformed, or
-            (``strict``) a shard is damaged.
+        RunError: the path is not a run; ``run.json`` or the split is missing, malformed or does not
+            match the manifest; the manifest is missing or malformed (unless the run was stopped
+            before its first flush); or (``strict``) anything is damaged.
     """
-    path = Path(path)
-    if not path.exists():
-        raise RunError(f"{path}: no such run directory")
-    if not path.is_dir():
-        raise RunError(f"{path}: not a directory (expected a run directory)")
-    if not (path / _io.RUN_JSON).exists():
-        raise RunError(f"{path}: not a grokinterp run (no {_io.RUN_JSON})")
-    info, config = _read_run_info(path)
-    shards, problems = _scan_shards(path, config)
-    if problems:
-        if strict:
-            raise RunError("; ".join(problems))
-        warnings.warn(f"{path}: {len(problems)} damaged file(s) left out: " + "; ".join(problems),
-                      RunWarning, stacklevel=2)
-    run = Run(path, info, config, shards, problems)
+    path = run_directory(path)
+    check = (not _trust_storage()) if check is None else bool(check)
+    checker = ReadChecker(path, enabled=check)
+    if check and not checker.usable:
+        if os.path.lexists(path / _io.MANIFEST_JSON) or not never_flushed(path):
+            raise RunError(f"{checker.problem}: the run's files cannot be checked against it (`grokinterp verify "
+                           f"{path}` lists what is there; load_run(path, check=False) reads the files unchecked)")
+        checker = ReadChecker(path, enabled=False)  # stopped before its first flush: nothing was promised
+    info, config = _read_run_info(path, checker)
+    usable, left_out, problems = _scan_shards(path, config, info, checker)
+    run = Run(path, info, config, usable + left_out, problems, checker, strict=strict)
     run.split_pairs()  # essential: validate now
+    if "imported_from" in info:  # no schedule to derive the epochs from: read each shard's now
+        claimed: set[int] = set()
+        for sh in run._shards:
+            if sh.dropped is None:
+                try:
+                    sh.arrays = run._open_shard(sh)
+                    if claimed.intersection(sh.epochs.tolist()):
+                        raise RunError(f"{sh.path}: repeats epochs already held by another shard")
+                    claimed.update(sh.epochs.tolist())
+                except RunError as e:
+                    sh.arrays, sh.dropped = None, f"{e}; its checkpoints are left out"
+                    problems.append(sh.dropped)
+        run._index()
+    problems += _coverage(run, "imported_from" not in info)
+    if strict:
+        if problems:
+            raise RunError("; ".join(problems))
+        run.check()
+    elif problems:
+        warnings.warn(f"{path}: {len(problems)} problem(s) found, damaged checkpoints left out: " + "; ".join(problems),
+                      RunWarning, stacklevel=2)
     return run

@@ -14,22 +14,27 @@ moves the buffer to the host once and writes, each atomically and in this order:
 3. ``state.safetensors`` — parameters, AdamW moments and step, RNG state, and the epoch to resume
    from (in the header metadata);
 4. ``progress.json`` — epoch reached, checkpoints written, finished or not;
-5. ``manifest.json`` — size and SHA-256 of every file above and of ``run.json`` / ``split``.
+5. ``manifest.json`` — size and digests of every file above and of ``run.json`` / ``split``.
 
-A crash between two steps leaves the previous flush's files, which are consistent with each
-other; shards written after the state they belong to are dropped when the run resumes. A flush
-that fails (full disk, unwritable directory) removes the shard it had just written if the state
-was not updated, rewrites the manifest if it can, and raises :class:`RunError`.
+Before step 1 the manifest is rewritten with a ``pending`` record of the files the flush is about
+to write (their sizes and digests are known: every file is built in memory first), so a reader can
+tell a file written by a flush that is under way or was killed (it matches the record) from damage
+(:mod:`grokinterp.store.integrity`). A crash between two steps leaves the previous flush's files
+plus some of the new ones, all authentic; shards written after the state they belong to are
+dropped when the run resumes. A flush that fails (full disk, unwritable directory) removes the
+shard it had just written if the state was not updated, rewrites the manifest if it can, and
+raises :class:`RunError`. A writer holding the run lock (:mod:`grokinterp.store.lock`) checks before
+each flush that the lock is still its own, and stops without writing otherwise.
 
 The manifest never re-blesses damage: files written by this writer are hashed from the bytes it
-wrote; ``run.json``, the split and shards already listed keep their recorded size and hash (a
-shard damaged on disk stays flagged by ``grokinterp verify`` even after the run resumes), and a
-listed shard that vanished stays listed unless the writer deleted it itself.
+wrote; every other file keeps the entry recorded for it (a file the manifest records twice — as
+committed and in an interrupted flush's record — keeps the entry it matches), so a file damaged on
+disk stays flagged by ``grokinterp verify`` even after the run resumes; a file that no manifest
+records is never listed; a listed shard that vanished stays listed unless the writer deleted it itself.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -45,9 +50,10 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, RunConfig
 from ..errors import RunError
 from . import layout as _io
-from .layout import sha256_file
+from .integrity import Manifest, entry_matches, load_manifest
 
-__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir"]
+__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
+           "check_out_dir"]
 
 #: Columns of ``metrics.csv`` (NaN where a metric was not recorded at that epoch).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
@@ -56,13 +62,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 def _immutable(rel: str) -> bool:
     """Files written once and never rewritten in place (their manifest entries are carried over)."""
     return rel in (_io.RUN_JSON, _io.SPLIT_FILE) or rel.startswith(_io.SHARD_DIR + "/")
-
-
-def _shard_last_epoch(name: str) -> int | None:
-    try:
-        return int(Path(name).stem.split("_")[2])
-    except (IndexError, ValueError):
-        return None
 
 
 
@@ -94,7 +93,10 @@ class CheckpointWriter:
         self.capacity = flush_every
         self.buffer = {name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
         self.epochs: list[int] = []
-        self._hash_cache: dict[str, tuple[int, int, str]] = {}
+        self.lock = None  # a held grokinterp.store.lock.RunLock, checked before each flush (fencing)
+        # List files no manifest records, hashing them as they are (a resume the user chose to trust,
+        # e.g. of a run an older release left mid-flush); never by default: it would bless damage.
+        self.adopt_unlisted = False
         self._written: dict[str, dict[str, Any]] = {}  # relpath -> manifest entry of the bytes written
         self._dropped: set[str] = set()  # relpaths this writer deleted on purpose
         self.n_written = 0
@@ -112,10 +114,10 @@ class CheckpointWriter:
                     pass
         return removed
 
-    def write_file(self, rel: str, data: bytes) -> None:
-        """Write one run file atomically and remember the size and SHA-256 of what was written."""
+    def write_file(self, rel: str, data: bytes, entry: dict[str, Any] | None = None) -> None:
+        """Write one run file atomically and remember the size and digests of what was written."""
         _io.write_atomic(self.run_dir / rel, data)
-        self._written[rel] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        self._written[rel] = entry if entry is not None else _io.digest_entry(data)
         self._dropped.discard(rel)
 
     @property
@@ -130,15 +132,21 @@ class CheckpointWriter:
                 buf[i].copy_(params[name])
         self.epochs.append(epoch)
 
-    def write_shard(self) -> str:
-        """Write the buffered snapshots as one shard (atomically); returns its relative path."""
+    def shard_payload(self) -> tuple[str, bytes]:
+        """The buffered snapshots as one shard file: ``(relative path, bytes)``; empties the buffer."""
         n = len(self.epochs)
         tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
         tensors["epochs"] = torch.tensor(self.epochs, dtype=torch.int64)
         rel = f"{_io.SHARD_DIR}/{_io.shard_name(self.epochs[0], self.epochs[-1])}"
-        self.write_file(rel, st_save(tensors, metadata={"format": "grokinterp-shard"}))
+        data = st_save(tensors, metadata={"format": "grokinterp-shard"})
         self.n_written += n
         self.epochs = []
+        return rel, data
+
+    def write_shard(self) -> str:
+        """Write the buffered snapshots as one shard (atomically); returns its relative path."""
+        rel, data = self.shard_payload()
+        self.write_file(rel, data)
         return rel
 
     def flush(
@@ -151,22 +159,31 @@ class CheckpointWriter:
         state_meta: dict[str, str],
         progress: dict[str, Any],
     ) -> None:
-        """Write buffered snapshots, then metrics, state, progress and manifest (each atomic)."""
-        new_shard, state_written = None, False
+        """Write buffered snapshots, then metrics, state, progress and manifest (each atomic), after
+        recording them as pending in the manifest."""
+        if self.lock is not None:
+            self.lock.check()
+        payloads: list[tuple[str, bytes]] = []
+        if self.epochs:
+            payloads.append(self.shard_payload())
+        payloads.append((_io.METRICS_CSV, self.metrics_bytes(metrics, resume_epoch + 1 if finished else resume_epoch)))
+        cpu_state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        meta = {**state_meta, "resume_epoch": str(resume_epoch), "finished": json.dumps(finished)}
+        payloads.append((_io.STATE_FILE, st_save(cpu_state, metadata=meta)))
+        payloads.append((_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode()))
+        entries = {rel: _io.digest_entry(data) for rel, data in payloads}
+        new_shard = payloads[0][0] if payloads[0][0].startswith(_io.SHARD_DIR + "/") else None
+        state_written = False
         try:
-            if self.epochs:
-                new_shard = self.write_shard()
-            self.write_metrics(metrics, resume_epoch + 1 if finished else resume_epoch)
-            cpu_state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-            meta = {**state_meta, "resume_epoch": str(resume_epoch), "finished": json.dumps(finished)}
-            self.write_file(_io.STATE_FILE, st_save(cpu_state, metadata=meta))
-            state_written = True
-            self.write_progress(progress)
+            self.write_manifest(pending={"epoch": resume_epoch, "files": entries})
+            for rel, data in payloads:
+                self.write_file(rel, data, entries[rel])
+                state_written = state_written or rel == _io.STATE_FILE
             self.write_manifest()
         except OSError as e:
             # Keep the last good state: a shard newer than the state on disk would be dropped on
             # resume anyway; remove it now (it frees space) and describe the disk in the manifest.
-            if new_shard is not None and not state_written:
+            if new_shard is not None and not state_written and (self.run_dir / new_shard).exists():
                 try:
                     os.unlink(self.run_dir / new_shard)
                     self._written.pop(new_shard, None)
@@ -182,63 +199,78 @@ class CheckpointWriter:
                 f"last successful flush and can be resumed once the problem is fixed"
             ) from e
 
-    def write_metrics(self, metrics: dict[str, np.ndarray], upto: int) -> None:
-        """``metrics.csv`` with epochs ``0 .. upto - 1`` of the per-epoch arrays (atomically)."""
+    @staticmethod
+    def metrics_bytes(metrics: dict[str, np.ndarray], upto: int) -> bytes:
+        """``metrics.csv`` with epochs ``0 .. upto - 1`` of the per-epoch arrays."""
         buf = io.StringIO()
         metrics_frame(metrics, upto).to_csv(buf, index=False)
-        self.write_file(_io.METRICS_CSV, buf.getvalue().encode())
+        return buf.getvalue().encode()
+
+    def write_metrics(self, metrics: dict[str, np.ndarray], upto: int) -> None:
+        """``metrics.csv`` with epochs ``0 .. upto - 1`` of the per-epoch arrays (atomically)."""
+        self.write_file(_io.METRICS_CSV, self.metrics_bytes(metrics, upto))
 
     def write_progress(self, progress: dict[str, Any]) -> None:
         """``progress.json`` (atomically)."""
         self.write_file(_io.PROGRESS_JSON, (json.dumps(progress, indent=2) + "\n").encode())
 
-    def previous_manifest(self) -> dict[str, dict[str, Any]]:
-        """The well-formed entries of the manifest on disk (``{}`` if it is missing or unreadable)."""
+    def previous_manifest(self) -> Manifest:
+        """The manifest on disk (empty if it is missing or unreadable)."""
         try:
-            files = json.loads((self.run_dir / _io.MANIFEST_JSON).read_bytes())["files"]
-            return {rel: {"size": e["size"], "sha256": e["sha256"]} for rel, e in files.items()
-                    if _io.is_safe_relpath(rel) and isinstance(e, dict) and isinstance(e.get("size"), int)
-                    and isinstance(e.get("sha256"), str)}
-        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
-            return {}
+            return load_manifest(self.run_dir)
+        except RunError:
+            return Manifest({}, {}, None, None)
 
-    def write_manifest(self) -> None:
-        """Record size and SHA-256 of every run file (see the module notes: damage is never re-blessed)."""
+    def _recorded_entry(self, rel: str, prev: Manifest) -> dict[str, Any] | None:
+        """The entry a file this writer did not write keeps: the one recorded for it (never re-hashed
+        into a new one); of a committed and a pending record, the one the file matches."""
+        cands = [e for e in (prev.files.get(rel), prev.pending.get(rel)) if e is not None]
+        if len(cands) == 2:
+            try:
+                buf = _io.map_file(self.run_dir / rel, self.run_dir)
+                for entry in cands:
+                    if entry_matches(entry, buf):
+                        return entry
+            except RunError:
+                pass
+        return cands[0] if cands else None
+
+    def write_manifest(self, pending: dict[str, Any] | None = None) -> None:
+        """Record size and digests of every run file (see the module notes: damage is never re-blessed);
+        ``pending``: ``{"epoch", "files"}`` of a flush about to write those files."""
         prev = self.previous_manifest()
         files = {}
         for path in sorted(self.run_dir.rglob("*")):
-            if not path.is_file() or path.name.startswith(".") or path.name == _io.MANIFEST_JSON:
+            if path.name.startswith(".") or path.name == _io.MANIFEST_JSON or not path.is_file():
                 continue
             rel = path.relative_to(self.run_dir).as_posix()
             if rel in _io.DERIVED_FILES:
                 continue
-            if rel in self._written:
-                files[rel] = self._written[rel]
-            elif rel in prev and _immutable(rel):
-                files[rel] = prev[rel]
-            else:
-                st = path.stat()
-                cached = self._hash_cache.get(rel)
-                if cached and cached[:2] == (st.st_size, st.st_mtime_ns):
-                    digest = cached[2]
-                else:
-                    digest = sha256_file(path)
-                    self._hash_cache[rel] = (st.st_size, st.st_mtime_ns, digest)
-                files[rel] = {"size": st.st_size, "sha256": digest}
-        for rel, entry in prev.items():  # a listed file that vanished stays listed (verify reports it)
+            entry = self._written.get(rel) or self._recorded_entry(rel, prev)
+            if entry is None and self.adopt_unlisted:
+                try:
+                    entry = _io.digest_entry(_io.read_file(path, self.run_dir))
+                except RunError:  # not a regular file inside the run: never listed
+                    entry = None
+            if entry is not None:
+                files[rel] = entry
+        for rel, entry in prev.files.items():  # a listed file that vanished stays listed (verify reports it)
             if rel not in files and _immutable(rel) and rel not in self._dropped:
                 files[rel] = entry
-        data = {"algorithm": "sha256", "files": dict(sorted(files.items()))}
+        data: dict[str, Any] = {"algorithm": "sha256", "files": dict(sorted(files.items()))}
+        if pending is not None:
+            data["pending"] = {"epoch": int(pending["epoch"]), "files": dict(sorted(pending["files"].items()))}
         _io.write_json_atomic(self.run_dir / _io.MANIFEST_JSON, data)
 
     def drop_shards_after(self, epoch: int) -> list[str]:
         """Delete shards holding epochs after ``epoch`` (written after the state being resumed)."""
         dropped = []
-        listed = [rel.split("/", 1)[1] for rel in self.previous_manifest() if rel.startswith(_io.SHARD_DIR + "/")]
+        prev = self.previous_manifest()
+        listed = [rel.split("/", 1)[1] for rel in (*prev.files, *prev.pending) if rel.startswith(_io.SHARD_DIR + "/")]
         on_disk = [path.name for path in self.shard_dir.glob("ckpt_*.safetensors")]
         for name in sorted(set(listed) | set(on_disk)):
-            last = _shard_last_epoch(name)
-            if last is None or last <= epoch:
+            span = _io.shard_span(name)
+            if span is None or span[1] <= epoch:
                 continue
             rel = f"{_io.SHARD_DIR}/{name}"
             if name in on_disk:
@@ -287,51 +319,87 @@ def _device_name(device: torch.device) -> str:
 
 
 def start_run(out: Path, info: dict[str, Any], train_pairs: np.ndarray, test_pairs: np.ndarray) -> None:
-    """Write the immutable files of a new run: the split, then ``run.json`` (each atomically).
+    """Write the immutable files of a new run: the split, then ``run.json``, each atomically, between a
+    manifest recording them as pending and one listing them.
 
     ``run.json`` comes last: without it the directory is not a run, and a ``train`` killed in
     between may start it again.
     """
+    split = st_save({"train_pairs": torch.from_numpy(np.asarray(train_pairs, dtype=np.int64)),
+                     "test_pairs": torch.from_numpy(np.asarray(test_pairs, dtype=np.int64))},
+                    metadata={"pair_index": "a * p + b"})
+    run_json = (json.dumps(info, indent=2, sort_keys=False) + "\n").encode()
+    entries = {_io.SPLIT_FILE: _io.digest_entry(split), _io.RUN_JSON: _io.digest_entry(run_json)}
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _io.write_atomic(out / _io.SPLIT_FILE, st_save(
-            {"train_pairs": torch.from_numpy(np.asarray(train_pairs, dtype=np.int64)),
-             "test_pairs": torch.from_numpy(np.asarray(test_pairs, dtype=np.int64))},
-            metadata={"pair_index": "a * p + b"},
-        ))
-        _io.write_json_atomic(out / _io.RUN_JSON, info)
+        _io.write_json_atomic(out / _io.MANIFEST_JSON, {"algorithm": "sha256", "files": {},
+                                                        "pending": {"epoch": 0, "files": entries}})
+        _io.write_atomic(out / _io.SPLIT_FILE, split)
+        _io.write_atomic(out / _io.RUN_JSON, run_json)
+        _io.write_json_atomic(out / _io.MANIFEST_JSON, {"algorithm": "sha256", "files": dict(sorted(entries.items()))})
     except OSError as e:
         raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from e
+
+
+def check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
+    """What ``train`` may do with ``out``, deciding without changing anything: ``new`` (absent, empty,
+    or what a ``train`` killed before writing ``run.json`` left), ``same`` (a run of the same config:
+    resume it) or ``replace`` (a different run, and ``overwrite``). Raises otherwise.
+
+    A directory that is not a readable grokinterp run is never deleted or reused.
+    """
+    _io.check_path_length(out, "--out")
+    try:
+        if not out.exists():
+            return "new"
+        if not out.is_dir():
+            raise RunError(f"{out}: exists and is not a directory")
+        run_json = out / _io.RUN_JSON
+        if not os.path.lexists(run_json):
+            if not _creation_leftovers(out):
+                raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
+            return "new"
+    except OSError as e:
+        raise RunError(f"{out}: cannot use it as a run directory ({e.strerror or e})") from None
+    if not _io.looks_like_run(out):  # never delete or reuse a directory we cannot recognise
+        raise RunError(f"{out}: holds a {_io.RUN_JSON} that is not a readable grokinterp run's; refusing to "
+                       f"touch it (choose another output directory)")
+    info = _io.read_json(run_json, "run metadata", out)
+    if _same_config(info.get("config"), config):
+        return "same"
+    if overwrite:
+        return "replace"
+    raise RunError(f"{out}: already holds a different run; pass --overwrite (overwrite=True) to replace it, "
+                   f"or choose another output directory")
+
+
+def clear_run_dir(out: Path) -> None:
+    """Remove everything in ``out`` except the run lock (the caller holds it)."""
+    import shutil
+
+    try:
+        for entry in out.iterdir():
+            if entry.name.startswith(_io.LOCK_FILE):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    except OSError as e:
+        raise RunError(f"{out}: cannot remove the run it held ({e.strerror or e})") from e
 
 
 def prepare_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
     """``new``, ``same`` (a run of the same config is already there) or raise; ``overwrite`` clears a run.
 
-    A directory that is not a readable grokinterp run is never deleted or reused.
+    A directory that is not a readable grokinterp run is never deleted or reused. (``train`` calls
+    :func:`check_out_dir` and :func:`clear_run_dir` itself, under the run lock.)
     """
-    import shutil
-
-    if not out.exists():
+    decision = check_out_dir(out, config, overwrite)
+    if decision == "replace":
+        clear_run_dir(out)
         return "new"
-    if not out.is_dir():
-        raise RunError(f"{out}: exists and is not a directory")
-    run_json = out / _io.RUN_JSON
-    if not run_json.exists():
-        if any(out.iterdir()) and not _creation_leftovers(out):
-            raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
-        return "new"
-    if not _io.looks_like_run(out):  # never delete or reuse a directory we cannot recognise
-        raise RunError(f"{out}: holds a {_io.RUN_JSON} that is not a readable grokinterp run's; refusing to "
-                       f"touch it (choose another output directory)")
-    info = _io.read_json(run_json, "run metadata")
-    existing = info.get("config")
-    if overwrite:
-        shutil.rmtree(out)
-        return "new"
-    if _same_config(existing, config):
-        return "same"
-    raise RunError(f"{out}: already holds a different run; pass --overwrite (overwrite=True) to replace it, "
-                   f"or choose another output directory")
+    return decision
 
 
 def _same_config(existing: Any, config: RunConfig) -> bool:
@@ -343,10 +411,13 @@ def _same_config(existing: Any, config: RunConfig) -> bool:
 
 
 def _creation_leftovers(out: Path) -> bool:
-    """Whether ``out`` holds only what a ``train`` killed before writing ``run.json`` leaves behind."""
+    """Whether ``out`` holds only what a ``train`` killed before writing ``run.json`` leaves behind
+    (the split, the first manifest, temporary files, the run lock), or nothing."""
     for entry in out.iterdir():
-        if entry.is_file() and (entry.name == _io.SPLIT_FILE or
-                                (entry.name.startswith(".") and entry.name.endswith(".tmp"))):
+        name = entry.name
+        if name.startswith(_io.LOCK_FILE) or (name.startswith(".") and name.endswith(".tmp")):
+            continue
+        if name in (_io.SPLIT_FILE, _io.MANIFEST_JSON) and entry.is_file() and not entry.is_symlink():
             continue
         return False
     return True

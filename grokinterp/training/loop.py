@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from ..config import FORMAT_VERSION, RunConfig
@@ -42,8 +41,16 @@ from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
 from ..model.hooked import HookedGrokTransformer
 from ..store import layout
 from ..store.integrity import last_flush_complete
-from ..store.run import load_run
-from ..store.writer import METRIC_COLUMNS, CheckpointWriter, prepare_out_dir, run_metadata, start_run
+from ..store.lock import RunLock, acquire
+from ..store.run import Run, load_run, run_directory
+from ..store.writer import (
+    METRIC_COLUMNS,
+    CheckpointWriter,
+    check_out_dir,
+    clear_run_dir,
+    run_metadata,
+    start_run,
+)
 from .callbacks import Callback, ProgressBar
 from .optim import (
     OptimizerOptions,
@@ -52,6 +59,7 @@ from .optim import (
     load_optimizer_state,
     optimizer_state_tensors,
 )
+from .preflight import preflight
 from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
@@ -174,13 +182,21 @@ class TrainLoop:
             state[f"metrics/{c}"] = v
         return state
 
-    def load_state(self, path: Path) -> None:
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # SafetensorError is a bare Exception
-            raise RunError(f"{path}: cannot read the training state ({e})") from None
+    def load_state(self, source: Run | tuple[dict[str, str], dict[str, Tensor]], where: Path | None = None) -> None:
+        """Restore parameters, optimizer, transforms, RNG and metrics from a run's training state.
+
+        Args:
+            source: the :class:`~grokinterp.store.run.Run` (its ``state.safetensors`` is read through
+                the run's checks, :meth:`~grokinterp.store.run.Run.training_state`), or its result
+                ``(metadata, tensors)``.
+            where: the file named in error messages (default: the run's state file).
+        """
+        if isinstance(source, Run):
+            where = where or source.path / layout.STATE_FILE
+            meta, tensors = source.training_state()
+        else:
+            meta, tensors = source
+        path = where if where is not None else self.run_dir / layout.STATE_FILE
         try:
             self.start_epoch = int(meta["resume_epoch"])
             self.flushed_upto = int(meta["flushed_upto"])
@@ -334,6 +350,12 @@ def train(
 ):
     """Train a model and write a run directory; returns the loaded :class:`~grokinterp.store.run.Run`.
 
+    Before anything is written, the config is validated (its limits are the loader's), the device
+    and registered names are checked, and a pre-flight estimate of memory and disk refuses a run
+    this machine cannot hold (:mod:`~grokinterp.training.preflight`). The run lock
+    (:mod:`grokinterp.store.lock`) is held while the run is written: a second trainer on the same
+    directory is refused, naming the holder.
+
     Args:
         config: the run's configuration (see :func:`grokinterp.make_config`).
         out: run directory to create. If it already holds a run with the same config, that run
@@ -354,7 +376,8 @@ def train(
     Raises:
         ConfigError: invalid config, unknown optimizer or gradient transform, unavailable device
             or bad thread count (nothing is created).
-        RunError: ``out`` is unusable, or a flush failed.
+        RunError: ``out`` is unusable or locked by another writer, the run does not fit this
+            machine (nothing is created), or a flush failed.
         TrainingInterrupted: SIGINT; everything up to the current epoch was flushed first.
     """
     if not isinstance(config, RunConfig):
@@ -363,16 +386,49 @@ def train(
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     cbs = _callbacks(progress, callbacks)
     out = Path(out)
-    if prepare_out_dir(out, config, overwrite) == "same":
-        return resume(out, progress=progress, callbacks=callbacks, threads=threads)
-    with torch_threads(n_threads):
-        train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
-                                                           config.task.split_method)
-        start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
-                  test_pairs)
-        loop = TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
-        with _sigint_flag() as stop:
-            loop.run(stop)
+    if check_out_dir(out, config, overwrite) != "same":
+        preflight(config, device, out)
+    created = not os.path.lexists(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
+    try:
+        lock = acquire(out, "train")
+    except BaseException:
+        if created:
+            _remove_empty(out)
+        raise
+    started = wrote = False
+    try:
+        decision = check_out_dir(out, config, overwrite)  # again: another process may have written it meanwhile
+        if decision == "same":
+            started = True
+            return _resume_locked(out, lock, progress=progress, device=None, callbacks=callbacks, threads=threads)
+        if decision == "replace":
+            clear_run_dir(out)
+        with torch_threads(n_threads):
+            train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
+                                                               config.task.split_method)
+            wrote = True
+            start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
+                      test_pairs)
+            loop = _build_loop(config, out, device, train_pairs, test_pairs, cbs)
+            started = True
+            loop.writer.lock = lock
+            with _sigint_flag() as stop:
+                loop.run(stop)
+    finally:
+        if not started and wrote and not created:  # failed before training began: take back what we wrote
+            try:
+                clear_run_dir(out)
+            except RunError:
+                pass
+        lock.release()
+        if created and not started:  # refused or failed before training began: leave nothing behind
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
     return _with_session(load_run(out), "trained", 0, config.train.epochs, n_threads)
 
 
@@ -387,8 +443,28 @@ def _recorded_threads(run) -> int | None:
     return int(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
 
+def _remove_empty(out: Path) -> None:
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
+def _build_loop(config: RunConfig, out: Path, device: torch.device, train_pairs, test_pairs,
+                cbs: Sequence[Callback]) -> TrainLoop:
+    """The loop; an allocation the pre-flight estimate did not foresee fails as a :class:`RunError`."""
+    try:
+        return TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise RunError(f"{out}: not enough memory to train this run ({type(e).__name__}: {str(e)[:200]})") from None
+    except RuntimeError as e:
+        if "alloc" in str(e).lower() or "out of memory" in str(e).lower():
+            raise RunError(f"{out}: not enough memory to train this run ({str(e)[:200]})") from None
+        raise
+
+
 def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None,
-           callbacks: Sequence[Callback] = (), threads: int | None = None):
+           callbacks: Sequence[Callback] = (), threads: int | None = None, check: bool | None = None):
     """Continue an interrupted run from its last flush; returns the loaded run when done.
 
     The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one: it
@@ -397,11 +473,34 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     A run killed before its first flush completed (no state, no progress file) starts again from
     its seeded initialisation; a run killed during its final flush gets that flush rewritten; a
     finished or imported run (:mod:`grokinterp.store.legacy`) is returned as it is
-    (``run.session["action"]``: ``already_finished`` or ``imported``).
+    (``run.session["action"]``: ``already_finished`` or ``imported``). The run lock is held
+    throughout (a run being written by another process is refused, naming it), and every file is
+    read through the run's checks (``check=False``, or ``GROKINTERP_TRUST_STORAGE=1``, reads
+    without the manifest checks).
     """
     if threads is not None:
         check_threads(threads)
-    run = load_run(run_dir)
+    run_dir = run_directory(run_dir)
+    try:
+        lock = acquire(run_dir, "resume")
+    except RunError:
+        if os.path.lexists(run_dir / layout.LOCK_FILE) or os.access(run_dir, os.W_OK):
+            raise
+        run = load_run(run_dir, check=check)  # a read-only run: fine if there is nothing left to write
+        if run.finished and last_flush_complete(run_dir):
+            E = run.config.train.epochs
+            return _with_session(run, "already_finished", E, E, None)
+        raise
+    try:
+        return _resume_locked(run_dir, lock, progress=progress, device=device, callbacks=callbacks, check=check,
+                              threads=threads)
+    finally:
+        lock.release()
+
+
+def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str | None,
+                   callbacks: Sequence[Callback], check: bool | None = None, threads: int | None = None):
+    run = load_run(run_dir, check=check)
     config = run.config
     run_dir = run.path
     E = config.train.epochs
@@ -409,9 +508,19 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
         return _with_session(run, "imported", reached, reached, None)
     state_path = run_dir / layout.STATE_FILE
-    if state_path.exists():
-        finished = _state_meta(state_path).get("finished") == "true"
-    elif (run_dir / layout.PROGRESS_JSON).exists():
+    state = None
+    if os.path.lexists(state_path):
+        try:
+            state = run.training_state()
+        except RunError as e:
+            if not run.checked:
+                raise
+            raise RunError(f"{e}; cannot resume from it. (If an older grokinterp was killed during a flush, its "
+                           f"manifest has no record of the flush and the state is simply newer: check the run with "
+                           f"`grokinterp verify {run_dir}`, then resume with GROKINTERP_TRUST_STORAGE=1, or "
+                           f"resume(..., check=False).)") from None
+        finished = state[0].get("finished") == "true"
+    elif os.path.lexists(run_dir / layout.PROGRESS_JSON):
         raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
                        f"cannot be resumed (its checkpoints stay readable)")
     else:  # killed before its first flush completed: start again from the (seeded) initialisation
@@ -426,11 +535,16 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
         warnings.warn(f"{run_dir}: resuming with {threads} torch threads; the run was trained with {recorded}. The "
                       f"checkpoints may then differ in the last bits from an uninterrupted run (drop --threads to "
                       f"use the recorded count)", UserWarning, stacklevel=2)
+    flushed = int(state[0].get("flushed_upto", -1)) if state is not None and \
+        str(state[0].get("flushed_upto", "")).lstrip("-").isdigit() else -1
+    preflight(config, dev, run_dir, int(np.sum(config.checkpoint_epochs() > flushed)))
     tp, sp = run.split_pairs()
     with torch_threads(n_threads):
-        loop = TrainLoop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
-        if state_path.exists():
-            loop.load_state(state_path)
+        loop = _build_loop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
+        loop.writer.lock = lock
+        loop.writer.adopt_unlisted = not run.checked  # the user chose to trust the files as they are
+        if state is not None:
+            loop.load_state(state, state_path)
         start = loop.start_epoch
         loop.writer.drop_shards_after(loop.flushed_upto)
         loop.writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
@@ -439,10 +553,4 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
         else:
             with _sigint_flag() as stop:
                 loop.run(stop)
-    return _with_session(load_run(run_dir), "resumed", start, E, n_threads)
-
-
-def _state_meta(path: Path) -> dict[str, str]:
-    header, _ = layout.read_safetensors_header(path)
-    meta = header.get("__metadata__", {})
-    return meta if isinstance(meta, dict) else {}
+    return _with_session(load_run(run_dir, check=check), "resumed", start, E, n_threads)
