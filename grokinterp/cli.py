@@ -63,7 +63,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             default = getattr(getattr(defaults, sec), f.name)
             doc = f"{sec}.{f.name} (paper: {default!r})"
             if (sec, f.name) == ("task", "p"):
-                doc = "task.p, also sets the model's vocabulary (paper: 113)"
+                doc = ("task.p, the modulus; also sets the model's vocabulary (paper: 113). Refused for a group "
+                       "task, whose vocabulary is the group's order")
+            elif (sec, f.name) == ("task", "operation"):
+                from .tasks import operations_help
+
+                doc = f"task.operation (paper: 'add'). {operations_help()}".replace("%", "%%")
             if f.name == "windows":
                 group.add_argument("--window", dest="windows", action="append", type=_window,
                                    metavar="START:STOP:EVERY", help="dense checkpoint window; repeatable")
@@ -94,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     t = sub.add_parser("train", help="train a model and write a run directory",
-                       description="Train on a + b mod p (or another operation) with full-batch AdamW and write "
-                                   "dense checkpoints. Flags override the preset's fields.")
+                       description="Train on a + b mod p (or another operation mod p, or a finite group such as "
+                                   "S5) with full-batch AdamW and write dense checkpoints. Flags override the "
+                                   "preset's fields.")
     t.add_argument("--preset", choices=list(PRESETS), default="quick",
                    help="paper: Nanda et al. 2023 (p=113, 30%% data, 40k epochs); quick (default): groks on a "
                         "2-core CPU in minutes; tiny: seconds, for tests")
@@ -198,7 +204,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
-    print(f"task:   {c.task.operation} mod {c.task.p}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    print(f"task:   {run.task.describe()}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
     print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
     print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
