@@ -1,11 +1,17 @@
-"""Key frequencies: which frequencies a trained model uses, chosen by a named rule.
+"""Key frequencies (and key irreps): which frequencies / irreps a trained model uses, by a named rule.
 
-Rules are registered in :data:`KEY_FREQ_RULES` (``method=`` of :func:`key_frequencies`):
+Rules for ``a + b`` mod p are registered in :data:`KEY_FREQ_RULES` (``method=`` of :func:`key_frequencies`):
 
 * ``W_L`` (default) — the share of the non-constant squared Fourier norm of the neuron → logit
   map ``W_L = W_out W_U``;
 * ``W_E`` — the same rule on the embedding;
 * ``neurons`` — the dominant frequencies of the neurons well explained by one frequency.
+
+Every other task with a group structure (``a − b``, ``a·b`` and ``a/b`` mod a prime in discrete-log
+coordinates, finite groups) has **key irreps**, chosen by the rules of :data:`KEY_IRREP_RULES`
+(:func:`key_irreps`): the same three in the group's coordinates and real irreps, plus ``logits``
+(Chughtai et al.'s logit attribution). For a cyclic group an irrep index is a frequency of that
+group (of ``Z_{p−1}`` for ``mul``). A task without a group structure has no key terms.
 
 A rule returns a :class:`KeyFrequencies` carrying the rule in words, so reports can say how the
 frequencies were chosen. :func:`resolve_key_frequencies` is how run-level analyses fix them once
@@ -18,16 +24,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
+from ..model.grid import grid_forward
+from ..tasks import CyclicSum
 from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
-from .inputs import check_freq_list
+from .groups import (
+    TaskStructure,
+    embed_irrep_norms,
+    logit_character_fit,
+    neuron_logit_irrep_norms,
+    task_structure,
+)
+from .inputs import as_params, check_freq_list, resolve_model
 from .neurons import DEFAULT_THRESHOLD, neuron_fourier
 
 __all__ = ["KeyFrequencies", "key_frequencies", "neuron_key_frequencies", "KEY_FREQ_RULES",
-           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies"]
+           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "key_irreps", "KEY_IRREP_RULES",
+           "register_key_irrep_rule", "structure_of", "SHARE_CAP"]
 
 
 @dataclass(frozen=True)
@@ -35,16 +52,18 @@ class KeyFrequencies:
     """The key frequencies of a model and how they were chosen.
 
     Attributes:
-        freqs: the key frequencies, sorted.
-        method: the rule used (``W_L``, ``W_E`` or ``neurons``).
-        scores: per-frequency score the rule used (index k = frequency k), as a numpy array.
+        freqs: the key frequencies (key irreps: irrep indices), sorted.
+        method: the rule used (``W_L``, ``W_E``, ``neurons``, ``logits``).
+        scores: per-frequency (per-irrep) score the rule used (index k = frequency / irrep k), numpy.
         rule: the rule in words, for reports.
+        names: the keys' names (irrep names; frequencies as numbers), empty for ``a + b`` mod p.
     """
 
     freqs: tuple[int, ...]
     method: str
     scores: np.ndarray
     rule: str
+    names: tuple[str, ...] = ()
 
     def __iter__(self):
         return iter(self.freqs)
@@ -54,8 +73,9 @@ class KeyFrequencies:
 
 
 def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 0.05,
-                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
-    """The frequencies a trained model uses.
+                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None, *,
+                    task=None) -> KeyFrequencies:
+    """The frequencies a trained model uses (for a task with another group structure: its key irreps).
 
     Args:
         model_or_params: a model or a parameter dict of **one** checkpoint (stacked
@@ -73,6 +93,9 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
         cfg: the model config (``ModelConfig`` or ``RunConfig``), used by ``"neurons"``: a
             parameter dict of a GELU model needs it, since the config read off the shapes
             assumes ReLU (see :func:`grokinterp.analysis.inputs.resolve_model`).
+        task: the model's task (a :class:`~grokinterp.tasks.Task` or its
+            :class:`~grokinterp.analysis.groups.TaskStructure`); default ``a + b`` mod p. A task whose
+            structure is not ``a + b`` goes to :func:`key_irreps`; one without a group structure is refused.
 
     Returns:
         :class:`KeyFrequencies`; for ``W_L`` / ``W_E``, ``scores[k]`` is frequency ``k``'s share
@@ -89,13 +112,35 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
     Raises:
         AnalysisError: unknown method, ``min_fraction`` outside ``(0, 1]``, stacked parameters.
     """
+    if task is not None:
+        ts = structure_of(task)
+        if ts is None:
+            raise AnalysisError(f"task {getattr(task, 'name', task)!r} declares no group structure: it has no key "
+                                f"frequencies")
+        if not isinstance(ts.structure, CyclicSum):
+            return key_irreps(model_or_params, ts, method, min_fraction, cfg)
     if method not in KEY_FREQ_RULES:
         raise AnalysisError(f"method: unknown key-frequency method {method!r}; use "
                             f"{', '.join(repr(m) for m in KEY_FREQ_RULES)}")
+    _check_fraction(min_fraction)
+    return KEY_FREQ_RULES[method](model_or_params, float(min_fraction), p, cfg)
+
+
+def _check_fraction(min_fraction) -> None:
     if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)) \
             or not 0.0 < float(min_fraction) <= 1.0:
         raise AnalysisError(f"min_fraction: must be a number in (0, 1], got {min_fraction!r}")
-    return KEY_FREQ_RULES[method](model_or_params, float(min_fraction), p, cfg)
+
+
+def structure_of(task) -> TaskStructure | None:
+    """The :class:`~grokinterp.analysis.groups.TaskStructure` of a task, a run, or a structure itself."""
+    if isinstance(task, TaskStructure):
+        return task
+    if hasattr(task, "split_pairs") and hasattr(task, "config"):  # a Run
+        task = task.task
+    if not hasattr(task, "structure"):
+        raise AnalysisError(f"task: expected a Task, a Run or a TaskStructure, got {type(task).__name__}")
+    return task_structure(task)
 
 
 def _norm_share_rule(method: str):
@@ -175,26 +220,172 @@ def register_key_freq_rule(name: str, rule: KeyFreqRule) -> None:
 
 @dataclass(frozen=True)
 class ResolvedKeys:
-    """Key frequencies fixed for a run-level analysis, and where they came from."""
+    """Key frequencies (key irreps) fixed for a run-level analysis, and where they came from.
+
+    ``freqs`` are irrep indices for a task with a group structure other than ``a + b`` (frequencies of
+    the group for a cyclic one); ``names`` names them; both are empty for a task without structure."""
 
     freqs: list[int]
     method: str
     rule: str
     epoch: int | None
+    names: tuple[str, ...] = ()
 
 
 def resolve_key_frequencies(run, key_freqs=None, method: str = "W_L") -> ResolvedKeys:
-    """The key frequencies a run-level analysis holds fixed across checkpoints.
+    """The key frequencies (key irreps) a run-level analysis holds fixed across checkpoints.
 
     ``None``: the rule ``method`` on the run's final checkpoint; a :class:`KeyFrequencies`: as
     given, with its rule; a sequence of ints: "given by the caller". Every frequency is checked
-    against the run's ``p``.
+    against the run's ``p`` (every irrep index against the task's group). A task without a group
+    structure has none (``method = "undefined"``); giving some is refused.
     """
     p = run.config.task.p
+    ts = task_structure(run.task)
+    if ts is None:
+        if key_freqs is not None and list(getattr(key_freqs, "freqs", key_freqs)):
+            raise AnalysisError(f"key frequencies: the task {run.task.describe()} declares no group structure, so "
+                                f"it has no key frequencies or irreps to fix")
+        return ResolvedKeys([], "undefined", f"undefined: the task {run.task.describe()} declares no group "
+                                             f"structure (no key frequencies, no restricted / excluded loss)", None)
+    plain = isinstance(ts.structure, CyclicSum)
+
+    def check(keys) -> list[int]:
+        return check_freq_list(p, keys) if plain else ts.basis.check_irreps(keys)
+
+    def names(keys) -> tuple[str, ...]:
+        return () if plain else tuple(ts.key_names(keys))
+
     if key_freqs is None:
         e = int(run.resolve_epoch(-1))
-        kf = key_frequencies(run.model(e), method=method)  # the model carries its config (act_fn)
-        return ResolvedKeys(check_freq_list(p, kf.freqs), kf.method, kf.rule + f" (checkpoint at epoch {e})", e)
+        kf = key_frequencies(run.model(e), method=method, task=ts)  # the model carries its config (act_fn)
+        ks = check(kf.freqs)
+        return ResolvedKeys(ks, kf.method, kf.rule + f" (checkpoint at epoch {e})", e, names(ks))
     if isinstance(key_freqs, KeyFrequencies):
-        return ResolvedKeys(check_freq_list(p, key_freqs.freqs), key_freqs.method, key_freqs.rule, None)
-    return ResolvedKeys(check_freq_list(p, key_freqs), "given", "frequencies given by the caller", None)
+        ks = check(key_freqs.freqs)
+        return ResolvedKeys(ks, key_freqs.method, key_freqs.rule, None, names(ks))
+    ks = check(key_freqs)
+    noun = "frequencies" if plain or ts.cyclic else "irreps"
+    return ResolvedKeys(ks, "given", f"{noun} given by the caller", None, names(ks))
+
+
+# -- key irreps: every group structure other than a + b mod p ----------------------------------------
+#: Largest share threshold of the norm rules: ``2 × uniform share`` is capped here, so that one large
+#: irrep (S5's 6-dimensional holds 36/119 = 30 % of a flat spectrum) can be key next to another.
+SHARE_CAP = 0.5
+
+
+def key_irreps(model_or_params, ts, method: str = "W_L", min_fraction: float = 0.05,
+               cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
+    """The irreps a trained model uses (the key frequencies of a cyclic structure such as ``a − b``).
+
+    Args:
+        model_or_params: a model or a parameter dict of one checkpoint.
+        ts: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (or a Task / Run).
+        method: a rule of :data:`KEY_IRREP_RULES`:
+            ``"W_L"`` (default): irreps whose share of the non-trivial squared group-Fourier norm of
+            ``W_L = W_out W_U`` along the output axis (outputs read as group elements) is at least
+            ``max(min_fraction, min(2 k_ρ / Σ k, SHARE_CAP))``, ``k_ρ`` being the irrep's number of basis
+            functions (``d²``, ``2d²`` for a complex pair): twice its share of a flat spectrum.
+            ``"W_E"``: the same rule on the embedding of the elements.
+            ``"neurons"``: dominant irreps of ≥ ``min_fraction`` of the neurons with FVE > 0.85.
+            ``"logits"``: irreps whose character term ``χ_ρ(s(a,b)·t(c)⁻¹)`` alone explains at least
+            ``min_fraction`` of the centred logit variance on the block (Chughtai et al.'s logit attribution).
+        min_fraction: the rule's threshold, in ``(0, 1]``.
+        cfg: the model config (for a parameter dict of a GELU model).
+
+    Returns:
+        :class:`KeyFrequencies` whose ``freqs`` are irrep indices and ``names`` their names.
+
+    Notes:
+        For a cyclic group ``k_ρ = 2`` (1 for the Nyquist frequency), so ``2 k_ρ / Σ k = 4 / (m − 1)``:
+        the ``2 / n_freq`` of :func:`key_frequencies`.
+    """
+    ts = structure_of(ts)
+    if ts is None:
+        raise AnalysisError("key irreps: the task declares no group structure")
+    if method not in KEY_IRREP_RULES:
+        raise AnalysisError(f"method: unknown key-irrep method {method!r}; use "
+                            f"{', '.join(repr(m) for m in KEY_IRREP_RULES)}")
+    _check_fraction(min_fraction)
+    kf = KEY_IRREP_RULES[method](model_or_params, float(min_fraction), ts, cfg)
+    return KeyFrequencies(kf.freqs, kf.method, kf.scores, kf.rule, tuple(ts.key_names(kf.freqs)))
+
+
+def _irrep_share(norms, ts, method: str, min_fraction: float, what: str) -> KeyFrequencies:
+    if norms.ndim != 1:
+        raise AnalysisError(f"key_irreps takes one checkpoint, but the norms of {method} have shape "
+                            f"{list(norms.shape)} (stacked parameters [ckpt, ...]?); pick a checkpoint")
+    energy = norms[1:].detach().double().cpu() ** 2
+    frac = (energy / energy.sum().clamp_min(1e-300)).numpy()
+    scores = np.concatenate([[0.0], frac])
+    k = ts.basis.n_functions.double().numpy()
+    base = k / k[1:].sum()
+    thr = np.maximum(float(min_fraction), np.minimum(2 * base, SHARE_CAP))
+    thr[0] = np.inf
+    keys = tuple(int(i) for i in np.flatnonzero(scores >= thr))
+    rule = (f"{ts.noun}s of {ts.group.name} holding ≥ max({float(min_fraction):.0%}, min(2 × their share of a flat "
+            f"spectrum, {SHARE_CAP:.0%})) of the non-trivial squared group-Fourier norm of {what}")
+    return KeyFrequencies(keys, method, scores, rule)
+
+
+def _irrep_norm_rule(method: str):
+    def rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+        params = as_params(model_or_params)
+        if method == "W_E":
+            if "embed.W_E" not in params:
+                raise AnalysisError("parameter 'embed.W_E' not found")
+            norms = embed_irrep_norms(params["embed.W_E"].detach().float(), ts)
+            what = "W_E (rows of the elements)"
+        else:
+            missing = [k for k in ("blocks.0.mlp.W_out", "unembed.W_U") if k not in params]
+            if missing:
+                raise AnalysisError(f"parameter(s) {missing} not found")
+            W_L = params["blocks.0.mlp.W_out"].detach().float() @ params["unembed.W_U"].detach().float()
+            norms = neuron_logit_irrep_norms(W_L, ts)
+            what = "W_L = W_out W_U (outputs of the elements)"
+        return _irrep_share(norms, ts, method, min_fraction, what)
+
+    return rule
+
+
+def _irrep_neurons_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    nf = neuron_fourier(model_or_params, cfg, structure=ts)
+    scores = np.zeros(nf.fve.shape[1])
+    n_explained = int(nf.explained.sum())
+    for k, ids in nf.clusters.items():
+        scores[k] = len(ids) / n_explained
+    keys = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
+    rule = (f"dominant {ts.noun} of ≥ {min_fraction:.0%} of the {n_explained} neurons with FVE > {nf.threshold:g} "
+            f"for one {ts.noun} (maps over the block in {ts.group.name}'s coordinates)")
+    return KeyFrequencies(keys, "neurons", scores, rule)
+
+
+def _irrep_logits_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    params, mcfg = resolve_model(model_or_params, cfg)
+    if params["embed.W_E"].ndim != 2:
+        raise AnalysisError(f"key_irreps takes one checkpoint, got stacked parameters of shape "
+                            f"{list(params['embed.W_E'].shape)}")
+    with torch.no_grad():
+        fit = logit_character_fit(grid_forward(params, mcfg).logits, ts)
+    scores = fit.fve.cpu().numpy()
+    keys = tuple(int(k) for k in np.flatnonzero(scores[1:] >= min_fraction) + 1)
+    rule = (f"{ts.noun}s of {ts.group.name} whose character term χ(s(a,b)·t(c)⁻¹) explains ≥ {min_fraction:.0%} of "
+            f"the centred logit variance on the block")
+    return KeyFrequencies(keys, "logits", scores, rule)
+
+
+KeyIrrepRule = Callable[..., KeyFrequencies]
+
+#: Key-irrep rules by name: ``rule(model_or_params, min_fraction, ts, cfg) -> KeyFrequencies``.
+KEY_IRREP_RULES: dict[str, KeyIrrepRule] = {
+    "W_L": _irrep_norm_rule("W_L"),
+    "W_E": _irrep_norm_rule("W_E"),
+    "neurons": _irrep_neurons_rule,
+    "logits": _irrep_logits_rule,
+}
+
+
+def register_key_irrep_rule(name: str, rule: KeyIrrepRule) -> None:
+    """Add a rule usable as ``key_irreps(model, ts, method=name)`` (and by run analyses of group tasks)."""
+    KEY_IRREP_RULES[name] = rule

@@ -31,9 +31,10 @@ from torch import Tensor
 from ...config import ModelConfig
 from ...errors import AnalysisError
 from ...model.grid import grid_forward
+from ..groups import TaskStructure
 from ..keyfreqs import ResolvedKeys
 from ..losses import nll_and_correct
-from ..projections import antidiagonal_sums, key_filters, sum_index
+from ..projections import group_filters, sum_index
 
 __all__ = ["Measure", "ChunkContext", "RunArrays", "MEASURES", "register_measure", "get_measures"]
 
@@ -43,12 +44,17 @@ class RunArrays:
     """A run's task arrays on the analysis device, shared by every chunk.
 
     Attributes:
-        p: the modulus.
+        p: the task's alphabet size (the modulus, or a group's order).
         labels: int64 ``[p²]`` label of each grid index (``-1`` outside the task).
         train, test: grid indices of the split (``test`` may be empty).
         valid: grid indices of all task pairs, sorted.
         train_pos, test_pos: positions of the train / test pairs among ``valid``.
+        structure: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (``None``: no group
+            structure; the restricted / excluded measures are then undefined).
         s_valid, y_valid: ``(a + b) mod p`` and the label of each valid pair.
+        s_block, y_block: label coordinate ``s(a, b)`` and label of each valid pair **in the block**
+            (for ``a + b`` mod p: every pair, ``s = a + b mod p``); empty without a structure.
+        train_block: the training pairs in the block.
     """
 
     p: int
@@ -60,13 +66,25 @@ class RunArrays:
     test_pos: Tensor
     s_valid: Tensor
     y_valid: Tensor
+    structure: TaskStructure | None = None
+    s_block: Tensor | None = None
+    y_block: Tensor | None = None
+    train_block: Tensor | None = None
 
     @classmethod
-    def build(cls, labels: Tensor, train: Tensor, test: Tensor, valid: Tensor, p: int, device: torch.device) -> "RunArrays":
+    def build(cls, labels: Tensor, train: Tensor, test: Tensor, valid: Tensor, p: int, device: torch.device,
+              structure: TaskStructure | None = None) -> "RunArrays":
         pos = torch.full((p * p,), -1, dtype=torch.int64)
         pos[valid] = torch.arange(len(valid))
+        if structure is None:
+            none = torch.zeros(0, dtype=torch.int64)
+            s_block, y_block, train_block = none, none, none
+        else:
+            blk = valid[structure.coords[valid] >= 0]
+            s_block, y_block = structure.coords[blk], labels[blk]
+            train_block = train[structure.coords[train] >= 0]
         return cls(p, labels, train, test, valid, pos[train].to(device), pos[test].to(device),
-                   sum_index(p)[valid], labels[valid])
+                   sum_index(p)[valid], labels[valid], structure, s_block, y_block, train_block)
 
 
 @dataclass
@@ -111,11 +129,24 @@ class ChunkContext:
             return nll_and_correct(Lv, a.y_valid)
 
     @cached_property
-    def filters(self) -> tuple[Tensor, Tensor]:
-        """``(R, K)`` ``[n, s, c]``: the restricted logits and the key components as functions of
-        ``s = a + b mod p`` (:func:`~grokinterp.analysis.projections.key_filters`)."""
+    def label_sums(self) -> Tensor | None:
+        """``S [n, s, c]``: sums of the logits over the block pairs with label coordinate ``s``
+        (for ``a + b``: the anti-diagonal sums); ``None`` without a group structure."""
+        ts = self.arrays.structure
+        if ts is None:
+            return None
         with torch.no_grad():
-            return key_filters(antidiagonal_sums(self.logits), self.keys.freqs)
+            return ts.label_sums(self.logits)
+
+    @cached_property
+    def filters(self) -> tuple[Tensor, Tensor] | None:
+        """``(R, K)`` ``[n, s, c]``: the restricted logits and the key components as functions of the label
+        coordinate ``s`` (:func:`~grokinterp.analysis.projections.group_filters`; for ``a + b`` mod p the
+        frequencies' ``cos/sin(w(a+b))``); ``None`` without a group structure."""
+        if self.label_sums is None:
+            return None
+        with torch.no_grad():
+            return group_filters(self.label_sums, self.arrays.structure, self.keys.freqs)
 
     @cached_property
     def W_L(self) -> Tensor:

@@ -30,6 +30,14 @@ column                 definition
 ``sum_sq_weights``     ``Σ θ²`` over every parameter (weights and biases).
 =====================  ==========================================================================
 
+Other tasks (the task's :attr:`~grokinterp.tasks.base.Task.structure`): with a group structure the
+key terms are the matrix elements ``ρ_ij(s(a, b))`` of the key irreps, ``s`` the label coordinate
+(``a − b``; ``log a ± log b`` for ``a·b``, ``a/b`` mod a prime, on the nonzero block; ``g·h`` in a
+group), the restricted / excluded losses are taken over the pairs of the block, and the Gini
+columns use per-irrep norms in the group's coordinates (:mod:`~grokinterp.analysis.groups`). A task
+without a group structure has ``restricted_loss``, ``restricted_acc`` and ``excluded_loss`` NaN
+(undefined, never a wrong number) and the Fourier Gini columns over the tokens.
+
 Losses are computed from the float32 grid logits of that checkpoint (exact per checkpoint, not
 the metrics logged during training) with a log-softmax accurate to float64 level even for
 losses of 1e-7 and below (:func:`~grokinterp.analysis.losses.nll_and_correct`). The key
@@ -51,6 +59,7 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
+from ..groups import task_structure
 from ..inputs import run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
 from . import standard  # noqa: F401  (registers the built-in measures)
@@ -98,14 +107,16 @@ def auto_chunk(cfg, device: str | torch.device = "cpu") -> int:
 
 
 def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray, impl: str, p: int,
-                   definitions: dict[str, str]) -> pd.DataFrame:
+                   definitions: dict[str, str], structure=None) -> pd.DataFrame:
     """The progress table from per-chunk column arrays, with its ``attrs`` (shared with the test oracle)."""
     df = pd.DataFrame({"epoch": epochs.astype(np.int64), **{c: np.concatenate(v) for c, v in rows.items()}})
     df.attrs.update({
         "key_freqs": list(keys.freqs),
+        "key_irreps": list(keys.names),
         "key_freq_method": keys.method,
         "key_freq_rule": keys.rule,
         "key_freq_epoch": keys.epoch,
+        "structure": structure.describe() if structure is not None else None,
         "splits": dict(_SPLITS),
         "definitions": dict(definitions),
         "gini": "Hurley & Rickard Gini of the per-frequency Fourier norms, frequencies 1..p//2",
@@ -143,8 +154,9 @@ def progress_measures(
     Returns:
         DataFrame with ``epoch`` (int64) and the columns of the measures (float64; by default
         :data:`MEASURE_COLUMNS` followed by those of measures registered later),
-        one row per checkpoint in epoch order. ``df.attrs`` holds ``key_freqs`` (list of ints),
-        ``key_freq_method``, ``key_freq_rule``, ``key_freq_epoch`` (the checkpoint they were taken
+        one row per checkpoint in epoch order. ``df.attrs`` holds ``key_freqs`` (list of ints: the
+        key frequencies, or key irrep indices), ``key_irreps`` (their names for a structure other than
+        ``a + b``), ``structure`` (the task's structure in words, ``None`` without one), ``key_freq_method``, ``key_freq_rule``, ``key_freq_epoch`` (the checkpoint they were taken
         from, ``None`` if given), ``splits`` (which pairs each loss averages over), ``gini`` (what
         the Gini columns measure), ``definitions`` (one line per column) and ``implementation``.
 
@@ -167,7 +179,8 @@ def progress_measures(
     keys = resolve_key_frequencies(run, key_freqs, key_freq_method)
     p = cfg.p
     dev = torch.device(device)
-    arrays = RunArrays.build(*run_task_arrays(run), p, dev)
+    structure = task_structure(run.task)
+    arrays = RunArrays.build(*run_task_arrays(run), p, dev, structure)
     columns = [c for m in chosen for c in m.columns]
     if len(set(columns)) != len(columns):
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
@@ -184,4 +197,4 @@ def progress_measures(
         del ctx
     definitions = {c: m.definitions.get(c, "") for m in chosen for c in m.columns}
     return measures_frame(rows, keys, eps, f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints)", p,
-                          definitions)
+                          definitions, structure)
