@@ -48,11 +48,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 PAPER_KEY_FREQS = (14, 35, 41, 42, 52)
 
 
-def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: int = 0):
+def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: int = 0, **overrides):
     """A run directory with ``n_checkpoints`` checkpoints of the paper architecture (random weights).
 
     ``train(epochs=0)`` writes ``run.json``, the split and metrics; the config is then widened to
     ``epochs = every · (n − 1)`` and the checkpoints are written with ``CheckpointWriter``.
+    ``overrides`` change the paper config (e.g. ``operation="S5", frac_train=0.4``).
     """
     from grokinterp.config import make_config
     from grokinterp.model import init_params, param_shapes
@@ -61,7 +62,7 @@ def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: in
     from grokinterp.store.writer import METRIC_COLUMNS, CheckpointWriter
     from grokinterp.training.loop import train
 
-    cfg0 = make_config("paper", epochs=0, device="cpu")
+    cfg0 = make_config("paper", epochs=0, device="cpu", **overrides)
     train(cfg0, path, progress=False, overwrite=True)
     last = every * (n_checkpoints - 1)
     cfg = cfg0.replace(epochs=last, every=every, flush_every=50)

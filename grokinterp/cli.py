@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
-                   help="fix the key frequencies (default: from the final checkpoint)")
+                   help="fix the key frequencies (for a group task other than a + b: key irreps, by index as the "
+                        "report lists them; default: from the final checkpoint)")
     r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
@@ -204,7 +205,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
-    print(f"task:   {run.task.describe()}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    from .tasks import fixed_size
+
+    what = run.task.describe() if fixed_size(c.task.operation) is not None else f"{c.task.operation} mod {c.task.p}"
+    print(f"task:   {what}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    structure = run.task.structure
+    print(f"structure: {structure.describe() if structure is not None else 'none declared (no group structure)'}")
     print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
     print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
@@ -287,8 +293,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise GrokinterpError(f"{args.summary_json}: cannot write the summary ({e.strerror or e})") from None
     formed, hit = headline["circuit_formed_epoch"], headline["test_acc_99_epoch"]
     print(f"report: {path}")
-    print(f"  key frequencies {headline['key_frequencies']}; circuit formed at epoch {formed}, "
-          f"test accuracy ≥ 99% at epoch {hit}")
+    keys = headline["key_irreps"] if headline.get("key_kind") == "irrep" else headline["key_frequencies"]
+    noun = "irreps" if headline.get("key_kind") == "irrep" else "frequencies"
+    when = f"circuit formed at epoch {formed}" if headline.get("structure") is not None else \
+        "no group structure: circuit date undefined"
+    print(f"  key {noun} {keys}; {when}, test accuracy ≥ 99% at epoch {hit}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
 

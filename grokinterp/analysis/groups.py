@@ -44,7 +44,7 @@ from ..tasks.algebra import FiniteGroup, GroupStructure, get_group
 __all__ = ["Irrep", "RealIrrep", "irreps", "real_irreps", "GroupBasis", "group_basis", "partitions",
            "standard_tableaux", "frobenius_schur", "TaskStructure", "task_structure", "embed_irrep_norms",
            "unembed_irrep_norms", "neuron_logit_irrep_norms", "neuron_irrep_energy", "neuron_irrep_fve", "CharacterFit",
-           "logit_character_fit", "logit_irrep_norms_2d"]
+           "logit_character_fit", "logit_irrep_norms_2d", "model_character_fit"]
 
 
 @dataclass(frozen=True)
@@ -513,18 +513,20 @@ class TaskStructure:
         """The block is the whole grid (no pair outside the group structure)."""
         return len(self.block) == self.n * self.n
 
-    def label_sums(self, x: Tensor) -> Tensor:
+    def label_sums(self, x: Tensor, rows: tuple[int, int] | None = None) -> Tensor:
         """``S[N, s, c] = Σ_{(a,b) in the block, s(a,b) = s} x[N, a, b, c]`` (float64) of ``x [N, a, b, c]``.
 
         For ``a + b`` these are the anti-diagonal sums of :func:`~grokinterp.analysis.projections.antidiagonal_sums`.
+        ``rows = (start, stop)``: ``x`` holds only the rows ``start ≤ a < stop`` (``[N, stop − start, b, c]``);
+        the sums over all blocks of rows add up to the sums over the grid.
         """
         N, c = x.shape[0], x.shape[-1]
-        X = x.reshape(N, self.n * self.n, c)
-        if not self.full_block:
-            X = X[:, self.block.to(x.device)]
-            idx = self.coords[self.block]
-        else:
-            idx = self.coords
+        a0, a1 = (0, self.n) if rows is None else rows
+        X = x.reshape(N, (a1 - a0) * self.n, c)
+        idx = self.coords[a0 * self.n: a1 * self.n]
+        if not (self.full_block and rows is None):
+            keep = torch.nonzero(idx >= 0)[:, 0]
+            X, idx = X[:, keep.to(x.device)], idx[keep]
         out = torch.zeros(N, self.m, c, dtype=torch.float64, device=x.device)
         return out.index_add_(1, idx.to(x.device), X.double())
 
@@ -674,31 +676,68 @@ def logit_character_fit(logits: Tensor, ts: TaskStructure, keys=None) -> Charact
         ``u`` as ``s t⁻¹`` for ``|G|`` pairs), so ``α_ρ = ⟨L, X_ρ⟩ / ‖X_ρ‖²`` and
         ``FVE_ρ = ⟨L, X_ρ⟩² / (‖X_ρ‖² ‖L − mean_c L‖²)``. Nothing of size ``|G|³`` beyond the logits is built.
     """
-    key = tuple(ts.basis.check_irreps(keys)) if keys is not None else None
     lead = logits.shape[:-3]
+    L = logits.reshape(-1, ts.n, ts.n, logits.shape[-1])
+    S, total = _character_sums(L, ts)
+    fit = _character_fit(S, total, ts, keys)
+    return CharacterFit(fit.alpha.reshape(*lead, -1), fit.fve.reshape(*lead, -1), fit.fve_total.reshape(lead),
+                        fit.keys, fit.fve_key.reshape(lead) if fit.fve_key is not None else None, fit.names)
+
+
+def _character_sums(L: Tensor, ts: TaskStructure, rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """Label sums of the logits centred over the element outputs, and their squared norm, on the block
+    (of the rows ``rows`` of the grid when ``L [N, rows, b, c]`` holds a block of rows)."""
     n, m = ts.n, ts.m
-    L = logits.reshape(-1, n, n, logits.shape[-1])
+    a0, a1 = (0, n) if rows is None else rows
     e = ts.element_token.to(L.device)
-    Lb = L.index_select(-1, e)  # outputs that are elements, in element order
-    Lc = Lb.double() - Lb.double().mean(-1, keepdim=True)
-    if ts.full_block:
-        total = Lc.pow(2).sum((1, 2, 3))
-    else:
-        total = Lc.reshape(L.shape[0], n * n, m)[:, ts.block.to(L.device)].pow(2).sum((1, 2))
-    S = ts.label_sums(Lc)  # [N, s, t]
+    Lb = L.index_select(-1, e).double()
+    Lc = Lb - Lb.mean(-1, keepdim=True)
+    flat = Lc.reshape(L.shape[0], (a1 - a0) * n, m)
+    inside = torch.nonzero(ts.coords[a0 * n: a1 * n] >= 0)[:, 0].to(L.device)
+    total = flat[:, inside].pow(2).sum((1, 2))
+    return ts.label_sums(Lc, rows=rows), total
+
+
+def _character_fit(S: Tensor, total: Tensor, ts: TaskStructure, keys) -> CharacterFit:
+    key = tuple(ts.basis.check_irreps(keys)) if keys is not None else None
+    m = ts.m
     G = ts.group
-    u = torch.from_numpy(G.mult[np.arange(m)[:, None], G.inverse[None, :]].reshape(-1)).to(L.device)
-    H = torch.zeros(S.shape[0], m, dtype=torch.float64, device=L.device).index_add_(1, u, S.reshape(S.shape[0], -1))
-    chars = ts.basis.characters.to(L.device)  # [n_irreps, m]
+    dev = S.device
+    u = torch.from_numpy(G.mult[np.arange(m)[:, None], G.inverse[None, :]].reshape(-1)).to(dev)
+    H = torch.zeros(S.shape[0], m, dtype=torch.float64, device=dev).index_add_(1, u, S.reshape(S.shape[0], -1))
+    chars = ts.basis.characters.to(dev)  # [n_irreps, m]
     proj = H @ chars.T  # [N, n_irreps]
     norm2 = (m * m) * chars.pow(2).sum(-1)
     alpha = proj / norm2
     fve = proj.pow(2) / norm2 / total.clamp_min(1e-300)[:, None]
     alpha[:, 0] = 0.0
     fve[:, 0] = 0.0
-    fve_key = fve[:, list(key)].sum(-1).reshape(lead) if key is not None else None
-    return CharacterFit(alpha.reshape(*lead, -1), fve.reshape(*lead, -1), fve.sum(-1).reshape(lead), key, fve_key,
-                        ts.basis.names)
+    fve_key = fve[:, list(key)].sum(-1) if key is not None else None
+    return CharacterFit(alpha, fve, fve.sum(-1), key, fve_key, ts.basis.names)
+
+
+def model_character_fit(params: dict[str, Tensor], cfg, ts: TaskStructure, keys=None,
+                        rows: int | None = None) -> CharacterFit:
+    """:func:`logit_character_fit` of a model (one checkpoint or a stack), streaming the grid in blocks of
+    ``rows`` rows (default: all at once) so that a large group's ``|G|³`` logits are never held whole."""
+    from ..model.grid import grid_forward
+
+    n = ts.n
+    rows = n if rows is None else int(rows)
+    single = params["embed.W_E"].ndim == 2
+    S = total = None
+    with torch.no_grad():
+        for a0 in range(0, n, rows):
+            a1 = min(a0 + rows, n)
+            L = grid_forward(params, cfg, rows=(a0, a1)).logits
+            L = L[None] if single else L
+            s, t = _character_sums(L, ts, rows=(a0, a1))
+            S, total = (s, t) if S is None else (S + s, total + t)
+    fit = _character_fit(S, total, ts, keys)
+    if single:
+        fit = CharacterFit(fit.alpha[0], fit.fve[0], fit.fve_total[0], fit.keys,
+                           fit.fve_key[0] if fit.fve_key is not None else None, fit.names)
+    return fit
 
 
 def logit_irrep_norms_2d(logits: Tensor, ts: TaskStructure, per: str = "component", center: bool = False) -> Tensor:

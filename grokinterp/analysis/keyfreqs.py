@@ -24,18 +24,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
-from ..model.grid import grid_forward
+from ..model.grid import grid_rows
 from ..tasks import CyclicSum
 from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
 from .groups import (
     TaskStructure,
     embed_irrep_norms,
-    logit_character_fit,
+    model_character_fit,
     neuron_logit_irrep_norms,
     task_structure,
 )
@@ -44,7 +43,7 @@ from .neurons import DEFAULT_THRESHOLD, neuron_fourier
 
 __all__ = ["KeyFrequencies", "key_frequencies", "neuron_key_frequencies", "KEY_FREQ_RULES",
            "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "key_irreps", "KEY_IRREP_RULES",
-           "register_key_irrep_rule", "structure_of", "SHARE_CAP"]
+           "register_key_irrep_rule", "structure_of", "SHARE_CAP", "default_key_method"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class KeyFrequencies:
         return len(self.freqs)
 
 
-def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 0.05,
+def key_frequencies(model_or_params, method: str | None = None, min_fraction: float = 0.05,
                     p: int | None = None, cfg: ModelConfig | RunConfig | None = None, *,
                     task=None) -> KeyFrequencies:
     """The frequencies a trained model uses (for a task with another group structure: its key irreps).
@@ -80,8 +79,8 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
     Args:
         model_or_params: a model or a parameter dict of **one** checkpoint (stacked
             ``[ckpt, ...]`` parameters are refused: choose a checkpoint first).
-        method:
-            ``"W_L"`` (default): frequencies whose share of the non-constant squared Fourier
+        method (default ``W_L``; for a task with another structure :func:`default_key_method`):
+            ``"W_L"``: frequencies whose share of the non-constant squared Fourier
             norm of ``W_L = W_out W_U`` (the neuron → logit map; each key frequency holds two
             directions of it) is at least ``max(min_fraction, 2 / n_freq)``.
             ``"W_E"``: the same rule on the embedding ``W_E``.
@@ -119,6 +118,7 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
                                 f"frequencies")
         if not isinstance(ts.structure, CyclicSum):
             return key_irreps(model_or_params, ts, method, min_fraction, cfg)
+    method = "W_L" if method is None else method
     if method not in KEY_FREQ_RULES:
         raise AnalysisError(f"method: unknown key-frequency method {method!r}; use "
                             f"{', '.join(repr(m) for m in KEY_FREQ_RULES)}")
@@ -232,10 +232,11 @@ class ResolvedKeys:
     names: tuple[str, ...] = ()
 
 
-def resolve_key_frequencies(run, key_freqs=None, method: str = "W_L") -> ResolvedKeys:
+def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> ResolvedKeys:
     """The key frequencies (key irreps) a run-level analysis holds fixed across checkpoints.
 
-    ``None``: the rule ``method`` on the run's final checkpoint; a :class:`KeyFrequencies`: as
+    ``None``: the rule ``method`` (default :func:`default_key_method`: ``W_L``, or ``logits`` for a
+    non-cyclic group) on the run's final checkpoint; a :class:`KeyFrequencies`: as
     given, with its rule; a sequence of ints: "given by the caller". Every frequency is checked
     against the run's ``p`` (every irrep index against the task's group). A task without a group
     structure has none (``method = "undefined"``); giving some is refused.
@@ -275,15 +276,25 @@ def resolve_key_frequencies(run, key_freqs=None, method: str = "W_L") -> Resolve
 SHARE_CAP = 0.5
 
 
-def key_irreps(model_or_params, ts, method: str = "W_L", min_fraction: float = 0.05,
+def default_key_method(ts) -> str:
+    """The rule run-level analyses use by default: ``W_L`` for a cyclic structure (``a + b``, ``a − b``,
+    ``a·b`` mod p, ``C_n``: every irrep but the Nyquist one has two basis functions, so the norm shares
+    compare like with like) and ``logits`` for other groups, whose irreps differ in size (S5's
+    6-dimensional irrep holds 30 % of a flat W_L spectrum, its sign irrep 0.8 %): there Chughtai et al.'s
+    logit attribution separates used from unused irreps where norm shares cannot."""
+    ts = structure_of(ts) if ts is not None else None
+    return "W_L" if ts is None or ts.cyclic else "logits"
+
+
+def key_irreps(model_or_params, ts, method: str | None = None, min_fraction: float = 0.05,
                cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
     """The irreps a trained model uses (the key frequencies of a cyclic structure such as ``a − b``).
 
     Args:
         model_or_params: a model or a parameter dict of one checkpoint.
         ts: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (or a Task / Run).
-        method: a rule of :data:`KEY_IRREP_RULES`:
-            ``"W_L"`` (default): irreps whose share of the non-trivial squared group-Fourier norm of
+        method: a rule of :data:`KEY_IRREP_RULES` (default: :func:`default_key_method`):
+            ``"W_L"``: irreps whose share of the non-trivial squared group-Fourier norm of
             ``W_L = W_out W_U`` along the output axis (outputs read as group elements) is at least
             ``max(min_fraction, min(2 k_ρ / Σ k, SHARE_CAP))``, ``k_ρ`` being the irrep's number of basis
             functions (``d²``, ``2d²`` for a complex pair): twice its share of a flat spectrum.
@@ -304,6 +315,7 @@ def key_irreps(model_or_params, ts, method: str = "W_L", min_fraction: float = 0
     ts = structure_of(ts)
     if ts is None:
         raise AnalysisError("key irreps: the task declares no group structure")
+    method = default_key_method(ts) if method is None else method
     if method not in KEY_IRREP_RULES:
         raise AnalysisError(f"method: unknown key-irrep method {method!r}; use "
                             f"{', '.join(repr(m) for m in KEY_IRREP_RULES)}")
@@ -366,8 +378,7 @@ def _irrep_logits_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFreq
     if params["embed.W_E"].ndim != 2:
         raise AnalysisError(f"key_irreps takes one checkpoint, got stacked parameters of shape "
                             f"{list(params['embed.W_E'].shape)}")
-    with torch.no_grad():
-        fit = logit_character_fit(grid_forward(params, mcfg).logits, ts)
+    fit = model_character_fit(params, mcfg, ts, rows=grid_rows(mcfg))
     scores = fit.fve.cpu().numpy()
     keys = tuple(int(k) for k in np.flatnonzero(scores[1:] >= min_fraction) + 1)
     rule = (f"{ts.noun}s of {ts.group.name} whose character term χ(s(a,b)·t(c)⁻¹) explains ≥ {min_fraction:.0%} of "

@@ -143,12 +143,15 @@ def excluded_loss(logits: Tensor, freqs: Sequence[int], train_pairs, labels: Ten
     return excluded_nll(L, K, trn, labels[trn]).reshape(logits.shape[:-3])
 
 
-def excluded_nll(L: Tensor, K: Tensor, trn: Tensor, y: Tensor, coords: Tensor | None = None) -> Tensor:
+def excluded_nll(L: Tensor, K: Tensor, trn: Tensor, y: Tensor, coords: Tensor | None = None,
+                 n_cols: int | None = None) -> Tensor:
     """Mean NLL on the pairs ``trn`` of ``L [n, a, b, c]`` minus the key projection ``K [n, s, c]``.
 
-    ``coords``: the label coordinate ``s`` of every grid index (default ``a + b mod p``); every pair of
-    ``trn`` must lie in the block (``coords ≥ 0``)."""
-    n, g = L.shape[0], L.shape[1]
+    ``coords``: the label coordinate ``s`` of every grid index of ``L`` (default ``a + b mod p``); every
+    pair of ``trn`` must lie in the block (``coords ≥ 0``). ``L`` may hold a block of rows only: ``trn``
+    and ``coords`` then index that block and ``n_cols`` is the grid's width."""
+    n = L.shape[0]
+    g = L.shape[2] if n_cols is None else n_cols
     s = (sum_index(g) if coords is None else coords)[trn.cpu()]
-    E = L.reshape(n, g * g, -1)[:, trn.to(L.device)].float() - K.float()[:, s.to(L.device)]
+    E = L.reshape(n, -1, L.shape[-1])[:, trn.to(L.device)].float() - K.float()[:, s.to(L.device)]
     return nll_and_correct(E, y)[0].mean(-1)

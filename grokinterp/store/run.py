@@ -30,6 +30,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
+from ..tasks import fixed_size
 from . import layout as _io
 from .writer import METRIC_COLUMNS
 
@@ -372,8 +373,9 @@ class Run:
         c = self.config
         span = f"epochs {self.epochs[0]}..{self.epochs[-1]}" if len(self.epochs) else "no checkpoints"
         state = "finished" if self.finished else f"at epoch {self.progress.get('epoch')}"
-        return (f"Run({str(self.path)!r}: {c.task.operation} mod {c.task.p}, {len(self.epochs)} checkpoints "
-                f"({span}), {state})")
+        what = (f"{c.task.operation} mod {c.task.p}" if fixed_size(c.task.operation) is None
+                else f"{c.task.operation} (order {c.task.p})")
+        return f"Run({str(self.path)!r}: {what}, {len(self.epochs)} checkpoints ({span}), {state})"
 
 
 def _scan_shards(path: Path, config: RunConfig) -> tuple[list[_Shard], list[str]]:

@@ -101,7 +101,8 @@ def loss_curves(metrics: pd.DataFrame, phases=None, *, title: str = "Train and t
 
 def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_freqs: Sequence[int] = (),
                        component_freqs: Sequence[int] | None = None,
-                       title: str = "Fourier norms") -> go.Figure:
+                       title: str = "Fourier norms", key_names: Sequence[str] | None = None,
+                       noun: str = "frequencies") -> go.Figure:
     """Bar charts of Fourier norms, one row per named matrix (e.g. ``{"W_E": ..., "W_L": ...}``).
 
     Args:
@@ -109,7 +110,9 @@ def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_f
         labels: the component names (``FourierBasis.labels``) or frequency labels.
         key_freqs: frequencies to highlight.
         component_freqs: frequency of each bar (``FourierBasis.freqs``) for the highlighting;
-            default: bar index = frequency.
+            default: bar index = frequency. For a group basis: the irrep of each component
+            (``GroupBasis.irrep_of_row``), with ``key_freqs`` irrep indices.
+        key_names, noun: how the title names the highlighted keys (default: the numbers, "frequencies").
     """
     if not norms:
         raise AnalysisError("norms: nothing to plot")
@@ -124,13 +127,15 @@ def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_f
                              hovertemplate="%{x}: %{y:.3g}<extra>" + name + "</extra>"), row=i, col=1)
         fig.update_yaxes(title_text="norm", row=i, col=1)
     fig.update_xaxes(tickangle=-90, tickfont=dict(size=8))
-    sub = f" — key frequencies {', '.join(map(str, sorted(key_freqs)))} in red" if len(key_freqs) else ""
+    shown = list(key_names) if key_names is not None else [str(k) for k in sorted(key_freqs)]
+    sub = f" — key {noun} {', '.join(shown)} in red" if len(key_freqs) else ""
     fig.update_layout(title=title + sub, template=_TEMPLATE, height=320 * len(norms), bargap=0.1)
     return fig
 
 
 def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phases=None,
-                          title: str = "Fourier norms of W_E over training", normalize: bool = True) -> go.Figure:
+                          title: str = "Fourier norms of W_E over training", normalize: bool = True,
+                          names: Sequence[str] | None = None, noun: str = "frequency") -> go.Figure:
     """Heatmap epoch × frequency (e.g. of :func:`~grokinterp.fourier.embed_fourier_norms` of a stack).
 
     Args:
@@ -139,6 +144,8 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
         key_freqs: marked on the frequency axis.
         phases: draw the phase boundaries as horizontal lines.
         normalize: divide each checkpoint's row by its total, to show where the norm sits.
+        names, noun: for per-irrep norms (index k = irrep k), the irreps' names (index 0 = trivial) and
+            "irrep": the axis then shows the names.
     """
     v = _np(norms).astype(np.float64)[:, 1:]
     ep = _np(epochs)
@@ -147,16 +154,19 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
     if normalize:
         v = v / np.maximum(v.sum(1, keepdims=True), 1e-30)
     freqs = np.arange(1, v.shape[1] + 1)
-    fig = go.Figure(go.Heatmap(z=v, x=freqs, y=ep, colorscale="Viridis",
+    x = freqs if names is None else [str(n) for n in list(names)[1:]]
+    fig = go.Figure(go.Heatmap(z=v, x=x, y=ep, colorscale="Viridis",
                                colorbar=dict(title="share" if normalize else "norm"),
-                               hovertemplate="epoch %{y}<br>freq %{x}<br>%{z:.3g}<extra></extra>"))
+                               hovertemplate="epoch %{y}<br>" + noun + " %{x}<br>%{z:.3g}<extra></extra>"))
     for k in key_freqs:
-        fig.add_vline(x=k, line=dict(color="white", width=1, dash="dot"))
+        fig.add_vline(x=k if names is None else k - 1, line=dict(color="white", width=1, dash="dot"))
     if phases is not None:
         for name, _, end in phases.intervals():
             fig.add_hline(y=end, line=dict(color="white", width=1), annotation_text=f"end of {PHASE_NAMES.get(name, name)}",
                           annotation_font_color="white", annotation_font_size=9)
-    fig.update_layout(title=title, xaxis_title="frequency", yaxis_title="epoch", template=_TEMPLATE, height=520)
+    fig.update_layout(title=title, xaxis_title=noun, yaxis_title="epoch", template=_TEMPLATE, height=520)
+    if names is not None:
+        fig.update_xaxes(type="category")
     return fig
 
 
@@ -207,27 +217,35 @@ def neuron_fve_heatmap(nf, *, title: str | None = None, max_freq: int | None = N
     if max_freq is not None:
         fve = fve[:, :max_freq]
     z = fve[order].T
-    freqs = np.arange(1, z.shape[0] + 1)
+    names = getattr(nf, "names", ())
+    noun = "irrep" if names else "frequency"
+    freqs = np.arange(1, z.shape[0] + 1) if not names else [str(n) for n in names[1:z.shape[0] + 1]]
     fig = go.Figure(go.Heatmap(z=z, y=freqs, x=np.arange(len(order)), colorscale="Blues", zmin=0, zmax=1,
                                customdata=np.broadcast_to(order, z.shape),
-                               hovertemplate="neuron %{customdata}<br>freq %{y}<br>FVE %{z:.2f}<extra></extra>",
+                               hovertemplate="neuron %{customdata}<br>" + noun + " %{y}<br>FVE %{z:.2f}<extra></extra>",
                                colorbar=dict(title="FVE")))
-    title = title or (f"Neuron FVE by frequency — {nf.explained_fraction:.1%} of neurons have one frequency "
+    title = title or (f"Neuron FVE by {noun} — {nf.explained_fraction:.1%} of neurons have one {noun} "
                       f"with FVE > {nf.threshold}")
-    fig.update_layout(title=title, xaxis_title="neuron (sorted by dominant frequency)", yaxis_title="frequency",
+    fig.update_layout(title=title, xaxis_title=f"neuron (sorted by dominant {noun})", yaxis_title=noun,
                       template=_TEMPLATE, height=480)
+    if names:
+        fig.update_yaxes(type="category")
     return fig
 
 
-def cluster_sizes(nf, *, title: str = "Neuron clusters by frequency") -> go.Figure:
-    """Bar chart of the number of neurons in each frequency cluster (FVE above the threshold)."""
+def cluster_sizes(nf, *, title: str | None = None) -> go.Figure:
+    """Bar chart of the number of neurons in each frequency (irrep) cluster (FVE above the threshold)."""
     sizes = nf.cluster_sizes
-    fig = go.Figure(go.Bar(x=[str(f) for f in sizes["freq"]], y=sizes["n_neurons"], marker_color="#636efa",
+    names = getattr(nf, "names", ())
+    noun = "irrep" if names else "frequency"
+    x = [str(f) if not names else str(names[int(f)]) for f in sizes["freq"]]
+    fig = go.Figure(go.Bar(x=x, y=sizes["n_neurons"], marker_color="#636efa",
                            text=sizes["n_neurons"], textposition="outside",
-                           hovertemplate="freq %{x}: %{y} neurons<extra></extra>"))
+                           hovertemplate=noun + " %{x}: %{y} neurons<extra></extra>"))
     unexplained = nf.d_mlp - int(sizes["n_neurons"].sum())
+    title = title or f"Neuron clusters by {noun}"
     fig.update_layout(title=f"{title} ({unexplained} of {nf.d_mlp} neurons in no cluster)",
-                      xaxis_title="frequency", yaxis_title="neurons", template=_TEMPLATE, xaxis_type="category")
+                      xaxis_title=noun, yaxis_title="neurons", template=_TEMPLATE, xaxis_type="category")
     return fig
 
 

@@ -33,7 +33,7 @@ from ...errors import AnalysisError
 from ...model.grid import grid_forward
 from ..groups import TaskStructure
 from ..keyfreqs import ResolvedKeys
-from ..losses import nll_and_correct
+from ..losses import excluded_nll, nll_and_correct
 from ..projections import group_filters, sum_index
 
 __all__ = ["Measure", "ChunkContext", "RunArrays", "MEASURES", "register_measure", "get_measures"]
@@ -98,6 +98,10 @@ class ChunkContext:
         keys: the key frequencies held fixed for the run.
         arrays: the run's :class:`RunArrays`.
         device: where the chunk is computed.
+        rows: rows ``a`` of the grid per forward (``None``: the whole grid at once). Set for grids too
+            large to hold (``S6``: 720³ logits per checkpoint): the shared pieces below are then streamed
+            over blocks of rows and the logits of the whole grid are never held; :attr:`logits` itself
+            still builds them (whole), for measures that need them.
     """
 
     epochs: np.ndarray
@@ -106,10 +110,16 @@ class ChunkContext:
     keys: ResolvedKeys
     arrays: RunArrays
     device: torch.device
+    rows: int | None = None
 
     @property
     def n(self) -> int:
         return len(self.epochs)
+
+    @property
+    def streamed(self) -> bool:
+        """The grid is processed in blocks of rows."""
+        return self.rows is not None and self.rows < self.arrays.p
 
     @cached_property
     def logits(self) -> Tensor:
@@ -117,26 +127,49 @@ class ChunkContext:
         with torch.no_grad():
             return grid_forward(self.params, self.cfg).logits
 
+    def logit_blocks(self):
+        """``(start, stop, logits [n, stop − start, b, vocab])`` over blocks of rows (one block, the cached
+        :attr:`logits`, unless :attr:`streamed`)."""
+        p = self.arrays.p
+        if not self.streamed:
+            yield 0, p, self.logits
+            return
+        for a0 in range(0, p, self.rows):
+            a1 = min(a0 + self.rows, p)
+            with torch.no_grad():
+                yield a0, a1, grid_forward(self.params, self.cfg, rows=(a0, a1)).logits
+
+    @cached_property
+    def _stream(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+        a, p = self.arrays, self.arrays.p
+        ts = a.structure
+        nll, correct, sums = [], [], None
+        valid = a.valid
+        with torch.no_grad():
+            for a0, a1, L in self.logit_blocks():
+                lo, hi = torch.searchsorted(valid, torch.tensor([a0 * p, a1 * p])).tolist()
+                idx = valid[lo:hi] - a0 * p
+                Lv = L.reshape(self.n, (a1 - a0) * p, -1)
+                if len(idx) != Lv.shape[1]:
+                    Lv = Lv[:, idx.to(L.device)]
+                x, c = nll_and_correct(Lv, a.y_valid[lo:hi])
+                nll.append(x)
+                correct.append(c)
+                if ts is not None:
+                    S = ts.label_sums(L, rows=(a0, a1))
+                    sums = S if sums is None else sums.add_(S)
+        return (torch.cat(nll, 1), torch.cat(correct, 1)), sums
+
     @cached_property
     def nll_correct(self) -> tuple[Tensor, Tensor]:
         """Per valid pair: cross-entropy (float64) and correctness, ``[n, valid]`` each."""
-        a, p = self.arrays, self.arrays.p
-        L = self.logits
-        Lv = L.reshape(self.n, p * p, -1)
-        if len(a.valid) != p * p:
-            Lv = Lv[:, a.valid.to(L.device)]
-        with torch.no_grad():
-            return nll_and_correct(Lv, a.y_valid)
+        return self._stream[0]
 
     @cached_property
     def label_sums(self) -> Tensor | None:
         """``S [n, s, c]``: sums of the logits over the block pairs with label coordinate ``s``
         (for ``a + b``: the anti-diagonal sums); ``None`` without a group structure."""
-        ts = self.arrays.structure
-        if ts is None:
-            return None
-        with torch.no_grad():
-            return ts.label_sums(self.logits)
+        return self._stream[1]
 
     @cached_property
     def filters(self) -> tuple[Tensor, Tensor] | None:
@@ -147,6 +180,26 @@ class ChunkContext:
             return None
         with torch.no_grad():
             return group_filters(self.label_sums, self.arrays.structure, self.keys.freqs)
+
+    @cached_property
+    def excluded_nll(self) -> Tensor | None:
+        """``[n]`` mean cross-entropy on the training pairs of the block of the logits minus their key
+        components (:func:`~grokinterp.analysis.losses.excluded_nll`); ``None`` without a group structure.
+        Streamed, it takes a second pass over the rows (the projection needs every row first)."""
+        if self.filters is None:
+            return None
+        _, K = self.filters
+        a, p = self.arrays, self.arrays.p
+        trn = a.train_block
+        total = torch.zeros(self.n, dtype=torch.float64, device=K.device)
+        with torch.no_grad():
+            for a0, a1, L in self.logit_blocks():
+                lo, hi = torch.searchsorted(trn, torch.tensor([a0 * p, a1 * p])).tolist()
+                if hi > lo:
+                    part = trn[lo:hi]
+                    total += excluded_nll(L, K, part - a0 * p, a.labels[part],
+                                          a.structure.coords[a0 * p: a1 * p], n_cols=p) * (hi - lo)
+        return total / max(len(trn), 1)
 
     @cached_property
     def W_L(self) -> Tensor:

@@ -59,13 +59,14 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
+from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
 from ..groups import task_structure
 from ..inputs import run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
 from . import standard  # noqa: F401  (registers the built-in measures)
 from .base import ChunkContext, Measure, RunArrays, get_measures
 
-__all__ = ["MEASURE_COLUMNS", "progress_measures", "select_epochs", "measures_frame", "auto_chunk"]
+__all__ = ["MEASURE_COLUMNS", "progress_measures", "select_epochs", "measures_frame", "auto_chunk", "auto_rows"]
 
 #: Columns of :func:`progress_measures` with the built-in measures, in order.
 MEASURE_COLUMNS = (
@@ -81,7 +82,7 @@ _SPLITS = {
 }
 
 #: Working memory aimed at per chunk of checkpoints when ``chunk`` is not given (bytes).
-_CHUNK_BUDGET = 768 * 2 ** 20
+_CHUNK_BUDGET = GRID_BUDGET
 
 
 def select_epochs(run, epochs) -> np.ndarray:
@@ -91,19 +92,24 @@ def select_epochs(run, epochs) -> np.ndarray:
     return eps
 
 
+def _budget(device) -> int:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return max(_CHUNK_BUDGET, torch.cuda.mem_get_info(dev)[0] // 4)
+    return _CHUNK_BUDGET
+
+
 def auto_chunk(cfg, device: str | torch.device = "cpu") -> int:
     """Checkpoints per chunk: as many as fit the memory budget (on CPU a fixed budget, where larger
     chunks gain nothing; on CUDA a quarter of the free GPU memory, where they amortise launches:
     32 instead of 4 made the 400-checkpoint benchmark 2.4× faster on an H100), at most 64."""
-    p, dm = cfg.p, cfg.d_mlp
-    # grid_forward: acc [p², d_mlp + p] (twice while summing), pre and post [p², d_mlp], logits;
-    # then float64 copies of the logits and the train logits.
-    per_ckpt = 4 * p * p * (3 * (dm + p) + 2 * dm + 2 * p) + 8 * 3 * p ** 3
-    budget = _CHUNK_BUDGET
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        budget = max(budget, torch.cuda.mem_get_info(dev)[0] // 4)
-    return int(min(max(budget // per_ckpt, 1), 64))
+    return int(min(max(_budget(device) // grid_bytes(cfg), 1), 64))
+
+
+def auto_rows(cfg, device: str | torch.device = "cpu") -> int | None:
+    """Rows of the grid per forward when one checkpoint's grid does not fit the budget (``None``: it fits;
+    :func:`~grokinterp.model.grid.grid_rows`)."""
+    return grid_rows(cfg, _budget(device))
 
 
 def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray, impl: str, p: int,
@@ -133,8 +139,9 @@ def progress_measures(
     chunk: int | None = None,
     device: str | torch.device = "cpu",
     epochs: Sequence[int] | None = None,
-    key_freq_method: str = "W_L",
+    key_freq_method: str | None = None,
     measures: Sequence[str | Measure] | None = None,
+    rows: int | None = None,
 ) -> pd.DataFrame:
     """Every progress measure at every checkpoint of a run, one row per checkpoint.
 
@@ -144,12 +151,17 @@ def progress_measures(
             :class:`~grokinterp.fourier.KeyFrequencies`, or ``None`` for
             ``key_frequencies(final checkpoint, method=key_freq_method)``.
         chunk: checkpoints per vectorised forward (default: sized to keep the working memory
-            near 768 MiB, e.g. 4 for the paper's p = 113 model).
+            near 768 MiB, e.g. 4 for the paper's p = 113 model). A grid too large for one checkpoint
+            (a large group: S6 has 720³ logits) is computed in blocks of rows (:func:`auto_rows`).
         device: where to compute (``"cpu"``, ``"cuda"``); results come back to the CPU.
         epochs: checkpoint epochs to measure (default: all of ``run.epochs``).
-        key_freq_method: rule for the default key frequencies (``W_L``, ``W_E`` or ``neurons``).
+        key_freq_method: rule for the default key frequencies (``W_L``, ``W_E`` or ``neurons``; key irreps
+            also ``logits``); default ``W_L``, or ``logits`` for a non-cyclic group
+            (:func:`~grokinterp.analysis.keyfreqs.default_key_method`).
         measures: which registered measures (names or :class:`Measure` objects) to compute
             (default: all of :data:`~grokinterp.analysis.measures.MEASURES`, in registration order).
+        rows: rows of the grid per forward (default: :func:`auto_rows`, all of them when one checkpoint's
+            grid fits the memory budget); the results do not depend on it.
 
     Returns:
         DataFrame with ``epoch`` (int64) and the columns of the measures (float64; by default
@@ -170,6 +182,10 @@ def progress_measures(
     cfg = run.config.model
     if cfg.n_layers != 1:
         raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")
+    if rows is None:
+        rows = auto_rows(cfg, device)
+    elif not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
+        raise AnalysisError(f"rows: must be a positive integer, got {rows!r}")
     if chunk is None:
         chunk = auto_chunk(cfg, device)
     if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
@@ -184,17 +200,18 @@ def progress_measures(
     columns = [c for m in chosen for c in m.columns]
     if len(set(columns)) != len(columns):
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
-    rows: dict[str, list] = {c: [] for c in columns}
+    table: dict[str, list] = {c: [] for c in columns}
     for part, params in run.iter_chunks(int(chunk), epochs=eps):
-        ctx = ChunkContext(part, {k: v.to(dev) for k, v in params.items()}, cfg, keys, arrays, dev)
+        ctx = ChunkContext(part, {k: v.to(dev) for k, v in params.items()}, cfg, keys, arrays, dev, rows)
         with torch.no_grad():
             for m in chosen:
                 out = m.compute(ctx)
                 for c in m.columns:
                     v = out.get(c)
-                    rows[c].append(np.full(ctx.n, np.nan) if v is None else
+                    table[c].append(np.full(ctx.n, np.nan) if v is None else
                                    torch.as_tensor(v).double().reshape(ctx.n).cpu().numpy())
         del ctx
     definitions = {c: m.definitions.get(c, "") for m in chosen for c in m.columns}
-    return measures_frame(rows, keys, eps, f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints)", p,
-                          definitions, structure)
+    impl = f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints" + \
+        (f", blocks of {rows} rows of the grid)" if rows is not None and rows < p else ")")
+    return measures_frame(table, keys, eps, impl, p, definitions, structure)

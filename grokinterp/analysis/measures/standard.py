@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ..fourier import embed_fourier_norms, gini, neuron_logit_fourier_norms
 from ..groups import embed_irrep_norms, neuron_logit_irrep_norms
-from ..losses import excluded_nll, restricted_nll
+from ..losses import restricted_nll
 from .base import ChunkContext, Measure, register_measure
 
 __all__ = ["Losses", "Restricted", "Excluded", "FourierGini", "WeightNorm"]
@@ -73,12 +73,7 @@ class Excluded(Measure):
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
-        if ctx.filters is None:
-            return {"excluded_loss": None}
-        _, K = ctx.filters
-        a = ctx.arrays
-        trn = a.train_block
-        return {"excluded_loss": excluded_nll(ctx.logits, K, trn, a.labels[trn], a.structure.coords)}
+        return {"excluded_loss": ctx.excluded_nll}
 
 
 class FourierGini(Measure):
