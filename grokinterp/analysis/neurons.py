@@ -47,6 +47,7 @@ __all__ = [
     "NeuronFourier",
     "neuron_fourier",
     "check_neurons",
+    "clusters_from_fve",
 ]
 
 #: FVE above which a neuron counts as explained by one frequency (paper: 0.85).
@@ -252,8 +253,13 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     if acts.ndim != 3:
         raise AnalysisError(f"neuron_fourier takes one model ([a, b, d_mlp] activations), got shape "
                             f"{list(acts.shape)}; use neuron_fve for a stack of checkpoints")
-    p = acts.shape[0]
     fve = neuron_fve(acts) if structure is None else neuron_irrep_fve(acts, structure)
+    return clusters_from_fve(fve, acts.shape[0], threshold, names=() if structure is None else structure.basis.names)
+
+
+def clusters_from_fve(fve: Tensor, p: int, threshold: float = DEFAULT_THRESHOLD,
+                      names: tuple[str, ...] = ()) -> NeuronFourier:
+    """:class:`NeuronFourier` from per-neuron FVEs ``[d_mlp, n_freq + 1]`` (or ``[d_mlp, n_irreps]`` with ``names``)."""
     dom_fve, dom = fve[:, 1:].max(-1)
     dom = torch.where(dom_fve > 1e-9, dom + 1, 0)  # no single-frequency variance: 0
     explained = dom_fve > threshold
@@ -268,5 +274,4 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     sizes["fraction"] = sizes["n_neurons"] / d_mlp
     return NeuronFourier(fve=fve, dominant_freq=dom, dominant_fve=dom_fve, threshold=float(threshold),
                          clusters=clusters, cluster_sizes=sizes,
-                         explained_fraction=float(explained.double().mean()), p=p,
-                         names=() if structure is None else structure.basis.names)
+                         explained_fraction=float(explained.double().mean()), p=int(p), names=tuple(names))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AnalysisError, RunError
-from ..model.grid import grid_forward
+from ..model.grid import GRID_BUDGET, grid_forward, grid_rows
 from ..tasks import CyclicSum, DiscreteLog
 from .ablations import COLUMNS as ABLATION_COLUMNS
 from .ablations import ablation_table
@@ -40,12 +40,14 @@ from .groups import (
     embed_irrep_norms,
     logit_character_fit,
     logit_irrep_norms_2d,
+    model_character_fit,
+    neuron_irrep_fve,
     neuron_logit_irrep_norms,
     task_structure,
 )
 from .logits import logit_cos_fit, logit_fourier_norms_2d
 from .measures import progress_measures
-from .neurons import neuron_fourier
+from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
 
 __all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis"]
@@ -100,6 +102,8 @@ class RunAnalysis:
     component_keys: Tensor | None = None  # [components] the frequency / irrep of each component
     key_names_all: tuple[str, ...] = ()  # name of every frequency / irrep (index k)
     outside_block: dict[str, Any] | None = None  # mul / div mod p: the row and column of 0
+    acts_neurons: tuple[int, ...] | None = None  # large grids: the neurons `acts` holds (else all of them)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
 
     @property
     def noun(self) -> str:
@@ -156,9 +160,21 @@ class RunAnalysis:
             "logit_fve_key_freqs": f(float(fit.fve_key)) if fit is not None and fit.fve_key is not None else None,
             "logit_fit_terms": _fit_terms(ts),
             "outside_block": self.outside_block,
+            "neurons_fve_key": _fve_key(nf, self.key_freqs),
+            "notes": list(self.notes),
             "ablation_loss": {k: {c: f(float(v)) for c, v in row.items()} for k, row in abl.iterrows()},
             "extras": {k: v for k, v in self.extras.items() if _json_ready(v)},
         }
+
+
+def _fve_key(nf, keys) -> float | None:
+    """Mean over the neurons that vary of the fraction of their variance in the key terms (all key
+    frequencies / irreps together: their single-frequency terms are orthogonal, so the FVEs add up)."""
+    if not keys:
+        return None
+    fve = nf.fve[:, list(keys)].sum(-1)
+    live = nf.fve[:, 1:].sum(-1) > 0
+    return float(fve[live].mean()) if bool(live.any()) else None
 
 
 def _fit_terms(ts) -> str | None:
@@ -215,6 +231,9 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     cfg = run.config.model
     ts = task_structure(run.task)
     grp = None if ts is None or isinstance(ts.structure, CyclicSum) else ts  # a + b: the paper's own analyses
+    rows = grid_rows(cfg)
+    if grp is not None and rows is not None:
+        return _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, grp, rows)
     with torch.no_grad():
         out = grid_forward(params, cfg, return_post=True, return_pattern=True)
     nf = neuron_fourier(out.post, structure=grp)
@@ -251,9 +270,67 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
         structure=ts, key_names=tuple(measures.attrs.get("key_irreps", ())), component_labels=tuple(labels),
         component_keys=comp_keys, key_names_all=tuple(all_names), outside_block=_outside_block(run, ts, out.logits),
     )
+    return _finish(analysis)
+
+
+def _finish(analysis: RunAnalysis) -> RunAnalysis:
     for name, fn in RUN_ANALYSES.items():
         analysis.extras[name] = fn(analysis)
     return analysis
+
+
+def _post_params(params: dict[str, Tensor], neurons) -> tuple[dict[str, Tensor], int]:
+    """Parameters whose MLP keeps only ``neurons`` and whose unembedding one column: a forward of them gives
+    those neurons' activations without the ``|G|³`` logits."""
+    P = dict(params)
+    P["blocks.0.mlp.W_in"] = params["blocks.0.mlp.W_in"][..., neurons]
+    P["blocks.0.mlp.b_in"] = params["blocks.0.mlp.b_in"][..., neurons]
+    P["blocks.0.mlp.W_out"] = params["blocks.0.mlp.W_out"][..., neurons, :]
+    P["unembed.W_U"] = params["unembed.W_U"][..., :1]
+    return P, len(neurons) if not isinstance(neurons, slice) else P["blocks.0.mlp.b_in"].shape[-1]
+
+
+def _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, ts, rows) -> RunAnalysis:
+    """:func:`analyze_run` for a grid too large to hold (a large group): the final model's pieces are streamed.
+
+    The character fit streams blocks of rows; neurons are clustered a few at a time (a forward of the
+    neurons alone); the attention pattern is gathered over blocks of rows; the 2-D logit spectrum and the
+    ablations (each a forward of the whole grid) are left out and said so in ``extras["notes"]``."""
+    import dataclasses
+
+    n, dm = cfg.p, cfg.d_mlp
+    per = int(max(1, min(dm, GRID_BUDGET // (40 * n * n))))  # neurons per forward: post + float64 transforms
+    fves = []
+    with torch.no_grad():
+        for i in range(0, dm, per):
+            P, k = _post_params(params, slice(i, min(i + per, dm)))
+            post = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+            fves.append(neuron_irrep_fve(post, ts))
+            del post
+        nf = clusters_from_fve(torch.cat(fves, 0), n, names=ts.basis.names)
+        sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False)
+        chosen = [int(nf.clusters[int(f)][0]) for f in sizes["freq"][:4]] or list(range(min(4, dm)))
+        P, k = _post_params(params, torch.tensor(chosen))
+        acts = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+        pattern = torch.cat([grid_forward(params, cfg, rows=(a0, min(a0 + rows, n)), return_pattern=True).pattern
+                             for a0 in range(0, n, rows)], 0)
+    fit = model_character_fit(params, cfg, ts, keys if keys else None, rows=rows)
+    W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]
+    B = ts.basis
+    names = tuple(nm if not ts.cyclic else (str(i) if i else "const") for i, nm in enumerate(B.names))
+    analysis = RunAnalysis(
+        run=run, epochs=epochs, measures=measures, phases=phases, circuit=circuit, key_freqs=keys, key_rule=rule,
+        embed_norms_over_time=embed_irrep_norms(run.stack("embed.W_E", epochs), ts),
+        embed_norms=embed_irrep_norms(params["embed.W_E"], ts, per="component"),
+        W_L_norms=neuron_logit_irrep_norms(W_L, ts, per="component"),
+        neurons=nf, acts=acts, pattern=pattern, logit_fit=fit, logit_norms_2d=None,
+        ablations=pd.DataFrame(columns=list(ABLATION_COLUMNS)), structure=ts,
+        key_names=tuple(measures.attrs.get("key_irreps", ())), component_labels=tuple(B.labels),
+        component_keys=B.irrep_of_row, key_names_all=names, outside_block=None, acts_neurons=tuple(chosen),
+    )
+    analysis.notes.append(f"large grid ({n}² inputs, {n}³ logits per checkpoint): streamed in blocks of {rows} rows; "
+                          f"the 2-D logit spectrum and the ablations (each a forward of the whole grid) are left out")
+    return _finish(analysis)
 
 
 def _json_ready(x: Any) -> bool:

@@ -116,10 +116,14 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     tag = (lambda n: nf.names[int(nf.dominant_freq[n])]) if nf.names else (lambda n: f"freq {int(nf.dominant_freq[n])}")
     pattern = "periodic in a + b" if ts is not None and ts.structure.word == "a + b" else \
         "over the tokens in their natural order"
+    held = analysis.acts_neurons
+    if held is not None:  # a large grid: only some neurons' activations were kept
+        chosen = [n for n in chosen if n in held] or list(held)
     figs += [
         ("Neuron activations", f"Final-position activations of neurons from the largest {kind} clusters over "
          f"all inputs (a, b), {pattern}.",
-         P.neuron_activations(analysis.acts, chosen, titles=[f"neuron {n} ({tag(n)})" for n in chosen])),
+         P.neuron_activations(analysis.acts, chosen if held is None else [held.index(n) for n in chosen],
+                              titles=[f"neuron {n} ({tag(n)})" for n in chosen])),
         (f"Neuron {kind} clusters", f"Fraction of each neuron's variance explained by each {kind}"
          + (" (maps over the group structure's block in its coordinates)." if nf.names else "."),
          P.neuron_fve_heatmap(nf)),
@@ -127,11 +131,12 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
          P.cluster_sizes(nf)),
         ("Attention", "Attention paid by the '=' position to the token a, per head, over all inputs.",
          P.attention_to_a(analysis.pattern, key_pos=0)),
-        (f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
-         + (f"{where}: the spectrum is concentrated on the key {kind}s." if ts is not None else
-            " over the tokens (the task declares no group structure)."),
-         P.logit_fourier_norms(analysis.logit_norms_2d, labels)),
     ]
+    if analysis.logit_norms_2d is not None:
+        figs.append((f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
+                     + (f"{where}: the spectrum is concentrated on the key {kind}s." if ts is not None else
+                        " over the tokens (the task declares no group structure)."),
+                     P.logit_fourier_norms(analysis.logit_norms_2d, labels)))
     if len(analysis.ablations):
         figs.append(("Circuit ablations", "Loss after removing or keeping parts of the circuit (final checkpoint).",
                      P.ablation_bars(analysis.ablations)))
@@ -215,6 +220,10 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
         numbers.append(("pairs outside the group structure (a = 0 or b = 0): train / test accuracy",
                         f"{_pct(ob['train']['acc'])} / {_pct(ob['test']['acc'])} "
                         f"({ob['train']['n']} / {ob['test']['n']} pairs; loss {_fmt(ob['all']['loss'])})"))
+    if h["neurons_fve_key"] is not None:
+        numbers.append((f"neuron variance explained by the key {noun} (mean over neurons)",
+                        f"{h['neurons_fve_key']:.1%}"))
+    numbers += [("note", note) for note in h["notes"]]
     numbers += [(name.replace("_", " "), v if isinstance(v, (int, float, str)) else json.dumps(v))
                 for name, v in h["extras"].items()]
     rules = [(k.replace("_", " "), v) for k, v in h["phase_rules"].items()]
