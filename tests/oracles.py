@@ -88,6 +88,38 @@ def _brute_block_basis(ts, keys: Sequence[int], include_mean: bool) -> Tensor:
     return Q[:, R.diagonal().abs() > 1e-9]
 
 
+def _ce(L: Tensor, labels: Tensor, idx: Tensor, rows_of: Tensor | None = None) -> float:
+    """Mean cross-entropy of the pairs ``idx`` (their logits at ``rows_of`` of ``L`` when given)."""
+    logp = torch.log_softmax(L[idx if rows_of is None else rows_of], dim=-1)
+    return float(-logp[torch.arange(len(idx), device=L.device), labels[idx]].mean())
+
+
+def _setup(run, key_freqs, epochs, key_freq_method, device):
+    """Epochs, key frequencies, device and the task arrays (labels, train, test, valid) on it."""
+    dev = torch.device(device)
+    return (select_epochs(run, epochs), resolve_key_frequencies(run, key_freqs, key_freq_method), dev,
+            tuple(t.to(dev) for t in run_task_arrays(run)))
+
+
+def _forward(run, epoch, tokens: Tensor, dev):
+    """The hooked model at ``epoch`` and its final-position logits on every grid token sequence."""
+    model = run.model(int(epoch), device=dev)
+    with torch.no_grad():
+        return model, model(tokens)[:, -1]  # [p², c]
+
+
+def _plain_columns(model, L32: Tensor, labels: Tensor, trn: Tensor, tst: Tensor, valid: Tensor) -> dict[str, float]:
+    """The columns that do not depend on the structure: losses, accuracies, weight norm."""
+    L = L32.double()
+    return {
+        "train_loss": _ce(L, labels, trn), "test_loss": _ce(L, labels, tst) if len(tst) else np.nan,
+        "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
+        "test_acc": float((L32[tst].argmax(-1) == labels[tst]).double().mean()) if len(tst) else np.nan,
+        "all_loss": _ce(L, labels, valid),
+        "sum_sq_weights": float(sum(t.detach().double().pow(2).sum() for t in model.parameters())),
+    }
+
+
 def _brute_gini(x: np.ndarray) -> float:
     xs = np.sort(np.abs(x))
     n = len(xs)
@@ -122,40 +154,25 @@ def progress_measures_reference(
     if ts is not None and type(ts.structure).__name__ != "CyclicSum":
         return _reference_structured(run, ts, key_freqs, epochs=epochs, key_freq_method=key_freq_method,
                                      device=device)
-    cfg = run.config.model
-    p = cfg.p
-    eps = select_epochs(run, epochs)
-    keys = resolve_key_frequencies(run, key_freqs, key_freq_method)
-    dev = torch.device(device)
-    labels, trn, tst, valid = (t.to(dev) for t in run_task_arrays(run))
+    p = run.config.model.p
+    eps, keys, dev, (labels, trn, tst, valid) = _setup(run, key_freqs, epochs, key_freq_method, device)
     B_all = _brute_sum_basis(p, keys.freqs, include_mean=True).to(dev)
     B_key = _brute_sum_basis(p, keys.freqs, include_mean=False).to(dev)
     tokens = grid_tokens(p).to(dev)
     rows: dict[str, list] = {c: [] for c in MEASURE_COLUMNS[1:]}
-
-    def ce(L: Tensor, idx: Tensor) -> float:
-        logp = torch.log_softmax(L[idx], dim=-1)
-        return float(-logp[torch.arange(len(idx), device=dev), labels[idx]].mean())
-
     for e in eps:
-        model = run.model(int(e), device=dev)
-        with torch.no_grad():
-            L32 = model(tokens)[:, -1]  # [p², c]
+        model, L32 = _forward(run, e, tokens, dev)
         L = L32.double()
         restricted = B_all @ (B_all.T @ L)
         excluded = L - B_key @ (B_key.T @ L)
         W_E = model.embed.W_E.detach()[:p].cpu()
         W_L = (model.blocks[0].mlp.W_out @ model.unembed.W_U).detach().cpu()  # [d_mlp, c]
         vals = {
-            "train_loss": ce(L, trn), "test_loss": ce(L, tst) if len(tst) else np.nan,
-            "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
-            "test_acc": float((L32[tst].argmax(-1) == labels[tst]).double().mean()) if len(tst) else np.nan,
-            "all_loss": ce(L, valid), "restricted_loss": ce(restricted, valid),
+            **_plain_columns(model, L32, labels, trn, tst, valid), "restricted_loss": _ce(restricted, labels, valid),
             "restricted_acc": float((restricted[valid].argmax(-1) == labels[valid]).double().mean()),
-            "excluded_loss": ce(excluded, trn),
+            "excluded_loss": _ce(excluded, labels, trn),
             "gini_W_E": _brute_gini(_brute_freq_norms(W_E, p)),
             "gini_W_L": _brute_gini(_brute_freq_norms(W_L.T, p)),
-            "sum_sq_weights": float(sum(t.detach().double().pow(2).sum() for t in model.parameters())),
         }
         for c, v in vals.items():
             rows[c].append(np.array([v], dtype=np.float64))
@@ -163,12 +180,8 @@ def progress_measures_reference(
 
 
 def _reference_structured(run, ts, key_freqs, *, epochs, key_freq_method, device) -> pd.DataFrame:
-    cfg = run.config.model
-    n = cfg.p
-    eps = select_epochs(run, epochs)
-    keys = resolve_key_frequencies(run, key_freqs, key_freq_method)
-    dev = torch.device(device)
-    labels, trn, tst, valid = (t.to(dev) for t in run_task_arrays(run))
+    n = run.config.model.p
+    eps, keys, dev, (labels, trn, tst, valid) = _setup(run, key_freqs, epochs, key_freq_method, device)
     blk = ts.block.to(dev)
     B_all = _brute_block_basis(ts, keys.freqs, include_mean=True).to(dev)
     B_key = _brute_block_basis(ts, keys.freqs, include_mean=False).to(dev)
@@ -179,33 +192,20 @@ def _reference_structured(run, ts, key_freqs, *, epochs, key_freq_method, device
     tokens = grid_tokens(n).to(dev)
     e_tok = ts.element_token.to(dev)
     rows: dict[str, list] = {c: [] for c in MEASURE_COLUMNS[1:]}
-
-    def ce(L: Tensor, idx: Tensor, rows_of: Tensor | None = None) -> float:
-        X = L[idx if rows_of is None else rows_of]
-        logp = torch.log_softmax(X, dim=-1)
-        return float(-logp[torch.arange(len(idx), device=dev), labels[idx]].mean())
-
     for e in eps:
-        model = run.model(int(e), device=dev)
-        with torch.no_grad():
-            L32 = model(tokens)[:, -1]  # [n², c]
-        L = L32.double()
-        Lb = L[blk]
+        model, L32 = _forward(run, e, tokens, dev)
+        Lb = L32.double()[blk]
         restricted = B_all @ (B_all.T @ Lb)  # [block, c]
         excluded = Lb - B_key @ (B_key.T @ Lb)
         W_E = model.embed.W_E.detach()[e_tok].cpu()
         W_L = (model.blocks[0].mlp.W_out @ model.unembed.W_U).detach()[:, e_tok].cpu()
         vals = {
-            "train_loss": ce(L, trn), "test_loss": ce(L, tst) if len(tst) else np.nan,
-            "train_acc": float((L32[trn].argmax(-1) == labels[trn]).double().mean()),
-            "test_acc": float((L32[tst].argmax(-1) == labels[tst]).double().mean()) if len(tst) else np.nan,
-            "all_loss": ce(L, valid),
-            "restricted_loss": ce(restricted, v_blk, pos[v_blk]),
+            **_plain_columns(model, L32, labels, trn, tst, valid),
+            "restricted_loss": _ce(restricted, labels, v_blk, pos[v_blk]),
             "restricted_acc": float((restricted[pos[v_blk]].argmax(-1) == labels[v_blk]).double().mean()),
-            "excluded_loss": ce(excluded, t_blk, pos[t_blk]),
+            "excluded_loss": _ce(excluded, labels, t_blk, pos[t_blk]),
             "gini_W_E": _brute_gini(_brute_irrep_norms(W_E, ts)),
             "gini_W_L": _brute_gini(_brute_irrep_norms(W_L.T, ts)),
-            "sum_sq_weights": float(sum(t.detach().double().pow(2).sum() for t in model.parameters())),
         }
         for c, v in vals.items():
             rows[c].append(np.array([v], dtype=np.float64))

@@ -16,6 +16,7 @@ from grokinterp.analysis.keyfreqs import resolve_key_frequencies
 from grokinterp.analysis.measures import progress_measures
 from grokinterp.analysis.phases import circuit_formation_epoch
 from grokinterp.errors import AnalysisError
+from grokinterp.viz.report import render_report
 
 SHORT = dict(d_model=16, n_heads=2, d_mlp=32, epochs=12, every=4, log_early=0, flush_every=2, eval_every=4)
 
@@ -85,9 +86,11 @@ def test_a_task_without_structure_reports_undefined(tmp_path_factory, tmp_path):
     assert "declares no group structure" in path.read_text()
 
 
-def test_discrete_log_run_reports_the_zero_row_and_column(tmp_path_factory):
+def test_discrete_log_run_reports_the_zero_row_and_column(tmp_path_factory, tmp_path):
     run = _short(tmp_path_factory, "mul", operation="mul", p=11, epochs=40, every=10)
     h = g.analyze_run(run).headline()
+    html = g.write_report(run, tmp_path / "mul.html").read_text()
+    assert "discrete logarithms base 2" in html and "a = 0 or b = 0" in html
     s = run.task.structure
     assert h["generator"] == s.generator == 2 and h["group"] == "C10"
     ob = h["outside_block"]
@@ -110,6 +113,8 @@ def test_large_grids_are_streamed_and_agree(tmp_path_factory, monkeypatch):
     assert torch.allclose(big.pattern, whole.pattern) and big.acts.shape[-1] == len(big.acts_neurons)
     assert torch.allclose(big.acts, whole.acts[..., list(big.acts_neurons)], atol=1e-5)
     assert big.headline()["key_frequencies"] == whole.headline()["key_frequencies"]
+    html = g.write_report(run, tmp_path_factory.mktemp("report") / "s4.html").read_text()
+    assert "streamed in blocks of 5 rows" in html and "Neuron irrep clusters" in html
 
 
 # -- trained runs ------------------------------------------------------------------------------------
@@ -135,6 +140,8 @@ def test_trained_group_run_finds_key_irreps(tmp_path_factory):
     run = g.train(g.make_config("tiny", **S4_RECIPE), tmp_path_factory.mktemp("runs") / "s4", progress=False)
     analysis = g.analyze_run(run, max_checkpoints=150)
     h = analysis.headline()
+    html = render_report(analysis)
+    assert "key irreps" in html and "[3,1] standard" in html
     assert h["key_kind"] == "irrep" and h["group"] == "S4"
     assert "[3,1] standard" in h["key_irreps"]  # the faithful 3-dimensional irrep carries the circuit
     _check_lead(analysis, 0.3)

@@ -188,14 +188,20 @@ def neuron_key_frequencies(model_or_params, min_fraction: float = 0.05,
     if not 0.0 < float(min_fraction) <= 1.0:
         raise AnalysisError(f"min_fraction: must lie in (0, 1], got {min_fraction!r}")
     nf = neuron_fourier(model_or_params, cfg, threshold)
-    scores = np.zeros(nf.fve.shape[1])
-    n_explained = int(nf.explained.sum())
-    for k, ids in nf.clusters.items():
-        scores[k] = len(ids) / n_explained
+    scores, n_explained = _cluster_scores(nf)
     freqs = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
     rule = (f"dominant frequency of ≥ {min_fraction:.0%} of the {n_explained} neurons with "
             f"FVE > {threshold:g} for one frequency")
     return KeyFrequencies(freqs, "neurons", scores, rule)
+
+
+def _cluster_scores(nf) -> tuple[np.ndarray, int]:
+    """Fraction of the well-explained neurons in each cluster (index k = frequency / irrep k)."""
+    scores = np.zeros(nf.fve.shape[1])
+    n_explained = int(nf.explained.sum())
+    for k, ids in nf.clusters.items():
+        scores[k] = len(ids) / n_explained
+    return scores, n_explained
 
 
 KeyFreqRule = Callable[..., KeyFrequencies]
@@ -363,10 +369,7 @@ def _irrep_norm_rule(method: str):
 
 def _irrep_neurons_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
     nf = neuron_fourier(model_or_params, cfg, structure=ts)
-    scores = np.zeros(nf.fve.shape[1])
-    n_explained = int(nf.explained.sum())
-    for k, ids in nf.clusters.items():
-        scores[k] = len(ids) / n_explained
+    scores, n_explained = _cluster_scores(nf)
     keys = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
     rule = (f"dominant {ts.noun} of ≥ {min_fraction:.0%} of the {n_explained} neurons with FVE > {nf.threshold:g} "
             f"for one {ts.noun} (maps over the block in {ts.group.name}'s coordinates)")

@@ -294,12 +294,11 @@ class GroupStructure(Structure):
         return f"{self.group.name} ({self.group.describe()}): label = {self.word}"
 
 
-@dataclass(frozen=True, eq=True)
-class CyclicSum(GroupStructure):
-    """The label is ``(a + b) mod n``: the cyclic group Z_n, analysed with its Fourier basis."""
+class _CyclicWord(GroupStructure):
+    """``a ± b mod n`` on the residues (the sign is the subclass's)."""
 
     n: int
-    word = "a + b"
+    sign = 1
     coordinates = "residues"
 
     @property
@@ -307,29 +306,27 @@ class CyclicSum(GroupStructure):
         return get_group("C", self.n) if self.n >= 3 else cyclic_group(self.n)
 
     def coordinate(self, a, b):
-        return (a + b) % self.n
+        return (a + self.sign * b) % self.n
 
     def describe(self) -> str:
-        return f"cyclic group Z_{self.n} (label = a + b mod {self.n})"
+        return f"cyclic group Z_{self.n} (label = {self.word} mod {self.n})"
 
 
 @dataclass(frozen=True, eq=True)
-class CyclicDifference(GroupStructure):
+class CyclicSum(_CyclicWord):
+    """The label is ``(a + b) mod n``: the cyclic group Z_n, analysed with its Fourier basis."""
+
+    n: int
+    word = "a + b"
+
+
+@dataclass(frozen=True, eq=True)
+class CyclicDifference(_CyclicWord):
     """The label is ``(a − b) mod n``: Z_n with the key terms ``cos(w(a − b − c))``."""
 
     n: int
     word = "a − b"
-    coordinates = "residues"
-
-    @property
-    def group(self) -> FiniteGroup:
-        return get_group("C", self.n)
-
-    def coordinate(self, a, b):
-        return (a - b) % self.n
-
-    def describe(self) -> str:
-        return f"cyclic group Z_{self.n} (label = a − b mod {self.n})"
+    sign = -1
 
 
 @dataclass(frozen=True, eq=True)
