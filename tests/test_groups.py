@@ -272,6 +272,12 @@ def test_planted_irreps_are_recovered(name, index):
     fit = logit_character_fit(L, ts)
     assert abs(float(fit.fve[index]) - 1) < 1e-10 and abs(float(fit.alpha[index]) - 3) < 1e-10
     assert float(fit.fve_total) == pytest.approx(1.0, abs=1e-10)
+    assert float(fit.fve_coordinate) == pytest.approx(1.0, abs=1e-10)  # a function of (s, c) alone
+    # any function of (s, c) is within fve_coordinate; random logits have about 1/|G| of it
+    F = torch.randn(m, ts.n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    assert float(logit_character_fit(F[s.clamp_min(0)], ts).fve_coordinate) == pytest.approx(1.0, abs=1e-10)
+    noise = torch.randn(ts.n, ts.n, ts.n, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    assert float(logit_character_fit(noise, ts).fve_coordinate) < 3 / m
 
 
 def test_untrained_group_model_has_no_key_irreps_by_the_norm_rules():

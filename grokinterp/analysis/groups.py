@@ -647,6 +647,9 @@ class CharacterFit:
         fve_total: ``[...]`` by all of them together.
         keys: the irreps asked for, or ``None``; ``fve_key``: by their terms together.
         names: irrep names.
+        fve_coordinate: ``[...]`` fraction of the centred logit variance that depends on ``(a, b)`` only
+            through the label coordinate ``s(a, b)`` (any function of ``(s, c)``): the most any fit in ``s``
+            can explain; characters of ``s · t(c)⁻¹`` are the part of it that is also translation-invariant.
     """
 
     alpha: Tensor
@@ -655,6 +658,7 @@ class CharacterFit:
     keys: tuple[int, ...] | None
     fve_key: Tensor | None
     names: tuple[str, ...]
+    fve_coordinate: Tensor | None = None
 
 
 def logit_character_fit(logits: Tensor, ts: TaskStructure, keys=None) -> CharacterFit:
@@ -681,7 +685,8 @@ def logit_character_fit(logits: Tensor, ts: TaskStructure, keys=None) -> Charact
     S, total = _character_sums(L, ts)
     fit = _character_fit(S, total, ts, keys)
     return CharacterFit(fit.alpha.reshape(*lead, -1), fit.fve.reshape(*lead, -1), fit.fve_total.reshape(lead),
-                        fit.keys, fit.fve_key.reshape(lead) if fit.fve_key is not None else None, fit.names)
+                        fit.keys, fit.fve_key.reshape(lead) if fit.fve_key is not None else None, fit.names,
+                        fit.fve_coordinate.reshape(lead))
 
 
 def _character_sums(L: Tensor, ts: TaskStructure, rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
@@ -713,7 +718,8 @@ def _character_fit(S: Tensor, total: Tensor, ts: TaskStructure, keys) -> Charact
     alpha[:, 0] = 0.0
     fve[:, 0] = 0.0
     fve_key = fve[:, list(key)].sum(-1) if key is not None else None
-    return CharacterFit(alpha, fve, fve.sum(-1), key, fve_key, ts.basis.names)
+    coordinate = S.pow(2).sum((1, 2)) / m / total.clamp_min(1e-300)  # ‖S[s, t] / m‖² summed over the m pairs of each s
+    return CharacterFit(alpha, fve, fve.sum(-1), key, fve_key, ts.basis.names, coordinate)
 
 
 def model_character_fit(params: dict[str, Tensor], cfg, ts: TaskStructure, keys=None,
@@ -736,7 +742,7 @@ def model_character_fit(params: dict[str, Tensor], cfg, ts: TaskStructure, keys=
     fit = _character_fit(S, total, ts, keys)
     if single:
         fit = CharacterFit(fit.alpha[0], fit.fve[0], fit.fve_total[0], fit.keys,
-                           fit.fve_key[0] if fit.fve_key is not None else None, fit.names)
+                           fit.fve_key[0] if fit.fve_key is not None else None, fit.names, fit.fve_coordinate[0])
     return fit
 
 

@@ -159,6 +159,8 @@ class RunAnalysis:
             "neurons_explained_fraction": float(nf.explained_fraction),
             "logit_fve_key_freqs": f(float(fit.fve_key)) if fit is not None and fit.fve_key is not None else None,
             "logit_fit_terms": _fit_terms(ts),
+            "logit_fve_label_coordinate": f(float(fit.fve_coordinate)) if getattr(fit, "fve_coordinate", None)
+            is not None else None,
             "outside_block": self.outside_block,
             "neurons_fve_key": _fve_key(nf, self.key_freqs),
             "notes": list(self.notes),

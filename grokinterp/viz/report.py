@@ -212,6 +212,8 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
         (f"logit variance explained by {fit_terms or 'key terms'}, key {noun}",
          f"{h['logit_fve_key_freqs']:.1%}" if h["logit_fve_key_freqs"] is not None else
          ("— (undefined: no group structure)" if h["structure"] is None else "—")),
+        ("logit variance that depends on (a, b) only through the label coordinate s",
+         f"{h['logit_fve_label_coordinate']:.1%}" if h["logit_fve_label_coordinate"] is not None else "—"),
         ("final train / test loss", f"{_fmt(h['final_train_loss'])} / {_fmt(h['final_test_loss'])}"),
         ("final test accuracy", f"{h['final_test_acc']:.2%}" if h["final_test_acc"] is not None else "—"),
     ]
