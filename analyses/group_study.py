@@ -33,7 +33,7 @@ from pathlib import Path
 #: One run per family: (operation, overrides of the preset). ``p`` only for operations mod p.
 FAMILIES = {
     "C59": dict(operation="C59", frac_train=0.4, epochs=4000),
-    "D30": dict(operation="D30", frac_train=0.5, epochs=5000),
+    "D30": dict(operation="D30", frac_train=0.7, epochs=4000),
     "mul59": dict(operation="mul", p=59, frac_train=0.4, epochs=4000),
     "S5": dict(operation="S5", frac_train=0.5, epochs=5000),
 }

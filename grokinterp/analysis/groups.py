@@ -401,8 +401,12 @@ class GroupBasis:
         out = []
         for k in keys:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not lo <= int(k) < self.n_irreps:
-                raise AnalysisError(f"irrep {k!r} is not in {lo}..{self.n_irreps - 1} ({self.group.name}: "
-                                    f"{', '.join(f'{i} = {n}' for i, n in enumerate(self.names))})")
+                if self.group.family == "C":
+                    raise AnalysisError(f"frequency {k!r} is not in {lo}..{self.n_irreps - 1} (frequencies of "
+                                        f"{self.group.name})")
+                listed = ", ".join(f"{i} = {n}" for i, n in enumerate(self.names[:12]))
+                more = ", ..." if self.n_irreps > 12 else ""
+                raise AnalysisError(f"irrep {k!r} is not in {lo}..{self.n_irreps - 1} ({self.group.name}: {listed}{more})")
             out.append(int(k))
         return sorted(set(out))
 
