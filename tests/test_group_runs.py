@@ -157,7 +157,7 @@ LEAD_RECIPES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op, seed", [("mul", 0), ("sub", 0)])
+@pytest.mark.parametrize("op, seed", [("mul", 0), ("mul", 1), ("sub", 0)])
 def test_trained_modular_runs_find_their_key_frequencies(tmp_path_factory, op, seed):
     cfg = g.make_config("tiny", **LEAD_RECIPES[op], split_seed=seed, init_seed=seed)
     run = g.train(cfg, tmp_path_factory.mktemp("runs") / op, progress=False)

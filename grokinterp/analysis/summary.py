@@ -180,11 +180,17 @@ def _fve_key(nf, keys) -> float | None:
 
 
 def _fit_terms(ts) -> str | None:
+    """The terms of the logit fit in words: cos(w(a+b−c)), cos(w(a−b−c)), cos(w(log a + log b − log c)), χ_ρ(...)."""
     if ts is None:
         return None
-    if isinstance(ts.structure, CyclicSum):
+    st = ts.structure
+    if isinstance(st, CyclicSum):
         return "cos(w(a+b−c))"
-    return f"χ_ρ(s·t(c)⁻¹), s = {ts.structure.word}" + (f" ({ts.structure.coordinates})" if ts.cyclic else "")
+    if isinstance(st, DiscreteLog):
+        return f"cos(w({st.word} − log c)) on Z_{ts.m}"
+    if st.word == "a − b":
+        return "cos(w(a − b − c))"
+    return f"χ_ρ(s·c⁻¹), s = {st.word}"
 
 
 def _outside_block(run, ts, logits: Tensor) -> dict[str, Any] | None:

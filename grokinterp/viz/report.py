@@ -173,7 +173,7 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     c = run.config
     title = f"grokinterp report — {run.task.describe()} ({run.path.name})"
     lead = h["lead_time_epochs"]
-    kind = "irrep" if h["key_kind"] == "irrep" else "key-frequency"
+    kind = "key-irrep" if h["key_kind"] == "irrep" else "key-frequency"
     if h["circuit_formed_epoch"] is not None and h["test_acc_99_epoch"] is not None:
         headline = (f"The generalizing circuit formed at epoch <b>{h['circuit_formed_epoch']}</b> "
                     f"(the {kind} circuit alone classifies 99 % of all pairs), test accuracy passed 99 % at epoch "
