@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AnalysisError
+from ..model.grid import grid_forward
 from ..tasks.algebra import FiniteGroup, GroupStructure, get_group
 
 __all__ = ["Irrep", "RealIrrep", "irreps", "real_irreps", "GroupBasis", "group_basis", "partitions",
@@ -730,8 +731,6 @@ def model_character_fit(params: dict[str, Tensor], cfg, ts: TaskStructure, keys=
                         rows: int | None = None) -> CharacterFit:
     """:func:`logit_character_fit` of a model (one checkpoint or a stack), streaming the grid in blocks of
     ``rows`` rows (default: all at once) so that a large group's ``|G|³`` logits are never held whole."""
-    from ..model.grid import grid_forward
-
     n = ts.n
     rows = n if rows is None else int(rows)
     single = params["embed.W_E"].ndim == 2
