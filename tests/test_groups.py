@@ -286,6 +286,8 @@ def test_untrained_group_model_has_no_key_irreps_by_the_norm_rules():
     assert key_irreps(model, ts, method="W_L").freqs == ()
     assert key_irreps(model, ts, method="W_E").freqs == ()
     assert key_irreps(model, ts, method="logits").freqs == ()  # no character explains 5 % of random logits
+    assert key_irreps(model, ts, method="neurons").freqs == ()  # no neuron is explained by one irrep
+    assert key_irreps(model, ts).freqs == () and key_irreps(model, ts).method == "circuit"
 
 
 def test_model_character_fit_streams_rows():

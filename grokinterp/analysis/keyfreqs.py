@@ -241,7 +241,7 @@ class ResolvedKeys:
 def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> ResolvedKeys:
     """The key frequencies (key irreps) a run-level analysis holds fixed across checkpoints.
 
-    ``None``: the rule ``method`` (default :func:`default_key_method`: ``W_L``, or ``logits`` for a
+    ``None``: the rule ``method`` (default :func:`default_key_method`: ``W_L``, or ``circuit`` for a
     non-cyclic group) on the run's final checkpoint; a :class:`KeyFrequencies`: as
     given, with its rule; a sequence of ints: "given by the caller". Every frequency is checked
     against the run's ``p`` (every irrep index against the task's group). A task without a group
@@ -285,11 +285,12 @@ SHARE_CAP = 0.5
 def default_key_method(ts) -> str:
     """The rule run-level analyses use by default: ``W_L`` for a cyclic structure (``a + b``, ``a − b``,
     ``a·b`` mod p, ``C_n``: every irrep but the Nyquist one has two basis functions, so the norm shares
-    compare like with like) and ``logits`` for other groups, whose irreps differ in size (S5's
-    6-dimensional irrep holds 30 % of a flat W_L spectrum, its sign irrep 0.8 %): there Chughtai et al.'s
-    logit attribution separates used from unused irreps where norm shares cannot."""
+    compare like with like) and ``circuit`` for other groups, whose irreps differ in size (S5's
+    6-dimensional irrep holds 30 % of a flat W_L spectrum, its sign irrep 0.8 %), so that norm shares
+    cannot separate used from unused irreps: there an irrep is key when the neurons compute with it (a
+    cluster) or the logits read it out (a character term, Chughtai et al.'s logit attribution)."""
     ts = structure_of(ts) if ts is not None else None
-    return "W_L" if ts is None or ts.cyclic else "logits"
+    return "W_L" if ts is None or ts.cyclic else "circuit"
 
 
 def key_irreps(model_or_params, ts, method: str | None = None, min_fraction: float = 0.05,
@@ -308,6 +309,7 @@ def key_irreps(model_or_params, ts, method: str | None = None, min_fraction: flo
             ``"neurons"``: dominant irreps of ≥ ``min_fraction`` of the neurons with FVE > 0.85.
             ``"logits"``: irreps whose character term ``χ_ρ(s(a,b)·t(c)⁻¹)`` alone explains at least
             ``min_fraction`` of the centred logit variance on the block (Chughtai et al.'s logit attribution).
+            ``"circuit"`` (default for non-cyclic groups): the union of ``neurons`` and ``logits``.
         min_fraction: the rule's threshold, in ``(0, 1]``.
         cfg: the model config (for a parameter dict of a GELU model).
 
@@ -389,6 +391,16 @@ def _irrep_logits_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFreq
     return KeyFrequencies(keys, "logits", scores, rule)
 
 
+def _irrep_circuit_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    neurons = _irrep_neurons_rule(model_or_params, min_fraction, ts, cfg)
+    logits = _irrep_logits_rule(model_or_params, min_fraction, ts, cfg)
+    keys = tuple(sorted(set(neurons.freqs) | set(logits.freqs)))
+    rule = (f"{ts.noun}s of {ts.group.name} the circuit computes with: a neuron cluster of ≥ {min_fraction:.0%} of the "
+            f"neurons explained by one {ts.noun} (FVE > {DEFAULT_THRESHOLD:g}) or a character term χ(s(a,b)·t(c)⁻¹) "
+            f"explaining ≥ {min_fraction:.0%} of the centred logit variance on the block (score: the larger share)")
+    return KeyFrequencies(keys, "circuit", np.maximum(neurons.scores, logits.scores), rule)
+
+
 KeyIrrepRule = Callable[..., KeyFrequencies]
 
 #: Key-irrep rules by name: ``rule(model_or_params, min_fraction, ts, cfg) -> KeyFrequencies``.
@@ -397,6 +409,7 @@ KEY_IRREP_RULES: dict[str, KeyIrrepRule] = {
     "W_E": _irrep_norm_rule("W_E"),
     "neurons": _irrep_neurons_rule,
     "logits": _irrep_logits_rule,
+    "circuit": _irrep_circuit_rule,
 }
 
 

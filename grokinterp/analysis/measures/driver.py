@@ -156,7 +156,7 @@ def progress_measures(
         device: where to compute (``"cpu"``, ``"cuda"``); results come back to the CPU.
         epochs: checkpoint epochs to measure (default: all of ``run.epochs``).
         key_freq_method: rule for the default key frequencies (``W_L``, ``W_E`` or ``neurons``; key irreps
-            also ``logits``); default ``W_L``, or ``logits`` for a non-cyclic group
+            also ``logits``, ``circuit``); default ``W_L``, or ``circuit`` for a non-cyclic group
             (:func:`~grokinterp.analysis.keyfreqs.default_key_method`).
         measures: which registered measures (names or :class:`Measure` objects) to compute
             (default: all of :data:`~grokinterp.analysis.measures.MEASURES`, in registration order).
