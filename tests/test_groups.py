@@ -146,9 +146,8 @@ def _cycles(p):
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["S6", "A6"])
-def test_irreps_of_the_largest_groups(name):
+def test_irreps_of_the_largest_groups(name):  # a few seconds: every pair of 720² row by row
     G = _group(name)
     irs = irreps(G)
     for ir in irs:
