@@ -39,6 +39,20 @@ FAMILIES = {
 }
 
 
+#: How often each S5 irrep was key in Chughtai et al.'s own runs, read from the ``key_reps.txt`` files of
+#: their repository (github.com/bilal-chughtai/rep-theory-mech-interp, ``rep_theory/batch_experiments``;
+#: their rule: cosine similarity > 0.005 between the centred logits and ``tr ρ(x)ρ(y)ρ(z⁻¹)``). Their
+#: ``s5_5d_b`` is the [3,2] Specht module (so noted in their code), ``s5_5d_a`` the other 5-dim one, [2,2,1].
+CHUGHTAI_S5 = {
+    "one-layer MLP (embed 256, hidden 128), 40 % of pairs, 250k epochs, 50 seeds": {
+        "[4,1] standard": 49, "[3,2]": 10, "[3,1,1]": 0, "[2,2,1]": 18, "[2,1,1,1] standard⊗sign": 17,
+        "[1,1,1,1,1] sign": 49, "n_seeds": 50},
+    "one-layer transformer (d_model 256), 60 % of pairs, 50k epochs, 4 seeds": {
+        "[4,1] standard": 2, "[3,2]": 0, "[3,1,1]": 0, "[2,2,1]": 0, "[2,1,1,1] standard⊗sign": 2,
+        "[1,1,1,1,1] sign": 4, "n_seeds": 4},
+}
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x]
 
@@ -80,9 +94,11 @@ def study_row(name: str, seed: int, run, analysis, seconds: float) -> dict:
     keys = h["key_irreps"] if h["key_kind"] == "irrep" else h["key_frequencies"]
     return {
         "run": name, "seed": seed, "task": h["task"], "group": h["group"], "structure": h["structure"],
-        "frac_train": h["frac_train"], "epochs": h["epochs_trained"], "train_seconds": round(seconds, 1),
+        "frac_train": h["frac_train"], "epochs": h["epochs_trained"],
+        "train_seconds": round(seconds, 1) if seconds else None,  # None: the run was reused
         "key_kind": h["key_kind"], "keys": keys, "key_indices": h["key_frequencies"], "key_rule": h["key_frequency_rule"],
         "logit_fve_key": h["logit_fve_key_freqs"], "logit_fit_terms": h["logit_fit_terms"],
+        "logit_fve_label_coordinate": h["logit_fve_label_coordinate"],
         "circuit_formed_epoch": h["circuit_formed_epoch"], "test_acc_99_epoch": h["test_acc_99_epoch"],
         "lead_time_epochs": h["lead_time_epochs"], "excluded_loss_rise_epoch": h["excluded_loss_rise_epoch"],
         "memorization_end": h["memorization_end"], "circuit_formation_end": h["circuit_formation_end"],
@@ -131,6 +147,7 @@ def main(argv=None) -> int:
         "runs": rows,
         "s5_irreps_key_in_n_seeds": irreps,
         "s5_seeds_grokked": sum(1 for r in s5 if r["test_acc_99_epoch"] is not None),
+        "s5_chughtai_et_al": CHUGHTAI_S5,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(f"S5: irreps key over {len(s5)} seed(s): {irreps}")
