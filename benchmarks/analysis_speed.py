@@ -48,12 +48,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 PAPER_KEY_FREQS = (14, 35, 41, 42, 52)
 
 
-def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: int = 0):
+def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: int = 0, **overrides):
     """A run directory with ``n_checkpoints`` checkpoints of the paper architecture (random weights).
 
     Written through the public write API: :func:`~grokinterp.store.writer.start_run` (``run.json``
     with ``epochs = every · (n − 1)``, the split, the manifest), then the checkpoints with
     :class:`~grokinterp.store.writer.CheckpointWriter`; it verifies and loads strictly.
+    ``overrides`` change the paper config (e.g. ``operation="S5", frac_train=0.4``).
     """
     from grokinterp.config import make_config
     from grokinterp.model import init_params, param_shapes
@@ -61,7 +62,7 @@ def make_synthetic_run(path: Path, n_checkpoints: int, every: int = 25, seed: in
     from grokinterp.store.writer import METRIC_COLUMNS, CheckpointWriter, run_metadata, start_run
 
     last = every * (n_checkpoints - 1)
-    cfg = make_config("paper", epochs=last, every=every, flush_every=50, device="cpu")
+    cfg = make_config("paper", epochs=last, every=every, flush_every=50, device="cpu", **overrides)
     if path.exists():
         shutil.rmtree(path)
     trn, tst = cfg.task.task().split(cfg.task.frac_train, cfg.task.split_seed, cfg.task.split_method)

@@ -1,8 +1,9 @@
 """grokinterp: mechanistic interpretability of grokking.
 
-Train small transformers on modular arithmetic with dense, self-describing checkpoints, then ask
-which algorithm they learned (Fourier features, circuits) and when the generalizing circuit formed
-(progress measures), following Nanda et al., ICLR 2023.
+Train small transformers on modular arithmetic (Power et al.'s operations) and finite groups with
+dense, self-describing checkpoints, then ask which algorithm they learned (Fourier features, group
+representations, circuits) and when the generalizing circuit formed (progress measures), following
+Nanda et al., ICLR 2023, and Chughtai et al., 2023.
 
 The package is layered (imports point down only; ``tests/test_architecture.py`` checks it)::
 
@@ -53,6 +54,9 @@ _EXPORTS = {
     "import_legacy": "store.legacy",
     "fourier_basis": "analysis.fourier",
     "key_frequencies": "analysis.keyfreqs",
+    "key_irreps": "analysis.keyfreqs",
+    "irreps": "analysis.groups",
+    "group_basis": "analysis.groups",
     "progress_measures": "analysis.measures",
     "Measure": "analysis.measures",
     "register_measure": "analysis.measures",

@@ -37,7 +37,7 @@ from .config import (
     make_config,
 )
 from .errors import GrokinterpError
-from .tasks import SPLIT_METHODS, task_names
+from .tasks import SPLIT_METHODS, fixed_size, operations_help, task_names
 
 EXIT_USAGE = 2
 DEFAULT_PRESET = "quick"
@@ -57,6 +57,12 @@ class _Parser(argparse.ArgumentParser):
             names = [str(c) for c in action.choices]
             field = getattr(action, "config_field", None)  # set on the config flags: name the field too
             msg = f"invalid choice{f' for {field}' if field else ''}: {value!r} (choose from {', '.join(names)})"
+            if isinstance(action.choices, _TaskNames):
+                try:
+                    fixed_size(str(value))
+                    msg += f"; or a group task: {operations_help().split('; ', 1)[1]}"
+                except GrokinterpError as e:  # a group name of an unsupported size: say why
+                    msg = str(e)
             close = difflib.get_close_matches(str(value), names, n=1)
             raise argparse.ArgumentError(action, msg + (f"; did you mean {close[0]!r}?" if close else ""))
 
@@ -102,10 +108,26 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _choices() -> dict[tuple[str, str], list[str]]:
+class _TaskNames:
+    """The operation choices: every registered operation, listed; group tasks (``S5``, ``D59``) are
+    named by pattern, so membership also accepts any name a task kind fixes the size of."""
+
+    def __iter__(self):
+        return iter(task_names())
+
+    def __contains__(self, name: object) -> bool:
+        if name in task_names():
+            return True
+        try:
+            return isinstance(name, str) and fixed_size(name) is not None
+        except GrokinterpError:
+            return False
+
+
+def _choices() -> dict[tuple[str, str], Any]:
     """The allowed values of every enumerated config field (no torch import: light-weight lists)."""
     return {
-        ("task", "operation"): task_names(),
+        ("task", "operation"): _TaskNames(),
         ("task", "split_method"): sorted(SPLIT_METHODS),
         ("model", "act_fn"): list(ACT_FNS),
         ("model", "init_method"): list(INIT_METHODS),
@@ -143,7 +165,10 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
             default = getattr(getattr(defaults, sec), f.name)
             doc = f"{_plain(docs.get((sec, f.name), sec + '.' + f.name))} [{preset}: {_shown(default)}]"
             if (sec, f.name) == ("task", "p"):
-                doc = f"{doc} (also sets the model's vocabulary)"
+                doc = f"{doc} (also sets the model's vocabulary; refused for a group task, whose vocabulary is the " \
+                      f"group's order)"
+            elif (sec, f.name) == ("task", "operation"):
+                doc = f"{doc}. {_plain(operations_help())}"
             kw: dict[str, Any] = {"dest": f.name, "help": doc}
             if (sec, f.name) in choices:
                 kw["choices"] = choices[(sec, f.name)]
@@ -189,7 +214,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
         "train", help="train a model and write a run directory",
         usage="grokinterp train [--preset NAME] [--out DIR] [--threads N] [--<config field> VALUE ...]\n"
               "       grokinterp train --resume RUN [--device DEVICE] [--threads N]",
-        description="Train on a + b mod p (or another operation) with full-batch AdamW and write dense checkpoints. "
+        description="Train on a + b mod p (or another operation mod p, or a finite group such as S5) with full-batch AdamW and write dense checkpoints. "
                     "Flags override the preset's fields; this help shows the values of the preset given with "
                     f"--preset (here {preset!r}; e.g. `grokinterp train --preset paper --help`). Re-running a "
                     "finished run's command trains nothing and says so.")
@@ -219,7 +244,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
-                   help="fix the key frequencies (default: from the final checkpoint)")
+                   help="fix the key frequencies (for a group task other than a + b: key irreps, by index as the "
+                        "report lists them; default: from the final checkpoint)")
     r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
@@ -331,7 +357,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
-    print(f"task:   {c.task.operation} mod {c.task.p}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    from .tasks import fixed_size
+
+    what = run.task.describe() if fixed_size(c.task.operation) is not None else f"{c.task.operation} mod {c.task.p}"
+    print(f"task:   {what}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    structure = run.task.structure
+    print(f"structure: {structure.describe() if structure is not None else 'none declared (no group structure)'}")
     print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
     t = c.train
@@ -438,8 +469,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise GrokinterpError(f"{args.summary_json}: cannot write the summary ({e.strerror or e})") from None
     formed, hit = headline["circuit_formed_epoch"], headline["test_acc_99_epoch"]
     print(f"report: {path}")
-    print(f"  key frequencies {headline['key_frequencies']}; circuit formed at epoch {formed}, "
-          f"test accuracy ≥ 99% at epoch {hit}")
+    keys = headline["key_irreps"] if headline.get("key_kind") == "irrep" else headline["key_frequencies"]
+    noun = "irreps" if headline.get("key_kind") == "irrep" else "frequencies"
+    when = f"circuit formed at epoch {formed}" if headline.get("structure") is not None else \
+        "no group structure: circuit date undefined"
+    print(f"  key {noun} {keys}; {when}, test accuracy ≥ 99% at epoch {hit}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
 

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .tasks import SPLIT_METHODS, get_task
+from .tasks import SPLIT_METHODS, fixed_size, get_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -48,6 +48,7 @@ __all__ = [
     "is_int",
     "Limits",
     "LIMITS",
+    "DEFAULT_P",
 ]
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
@@ -114,6 +115,8 @@ OPTIMIZER_NAMES: dict[str, str] = {
 }
 #: MLP non-linearities (``ModelConfig.act_fn``).
 ACT_FNS = ("relu", "gelu")
+#: ``task.p`` when a config leaves it out (an operation mod p; a group task takes its order).
+DEFAULT_P = 113
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -141,11 +144,14 @@ def _check_ints(obj: Any, section: str) -> None:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """The algorithmic task: ``c = a ∘ b mod p`` and the train/test split.
+    """The algorithmic task: ``c = a ∘ b mod p`` (or ``g·h`` in a group) and the train/test split.
 
     Attributes:
-        p: modulus (≥ 3). The input vocabulary is ``p + 1`` tokens (``=`` is token ``p``).
-        operation: name in :data:`grokinterp.tasks.OPERATIONS` (``add`` by default).
+        p: the task's alphabet size: the modulus (≥ 3) of an operation mod p, or a group task's order.
+            The input vocabulary is ``p + 1`` tokens (``=`` is token ``p``). Left out (``None``) it is
+            the group's order for a group task and 113 otherwise; a group task refuses any other value.
+        operation: name in :data:`grokinterp.tasks.OPERATIONS` (``add`` by default) or a group task
+            (``S5``, ``A5``, ``D59``, ``C113``, ``S5_conj``, ... see :mod:`grokinterp.tasks.groups`).
         frac_train: fraction of the valid pairs used for training, in (0, 1).
         split_seed: seed of the split permutation (independent of the model's init seed).
         split_method: how the split is drawn, a name in :data:`grokinterp.tasks.SPLIT_METHODS`
@@ -156,7 +162,7 @@ class TaskConfig:
             code) or not (``p``, the default). The model's ``eq_logit`` follows this field.
     """
 
-    p: int = 113
+    p: int | None = None
     operation: str = "add"
     frac_train: float = 0.3
     split_seed: int = 0
@@ -164,7 +170,11 @@ class TaskConfig:
     eq_logit: bool = False
 
     def __post_init__(self) -> None:
+        size = fixed_size(self.operation) if isinstance(self.operation, str) else None
+        if self.p is None:
+            object.__setattr__(self, "p", DEFAULT_P if size is None else size)
         _check_ints(self, "task")
+        _require(is_int(self.p), "task.p", "must be an integer", self.p)
         _require(self.p >= 3, "task.p", "must be at least 3", self.p)
         _require(self.p <= MAX_P, "task.p", f"must be at most {MAX_P} (p² examples are materialised)", self.p)
         _require(0.0 < float(self.frac_train) < 1.0, "task.frac_train", "must lie in (0, 1)", self.frac_train)
@@ -188,7 +198,7 @@ class ModelConfig:
     so that ``d_vocab = p + 1`` and ``d_vocab_out = p + eq_logit`` are always the task's.
 
     Attributes:
-        p: modulus of the task (sets the vocabulary sizes).
+        p: the task's alphabet size (the modulus, or a group's order); sets the vocabulary sizes.
         eq_logit: ``=`` has an output logit (``d_vocab_out = p + 1``); kept equal to ``task.eq_logit``.
         d_model: residual width; must be divisible by ``n_heads``.
         n_heads: attention heads per layer; ``d_head = d_model // n_heads``.
@@ -433,7 +443,8 @@ class RunConfig:
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name}: must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.model.p != self.task.p:
-            raise ConfigError(f"model.p: must equal task.p ({self.task.p}), got {self.model.p}")
+            raise ConfigError(f"model.p: must equal task.p ({self.task.p}: the model's vocabulary follows the task; "
+                              f"make_config keeps them in step), got {self.model.p}")
         if self.model.eq_logit != self.task.eq_logit:
             raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
                               f"{self.model.eq_logit}")
@@ -545,6 +556,22 @@ def _field_owner() -> dict[str, list[str]]:
     return owner
 
 
+def _fix_group_size(cfg: RunConfig, per_section: dict[str, dict[str, Any]]) -> None:
+    """A task whose name fixes its size (a group) takes ``p`` from it; another ``p`` is refused."""
+    op = per_section["task"].get("operation", cfg.task.operation)
+    if not isinstance(op, str):
+        return
+    size = fixed_size(op)
+    if size is None:
+        return
+    given = [v for v in (per_section["task"].get("p"), per_section["model"].get("p")) if v is not None]
+    for v in given:
+        if not (is_int(v) and int(v) == size):
+            raise ConfigError(f"task.p: {op} is a group of order {size}: its vocabulary is set by the group; leave p "
+                              f"out, got {v!r}")
+    per_section["task"]["p"] = per_section["model"]["p"] = size
+
+
 def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     owner = _field_owner()
     per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
@@ -561,6 +588,7 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise ConfigError(f"{key}: no such config field; fields: {', '.join(sorted(owner))}")
         for sec in owner[key]:  # 'p' and 'eq_logit' live in task and model: set both
             per_section[sec][key] = value
+    _fix_group_size(cfg, per_section)
     sections = {
         s: dataclasses.replace(getattr(cfg, s), **kw) if kw else getattr(cfg, s)
         for s, kw in per_section.items()

@@ -136,13 +136,13 @@ def test_division_is_inverse_of_multiplication():
 
 
 def test_registry_plugs_in_new_operations():
-    register_operation("x3_xy", lambda a, b, p: a ** 3 + a * b, formula="a³+ab")
+    register_operation("toy_x3_xy", lambda a, b, p: a ** 3 + a * b, formula="a³+ab")
     try:
-        ds = make_dataset(7, "x3_xy")
+        ds = make_dataset(7, "toy_x3_xy")
         assert ds.labels[3 * 7 + 2] == (27 + 6) % 7
-        assert make_config("tiny", operation="x3_xy").task.operation == "x3_xy"
+        assert make_config("tiny", operation="toy_x3_xy").task.operation == "toy_x3_xy"
     finally:
-        OPERATIONS.pop("x3_xy")
+        OPERATIONS.pop("toy_x3_xy")
 
 
 def test_split_is_seeded_disjoint_and_sized():

@@ -6,8 +6,12 @@ module                       what it holds
 ===========================  ==================================================================
 ``inputs``                   what analyses accept: models, runs, parameter dicts; shape checks
 ``fourier``                  the Fourier basis of Z_p, FFT shortcuts, the frequency fold, Gini
-``keyfreqs``                 key frequencies and the registry of rules that choose them
-``projections``              the one home of restricted / excluded logits (cos/sin(w(a+b)))
+``groups``                   irreps of S_n, A_n, D_n, C_n; the group Fourier basis (C_n = fourier);
+                             a task's structure; group transforms of W_E, W_U, W_L, neurons; the
+                             character fit χ_ρ(s(a,b)·c⁻¹)
+``keyfreqs``                 key frequencies / key irreps and the registries of rules that choose them
+``projections``              the one home of restricted / excluded logits (cos/sin(w(a+b)); the key
+                             irreps' matrix elements for any group structure)
 ``losses``                   cross-entropy on grid logits; restricted and excluded loss
 ``measures``                 progress measures: Measure protocol, registry, chunked driver
 ``neurons``                  neuron activations, 2-D Fourier FVE, frequency clusters
@@ -17,5 +21,7 @@ module                       what it holds
 ``summary``                  :func:`analyze_run`: everything the report says about a run
 ===========================  ==================================================================
 
-Analyses never import training, sweeps or figures; they read runs through :mod:`grokinterp.store`.
+Every analysis reads the task's structure (:mod:`grokinterp.tasks.algebra`): ``a + b`` mod p as in the
+paper, any other group structure through its irreps, none as undefined. Analyses never import
+training, sweeps or figures; they read runs through :mod:`grokinterp.store`.
 """

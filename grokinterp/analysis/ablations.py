@@ -25,6 +25,13 @@ The model and its split come from a :class:`~grokinterp.run.Run`, a pair
 ``(model_or_params, train_pairs)``, or an :class:`AblationTarget` built once with
 :func:`ablation_target` (cheapest when running several ablations).
 
+The target knows its task's structure. For ``a + b`` mod p "frequencies" are those of ``Z_p`` over
+the tokens, as in the paper; for any other group structure they are the task's key irreps (irrep
+indices; frequencies of the group when it is cyclic, e.g. of ``Z_{p−1}`` in discrete-log coordinates
+for ``a·b``), and the logit, embedding and neuron projections act on the structure's block in the
+group's coordinates (pairs and tokens outside it are left alone). A task without a group structure
+has no key terms: only neuron and head ablations apply.
+
 Example:
     >>> df = ablation_table(run)                               # doctest: +SKIP
     >>> df.pivot(index="ablation", columns="split", values="loss")   # doctest: +SKIP
@@ -46,7 +53,9 @@ from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
 from ..model import tables
 from ..model.grid import grid_forward
+from ..tasks import CyclicSum, get_task
 from .fourier import dft_index_freqs, fourier_basis
+from .groups import TaskStructure, task_structure
 from .inputs import check_indices, is_run, residue_outputs, resolve_model, task_label_grid
 from .keyfreqs import key_frequencies
 from .neurons import DEFAULT_THRESHOLD, check_neurons, neuron_fourier
@@ -86,6 +95,8 @@ class AblationTarget:
         labels: int64 ``[p²]`` label of each grid index ``a * p + b`` (``-1`` for pairs outside
             the task, e.g. ``b = 0`` for division).
         splits: ``{"train", "test", "all"}`` → sorted int64 grid indices.
+        structure: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (``None``: no group
+            structure, only neuron and head ablations).
 
     ``labels`` and ``splits`` live on the CPU whatever the parameters' device;
     :func:`evaluate_logits` moves them to the device of the logits it scores.
@@ -95,10 +106,17 @@ class AblationTarget:
     cfg: ModelConfig
     labels: Tensor
     splits: dict[str, Tensor]
+    structure: TaskStructure | None = None
 
     @property
     def p(self) -> int:
         return self.cfg.p
+
+    @property
+    def group(self) -> TaskStructure | None:
+        """The structure when it is not ``a + b`` mod p (whose ablations use the Fourier basis of the tokens)."""
+        s = self.structure
+        return None if s is None or isinstance(s.structure, CyclicSum) else s
 
     @cached_property
     def logits(self) -> Tensor:
@@ -173,7 +191,9 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         raise AnalysisError(f"train_pairs: index {int(outside[0])} is not a pair of the task {operation!r}")
     all_ = torch.nonzero(labels >= 0)[:, 0]  # the task's pairs, sorted
     tst = all_[~torch.isin(all_, trn)]
-    return AblationTarget(params=params, cfg=mcfg, labels=labels, splits={"train": trn, "test": tst, "all": all_})
+    ts = task_structure(get_task(operation or "add", p))
+    return AblationTarget(params=params, cfg=mcfg, labels=labels, splits={"train": trn, "test": tst, "all": all_},
+                          structure=ts)
 
 
 def _target(target) -> AblationTarget:
@@ -258,10 +278,21 @@ def _check_method(method: str) -> None:
 def _freqs(t: AblationTarget, freqs, allow_empty: bool) -> list[int]:
     if isinstance(freqs, (int, np.integer)):
         freqs = [freqs]
-    fs = fourier_basis(t.p).check_freqs(list(freqs))
+    if t.structure is None:
+        raise AnalysisError("freqs: the task declares no group structure, so it has no key frequencies / irreps to "
+                            "ablate (neuron and head ablations apply)")
+    g = t.group
+    fs = fourier_basis(t.p).check_freqs(list(freqs)) if g is None else g.basis.check_irreps(list(freqs))
     if not fs and not allow_empty:
         raise AnalysisError("freqs: the frequency set is empty")
     return fs
+
+
+def _fmt_keys(t: AblationTarget, xs) -> str:
+    g = t.group
+    if g is None or g.cyclic:
+        return _fmt(xs)
+    return "[" + ", ".join(g.basis.names[int(x)] for x in xs) + "]"
 
 
 # -- logits ------------------------------------------------------------------------------------
@@ -289,20 +320,23 @@ def ablate_logit_freqs(target, freqs: Sequence[int], mode: str = "remove", *,
     _check_mode(mode)
     fs = _freqs(t, freqs, allow_empty=True)
     L = t.logits
-    L2 = restrict_logits(L, fs) if mode == "keep" else exclude_logits(L, fs)
-    df = evaluate_logits(L2, t, name or f"{mode} logit freqs {_fmt(fs)}", "logits")
+    L2 = restrict_logits(L, fs, ts=t.group) if mode == "keep" else exclude_logits(L, fs, ts=t.group)
+    df = evaluate_logits(L2, t, name or f"{mode} logit keys {_fmt_keys(t, fs)}", "logits")
     return _with_baseline(t, df, include_baseline)
 
 
 # -- the embedding -----------------------------------------------------------------------------
-def project_embedding(W_E: Tensor, freqs: Sequence[int], mode: str = "keep", p: int | None = None) -> Tensor:
+def project_embedding(W_E: Tensor, freqs: Sequence[int], mode: str = "keep", p: int | None = None,
+                      ts: TaskStructure | None = None) -> Tensor:
     """Project the residue rows of ``W_E`` onto (``keep``) or off (``remove``) frequencies.
 
     Args:
         W_E: ``[vocab, d_model]`` (rows ``0..p-1`` are the residues, row ``p`` is ``=``).
-        freqs: frequencies whose cos and sin components are kept / removed.
+        freqs: frequencies whose cos and sin components are kept / removed (with ``ts``: irreps).
         mode: ``"keep"`` (the constant component is kept too) or ``"remove"``.
         p: modulus (default ``vocab − 1``).
+        ts: a :class:`~grokinterp.analysis.groups.TaskStructure`: the rows of the group's elements are
+            projected in its basis (rows of other tokens, e.g. 0 for ``a·b``, and ``=`` unchanged).
 
     Returns:
         float32 tensor like ``W_E``; the ``=`` row is unchanged.
@@ -312,6 +346,18 @@ def project_embedding(W_E: Tensor, freqs: Sequence[int], mode: str = "keep", p: 
         ``m`` (keep: const + cos/sin of ``freqs``; remove: all but cos/sin of ``freqs``).
     """
     _check_mode(mode)
+    if ts is not None:
+        if W_E.ndim != 2 or W_E.shape[0] < ts.n:
+            raise AnalysisError(f"W_E: expected [vocab ≥ {ts.n}, d_model], got shape {list(W_E.shape)}")
+        dev = W_E.device
+        comp = ts.basis.row_mask(list(freqs), include_trivial=(mode == "keep"), device=dev)
+        m = comp if mode == "keep" else ~comp
+        basis = ts.basis.matrix64.to(dev)
+        rows = ts.element_token.to(dev)
+        coeffs = basis @ W_E[rows].detach().double()
+        out = W_E.detach().clone().float()
+        out[rows] = (basis.T @ (coeffs * m[:, None].double())).float()
+        return out
     p = W_E.shape[-2] - 1 if p is None else p
     if W_E.ndim != 2 or W_E.shape[0] < p:
         raise AnalysisError(f"W_E: expected [vocab ≥ {p}, d_model], got shape {list(W_E.shape)}")
@@ -344,8 +390,8 @@ def ablate_embed_freqs(target, freqs: Sequence[int], mode: str = "keep", *,
     _check_mode(mode)
     fs = _freqs(t, freqs, allow_empty=True)
     params = dict(t.params)
-    params["embed.W_E"] = project_embedding(t.params["embed.W_E"], fs, mode, t.p)
-    df = evaluate_logits(_forward(t, params), t, name or f"{mode} W_E freqs {_fmt(fs)}", "W_E")
+    params["embed.W_E"] = project_embedding(t.params["embed.W_E"], fs, mode, t.p, ts=t.group)
+    df = evaluate_logits(_forward(t, params), t, name or f"{mode} W_E keys {_fmt_keys(t, fs)}", "W_E")
     return _with_baseline(t, df, include_baseline)
 
 
@@ -403,7 +449,7 @@ def ablate_neuron_clusters(target, freqs, method: str = "mean", threshold: float
     """
     t = _target(target)
     fs = _freqs(t, freqs, allow_empty=False)
-    nf = neuron_fourier(t.params, t.cfg, threshold)
+    nf = neuron_fourier(t.params, t.cfg, threshold, structure=t.group)
     ids = nf.neurons_of(fs)
     if len(ids) == 0:
         raise AnalysisError(f"freqs: no neuron has FVE > {threshold:g} for frequencies {fs}")
@@ -411,7 +457,7 @@ def ablate_neuron_clusters(target, freqs, method: str = "mean", threshold: float
                           include_baseline=include_baseline)
 
 
-def neuron_approximation(acts: Tensor, freqs: Sequence[int]) -> Tensor:
+def neuron_approximation(acts: Tensor, freqs: Sequence[int], ts: TaskStructure | None = None) -> Tensor:
     """Project each neuron's activation map onto the constant, linear and quadratic terms of ``freqs``.
 
     Args:
@@ -427,8 +473,24 @@ def neuron_approximation(acts: Tensor, freqs: Sequence[int]) -> Tensor:
         frequencies are dropped, as in the FVE of :func:`grokinterp.neurons.neuron_fve`. Done
         with a mask on the 2-D DFT over ``(a, b)``: entry ``(u, v)`` is kept when
         ``f(u), f(v) ∈ freqs ∪ {0}`` and ``f(u) = f(v)`` or one of them is 0
-        (``f(u) = min(u, p − u)``).
+        (``f(u) = min(u, p − u)``). With a ``ts``
+        (:class:`~grokinterp.analysis.groups.TaskStructure`), ``freqs`` are irreps and the same mask is
+        applied to the 2-D group Fourier coefficients on the block (components ``(i, j)`` of irreps
+        ``(ρ, σ)`` kept when ``ρ, σ ∈ freqs ∪ {trivial}`` and ``ρ = σ`` or one is trivial); activations
+        outside the block are left as they are.
     """
+    if ts is not None:
+        ks = ts.basis.check_irreps(list(freqs))
+        r = ts.basis.irrep_of_row.to(acts.device)
+        ok = torch.isin(r, torch.tensor([0] + ks, dtype=torch.int64, device=acts.device))
+        mask = ok[:, None] & ok[None, :] & ((r[:, None] == 0) | (r[None, :] == 0) | (r[:, None] == r[None, :]))
+        B = ts.basis
+        C = B.to_basis(B.to_basis(ts.element_grid(acts.double()), -3), -2)
+        approx = B.from_basis(B.from_basis(C * mask[:, :, None], -2), -3)
+        out = acts.double().clone()
+        e = ts.element_token.to(acts.device)
+        out[..., e[:, None], e[None, :], :] = approx
+        return out
     if not torch.is_tensor(acts) or acts.ndim < 3 or acts.shape[-3] != acts.shape[-2]:
         shape = list(acts.shape) if torch.is_tensor(acts) else type(acts).__name__
         raise AnalysisError(f"activations: expected [..., p, p, d_mlp], got shape {shape}")
@@ -459,7 +521,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
     idx = None if neurons is None else check_neurons(neurons, t.cfg.d_mlp)
 
     def post_fn(post: Tensor) -> Tensor:
-        approx = neuron_approximation(post, fs).to(post.dtype)
+        approx = neuron_approximation(post, fs, ts=t.group).to(post.dtype)
         if idx is None:
             return approx
         out = post.clone()
@@ -468,7 +530,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
         return out
 
     who = "all neurons" if idx is None else f"{len(idx)} neurons"
-    df = evaluate_logits(_forward(t, post_fn=post_fn), t, name or f"{who} → freqs {_fmt(fs)} approximation",
+    df = evaluate_logits(_forward(t, post_fn=post_fn), t, name or f"{who} → keys {_fmt_keys(t, fs)} approximation",
                          "neurons")
     return _with_baseline(t, df, include_baseline)
 
@@ -516,8 +578,8 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
 
     Args:
         run: a ``Run``, ``(model_or_params, train_pairs)`` or an :class:`AblationTarget`.
-        key_freqs: the key frequencies (default: :func:`grokinterp.fourier.key_frequencies` of
-            the checkpoint, method ``W_L``).
+        key_freqs: the key frequencies (key irreps for a structure other than ``a + b`` mod p; default:
+            :func:`grokinterp.analysis.keyfreqs.key_frequencies` of the checkpoint, method ``W_L``).
         epoch: checkpoint of a ``Run`` (``-1`` = last).
         threshold: FVE threshold of the neuron clusters.
         seed: seed choosing the control set of non-key frequencies.
@@ -528,36 +590,52 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
         non-key freqs (control, drawn with ``seed``); W_E: keep key freqs, remove key freqs;
         neurons: all replaced by their key-frequency approximation, mean-ablate the neurons
         outside the key-frequency clusters (when there are any); heads: mean-ablate each head,
-        and all heads together.
+        and all heads together. A task without a group structure gets ``none``, the mean-ablation of
+        each of the (up to) three largest neuron clusters by Fourier frequency over the tokens, and the
+        heads (``key_freqs`` is then ignored).
     """
     t = ablation_target(run, epoch=epoch) if not isinstance(run, (AblationTarget, tuple)) else _target(run)
-    if key_freqs is None:
-
-        key_freqs = key_frequencies(t.params, cfg=t.cfg).freqs
-    key = _freqs(t, key_freqs, allow_empty=False)
-    n_freq = fourier_basis(t.p).n_freq
-    non_key = [w for w in range(1, n_freq + 1) if w not in key]
-    K = _fmt(key)
-    parts = [baseline(t)]
     kw = dict(include_baseline=False)
-    parts.append(ablate_logit_freqs(t, key, "keep", name=f"logits: keep key freqs {K}", **kw))
-    parts.append(ablate_logit_freqs(t, key, "remove", name=f"logits: remove key freqs {K}", **kw))
+    if t.structure is None:
+        parts = [baseline(t)]
+        nf = neuron_fourier(t.params, t.cfg, threshold)
+        sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False, kind="stable")
+        for f in sizes["freq"].tolist()[:3]:
+            ids = nf.clusters[int(f)]
+            parts.append(ablate_neurons(t, ids, "mean", name=f"neurons: mean-ablate the token-frequency-{int(f)} "
+                                                              f"cluster ({len(ids)} neurons)", **kw))
+        return pd.concat(parts + _head_rows(t), ignore_index=True)
+    g = t.group
+    if key_freqs is None:
+        key_freqs = key_frequencies(t.params, cfg=t.cfg, task=t.structure).freqs
+    key = _freqs(t, key_freqs, allow_empty=False)
+    n_keys = fourier_basis(t.p).n_freq if g is None else g.basis.n_irreps - 1
+    non_key = [w for w in range(1, n_keys + 1) if w not in key]
+    K = _fmt_keys(t, key)
+    noun = "freqs" if g is None or g.cyclic else "irreps"
+    parts = [baseline(t)]
+    parts.append(ablate_logit_freqs(t, key, "keep", name=f"logits: keep key {noun} {K}", **kw))
+    parts.append(ablate_logit_freqs(t, key, "remove", name=f"logits: remove key {noun} {K}", **kw))
     if non_key:
         rng = np.random.default_rng(seed)
         ctrl = sorted(int(w) for w in rng.choice(non_key, size=min(len(key), len(non_key)), replace=False))
         parts.append(ablate_logit_freqs(t, ctrl, "remove",
-                                        name=f"logits: remove {len(ctrl)} non-key freqs {_fmt(ctrl)}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key freqs {K}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key freqs {K}", **kw))
-    parts.append(approximate_neurons(t, key, name=f"neurons: key-freq approximation {K}", **kw))
-    nf = neuron_fourier(t.params, t.cfg, threshold)
+                                        name=f"logits: remove {len(ctrl)} non-key {noun} {_fmt_keys(t, ctrl)}", **kw))
+    parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key {noun} {K}", **kw))
+    parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key {noun} {K}", **kw))
+    parts.append(approximate_neurons(t, key, name=f"neurons: key-{noun[:-1]} approximation {K}", **kw))
+    nf = neuron_fourier(t.params, t.cfg, threshold, structure=g)
     outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)  # host-side selection (check_neurons)
     outside[nf.neurons_of(key).cpu()] = False
     if outside.any():
         ids = torch.nonzero(outside).flatten()
         parts.append(ablate_neurons(t, ids, "mean", name=f"neurons: mean-ablate {len(ids)} outside key clusters",
                                     **kw))
-    for h in range(t.cfg.n_heads):
-        parts.append(ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw))
-    parts.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts + _head_rows(t), ignore_index=True)
+
+
+def _head_rows(t: AblationTarget) -> list[pd.DataFrame]:
+    kw = dict(include_baseline=False)
+    rows = [ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw) for h in range(t.cfg.n_heads)]
+    rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))
+    return rows

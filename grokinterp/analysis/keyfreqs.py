@@ -1,11 +1,17 @@
-"""Key frequencies: which frequencies a trained model uses, chosen by a named rule.
+"""Key frequencies (and key irreps): which frequencies / irreps a trained model uses, by a named rule.
 
-Rules are registered in :data:`KEY_FREQ_RULES` (``method=`` of :func:`key_frequencies`):
+Rules for ``a + b`` mod p are registered in :data:`KEY_FREQ_RULES` (``method=`` of :func:`key_frequencies`):
 
 * ``W_L`` (default) — the share of the non-constant squared Fourier norm of the neuron → logit
   map ``W_L = W_out W_U``;
 * ``W_E`` — the same rule on the embedding;
 * ``neurons`` — the dominant frequencies of the neurons well explained by one frequency.
+
+Every other task with a group structure (``a − b``, ``a·b`` and ``a/b`` mod a prime in discrete-log
+coordinates, finite groups) has **key irreps**, chosen by the rules of :data:`KEY_IRREP_RULES`
+(:func:`key_irreps`): the same three in the group's coordinates and real irreps, plus ``logits``
+(Chughtai et al.'s logit attribution). For a cyclic group an irrep index is a frequency of that
+group (of ``Z_{p−1}`` for ``mul``). A task without a group structure has no key terms.
 
 A rule returns a :class:`KeyFrequencies` carrying the rule in words, so reports can say how the
 frequencies were chosen. :func:`resolve_key_frequencies` is how run-level analyses fix them once
@@ -22,12 +28,22 @@ from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
+from ..model.grid import grid_rows
+from ..tasks import CyclicSum
 from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
-from .inputs import check_freq_list
+from .groups import (
+    TaskStructure,
+    embed_irrep_norms,
+    model_character_fit,
+    neuron_logit_irrep_norms,
+    task_structure,
+)
+from .inputs import as_params, check_freq_list, resolve_model
 from .neurons import DEFAULT_THRESHOLD, neuron_fourier
 
 __all__ = ["KeyFrequencies", "key_frequencies", "neuron_key_frequencies", "KEY_FREQ_RULES",
-           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies"]
+           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "key_irreps", "KEY_IRREP_RULES",
+           "register_key_irrep_rule", "structure_of", "SHARE_CAP", "default_key_method"]
 
 
 @dataclass(frozen=True)
@@ -35,16 +51,18 @@ class KeyFrequencies:
     """The key frequencies of a model and how they were chosen.
 
     Attributes:
-        freqs: the key frequencies, sorted.
-        method: the rule used (``W_L``, ``W_E`` or ``neurons``).
-        scores: per-frequency score the rule used (index k = frequency k), as a numpy array.
+        freqs: the key frequencies (key irreps: irrep indices), sorted.
+        method: the rule used (``W_L``, ``W_E``, ``neurons``, ``logits``).
+        scores: per-frequency (per-irrep) score the rule used (index k = frequency / irrep k), numpy.
         rule: the rule in words, for reports.
+        names: the keys' names (irrep names; frequencies as numbers), empty for ``a + b`` mod p.
     """
 
     freqs: tuple[int, ...]
     method: str
     scores: np.ndarray
     rule: str
+    names: tuple[str, ...] = ()
 
     def __iter__(self):
         return iter(self.freqs)
@@ -53,15 +71,16 @@ class KeyFrequencies:
         return len(self.freqs)
 
 
-def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 0.05,
-                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
-    """The frequencies a trained model uses.
+def key_frequencies(model_or_params, method: str | None = None, min_fraction: float = 0.05,
+                    p: int | None = None, cfg: ModelConfig | RunConfig | None = None, *,
+                    task=None) -> KeyFrequencies:
+    """The frequencies a trained model uses (for a task with another group structure: its key irreps).
 
     Args:
         model_or_params: a model or a parameter dict of **one** checkpoint (stacked
             ``[ckpt, ...]`` parameters are refused: choose a checkpoint first).
-        method:
-            ``"W_L"`` (default): frequencies whose share of the non-constant squared Fourier
+        method (default ``W_L``; for a task with another structure :func:`default_key_method`):
+            ``"W_L"``: frequencies whose share of the non-constant squared Fourier
             norm of ``W_L = W_out W_U`` (the neuron → logit map; each key frequency holds two
             directions of it) is at least ``max(min_fraction, 2 / n_freq)``.
             ``"W_E"``: the same rule on the embedding ``W_E``.
@@ -73,6 +92,9 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
         cfg: the model config (``ModelConfig`` or ``RunConfig``), used by ``"neurons"``: a
             parameter dict of a GELU model needs it, since the config read off the shapes
             assumes ReLU (see :func:`grokinterp.analysis.inputs.resolve_model`).
+        task: the model's task (a :class:`~grokinterp.tasks.Task` or its
+            :class:`~grokinterp.analysis.groups.TaskStructure`); default ``a + b`` mod p. A task whose
+            structure is not ``a + b`` goes to :func:`key_irreps`; one without a group structure is refused.
 
     Returns:
         :class:`KeyFrequencies`; for ``W_L`` / ``W_E``, ``scores[k]`` is frequency ``k``'s share
@@ -89,13 +111,36 @@ def key_frequencies(model_or_params, method: str = "W_L", min_fraction: float = 
     Raises:
         AnalysisError: unknown method, ``min_fraction`` outside ``(0, 1]``, stacked parameters.
     """
+    if task is not None:
+        ts = structure_of(task)
+        if ts is None:
+            raise AnalysisError(f"task {getattr(task, 'name', task)!r} declares no group structure: it has no key "
+                                f"frequencies")
+        if not isinstance(ts.structure, CyclicSum):
+            return key_irreps(model_or_params, ts, method, min_fraction, cfg)
+    method = "W_L" if method is None else method
     if method not in KEY_FREQ_RULES:
         raise AnalysisError(f"method: unknown key-frequency method {method!r}; use "
                             f"{', '.join(repr(m) for m in KEY_FREQ_RULES)}")
+    _check_fraction(min_fraction)
+    return KEY_FREQ_RULES[method](model_or_params, float(min_fraction), p, cfg)
+
+
+def _check_fraction(min_fraction) -> None:
     if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float, np.integer, np.floating)) \
             or not 0.0 < float(min_fraction) <= 1.0:
         raise AnalysisError(f"min_fraction: must be a number in (0, 1], got {min_fraction!r}")
-    return KEY_FREQ_RULES[method](model_or_params, float(min_fraction), p, cfg)
+
+
+def structure_of(task) -> TaskStructure | None:
+    """The :class:`~grokinterp.analysis.groups.TaskStructure` of a task, a run, or a structure itself."""
+    if isinstance(task, TaskStructure):
+        return task
+    if hasattr(task, "split_pairs") and hasattr(task, "config"):  # a Run
+        task = task.task
+    if not hasattr(task, "structure"):
+        raise AnalysisError(f"task: expected a Task, a Run or a TaskStructure, got {type(task).__name__}")
+    return task_structure(task)
 
 
 def _norm_share_rule(method: str):
@@ -143,14 +188,20 @@ def neuron_key_frequencies(model_or_params, min_fraction: float = 0.05,
     if not 0.0 < float(min_fraction) <= 1.0:
         raise AnalysisError(f"min_fraction: must lie in (0, 1], got {min_fraction!r}")
     nf = neuron_fourier(model_or_params, cfg, threshold)
-    scores = np.zeros(nf.fve.shape[1])
-    n_explained = int(nf.explained.sum())
-    for k, ids in nf.clusters.items():
-        scores[k] = len(ids) / n_explained
+    scores, n_explained = _cluster_scores(nf)
     freqs = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
     rule = (f"dominant frequency of ≥ {min_fraction:.0%} of the {n_explained} neurons with "
             f"FVE > {threshold:g} for one frequency")
     return KeyFrequencies(freqs, "neurons", scores, rule)
+
+
+def _cluster_scores(nf) -> tuple[np.ndarray, int]:
+    """Fraction of the well-explained neurons in each cluster (index k = frequency / irrep k)."""
+    scores = np.zeros(nf.fve.shape[1])
+    n_explained = int(nf.explained.sum())
+    for k, ids in nf.clusters.items():
+        scores[k] = len(ids) / n_explained
+    return scores, n_explained
 
 
 KeyFreqRule = Callable[..., KeyFrequencies]
@@ -175,26 +226,193 @@ def register_key_freq_rule(name: str, rule: KeyFreqRule) -> None:
 
 @dataclass(frozen=True)
 class ResolvedKeys:
-    """Key frequencies fixed for a run-level analysis, and where they came from."""
+    """Key frequencies (key irreps) fixed for a run-level analysis, and where they came from.
+
+    ``freqs`` are irrep indices for a task with a group structure other than ``a + b`` (frequencies of
+    the group for a cyclic one); ``names`` names them; both are empty for a task without structure."""
 
     freqs: list[int]
     method: str
     rule: str
     epoch: int | None
+    names: tuple[str, ...] = ()
 
 
-def resolve_key_frequencies(run, key_freqs=None, method: str = "W_L") -> ResolvedKeys:
-    """The key frequencies a run-level analysis holds fixed across checkpoints.
+def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> ResolvedKeys:
+    """The key frequencies (key irreps) a run-level analysis holds fixed across checkpoints.
 
-    ``None``: the rule ``method`` on the run's final checkpoint; a :class:`KeyFrequencies`: as
+    ``None``: the rule ``method`` (default :func:`default_key_method`: ``W_L``, or ``circuit`` for a
+    non-cyclic group) on the run's final checkpoint; a :class:`KeyFrequencies`: as
     given, with its rule; a sequence of ints: "given by the caller". Every frequency is checked
-    against the run's ``p``.
+    against the run's ``p`` (every irrep index against the task's group). A task without a group
+    structure has none (``method = "undefined"``); giving some is refused.
     """
     p = run.config.task.p
+    ts = task_structure(run.task)
+    if ts is None:
+        if key_freqs is not None and list(getattr(key_freqs, "freqs", key_freqs)):
+            raise AnalysisError(f"key frequencies: the task {run.task.describe()} declares no group structure, so "
+                                f"it has no key frequencies or irreps to fix")
+        return ResolvedKeys([], "undefined", f"undefined: the task {run.task.describe()} declares no group "
+                                             f"structure (no key frequencies, no restricted / excluded loss)", None)
+    plain = isinstance(ts.structure, CyclicSum)
+
+    def check(keys) -> list[int]:
+        return check_freq_list(p, keys) if plain else ts.basis.check_irreps(keys)
+
+    def names(keys) -> tuple[str, ...]:
+        return () if plain else tuple(ts.key_names(keys))
+
     if key_freqs is None:
         e = int(run.resolve_epoch(-1))
-        kf = key_frequencies(run.model(e), method=method)  # the model carries its config (act_fn)
-        return ResolvedKeys(check_freq_list(p, kf.freqs), kf.method, kf.rule + f" (checkpoint at epoch {e})", e)
+        kf = key_frequencies(run.model(e), method=method, task=ts)  # the model carries its config (act_fn)
+        ks = check(kf.freqs)
+        return ResolvedKeys(ks, kf.method, kf.rule + f" (checkpoint at epoch {e})", e, names(ks))
     if isinstance(key_freqs, KeyFrequencies):
-        return ResolvedKeys(check_freq_list(p, key_freqs.freqs), key_freqs.method, key_freqs.rule, None)
-    return ResolvedKeys(check_freq_list(p, key_freqs), "given", "frequencies given by the caller", None)
+        ks = check(key_freqs.freqs)
+        return ResolvedKeys(ks, key_freqs.method, key_freqs.rule, None, names(ks))
+    ks = check(key_freqs)
+    noun = "frequencies" if plain or ts.cyclic else "irreps"
+    return ResolvedKeys(ks, "given", f"{noun} given by the caller", None, names(ks))
+
+
+# -- key irreps: every group structure other than a + b mod p ----------------------------------------
+#: Largest share threshold of the norm rules: ``2 × uniform share`` is capped here, so that one large
+#: irrep (S5's 6-dimensional holds 36/119 = 30 % of a flat spectrum) can be key next to another.
+SHARE_CAP = 0.5
+
+
+def default_key_method(ts) -> str:
+    """The rule run-level analyses use by default: ``W_L`` for a cyclic structure (``a + b``, ``a − b``,
+    ``a·b`` mod p, ``C_n``: every irrep but the Nyquist one has two basis functions, so the norm shares
+    compare like with like) and ``circuit`` for other groups, whose irreps differ in size (S5's
+    6-dimensional irrep holds 30 % of a flat W_L spectrum, its sign irrep 0.8 %), so that norm shares
+    cannot separate used from unused irreps: there an irrep is key when the neurons compute with it (a
+    cluster) or the logits read it out (a character term, Chughtai et al.'s logit attribution)."""
+    ts = structure_of(ts) if ts is not None else None
+    return "W_L" if ts is None or ts.cyclic else "circuit"
+
+
+def key_irreps(model_or_params, ts, method: str | None = None, min_fraction: float = 0.05,
+               cfg: ModelConfig | RunConfig | None = None) -> KeyFrequencies:
+    """The irreps a trained model uses (the key frequencies of a cyclic structure such as ``a − b``).
+
+    Args:
+        model_or_params: a model or a parameter dict of one checkpoint.
+        ts: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (or a Task / Run).
+        method: a rule of :data:`KEY_IRREP_RULES` (default: :func:`default_key_method`):
+            ``"W_L"``: irreps whose share of the non-trivial squared group-Fourier norm of
+            ``W_L = W_out W_U`` along the output axis (outputs read as group elements) is at least
+            ``max(min_fraction, min(2 k_ρ / Σ k, SHARE_CAP))``, ``k_ρ`` being the irrep's number of basis
+            functions (``d²``, ``2d²`` for a complex pair): twice its share of a flat spectrum.
+            ``"W_E"``: the same rule on the embedding of the elements.
+            ``"neurons"``: dominant irreps of ≥ ``min_fraction`` of the neurons with FVE > 0.85.
+            ``"logits"``: irreps whose character term ``χ_ρ(s(a,b)·t(c)⁻¹)`` alone explains at least
+            ``min_fraction`` of the centred logit variance on the block (Chughtai et al.'s logit attribution).
+            ``"circuit"`` (default for non-cyclic groups): the union of ``neurons`` and ``logits``.
+        min_fraction: the rule's threshold, in ``(0, 1]``.
+        cfg: the model config (for a parameter dict of a GELU model).
+
+    Returns:
+        :class:`KeyFrequencies` whose ``freqs`` are irrep indices and ``names`` their names.
+
+    Notes:
+        For a cyclic group ``k_ρ = 2`` (1 for the Nyquist frequency), so ``2 k_ρ / Σ k = 4 / (m − 1)``:
+        the ``2 / n_freq`` of :func:`key_frequencies`.
+    """
+    ts = structure_of(ts)
+    if ts is None:
+        raise AnalysisError("key irreps: the task declares no group structure")
+    method = default_key_method(ts) if method is None else method
+    if method not in KEY_IRREP_RULES:
+        raise AnalysisError(f"method: unknown key-irrep method {method!r}; use "
+                            f"{', '.join(repr(m) for m in KEY_IRREP_RULES)}")
+    _check_fraction(min_fraction)
+    kf = KEY_IRREP_RULES[method](model_or_params, float(min_fraction), ts, cfg)
+    return KeyFrequencies(kf.freqs, kf.method, kf.scores, kf.rule, tuple(ts.key_names(kf.freqs)))
+
+
+def _irrep_share(norms, ts, method: str, min_fraction: float, what: str) -> KeyFrequencies:
+    if norms.ndim != 1:
+        raise AnalysisError(f"key_irreps takes one checkpoint, but the norms of {method} have shape "
+                            f"{list(norms.shape)} (stacked parameters [ckpt, ...]?); pick a checkpoint")
+    energy = norms[1:].detach().double().cpu() ** 2
+    frac = (energy / energy.sum().clamp_min(1e-300)).numpy()
+    scores = np.concatenate([[0.0], frac])
+    k = ts.basis.n_functions.double().numpy()
+    base = k / k[1:].sum()
+    thr = np.maximum(float(min_fraction), np.minimum(2 * base, SHARE_CAP))
+    thr[0] = np.inf
+    keys = tuple(int(i) for i in np.flatnonzero(scores >= thr))
+    rule = (f"{ts.noun}s of {ts.group.name} holding ≥ max({float(min_fraction):.0%}, min(2 × their share of a flat "
+            f"spectrum, {SHARE_CAP:.0%})) of the non-trivial squared group-Fourier norm of {what}")
+    return KeyFrequencies(keys, method, scores, rule)
+
+
+def _irrep_norm_rule(method: str):
+    def rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+        params = as_params(model_or_params)
+        if method == "W_E":
+            if "embed.W_E" not in params:
+                raise AnalysisError("parameter 'embed.W_E' not found")
+            norms = embed_irrep_norms(params["embed.W_E"].detach().float(), ts)
+            what = "W_E (rows of the elements)"
+        else:
+            missing = [k for k in ("blocks.0.mlp.W_out", "unembed.W_U") if k not in params]
+            if missing:
+                raise AnalysisError(f"parameter(s) {missing} not found")
+            W_L = params["blocks.0.mlp.W_out"].detach().float() @ params["unembed.W_U"].detach().float()
+            norms = neuron_logit_irrep_norms(W_L, ts)
+            what = "W_L = W_out W_U (outputs of the elements)"
+        return _irrep_share(norms, ts, method, min_fraction, what)
+
+    return rule
+
+
+def _irrep_neurons_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    nf = neuron_fourier(model_or_params, cfg, structure=ts)
+    scores, n_explained = _cluster_scores(nf)
+    keys = tuple(int(k) for k in np.flatnonzero(scores >= min_fraction))
+    rule = (f"dominant {ts.noun} of ≥ {min_fraction:.0%} of the {n_explained} neurons with FVE > {nf.threshold:g} "
+            f"for one {ts.noun} (maps over the block in {ts.group.name}'s coordinates)")
+    return KeyFrequencies(keys, "neurons", scores, rule)
+
+
+def _irrep_logits_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    params, mcfg = resolve_model(model_or_params, cfg)
+    if params["embed.W_E"].ndim != 2:
+        raise AnalysisError(f"key_irreps takes one checkpoint, got stacked parameters of shape "
+                            f"{list(params['embed.W_E'].shape)}")
+    fit = model_character_fit(params, mcfg, ts, rows=grid_rows(mcfg))
+    scores = fit.fve.cpu().numpy()
+    keys = tuple(int(k) for k in np.flatnonzero(scores[1:] >= min_fraction) + 1)
+    rule = (f"{ts.noun}s of {ts.group.name} whose character term χ(s(a,b)·t(c)⁻¹) explains ≥ {min_fraction:.0%} of "
+            f"the centred logit variance on the block")
+    return KeyFrequencies(keys, "logits", scores, rule)
+
+
+def _irrep_circuit_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFrequencies:
+    neurons = _irrep_neurons_rule(model_or_params, min_fraction, ts, cfg)
+    logits = _irrep_logits_rule(model_or_params, min_fraction, ts, cfg)
+    keys = tuple(sorted(set(neurons.freqs) | set(logits.freqs)))
+    rule = (f"{ts.noun}s of {ts.group.name} the circuit computes with: a neuron cluster of ≥ {min_fraction:.0%} of the "
+            f"neurons explained by one {ts.noun} (FVE > {DEFAULT_THRESHOLD:g}) or a character term χ(s(a,b)·t(c)⁻¹) "
+            f"explaining ≥ {min_fraction:.0%} of the centred logit variance on the block (score: the larger share)")
+    return KeyFrequencies(keys, "circuit", np.maximum(neurons.scores, logits.scores), rule)
+
+
+KeyIrrepRule = Callable[..., KeyFrequencies]
+
+#: Key-irrep rules by name: ``rule(model_or_params, min_fraction, ts, cfg) -> KeyFrequencies``.
+KEY_IRREP_RULES: dict[str, KeyIrrepRule] = {
+    "W_L": _irrep_norm_rule("W_L"),
+    "W_E": _irrep_norm_rule("W_E"),
+    "neurons": _irrep_neurons_rule,
+    "logits": _irrep_logits_rule,
+    "circuit": _irrep_circuit_rule,
+}
+
+
+def register_key_irrep_rule(name: str, rule: KeyIrrepRule) -> None:
+    """Add a rule usable as ``key_irreps(model, ts, method=name)`` (and by run analyses of group tasks)."""
+    KEY_IRREP_RULES[name] = rule

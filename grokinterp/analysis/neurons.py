@@ -36,6 +36,7 @@ from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
 from ..model.grid import grid_forward
 from .fourier import fourier_basis, fourier_coeffs_fft
+from .groups import neuron_irrep_fve
 from .inputs import check_indices, check_square_axes, resolve_model
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "NeuronFourier",
     "neuron_fourier",
     "check_neurons",
+    "clusters_from_fve",
 ]
 
 #: FVE above which a neuron counts as explained by one frequency (paper: 0.85).
@@ -164,7 +166,9 @@ class NeuronFourier:
         cluster_sizes: DataFrame ``freq, n_neurons, fraction`` (fraction of all ``d_mlp``), one
             row per cluster.
         explained_fraction: fraction of the neurons in some cluster (paper: 433/512 ≈ 0.846).
-        p: the modulus.
+        p: the modulus (the task's alphabet size).
+        names: with a group structure (``neuron_fourier(..., structure=ts)``) the names of the irreps
+            that index ``fve`` (a "frequency" is then an irrep index); empty for Fourier over ``Z_p``.
     """
 
     fve: Tensor
@@ -175,6 +179,7 @@ class NeuronFourier:
     cluster_sizes: pd.DataFrame = field(repr=False)
     explained_fraction: float
     p: int
+    names: tuple[str, ...] = ()
 
     @property
     def d_mlp(self) -> int:
@@ -185,14 +190,19 @@ class NeuronFourier:
         """Boolean ``[d_mlp]``: the neuron is in a cluster."""
         return self.dominant_fve > self.threshold
 
+    def _check(self, freqs: Sequence[int]) -> list[int]:
+        if not self.names:
+            return fourier_basis(self.p).check_freqs(list(freqs))
+        return check_indices(list(freqs), len(self.names), "irrep", "n_irreps", allow_empty=True).tolist()
+
     def cluster(self, freq: int) -> Tensor:
         """Neuron ids of the cluster of ``freq`` (empty tensor if no neuron has it)."""
-        (f,) = fourier_basis(self.p).check_freqs([freq])
+        (f,) = self._check([freq])
         return self.clusters.get(f, torch.zeros(0, dtype=torch.int64, device=self.fve.device))
 
     def neurons_of(self, freqs: Sequence[int]) -> Tensor:
         """Neuron ids of the clusters of all ``freqs`` together, sorted."""
-        fs = fourier_basis(self.p).check_freqs(list(freqs))
+        fs = self._check(list(freqs))
         ids = [self.clusters[f] for f in fs if f in self.clusters]
         return torch.sort(torch.cat(ids))[0] if ids else torch.zeros(0, dtype=torch.int64, device=self.fve.device)
 
@@ -217,8 +227,8 @@ def _resolve_acts(x, cfg) -> Tensor:
 
 
 def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
-                   threshold: float = DEFAULT_THRESHOLD) -> NeuronFourier:
-    """Frequency analysis of every MLP neuron of one model.
+                   threshold: float = DEFAULT_THRESHOLD, *, structure=None) -> NeuronFourier:
+    """Frequency analysis of every MLP neuron of one model (irrep analysis with a group ``structure``).
 
     Args:
         model_or_acts: a model, a ``Run`` (last checkpoint), a parameter dict, or activations
@@ -226,6 +236,9 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
         cfg: the model config (see :func:`grokinterp.analysis.inputs.resolve_model`).
         threshold: FVE a neuron's dominant frequency must exceed to count as explained
             (paper: 0.85).
+        structure: a :class:`~grokinterp.analysis.groups.TaskStructure`: the maps are read on its block
+            in the group's coordinates and clustered by irrep (:func:`~grokinterp.analysis.groups.neuron_irrep_fve`;
+            a "frequency" of the result is an irrep index). Default: Fourier over ``Z_p × Z_p`` of the tokens.
 
     Returns:
         :class:`NeuronFourier`. For a stack of checkpoints use :func:`neuron_fve`.
@@ -240,8 +253,13 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     if acts.ndim != 3:
         raise AnalysisError(f"neuron_fourier takes one model ([a, b, d_mlp] activations), got shape "
                             f"{list(acts.shape)}; use neuron_fve for a stack of checkpoints")
-    p = acts.shape[0]
-    fve = neuron_fve(acts)
+    fve = neuron_fve(acts) if structure is None else neuron_irrep_fve(acts, structure)
+    return clusters_from_fve(fve, acts.shape[0], threshold, names=() if structure is None else structure.basis.names)
+
+
+def clusters_from_fve(fve: Tensor, p: int, threshold: float = DEFAULT_THRESHOLD,
+                      names: tuple[str, ...] = ()) -> NeuronFourier:
+    """:class:`NeuronFourier` from per-neuron FVEs ``[d_mlp, n_freq + 1]`` (or ``[d_mlp, n_irreps]`` with ``names``)."""
     dom_fve, dom = fve[:, 1:].max(-1)
     dom = torch.where(dom_fve > 1e-9, dom + 1, 0)  # no single-frequency variance: 0
     explained = dom_fve > threshold
@@ -256,4 +274,4 @@ def neuron_fourier(model_or_acts, cfg: ModelConfig | RunConfig | None = None,
     sizes["fraction"] = sizes["n_neurons"] / d_mlp
     return NeuronFourier(fve=fve, dominant_freq=dom, dominant_fve=dom_fve, threshold=float(threshold),
                          clusters=clusters, cluster_sizes=sizes,
-                         explained_fraction=float(explained.double().mean()), p=p)
+                         explained_fraction=float(explained.double().mean()), p=int(p), names=tuple(names))

@@ -558,6 +558,13 @@ class CircuitFormation:
     reason: str | None = None
 
 
+def _undefined(measures: pd.DataFrame) -> bool:
+    """The progress table of a task without a group structure: its restricted measures are all NaN."""
+    cols = [c for c in ("restricted_acc", "restricted_loss") if c in measures.columns]
+    no_structure = "structure" in measures.attrs and measures.attrs["structure"] is None
+    return bool(cols) and no_structure and all(measures[c].isna().all() for c in cols)
+
+
 def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WINDOW, p: int | None = None,
                             test_acc_99_epoch: int | None = None) -> CircuitFormation:
     """The epoch the generalizing circuit formed by the progress measures, next to test accuracy ≥ 99 %.
@@ -577,6 +584,9 @@ def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WIND
         AnalysisError: as :func:`detect_phases`, or neither ``restricted_acc`` nor
             ``restricted_loss`` present.
 
+    A task without a group structure (``measures.attrs["structure"] is None``, the restricted columns
+    NaN) gets ``epoch = None`` with the reason "undefined", never a date.
+
     Notes:
         Every threshold is absolute, so the dates do not move when training goes on longer:
 
@@ -592,6 +602,15 @@ def circuit_formation_epoch(measures: pd.DataFrame, *, window: int = SMOOTH_WIND
           does worse than chance on its own training pairs.
     """
     window = _check_window(window)
+    if isinstance(measures, pd.DataFrame) and _undefined(measures):
+        df = _check_measures(measures)
+        hit = np.flatnonzero(df["test_acc"].to_numpy() >= ACC_THRESHOLD)
+        t99 = int(test_acc_99_epoch) if test_acc_99_epoch is not None else \
+            (int(df["epoch"].to_numpy()[hit[0]]) if len(hit) else None)
+        why = ("undefined: the task declares no group structure, so it has no key terms, no restricted / "
+               "excluded loss and no circuit-formation date")
+        return CircuitFormation(None, "restricted accuracy reaching 99 % (undefined for this task)", t99, None, None,
+                                "excluded loss back above ln p (undefined for this task)", why)
     has_acc = isinstance(measures, pd.DataFrame) and "restricted_acc" in measures.columns
     df = _check_measures(measures, extra=("restricted_acc",) if has_acc else ("restricted_loss",))
     p = _check_p(p, measures)

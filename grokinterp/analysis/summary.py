@@ -5,6 +5,13 @@ checkpoints, phases, when the circuit formed, the final model's key frequencies,
 logit fit and ablations — and returns a :class:`RunAnalysis` (tensors, DataFrames, dataclasses;
 no figures). :meth:`RunAnalysis.headline` gives the numbers as a JSON-ready dict.
 
+The study follows the task's structure: ``a + b`` mod p as in the paper; any other group structure
+(``a − b``; ``a·b`` and ``a/b`` mod a prime in discrete-log coordinates, with the row and column of 0
+reported apart; finite groups) with key irreps (frequencies of the group when it is cyclic), the
+character fit ``χ_ρ(s(a,b)·t(c)⁻¹)`` and neuron clusters by irrep (Chughtai et al. 2023); a task
+without a group structure with what stays well defined (Fourier spectra over the tokens, neuron and
+head ablations) and the rest reported as undefined.
+
 Example:
     >>> analysis = analyze_run(load_run("checkpoints/quick"))      # doctest: +SKIP
     >>> analysis.headline()["circuit_formed_epoch"]                 # doctest: +SKIP
@@ -24,14 +31,24 @@ import torch
 from torch import Tensor
 
 from ..errors import AnalysisError, RunError
-from ..model.grid import grid_forward
+from ..model.grid import GRID_BUDGET, grid_forward, grid_rows
+from ..tasks import CyclicSum, DiscreteLog
 from .ablations import COLUMNS as ABLATION_COLUMNS
 from .ablations import ablation_table
-from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
+from .fourier import embed_fourier_norms, fourier_basis, neuron_logit_fourier_norms
+from .groups import (
+    embed_irrep_norms,
+    logit_character_fit,
+    logit_irrep_norms_2d,
+    model_character_fit,
+    neuron_irrep_fve,
+    neuron_logit_irrep_norms,
+    task_structure,
+)
 from .inputs import residue_outputs
 from .logits import logit_cos_fit, logit_fourier_norms_2d
 from .measures import progress_measures
-from .neurons import neuron_fourier
+from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
 
 __all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis"]
@@ -76,30 +93,51 @@ class RunAnalysis:
     neurons: Any  # NeuronFourier
     acts: Tensor  # [a, b, d_mlp] final model
     pattern: Tensor  # [a, b, h, 3]
-    logit_fit: Any  # LogitCosFit
-    logit_norms_2d: Tensor  # [p, p]
+    logit_fit: Any  # LogitCosFit (a + b mod p), CharacterFit (other group structures) or None
+    logit_norms_2d: Tensor  # [p, p] (group: [|G|, |G|] over the block in the group's coordinates)
     ablations: pd.DataFrame
     extras: dict[str, Any] = field(default_factory=dict)  # results of RUN_ANALYSES, by name
+    structure: Any = None  # TaskStructure of the task (None: no group structure)
+    key_names: tuple[str, ...] = ()  # names of the key irreps (empty for a + b mod p)
+    component_labels: tuple[str, ...] = ()  # names of the components of embed_norms / W_L_norms
+    component_keys: Tensor | None = None  # [components] the frequency / irrep of each component
+    key_names_all: tuple[str, ...] = ()  # name of every frequency / irrep (index k)
+    outside_block: dict[str, Any] | None = None  # mul / div mod p: the row and column of 0
+    acts_neurons: tuple[int, ...] | None = None  # large grids: the neurons `acts` holds (else all of them)
+    notes: list[str] = field(default_factory=list)  # what was left out, and why
+
+    @property
+    def noun(self) -> str:
+        """``frequency`` (a cyclic structure or none: Fourier over the tokens) or ``irrep``."""
+        return "irrep" if self.structure is not None and not self.structure.cyclic else "frequency"
 
     def headline(self) -> dict[str, Any]:
         """The headline numbers as plain Python values (JSON-ready)."""
         s = self.run.summary()
         ph, cf = self.phases, self.circuit
         nf = self.neurons
+        ts = self.structure
 
         def f(x):
             return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
         abl = (self.ablations.pivot_table(index="ablation", columns="split", values="loss", sort=False)
                if len(self.ablations) else pd.DataFrame())
+        fit = self.logit_fit
         return {
             "run": str(self.run.path),
-            "task": f"{self.run.config.task.operation} mod {self.run.p}",
+            "task": self.run.task.describe(),
+            "structure": ts.describe() if ts is not None else None,
+            "group": ts.group.name if ts is not None else None,
+            "coordinates": ts.structure.coordinates if ts is not None else None,
+            "generator": ts.structure.generator if ts is not None and isinstance(ts.structure, DiscreteLog) else None,
             "frac_train": self.run.config.task.frac_train,
             "epochs_trained": s.get("epoch_reached"),
             "n_checkpoints": int(len(self.run.epochs)),
             "n_checkpoints_analysed": int(len(self.epochs)),
             "key_frequencies": list(self.key_freqs),
+            "key_irreps": list(self.key_names),
+            "key_kind": self.noun,
             "n_key_frequencies": len(self.key_freqs),
             "key_frequency_rule": self.key_rule,
             # our rules (the names say which rule; see "phases" for every boundary with its rule)
@@ -116,6 +154,7 @@ class RunAnalysis:
             "phase_reasons": {b.name: b.reason for b in ph.boundaries() if b.reason},
             "circuit_formed_epoch": cf.epoch,
             "circuit_rule": cf.rule,
+            "circuit_reason": cf.reason,
             "excluded_loss_rise_epoch": cf.excluded_loss_epoch,
             "excluded_loss_rule": cf.excluded_rule,
             "test_acc_99_epoch": cf.test_acc_99_epoch,
@@ -126,10 +165,60 @@ class RunAnalysis:
             "neurons_explained_by_one_freq": int(nf.explained.sum()),
             "neurons_total": nf.d_mlp,
             "neurons_explained_fraction": float(nf.explained_fraction),
-            "logit_fve_key_freqs": f(float(self.logit_fit.fve_key)) if self.logit_fit.fve_key is not None else None,
+            "logit_fve_key_freqs": f(float(fit.fve_key)) if fit is not None and fit.fve_key is not None else None,
+            "logit_fit_terms": _fit_terms(ts),
+            "logit_fve_label_coordinate": f(float(fit.fve_coordinate)) if getattr(fit, "fve_coordinate", None)
+            is not None else None,
+            "outside_block": self.outside_block,
+            "neurons_fve_key": _fve_key(nf, self.key_freqs),
+            "notes": list(self.notes),
             "ablation_loss": {k: {c: f(float(v)) for c, v in row.items()} for k, row in abl.iterrows()},
             "extras": {k: v for k, v in self.extras.items() if _json_ready(v)},
         }
+
+
+def _fve_key(nf, keys) -> float | None:
+    """Mean over the neurons that vary of the fraction of their variance in the key terms (all key
+    frequencies / irreps together: their single-frequency terms are orthogonal, so the FVEs add up)."""
+    if not keys:
+        return None
+    fve = nf.fve[:, list(keys)].sum(-1)
+    live = nf.fve[:, 1:].sum(-1) > 0
+    return float(fve[live].mean()) if bool(live.any()) else None
+
+
+def _fit_terms(ts) -> str | None:
+    """The terms of the logit fit in words: cos(w(a+b−c)), cos(w(a−b−c)), cos(w(log a + log b − log c)), χ_ρ(...)."""
+    if ts is None:
+        return None
+    st = ts.structure
+    if isinstance(st, CyclicSum):
+        return "cos(w(a+b−c))"
+    if isinstance(st, DiscreteLog):
+        return f"cos(w({st.word} − log c)) on Z_{ts.m}"
+    if st.word == "a − b":
+        return "cos(w(a − b − c))"
+    return f"χ_ρ(s·c⁻¹), s = {st.word}"
+
+
+def _outside_block(run, ts, logits: Tensor) -> dict[str, Any] | None:
+    """Loss and accuracy of the final model on the valid pairs outside the block (``mul``: the 0 row and column)."""
+    if ts is None or ts.full_block:
+        return None
+    labels = torch.from_numpy(run.task.label_grid().copy())
+    trn, tst = (torch.from_numpy(np.asarray(x, dtype=np.int64)) for x in run.split_pairs())
+    out = {"pairs": "valid pairs outside the group structure's block (for a·b, a/b mod p: a = 0 or b = 0)"}
+    flat = logits.reshape(ts.n * ts.n, -1).double()
+    for name, idx in (("train", trn), ("test", tst), ("all", torch.nonzero(labels >= 0)[:, 0])):
+        idx = idx[ts.coords[idx] < 0]
+        if len(idx) == 0:
+            out[name] = {"n": 0, "loss": None, "acc": None}
+            continue
+        logp = torch.log_softmax(flat[idx], dim=-1)
+        y = labels[idx]
+        out[name] = {"n": int(len(idx)), "loss": float(-logp[torch.arange(len(idx)), y].mean()),
+                     "acc": float((flat[idx].argmax(-1) == y).double().mean())}
+    return out
 
 
 def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
@@ -155,24 +244,108 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     t99 = run.summary().get("test_acc_99_epoch")
     circuit = circuit_formation_epoch(measures, test_acc_99_epoch=t99)
     params, cfg = residue_outputs(run.params(-1), run.config.model)  # analyses see the residue logits
+    ts = task_structure(run.task)
+    grp = None if ts is None or isinstance(ts.structure, CyclicSum) else ts  # a + b: the paper's own analyses
+    rows = grid_rows(cfg)
+    if grp is not None and rows is not None:
+        return _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, grp, rows)
     with torch.no_grad():
         out = grid_forward(params, cfg, return_post=True, return_pattern=True)
-    nf = neuron_fourier(out.post)
-    fit = logit_cos_fit(out.logits, keys) if keys else logit_cos_fit(out.logits)
-    norms2d = logit_fourier_norms_2d(out.logits, per="component", center=True)
-    # Ablations need key frequencies; a run that never formed a circuit has none to ablate.
-    abl = ablation_table(run, list(keys)) if keys else pd.DataFrame(columns=list(ABLATION_COLUMNS))
+    nf = neuron_fourier(out.post, structure=grp)
     W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]
+    if grp is None:
+        if ts is None:
+            fit = None  # no group structure: the cos(w(a+b−c)) fit would be a wrong number
+        else:
+            fit = logit_cos_fit(out.logits, keys) if keys else logit_cos_fit(out.logits)
+        norms2d = logit_fourier_norms_2d(out.logits, per="component", center=True)
+        over_time = embed_fourier_norms(run.stack("embed.W_E", epochs))
+        embed_norms = embed_fourier_norms(params["embed.W_E"], per="component")
+        W_L_norms = neuron_logit_fourier_norms(W_L, per="component")
+        B = fourier_basis(run.p)
+        labels, comp_keys, all_names = B.labels, B.freqs, B.freq_labels
+    else:
+        fit = logit_character_fit(out.logits, grp, keys if keys else None)
+        norms2d = logit_irrep_norms_2d(out.logits, grp, per="component", center=True)
+        over_time = embed_irrep_norms(run.stack("embed.W_E", epochs), grp)
+        embed_norms = embed_irrep_norms(params["embed.W_E"], grp, per="component")
+        W_L_norms = neuron_logit_irrep_norms(W_L, grp, per="component")
+        B = grp.basis
+        labels, comp_keys = B.labels, B.irrep_of_row
+        all_names = tuple(n if not grp.cyclic else (str(i) if i else "const") for i, n in enumerate(B.names))
+    # Ablations need key frequencies (or, without a group structure, only neurons and heads).
+    if ts is None or keys:
+        abl = ablation_table(run, list(keys) if ts is not None else None)
+    else:  # a run that never formed a circuit has no key terms to ablate
+        abl = pd.DataFrame(columns=list(ABLATION_COLUMNS))
     analysis = RunAnalysis(
         run=run, epochs=epochs, measures=measures, phases=phases, circuit=circuit, key_freqs=keys, key_rule=rule,
-        embed_norms_over_time=embed_fourier_norms(run.stack("embed.W_E", epochs)),
-        embed_norms=embed_fourier_norms(params["embed.W_E"], per="component"),
-        W_L_norms=neuron_logit_fourier_norms(W_L, per="component"),
+        embed_norms_over_time=over_time, embed_norms=embed_norms, W_L_norms=W_L_norms,
         neurons=nf, acts=out.post, pattern=out.pattern, logit_fit=fit, logit_norms_2d=norms2d, ablations=abl,
+        structure=ts, key_names=tuple(measures.attrs.get("key_irreps", ())), component_labels=tuple(labels),
+        component_keys=comp_keys, key_names_all=tuple(all_names), outside_block=_outside_block(run, ts, out.logits),
     )
+    return _finish(analysis)
+
+
+def _finish(analysis: RunAnalysis) -> RunAnalysis:
     for name, fn in RUN_ANALYSES.items():
         analysis.extras[name] = fn(analysis)
     return analysis
+
+
+def _post_params(params: dict[str, Tensor], neurons) -> tuple[dict[str, Tensor], int]:
+    """Parameters whose MLP keeps only ``neurons`` and whose unembedding one column: a forward of them gives
+    those neurons' activations without the ``|G|³`` logits."""
+    P = dict(params)
+    P["blocks.0.mlp.W_in"] = params["blocks.0.mlp.W_in"][..., neurons]
+    P["blocks.0.mlp.b_in"] = params["blocks.0.mlp.b_in"][..., neurons]
+    P["blocks.0.mlp.W_out"] = params["blocks.0.mlp.W_out"][..., neurons, :]
+    P["unembed.W_U"] = params["unembed.W_U"][..., :1]
+    return P, len(neurons) if not isinstance(neurons, slice) else P["blocks.0.mlp.b_in"].shape[-1]
+
+
+def _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, ts, rows) -> RunAnalysis:
+    """:func:`analyze_run` for a grid too large to hold (a large group): the final model's pieces are streamed.
+
+    The character fit streams blocks of rows; neurons are clustered a few at a time (a forward of the
+    neurons alone); the attention pattern is gathered over blocks of rows; the 2-D logit spectrum and the
+    ablations (each a forward of the whole grid) are left out and said so in ``extras["notes"]``."""
+    import dataclasses
+
+    n, dm = cfg.p, cfg.d_mlp
+    per = int(max(1, min(dm, GRID_BUDGET // (40 * n * n))))  # neurons per forward: post + float64 transforms
+    fves = []
+    with torch.no_grad():
+        for i in range(0, dm, per):
+            P, k = _post_params(params, slice(i, min(i + per, dm)))
+            post = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+            fves.append(neuron_irrep_fve(post, ts))
+            del post
+        nf = clusters_from_fve(torch.cat(fves, 0), n, names=ts.basis.names)
+        sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False)
+        chosen = [int(nf.clusters[int(f)][0]) for f in sizes["freq"][:4]] or list(range(min(4, dm)))
+        P, k = _post_params(params, torch.tensor(chosen))
+        acts = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+        pattern = torch.cat([grid_forward(params, cfg, rows=(a0, min(a0 + rows, n)), return_pattern=True).pattern
+                             for a0 in range(0, n, rows)], 0)
+    fit = model_character_fit(params, cfg, ts, keys if keys else None, rows=rows)
+    W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]
+    B = ts.basis
+    names = tuple(nm if not ts.cyclic else (str(i) if i else "const") for i, nm in enumerate(B.names))
+    analysis = RunAnalysis(
+        run=run, epochs=epochs, measures=measures, phases=phases, circuit=circuit, key_freqs=keys, key_rule=rule,
+        embed_norms_over_time=embed_irrep_norms(run.stack("embed.W_E", epochs), ts),
+        embed_norms=embed_irrep_norms(params["embed.W_E"], ts, per="component"),
+        W_L_norms=neuron_logit_irrep_norms(W_L, ts, per="component"),
+        neurons=nf, acts=acts, pattern=pattern, logit_fit=fit, logit_norms_2d=None,
+        ablations=pd.DataFrame(columns=list(ABLATION_COLUMNS)), structure=ts,
+        key_names=tuple(measures.attrs.get("key_irreps", ())), component_labels=tuple(B.labels),
+        component_keys=B.irrep_of_row, key_names_all=names, outside_block=None, acts_neurons=tuple(chosen),
+    )
+    analysis.notes.append(f"large grid ({n}² inputs, {n}³ logits per checkpoint): streamed in blocks of {rows} rows; "
+                          f"the 2-D logit spectrum and the ablations (each a forward of the whole grid) are left out")
+    return _finish(analysis)
 
 
 def _json_ready(x: Any) -> bool:

@@ -27,7 +27,10 @@ from ..config import ModelConfig
 from ..errors import AnalysisError
 from . import tables
 
-__all__ = ["GridOutput", "grid_forward", "grid_tokens"]
+__all__ = ["GridOutput", "grid_forward", "grid_tokens", "grid_bytes", "grid_rows", "GRID_BUDGET"]
+
+#: Working memory aimed at per forward of the grid when a caller does not say (bytes).
+GRID_BUDGET = 768 * 2 ** 20
 
 PostFn = Callable[[Tensor], Tensor]
 
@@ -53,6 +56,24 @@ def grid_tokens(p: int) -> Tensor:
     return torch.stack([a.reshape(-1), b.reshape(-1), torch.full((p * p,), p)], dim=1)
 
 
+def grid_bytes(cfg: ModelConfig) -> int:
+    """Working memory of one checkpoint's whole-grid analysis (bytes, an estimate): the forward's
+    ``acc [p², d_mlp + p]`` (twice while summing), pre- and post-activations, logits, then float64
+    copies of the logits for the losses and projections."""
+    p, dm = cfg.p, cfg.d_mlp
+    return 4 * p * p * (3 * (dm + p) + 2 * dm + 2 * p) + 8 * 3 * p ** 3
+
+
+def grid_rows(cfg: ModelConfig, budget: int = GRID_BUDGET) -> int | None:
+    """Rows ``a`` per forward that keep one checkpoint under ``budget`` (``None``: the whole grid fits).
+
+    ``S6`` (720 symbols) with ``d_mlp = 512`` would need ~22 GB at once: about 25 rows per block on CPU."""
+    need = grid_bytes(cfg)
+    if need <= budget:
+        return None
+    return int(max(budget // (need // cfg.p + 1), 1))
+
+
 def grid_forward(
     params: dict[str, Tensor],
     cfg: ModelConfig,
@@ -61,6 +82,7 @@ def grid_forward(
     post_fn: PostFn | None = None,
     return_post: bool = False,
     return_pattern: bool = False,
+    rows: tuple[int, int] | None = None,
 ) -> GridOutput:
     """Final-position logits (and optionally neurons and attention) on the full ``p × p`` grid.
 
@@ -72,6 +94,9 @@ def grid_forward(
             (zero-/mean-ablation, replacement by an approximation). Its result is what
             ``post`` reports.
         return_post, return_pattern: also return neuron activations / attention pattern.
+        rows: ``(start, stop)``: only the inputs with ``start ≤ a < stop`` (the outputs' ``a`` axis then
+            has ``stop − start`` entries). Large grids (``S6``: 720³ logits per checkpoint) are analysed
+            in such blocks of rows; ``post_fn`` then sees the block.
 
     Notes:
         With ``EP[j, t] = W_E[t] + W_pos[j]`` and the query of ``=``, the scores of key position
@@ -97,10 +122,14 @@ def grid_forward(
     W_U = P["unembed.W_U"]
     n = W_E.shape[0]
 
+    a0, a1 = (0, p) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= a0 < a1 <= p:
+        raise AnalysisError(f"rows: expected 0 ≤ start < stop ≤ {p}, got {rows!r}")
+    A = a1 - a0
     EP = W_E[:, None, :, :] + W_pos[:, :3, None, :]  # [ckpt, pos, vocab, d_model]
     x_eq = EP[:, 2, p]  # [ckpt, d_model]
     kq = tables.query_key_map(x_eq, W_Q, W_K)  # [ckpt, d_model, h]
-    s0 = torch.einsum("cvd,cdh->cvh", EP[:, 0, :p], kq)  # [ckpt, a, h]
+    s0 = torch.einsum("cvd,cdh->cvh", EP[:, 0, a0:a1], kq)  # [ckpt, a, h]
     s1 = torch.einsum("cvd,cdh->cvh", EP[:, 1, :p], kq)  # [ckpt, b, h]
     s2 = torch.einsum("cd,cdh->ch", x_eq, kq)  # [ckpt, h]
     # Softmax over the three key positions, each probability its own contiguous [ckpt, a, b, h]
@@ -121,30 +150,30 @@ def grid_forward(
     def table(x: Tensor) -> Tensor:  # [ckpt, t, d_model] -> [ckpt, t, h, k]
         return tables.value_table(x, W_V, OV_read).contiguous()
 
-    T0, T1, T2 = table(EP[:, 0, :p]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
+    T0, T1, T2 = table(EP[:, 0, a0:a1]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
     # p2 = 1 − p0 − p1: Σ_j p_j T_j = Σ_h T2 + p0 (T0 − T2) + p1 (T1 − T2). The constant part
     # (Σ_h T2, the residual stream of "=" read into [W_in | W_U], b_in and b_out W_U) rides along
     # as an extra "head" with weight 1, and the p1 term is accumulated in place through a
     # transposed view: two batched matmuls write acc once (no temporaries, no extra passes).
     const = tables.constant_read(x_eq, W_read, b_in, b_out, W_U) + T2.sum(1)  # [ckpt, k]
     K = const.shape[-1]
-    w0 = torch.cat([p0, p0.new_ones(n, p, p, 1)], dim=-1)  # [ckpt, a, b, h + 1]
-    U0 = torch.cat([T0 - T2[:, None], const[:, None, None, :].expand(n, p, 1, K)], dim=2)  # [ckpt, a, h + 1, k]
-    acc = torch.bmm(w0.reshape(n * p, p, H + 1), U0.reshape(n * p, H + 1, K)).reshape(n, p, p, K)
+    w0 = torch.cat([p0, p0.new_ones(n, A, p, 1)], dim=-1)  # [ckpt, a, b, h + 1]
+    U0 = torch.cat([T0 - T2[:, None], const[:, None, None, :].expand(n, A, 1, K)], dim=2)  # [ckpt, a, h + 1, k]
+    acc = torch.bmm(w0.reshape(n * A, p, H + 1), U0.reshape(n * A, H + 1, K)).reshape(n, A, p, K)
     U1 = T1 - T2[:, None]  # [ckpt, b, h, k]
     for i in range(n):  # per checkpoint: acc[i, :, b] += p1[i, :, b] @ U1[i, b]
         acc[i].transpose(0, 1).baddbmm_(p1[i].transpose(0, 1), U1[i])
-    acc = acc.reshape(n, p * p, -1)
+    acc = acc.reshape(n, A * p, -1)
     pre = acc[..., :dm]  # [ckpt, a*b, d_mlp], a strided view of acc
     if cfg.act_fn == "relu" and post_fn is None and not return_post:
         post = pre.relu_()  # in place: nobody else sees the pre-activations
     else:
         post = F.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
         if post_fn is not None:
-            post = post_fn(post.reshape(n, p, p, dm)).reshape(n, p * p, dm)
+            post = post_fn(post.reshape(n, A, p, dm)).reshape(n, A * p, dm)
     W_L = W_out @ W_U  # [ckpt, d_mlp, vocab]
-    logits = torch.baddbmm(acc[..., dm:], post, W_L).reshape(n, p, p, -1)
-    post = post.reshape(n, p, p, dm)
+    logits = torch.baddbmm(acc[..., dm:], post, W_L).reshape(n, A, p, -1)
+    post = post.reshape(n, A, p, dm)
     pattern = torch.stack([p0, p1, p2], dim=-1) if return_pattern else None
 
     def squeeze(t: Tensor | None) -> Tensor | None:

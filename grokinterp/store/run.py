@@ -48,6 +48,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, LIMITS, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
+from ..tasks import fixed_size
 from . import layout as _io
 from .integrity import ReadChecker, never_flushed
 from .writer import METRIC_COLUMNS
@@ -705,8 +706,9 @@ class Run:
         state = ("finished" if self.finished else
                  f"training, flushed to epoch {self.progress.get('epoch')}" if self.training else
                  f"at epoch {self.progress.get('epoch')}")
-        return (f"Run({str(self.path)!r}: {c.task.operation} mod {c.task.p}, {len(self.epochs)} checkpoints "
-                f"({span}), {state})")
+        what = (f"{c.task.operation} mod {c.task.p}" if fixed_size(c.task.operation) is None
+                else f"{c.task.operation} (order {c.task.p})")
+        return f"Run({str(self.path)!r}: {what}, {len(self.epochs)} checkpoints ({span}), {state})"
 
 
 def _shard_files(path: Path) -> tuple[list[str], list[str]]:

@@ -1,8 +1,11 @@
 """Tasks: what the model is trained on (``[a, b, =]`` → ``a ∘ b``), behind one :class:`Task` protocol.
 
-Today's tasks are the binary operations mod p of :mod:`~grokinterp.tasks.modular`; a new kind of
-task implements :class:`~grokinterp.tasks.base.Task` and registers a factory with
-:func:`register_task_kind`. Only numpy is imported (configs validate against tasks cheaply).
+Two kinds are built in: the binary operations mod p of :mod:`~grokinterp.tasks.modular` (Power et
+al.'s catalogue) and the finite groups of :mod:`~grokinterp.tasks.groups` (``S5``, ``A5``, ``D59``,
+``C113``, and words such as ``S5_conj``). Each task declares its algebraic structure
+(:mod:`~grokinterp.tasks.algebra`); a new kind of task implements :class:`~grokinterp.tasks.base.Task`
+and registers a factory with :func:`register_task_kind`. Only numpy is imported (configs validate
+against tasks cheaply).
 """
 
 from __future__ import annotations
@@ -14,9 +17,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from .algebra import (
+    CyclicDifference,
+    CyclicSum,
+    DiscreteLog,
+    FiniteGroup,
+    GroupProduct,
+    GroupStructure,
+    GroupWord,
+    get_group,
+)
 from .base import (
     SPLIT_METHODS,
-    CyclicSum,
     Dataset,
     Structure,
     Task,
@@ -25,23 +37,34 @@ from .base import (
     register_split_method,
     split_indices,
 )
+from .groups import GROUP_TASK_HELP, GroupTask, group_task_kind, group_task_size
 from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime, register_operation
 
 __all__ = [
-    "Task", "Structure", "CyclicSum", "Dataset", "ModularTask", "Operation", "OPERATIONS",
+    "Task", "Structure", "GroupStructure", "CyclicSum", "CyclicDifference", "DiscreteLog", "GroupProduct",
+    "GroupWord", "FiniteGroup", "get_group", "Dataset", "ModularTask", "GroupTask", "Operation", "OPERATIONS",
     "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
     "get_split_method", "get_task", "is_prime", "make_dataset", "paper_split_indices", "split_indices", "split_pairs",
-    "task_names",
+    "task_names", "fixed_size", "operations_help",
 ]
 
 #: Task kinds tried in order: ``factory(name, p) -> Task | None`` (``None``: not this kind's name).
 _KINDS: list[Callable[[str, int], Task | None]] = []
+#: Per kind that fixes its alphabet size by name: ``size(name) -> int | None``.
+_SIZES: list[Callable[[str], int | None]] = []
 _CACHE: dict[tuple[str, int, bool | None], Task] = {}
 
 
-def register_task_kind(factory: Callable[[str, int], Task | None]) -> None:
-    """Add a family of tasks: ``factory(name, p)`` returns a :class:`Task` for the names it knows."""
+def register_task_kind(factory: Callable[[str, int], Task | None],
+                       fixed_size: Callable[[str], int | None] | None = None) -> None:
+    """Add a family of tasks: ``factory(name, p)`` returns a :class:`Task` for the names it knows.
+
+    ``fixed_size(name)``, for kinds whose names fix the alphabet (a group's order), returns that
+    size (``None`` for names it does not know); configs then take ``p`` from it and refuse another.
+    """
     _KINDS.insert(0, factory)
+    if fixed_size is not None:
+        _SIZES.insert(0, fixed_size)
     _CACHE.clear()
 
 
@@ -50,11 +73,31 @@ def _modular(name: str, p: int) -> Task | None:
 
 
 _KINDS.append(_modular)
+register_task_kind(group_task_kind, group_task_size)
+
+
+def fixed_size(operation: str) -> int | None:
+    """The alphabet size a task name fixes (a group's order), or ``None`` when ``p`` is free.
+
+    Raises:
+        ConfigError: a group name of an unsupported size.
+    """
+    for size in _SIZES:
+        n = size(operation)
+        if n is not None:
+            return int(n)
+    return None
 
 
 def task_names() -> list[str]:
-    """Names a config may use (the registered operations)."""
+    """Names a config may use: the registered operations (group tasks are named by pattern, see
+    :data:`~grokinterp.tasks.groups.GROUP_TASK_HELP`)."""
     return sorted(OPERATIONS)
+
+
+def operations_help() -> str:
+    """Every operation a config may name, in one line (for ``--help``)."""
+    return "mod p: " + ", ".join(sorted(OPERATIONS)) + "; " + GROUP_TASK_HELP
 
 
 def get_task(operation: str, p: int, eq_logit: bool | None = None) -> Task:
@@ -74,8 +117,7 @@ def get_task(operation: str, p: int, eq_logit: bool | None = None) -> Task:
             if task is not None:
                 break
         else:
-            get_operation(operation)  # raises the "unknown operation" error listing the known ones
-            raise ConfigError(f"task.operation: unknown operation {operation!r}")
+            raise ConfigError(f"task.operation: unknown operation {operation!r}; known: {operations_help()}")
         if eq_logit is not None and bool(eq_logit) != task.eq_logit:
             task = copy.copy(task)  # the same task with (or without) an output logit for '='
             task.eq_logit = bool(eq_logit)

@@ -39,7 +39,6 @@ from ..errors import ConfigError
 __all__ = [
     "Task",
     "Structure",
-    "CyclicSum",
     "Dataset",
     "SPLIT_METHODS",
     "register_split_method",
@@ -52,22 +51,14 @@ __all__ = [
 class Structure:
     """Algebraic structure a task declares for its analyses (base class of the kinds).
 
-    Analyses check ``isinstance(task.structure, <kind>)`` and refuse, with a message, where the
-    structure they need is absent. Today's kind is :class:`CyclicSum`; group tasks add theirs.
+    Analyses check ``isinstance(task.structure, <kind>)`` and report what is undefined where the
+    structure they need is absent (``task.structure is None``: no group structure). The kinds
+    (cyclic sum and difference, discrete logarithms, finite groups) are in
+    :mod:`~grokinterp.tasks.algebra`.
     """
 
     def describe(self) -> str:
         return type(self).__name__
-
-
-@dataclass(frozen=True)
-class CyclicSum(Structure):
-    """The label is ``(a + b) mod n``: the cyclic group Z_n, analysed with its Fourier basis."""
-
-    n: int
-
-    def describe(self) -> str:
-        return f"cyclic group Z_{self.n} (label = a + b mod {self.n})"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .base import CyclicSum, Structure, Task
+from .algebra import CyclicDifference, CyclicSum, DiscreteLog
+from .base import Structure, Task
 
 __all__ = ["Operation", "OPERATIONS", "register_operation", "get_operation", "is_prime", "ModularTask"]
 
@@ -74,7 +75,7 @@ def register_operation(
     """Add an operation to the registry so configs and the CLI can name it.
 
     Example:
-        >>> register_operation("x3_xy", lambda a, b, p: a**3 + a * b, formula="a³+ab")  # doctest: +SKIP
+        >>> register_operation("x4_y", lambda a, b, p: a**4 + b, formula="a⁴+b")  # doctest: +SKIP
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"operation name must be an identifier, got {name!r}")
@@ -123,16 +124,36 @@ class ModularTask(Task):
         return f"ModularTask({self.name!r}, p={self.n})"
 
 
-def _div(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+def _inverses(p: int) -> np.ndarray:
     # b^(p-2) is b's inverse mod prime p (Fermat); pow on python ints keeps it exact.
-    inv = np.array([pow(int(x), p - 2, p) if x else 0 for x in range(p)], dtype=np.int64)
-    return a * inv[b]
+    return np.array([pow(int(x), p - 2, p) if x else 0 for x in range(p)], dtype=np.int64)
 
 
+def _div(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+    return a * _inverses(p)[b]
+
+
+def _div_odd_sub(a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+    return np.where(b % 2 == 1, a * _inverses(p)[b], a - b)
+
+
+def _dlog(op: str) -> StructureFn:
+    """``mul`` / ``div`` mod a prime: the nonzero residues in discrete-log coordinates; composite p: none."""
+    return lambda p: DiscreteLog.of(p, op) if is_prime(p) else None
+
+
+# Power et al. (2022), table of binary operations mod p (their p = 97), and x·y (Grokfast's task).
+# Operations without a group structure declare none: analyses report what stays well defined.
 register_operation("add", lambda a, b, p: a + b, formula="a + b", structure=CyclicSum)
-register_operation("sub", lambda a, b, p: a - b, formula="a − b")
-register_operation("mul", lambda a, b, p: a * b, formula="a · b")
+register_operation("sub", lambda a, b, p: a - b, formula="a − b", structure=CyclicDifference)
+register_operation("mul", lambda a, b, p: a * b, formula="a · b", structure=_dlog("mul"))
 register_operation(
-    "div", _div, requires_prime=True, valid_pair=lambda a, b, p: b != 0, formula="a / b (b ≠ 0)"
+    "div", _div, requires_prime=True, valid_pair=lambda a, b, p: b != 0, formula="a / b (b ≠ 0)",
+    structure=_dlog("div"),
 )
+register_operation("div_odd_sub", _div_odd_sub, requires_prime=True, formula="a / b if b is odd, else a − b")
+register_operation("x2_y2", lambda a, b, p: a * a + b * b, formula="a² + b²")
 register_operation("x2_xy_y2", lambda a, b, p: a * a + a * b + b * b, formula="a² + ab + b²")
+register_operation("x2_xy_y2_x", lambda a, b, p: a * a + a * b + b * b + a, formula="a² + ab + b² + a")
+register_operation("x3_xy", lambda a, b, p: a ** 3 + a * b, formula="a³ + ab")
+register_operation("x3_xy2_y", lambda a, b, p: a ** 3 + a * b * b + b, formula="a³ + ab² + b")

@@ -504,8 +504,8 @@ def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str 
     config = run.config
     run_dir = run.path
     E = config.train.epochs
-    reached = int(run.progress.get("epoch", 0) or 0)
     if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
+        reached = int(run.progress.get("epoch", 0) or 0)
         return _with_session(run, "imported", reached, reached, None)
     state_path = run_dir / layout.STATE_FILE
     state = None

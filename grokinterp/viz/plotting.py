@@ -151,35 +151,47 @@ def _split_components(labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | 
 
 def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_freqs: Sequence[int] = (),
                        component_freqs: Sequence[int] | None = None,
-                       title: str = "Fourier norms") -> go.Figure:
-    """Bar charts of Fourier norms on a numeric frequency axis, one row per named matrix.
+                       title: str = "Fourier norms", key_names: Sequence[str] | None = None,
+                       noun: str = "frequencies") -> go.Figure:
+    """Bar charts of Fourier (or group Fourier) norms on a numeric axis, one row per named matrix.
 
-    With basis labels (``const``, ``cos k``, ``sin k``) each frequency ``k`` gets two bars side by
-    side — ``cos k`` (solid) and ``sin k`` (hatched) — and the constant sits at ``k = 0``; the axis
-    is numeric, so its ticks stay legible at any p, and hovering a bar names its component.
+    With Fourier basis labels (``const``, ``cos k``, ``sin k``) each frequency ``k`` gets two bars side
+    by side — ``cos k`` (solid) and ``sin k`` (hatched) — and the constant sits at ``k = 0``; the axis
+    is numeric, so its ticks stay legible at any p, and hovering a bar names its component. For a group
+    basis (``noun="irreps"``) the axis is the component index, in basis order (grouped by irrep), and
+    the hover names the irrep and matrix element.
 
     Args:
         norms: name → ``[n]`` norms per component (or per frequency) in the order of ``labels``
             (e.g. ``{"W_E": ..., "W_L": ...}``).
-        labels: the component names (``FourierBasis.labels``) or frequency labels.
-        key_freqs: frequencies to highlight (red).
-        component_freqs: frequency of each bar (``FourierBasis.freqs``); default: from basis
-            labels, else bar index = frequency.
+        labels: the component names (``FourierBasis.labels`` / ``GroupBasis`` labels) or frequency labels.
+        key_freqs: frequencies (or irrep indices) to highlight (red).
+        component_freqs: frequency of each bar (``FourierBasis.freqs``) or irrep of each component
+            (``GroupBasis.irrep_of_row``); default: from basis labels, else bar index = frequency.
+        key_names, noun: how the title names the highlighted keys (default: the numbers, "frequencies").
     """
     if not norms:
         raise AnalysisError("norms: nothing to plot")
-    split = _split_components(labels)
-    if component_freqs is not None:
-        freqs = _np(component_freqs).astype(np.int64)
-        if len(freqs) != len(labels):
-            raise AnalysisError(f"component_freqs has {len(freqs)} values for {len(labels)} labels")
-        kinds = split[1] if split is not None else np.zeros(len(labels), dtype=np.int64)
-    elif split is not None:
-        freqs, kinds = split
-    else:
+    irreps = noun != "frequencies"
+    split = None if irreps else _split_components(labels)
+    if irreps:
+        if component_freqs is None:
+            raise AnalysisError("component_freqs: the irrep of each component is needed to plot irrep norms")
+        groups = _np(component_freqs).astype(np.int64)
         freqs, kinds = np.arange(len(labels)), np.zeros(len(labels), dtype=np.int64)
+        key = np.isin(groups, list(key_freqs))
+    else:
+        if component_freqs is not None:
+            freqs = _np(component_freqs).astype(np.int64)
+            if len(freqs) != len(labels):
+                raise AnalysisError(f"component_freqs has {len(freqs)} values for {len(labels)} labels")
+            kinds = split[1] if split is not None else np.zeros(len(labels), dtype=np.int64)
+        elif split is not None:
+            freqs, kinds = split
+        else:
+            freqs, kinds = np.arange(len(labels)), np.zeros(len(labels), dtype=np.int64)
+        key = np.isin(freqs, list(key_freqs))
     two_kinds = bool((kinds == 1).any())
-    key = np.isin(freqs, list(key_freqs))
     fig = make_subplots(rows=len(norms), cols=1, subplot_titles=list(norms), vertical_spacing=0.16)
     for i, (name, v) in enumerate(norms.items(), start=1):
         v = _np(v)
@@ -199,20 +211,22 @@ def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_f
                 customdata=np.array(labels, dtype=object)[sel],
                 hovertemplate="%{customdata}: %{y:.3g}<extra>" + name + "</extra>"), row=i, col=1)
         fig.update_yaxes(title_text=f"norm of {name}", row=i, col=1)
-        fig.update_xaxes(title_text="frequency k" + (" (bars: cos k, then sin k, lighter and hatched)" if two_kinds
-                                                     else ""),
-                         row=i, col=1)
+        x_title = ("component (basis order, grouped by irrep; hover for its name)" if irreps else
+                   "frequency k" + (" (bars: cos k, then sin k, lighter and hatched)" if two_kinds else ""))
+        fig.update_xaxes(title_text=x_title, row=i, col=1)
     if len(key_freqs):
-        _legend_entry(fig, "key frequency", group="key", color="#ef553b")
+        _legend_entry(fig, "key irrep" if irreps else "key frequency", group="key", color="#ef553b")
     fig.update_xaxes(range=[-0.75, float(freqs.max()) + 0.75], dtick=5 if freqs.max() > 20 else 1)
-    sub = f" — key frequencies {', '.join(map(str, sorted(key_freqs)))} in red" if len(key_freqs) else ""
+    shown = list(key_names) if key_names is not None else [str(k) for k in sorted(key_freqs)]
+    sub = f" — key {noun} {', '.join(shown)} in red" if len(key_freqs) else ""
     fig.update_layout(title=title + sub, template=_TEMPLATE, height=330 * len(norms) + 60, bargap=0.15,
                       barmode="group", legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1))
     return fig
 
 
 def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phases=None,
-                          title: str = "Fourier norms of W_E over training", normalize: bool = True) -> go.Figure:
+                          title: str = "Fourier norms of W_E over training", normalize: bool = True,
+                          names: Sequence[str] | None = None, noun: str = "frequency") -> go.Figure:
     """Heatmap epoch × frequency (e.g. of :func:`~grokinterp.analysis.fourier.embed_fourier_norms` of a stack).
 
     Args:
@@ -221,6 +235,8 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
         key_freqs: marked on the frequency axis (dotted white lines).
         phases: draw the ends of the phases (our rules) as horizontal lines, named in the legend.
         normalize: divide each checkpoint's row by its total, to show where the norm sits.
+        names, noun: for per-irrep norms (index k = irrep k), the irreps' names (index 0 = trivial) and
+            "irrep": the axis then shows the names.
     """
     v = _np(norms).astype(np.float64)[:, 1:]
     ep = _np(epochs)
@@ -229,13 +245,15 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
     if normalize:
         v = v / np.maximum(v.sum(1, keepdims=True), 1e-30)
     freqs = np.arange(1, v.shape[1] + 1)
-    fig = go.Figure(go.Heatmap(z=v, x=freqs, y=ep, colorscale="Viridis", showlegend=False,
+    x = freqs if names is None else [str(n) for n in list(names)[1:]]
+    fig = go.Figure(go.Heatmap(z=v, x=x, y=ep, colorscale="Viridis", showlegend=False,
                                colorbar=dict(title="share" if normalize else "norm"),
-                               hovertemplate="epoch %{y}<br>frequency %{x}<br>%{z:.3g}<extra></extra>"))
+                               hovertemplate="epoch %{y}<br>" + noun + " %{x}<br>%{z:.3g}<extra></extra>"))
     for k in key_freqs:
-        fig.add_vline(x=k, line=dict(color="white", width=1, dash="dot"))
+        fig.add_vline(x=k if names is None else k - 1, line=dict(color="white", width=1, dash="dot"))
     if len(key_freqs):
-        _legend_entry(fig, f"key frequencies ({', '.join(map(str, sorted(key_freqs)))})", group="key",
+        shown = ", ".join(str(names[k]) if names is not None else str(k) for k in sorted(key_freqs))
+        _legend_entry(fig, f"key {noun}{'s' if len(key_freqs) > 1 else ''} ({shown})", group="key",
                       color="#888", symbol=None, dash="dot")
     if phases is not None:
         dashes = {"memorization": "dot", "circuit_formation": "dash", "cleanup": "solid"}
@@ -245,9 +263,12 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
             _legend_entry(fig, f"{PHASE_NAMES.get(name, name)} ends {end}", group="phases", title=title_,
                           color="#888", symbol=None, dash=dashes.get(name))
             title_ = None
-    fig.update_layout(title=title, xaxis_title="frequency k", yaxis_title="epoch", template=_TEMPLATE, height=560,
-                      legend=_LEGEND_BELOW, margin=dict(b=130), plot_bgcolor="white")
-    fig.update_xaxes(range=[0.5, freqs[-1] + 0.5], showgrid=False)
+    fig.update_layout(title=title, xaxis_title="frequency k" if names is None else noun, yaxis_title="epoch",
+                      template=_TEMPLATE, height=560, legend=_LEGEND_BELOW, margin=dict(b=130), plot_bgcolor="white")
+    if names is None:
+        fig.update_xaxes(range=[0.5, freqs[-1] + 0.5], showgrid=False)
+    else:
+        fig.update_xaxes(type="category", showgrid=False)
     fig.update_yaxes(showgrid=False)
     return fig
 
@@ -299,27 +320,35 @@ def neuron_fve_heatmap(nf, *, title: str | None = None, max_freq: int | None = N
     if max_freq is not None:
         fve = fve[:, :max_freq]
     z = fve[order].T
-    freqs = np.arange(1, z.shape[0] + 1)
+    names = getattr(nf, "names", ())
+    noun = "irrep" if names else "frequency"
+    freqs = np.arange(1, z.shape[0] + 1) if not names else [str(n) for n in names[1:z.shape[0] + 1]]
     fig = go.Figure(go.Heatmap(z=z, y=freqs, x=np.arange(len(order)), colorscale="Blues", zmin=0, zmax=1,
                                customdata=np.broadcast_to(order, z.shape),
-                               hovertemplate="neuron %{customdata}<br>freq %{y}<br>FVE %{z:.2f}<extra></extra>",
+                               hovertemplate="neuron %{customdata}<br>" + noun + " %{y}<br>FVE %{z:.2f}<extra></extra>",
                                colorbar=dict(title="FVE")))
-    title = title or (f"Neuron FVE by frequency — {nf.explained_fraction:.1%} of neurons have one frequency "
+    title = title or (f"Neuron FVE by {noun} — {nf.explained_fraction:.1%} of neurons have one {noun} "
                       f"with FVE > {nf.threshold}")
-    fig.update_layout(title=title, xaxis_title="neuron (sorted by dominant frequency)", yaxis_title="frequency",
+    fig.update_layout(title=title, xaxis_title=f"neuron (sorted by dominant {noun})", yaxis_title=noun,
                       template=_TEMPLATE, height=480)
+    if names:
+        fig.update_yaxes(type="category")
     return fig
 
 
-def cluster_sizes(nf, *, title: str = "Neuron clusters by frequency") -> go.Figure:
-    """Bar chart of the number of neurons in each frequency cluster (FVE above the threshold)."""
+def cluster_sizes(nf, *, title: str | None = None) -> go.Figure:
+    """Bar chart of the number of neurons in each frequency (irrep) cluster (FVE above the threshold)."""
     sizes = nf.cluster_sizes
-    fig = go.Figure(go.Bar(x=[str(f) for f in sizes["freq"]], y=sizes["n_neurons"], marker_color="#636efa",
+    names = getattr(nf, "names", ())
+    noun = "irrep" if names else "frequency"
+    x = [str(f) if not names else str(names[int(f)]) for f in sizes["freq"]]
+    fig = go.Figure(go.Bar(x=x, y=sizes["n_neurons"], marker_color="#636efa",
                            text=sizes["n_neurons"], textposition="outside",
-                           hovertemplate="freq %{x}: %{y} neurons<extra></extra>"))
+                           hovertemplate=noun + " %{x}: %{y} neurons<extra></extra>"))
     unexplained = nf.d_mlp - int(sizes["n_neurons"].sum())
+    title = title or f"Neuron clusters by {noun}"
     fig.update_layout(title=f"{title} ({unexplained} of {nf.d_mlp} neurons in no cluster)",
-                      xaxis_title="frequency", yaxis_title="neurons", template=_TEMPLATE, xaxis_type="category")
+                      xaxis_title=noun, yaxis_title="neurons", template=_TEMPLATE, xaxis_type="category")
     return fig
 
 

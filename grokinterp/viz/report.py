@@ -58,6 +58,10 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
 def _table(rows: list[tuple[str, Any]]) -> str:
     out = ["<table>"]
     for k, v in rows:
@@ -68,46 +72,73 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 
 def report_figures(analysis) -> list[tuple[str, str, Any]]:
-    """The report's figures as ``(title, caption, go.Figure)``, in order, for a :class:`RunAnalysis`."""
+    """The report's figures as ``(title, caption, go.Figure)``, in order, for a :class:`RunAnalysis`.
+
+    For a task with a group structure other than ``a + b`` the spectra are over the group's irreps in its
+    coordinates (frequencies of ``Z_{p−1}`` for ``a·b`` mod p); without a structure, over the tokens."""
     run = analysis.run
-    B = fourier_basis(run.p)
     keys = analysis.key_freqs
     nf = analysis.neurons
+    irreps = analysis.noun == "irrep"
+    labels = analysis.component_labels or fourier_basis(run.p).labels
+    comp_keys = analysis.component_keys if analysis.component_keys is not None else fourier_basis(run.p).freqs
+    ts = analysis.structure
+    where = "" if ts is None else f" ({ts.structure.coordinates})" if ts.structure.coordinates else ""
+    kind = "irrep" if irreps else "frequency"
+    names = analysis.key_names_all if irreps else None
+    key_shown = analysis.key_names if irreps else None
+    what = "group Fourier" if ts is not None and (irreps or not ts.full_block or ts.structure.word != "a + b") \
+        else "Fourier"
     figs = [
-        ("Training curves", "Train and test loss (log axis) and accuracy, with the phases (our rules) shaded.",
+        ("Training curves", "Train and test loss (log axis) and accuracy, with the detected phases shaded.",
          P.loss_curves(run.metrics, analysis.phases)),
-        ("Progress measures", "Restricted loss and accuracy (only the key-frequency components of the logits) "
-         "reach their final level before the test loss and accuracy do; excluded loss (those components removed, "
-         "on training pairs; its own linear axis, chance ln p dotted) rises while the circuit forms. Shaded: the "
-         "phases by our rules; dashed: the boundaries by the paper's definitions.",
-         P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)),
-        ("Fourier norms of W_E and W_L", "Norm of each Fourier component of the embedding (W_E) and of the "
-         "neuron-to-logit map W_L = W_out W_U, final checkpoint; key frequencies in red.",
-         P.fourier_norms_bars({"W_E": analysis.embed_norms, "W_L": analysis.W_L_norms}, B.labels,
-                              key_freqs=keys, component_freqs=B.freqs)),
-        ("W_E Fourier norms over training", "Share of W_E's Fourier norm in each frequency at each checkpoint: "
-         "the key frequencies appear.",
+    ]
+    if ts is not None:
+        figs.append(("Progress measures", f"Restricted loss and accuracy (only the key {kind} components of the "
+                     "logits) reach their final level before the test loss and accuracy do; excluded loss (those "
+                     "components removed, on training pairs; its own linear axis, chance ln p dotted) rises while the "
+                     "circuit forms. Shaded: the phases by our rules; dashed: the boundaries by the paper's "
+                     "definitions.",
+                     P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)))
+    figs += [
+        (f"{what.capitalize()} norms of W_E and W_L", f"Norm of each {what} component of the embedding (W_E) "
+         f"and of the neuron-to-logit map W_L = W_out W_U{where}, final checkpoint; key {kind}s in red.",
+         P.fourier_norms_bars({"W_E": analysis.embed_norms, "W_L": analysis.W_L_norms}, labels,
+                              key_freqs=keys, component_freqs=comp_keys, key_names=key_shown,
+                              noun="irreps" if irreps else "frequencies", title=f"{what.capitalize()} norms")),
+        (f"W_E {what} norms over training", f"Share of W_E's {what} norm in each {kind} at each checkpoint: "
+         f"the key {kind}s appear.",
          P.fourier_norms_heatmap(analysis.embed_norms_over_time, analysis.epochs, key_freqs=keys,
-                                 phases=analysis.phases)),
+                                 phases=analysis.phases, names=names, noun=kind,
+                                 title=f"{what.capitalize()} norms of W_E over training")),
     ]
     # One neuron from each of the largest clusters, else the first neurons.
     sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False)
     chosen = [int(nf.clusters[int(f)][0]) for f in sizes["freq"][:4]] or list(range(min(4, nf.d_mlp)))
+    tag = (lambda n: nf.names[int(nf.dominant_freq[n])]) if nf.names else (lambda n: f"freq {int(nf.dominant_freq[n])}")
+    pattern = "periodic in a + b" if ts is not None and ts.structure.word == "a + b" else \
+        "over the tokens in their natural order"
+    held = analysis.acts_neurons
+    if held is not None:  # a large grid: only some neurons' activations were kept
+        chosen = [n for n in chosen if n in held] or list(held)
     figs += [
-        ("Neuron activations", "Final-position activations of neurons from the largest frequency clusters over "
-         "all inputs (a, b): periodic in a + b.",
-         P.neuron_activations(analysis.acts, chosen,
-                              titles=[f"neuron {n} (freq {int(nf.dominant_freq[n])})" for n in chosen])),
-        ("Neuron frequency clusters", "Fraction of each neuron's variance explained by each frequency.",
+        ("Neuron activations", f"Final-position activations of neurons from the largest {kind} clusters over "
+         f"all inputs (a, b), {pattern}.",
+         P.neuron_activations(analysis.acts, chosen if held is None else [held.index(n) for n in chosen],
+                              titles=[f"neuron {n} ({tag(n)})" for n in chosen])),
+        (f"Neuron {kind} clusters", f"Fraction of each neuron's variance explained by each {kind}"
+         + (" (maps over the group structure's block in its coordinates)." if nf.names else "."),
          P.neuron_fve_heatmap(nf)),
-        ("Cluster sizes", "Neurons whose dominant frequency explains more than the threshold of their variance.",
+        ("Cluster sizes", f"Neurons whose dominant {kind} explains more than the threshold of their variance.",
          P.cluster_sizes(nf)),
         ("Attention", "Attention paid by the '=' position to the token a, per head, over all inputs.",
          P.attention_to_a(analysis.pattern, key_pos=0)),
-        ("Logits in the Fourier basis", "2-D Fourier norms over (a, b) of the centred logits: the spectrum is "
-         "concentrated on the key frequencies' cos(w(a+b)), sin(w(a+b)) terms.",
-         P.logit_fourier_norms(analysis.logit_norms_2d, B.labels, key_freqs=keys)),
     ]
+    if analysis.logit_norms_2d is not None:
+        figs.append((f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
+                     + (f"{where}: the spectrum is concentrated on the key {kind}s." if ts is not None else
+                        " over the tokens (the task declares no group structure)."),
+                     P.logit_fourier_norms(analysis.logit_norms_2d, labels, key_freqs=() if irreps else keys)))
     if len(analysis.ablations):
         figs.append(("Circuit ablations", "Loss after removing or keeping parts of the circuit (final checkpoint).",
                      P.ablation_bars(analysis.ablations)))
@@ -142,31 +173,58 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     run = analysis.run
     h = analysis.headline()
     c = run.config
-    title = f"grokinterp report — {c.task.operation} mod {c.task.p} ({run.path.name})"
+    title = f"grokinterp report — {run.task.describe()} ({run.path.name})"
     lead = h["lead_time_epochs"]
+    kind = "key-irrep" if h["key_kind"] == "irrep" else "key-frequency"
     if h["circuit_formed_epoch"] is not None and h["test_acc_99_epoch"] is not None:
         headline = (f"The generalizing circuit formed at epoch <b>{h['circuit_formed_epoch']}</b> "
-                    f"(the key-frequency circuit alone classifies 99 % of all pairs), test accuracy passed 99 % at epoch "
+                    f"(the {kind} circuit alone classifies 99 % of all pairs), test accuracy passed 99 % at epoch "
                     f"<b>{h['test_acc_99_epoch']}</b>: "
                     f"a lead of <b>{lead}</b> epochs.")
+    elif h["structure"] is None:
+        headline = ("This task declares no group structure: key frequencies, restricted / excluded loss and the "
+                    "circuit-formation date are undefined for it (reported as such, never as a number); the report "
+                    "shows the Fourier spectra over the tokens and the neuron and head ablations.")
     elif h["test_acc_99_epoch"] is None:
         headline = "Test accuracy never passed 99 %: this run has not grokked (yet)."
     else:
         headline = "The progress measures did not date the circuit's formation (see the rules below)."
+    keys = h["key_irreps"] if h["key_kind"] == "irrep" else h["key_frequencies"]
+    noun = "irreps" if h["key_kind"] == "irrep" else "frequencies"
+    fit_terms = h["logit_fit_terms"]
     numbers = [
-        ("key frequencies", ", ".join(map(str, h["key_frequencies"])) or "none"),
-        ("key-frequency rule", h["key_frequency_rule"]),
-        ("circuit formed (progress measures)", h["circuit_formed_epoch"]),
+        ("task", h["task"]),
+        ("structure", h["structure"] or "none declared"),
+    ]
+    if h["generator"] is not None:
+        numbers.append(("generator of the nonzero residues (discrete logarithms)", h["generator"]))
+    numbers += [
+        (f"key {noun}", ", ".join(map(str, keys)) or "none"),
+        ("key-frequency rule" if noun == "frequencies" else "key-irrep rule", h["key_frequency_rule"]),
+        ("circuit formed (progress measures)", h["circuit_formed_epoch"] if h["circuit_reason"] is None or
+         h["circuit_formed_epoch"] is not None else h["circuit_reason"]),
         ("excluded loss back above chance", h["excluded_loss_rise_epoch"]),
         ("test accuracy ≥ 99 %", h["test_acc_99_epoch"]),
         ("lead time (epochs)", lead),
-        ("neurons explained by one frequency", f"{h['neurons_explained_by_one_freq']} of {h['neurons_total']} "
-                                               f"({h['neurons_explained_fraction']:.1%})"),
-        ("logit variance explained by cos(w(a+b−c)), key w",
-         f"{h['logit_fve_key_freqs']:.1%}" if h["logit_fve_key_freqs"] is not None else "—"),
+        (f"neurons explained by one {h['key_kind']}", f"{h['neurons_explained_by_one_freq']} of {h['neurons_total']} "
+                                                      f"({h['neurons_explained_fraction']:.1%})"),
+        (f"logit variance explained by {fit_terms or 'key terms'}, key {noun}",
+         f"{h['logit_fve_key_freqs']:.1%}" if h["logit_fve_key_freqs"] is not None else
+         ("— (undefined: no group structure)" if h["structure"] is None else "—")),
+        ("logit variance that depends on (a, b) only through the label coordinate s",
+         f"{h['logit_fve_label_coordinate']:.1%}" if h["logit_fve_label_coordinate"] is not None else "—"),
         ("final train / test loss", f"{_fmt(h['final_train_loss'])} / {_fmt(h['final_test_loss'])}"),
         ("final test accuracy", f"{h['final_test_acc']:.2%}" if h["final_test_acc"] is not None else "—"),
     ]
+    ob = h["outside_block"]
+    if ob is not None:
+        numbers.append(("pairs outside the group structure (a = 0 or b = 0): train / test accuracy",
+                        f"{_pct(ob['train']['acc'])} / {_pct(ob['test']['acc'])} "
+                        f"({ob['train']['n']} / {ob['test']['n']} pairs; loss {_fmt(ob['all']['loss'])})"))
+    if h["neurons_fve_key"] is not None:
+        numbers.append((f"neuron variance explained by the key {noun} (mean over neurons)",
+                        f"{h['neurons_fve_key']:.1%}"))
+    numbers += [("note", note) for note in h["notes"]]
     numbers += [(name.replace("_", " "), v if isinstance(v, (int, float, str)) else json.dumps(v))
                 for name, v in h["extras"].items()]
     phase_rows = "".join(
@@ -220,7 +278,7 @@ def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_check
         run_or_path: a :class:`~grokinterp.run.Run` or its directory.
         out: the HTML file (default ``RUN/report.html``).
         max_checkpoints: analyse at most this many checkpoints (evenly spread).
-        key_freqs: fix the key frequencies (default: from the final checkpoint).
+        key_freqs: fix the key frequencies (key irreps: irrep indices; default: from the final checkpoint).
         return_headline: return ``(path, headline numbers)`` instead of the path.
 
     Raises:

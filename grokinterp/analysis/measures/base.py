@@ -31,9 +31,10 @@ from torch import Tensor
 from ...config import ModelConfig
 from ...errors import AnalysisError
 from ...model.grid import grid_forward
+from ..groups import TaskStructure
 from ..keyfreqs import ResolvedKeys
-from ..losses import nll_and_correct
-from ..projections import antidiagonal_sums, key_filters, sum_index
+from ..losses import excluded_nll, nll_and_correct
+from ..projections import group_filters, sum_index
 
 __all__ = ["Measure", "ChunkContext", "RunArrays", "MEASURES", "register_measure", "get_measures"]
 
@@ -43,12 +44,17 @@ class RunArrays:
     """A run's task arrays on the analysis device, shared by every chunk.
 
     Attributes:
-        p: the modulus.
+        p: the task's alphabet size (the modulus, or a group's order).
         labels: int64 ``[p²]`` label of each grid index (``-1`` outside the task).
         train, test: grid indices of the split (``test`` may be empty).
         valid: grid indices of all task pairs, sorted.
         train_pos, test_pos: positions of the train / test pairs among ``valid``.
+        structure: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (``None``: no group
+            structure; the restricted / excluded measures are then undefined).
         s_valid, y_valid: ``(a + b) mod p`` and the label of each valid pair.
+        s_block, y_block: label coordinate ``s(a, b)`` and label of each valid pair **in the block**
+            (for ``a + b`` mod p: every pair, ``s = a + b mod p``); empty without a structure.
+        train_block: the training pairs in the block.
     """
 
     p: int
@@ -60,13 +66,25 @@ class RunArrays:
     test_pos: Tensor
     s_valid: Tensor
     y_valid: Tensor
+    structure: TaskStructure | None = None
+    s_block: Tensor | None = None
+    y_block: Tensor | None = None
+    train_block: Tensor | None = None
 
     @classmethod
-    def build(cls, labels: Tensor, train: Tensor, test: Tensor, valid: Tensor, p: int, device: torch.device) -> "RunArrays":
+    def build(cls, labels: Tensor, train: Tensor, test: Tensor, valid: Tensor, p: int, device: torch.device,
+              structure: TaskStructure | None = None) -> "RunArrays":
         pos = torch.full((p * p,), -1, dtype=torch.int64)
         pos[valid] = torch.arange(len(valid))
+        if structure is None:
+            none = torch.zeros(0, dtype=torch.int64)
+            s_block, y_block, train_block = none, none, none
+        else:
+            blk = valid[structure.coords[valid] >= 0]
+            s_block, y_block = structure.coords[blk], labels[blk]
+            train_block = train[structure.coords[train] >= 0]
         return cls(p, labels, train, test, valid, pos[train].to(device), pos[test].to(device),
-                   sum_index(p)[valid], labels[valid])
+                   sum_index(p)[valid], labels[valid], structure, s_block, y_block, train_block)
 
 
 @dataclass
@@ -82,6 +100,10 @@ class ChunkContext:
         keys: the key frequencies held fixed for the run.
         arrays: the run's :class:`RunArrays`.
         device: where the chunk is computed.
+        rows: rows ``a`` of the grid per forward (``None``: the whole grid at once). Set for grids too
+            large to hold (``S6``: 720³ logits per checkpoint): the shared pieces below are then streamed
+            over blocks of rows and the logits of the whole grid are never held; :attr:`logits` itself
+            still builds them (whole), for measures that need them.
         model_params: every parameter of the model as trained (``=`` column included), when it
             differs from ``params``; :attr:`all_params` falls back to ``params``.
     """
@@ -92,6 +114,7 @@ class ChunkContext:
     keys: ResolvedKeys
     arrays: RunArrays
     device: torch.device
+    rows: int | None = None
     model_params: dict[str, Tensor] | None = None
 
     @property
@@ -103,29 +126,90 @@ class ChunkContext:
     def n(self) -> int:
         return len(self.epochs)
 
+    @property
+    def streamed(self) -> bool:
+        """The grid is processed in blocks of rows."""
+        return self.rows is not None and self.rows < self.arrays.p
+
     @cached_property
     def logits(self) -> Tensor:
         """Final-position logits of every input: float32 ``[n, a, b, vocab]``."""
         with torch.no_grad():
             return grid_forward(self.params, self.cfg).logits
 
+    def logit_blocks(self):
+        """``(start, stop, logits [n, stop − start, b, vocab])`` over blocks of rows (one block, the cached
+        :attr:`logits`, unless :attr:`streamed`)."""
+        p = self.arrays.p
+        if not self.streamed:
+            yield 0, p, self.logits
+            return
+        for a0 in range(0, p, self.rows):
+            a1 = min(a0 + self.rows, p)
+            with torch.no_grad():
+                yield a0, a1, grid_forward(self.params, self.cfg, rows=(a0, a1)).logits
+
+    @cached_property
+    def _stream(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+        a, p = self.arrays, self.arrays.p
+        ts = a.structure
+        nll, correct, sums = [], [], None
+        valid = a.valid
+        with torch.no_grad():
+            for a0, a1, L in self.logit_blocks():
+                lo, hi = torch.searchsorted(valid, torch.tensor([a0 * p, a1 * p])).tolist()
+                idx = valid[lo:hi] - a0 * p
+                Lv = L.reshape(self.n, (a1 - a0) * p, -1)
+                if len(idx) != Lv.shape[1]:
+                    Lv = Lv[:, idx.to(L.device)]
+                x, c = nll_and_correct(Lv, a.y_valid[lo:hi])
+                nll.append(x)
+                correct.append(c)
+                if ts is not None:
+                    S = ts.label_sums(L, rows=(a0, a1))
+                    sums = S if sums is None else sums.add_(S)
+        return (torch.cat(nll, 1), torch.cat(correct, 1)), sums
+
     @cached_property
     def nll_correct(self) -> tuple[Tensor, Tensor]:
         """Per valid pair: cross-entropy (float64) and correctness, ``[n, valid]`` each."""
-        a, p = self.arrays, self.arrays.p
-        L = self.logits
-        Lv = L.reshape(self.n, p * p, -1)
-        if len(a.valid) != p * p:
-            Lv = Lv[:, a.valid.to(L.device)]
-        with torch.no_grad():
-            return nll_and_correct(Lv, a.y_valid)
+        return self._stream[0]
 
     @cached_property
-    def filters(self) -> tuple[Tensor, Tensor]:
-        """``(R, K)`` ``[n, s, c]``: the restricted logits and the key components as functions of
-        ``s = a + b mod p`` (:func:`~grokinterp.analysis.projections.key_filters`)."""
+    def label_sums(self) -> Tensor | None:
+        """``S [n, s, c]``: sums of the logits over the block pairs with label coordinate ``s``
+        (for ``a + b``: the anti-diagonal sums); ``None`` without a group structure."""
+        return self._stream[1]
+
+    @cached_property
+    def filters(self) -> tuple[Tensor, Tensor] | None:
+        """``(R, K)`` ``[n, s, c]``: the restricted logits and the key components as functions of the label
+        coordinate ``s`` (:func:`~grokinterp.analysis.projections.group_filters`; for ``a + b`` mod p the
+        frequencies' ``cos/sin(w(a+b))``); ``None`` without a group structure."""
+        if self.label_sums is None:
+            return None
         with torch.no_grad():
-            return key_filters(antidiagonal_sums(self.logits), self.keys.freqs)
+            return group_filters(self.label_sums, self.arrays.structure, self.keys.freqs)
+
+    @cached_property
+    def excluded_nll(self) -> Tensor | None:
+        """``[n]`` mean cross-entropy on the training pairs of the block of the logits minus their key
+        components (:func:`~grokinterp.analysis.losses.excluded_nll`); ``None`` without a group structure.
+        Streamed, it takes a second pass over the rows (the projection needs every row first)."""
+        if self.filters is None:
+            return None
+        _, K = self.filters
+        a, p = self.arrays, self.arrays.p
+        trn = a.train_block
+        total = torch.zeros(self.n, dtype=torch.float64, device=K.device)
+        with torch.no_grad():
+            for a0, a1, L in self.logit_blocks():
+                lo, hi = torch.searchsorted(trn, torch.tensor([a0 * p, a1 * p])).tolist()
+                if hi > lo:
+                    part = trn[lo:hi]
+                    total += excluded_nll(L, K, part - a0 * p, a.labels[part],
+                                          a.structure.coords[a0 * p: a1 * p], n_cols=p) * (hi - lo)
+        return total / max(len(trn), 1)
 
     @cached_property
     def W_L(self) -> Tensor:

@@ -30,6 +30,14 @@ column                 definition
 ``sum_sq_weights``     ``Σ θ²`` over every parameter (weights and biases; an ``=`` output column too).
 =====================  ==========================================================================
 
+Other tasks (the task's :attr:`~grokinterp.tasks.base.Task.structure`): with a group structure the
+key terms are the matrix elements ``ρ_ij(s(a, b))`` of the key irreps, ``s`` the label coordinate
+(``a − b``; ``log a ± log b`` for ``a·b``, ``a/b`` mod a prime, on the nonzero block; ``g·h`` in a
+group), the restricted / excluded losses are taken over the pairs of the block, and the Gini
+columns use per-irrep norms in the group's coordinates (:mod:`~grokinterp.analysis.groups`). A task
+without a group structure has ``restricted_loss``, ``restricted_acc`` and ``excluded_loss`` NaN
+(undefined, never a wrong number) and the Fourier Gini columns over the tokens.
+
 Losses are computed from the float32 grid logits of that checkpoint (exact per checkpoint, not
 the metrics logged during training) with a log-softmax accurate to float64 level even for
 losses of 1e-7 and below (:func:`~grokinterp.analysis.losses.nll_and_correct`). The key
@@ -51,12 +59,14 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
+from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
+from ..groups import task_structure
 from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
 from . import standard  # noqa: F401  (registers the built-in measures)
 from .base import ChunkContext, Measure, RunArrays, get_measures
 
-__all__ = ["MEASURE_COLUMNS", "progress_measures", "select_epochs", "measures_frame", "auto_chunk"]
+__all__ = ["MEASURE_COLUMNS", "progress_measures", "select_epochs", "measures_frame", "auto_chunk", "auto_rows"]
 
 #: Columns of :func:`progress_measures` with the built-in measures, in order.
 MEASURE_COLUMNS = (
@@ -72,7 +82,7 @@ _SPLITS = {
 }
 
 #: Working memory aimed at per chunk of checkpoints when ``chunk`` is not given (bytes).
-_CHUNK_BUDGET = 768 * 2 ** 20
+_CHUNK_BUDGET = GRID_BUDGET
 
 
 def select_epochs(run, epochs) -> np.ndarray:
@@ -82,30 +92,37 @@ def select_epochs(run, epochs) -> np.ndarray:
     return eps
 
 
+def _budget(device) -> int:
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return max(_CHUNK_BUDGET, torch.cuda.mem_get_info(dev)[0] // 4)
+    return _CHUNK_BUDGET
+
+
 def auto_chunk(cfg, device: str | torch.device = "cpu") -> int:
     """Checkpoints per chunk: as many as fit the memory budget (on CPU a fixed budget, where larger
     chunks gain nothing; on CUDA a quarter of the free GPU memory, where they amortise launches:
     32 instead of 4 made the 400-checkpoint benchmark 2.4× faster on an H100), at most 64."""
-    p, dm = cfg.p, cfg.d_mlp
-    # grid_forward: acc [p², d_mlp + p] (twice while summing), pre and post [p², d_mlp], logits;
-    # then float64 copies of the logits and the train logits.
-    per_ckpt = 4 * p * p * (3 * (dm + p) + 2 * dm + 2 * p) + 8 * 3 * p ** 3
-    budget = _CHUNK_BUDGET
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        budget = max(budget, torch.cuda.mem_get_info(dev)[0] // 4)
-    return int(min(max(budget // per_ckpt, 1), 64))
+    return int(min(max(_budget(device) // grid_bytes(cfg), 1), 64))
+
+
+def auto_rows(cfg, device: str | torch.device = "cpu") -> int | None:
+    """Rows of the grid per forward when one checkpoint's grid does not fit the budget (``None``: it fits;
+    :func:`~grokinterp.model.grid.grid_rows`)."""
+    return grid_rows(cfg, _budget(device))
 
 
 def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray, impl: str, p: int,
-                   definitions: dict[str, str]) -> pd.DataFrame:
+                   definitions: dict[str, str], structure=None) -> pd.DataFrame:
     """The progress table from per-chunk column arrays, with its ``attrs`` (shared with the test oracle)."""
     df = pd.DataFrame({"epoch": epochs.astype(np.int64), **{c: np.concatenate(v) for c, v in rows.items()}})
     df.attrs.update({
         "key_freqs": list(keys.freqs),
+        "key_irreps": list(keys.names),
         "key_freq_method": keys.method,
         "key_freq_rule": keys.rule,
         "key_freq_epoch": keys.epoch,
+        "structure": structure.describe() if structure is not None else None,
         "splits": dict(_SPLITS),
         "definitions": dict(definitions),
         "gini": "Hurley & Rickard Gini of the per-frequency Fourier norms, frequencies 1..p//2",
@@ -122,8 +139,9 @@ def progress_measures(
     chunk: int | None = None,
     device: str | torch.device = "cpu",
     epochs: Sequence[int] | None = None,
-    key_freq_method: str = "W_L",
+    key_freq_method: str | None = None,
     measures: Sequence[str | Measure] | None = None,
+    rows: int | None = None,
 ) -> pd.DataFrame:
     """Every progress measure at every checkpoint of a run, one row per checkpoint.
 
@@ -133,18 +151,24 @@ def progress_measures(
             :class:`~grokinterp.fourier.KeyFrequencies`, or ``None`` for
             ``key_frequencies(final checkpoint, method=key_freq_method)``.
         chunk: checkpoints per vectorised forward (default: sized to keep the working memory
-            near 768 MiB, e.g. 4 for the paper's p = 113 model).
+            near 768 MiB, e.g. 4 for the paper's p = 113 model). A grid too large for one checkpoint
+            (a large group: S6 has 720³ logits) is computed in blocks of rows (:func:`auto_rows`).
         device: where to compute (``"cpu"``, ``"cuda"``); results come back to the CPU.
         epochs: checkpoint epochs to measure (default: all of ``run.epochs``).
-        key_freq_method: rule for the default key frequencies (``W_L``, ``W_E`` or ``neurons``).
+        key_freq_method: rule for the default key frequencies (``W_L``, ``W_E`` or ``neurons``; key irreps
+            also ``logits``, ``circuit``); default ``W_L``, or ``circuit`` for a non-cyclic group
+            (:func:`~grokinterp.analysis.keyfreqs.default_key_method`).
         measures: which registered measures (names or :class:`Measure` objects) to compute
             (default: all of :data:`~grokinterp.analysis.measures.MEASURES`, in registration order).
+        rows: rows of the grid per forward (default: :func:`auto_rows`, all of them when one checkpoint's
+            grid fits the memory budget); the results do not depend on it.
 
     Returns:
         DataFrame with ``epoch`` (int64) and the columns of the measures (float64; by default
         :data:`MEASURE_COLUMNS` followed by those of measures registered later),
-        one row per checkpoint in epoch order. ``df.attrs`` holds ``key_freqs`` (list of ints),
-        ``key_freq_method``, ``key_freq_rule``, ``key_freq_epoch`` (the checkpoint they were taken
+        one row per checkpoint in epoch order. ``df.attrs`` holds ``key_freqs`` (list of ints: the
+        key frequencies, or key irrep indices), ``key_irreps`` (their names for a structure other than
+        ``a + b``), ``structure`` (the task's structure in words, ``None`` without one), ``key_freq_method``, ``key_freq_rule``, ``key_freq_epoch`` (the checkpoint they were taken
         from, ``None`` if given), ``splits`` (which pairs each loss averages over), ``gini`` (what
         the Gini columns measure), ``definitions`` (one line per column) and ``implementation``.
 
@@ -159,6 +183,10 @@ def progress_measures(
     model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if cfg.n_layers != 1:
         raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")
+    if rows is None:
+        rows = auto_rows(cfg, device)
+    elif not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
+        raise AnalysisError(f"rows: must be a positive integer, got {rows!r}")
     if chunk is None:
         chunk = auto_chunk(cfg, device)
     if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
@@ -168,23 +196,26 @@ def progress_measures(
     keys = resolve_key_frequencies(run, key_freqs, key_freq_method)
     p = cfg.p
     dev = torch.device(device)
-    arrays = RunArrays.build(*run_task_arrays(run), p, dev)
+    structure = task_structure(run.task)
+    arrays = RunArrays.build(*run_task_arrays(run), p, dev, structure)
     columns = [c for m in chosen for c in m.columns]
     if len(set(columns)) != len(columns):
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
-    rows: dict[str, list] = {c: [] for c in columns}
+    table: dict[str, list] = {c: [] for c in columns}
     for part, full in run.iter_chunks(int(chunk), epochs=eps):
         full = {k: v.to(dev) for k, v in full.items()}
         params = residue_outputs(full, model_cfg)[0]
-        ctx = ChunkContext(part, params, cfg, keys, arrays, dev, model_params=full if params is not full else None)
+        ctx = ChunkContext(part, params, cfg, keys, arrays, dev, rows=rows,
+                           model_params=full if params is not full else None)
         with torch.no_grad():
             for m in chosen:
                 out = m.compute(ctx)
                 for c in m.columns:
                     v = out.get(c)
-                    rows[c].append(np.full(ctx.n, np.nan) if v is None else
+                    table[c].append(np.full(ctx.n, np.nan) if v is None else
                                    torch.as_tensor(v).double().reshape(ctx.n).cpu().numpy())
         del ctx
     definitions = {c: m.definitions.get(c, "") for m in chosen for c in m.columns}
-    return measures_frame(rows, keys, eps, f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints)", p,
-                          definitions)
+    impl = f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints" + \
+        (f", blocks of {rows} rows of the grid)" if rows is not None and rows < p else ")")
+    return measures_frame(table, keys, eps, impl, p, definitions, structure)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..fourier import embed_fourier_norms, gini, neuron_logit_fourier_norms
-from ..losses import excluded_nll, restricted_nll
+from ..groups import embed_irrep_norms, neuron_logit_irrep_norms
+from ..losses import restricted_nll
 from .base import ChunkContext, Measure, register_measure
 
 __all__ = ["Losses", "Restricted", "Excluded", "FourierGini", "WeightNorm"]
@@ -44,42 +45,52 @@ class Restricted(Measure):
     name = "restricted"
     columns = ("restricted_loss", "restricted_acc")
     definitions = {
-        "restricted_loss": "logits of all p² inputs projected, per output c, onto span{1, cos(w(a+b)), "
-                           "sin(w(a+b)) : w key}; cross-entropy over all valid pairs",
-        "restricted_acc": "accuracy of those restricted logits over all valid pairs",
+        "restricted_loss": "logits of all inputs of the block projected, per output c, onto the per-output mean "
+                           "and the key terms u(s(a,b)) — cos/sin(w·s) of the key frequencies, or the matrix "
+                           "elements of the key irreps — with s the label coordinate (a + b; a − b; log a ± log b; "
+                           "g·h); cross-entropy over all valid pairs of the block (undefined without a group "
+                           "structure)",
+        "restricted_acc": "accuracy of those restricted logits over all valid pairs of the block",
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
+        if ctx.filters is None:
+            return {"restricted_loss": None, "restricted_acc": None}
         R, _ = ctx.filters
         a = ctx.arrays
-        # R depends on (a, b) only through s = a + b: one argmax per (s, checkpoint)
-        acc = (R.argmax(-1)[:, a.s_valid.to(R.device)] == a.y_valid.to(R.device)).double().mean(-1)
-        return {"restricted_loss": restricted_nll(R, a.s_valid, a.y_valid), "restricted_acc": acc}
+        # R depends on (a, b) only through s(a, b): one argmax per (s, checkpoint)
+        acc = (R.argmax(-1)[:, a.s_block.to(R.device)] == a.y_block.to(R.device)).double().mean(-1)
+        return {"restricted_loss": restricted_nll(R, a.s_block, a.y_block), "restricted_acc": acc}
 
 
 class Excluded(Measure):
     name = "excluded"
     columns = ("excluded_loss",)
     definitions = {
-        "excluded_loss": "logits with the key-frequency cos(w(a+b)), sin(w(a+b)) components removed "
-                         "(projection over the full p×p grid); cross-entropy on the training pairs",
+        "excluded_loss": "logits with the key terms removed (projection over the whole block, as for the "
+                         "restricted loss); cross-entropy on the training pairs of the block (undefined without a "
+                         "group structure)",
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
-        _, K = ctx.filters
-        a = ctx.arrays
-        return {"excluded_loss": excluded_nll(ctx.logits, K, a.train, a.labels[a.train])}
+        return {"excluded_loss": ctx.excluded_nll}
 
 
 class FourierGini(Measure):
     name = "gini"
     columns = ("gini_W_E", "gini_W_L")
     definitions = {
-        "gini_W_E": "Hurley & Rickard Gini of the per-frequency Fourier norms of W_E[:p], frequencies 1..p//2",
+        "gini_W_E": "Hurley & Rickard Gini of the per-frequency Fourier norms of W_E[:p], frequencies 1..p//2 "
+                    "(with a group structure: of the per-irrep norms of its group Fourier transform in the group's "
+                    "coordinates, the trivial irrep left out)",
         "gini_W_L": "the same for W_L = W_out W_U along the output (vocab) axis",
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
+        ts = ctx.arrays.structure
+        if ts is not None:
+            return {"gini_W_E": gini(embed_irrep_norms(ctx.params["embed.W_E"], ts)[:, 1:], dim=-1),
+                    "gini_W_L": gini(neuron_logit_irrep_norms(ctx.W_L, ts)[:, 1:], dim=-1)}
         p = ctx.arrays.p
         return {"gini_W_E": gini(embed_fourier_norms(ctx.params["embed.W_E"], p)[:, 1:], dim=-1),
                 "gini_W_L": gini(neuron_logit_fourier_norms(ctx.W_L, p)[:, 1:], dim=-1)}
