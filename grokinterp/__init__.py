@@ -7,7 +7,8 @@ which algorithm they learned (Fourier features, circuits) and when the generaliz
 The package is layered (imports point down only; ``tests/test_architecture.py`` checks it)::
 
     cli                      commands wired to the layers below
-    viz                      plotly figures, the HTML report
+    viz                      plotly figures, the HTML reports
+    sweeps                   families of runs: specs, executors (local, Ray), tables
     analysis | training      independent siblings: analyses of runs | the training loop and its seams
     store                    the run directory: writer, loader, integrity, legacy import
     model                    parameters, hooked transformer, table fold, fast forwards
@@ -61,6 +62,9 @@ _EXPORTS = {
     "ablation_table": "analysis.ablations",
     "analyze_run": "analysis.summary",
     "register_run_analysis": "analysis.summary",
+    "sweep": "sweeps.driver",
+    "load_sweep": "sweeps.driver",
+    "SweepSpec": "sweeps.spec",
     "write_report": "viz.report",
     "register_figure": "viz.report",
 }
