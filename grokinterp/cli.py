@@ -198,7 +198,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides or args.out is not None or args.overwrite:
             raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
                                   "and --overwrite (only --device may be given)")
-        from .training.loop import resume
+        from .training.stacked import resume  # a run trained alone or in a stack
 
         run = resume(args.resume, progress=not args.no_progress, device=device)
         print(_short_summary(run))

@@ -82,9 +82,13 @@ class CheckpointWriter:
         shapes: parameter name → shape.
         flush_every: snapshots per shard.
         device: where the buffer lives (the training device).
+        buffered: keep a snapshot buffer (default). ``False``: the caller buffers snapshots itself
+            (a stack of runs keeps one buffer for all of them) and hands each shard over with
+            :meth:`stage` before :meth:`flush`.
     """
 
-    def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device):
+    def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device,
+                 *, buffered: bool = True):
         self.run_dir = Path(run_dir)
         self.shard_dir = self.run_dir / _io.SHARD_DIR
         try:
@@ -92,7 +96,9 @@ class CheckpointWriter:
         except OSError as e:
             raise RunError(f"{self.shard_dir}: cannot create the shard directory ({e.strerror or e})") from e
         self.capacity = flush_every
-        self.buffer = {name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
+        self.buffer = ({name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
+                       if buffered else {})
+        self._staged: dict[str, Tensor] | None = None
         self.epochs: list[int] = []
         self._hash_cache: dict[str, tuple[int, int, str]] = {}
         self._written: dict[str, dict[str, Any]] = {}  # relpath -> manifest entry of the bytes written
@@ -130,10 +136,20 @@ class CheckpointWriter:
                 buf[i].copy_(params[name])
         self.epochs.append(epoch)
 
+    def stage(self, epochs: list[int], tensors: dict[str, Tensor]) -> None:
+        """Hand over the next shard's snapshots, buffered by the caller: ``{name: [len(epochs), ...]}``
+        (an unbuffered writer's alternative to :meth:`snapshot`)."""
+        self.epochs = [int(e) for e in epochs]
+        self._staged = tensors
+
     def write_shard(self) -> str:
         """Write the buffered snapshots as one shard (atomically); returns its relative path."""
         n = len(self.epochs)
-        tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
+        if self._staged is not None:
+            tensors = {name: t.detach().to("cpu").contiguous() for name, t in self._staged.items()}
+            self._staged = None
+        else:
+            tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
         tensors["epochs"] = torch.tensor(self.epochs, dtype=torch.int64)
         rel = f"{_io.SHARD_DIR}/{_io.shard_name(self.epochs[0], self.epochs[-1])}"
         self.write_file(rel, st_save(tensors, metadata={"format": "grokinterp-shard"}))

@@ -54,7 +54,8 @@ from .optim import (
 from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
 from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
 
-__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable"]
+__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable",
+           "stop_on_signals"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -310,6 +311,10 @@ def _sigint_flag() -> Iterator[Callable[[], bool]]:
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
+
+
+#: Public name of the SIGINT / SIGTERM flag (used by the stacked trainer as well).
+stop_on_signals = _sigint_flag
 
 
 def _callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
