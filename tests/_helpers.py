@@ -10,6 +10,7 @@ import torch
 
 from grokinterp.config import ModelConfig
 from grokinterp.model import HookedGrokTransformer
+from grokinterp.training.callbacks import Callback
 
 PY = sys.executable
 
@@ -32,3 +33,14 @@ def perturbed(cfg: ModelConfig, scale: float = 3.0, seed: int = 0) -> HookedGrok
         for p in model.parameters():  # non-zero biases, larger weights: stress the identities
             p.add_(torch.randn(p.shape, generator=g) * scale / math.sqrt(cfg.d_model))
     return model
+
+
+class StopAt(Callback):
+    """A training callback that asks the loop to stop (resumably) after the step from ``epoch``."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_step(self, loop, epoch: int) -> None:
+        if epoch == self.epoch:
+            loop.request_stop()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import close
+from _helpers import StopAt, close
 
 import grokinterp as g
 from grokinterp.errors import ConfigError, RunError
@@ -236,21 +236,12 @@ def test_operations_and_split_methods_mix_in_one_stack(tmp_path):
 
 
 # -- resume ---------------------------------------------------------------------------------------------
-class _StopAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_step(self, loop, epoch):
-        if epoch == self.epoch:
-            loop.request_stop()
-
-
 def test_an_interrupted_stack_resumes_bit_identically(tmp_path):
     cfgs = _cfgs(3, epochs=40)
     ref = train_stacked(cfgs, [tmp_path / f"ref{i}" for i in range(3)], progress=False)
     outs = [tmp_path / f"s{i}" for i in range(3)]
     with pytest.raises(KeyboardInterrupt, match="stack of 3 runs interrupted"):
-        train_stacked(cfgs, outs, progress=False, callbacks=[_StopAt(17)])
+        train_stacked(cfgs, outs, progress=False, callbacks=[StopAt(17)])
     assert all(verify(o).ok and not g.load_run(o).finished for o in outs)
     with pytest.warns(UserWarning, match="resuming the 3 members found together"):
         g.resume(outs[1], progress=False)  # the facade finds the stack
@@ -258,7 +249,7 @@ def test_an_interrupted_stack_resumes_bit_identically(tmp_path):
     # members one flush apart (a kill between the runs' flushes) resume in groups, still bit-identical
     outs = [tmp_path / f"t{i}" for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
-        train_stacked(cfgs, outs, progress=False, callbacks=[_StopAt(23)])
+        train_stacked(cfgs, outs, progress=False, callbacks=[StopAt(23)])
     resume_stacked([outs[2]], progress=False)  # alone, in the recorded stack shape with stand-ins
     assert _same(g.load_run(outs[2]), ref[2]) and not g.load_run(outs[0]).finished
     runs = resume_stacked(outs, progress=False)
@@ -343,7 +334,7 @@ def test_a_stacked_gradient_transform_matches_the_single_run_one_and_resumes(tmp
         assert np.allclose(runs[0].metrics["train_loss"][:8], ref.metrics["train_loss"][:8], rtol=1e-5)
         outs = [tmp_path / f"t{i}" for i in range(2)]
         with pytest.raises(KeyboardInterrupt):
-            train_stacked(cfgs, outs, progress=False, callbacks=[_StopAt(13)])
+            train_stacked(cfgs, outs, progress=False, callbacks=[StopAt(13)])
         assert all(_same(a, b) for a, b in zip(resume_stacked(outs, progress=False), runs))
     finally:
         TRANSFORMS.pop("toy_ema", None)

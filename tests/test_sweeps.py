@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _helpers import cli
+from _helpers import StopAt, cli
 
 import grokinterp as g
 from grokinterp.errors import ConfigError, RunError
@@ -18,7 +18,6 @@ from grokinterp.sweeps.driver import SWEEP_JSON, load_sweep, plan_sweep
 from grokinterp.sweeps.executor import LocalExecutor, SweepProgress
 from grokinterp.sweeps.plan import fit_schedules, run_disk_bytes, thin_schedule
 from grokinterp.sweeps.spec import SweepSpec, load_spec, parse_grid_flag
-from grokinterp.training.callbacks import Callback
 
 EPOCHS = 40
 
@@ -132,21 +131,12 @@ def test_sweep_writes_one_ordinary_run_per_point_and_a_manifest(tmp_path):
     assert list(st["name"]) == [p["name"] for p in info["points"]] and st["finished"].all()
 
 
-class _StopAt(Callback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_step(self, loop, epoch):
-        if epoch == self.epoch:
-            loop.request_stop()
-
-
 class _InterruptingExecutor(LocalExecutor):
     """Trains the first job's run and stops it part-way (as Ctrl-C would)."""
 
     def run(self, jobs, progress):
         job = jobs[0]
-        g.train(g.RunConfig.from_dict(job.configs[0]), job.run_dirs[0], progress=False, callbacks=[_StopAt(17)])
+        g.train(g.RunConfig.from_dict(job.configs[0]), job.run_dirs[0], progress=False, callbacks=[StopAt(17)])
 
 
 def test_rerunning_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):

@@ -40,6 +40,8 @@ __all__ = ["StackPlan", "stacked_final_logits", "stack_params", "IMPLS", "stack_
 
 #: The implementations of :func:`stacked_final_logits`.
 IMPLS = ("tables", "dense")
+_NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_O")),
+          *(f"blocks.0.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")), "unembed.W_U")
 
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
@@ -142,12 +144,7 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
     cfg = plan.cfg
     R, n = plan.n_runs, plan.n_examples
     H, dm, n_ctx, V = cfg.n_heads, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab
-    W_E, W_pos = params["embed.W_E"], params["pos_embed.W_pos"]
-    W_Q, W_K = params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"]
-    W_V, W_O = params["blocks.0.attn.W_V"], params["blocks.0.attn.W_O"]
-    W_in, b_in = params["blocks.0.mlp.W_in"], params["blocks.0.mlp.b_in"]
-    W_out, b_out = params["blocks.0.mlp.W_out"], params["blocks.0.mlp.b_out"]
-    W_U = params["unembed.W_U"]
+    W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (params[k] for k in _NAMES)
     d = W_E.shape[-1]
 
     EP = (W_E[:, None] + W_pos[:, :n_ctx, None]).reshape(R, n_ctx * V, d)  # [run, pos·vocab, d_model]
