@@ -267,3 +267,55 @@ def test_cli_sweep_spec_file_and_errors(tmp_path):
     r = cli("sweep", "--preset", "tiny", "--grid", "lr=0.1,0.2", "--lr", "0.3", "--out", str(tmp_path / "sw"))
     assert r.returncode == 2 and "train.lr is already set by fixed.lr" in r.stderr
     assert not (tmp_path / "sw").exists() and not Path("checkpoints/sweep").exists()
+
+
+# -- stacking ---------------------------------------------------------------------------------------------------
+def test_a_sweep_stacks_runs_that_share_shapes(tmp_path):
+    from grokinterp.training.stacked import train_stacked
+
+    doc = _spec(grid={"weight_decay": [0.5, 2.0], "d_mlp": [32, 48]}, options={"max_stack": 8})
+    plan = plan_sweep(doc, tmp_path / "sw")
+    assert sorted(len(j.run_dirs) for j in plan.jobs) == [4, 4] and all(j.stacked for j in plan.jobs)
+    assert any("stacks of up to 8 runs" in n for n in plan.notes)
+    sw = g.sweep(doc, tmp_path / "sw", progress=False)
+    runs = sw.runs()
+    by_mlp = {}
+    for p in sw.points:
+        by_mlp.setdefault(p["values"]["d_mlp"], []).append(p)
+        assert runs[p["name"]].info["stack"]["size"] == 4 and verify(runs[p["name"]].path).ok
+    # the same runs as training the stack directly, bit for bit
+    pts = by_mlp[32]
+    ref = train_stacked([g.RunConfig.from_dict(p["config"]) for p in pts], [tmp_path / f"ref{i}" for i in range(4)],
+                        progress=False)
+    for p, r in zip(pts, ref):
+        _same_checkpoints(runs[p["name"]], r)
+
+
+class _InterruptingStackExecutor(LocalExecutor):
+    """Trains the first (stacked) job and stops it part-way."""
+
+    def run(self, jobs, progress):
+        from grokinterp.training.stacked import train_stacked
+
+        job = jobs[0]
+        train_stacked([g.RunConfig.from_dict(c) for c in job.configs], job.run_dirs, progress=False,
+                      callbacks=[StopAt(13)])
+
+
+def test_an_interrupted_stacked_sweep_resumes_bit_identically(tmp_path):
+    doc = _spec(options={})
+    ref = g.sweep(doc, tmp_path / "ref", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        g.sweep(doc, tmp_path / "sw", progress=False, executor=_InterruptingStackExecutor())
+    plan = plan_sweep(tmp_path / "sw")
+    assert plan.counts()["unfinished"] == 4 and [(j.kind, j.stacked, len(j.run_dirs)) for j in plan.jobs] == [
+        ("resume", True, 4)]
+    sw = g.sweep(tmp_path / "sw", progress=False)
+    for name, run in sw.runs().items():
+        _same_checkpoints(run, ref.run(name))
+
+
+def test_runs_that_cannot_be_stacked_train_alone(tmp_path):
+    plan = plan_sweep(_spec(grid={"n_layers": [1, 2]}, seeds=[0], options={}), tmp_path / "sw")
+    assert sorted((j.stacked, len(j.run_dirs)) for j in plan.jobs) == [(False, 1), (False, 1)]
+    assert any("cannot be stacked" in n and "n_layers" in n for n in plan.notes)

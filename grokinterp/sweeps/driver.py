@@ -37,6 +37,7 @@ from ..errors import ConfigError, GrokinterpError, RunError
 from ..store import layout
 from ..store.run import Run, load_run
 from ..training.loop import check_trainable
+from ..training.stacked import DEFAULT_MAX_STACK, max_stack_size, stack_key, stack_unsupported_reason
 from .executor import Executor, JobResult, SweepProgress, epochs_done, make_executor
 from .plan import Job, fit_schedules, format_bytes, make_jobs, run_disk_bytes
 from .spec import SweepSpec, load_spec
@@ -259,14 +260,40 @@ def plan_sweep(spec: Any, out: str | os.PathLike | None = None, *, overwrite: bo
     if disk > spec.options.max_disk_gb * 1e9:
         notes.append(f"warning: the sweep needs ≈ {format_bytes(disk)}, more than max_disk_gb = "
                      f"{spec.options.max_disk_gb:g} GB")
-    jobs = _jobs(spec, runs)
+    jobs, max_stack = _jobs(spec, runs)
+    if spec.options.stack and any(r.state == "new" for r in runs):
+        lone = [r.name for r in runs if r.state == "new" and stack_key(r.config) is None]
+        notes.append(f"stacks of up to {max_stack} runs (runs that share shapes train together)"
+                     + (f"; {len(lone)} run(s) cannot be stacked and train alone, e.g. {lone[0]}: "
+                        f"{stack_unsupported_reason(next(r.config for r in runs if r.name == lone[0]))}"
+                        if lone else ""))
     return SweepPlan(path, spec, runs, jobs, note, disk, unthinned, stored, notes)
 
 
-def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> list[Job]:
+def _stack_id(run_dir: Path) -> str | None:
+    try:
+        rec = layout.read_json(run_dir / layout.RUN_JSON, "run metadata").get("stack")
+    except (RunError, AttributeError):
+        return None
+    return str(rec["id"]) if isinstance(rec, dict) and "id" in rec else None
+
+
+def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
+    """The jobs, and the most runs per stack they were cut to."""
     new = [(str(r.run_dir.absolute()), r.config) for r in runs if r.state == "new"]
-    unfinished = [(str(r.run_dir.absolute()), r.config, r.epoch) for r in runs if r.state == "unfinished"]
-    return make_jobs(new, unfinished, preset=spec.preset)
+    unfinished = [(str(r.run_dir.absolute()), r.config, r.epoch, _stack_id(r.run_dir))
+                  for r in runs if r.state == "unfinished"]
+    o = spec.options
+    max_stack = 1
+    if o.stack and new:
+        if o.max_stack is not None:
+            max_stack = o.max_stack
+        elif o.executor == "ray":  # the workers' devices are not this machine's: each splits its job further
+            max_stack = DEFAULT_MAX_STACK["cuda" if o.num_gpus else "cpu"]
+        else:
+            max_stack = max_stack_size(new[0][1])
+    return make_jobs(new, unfinished, preset=spec.preset, group=stack_key if o.stack else None,
+                     max_stack=max_stack), max_stack
 
 
 def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | None = None,

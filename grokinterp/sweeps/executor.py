@@ -29,6 +29,7 @@ from ..errors import ConfigError
 from ..store import layout
 from ..training.callbacks import Callback
 from ..training.loop import resume, train
+from ..training.stacked import max_stack_size, resume_stacked, train_stacked
 from .plan import Job
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor"]
@@ -90,29 +91,30 @@ class SweepProgress:
 
 
 class _EpochCounter(Callback):
-    """Reports every loop epoch to a counter function (the sweep's progress bar)."""
+    """Reports every loop epoch, times the runs the loop trains, to a counter (the sweep's progress bar)."""
 
-    def __init__(self, on_epochs: Callable[[int], None], per_epoch: int = 1):
-        self.on_epochs, self.per_epoch = on_epochs, per_epoch
+    def __init__(self, on_epochs: Callable[[int], None]):
+        self.on_epochs = on_epochs
 
     def on_step(self, loop: Any, epoch: int) -> None:
-        self.on_epochs(self.per_epoch)
+        self.on_epochs(sum(getattr(loop, "real", (True,))))  # a stack's stand-ins do not count
 
 
 def run_job(job: Job, on_epochs: Callable[[int], None] | None = None) -> JobResult:
     """Run one job in this process; returns how it ended (failures are caught and described;
     Ctrl-C / SIGTERM propagate after the runs flushed)."""
     t0 = time.perf_counter()
-    cbs = [_EpochCounter(on_epochs, len(job.run_dirs) if job.stacked else 1)] if on_epochs else []
+    cbs = [_EpochCounter(on_epochs)] if on_epochs else []
     try:
         if job.stacked:
-            from ..training.stacked import resume_stacked, train_stacked
-
             if job.kind == "resume":
                 resume_stacked(job.run_dirs, progress=False, callbacks=cbs)
             else:
                 configs = [RunConfig.from_dict(c) for c in job.configs]
-                train_stacked(configs, job.run_dirs, progress=False, preset=job.preset, callbacks=cbs)
+                size = max_stack_size(configs[0])  # this machine's memory decides (a Ray worker's own)
+                for i in range(0, len(configs), size):
+                    train_stacked(configs[i: i + size], job.run_dirs[i: i + size], progress=False, preset=job.preset,
+                                  callbacks=cbs)
         elif job.kind == "resume":
             resume(job.run_dirs[0], progress=False, callbacks=cbs)
         else:

@@ -148,20 +148,29 @@ class Job:
         return f"{self.kind} {what}"
 
 
-def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[str, RunConfig, int]], *,
+def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[str, RunConfig, int, str | None]], *,
               preset: str | None, group=None, max_stack: int = 1) -> list[Job]:
     """Jobs for the runs to train (``new``: ``(run_dir, config)``) and to resume (``unfinished``:
-    ``(run_dir, config, epoch reached)``).
+    ``(run_dir, config, epoch reached, id of the stack it was trained in or None)``).
 
     Args:
-        group: ``group(config) -> key | None``: runs with the same key (not ``None``) may share a
-            stack; ``None`` (default) trains every run alone.
+        group: ``group(config) -> key | None``: new runs with the same key (not ``None``) may share
+            a stack; ``None`` (default) trains every run alone.
         max_stack: the most runs in one stack.
+
+    Unfinished runs of one recorded stack resume together (in their recorded stack), the others alone.
     """
     jobs: list[Job] = []
-    for run_dir, config, reached in unfinished:
-        jobs.append(Job("resume", (run_dir,), stacked=False, preset=preset,
-                        model_epochs=max(config.train.epochs + 1 - reached, 0)))
+    stacks: dict[str, list[tuple[str, RunConfig, int]]] = {}
+    for run_dir, config, reached, stack_id in unfinished:
+        if stack_id is None:
+            jobs.append(Job("resume", (run_dir,), stacked=False, preset=preset,
+                            model_epochs=max(config.train.epochs + 1 - reached, 0)))
+        else:
+            stacks.setdefault(stack_id, []).append((run_dir, config, reached))
+    for members in stacks.values():
+        jobs.append(Job("resume", tuple(d for d, _, _ in members), stacked=True, preset=preset,
+                        model_epochs=sum(max(c.train.epochs + 1 - r, 0) for _, c, r in members)))
     buckets: dict[object, list[tuple[str, RunConfig]]] = {}
     singles: list[tuple[str, RunConfig]] = []
     for run_dir, config in new:
