@@ -177,6 +177,8 @@ def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[s
         key = group(config) if group is not None and max_stack > 1 else None
         (buckets.setdefault(key, []) if key is not None else singles).append((run_dir, config))
     for members in buckets.values():
+        # Runs of a stack are padded to its largest training set: cut stacks from runs of similar size.
+        members = sorted(members, key=lambda m: m[1].task.frac_train)
         for i in range(0, len(members), max_stack):
             chunk = members[i: i + max_stack]
             jobs.append(Job("train", tuple(d for d, _ in chunk), tuple(c.to_dict() for _, c in chunk),
