@@ -1,4 +1,4 @@
-"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | sweep``.
+"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | sweep | sweep-report``.
 
 Only argparse, the config dataclasses and numpy are imported until a command runs, so
 ``grokinterp --help`` answers at once; torch and transformer_lens load inside the commands.
@@ -166,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace a different sweep found in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(s)
+
+    sr = sub.add_parser("sweep-report", help="tabulate a sweep and write its HTML report",
+                        description="One row per run (config, epochs to 99 %% test accuracy, regime, key frequencies, "
+                                    "circuit date and lead, neuron and logit fits), medians and spreads over seeds, "
+                                    "and figures (phase diagram, data-fraction curves, seed distributions, every "
+                                    "run's curves) in one self-contained HTML file; the tables as CSV.")
+    sr.add_argument("sweep", type=Path, metavar="SWEEP")
+    sr.add_argument("--out", type=Path, help="HTML file to write (default: SWEEP/report.html)")
+    sr.add_argument("--csv", type=Path, help="per-run table (default: SWEEP/table.csv; summary.csv beside it)")
+    sr.add_argument("--max-checkpoints", type=int, default=100, metavar="N",
+                    help="checkpoints each run study uses, evenly spread (default 100)")
+    sr.add_argument("--no-analysis", action="store_true", help="only the training metrics (fast)")
+    sr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
                        description="Read the TransformerLens grokking demo's .pth or the paper's full_run_data.pth "
@@ -395,8 +408,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    if args.max_checkpoints < 2:
+        raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
+    from .viz.sweep_report import write_sweep_report
+
+    path, table, summary = write_sweep_report(args.sweep, args.out, analyse=not args.no_analysis,
+                                              max_checkpoints=args.max_checkpoints, progress=not args.no_progress,
+                                              csv=args.csv, return_table=True)
+    n, fin = len(table), int(table["finished"].fillna(False).astype(bool).sum())
+    print(f"report: {path}")
+    print(f"  {n} runs, {fin} finished, {int(table['grokked'].fillna(False).astype(bool).sum())} reached 99 % test "
+          f"accuracy; {len(summary)} settings")
+    print(f"  open it in a browser: file://{Path(path).resolve()}")
+    return 0
+
+
 COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
