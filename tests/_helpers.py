@@ -44,3 +44,22 @@ class StopAt(Callback):
     def on_step(self, loop, epoch: int) -> None:
         if epoch == self.epoch:
             loop.request_stop()
+
+
+def chromium_dom(page) -> tuple[str | None, str]:
+    """Render an HTML file in headless Chromium: ``(the DOM after scripts ran, stderr)``; ``(None, "")``
+    when there is no Chromium on this machine."""
+    import shutil
+    import tempfile
+
+    browser = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
+                   None)
+    if browser is None:
+        return None, ""
+    with tempfile.TemporaryDirectory() as profile:
+        res = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=180)
+    return res.stdout, res.stderr

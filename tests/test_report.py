@@ -6,12 +6,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 
 import plotly.graph_objects as go
 import pytest
+from _helpers import chromium_dom
 from _helpers import cli as _cli
 
 from grokinterp.analysis.fourier import fourier_basis
@@ -99,34 +98,19 @@ def test_report_is_self_contained(analysis, tmp_path):
     assert f"<b>{h['test_acc_99_epoch']}</b>" in text
 
 
-def _chromium() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
-    browser = _chromium()
-    if browser is None:
-        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
     out = write_report(tiny_run, tmp_path / "r.html")
-    with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", out.as_uri()],
-            capture_output=True, text=True, timeout=180)
-    dom = res.stdout
-    assert "</html>" in dom, res.stderr[-2000:]
+    dom, stderr = chromium_dom(out)
+    if dom is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    assert "</html>" in dom, stderr[-2000:]
     errors = re.search(r'data-js-errors="(\d+)"', dom)
     assert errors and errors.group(1) == "0", "a script failed while rendering the report"
     n_divs = len(re.findall(r'class="[^"]*js-plotly-plot', dom))
     n_svg = len(re.findall(r'class="main-svg"', dom))
     assert n_divs >= 9, f"only {n_divs} plots were drawn"
     assert n_svg >= n_divs, "every plot draws SVG"
-    assert "Uncaught" not in res.stderr
+    assert "Uncaught" not in stderr
 
 
 def test_report_cli_bad_inputs(tmp_path, tiny_run):

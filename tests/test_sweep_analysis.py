@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import math
 import re
-import subprocess
-import tempfile
 
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import cli
-from test_report import _chromium
+from _helpers import chromium_dom, cli
 
 import grokinterp as g
 from grokinterp.sweeps import table as T
@@ -139,18 +136,11 @@ def test_sweep_report_renders_and_writes_tables(small_sweep, tmp_path):
     text = out.read_text()
     assert "Phase diagram" in text and "Medians and spreads over seeds" in text and "Epochs to generalise vs" in text
     assert len(pd.read_csv(tmp_path / "t.csv")) == 8 and len(pd.read_csv(tmp_path / "summary.csv")) == 4
-    browser = _chromium()
-    if browser is None:
+    dom, stderr = chromium_dom(out)
+    if dom is None:
         pytest.skip("no Chromium on this machine")
-    with tempfile.TemporaryDirectory() as profile:
-        res = subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=30000", "--dump-dom", out.as_uri()],
-            capture_output=True, text=True, timeout=180)
-    dom = res.stdout
     errors = re.search(r'data-js-errors="(\d+)"', dom)
-    assert errors and errors.group(1) == "0", res.stderr[-2000:]
+    assert errors and errors.group(1) == "0", stderr[-2000:]
     assert len(re.findall(r'class="[^"]*js-plotly-plot', dom)) >= 5
 
 
