@@ -1,18 +1,20 @@
 """Epochs to generalization as a function of the training fraction (Power et al. 2022 style).
 
-For each training fraction and seed, trains the model (paper architecture and recipe by default,
-at a smaller p so the sweep fits on a CPU) and records the first epoch at which test accuracy
-reached 99 % (and train accuracy, for the memorization time). Writes into `--out`:
+A sweep over the training fraction and seeds (each seed sets both the split and the init seed)
+of a recipe (`quick` by default, at a smaller p so it fits on a CPU), trained stacked by
+`grokinterp.sweep`; records per run the first epoch at which test accuracy reached 99 % (and
+train accuracy, for the memorization time). Writes into `--out`:
 
 * `runs.csv` — one row per (fraction, seed): epochs to 99 % train / test accuracy, final losses;
 * `summary.json` — the same plus the per-fraction medians and the settings;
 * `train_fraction.html` — epochs to generalization vs training fraction (log axis), seeds as points.
 
-Runs already present in `--runs-dir` with the same config are reused, so an interrupted sweep
-continues where it stopped.
+The runs live in the sweep directory `--runs-dir` (one run directory per point, `grokinterp
+sweep-report` works on it); running the script again skips finished runs and resumes interrupted
+ones. The same sweep as a spec file: `analyses/specs/train_fraction_p59.toml`.
 
 Example:
-    python analyses/train_fraction.py --p 59 --fractions 0.3,0.4,0.5,0.6,0.7 --seeds 0,1,2
+    python analyses/train_fraction.py --p 59 --fractions 0.3,0.4,0.5,0.6,0.7 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--fractions", type=_floats, default=[0.3, 0.4, 0.5, 0.6, 0.7], metavar="F1,F2,...")
     ap.add_argument("--seeds", type=_ints, default=[0, 1], metavar="S1,S2,...",
                     help="seeds; each sets both the split seed and the init seed")
-    ap.add_argument("--epochs", type=int, default=4000, help="training budget per run")
-    ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/train_fraction"))
+    ap.add_argument("--epochs", type=int, default=5000, help="training budget per run")
+    ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/train_fraction"), help="the sweep directory")
     ap.add_argument("--out", type=Path, default=Path("analyses/out/train_fraction"))
     return ap.parse_args(argv)
 
@@ -48,50 +50,36 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
-    import pandas as pd
-    import plotly.graph_objects as go
 
     import grokinterp as gi
+    from grokinterp.sweeps.table import sweep_table
+    from grokinterp.viz.sweep_plots import data_fraction_curves
 
-    rows = []
+    spec = {"name": f"epochs to generalization vs training fraction, {args.operation} mod {args.p}",
+            "preset": args.preset, "seeds": args.seeds, "grid": {"frac_train": args.fractions},
+            "fixed": {"p": args.p, "operation": args.operation, "epochs": args.epochs,
+                      "every": max(args.epochs // 20, 1)}}
     try:
-        for frac in args.fractions:
-            for seed in args.seeds:
-                cfg = gi.make_config(args.preset, p=args.p, operation=args.operation, frac_train=frac,
-                                     split_seed=seed, init_seed=seed, epochs=args.epochs, every=max(args.epochs // 20, 1))
-                out = args.runs_dir / f"{args.operation}-p{args.p}-f{frac:g}-s{seed}"
-                run = gi.train(cfg, out, progress=False, overwrite=False)
-                s = run.summary()
-                rows.append({"frac_train": frac, "seed": seed, "n_train": run.info["n_train"],
-                             "epochs_to_train_99": s.get("train_acc_99_epoch"),
-                             "epochs_to_test_99": s.get("test_acc_99_epoch"),
-                             "final_test_acc": s.get("final_test_acc"), "final_test_loss": s.get("final_test_loss"),
-                             "run": str(out)})
-                print(f"frac {frac:.2f} seed {seed}: test acc ≥ 99% at epoch {rows[-1]['epochs_to_test_99']}", flush=True)
+        sweep = gi.sweep(spec, args.runs_dir)
     except gi.GrokinterpError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    df = pd.DataFrame(rows)
+    table = sweep_table(sweep, analyse=False)
+    df = table.rename(columns={"train_acc_99_epoch": "epochs_to_train_99", "test_acc_99_epoch": "epochs_to_test_99"})
+    df["n_train"] = [gi.load_run(d).info["n_train"] for d in df["run"]]
+    cols = ["frac_train", "seed", "n_train", "epochs_to_train_99", "epochs_to_test_99", "final_test_acc",
+            "final_test_loss", "run"]
+    df = df[cols]
     med = (df.groupby("frac_train")["epochs_to_test_99"]
            .agg(lambda x: float(np.median(x.dropna())) if x.notna().any() else None).rename("median_epochs_to_test_99"))
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
-    fig = go.Figure()
-    hit = df[df["epochs_to_test_99"].notna()]
-    fig.add_trace(go.Scatter(x=hit["frac_train"], y=hit["epochs_to_test_99"], mode="markers", name="runs (seeds)",
-                             marker=dict(size=9, opacity=0.7)))
-    fig.add_trace(go.Scatter(x=med.index, y=med.values, mode="lines+markers", name="median"))
-    miss = df[df["epochs_to_test_99"].isna()]
-    if len(miss):
-        fig.add_trace(go.Scatter(x=miss["frac_train"], y=[args.epochs] * len(miss), mode="markers",
-                                 marker=dict(symbol="triangle-up", size=10, color="grey"),
-                                 name=f"not generalized within {args.epochs} epochs"))
-    fig.update_layout(title=f"Epochs to generalization vs training fraction ({args.operation} mod {args.p})",
-                      xaxis_title="fraction of pairs used for training", yaxis_title="epochs to 99 % test accuracy",
-                      yaxis_type="log", template="plotly_white")
+    fig = data_fraction_curves(table, budget=args.epochs,
+                               title=f"Epochs to generalization vs training fraction ({args.operation} mod {args.p})")
     fig.write_html(args.out / "train_fraction.html", include_plotlyjs=True)
     summary = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "runs": rows, "median_epochs_to_test_99": {str(k): v for k, v in med.items()}}
+               "sweep": str(sweep.path), "runs": df.to_dict(orient="records"),
+               "median_epochs_to_test_99": {str(k): v for k, v in med.items()}}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(med.to_string())
     print(f"wrote {args.out}/runs.csv, summary.json, train_fraction.html")
