@@ -296,7 +296,7 @@ def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
                      max_stack=max_stack), max_stack
 
 
-def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | None = None,
+def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | str | None = None,
           progress: bool = True, overwrite: bool = False, **options: Any) -> "Sweep":
     """Train every run of a sweep (skipping finished ones, resuming interrupted ones); returns the :class:`Sweep`.
 
@@ -304,7 +304,8 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
         spec: a :class:`~grokinterp.sweeps.spec.SweepSpec`, a spec dict (the TOML/JSON structure),
             a spec file, or an existing sweep directory (resumed in place).
         out: the sweep directory (created).
-        executor: where the jobs run (default: from ``options.executor``; local).
+        executor: where the jobs run: an :class:`~grokinterp.sweeps.executor.Executor`, or ``"local"`` /
+            ``"ray"`` (default: ``options.executor``, local).
         progress: one progress bar for the sweep (and the plan printed above it).
         overwrite: replace a different sweep found in ``out``.
         **options: :class:`~grokinterp.sweeps.spec.SweepOptions` overrides (``max_stack=8``, ...).
@@ -314,6 +315,8 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
         RunError: after the sweep, if some jobs failed (named; running the sweep again retries them).
         TrainingInterrupted: Ctrl-C / SIGTERM; every run flushed and the sweep resumes when run again.
     """
+    if isinstance(executor, str):  # a name: "local" or "ray"
+        options["executor"], executor = executor, None
     plan = plan_sweep(spec, out, overwrite=overwrite, **options)
     if executor is None:
         o = plan.spec.options
