@@ -259,6 +259,10 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"device {s['device']}" + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else ""))
     status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
+    stack = run.info.get("stack")
+    if isinstance(stack, dict):
+        print(f"stack:  trained with {stack.get('size')} runs at once (place {stack.get('index')}, {stack.get('impl')} "
+              f"forward, {stack.get('mode')} split); --resume continues them together")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
     if "metrics_error" in s:
         print(f"metrics: unreadable: {s['metrics_error']}")
