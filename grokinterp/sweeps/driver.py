@@ -47,7 +47,6 @@ __all__ = ["sweep", "plan_sweep", "load_sweep", "resume_sweep", "Sweep", "SweepP
 SWEEP_JSON = "sweep.json"
 SWEEP_KIND = "grokinterp-sweep"
 RUNS_DIR = "runs"
-ANALYSIS_DIR = "analysis"
 
 
 @dataclass(frozen=True)

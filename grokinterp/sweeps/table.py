@@ -56,6 +56,8 @@ ANALYSIS_COLUMNS = ("key_frequencies", "n_key_frequencies", "memorization_end", 
                     "neurons_explained_fraction", "logit_fve_key_freqs")
 _SEED_FIELDS = ("split_seed", "init_seed", SEED_AXIS)
 _ANALYSIS_VERSION = 2  # bump when the cached rows' meaning changes
+#: Where a sweep keeps its per-run analysis rows (derived files; safe to delete).
+ANALYSIS_DIR = "analysis"
 
 
 def _config_columns(config: RunConfig) -> dict[str, Any]:
@@ -116,7 +118,7 @@ def sweep_table(sweep, *, analyse: bool = True, max_checkpoints: int | None = 10
     """One row per point of a sweep (see the module notes).
 
     Args:
-        sweep: a :class:`~grokinterp.sweeps.driver.Sweep` (or its directory).
+        sweep: a :class:`~grokinterp.sweeps.driver.Sweep` (:func:`~grokinterp.sweeps.driver.load_sweep`).
         analyse: add the run-study columns (:data:`ANALYSIS_COLUMNS`) for finished runs.
         max_checkpoints: checkpoints each study uses.
         progress: a progress bar over the runs analysed.
@@ -127,10 +129,8 @@ def sweep_table(sweep, *, analyse: bool = True, max_checkpoints: int | None = 10
         :data:`ANALYSIS_COLUMNS`, ``run`` (its directory); a point without a run yet has only its
         name, values and config, ``finished`` False.
     """
-    from .driver import ANALYSIS_DIR, load_sweep
-
-    if not hasattr(sweep, "points"):
-        sweep = load_sweep(sweep)
+    if not (hasattr(sweep, "points") and hasattr(sweep, "path")):
+        raise RunError(f"sweep: expected a Sweep (grokinterp.load_sweep(directory)), got {type(sweep).__name__}")
     cache_dir = sweep.path / ANALYSIS_DIR
     rows = []
     it = sweep.points
