@@ -825,13 +825,13 @@ DEFAULT_MAX_STACK = {"cpu": 64, "cuda": 1024}
 
 
 def max_stack_size(config: RunConfig, device: str | torch.device | None = None, *, n_examples: int | None = None,
-                   impl: str | None = None, cap: int | None = None) -> int:
+                   impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
     """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
     dev = resolve_device(config.train.device if device is None else str(device))
     impl = impl or default_impl(dev)
     if n_examples is None:
         n_valid = len(config.task.task().valid_pairs())
-        n_examples = n_valid if impl == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
+        n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
     per = stack_memory_bytes(config, n_examples, impl)
     cap = cap if cap is not None else DEFAULT_MAX_STACK.get(dev.type, 64)
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
