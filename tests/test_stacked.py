@@ -352,13 +352,17 @@ def test_max_stack_size_follows_memory():
 
 @pytest.mark.slow
 def test_stacked_tiny_runs_grok_like_single_ones(tmp_path):
-    cfgs = [g.make_config("tiny", init_seed=s, split_seed=s) for s in range(4)]
-    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(4)], progress=False)
-    singles = [g.train(c, tmp_path / f"r{i}", progress=False) for i, c in enumerate(cfgs[:2])]
-    for run in runs + singles:
-        s = run.summary()
-        assert s["final_test_acc"] >= 0.99 and s["train_acc_99_epoch"] < s["test_acc_99_epoch"]
-    # not the same trajectories (training is chaotic), but the same kind of run
-    t_stack = [r.summary()["test_acc_99_epoch"] for r in runs[:2]]
-    t_single = [r.summary()["test_acc_99_epoch"] for r in singles]
-    assert all(0.5 <= a / b <= 2 for a, b in zip(t_stack, t_single))
+    """Training is chaotic (a rounding difference grows to another trajectory), so the claim is about the
+    family: as many stacked runs as single ones generalise, after memorizing, in a similar number of epochs."""
+    seeds = range(6)
+    cfgs = [g.make_config("tiny", init_seed=s, split_seed=s) for s in seeds]
+    stacked = train_stacked(cfgs, [tmp_path / f"s{i}" for i in seeds], progress=False)
+    singles = [g.train(c, tmp_path / f"r{i}", progress=False) for i, c in zip(seeds, cfgs)]
+    t99 = {}
+    for kind, runs in (("stacked", stacked), ("single", singles)):
+        sums = [r.summary() for r in runs]
+        hit = [s["test_acc_99_epoch"] for s in sums if s["test_acc_99_epoch"] is not None]
+        assert len(hit) >= 4, (kind, hit)  # most seeds grok within the 1000 epochs
+        assert all(s["train_acc_99_epoch"] < s["test_acc_99_epoch"] for s in sums if s["test_acc_99_epoch"])
+        t99[kind] = float(np.median(hit))
+    assert 0.5 <= t99["stacked"] / t99["single"] <= 2, t99
