@@ -8,7 +8,8 @@ Nanda et al., ICLR 2023, and Chughtai et al., 2023.
 The package is layered (imports point down only; ``tests/test_architecture.py`` checks it)::
 
     cli                      commands wired to the layers below
-    viz                      plotly figures, the HTML report
+    viz                      plotly figures, the HTML reports
+    sweeps                   families of runs: specs, executors (local, Ray), tables
     analysis | training      independent siblings: analyses of runs | the training loop and its seams
     store                    the run directory: writer, loader, integrity, legacy import
     model                    parameters, hooked transformer, table fold, fast forwards
@@ -44,7 +45,8 @@ _EXPORTS = {
     "register_operation": "tasks",
     "HookedGrokTransformer": "model.hooked",
     "train": "training.loop",
-    "resume": "training.loop",
+    "resume": "training.stacked",
+    "train_stacked": "training.stacked",
     "Callback": "training.callbacks",
     "register_optimizer": "training.optim",
     "register_gradient_transform": "training.transforms",
@@ -65,6 +67,9 @@ _EXPORTS = {
     "ablation_table": "analysis.ablations",
     "analyze_run": "analysis.summary",
     "register_run_analysis": "analysis.summary",
+    "sweep": "sweeps.driver",
+    "load_sweep": "sweeps.driver",
+    "SweepSpec": "sweeps.spec",
     "write_report": "viz.report",
     "register_figure": "viz.report",
     "setup_notebook": "viz.notebook",

@@ -1,4 +1,4 @@
-"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy``.
+"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | sweep | sweep-report``.
 
 Only argparse, the config dataclasses and the task registry (numpy) are imported until a command
 runs, so ``--help`` answers at once; torch and transformer_lens load inside the commands.
@@ -255,6 +255,50 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     v.add_argument("run", metavar="RUN")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    s = sub.add_parser("sweep", help="train a family of runs (a grid over config fields), resumably",
+                       description="Train every point of a sweep: a TOML/JSON spec file and/or --grid flags over any "
+                                   "config fields; config flags (--p 59, --epochs 3000) fix fields for every point. "
+                                   "Each point is an ordinary run directory under OUT/runs/. Running the same "
+                                   "command again skips finished runs and resumes interrupted ones. Runs that share "
+                                   "shapes train together as one stacked model.")
+    s.add_argument("spec", nargs="?", type=Path, metavar="SPEC", help="sweep spec (.toml or .json)")
+    s.add_argument("--out", type=Path, help="sweep directory (default: checkpoints/sweep-<spec hash>)")
+    s.add_argument("--resume", type=Path, metavar="SWEEP", help="continue a sweep directory (no spec, no flags)")
+    s.add_argument("--preset", choices=list(PRESETS), help="base config of every point (default: the spec's, "
+                   "else quick)")
+    s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="an axis of the grid; repeatable (every combination is trained). FIELD may be 'seed' "
+                        "(sets split_seed and init_seed)")
+    s.add_argument("--zip", action="append", default=[], metavar="FIELD=V1,V2,...",
+                   help="axes varied together (same number of values each); repeatable")
+    s.add_argument("--seeds", type=_int_list, metavar="S1,S2,...", help="seeds (each sets split_seed and init_seed)")
+    s.add_argument("--executor", choices=["local", "ray"], help="where jobs run (default local)")
+    s.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001)")
+    s.add_argument("--num-gpus", type=float, metavar="N", help="GPUs per Ray task (one stack per task)")
+    s.add_argument("--num-cpus", type=float, metavar="N", help="CPUs per Ray task")
+    s.add_argument("--max-stack", type=int, metavar="N", help="most runs trained together (default: from memory)")
+    s.add_argument("--no-stack", action="store_true", help="train runs one by one instead of stacked")
+    s.add_argument("--max-disk-gb", type=float, metavar="X",
+                   help="disk budget; checkpoint schedules are thinned to fit (default 20)")
+    s.add_argument("--keep-checkpoints", action="store_true", help="never thin the checkpoint schedules")
+    s.add_argument("--dry-run", action="store_true", help="print the plan (runs, stacks, disk) and write nothing")
+    s.add_argument("--overwrite", action="store_true", help="replace a different sweep found in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_config_flags(s, preset)
+
+    sr = sub.add_parser("sweep-report", help="tabulate a sweep and write its HTML report",
+                        description="One row per run (config, epochs to 99 %% test accuracy, regime, key frequencies, "
+                                    "circuit date and lead, neuron and logit fits), medians and spreads over seeds, "
+                                    "and figures (phase diagram, data-fraction curves, seed distributions, every "
+                                    "run's curves) in one self-contained HTML file; the tables as CSV.")
+    sr.add_argument("sweep", type=Path, metavar="SWEEP")
+    sr.add_argument("--out", type=Path, help="HTML file to write (default: SWEEP/report.html)")
+    sr.add_argument("--csv", type=Path, help="per-run table (default: SWEEP/table.csv; summary.csv beside it)")
+    sr.add_argument("--max-checkpoints", type=int, default=100, metavar="N",
+                    help="checkpoints each run study uses, evenly spread (default 100)")
+    sr.add_argument("--no-analysis", action="store_true", help="only the training metrics (fast)")
+    sr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     m = sub.add_parser("import-legacy", help="import a reference implementation's .pth into a run directory",
                        description="Read a checkpoint file of the paper's code (full_run_data.pth, or the repository's "
                                    "saved_runs/*.pth with one final model) or of the TransformerLens grokking demo "
@@ -300,7 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if overrides or args.out is not None or args.overwrite:
                 raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, "
                                       "--out and --overwrite (only --device and --threads may be given)")
-            from .training.loop import resume
+            from .training.stacked import resume  # a run trained alone or in a stack
 
             run = resume(args.resume, progress=not args.no_progress, device=device, threads=args.threads)
         else:
@@ -383,6 +427,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         status = f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
+    stack = run.info.get("stack")
+    if isinstance(stack, dict):
+        print(f"stack:  trained with {stack.get('size')} runs at once (place {stack.get('index')}, {stack.get('impl')} "
+              f"forward, {stack.get('mode')} split); --resume continues them together")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
     if "metrics_error" in s:
         print(f"metrics: unreadable: {s['metrics_error']}")
@@ -478,17 +526,103 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy}
+def _sweep_spec(args: argparse.Namespace):
+    from .sweeps.spec import SweepSpec, load_spec, parse_grid_flag
+
+    doc: dict[str, Any] = load_spec(args.spec).to_dict() if args.spec is not None else {}
+    if args.preset is not None:
+        doc["preset"] = args.preset
+    doc.setdefault("preset", "quick")
+    fixed = dict(doc.get("fixed") or {})
+    for k, v in _overrides(args).items():
+        if k in fixed:
+            raise GrokinterpError(f"--{k.replace('_', '-')}: {k} is already fixed by the spec file")
+        fixed[k] = list(v) if isinstance(v, tuple) else v
+    doc["fixed"] = fixed
+    for part in ("grid", "zip"):
+        axes = dict(doc.get(part) or {})
+        for flag in getattr(args, part):
+            name, values = parse_grid_flag(flag)
+            if name in axes:
+                raise GrokinterpError(f"--{part} {flag}: {name} is already an axis of the {part}")
+            axes[name] = [list(v) if isinstance(v, tuple) else v for v in values]
+        doc[part] = axes
+    if args.seeds is not None:
+        if doc.get("seeds") is not None:
+            raise GrokinterpError("--seeds: the spec file already lists seeds")
+        doc["seeds"] = args.seeds
+    return SweepSpec.from_dict(doc, where=str(args.spec) if args.spec is not None else "sweep")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    options = {"executor": args.executor, "ray_address": args.ray_address, "num_gpus": args.num_gpus,
+               "num_cpus": args.num_cpus, "max_stack": args.max_stack, "max_disk_gb": args.max_disk_gb,
+               "stack": False if args.no_stack else None, "checkpoints": "keep" if args.keep_checkpoints else None}
+    if args.resume is not None:
+        if args.spec is not None or args.out is not None or args.grid or args.zip or args.seeds or _overrides(args) \
+                or args.preset or args.overwrite:
+            raise GrokinterpError("--resume continues a sweep with its stored spec; drop SPEC, --out, --preset, "
+                                  "--grid, --zip, --seeds, --overwrite and config flags")
+        spec, out = args.resume, None
+    else:
+        spec = _sweep_spec(args)
+        if not spec.axes():
+            raise GrokinterpError("sweep: nothing varies; give a spec file with a [grid], --grid FIELD=V1,V2 or --seeds")
+        out = args.out
+        if out is None:
+            digest = hashlib.sha256(json.dumps(spec.runs_dict(), sort_keys=True).encode()).hexdigest()[:8]
+            out = Path("checkpoints") / f"sweep-{digest}"
+    from .sweeps.driver import execute_plan, plan_sweep
+    from .sweeps.executor import make_executor
+
+    plan = plan_sweep(spec, out, overwrite=args.overwrite, **options)
+    if args.dry_run:
+        print("\n".join(plan.describe()))
+        for r in plan.runs:
+            print(f"  {r.state:10s} {r.run_dir}")
+        return 0
+    o = plan.spec.options
+    executor = make_executor(o.executor, **({"address": o.ray_address, "num_gpus": o.num_gpus,
+                                              "num_cpus": o.num_cpus} if o.executor == "ray" else {}))
+    if args.no_progress:
+        print("\n".join(plan.describe()), flush=True)
+    sw = execute_plan(plan, executor, progress=not args.no_progress)
+    st = sw.status()
+    print(f"sweep: {sw.path}: {int(st['finished'].sum())} of {len(st)} runs finished")
+    print(f"  runs in {sw.path / 'runs'}; table and report: grokinterp sweep-report {sw.path}")
+    return 0
+
+
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    if args.max_checkpoints < 2:
+        raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
+    from .viz.sweep_report import write_sweep_report
+
+    path, table, summary = write_sweep_report(args.sweep, args.out, analyse=not args.no_analysis,
+                                              max_checkpoints=args.max_checkpoints, progress=not args.no_progress,
+                                              csv=args.csv, return_table=True)
+    n, fin = len(table), int(table["finished"].fillna(False).astype(bool).sum())
+    print(f"report: {path}")
+    print(f"  {n} runs, {fin} finished, {int(table['grokked'].fillna(False).astype(bool).sum())} reached 99 % test "
+          f"accuracy; {len(summary)} settings")
+    print(f"  open it in a browser: file://{Path(path).resolve()}")
+    return 0
+
+
+COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
+            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
 
 
 def _preset_in(argv: Sequence[str]) -> str:
-    """The ``--preset`` given after ``train`` (exact spelling), so that ``--help`` can show its values."""
+    """The ``--preset`` given after ``train`` or ``sweep`` (exact spelling), so that ``--help`` can show its
+    values."""
     argv = list(argv)
-    if "train" not in argv:
+    at = next((i for i, a in enumerate(argv) if a in ("train", "sweep")), None)
+    if at is None:
         return DEFAULT_PRESET
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--preset")
-    known, _ = pre.parse_known_args(argv[argv.index("train") + 1:])
+    known, _ = pre.parse_known_args(argv[at + 1:])
     return known.preset if known.preset in PRESETS else DEFAULT_PRESET
 
 

@@ -13,6 +13,7 @@ import torch
 
 from grokinterp.config import ModelConfig
 from grokinterp.model import HookedGrokTransformer
+from grokinterp.training.callbacks import Callback
 
 PY = sys.executable
 
@@ -87,3 +88,14 @@ def make_socket(path) -> None:
     finally:
         sock.close()
         os.chdir(here)
+
+
+class StopAt(Callback):
+    """A training callback that asks the loop to stop (resumably) after the step from ``epoch``."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_step(self, loop, epoch: int) -> None:
+        if epoch == self.epoch:
+            loop.request_stop()

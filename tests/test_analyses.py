@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
-@pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py", "phase_dates.py"])
+@pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py", "phase_dates.py",
+                                    "seed_statistics.py", "phase_diagram.py"])
 def test_help(script):
     res = subprocess.run([PY, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "usage" in res.stdout.lower()
@@ -77,3 +78,39 @@ def test_phase_dates_on_a_run(tiny_run, tmp_path):
     res = subprocess.run([PY, str(ROOT / "analyses" / "phase_dates.py"), str(tmp_path / "nope"), "--out", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "no such run directory" in res.stderr
+
+
+def test_train_fraction_is_a_resumable_sweep(tmp_path):
+    args = [PY, str(ROOT / "analyses" / "train_fraction.py"), "--preset", "tiny", "--p", "23", "--fractions", "0.5,0.8",
+            "--seeds", "0,1", "--epochs", "100", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    import grokinterp as g
+
+    sw = g.load_sweep(tmp_path / "runs")
+    assert len(sw.points) == 4 and sw.finished and all(r.info["stack"]["size"] == 4 for r in sw.runs().values())
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600)  # again: nothing to train
+    assert res.returncode == 0 and "4 finished, 0 to resume, 0 to train" in res.stdout + res.stderr
+
+
+def test_seed_statistics_and_phase_diagram_on_small_sweeps(tmp_path):
+    spec = tmp_path / "seeds.toml"
+    spec.write_text('preset = "tiny"\nseeds = [0, 1, 2]\n[fixed]\np = 23\nepochs = 200\nevery = 20\n')
+    res = subprocess.run([PY, str(ROOT / "analyses" / "seed_statistics.py"), "--spec", str(spec), "--sweep-dir",
+                          str(tmp_path / "sw"), "--out", str(tmp_path / "out"), "--max-checkpoints", "20"],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    rows = {r["quantity"]: r for r in summary["distributions"]}
+    assert summary["runs"] == 3 and set(rows["n_key_frequencies"]["per_seed"]) == {"0", "1", "2"}
+    assert rows["neurons_explained_fraction"]["paper"].startswith("433")
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "distributions.csv").exists()
+    spec = tmp_path / "pd.toml"
+    spec.write_text('preset = "tiny"\nseeds = [0]\n[fixed]\np = 23\nepochs = 100\nevery = 50\n'
+                    '[grid]\noperation = ["add", "sub"]\nweight_decay = [0.5, 2.0]\nfrac_train = [0.5, 0.8]\n')
+    res = subprocess.run([PY, str(ROOT / "analyses" / "phase_diagram.py"), "--spec", str(spec), "--sweep-dir",
+                          str(tmp_path / "pd"), "--out", str(tmp_path / "pdo")], capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "pdo" / "summary.json").read_text())
+    assert len(summary["cells"]) == 8 and summary["grid"][0].startswith("operation = add")

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from . import tables
 
-__all__ = ["FastPlan", "final_logits", "fast_path_unsupported"]
+__all__ = ["FastPlan", "BagIndex", "bag_sum", "final_logits", "fast_path_unsupported"]
 
 
 def fast_path_unsupported(cfg: ModelConfig, tokens: Tensor) -> str | None:
@@ -50,10 +50,11 @@ def fast_path_unsupported(cfg: ModelConfig, tokens: Tensor) -> str | None:
 
 
 class _Bag(torch.autograd.Function):
-    """``out[b] = Σ_i w[b, i] · table[idx[b, i]]`` with a backward built for a fixed ``idx``."""
+    """``out[b] = Σ_i w[b, i] · table[idx[b, i]]`` with a backward built for a fixed ``idx``
+    (``plan``: a :class:`BagIndex` or a :class:`FastPlan`, which carries the same fields)."""
 
     @staticmethod
-    def forward(ctx, w: Tensor, table: Tensor, plan: "FastPlan") -> Tensor:  # type: ignore[override]
+    def forward(ctx, w: Tensor, table: Tensor, plan: "BagIndex | FastPlan") -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(w, table)
         ctx.plan = plan
         return F.embedding_bag(plan.bag_idx, table, per_sample_weights=w, mode="sum")
@@ -61,7 +62,7 @@ class _Bag(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         w, table = ctx.saved_tensors
-        plan: FastPlan = ctx.plan
+        plan = ctx.plan
         grad = grad.contiguous()
         grad_w = grad_table = None
         if ctx.needs_input_grad[1]:
@@ -76,6 +77,50 @@ class _Bag(torch.autograd.Function):
             grad_w = torch.sparse.sampled_addmm(plan.pattern, grad, table.t(), beta=0.0)
             grad_w = grad_w.values().view_as(w)
         return grad_w, grad_table, None
+
+
+@dataclass(eq=False)
+class BagIndex:
+    """A bag's fixed indices and what its hand-written backward needs, built once per index set.
+
+    ``bag_idx[b]`` lists the table entries summed into bag ``b`` (:func:`bag_sum`); the transposed
+    bag (``t_rows``, ``t_offsets``, ``t_perm``: for each table entry, the bags that read it) gives the
+    table gradient, and the CSR ``pattern`` the weight gradient as a sampled dense-dense product.
+    """
+
+    bag_idx: Tensor  # [bags, k] table entries of each bag
+    t_rows: Tensor  # transposed bag: bag of each (bag, slot), sorted by table entry
+    t_offsets: Tensor  # [entries + 1] CSR offsets of the transposed bag
+    t_perm: Tensor  # order of the flattened bag slots in the transposed bag
+    pattern: Tensor  # sparse CSR [bags, entries] with the bag's sparsity
+
+    @classmethod
+    def build(cls, bag_idx: Tensor, entries: int) -> "BagIndex":
+        """Index structures for bags ``bag_idx`` ``[bags, k]`` (int64) over a table of ``entries`` rows."""
+        bag_idx = bag_idx.contiguous()
+        n, k = bag_idx.shape
+        dev = bag_idx.device
+        flat = bag_idx.reshape(-1)
+        t_perm = torch.argsort(flat, stable=True)
+        t_rows = torch.div(t_perm, max(k, 1), rounding_mode="floor")
+        t_offsets = torch.zeros(entries + 1, dtype=torch.long, device=dev)
+        t_offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=entries), 0)
+        crow = (torch.arange(n + 1, device=dev) * k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            pattern = torch.sparse_csr_tensor(crow, flat, torch.zeros(n * k, device=dev), size=(n, entries))
+        return cls(bag_idx, t_rows, t_offsets, t_perm, pattern)
+
+
+def bag_sum(w: Tensor, table: Tensor, index: BagIndex) -> Tensor:
+    """``out[b] = Σ_i w[b, i] · table[index.bag_idx[b, i]]`` ``[bags, d]``, differentiable in ``w`` and ``table``.
+
+    Args:
+        w: ``[bags, k]`` weights.
+        table: ``[entries, d]``.
+        index: :class:`BagIndex` of the fixed indices.
+    """
+    return _Bag.apply(w, table, index)
 
 
 @dataclass(eq=False)
@@ -127,20 +172,10 @@ class FastPlan:
         if len(const) == 1 and vary:  # the folded constant is one extra table entry (see final_logits)
             bag_idx = torch.cat([bag_idx, torch.full((n, 1), entries, dtype=torch.long, device=dev)], dim=1)
             entries += 1
-        bag_idx = bag_idx.contiguous()
-        k = bag_idx.shape[1]
-        flat = bag_idx.reshape(-1)
-        t_perm = torch.argsort(flat, stable=True)
-        t_rows = torch.div(t_perm, max(k, 1), rounding_mode="floor")
-        t_offsets = torch.zeros(entries + 1, dtype=torch.long, device=dev)
-        t_offsets[1:] = torch.cumsum(torch.bincount(flat, minlength=entries), 0)
-        crow = (torch.arange(n + 1, device=dev) * k)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            pattern = torch.sparse_csr_tensor(crow, flat, torch.zeros(n * k, device=dev), size=(n, entries))
+        bag = BagIndex.build(bag_idx, entries)
         as_idx = lambda xs: torch.tensor(list(xs), dtype=torch.long, device=dev)  # noqa: E731
-        return cls(cfg, n, vary, const_rows, row_pos, row_tok, row_idx, bag_idx, t_rows, t_offsets, t_perm,
-                   pattern, as_idx(vary), as_idx(const), as_idx(const_rows))
+        return cls(cfg, n, vary, const_rows, row_pos, row_tok, row_idx, bag.bag_idx, bag.t_rows, bag.t_offsets,
+                   bag.t_perm, bag.pattern, as_idx(vary), as_idx(const), as_idx(const_rows))
 
     def to(self, device: torch.device | str) -> "FastPlan":
         """The same plan with its tensors on ``device``."""

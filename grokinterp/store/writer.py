@@ -81,9 +81,13 @@ class CheckpointWriter:
         shapes: parameter name → shape.
         flush_every: snapshots per shard.
         device: where the buffer lives (the training device).
+        buffered: keep a snapshot buffer (default). ``False``: the caller buffers snapshots itself
+            (a stack of runs keeps one buffer for all of them) and hands each shard over with
+            :meth:`stage` before :meth:`flush`.
     """
 
-    def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device):
+    def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device,
+                 *, buffered: bool = True):
         self.run_dir = Path(run_dir)
         self.shard_dir = self.run_dir / _io.SHARD_DIR
         try:
@@ -91,7 +95,9 @@ class CheckpointWriter:
         except OSError as e:
             raise RunError(f"{self.shard_dir}: cannot create the shard directory ({e.strerror or e})") from e
         self.capacity = flush_every
-        self.buffer = {name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
+        self.buffer = ({name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
+                       if buffered else {})
+        self._staged: dict[str, Tensor] | None = None
         self.epochs: list[int] = []
         self.lock = None  # a held grokinterp.store.lock.RunLock, checked before each flush (fencing)
         # List files no manifest records, hashing them as they are (a resume the user chose to trust,
@@ -132,10 +138,21 @@ class CheckpointWriter:
                 buf[i].copy_(params[name])
         self.epochs.append(epoch)
 
+    def stage(self, epochs: list[int], tensors: dict[str, Tensor]) -> None:
+        """Hand over the next shard's snapshots, buffered by the caller: ``{name: [len(epochs), ...]}``
+        (an unbuffered writer's alternative to :meth:`snapshot`)."""
+        self.epochs = [int(e) for e in epochs]
+        self._staged = tensors
+
     def shard_payload(self) -> tuple[str, bytes]:
-        """The buffered snapshots as one shard file: ``(relative path, bytes)``; empties the buffer."""
+        """The buffered (or staged) snapshots as one shard file: ``(relative path, bytes)``; empties the
+        buffer."""
         n = len(self.epochs)
-        tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
+        if self._staged is not None:
+            tensors = {name: t.detach().to("cpu").contiguous() for name, t in self._staged.items()}
+            self._staged = None
+        else:
+            tensors = {name: buf[:n].detach().to("cpu").contiguous() for name, buf in self.buffer.items()}
         tensors["epochs"] = torch.tensor(self.epochs, dtype=torch.int64)
         rel = f"{_io.SHARD_DIR}/{_io.shard_name(self.epochs[0], self.epochs[-1])}"
         data = st_save(tensors, metadata={"format": "grokinterp-shard"})

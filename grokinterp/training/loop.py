@@ -64,7 +64,8 @@ from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
 
-__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable"]
+__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable",
+           "stop_on_signals"]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -330,6 +331,10 @@ def _sigint_flag() -> Iterator[Callable[[], bool]]:
             signal.signal(sig, h)
 
 
+#: Public name of the SIGINT / SIGTERM flag (used by the stacked trainer as well).
+stop_on_signals = _sigint_flag
+
+
 def _callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
     cbs = list(callbacks)
     bad = [type(cb).__name__ for cb in cbs if not isinstance(cb, Callback)]
@@ -438,7 +443,8 @@ def _with_session(run, action: str, start: int, end: int, threads: int | None):
     return run
 
 
-def _recorded_threads(run) -> int | None:
+def recorded_threads(run) -> int | None:
+    """The torch thread count ``run.json`` records for the run's training (``None``: not recorded)."""
     n = (run.info.get("device") or {}).get("torch_threads")
     return int(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
 
@@ -529,7 +535,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str 
         return _with_session(run, "already_finished", E, E, None)
     dev = resolve_device(device or config.train.device)
     check_trainable(config)
-    recorded = _recorded_threads(run)
+    recorded = recorded_threads(run)
     n_threads = threads if threads is not None else (recorded or DEFAULT_THREADS)
     if threads is not None and recorded is not None and threads != recorded and dev.type == "cpu":
         warnings.warn(f"{run_dir}: resuming with {threads} torch threads; the run was trained with {recorded}. The "

@@ -25,7 +25,7 @@ from ..store import layout as _io
 from ..store.run import Run, load_run
 from . import plotting as P
 
-__all__ = ["write_report", "render_report", "report_figures", "REPORT_NAME"]
+__all__ = ["write_report", "render_report", "report_figures", "REPORT_NAME", "html_page", "figures_html", "table_html"]
 
 REPORT_NAME = "report.html"
 
@@ -165,11 +165,6 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     """The report of a :class:`~grokinterp.summary.RunAnalysis` as one HTML string.
 
     ``figures``: the output of :func:`report_figures` when the caller has built it already."""
-    import plotly
-    from plotly.offline import get_plotlyjs
-
-    from .. import __version__
-
     run = analysis.run
     h = analysis.headline()
     c = run.config
@@ -246,28 +241,51 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
                  ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
                  ("checkpoints", f"{h['n_checkpoints']} ({h['n_checkpoints_analysed']} analysed)")]
 
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style>",
-             f"<script type='text/javascript'>/* plotly.js {plotly.__version__} */{get_plotlyjs()}</script>",
-             "</head><body data-js-errors='0'>", _ERROR_HOOK, "<main>",
-             f"<h1>{html.escape(title)}</h1>",
-             f"<p class='sub'>{html.escape(str(run.path))} · generated {time.strftime('%Y-%m-%d %H:%M')} by grokinterp "
-             f"{__version__}</p>",
-             f"<p class='headline'>{headline}</p>",
+    parts = [f"<p class='headline'>{headline}</p>",
              "<h2>Headline numbers</h2>", _table(numbers),
              "<h2>Phases</h2>",
              "<p>Each boundary is dated twice: by our rules and by the paper's §5.2 descriptions (operationalised). "
              "Within a definition the dates are ordered; the two definitions date different events and are not "
              "ordered with respect to each other.</p>", phases_table,
              "<h2>Rules</h2>", "<div class='rule'>", _table(rules), "</div>"]
-    for i, (name, caption, fig) in enumerate(report_figures(analysis) if figures is None else figures):
+    parts += figures_html(report_figures(analysis) if figures is None else figures)
+    parts += ["<h2>Configuration</h2>", _table(cfg_rows)]
+    return html_page(title, str(run.path), parts)
+
+
+def figures_html(figures: list[tuple[str, str, Any]]) -> list[str]:
+    """``(title, caption, go.Figure)`` triples as page sections (plotly.js is on the page once)."""
+    parts: list[str] = []
+    for i, (name, caption, fig) in enumerate(figures):
         parts += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(caption)}</p>",
                   "<div class='figure'>",
                   fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{i}",
                               config={"displaylogo": False, "responsive": True}),
                   "</div>"]
-    parts += ["<h2>Configuration</h2>", _table(cfg_rows), "</main></body></html>"]
+    return parts
+
+
+def html_page(title: str, source: str, body: list[str]) -> str:
+    """A self-contained page: the report scaffolding (style, plotly.js embedded once, script-error
+    counter, title and provenance line) around ``body`` (HTML fragments), shared by every report."""
+    import plotly
+    from plotly.offline import get_plotlyjs
+
+    from .. import __version__
+
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style>",
+             f"<script type='text/javascript'>/* plotly.js {plotly.__version__} */{get_plotlyjs()}</script>",
+             "</head><body data-js-errors='0'>", _ERROR_HOOK, "<main>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p class='sub'>{html.escape(source)} · generated {time.strftime('%Y-%m-%d %H:%M')} by grokinterp "
+             f"{__version__}</p>", *body, "</main></body></html>"]
     return "\n".join(parts)
+
+
+def table_html(rows: list[tuple[str, Any]]) -> str:
+    """Two-column ``(name, value)`` rows as the reports' HTML table."""
+    return _table(rows)
 
 
 def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_checkpoints: int | None = 400,

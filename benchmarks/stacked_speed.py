@@ -1,0 +1,142 @@
+"""Many models at once: a stack of runs vs the same runs trained one after another.
+
+Measures, in one process and interleaved (so drifts in machine load hit both alike), wall time
+through the public API — every run writes its run directory with all its checkpoints:
+
+(a) ``N`` runs one after another with the single-run trainer (``grokinterp.train``);
+(b) the same ``N`` runs as one stack (``train_stacked``) in each mode / implementation asked for:
+    ``gather`` / ``mask`` (how splits enter the step) × ``tables`` / ``dense`` (the forward).
+
+Prints medians of ms per model-epoch and the throughput ratio (a)/(b).
+
+CPU target (issue 14): 16 ``tiny``-preset runs stacked at ≥ 3× the throughput of the same 16 runs
+one after another::
+
+    python benchmarks/stacked_speed.py                              # 16 tiny runs, CPU
+
+GPU target: ≥ 256 paper-size models at ≤ 0.15 ms per model-epoch (≥ 12× the single-run trainer),
+over ≥ 1,000 epochs with a checkpoint every 100; models per hour for the paper recipe
+(40k epochs) extrapolated from that::
+
+    python benchmarks/stacked_speed.py --device cuda --preset paper --runs 256 --epochs 1000 --every 100 \\
+        --sequential 1 --variants gather:dense,gather:tables
+
+``--sequential K`` times only ``K`` of the runs one after another (the paper recipe takes ~86 s
+per run on an H100) and scales to ``N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import grokinterp as gi
+from grokinterp.training.loop import resolve_device
+from grokinterp.training.stacked import max_stack_size, train_stacked
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def configs(args) -> list:
+    over = {"device": args.device}
+    if args.epochs is not None:
+        over["epochs"] = args.epochs
+    if args.every is not None:
+        over.update(every=args.every, log_early=0, windows=())
+    base = gi.make_config(args.preset, **over)
+    return [base.replace(init_seed=s, split_seed=s) for s in range(args.runs)]
+
+
+def time_sequential(cfgs, root: Path, device) -> tuple[float, float]:
+    """(wall, process CPU) seconds."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i, c in enumerate(cfgs):
+        gi.train(c, root / f"seq{i}", progress=False)
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def time_stacked(cfgs, root: Path, device, mode: str, impl: str) -> tuple[float, float]:
+    """(wall, process CPU) seconds."""
+    _sync(device)
+    t0, c0 = time.perf_counter(), time.process_time()
+    train_stacked(cfgs, [root / f"st{i}" for i in range(len(cfgs))], progress=False, mode=mode, impl=impl)
+    _sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--runs", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the preset's)")
+    ap.add_argument("--every", type=int, default=None, help="a checkpoint every N epochs (default: the preset's)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--sequential", type=int, default=None, help="time only K runs one after another, scaled to N")
+    ap.add_argument("--variants", default="gather:tables,mask:tables,gather:dense", help="MODE:IMPL,...")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    cfgs = configs(args)
+    E = cfgs[0].train.epochs
+    variants = [tuple(v.split(":")) for v in args.variants.split(",") if v]
+    k = args.sequential or len(cfgs)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{len(cfgs)} '{args.preset}' runs of {E} epochs, {len(cfgs[0].checkpoint_epochs())} checkpoints each; "
+          f"max stack size from memory: {max_stack_size(cfgs[0], device)}")
+    seq, stacked = [], {v: [] for v in variants}
+    root = Path(tempfile.mkdtemp(prefix="stacked_speed_"))
+    try:
+        warm = [c.replace(epochs=min(E, 20)) for c in cfgs[:2]]  # imports, kernels, allocator
+        gi.train(warm[0], root / "warm", progress=False)
+        for mode, impl in variants:
+            train_stacked(warm, [root / f"warm_{mode}_{impl}{i}" for i in range(2)], progress=False, mode=mode,
+                          impl=impl)
+        for r in range(args.repeats):
+            d = root / f"rep{r}"
+            d.mkdir()
+            wall, cpu = time_sequential(cfgs[:k], d, device)
+            seq.append((wall * len(cfgs) / k, cpu * len(cfgs) / k))
+            for mode, impl in variants:
+                stacked[(mode, impl)].append(time_stacked(cfgs, d / f"{mode}_{impl}", device, mode, impl))
+            shutil.rmtree(d)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    me = len(cfgs) * E  # model-epochs
+    print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())} "
+          f"({os.cpu_count()} CPUs; wall times suffer from other processes, process CPU times less)")
+    m_seq, c_seq = (statistics.median(v[i] for v in seq) for i in (0, 1))
+    print(f"(a) {len(cfgs)} runs one after another{f' ({k} timed, scaled)' if k < len(cfgs) else ''}: "
+          f"median {m_seq:8.2f} s wall = {1e3 * m_seq / me:7.3f} ms per model-epoch; CPU {c_seq:.2f} s "
+          f"(runs: {', '.join(f'{w:.1f}/{c:.1f}' for w, c in seq)})")
+    best = None
+    for (mode, impl), ts in stacked.items():
+        m, c = (statistics.median(v[i] for v in ts) for i in (0, 1))
+        print(f"(b) stack of {len(cfgs)}, {mode:6s} {impl:6s}: median {m:8.2f} s wall = {1e3 * m / me:7.3f} ms per "
+              f"model-epoch, throughput {m_seq / m:5.2f}x; CPU {c:.2f} s, {c_seq / c:5.2f}x "
+              f"(runs: {', '.join(f'{w:.1f}/{c:.1f}' for w, c in ts)})")
+        if best is None or m < best[1]:
+            best = ((mode, impl), m)
+    (mode, impl), m = best
+    per = 1e3 * m / me
+    print(f"fastest stacked variant: {mode}/{impl}, {per:.3f} ms per model-epoch, {m_seq / m:.2f}x "
+          f"(CPU target ≥ 3x for 16 tiny runs; GPU target ≤ 0.15 ms per model-epoch and ≥ 12x)")
+    if args.preset == "paper":
+        print(f"paper recipe (40k epochs): {3600e3 / (per * 40_000):.0f} models per hour at {per:.3f} ms per "
+              f"model-epoch (extrapolated)")
+
+
+if __name__ == "__main__":
+    main()

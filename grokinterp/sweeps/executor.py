@@ -1,0 +1,232 @@
+"""Executors: where a sweep's jobs run. The seam between planning a sweep and training it.
+
+An executor takes the :class:`~grokinterp.sweeps.plan.Job` s of a sweep and runs each with
+:func:`run_job`, reporting epochs done to a :class:`SweepProgress`:
+
+* :class:`LocalExecutor` (default) — one job after another in this process; no extra dependency.
+* :class:`RayExecutor` — each job is a Ray task on a cluster (``pip install grokinterp[ray]``),
+  asking for ``num_gpus`` / ``num_cpus``; every task writes its runs into the sweep directory, which
+  must be on a filesystem all nodes share, at the same path. Progress is read from the runs'
+  ``progress.json`` files.
+
+A job that fails does not stop the others: its error is recorded, the sweep raises at the end
+naming the failed runs, and running the sweep again retries them (finished runs are skipped,
+interrupted ones resumed). Ctrl-C stops the sweep at once; every run flushes first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..store import layout
+from ..training.callbacks import Callback
+from ..training.loop import resume, train
+from ..training.stacked import max_stack_size, resume_stacked, train_stacked
+from .plan import Job
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor"]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """How a job ended: ``ok``, or the ``error`` (one line) and ``detail`` (traceback)."""
+
+    run_dirs: tuple[str, ...]
+    ok: bool
+    seconds: float
+    error: str | None = None
+    detail: str | None = None
+
+
+class SweepProgress:
+    """One progress bar for the whole sweep, counted in model-epochs (a stack of 16 runs advancing
+    one epoch counts 16). ``enabled=False`` counts without drawing."""
+
+    def __init__(self, total: int, initial: int = 0, runs_total: int = 0, runs_done: int = 0,
+                 enabled: bool = True):
+        self.total, self.done = int(total), int(initial)
+        self.runs_total, self.runs_done = runs_total, runs_done
+        self.bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.done, desc="sweep", unit="ep", unit_scale=True,
+                            dynamic_ncols=True, mininterval=0.5)
+            self._postfix()
+
+    def _postfix(self) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(runs=f"{self.runs_done}/{self.runs_total}", refresh=False)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def set_done(self, n: int) -> None:
+        """Set the count (executors that poll the runs' progress files)."""
+        if n > self.done:
+            self.update(n - self.done)
+
+    def run_finished(self, k: int = 1) -> None:
+        self.runs_done += k
+        self._postfix()
+
+    def write(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _EpochCounter(Callback):
+    """Reports every loop epoch, times the runs the loop trains, to a counter (the sweep's progress bar)."""
+
+    def __init__(self, on_epochs: Callable[[int], None]):
+        self.on_epochs = on_epochs
+
+    def on_step(self, loop: Any, epoch: int) -> None:
+        self.on_epochs(sum(getattr(loop, "real", (True,))))  # a stack's stand-ins do not count
+
+
+def run_job(job: Job, on_epochs: Callable[[int], None] | None = None) -> JobResult:
+    """Run one job in this process; returns how it ended (failures are caught and described;
+    Ctrl-C / SIGTERM propagate after the runs flushed)."""
+    t0 = time.perf_counter()
+    cbs = [_EpochCounter(on_epochs)] if on_epochs else []
+    try:
+        if job.stacked:
+            if job.kind == "resume":
+                resume_stacked(job.run_dirs, progress=False, callbacks=cbs)
+            else:
+                configs = [RunConfig.from_dict(c) for c in job.configs]
+                size = max_stack_size(configs[0])  # this machine's memory decides (a Ray worker's own)
+                for i in range(0, len(configs), size):
+                    train_stacked(configs[i: i + size], job.run_dirs[i: i + size], progress=False, preset=job.preset,
+                                  callbacks=cbs)
+        elif job.kind == "resume":
+            resume(job.run_dirs[0], progress=False, callbacks=cbs)
+        else:
+            train(RunConfig.from_dict(job.configs[0]), job.run_dirs[0], progress=False, preset=job.preset,
+                  callbacks=cbs)
+    except KeyboardInterrupt:  # TrainingInterrupted too: the runs flushed; stop the sweep
+        raise
+    except Exception as e:  # noqa: BLE001 - one failed job must not stop a sweep of hundreds
+        return JobResult(job.run_dirs, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}",
+                         traceback.format_exc())
+    return JobResult(job.run_dirs, True, time.perf_counter() - t0)
+
+
+class Executor(Protocol):
+    """Runs a sweep's jobs; ``progress`` counts model-epochs."""
+
+    name: str
+
+    def run(self, jobs: Sequence[Job], progress: SweepProgress) -> list[JobResult]: ...
+
+
+class LocalExecutor:
+    """Every job in this process, one after another (the default; needs nothing but grokinterp)."""
+
+    name = "local"
+
+    def run(self, jobs: Sequence[Job], progress: SweepProgress) -> list[JobResult]:
+        results = []
+        for job in jobs:
+            result = run_job(job, progress.update)
+            results.append(result)
+            if result.ok:
+                progress.run_finished(len(job.run_dirs))
+            else:
+                progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
+        return results
+
+
+def epochs_done(run_dir: str | Path) -> int:
+    """Loop epochs a run directory has flushed (from ``progress.json``; 0 if there is none yet)."""
+    try:
+        prog = json.loads((Path(run_dir) / layout.PROGRESS_JSON).read_text())
+        return int(prog.get("epoch", 0)) + (1 if prog.get("finished") else 0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+
+
+class RayExecutor:
+    """Each job a Ray task (``pip install grokinterp[ray]``).
+
+    Args:
+        address: the cluster to join (``"auto"`` for the one this node belongs to, ``"ray://host:10001"``
+            for a remote client); ``None`` starts a local Ray instance.
+        num_gpus: GPUs per task (one stack per task; ``1`` trains each stack on its own GPU).
+        num_cpus: CPUs per task.
+        poll_seconds: how often the runs' ``progress.json`` files are read for the progress bar.
+
+    The sweep directory must be on a filesystem every node mounts at the same path.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_gpus: float = 0.0, num_cpus: float = 1.0,
+                 poll_seconds: float = 2.0, runtime_env: dict | None = None):
+        self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
+        self.poll_seconds, self.runtime_env = poll_seconds, runtime_env
+
+    def run(self, jobs: Sequence[Job], progress: SweepProgress) -> list[JobResult]:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("options.executor: the Ray executor needs Ray (pip install 'grokinterp[ray]')") from None
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"address": self.address, "log_to_driver": False}
+            if self.runtime_env:
+                kw["runtime_env"] = self.runtime_env
+            ray.init(**kw)
+        task = ray.remote(num_gpus=self.num_gpus, num_cpus=self.num_cpus, max_retries=0)(_ray_job)
+        base = progress.done - sum(epochs_done(d) for job in jobs for d in job.run_dirs)
+        pending = {task.remote(job): job for job in jobs}
+        results: list[JobResult] = []
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_seconds)
+                for ref in ready:
+                    job = pending.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - a worker died or the task raised
+                        result = JobResult(job.run_dirs, False, 0.0, f"{type(e).__name__}: {str(e)[:500]}")
+                    results.append(result)
+                    if result.ok:
+                        progress.run_finished(len(job.run_dirs))
+                    else:
+                        progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
+                progress.set_done(base + sum(epochs_done(d) for job in jobs for d in job.run_dirs))
+        except KeyboardInterrupt:
+            for ref in pending:
+                ray.cancel(ref)  # the workers get SIGINT: their runs flush and stay resumable
+            raise
+        return results
+
+
+def _ray_job(job: Job) -> JobResult:
+    """What a Ray worker runs: the job, on the devices Ray gave it (CUDA_VISIBLE_DEVICES)."""
+    return run_job(job)
+
+
+def make_executor(name: str, **kwargs: Any) -> Executor:
+    """``local`` or ``ray`` (``kwargs``: :class:`RayExecutor` arguments)."""
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(**kwargs)
+    raise ConfigError(f"options.executor: must be 'local' or 'ray', got {name!r}")

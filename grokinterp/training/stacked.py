@@ -1,0 +1,1152 @@
+"""Many models trained at once: runs that share shapes, stacked into one model on one device.
+
+``R`` runs whose configs differ only in what does not change a tensor's shape — init and split
+seeds, training fraction, split method, operation, learning rate, weight decay, betas, momentum,
+warm-up — train as one stacked model: every parameter is one tensor ``[run, ...]``, one forward
+computes every run's logits on its own training examples (:mod:`grokinterp.model.stacked`), the
+loss is the sum of the runs' mean float64 cross-entropies (so each run's gradient is its own), and
+a stacked optimizer applies each run's hyper-parameters. Each run writes its own run directory
+through :mod:`grokinterp.store.writer`, exactly the files a single run writes, plus the optional
+``run.json`` field ``stack`` (the members, this run's index, the implementation), so a run can be
+resumed — in a stack — bit-identically on CPU. A step equals a single-run step to 1e-5 (tested).
+
+==================  ==========================================================================
+piece               what it does
+==================  ==========================================================================
+``stack_key``       runs with equal keys can share a stack (``None``: this run cannot be stacked)
+``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``) and stacked
+                    gradient transforms (a run whose transform has no stacked version trains alone)
+``StackedLoop``     the epoch loop (checkpoints, evaluation, flushes, callbacks, signals)
+``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones
+``max_stack_size``  how many runs fit the device's memory
+==================  ==========================================================================
+
+Splits enter in one of two ways (``mode``): ``gather`` (each run's training pairs, padded to the
+longest; test pairs in a second forward every ``eval_every`` epochs) or ``mask`` (every valid pair
+of every run in each step, with the training pairs weighted in; the test metrics come from the
+same logits). ``benchmarks/stacked_speed.py`` measures both; ``gather`` is the default (see
+NOTES.md).
+
+Flushes can run in a background thread (``async_flush``, the default on CUDA): the flush copies
+what it writes to the host and training goes on while the files are written; each run's files
+are written in the crash-safe order of a single run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import queue
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
+from ..errors import ConfigError, RunError
+from ..model import n_params, param_shapes
+from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits
+from ..store import layout
+from ..store.integrity import last_flush_complete
+from ..store.lock import RunLock, acquire
+from ..store.run import Run, load_run
+from ..store.writer import (
+    METRIC_COLUMNS,
+    CheckpointWriter,
+    check_out_dir,
+    clear_run_dir,
+    run_metadata,
+    start_run,
+)
+from .callbacks import Callback
+from .loop import TrainingInterrupted, check_trainable, recorded_threads, resolve_device, stop_on_signals
+from .loop import resume as resume_single
+from .optim import expected_slots
+from .preflight import preflight
+from .step import CudaGraphStep, graphs_enabled
+from .threads import DEFAULT_THREADS, check_threads, torch_threads
+from .transforms import load_transform_state, transform_state_tensors
+
+__all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
+           "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
+           "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
+           "padded_lengths", "default_impl"]
+
+#: How splits enter a stacked step (module notes).
+MODES = ("gather", "mask")
+#: Adam's epsilon (torch's default, which the single-run optimizers use).
+EPS = 1e-8
+
+# Config fields the stacked trainer knows. A field added to the config later (by an intervention,
+# say) is not implemented here: a run may be stacked only while it keeps that field's default.
+_KNOWN = {
+    "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
+    "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed"},
+    "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
+              "warmup_epochs", "eval_every", "device", "fast_path"},
+    "checkpoints": {"every", "windows", "log_early", "flush_every"},
+}
+# Fields that may differ between the runs of one stack (no shape or schedule depends on them).
+_PER_RUN = {
+    "task": {"operation", "frac_train", "split_seed", "split_method"},
+    "model": {"init_seed"},
+    "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path"},
+}
+
+
+class StackInterrupted(TrainingInterrupted):
+    """A stack stopped on SIGINT / SIGTERM after flushing every run; ``.run_dirs`` lists them."""
+
+    def __init__(self, run_dirs: Sequence[Path], epoch: int, signum: int = signal.SIGINT):
+        super().__init__(Path(run_dirs[0]), epoch, signum)
+        self.run_dirs = [Path(d) for d in run_dirs]
+        self.args = (f"training of a stack of {len(self.run_dirs)} runs interrupted at epoch {epoch}; everything is "
+                     f"saved, resume with `grokinterp train --resume RUN` on any of them (the stack resumes together) "
+                     f"or by running the sweep again",)
+
+
+# -- which runs can share a stack ---------------------------------------------------------------------
+def _default_of(cls, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def _unknown_fields_changed(config: RunConfig) -> list[str]:
+    out = []
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            if f.name not in _KNOWN[sec] and getattr(getattr(config, sec), f.name) != _default_of(cls, f.name):
+                out.append(f"{sec}.{f.name}")
+    return out
+
+
+def stack_unsupported_reason(config: RunConfig) -> str | None:
+    """Why ``config`` cannot train in a stack (``None`` when it can)."""
+    reason = stack_unsupported(config.model)
+    if reason:
+        return reason
+    if config.train.optimizer not in STACKED_OPTIMIZERS:
+        return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
+    missing = [t for t in config.train.grad_transforms if t not in STACKED_TRANSFORMS]
+    if missing:
+        return f"gradient transform(s) {missing} have no stacked version (register_stacked_transform)"
+    changed = _unknown_fields_changed(config)
+    if changed:
+        return f"field(s) {changed} are set and the stacked trainer does not implement them"
+    return None
+
+
+def stack_key(config: RunConfig) -> str | None:
+    """Runs whose keys are equal (and not ``None``) can be trained in one stack.
+
+    The key is every config field except those a run of the stack may choose for itself
+    (seeds, training fraction, split method, operation, lr, weight decay, betas, momentum,
+    warm-up). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
+    """
+    if stack_unsupported_reason(config) is not None:
+        return None
+    d = config.to_dict()
+    for sec, names in _PER_RUN.items():
+        for name in names:
+            d[sec].pop(name, None)
+    return json.dumps(d, sort_keys=True)
+
+
+def stack_mismatch(a: RunConfig, b: RunConfig) -> str | None:
+    """The first field that keeps ``b`` out of a stack with ``a`` (``None`` if they can share one)."""
+    for c in (a, b):
+        reason = stack_unsupported_reason(c)
+        if reason:
+            return reason
+    da, db = a.to_dict(), b.to_dict()
+    for sec in da:
+        for name in da[sec]:
+            if name not in _PER_RUN.get(sec, ()) and da[sec][name] != db[sec][name]:
+                return f"{sec}.{name} differs ({da[sec][name]!r} vs {db[sec][name]!r})"
+    return None
+
+
+# -- stacked optimizers -------------------------------------------------------------------------------
+def _per_run(values: Sequence[float], device: torch.device) -> Tensor:
+    """Per-run hyper-parameters as a ``[run, 1]`` float32 device tensor (broadcasts over ``[run, n_params]``)."""
+    return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
+
+
+class ParamLayout:
+    """Where each named parameter lives in a run's flat parameter vector (TransformerLens names,
+    in :func:`~grokinterp.model.params.param_shapes` order)."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]]):
+        self.names = list(shapes)
+        self.shapes = [tuple(s) for s in shapes.values()]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.offsets = [int(x) for x in np.cumsum([0, *self.sizes[:-1]])]
+        self.total = sum(self.sizes)
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """``flat [..., total]`` → ``{name: [..., *shape]}`` views (differentiable)."""
+        lead = flat.shape[:-1]
+        return {n: t.view(*lead, *s) for n, s, t in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
+
+    def flatten(self, params: dict[str, Tensor]) -> Tensor:
+        """``{name: [run, *shape]}`` → ``[run, total]``."""
+        return torch.cat([params[n].reshape(params[n].shape[0], -1) for n in self.names], dim=1)
+
+
+class StackedOptimizer:
+    """Base of the stacked optimizers: one flat parameter ``[run, n_params]``, per-run
+    hyper-parameters as ``[run, 1]`` device tensors, a handful of kernels per step for the stack.
+
+    The learning rate of the step from epoch ``e`` is ``lr · min((e + 1) / warmup, 1)``
+    (:meth:`~grokinterp.config.TrainConfig.lr_at`), computed on the device from a device epoch
+    counter, so a step replayed from a CUDA graph needs no host value. Subclasses implement
+    :meth:`step` and name their per-parameter slots (``slots``) as the single-run optimizer's
+    ``state_dict()`` does, so each run's state file reads like a single run's.
+    """
+
+    slots: tuple[str, ...] = ()
+
+    def __init__(self, flat: torch.nn.Parameter, layout: ParamLayout, tcs: Sequence[TrainConfig]):
+        self.flat, self.layout, self.tcs = flat, layout, list(tcs)
+        dev = flat.device
+        self.device = dev
+        self.lr_base = _per_run([tc.lr for tc in tcs], dev)
+        self.warmup = _per_run([tc.warmup_epochs for tc in tcs], dev)
+        self.weight_decay = _per_run([tc.weight_decay for tc in tcs], dev)
+        self.lr = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
+        self.step_count = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
+        self.state = {slot: torch.zeros_like(flat) for slot in self.slots}
+
+    def set_lr(self, epoch: Tensor) -> None:
+        """``lr[r] = lr_base[r] · min((epoch + 1) / warmup[r], 1)`` (1 where there is no warm-up), in place."""
+        factor = torch.where(self.warmup > 0, ((epoch + 1) / self.warmup.clamp(min=1)).clamp(max=1.0),
+                             torch.ones_like(self.warmup))
+        self.lr.copy_(self.lr_base * factor)
+
+    def zero_grad(self) -> None:
+        self.flat.grad = None
+
+    def step(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- each run's state, as a single run's optimizer would save it ---------------------------------
+    def run_state(self, r: int) -> dict[str, Tensor]:
+        """Run ``r``'s ``opt/<param>/<slot>`` tensors (none before the first step, as torch's)."""
+        if float(self.step_count[r]) == 0:
+            return {}
+        keep = expected_slots(self.tcs[r])
+        views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
+        out: dict[str, Tensor] = {}
+        for name in self.layout.names:
+            for slot in keep:
+                out[f"opt/{name}/{slot}"] = (self.step_count[r, 0].detach().clone() if slot == "step"
+                                             else views[slot][name])
+        return out
+
+    def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
+        """Restore run ``r`` from its state file's ``opt/`` tensors (checked like a single run's)."""
+        keep = expected_slots(self.tcs[r])
+        got = {k: t for k, t in tensors.items() if k.startswith("opt/")}
+        if not got:
+            return
+        step = None
+        views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
+        for name, shape in zip(self.layout.names, self.layout.shapes):
+            for slot, shaped in keep.items():
+                t = got.pop(f"opt/{name}/{slot}", None)
+                if t is None:
+                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} is missing")
+                if shaped and (tuple(t.shape) != shape or t.dtype != self.flat.dtype):
+                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} has shape {list(t.shape)}, "
+                                   f"expected {list(shape)}")
+                if not shaped and t.ndim != 0:
+                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} must be a scalar")
+                if slot == "step":
+                    if step is not None and float(t) != step:
+                        raise RunError(f"{where}: optimizer step counts differ between parameters")
+                    step = float(t)
+                elif slot in views:
+                    with torch.no_grad():
+                        views[slot][name].copy_(t)
+                else:
+                    raise RunError(f"{where}: the stacked {self.tcs[r].optimizer} optimizer keeps no slot {slot!r}")
+        if got:
+            raise RunError(f"{where}: optimizer state {sorted(got)[:3]} does not match the model and the "
+                           f"{self.tcs[r].optimizer} optimizer")
+        self.step_count[r] = step if step is not None else 1.0
+
+
+class StackedAdamW(StackedOptimizer):
+    """AdamW (decoupled weight decay) with per-run lr, weight decay and betas; ``step``,
+    ``exp_avg``, ``exp_avg_sq`` as torch's ``AdamW``.
+
+    Notes:
+        ``θ ← θ (1 − lr λ)``, ``m ← β1 m + (1 − β1) g``, ``v ← β2 v + (1 − β2) g²``,
+        ``θ ← θ − lr / (1 − β1^t) · m / (√v / √(1 − β2^t) + ε)``.
+    """
+
+    slots = ("exp_avg", "exp_avg_sq")
+    decoupled = True
+
+    def __init__(self, flat, layout, tcs):
+        super().__init__(flat, layout, tcs)
+        self.beta1 = _per_run([tc.beta1 for tc in tcs], self.device)
+        self.beta2 = _per_run([tc.beta2 for tc in tcs], self.device)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        p, g = self.flat, self.flat.grad
+        if g is None:
+            return
+        self.step_count.add_(1)
+        bc1 = 1 - self.beta1.pow(self.step_count)
+        bc2_sqrt = (1 - self.beta2.pow(self.step_count)).sqrt()
+        if self.decoupled:
+            p.mul_(1 - self.lr * self.weight_decay)
+        else:
+            g = g.add(p * self.weight_decay)
+        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
+        m.lerp_(g, 1 - self.beta1)
+        v.mul_(self.beta2).add_(g * g * (1 - self.beta2))
+        denom = (v.sqrt() / bc2_sqrt).add_(EPS)
+        p.sub_((self.lr / bc1) * m / denom)
+
+
+class StackedAdam(StackedAdamW):
+    """Adam with weight decay as an L2 term in the gradient (torch's ``Adam``), per-run hyper-parameters."""
+
+    decoupled = False
+
+
+class StackedSGD(StackedOptimizer):
+    """SGD with momentum (torch's ``SGD``: weight decay as an L2 term, buffer ``momentum_buffer``)."""
+
+    slots = ("momentum_buffer",)
+
+    def __init__(self, flat, layout, tcs):
+        super().__init__(flat, layout, tcs)
+        self.momentum = _per_run([tc.momentum for tc in tcs], self.device)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        p = self.flat
+        if p.grad is None:
+            return
+        self.step_count.add_(1)
+        d = p.grad.add(p * self.weight_decay)
+        buf = self.state["momentum_buffer"]
+        buf.mul_(self.momentum).add_(d)  # first step: 0 · 0 + d, as torch's clone of d
+        p.sub_(self.lr * buf)
+
+
+#: Stacked optimizers by the name of the single-run optimizer they reproduce.
+STACKED_OPTIMIZERS: dict[str, Callable[[torch.nn.Parameter, ParamLayout, Sequence[TrainConfig]], StackedOptimizer]] = {
+    "adamw": StackedAdamW, "adam": StackedAdam, "sgd": StackedSGD,
+}
+
+
+def register_stacked_optimizer(name: str, builder) -> None:
+    """Give the optimizer ``name`` (of :mod:`~grokinterp.training.optim`) a stacked version:
+    ``builder(flat_param [run, n_params], layout, train_configs) -> StackedOptimizer``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
+    STACKED_OPTIMIZERS[name] = builder
+
+
+#: Stacked gradient transforms by name: ``factory(stacked_params, train_configs)`` (parameters as
+#: ``{name: [run, ...]}`` views) returns an object
+#: whose ``__call__(grads)`` acts in place on stacked gradients ``{name: [run, ...]}`` (tensor ops
+#: only) and whose ``state_dict()`` / ``load_state_dict(state)`` hold ``[run, ...]`` tensors (each
+#: run's slice is saved in its own state file, as the single-run transform's state).
+STACKED_TRANSFORMS: dict[str, Callable[[dict[str, torch.nn.Parameter], Sequence[TrainConfig]], Any]] = {}
+
+
+def register_stacked_transform(name: str, factory) -> None:
+    """Give the gradient transform ``name`` a stacked version (see :data:`STACKED_TRANSFORMS`)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
+    STACKED_TRANSFORMS[name] = factory
+
+
+class _RunSlice:
+    """One run's view of a stacked transform's state (so its keys are those of a single run)."""
+
+    def __init__(self, transform: Any, r: int, collect: dict[str, list] | None = None):
+        self.transform, self.r, self.collect = transform, r, collect
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v[self.r] for k, v in self.transform.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        assert self.collect is not None
+        for k, v in state.items():
+            self.collect.setdefault(k, {})[self.r] = v
+
+
+# -- data ---------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _StackSet:
+    """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
+
+    plan: StackPlan
+    labels: Tensor  # [run, n] int64
+    weights: dict[str, Tensor]  # name -> [run, n] float64, 1 / count on the run's members, 0 elsewhere
+    counts: dict[str, list[int]]
+
+    @classmethod
+    def build(cls, cfg, tokens: list[np.ndarray], labels: list[np.ndarray], members: dict[str, list[np.ndarray]],
+              device: torch.device, impl: str, n_pad: int | None = None) -> "_StackSet":
+        n = max(len(t) for t in tokens)
+        if n_pad is not None:
+            if n_pad < n:
+                raise RunError(f"the stack was recorded with {n_pad} examples per run, but a run has {n}")
+            n = n_pad
+        tok = np.stack([np.concatenate([t, np.repeat(t[:1], n - len(t), 0)]) for t in tokens])
+        lab = np.stack([np.concatenate([y, np.repeat(y[:1], n - len(y))]) for y in labels])
+        weights, counts = {}, {}
+        for name, masks in members.items():
+            w = np.zeros((len(tokens), n))
+            cnt = []
+            for r, m in enumerate(masks):
+                k = int(m.sum())
+                cnt.append(k)
+                if k:
+                    w[r, : len(m)][m] = 1.0 / k
+            weights[name] = torch.from_numpy(w).to(device)
+            counts[name] = cnt
+        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
+        return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
+
+
+def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
+    """Per-run weighted sums ``[run]`` (float64), NaN for a run with no members (as a single run's
+    metric that was never recorded)."""
+    out = (values * w).sum(1)
+    if min(counts) == 0:
+        out = torch.where(torch.tensor(counts, device=out.device) > 0, out, torch.full_like(out, float("nan")))
+    return out
+
+
+# -- the flusher --------------------------------------------------------------------------------------------
+class _Flusher:
+    """Runs flush jobs in order, inline or in one background thread (at most one job pending)."""
+
+    def __init__(self, background: bool):
+        self.background = background
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._done: list[tuple[int, bool]] = []
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+
+    def _worker(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            fn, tag = job
+            try:
+                fn()
+                with self._lock:
+                    self._done.append(tag)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the training thread
+                with self._lock:
+                    self._error = e
+            finally:
+                self._idle.set()
+
+    def submit(self, fn: Callable[[], None], tag: tuple[int, bool]) -> None:
+        self.raise_error()
+        if not self.background:
+            fn()
+            self._done.append(tag)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._worker, name="grokinterp-flush", daemon=True)
+            self._thread.start()
+        self._idle.wait()  # one flush at a time: the host copies of the next are made after it ends
+        self.raise_error()
+        self._idle.clear()
+        self._q.put((fn, tag))
+
+    def wait(self) -> None:
+        self._idle.wait()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        with self._lock:
+            err, self._error = self._error, None
+        if err is not None:
+            raise err
+
+    def completed(self) -> list[tuple[int, bool]]:
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._idle.wait()
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+class StackedLoop:
+    """The state of a stack of runs and its epoch loop (built by :func:`train_stacked` / :func:`resume_stacked`).
+
+    Attributes callbacks may read: ``configs``, ``run_dirs``, ``n_runs``, ``device``, ``params``
+    (``{name: [run, ...]}``, views of ``flat [run, n_params]``), ``metrics`` (``{column: float64 [run, epochs + 1]}``, on the device
+    except ``lr``), ``optimizer``, ``impl``, ``mode``.
+    """
+
+    def __init__(self, configs: Sequence[RunConfig], run_dirs: Sequence[Path], device: torch.device,
+                 splits: Sequence[tuple[np.ndarray, np.ndarray]], callbacks: Sequence[Callback] = (), *,
+                 impl: str = "tables", mode: str = "gather", async_flush: bool = False,
+                 padded: dict[str, int] | None = None, real: Sequence[bool] | None = None):
+        self.configs, self.run_dirs = list(configs), [Path(d) for d in run_dirs]
+        self.n_runs = R = len(self.configs)
+        # Stand-ins (real[r] False) fill the places of a resumed stack's members that are not
+        # resumed with it: they are computed, never written (see resume_stacked).
+        self.real = [True] * R if real is None else [bool(x) for x in real]
+        self.device, self.impl, self.mode = device, impl, mode
+        self.callbacks = list(callbacks)
+        c0 = self.configs[0]
+        mc = c0.model
+        self.shapes = param_shapes(mc)
+        self.E = c0.train.epochs
+        self.eval_every = c0.train.eval_every
+        # data
+        tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
+        for cfg, (trn, tst) in zip(self.configs, splits):
+            ds = cfg.task.task().dataset()
+            if mode == "mask":
+                allp = np.sort(np.concatenate([trn, tst]))
+                x, y = ds.select(allp)
+                tokens.append(x), labels.append(y)
+                trn_masks.append(np.isin(allp, trn)), tst_masks.append(np.isin(allp, tst))
+            else:
+                x, y = ds.select(trn)
+                tokens.append(x), labels.append(y)
+                trn_masks.append(np.ones(len(trn), bool))
+                xt, yt = ds.select(tst) if len(tst) else ds.select(trn[:1])
+                test_tok.append(xt), test_lab.append(yt)
+                tst_masks.append(np.ones(len(tst), bool) if len(tst) else np.zeros(1, bool))
+        # Runs are padded to the stack's longest example list. The padded length is recorded and kept
+        # on resume: products that sum over examples round differently for another length.
+        pad = padded or padded_lengths(self.configs, splits, mode)
+        if mode == "mask":
+            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks, "test": tst_masks}, device, impl,
+                                         pad["train"])
+            self.test = None
+        else:
+            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"])
+            self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"])
+        self.padded = dict(pad)
+        # model and optimizer
+        # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
+        # snapshots and flushes handle one tensor; the forward reads named views of it.
+        self.layout = ParamLayout(self.shapes)
+        self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
+        tcs = [c.train for c in self.configs]
+        self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
+        self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
+        self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
+        use_graph = device.type == "cuda" and graphs_enabled()
+        self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
+        # metrics, checkpoints, writers
+        n = self.E + 1
+        self.metrics = {c: torch.full((R, n), float("nan"), dtype=torch.float64,
+                                      device="cpu" if c == "lr" else device) for c in METRIC_COLUMNS[1:]}
+        self.ckpt_epochs = set(c0.checkpoint_epochs().tolist())
+        cap = c0.checkpoints.flush_every
+        self.buffer = torch.empty((cap, *self.flat.shape), device=device)
+        self.buffered: list[int] = []
+        self.writers = {r: CheckpointWriter(d, self.shapes, cap, device, buffered=False)
+                        for r, d in enumerate(self.run_dirs) if self.real[r]}
+        self.start_epoch = 0
+        self.flushed_upto = -1
+        self._stop_requested = False
+        self.flusher = _Flusher(async_flush)
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """``{name: [run, ...]}``: views of the flat parameter (what the forward reads)."""
+        return self.layout.views(self.flat)
+
+    def request_stop(self) -> None:
+        """Stop before the next epoch: flush every run and raise :class:`StackInterrupted` (resumable)."""
+        self._stop_requested = True
+
+    # -- forward and step ----------------------------------------------------------------------------
+    def logits(self, data: _StackSet) -> Tensor:
+        return stacked_final_logits(self.params, data.plan, self.impl)
+
+    def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
+        V = logits.shape[-1]
+        return F.cross_entropy(logits.double().reshape(-1, V), data.labels.reshape(-1), reduction="none") \
+            .view(self.n_runs, -1)
+
+    def _step(self) -> tuple[Tensor, Tensor]:
+        """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
+        self.optimizer.set_lr(self.epoch_t)
+        logits = self.logits(self.train)
+        loss = (self._nll(logits, self.train) * self.train.weights["train"]).sum(1)
+        self.optimizer.zero_grad()
+        loss.sum().backward()
+        if self.transforms and self.flat.grad is not None:
+            grads = self.layout.views(self.flat.grad)
+            for t in self.transforms:
+                t(grads)
+        self.optimizer.step()
+        self.epoch_t.add_(1)
+        return logits, loss
+
+    def _acc(self, logits: Tensor, data: _StackSet, which: str) -> Tensor:
+        return _weighted((logits.argmax(-1) == data.labels).double(), data.weights[which], data.counts[which])
+
+    @torch.no_grad()
+    def _record_test(self, epoch: int, logits: Tensor | None) -> None:
+        m = self.metrics
+        if self.mode == "mask":
+            data = self.train
+            logits = self.logits(data) if logits is None else logits.detach()
+        else:
+            data = self.test
+            logits = self.logits(data)
+        m["test_loss"][:, epoch] = _weighted(self._nll(logits, data), data.weights["test"], data.counts["test"])
+        m["test_acc"][:, epoch] = self._acc(logits, data, "test")
+
+    # -- state -----------------------------------------------------------------------------------------------
+    def run_state(self, r: int) -> dict[str, Tensor]:
+        """Run ``r``'s training state, keyed as a single run's ``state.safetensors``."""
+        c = self.configs[r]
+        state: dict[str, Tensor] = {f"param/{k}": v for k, v in self.layout.views(self.flat[r].detach()).items()}
+        state.update(self.optimizer.run_state(r))
+        state.update(transform_state_tensors([_RunSlice(t, r) for t in self.transforms], c.train.grad_transforms))
+        state["rng/torch_cpu"] = torch.get_rng_state()
+        for col, v in self.metrics.items():
+            state[f"metrics/{col}"] = v[r]
+        return state
+
+    def load_states(self, paths: Sequence[Path]) -> None:
+        """Restore every run from its state file (all must be at the same epoch)."""
+        from safetensors import SafetensorError, safe_open
+
+        starts, flushed = set(), set()
+        collected: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.transforms]
+        for r, path in enumerate(paths):
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    meta = f.metadata() or {}
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+            except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+                raise RunError(f"{path}: cannot read the training state ({e})") from None
+            try:
+                starts.add(int(meta["resume_epoch"]))
+                flushed.add(int(meta["flushed_upto"]))
+            except (KeyError, ValueError):
+                raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
+            with torch.no_grad():
+                for k, p in self.layout.views(self.flat[r]).items():
+                    t = tensors.get(f"param/{k}")
+                    if t is None or t.shape != p.shape or t.dtype != p.dtype:
+                        raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
+                    p.copy_(t)
+                for col in self.metrics:
+                    t = tensors.get(f"metrics/{col}")
+                    if t is None or t.shape != self.metrics[col].shape[1:]:
+                        raise RunError(f"{path}: metrics/{col} is missing or has the wrong length")
+                    self.metrics[col][r].copy_(t)
+            self.optimizer.load_run_state(r, tensors, str(path))
+            load_transform_state([_RunSlice(t, r, collected[i]) for i, t in enumerate(self.transforms)],
+                                 self.configs[r].train.grad_transforms, tensors, str(path))
+        if len(starts) != 1 or len(flushed) != 1:
+            raise RunError(f"{paths[0]}: the runs of this stack were saved at different epochs ({sorted(starts)}); "
+                           f"resume them in groups (resume_stacked does)")
+        for t, got in zip(self.transforms, collected):
+            if got:
+                t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
+                                   for k, per_run in got.items()})
+        self.start_epoch, self.flushed_upto = starts.pop(), flushed.pop()
+        if not (0 <= self.start_epoch <= self.E and -1 <= self.flushed_upto <= self.E):
+            raise RunError(f"{paths[0]}: resume epoch {self.start_epoch} lies outside the run's 0..{self.E} epochs")
+        self.epoch_t.fill_(self.start_epoch)
+
+    # -- flushing ----------------------------------------------------------------------------------------------
+    def _host(self, t: Tensor) -> Tensor:
+        """A host copy that training cannot change under the writer."""
+        if t.device.type == "cpu":
+            return t.detach().clone()
+        return t.detach().to("cpu", non_blocking=True)
+
+    def flush(self, resume_epoch: int, finished: bool) -> None:
+        """Write every run's buffered checkpoints, metrics, state, progress and manifest (each run
+        in the order of a single run's flush); in the background with ``async_flush``."""
+        epochs, self.buffered = list(self.buffered), []
+        if epochs:
+            self.flushed_upto = epochs[-1]
+        n = len(epochs)
+        shard = self._host(self.buffer[:n]) if n else None
+        states = {r: {k: self._host(v) for k, v in self.run_state(r).items()} for r in self.writers}
+        metrics = {c: self._host(v) for c, v in self.metrics.items()}
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        flushed_upto = self.flushed_upto
+
+        def write() -> None:
+            if event is not None:
+                event.synchronize()
+            for r, writer in self.writers.items():
+                if n:
+                    writer.stage(epochs, self.layout.views(shard[:, r]))
+                progress = {"epoch": resume_epoch, "epochs_total": self.E, "finished": finished,
+                            "checkpoints_written": writer.n_written + len(writer.epochs),
+                            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                writer.flush(resume_epoch=resume_epoch, finished=finished,
+                             metrics={c: v[r].numpy() for c, v in metrics.items()}, state=states[r],
+                             state_meta={"flushed_upto": str(flushed_upto), "format_version": str(FORMAT_VERSION)},
+                             progress=progress)
+
+        self.flusher.submit(write, (resume_epoch, finished))
+        self._emit_flushes()
+
+    def _emit_flushes(self) -> None:
+        for epoch, finished in self.flusher.completed():
+            self._emit("on_flush", epoch, finished)
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- loop ------------------------------------------------------------------------------------------------
+    def step(self, epoch: int, record_acc: bool, evaluating: bool) -> None:
+        m = self.metrics
+        m["lr"][:, epoch] = torch.tensor([c.train.lr_at(epoch) for c in self.configs], dtype=torch.float64)
+        logits, loss = self.step_fn()
+        m["train_loss"][:, epoch] = loss.detach()
+        if record_acc:
+            with torch.no_grad():
+                m["train_acc"][:, epoch] = self._acc(logits.detach(), self.train, "train")
+        if evaluating and self.mode == "mask":  # the step's logits are the model at this epoch
+            self._record_test(epoch, logits)
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        E = self.E
+        self._emit("on_start", self.start_epoch)
+        try:
+            for epoch in range(self.start_epoch, E + 1):
+                if stop() or self._stop_requested:
+                    self.flush(epoch, finished=False)
+                    self.flusher.wait()
+                    self._emit_flushes()
+                    raise StackInterrupted(self.run_dirs, epoch, getattr(stop, "signum", signal.SIGINT))
+                if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
+                    with torch.no_grad():
+                        self.buffer[len(self.buffered)].copy_(self.flat)
+                    self.buffered.append(epoch)
+                    self._emit("on_checkpoint", epoch)
+                    if len(self.buffered) >= self.buffer.shape[0]:
+                        self.flush(epoch, finished=False)
+                evaluating = epoch % self.eval_every == 0 or epoch == E
+                if evaluating and self.mode == "gather":
+                    self._record_test(epoch, None)
+                if epoch == E:
+                    with torch.no_grad():
+                        logits = self.logits(self.train)
+                        m = self.metrics
+                        m["train_loss"][:, epoch] = _weighted(self._nll(logits, self.train),
+                                                              self.train.weights["train"], self.train.counts["train"])
+                        m["train_acc"][:, epoch] = self._acc(logits, self.train, "train")
+                        if self.mode == "mask":
+                            self._record_test(epoch, logits)
+                else:
+                    self.step(epoch, record_acc=evaluating, evaluating=evaluating)
+                self._emit("on_step", epoch)
+                if evaluating:
+                    self._emit("on_eval", epoch)
+                if self.flusher.background:
+                    self._emit_flushes()
+            self.flush(E, finished=True)
+            self.flusher.wait()
+            self._emit_flushes()
+        finally:
+            try:
+                self.flusher.wait()
+            finally:
+                self.flusher.close()
+                self._emit("on_end")
+
+
+# -- memory ----------------------------------------------------------------------------------------------------
+def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables") -> int:
+    """Estimated device memory one run of a stack needs (bytes): parameters, gradients, optimizer
+    state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
+    mc = config.model
+    P = n_params(mc)
+    k = mc.d_mlp + mc.d_vocab_out
+    rows = mc.n_ctx * mc.d_vocab
+    per_param = 4 * P * (4 + config.checkpoints.flush_every)
+    metrics = 8 * 5 * (config.train.epochs + 1)
+    if impl == "tables":
+        tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
+        per_ex = 4 * (k * 3 + mc.d_mlp * 2 + mc.n_ctx * mc.n_heads * 4) + 8 * 4 * mc.n_ctx * mc.n_heads
+    else:
+        tabl = 4 * rows * mc.d_model * 6
+        per_ex = 4 * (mc.n_ctx * mc.d_model * 3 + mc.d_model * 4 + mc.d_mlp * 3 + mc.n_ctx * mc.n_heads * 4)
+    per_ex += 8 * mc.d_vocab_out * 3 + 4 * mc.d_vocab_out * 2  # float64 log-softmax and its gradient
+    return int(1.3 * (per_param + metrics + tabl + per_ex * n_examples))
+
+
+def _available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.8)
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return int(info.get("MemAvailable", 8 << 30) * 0.5)
+    except (OSError, ValueError, IndexError):
+        return 4 << 30
+
+
+#: The most runs in one stack by default: on CPU more gains nothing once per-step overheads are
+#: shared (benchmarks/stacked_speed.py) and coarser jobs delay results; on a GPU, memory decides.
+DEFAULT_MAX_STACK = {"cpu": 64, "cuda": 1024}
+
+
+def max_stack_size(config: RunConfig, device: str | torch.device | None = None, *, n_examples: int | None = None,
+                   impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
+    """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
+    dev = resolve_device(config.train.device if device is None else str(device))
+    impl = impl or default_impl(dev)
+    if n_examples is None:
+        n_valid = len(config.task.task().valid_pairs())
+        n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
+    per = stack_memory_bytes(config, n_examples, impl)
+    cap = cap if cap is not None else DEFAULT_MAX_STACK.get(dev.type, 64)
+    return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
+
+
+def default_impl(device: torch.device) -> str:
+    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations)."""
+    return "dense" if device.type == "cuda" else "tables"
+
+
+# -- training and resuming ---------------------------------------------------------------------------------------
+class StackProgressBar(Callback):
+    """A tqdm bar over the epochs of a stack, with the median test accuracy at each evaluation."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_start(self, loop: Any, epoch: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=loop.E + 1, initial=epoch, desc=f"stack of {loop.n_runs}", unit="ep",
+                        dynamic_ncols=True, mininterval=0.5)
+
+    def on_step(self, loop: Any, epoch: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_eval(self, loop: Any, epoch: int) -> None:
+        if self.bar is not None:
+            acc = loop.metrics["test_acc"][:, epoch]
+            self.bar.set_postfix(test_acc_median=f"{acc.median().item():.3f}", refresh=False)
+
+    def on_end(self, loop: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _check_callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
+    bad = [type(cb).__name__ for cb in callbacks if not isinstance(cb, Callback)]
+    if bad:
+        raise ConfigError(f"callbacks: expected grokinterp.training.Callback objects, got {', '.join(bad)}")
+    return ([StackProgressBar()] if progress else []) + list(callbacks)
+
+
+def padded_lengths(configs: Sequence[RunConfig], splits: Sequence[tuple[np.ndarray, np.ndarray]],
+                   mode: str) -> dict[str, int]:
+    """Examples per run after padding: ``{"train": n}`` (and ``"test"`` in ``gather`` mode)."""
+    if mode == "mask":
+        return {"train": max(len(trn) + len(tst) for trn, tst in splits)}
+    return {"train": max(len(trn) for trn, _ in splits), "test": max(max(len(tst) for _, tst in splits), 1)}
+
+
+def _stack_record(run_dirs: Sequence[Path], r: int, stack_id: str, impl: str, mode: str,
+                  padded: dict[str, int]) -> dict[str, Any]:
+    here = run_dirs[r].absolute()
+    return {"id": stack_id, "index": r, "size": len(run_dirs), "impl": impl, "mode": mode, "padded": padded,
+            "members": [os.path.relpath(d.absolute(), here) for d in run_dirs]}
+
+
+def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike], *, progress: bool = True,
+                  preset: str | None = None, callbacks: Sequence[Callback] = (), impl: str | None = None,
+                  mode: str = "gather", async_flush: bool | None = None, overwrite: bool = False,
+                  threads: int | None = None) -> list[Run]:
+    """Train several runs as one stacked model; returns their loaded runs (in order).
+
+    Every run directory is locked while it is written (:mod:`grokinterp.store.lock`), each run is
+    checked by the pre-flight estimate for its disk (:mod:`~grokinterp.training.preflight`), and
+    training uses ``threads`` torch threads (default 1), recorded in each ``run.json``.
+
+    Args:
+        configs: the runs' configs; they must share a :func:`stack_key` (same shapes, schedule,
+            optimizer; seeds, fraction, operation, lr, weight decay, betas, momentum, warm-up free).
+        outs: one new run directory per config. If every one already holds its run, they are
+            resumed (:func:`resume_stacked`); a mix of new and existing runs is refused.
+        progress: a progress bar over the stack's epochs.
+        preset: recorded in each ``run.json``.
+        callbacks: :class:`~grokinterp.training.callbacks.Callback` objects; they receive the
+            :class:`StackedLoop`.
+        impl: ``tables`` or ``dense`` (default: :func:`default_impl` of the device).
+        mode: ``gather`` (default) or ``mask`` (module notes).
+        async_flush: write flushes in a background thread (default: on CUDA).
+        overwrite: replace different runs found in ``outs``.
+        threads: torch CPU threads (default 1: :mod:`~grokinterp.training.threads`).
+
+    Raises:
+        ConfigError: configs that cannot share a stack (naming the field), unknown optimizer, bad
+            impl / mode, unavailable device — before anything is written.
+        RunError: an output directory is unusable.
+        StackInterrupted: SIGINT / SIGTERM or a callback's ``request_stop``; every run flushed first.
+    """
+    configs = list(configs)
+    outs = [Path(o) for o in outs]
+    if not configs or len(configs) != len(outs):
+        raise ConfigError(f"configs, outs: need one output directory per config, got {len(configs)} configs and "
+                          f"{len(outs)} directories")
+    for i, c in enumerate(configs):
+        if not isinstance(c, RunConfig):
+            raise ConfigError(f"configs[{i}]: expected a RunConfig, got {type(c).__name__}")
+        why = stack_mismatch(configs[0], c)
+        if why:
+            raise ConfigError(f"configs[{i}]: cannot share a stack with configs[0]: {why}")
+    if len({o.absolute() for o in outs}) != len(outs):
+        raise ConfigError("outs: every run of a stack needs its own directory")
+    if mode not in MODES:
+        raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    device = check_trainable(configs[0])
+    impl = impl or default_impl(device)
+    if impl not in ("tables", "dense"):
+        raise ConfigError(f"impl: must be 'tables' or 'dense', got {impl!r}")
+    cbs = _check_callbacks(progress, callbacks)
+    n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
+    states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]
+    if all(s == "same" for s in states):
+        return resume_stacked(outs, progress=progress, callbacks=callbacks, threads=threads)
+    if any(s == "same" for s in states):
+        same = [str(o) for o, s in zip(outs, states) if s == "same"]
+        raise RunError(f"{same[0]}: already holds its run while other runs of this stack are new; train the new ones "
+                       f"in a stack of their own (or resume the existing ones with resume_stacked)")
+    for o, c in zip(outs, configs):
+        preflight(c, device, o)
+    created = [not os.path.lexists(o) for o in outs]
+    locks: list[RunLock] = []
+    started = False
+    try:
+        for o in outs:
+            try:
+                o.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunError(f"{o}: cannot create the run directory ({e.strerror or e})") from None
+            locks.append(acquire(o, "train"))
+        for o, c in zip(outs, configs):  # again, under the locks: another process may have written meanwhile
+            decision = check_out_dir(o, c, overwrite)
+            if decision == "same":
+                raise RunError(f"{o}: another process wrote this run meanwhile; nothing was trained")
+            if decision == "replace":
+                clear_run_dir(o)
+        with torch_threads(n_threads):
+            started = True
+            splits = [c.task.task().split(c.task.frac_train, c.task.split_seed, c.task.split_method) for c in configs]
+            stack_id = hashlib.sha256(json.dumps([[str(o.absolute()) for o in outs], [c.to_dict() for c in configs]],
+                                                 sort_keys=True).encode()).hexdigest()[:16]
+            padded = padded_lengths(configs, splits, mode)
+            for r, (c, o, (trn, tst)) in enumerate(zip(configs, outs, splits)):
+                info = run_metadata(c, device, preset, len(trn), len(tst))
+                info["stack"] = _stack_record(outs, r, stack_id, impl, mode, padded)
+                start_run(o, info, trn, tst)
+            if async_flush is None:
+                async_flush = device.type == "cuda"
+            loop = StackedLoop(configs, outs, device, splits, cbs, impl=impl, mode=mode, async_flush=async_flush,
+                               padded=padded)
+            for r, lock in enumerate(locks):
+                loop.writers[r].lock = lock
+            with stop_on_signals() as stop:
+                loop.run(stop)
+    finally:
+        for lock in locks:
+            lock.release()
+        if not started:  # refused before anything was trained: leave no directory behind that we created
+            import shutil
+
+            for o, new in zip(outs, created):
+                if new:
+                    shutil.rmtree(o, ignore_errors=True)
+    return [load_run(o) for o in outs]
+
+
+def _state_meta(path: Path) -> dict[str, str]:
+    header, _ = layout.read_safetensors_header(path)
+    meta = header.get("__metadata__", {})
+    return meta if isinstance(meta, dict) else {}
+
+
+def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = True, device: str | None = None,
+                   callbacks: Sequence[Callback] = (), async_flush: bool | None = None,
+                   threads: int | None = None) -> list[Run]:
+    """Continue interrupted runs that were trained in stacks; returns every run, loaded, in order.
+
+    Members of one recorded stack that stopped at the same epoch resume together (a kill during a
+    flush can leave some members one flush ahead of others; each group goes on by itself), in a
+    stack rebuilt at the recorded size and padding, each run in its recorded place; places of
+    members not in the group hold stand-ins that are computed and never written. So every
+    product has the shapes it had, and a resumed run ends bit-identical on CPU (same thread
+    count) to an uninterrupted one — tested. Finished runs are returned as they are; a run
+    without a ``stack`` record is resumed alone by :func:`grokinterp.training.loop.resume`. Each
+    group trains with the thread count its runs recorded unless ``threads`` asks for another, and
+    holds the locks of its run directories while it writes.
+    """
+    if threads is not None:
+        check_threads(threads)
+    dirs = [Path(d) for d in run_dirs]
+    runs = [load_run(d) for d in dirs]
+    groups: dict[tuple, list[int]] = {}
+    for i, run in enumerate(runs):
+        info = run.info.get("stack")
+        state_path = run.path / layout.STATE_FILE
+        if state_path.exists():
+            meta = _state_meta(state_path)
+            finished = meta.get("finished") == "true"
+            epoch = meta.get("resume_epoch", "?")
+        elif (run.path / layout.PROGRESS_JSON).exists():
+            raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
+                           f"cannot be resumed (its checkpoints stay readable)")
+        else:
+            finished, epoch = False, "init"
+        if finished and last_flush_complete(run.path):
+            continue
+        if not isinstance(info, dict) or "imported_from" in run.info:
+            runs[i] = resume_single(run.path, progress=progress, device=device, callbacks=callbacks, threads=threads)
+            continue
+        padded = info.get("padded")
+        padded = json.dumps(padded, sort_keys=True) if isinstance(padded, dict) else None
+        key = (str(info.get("id")), info.get("impl", "tables"), info.get("mode", "gather"), padded, epoch, finished)
+        groups.setdefault(key, []).append(i)
+    for (_, impl, mode, padded, _, finished), idx in groups.items():
+        members = [runs[i] for i in idx]
+        records = [r.info["stack"] for r in members]
+        size, slots = records[0].get("size"), [rec.get("index") for rec in records]
+        if (not isinstance(size, int) or size < 1 or len(set(map(str, slots))) != len(slots)
+                or not all(isinstance(x, int) and 0 <= x < size for x in slots)):
+            raise RunError(f"{members[0].path}: run.json records a malformed stack (size {size!r}, index {slots})")
+        configs = [r.config for r in members]
+        for c in configs[1:]:
+            why = stack_mismatch(configs[0], c)
+            if why:
+                raise RunError(f"{members[0].path}: the runs recorded in one stack differ in {why}")
+        dev = resolve_device(device or configs[0].train.device)
+        check_trainable(configs[0])
+        if impl not in ("tables", "dense") or mode not in MODES:
+            raise RunError(f"{members[0].path}: run.json records an unknown stack implementation {impl!r} / {mode!r}")
+        pad = json.loads(padded) if padded else None
+        if pad is not None and not (isinstance(pad, dict) and all(isinstance(v, int) and v > 0 for v in pad.values())
+                                    and set(pad) == ({"train"} if mode == "mask" else {"train", "test"})):
+            raise RunError(f"{members[0].path}: run.json records a malformed stack padding {pad!r}")
+        # The stack is rebuilt at its recorded size, every member in its recorded place; the places
+        # of members not resumed here hold stand-ins (copies of the first member, never written).
+        # Batched products may take another path for another batch size, so this is what keeps a
+        # resumed run bit-identical.
+        n_threads = threads if threads is not None else (recorded_threads(members[0]) or DEFAULT_THREADS)
+        locks: list[RunLock] = []
+        try:
+            for run in members:
+                locks.append(acquire(run.path, "resume"))
+            with torch_threads(n_threads):
+                _resume_group(members, slots, size, configs, dev, impl, mode, pad, finished, locks, progress,
+                              callbacks, async_flush)
+        finally:
+            for lock in locks:
+                lock.release()
+    return [load_run(d) for d in dirs]
+
+
+def _resume_group(members: list[Run], slots: list[int], size: int, configs: list[RunConfig], dev: torch.device,
+                  impl: str, mode: str, pad: dict | None, finished: bool, locks: list[RunLock], progress: bool,
+                  callbacks: Sequence[Callback], async_flush: bool | None) -> None:
+    """Rebuild one recorded stack and continue it (see :func:`resume_stacked`)."""
+    at = dict(zip(slots, range(len(members))))
+    src = [at.get(j, 0) for j in range(size)]
+    loop = StackedLoop([configs[i] for i in src], [members[i].path for i in src], dev,
+                       [members[i].split_pairs() for i in src], _check_callbacks(progress, callbacks),
+                       impl=impl, mode=mode, async_flush=dev.type == "cuda" if async_flush is None else async_flush,
+                       padded=pad, real=[j in at for j in range(size)])
+    paths = [members[i].path / layout.STATE_FILE for i in src]
+    if all(p.exists() for p in paths):
+        loop.load_states(paths)
+    elif any(p.exists() for p in paths):  # pragma: no cover - grouped by state above
+        raise RunError(f"{members[0].path}: some runs of this group have a state and others none")
+    for r, run, lock in zip(slots, members, locks):
+        writer = loop.writers[r]
+        writer.lock = lock
+        writer.drop_shards_after(loop.flushed_upto)
+        writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
+    if finished:  # killed during the final flush, after the state: write it again
+        loop.flush(loop.E, finished=True)
+        loop.flusher.wait()
+        loop.flusher.close()
+    else:
+        with stop_on_signals() as stop:
+            loop.run(stop)
+
+
+def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None,
+           callbacks: Sequence[Callback] = (), threads: int | None = None, check: bool | None = None) -> Run:
+    """Continue an interrupted run, however it was trained: alone (:func:`grokinterp.training.loop.resume`),
+    or in a stack — then it continues in a stack with those members of its recorded stack that
+    stopped at the same epoch (bit-identical on CPU), which are resumed too. ``threads`` and
+    ``check`` as for :func:`grokinterp.training.loop.resume`.
+    """
+    run = load_run(run_dir, check=check)
+    info = run.info.get("stack")
+    if not isinstance(info, dict):
+        return resume_single(run.path, progress=progress, device=device, callbacks=callbacks, threads=threads,
+                             check=check)
+    members = [(run.path / m).resolve() for m in info.get("members", [])] or [run.path]
+    mine = {str(m) for m in members if (m / layout.RUN_JSON).exists()} | {str(run.path.resolve())}
+    same = []
+    for m in sorted(mine):
+        try:
+            other = load_run(m)
+        except RunError:
+            continue
+        if isinstance(other.info.get("stack"), dict) and other.info["stack"].get("id") == info.get("id"):
+            same.append(m)
+    if len(same) > 1:
+        warnings.warn(f"{run.path}: trained in a stack of {info.get('size')}; resuming the {len(same)} members found "
+                      f"together", stacklevel=2)
+    out = resume_stacked(same, progress=progress, device=device, callbacks=callbacks, threads=threads)
+    return out[same.index(str(run.path.resolve()))]
