@@ -8,6 +8,7 @@ The package is layered (imports point down only; ``tests/test_architecture.py`` 
 
     cli                      commands wired to the layers below
     viz                      plotly figures, the HTML report
+    monitor                  train / resume with live measures and the early warning; watch
     analysis | training      independent siblings: analyses of runs | the training loop and its seams
     store                    the run directory: writer, loader, integrity, legacy import
     model                    parameters, hooked transformer, table fold, fast forwards
@@ -42,8 +43,9 @@ _EXPORTS = {
     "get_task": "tasks",
     "register_operation": "tasks",
     "HookedGrokTransformer": "model.hooked",
-    "train": "training.loop",
-    "resume": "training.loop",
+    "train": "monitor",
+    "resume": "monitor",
+    "watch": "monitor",
     "Callback": "training.callbacks",
     "register_optimizer": "training.optim",
     "register_gradient_transform": "training.transforms",

@@ -1,4 +1,4 @@
-"""Command-line interface: ``grokinterp train | info | verify | import-legacy`` (and more as they land).
+"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | watch``.
 
 Only argparse, the config dataclasses and numpy are imported until a command runs, so
 ``grokinterp --help`` answers at once; torch and transformer_lens load inside the commands.
@@ -46,6 +46,11 @@ def _window(text: str) -> tuple[int, int, int]:
     return start, stop, every
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    """Comma-separated names (``grokfast_ema,orthograd``); an empty string is the empty list."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -67,6 +72,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             if f.name == "windows":
                 group.add_argument("--window", dest="windows", action="append", type=_window,
                                    metavar="START:STOP:EVERY", help="dense checkpoint window; repeatable")
+            elif isinstance(default, tuple):
+                group.add_argument(_flag(f.name), dest=f.name, type=_name_list, metavar="A,B", help=doc)
             elif isinstance(default, bool):
                 group.add_argument(_flag(f.name), dest=f.name, type=_bool, metavar="BOOL", help=doc)
             elif isinstance(default, int):
@@ -141,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--epoch-offset", type=int, default=1, metavar="N",
                    help="our epoch of the checkpoint labelled e is e + N (default 1: saved after the step)")
     m.add_argument("--overwrite", action="store_true", help="replace a run found in OUT")
+
+    w = sub.add_parser("watch", help="follow a run training in another process",
+                       description="Print the live progress measures of a run as its trainer flushes them (provisional "
+                                   "key frequencies, restricted accuracy and loss, excluded loss, Gini of W_E, Σθ², test "
+                                   "accuracy) and the early warning when the generalizing circuit forms. A run trained "
+                                   "without live measures (live_every = 0) gets them computed from each new checkpoint. "
+                                   "Ends when the run is finished.")
+    w.add_argument("run", type=Path, metavar="RUN")
+    w.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between looks (default 5)")
+    w.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without anything new")
     return parser
 
 
@@ -160,17 +177,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         if overrides or args.out is not None or args.overwrite:
             raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, --out "
                                   "and --overwrite (only --device may be given)")
-        from .training.loop import resume
+        from .monitor import resume
 
         run = resume(args.resume, progress=not args.no_progress, device=device)
         print(_short_summary(run))
         return 0
     config = make_config(args.preset, **overrides)  # validates before anything is created
     out = args.out if args.out is not None else _default_out(args.preset, config)
-    from .training.loop import train
+    from .monitor import train
 
     run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset)
     print(_short_summary(run))
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise GrokinterpError(f"--interval: must be positive, got {args.interval}")
+    from .monitor import watch
+
+    print(f"watching {args.run} (Ctrl-C to stop)", flush=True)
+    for event in watch(args.run, interval=args.interval, timeout=args.timeout):
+        print(event.text, flush=True)
     return 0
 
 
@@ -185,7 +213,24 @@ def _short_summary(run) -> str:
                      f"test accuracy {acc:.2%}")
         lines.append(f"  test accuracy passed 99% at epoch {hit}" if hit is not None
                      else "  test accuracy never passed 99%")
+    warning = _early_warning(run)
+    if warning:
+        lines.append("  " + warning)
     return "\n".join(lines)
+
+
+def _early_warning(run) -> str | None:
+    """The early warning recorded by the live measures, in words (``None`` without live measures)."""
+    from .analysis.early import first_warning
+
+    try:
+        w = first_warning(run.metrics)
+    except GrokinterpError:
+        return None
+    if w is None:
+        return "early warning: did not fire" if "live_key_freqs" in run.metrics.columns else None
+    est = f", estimated 99% test accuracy at epoch {w.estimate}" if w.estimate is not None else ""
+    return f"early warning: circuit forming at epoch {w.epoch} (test accuracy then {w.test_acc:.1%}){est}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -194,15 +239,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     s = run.summary()
     if args.json:
-        print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions")}, indent=2))
+        from .config import interventions
+
+        print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions"),
+                          "interventions": interventions(run.config), "early_warning": _early_warning(run)}, indent=2))
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
     print(f"task:   {c.task.operation} mod {c.task.p}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
     print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
           f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
-    print(f"train:  {c.train.epochs} epochs, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
+    print(f"train:  {c.train.epochs} epochs, {c.train.optimizer}, lr {c.train.lr}, weight_decay {c.train.weight_decay}, "
           f"betas ({c.train.beta1}, {c.train.beta2}), warmup {c.train.warmup_epochs}, device {s['device']}")
+    from .config import interventions
+
+    for line in interventions(c):
+        print(f"intervention: {line}")
+    if c.train.live_every:
+        print(f"live measures: every {c.train.live_every} epochs")
     status = "finished" if s["finished"] else f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
     print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
@@ -214,6 +268,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"train accuracy passed 99% at epoch {s['train_acc_99_epoch']}")
         hit = s["test_acc_99_epoch"]
         print(f"test accuracy passed 99% at epoch {hit}" if hit is not None else "test accuracy never passed 99%")
+        warning = _early_warning(run)
+        if warning:
+            print(warning)
     for prob in s["problems"]:
         print(f"problem: {prob}")
     return 0
@@ -287,7 +344,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy}
+COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify,
+            "import-legacy": cmd_import_legacy, "watch": cmd_watch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

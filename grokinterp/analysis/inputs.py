@@ -27,7 +27,7 @@ from ..tasks import get_task
 
 __all__ = [
     "is_run", "as_params", "resolve_model", "infer_config", "check_square_axes", "check_indices",
-    "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays",
+    "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays", "task_arrays",
 ]
 
 
@@ -179,9 +179,12 @@ def check_grid_pairs(labels: Tensor, pairs: Any, p: int, what: str) -> Tensor:
 
 def run_task_arrays(run: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(labels [p²], train_pairs, test_pairs, valid pairs)`` of a run, as int64 tensors."""
-    p = run.config.task.p
-    labels = task_label_grid(p, run.config.task.operation)
-    trn, tst = run.split_pairs()
+    return task_arrays(run.config.task.p, run.config.task.operation, *run.split_pairs())
+
+
+def task_arrays(p: int, operation: str, trn: Any, tst: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(labels [p²], train_pairs, test_pairs, valid pairs)`` of a task and a split, as int64 tensors."""
+    labels = task_label_grid(p, operation)
     train_pairs = check_grid_pairs(labels, trn, p, "train pairs of the run")
     test_pairs = torch.from_numpy(np.asarray(tst, dtype=np.int64))
     valid = torch.nonzero(labels >= 0)[:, 0]

@@ -107,7 +107,8 @@ class TrainLoop:
     ``lr``; columns declared by callbacks in ``Callback.metric_columns`` too), ``text_metrics``
     (``{column: [str | None] * (epochs + 1)}``, on the host: ``Callback.text_columns``),
     ``optimizer``, ``transforms``, ``constraints``, ``loss_fn``, ``data`` (``{"train" | "test":
-    tokens, labels}``), ``postfix`` (``{label: text}`` shown in the progress bar).
+    tokens, labels}``), ``split`` (train and test grid indices ``a * p + b``), ``postfix``
+    (``{label: text}`` shown in the progress bar).
     Callbacks write the values of their own columns at the epoch they describe.
     """
 
@@ -115,6 +116,7 @@ class TrainLoop:
                  callbacks: Sequence[Callback] = ()):
         self.config, self.run_dir, self.device = config, run_dir, device
         self.callbacks = list(callbacks)
+        self.split = (np.asarray(train_pairs), np.asarray(test_pairs))  # grid indices a * p + b
         ds = config.task.task().dataset()
         mc, tc = config.model, config.train
         trn_x = torch.from_numpy(ds.select(train_pairs)[0])
