@@ -26,6 +26,21 @@ from grokinterp.training.callbacks import Callback
 from grokinterp.training.loop import TrainingInterrupted
 
 
+def ints(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]`` (argparse type)."""
+    return [int(x) for x in text.split(",") if x]
+
+
+def floats(text: str) -> list[float]:
+    """``"0.5,1,2"`` → ``[0.5, 1.0, 2.0]`` (argparse type)."""
+    return [float(x) for x in text.split(",") if x]
+
+
+def settings(args) -> dict[str, Any]:
+    """The study's arguments as JSON-ready settings."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 class StopAfter(Callback):
     """Stop training once ``column`` has stayed ≥ ``level`` for ``margin`` epochs (checked at evaluations)."""
 

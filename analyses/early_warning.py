@@ -24,15 +24,11 @@ from pathlib import Path
 import _study as S
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--p", type=int, default=None, help="modulus (default: the preset's)")
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=S.ints, default=[0, 1, 2, 3, 4])
     ap.add_argument("--live-every", type=int, default=25)
     ap.add_argument("--margin", type=int, default=300)
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/study_early_warning"))
@@ -72,7 +68,7 @@ def main(argv=None) -> int:
     df = pd.DataFrame(rows)
     fired = df[df["warning_epoch"].notna()]
     summary = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": S.settings(args),
         "rule": "restricted accuracy ≥ 99 % while test accuracy < 90 % (first live epoch)",
         "method": first_warning.__doc__.splitlines()[0] if first_warning.__doc__ else "",
         "runs": rows,

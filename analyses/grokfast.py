@@ -34,16 +34,13 @@ import _study as S
 OPS = {"mul": "x·y", "add": "x+y"}
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=int, default=97)
     ap.add_argument("--frac-train", type=float, default=0.5)
     ap.add_argument("--operations", default="mul,add")
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    ap.add_argument("--seeds", type=S.ints, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3000, help="budget per run")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=1.0)
@@ -97,7 +94,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
     S.write_json(args.out / "summary.json", {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": S.settings(args),
         "setting_note": "one-layer transformer (no LayerNorm), full batch (1 step = 1 epoch), AdamW decoupled weight "
                         "decay; Lee et al.: two layers with LayerNorm, batch 512, Adam with coupled decay 0.005",
         "published": {"lee2024_ema_steps_to_95": [39890, 910], "speedup": 43.8},

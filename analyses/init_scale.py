@@ -27,21 +27,13 @@ from pathlib import Path
 import _study as S
 
 
-def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x]
-
-
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=int, default=59)
     ap.add_argument("--frac-train", type=float, default=0.5)
-    ap.add_argument("--scales", type=_floats, default=[0.5, 1, 2, 4, 8])
-    ap.add_argument("--constrained", type=_floats, default=[0.5, 1, 4], help="scales also run with weight_norm")
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    ap.add_argument("--scales", type=S.floats, default=[0.5, 1, 2, 4, 8])
+    ap.add_argument("--constrained", type=S.floats, default=[0.5, 1, 4], help="scales also run with weight_norm")
+    ap.add_argument("--seeds", type=S.ints, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=1.0)
@@ -88,8 +80,7 @@ def main(argv=None) -> int:
                for (c, a), part in df.groupby(["weight_norm", "init_scale"])}
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
-    S.write_json(args.out / "summary.json", {"settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                          for k, v in vars(args).items()},
+    S.write_json(args.out / "summary.json", {"settings": S.settings(args),
                                              "runs": rows, "spreads_epochs_to_test_99": spreads})
     fig = go.Figure()
     for c, name in ((False, "AdamW, weight decay"), (True, "weight norm constrained, no decay")):

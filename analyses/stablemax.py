@@ -40,16 +40,13 @@ CONDITIONS = {
 }
 
 
-def _ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--p", type=int, default=59)
     ap.add_argument("--frac-train", type=float, default=0.5)
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
-    ap.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    ap.add_argument("--seeds", type=S.ints, default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3000)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--margin", type=int, default=200)
@@ -86,8 +83,7 @@ def main(argv=None) -> int:
                for c, part in df.groupby("condition", sort=False)}
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
-    S.write_json(args.out / "summary.json", {"settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                          for k, v in vars(args).items()},
+    S.write_json(args.out / "summary.json", {"settings": S.settings(args),
                                              "conditions": CONDITIONS, "runs": rows, "spreads_epochs_to_test_99": spreads})
     fig = go.Figure()
     palette = dict(zip(CONDITIONS, ["#636efa", "#999999", "#ef553b", "#00cc96", "#ab63fa"]))

@@ -68,7 +68,7 @@ def test_gradient_symmetricity_equals_a_plain_autograd_reference(clock):
             for c in range(p):
                 tok = torch.tensor([[a, b, p]])
                 emb = model.embed.W_E.detach()[tok].clone().requires_grad_(True)
-                out = model.run_with_hooks(tok, fwd_hooks=[("hook_embed", lambda v, hook: emb)])
+                out = model.run_with_hooks(tok, fwd_hooks=[("hook_embed", lambda v, hook, emb=emb: emb)])
                 (grad,) = torch.autograd.grad(out[0, -1, c], emb)
                 sims.append(torch.nn.functional.cosine_similarity(grad[0, 0], grad[0, 1], dim=0).item())
     assert math.isclose(A.gradient_symmetricity(model, n_samples=None), float(np.mean(sims)), rel_tol=1e-4)

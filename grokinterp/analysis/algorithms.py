@@ -110,7 +110,7 @@ def gradient_symmetricity(model_or_run, *, epoch: int = -1, cfg: ModelConfig | R
         dev = next(model.parameters()).device
         tokens = tokens.to(dev)
         emb = model.embed.W_E.detach()[tokens].clone().requires_grad_(True)
-        logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda value, hook: emb)])
+        logits = model.run_with_hooks(tokens, fwd_hooks=[("hook_embed", lambda value, hook, emb=emb: emb)])
         q = logits[torch.arange(len(sl), device=dev), -1, c[sl].to(dev)]
         (grad,) = torch.autograd.grad(q.sum(), emb)
         g0, g1 = grad[:, 0].double(), grad[:, 1].double()
