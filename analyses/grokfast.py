@@ -17,10 +17,13 @@ EMA run; no decay in their baseline). Strong decoupled weight decay already make
 about a thousand full-batch steps, so the filter has less delay to remove. An epoch here is one step.
 
 Runs stop once test accuracy has stayed ≥ 99 % for ``--margin`` epochs (they are left resumable) and are
-reused when the script runs again.
+reused when the script runs again. ``--optimizer adam --weight-decay 0.005`` is the optimizer of Lee et al.
+(Adam, decay as an L2 gradient term), still full batch and on our model.
 
 Example:
     python analyses/grokfast.py --p 97 --seeds 0,1,2
+    python analyses/grokfast.py --operations mul --optimizer adam --weight-decay 0.005 --tag -adam \
+        --out analyses/results/grokfast_adam
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--alpha", type=float, default=0.98, help="grokfast_alpha")
     ap.add_argument("--lamb", type=float, default=2.0, help="grokfast_lamb")
     ap.add_argument("--margin", type=int, default=200, help="epochs to keep training after 99 %% test accuracy")
+    ap.add_argument("--optimizer", default="adamw", help="adamw (our recipe) or adam (coupled decay, as Lee et al.)")
+    ap.add_argument("--tag", default="", help="suffix of the run directories (a second setting)")
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/study_grokfast"))
     ap.add_argument("--out", type=Path, default=Path("analyses/results/grokfast"))
     return ap.parse_args(argv)
@@ -59,11 +64,12 @@ def configs(args):
         for filt in ("none", "ema"):
             for seed in args.seeds:
                 kw = dict(p=args.p, operation=op, frac_train=args.frac_train, epochs=args.epochs, lr=args.lr,
-                          weight_decay=args.weight_decay, split_seed=seed, init_seed=seed, eval_every=10, every=50,
+                          weight_decay=args.weight_decay, optimizer=args.optimizer, split_seed=seed, init_seed=seed,
+                          eval_every=10, every=50,
                           log_early=0, flush_every=20, live_every=0, device="cpu")
                 if filt == "ema":
                     kw.update(grad_transforms=("grokfast_ema",), grokfast_alpha=args.alpha, grokfast_lamb=args.lamb)
-                yield op, filt, seed, gi.make_config("quick", **kw), args.runs_dir / f"{op}-p{args.p}-{filt}-s{seed}"
+                yield op, filt, seed, gi.make_config("quick", **kw), args.runs_dir / f"{op}-p{args.p}-{filt}-s{seed}{args.tag}"
 
 
 def main(argv=None) -> int:

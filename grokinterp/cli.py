@@ -221,14 +221,16 @@ def _short_summary(run) -> str:
 
 def _early_warning(run) -> str | None:
     """The early warning recorded by the live measures, in words (``None`` without live measures)."""
-    from .analysis.early import first_warning
-
     try:
+        if "live_key_freqs" not in run.metrics.columns:
+            return None
+        from .analysis.early import first_warning
+
         w = first_warning(run.metrics)
     except GrokinterpError:
         return None
     if w is None:
-        return "early warning: did not fire" if "live_key_freqs" in run.metrics.columns else None
+        return "early warning: did not fire"
     est = f", estimated 99% test accuracy at epoch {w.estimate}" if w.estimate is not None else ""
     return f"early warning: circuit forming at epoch {w.epoch} (test accuracy then {w.test_acc:.1%}){est}"
 

@@ -68,7 +68,9 @@ class LiveMeasures(Callback):
     :data:`~grokinterp.analysis.early.LIVE_COLUMNS`) and the key frequencies as a JSON list into
     ``loop.text_metrics["live_key_freqs"]``; choosing the key frequencies reads ``W_L``'s
     spectrum on the host, the one synchronisation per live epoch (the progress bar reads the
-    restricted accuracy there too).
+    restricted accuracy there too). Callbacks after this one find the latest measurement in
+    ``loop.live`` (``{"epoch": e, "key_freqs": (...), "restricted_acc": 0-d tensor, ...}``) from
+    their ``on_epoch`` of that epoch on.
     """
 
     metric_columns = LIVE_COLUMNS
@@ -98,6 +100,7 @@ class LiveMeasures(Callback):
         for c in LIVE_COLUMNS[1:]:
             m[c][epoch] = res.values[c[len("live_"):]]
         loop.text_metrics[LIVE_KEY_FREQS][epoch] = json.dumps(list(res.key_freqs))
+        loop.live = {"epoch": epoch, "key_freqs": res.key_freqs, **res.values}
         loop.postfix.update(keys=",".join(map(str, res.key_freqs)) or "-",
                             r_acc=f"{res.values['restricted_acc'].item():.3f}")
 
@@ -130,7 +133,8 @@ class EarlyWarningCallback(Callback):
         self.fired = bool(np.isfinite(loop.metrics[LIVE_ESTIMATE][:epoch].cpu().numpy()).any())
 
     def on_epoch(self, loop: Any, epoch: int) -> None:
-        if self.fired or loop.text_metrics.get(LIVE_KEY_FREQS, [None])[epoch] is None:
+        keys = loop.text_metrics.get(LIVE_KEY_FREQS)
+        if self.fired or keys is None or keys[epoch] is None:  # not a live epoch (or no LiveMeasures before it)
             return
         table = live_table(loop_metrics_frame(loop, epoch + 1))
         w = check_warning(table, restricted_threshold=self.restricted_threshold, test_below=self.test_below)

@@ -137,10 +137,14 @@ def test_callback_fires_once_records_and_survives_a_resume(tmp_path):
     assert run.metrics[E.LIVE_ESTIMATE].notna().sum() == 1
 
 
-def test_progress_bar_gets_the_live_values(tmp_path):
+def test_progress_bar_and_later_callbacks_get_the_live_values(tmp_path):
     seen = {}
 
     class Peek(Callback):
+        def on_epoch(self, loop, epoch):
+            if epoch % 10 == 0:  # the live measurement of this epoch, handed to later callbacks
+                assert loop.live["epoch"] == epoch and 0 <= float(loop.live["restricted_acc"]) <= 1
+
         def on_eval(self, loop, epoch):
             seen[epoch] = dict(loop.postfix)
 
