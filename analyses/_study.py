@@ -99,7 +99,7 @@ def epochs_to(run_or_metrics, level: float = 0.99, column: str = "test_acc") -> 
 def seed_spread(values: Sequence[float | None], budget: int | None = None) -> dict[str, Any]:
     """``{median, min, max, n, n_reached}`` over seeds; values that never reached count as ``budget``
     (so the median is a lower bound when some seeds did not reach it) and are counted apart."""
-    reached = [float(v) for v in values if v is not None]
+    reached = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     filled = reached + ([float(budget)] * (len(values) - len(reached)) if budget is not None else [])
     if not filled:
         return {"median": None, "min": None, "max": None, "n": len(values), "n_reached": 0}

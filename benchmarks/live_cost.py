@@ -56,6 +56,7 @@ def main() -> None:
         # one live measurement vs one training step, same model
         cfg = base.replace(live_every=0)
         tp, sp = cfg.task.task().split(cfg.task.frac_train, cfg.task.split_seed)
+        (root / "parts").mkdir()
         loop = TrainLoop(cfg, root / "parts", device, tp, sp)
         arrays = live_arrays(cfg, tp, sp, device)
         steps, lives = [], []

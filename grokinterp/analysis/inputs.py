@@ -53,7 +53,8 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
             used), a ``Run`` (its last checkpoint), or a ``{name: tensor}`` dict, single or
             stacked ``[ckpt, ...]``.
         cfg: the model config (a ``RunConfig`` is accepted too). Needed for a dict of a GELU
-            model: without it the config is read off the parameter shapes with ``act_fn="relu"``.
+            model or of one with an attention coefficient (``attn_coeff < 1``): without it the
+            config is read off the parameter shapes with ``act_fn="relu"`` and ``attn_coeff=1``.
     """
     if isinstance(cfg, RunConfig):
         cfg = cfg.model
@@ -71,7 +72,8 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
 
 
 def infer_config(params: dict[str, Tensor]) -> ModelConfig:
-    """A :class:`ModelConfig` read off parameter shapes (ReLU assumed; pass ``cfg`` for GELU)."""
+    """A :class:`ModelConfig` read off parameter shapes (ReLU and standard attention assumed; pass
+    ``cfg`` for GELU or an attention coefficient)."""
     needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
     missing = [n for n in needed if n not in params]
     if missing:
