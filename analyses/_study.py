@@ -128,8 +128,10 @@ def _jsonable(x):
 
 def write_report(path: Path, title: str, intro: str, sections: Sequence[tuple[str, str, Any]]) -> None:
     """One HTML page: a title, an introduction (HTML) and ``(heading, caption, figure or HTML table)``."""
+    from plotly.offline import get_plotlyjs_version
+
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<script src='https://cdn.plot.ly/plotly-2.35.2.min.js'></script>",
+             f"<script src='https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js'></script>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:20px}"
              "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
              "th{background:#f3f3f3}</style></head><body>",

@@ -22,7 +22,7 @@ reused when the script runs again. ``--optimizer adam --weight-decay 0.005`` is 
 
 Example:
     python analyses/grokfast.py --p 97 --seeds 0,1,2
-    python analyses/grokfast.py --operations mul --optimizer adam --weight-decay 0.005 --tag -adam \
+    python analyses/grokfast.py --operations mul --optimizer adam --weight-decay 0.005 --tag=-adam \
         --out analyses/results/grokfast_adam
 """
 

@@ -342,6 +342,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(f"report: {path}")
     print(f"  key frequencies {headline['key_frequencies']}; circuit formed at epoch {formed}, "
           f"test accuracy ≥ 99% at epoch {hit}")
+    algo = headline.get("extras", {}).get("algorithm")
+    if algo:
+        print(f"  algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, distance "
+              f"irrelevance {algo['distance_irrelevance']:.2f})")
+    if headline.get("extras", {}).get("early_warning"):
+        print(f"  early warning: {headline['extras']['early_warning']}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
 

@@ -238,7 +238,8 @@ class TrainLoop:
         # Columns of callbacks this resume does not have are carried over (NaN from here on);
         # declared ones the state lacks (a callback added on resume) start empty.
         extra = [k[len("metrics/"):] for k in tensors if k.startswith("metrics/")]
-        self.add_metric_columns([c for c in extra if c not in self.metrics and c.isidentifier() and c != "epoch"],
+        self.add_metric_columns([c for c in extra if c not in self.metrics and c not in self.text_metrics
+                                 and c.isidentifier() and c != "epoch"],
                                 [c for c in (k[len("metrics_text/"):] for k in tensors if k.startswith("metrics_text/"))
                                  if c.isidentifier() and c != "epoch" and c not in self.metrics])
         for c in self.metrics:
