@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     import plotly.graph_objects as go
 
     import grokinterp as gi
-    from grokinterp.analysis.early import first_warning, live_table
+    from grokinterp.analysis.early import estimate_test99_epoch, first_warning, live_table
 
     rows, tables = [], {}
     for seed in args.seeds:
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     summary = {
         "settings": S.settings(args),
         "rule": "restricted accuracy ≥ 99 % while test accuracy < 90 % (first live epoch)",
-        "method": first_warning.__doc__.splitlines()[0] if first_warning.__doc__ else "",
+        "method": estimate_test99_epoch(pd.DataFrame())[1],  # the estimate's method, in words
         "runs": rows,
         "n_fired": int(len(fired)), "n_runs": int(len(df)),
         "n_fired_before_test_99": int(((fired["warning_epoch"] < fired["test_acc_99_epoch"])).sum()),

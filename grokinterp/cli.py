@@ -92,6 +92,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: Flags that act only through a gradient transform: given without one of these in
+#: ``--grad-transforms`` they would change nothing, so the command refuses them (exit 2).
+_NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("grokfast_ma",),
+                    "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
+
+
+def _check_knobs_used(overrides: dict[str, Any], config) -> None:
+    """A Grokfast flag given without its filter in ``train.grad_transforms`` is a ConfigError naming it."""
+    from .errors import ConfigError
+
+    for name, needs in _NEEDS_TRANSFORM.items():
+        if name in overrides and not set(needs) & set(config.train.grad_transforms):
+            raise ConfigError(f"train.{name}: has no effect without {' or '.join(needs)} in train.grad_transforms "
+                              f"(add --grad-transforms {needs[0]})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="grokinterp",
@@ -183,6 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_short_summary(run))
         return 0
     config = make_config(args.preset, **overrides)  # validates before anything is created
+    _check_knobs_used(overrides, config)
     out = args.out if args.out is not None else _default_out(args.preset, config)
     from .monitor import train
 

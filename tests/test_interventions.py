@@ -283,6 +283,31 @@ def test_info_shows_the_interventions(tmp_path):
     assert "grokfast_ema (grokfast_alpha 0.98, grokfast_lamb 2.0)" in out.stdout
 
 
+def test_report_shows_the_interventions(tmp_path):
+    run = g.train(TINY.replace(init_scale=2.0, attn_coeff=0.5, lr_schedule="cosine"), tmp_path / "r", progress=False)
+    path, head = g.write_report(run, tmp_path / "r.html", max_checkpoints=8, return_headline=True)
+    assert head["extras"]["interventions"] == ["lr_schedule: cosine", "init_scale: 2.0", "attn_coeff: 0.5"]
+    text = path.read_text()
+    assert all(line in text for line in head["extras"]["interventions"])
+    plain = g.write_report(g.train(TINY.replace(epochs=20), tmp_path / "p", progress=False), tmp_path / "p.html",
+                           max_checkpoints=8, return_headline=True)[1]
+    assert plain["extras"]["interventions"] is None  # the paper's recipe: nothing to list
+
+
+@pytest.mark.parametrize("flags,field", [
+    (["--grokfast-alpha", "0.9"], "train.grokfast_alpha"),
+    (["--grokfast-lamb", "5"], "train.grokfast_lamb"),
+    (["--grokfast-window", "50", "--grad-transforms", "grokfast_ema"], "train.grokfast_window"),
+    (["--grokfast-alpha", "0.9", "--grad-transforms", "grokfast_ma"], "train.grokfast_alpha"),
+])
+def test_a_grokfast_flag_without_its_filter_exits_2_before_anything_is_written(tmp_path, flags, field):
+    out = tmp_path / "never"
+    res = cli("train", "--preset", "tiny", "--out", str(out), *flags)
+    assert res.returncode == 2, res.stderr
+    assert field in res.stderr and "grad_transforms" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("flag,value,field", [
     ("--init-scale", "0", "model.init_scale"), ("--init-scale", "-1", "model.init_scale"),
     ("--grokfast-window", "0", "train.grokfast_window"), ("--grokfast-alpha", "1", "train.grokfast_alpha"),

@@ -152,6 +152,17 @@ def test_progress_bar_and_later_callbacks_get_the_live_values(tmp_path):
     assert set(seen[20]) >= {"keys", "r_acc"} and float(seen[20]["r_acc"]) >= 0
 
 
+def test_report_and_info_show_the_early_warning(live_run, tmp_path):
+    w = E.first_warning(live_run.metrics)
+    assert w is not None and w.epoch < live_run.summary()["test_acc_99_epoch"]
+    path, head = g.write_report(live_run, tmp_path / "r.html", max_checkpoints=12, return_headline=True)
+    assert head["extras"]["early_warning"] == w.message and w.message in path.read_text()
+    out = cli("info", str(live_run.path))
+    assert out.returncode == 0, out.stderr
+    assert f"early warning: circuit forming at epoch {w.epoch}" in out.stdout
+    assert "live measures: every 10 epochs" in out.stdout
+
+
 # -- watch ------------------------------------------------------------------------------------------------
 def test_watch_reports_the_live_rows_the_warning_and_the_end(live_run):
     events = list(watch(live_run.path, interval=0.01, sleep=lambda s: None))
