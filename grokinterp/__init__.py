@@ -10,6 +10,7 @@ The package is layered (imports point down only; ``tests/test_architecture.py`` 
     cli                      commands wired to the layers below
     viz                      plotly figures, the HTML reports
     sweeps                   families of runs: specs, executors (local, Ray), tables
+    monitor                  train / resume with live measures and the early warning; watch
     analysis | training      independent siblings: analyses of runs | the training loop and its seams
     store                    the run directory: writer, loader, integrity, legacy import
     model                    parameters, hooked transformer, table fold, fast forwards
@@ -44,8 +45,9 @@ _EXPORTS = {
     "get_task": "tasks",
     "register_operation": "tasks",
     "HookedGrokTransformer": "model.hooked",
-    "train": "training.loop",
-    "resume": "training.stacked",
+    "train": "monitor",
+    "resume": "monitor",
+    "watch": "monitor",
     "train_stacked": "training.stacked",
     "Callback": "training.callbacks",
     "register_optimizer": "training.optim",

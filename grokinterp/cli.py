@@ -1,4 +1,5 @@
-"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | sweep | sweep-report``.
+"""Command-line interface: ``grokinterp train | info | report | verify | import-legacy | watch | sweep |
+sweep-report``.
 
 Only argparse, the config dataclasses and the task registry (numpy) are imported until a command
 runs, so ``--help`` answers at once; torch and transformer_lens load inside the commands.
@@ -199,6 +200,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+#: Flags that act only through a gradient transform: given without one of these in
+#: ``--grad-transforms`` they would change nothing, so the command refuses them (exit 2).
+_NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("grokfast_ma",),
+                    "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
+
+
+def _check_knobs_used(overrides: dict[str, Any], config) -> None:
+    """A Grokfast flag given without its filter in ``train.grad_transforms`` is a ConfigError naming it."""
+    from .errors import ConfigError
+
+    for name, needs in _NEEDS_TRANSFORM.items():
+        if name in overrides and not set(needs) & set(config.train.grad_transforms):
+            raise ConfigError(f"train.{name}: has no effect without {' or '.join(needs)} in train.grad_transforms "
+                              f"(add --grad-transforms {needs[0]})")
+
+
 def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     """The CLI's parser; the ``train`` flags show the values of ``preset`` in their help."""
     parser = _Parser(
@@ -317,7 +334,17 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     m.add_argument("--epoch-offset", type=int, default=1, metavar="N",
                    help="our epoch of the checkpoint labelled e is e + N (default 1: saved after the step)")
     m.add_argument("--overwrite", action="store_true", help="replace a run found in OUT")
-    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m})  # type: ignore[attr-defined]
+
+    w = sub.add_parser("watch", help="follow a run training in another process",
+                       description="Print the live progress measures of a run as its trainer flushes them (provisional "
+                                   "key frequencies, restricted accuracy and loss, excluded loss, Gini of W_E, Σθ², test "
+                                   "accuracy) and the early warning when the generalizing circuit forms. A run trained "
+                                   "without live measures (live_every = 0) gets them computed from each new checkpoint. "
+                                   "Ends when the run is finished.")
+    w.add_argument("run", type=Path, metavar="RUN")
+    w.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between looks (default 5)")
+    w.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without anything new")
+    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w})  # type: ignore[attr-defined]
     return parser
 
 
@@ -344,13 +371,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             if overrides or args.out is not None or args.overwrite:
                 raise GrokinterpError("--resume continues a run with its stored config; drop the config flags, "
                                       "--out and --overwrite (only --device and --threads may be given)")
-            from .training.stacked import resume  # a run trained alone or in a stack
+            from .monitor import resume  # a run trained alone or in a stack; its live measures
 
             run = resume(args.resume, progress=not args.no_progress, device=device, threads=args.threads)
         else:
             config = make_config(args.preset, **overrides)  # validates before anything is created
+            _check_knobs_used(overrides, config)
             out = args.out if args.out is not None else _default_out(args.preset, config)
-            from .training.loop import train
+            from .monitor import train
 
             run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset,
                         threads=args.threads)
@@ -377,6 +405,17 @@ def _session_line(run) -> str:
     return f"trained {sess.get('epochs_trained', '?')} epochs{how}"
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise GrokinterpError(f"--interval: must be positive, got {args.interval}")
+    from .monitor import watch
+
+    print(f"watching {args.run} (Ctrl-C to stop)", flush=True)
+    for event in watch(args.run, interval=args.interval, timeout=args.timeout):
+        print(event.text, flush=True)
+    return 0
+
+
 def _short_summary(run) -> str:
     s = run.summary()
     acc = s.get("final_test_acc")
@@ -388,7 +427,26 @@ def _short_summary(run) -> str:
                      f"test accuracy {acc:.2%}")
         lines.append(f"  test accuracy passed 99% at epoch {hit}" if hit is not None
                      else "  test accuracy never passed 99%")
+    warning = _early_warning(run)
+    if warning:
+        lines.append("  " + warning)
     return "\n".join(lines)
+
+
+def _early_warning(run) -> str | None:
+    """The early warning recorded by the live measures, in words (``None`` without live measures)."""
+    try:
+        if "live_key_freqs" not in run.metrics.columns:
+            return None
+        from .analysis.early import first_warning
+
+        w = first_warning(run.metrics)
+    except GrokinterpError:
+        return None
+    if w is None:
+        return "early warning: did not fire"
+    est = f", estimated 99% test accuracy at epoch {w.estimate}" if w.estimate is not None else ""
+    return f"early warning: circuit forming at epoch {w.epoch} (test accuracy then {w.test_acc:.1%}){est}"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -397,7 +455,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     run = load_run(_path(args.run, "RUN"))
     s = run.summary()
     if args.json:
-        print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions")}, indent=2))
+        from .config import interventions
+
+        print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions"),
+                          "interventions": interventions(run.config), "early_warning": _early_warning(run)}, indent=2))
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
@@ -417,6 +478,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           + (" (paper style)" if t.warmup_style == "paper" else "")
           + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else "")
           + f", device {s['device']}" + (f" ({threads} torch thread{'s' if threads != 1 else ''})" if threads else ""))
+    from .config import interventions
+
+    for line in interventions(c):
+        print(f"intervention: {line}")
+    if t.live_every:
+        print(f"live measures: every {t.live_every} epochs")
     if s.get("training"):
         flushed = s["epoch_reached"] if s["epoch_reached"] is not None else "none yet"
         status = f"training ({s['writer']}); last flushed epoch {flushed}"
@@ -440,6 +507,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"train accuracy passed 99% at epoch {s['train_acc_99_epoch']}")
         hit = s["test_acc_99_epoch"]
         print(f"test accuracy passed 99% at epoch {hit}" if hit is not None else "test accuracy never passed 99%")
+        warning = _early_warning(run)
+        if warning:
+            print(warning)
     for prob in s["problems"]:
         print(f"problem: {prob}")
     return 0
@@ -522,6 +592,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     when = f"circuit formed at epoch {formed}" if headline.get("structure") is not None else \
         "no group structure: circuit date undefined"
     print(f"  key {noun} {keys}; {when}, test accuracy ≥ 99% at epoch {hit}")
+    algo = headline.get("extras", {}).get("algorithm")
+    if algo:
+        print(f"  algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, distance "
+              f"irrelevance {algo['distance_irrelevance']:.2f})")
+    if headline.get("extras", {}).get("early_warning"):
+        print(f"  early warning: {headline['extras']['early_warning']}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
 
@@ -610,7 +686,7 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
-            "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
+            "watch": cmd_watch, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
 
 
 def _preset_in(argv: Sequence[str]) -> str:

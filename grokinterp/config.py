@@ -49,6 +49,10 @@ __all__ = [
     "Limits",
     "LIMITS",
     "DEFAULT_P",
+    "LR_SCHEDULES",
+    "WEIGHT_DECAY_ON",
+    "LOSSES",
+    "interventions",
 ]
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
@@ -117,6 +121,12 @@ OPTIMIZER_NAMES: dict[str, str] = {
 ACT_FNS = ("relu", "gelu")
 #: ``task.p`` when a config leaves it out (an operation mod p; a group task takes its order).
 DEFAULT_P = 113
+#: Learning-rate schedules after the warm-up (``TrainConfig.lr_schedule``; see ``TrainConfig.lr_at``).
+LR_SCHEDULES = ("constant", "cosine")
+#: Which parameters weight decay applies to (``TrainConfig.weight_decay_on``).
+WEIGHT_DECAY_ON = ("all", "matrices")
+#: Training losses (``TrainConfig.loss``), implemented in :mod:`grokinterp.training.step`.
+LOSSES = ("cross_entropy", "stablemax")
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -210,6 +220,16 @@ class ModelConfig:
         init_method: how the seeded initial tensors are drawn (:data:`INIT_METHODS`): ``default``
             (one generator, our parameter order and layout) or ``paper`` (the reference code's
             order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors).
+        init_scale: every initial weight is multiplied by this factor (Liu et al. 2022, Omnigrok's
+            ``α``; biases start at 0 either way). ``1`` is the paper's initialisation; must be > 0.
+        attn_coeff: attention coefficient ``a ∈ [0, 1]`` of Zhong et al. 2023 ("The clock and the
+            pizza"): the attention weights are ``a · softmax(scores) + (1 − a)`` on every key
+            position the causal mask allows. ``1`` is standard attention, ``0`` constant
+            attention (every allowed position weighted 1, so the heads *sum* the values). This is
+            their code's definition (it blends towards all ones, not towards ``1/n``); they attend
+            bidirectionally over ``[a, b]`` without an ``=`` token, we causally over ``[a, b, =]``,
+            which for the final position (the only one the loss reads) is the same set of keys
+            plus ``=``.
     """
 
     p: int = 113
@@ -222,6 +242,8 @@ class ModelConfig:
     n_ctx: int = 3
     init_seed: int = 0
     init_method: str = "default"
+    init_scale: float = 1.0
+    attn_coeff: float = 1.0
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
@@ -245,6 +267,10 @@ class ModelConfig:
             raise ConfigError(f"model: {n} parameters per checkpoint (d_model {self.d_model}, d_mlp {self.d_mlp}, "
                               f"{self.n_heads} heads, {self.n_layers} layers) is more than the limit of "
                               f"{LIMITS.params}")
+        _require(math.isfinite(self.init_scale) and self.init_scale > 0, "model.init_scale",
+                 "must be a positive number", self.init_scale)
+        _require(math.isfinite(self.attn_coeff) and 0.0 <= self.attn_coeff <= 1.0, "model.attn_coeff",
+                 "must lie in [0, 1]", self.attn_coeff)
 
     @property
     def d_head(self) -> int:
@@ -294,6 +320,29 @@ class TrainConfig:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         fast_path: train on final-position logits from per-(position, token) tables (1-layer
             models); ``False`` uses the general hooked forward.
+        lr_schedule: after the warm-up, ``constant`` (default) or ``cosine`` (half a cosine from
+            ``lr`` down to 0 at the last step); see :meth:`lr_at`.
+        weight_decay_on: ``all`` parameters (default) or only the ``matrices`` (parameters with two
+            or more axes: embeddings, attention, MLP and unembedding weights; the MLP biases are
+            then not decayed). Built as two optimizer parameter groups.
+        loss: the training loss, ``cross_entropy`` (softmax, float64; default) or ``stablemax``
+            (StableMax cross-entropy of Prieto et al. 2025, float64: ``s(x) = x + 1`` for
+            ``x ≥ 0`` and ``1 / (1 − x)`` for ``x < 0``, normalised; see
+            :func:`grokinterp.training.step.stablemax_cross_entropy`). The metrics' train and test
+            losses are this loss.
+        grokfast_alpha: EMA momentum of the ``grokfast_ema`` gradient filter (Lee et al. 2024's
+            ``alpha``), in ``[0, 1)``.
+        grokfast_lamb: amplification of the Grokfast filters (their ``lamb``): the gradient
+            becomes ``g + grokfast_lamb · filtered(g)``; ≥ 0.
+        grokfast_window: window (steps) of the ``grokfast_ma`` moving-average filter (their
+            ``window_size``), ≥ 1.
+        weight_norm: keep the total parameter norm fixed: after every optimizer step all
+            parameters (weights and biases, as one vector) are rescaled to the norm of the initial
+            parameters, ``init_scale · ‖w₀‖`` (Omnigrok's constrained-norm runs).
+        live_every: compute the live progress measures (provisional key frequencies, restricted
+            and excluded loss, restricted accuracy, Gini of W_E, Σθ²) every this many epochs
+            during training; 0 = off. Wired in by :func:`grokinterp.train` (the training loop
+            itself never imports the analyses).
     """
 
     epochs: int = 40_000
@@ -309,6 +358,14 @@ class TrainConfig:
     eval_every: int = 100
     device: str = "auto"
     fast_path: bool = True
+    lr_schedule: str = "constant"
+    weight_decay_on: str = "all"
+    loss: str = "cross_entropy"
+    grokfast_alpha: float = 0.98
+    grokfast_lamb: float = 2.0
+    grokfast_window: int = 100
+    weight_norm: bool = False
+    live_every: int = 0
 
     def __post_init__(self) -> None:
         _check_ints(self, "train")
@@ -340,15 +397,30 @@ class TrainConfig:
         ok = dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())
         _require(ok, "train.device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
         _require(isinstance(self.fast_path, bool), "train.fast_path", "must be true or false", self.fast_path)
+        for name, allowed in (("lr_schedule", LR_SCHEDULES), ("weight_decay_on", WEIGHT_DECAY_ON), ("loss", LOSSES)):
+            v = getattr(self, name)
+            _require(v in allowed, f"train.{name}", f"must be one of {', '.join(allowed)}", v)
+        _require(0.0 <= self.grokfast_alpha < 1.0, "train.grokfast_alpha", "must lie in [0, 1)", self.grokfast_alpha)
+        _require(math.isfinite(self.grokfast_lamb) and self.grokfast_lamb >= 0, "train.grokfast_lamb",
+                 "must be a non-negative number", self.grokfast_lamb)
+        _require(self.grokfast_window >= 1, "train.grokfast_window", "must be at least 1", self.grokfast_window)
+        _require(isinstance(self.weight_norm, bool), "train.weight_norm", "must be true or false", self.weight_norm)
+        _require(self.live_every >= 0, "train.live_every", "must be non-negative (0 = off)", self.live_every)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
 
         Notes:
-            ``default``: ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step already moves
-            (at ``lr / warmup_epochs``). ``paper``: ``lr · min(epoch / warmup_epochs, 1)``, as the
-            paper's ``LambdaLR(min(step / 10, 1))``, which spends its first step at learning rate 0.
+            Warm-up, ``default``: ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step
+            already moves (at ``lr / warmup_epochs``). ``paper``: ``lr · min(epoch / warmup_epochs, 1)``,
+            as the paper's ``LambdaLR(min(step / 10, 1))``, which spends its first step at learning rate 0.
+            After the warm-up, ``constant`` keeps ``lr``; ``cosine``, with ``W = warmup_epochs`` and
+            ``E = epochs``, uses ``lr · ½ (1 + cos(π (e − W) / (E − W)))`` for steps ``e ≥ W`` (from
+            ``lr`` at the end of the warm-up towards 0 at the last step).
         """
+        if self.lr_schedule == "cosine" and epoch >= self.warmup_epochs:
+            span = max(self.epochs - self.warmup_epochs, 1)
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
         if self.warmup_epochs <= 0:
             return self.lr
         shift = 0 if self.warmup_style == "paper" else 1
@@ -418,8 +490,9 @@ class CheckpointSchedule:
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
-    "model": {"eq_logit", "init_method"},
-    "train": {"optimizer", "momentum", "grad_transforms", "warmup_style"},
+    "model": {"eq_logit", "init_method", "init_scale", "attn_coeff"},
+    "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
+              "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -548,6 +621,40 @@ def field_docs() -> dict[tuple[str, str], str]:
     return out
 
 
+def interventions(cfg: RunConfig) -> list[str]:
+    """The training interventions a run uses, one short line each (what ``grokinterp info`` and the
+    report show); ``[]`` for the paper's recipe (AdamW, softmax cross-entropy, standard attention
+    and initialisation).
+
+    Example:
+        >>> interventions(make_config("tiny", grad_transforms=("grokfast_ema",), init_scale=2.0))
+        ['grad_transforms: grokfast_ema (grokfast_alpha 0.98, grokfast_lamb 2.0)', 'init_scale: 2.0']
+    """
+    m, t = cfg.model, cfg.train
+    out = []
+    if t.optimizer != "adamw":
+        out.append(f"optimizer: {t.optimizer}" + (f" (momentum {t.momentum})" if t.optimizer == "sgd" else ""))
+    if t.grad_transforms:
+        extra = []
+        if any(n == "grokfast_ema" for n in t.grad_transforms):
+            extra += [f"grokfast_alpha {t.grokfast_alpha}"]
+        if any(n == "grokfast_ma" for n in t.grad_transforms):
+            extra += [f"grokfast_window {t.grokfast_window}"]
+        if any(n.startswith("grokfast_") for n in t.grad_transforms):
+            extra += [f"grokfast_lamb {t.grokfast_lamb}"]
+        out.append(f"grad_transforms: {', '.join(t.grad_transforms)}" + (f" ({', '.join(extra)})" if extra else ""))
+    for name, default in (("loss", "cross_entropy"), ("lr_schedule", "constant"), ("weight_decay_on", "all")):
+        if getattr(t, name) != default:
+            out.append(f"{name}: {getattr(t, name)}")
+    if m.init_scale != 1.0:
+        out.append(f"init_scale: {m.init_scale}")
+    if t.weight_norm:
+        out.append("weight_norm: on (total parameter norm held at init_scale · ‖w₀‖)")
+    if m.attn_coeff != 1.0:
+        out.append(f"attn_coeff: {m.attn_coeff}")
+    return out
+
+
 def _field_owner() -> dict[str, list[str]]:
     owner: dict[str, list[str]] = {}
     for sec, cls in SECTIONS.items():
@@ -597,7 +704,8 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 
 def _preset_paper() -> RunConfig:
-    return RunConfig()
+    # The paper's run, with the live progress measures every 100 epochs (they add ~1 % to training).
+    return _apply_overrides(RunConfig(), dict(live_every=100))
 
 
 def _preset_quick() -> RunConfig:
@@ -607,7 +715,7 @@ def _preset_quick() -> RunConfig:
     return _apply_overrides(
         RunConfig(),
         dict(p=97, frac_train=0.4, epochs=3000, lr=2e-3, weight_decay=1.0, eval_every=25,
-             every=25, log_early=6, flush_every=40),
+             every=25, log_early=6, flush_every=40, live_every=25),
     )
 
 

@@ -77,10 +77,11 @@ def test_roundtrip_and_strict_from_dict():
 
 def test_fields_added_later_default_to_the_old_behaviour():
     """A run.json written before a field existed lacks it; the default reproduces the old run."""
-    cfg = make_config("quick")
+    cfg = make_config("quick", live_every=0)  # the preset turns the (newer) live measures on
     d = cfg.to_dict()
-    added = {"task": ["split_method", "eq_logit"], "model": ["eq_logit", "init_method"],
-             "train": ["optimizer", "momentum", "grad_transforms", "warmup_style"]}
+    added = {"task": ["split_method", "eq_logit"], "model": ["eq_logit", "init_method", "init_scale", "attn_coeff"],
+             "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
+                       "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every"]}
     assert added == {sec: sorted(names, key=added[sec].index) for sec, names in _ADDED_FIELDS.items()}
     for sec, names in added.items():
         for name in names:
@@ -89,6 +90,9 @@ def test_fields_added_later_default_to_the_old_behaviour():
     assert old == cfg
     assert (old.task.split_method, old.train.optimizer, old.train.grad_transforms) == ("random", "adamw", ())
     assert (old.task.eq_logit, old.model.init_method, old.train.warmup_style) == (False, "default", "default")
+    assert (old.model.init_scale, old.model.attn_coeff, old.train.loss, old.train.lr_schedule,
+            old.train.weight_decay_on, old.train.weight_norm, old.train.live_every) == \
+        (1.0, 1.0, "cross_entropy", "constant", "all", False, 0)
     assert old.model.d_vocab_out == old.task.p
 
 

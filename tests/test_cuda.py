@@ -163,3 +163,49 @@ def test_analyses_on_cuda_equal_cpu(tiny_run):
     out = grid_forward(params, tiny_run.config.model, return_post=True)
     ref_out = grid_forward(tiny_run.stacks(epochs=eps[:2]), tiny_run.config.model, return_post=True)
     assert out.logits.is_cuda and _close(out.logits, ref_out.logits) and _close(out.post, ref_out.post)
+
+
+# -- issue 13: interventions inside the CUDA graph, live measures on the device ----------------------------
+ALL_ON = dict(grad_transforms=("grokfast_ema", "grokfast_ma", "orthograd"), grokfast_window=5, optimizer="ortho_adamw",
+              loss="stablemax", init_scale=1.5, weight_norm=True, attn_coeff=0.5, lr_schedule="cosine",
+              weight_decay_on="matrices", weight_decay=0.1, epochs=200)
+
+
+def test_every_intervention_runs_inside_the_graph_without_host_syncs_and_follows_the_eager_steps(tmp_path, monkeypatch):
+    cfg = TINY.replace(**ALL_ON)
+    graph = _trainer(cfg, tmp_path / "graph")
+    assert isinstance(graph.step_fn, CudaGraphStep)
+    for epoch in range(4):
+        graph.step(epoch, record_acc=True)
+    assert graph.step_fn.graph is not None and not graph.step_fn.eager  # captured, no fallback
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for epoch in range(4, 30):
+            graph.step(epoch, record_acc=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    monkeypatch.setenv("GROKINTERP_CUDA_GRAPHS", "0")
+    eager = _trainer(cfg, tmp_path / "eager")
+    for epoch in range(30):
+        eager.step(epoch, record_acc=True)
+    lg, le = (tr.metrics["train_loss"][:30].cpu().numpy() for tr in (graph, eager))
+    assert np.allclose(lg, le, rtol=1e-4, atol=0), np.abs(lg / le - 1).max()
+    norm = graph.constraints[0]
+    assert abs(float(norm.norm()) / norm.target - 1) < 1e-5
+
+
+def test_live_measures_on_cuda_equal_cpu_and_training_records_them(tmp_path):
+    from grokinterp.analysis.early import live_arrays, live_measures, live_table
+
+    run = g.train(TINY.replace(live_every=50), tmp_path / "live", progress=False)
+    table = live_table(run.metrics)
+    assert list(table["epoch"]) == list(range(0, TINY.train.epochs + 1, 50))
+    params = run.params(-1)
+    arrays_cpu = live_arrays(run.config, *run.split_pairs())
+    arrays_gpu = live_arrays(run.config, *run.split_pairs(), device="cuda")
+    cpu = live_measures(params, run.config.model, arrays_cpu)
+    gpu = live_measures({k: v.cuda() for k, v in params.items()}, run.config.model, arrays_gpu)
+    assert cpu.key_freqs == gpu.key_freqs == tuple(table["key_freqs"].iloc[-1])
+    for k, v in cpu.values.items():
+        assert torch.allclose(gpu.values[k].cpu(), v, rtol=1e-4, atol=1e-6), k

@@ -75,3 +75,6 @@ def test_bad_parameters_are_refused():
         to_transformer_lens({**params, "unembed.W_U": torch.zeros(8, 8)}, SMALL)
     with pytest.raises(ConfigError, match="missing"):
         to_transformer_lens({k: v for k, v in params.items() if k != "embed.W_E"}, SMALL)
+    # an attention coefficient below 1 blends softmax with constant attention: no TransformerLens equivalent
+    with pytest.raises(ConfigError, match="model.attn_coeff"):
+        to_transformer_lens(params, dataclasses.replace(SMALL, attn_coeff=0.5))

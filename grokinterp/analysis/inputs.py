@@ -29,7 +29,7 @@ from ..tasks import get_task
 
 __all__ = [
     "is_run", "as_params", "resolve_model", "residue_outputs", "infer_config", "check_square_axes", "check_indices",
-    "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays",
+    "check_freq_list", "check_grid_pairs", "task_label_grid", "run_task_arrays", "task_arrays",
 ]
 
 
@@ -92,7 +92,8 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
             used), a ``Run`` (its last checkpoint), or a ``{name: tensor}`` dict, single or
             stacked ``[ckpt, ...]``.
         cfg: the model config (a ``RunConfig`` is accepted too). Needed for a dict of a GELU
-            model: without it the config is read off the parameter shapes with ``act_fn="relu"``.
+            model or of one with an attention coefficient (``attn_coeff < 1``): without it the
+            config is read off the parameter shapes with ``act_fn="relu"`` and ``attn_coeff=1``.
     """
     if isinstance(cfg, RunConfig):
         cfg = cfg.model
@@ -110,7 +111,8 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
 
 
 def infer_config(params: dict[str, Tensor]) -> ModelConfig:
-    """A :class:`ModelConfig` read off parameter shapes (ReLU assumed; pass ``cfg`` for GELU).
+    """A :class:`ModelConfig` read off parameter shapes (ReLU and standard attention assumed; pass
+    ``cfg`` for GELU or an attention coefficient).
 
     ``eq_logit`` is true when ``W_U`` has an output for every input token (``p + 1``)."""
     needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
@@ -222,9 +224,12 @@ def check_grid_pairs(labels: Tensor, pairs: Any, p: int, what: str) -> Tensor:
 
 def run_task_arrays(run: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(labels [p²], train_pairs, test_pairs, valid pairs)`` of a run, as int64 tensors."""
-    p = run.config.task.p
-    labels = task_label_grid(p, run.config.task.operation)
-    trn, tst = run.split_pairs()
+    return task_arrays(run.config.task.p, run.config.task.operation, *run.split_pairs())
+
+
+def task_arrays(p: int, operation: str, trn: Any, tst: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(labels [p²], train_pairs, test_pairs, valid pairs)`` of a task and a split, as int64 tensors."""
+    labels = task_label_grid(p, operation)
     train_pairs = check_grid_pairs(labels, trn, p, "train pairs of the run")
     test_pairs = torch.from_numpy(np.asarray(tst, dtype=np.int64))
     valid = torch.nonzero(labels >= 0)[:, 0]

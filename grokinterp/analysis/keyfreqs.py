@@ -42,7 +42,7 @@ from .inputs import as_params, check_freq_list, resolve_model
 from .neurons import DEFAULT_THRESHOLD, neuron_fourier
 
 __all__ = ["KeyFrequencies", "key_frequencies", "neuron_key_frequencies", "KEY_FREQ_RULES",
-           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "key_irreps", "KEY_IRREP_RULES",
+           "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "resolve_model_keys", "key_irreps", "KEY_IRREP_RULES",
            "register_key_irrep_rule", "structure_of", "SHARE_CAP", "default_key_method"]
 
 
@@ -247,13 +247,37 @@ def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> R
     against the run's ``p`` (every irrep index against the task's group). A task without a group
     structure has none (``method = "undefined"``); giving some is refused.
     """
-    p = run.config.task.p
     ts = task_structure(run.task)
+    if ts is None or key_freqs is not None:
+        return resolve_model_keys(None, ts, run.config.task.p, key_freqs, method, what=run.task.describe())
+    e = int(run.resolve_epoch(-1))
+    # the model carries its config (act_fn)
+    return resolve_model_keys(run.model(e), ts, run.config.task.p, None, method, epoch=e,
+                              where=f"checkpoint at epoch {e}")
+
+
+def resolve_model_keys(model_or_params, ts, p: int, key_freqs=None, method: str | None = None, *,
+                       epoch: int | None = None, where: str | None = None, cfg: ModelConfig | None = None,
+                       what: str | None = None) -> ResolvedKeys:
+    """The key frequencies (irreps) of one model of a task with structure ``ts`` (see
+    :func:`resolve_key_frequencies`, which applies it to a run's final checkpoint).
+
+    Args:
+        model_or_params: the model (or one checkpoint's parameters) the rule reads when
+            ``key_freqs`` is ``None``.
+        ts: the task's :class:`~grokinterp.analysis.groups.TaskStructure` (``None``: none).
+        p: the task's alphabet size.
+        key_freqs: ``None`` (choose by ``method``), a :class:`KeyFrequencies` or a sequence of ints.
+        epoch, where: recorded with the rule (``where`` names the model in the rule text).
+        cfg: the model config for a parameter dict (a GELU model).
+        what: the task in words, for the messages of a task without structure.
+    """
     if ts is None:
+        what = what or "of this run"
         if key_freqs is not None and list(getattr(key_freqs, "freqs", key_freqs)):
-            raise AnalysisError(f"key frequencies: the task {run.task.describe()} declares no group structure, so "
+            raise AnalysisError(f"key frequencies: the task {what} declares no group structure, so "
                                 f"it has no key frequencies or irreps to fix")
-        return ResolvedKeys([], "undefined", f"undefined: the task {run.task.describe()} declares no group "
+        return ResolvedKeys([], "undefined", f"undefined: the task {what} declares no group "
                                              f"structure (no key frequencies, no restricted / excluded loss)", None)
     plain = isinstance(ts.structure, CyclicSum)
 
@@ -264,16 +288,15 @@ def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> R
         return () if plain else tuple(ts.key_names(keys))
 
     if key_freqs is None:
-        e = int(run.resolve_epoch(-1))
-        kf = key_frequencies(run.model(e), method=method, task=ts)  # the model carries its config (act_fn)
+        kf = key_frequencies(model_or_params, method=method, task=ts, cfg=cfg)
         ks = check(kf.freqs)
-        return ResolvedKeys(ks, kf.method, kf.rule + f" (checkpoint at epoch {e})", e, names(ks))
+        return ResolvedKeys(ks, kf.method, kf.rule + (f" ({where})" if where else ""), epoch, names(ks))
     if isinstance(key_freqs, KeyFrequencies):
         ks = check(key_freqs.freqs)
         return ResolvedKeys(ks, key_freqs.method, key_freqs.rule, None, names(ks))
     ks = check(key_freqs)
     noun = "frequencies" if plain or ts.cyclic else "irreps"
-    return ResolvedKeys(ks, "given", f"{noun} given by the caller", None, names(ks))
+    return ResolvedKeys(ks, "given", f"{noun} given by the caller", epoch if epoch is not None else None, names(ks))
 
 
 # -- key irreps: every group structure other than a + b mod p ----------------------------------------

@@ -201,7 +201,9 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
         ``[pre | direct] = c + Σ_{j,h} softmax_j(S)[j, h] T[j, tok_j, h]`` with the constant
         ``c = EP[last, =][W_in | W_U] + [b_in | b_out W_U]``, and
         ``logits = direct + act(pre) W_out W_U``. Constant positions and ``c`` enter through one
-        small matrix product; the varying positions through the bag.
+        small matrix product; the varying positions through the bag. With an attention
+        coefficient ``a < 1`` (``cfg.attn_coeff``) ``softmax_j(S)`` becomes
+        ``a · softmax_j(S) + (1 − a)``, whose sum over the ``n`` positions is ``a + n (1 − a)``.
     """
     cfg = plan.cfg
     H, dm = cfg.n_heads, cfg.d_mlp
@@ -226,17 +228,22 @@ def final_logits(params: dict[str, Tensor], plan: FastPlan) -> Tensor:
     for j, r in zip(const_pos, plan.const_rows):
         scores[j] = S[r].expand(n, H)
     pattern = torch.stack(scores, dim=1).softmax(dim=1)  # [batch, pos, head]
+    a = float(cfg.attn_coeff)
+    if a != 1.0:  # attention coefficient (Zhong et al.): every weight a·softmax + (1 − a)
+        pattern = pattern * a + (1.0 - a)
+    total = a + n_pos * (1.0 - a)  # Σ_j of the weights of one head (1 for softmax attention)
 
     W_read = tables.read_weights(W_in, W_U)  # [d_model, d_mlp + vocab]
     T = tables.value_table(EP, W_V, tables.ov_read(W_O, W_read))  # [rows, head, k]
     c = tables.constant_read(x_last, W_read, b_in, b_out, W_U)  # [k]
     k = T.shape[-1]
     if plan.vary and len(plan.const_rows) == 1:
-        # One constant position (the '=' query): its weights are 1 − Σ_vary pattern, so its rows
-        # fold into the varying rows (T − T_=) and the constant (c + Σ_h T_=), and the constant
-        # enters the bag as one more entry of weight 1: the whole sum is a single bag.
+        # One constant position (the '=' query): its weights are total − Σ_vary pattern, so its
+        # rows fold into the varying rows (T − T_=) and the constant (c + total · Σ_h T_=), and the
+        # constant enters the bag as one more entry of weight 1: the whole sum is a single bag.
         T_eq = T[plan.const_rows[0]]  # [head, k]
-        table = torch.cat([(T - T_eq).reshape(-1, k), (c + T_eq.sum(0))[None]], dim=0)
+        T_eq_sum = T_eq.sum(0) if total == 1.0 else T_eq.sum(0) * total
+        table = torch.cat([(T - T_eq).reshape(-1, k), (c + T_eq_sum)[None]], dim=0)
         w = torch.cat([pattern.index_select(1, plan.vary_idx).reshape(n, -1), pattern.new_ones(n, 1)], dim=1)
         out = _Bag.apply(w, table, plan)
     else:

@@ -103,7 +103,8 @@ def grid_forward(
         ``j`` are a table ``S[j, t, h]``; each head's value-output read into ``[W_in | W_U]`` is a
         table ``T[j, t, h, :]``. For input ``(a, b)``:
         ``[pre | direct] = EP[2, =][W_in | W_U] + Σ_h A0 T[0, a] + A1 T[1, b] + A2 T[2, =]``
-        with ``A = softmax(S[0, a], S[1, b], S[2, =])``, then
+        with ``A = softmax(S[0, a], S[1, b], S[2, =])`` (blended to ``c · A + (1 − c)`` for an
+        attention coefficient ``c = cfg.attn_coeff < 1``, Zhong et al. 2023), then
         ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
         Equal to ``model(grid_tokens(p))[:, -1]`` up to float32 rounding (tested).
     """
@@ -140,6 +141,11 @@ def grid_forward(
     p2 = (s2[:, None, None] - m).exp_()
     z = p0 + p1 + p2
     p0.div_(z), p1.div_(z), p2.div_(z)
+    a = float(cfg.attn_coeff)
+    if a != 1.0:  # attention coefficient (Zhong et al.): every weight a·softmax + (1 − a)
+        for w in (p0, p1, p2):
+            w.mul_(a).add_(1.0 - a)
+    total = a + 3 * (1.0 - a)  # p0 + p1 + p2 (1 for softmax attention)
 
     W_read = tables.read_weights(W_in, W_U)  # [ckpt, d_model, d_mlp + vocab]
     OV_read = tables.ov_read(W_O, W_read)  # [ckpt, h, d_head, k]
@@ -151,11 +157,12 @@ def grid_forward(
         return tables.value_table(x, W_V, OV_read).contiguous()
 
     T0, T1, T2 = table(EP[:, 0, a0:a1]), table(EP[:, 1, :p]), table(x_eq[:, None])[:, 0]
-    # p2 = 1 − p0 − p1: Σ_j p_j T_j = Σ_h T2 + p0 (T0 − T2) + p1 (T1 − T2). The constant part
-    # (Σ_h T2, the residual stream of "=" read into [W_in | W_U], b_in and b_out W_U) rides along
+    # p2 = total − p0 − p1: Σ_j p_j T_j = total Σ_h T2 + p0 (T0 − T2) + p1 (T1 − T2). The constant
+    # part (total Σ_h T2, the residual stream of "=" read into [W_in | W_U], b_in, b_out W_U) rides along
     # as an extra "head" with weight 1, and the p1 term is accumulated in place through a
     # transposed view: two batched matmuls write acc once (no temporaries, no extra passes).
-    const = tables.constant_read(x_eq, W_read, b_in, b_out, W_U) + T2.sum(1)  # [ckpt, k]
+    T2_sum = T2.sum(1) if total == 1.0 else T2.sum(1) * total
+    const = tables.constant_read(x_eq, W_read, b_in, b_out, W_U) + T2_sum  # [ckpt, k]
     K = const.shape[-1]
     w0 = torch.cat([p0, p0.new_ones(n, A, p, 1)], dim=-1)  # [ckpt, a, b, h + 1]
     U0 = torch.cat([T0 - T2[:, None], const[:, None, None, :].expand(n, A, 1, K)], dim=2)  # [ckpt, a, h + 1, k]

@@ -4,7 +4,9 @@ Parameter names, shapes and hook names follow TransformerLens, so code written f
 reads ours unchanged. The parameter table (names, shapes, the paper's initialisation) is in :mod:`grokinterp.model.params`.
 
 No LayerNorm, no attention biases, no unembedding bias; causal attention scaled by
-``1/sqrt(d_head)``. Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,
+``1/sqrt(d_head)``. With an attention coefficient ``a = cfg.attn_coeff < 1`` (Zhong et al. 2023)
+the weights are ``a · softmax(scores) + (1 − a) · mask`` (``mask`` = 1 on the keys a query may
+see): ``a = 0`` is constant attention; ``hook_pattern`` holds these weights. Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,
 ``blocks.L.attn.hook_q/k/v`` ``[batch, pos, n_heads, d_head]``, ``blocks.L.attn.hook_attn_scores``
 and ``hook_pattern`` ``[batch, n_heads, query_pos, key_pos]``, ``blocks.L.attn.hook_z``,
 ``blocks.L.hook_attn_out``, ``blocks.L.hook_resid_mid``, ``blocks.L.mlp.hook_pre/hook_post``
@@ -69,6 +71,7 @@ class Attention(nn.Module):
         self.W_V = nn.Parameter(torch.empty(h, d, e))
         self.W_O = nn.Parameter(torch.empty(h, e, d))
         self.scale = 1.0 / math.sqrt(e)
+        self.attn_coeff = float(cfg.attn_coeff)
         self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
@@ -80,7 +83,11 @@ class Attention(nn.Module):
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
         n = x.shape[1]
         scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:n, :n], float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))
+        pattern = scores.softmax(dim=-1)
+        if self.attn_coeff != 1.0:  # Zhong et al.'s blend towards all ones on the allowed keys
+            a = self.attn_coeff
+            pattern = a * pattern + (1.0 - a) * self.mask[:n, :n].to(pattern.dtype)
+        pattern = self.hook_pattern(pattern)
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
         return torch.einsum("bqhe,hed->bqd", z, self.W_O)
 

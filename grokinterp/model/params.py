@@ -74,18 +74,22 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
         ``{name: tensor}`` in the order and shapes of :func:`param_shapes`.
 
     Notes:
-        Weights are ``N(0, 1/d_model)`` except ``W_U``, which is ``N(0, 1/d_vocab)``; biases are 0.
+        Weights are ``α · N(0, 1/d_model)`` except ``W_U``, which is ``α · N(0, 1/d_vocab)``;
+        biases are 0. ``α = cfg.init_scale`` (Omnigrok's initialisation scale, 1 by default: the
+        same draws, only scaled, so runs with different scales start from proportional weights).
     """
     if cfg.init_method == "paper":
         return _init_paper(cfg)
     gen = torch.Generator().manual_seed(cfg.init_seed)
+    scale = float(cfg.init_scale)
     out: dict[str, Tensor] = {}
     for name, shape in param_shapes(cfg).items():
         if name.split(".")[-1].startswith("b_"):
             out[name] = torch.zeros(shape)
         else:
             fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
-            out[name] = torch.randn(shape, generator=gen) / math.sqrt(fan)
+            w = torch.randn(shape, generator=gen) / math.sqrt(fan)
+            out[name] = w if scale == 1.0 else w * scale
     return out
 
 

@@ -87,8 +87,13 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
         caches the TransformerLens hook names.
 
     Raises:
-        ConfigError: wrong parameter names or shapes; a parameter the bridge does not take.
+        ConfigError: wrong parameter names or shapes; a parameter the bridge does not take; a model
+            with an attention coefficient (``attn_coeff < 1``), which TransformerLens attention
+            cannot express.
     """
+    if cfg.attn_coeff != 1.0:
+        raise ConfigError(f"model.attn_coeff: {cfg.attn_coeff} — TransformerLens attention is softmax attention; a model "
+                          f"blending it with constant attention (attn_coeff < 1) has no TransformerLens equivalent")
     import transformer_lens.model_bridge.sources.native  # noqa: F401  (attaches TransformerBridge.boot_native)
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge

@@ -275,7 +275,8 @@ class Run:
     @cached_property
     def metrics(self) -> pd.DataFrame:
         """The training log: one row per epoch ``0 .. E``, columns ``epoch, train_loss, train_acc,
-        test_loss, test_acc, lr``; NaN means "not recorded at this epoch".
+        test_loss, test_acc, lr``, then any columns training callbacks added (the live measures:
+        ``live_*``, every ``train.live_every`` epochs); NaN means "not recorded at this epoch".
 
         Row ``e`` describes the model after ``e`` steps. What is recorded where (runs trained by
         grokinterp):
@@ -312,7 +313,10 @@ class Run:
         missing = [c for c in METRIC_COLUMNS if c not in df.columns]
         if missing:
             raise RunError(f"{path}: metrics table lacks column(s) {missing}")
-        df = df[list(METRIC_COLUMNS)]
+        # Extra columns written by training callbacks (the live measures) follow the built-in ones;
+        # they are kept as read (numbers, or texts) and checked by whoever interprets them.
+        extra = [c for c in df.columns if c not in METRIC_COLUMNS and isinstance(c, str) and c.isidentifier()]
+        df = df[list(METRIC_COLUMNS) + extra]
         for c in METRIC_COLUMNS:
             if not pd.api.types.is_numeric_dtype(df[c]):
                 raise RunError(f"{path}: column {c!r} holds non-numeric values")

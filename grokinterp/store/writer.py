@@ -55,7 +55,9 @@ from .integrity import Manifest, entry_matches, load_manifest
 __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
            "check_out_dir"]
 
-#: Columns of ``metrics.csv`` (NaN where a metric was not recorded at that epoch).
+#: Columns every ``metrics.csv`` has, in this order (NaN where a metric was not recorded at that
+#: epoch). Callbacks may add columns after them (the live measures do); readers keep those extra
+#: columns and must not require them (runs without them stay readable).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
 
 
@@ -66,10 +68,14 @@ def _immutable(rel: str) -> bool:
 
 
 def metrics_frame(arrays: dict[str, np.ndarray], upto: int) -> pd.DataFrame:
-    """The metrics table of epochs ``0 .. upto - 1``."""
+    """The metrics table of epochs ``0 .. upto - 1``: :data:`METRIC_COLUMNS`, then any other
+    columns of ``arrays`` in their order (numbers, or texts with ``None`` where not recorded)."""
     cols = {"epoch": np.arange(upto, dtype=np.int64)}
     for name in METRIC_COLUMNS[1:]:
         cols[name] = arrays[name][:upto]
+    for name, values in arrays.items():
+        if name not in cols:
+            cols[name] = values[:upto]
     return pd.DataFrame(cols)
 
 

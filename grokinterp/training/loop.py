@@ -52,15 +52,17 @@ from ..store.writer import (
     start_run,
 )
 from .callbacks import Callback, ProgressBar
+from .constraints import WeightNormConstraint
 from .optim import (
     OptimizerOptions,
     build_optimizer,
     check_optimizer,
     load_optimizer_state,
+    optimizer_param_names,
     optimizer_state_tensors,
 )
 from .preflight import preflight
-from .step import CudaGraphStep, EagerStep, cross_entropy64, graphs_enabled
+from .step import CudaGraphStep, EagerStep, graphs_enabled, loss_function
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
 
@@ -113,13 +115,19 @@ class TrainLoop:
 
     Attributes callbacks may read: ``config``, ``run_dir``, ``device``, ``model``, ``params``
     (``{name: Parameter}``), ``metrics`` (``{column: float64 [epochs + 1]}``, on the device except
-    ``lr``), ``optimizer``, ``transforms``.
+    ``lr``; columns declared by callbacks in ``Callback.metric_columns`` too), ``text_metrics``
+    (``{column: [str | None] * (epochs + 1)}``, on the host: ``Callback.text_columns``),
+    ``optimizer``, ``transforms``, ``constraints``, ``loss_fn``, ``data`` (``{"train" | "test":
+    tokens, labels}``), ``split`` (train and test grid indices ``a * p + b``), ``postfix``
+    (``{label: text}`` shown in the progress bar).
+    Callbacks write the values of their own columns at the epoch they describe.
     """
 
     def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train_pairs, test_pairs,
                  callbacks: Sequence[Callback] = ()):
         self.config, self.run_dir, self.device = config, run_dir, device
         self.callbacks = list(callbacks)
+        self.split = (np.asarray(train_pairs), np.asarray(test_pairs))  # grid indices a * p + b
         ds = config.task.task().dataset()
         mc, tc = config.model, config.train
         trn_x = torch.from_numpy(ds.select(train_pairs)[0])
@@ -137,21 +145,46 @@ class TrainLoop:
         options = OptimizerOptions(lr=torch.tensor(tc.lr, device=device) if use_graph else tc.lr,
                                    fused=device.type in ("cpu", "cuda"), capturable=use_graph)
         self.optimizer = build_optimizer(self.params, tc, options)
+        self.param_names = optimizer_param_names(self.optimizer, self.params)
         self.transforms = build_transforms(self.params, tc)
+        self.constraints = [WeightNormConstraint(self.params)] if tc.weight_norm else []
+        self.loss_fn = loss_function(tc.loss)
         train = self.data["train"]
         eager = EagerStep(lambda: self.logits(train), train.labels, self.params, self.optimizer, self.transforms,
-                          loss_fn=cross_entropy64)
+                          loss_fn=self.loss_fn, after_step=self.constraints)
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(eager, device) if use_graph else eager
         n = tc.epochs + 1
         # The learning rate is known on the host: its column stays there (writing a host value
         # into a CUDA tensor is a host→device copy that waits for the GPU, at every step).
         self.metrics = {c: torch.full((n,), float("nan"), dtype=torch.float64, device="cpu" if c == "lr" else device)
                         for c in METRIC_COLUMNS[1:]}
+        self.text_metrics: dict[str, list[str | None]] = {}
+        for cb in self.callbacks:
+            self.add_metric_columns(getattr(cb, "metric_columns", ()), getattr(cb, "text_columns", ()))
+        self.postfix: dict[str, str] = {}
         self.ckpt_epochs = set(config.checkpoint_epochs().tolist())
         self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
         self.start_epoch = 0
         self.flushed_upto = -1  # last checkpoint epoch already on disk
         self._stop_requested = False
+
+    def add_metric_columns(self, columns: Sequence[str] = (), text_columns: Sequence[str] = ()) -> None:
+        """Add metric columns (float64 on the device, NaN until written; text on the host, ``None``
+        until written). They are saved with the state and written to ``metrics.csv`` after the
+        built-in columns. A column that exists already is kept as it is."""
+        n = self.config.train.epochs + 1
+        for c in list(columns) + list(text_columns):
+            if not isinstance(c, str) or not c.isidentifier() or c in METRIC_COLUMNS[:1]:
+                raise ConfigError(f"callbacks: metric column names must be identifiers other than 'epoch', got {c!r}")
+        for c in columns:
+            if c in self.text_metrics:
+                raise ConfigError(f"callbacks: metric column {c!r} declared as both a number and a text column")
+            if c not in self.metrics:
+                self.metrics[c] = torch.full((n,), float("nan"), dtype=torch.float64, device=self.device)
+        for c in text_columns:
+            if c in self.metrics:
+                raise ConfigError(f"callbacks: metric column {c!r} declared as both a number and a text column")
+            self.text_metrics.setdefault(c, [None] * n)
 
     def request_stop(self) -> None:
         """Ask the loop to stop before the next epoch (a callback may call it, e.g. for early
@@ -167,20 +200,22 @@ class TrainLoop:
     @torch.no_grad()
     def evaluate(self, data: _Data) -> tuple[Tensor, Tensor]:
         logits = self.logits(data)
-        loss = cross_entropy64(logits, data.labels)
+        loss = self.loss_fn(logits, data.labels)
         acc = (logits.argmax(-1) == data.labels).double().mean()
         return loss, acc
 
     # -- state -------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {f"param/{k}": v.detach() for k, v in self.params.items()}
-        state.update(optimizer_state_tensors(self.optimizer, list(self.params)))
+        state.update(optimizer_state_tensors(self.optimizer, self.param_names))
         state.update(transform_state_tensors(self.transforms, self.config.train.grad_transforms))
         state["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             state["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
         for c, v in self.metrics.items():
             state[f"metrics/{c}"] = v
+        for c, v in self.text_metrics.items():
+            state[f"metrics_text/{c}"] = _encode_text(v)
         return state
 
     def load_state(self, source: Run | tuple[dict[str, str], dict[str, Tensor]], where: Path | None = None) -> None:
@@ -216,13 +251,29 @@ class TrainLoop:
                 if t is None or t.shape != p.shape or t.dtype != p.dtype:
                     raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
                 p.copy_(t)
-        load_optimizer_state(self.optimizer, self.config.train, list(self.params), tensors, self.params, str(path))
+        load_optimizer_state(self.optimizer, self.config.train, self.param_names, tensors, self.params, str(path))
         load_transform_state(self.transforms, self.config.train.grad_transforms, tensors, str(path))
+        n = self.config.train.epochs + 1
+        # Columns of callbacks this resume does not have are carried over (NaN from here on);
+        # declared ones the state lacks (a callback added on resume) start empty.
+        extra = [k[len("metrics/"):] for k in tensors if k.startswith("metrics/")]
+        self.add_metric_columns([c for c in extra if c not in self.metrics and c not in self.text_metrics
+                                 and c.isidentifier() and c != "epoch"],
+                                [c for c in (k[len("metrics_text/"):] for k in tensors if k.startswith("metrics_text/"))
+                                 if c.isidentifier() and c != "epoch" and c not in self.metrics])
         for c in self.metrics:
             t = tensors.get(f"metrics/{c}")
-            if t is None or t.shape != self.metrics[c].shape:
+            if t is None:
+                if c in METRIC_COLUMNS:
+                    raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
+                continue
+            if t.shape != self.metrics[c].shape or t.dtype != torch.float64:
                 raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
             self.metrics[c].copy_(t)
+        for c in self.text_metrics:
+            t = tensors.get(f"metrics_text/{c}")
+            if t is not None:
+                self.text_metrics[c] = _decode_text(t, n, f"{path}: metrics_text/{c}")
         try:
             torch.set_rng_state(rng)
             if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
@@ -234,6 +285,7 @@ class TrainLoop:
         if self.writer.epochs:
             self.flushed_upto = self.writer.epochs[-1]
         metrics = {c: v.cpu().numpy() for c, v in self.metrics.items()}
+        metrics.update({c: np.array(v, dtype=object) for c, v in self.text_metrics.items()})
         progress = {
             "epoch": resume_epoch,
             "epochs_total": self.config.train.epochs,
@@ -292,7 +344,8 @@ class TrainLoop:
                     m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
                 if epoch == E:
                     m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
-                else:
+                self._emit("on_epoch", epoch)
+                if epoch != E:
                     self.step(epoch, record_acc=evaluating)
                 self._emit("on_step", epoch)
                 if evaluating:
@@ -560,3 +613,22 @@ def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str 
             with _sigint_flag() as stop:
                 loop.run(stop)
     return _with_session(load_run(run_dir, check=check), "resumed", start, E, n_threads)
+
+
+def _encode_text(values: list[str | None]) -> Tensor:
+    """A text column as UTF-8 JSON bytes (safetensors holds tensors only)."""
+    import json
+
+    return torch.frombuffer(bytearray(json.dumps(values).encode()), dtype=torch.uint8)
+
+
+def _decode_text(t: Tensor, n: int, where: str) -> list[str | None]:
+    import json
+
+    try:
+        values = json.loads(bytes(t.to(torch.uint8).numpy()).decode())
+    except (ValueError, RecursionError):
+        raise RunError(f"{where}: not a JSON list of texts") from None
+    if not isinstance(values, list) or len(values) != n or not all(v is None or isinstance(v, str) for v in values):
+        raise RunError(f"{where}: expected {n} texts or nulls")
+    return values

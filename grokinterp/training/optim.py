@@ -9,7 +9,14 @@ name       optimizer
 ``adamw``  ``torch.optim.AdamW(lr, betas=(beta1, beta2), weight_decay)`` — decoupled decay (paper)
 ``adam``   ``torch.optim.Adam(lr, betas=(beta1, beta2), weight_decay)`` — decay as an L2 gradient term
 ``sgd``    ``torch.optim.SGD(lr, momentum, weight_decay)``
+``ortho_adamw``  ⊥AdamW (Prieto et al. 2025): AdamW whose step first makes each parameter's
+           gradient orthogonal to the parameter (:func:`~grokinterp.training.transforms.orthogonalize_`)
 =========  ====================================================================================
+
+Weight decay goes through parameter groups (:func:`param_groups`): ``TrainConfig.weight_decay_on``
+``all`` gives one group, ``matrices`` a second group of the parameters with fewer than two axes
+(the MLP biases) with weight decay 0. The optimizer state is saved per parameter *name*
+(:func:`optimizer_param_names` maps the optimizer's parameter order, group by group, to names).
 
 A new optimizer is one :func:`register_optimizer` call; the trainer, resume and the CLI pick it
 up by name. The builder receives the named parameters, the config and :class:`OptimizerOptions`
@@ -32,9 +39,11 @@ from torch import Tensor
 
 from ..config import OPTIMIZER_NAMES, TrainConfig
 from ..errors import ConfigError, RunError
+from .transforms import orthogonalize_
 
 __all__ = ["OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
-           "optimizer_state_tensors", "load_optimizer_state", "expected_slots"]
+           "optimizer_state_tensors", "load_optimizer_state", "expected_slots", "param_groups",
+           "optimizer_param_names", "OrthoAdamW"]
 
 
 @dataclass(frozen=True)
@@ -100,25 +109,75 @@ def build_optimizer(params: dict[str, torch.nn.Parameter], tc: TrainConfig,
     return check_optimizer(tc)(params, tc, options)
 
 
+def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[dict[str, Any]]:
+    """Optimizer parameter groups for ``tc.weight_decay_on``, in the parameters' order.
+
+    ``all``: one group with ``weight_decay = tc.weight_decay``. ``matrices``: that group holds the
+    parameters with two or more axes (``W_E``, ``W_pos``, ``W_Q/K/V/O``, ``W_in``, ``W_out``,
+    ``W_U``) and a second group the others (``b_in``, ``b_out``) with weight decay 0.
+    """
+    if tc.weight_decay_on == "all":
+        return [{"params": list(params.values()), "weight_decay": tc.weight_decay}]
+    mats = [p for p in params.values() if p.ndim >= 2]
+    rest = [p for p in params.values() if p.ndim < 2]
+    return [g for g in ({"params": mats, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0})
+            if g["params"]]
+
+
+def optimizer_param_names(opt: torch.optim.Optimizer, params: dict[str, Tensor]) -> list[str]:
+    """The name of each of ``opt``'s parameters in ``state_dict()`` order (group by group)."""
+    name_of = {id(p): k for k, p in params.items()}
+    try:
+        return [name_of[id(p)] for group in opt.param_groups for p in group["params"]]
+    except KeyError:
+        raise RunError("the optimizer holds a parameter that is not one of the model's") from None
+
+
+class OrthoAdamW(torch.optim.AdamW):
+    """⊥AdamW (Prieto et al. 2025): AdamW on ⊥Grad gradients.
+
+    Notes:
+        Before each AdamW step every parameter's gradient ``g`` is replaced by its component
+        orthogonal to the parameter ``w``, rescaled to ``‖g‖``
+        (:func:`~grokinterp.training.transforms.orthogonalize_`); the AdamW update (moments, bias
+        correction, decoupled weight decay) is torch's. Tensor operations only: capturable.
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    orthogonalize_(p, p.grad)
+        return super().step(closure)
+
+
+def _adam_kwargs(tc: TrainConfig, o: OptimizerOptions) -> dict[str, Any]:
+    return {"betas": (tc.beta1, tc.beta2), "weight_decay": tc.weight_decay, **o.torch_kwargs()}
+
+
 def _adamw(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params.values(), betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
-                             **o.torch_kwargs())
+    return torch.optim.AdamW(param_groups(params, tc), **_adam_kwargs(tc, o))
 
 
 def _adam(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params.values(), betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
-                            **o.torch_kwargs())
+    return torch.optim.Adam(param_groups(params, tc), **_adam_kwargs(tc, o))
+
+
+def _ortho_adamw(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
+    return OrthoAdamW(param_groups(params, tc), **_adam_kwargs(tc, o))
 
 
 def _sgd(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
     kw = o.torch_kwargs()
     kw.pop("capturable", None)  # SGD keeps no step counter: nothing to capture
-    return torch.optim.SGD(params.values(), momentum=tc.momentum, weight_decay=tc.weight_decay, **kw)
+    return torch.optim.SGD(param_groups(params, tc), momentum=tc.momentum, weight_decay=tc.weight_decay, **kw)
 
 
 register_optimizer("adamw", _adamw)
 register_optimizer("adam", _adam)
 register_optimizer("sgd", _sgd)
+register_optimizer("ortho_adamw", _ortho_adamw)
 
 
 # -- state through state_dict() ---------------------------------------------------------------------

@@ -91,11 +91,13 @@ EPS = 1e-8
 
 # Config fields the stacked trainer knows. A field added to the config later (by an intervention,
 # say) is not implemented here: a run may be stacked only while it keeps that field's default.
+# ``live_every`` is known but not acted on: stacks record no live measures (``live_*`` columns);
+# their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
-              "warmup_epochs", "eval_every", "device", "fast_path"},
+              "warmup_epochs", "eval_every", "device", "fast_path", "live_every"},
     "checkpoints": {"every", "windows", "log_early", "flush_every"},
 }
 # Fields that may differ between the runs of one stack (no shape or schedule depends on them).

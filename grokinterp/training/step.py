@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,8 @@ from torch import Tensor
 
 from .transforms import GradientTransform
 
-__all__ = ["EagerStep", "CudaGraphStep", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64"]
+__all__ = ["EagerStep", "CudaGraphStep", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
+           "stablemax", "log_stablemax", "stablemax_cross_entropy", "LOSS_FUNCTIONS", "loss_function"]
 
 #: Eager steps on CUDA before the training step is captured as a graph.
 GRAPH_WARMUP_STEPS = 3
@@ -31,6 +32,54 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 def cross_entropy64(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean cross-entropy with the log-softmax in float64 (the paper's losses reach 1e-7)."""
     return F.cross_entropy(logits.double(), labels)
+
+
+def stablemax(x: Tensor) -> Tensor:
+    """The StableMax kernel ``s(x)`` of Prieto et al. 2025, elementwise.
+
+    Notes:
+        ``s(x) = x + 1`` for ``x ≥ 0`` and ``s(x) = 1 / (1 − x)`` for ``x < 0``: continuous with a
+        continuous first derivative at 0, positive everywhere, growing linearly instead of
+        exponentially (so the probabilities cannot round to exactly 1 in float arithmetic, the
+        "softmax collapse" they identify). Each branch sees clamped inputs, so the branch not
+        taken never produces an infinite gradient.
+    """
+    return torch.where(x >= 0, x.clamp(min=0) + 1.0, 1.0 / (1.0 - x.clamp(max=0)))
+
+
+def log_stablemax(x: Tensor, dim: int = -1) -> Tensor:
+    """``log(s(x) / Σ s(x))`` along ``dim``: the StableMax analogue of ``log_softmax``.
+
+    Unlike the softmax it is not invariant to adding a constant to every logit (as in their code,
+    nothing is subtracted before ``s``).
+    """
+    s = stablemax(x)
+    return torch.log(s) - torch.log(s.sum(dim=dim, keepdim=True))
+
+
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean StableMax cross-entropy, in float64 (``loss = "stablemax"``).
+
+    Notes:
+        ``−mean_i log(s(L_i)[y_i] / Σ_c s(L_i)[c])`` with :func:`stablemax` ``s``, the logits cast
+        to float64 first: the definition of Prieto et al. 2025 ("Grokking at the edge of
+        numerical stability", their ``stablemax_cross_entropy``, which also computes in float64;
+        their ``s`` adds ``1e-30`` to ``1 − x``, which float64 ignores for ``x < 0``).
+    """
+    logp = log_stablemax(logits.double(), dim=-1)
+    return -logp.gather(-1, labels[:, None].long()).mean()
+
+
+#: Training losses by the name in ``TrainConfig.loss`` (see :data:`grokinterp.config.LOSSES`).
+LOSS_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": cross_entropy64,
+    "stablemax": stablemax_cross_entropy,
+}
+
+
+def loss_function(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The loss named ``name`` (``TrainConfig.loss``)."""
+    return LOSS_FUNCTIONS[name]
 
 
 def graphs_enabled() -> bool:
@@ -48,13 +97,17 @@ class EagerStep:
         optimizer: built by :func:`grokinterp.training.optim.build_optimizer`.
         transforms: gradient transforms applied in order between backward and the step.
         loss_fn: ``loss_fn(logits, labels) -> scalar`` (default :func:`cross_entropy64`).
+        after_step: callables run after the optimizer step, in order (constraints on the weights
+            such as :class:`~grokinterp.training.constraints.WeightNormConstraint`; tensor ops
+            only, so they are captured with the step).
     """
 
     def __init__(self, forward: Callable[[], Tensor], labels: Tensor, params: dict[str, torch.nn.Parameter],
                  optimizer: torch.optim.Optimizer, transforms: list[GradientTransform] = (),
-                 loss_fn: LossFn = cross_entropy64):
+                 loss_fn: LossFn = cross_entropy64, after_step: Sequence[Callable[[], None]] = ()):
         self.forward, self.labels, self.params = forward, labels, params
         self.optimizer, self.transforms, self.loss_fn = optimizer, list(transforms), loss_fn
+        self.after_step = list(after_step)
 
     def __call__(self) -> tuple[Tensor, Tensor]:
         logits = self.forward()
@@ -66,6 +119,8 @@ class EagerStep:
             for t in self.transforms:
                 t(grads)
         self.optimizer.step()
+        for fn in self.after_step:
+            fn()
         return logits, loss
 
 

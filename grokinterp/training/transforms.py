@@ -11,7 +11,20 @@ A transform is an object with three methods:
 
 Transforms are registered by name and listed in ``TrainConfig.grad_transforms``; the trainer
 builds them with ``factory(params, train_config)`` and applies them in that order. None are active
-by default.
+by default. Built in:
+
+=================  ===================================================================================
+name               transform
+=================  ===================================================================================
+``grokfast_ema``   Grokfast-EMA (Lee et al. 2024): ``g ← g + λ · ema``, ``ema ← α ema + (1 − α) g``
+                   (:class:`GrokfastEMA`; ``grokfast_alpha``, ``grokfast_lamb``)
+``grokfast_ma``    Grokfast-MA: ``g ← g + λ · mean(last w gradients)`` once ``w`` are seen
+                   (:class:`GrokfastMA`; ``grokfast_window``, ``grokfast_lamb``)
+``orthograd``      ⊥Grad (Prieto et al. 2025): each parameter's gradient without its component along
+                   the parameter, rescaled to the original norm (:class:`OrthoGrad`)
+=================  ===================================================================================
+
+All three are tensor operations only (no host syncs), so they run inside the CUDA graph.
 
 Example:
     >>> class ClipNorm:                                                     # doctest: +SKIP
@@ -35,7 +48,8 @@ from ..config import TrainConfig
 from ..errors import ConfigError, RunError
 
 __all__ = ["GradientTransform", "TRANSFORMS", "register_gradient_transform", "build_transforms",
-           "check_transforms", "transform_state_tensors", "load_transform_state"]
+           "check_transforms", "transform_state_tensors", "load_transform_state", "GrokfastEMA", "GrokfastMA",
+           "OrthoGrad", "orthogonalize_"]
 
 
 class GradientTransform(Protocol):
@@ -108,3 +122,138 @@ def load_transform_state(transforms: list[GradientTransform], names: tuple[str, 
             t.load_state_dict(state)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise RunError(f"{where}: cannot restore the state of gradient transform {name!r} ({e})") from None
+
+
+# -- built-in transforms ------------------------------------------------------------------------------
+def _check_state(state: dict[str, Tensor], own: dict[str, Tensor]) -> None:
+    """Every key of ``own`` present in ``state`` with the same shape and dtype, and nothing else."""
+    if set(state) != set(own):
+        raise KeyError(f"expected keys {sorted(own)[:4]}..., got {sorted(state)[:4]}...")
+    for k, t in own.items():
+        if tuple(state[k].shape) != tuple(t.shape) or state[k].dtype != t.dtype:
+            raise ValueError(f"{k}: expected shape {list(t.shape)} {t.dtype}, got {list(state[k].shape)} "
+                             f"{state[k].dtype}")
+
+
+class _StatefulTransform:
+    """Base of the built-in transforms: the state is a dict of tensors updated in place."""
+
+    state: dict[str, Tensor]
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return dict(self.state)
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        _check_state(state, self.state)
+        with torch.no_grad():
+            for k, t in self.state.items():
+                t.copy_(state[k])
+
+
+class GrokfastEMA(_StatefulTransform):
+    """Grokfast-EMA gradient filter (Lee et al. 2024, ``gradfilter_ema``): amplify the slow gradient.
+
+    Args:
+        params: the named parameters (state is kept per parameter, on its device).
+        tc: reads ``grokfast_alpha`` (``α``) and ``grokfast_lamb`` (``λ``).
+
+    Notes:
+        Per parameter, with ``g_t`` the gradient of step ``t``:
+        ``ema_0 = g_0``, ``ema_t = α · ema_{t−1} + (1 − α) · g_t``, and the optimizer receives
+        ``g_t + λ · ema_t`` (their code: the EMA starts from the first gradient, is updated
+        before it is used, and covers every parameter with a gradient). The same float operations
+        in the same order as their code (``ema · α + g · (1 − α)``, then ``g + ema · λ``; at the
+        first step ``ema`` is ``g_0`` itself), chosen on the device by ``torch.where`` so the first
+        step needs no host-side branch (CUDA graphs).
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
+        self.alpha, self.lamb = float(tc.grokfast_alpha), float(tc.grokfast_lamb)
+        dev = next(iter(params.values())).device
+        self.state = {f"ema/{k}": torch.zeros_like(p, memory_format=torch.contiguous_format)
+                      for k, p in params.items()}
+        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        first = self.state["steps"] == 0
+        for k, g in grads.items():
+            ema = self.state[f"ema/{k}"]
+            ema.copy_(torch.where(first, g, ema) * self.alpha + g * (1 - self.alpha))
+            g.add_(ema * self.lamb)
+        self.state["steps"].add_(1)
+
+
+class GrokfastMA(_StatefulTransform):
+    """Grokfast-MA gradient filter (Lee et al. 2024, ``gradfilter_ma`` with ``filter_type="mean"``,
+    ``warmup=True``): amplify the mean of the last ``w`` gradients.
+
+    Args:
+        params: the named parameters.
+        tc: reads ``grokfast_window`` (``w``) and ``grokfast_lamb`` (``λ``).
+
+    Notes:
+        Per parameter: ``g_t ← g_t + λ · (1/w) Σ_{i=t−w+1..t} g_i`` once ``w`` gradients have been
+        seen (their warm-up: the gradient passes unchanged before that). The window is a ring
+        buffer ``[w, ...]`` and its sum a float64 running sum (add the newest, subtract the one
+        it replaces), so a step costs ``O(#params)`` whatever ``w``; their code re-sums a deque
+        in float32 every step, which agrees to float32 rounding (tested). Memory: ``w`` copies of
+        the parameters.
+    """
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
+        self.window, self.lamb = int(tc.grokfast_window), float(tc.grokfast_lamb)
+        dev = next(iter(params.values())).device
+        self.state: dict[str, Tensor] = {}
+        for k, p in params.items():
+            self.state[f"buffer/{k}"] = torch.zeros((self.window, *p.shape), dtype=p.dtype, device=p.device)
+            self.state[f"sum/{k}"] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        steps = self.state["steps"]
+        slot = torch.remainder(steps, self.window).reshape(1)
+        full = (steps + 1 >= self.window).to(torch.float32)  # this step's gradient completes the window
+        for k, g in grads.items():
+            buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
+            old = buf.index_select(0, slot)[0]
+            total.add_(g.double() - old.double())
+            buf.index_copy_(0, slot, g.unsqueeze(0))
+            g.add_((total / self.window).to(g.dtype) * (full.to(g.dtype) * self.lamb))
+        steps.add_(1)
+
+
+def orthogonalize_(w: Tensor, g: Tensor, eps: float = 1e-30) -> None:
+    """⊥Grad on one parameter, in place: remove from ``g`` its component along ``w``, keep its norm.
+
+    Notes:
+        ``g⊥ = g − (w·g / (w·w + ε)) w``, then ``g ← g⊥ · ‖g‖ / (‖g⊥‖ + ε)`` with ``ε = 1e-30``
+        (Prieto et al. 2025; the rescaling to the original norm is their released ``OrthoGrad``'s,
+        the paper's equation is the projection). A zero parameter (a bias at initialisation)
+        leaves ``g`` as it is.
+    """
+    wf, gf = w.detach().reshape(-1), g.reshape(-1)
+    proj = torch.dot(wf, gf) / (torch.dot(wf, wf) + eps)
+    g_orth = gf - proj * wf
+    gf.copy_(g_orth * (gf.norm() / (g_orth.norm() + eps)))
+
+
+class OrthoGrad(_StatefulTransform):
+    """⊥Grad (Prieto et al. 2025) as a gradient transform: every parameter's gradient made
+    orthogonal to the parameter (:func:`orthogonalize_`). Stateless. The optimizer
+    ``ortho_adamw`` (⊥AdamW) applies the same projection inside AdamW's step."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
+        self.params = params
+        self.state = {}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        for k, g in grads.items():
+            orthogonalize_(self.params[k], g)
+
+
+register_gradient_transform("grokfast_ema", GrokfastEMA)
+register_gradient_transform("grokfast_ma", GrokfastMA)
+register_gradient_transform("orthograd", OrthoGrad)

@@ -32,6 +32,7 @@ __all__ = [
     "logit_fourier_norms",
     "progress_figure",
     "ablation_bars",
+    "embedding_circles",
 ]
 
 PHASE_COLORS = {"memorization": "rgba(99,110,250,0.10)", "circuit_formation": "rgba(239,85,59,0.10)",
@@ -559,4 +560,40 @@ def ablation_bars(table: pd.DataFrame, *, metric: str = "loss", splits: Sequence
     fig.update_layout(title=title or f"Circuit ablations: {metric}", barmode="group", template=_TEMPLATE,
                       height=max(360, 34 * len(order) + 160), legend=dict(orientation="h", yanchor="bottom", y=1.01,
                                                                          xanchor="right", x=1))
+    return fig
+
+
+def embedding_circles(circles, *, title: str | None = None, label: str | None = None) -> go.Figure:
+    """The embedding of the residues in each key frequency's plane: one panel per frequency.
+
+    Args:
+        circles: :class:`~grokinterp.analysis.algorithms.EmbeddingCircle` objects (from
+            :func:`~grokinterp.analysis.algorithms.embedding_circles` or an ``AlgorithmReport``'s
+            ``circles``), each with ``freq``, ``coords [p, 2]``, ``circularity`` and ``share``.
+        title: figure title.
+        label: the algorithm label to show in the title (``clock`` / ``pizza`` / ``neither``).
+
+    Each point is a residue ``t`` (hover: its value), coloured by ``t``; a circular embedding of
+    frequency ``k`` puts ``t`` at angle ``2πkt/p``.
+    """
+    circles = list(circles)
+    if not circles:
+        raise AnalysisError("circles: nothing to draw (no key frequencies)")
+    n = len(circles)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[
+        f"freq {c.freq}: circularity {c.circularity:.2f}, {c.share:.0%} of W_E" for c in circles],
+        horizontal_spacing=0.06)
+    for j, c in enumerate(circles, start=1):
+        xy = _np(c.coords)
+        t = np.arange(len(xy))
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[str(i) for i in t],
+                                 textposition="top center", textfont=dict(size=8),
+                                 marker=dict(color=t, colorscale="HSV", size=7, showscale=False),
+                                 hovertemplate="token %{text}<extra></extra>", showlegend=False), row=1, col=j)
+        fig.update_xaxes(scaleanchor=f"y{'' if j == 1 else j}", showticklabels=False, row=1, col=j)
+        fig.update_yaxes(showticklabels=False, row=1, col=j)
+    head = title or "Embedding circles of the key frequencies"
+    if label:
+        head += f" — {label}"
+    fig.update_layout(title=head, template=_TEMPLATE, height=360, width=max(360 * n, 500))
     return fig

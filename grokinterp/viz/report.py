@@ -18,8 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..analysis.algorithms import embedding_circles, identify_algorithm
+from ..analysis.early import first_warning
 from ..analysis.fourier import fourier_basis
-from ..analysis.summary import analyze_run
+from ..analysis.summary import analyze_run, register_run_analysis
+from ..config import interventions
 from ..errors import AnalysisError, RunError
 from ..store import layout as _io
 from ..store.run import Run, load_run
@@ -159,6 +162,40 @@ def register_figure(title: str, caption: str, fn: Callable[[Any], Any]) -> None:
     if not callable(fn) or not isinstance(title, str) or not title:
         raise AnalysisError(f"register_figure: expected a title and a callable, got {title!r}, {fn!r}")
     REPORT_FIGURES[:] = [f for f in REPORT_FIGURES if f[0] != title] + [(title, caption, fn)]
+
+
+# -- built-in extras: interventions, the live early warning, clock vs pizza (issue 13) ------------------
+def _algorithm(analysis) -> dict[str, Any] | None:
+    if not analysis.key_freqs:
+        return None
+    return identify_algorithm(analysis.run, key_freqs=analysis.key_freqs).summary()
+
+
+def _early_warning(analysis) -> str | None:
+    try:
+        w = first_warning(analysis.run.metrics)
+    except (AnalysisError, RunError):
+        return None
+    if w is None:
+        return None
+    return w.message
+
+
+def _circles_figure(analysis):
+    if not analysis.key_freqs:
+        return None
+    W_E = analysis.run.params(-1)["embed.W_E"]
+    algo = analysis.extras.get("algorithm") or {}
+    return P.embedding_circles(embedding_circles(W_E, analysis.key_freqs, analysis.run.p), label=algo.get("label"))
+
+
+register_run_analysis("interventions", lambda analysis: interventions(analysis.run.config) or None)
+register_run_analysis("early_warning", _early_warning)
+register_run_analysis("algorithm", _algorithm)
+register_figure("Embedding circles (clock or pizza)",
+                "The residues' embeddings in each key frequency's plane (the Fourier cos/sin components of W_E); "
+                "the label comes from gradient symmetricity and distance irrelevance (Zhong et al. 2023), see the "
+                "'algorithm' row above.", _circles_figure)
 
 
 def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:
