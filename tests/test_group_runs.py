@@ -57,7 +57,9 @@ def test_a_cyclic_group_task_is_add_mod_p(tmp_path_factory):
     a, c = progress_measures(add), progress_measures(c11)
     assert a.attrs["key_freqs"] == c.attrs["key_freqs"]  # add's W_L rule = the irrep rule on C_11
     _compare(a, c, rtol=1e-9)
-    ha, hc = g.analyze_run(add).headline(), g.analyze_run(c11).headline()
+    aa = g.analyze_run(add)
+    ha, hc = aa.headline(), g.analyze_run(c11).headline()
+    assert aa.extras.get("algorithm", {}).get("label") in ("clock", "pizza", "neither")  # asked of a + b
     for k in ("key_frequencies", "circuit_formed_epoch", "neurons_explained_by_one_freq"):
         assert ha[k] == hc[k], k
     assert hc["logit_fve_key_freqs"] == pytest.approx(ha["logit_fve_key_freqs"], rel=1e-9)
@@ -88,8 +90,11 @@ def test_a_task_without_structure_reports_undefined(tmp_path_factory, tmp_path):
 
 def test_discrete_log_run_reports_the_zero_row_and_column(tmp_path_factory, tmp_path):
     run = _short(tmp_path_factory, "mul", operation="mul", p=11, epochs=40, every=10)
-    h = g.analyze_run(run).headline()
+    analysis = g.analyze_run(run)
+    h = analysis.headline()
     html = g.write_report(run, tmp_path / "mul.html").read_text()
+    # clock vs pizza is a question about a + b: not asked of a · b (its frequencies live on Z_10)
+    assert not analysis.extras.get("algorithm") and "Embedding circles" not in html
     assert "discrete logarithms base 2" in html and "a = 0 or b = 0" in html
     s = run.task.structure
     assert h["generator"] == s.generator == 2 and h["group"] == "C10"

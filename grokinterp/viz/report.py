@@ -21,11 +21,13 @@ from typing import Any
 from ..analysis.algorithms import embedding_circles, identify_algorithm
 from ..analysis.early import first_warning
 from ..analysis.fourier import fourier_basis
+from ..analysis.groups import task_structure
 from ..analysis.summary import analyze_run, register_run_analysis
 from ..config import interventions
 from ..errors import AnalysisError, RunError
 from ..store import layout as _io
 from ..store.run import Run, load_run
+from ..tasks import CyclicSum
 from . import plotting as P
 
 __all__ = ["write_report", "render_report", "report_figures", "REPORT_NAME", "html_page", "figures_html", "table_html"]
@@ -165,8 +167,14 @@ def register_figure(title: str, caption: str, fn: Callable[[Any], Any]) -> None:
 
 
 # -- built-in extras: interventions, the live early warning, clock vs pizza (issue 13) ------------------
+def _clock_or_pizza_applies(analysis) -> bool:
+    """Clock vs pizza is a question about a + b mod p (Zhong et al.): asked of that task only."""
+    ts = task_structure(analysis.run.task)
+    return bool(analysis.key_freqs) and ts is not None and isinstance(ts.structure, CyclicSum)
+
+
 def _algorithm(analysis) -> dict[str, Any] | None:
-    if not analysis.key_freqs:
+    if not _clock_or_pizza_applies(analysis):
         return None
     return identify_algorithm(analysis.run, key_freqs=analysis.key_freqs).summary()
 
@@ -182,7 +190,7 @@ def _early_warning(analysis) -> str | None:
 
 
 def _circles_figure(analysis):
-    if not analysis.key_freqs:
+    if not _clock_or_pizza_applies(analysis):
         return None
     W_E = analysis.run.params(-1)["embed.W_E"]
     algo = analysis.extras.get("algorithm") or {}
