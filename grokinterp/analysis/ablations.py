@@ -1,7 +1,7 @@
 """Circuit ablations: remove or keep parts of the Fourier circuit and measure loss and accuracy.
 
 Every ablation re-evaluates the model on the whole ``p × p`` grid (via
-:func:`grokinterp.grid.grid_forward`) and reports cross-entropy (log-softmax in float64) and
+:func:`grokinterp.model.grid.grid_forward`) and reports cross-entropy (log-softmax in float64) and
 accuracy on the run's train split, its test split and all pairs.
 
 **One table layout everywhere** (tidy, one row per ablation and split):
@@ -21,7 +21,7 @@ Every ablation function returns the baseline ``"none"`` rows first (unless
 ``include_baseline=False``). ``df.pivot(index="ablation", columns="split", values="loss")`` gives
 the wide view.
 
-The model and its split come from a :class:`~grokinterp.run.Run`, a pair
+The model and its split come from a :class:`~grokinterp.store.run.Run`, a pair
 ``(model_or_params, train_pairs)``, or an :class:`AblationTarget` built once with
 :func:`ablation_target` (cheapest when running several ablations).
 
@@ -147,12 +147,12 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
     """Bundle a model with its labels and train/test split.
 
     Args:
-        model_or_run: a :class:`~grokinterp.run.Run` (its split and operation are used), or a
+        model_or_run: a :class:`~grokinterp.store.run.Run` (its split and operation are used), or a
             model / parameter dict (single checkpoint) together with ``train_pairs``.
         train_pairs: grid indices ``a * p + b`` of the training pairs (not for a ``Run``). The
             test split is every other pair of the task.
         epoch: checkpoint of a ``Run`` (``-1`` = last).
-        cfg: model config for a parameter dict (see :func:`grokinterp.logits.resolve_model`).
+        cfg: model config for a parameter dict (see :func:`grokinterp.analysis.logits.resolve_model`).
         operation: the task's operation (default: the run's, else ``"add"``).
 
     Raises:
@@ -313,7 +313,7 @@ def ablate_logit_freqs(target, freqs: Sequence[int], mode: str = "remove", *,
         DataFrame in the ablation-table layout (:data:`COLUMNS`).
 
     Notes:
-        See :func:`grokinterp.logits.restrict_logits` / :func:`~grokinterp.logits.exclude_logits`:
+        See :func:`grokinterp.analysis.projections.restrict_logits` / :func:`~grokinterp.analysis.projections.exclude_logits`:
         the components are the 2-D DFT entries ``(w, w)`` and ``(−w, −w)`` of each ``L[·, ·, c]``.
     """
     t = _target(target)
@@ -441,7 +441,7 @@ def ablate_neuron_clusters(target, freqs, method: str = "mean", threshold: float
         target: an :class:`AblationTarget`, a ``Run`` or ``(model_or_params, train_pairs)``.
         freqs: a frequency or several (their clusters are ablated together).
         method: ``"zero"`` or ``"mean"``.
-        threshold: FVE threshold of the clusters (see :func:`grokinterp.neurons.neuron_fourier`).
+        threshold: FVE threshold of the clusters (see :func:`grokinterp.analysis.neurons.neuron_fourier`).
         name, include_baseline: see :func:`ablate_logit_freqs`.
 
     Raises:
@@ -470,7 +470,7 @@ def neuron_approximation(acts: Tensor, freqs: Sequence[int], ts: TaskStructure |
     Notes:
         Keeps the terms ``1``, ``cos/sin(wa)``, ``cos/sin(wb)`` and
         ``cos/sin(wa)·cos/sin(wb)`` (same ``w``) for ``w ∈ freqs``; products of two different
-        frequencies are dropped, as in the FVE of :func:`grokinterp.neurons.neuron_fve`. Done
+        frequencies are dropped, as in the FVE of :func:`grokinterp.analysis.neurons.neuron_fve`. Done
         with a mask on the 2-D DFT over ``(a, b)``: entry ``(u, v)`` is kept when
         ``f(u), f(v) ∈ freqs ∪ {0}`` and ``f(u) = f(v)`` or one of them is 0
         (``f(u) = min(u, p − u)``). With a ``ts``

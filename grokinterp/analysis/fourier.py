@@ -249,7 +249,7 @@ def dft_index_freqs(p: int, device: torch.device | str | None = None) -> Tensor:
 
 
 def fourier_coeffs_fft(x: Tensor, dims: int | Sequence[int] = -1) -> Tensor:
-    """Coefficients in the :class:`~grokinterp.fourier.FourierBasis` along one or more axes, by FFT.
+    """Coefficients in the :class:`~grokinterp.analysis.fourier.FourierBasis` along one or more axes, by FFT.
 
     Equal to ``fourier_basis(p).to_fourier(x, dim)`` applied along each axis in ``dims``, in
     ``O(p log p)`` per line instead of ``O(p²)``. Computed in float64.

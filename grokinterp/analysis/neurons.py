@@ -11,7 +11,7 @@ Conventions:
 
 * Activations are ``[a, b, d_mlp]`` (or stacked ``[ckpt, a, b, d_mlp]``), taken at the final
   position after the non-linearity (``blocks.0.mlp.hook_post``).
-* 2-D coefficients are in :class:`~grokinterp.fourier.FourierBasis` ⊗ ``FourierBasis`` order
+* 2-D coefficients are in :class:`~grokinterp.analysis.fourier.FourierBasis` ⊗ ``FourierBasis`` order
   (``const, cos 1, sin 1, ...`` along ``a`` and along ``b``).
 * FVE per frequency: index ``k`` is frequency ``k``; index 0 (the constant) is always 0 because
   the constant is not variance.
@@ -77,7 +77,7 @@ def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = No
         model_or_params: a model, a ``Run`` (last checkpoint) or a parameter dict, single or
             stacked ``[ckpt, ...]``.
         cfg: the model config (needed for a dict of a GELU model; see
-            :func:`grokinterp.logits.resolve_model`).
+            :func:`grokinterp.analysis.logits.resolve_model`).
         neurons: optional neuron indices to keep (validated).
 
     Returns:

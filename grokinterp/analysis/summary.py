@@ -226,7 +226,7 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     """The full analysis of a run.
 
     Args:
-        run: a :class:`~grokinterp.run.Run`.
+        run: a :class:`~grokinterp.store.run.Run`.
         key_freqs: fix the key frequencies (default: from the final checkpoint, ``W_L`` rule).
         max_checkpoints: analyse at most this many checkpoints (evenly spread; ``None`` = all),
             which bounds the time on very dense runs.

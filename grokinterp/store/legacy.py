@@ -525,7 +525,7 @@ def import_legacy(
         overwrite: replace an existing run in ``out``.
 
     Returns:
-        The loaded :class:`~grokinterp.run.Run`; ``run.info["imported_from"]`` says where it came
+        The loaded :class:`~grokinterp.store.run.Run`; ``run.info["imported_from"]`` says where it came
         from, how the split was obtained, and whether recorded losses were reproduced.
 
     Raises:

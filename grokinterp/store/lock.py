@@ -1,7 +1,7 @@
 """The run lock: at most one writer per run directory, on a local disk or a cluster's shared file system.
 
 ``grokinterp train`` (new runs, ``--resume``, ``--overwrite``) holds the lock of its run for as long as
-it writes; ``info``, ``verify`` and :attr:`grokinterp.store.run.Run.lock` read who holds it.
+it writes; ``info``, ``verify`` and :attr:`grokinterp.store.run.Run.writer` read who holds it.
 
 Design (also in ``checkpoints/README.md``):
 

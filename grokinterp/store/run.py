@@ -160,7 +160,7 @@ _RUN_FIELDS: dict[str, Any] = {
     "kind": str, "format_version": int, "config": dict, "preset": (str, type(None)), "seeds": dict,
     "n_train": int, "n_test": int, "created": str, "versions": dict, "device": dict,
 }
-# imported_from: written by grokinterp.legacy; stack: the stack a run was trained in
+# imported_from: written by grokinterp.store.legacy; stack: the stack a run was trained in
 # (grokinterp.training.stacked: its members, this run's index, the implementation).
 _RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict, "stack": dict}
 

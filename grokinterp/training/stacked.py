@@ -885,7 +885,7 @@ class StackProgressBar(Callback):
 def _check_callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
     bad = [type(cb).__name__ for cb in callbacks if not isinstance(cb, Callback)]
     if bad:
-        raise ConfigError(f"callbacks: expected grokinterp.training.Callback objects, got {', '.join(bad)}")
+        raise ConfigError(f"callbacks: expected grokinterp.training.callbacks.Callback objects, got {', '.join(bad)}")
     return ([StackProgressBar()] if progress else []) + list(callbacks)
 
 

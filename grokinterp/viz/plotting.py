@@ -1,8 +1,8 @@
 """Plotly figures for grokking analyses. Every function returns a ``plotly.graph_objects.Figure``.
 
 Plotting only draws: inputs are analysis results (tensors, DataFrames, dataclasses from
-:mod:`grokinterp.fourier`, :mod:`~grokinterp.neurons`, :mod:`~grokinterp.progress`,
-:mod:`~grokinterp.phases`, :mod:`~grokinterp.ablations`). Nothing here calls ``.show()`` or sets
+:mod:`grokinterp.analysis.fourier`, :mod:`~grokinterp.analysis.neurons`, :mod:`~grokinterp.analysis.measures`,
+:mod:`~grokinterp.analysis.phases`, :mod:`~grokinterp.analysis.ablations`). Nothing here calls ``.show()`` or sets
 a renderer; in Jupyter a returned figure displays itself.
 
 Example:
@@ -105,7 +105,7 @@ def loss_curves(metrics: pd.DataFrame, phases=None, *, title: str = "Train and t
     Args:
         metrics: ``run.metrics`` (train loss every epoch, test loss where recorded) or a
             progress-measures table (one row per checkpoint).
-        phases: optional :class:`~grokinterp.phases.Phases` to shade.
+        phases: optional :class:`~grokinterp.analysis.phases.Phases` to shade.
         log_x: log-scale epochs (epoch 0 is dropped then).
         accuracy: also draw train/test accuracy on a right-hand axis.
     """
@@ -279,7 +279,7 @@ def neuron_activations(acts, neurons: Sequence[int], *, titles: Sequence[str] | 
     """Heatmaps of chosen neurons' final-position activations over the input grid.
 
     Args:
-        acts: ``[a, b, d_mlp]`` (from :func:`grokinterp.neurons.neuron_activations`).
+        acts: ``[a, b, d_mlp]`` (from :func:`grokinterp.analysis.neurons.neuron_activations`).
         neurons: neuron indices to draw.
         titles: one subplot title per neuron (default ``neuron N``).
     """
@@ -312,7 +312,7 @@ def neuron_fve_heatmap(nf, *, title: str | None = None, max_freq: int | None = N
     Neurons are ordered by dominant frequency, then by how well it explains them.
 
     Args:
-        nf: a :class:`~grokinterp.neurons.NeuronFourier`.
+        nf: a :class:`~grokinterp.analysis.neurons.NeuronFourier`.
         max_freq: drop frequencies above this (default: all).
     """
     fve = _np(nf.fve)[:, 1:]

@@ -1,7 +1,7 @@
 """A self-contained HTML report of a run: config, headline numbers and every figure.
 
 One file, plotly.js embedded once, no network access needed to open it. The numbers come from
-:func:`grokinterp.summary.analyze_run`, the figures from :mod:`grokinterp.plotting`.
+:func:`grokinterp.analysis.summary.analyze_run`, the figures from :mod:`grokinterp.viz.plotting`.
 
 Example:
     >>> write_report("checkpoints/quick")           # doctest: +SKIP
@@ -207,7 +207,7 @@ register_figure("Embedding circles (clock or pizza)",
 
 
 def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:
-    """The report of a :class:`~grokinterp.summary.RunAnalysis` as one HTML string.
+    """The report of a :class:`~grokinterp.analysis.summary.RunAnalysis` as one HTML string.
 
     ``figures``: the output of :func:`report_figures` when the caller has built it already."""
     run = analysis.run
@@ -338,7 +338,7 @@ def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_check
     """Analyse a run and write its report atomically; returns the path written.
 
     Args:
-        run_or_path: a :class:`~grokinterp.run.Run` or its directory.
+        run_or_path: a :class:`~grokinterp.store.run.Run` or its directory.
         out: the HTML file (default ``RUN/report.html``).
         max_checkpoints: analyse at most this many checkpoints (evenly spread).
         key_freqs: fix the key frequencies (key irreps: irrep indices; default: from the final checkpoint).

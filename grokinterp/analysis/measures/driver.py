@@ -146,9 +146,9 @@ def progress_measures(
     """Every progress measure at every checkpoint of a run, one row per checkpoint.
 
     Args:
-        run: a :class:`~grokinterp.run.Run` (one-layer model).
+        run: a :class:`~grokinterp.store.run.Run` (one-layer model).
         key_freqs: the frequencies held fixed across checkpoints: a sequence of ints, a
-            :class:`~grokinterp.fourier.KeyFrequencies`, or ``None`` for
+            :class:`~grokinterp.analysis.keyfreqs.KeyFrequencies`, or ``None`` for
             ``key_frequencies(final checkpoint, method=key_freq_method)``.
         chunk: checkpoints per vectorised forward (default: sized to keep the working memory
             near 768 MiB, e.g. 4 for the paper's p = 113 model). A grid too large for one checkpoint
@@ -173,7 +173,7 @@ def progress_measures(
         the Gini columns measure), ``definitions`` (one line per column) and ``implementation``.
 
     Notes:
-        For a chunk of stacked checkpoints, :func:`~grokinterp.grid.grid_forward` gives the logits
+        For a chunk of stacked checkpoints, :func:`~grokinterp.model.grid.grid_forward` gives the logits
         ``L [ckpt, a, b, c]`` of every input; the anti-diagonal sums ``G[s, c]`` and one FFT over
         ``s`` give the key-frequency projection (:func:`sum_frequency_projection`), which depends
         on ``(a, b)`` only through ``s = a + b mod p``. The module docstring lists each column's
