@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from ..config import RunConfig
 from ..errors import ConfigError
+from ..monitor import resume, train  # single runs: with their live measures (a stack records none)
 from ..store import layout
 from ..training.callbacks import Callback
-from ..training.loop import resume, train
 from ..training.stacked import max_stack_size, resume_stacked, train_stacked
 from .plan import Job
 
