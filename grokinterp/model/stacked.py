@@ -202,15 +202,18 @@ class _TablesLoss(torch.autograd.Function):
             post3 = post.view(nr, n, dm)
             z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1])[..., :V]  # [nr, n, vocab]
             logits[r0:r1] = z
-            lp = F.log_softmax(z.double(), dim=-1)
-            lab, wt = labels[r0:r1], weights[r0:r1]
-            nll = F.nll_loss(lp.view(-1, V), lab.reshape(-1), reduction="none").view(nr, n)
-            loss[r0:r1] = (nll * wt).sum(1)
+            # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
+            lab, wt = labels[r0:r1, :, None], weights[r0:r1, :, None]
+            zd = logits[r0:r1].double()
+            zd.sub_(zd.amax(-1, keepdim=True))
+            ez = zd.exp()
+            se = ez.sum(-1, keepdim=True)
+            loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
             if not grads:
                 continue
             # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32
-            g64 = lp.exp_().mul_(wt[..., None])
-            g64.scatter_add_(-1, lab[..., None], -wt[..., None])
+            g64 = ez.mul_(wt / se)
+            g64.scatter_add_(-1, lab, -wt)
             gout = torch.empty_like(out)  # d loss / d [pre | direct | padding]
             g = gout[:, dm:].view(nr, n, Vp)
             g[..., :V] = g64
