@@ -9,7 +9,8 @@ and the padding weighted out by the caller). Two implementations give the same l
   value → ``W_O`` → ``[W_in | W_U]`` chain folded into one table ``T``, and each example's MLP input
   and direct logits one :func:`~grokinterp.model.fastpath.bag_sum` over ``R · batch`` bags. A step
   costs about what ``R`` single fast-path steps cost in arithmetic, without their ``R`` × Python and
-  launch overhead.
+  launch overhead. For training, :func:`stacked_losses` computes the per-run losses with their
+  gradients a few runs at a time, so that each chunk's activations stay in the CPU cache.
 * ``dense`` (the CUDA default) — the plain final-position forward as batched matrix products
   (keys and values gathered per example from per-token tables, then ``W_O``, the MLP and ``W_U``).
   About 2.5× the arithmetic of ``tables``, but every operation is a dense batched product, which
