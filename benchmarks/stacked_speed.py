@@ -57,21 +57,22 @@ def configs(args) -> list:
     return [base.replace(init_seed=s, split_seed=s) for s in range(args.runs)]
 
 
-def time_sequential(cfgs, root: Path, device) -> tuple[float, float]:
+def time_sequential(cfgs, root: Path, device, threads: int | None = None) -> tuple[float, float]:
     """(wall, process CPU) seconds."""
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
     for i, c in enumerate(cfgs):
-        gi.train(c, root / f"seq{i}", progress=False)
+        gi.train(c, root / f"seq{i}", progress=False, threads=threads)
     _sync(device)
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_stacked(cfgs, root: Path, device, mode: str, impl: str) -> tuple[float, float]:
+def time_stacked(cfgs, root: Path, device, mode: str, impl: str, threads: int | None = None) -> tuple[float, float]:
     """(wall, process CPU) seconds."""
     _sync(device)
     t0, c0 = time.perf_counter(), time.process_time()
-    train_stacked(cfgs, [root / f"st{i}" for i in range(len(cfgs))], progress=False, mode=mode, impl=impl)
+    train_stacked(cfgs, [root / f"st{i}" for i in range(len(cfgs))], progress=False, mode=mode, impl=impl,
+                  threads=threads)
     _sync(device)
     return time.perf_counter() - t0, time.process_time() - c0
 
@@ -86,6 +87,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sequential", type=int, default=None, help="time only K runs one after another, scaled to N")
     ap.add_argument("--variants", default="gather:tables,mask:tables,gather:dense", help="MODE:IMPL,...")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of both the single runs and the stacks (default: the trainers' default, 1)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     cfgs = configs(args)
@@ -93,7 +96,7 @@ def main() -> None:
     variants = [tuple(v.split(":")) for v in args.variants.split(",") if v]
     k = args.sequential or len(cfgs)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "
+    print(f"device {device} ({name}), torch {torch.__version__}, training with {args.threads or 1} torch thread(s); "
           f"{len(cfgs)} '{args.preset}' runs of {E} epochs, {len(cfgs[0].checkpoint_epochs())} checkpoints each; "
           f"max stack size from memory: {max_stack_size(cfgs[0], device)}")
     seq, stacked = [], {v: [] for v in variants}
@@ -107,10 +110,10 @@ def main() -> None:
         for r in range(args.repeats):
             d = root / f"rep{r}"
             d.mkdir()
-            wall, cpu = time_sequential(cfgs[:k], d, device)
+            wall, cpu = time_sequential(cfgs[:k], d, device, args.threads)
             seq.append((wall * len(cfgs) / k, cpu * len(cfgs) / k))
             for mode, impl in variants:
-                stacked[(mode, impl)].append(time_stacked(cfgs, d / f"{mode}_{impl}", device, mode, impl))
+                stacked[(mode, impl)].append(time_stacked(cfgs, d / f"{mode}_{impl}", device, mode, impl, args.threads))
             shutil.rmtree(d)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -19,9 +19,10 @@ import torch
 from _helpers import StopAt, close
 
 import grokinterp as g
+import grokinterp.model.stacked as stacked_model
 from grokinterp.errors import ConfigError, RunError
 from grokinterp.model.hooked import HookedGrokTransformer
-from grokinterp.model.stacked import StackPlan, stack_params, stacked_final_logits
+from grokinterp.model.stacked import StackPlan, stack_params, stacked_final_logits, stacked_losses
 from grokinterp.store.integrity import verify
 from grokinterp.training.callbacks import Callback
 from grokinterp.training.loop import TrainLoop
@@ -75,6 +76,40 @@ def test_stacked_logits_and_gradients_equal_each_models_own(impl):
         ref_grads = torch.autograd.grad((ref * weights[r]).sum(), list(model.parameters()))
         for (name, _), gr, gs in zip(model.named_parameters(), ref_grads, grads):
             assert close(gs[r], gr), (impl, r, name)
+
+
+@pytest.mark.parametrize("act_fn", ["relu", "gelu"])
+def test_fused_stacked_losses_equal_the_loss_of_the_stacked_logits(act_fn, monkeypatch):
+    # stacked_losses computes the loss and its gradients chunk by chunk (and the unembedding padded):
+    # against the plain float64 cross-entropy of stacked_final_logits, with autograd's gradients,
+    # each run's loss scaled differently (so the backward's scaling is checked too)
+    cfg = g.make_config("tiny", act_fn=act_fn, **SMALL)
+    mc = cfg.model
+    R, n = 5, 120
+    gen = torch.Generator().manual_seed(3)
+    P = {k: (v + 0.3 * torch.randn(v.shape, generator=gen)).requires_grad_()
+         for k, v in stack_params([dataclasses.replace(mc, init_seed=s) for s in range(R)]).items()}
+    ds = cfg.task.task().dataset()
+    idx = [torch.randperm(len(ds), generator=gen)[:n].numpy() for _ in range(R)]
+    toks = torch.stack([torch.from_numpy(ds.tokens[i]) for i in idx])
+    labels = torch.stack([torch.from_numpy(ds.labels[i]) for i in idx]).long()
+    weights = torch.rand(R, n, generator=gen, dtype=torch.float64)
+    weights[1, 60:] = 0  # padding
+    monkeypatch.setattr(stacked_model, "CHUNK_ELEMENTS", 2 * n * (mc.d_mlp + 24))  # two runs a chunk
+    plan = StackPlan.build(mc, toks)
+    assert [(c.r0, c.r1) for c in plan.chunks] == [(0, 2), (2, 4), (4, 5)]
+    scale = torch.arange(1.0, R + 1, dtype=torch.float64)
+    loss, logits = stacked_losses(P, plan, labels, weights)
+    grads = torch.autograd.grad((loss * scale).sum(), list(P.values()))
+    ref_logits = stacked_final_logits(P, plan)
+    nll = torch.nn.functional.cross_entropy(ref_logits.double().reshape(R * n, -1), labels.reshape(-1),
+                                            reduction="none").view(R, n)
+    ref = (nll * weights).sum(1)
+    ref_grads = torch.autograd.grad((ref * scale).sum(), list(P.values()))
+    assert close(logits, ref_logits.detach()) and not logits.requires_grad
+    assert torch.allclose(loss, ref, rtol=1e-6, atol=0)
+    for name, gs, gr in zip(P, grads, ref_grads):
+        assert close(gs, gr), (act_fn, name)
 
 
 def test_stack_plan_refuses_bad_tokens():

@@ -9,7 +9,8 @@ and the padding weighted out by the caller). Two implementations give the same l
   value → ``W_O`` → ``[W_in | W_U]`` chain folded into one table ``T``, and each example's MLP input
   and direct logits one :func:`~grokinterp.model.fastpath.bag_sum` over ``R · batch`` bags. A step
   costs about what ``R`` single fast-path steps cost in arithmetic, without their ``R`` × Python and
-  launch overhead.
+  launch overhead. For training, :func:`stacked_losses` computes the per-run losses with their
+  gradients a few runs at a time, so that each chunk's activations stay in the CPU cache.
 * ``dense`` (the CUDA default) — the plain final-position forward as batched matrix products
   (keys and values gathered per example from per-token tables, then ``W_O``, the MLP and ``W_U``).
   About 2.5× the arithmetic of ``tables``, but every operation is a dense batched product, which
@@ -36,7 +37,8 @@ from . import tables
 from .fastpath import BagIndex, bag_sum
 from .params import init_params
 
-__all__ = ["StackPlan", "stacked_final_logits", "stack_params", "IMPLS", "stack_unsupported"]
+__all__ = ["StackPlan", "stacked_final_logits", "stacked_losses", "stack_params", "IMPLS", "stack_unsupported",
+           "CHUNK_ELEMENTS"]
 
 #: The implementations of :func:`stacked_final_logits`.
 IMPLS = ("tables", "dense")
@@ -81,6 +83,7 @@ class StackPlan:
     rows: Tensor
     eq_rows: Tensor
     bag: BagIndex | None
+    chunks: tuple["_Chunk", ...] = ()
 
     @classmethod
     def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables") -> "StackPlan":
@@ -116,12 +119,204 @@ class StackPlan:
                                  torch.full((R, n, 1), nv * V, dtype=torch.long, device=dev)], dim=2)  # [R, n, pos]
             idx = run_head[:, None, None, :] * per + key_row[..., None]  # [R, n, pos, H]
             bag = BagIndex.build(idx.reshape(R * n, n_ctx * H), R * H * per)
+            return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)))
         return cls(cfg, R, n, rows, eq_rows, bag)
+
+
+#: Elements of one chunk's ``[examples, d_mlp + vocab]`` activations in :func:`stacked_losses`: runs
+#: are processed a few at a time so that what a chunk's forward writes is still in the CPU cache when
+#: its backward reads it (a whole stack's activations are several MB and every pass over them then
+#: runs at memory speed). A constant, so that a stack's chunks, and its rounding, never change.
+CHUNK_ELEMENTS = 1 << 18
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """Runs ``r0:r1`` of a plan: their bags ``r0·n : r1·n`` and table rows ``e0:e1``, with the
+    transposed bag and the sampling pattern of :class:`~grokinterp.model.fastpath.BagIndex`
+    restricted to them (bag and row ids local to the chunk; ``t_perm`` indexes the global slots)."""
+
+    r0: int
+    r1: int
+    e0: int
+    e1: int
+    bag_idx: Tensor  # [bags of the chunk, k] chunk-local table rows
+    t_rows: Tensor  # chunk-local bag of each slot, sorted by table row
+    t_offsets: Tensor  # [e1 − e0 + 1]
+    t_perm: Tensor  # global flattened slot of each entry of the transposed bag
+    pattern: Tensor  # sparse CSR [bags of the chunk, e1 − e0], chunk-local rows
+
+
+def _chunks(bag: BagIndex, R: int, n: int, rows_per_run: int, width: int) -> tuple[_Chunk, ...]:
+    size = max(1, min(R, CHUNK_ELEMENTS // max(1, n * width)))
+    k = bag.bag_idx.shape[1]
+    out = []
+    for r0 in range(0, R, size):
+        r1 = min(R, r0 + size)
+        e0, e1 = r0 * rows_per_run, r1 * rows_per_run
+        idx = bag.bag_idx[r0 * n: r1 * n]
+        local = BagIndex.build(idx - e0, e1 - e0)  # a run's bags read only its own table rows
+        out.append(_Chunk(r0, r1, e0, e1, local.bag_idx, local.t_rows, local.t_offsets, local.t_perm + r0 * n * k,
+                          local.pattern))
+    return tuple(out)
+
+
+class _TablesLoss(torch.autograd.Function):
+    """Per-run weighted float64 cross-entropies of the ``tables`` logits, and the logits.
+
+    Everything from the table to the loss runs chunk by chunk (:data:`CHUNK_ELEMENTS`), and each
+    chunk's gradients are computed in the forward while its activations are in the cache (a run's
+    loss depends on its own inputs only); the backward scales them by the incoming gradient.
+    The unembedding columns are padded with zeros to a multiple of 8 (``vocab_pad``), which
+    matrix-product kernels handle about twice as fast as an odd width.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, vals: Tensor, OVr: Tensor, c: Tensor, W_L: Tensor,  # type: ignore[override]
+                plan: "StackPlan", labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+        cfg = plan.cfg
+        R, n, dm, H, V = plan.n_runs, plan.n_examples, cfg.d_mlp, cfg.n_heads, cfg.d_vocab_out
+        Vp = W_L.shape[-1]
+        rows, e = vals.shape[-2], vals.shape[-1]
+        k = OVr.shape[-1]
+        relu = cfg.act_fn == "relu"
+        grads = any(ctx.needs_input_grad[:5])
+        loss = torch.empty(R, dtype=torch.float64, device=w.device)
+        logits = torch.empty(R, n, V, dtype=w.dtype, device=w.device)
+        if grads:
+            w_flat = w.reshape(-1)
+            grad_w, grad_vals, grad_OVr = torch.empty_like(w), torch.empty_like(vals), torch.empty_like(OVr)
+            grad_c, grad_WL = torch.empty_like(c), torch.empty_like(W_L)
+        for ch in plan.chunks:
+            r0, r1 = ch.r0, ch.r1
+            nr = r1 - r0
+            vals_c, OVr_c = vals[r0:r1].reshape(nr * H, rows, e), OVr[r0:r1].reshape(nr * H, e, k)
+            T = torch.bmm(vals_c, OVr_c).view(nr, H * rows, k).add_((c[r0:r1] / H)[:, None])  # this chunk's table
+            T = T.view(-1, k)
+            out = F.embedding_bag(ch.bag_idx, T, per_sample_weights=w[r0 * n: r1 * n], mode="sum")  # [nr·n, k]
+            post = out[:, :dm]
+            if relu:
+                post.relu_()
+            else:
+                pre = post.clone()
+                post.copy_(F.gelu(pre))
+            post3 = post.view(nr, n, dm)
+            z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1])[..., :V]  # [nr, n, vocab]
+            logits[r0:r1] = z
+            # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
+            lab, wt = labels[r0:r1, :, None], weights[r0:r1, :, None]
+            zd = logits[r0:r1].double()
+            zd.sub_(zd.amax(-1, keepdim=True))
+            ez = zd.exp()
+            se = ez.sum(-1, keepdim=True)
+            loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
+            if not grads:
+                continue
+            # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32
+            g64 = ez.mul_(wt / se)
+            g64.scatter_add_(-1, lab, -wt)
+            gout = torch.empty_like(out)  # d loss / d [pre | direct | padding]
+            g = gout[:, dm:].view(nr, n, Vp)
+            g[..., :V] = g64
+            g[..., V:] = 0
+            torch.bmm(post3.transpose(1, 2), g, out=grad_WL[r0:r1])
+            gpost = torch.bmm(g, W_L[r0:r1].transpose(1, 2)).view(-1, dm)
+            gout[:, :dm] = (torch.ops.aten.threshold_backward(gpost, post, 0) if relu
+                            else torch.ops.aten.gelu_backward(gpost, pre))
+            gT = F.embedding_bag(ch.t_rows, gout, ch.t_offsets, per_sample_weights=w_flat[ch.t_perm], mode="sum",
+                                 include_last_offset=True)  # [nr · head · rows, k]
+            gw = torch.sparse.sampled_addmm(ch.pattern, gout, T.t(), beta=0.0)
+            grad_w[r0 * n: r1 * n] = gw.values().view(-1, w.shape[1])
+            gT3 = gT.view(nr * H, rows, k)
+            torch.bmm(gT3, OVr_c.transpose(1, 2), out=grad_vals[r0:r1].view(nr * H, rows, e))
+            torch.bmm(vals_c.transpose(1, 2), gT3, out=grad_OVr[r0:r1].view(nr * H, e, k))
+            torch.sum(gT.view(nr, H * rows, k), 1, out=grad_c[r0:r1]).div_(H)
+        if grads:
+            ctx.save_for_backward(grad_w, grad_vals, grad_OVr, grad_c, grad_WL)
+        ctx.mark_non_differentiable(logits)
+        return loss, logits
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, _grad_logits: Tensor):  # type: ignore[override]
+        saved = ctx.saved_tensors
+        if not (grad_loss.device.type == "cpu" and bool((grad_loss == 1).all())):  # in training it is
+            s = grad_loss.to(saved[0].dtype)
+            saved = [t * s.view(-1, *[1] * (t.ndim - 1)) for t in (saved[0].view(len(s), -1), *saved[1:])]
+            saved[0] = saved[0].view_as(ctx.saved_tensors[0])
+        return (*saved, None, None, None)
 
 
 def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
     # index_select's backward (index_add) is fastest on CPU; embedding's is deterministic on CUDA
     return F.embedding(idx, table) if table.is_cuda else table.index_select(0, idx.reshape(-1)).view(*idx.shape, -1)
+
+
+def _attention(params: dict[str, Tensor], plan: StackPlan) -> tuple[Tensor, Tensor, Tensor]:
+    """``EP [run, pos·vocab, d_model]``, the query rows ``x_q [run, d_model]`` and the final position's
+    attention ``[run, batch, pos, head]``."""
+    cfg = plan.cfg
+    R, H, n_ctx, V = plan.n_runs, cfg.n_heads, cfg.n_ctx, cfg.d_vocab
+    W_E, W_pos = params["embed.W_E"], params["pos_embed.W_pos"]
+    d = W_E.shape[-1]
+    EP = (W_E[:, None] + W_pos[:, :n_ctx, None]).reshape(R, n_ctx * V, d)  # [run, pos·vocab, d_model]
+    x_q = _gather_rows(EP.reshape(R * n_ctx * V, d), plan.eq_rows)  # [run, d_model]
+    kq = tables.query_key_map(x_q, params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"])  # [run, d_model, head]
+    S = torch.bmm(EP, kq)  # [run, pos·vocab, head]
+    scores = _gather_rows(S.reshape(R * n_ctx * V, H), plan.rows)  # [run, batch, pos, head]
+    return EP, x_q, scores.softmax(dim=2)
+
+
+def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: Tensor, pattern: Tensor,
+                  pad: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What the ``tables`` table is made of: the bag weights ``w [run · batch, pos · head]``, the value
+    rows ``vals [run, head, rows, d_head]`` of the key positions' tokens and of the query, each head's
+    read ``OVr = W_O [W_in | W_U] [run, head, d_head, k]``, the constant ``c [run, k]`` and
+    ``W_L = W_out W_U [run, d_mlp, vocab]``; ``k = d_mlp + vocab``, plus ``pad`` zero columns of the
+    unembedding (in ``OVr``, ``c`` and ``W_L``). The table is ``T = vals OVr + c / n_heads``: the
+    attention weights of a head sum to 1, so the bag adds ``c`` exactly once."""
+    if plan.bag is None:
+        raise ValueError("this StackPlan was built for impl='dense'")
+    cfg = plan.cfg
+    R, n, H, n_ctx, V = plan.n_runs, plan.n_examples, cfg.n_heads, cfg.n_ctx, cfg.d_vocab
+    nv = n_ctx - 1
+    W_in, W_U = params["blocks.0.mlp.W_in"], params["unembed.W_U"]
+    vals = torch.matmul(torch.cat([EP[:, : nv * V], x_q[:, None]], dim=1)[:, None], params["blocks.0.attn.W_V"])
+    W_read = tables.read_weights(W_in, W_U)  # [run, d_model, d_mlp + vocab]
+    c = tables.constant_read(x_q, W_read, params["blocks.0.mlp.b_in"], params["blocks.0.mlp.b_out"], W_U)
+    OVr = tables.ov_read(params["blocks.0.attn.W_O"], W_read)
+    W_L = params["blocks.0.mlp.W_out"] @ W_U
+    if pad:
+        OVr, c, W_L = (F.pad(t, (0, pad)) for t in (OVr, c, W_L))
+    return pattern.reshape(R * n, n_ctx * H), vals, OVr, c, W_L
+
+
+def stacked_losses(params: dict[str, Tensor], plan: StackPlan, labels: Tensor,
+                   weights: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-run weighted float64 cross-entropies of the ``tables`` logits, and the logits (no gradient).
+
+    Args:
+        params: TransformerLens-named parameters stacked ``[run, ...]``.
+        plan: the :class:`StackPlan` of the token sets (built for ``tables``).
+        labels: ``[run, batch]`` int64.
+        weights: ``[run, batch]`` float64 weight of each example in its run's loss.
+
+    Returns:
+        ``loss [run]`` (float64, differentiable in ``params``) and ``logits [run, batch, d_vocab_out]``
+        (:func:`stacked_final_logits`).
+
+    Notes:
+        ``loss[r] = Σ_i weights[r, i] · (−log softmax(logits[r, i])[labels[r, i]])`` in float64. The
+        bag, the MLP, the unembedding and the loss run a few runs at a time (:data:`CHUNK_ELEMENTS`),
+        each chunk's gradients computed while its activations are in the cache.
+    """
+    EP, x_q, pattern = _attention(params, plan)
+    V = plan.cfg.d_vocab_out
+    w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern, pad=_padded(V) - V)
+    return _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights)
+
+
+def _padded(vocab: int) -> int:
+    return -(-vocab // 8) * 8
 
 
 def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str = "tables") -> Tensor:
@@ -146,31 +341,14 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
     H, dm, n_ctx, V = cfg.n_heads, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab
     W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, b_in, W_out, b_out, W_U = (params[k] for k in _NAMES)
     d = W_E.shape[-1]
-
-    EP = (W_E[:, None] + W_pos[:, :n_ctx, None]).reshape(R, n_ctx * V, d)  # [run, pos·vocab, d_model]
-    x_q = _gather_rows(EP.reshape(R * n_ctx * V, d), plan.eq_rows)  # [run, d_model]
-    kq = tables.query_key_map(x_q, W_Q, W_K)  # [run, d_model, head]
-    S = torch.bmm(EP, kq)  # [run, pos·vocab, head]
-    scores = _gather_rows(S.reshape(R * n_ctx * V, H), plan.rows)  # [run, batch, pos, head]
-    pattern = scores.softmax(dim=2)
+    EP, x_q, pattern = _attention(params, plan)
     if impl == "tables":
-        if plan.bag is None:
-            raise ValueError("this StackPlan was built for impl='dense'")
-        nv = n_ctx - 1
-        # value rows of the key positions' tokens and of the query, each head's output read by the
-        # MLP input and by the unembedding (two tables: pre-activations and direct logits stay
-        # contiguous), plus the constant c / n_heads on every row: the attention weights of a head
-        # sum to 1, so the bag adds c exactly once.
-        vals = torch.matmul(torch.cat([EP[:, : nv * V], x_q[:, None]], dim=1)[:, None], W_V)  # [run, head, rows, d_head]
-        c_pre = torch.baddbmm(b_in[:, None], x_q[:, None], W_in)  # [run, 1, d_mlp]
-        c_dir = torch.bmm((x_q + b_out)[:, None], W_U)  # [run, 1, vocab]
-        T_pre = torch.matmul(vals, tables.ov_read(W_O, W_in)) + (c_pre / H)[:, None]  # [run, head, rows, d_mlp]
-        T_dir = torch.matmul(vals, tables.ov_read(W_O, W_U)) + (c_dir / H)[:, None]  # [run, head, rows, vocab]
-        w = pattern.reshape(R * n, n_ctx * H)
-        pre = bag_sum(w, T_pre.reshape(-1, dm), plan.bag).view(R, n, dm)
-        direct = bag_sum(w, T_dir.reshape(-1, T_dir.shape[-1]), plan.bag).view(R, n, -1)
-        post = pre.relu_() if cfg.act_fn == "relu" else F.gelu(pre)  # in place: nothing else reads pre
-        return torch.baddbmm(direct, post, W_out @ W_U)
+        w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern)
+        T = (torch.matmul(vals, OVr) + (c / H)[:, None, None]).reshape(-1, OVr.shape[-1])
+        out = bag_sum(w, T, plan.bag)
+        pre, direct = out[:, :dm], out[:, dm:]
+        post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
+        return torch.baddbmm(direct.reshape(R, n, -1), post.reshape(R, n, dm), W_L)
     if impl != "dense":
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     e = W_V.shape[-1]

@@ -57,7 +57,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
-from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits
+from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -209,6 +209,14 @@ class ParamLayout:
         return torch.cat([params[n].reshape(params[n].shape[0], -1) for n in self.names], dim=1)
 
 
+def _groups(tcs: Sequence[TrainConfig], fields: tuple[str, ...]) -> list[list[int]]:
+    """Runs with equal ``fields`` (their optimizer's hyper-parameters), in order of first appearance."""
+    out: dict[tuple, list[int]] = {}
+    for r, tc in enumerate(tcs):
+        out.setdefault(tuple(getattr(tc, f) for f in fields), []).append(r)
+    return list(out.values())
+
+
 class StackedOptimizer:
     """Base of the stacked optimizers: one flat parameter ``[run, n_params]``, per-run
     hyper-parameters as ``[run, 1]`` device tensors, a handful of kernels per step for the stack.
@@ -308,6 +316,7 @@ class StackedAdamW(StackedOptimizer):
         super().__init__(flat, layout, tcs)
         self.beta1 = _per_run([tc.beta1 for tc in tcs], self.device)
         self.beta2 = _per_run([tc.beta2 for tc in tcs], self.device)
+        self.groups = _groups(tcs, ("lr", "warmup_epochs", "weight_decay", "beta1", "beta2"))
 
     @torch.no_grad()
     def step(self) -> None:
@@ -315,6 +324,16 @@ class StackedAdamW(StackedOptimizer):
         if g is None:
             return
         self.step_count.add_(1)
+        if self.device.type == "cpu":  # torch's fused kernel: one pass over each run's row, in the cache
+            fused = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
+            rows = lambda t, ix: [t[i] for i in ix]  # noqa: E731
+            data, m, v = p.detach(), self.state["exp_avg"], self.state["exp_avg_sq"]
+            for ix in self.groups:
+                tc = self.tcs[ix[0]]
+                fused(rows(data, ix), rows(g, ix), rows(m, ix), rows(v, ix), [], rows(self.step_count, ix),
+                      lr=float(self.lr[ix[0]]), beta1=tc.beta1, beta2=tc.beta2, weight_decay=tc.weight_decay,
+                      eps=EPS, amsgrad=False, maximize=False)
+            return
         bc1 = 1 - self.beta1.pow(self.step_count)
         bc2_sqrt = (1 - self.beta2.pow(self.step_count)).sqrt()
         if self.decoupled:
@@ -437,7 +456,11 @@ class _StackSet:
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
     """Per-run weighted sums ``[run]`` (float64), NaN for a run with no members (as a single run's
     metric that was never recorded)."""
-    out = (values * w).sum(1)
+    return _nan_empty((values * w).sum(1), counts)
+
+
+def _nan_empty(out: Tensor, counts: list[int]) -> Tensor:
+    """``out [run]`` with NaN for the runs that have no members."""
     if min(counts) == 0:
         out = torch.where(torch.tensor(counts, device=out.device) > 0, out, torch.full_like(out, float("nan")))
     return out
@@ -606,11 +629,18 @@ class StackedLoop:
         return F.cross_entropy(logits.double().reshape(-1, V), data.labels.reshape(-1), reduction="none") \
             .view(self.n_runs, -1)
 
+    def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
+        """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
+        w = data.weights[which]
+        if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
+            return stacked_losses(self.params, data.plan, data.labels, w)
+        logits = self.logits(data)
+        return (self._nll(logits, data) * w).sum(1), logits
+
     def _step(self) -> tuple[Tensor, Tensor]:
         """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
         self.optimizer.set_lr(self.epoch_t)
-        logits = self.logits(self.train)
-        loss = (self._nll(logits, self.train) * self.train.weights["train"]).sum(1)
+        loss, logits = self._losses(self.train, "train")
         self.optimizer.zero_grad()
         loss.sum().backward()
         if self.transforms and self.flat.grad is not None:
@@ -632,7 +662,10 @@ class StackedLoop:
             logits = self.logits(data) if logits is None else logits.detach()
         else:
             data = self.test
-            logits = self.logits(data)
+            loss, logits = self._losses(data, "test")
+            m["test_loss"][:, epoch] = _nan_empty(loss, data.counts["test"])
+            m["test_acc"][:, epoch] = self._acc(logits, data, "test")
+            return
         m["test_loss"][:, epoch] = _weighted(self._nll(logits, data), data.weights["test"], data.counts["test"])
         m["test_acc"][:, epoch] = self._acc(logits, data, "test")
 
@@ -774,10 +807,9 @@ class StackedLoop:
                     self._record_test(epoch, None)
                 if epoch == E:
                     with torch.no_grad():
-                        logits = self.logits(self.train)
+                        loss, logits = self._losses(self.train, "train")
                         m = self.metrics
-                        m["train_loss"][:, epoch] = _weighted(self._nll(logits, self.train),
-                                                              self.train.weights["train"], self.train.counts["train"])
+                        m["train_loss"][:, epoch] = _nan_empty(loss, self.train.counts["train"])
                         m["train_acc"][:, epoch] = self._acc(logits, self.train, "train")
                         if self.mode == "mask":
                             self._record_test(epoch, logits)
