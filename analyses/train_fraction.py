@@ -55,6 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
+    import pandas as pd
 
     import grokinterp as gi
     from grokinterp.sweeps.table import sweep_table
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
         circuit_rule = circuit.rule
         dates.append({"n_train": run.info["n_train"], "circuit_formed": circuit.epoch, "lead_time": circuit.lead_time,
                       "key_freqs": " ".join(map(str, measures.attrs["key_freqs"])), **phases.dates()})
-    df = df.reset_index(drop=True).join(_frame(dates))
+    df = df.reset_index(drop=True).join(pd.DataFrame(dates))
     cols = ["frac_train", "seed", "n_train", "epochs_to_train_99", "epochs_to_test_99", "circuit_formed", "lead_time",
             "key_freqs", *rules, "final_test_acc", "final_test_loss", "run"]
     df = df[cols]
@@ -106,12 +107,6 @@ def main(argv=None) -> int:
     print(df.groupby("frac_train")["epochs_to_test_99"].agg(median).rename("median_epochs_to_test_99").to_string())
     print(f"wrote {args.out}/runs.csv, summary.json, train_fraction.html")
     return 0
-
-
-def _frame(rows):
-    import pandas as pd
-
-    return pd.DataFrame(rows)
 
 
 if __name__ == "__main__":

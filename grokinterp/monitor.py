@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,15 +187,15 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     (:func:`grokinterp.training.stacked.resume`), without live measures: stacks record none (their
     runs get them afterwards, e.g. from :func:`watch` or the report, computed from the checkpoints).
     """
-    from .store.run import load_run
+    from .store.run import RunWarning, load_run
     from .training import stacked
 
-    run = load_run(run_dir, check=check)
-    if isinstance(run.info.get("stack"), dict):
-        return stacked.resume(run_dir, progress=progress, device=device, callbacks=callbacks, threads=threads,
-                              check=check)
-    return _loop.resume(run_dir, progress=progress, device=device, callbacks=live_callbacks(run.config) + list(callbacks),
-                        threads=threads, check=check)
+    with warnings.catch_warnings():  # a look at run.json only: the load under the lock reports problems
+        warnings.simplefilter("ignore", RunWarning)
+        run = load_run(run_dir, check=check)
+    live = [] if isinstance(run.info.get("stack"), dict) else live_callbacks(run.config)
+    return stacked.resume(run_dir, progress=progress, device=device, callbacks=live + list(callbacks), threads=threads,
+                          check=check)
 
 
 # -- watch ------------------------------------------------------------------------------------------

@@ -116,10 +116,7 @@ def live_measures(params: dict[str, Tensor], cfg: ModelConfig, arrays: RunArrays
     """
     full = {k: v.detach()[None] for k, v in params.items()}
     single, rcfg = residue_outputs(full, cfg)  # the analyses see the residue logits only
-    ts = arrays.structure
-    if ts is None and key_freqs is None:
-        key_freqs = []
-    keys = resolve_model_keys({k: v.detach() for k, v in params.items()}, ts, arrays.p, key_freqs,
+    keys = resolve_model_keys({k: v.detach() for k, v in params.items()}, arrays.structure, arrays.p, key_freqs,
                               epoch=epoch, where=f"live, epoch {epoch}", cfg=cfg)
     dev = next(iter(single.values())).device
     ctx = ChunkContext(np.array([epoch]), single, rcfg, keys, arrays, dev,

@@ -296,7 +296,7 @@ def resolve_model_keys(model_or_params, ts, p: int, key_freqs=None, method: str 
         return ResolvedKeys(ks, key_freqs.method, key_freqs.rule, None, names(ks))
     ks = check(key_freqs)
     noun = "frequencies" if plain or ts.cyclic else "irreps"
-    return ResolvedKeys(ks, "given", f"{noun} given by the caller", epoch if epoch is not None else None, names(ks))
+    return ResolvedKeys(ks, "given", f"{noun} given by the caller", epoch, names(ks))
 
 
 # -- key irreps: every group structure other than a + b mod p ----------------------------------------

@@ -61,7 +61,7 @@ from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
-from ..store.run import Run, load_run
+from ..store.run import Run, RunWarning, load_run
 from ..store.writer import (
     METRIC_COLUMNS,
     CheckpointWriter,
@@ -1164,7 +1164,9 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
     stopped at the same epoch (bit-identical on CPU), which are resumed too. ``threads`` and
     ``check`` as for :func:`grokinterp.training.loop.resume`.
     """
-    run = load_run(run_dir, check=check)
+    with warnings.catch_warnings():  # a look at run.json only: the load under the lock reports problems
+        warnings.simplefilter("ignore", RunWarning)
+        run = load_run(run_dir, check=check)
     info = run.info.get("stack")
     if not isinstance(info, dict):
         return resume_single(run.path, progress=progress, device=device, callbacks=callbacks, threads=threads,

@@ -21,7 +21,6 @@ from typing import Any
 from ..analysis.algorithms import embedding_circles, identify_algorithm
 from ..analysis.early import first_warning
 from ..analysis.fourier import fourier_basis
-from ..analysis.groups import task_structure
 from ..analysis.summary import analyze_run, register_run_analysis
 from ..config import interventions
 from ..errors import AnalysisError, RunError
@@ -169,7 +168,7 @@ def register_figure(title: str, caption: str, fn: Callable[[Any], Any]) -> None:
 # -- built-in extras: interventions, the live early warning, clock vs pizza (issue 13) ------------------
 def _clock_or_pizza_applies(analysis) -> bool:
     """Clock vs pizza is a question about a + b mod p (Zhong et al.): asked of that task only."""
-    ts = task_structure(analysis.run.task)
+    ts = analysis.structure
     return bool(analysis.key_freqs) and ts is not None and isinstance(ts.structure, CyclicSum)
 
 
