@@ -72,9 +72,10 @@ class StackPlan:
         eq_rows: ``[run]`` row of each run's query token (the last position, the same for every
             example of a run).
         bag: the :class:`~grokinterp.model.fastpath.BagIndex` of the ``tables`` implementation:
-            bag ``(r, i)`` reads, per position ``j`` and head ``h``, the value-table row
-            ``(r · n_heads + h) · ((n_ctx − 1) · d_vocab + 1) + j · d_vocab + token`` (the query, at the
-            last position, has the last row of each head).
+            bag ``(r, i)`` reads, per key position ``j < n_ctx − 1`` and head ``h``, the value-table row
+            ``(r · n_heads + h) · ((n_ctx − 1) · d_vocab + 1) + j · d_vocab + token``. The query (the
+            last position) has the last row of each head; the bag does not read it (the fold in
+            :func:`stacked_final_logits`).
     """
 
     cfg: ModelConfig
@@ -115,10 +116,9 @@ class StackPlan:
             nv = n_ctx - 1
             per = nv * V + 1
             run_head = torch.arange(R, device=dev)[:, None] * H + torch.arange(H, device=dev)  # [R, H]
-            key_row = torch.cat([torch.arange(nv, device=dev) * V + tokens[:, :, :-1],
-                                 torch.full((R, n, 1), nv * V, dtype=torch.long, device=dev)], dim=2)  # [R, n, pos]
-            idx = run_head[:, None, None, :] * per + key_row[..., None]  # [R, n, pos, H]
-            bag = BagIndex.build(idx.reshape(R * n, n_ctx * H), R * H * per)
+            key_row = torch.arange(nv, device=dev) * V + tokens[:, :, :-1]  # [R, n, key position]
+            idx = run_head[:, None, None, :] * per + key_row[..., None]  # [R, n, key position, H]
+            bag = BagIndex.build(idx.reshape(R * n, nv * H), R * H * per)
             return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)))
         return cls(cfg, R, n, rows, eq_rows, bag)
 
@@ -181,8 +181,9 @@ class _TablesLoss(torch.autograd.Function):
         k = OVr.shape[-1]
         relu = cfg.act_fn == "relu"
         grads = any(ctx.needs_input_grad[:5])
+        w = w.detach()
         loss = torch.empty(R, dtype=torch.float64, device=w.device)
-        logits = torch.empty(R, n, V, dtype=w.dtype, device=w.device)
+        logits = torch.empty(R, n, Vp, dtype=w.dtype, device=w.device)  # padded; the caller drops the padding
         if grads:
             w_flat = w.reshape(-1)
             grad_w, grad_vals, grad_OVr = torch.empty_like(w), torch.empty_like(vals), torch.empty_like(OVr)
@@ -191,9 +192,14 @@ class _TablesLoss(torch.autograd.Function):
             r0, r1 = ch.r0, ch.r1
             nr = r1 - r0
             vals_c, OVr_c = vals[r0:r1].reshape(nr * H, rows, e), OVr[r0:r1].reshape(nr * H, e, k)
-            T = torch.bmm(vals_c, OVr_c).view(nr, H * rows, k).add_((c[r0:r1] / H)[:, None])  # this chunk's table
-            T = T.view(-1, k)
+            T4 = torch.bmm(vals_c, OVr_c).view(nr, H, rows, k)  # this chunk's table
+            # the query's attention weight is 1 − the key positions' (the fold in stacked_final_logits)
+            Tq = T4[:, :, -1:].clone()
+            T4[:, :, :-1] -= Tq
+            cq = c[r0:r1, None] + Tq.sum(1)  # [nr, 1, k]
+            T = T4.view(-1, k)
             out = F.embedding_bag(ch.bag_idx, T, per_sample_weights=w[r0 * n: r1 * n], mode="sum")  # [nr·n, k]
+            out.view(nr, n, k).add_(cq)
             post = out[:, :dm]
             if relu:
                 post.relu_()
@@ -201,36 +207,38 @@ class _TablesLoss(torch.autograd.Function):
                 pre = post.clone()
                 post.copy_(F.gelu(pre))
             post3 = post.view(nr, n, dm)
-            z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1])[..., :V]  # [nr, n, vocab]
-            logits[r0:r1] = z
+            z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1], out=logits[r0:r1])  # [nr, n, Vp]
             # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
             lab, wt = labels[r0:r1, :, None], weights[r0:r1, :, None]
-            zd = logits[r0:r1].double()
+            zd = z.double()
+            if Vp > V:
+                zd[..., V:] = -torch.inf  # the padding columns take no part (exp → 0)
             zd.sub_(zd.amax(-1, keepdim=True))
             ez = zd.exp()
             se = ez.sum(-1, keepdim=True)
             loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
             if not grads:
                 continue
-            # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32
+            # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32 (0 in the padding)
             g64 = ez.mul_(wt / se)
             g64.scatter_add_(-1, lab, -wt)
             gout = torch.empty_like(out)  # d loss / d [pre | direct | padding]
             g = gout[:, dm:].view(nr, n, Vp)
-            g[..., :V] = g64
-            g[..., V:] = 0
+            g.copy_(g64)
             torch.bmm(post3.transpose(1, 2), g, out=grad_WL[r0:r1])
             gpost = torch.bmm(g, W_L[r0:r1].transpose(1, 2)).view(-1, dm)
             gout[:, :dm] = (torch.ops.aten.threshold_backward(gpost, post, 0) if relu
                             else torch.ops.aten.gelu_backward(gpost, pre))
             gT = F.embedding_bag(ch.t_rows, gout, ch.t_offsets, per_sample_weights=w_flat[ch.t_perm], mode="sum",
-                                 include_last_offset=True)  # [nr · head · rows, k]
+                                 include_last_offset=True)  # [nr · head · rows, k]; the query rows get nothing
             gw = torch.sparse.sampled_addmm(ch.pattern, gout, T.t(), beta=0.0)
             grad_w[r0 * n: r1 * n] = gw.values().view(-1, w.shape[1])
+            gc = torch.sum(gout.view(nr, n, k), 1, out=grad_c[r0:r1])
+            gT4 = gT.view(nr, H, rows, k)
+            torch.sub(gc[:, None], gT4[:, :, :-1].sum(2), out=gT4[:, :, -1])
             gT3 = gT.view(nr * H, rows, k)
             torch.bmm(gT3, OVr_c.transpose(1, 2), out=grad_vals[r0:r1].view(nr * H, rows, e))
             torch.bmm(vals_c.transpose(1, 2), gT3, out=grad_OVr[r0:r1].view(nr * H, e, k))
-            torch.sum(gT.view(nr, H * rows, k), 1, out=grad_c[r0:r1]).div_(H)
         if grads:
             ctx.save_for_backward(grad_w, grad_vals, grad_OVr, grad_c, grad_WL)
         ctx.mark_non_differentiable(logits)
@@ -272,8 +280,8 @@ def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: T
     rows ``vals [run, head, rows, d_head]`` of the key positions' tokens and of the query, each head's
     read ``OVr = W_O [W_in | W_U] [run, head, d_head, k]``, the constant ``c [run, k]`` and
     ``W_L = W_out W_U [run, d_mlp, vocab]``; ``k = d_mlp + vocab``, plus ``pad`` zero columns of the
-    unembedding (in ``OVr``, ``c`` and ``W_L``). The table is ``T = vals OVr + c / n_heads``: the
-    attention weights of a head sum to 1, so the bag adds ``c`` exactly once."""
+    unembedding (in ``OVr``, ``c`` and ``W_L``). ``w`` holds the key positions' weights only: the
+    query's is ``1 −`` their sum (the fold in :func:`stacked_final_logits`)."""
     if plan.bag is None:
         raise ValueError("this StackPlan was built for impl='dense'")
     cfg = plan.cfg
@@ -287,7 +295,7 @@ def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: T
     W_L = params["blocks.0.mlp.W_out"] @ W_U
     if pad:
         OVr, c, W_L = (F.pad(t, (0, pad)) for t in (OVr, c, W_L))
-    return pattern.reshape(R * n, n_ctx * H), vals, OVr, c, W_L
+    return pattern[:, :, :nv].reshape(R * n, nv * H), vals, OVr, c, W_L
 
 
 def stacked_losses(params: dict[str, Tensor], plan: StackPlan, labels: Tensor,
@@ -312,7 +320,8 @@ def stacked_losses(params: dict[str, Tensor], plan: StackPlan, labels: Tensor,
     EP, x_q, pattern = _attention(params, plan)
     V = plan.cfg.d_vocab_out
     w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern, pad=_padded(V) - V)
-    return _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights)
+    loss, logits = _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights)
+    return loss, logits[..., :V]
 
 
 def _padded(vocab: int) -> int:
@@ -330,9 +339,12 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
     Notes:
         Per run, with ``EP[j, t] = W_E[t] + W_pos[j]``, the query ``x_q = EP[last, =]`` and
         attention ``A = softmax_j(EP[j, tok_j] · kq)``: ``tables`` computes
-        ``[pre | direct] = Σ_{j, h} A[j, h] (T[h, j, tok_j] + c / n_heads)`` (``Σ_j A[j, h] = 1``) with
+        ``[pre | direct] = c + Σ_{j, h} A[j, h] T[h, j, tok_j]`` with
         ``T[h, j, t] = EP[j, t] W_V[h] W_O[h] [W_in | W_U]`` and ``c = x_q [W_in | W_U] + [b_in | b_out W_U]``,
-        then ``logits = direct + act(pre) W_out W_U``; ``dense`` computes
+        then ``logits = direct + act(pre) W_out W_U``. The fold: the query's weight is
+        ``A[last, h] = 1 − Σ_{j < last} A[j, h]``, so the bag sums only the key positions,
+        ``c + Σ_h T[h, =] + Σ_{j < last, h} A[j, h] (T[h, j, tok_j] − T[h, =])`` (8 rows instead of 12 at
+        n_ctx = 3 and four heads; the single-run fast path folds the same way); ``dense`` computes
         ``z_h = Σ_j A[j, h] EP[j, tok_j] W_V[h]``, ``x = x_q + Σ_h z_h W_O[h]`` and
         ``logits = (x + act(x W_in + b_in) W_out + b_out) W_U``.
     """
@@ -344,11 +356,13 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
     EP, x_q, pattern = _attention(params, plan)
     if impl == "tables":
         w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern)
-        T = (torch.matmul(vals, OVr) + (c / H)[:, None, None]).reshape(-1, OVr.shape[-1])
-        out = bag_sum(w, T, plan.bag)
-        pre, direct = out[:, :dm], out[:, dm:]
+        T = torch.matmul(vals, OVr)  # [run, head, key rows + the query row, k]
+        Tq = T[:, :, -1:]
+        k = T.shape[-1]
+        out = bag_sum(w, (T - Tq).reshape(-1, k), plan.bag).view(R, n, k) + (c[:, None] + Tq.sum(1))
+        pre, direct = out[..., :dm], out[..., dm:]
         post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
-        return torch.baddbmm(direct.reshape(R, n, -1), post.reshape(R, n, dm), W_L)
+        return torch.baddbmm(direct, post, W_L)
     if impl != "dense":
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     e = W_V.shape[-1]
