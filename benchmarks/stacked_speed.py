@@ -5,7 +5,11 @@ through the public API — every run writes its run directory with all its check
 
 (a) ``N`` runs one after another with the single-run trainer (``grokinterp.train``);
 (b) the same ``N`` runs as one stack (``train_stacked``) in each mode / implementation asked for:
-    ``gather`` / ``mask`` (how splits enter the step) × ``tables`` / ``dense`` (the forward).
+    ``gather`` / ``mask`` (how splits enter the step) × ``tables`` / ``dense`` (the forward);
+(c) with ``--workers W``: the same runs through ``grokinterp.sweep`` with ``W`` local worker
+    processes (the sweep cuts them into ``W`` stacks, trained side by side, one thread each), and,
+    so that the share of stacking and of processes shows, (d) the ``N`` single runs through the
+    same sweep without stacking, ``W`` at a time.
 
 Prints medians of ms per model-epoch and the throughput ratio (a)/(b).
 
@@ -13,6 +17,7 @@ CPU target (issue 14): 16 ``tiny``-preset runs stacked at ≥ 3× the throughput
 one after another::
 
     python benchmarks/stacked_speed.py                              # 16 tiny runs, CPU
+    python benchmarks/stacked_speed.py --threads 2 --workers 2      # both cores: threads, or processes
 
 GPU target: ≥ 256 paper-size models at ≤ 0.15 ms per model-epoch (≥ 12× the single-run trainer),
 over ≥ 1,000 epochs with a checkpoint every 100; models per hour for the paper recipe
@@ -77,6 +82,29 @@ def time_stacked(cfgs, root: Path, device, mode: str, impl: str, threads: int | 
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def sweep_spec(args, stack: bool) -> dict:
+    fixed = {"device": args.device}
+    if args.epochs is not None:
+        fixed["epochs"] = args.epochs
+    if args.every is not None:
+        fixed.update(every=args.every, log_early=0, windows=[])
+    return {"preset": args.preset, "fixed": fixed, "seeds": list(range(args.runs)),
+            "options": {"stack": stack, "workers": args.workers}}
+
+
+def time_sweep(args, out: Path, stack: bool) -> tuple[float, float]:
+    """(wall, CPU of this process and its finished workers) seconds."""
+    t0 = time.perf_counter()
+    c0 = time.process_time() + _children_cpu()
+    gi.sweep(sweep_spec(args, stack), out, progress=False)
+    return time.perf_counter() - t0, time.process_time() + _children_cpu() - c0
+
+
+def _children_cpu() -> float:
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -87,6 +115,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sequential", type=int, default=None, help="time only K runs one after another, scaled to N")
     ap.add_argument("--variants", default="gather:tables,mask:tables,gather:dense", help="MODE:IMPL,...")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="also time the sweep with this many local worker processes (stacked, and single runs)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of both the single runs and the stacks (default: the trainers' default, 1)")
     args = ap.parse_args()
@@ -100,6 +130,9 @@ def main() -> None:
           f"{len(cfgs)} '{args.preset}' runs of {E} epochs, {len(cfgs[0].checkpoint_epochs())} checkpoints each; "
           f"max stack size from memory: {max_stack_size(cfgs[0], device)}")
     seq, stacked = [], {v: [] for v in variants}
+    if args.workers:
+        stacked[("sweep", f"{args.workers}w")] = []
+        stacked[("singles", f"{args.workers}w")] = []
     root = Path(tempfile.mkdtemp(prefix="stacked_speed_"))
     try:
         warm = [c.replace(epochs=min(E, 20)) for c in cfgs[:2]]  # imports, kernels, allocator
@@ -114,6 +147,9 @@ def main() -> None:
             seq.append((wall * len(cfgs) / k, cpu * len(cfgs) / k))
             for mode, impl in variants:
                 stacked[(mode, impl)].append(time_stacked(cfgs, d / f"{mode}_{impl}", device, mode, impl, args.threads))
+            if args.workers:
+                stacked[("sweep", f"{args.workers}w")].append(time_sweep(args, d / "sweep", True))
+                stacked[("singles", f"{args.workers}w")].append(time_sweep(args, d / "singles", False))
             shutil.rmtree(d)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -127,10 +163,16 @@ def main() -> None:
     best = None
     for (mode, impl), ts in stacked.items():
         m, c = (statistics.median(v[i] for v in ts) for i in (0, 1))
-        print(f"(b) stack of {len(cfgs)}, {mode:6s} {impl:6s}: median {m:8.2f} s wall = {1e3 * m / me:7.3f} ms per "
+        if mode == "sweep":
+            what = f"(c) grokinterp.sweep, {impl[:-1]} worker processes, {impl[:-1]} stacks"
+        elif mode == "singles":
+            what = f"(d) grokinterp.sweep, {impl[:-1]} worker processes, single runs (no stacks)"
+        else:
+            what = f"(b) stack of {len(cfgs)}, {mode:6s} {impl:6s}"
+        print(f"{what}: median {m:8.2f} s wall = {1e3 * m / me:7.3f} ms per "
               f"model-epoch, throughput {m_seq / m:5.2f}x; CPU {c:.2f} s, {c_seq / c:5.2f}x "
               f"(runs: {', '.join(f'{w:.1f}/{c:.1f}' for w, c in ts)})")
-        if best is None or m < best[1]:
+        if mode != "singles" and (best is None or m < best[1]):
             best = ((mode, impl), m)
     (mode, impl), m = best
     per = 1e3 * m / me

@@ -290,6 +290,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                    help="axes varied together (same number of values each); repeatable")
     s.add_argument("--seeds", type=_int_list, metavar="S1,S2,...", help="seeds (each sets split_seed and init_seed)")
     s.add_argument("--executor", choices=["local", "ray"], help="where jobs run (default local)")
+    s.add_argument("--workers", type=int, metavar="N", help="local worker processes training jobs side by side "
+                   "(default 1; stacks are cut so that each worker gets one)")
     s.add_argument("--ray-address", metavar="ADDR", help="Ray cluster to join (auto, ray://host:10001)")
     s.add_argument("--num-gpus", type=float, metavar="N", help="GPUs per Ray task (one stack per task)")
     s.add_argument("--num-cpus", type=float, metavar="N", help="CPUs per Ray task")
@@ -631,7 +633,7 @@ def _sweep_spec(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    options = {"executor": args.executor, "ray_address": args.ray_address, "num_gpus": args.num_gpus,
+    options = {"executor": args.executor, "workers": args.workers, "ray_address": args.ray_address, "num_gpus": args.num_gpus,
                "num_cpus": args.num_cpus, "max_stack": args.max_stack, "max_disk_gb": args.max_disk_gb,
                "stack": False if args.no_stack else None, "checkpoints": "keep" if args.keep_checkpoints else None}
     if args.resume is not None:
@@ -649,7 +651,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             digest = hashlib.sha256(json.dumps(spec.runs_dict(), sort_keys=True).encode()).hexdigest()[:8]
             out = Path("checkpoints") / f"sweep-{digest}"
     from .sweeps.driver import execute_plan, plan_sweep
-    from .sweeps.executor import make_executor
+    from .sweeps.executor import executor_for
 
     plan = plan_sweep(spec, out, overwrite=args.overwrite, **options)
     if args.dry_run:
@@ -657,9 +659,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for r in plan.runs:
             print(f"  {r.state:10s} {r.run_dir}")
         return 0
-    o = plan.spec.options
-    executor = make_executor(o.executor, **({"address": o.ray_address, "num_gpus": o.num_gpus,
-                                              "num_cpus": o.num_cpus} if o.executor == "ray" else {}))
+    executor = executor_for(plan.spec.options)
     if args.no_progress:
         print("\n".join(plan.describe()), flush=True)
     sw = execute_plan(plan, executor, progress=not args.no_progress)

@@ -38,7 +38,7 @@ from ..store import layout
 from ..store.run import Run, load_run
 from ..training.loop import check_trainable
 from ..training.stacked import DEFAULT_MAX_STACK, max_stack_size, stack_key, stack_unsupported_reason
-from .executor import Executor, JobResult, SweepProgress, epochs_done, make_executor
+from .executor import Executor, JobResult, SweepProgress, epochs_done, executor_for
 from .plan import Job, fit_schedules, format_bytes, make_jobs, run_disk_bytes
 from .spec import SweepSpec, load_spec
 
@@ -92,6 +92,9 @@ class SweepPlan:
             lines.append(f"  {len(self.jobs)} jobs: {len(stacks)} stacks" + (f" of {', '.join(map(str, sizes))} runs"
                                                                               if stacks else "")
                          + f", {len(self.jobs) - len(stacks)} single runs")
+            o = self.spec.options
+            if o.executor == "local" and o.workers > 1 and len(self.jobs) > 1:
+                lines.append(f"  {min(o.workers, len(self.jobs))} worker processes train jobs side by side")
         lines.append(f"  disk: ≈ {format_bytes(self.disk_bytes)} for the whole sweep; {self.schedule_note}")
         lines += [f"  {n}" for n in self.notes]
         return lines
@@ -291,8 +294,9 @@ def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
             max_stack = DEFAULT_MAX_STACK["cuda" if o.num_gpus else "cpu"]
         else:
             max_stack = max_stack_size(new[0][1])
+    spread = o.workers if o.executor == "local" else 1
     return make_jobs(new, unfinished, preset=spec.preset, group=stack_key if o.stack else None,
-                     max_stack=max_stack), max_stack
+                     max_stack=max_stack, spread=spread), max_stack
 
 
 def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | str | None = None,
@@ -318,9 +322,7 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
         options["executor"], executor = executor, None
     plan = plan_sweep(spec, out, overwrite=overwrite, **options)
     if executor is None:
-        o = plan.spec.options
-        executor = make_executor(o.executor, **({"address": o.ray_address, "num_gpus": o.num_gpus,
-                                                  "num_cpus": o.num_cpus} if o.executor == "ray" else {}))
+        executor = executor_for(plan.spec.options)
     return execute_plan(plan, executor, progress=progress)
 
 

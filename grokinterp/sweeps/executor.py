@@ -3,7 +3,8 @@
 An executor takes the :class:`~grokinterp.sweeps.plan.Job` s of a sweep and runs each with
 :func:`run_job`, reporting epochs done to a :class:`SweepProgress`:
 
-* :class:`LocalExecutor` (default) — one job after another in this process; no extra dependency.
+* :class:`LocalExecutor` (default) — one job after another in this process, or, with
+  ``workers=n``, ``n`` jobs side by side in worker processes on this machine; no extra dependency.
 * :class:`RayExecutor` — each job is a Ray task on a cluster (``pip install grokinterp[ray]``),
   asking for ``num_gpus`` / ``num_cpus``; every task writes its runs into the sweep directory, which
   must be on a filesystem all nodes share, at the same path. Progress is read from the runs'
@@ -16,7 +17,11 @@ interrupted ones resumed). Ctrl-C stops the sweep at once; every run flushes fir
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import multiprocessing
+import multiprocessing.connection
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -29,10 +34,12 @@ from ..errors import ConfigError
 from ..monitor import resume, train  # single runs: with their live measures (a stack records none)
 from ..store import layout
 from ..training.callbacks import Callback
+from ..training.loop import TrainingInterrupted, stop_on_signals
 from ..training.stacked import max_stack_size, resume_stacked, train_stacked
 from .plan import Job
 
-__all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor"]
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor",
+           "executor_for", "SweepInterrupted"]
 
 
 @dataclass(frozen=True)
@@ -137,20 +144,157 @@ class Executor(Protocol):
 
 
 class LocalExecutor:
-    """Every job in this process, one after another (the default; needs nothing but grokinterp)."""
+    """The jobs on this machine (the default; needs nothing but grokinterp).
+
+    Args:
+        workers: ``1`` (default) runs every job in this process, one after another; ``n > 1`` runs
+            up to ``n`` jobs side by side, each in a worker process of its own (forked where the
+            platform allows and CUDA is not initialised, so a worker starts in milliseconds
+            instead of importing torch again). Each worker trains with the trainers' default of one
+            torch thread, so ``n`` workers use ``n`` cores without threads waiting for each other.
+
+    Progress comes from the workers every half second; a worker that dies (killed, out of memory)
+    fails its job, which running the sweep again resumes. Ctrl-C or SIGTERM stops every worker
+    (each flushes its runs first) and raises :class:`SweepInterrupted`.
+    """
 
     name = "local"
 
+    def __init__(self, workers: int = 1):
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ConfigError(f"workers: must be a positive integer, got {workers!r}")
+        self.workers = workers
+
     def run(self, jobs: Sequence[Job], progress: SweepProgress) -> list[JobResult]:
+        if self.workers > 1 and len(jobs) > 1:
+            return _run_in_workers(jobs, progress, self.workers)
         results = []
         for job in jobs:
             result = run_job(job, progress.update)
+            _report(result, progress)
             results.append(result)
-            if result.ok:
-                progress.run_finished(len(job.run_dirs))
-            else:
-                progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
         return results
+
+
+def _report(result: JobResult, progress: SweepProgress) -> None:
+    if result.ok:
+        progress.run_finished(len(result.run_dirs))
+    else:
+        progress.write(f"failed: {', '.join(Path(d).name for d in result.run_dirs)}: {result.error}")
+
+
+def _start_method() -> str:
+    import torch
+
+    if "fork" in multiprocessing.get_all_start_methods() and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
+def _send(conn: Any, kind: str, **fields: Any) -> None:
+    conn.send_bytes(json.dumps({"kind": kind, **fields}).encode())  # JSON, not pickle
+
+
+def _worker_main(job: Job, conn: Any) -> None:
+    """A worker process: run ``job``, sending epoch counts (batched) and how it ended."""
+    # Ctrl-C or SIGTERM before or after training proper stops the worker too (a forked worker
+    # would otherwise inherit the parent's handler, which only sets the parent's flag).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    pending, last = [0], [time.monotonic()]
+
+    def on_epochs(n: int) -> None:
+        pending[0] += n
+        now = time.monotonic()
+        if now - last[0] >= 0.5:
+            _send(conn, "epochs", n=pending[0])
+            pending[0], last[0] = 0, now
+
+    try:
+        try:
+            result = run_job(job, on_epochs)
+            _send(conn, "epochs", n=pending[0])
+            _send(conn, "result", result=dataclasses.asdict(result))
+        except KeyboardInterrupt as e:  # TrainingInterrupted: the runs flushed
+            _send(conn, "epochs", n=pending[0])
+            _send(conn, "interrupted", signum=int(getattr(e, "signum", signal.SIGINT)))
+    except (OSError, KeyboardInterrupt):  # the parent is gone, or a second signal: nothing left to tell
+        pass
+    finally:
+        conn.close()
+
+
+class SweepInterrupted(TrainingInterrupted):
+    """A sweep stopped on SIGINT / SIGTERM; every run flushed first. ``.signum`` as for a run."""
+
+    def __init__(self, sweep_dir: Path, signum: int):
+        KeyboardInterrupt.__init__(self, f"sweep interrupted; every run is saved, continue with "
+                                         f"`grokinterp sweep --resume {sweep_dir}`")
+        self.run_dir, self.epoch, self.signum = sweep_dir, 0, int(signum)
+
+
+def _run_in_workers(jobs: Sequence[Job], progress: SweepProgress, workers: int) -> list[JobResult]:
+    ctx = multiprocessing.get_context(_start_method())
+    queue = list(jobs)
+    running: dict[Any, tuple[Any, Job]] = {}
+    ended: dict[Any, JobResult] = {}
+    results: list[JobResult] = []
+    stop: int | None = None  # the signal that stopped the sweep
+    with stop_on_signals() as stopped:
+        try:
+            while running or (queue and stop is None):
+                if stop is None and stopped():
+                    stop = int(stopped.signum)  # type: ignore[attr-defined]
+                    _signal_all(running, None)  # every worker flushes and stops
+                while queue and stop is None and len(running) < workers:
+                    job = queue.pop(0)
+                    recv, send = ctx.Pipe(duplex=False)
+                    proc = ctx.Process(target=_worker_main, args=(job, send), name="grokinterp-sweep-worker")
+                    proc.start()
+                    send.close()
+                    running[recv] = (proc, job)
+                for conn in multiprocessing.connection.wait(list(running), timeout=0.5):
+                    proc, job = running[conn]
+                    try:
+                        msg = json.loads(conn.recv_bytes())
+                    except (EOFError, OSError):  # the worker ended (or died)
+                        proc.join()
+                        conn.close()
+                        del running[conn]
+                        result = ended.pop(conn, None)
+                        if result is None and stop is None:
+                            result = JobResult(job.run_dirs, False, 0.0, f"its worker process ended with exit code "
+                                               f"{proc.exitcode} before the job did (killed?); its runs resume "
+                                               f"when the sweep runs again")
+                        if result is not None:
+                            _report(result, progress)
+                            results.append(result)
+                        continue
+                    if msg["kind"] == "epochs":
+                        progress.update(int(msg["n"]))
+                    elif msg["kind"] == "result":
+                        r = msg["result"]
+                        ended[conn] = JobResult(**{**r, "run_dirs": tuple(r["run_dirs"])})
+                    elif msg["kind"] == "interrupted" and stop is None:
+                        stop = int(msg["signum"])
+                        _signal_all(running, conn)  # the others flush and stop too
+        except KeyboardInterrupt:  # a second Ctrl-C: the workers got it too; wait for them to end
+            stop = stop or int(signal.SIGINT)
+            for proc, _ in running.values():
+                proc.join()
+    if stop is not None:
+        raise SweepInterrupted(Path(jobs[0].run_dirs[0]).parent.parent, stop) from None
+    return results
+
+
+def _signal_all(running: dict[Any, tuple[Any, Job]], skip: Any) -> None:
+    """SIGTERM to every running worker but ``skip``'s: each flushes its runs and stops."""
+    for conn, (proc, _) in running.items():
+        if conn is not skip and proc.is_alive():
+            try:
+                proc.terminate()
+            except OSError:
+                pass
 
 
 def epochs_done(run_dir: str | Path) -> int:
@@ -224,9 +368,17 @@ def _ray_job(job: Job) -> JobResult:
 
 
 def make_executor(name: str, **kwargs: Any) -> Executor:
-    """``local`` or ``ray`` (``kwargs``: :class:`RayExecutor` arguments)."""
+    """``local`` (``kwargs``: :class:`LocalExecutor` arguments) or ``ray`` (:class:`RayExecutor` arguments)."""
     if name == "local":
-        return LocalExecutor()
+        return LocalExecutor(**kwargs)
     if name == "ray":
         return RayExecutor(**kwargs)
     raise ConfigError(f"options.executor: must be 'local' or 'ray', got {name!r}")
+
+
+def executor_for(options: Any) -> Executor:
+    """The executor a sweep's :class:`~grokinterp.sweeps.spec.SweepOptions` ask for."""
+    if options.executor == "ray":
+        return make_executor("ray", address=options.ray_address, num_gpus=options.num_gpus,
+                             num_cpus=options.num_cpus)
+    return make_executor(options.executor, workers=options.workers)

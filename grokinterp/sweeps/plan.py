@@ -149,7 +149,7 @@ class Job:
 
 
 def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[str, RunConfig, int, str | None]], *,
-              preset: str | None, group=None, max_stack: int = 1) -> list[Job]:
+              preset: str | None, group=None, max_stack: int = 1, spread: int = 1) -> list[Job]:
     """Jobs for the runs to train (``new``: ``(run_dir, config)``) and to resume (``unfinished``:
     ``(run_dir, config, epoch reached, id of the stack it was trained in or None)``).
 
@@ -157,6 +157,8 @@ def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[s
         group: ``group(config) -> key | None``: new runs with the same key (not ``None``) may share
             a stack; ``None`` (default) trains every run alone.
         max_stack: the most runs in one stack.
+        spread: cut each group of new runs into at least this many stacks where it has the runs
+            (one for each worker that trains stacks side by side), of equal sizes as far as possible.
 
     Unfinished runs of one recorded stack resume together (in their recorded stack), the others alone.
     """
@@ -179,8 +181,10 @@ def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[s
     for members in buckets.values():
         # Runs of a stack are padded to its largest training set: cut stacks from runs of similar size.
         members = sorted(members, key=lambda m: m[1].task.frac_train)
-        for i in range(0, len(members), max_stack):
-            chunk = members[i: i + max_stack]
+        n_stacks = max(math.ceil(len(members) / max_stack), min(max(spread, 1), len(members)))
+        bounds = [round(i * len(members) / n_stacks) for i in range(n_stacks + 1)]
+        for i0, i1 in zip(bounds, bounds[1:]):
+            chunk = members[i0: i1]
             jobs.append(Job("train", tuple(d for d, _ in chunk), tuple(c.to_dict() for _, c in chunk),
                             stacked=len(chunk) > 1, preset=preset,
                             model_epochs=sum(c.train.epochs + 1 for _, c in chunk)))
