@@ -247,3 +247,70 @@ def test_import_legacy_never_replaces_a_run_being_written(tmp_path):
     (out / _io.LOCK_FILE).unlink()
     assert g.import_legacy(src, out, overwrite=True).finished
     assert not (out / _io.LOCK_FILE).exists() and verify(out).ok
+
+
+# -- claiming run directories (the one place trainers take them) ------------------------------------------
+def _files(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+
+
+def test_a_start_that_fails_leaves_nothing_behind_and_a_started_run_stays(tmp_path):
+    from grokinterp.store.writer import claim_run_dirs, start_run
+
+    new, old = tmp_path / "new", tmp_path / "old"
+    g.train(CFG.replace(init_seed=5), old, progress=False)
+    with pytest.raises(ZeroDivisionError):
+        with claim_run_dirs([new, old], [CFG, CFG], overwrite=True) as claim:
+            assert claim.decisions == ["new", "replace"] and all(lk.held for lk in claim.locks)
+            claim.wrote = True
+            start_run(new, {"config": CFG.to_dict()}, [], [])
+            1 / 0  # noqa: B018 - fails before training starts
+    assert not new.exists()  # created here: removed
+    assert old.exists() and _files(old) == []  # a run being replaced, partly rewritten: cleared, never half-written
+    with pytest.raises(ZeroDivisionError):
+        with claim_run_dirs([new], [CFG], overwrite=False) as claim:
+            claim.wrote = claim.started = True
+            start_run(new, {"config": CFG.to_dict()}, [], [])
+            1 / 0  # noqa: B018 - fails after training started: the run stays, resumable
+    assert (new / _io.RUN_JSON).exists() and not (new / _io.LOCK_FILE).exists()
+
+
+def test_a_different_run_or_a_held_lock_is_refused_and_never_deleted(tmp_path):
+    from grokinterp.store.writer import claim_run_dirs
+
+    a, b, held = tmp_path / "a", tmp_path / "b", tmp_path / "held"
+    g.train(CFG.replace(init_seed=1), b, progress=False)
+    before = _files(b)
+    with pytest.raises(RunError, match="already holds a different run"):
+        with claim_run_dirs([a, b], [CFG, CFG], overwrite=False):
+            pass
+    assert not a.exists() and _files(b) == before
+    held.mkdir()
+    lock = L.acquire(held, "train")
+    try:
+        with pytest.raises(RunError):
+            with claim_run_dirs([a, held], [CFG, CFG], overwrite=False):
+                pass
+        assert not a.exists() and held.exists() and lock.held
+    finally:
+        lock.release()
+
+
+def test_a_run_another_process_wrote_into_a_directory_created_here_is_kept(tmp_path, monkeypatch):
+    """The race: this call creates the directory, another trainer takes its lock first and writes a
+    run, then this call gets the lock and finds a different run: it refuses and deletes nothing."""
+    from grokinterp.store import writer
+
+    out = tmp_path / "raced"
+    real_acquire = writer.acquire
+
+    def acquire_after_another_writer(run_dir, command="train"):
+        monkeypatch.setattr(writer, "acquire", real_acquire)
+        g.train(CFG.replace(init_seed=9), run_dir, progress=False)  # "another process", done first
+        return real_acquire(run_dir, command)
+
+    monkeypatch.setattr(writer, "acquire", acquire_after_another_writer)
+    with pytest.raises(RunError, match="already holds a different run"):
+        with writer.claim_run_dirs([out], [CFG], overwrite=False):
+            pass
+    assert (out / _io.RUN_JSON).exists() and verify(out).ok

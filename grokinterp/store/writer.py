@@ -38,6 +38,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +55,10 @@ from ..config import FORMAT_VERSION, RunConfig
 from ..errors import RunError
 from . import layout as _io
 from .integrity import Manifest, entry_matches, load_manifest
+from .lock import acquire
 
 __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
-           "check_out_dir"]
+           "check_out_dir", "claim_run_dirs", "RunClaim"]
 
 #: Columns every ``metrics.csv`` has, in this order (NaN where a metric was not recorded at that
 #: epoch). Callbacks may add columns after them (the live measures do); readers keep those extra
@@ -396,10 +401,86 @@ def check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
                    f"or choose another output directory")
 
 
+@dataclass(eq=False)
+class RunClaim:
+    """Run directories held for writing (:func:`claim_run_dirs`).
+
+    Attributes:
+        dirs: the directories, each locked.
+        locks: their :class:`~grokinterp.store.lock.RunLock` s (released on leaving).
+        decisions: :func:`check_out_dir`'s decision for each, made again under its lock (another
+            process may have written it meanwhile): ``new``, ``same`` or ``replace``.
+        wrote: set by the caller before it writes the files of new runs into ``dirs``.
+        started: set by the caller once training (or a resume) began: from then on everything
+            stays (a stopped run is resumable), whatever happens.
+    """
+
+    dirs: list[Path]
+    locks: list[Any]
+    decisions: list[str]
+    wrote: bool = False
+    started: bool = False
+
+
+@contextmanager
+def claim_run_dirs(outs: Sequence[Path], configs: Sequence[RunConfig], overwrite: bool,
+                   command: str = "train") -> Iterator[RunClaim]:
+    """Create and lock ``outs`` for the runs of ``configs``; the one place trainers take their
+    directories (:func:`grokinterp.train`, :func:`grokinterp.training.stacked.train_stacked`).
+
+    Each directory is created and locked (:func:`~grokinterp.store.lock.acquire`: a directory another
+    writer holds is refused, naming the holder), then checked again under its lock. On leaving,
+    the locks are released, and when training never started, nothing the call made stays: runs it
+    began writing into existing directories are cleared, and directories it created are removed —
+    wholly when it found them empty under its lock, otherwise only if they are empty (it never
+    deletes what another process wrote into them in between).
+
+    Raises:
+        RunError: a directory cannot be created, is locked by another writer, or holds a different
+            run (without ``overwrite``) — before anything is written.
+    """
+    outs = [Path(o) for o in outs]
+    created = [not os.path.lexists(o) for o in outs]
+    locks: list[Any] = []
+    decisions: list[str] = []
+    claim: RunClaim | None = None
+    try:
+        for o in outs:
+            try:
+                o.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RunError(f"{o}: cannot create the run directory ({e.strerror or e})") from None
+            locks.append(acquire(o, command))
+        for o, c in zip(outs, configs):
+            decisions.append(check_out_dir(o, c, overwrite))
+        claim = RunClaim(outs, list(locks), list(decisions))
+        yield claim
+    finally:
+        started = claim is not None and claim.started
+        if not started and claim is not None and claim.wrote:  # take back what was written
+            for o, new in zip(outs, created):
+                if not new:
+                    try:
+                        clear_run_dir(o)
+                    except RunError:
+                        pass
+        for lock in locks:
+            lock.release()
+        if not started:
+            for i, (o, new) in enumerate(zip(outs, created)):
+                if not new:
+                    continue
+                if i < len(decisions) and decisions[i] == "new":  # empty when we held its lock: all ours
+                    shutil.rmtree(o, ignore_errors=True)
+                else:
+                    try:
+                        o.rmdir()
+                    except OSError:
+                        pass
+
+
 def clear_run_dir(out: Path) -> None:
     """Remove everything in ``out`` except the run lock (the caller holds it)."""
-    import shutil
-
     try:
         for entry in out.iterdir():
             if entry.name.startswith(_io.LOCK_FILE):

@@ -47,6 +47,7 @@ from ..store.writer import (
     METRIC_COLUMNS,
     CheckpointWriter,
     check_out_dir,
+    claim_run_dirs,
     clear_run_dir,
     run_metadata,
     start_run,
@@ -446,47 +447,24 @@ def train(
     out = Path(out)
     if check_out_dir(out, config, overwrite) != "same":
         preflight(config, device, out)
-    created = not os.path.lexists(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RunError(f"{out}: cannot create the run directory ({e.strerror or e})") from None
-    try:
-        lock = acquire(out, "train")
-    except BaseException:
-        if created:
-            _remove_empty(out)
-        raise
-    started = wrote = False
-    try:
-        decision = check_out_dir(out, config, overwrite)  # again: another process may have written it meanwhile
-        if decision == "same":
-            started = True
+    with claim_run_dirs([out], [config], overwrite) as claim:
+        lock = claim.locks[0]
+        if claim.decisions[0] == "same":  # another process wrote this run meanwhile, or it is being resumed
+            claim.started = True
             return _resume_locked(out, lock, progress=progress, device=None, callbacks=callbacks, threads=threads)
-        if decision == "replace":
+        if claim.decisions[0] == "replace":
             clear_run_dir(out)
         with torch_threads(n_threads):
             train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
                                                                config.task.split_method)
-            wrote = True
+            claim.wrote = True
             start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
                       test_pairs)
             loop = _build_loop(config, out, device, train_pairs, test_pairs, cbs)
-            started = True
+            claim.started = True
             loop.writer.lock = lock
             with _sigint_flag() as stop:
                 loop.run(stop)
-    finally:
-        if not started and wrote and not created:  # failed before training began: take back what we wrote
-            try:
-                clear_run_dir(out)
-            except RunError:
-                pass
-        lock.release()
-        if created and not started:  # refused or failed before training began: leave nothing behind
-            import shutil
-
-            shutil.rmtree(out, ignore_errors=True)
     return _with_session(load_run(out), "trained", 0, config.train.epochs, n_threads)
 
 
@@ -500,13 +478,6 @@ def recorded_threads(run) -> int | None:
     """The torch thread count ``run.json`` records for the run's training (``None``: not recorded)."""
     n = (run.info.get("device") or {}).get("torch_threads")
     return int(n) if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
-
-
-def _remove_empty(out: Path) -> None:
-    try:
-        out.rmdir()
-    except OSError:
-        pass
 
 
 def _build_loop(config: RunConfig, out: Path, device: torch.device, train_pairs, test_pairs,

@@ -66,6 +66,7 @@ from ..store.writer import (
     METRIC_COLUMNS,
     CheckpointWriter,
     check_out_dir,
+    claim_run_dirs,
     clear_run_dir,
     run_metadata,
     start_run,
@@ -997,28 +998,18 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
                        f"in a stack of their own (or resume the existing ones with resume_stacked)")
     for o, c in zip(outs, configs):
         preflight(c, device, o)
-    created = [not os.path.lexists(o) for o in outs]
-    locks: list[RunLock] = []
-    started = False
-    try:
-        for o in outs:
-            try:
-                o.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise RunError(f"{o}: cannot create the run directory ({e.strerror or e})") from None
-            locks.append(acquire(o, "train"))
-        for o, c in zip(outs, configs):  # again, under the locks: another process may have written meanwhile
-            decision = check_out_dir(o, c, overwrite)
+    with claim_run_dirs(outs, configs, overwrite) as claim:
+        for o, decision in zip(outs, claim.decisions):
             if decision == "same":
                 raise RunError(f"{o}: another process wrote this run meanwhile; nothing was trained")
             if decision == "replace":
                 clear_run_dir(o)
         with torch_threads(n_threads):
-            started = True
             splits = [c.task.task().split(c.task.frac_train, c.task.split_seed, c.task.split_method) for c in configs]
             stack_id = hashlib.sha256(json.dumps([[str(o.absolute()) for o in outs], [c.to_dict() for c in configs]],
                                                  sort_keys=True).encode()).hexdigest()[:16]
             padded = padded_lengths(configs, splits, mode)
+            claim.wrote = True
             for r, (c, o, (trn, tst)) in enumerate(zip(configs, outs, splits)):
                 info = run_metadata(c, device, preset, len(trn), len(tst))
                 info["stack"] = _stack_record(outs, r, stack_id, impl, mode, padded)
@@ -1027,19 +1018,11 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
                 async_flush = device.type == "cuda"
             loop = StackedLoop(configs, outs, device, splits, cbs, impl=impl, mode=mode, async_flush=async_flush,
                                padded=padded)
-            for r, lock in enumerate(locks):
+            claim.started = True
+            for r, lock in enumerate(claim.locks):
                 loop.writers[r].lock = lock
             with stop_on_signals() as stop:
                 loop.run(stop)
-    finally:
-        for lock in locks:
-            lock.release()
-        if not started:  # refused before anything was trained: leave no directory behind that we created
-            import shutil
-
-            for o, new in zip(outs, created):
-                if new:
-                    shutil.rmtree(o, ignore_errors=True)
     return [load_run(o) for o in outs]
 
 
