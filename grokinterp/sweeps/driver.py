@@ -311,7 +311,8 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
             ``"ray"`` (default: ``options.executor``, local).
         progress: one progress bar for the sweep (and the plan printed above it).
         overwrite: replace a different sweep found in ``out``.
-        **options: :class:`~grokinterp.sweeps.spec.SweepOptions` overrides (``max_stack=8``, ...).
+        **options: :class:`~grokinterp.sweeps.spec.SweepOptions` overrides (``max_stack=8``,
+            ``workers=2`` for two local worker processes, ...).
 
     Raises:
         ConfigError, RunError: before anything is written (see :func:`plan_sweep`).

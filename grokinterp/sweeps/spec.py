@@ -73,9 +73,11 @@ class SweepOptions:
         executor: ``local`` (this machine, default) or ``ray``.
         workers: local worker processes that train jobs side by side (default 1: every job in this
             process). With ``n`` workers each group of runs that share a stack is cut into at least
-            ``n`` stacks, so that every core trains one (two stacks of 8 ``tiny`` runs in two processes
-            train 1.2× faster than one stack of 16 with two threads on a 2-core machine:
-            ``benchmarks/stacked_speed.py``).
+            ``n`` stacks, so that every core trains one. On a 2-core machine two stacks of 8 ``tiny``
+            runs in two processes train 1.75× faster than one stack of 16 with one thread, 1.2×
+            faster than one with two threads (``benchmarks/stacked_speed.py``). Not the machine's
+            core count by default: how runs are cut into stacks changes their rounding, and a
+            sweep's runs should not depend on the machine it ran on.
         ray_address: the Ray cluster to join (``auto``, ``ray://host:port``; default: a local one).
         num_gpus: GPUs each Ray task asks for (one stack per task).
         num_cpus: CPUs each Ray task asks for.
