@@ -181,7 +181,6 @@ class _TablesLoss(torch.autograd.Function):
         k = OVr.shape[-1]
         relu = cfg.act_fn == "relu"
         grads = any(ctx.needs_input_grad[:5])
-        w = w.detach()
         loss = torch.empty(R, dtype=torch.float64, device=w.device)
         logits = torch.empty(R, n, Vp, dtype=w.dtype, device=w.device)  # padded; the caller drops the padding
         if grads:

@@ -55,7 +55,7 @@ from ..config import FORMAT_VERSION, RunConfig
 from ..errors import RunError
 from . import layout as _io
 from .integrity import Manifest, entry_matches, load_manifest
-from .lock import acquire
+from .lock import RunLock, acquire
 
 __all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
            "check_out_dir", "claim_run_dirs", "RunClaim"]
@@ -406,8 +406,7 @@ class RunClaim:
     """Run directories held for writing (:func:`claim_run_dirs`).
 
     Attributes:
-        dirs: the directories, each locked.
-        locks: their :class:`~grokinterp.store.lock.RunLock` s (released on leaving).
+        locks: the directories' :class:`~grokinterp.store.lock.RunLock` s, in order (released on leaving).
         decisions: :func:`check_out_dir`'s decision for each, made again under its lock (another
             process may have written it meanwhile): ``new``, ``same`` or ``replace``.
         wrote: set by the caller before it writes the files of new runs into ``dirs``.
@@ -415,16 +414,14 @@ class RunClaim:
             stays (a stopped run is resumable), whatever happens.
     """
 
-    dirs: list[Path]
-    locks: list[Any]
+    locks: list[RunLock]
     decisions: list[str]
     wrote: bool = False
     started: bool = False
 
 
 @contextmanager
-def claim_run_dirs(outs: Sequence[Path], configs: Sequence[RunConfig], overwrite: bool,
-                   command: str = "train") -> Iterator[RunClaim]:
+def claim_run_dirs(outs: Sequence[Path], configs: Sequence[RunConfig], overwrite: bool) -> Iterator[RunClaim]:
     """Create and lock ``outs`` for the runs of ``configs``; the one place trainers take their
     directories (:func:`grokinterp.train`, :func:`grokinterp.training.stacked.train_stacked`).
 
@@ -441,7 +438,7 @@ def claim_run_dirs(outs: Sequence[Path], configs: Sequence[RunConfig], overwrite
     """
     outs = [Path(o) for o in outs]
     created = [not os.path.lexists(o) for o in outs]
-    locks: list[Any] = []
+    locks: list[RunLock] = []
     decisions: list[str] = []
     claim: RunClaim | None = None
     try:
@@ -450,10 +447,10 @@ def claim_run_dirs(outs: Sequence[Path], configs: Sequence[RunConfig], overwrite
                 o.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise RunError(f"{o}: cannot create the run directory ({e.strerror or e})") from None
-            locks.append(acquire(o, command))
+            locks.append(acquire(o, "train"))
         for o, c in zip(outs, configs):
             decisions.append(check_out_dir(o, c, overwrite))
-        claim = RunClaim(outs, list(locks), list(decisions))
+        claim = RunClaim(list(locks), list(decisions))
         yield claim
     finally:
         started = claim is not None and claim.started

@@ -92,9 +92,9 @@ class SweepPlan:
             lines.append(f"  {len(self.jobs)} jobs: {len(stacks)} stacks" + (f" of {', '.join(map(str, sizes))} runs"
                                                                               if stacks else "")
                          + f", {len(self.jobs) - len(stacks)} single runs")
-            o = self.spec.options
-            if o.executor == "local" and o.workers > 1 and len(self.jobs) > 1:
-                lines.append(f"  {min(o.workers, len(self.jobs))} worker processes train jobs side by side")
+            workers = self.spec.options.workers  # above 1 only with the local executor (SweepOptions)
+            if workers > 1 and len(self.jobs) > 1:
+                lines.append(f"  {min(workers, len(self.jobs))} worker processes train jobs side by side")
         lines.append(f"  disk: ≈ {format_bytes(self.disk_bytes)} for the whole sweep; {self.schedule_note}")
         lines += [f"  {n}" for n in self.notes]
         return lines
@@ -294,9 +294,8 @@ def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
             max_stack = DEFAULT_MAX_STACK["cuda" if o.num_gpus else "cpu"]
         else:
             max_stack = max_stack_size(new[0][1])
-    spread = o.workers if o.executor == "local" else 1
     return make_jobs(new, unfinished, preset=spec.preset, group=stack_key if o.stack else None,
-                     max_stack=max_stack, spread=spread), max_stack
+                     max_stack=max_stack, spread=o.workers), max_stack
 
 
 def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | str | None = None,
