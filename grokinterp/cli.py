@@ -98,6 +98,13 @@ def _path(text: str | None, flag: str) -> Path | None:
     return Path(text)
 
 
+def _nonempty_path(text: str) -> Path:
+    """argparse type of the path flags: an empty path is refused at parse time (exit 2), not taken as ``.``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a directory or file name")
+    return Path(text)
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -256,14 +263,14 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                        description="Analyse a run (progress measures, phases, when the circuit formed, key "
                                    "frequencies, neurons, logits, ablations) and write one HTML file with every "
                                    "figure; plotly.js is embedded, so it opens offline.")
-    r.add_argument("run", type=Path, metavar="RUN")
-    r.add_argument("--out", type=Path, help="HTML file to write (default: RUN/report.html)")
+    r.add_argument("run", type=_nonempty_path, metavar="RUN")
+    r.add_argument("--out", type=_nonempty_path, help="HTML file to write (default: RUN/report.html)")
     r.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (for a group task other than a + b: key irreps, by index as the "
                         "report lists them; default: from the final checkpoint)")
-    r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
+    r.add_argument("--summary-json", type=_nonempty_path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
                        description="Re-hash every file of a run and compare with manifest.json; lists each "
@@ -278,9 +285,9 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                                    "Each point is an ordinary run directory under OUT/runs/. Running the same "
                                    "command again skips finished runs and resumes interrupted ones. Runs that share "
                                    "shapes train together as one stacked model.")
-    s.add_argument("spec", nargs="?", type=Path, metavar="SPEC", help="sweep spec (.toml or .json)")
-    s.add_argument("--out", type=Path, help="sweep directory (default: checkpoints/sweep-<spec hash>)")
-    s.add_argument("--resume", type=Path, metavar="SWEEP", help="continue a sweep directory (no spec, no flags)")
+    s.add_argument("spec", nargs="?", type=_nonempty_path, metavar="SPEC", help="sweep spec (.toml or .json)")
+    s.add_argument("--out", type=_nonempty_path, help="sweep directory (default: checkpoints/sweep-<spec hash>)")
+    s.add_argument("--resume", type=_nonempty_path, metavar="SWEEP", help="continue a sweep directory (no spec, no flags)")
     s.add_argument("--preset", choices=list(PRESETS), help="base config of every point (default: the spec's, "
                    "else quick)")
     s.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
@@ -310,9 +317,9 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                                     "circuit date and lead, neuron and logit fits), medians and spreads over seeds, "
                                     "and figures (phase diagram, data-fraction curves, seed distributions, every "
                                     "run's curves) in one self-contained HTML file; the tables as CSV.")
-    sr.add_argument("sweep", type=Path, metavar="SWEEP")
-    sr.add_argument("--out", type=Path, help="HTML file to write (default: SWEEP/report.html)")
-    sr.add_argument("--csv", type=Path, help="per-run table (default: SWEEP/table.csv; summary.csv beside it)")
+    sr.add_argument("sweep", type=_nonempty_path, metavar="SWEEP")
+    sr.add_argument("--out", type=_nonempty_path, help="HTML file to write (default: SWEEP/report.html)")
+    sr.add_argument("--csv", type=_nonempty_path, help="per-run table (default: SWEEP/table.csv; summary.csv beside it)")
     sr.add_argument("--max-checkpoints", type=int, default=100, metavar="N",
                     help="checkpoints each run study uses, evenly spread (default 100)")
     sr.add_argument("--no-analysis", action="store_true", help="only the training metrics (fast)")
@@ -343,7 +350,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                                    "accuracy) and the early warning when the generalizing circuit forms. A run trained "
                                    "without live measures (live_every = 0) gets them computed from each new checkpoint. "
                                    "Ends when the run is finished.")
-    w.add_argument("run", type=Path, metavar="RUN")
+    w.add_argument("run", type=_nonempty_path, metavar="RUN")
     w.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between looks (default 5)")
     w.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without anything new")
     parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w})  # type: ignore[attr-defined]
@@ -408,8 +415,13 @@ def _session_line(run) -> str:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    if args.interval <= 0:
-        raise GrokinterpError(f"--interval: must be positive, got {args.interval}")
+    import math
+
+    if not (math.isfinite(args.interval) and args.interval > 0):  # nan and inf too: sleep(nan) raises
+        raise GrokinterpError(f"--interval: must be a positive number of seconds, got {args.interval}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout >= 0):
+        raise GrokinterpError(f"--timeout: must be a non-negative number of seconds (leave it out to wait until the "
+                              f"run finishes), got {args.timeout}")
     from .monitor import watch
 
     print(f"watching {args.run} (Ctrl-C to stop)", flush=True)

@@ -260,9 +260,14 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
 
     Raises:
         RunError: ``run_dir`` is not (and does not become) a run directory.
+        ConfigError: ``interval`` is not a finite positive number, or ``timeout`` not a finite one ≥ 0.
     """
     from .store.run import load_run
 
+    if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval > 0):
+        raise ConfigError(f"interval: must be a positive number of seconds, got {interval!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout >= 0):
+        raise ConfigError(f"timeout: must be a non-negative number of seconds or None, got {timeout!r}")
     path = Path(run_dir)
     seen_epoch, last_progress, warned = -1, None, False
     history: list[dict[str, Any]] = []

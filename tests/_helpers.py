@@ -31,7 +31,10 @@ def cli_here(*args: str) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))
+        try:
+            code = main(list(args))
+        except SystemExit as e:  # argparse refusing a flag's value
+            code = e.code
     return code, out.getvalue(), err.getvalue()
 
 

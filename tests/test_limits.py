@@ -150,11 +150,33 @@ def test_preflight_runs_at_resume_for_what_is_left(tmp_path, monkeypatch):
 def test_an_empty_out_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for args in (["train", "--preset", "tiny", "--out", ""], ["train", "--resume", ""], ["info", ""],
-                 ["verify", " "], ["import-legacy", "x.pth", ""]):
+                 ["verify", " "], ["import-legacy", "x.pth", ""],
+                 # every path flag of every command (``Path("")`` is the current directory: a sweep wrote there)
+                 ["sweep", "--preset", "tiny", "--seeds", "0,1", "--out", ""], ["sweep", "", "--out", "x"],
+                 ["sweep", "--resume", ""], ["report", ""], ["report", "run", "--out", ""],
+                 ["report", "run", "--summary-json", " "], ["sweep-report", ""], ["sweep-report", "sw", "--out", ""],
+                 ["sweep-report", "sw", "--csv", ""], ["watch", ""]):
         code, _, err = cli_here(*args)
         assert code == 2, (args, err)
         assert "an empty path" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
+def test_watch_refuses_an_interval_that_is_not_a_positive_number(tmp_path, tiny_run, value):
+    from grokinterp.monitor import watch
+
+    (tmp_path / "starting").mkdir()  # a run directory whose trainer has not written run.json yet
+    for run in (tiny_run.path, tmp_path / "starting"):  # finished, and live
+        code, out, err = cli_here("watch", str(run), "--interval", value)
+        assert code == 2 and out == "", (run, value, out, err)
+        assert "--interval" in err and len(err.strip().splitlines()) == 1, err
+        if value != "0":
+            code, out, err = cli_here("watch", str(run), "--timeout", value)
+            assert code == 2 and "--timeout" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match="interval"):
+        next(watch(tiny_run.path, interval=float(value)))
+    assert list(tmp_path.iterdir()) == [tmp_path / "starting"]
 
 
 @pytest.mark.parametrize("length", [300, 5000])
