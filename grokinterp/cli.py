@@ -366,8 +366,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     import warnings
 
     overrides = _overrides(args)
-    if args.threads is not None and args.threads < 1:
-        raise GrokinterpError(f"--threads: must be a positive integer, got {args.threads}")
+    if args.threads is not None:
+        from .training.threads import check_threads  # torch-free
+
+        check_threads(args.threads, "--threads")
     args.out, args.resume = _path(args.out, "--out"), _path(args.resume, "--resume")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)

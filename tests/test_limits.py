@@ -162,6 +162,21 @@ def test_an_empty_out_is_refused(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing written into the current directory
 
 
+def test_threads_beyond_the_machine_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import os
+
+    from grokinterp.training.threads import check_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # a 2-core machine: at most 8 threads
+    assert check_threads(8) == 8
+    for n in ("9", "1000000"):  # 10⁶ made torch fail after ~45 s with std::bad_alloc, naming nothing
+        code, out, err = cli_here("train", "--preset", "tiny", "--out", str(tmp_path / "run"), "--threads", n)
+        assert code == 2 and "--threads" in err and "2 cores" in err and len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ConfigError, match="threads: 9 threads"):
+        g.train(TINY, tmp_path / "run", progress=False, threads=9)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
 def test_watch_refuses_an_interval_that_is_not_a_positive_number(tmp_path, tiny_run, value):
     from grokinterp.monitor import watch

@@ -19,35 +19,52 @@ Why the default is 1 thread, whatever the machine:
   run uses the recorded count (tested).
 
 Pass ``threads=N`` (``grokinterp train --threads N``) to use more where cores are idle; rerun
-``benchmarks/threads.py`` there to see whether it pays off.
+``benchmarks/threads.py`` there to see whether it pays off. A count above :func:`max_threads`
+(:data:`THREADS_PER_CORE` per core of this machine) is refused before anything is written: it cannot
+be faster, and a huge one (``--threads 1000000``) made torch's thread pool fail after ~45 s with
+``std::bad_alloc``. A resumed run keeps its recorded count, whatever the machine.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import torch
 
 from ..config import is_int
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_THREADS", "check_threads", "torch_threads"]
+__all__ = ["DEFAULT_THREADS", "THREADS_PER_CORE", "check_threads", "max_threads", "torch_threads"]
 
 #: Torch intra-op threads used for training unless the caller asks for another count.
 DEFAULT_THREADS = 1
+#: Most threads asked for per core of the machine (:func:`max_threads`).
+THREADS_PER_CORE = 4
 
 
-def check_threads(threads: object) -> int:
-    """A positive thread count, or :class:`ConfigError` naming ``threads``."""
+def max_threads() -> int:
+    """The most torch threads a training on this machine may ask for: :data:`THREADS_PER_CORE` per core."""
+    return THREADS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_threads(threads: object, name: str = "threads") -> int:
+    """A positive thread count at most :func:`max_threads`, or :class:`ConfigError` naming ``name``.
+
+    Torch-free, so that the CLI refuses a bad ``--threads`` without loading torch.
+    """
     if not is_int(threads) or int(threads) < 1:  # type: ignore[arg-type]
-        raise ConfigError(f"threads: must be a positive integer, got {threads!r}")
+        raise ConfigError(f"{name}: must be a positive integer, got {threads!r}")
+    if int(threads) > max_threads():  # type: ignore[arg-type]
+        raise ConfigError(f"{name}: {threads} threads on a machine with {os.cpu_count()} cores; at most "
+                          f"{max_threads()} ({THREADS_PER_CORE} per core)")
     return int(threads)  # type: ignore[arg-type]
 
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[int]:
     """Run the block with ``torch.set_num_threads(n)``; the previous setting is restored after."""
+    import torch
+
     old = torch.get_num_threads()
     if n != old:
         torch.set_num_threads(n)
