@@ -93,6 +93,32 @@ def test_each_missing_truncated_altered_or_unlisted_file_is_reported(run_dir):
     assert data["ok"] is False and data["truncated"] == ["state.safetensors"]
 
 
+def test_a_file_of_the_wrong_size_is_reported_without_hashing_it(run_dir, monkeypatch):
+    import time
+
+    from grokinterp.store import integrity
+
+    shard = sorted((run_dir / "shards").iterdir())[0]
+    rel = f"shards/{shard.name}"
+    with open(shard, "r+b") as f:
+        f.truncate(16 << 30)  # a sparse 16 GB shard: hashing it took 48 s, the loader refuses it by size at once
+    real = integrity._hash_file
+
+    def hash_file(path, root):
+        assert path.name != shard.name, "hashed a file whose size already tells it is damaged"
+        return real(path, root)
+
+    monkeypatch.setattr(integrity, "_hash_file", hash_file)
+    t0 = time.perf_counter()
+    report = verify(run_dir)
+    assert time.perf_counter() - t0 < 10
+    assert report.altered == (rel,) and report.details[rel].startswith(f"{16 << 30} bytes, recorded ")
+    with open(shard, "r+b") as f:
+        f.truncate(100)
+    report = verify(run_dir)
+    assert report.truncated == (rel,) and report.details[rel].startswith("100 of ")
+
+
 def test_missing_or_malformed_manifest_is_a_clean_error(run_dir, tmp_path):
     manifest = run_dir / "manifest.json"
     good = json.loads(manifest.read_text())
