@@ -166,6 +166,33 @@ def test_rerunning_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
         assert (run.path / "manifest.json").stat().st_mtime_ns == mtimes[name]
 
 
+class _NoOpExecutor:
+    """Writes the sweep's manifest through ``execute_plan`` and runs nothing."""
+
+    def run(self, jobs, bar):
+        return []
+
+
+def test_a_sweep_killed_as_its_locks_appear_resumes(tmp_path):
+    import subprocess
+    import sys
+
+    from _helpers import cli_here
+
+    out = tmp_path / "sw"
+    g.sweep(_spec(grid={}, fixed={"epochs": 20, "every": 10, "log_early": 0}), out, progress=False,
+            executor=_NoOpExecutor())
+    kill = ("import os, signal, sys; from grokinterp.store.lock import acquire\n"
+            "for d in sys.argv[1:]:\n    os.makedirs(d, exist_ok=True); acquire(d, 'sweep')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    dirs = [str(out / p["run"]) for p in load_sweep(out).points]
+    assert subprocess.run([sys.executable, "-c", kill, *dirs]).returncode == -9
+    assert all(sorted(p.name for p in Path(d).iterdir()) == [".grokinterp.lock"] for d in dirs)  # stale locks only
+    code, _, err = cli_here("sweep", "--resume", str(out), "--no-progress")
+    assert code == 0, err
+    assert load_sweep(out).finished
+
+
 def test_a_different_spec_or_a_foreign_directory_is_refused(tmp_path):
     out = tmp_path / "sw"
     g.sweep(_spec(seeds=[0]), out, progress=False)

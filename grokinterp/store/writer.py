@@ -384,7 +384,7 @@ def check_out_dir(out: Path, config: RunConfig, overwrite: bool) -> str:
             raise RunError(f"{out}: exists and is not a directory")
         run_json = out / _io.RUN_JSON
         if not os.path.lexists(run_json):
-            if not _creation_leftovers(out):
+            if not creation_leftovers(out):
                 raise RunError(f"{out}: directory is not empty and holds no grokinterp run; choose another --out")
             return "new"
     except OSError as e:
@@ -511,7 +511,7 @@ def _same_config(existing: Any, config: RunConfig) -> bool:
         return False
 
 
-def _creation_leftovers(out: Path) -> bool:
+def creation_leftovers(out: Path) -> bool:
     """Whether ``out`` holds only what a ``train`` killed before writing ``run.json`` leaves behind
     (the split, the first manifest, temporary files, the run lock), or nothing."""
     for entry in out.iterdir():

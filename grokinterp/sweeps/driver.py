@@ -36,6 +36,7 @@ from ..config import FORMAT_VERSION, RunConfig
 from ..errors import ConfigError, GrokinterpError, RunError
 from ..store import layout
 from ..store.run import Run, load_run
+from ..store.writer import creation_leftovers
 from ..training.loop import check_trainable
 from ..training.stacked import DEFAULT_MAX_STACK, max_stack_size, stack_key, stack_unsupported_reason
 from .executor import Executor, JobResult, SweepProgress, epochs_done, executor_for
@@ -154,8 +155,9 @@ def _sweep_json(plan: SweepPlan) -> dict[str, Any]:
 def _run_state(run_dir: Path, config: RunConfig) -> tuple[str, int]:
     """``("new" | "unfinished" | "finished", epochs flushed)``; raises if the directory holds another run."""
     if not (run_dir / layout.RUN_JSON).exists():
-        if run_dir.exists() and any(run_dir.iterdir()) and not all(
-                e.name == layout.SPLIT_FILE or e.name.endswith(".tmp") for e in run_dir.iterdir()):
+        # what a run killed before its run.json leaves (its lock, split, first manifest) is a new run, as for
+        # `train`; a live holder of the lock is refused when the job takes it
+        if run_dir.is_dir() and not creation_leftovers(run_dir):
             raise RunError(f"{run_dir}: holds files but no run; move them away or choose another sweep directory")
         return "new", 0
     info = layout.read_json(run_dir / layout.RUN_JSON, "run metadata")
