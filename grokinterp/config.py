@@ -78,6 +78,8 @@ class Limits:
         shards: most shard files (checkpoints / flush_every).
         seed: largest seed (seeds must fit a signed 64-bit integer: torch and safetensors).
         json_bytes: largest ``run.json`` / ``progress.json`` read (checked before reading).
+        sweep_points: most points (runs) in one sweep, checked from the axis lengths before the grid
+            is expanded (planning takes ~5 ms a point here; 10⁶ points got no answer in 240 s).
     """
 
     p: int = 5000
@@ -88,6 +90,7 @@ class Limits:
     shards: int = 10 ** 6
     seed: int = 2 ** 63 - 1
     json_bytes: int = 1 << 20
+    sweep_points: int = 10_000
 
     @property
     def manifest_bytes(self) -> int:

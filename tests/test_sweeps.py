@@ -97,6 +97,25 @@ def test_unknown_optimizer_or_transform_is_refused_before_writing(tmp_path):
         assert not (tmp_path / "sw").exists()
 
 
+def test_the_number_of_points_is_bounded_before_the_grid_is_expanded(tmp_path, monkeypatch):
+    from grokinterp.config import LIMITS
+
+    def expand(self):
+        raise AssertionError("expanded the grid before counting its points")
+
+    monkeypatch.setattr(SweepSpec, "_combinations", expand)
+    doc = {"preset": "tiny", "grid": {"weight_decay": [0.1 * i for i in range(1, 1001)]},
+           "zip": {"lr": [1e-3, 2e-3], "beta1": [0.8, 0.9]}, "seeds": list(range(1000))}
+    with pytest.raises(ConfigError, match=r"grid.weight_decay \(1000\) × zip \(lr, beta1\) \(2\) × seeds \(1000\): "
+                                          rf"2000000 points, more than the limit of {LIMITS.sweep_points}"):
+        SweepSpec.from_dict(doc)
+    monkeypatch.undo()
+    res = cli("sweep", "--preset", "tiny", "--grid", "weight_decay=" + ",".join(str(i) for i in range(1, 1001)),
+              "--seeds", ",".join(str(i) for i in range(1000)), "--out", str(tmp_path / "sw"), timeout=60)
+    assert res.returncode == 2 and "1000000 points" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sw").exists()
+
+
 def test_grid_flags_are_typed_like_their_fields():
     assert parse_grid_flag("weight_decay=0.3,1,3") == ("weight_decay", [0.3, 1.0, 3.0])
     assert parse_grid_flag("task.p=31,37") == ("task.p", [31, 37])

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import PRESETS, SECTIONS, RunConfig, make_config
+from ..config import LIMITS, PRESETS, SECTIONS, RunConfig, make_config
 from ..errors import ConfigError
 
 __all__ = ["SweepSpec", "SweepOptions", "SweepPoint", "load_spec", "parse_grid_flag", "SEED_AXIS"]
@@ -303,6 +303,7 @@ class SweepSpec:
             for k, vals in getattr(self, part).items():
                 if len({json.dumps(_json_value(v), sort_keys=True) for v in vals}) != len(vals):
                     raise ConfigError(f"{part}.{k}: repeated values in {list(vals)}")
+        self.n_points()  # within the limit, before anything is expanded
         self.points()  # every point's config is valid (ConfigError naming the axis and value)
 
     # -- expansion --------------------------------------------------------------------------------
@@ -313,6 +314,23 @@ class SweepSpec:
             out.append(SEED_AXIS)
         return out
 
+    def n_points(self) -> int:
+        """How many points the spec has (the product of the axis lengths; nothing is expanded).
+
+        Raises:
+            ConfigError: more than :data:`grokinterp.config.LIMITS` ``.sweep_points``, naming the axes.
+        """
+        sizes = [(f"grid.{k}", len(v)) for k, v in self.grid.items()]
+        if self.zip:
+            sizes.append((f"zip ({', '.join(self.zip)})", len(next(iter(self.zip.values())))))
+        if self.seeds is not None:
+            sizes.append(("seeds", len(self.seeds)))
+        n = math.prod(size for _, size in sizes)
+        if n > LIMITS.sweep_points:
+            raise ConfigError(f"{' × '.join(f'{name} ({size})' for name, size in sizes)}: {n} points, more than the "
+                              f"limit of {LIMITS.sweep_points} runs in one sweep; split it into several sweeps")
+        return n
+
     def _combinations(self) -> list[dict[str, Any]]:
         grid_axes = list(self.grid)
         grid_rows = [dict(zip(grid_axes, vals)) for vals in itertools.product(*self.grid.values())]
@@ -322,7 +340,11 @@ class SweepSpec:
         return [{**g, **z, **s} for g in grid_rows for z in zip_rows for s in seed_rows]
 
     def points(self) -> list[SweepPoint]:
-        """Every run of the sweep, with its name and validated config."""
+        """Every run of the sweep, with its name and validated config (expanded once per spec object)."""
+        cached = self.__dict__.get("_points")
+        if cached is not None:
+            return list(cached)
+        self.n_points()
         combos = self._combinations()
         names = [self._name(c) for c in combos]
         if len(set(names)) != len(names) or any(len(n) > _NAME_MAX for n in names):
@@ -347,6 +369,7 @@ class SweepSpec:
                 where = ", ".join(f"{self._part_of(k)}.{k} = {_json_value(v)!r}" for k, v in values.items()) or "fixed"
                 raise ConfigError(f"{where}: {e}") from None
             out.append(SweepPoint(name, {k: _json_value(v) for k, v in values.items()}, config))
+        self.__dict__["_points"] = tuple(out)  # not a field: equality, repr and to_dict ignore it
         return out
 
     def _part_of(self, axis: str) -> str:
