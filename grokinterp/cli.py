@@ -9,7 +9,8 @@ The CLI explains itself: ``grokinterp train --help`` shows the values of the pre
 (operations from the task registry, optimizers from the light-weight list in
 :data:`grokinterp.config.OPTIMIZER_NAMES`), and what each field means (from the config
 docstrings). A mistyped flag or choice gets a "did you mean". Errors in the input print one line
-naming the field, flag or file and exit with status 2.
+naming the field, flag or file and exit with status 2; running out of memory prints one line (with how to
+resume the run or sweep being written) and exits with status 3.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from .errors import GrokinterpError
 from .tasks import SPLIT_METHODS, fixed_size, operations_help, task_names
 
 EXIT_USAGE = 2
+#: Exit status when a command ran out of memory (a ``MemoryError``, or torch's out-of-memory error):
+#: not bad input (2), not a damaged run (``verify``'s 1). The message says how to resume a run being written.
+EXIT_NO_MEMORY = 3
 DEFAULT_PRESET = "quick"
 
 # Fields not exposed as flags: fixed by the task format, or set through the task's field.
@@ -389,6 +393,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             config = make_config(args.preset, **overrides)  # validates before anything is created
             _check_knobs_used(overrides, config)
             out = args.out if args.out is not None else _default_out(args.preset, config)
+            args.out = out  # for the resume hint, should the command run out of memory
             from .monitor import train
 
             run = train(config, out, overwrite=args.overwrite, progress=not args.no_progress, preset=args.preset,
@@ -664,6 +669,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if out is None:
             digest = hashlib.sha256(json.dumps(spec.runs_dict(), sort_keys=True).encode()).hexdigest()[:8]
             out = Path("checkpoints") / f"sweep-{digest}"
+        args.out = out  # for the resume hint, should the command run out of memory
     from .sweeps.driver import execute_plan, plan_sweep
     from .sweeps.executor import executor_for
 
@@ -729,6 +735,28 @@ def _unrecognized(extra: Sequence[str], parser: argparse.ArgumentParser) -> str:
     return f"unrecognized arguments: {' '.join(extra)}" + (f"; {'; '.join(hints)}" if hints else "")
 
 
+def _out_of_memory(args: argparse.Namespace, e: BaseException) -> str:
+    """One line for a command that ran out of memory: what, and how to resume what it was writing."""
+    import traceback
+
+    try:
+        frames = traceback.extract_tb(e.__traceback__)
+        where = f" in {frames[-1].name}" if frames else ""
+    except MemoryError:
+        where = ""
+    detail = str(e).splitlines()[0][:200] if str(e) else ""
+    msg = f"out of memory ({type(e).__name__}{where}{': ' + detail if detail else ''})"
+    target = args.resume if getattr(args, "resume", None) is not None else getattr(args, "out", None)
+    try:
+        if args.command == "train" and target is not None and (Path(target) / "run.json").exists():
+            return msg + f"; what was flushed is kept: continue with `grokinterp train --resume {target}`"
+        if args.command == "sweep" and target is not None and (Path(target) / "sweep.json").exists():
+            return msg + f"; finished runs are kept: continue with `grokinterp sweep --resume {target}`"
+    except OSError:
+        pass
+    return msg + "; free memory (or raise the limit) and run the command again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_preset_in(argv))
@@ -758,6 +786,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = where if len(where) < 300 else where[:150] + "...: "
         print(f"grokinterp {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return EXIT_USAGE
+    except MemoryError as e:
+        print(f"grokinterp {args.command}: error: {_out_of_memory(args, e)}", file=sys.stderr)
+        return EXIT_NO_MEMORY
+    except (RuntimeError, ImportError) as e:
+        # torch.OutOfMemoryError (a GPU's memory; named, so torch need not be imported), or a native library that
+        # could not be mapped under an address-space limit (`ulimit -v`)
+        text = str(e).lower()
+        if type(e).__name__ != "OutOfMemoryError" and not (isinstance(e, ImportError) and (
+                "failed to map segment" in text or "cannot allocate memory" in text)):
+            raise
+        print(f"grokinterp {args.command}: error: {_out_of_memory(args, e)}", file=sys.stderr)
+        return EXIT_NO_MEMORY
     except KeyboardInterrupt as e:
         msg = str(e) or "interrupted"
         print(f"grokinterp {args.command}: {msg}", file=sys.stderr)

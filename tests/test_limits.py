@@ -177,6 +177,56 @@ def test_threads_beyond_the_machine_are_refused_before_anything_is_written(tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_running_out_of_memory_is_one_line_with_how_to_resume(tmp_path, monkeypatch):
+    import torch
+
+    from grokinterp.store.writer import CheckpointWriter
+
+    real, calls = CheckpointWriter.write_manifest, [0]
+
+    def write_manifest(self, *a, **kw):  # as under `ulimit -v`: flush -> write_manifest -> read_json
+        calls[0] += 1
+        if calls[0] == 4:
+            raise MemoryError
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(CheckpointWriter, "write_manifest", write_manifest)
+    out = tmp_path / "run"
+    flags = ["--preset", "tiny", "--epochs", "20", "--every", "10", "--log-early", "0", "--flush-every", "2",
+             "--eval-every", "10", "--no-progress"]
+    code, _, err = cli_here("train", *flags, "--out", str(out))
+    assert code == 3, err
+    assert len(err.strip().splitlines()) == 1 and "out of memory (MemoryError in write_manifest)" in err, err
+    assert f"`grokinterp train --resume {out}`" in err
+    monkeypatch.undo()
+    code, _, err = cli_here("train", "--resume", str(out), "--no-progress")
+    assert code == 0, err
+    ref = g.train(g.make_config("tiny", epochs=20, every=10, log_early=0, flush_every=2, eval_every=10),
+                  tmp_path / "ref", progress=False)
+    run = g.load_run(out)
+    assert list(run.epochs) == list(ref.epochs)
+    for name, stack in ref.stacks().items():
+        assert torch.equal(stack, run.stack(name)), name
+    # a command that writes no run: the line says to run it again
+    from grokinterp.store import run as run_module
+
+    def load_run(*a, **kw):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(run_module, "load_run", load_run)
+    code, _, err = cli_here("info", str(out))
+    assert code == 3 and len(err.strip().splitlines()) == 1, err
+    assert "out of memory (MemoryError in load_run: cannot allocate); free memory" in err and "--resume" not in err
+    # a native library that cannot be mapped under `ulimit -v` (seen at 1 GB: transformer_lens -> tokenizers)
+
+    def load_run(*a, **kw):
+        raise ImportError("tokenizers.abi3.so: failed to map segment from shared object")
+
+    monkeypatch.setattr(run_module, "load_run", load_run)
+    code, _, err = cli_here("info", str(out))
+    assert code == 3 and "out of memory (ImportError" in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
 def test_watch_refuses_an_interval_that_is_not_a_positive_number(tmp_path, tiny_run, value):
     from grokinterp.monitor import watch
