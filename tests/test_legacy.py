@@ -515,6 +515,44 @@ def test_damaged_or_foreign_files_are_refused(tmp_path):
         import_legacy(src, tmp_path / "busy")
 
 
+def test_what_is_not_a_regular_file_is_named_and_never_read(tmp_path):
+    import time
+
+    pipe = tmp_path / "pipe.pth"
+    os.mkfifo(pipe)
+    (tmp_path / "dev.pth").symlink_to("/dev/zero")
+    (tmp_path / "dangling.pth").symlink_to(tmp_path / "gone.pth")
+    t0 = time.perf_counter()
+    for name, what in (("pipe.pth", r"a FIFO \(named pipe\), not a regular file"),
+                       ("dev.pth", "a character device, not a regular file"), ("dir", "a directory, not a regular file"),
+                       ("dangling.pth", "no such file \\(a symbolic link to")):
+        if name == "dir":
+            (tmp_path / "dir").mkdir()
+        with pytest.raises(RunError, match=what):
+            import_legacy(tmp_path / name, tmp_path / "run")
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "run").exists()
+
+
+def test_a_record_that_would_be_inflated_is_refused_before_reading(tmp_path):
+    import zipfile
+
+    src = tmp_path / "a.pth"
+    make_paper_file(src)
+    packed = tmp_path / "deflated.pth"  # torch's records, and one that torch would inflate
+    packed.write_bytes(src.read_bytes())
+    with zipfile.ZipFile(packed, "a", zipfile.ZIP_DEFLATED) as zout:
+        big = f"{zout.infolist()[0].filename.split('/')[0]}/data/999"
+        with zout.open(big, "w", force_zip64=True) as f:  # 256 MiB of zeros in ~250 KB
+            for _ in range(256):
+                f.write(bytes(1 << 20))
+    assert packed.stat().st_size < 2 << 20
+    with pytest.raises(RunError, match=rf"record '{big}' is compressed \(zip method 8, \d+ bytes declared to "
+                                       rf"inflate to 268435456\); torch.save never compresses"):
+        import_legacy(packed, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    import_legacy(src, tmp_path / "run")  # what torch wrote (stored records) still imports
+
+
 def test_cli_import_legacy_and_verify(tmp_path):
     src = tmp_path / "full_run_data.pth"
     make_paper_file(src)

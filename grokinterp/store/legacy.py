@@ -123,15 +123,65 @@ class _PickledConfig:
         self.fields = dict(state) if isinstance(state, dict) else {}
 
 
-def read_legacy(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU; refusals become :class:`RunError`."""
-    path = Path(path)
-    if not path.is_file():
+def _open_legacy(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file (a symlink to one is followed); a FIFO, a device, a
+    directory is named for what it is and never opened."""
+    if not os.path.lexists(path):
         raise RunError(f"{path}: no such file")
+    if not os.path.exists(path):
+        raise RunError(f"{path}: no such file (a symbolic link to {os.readlink(path)!r}, which does not exist)")
+    try:
+        return _io.open_regular(path, None, "the checkpoint file")
+    except RunError as e:
+        raise RunError(str(e).replace("the checkpoint file is ", "")) from None
+
+
+def _check_records(f: Any, path: Path) -> None:
+    """Refuse, from the zip's central directory and before reading any record, a torch file whose records
+    would be inflated (torch.save stores them as they are: a compressed record is how a small file asks for
+    much memory, 1 GiB from a few MB) or that declares more bytes than it holds. A pre-zip torch file passes."""
+    import zipfile
+
+    size = os.fstat(f.fileno()).st_size
+    if not zipfile.is_zipfile(f):
+        f.seek(0)
+        return
+    f.seek(0)
+    try:
+        infos = zipfile.ZipFile(f).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise RunError(f"{path}: cannot read as a torch checkpoint (damaged zip directory: {e})") from None
+    finally:
+        f.seek(0)
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise RunError(f"{path}: record {info.filename!r} is compressed (zip method {info.compress_type}, "
+                           f"{info.compress_size} bytes declared to inflate to {info.file_size}); torch.save never "
+                           f"compresses, so this is not a file torch wrote: refused without inflating it")
+        if info.file_size != info.compress_size:
+            raise RunError(f"{path}: record {info.filename!r} declares {info.file_size} bytes but stores "
+                           f"{info.compress_size}: a damaged file")
+    total = sum(info.file_size for info in infos)
+    if total > size:
+        raise RunError(f"{path}: its records declare {total} bytes in all, more than the file's {size} bytes "
+                       f"(records overlap): a damaged file")
+
+
+def read_legacy(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; refusals become :class:`RunError`.
+
+    Only a regular file is read (a FIFO or a device is refused as such), and a zip record that
+    would be inflated, or sizes the file cannot hold, are refused before any record is read.
+    """
+    path = Path(path)
     allowed = [(_PickledConfig, name) for name in _TL_CONFIG_NAMES]
     try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with os.fdopen(_open_legacy(path), "rb") as f:
+            _check_records(f, path)
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(f, map_location="cpu", weights_only=True)
+    except RunError:
+        raise
     except pickle.UnpicklingError as e:
         text = str(e)
         if not any(k in text for k in ("GLOBAL", "allowlist", "Unsupported", "unrecognized function")):
