@@ -145,6 +145,47 @@ def test_a_relabelled_epoch_is_caught(run_dir, runs, bless):
         _middle_left_out(run_dir, runs[0], "damaged or was replaced")
 
 
+def _bless(run_dir: Path, rel: str, old: str | None = None) -> None:
+    """Rewrite the manifest to match ``rel`` as it is now (``old``: an entry to drop)."""
+    m = json.loads((run_dir / "manifest.json").read_text())
+    if old is not None:
+        del m["files"][old]
+    m["files"][rel] = _io.digest_entry((run_dir / rel).read_bytes())
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_a_consistently_relabelled_shard_is_blamed_not_the_intact_one_it_overlaps(run_dir, runs):
+    first, bad = "shards/ckpt_00000000_00000010.safetensors", "shards/ckpt_00000010_00000020.safetensors"
+    (run_dir / first).rename(run_dir / bad)  # epochs 0 and 10 under a name that says 10 and 20 ...
+    _bless(run_dir, bad, old=first)  # ... and the manifest rewritten to match: 20_30 overlaps it at epoch 20
+    with pytest.warns(RunWarning) as caught:
+        run = g.load_run(run_dir)
+        stacks = run.stacks()
+    text = " ".join(str(w.message) for w in caught)
+    assert "ckpt_00000010_00000020.safetensors: its name says epochs 10, 20, but it holds checkpoints of epochs 0, " \
+           "10 (and ckpt_00000020_00000030.safetensors holds what its name says)" in text
+    assert not any(p.startswith(str(run_dir / MIDDLE)) for p in run.problems), run.problems  # the intact one
+    assert run.epochs.tolist() == [20, 30, 40]
+    good = g.load_run(runs[0])
+    for name, st in stacks.items():
+        assert torch.equal(st, good.stack(name, [20, 30, 40])), name
+
+
+@pytest.mark.parametrize("header, why", [
+    ("epoch,train_loss,train_acc,test_loss,test_acc,extra,lr", r"its header begins epoch, train_loss, train_acc, "
+     r"test_loss, test_acc, extra; the columns every metrics table begins with are .*, lr, in this order"),
+    ("epoch,train_loss,train_acc,test_loss,test_acc,lr,live_extra", r"its header names 7 columns but row 1 \(epoch 0\) "
+     r"holds 6 values: the header does not match the rows")])
+def test_a_metrics_header_that_does_not_match_its_rows_is_named(run_dir, header, why):
+    path = run_dir / "metrics.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(header + "\n" + "".join(lines[1:]))  # the lr values would read as an all-NaN lr column
+    _bless(run_dir, "metrics.csv")
+    run = g.load_run(run_dir)
+    with pytest.raises(RunError, match="metrics.csv: metrics table is inconsistent: " + why):
+        _ = run.metrics
+
+
 @pytest.mark.parametrize("how", ["swapped", "aliased"])
 def test_swapped_or_aliased_header_offsets_are_caught(run_dir, runs, how):
     path = run_dir / MIDDLE

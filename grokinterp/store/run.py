@@ -313,6 +313,9 @@ class Run:
         missing = [c for c in METRIC_COLUMNS if c not in df.columns]
         if missing:
             raise RunError(f"{path}: metrics table lacks column(s) {missing}")
+        shape = _header_mismatch(raw, list(df.columns))
+        if shape:
+            raise RunError(f"{path}: metrics table is inconsistent: {shape}")
         # Extra columns written by training callbacks (the live measures) follow the built-in ones;
         # they are kept as read (numbers, or texts) and checked by whoever interprets them.
         extra = [c for c in df.columns if c not in METRIC_COLUMNS and isinstance(c, str) and c.isidentifier()]
@@ -748,7 +751,7 @@ def _scan_shards(path: Path, config: RunConfig, info: dict[str, Any], checker: R
     m = checker.manifest
     listed = {} if m is None else {rel[len(prefix):]: rel for rel in (*m.files, *m.pending) if rel.startswith(prefix)}
     schedule = None if "imported_from" in info else config.checkpoint_epochs()
-    usable, left_out, claimed = [], [], set()
+    usable, left_out, claimed = [], [], {}  # claimed: rel -> the epochs its name says
     for name in sorted(set(on_disk) | set(listed)):
         rel, file = prefix + name, path / _io.SHARD_DIR / name
         span = _io.shard_span(name)
@@ -784,17 +787,68 @@ def _scan_shards(path: Path, config: RunConfig, info: dict[str, Any], checker: R
                 if sizes and size is not None and size not in sizes and stat.S_ISREG(os.lstat(file).st_mode):
                     reason = (f"{file}: {size} bytes, the manifest records {sorted(sizes)[0]}"
                               + (" (truncated)" if size < min(sizes) else ""))
-        if reason is None and expected is not None and claimed.intersection(expected.tolist()):
-            reason = f"{file}: repeats epochs already held by another shard"
+        others = [] if reason is not None or expected is None else \
+            [o for o in usable if claimed.get(o.rel) and claimed[o.rel].intersection(expected.tolist())]
+        if others:  # two names claim an epoch: the one whose contents belie its name is the damaged one
+            mine = _inside_if_not_as_named(sh, path)
+            belied = {o.rel: _inside_if_not_as_named(o, path) for o in others}
+            if mine is None and all(belied.values()):
+                for o in others:  # the earlier shard was relabelled; this one holds what its name says
+                    o.dropped = (f"{o.path}: its name says epochs {_fmt_epochs(o.expected)}, but it holds checkpoints "
+                                 f"of epochs {belied[o.rel]} (and {file.name} holds what its name says): it is "
+                                 f"left out")
+                    usable.remove(o)
+                    left_out.append(o)
+                    problems.append(o.dropped)
+                    del claimed[o.rel]
+            elif mine is not None:
+                reason = (f"{file}: its name says epochs {_fmt_epochs(expected)}, but it holds checkpoints of epochs "
+                          f"{mine}")
+            else:
+                held = set().union(*(claimed[o.rel] for o in others))
+                reason = (f"{file}: repeats epochs {_fmt_epochs(sorted(held.intersection(expected.tolist())))} already "
+                          f"held by {', '.join(o.path.name for o in others)}")
         if reason is not None:
             sh.dropped = f"{reason}; its checkpoints at epochs {_fmt_epochs(sh.epochs)} are left out"
             left_out.append(sh)
             problems.append(sh.dropped)
             continue
         if expected is not None:
-            claimed.update(expected.tolist())
+            claimed[rel] = set(expected.tolist())
         usable.append(sh)
     return usable, left_out, problems
+
+
+def _header_mismatch(raw: bytes, columns: list[Any]) -> str | None:
+    """How a metrics table's header disagrees with what the writer writes (the built-in columns first, in
+    order) or with its own rows (as many values in each row as names in the header: pandas fills a short
+    row with NaN, so a column added to the header alone would read as empty), or ``None``."""
+    import csv
+
+    head = [str(c) for c in columns[:len(METRIC_COLUMNS)]]
+    if head != list(METRIC_COLUMNS):
+        return (f"its header begins {', '.join(head)}; the columns every metrics table begins with are "
+                f"{', '.join(METRIC_COLUMNS)}, in this order")
+    try:
+        rows = csv.reader(io.StringIO(raw.decode("utf-8")))
+        n = len(next(rows))
+        for i, row in enumerate(rows, start=1):
+            if row and len(row) != n:
+                return (f"its header names {n} columns but row {i} (epoch {row[0]}) holds {len(row)} values: the "
+                        f"header does not match the rows")
+    except (UnicodeDecodeError, csv.Error, StopIteration):  # pandas parsed it, so this is not expected
+        return None
+    return None
+
+
+def _inside_if_not_as_named(sh: _Shard, run_dir: Path) -> str | None:
+    """The epochs a shard holds, in words, when they are not those its name says (``None`` when they are);
+    only its ``epochs`` vector is read (the full check against the manifest comes when it is opened)."""
+    try:
+        epochs = np.array(_io.mmap_tensors(sh.path, ["epochs"], run_dir)["epochs"]).tolist()
+    except RunError as e:
+        return f"none readable ({str(e).split(': ', 1)[-1]})"
+    return None if sh.expected is not None and epochs == sh.expected.tolist() else _fmt_epochs(epochs)
 
 
 def _coverage(run: Run, schedule_known: bool) -> list[str]:
