@@ -1,5 +1,7 @@
-"""The Ray executor, for real: a local Ray cluster (a head and a worker node on loopback) trains a sweep
-whose runs land in the shared sweep directory; a sweep whose driver is killed resumes.
+"""The Ray executor, for real: a local Ray cluster (a head and a worker node started on this machine with
+``ray start``; Ray binds the machine's own network address, not only 127.0.0.1) trains a sweep whose runs
+land in the shared sweep directory; a sweep whose driver is killed resumes; SIGTERM to the driver flushes
+every run, exits 143 and says how to resume.
 
 Slow (starting Ray takes a while): ``pytest -m slow tests/test_ray.py``; needs ``pip install 'grokinterp[ray]'``.
 """
@@ -128,3 +130,29 @@ def test_a_sweep_whose_driver_is_killed_resumes(cluster, tmp_path):
     assert sw.finished
     for name, run in sw.runs().items():
         assert verify(run.path).ok and _same(run, ref.run(name))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_to_the_driver_flushes_every_run_and_says_how_to_resume(cluster, tmp_path, sig):
+    """What batch schedulers send on pre-emption (SIGTERM), and Ctrl-C (SIGINT): as on the local executor."""
+    # flush_every beyond the schedule: nothing is flushed before the end unless the stop flushes it
+    spec = {**_spec(epochs=4000), "fixed": {**_spec()["fixed"], "epochs": 4000, "flush_every": 1000}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out = tmp_path / "ray"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    driver = subprocess.Popen([sys.executable, "-m", "grokinterp", "sweep", str(tmp_path / "spec.json"), "--out",
+                               str(out), "--executor", "ray", "--ray-address", cluster, "--no-progress"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and len(list(out.glob("runs/*/run.json"))) < 2:
+        time.sleep(0.2)
+    time.sleep(3)  # both tasks are training
+    assert driver.poll() is None and not list(out.glob("runs/*/progress.json"))
+    driver.send_signal(sig)
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 128 + sig, err  # on SIGTERM Ray's own handler aborted it (134), nothing flushed
+    assert err.strip().splitlines()[-1] == (f"grokinterp sweep: sweep interrupted; every run is saved, continue with "
+                                            f"`grokinterp sweep --resume {out}`")
+    flushed = [json.loads(p.read_text()) for p in out.glob("runs/*/progress.json")]
+    assert len(flushed) >= 2 and all(0 < p["epoch"] < 4000 for p in flushed), flushed
+    assert all(verify(p.parent).ok for p in out.glob("runs/*/progress.json"))

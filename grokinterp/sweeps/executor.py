@@ -12,7 +12,8 @@ An executor takes the :class:`~grokinterp.sweeps.plan.Job` s of a sweep and runs
 
 A job that fails does not stop the others: its error is recorded, the sweep raises at the end
 naming the failed runs, and running the sweep again retries them (finished runs are skipped,
-interrupted ones resumed). Ctrl-C stops the sweep at once; every run flushes first.
+interrupted ones resumed). Ctrl-C or SIGTERM stops the sweep at once, on either executor: every run
+flushes first, and :class:`SweepInterrupted` says how to resume.
 """
 
 from __future__ import annotations
@@ -340,26 +341,49 @@ class RayExecutor:
         base = progress.done - sum(epochs_done(d) for job in jobs for d in job.run_dirs)
         pending = {task.remote(job): job for job in jobs}
         results: list[JobResult] = []
-        try:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.poll_seconds)
-                for ref in ready:
-                    job = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as e:  # noqa: BLE001 - a worker died or the task raised
-                        result = JobResult(job.run_dirs, False, 0.0, f"{type(e).__name__}: {str(e)[:500]}")
-                    results.append(result)
-                    if result.ok:
-                        progress.run_finished(len(job.run_dirs))
-                    else:
-                        progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
-                progress.set_done(base + sum(epochs_done(d) for job in jobs for d in job.run_dirs))
-        except KeyboardInterrupt:
-            for ref in pending:
-                ray.cancel(ref)  # the workers get SIGINT: their runs flush and stay resumable
-            raise
+        stop: int | None = None  # the signal that stopped the sweep
+        last_poll = 0.0
+        # Our handler, installed after ray.init (which installs its own: on SIGTERM it aborted the driver, exit
+        # 134, before any run flushed): SIGINT / SIGTERM cancel the tasks, which flush their runs and stop.
+        with stop_on_signals() as stopped:
+            try:
+                while pending:
+                    if stop is None and stopped():
+                        stop = int(stopped.signum)  # type: ignore[attr-defined]
+                        _cancel(ray, pending)
+                    ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+                    for ref in ready:
+                        job = pending.pop(ref)
+                        try:
+                            result = ray.get(ref)
+                        except Exception as e:  # noqa: BLE001 - a worker died, the task raised or was cancelled
+                            result = JobResult(job.run_dirs, False, 0.0, f"{type(e).__name__}: {str(e)[:500]}")
+                        if stop is not None:
+                            continue  # stopping: the runs flushed (or finished); the sweep resumes them
+                        results.append(result)
+                        if result.ok:
+                            progress.run_finished(len(job.run_dirs))
+                        else:
+                            progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
+                    if time.monotonic() - last_poll >= self.poll_seconds or not pending:
+                        last_poll = time.monotonic()
+                        progress.set_done(base + sum(epochs_done(d) for job in jobs for d in job.run_dirs))
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the tasks to flush
+                stop = stop or int(signal.SIGINT)
+                _cancel(ray, pending)
+        if stop is not None:
+            raise SweepInterrupted(Path(jobs[0].run_dirs[0]).parent.parent, stop) from None
         return results
+
+
+def _cancel(ray: Any, pending: dict[Any, Job]) -> None:
+    """Cancel every pending task: one not started never runs; a running one gets a KeyboardInterrupt, which
+    the trainer takes as Ctrl-C (its runs flush, then it stops)."""
+    for ref in pending:
+        try:
+            ray.cancel(ref)
+        except Exception:  # noqa: BLE001 - a task that ended meanwhile
+            pass
 
 
 def _ray_job(job: Job) -> JobResult:
