@@ -212,6 +212,14 @@ def test_a_sweep_killed_as_its_locks_appear_resumes(tmp_path):
     assert load_sweep(out).finished
 
 
+def test_an_empty_out_is_refused_not_taken_as_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in ("", " "):
+        with pytest.raises(ConfigError, match="out: an empty path"):
+            g.sweep(_spec(), out, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_different_spec_or_a_foreign_directory_is_refused(tmp_path):
     out = tmp_path / "sw"
     g.sweep(_spec(seeds=[0]), out, progress=False)

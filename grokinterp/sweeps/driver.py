@@ -190,6 +190,8 @@ def _resolve(spec: Any, out: str | os.PathLike | None) -> tuple[SweepSpec, Path]
                           f"{type(spec).__name__}")
     if out is None:
         raise ConfigError("out: give the sweep directory to write (e.g. checkpoints/my-sweep)")
+    if not os.fspath(out).strip():  # Path("") is the current directory: the sweep would be written there
+        raise ConfigError("out: an empty path; give the sweep directory to write (e.g. checkpoints/my-sweep)")
     return resolved, Path(out)
 
 
