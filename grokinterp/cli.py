@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import errno
 import hashlib
 import json
 import os
@@ -757,6 +758,18 @@ def _out_of_memory(args: argparse.Namespace, e: BaseException) -> str:
     return msg + "; free memory (or raise the limit) and run the command again"
 
 
+def _is_out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (a GPU's memory; named, so torch need not be imported), the RuntimeError of
+    torch's CPU allocator ("DefaultCPUAllocator: can't allocate memory"), or a native library that could not
+    be mapped under an address-space limit (`ulimit -v`)."""
+    text = str(e).lower()
+    if type(e).__name__ == "OutOfMemoryError":
+        return True
+    if isinstance(e, ImportError):
+        return "failed to map segment" in text or "cannot allocate memory" in text
+    return "can't allocate memory" in text or "defaultcpuallocator" in text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_preset_in(argv))
@@ -782,6 +795,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grokinterp {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:  # e.g. a path too long for the file system, found below any check of ours
+        if e.errno == errno.ENOMEM:  # mmap, fork or open under an address-space limit
+            print(f"grokinterp {args.command}: error: {_out_of_memory(args, e)}", file=sys.stderr)
+            return EXIT_NO_MEMORY
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         where = where if len(where) < 300 else where[:150] + "...: "
         print(f"grokinterp {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
@@ -790,11 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"grokinterp {args.command}: error: {_out_of_memory(args, e)}", file=sys.stderr)
         return EXIT_NO_MEMORY
     except (RuntimeError, ImportError) as e:
-        # torch.OutOfMemoryError (a GPU's memory; named, so torch need not be imported), or a native library that
-        # could not be mapped under an address-space limit (`ulimit -v`)
-        text = str(e).lower()
-        if type(e).__name__ != "OutOfMemoryError" and not (isinstance(e, ImportError) and (
-                "failed to map segment" in text or "cannot allocate memory" in text)):
+        if not _is_out_of_memory(e):
             raise
         print(f"grokinterp {args.command}: error: {_out_of_memory(args, e)}", file=sys.stderr)
         return EXIT_NO_MEMORY

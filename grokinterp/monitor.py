@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 import time
 import warnings
@@ -241,6 +242,11 @@ def _rows_from_checkpoints(run, epochs: Sequence[int], arrays) -> list[dict[str,
     return out
 
 
+def _is_seconds(x: Any) -> bool:
+    """A real number of seconds (numpy scalars too); not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float | None = None,
           sleep: Callable[[float], None] = time.sleep) -> Iterator[WatchEvent]:
     """Follow a run (training in another process) and yield what its live measures say.
@@ -264,9 +270,9 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
     """
     from .store.run import load_run
 
-    if not (isinstance(interval, (int, float)) and math.isfinite(interval) and interval > 0):
+    if not (_is_seconds(interval) and math.isfinite(interval) and interval > 0):
         raise ConfigError(f"interval: must be a positive number of seconds, got {interval!r}")
-    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout >= 0):
+    if timeout is not None and not (_is_seconds(timeout) and math.isfinite(timeout) and timeout >= 0):
         raise ConfigError(f"timeout: must be a non-negative number of seconds or None, got {timeout!r}")
     path = Path(run_dir)
     seen_epoch, last_progress, warned = -1, None, False

@@ -225,6 +225,27 @@ def test_running_out_of_memory_is_one_line_with_how_to_resume(tmp_path, monkeypa
     monkeypatch.setattr(run_module, "load_run", load_run)
     code, _, err = cli_here("info", str(out))
     assert code == 3 and "out of memory (ImportError" in err and len(err.strip().splitlines()) == 1, err
+    # torch's CPU allocator raises a plain RuntimeError; mmap / fork / open an OSError with ENOMEM
+    import errno
+
+    for exc in (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: "
+                             "you tried to allocate 70368744177664 bytes. Error code 12"),
+                OSError(errno.ENOMEM, "Cannot allocate memory")):
+        def load_run(*a, exc=exc, **kw):
+            raise exc
+
+        monkeypatch.setattr(run_module, "load_run", load_run)
+        code, _, err = cli_here("info", str(out))
+        assert code == 3 and f"out of memory ({type(exc).__name__}" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    # any other RuntimeError is not taken for one (it stays a traceback: a bug to report)
+
+    def load_run(*a, **kw):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(run_module, "load_run", load_run)
+    with pytest.raises(RuntimeError, match="some other failure"):
+        cli_here("info", str(out))
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1"])
@@ -241,7 +262,17 @@ def test_watch_refuses_an_interval_that_is_not_a_positive_number(tmp_path, tiny_
             assert code == 2 and "--timeout" in err and len(err.strip().splitlines()) == 1, err
     with pytest.raises(ConfigError, match="interval"):
         next(watch(tiny_run.path, interval=float(value)))
+    with pytest.raises(ConfigError, match="interval"):
+        next(watch(tiny_run.path, interval=True))  # a bool is not a number of seconds
     assert list(tmp_path.iterdir()) == [tmp_path / "starting"]
+
+
+def test_watch_takes_numpy_seconds(tiny_run):
+    import numpy as np
+
+    from grokinterp.monitor import watch
+
+    assert next(watch(tiny_run.path, interval=np.int64(1), timeout=np.float32(0))) is not None
 
 
 @pytest.mark.parametrize("length", [300, 5000])

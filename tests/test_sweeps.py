@@ -3,6 +3,7 @@ point, skip finished / resume interrupted, disk estimates and thinned schedules,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,6 +115,19 @@ def test_the_number_of_points_is_bounded_before_the_grid_is_expanded(tmp_path, m
               "--seeds", ",".join(str(i) for i in range(1000)), "--out", str(tmp_path / "sw"), timeout=60)
     assert res.returncode == 2 and "1000000 points" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_stored_sweep_beyond_the_limit_still_loads(tmp_path, monkeypatch):
+    """The limit on points applies to new sweeps: one recorded before it (or under a larger one) reads back."""
+    from grokinterp.sweeps import spec as spec_module
+
+    g.sweep(_spec(grid={"weight_decay": [0.5, 1.0]}, seeds=[0], fixed={"epochs": 2, "every": 1, "log_early": 0}),
+            tmp_path / "sw", progress=False)
+    monkeypatch.setattr(spec_module, "LIMITS", dataclasses.replace(spec_module.LIMITS, sweep_points=1))
+    with pytest.raises(ConfigError, match="more than the limit of 1 runs"):
+        SweepSpec.from_dict(load_sweep(tmp_path / "sw").info["spec"])
+    assert len(load_sweep(tmp_path / "sw").points) == 2
+    assert g.sweep(tmp_path / "sw", progress=False) is not None  # resumes (nothing left to train)
 
 
 def test_grid_flags_are_typed_like_their_fields():

@@ -143,10 +143,11 @@ def _check_records(f: Any, path: Path) -> None:
     import zipfile
 
     size = os.fstat(f.fileno()).st_size
-    if not zipfile.is_zipfile(f):
-        f.seek(0)
-        return
     f.seek(0)
+    magic = f.read(4)
+    f.seek(0)
+    if magic != b"PK\x03\x04":  # torch's own test for its zip format; an older torch file is read as it is
+        return
     try:
         infos = zipfile.ZipFile(f).infolist()
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:

@@ -178,7 +178,7 @@ def _resolve(spec: Any, out: str | os.PathLike | None) -> tuple[SweepSpec, Path]
         if out is not None and Path(out).resolve() != d.resolve():
             raise ConfigError(f"{spec}: a sweep directory resumes in place; drop out={out!r}")
         info = _read_sweep_json(d)
-        return SweepSpec.from_dict(info["spec"], where=str(d / SWEEP_JSON)), d
+        return SweepSpec.from_stored(info["spec"], where=str(d / SWEEP_JSON)), d
     if isinstance(spec, SweepSpec):
         resolved = spec
     elif isinstance(spec, Mapping):
@@ -219,7 +219,7 @@ def plan_sweep(spec: Any, out: str | os.PathLike | None = None, *, overwrite: bo
     if (path / SWEEP_JSON).exists():
         stored = _read_sweep_json(path)
         try:
-            same = SweepSpec.from_dict(stored["spec"]).runs_dict() == spec.runs_dict()
+            same = SweepSpec.from_stored(stored["spec"], where=SWEEP_JSON).runs_dict() == spec.runs_dict()
         except ConfigError:
             same = False
         if not same and not overwrite:
@@ -377,7 +377,7 @@ class Sweep:
 
     def __init__(self, path: Path, info: dict[str, Any]):
         self.path, self.info = path, info
-        self.spec = SweepSpec.from_dict(info["spec"], where=str(path / SWEEP_JSON))
+        self.spec = SweepSpec.from_stored(info["spec"], where=str(path / SWEEP_JSON))
         self.points = info["points"]
         self.axes = self.spec.axes()
 

@@ -36,6 +36,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import hashlib
 import itertools
@@ -49,6 +50,9 @@ from typing import Any
 
 from ..config import LIMITS, PRESETS, SECTIONS, RunConfig, make_config
 from ..errors import ConfigError
+
+# False while a sweep directory's own spec is read back: the limit on points applies to new sweeps only
+_LIMIT_POINTS: contextvars.ContextVar[bool] = contextvars.ContextVar("_LIMIT_POINTS", default=True)
 
 __all__ = ["SweepSpec", "SweepOptions", "SweepPoint", "load_spec", "parse_grid_flag", "SEED_AXIS"]
 
@@ -326,7 +330,7 @@ class SweepSpec:
         if self.seeds is not None:
             sizes.append(("seeds", len(self.seeds)))
         n = math.prod(size for _, size in sizes)
-        if n > LIMITS.sweep_points:
+        if n > LIMITS.sweep_points and _LIMIT_POINTS.get():
             raise ConfigError(f"{' × '.join(f'{name} ({size})' for name, size in sizes)}: {n} points, more than the "
                               f"limit of {LIMITS.sweep_points} runs in one sweep; split it into several sweeps")
         return n
@@ -413,6 +417,16 @@ class SweepSpec:
             return cls(**kw)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
+
+    @classmethod
+    def from_stored(cls, data: Any, where: str) -> "SweepSpec":
+        """:meth:`from_dict` for the spec a sweep directory records: a sweep written before
+        ``LIMITS.sweep_points`` existed (or on a machine that planned it) still loads, resumes and reports."""
+        token = _LIMIT_POINTS.set(False)
+        try:
+            return cls.from_dict(data, where)
+        finally:
+            _LIMIT_POINTS.reset(token)
 
     def with_options(self, **changes: Any) -> "SweepSpec":
         """The same runs with some options changed (``None`` values are ignored)."""
