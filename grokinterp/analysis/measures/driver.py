@@ -60,6 +60,7 @@ import torch
 
 from ...errors import AnalysisError
 from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
+from ...tasks import DiscreteLog
 from ..groups import task_structure
 from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
@@ -80,6 +81,30 @@ _SPLITS = {
     "restricted_acc": "all valid pairs (projection over the full p×p grid)",
     "excluded_loss": "train pairs (projection over the full p×p grid)",
 }
+
+
+def splits(structure, n: int) -> dict[str, str]:
+    """Which pairs each column averages over, for a task with this structure (``None``: none) on ``n`` symbols.
+
+    The restricted / excluded columns live on the structure's *block*: the whole ``n × n`` grid for
+    ``a ± b`` and groups, the pairs with ``a, b ≠ 0`` for ``a·b`` / ``a/b`` mod a prime (the row and
+    column of 0 are outside the group of nonzero residues; :func:`~grokinterp.analysis.summary.analyze_run`
+    reports them apart); without a structure they are undefined (NaN)."""
+    out = dict(_SPLITS)
+    if structure is None:
+        why = "undefined (NaN): the task declares no group structure"
+        return out | {c: why for c in ("restricted_loss", "restricted_acc", "excluded_loss")}
+    grid = f"{n}×{n}"
+    if structure.full_block:
+        return out | {"restricted_loss": f"all valid pairs (projection over the full {grid} grid)",
+                      "restricted_acc": f"all valid pairs (projection over the full {grid} grid)",
+                      "excluded_loss": f"train pairs (projection over the full {grid} grid)"}
+    outside = "a = 0 or b = 0" if isinstance(structure.structure, DiscreteLog) else "the pairs outside the block"
+    block = (f"the {len(structure.block)} pairs of the group structure's block, not all valid pairs ({outside} lie "
+             f"outside it and are reported apart); projection over the block")
+    return out | {"restricted_loss": block, "restricted_acc": block,
+                  "excluded_loss": f"train pairs of the block ({outside} left out); projection over the block"}
+
 
 #: Working memory aimed at per chunk of checkpoints when ``chunk`` is not given (bytes).
 _CHUNK_BUDGET = GRID_BUDGET
@@ -123,7 +148,7 @@ def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray
         "key_freq_rule": keys.rule,
         "key_freq_epoch": keys.epoch,
         "structure": structure.describe() if structure is not None else None,
-        "splits": dict(_SPLITS),
+        "splits": splits(structure, p),
         "definitions": dict(definitions),
         "gini": "Hurley & Rickard Gini of the per-frequency Fourier norms, frequencies 1..p//2",
         "implementation": impl,
