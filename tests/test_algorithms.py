@@ -172,3 +172,27 @@ def test_circles_figure_and_report_entry(pizza, tiny_run, tmp_path):
     path, head = g.write_report(tiny_run, tmp_path / "r.html", max_checkpoints=20, return_headline=True)
     assert head["extras"]["algorithm"]["label"] in ("clock", "pizza", "neither")  # attn_coeff 1: identifiable
     assert "Embedding circles" in path.read_text()
+
+
+def test_the_committed_clock_pizza_study_labels_no_attention_0_run():
+    """analyses/results/clock_pizza: the coefficient-0 runs are 'not identifiable' with the reason, everywhere the
+    label is shown (table, summary, along training, page), as the current rule labels them."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    d = Path(__file__).resolve().parent.parent / "analyses" / "results" / "clock_pizza"
+    forced = A.forced_by_architecture(g.make_config("paper", attn_coeff=0.0))
+    runs = pd.read_csv(d / "runs.csv")
+    zero, one = runs[runs["attn_coeff"] == 0.0], runs[runs["attn_coeff"] == 1.0]
+    assert len(zero) == 3 and (zero["label"] == "not identifiable").all() and (zero["gradient_symmetricity"] == 1.0).all()
+    assert all(r.startswith(forced) for r in zero["reason"]) and (one["label"] == "clock").all()
+    over = pd.read_csv(d / "over_training.csv")
+    assert (over.loc[over["attn_coeff"] == 0.0, "label"] == "not identifiable").all()
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["rule"] == A.RULE and "redone in Zhong et al.'s layout" in summary["note"]
+    assert summary["spreads"]["0"]["labels"] == {"not identifiable": 3}
+    assert "pizza" not in {r["label"] for r in summary["runs"]}
+    page = (d / "clock_pizza.html").read_text()
+    assert "<td>pizza</td>" not in page and "seed 0: pizza" not in page and "not identifiable in this layout" in page
