@@ -262,7 +262,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (for a group task other than a + b: key irreps, by index as the "
-                        "report lists them; default: from the final checkpoint)")
+                        "report lists them; default: chosen at the first checkpoint at or after test accuracy reached 99 %%, else the last)")
     r.add_argument("--summary-json", type=Path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",

@@ -312,7 +312,8 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
 
     Args:
         run: a :class:`~grokinterp.store.run.Run`.
-        key_freqs: fix the key frequencies (default: from the final checkpoint, ``W_L`` rule).
+        key_freqs: fix the key frequencies (default: ``W_L`` rule at the first checkpoint at or after test
+            accuracy reached 99 %, else the last: :func:`~grokinterp.analysis.keyfreqs.key_checkpoint`).
         max_checkpoints: analyse at most this many checkpoints (evenly spread; ``None`` = all),
             which bounds the time on very dense runs.
         device: where the progress measures are computed.

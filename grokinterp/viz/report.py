@@ -334,7 +334,8 @@ def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_check
         run_or_path: a :class:`~grokinterp.store.run.Run` or its directory.
         out: the HTML file (default ``RUN/report.html``).
         max_checkpoints: analyse at most this many checkpoints (evenly spread).
-        key_freqs: fix the key frequencies (key irreps: irrep indices; default: from the final checkpoint).
+        key_freqs: fix the key frequencies (key irreps: irrep indices; default: chosen at the first checkpoint at or
+            after test accuracy reached 99 %, else the last: :func:`~grokinterp.analysis.keyfreqs.key_checkpoint`).
         return_headline: return ``(path, headline numbers)`` instead of the path.
 
     Raises:

@@ -174,7 +174,9 @@ def progress_measures(
         run: a :class:`~grokinterp.store.run.Run` (one-layer model).
         key_freqs: the frequencies held fixed across checkpoints: a sequence of ints, a
             :class:`~grokinterp.analysis.keyfreqs.KeyFrequencies`, or ``None`` for
-            ``key_frequencies(final checkpoint, method=key_freq_method)``.
+            ``key_frequencies(checkpoint, method=key_freq_method)`` at the checkpoint
+            :func:`~grokinterp.analysis.keyfreqs.key_checkpoint` picks (the first at or after test accuracy
+            reached 99 %, else the last).
         chunk: checkpoints per vectorised forward (default: sized to keep the working memory
             near 768 MiB, e.g. 4 for the paper's p = 113 model). A grid too large for one checkpoint
             (a large group: S6 has 720³ logits) is computed in blocks of rows (:func:`auto_rows`).
