@@ -229,13 +229,14 @@ def verdict(h: dict[str, Any], *, html: bool = False) -> str:
                    "change the set and this date")
     formed, hit, lead = h.get("circuit_formed_epoch"), h.get("test_acc_99_epoch"), h.get("lead_time_epochs")
     bound = bool(h.get("test_acc_99_upper_bound"))
+    pairs = "all pairs" if h.get("outside_block") is None else "the pairs of the block (a, b ≠ 0)"
     if hit is not None:
         passed = (esc("test accuracy was ≥ 99 % by epoch ") + b(hit) + esc(" (its first evaluation: an upper bound, "
                                                                          "not when it passed)")) if bound else \
             esc("test accuracy passed 99 % at epoch ") + b(hit)
     if formed is not None and hit is not None:
         return (esc("The generalizing circuit formed at epoch ") + b(formed)
-                + esc(f" (the {kind} circuit alone classifies 99 % of all pairs; {keyset}), ") + passed
+                + esc(f" (the {kind} circuit alone classifies 99 % of {pairs}; {keyset}), ") + passed
                 + esc(": a lead of " + ("at most " if bound else "")) + b(lead) + esc(" epochs."))
     if formed is not None:
         last = h.get("last_checkpoint") or {}
@@ -244,10 +245,10 @@ def verdict(h: dict[str, Any], *, html: bool = False) -> str:
             return "—" if x is None else f"{x:.1%}"
 
         return (esc("The generalizing circuit formed at epoch ") + b(formed)
-                + esc(f" (the {kind} circuit alone classifies 99 % of all pairs; {keyset}), but test accuracy never "
+                + esc(f" (the {kind} circuit alone classifies 99 % of {pairs}; {keyset}), but test accuracy never "
                       f"reached 99 %: the run stopped before cleanup (memorization not yet removed). At the last "
                       f"checkpoint (epoch {last.get('epoch')}) the {kind} components alone classify ")
-                + b(pct(last.get("restricted_acc"))) + esc(" of all pairs, the full model ")
+                + b(pct(last.get("restricted_acc"))) + esc(f" of {pairs}, the full model ")
                 + b(pct(last.get("test_acc"))) + esc(" of the test pairs (train: " + pct(last.get("train_acc")) + ")."))
     if hit is None:
         return esc("Test accuracy never passed 99 %: this run has not grokked (yet).")
