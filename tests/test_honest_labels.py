@@ -102,3 +102,16 @@ def test_a_normal_run_is_not_an_upper_bound(tiny_run):
     assert _t99_text(s) == f"test accuracy passed 99% at epoch {s['test_acc_99_epoch']}"
     assert _t99_text({"test_acc_99_epoch": None}) == "test accuracy never passed 99%"
     assert isinstance(tiny_run.evals, pd.DataFrame)
+
+
+def test_cli_report_prints_the_verdict_and_the_key_set(tiny_run, tmp_path, capsys):
+    from grokinterp.cli import main
+
+    assert main(["report", str(tiny_run.path), "--out", str(tmp_path / "r.html"), "--max-checkpoints", "20",
+                 "--summary-json", str(tmp_path / "h.json")]) == 0
+    out = capsys.readouterr().out
+    import json
+
+    h = json.loads((tmp_path / "h.json").read_text())
+    assert h["verdict"] in out and "None" not in out and f"chosen at epoch {h['key_frequency_epoch']}" in out
+    assert "algorithm: " in out and h["extras"]["algorithm"]["reason"] in out
