@@ -6,6 +6,10 @@ epochs; attention weights ``α·softmax + (1 − α)`` (all ones, not 1/n); no `
 bidirectional attention. Ours: the same numbers, with the ``=`` token and causal attention (the final
 position sees ``a``, ``b`` and ``=`` either way) and ``--epochs`` (default 4000, for the CPU).
 
+Coefficient 0 is not identifiable in our layout (see :data:`NOTE`): the readout at ``=`` forces gradient
+symmetricity to 1, and those runs are labelled "not identifiable"; the study is to be redone in Zhong et
+al.'s layout (tokens ``[a, b]``, read out at ``b``) once the trainer has it.
+
 For each coefficient and seed this trains a run and identifies the algorithm at the last checkpoint
 (:func:`grokinterp.analysis.algorithms.identify_algorithm`: gradient symmetricity over 1000 random triples,
 distance irrelevance, circularity, the rule) and, every ``--track`` checkpoints, along training. Writes
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import html
 import sys
 from pathlib import Path
 
@@ -44,6 +49,15 @@ ZHONG = {
 }
 
 
+
+#: Why the coefficient-0 runs carry no label (issue 18), written into the summary and the page.
+NOTE = ("Attention coefficient 0 is not identifiable in this layout. Our model reads out at '=', which with constant "
+        "attention sees a and b only through (E_a + E_b)·W_V, so gradient symmetricity is 1 for any such model, "
+        "trained or untrained (an untrained one gives 1.000000): the 'GS 1.00' of these runs is forced by the "
+        "architecture, not evidence of a pizza, and identify_algorithm labels them 'not identifiable' (their "
+        "distance irrelevance and circularity are still measured). Coefficient 1 is identifiable (untrained models "
+        "give 0.9995 and are labelled neither; trained ones 0.28–0.46). The study will be redone in Zhong et al.'s "
+        "layout (tokens [a, b], no '=', read out at b) once the trainer supports it (a separate issue).")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,7 +122,7 @@ def main(argv=None) -> int:
         track.to_csv(args.out / "over_training.csv", index=False)
     S.write_json(args.out / "summary.json", {
         "settings": S.settings(args),
-        "rule": RULE, "runs": rows, "spreads": spreads,
+        "rule": RULE, "note": NOTE, "runs": rows, "spreads": spreads,
         "zhong_released_table": {k: ({str(c): v for c, v in d.items()} if isinstance(d, dict) else d)
                                  for k, d in ZHONG.items()}})
     fig = go.Figure()
@@ -131,7 +145,8 @@ def main(argv=None) -> int:
     sections.append(("Per run", RULE, df.drop(columns=["run", "reason"])))
     if len(track):
         sections.append(("Along training", "identify_algorithm at checkpoints (300 triples each).", track))
-    S.write_report(args.out / "clock_pizza.html", "Clock or pizza: attention coefficient 1 vs 0", f"<p>{RULE}</p>", sections)
+    S.write_report(args.out / "clock_pizza.html", "Clock or pizza: attention coefficient 1 vs 0",
+                   f"<p><b>{html.escape(NOTE)}</b></p><p>{html.escape(RULE)}</p>", sections)
     print(df.drop(columns=["run", "reason"]).to_string())
     return 0
 

@@ -274,7 +274,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                    help="analyse at most N checkpoints, evenly spread (default 400)")
     r.add_argument("--key-freqs", type=_int_list, metavar="K1,K2,...",
                    help="fix the key frequencies (for a group task other than a + b: key irreps, by index as the "
-                        "report lists them; default: from the final checkpoint)")
+                        "report lists them; default: chosen at the first checkpoint at or after test accuracy reached 99 %%, else the last)")
     r.add_argument("--summary-json", type=_nonempty_path, metavar="FILE", help="also write the headline numbers as JSON")
 
     v = sub.add_parser("verify", help="check a run's files against its manifest",
@@ -441,14 +441,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def _short_summary(run) -> str:
     s = run.summary()
     acc = s.get("final_test_acc")
-    hit = s.get("test_acc_99_epoch")
     lines = [f"run: {run.path}",
              f"  {s['n_checkpoints']} checkpoints, epochs {s['first_checkpoint']}..{s['last_checkpoint']}"]
     if acc is not None:
         lines.append(f"  final train loss {s['final_train_loss']:.3g}, test loss {s['final_test_loss']:.3g}, "
                      f"test accuracy {acc:.2%}")
-        lines.append(f"  test accuracy passed 99% at epoch {hit}" if hit is not None
-                     else "  test accuracy never passed 99%")
+        lines.append("  " + _t99_text(s))
     warning = _early_warning(run)
     if warning:
         lines.append("  " + warning)
@@ -526,9 +524,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     elif s.get("final_epoch") is not None:
         print(f"final (epoch {s['final_epoch']}): train loss {s['final_train_loss']:.3g} "
               f"(acc {s['final_train_acc']:.2%}), test loss {s['final_test_loss']:.3g} (acc {s['final_test_acc']:.2%})")
-        print(f"train accuracy passed 99% at epoch {s['train_acc_99_epoch']}")
-        hit = s["test_acc_99_epoch"]
-        print(f"test accuracy passed 99% at epoch {hit}" if hit is not None else "test accuracy never passed 99%")
+        t = s["train_acc_99_epoch"]
+        print(f"train accuracy passed 99% at epoch {t}" if t is not None else "train accuracy never passed 99%")
+        print(_t99_text(s))
         warning = _early_warning(run)
         if warning:
             print(warning)
@@ -607,21 +605,45 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_json_atomic(args.summary_json, headline)
         except OSError as e:
             raise GrokinterpError(f"{args.summary_json}: cannot write the summary ({e.strerror or e})") from None
-    formed, hit = headline["circuit_formed_epoch"], headline["test_acc_99_epoch"]
     print(f"report: {path}")
-    keys = headline["key_irreps"] if headline.get("key_kind") == "irrep" else headline["key_frequencies"]
-    noun = "irreps" if headline.get("key_kind") == "irrep" else "frequencies"
-    when = f"circuit formed at epoch {formed}" if headline.get("structure") is not None else \
-        "no group structure: circuit date undefined"
-    print(f"  key {noun} {keys}; {when}, test accuracy ≥ 99% at epoch {hit}")
-    algo = headline.get("extras", {}).get("algorithm")
-    if algo:
-        print(f"  algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, distance "
-              f"irrelevance {algo['distance_irrelevance']:.2f})")
-    if headline.get("extras", {}).get("early_warning"):
-        print(f"  early warning: {headline['extras']['early_warning']}")
+    for line in _report_lines(headline):
+        print(f"  {line}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
+
+
+def _report_lines(headline: dict[str, Any]) -> list[str]:
+    """What ``grokinterp report`` prints about a run: the headline sentence (never a bare ``None``), the key
+    set the dates belong to, the algorithm label with its reason, the early warning."""
+    keys = headline["key_irreps"] if headline.get("key_kind") == "irrep" else headline["key_frequencies"]
+    noun = "irreps" if headline.get("key_kind") == "irrep" else "frequencies"
+    lines = [headline["verdict"]]
+    if headline.get("structure") is not None:
+        ke = headline.get("key_frequency_epoch")
+        final = headline.get("key_set_final")
+        lines.append(f"key {noun} {', '.join(map(str, keys)) or 'none'}"
+                     + (" (given)" if ke is None else
+                        f" (chosen at epoch {ke}; the circuit date belongs to this set)" if final is not False else
+                        f" (chosen at epoch {ke}, the last checkpoint, before test accuracy reached 99 %: provisional, "
+                        f"training longer may change the set and the circuit date)"))
+    algo = headline.get("extras", {}).get("algorithm")
+    if algo:
+        lines.append(f"algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, "
+                     f"distance irrelevance {algo['distance_irrelevance']:.2f}): {algo['reason']}")
+    if headline.get("extras", {}).get("early_warning"):
+        lines.append(f"early warning: {headline['extras']['early_warning']}")
+    return lines
+
+
+def _t99_text(s: dict[str, Any]) -> str:
+    """When test accuracy passed 99 % (from ``run.summary()``), never ``None``; an upper bound when it passed
+    at the first evaluation of test accuracy (an imported final model has only that one)."""
+    hit = s.get("test_acc_99_epoch")
+    if hit is None:
+        return "test accuracy never passed 99%"
+    if s.get("test_acc_99_upper_bound"):
+        return f"test accuracy ≥ 99% by epoch {hit} (its first evaluation: an upper bound, not when it passed)"
+    return f"test accuracy passed 99% at epoch {hit}"
 
 
 def _sweep_spec(args: argparse.Namespace):

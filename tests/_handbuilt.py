@@ -20,16 +20,22 @@ def _cos_sin(p: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(2 * math.pi * k * t / p), torch.sin(2 * math.pi * k * t / p)
 
 
-def pizza_model(p: int = 31, k: int = 3, n_dirs: int = 16, scale: float = 5.0) -> HookedGrokTransformer:
+def pizza_model(p: int = 31, k: int = 3, n_dirs: int = 16, scale: float = 5.0,
+                attn_coeff: float = 0.0) -> HookedGrokTransformer:
     """Constant attention (``attn_coeff = 0``) sums the circle embeddings ``E_a + E_b``; the MLP takes
     ``|u_i · (E_a + E_b)|`` for ``n_dirs`` directions ``u_i`` at angles ``ψ_i = π i / n_dirs`` and writes
     ``Σ_i |u_i·v| (cos 2ψ_i, sin 2ψ_i)``, read out against ``(cos wc, sin wc)``: the logits are
-    ``∝ |cos(w(a−b)/2)| cos(w(a+b−c))`` (the second harmonic of ``|cos|``), Zhong et al.'s pizza."""
-    cfg = ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=2 * n_dirs, attn_coeff=0.0)
+    ``∝ |cos(w(a−b)/2)| cos(w(a+b−c))`` (the second harmonic of ``|cos|``), Zhong et al.'s pizza.
+    ``attn_coeff = 1``: the same pizza through softmax attention whose scores are all 0 (weights 1/3 on
+    ``a``, ``b`` and ``=``; the values are scaled by 3), which the architecture does not force."""
+    cfg = ModelConfig(p=p, d_model=8, n_heads=2, d_mlp=2 * n_dirs, attn_coeff=attn_coeff)
+    if attn_coeff not in (0.0, 1.0):
+        raise ValueError("attn_coeff: 0 or 1")
+    v = 1.0 if attn_coeff == 0.0 else 3.0
     P = _empty(cfg)
     c, s = _cos_sin(p, k)
     P["embed.W_E"][:p, 0], P["embed.W_E"][:p, 1] = c.float(), s.float()
-    P["blocks.0.attn.W_V"][0, 0, 0] = P["blocks.0.attn.W_V"][0, 1, 1] = 1.0  # head 0 copies the circle
+    P["blocks.0.attn.W_V"][0, 0, 0] = P["blocks.0.attn.W_V"][0, 1, 1] = v  # head 0 copies the circle
     P["blocks.0.attn.W_O"][0, 0, 2] = P["blocks.0.attn.W_O"][0, 1, 3] = 1.0  # ... into dims 2, 3
     for i in range(n_dirs):
         psi = math.pi * i / n_dirs

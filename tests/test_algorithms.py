@@ -44,11 +44,39 @@ def test_the_hand_built_models_solve_the_task_with_the_logits_of_their_algorithm
         assert corr > 0.99, corr  # the logits are (a multiple of) the algorithm's, to approximation error
 
 
-def test_constant_attention_pizza_scores_as_pizza(pizza):
+def test_constant_attention_pizza_is_not_identifiable(pizza):
+    """attn_coeff 0 read out at '=': gradient symmetricity is forced to 1, so no label, with the reason;
+    the signatures are still measured."""
     r = A.identify_algorithm(pizza)
-    assert r.label == "pizza", r.reason
-    assert r.gradient_symmetricity > 0.999 and r.distance_irrelevance < 0.1
+    assert r.label == A.NOT_IDENTIFIABLE == "not identifiable"
+    assert "attention coefficient 0" in r.reason and "'='" in r.reason and "[a, b]" in r.reason
+    assert r.gradient_symmetricity > 1 - 1e-6 and r.distance_irrelevance < 0.1
     assert r.key_freqs == (3,) and r.circularity[3] > 0.999 and r.circularity_zhong > 0.99 and r.accuracy == 1.0
+    assert r.summary()["label"] == "not identifiable" and "not identifiable" in A.RULE
+
+
+def test_the_same_pizza_through_softmax_attention_scores_as_pizza():
+    """Where the architecture does not force the signature (attn_coeff 1), the rule still labels a pizza."""
+    model = pizza_model(attn_coeff=1.0)
+    assert A.forced_by_architecture(model.cfg) is None
+    r = A.identify_algorithm(model)
+    assert r.label == "pizza", r.reason
+    assert r.gradient_symmetricity > 0.999 and r.distance_irrelevance < 0.1 and r.accuracy == 1.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_untrained_models_controls(seed):
+    """Untrained controls: attn 0 has gradient symmetricity exactly 1 whatever the weights (not identifiable);
+    attn 1 is near 1 at initialisation too (nearly uniform attention), but labelled neither (not accurate)."""
+    zero = g.HookedGrokTransformer(g.make_config("tiny", attn_coeff=0.0, init_seed=seed).model)
+    one = g.HookedGrokTransformer(g.make_config("tiny", attn_coeff=1.0, init_seed=seed).model)
+    r0, r1 = A.identify_algorithm(zero, n_samples=200), A.identify_algorithm(one, n_samples=200)
+    assert abs(r0.gradient_symmetricity - 1.0) < 1e-6 and r0.label == "not identifiable"
+    assert r1.label == "neither" and "classifies only" in r1.reason
+    assert 0.99 < r1.gradient_symmetricity < 1 - 1e-6  # near 1 untrained, but not forced
+    # two layers: the positions of a and b are transformed differently, nothing is forced
+    assert A.forced_by_architecture(g.make_config("tiny", attn_coeff=0.0, n_layers=2)) is None
+    assert A.forced_by_architecture(g.make_config("tiny", attn_coeff=0.0)) is not None
 
 
 def test_hand_built_clock_scores_as_clock(clock):
@@ -142,5 +170,29 @@ def test_circles_figure_and_report_entry(pizza, tiny_run, tmp_path):
     with pytest.raises(AnalysisError):
         circles_figure([])
     path, head = g.write_report(tiny_run, tmp_path / "r.html", max_checkpoints=20, return_headline=True)
-    assert head["extras"]["algorithm"]["label"] in ("clock", "pizza", "neither")
+    assert head["extras"]["algorithm"]["label"] in ("clock", "pizza", "neither")  # attn_coeff 1: identifiable
     assert "Embedding circles" in path.read_text()
+
+
+def test_the_committed_clock_pizza_study_labels_no_attention_0_run():
+    """analyses/results/clock_pizza: the coefficient-0 runs are 'not identifiable' with the reason, everywhere the
+    label is shown (table, summary, along training, page), as the current rule labels them."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    d = Path(__file__).resolve().parent.parent / "analyses" / "results" / "clock_pizza"
+    forced = A.forced_by_architecture(g.make_config("paper", attn_coeff=0.0))
+    runs = pd.read_csv(d / "runs.csv")
+    zero, one = runs[runs["attn_coeff"] == 0.0], runs[runs["attn_coeff"] == 1.0]
+    assert len(zero) == 3 and (zero["label"] == "not identifiable").all() and (zero["gradient_symmetricity"] == 1.0).all()
+    assert all(r.startswith(forced) for r in zero["reason"]) and (one["label"] == "clock").all()
+    over = pd.read_csv(d / "over_training.csv")
+    assert (over.loc[over["attn_coeff"] == 0.0, "label"] == "not identifiable").all()
+    summary = json.loads((d / "summary.json").read_text())
+    assert summary["rule"] == A.RULE and "redone in Zhong et al.'s layout" in summary["note"]
+    assert summary["spreads"]["0"]["labels"] == {"not identifiable": 3}
+    assert "pizza" not in {r["label"] for r in summary["runs"]}
+    page = (d / "clock_pizza.html").read_text()
+    assert "<td>pizza</td>" not in page and "seed 0: pizza" not in page and "not identifiable in this layout" in page

@@ -28,7 +28,9 @@ and the circularity of the embedding, which both share:
   ``W_E[:p]``, the share of its variance in its best single frequency, averaged.
 
 :func:`identify_algorithm` applies a stated rule (see there) and returns an :class:`AlgorithmReport`,
-from a run (any checkpoint) or a model.
+from a run (any checkpoint) or a model. Where the architecture forces a signature the label is
+``"not identifiable"`` (:func:`forced_by_architecture`): with attention coefficient 0 our model, which
+reads out at ``=``, has gradient symmetricity exactly 1 whatever its weights.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from .inputs import check_freq_list, is_run, resolve_model, task_label_grid
 
 __all__ = ["gradient_symmetricity", "distance_irrelevance", "embedding_circles", "EmbeddingCircle",
            "zhong_circularity", "identify_algorithm", "AlgorithmReport", "algorithm_over_training",
-           "GS_PIZZA", "DI_CLOCK", "CIRCULAR_MIN", "ACCURACY_MIN"]
+           "GS_PIZZA", "DI_CLOCK", "CIRCULAR_MIN", "ACCURACY_MIN", "NOT_IDENTIFIABLE", "forced_by_architecture"]
 
 #: Gradient symmetricity at or above which a circular, accurate model is labelled pizza.
 GS_PIZZA = 0.98
@@ -60,6 +62,28 @@ DI_CLOCK = 0.6
 CIRCULAR_MIN = 0.8
 #: Accuracy over all pairs below which the model does not implement the task (no label).
 ACCURACY_MIN = 0.95
+#: The label of a model whose architecture forces a signature (:func:`forced_by_architecture`).
+NOT_IDENTIFIABLE = "not identifiable"
+
+
+def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
+    """Why the architecture alone fixes a clock-vs-pizza signature, or ``None`` when it does not.
+
+    Our model reads out at the ``=`` token (inputs ``[a, b, =]``, the final position). With attention
+    coefficient 0 every allowed key is weighted 1, so the one attention layer gives the ``=`` position
+    ``Σ_t (E_t + P_t) W_V W_O``: ``a`` and ``b`` reach the readout only through ``(E_a + E_b) W_V``, and
+    ``∂Q/∂E_a = ∂Q/∂E_b`` for every triple — gradient symmetricity is exactly 1 for *any* such model,
+    trained or untrained, so it says nothing about the algorithm. (With two or more layers the positions
+    of ``a`` and ``b`` are transformed differently before the last layer reads them; that is not forced.)
+    Zhong et al.'s model has no ``=`` token and reads out at ``b``'s position, where the question is open.
+    """
+    mcfg = cfg.model if isinstance(cfg, RunConfig) else cfg
+    if mcfg.attn_coeff == 0.0 and mcfg.n_layers == 1:
+        return ("attention coefficient 0 with the readout at '=': the final position sees a and b only "
+                "through (E_a + E_b)·W_V, so gradient symmetricity is 1 for any such model, trained or not (the "
+                "architecture forces it); telling clock from pizza needs Zhong et al.'s layout (tokens [a, b], "
+                "read out at b)")
+    return None
 
 
 def _model(model_or_run, epoch: int, cfg: ModelConfig | RunConfig | None):
@@ -230,7 +254,8 @@ class AlgorithmReport:
     """What :func:`identify_algorithm` found.
 
     Attributes:
-        label: ``"clock"``, ``"pizza"`` or ``"neither"``.
+        label: ``"clock"``, ``"pizza"``, ``"neither"`` or ``"not identifiable"`` (the architecture
+            forces a signature: :func:`forced_by_architecture`).
         reason: why, in words.
         rule: the rule in words.
         gradient_symmetricity, distance_irrelevance: Zhong et al.'s two signatures.
@@ -263,7 +288,8 @@ class AlgorithmReport:
                 "key_freqs": list(self.key_freqs), "epoch": self.epoch}
 
 
-RULE = (f"neither unless the model classifies ≥ {ACCURACY_MIN:.0%} of all pairs and its embedding is circular "
+RULE = (f"not identifiable when the architecture forces a signature (attention coefficient 0 read out at '=': "
+        f"gradient symmetricity is 1 for any such model); otherwise neither unless the model classifies ≥ {ACCURACY_MIN:.0%} of all pairs and its embedding is circular "
         f"(Zhong et al.'s circularity ≥ {CIRCULAR_MIN}); then pizza if gradient symmetricity ≥ {GS_PIZZA}, "
         f"clock if gradient symmetricity < {GS_PIZZA} and distance irrelevance ≥ {DI_CLOCK}, otherwise neither "
         f"(asymmetric gradients with distance-dependent logits: a mixture)")
@@ -286,7 +312,10 @@ def identify_algorithm(model_or_run, *, epoch: int = -1, key_freqs: Sequence[int
         :class:`AlgorithmReport`.
 
     Notes:
-        The rule (:data:`RULE`): a model that does not solve the task (accuracy over all pairs
+        The rule (:data:`RULE`): a model whose architecture forces a signature is ``"not identifiable"``
+        (:func:`forced_by_architecture`: one layer with attention coefficient 0, read out at ``=``, has
+        gradient symmetricity exactly 1 whatever its weights), trained or not; its signatures are still
+        measured and reported. Otherwise a model that does not solve the task (accuracy over all pairs
         < :data:`ACCURACY_MIN`) or whose embedding is not circular (Zhong et al.'s circularity
         < :data:`CIRCULAR_MIN`, the filter of their released table) is ``neither``. Otherwise it is
         ``pizza`` when the gradient symmetricity is ≥ :data:`GS_PIZZA` — the model reads ``E_a``
@@ -315,7 +344,10 @@ def identify_algorithm(model_or_run, *, epoch: int = -1, key_freqs: Sequence[int
     gs = gradient_symmetricity(model, cfg=mcfg, n_samples=n_samples, seed=seed)
     di = distance_irrelevance(logits, labels)
     zc = zhong_circularity(W_E, mcfg.p)
-    if acc < ACCURACY_MIN:
+    forced = forced_by_architecture(mcfg)
+    if forced is not None:
+        label, reason = NOT_IDENTIFIABLE, forced + f" (measured: gradient symmetricity {gs:.6f})"
+    elif acc < ACCURACY_MIN:
         label, reason = "neither", f"classifies only {acc:.1%} of all pairs (< {ACCURACY_MIN:.0%})"
     elif zc < CIRCULAR_MIN:
         label, reason = "neither", f"the embedding is not circular (circularity {zc:.2f} < {CIRCULAR_MIN})"

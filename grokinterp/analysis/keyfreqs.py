@@ -15,7 +15,8 @@ group (of ``Z_{p−1}`` for ``mul``). A task without a group structure has no ke
 
 A rule returns a :class:`KeyFrequencies` carrying the rule in words, so reports can say how the
 frequencies were chosen. :func:`resolve_key_frequencies` is how run-level analyses fix them once
-(by default from the final checkpoint) and hold them across checkpoints.
+(by default at the first checkpoint at or after test accuracy reached 99 %: :func:`key_checkpoint`) and hold
+them across checkpoints.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
-from ..errors import AnalysisError
+from ..errors import AnalysisError, RunError
 from ..model.grid import grid_rows
 from ..tasks import CyclicSum
 from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
@@ -43,7 +44,7 @@ from .neurons import DEFAULT_THRESHOLD, neuron_fourier
 
 __all__ = ["KeyFrequencies", "key_frequencies", "neuron_key_frequencies", "KEY_FREQ_RULES",
            "register_key_freq_rule", "ResolvedKeys", "resolve_key_frequencies", "resolve_model_keys", "key_irreps", "KEY_IRREP_RULES",
-           "register_key_irrep_rule", "structure_of", "SHARE_CAP", "default_key_method"]
+           "register_key_irrep_rule", "structure_of", "SHARE_CAP", "default_key_method", "key_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -238,11 +239,39 @@ class ResolvedKeys:
     names: tuple[str, ...] = ()
 
 
+def key_checkpoint(run) -> tuple[int, bool]:
+    """The checkpoint a run's key set is chosen at, and whether that choice is final.
+
+    The first checkpoint at or after the epoch test accuracy first reached 99 % (the training
+    metrics): training longer, or resuming an interrupted run, adds checkpoints only after it, so
+    the key set — and every date that uses it (circuit formed, restricted / excluded loss) — does not
+    move (``final = True``). A run whose test accuracy has not reached 99 % at a checkpoint yet gets its
+    last checkpoint (``final = False``: provisional, training longer may change it). Choosing always at
+    the last checkpoint made dates move with the run's length: ``quick`` (init seed 42, split seed 43)
+    dated the circuit at 625 when stopped at 925 (test accuracy 91 %; 99 % came at 1,050) and at 725
+    after resuming to 1,644 (keys {4, 5, 10, 27, 45} → {4, 5, 10, 27}); with this rule the 925 set is
+    flagged provisional, and from 1,050 on set and date stay fixed.
+    """
+    last = int(run.resolve_epoch(-1))
+    try:
+        t99 = run.summary().get("test_acc_99_epoch")
+    except RunError:  # unreadable metrics: no 99 % epoch to anchor on
+        t99 = None
+    if t99 is not None:
+        eps = np.asarray(run.epochs)
+        after = eps[eps >= int(t99)]
+        if len(after):
+            return int(after[0]), True
+    return last, False
+
+
 def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> ResolvedKeys:
     """The key frequencies (key irreps) a run-level analysis holds fixed across checkpoints.
 
     ``None``: the rule ``method`` (default :func:`default_key_method`: ``W_L``, or ``circuit`` for a
-    non-cyclic group) on the run's final checkpoint; a :class:`KeyFrequencies`: as
+    non-cyclic group) on the checkpoint :func:`key_checkpoint` picks (the first at or after test
+    accuracy reached 99 %, so dates do not move when the run trains longer; else the last, said
+    provisional in the rule); a :class:`KeyFrequencies`: as
     given, with its rule; a sequence of ints: "given by the caller". Every frequency is checked
     against the run's ``p`` (every irrep index against the task's group). A task without a group
     structure has none (``method = "undefined"``); giving some is refused.
@@ -250,17 +279,20 @@ def resolve_key_frequencies(run, key_freqs=None, method: str | None = None) -> R
     ts = task_structure(run.task)
     if ts is None or key_freqs is not None:
         return resolve_model_keys(None, ts, run.config.task.p, key_freqs, method, what=run.task.describe())
-    e = int(run.resolve_epoch(-1))
+    e, final = key_checkpoint(run)
+    where = (f"checkpoint at epoch {e}, the first at or after test accuracy reached 99 %: training longer does "
+             f"not change the set" if final else
+             f"checkpoint at epoch {e}, the last: test accuracy has not reached 99 % at a checkpoint, so the set "
+             f"is provisional and training longer may change it")
     # the model carries its config (act_fn)
-    return resolve_model_keys(run.model(e), ts, run.config.task.p, None, method, epoch=e,
-                              where=f"checkpoint at epoch {e}")
+    return resolve_model_keys(run.model(e), ts, run.config.task.p, None, method, epoch=e, where=where)
 
 
 def resolve_model_keys(model_or_params, ts, p: int, key_freqs=None, method: str | None = None, *,
                        epoch: int | None = None, where: str | None = None, cfg: ModelConfig | None = None,
                        what: str | None = None) -> ResolvedKeys:
     """The key frequencies (irreps) of one model of a task with structure ``ts`` (see
-    :func:`resolve_key_frequencies`, which applies it to a run's final checkpoint).
+    :func:`resolve_key_frequencies`, which applies it to the checkpoint :func:`key_checkpoint` picks).
 
     Args:
         model_or_params: the model (or one checkpoint's parameters) the rule reads when

@@ -184,6 +184,23 @@ class _Curves:
     def has(self, col: str) -> bool:
         return col in self.df.columns and self.df[col].notna().sum() >= 2
 
+    def absent(self, col: str, use: str) -> str:
+        """Why ``col`` cannot be used (see :meth:`has`): the column is missing, or too few checkpoints hold it."""
+        if col not in self.df.columns:
+            return f"needs a {col} column: {use}"
+        k = int(self.df[col].notna().sum())
+        return f"only {k} checkpoint(s) hold a {col} value: a curve needs at least 2"
+
+    def too_short(self) -> str | None:
+        """Why no rule can be tested on this table (too few checkpoints for the running median), or ``None``."""
+        if self.last >= 0:
+            return None
+        need = self.window // 2 + 1
+        what = (f"a single checkpoint (epoch {int(self.ep[0])}; an imported final model has only that one)"
+                if self.n == 1 else f"only {self.n} checkpoints (epochs {int(self.ep[0])}..{int(self.ep[-1])})")
+        return (f"{what}: a date needs at least {need} checkpoints (the running median over {self.window} looks "
+                f"{self.window // 2} ahead)")
+
     def get(self, col: str, log: bool = False) -> np.ndarray:
         key = (col, log)
         if key not in self._cache:
@@ -385,6 +402,10 @@ def _ours(cv: _Curves, i_t99: int | None) -> tuple[PhaseBoundary, PhaseBoundary,
     def none(tag, rule, why, phase):
         return PhaseBoundary(phase, None, rule, why, "ours", tag)
 
+    short = cv.too_short()
+    if short is not None:
+        return (none("acc99", rule_m, short, "memorization"), none(tag_c, rule_c, short, "circuit_formation"),
+                none("test_loss_flat", rule_e, short, "cleanup"), None)
     tr = cv.get("train_acc")
     i_m = cv.first(tr >= ACC_THRESHOLD)
     if i_m is None:
@@ -396,7 +417,9 @@ def _ours(cv: _Curves, i_t99: int | None) -> tuple[PhaseBoundary, PhaseBoundary,
     mem = PhaseBoundary("memorization", cv.epoch(i_m), rule_m, None, "ours", "acc99")
 
     if mask_c is None:
-        why = "needs a restricted_acc (or restricted_loss) column: use progress_measures(run) output"
+        why = ("needs a restricted_acc (or restricted_loss) column: use progress_measures(run) output"
+               if "restricted_acc" not in cv.df.columns and "restricted_loss" not in cv.df.columns else
+               cv.absent("restricted_acc" if "restricted_acc" in cv.df.columns else "restricted_loss", ""))
         return mem, none(tag_c, rule_c, why, "circuit_formation"), none(
             "test_loss_flat", rule_e, "the circuit-formation end is unknown: " + why, "cleanup"), None
     i_c = cv.first(mask_c, i_m)
@@ -443,10 +466,14 @@ def _paper(cv: _Curves, i_t99: int | None, p: int | None) -> tuple[PhaseBoundary
         return (none("memorization", rule_m, why_m), none("circuit_formation", rule_c, after),
                 none("cleanup", rule_e, after))
 
+    short = cv.too_short()
+    if short is not None:
+        return (none("memorization", rule_m, short), none("circuit_formation", rule_c, short),
+                none("cleanup", rule_e, short))
     if p is None:
         return none_after("needs p, the number of classes (pass p= or use progress_measures output, which records it)")
     if not cv.has("excluded_loss"):
-        return none_after("needs an excluded_loss column: use progress_measures(run) output")
+        return none_after(cv.absent("excluded_loss", "use progress_measures(run) output"))
     ln_p = math.log(p)
     x = cv.get("excluded_loss")
     j0 = cv.first(x < ln_p)
@@ -473,7 +500,7 @@ def _paper(cv: _Curves, i_t99: int | None, p: int | None) -> tuple[PhaseBoundary
         return mem, circ, none("cleanup", rule_e, f"the smoothed test accuracy never reached {_PCT}: the run has not "
                                                   f"generalized")
     if not cv.has("sum_sq_weights"):
-        return mem, circ, none("cleanup", rule_e, "needs a sum_sq_weights column: use progress_measures(run) output")
+        return mem, circ, none("cleanup", rule_e, cv.absent("sum_sq_weights", "use progress_measures(run) output"))
     i_e, why, _ = cv.rate_end("sum_sq_weights", max(i_c, i_t99), i_c, cv.epoch(i_c), "sum of squared weights")
     return mem, circ, PhaseBoundary("cleanup", cv.epoch(i_e), rule_e, why, "paper", "paper")
 

@@ -46,12 +46,13 @@ from .groups import (
     task_structure,
 )
 from .inputs import residue_outputs
+from .keyfreqs import key_checkpoint
 from .logits import logit_cos_fit, logit_fourier_norms_2d
 from .measures import progress_measures
 from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
 
-__all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis"]
+__all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis", "verdict"]
 
 #: Extra analyses run by :func:`analyze_run` after the built-in ones: ``fn(analysis) -> result``.
 #: Results land in ``RunAnalysis.extras[name]``; JSON-ready ones (numbers, strings, lists, dicts)
@@ -124,7 +125,12 @@ class RunAnalysis:
         abl = (self.ablations.pivot_table(index="ablation", columns="split", values="loss", sort=False)
                if len(self.ablations) else pd.DataFrame())
         fit = self.logit_fit
-        return {
+        last = self.measures.iloc[-1] if len(self.measures) else None
+
+        def col(name):
+            return f(float(last[name])) if last is not None and name in self.measures.columns else None
+
+        out = {
             "run": str(self.run.path),
             "task": self.run.task.describe(),
             "structure": ts.describe() if ts is not None else None,
@@ -140,6 +146,12 @@ class RunAnalysis:
             "key_kind": self.noun,
             "n_key_frequencies": len(self.key_freqs),
             "key_frequency_rule": self.key_rule,
+            # the checkpoint the key set was chosen at (None: given by the caller); every date below
+            # that uses key terms (circuit formed, restricted / excluded loss) belongs to this key set
+            "key_frequency_epoch": self.measures.attrs.get("key_freq_epoch"),
+            # False: chosen at the last checkpoint before test accuracy reached 99 % (provisional: training
+            # longer may change the set and the dates); None: given by the caller
+            "key_set_final": _key_set_final(self.run, self.measures.attrs.get("key_freq_epoch")),
             # our rules (the names say which rule; see "phases" for every boundary with its rule)
             "memorization_end": ph.memorization_end,
             "circuit_formation_end": ph.circuit_formation_end,
@@ -158,7 +170,11 @@ class RunAnalysis:
             "excluded_loss_rise_epoch": cf.excluded_loss_epoch,
             "excluded_loss_rule": cf.excluded_rule,
             "test_acc_99_epoch": cf.test_acc_99_epoch,
+            "test_acc_99_upper_bound": bool(s.get("test_acc_99_upper_bound", False)),
             "lead_time_epochs": cf.lead_time,
+            "last_checkpoint": {"epoch": int(last["epoch"]) if last is not None else None,
+                                "restricted_acc": col("restricted_acc"), "train_acc": col("train_acc"),
+                                "test_acc": col("test_acc")},
             "final_train_loss": f(s.get("final_train_loss")),
             "final_test_loss": f(s.get("final_test_loss")),
             "final_test_acc": f(s.get("final_test_acc")),
@@ -175,6 +191,76 @@ class RunAnalysis:
             "ablation_loss": {k: {c: f(float(v)) for c, v in row.items()} for k, row in abl.iterrows()},
             "extras": {k: v for k, v in self.extras.items() if _json_ready(v)},
         }
+        out["verdict"] = verdict(out)
+        return out
+
+
+def verdict(h: dict[str, Any], *, html: bool = False) -> str:
+    """The headline's sentence: when the circuit formed and test accuracy passed 99 %, or why not.
+
+    Never prints ``None``: a run whose circuit formed but whose test accuracy never reached 99 % stopped
+    before cleanup, and the sentence gives the restricted accuracy (key terms alone, all pairs) against the
+    full model's test accuracy at the last checkpoint; a 99 % epoch that is the first evaluation of test
+    accuracy (an imported final model) is an upper bound and said so.
+
+    Args:
+        h: :meth:`RunAnalysis.headline` (without ``verdict``).
+        html: numbers in bold, the text escaped.
+    """
+    import html as _html
+
+    esc = _html.escape if html else (lambda x: x)
+
+    def b(x):
+        return f"<b>{esc(str(x))}</b>" if html else str(x)
+
+    if h.get("structure") is None:
+        return esc("This task declares no group structure: key frequencies, restricted / excluded loss and the "
+                   "circuit-formation date are undefined for it (reported as such, never as a number); the report "
+                   "shows the Fourier spectra over the tokens and the neuron and head ablations.")
+    irrep = h.get("key_kind") == "irrep"
+    kind = "key-irrep" if irrep else "key-frequency"
+    keys = h.get("key_irreps") if irrep else h.get("key_frequencies")
+    noun = "irreps" if irrep else "frequencies"
+    ke = h.get("key_frequency_epoch")
+    keyset = f"key {noun} {', '.join(map(str, keys or []))}" + (f", chosen at epoch {ke}" if ke is not None else "")
+    if h.get("key_set_final") is False:
+        keyset += (" — the last checkpoint, before test accuracy reached 99 %: provisional, training longer may "
+                   "change the set and this date")
+    formed, hit, lead = h.get("circuit_formed_epoch"), h.get("test_acc_99_epoch"), h.get("lead_time_epochs")
+    bound = bool(h.get("test_acc_99_upper_bound"))
+    pairs = "all pairs" if h.get("outside_block") is None else "the pairs of the block (a, b ≠ 0)"
+    if hit is not None:
+        passed = (esc("test accuracy was ≥ 99 % by epoch ") + b(hit) + esc(" (its first evaluation: an upper bound, "
+                                                                         "not when it passed)")) if bound else \
+            esc("test accuracy passed 99 % at epoch ") + b(hit)
+    if formed is not None and hit is not None:
+        return (esc("The generalizing circuit formed at epoch ") + b(formed)
+                + esc(f" (the {kind} circuit alone classifies 99 % of {pairs}; {keyset}), ") + passed
+                + esc(": a lead of " + ("at most " if bound else "")) + b(lead) + esc(" epochs."))
+    if formed is not None:
+        last = h.get("last_checkpoint") or {}
+
+        def pct(x):
+            return "—" if x is None else f"{x:.1%}"
+
+        return (esc("The generalizing circuit formed at epoch ") + b(formed)
+                + esc(f" (the {kind} circuit alone classifies 99 % of {pairs}; {keyset}), but test accuracy never "
+                      f"reached 99 %: the run stopped before cleanup (memorization not yet removed). At the last "
+                      f"checkpoint (epoch {last.get('epoch')}) the {kind} components alone classify ")
+                + b(pct(last.get("restricted_acc"))) + esc(f" of {pairs}, the full model ")
+                + b(pct(last.get("test_acc"))) + esc(" of the test pairs (train: " + pct(last.get("train_acc")) + ")."))
+    if hit is None:
+        return esc("Test accuracy never passed 99 %: this run has not grokked (yet).")
+    why = h.get("circuit_reason")
+    return (esc("The progress measures did not date the circuit's formation") + esc(f" ({why})" if why else "")
+            + esc("; ") + passed + esc("."))
+
+
+def _key_set_final(run, epoch) -> bool | None:
+    if epoch is None:
+        return None
+    return key_checkpoint(run) == (int(epoch), True)
 
 
 def _fve_key(nf, keys) -> float | None:
@@ -227,7 +313,8 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
 
     Args:
         run: a :class:`~grokinterp.store.run.Run`.
-        key_freqs: fix the key frequencies (default: from the final checkpoint, ``W_L`` rule).
+        key_freqs: fix the key frequencies (default: ``W_L`` rule at the first checkpoint at or after test
+            accuracy reached 99 %, else the last: :func:`~grokinterp.analysis.keyfreqs.key_checkpoint`).
         max_checkpoints: analyse at most this many checkpoints (evenly spread; ``None`` = all),
             which bounds the time on very dense runs.
         device: where the progress measures are computed.

@@ -705,6 +705,10 @@ class Run:
             })
             hit = ev[ev["test_acc"] >= 0.99]
             out["test_acc_99_epoch"] = int(hit["epoch"].iloc[0]) if len(hit) else None
+            # Passed at the first evaluation of test accuracy (an imported final model has only that one):
+            # the epoch is an upper bound, not when it happened.
+            first = ev.loc[ev["test_acc"].notna(), "epoch"]
+            out["test_acc_99_upper_bound"] = bool(len(hit)) and int(hit["epoch"].iloc[0]) == int(first.iloc[0]) > 0
             hit = ev[ev["train_acc"] >= 0.99]
             out["train_acc_99_epoch"] = int(hit["epoch"].iloc[0]) if len(hit) else None
         return out

@@ -21,7 +21,7 @@ from typing import Any
 from ..analysis.algorithms import embedding_circles, identify_algorithm
 from ..analysis.early import first_warning
 from ..analysis.fourier import fourier_basis
-from ..analysis.summary import analyze_run, register_run_analysis
+from ..analysis.summary import analyze_run, register_run_analysis, verdict
 from ..config import interventions
 from ..errors import AnalysisError, RunError
 from ..store import layout as _io
@@ -214,20 +214,7 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     c = run.config
     title = f"grokinterp report — {run.task.describe()} ({run.path.name})"
     lead = h["lead_time_epochs"]
-    kind = "key-irrep" if h["key_kind"] == "irrep" else "key-frequency"
-    if h["circuit_formed_epoch"] is not None and h["test_acc_99_epoch"] is not None:
-        headline = (f"The generalizing circuit formed at epoch <b>{h['circuit_formed_epoch']}</b> "
-                    f"(the {kind} circuit alone classifies 99 % of all pairs), test accuracy passed 99 % at epoch "
-                    f"<b>{h['test_acc_99_epoch']}</b>: "
-                    f"a lead of <b>{lead}</b> epochs.")
-    elif h["structure"] is None:
-        headline = ("This task declares no group structure: key frequencies, restricted / excluded loss and the "
-                    "circuit-formation date are undefined for it (reported as such, never as a number); the report "
-                    "shows the Fourier spectra over the tokens and the neuron and head ablations.")
-    elif h["test_acc_99_epoch"] is None:
-        headline = "Test accuracy never passed 99 %: this run has not grokked (yet)."
-    else:
-        headline = "The progress measures did not date the circuit's formation (see the rules below)."
+    headline = verdict(h, html=True)
     keys = h["key_irreps"] if h["key_kind"] == "irrep" else h["key_frequencies"]
     noun = "irreps" if h["key_kind"] == "irrep" else "frequencies"
     fit_terms = h["logit_fit_terms"]
@@ -240,10 +227,17 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     numbers += [
         (f"key {noun}", ", ".join(map(str, keys)) or "none"),
         ("key-frequency rule" if noun == "frequencies" else "key-irrep rule", h["key_frequency_rule"]),
-        ("circuit formed (progress measures)", h["circuit_formed_epoch"] if h["circuit_reason"] is None or
-         h["circuit_formed_epoch"] is not None else h["circuit_reason"]),
+        ("circuit formed (progress measures)", (f"{h['circuit_formed_epoch']} (key {noun} "
+                                                f"{', '.join(map(str, keys)) or 'none'}"
+                                                + (f", chosen at epoch {h['key_frequency_epoch']}"
+                                                   if h["key_frequency_epoch"] is not None else ", given")
+                                                + (": provisional, before test accuracy reached 99 %"
+                                                   if h["key_set_final"] is False else "") + ")")
+         if h["circuit_formed_epoch"] is not None else (h["circuit_reason"] or "—")),
         ("excluded loss back above chance", h["excluded_loss_rise_epoch"]),
-        ("test accuracy ≥ 99 %", h["test_acc_99_epoch"]),
+        ("test accuracy ≥ 99 %", (f"by {h['test_acc_99_epoch']} (its first evaluation: an upper bound)"
+                                 if h["test_acc_99_upper_bound"] else h["test_acc_99_epoch"])
+         if h["test_acc_99_epoch"] is not None else "never"),
         ("lead time (epochs)", lead),
         (f"neurons explained by one {h['key_kind']}", f"{h['neurons_explained_by_one_freq']} of {h['neurons_total']} "
                                                       f"({h['neurons_explained_fraction']:.1%})"),
@@ -340,7 +334,8 @@ def write_report(run_or_path, out: str | os.PathLike | None = None, *, max_check
         run_or_path: a :class:`~grokinterp.store.run.Run` or its directory.
         out: the HTML file (default ``RUN/report.html``).
         max_checkpoints: analyse at most this many checkpoints (evenly spread).
-        key_freqs: fix the key frequencies (key irreps: irrep indices; default: from the final checkpoint).
+        key_freqs: fix the key frequencies (key irreps: irrep indices; default: chosen at the first checkpoint at or
+            after test accuracy reached 99 %, else the last: :func:`~grokinterp.analysis.keyfreqs.key_checkpoint`).
         return_headline: return ``(path, headline numbers)`` instead of the path.
 
     Raises:

@@ -60,6 +60,7 @@ import torch
 
 from ...errors import AnalysisError
 from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
+from ...tasks import DiscreteLog
 from ..groups import task_structure
 from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
@@ -80,6 +81,30 @@ _SPLITS = {
     "restricted_acc": "all valid pairs (projection over the full p×p grid)",
     "excluded_loss": "train pairs (projection over the full p×p grid)",
 }
+
+
+def splits(structure, n: int) -> dict[str, str]:
+    """Which pairs each column averages over, for a task with this structure (``None``: none) on ``n`` symbols.
+
+    The restricted / excluded columns live on the structure's *block*: the whole ``n × n`` grid for
+    ``a ± b`` and groups, the pairs with ``a, b ≠ 0`` for ``a·b`` / ``a/b`` mod a prime (the row and
+    column of 0 are outside the group of nonzero residues; :func:`~grokinterp.analysis.summary.analyze_run`
+    reports them apart); without a structure they are undefined (NaN)."""
+    out = dict(_SPLITS)
+    if structure is None:
+        why = "undefined (NaN): the task declares no group structure"
+        return out | {c: why for c in ("restricted_loss", "restricted_acc", "excluded_loss")}
+    grid = f"{n}×{n}"
+    if structure.full_block:
+        return out | {"restricted_loss": f"all valid pairs (projection over the full {grid} grid)",
+                      "restricted_acc": f"all valid pairs (projection over the full {grid} grid)",
+                      "excluded_loss": f"train pairs (projection over the full {grid} grid)"}
+    outside = "a = 0 or b = 0" if isinstance(structure.structure, DiscreteLog) else "the pairs outside the block"
+    block = (f"the {len(structure.block)} pairs of the group structure's block, not all valid pairs ({outside} lie "
+             f"outside it and are reported apart); projection over the block")
+    return out | {"restricted_loss": block, "restricted_acc": block,
+                  "excluded_loss": f"train pairs of the block ({outside} left out); projection over the block"}
+
 
 #: Working memory aimed at per chunk of checkpoints when ``chunk`` is not given (bytes).
 _CHUNK_BUDGET = GRID_BUDGET
@@ -123,7 +148,7 @@ def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray
         "key_freq_rule": keys.rule,
         "key_freq_epoch": keys.epoch,
         "structure": structure.describe() if structure is not None else None,
-        "splits": dict(_SPLITS),
+        "splits": splits(structure, p),
         "definitions": dict(definitions),
         "gini": "Hurley & Rickard Gini of the per-frequency Fourier norms, frequencies 1..p//2",
         "implementation": impl,
@@ -149,7 +174,9 @@ def progress_measures(
         run: a :class:`~grokinterp.store.run.Run` (one-layer model).
         key_freqs: the frequencies held fixed across checkpoints: a sequence of ints, a
             :class:`~grokinterp.analysis.keyfreqs.KeyFrequencies`, or ``None`` for
-            ``key_frequencies(final checkpoint, method=key_freq_method)``.
+            ``key_frequencies(checkpoint, method=key_freq_method)`` at the checkpoint
+            :func:`~grokinterp.analysis.keyfreqs.key_checkpoint` picks (the first at or after test accuracy
+            reached 99 %, else the last).
         chunk: checkpoints per vectorised forward (default: sized to keep the working memory
             near 768 MiB, e.g. 4 for the paper's p = 113 model). A grid too large for one checkpoint
             (a large group: S6 has 720³ logits) is computed in blocks of rows (:func:`auto_rows`).
