@@ -190,3 +190,64 @@ def test_metrics_nan_semantics_and_evals_property(tiny_run):
     assert old.drop(columns="lr").equals(ev)
     assert isinstance(type(tiny_run).metrics, property) or hasattr(type(tiny_run).metrics, "__get__")
     assert isinstance(type(tiny_run).evals, property)
+
+
+# -- the README's flags ------------------------------------------------------------------------------
+def _readme_flag_lines() -> list[list[str]]:
+    """Every command line of the README's interventions block, as argv after ``train``: comments dropped,
+    ``[optional]`` parts kept, and each ``a|b|c`` choice expanded into one line per value."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Interventions", 1)[1].split("```", 2)[1]
+    lines: list[list[str]] = []
+    for raw in block.splitlines():
+        tokens = raw.split("#", 1)[0].replace("[", " ").replace("]", " ").split()
+        if not tokens:
+            continue
+        choices = [i for i, t in enumerate(tokens) if "|" in t]
+        lines.append([t.split("|")[0] for t in tokens])
+        for i in choices:
+            for value in tokens[i].split("|")[1:]:
+                lines.append([value if j == i else t.split("|")[0] for j, t in enumerate(tokens)])
+    return lines
+
+
+def test_every_readme_flag_is_accepted_in_a_fresh_interpreter():
+    """Each flag of the README's interventions block parses and makes a valid config, in a fresh
+    interpreter where only the CLI module is imported (as for `grokinterp train ...`: the CLI's choices
+    must not depend on training/ having been imported); and every optimizer training/optim.py registers
+    is a choice of --optimizer."""
+    lines = _readme_flag_lines()
+    assert len(lines) >= 10 and any("ortho_adamw" in line for line in lines)
+    code = f"""
+import json, sys
+from grokinterp.cli import build_parser, _overrides, _check_knobs_used
+from grokinterp.config import make_config
+assert "grokinterp.training.optim" not in sys.modules
+parser = build_parser("tiny")
+bad = []
+for argv in {lines!r}:
+    try:
+        args = parser.parse_args(["train", "--preset", "tiny", *argv])
+        ov = _overrides(args)
+        _check_knobs_used(ov, make_config("tiny", **ov))
+    except SystemExit as e:
+        bad.append((argv, "exit %s" % e.code))
+    except Exception as e:
+        bad.append((argv, repr(e)))
+choices = set(parser.subcommands["train"]._option_string_actions["--optimizer"].choices)
+from grokinterp.training.optim import OPTIMIZERS
+print(json.dumps({{"bad": bad, "unlisted": sorted(set(OPTIMIZERS) - choices)}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"bad": [], "unlisted": []}, (out, res.stderr[-2000:])
+
+
+def test_readme_optimizer_trains_from_the_command_line(tmp_path):
+    res = cli("train", "--preset", "tiny", "--epochs", "2", "--optimizer", "ortho_adamw", "--no-progress",
+              "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]["optimizer"] == "ortho_adamw"
