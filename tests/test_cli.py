@@ -251,3 +251,72 @@ def test_readme_optimizer_trains_from_the_command_line(tmp_path):
               "--out", str(tmp_path / "run"))
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]["optimizer"] == "ortho_adamw"
+
+
+# -- rough edges a newcomer meets -------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["train", "info", "report", "verify", "import-legacy", "watch", "sweep",
+                                     "sweep-report"])
+def test_help_prints_percent_signs_once(capsys, command):
+    text = _help(capsys, command)
+    assert "%%" not in text, [line for line in text.splitlines() if "%%" in line]
+
+
+def test_counts_are_pluralised(tmp_path):
+    res = cli("sweep", "--preset", "tiny", "--seeds", "0,1", "--dry-run", "--out", str(tmp_path / "sw"))
+    assert res.returncode == 0, res.stderr
+    assert "2 runs (0 finished" in res.stdout and "1 job: 1 stack of 2 runs, 0 single runs" in res.stdout
+    res = cli("sweep", "--preset", "tiny", "--seeds", "0", "--no-stack", "--dry-run", "--out", str(tmp_path / "one"))
+    assert res.returncode == 0, res.stderr
+    assert "1 run (0 finished" in res.stdout and "1 job: 0 stacks, 1 single run" in res.stdout
+
+
+def test_a_run_trained_from_python_records_no_preset(tmp_path):
+    """`preset` is recorded when a command line named one, and left out (not null) for a config built in
+    Python; runs of release 0.1.0 with "preset": null still load."""
+    run = g.train(make_config("tiny", epochs=2, every=1), tmp_path / "py", progress=False)
+    info = json.loads((run.path / "run.json").read_text())
+    assert "preset" not in info and run.summary()["preset"] is None
+    res = cli("info", str(run.path))
+    assert res.returncode == 0 and "preset" not in res.stdout, res.stdout
+    info["preset"] = None
+    (run.path / "run.json").write_text(json.dumps(info))
+    assert g.load_run(run.path, check=False).info["preset"] is None  # (the manifest's digest is now stale)
+
+
+def test_executed_notebooks_are_ignored_by_git():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    res = subprocess.run(["git", "check-ignore", "-q", "notebooks/01_quickstart.nbconvert.ipynb"], cwd=root)
+    assert res.returncode == 0, "an executed notebook (jupyter nbconvert --execute) would show as untracked"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["report", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["verify", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["watch", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["train", "--resume", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["sweep", "--resume", "/nonexistent/sw"], "/nonexistent/sw: no such sweep directory"),
+    (["sweep-report", "/nonexistent/sw"], "/nonexistent/sw: no such sweep directory"),
+    (["import-legacy", "/nonexistent/f.pth", "/tmp/out"], "/nonexistent/f.pth: no such file"),
+    (["train", "--preset", "tiny", "--lr", "-1"], "train.lr"),
+    (["train", "--preset", "tiny", "--lrr", "1"], "did you mean --lr"),
+])
+def test_cheap_errors_answer_before_torch_loads(argv, message):
+    """A mistyped path or flag is refused (exit 2, one line naming it) without importing torch, which
+    takes seconds to load."""
+    code = f"""
+import sys
+from grokinterp.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as e:
+    code = e.code
+print("torch loaded" if "torch" in sys.modules else "torch not loaded", code)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip().endswith("torch not loaded 2"), (res.stdout, res.stderr)
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) <= 2, res.stderr
