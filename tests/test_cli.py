@@ -213,13 +213,33 @@ def _readme_flag_lines() -> list[list[str]]:
     return lines
 
 
+def _readme_commands() -> list[list[str]]:
+    """Every ``grokinterp ...`` command of the README's bash blocks (not the synopsis, which has
+    placeholders), as argv after ``grokinterp``."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    out = []
+    for block in readme.split("```bash")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                words = shlex.split(part)
+                if words[:1] == ["grokinterp"]:
+                    out.append(words[1:])
+    return out
+
+
 def test_every_readme_flag_is_accepted_in_a_fresh_interpreter():
-    """Each flag of the README's interventions block parses and makes a valid config, in a fresh
+    """Each flag of the README's interventions block parses and makes a valid config, and every
+    `grokinterp ...` command of its bash blocks parses, in a fresh
     interpreter where only the CLI module is imported (as for `grokinterp train ...`: the CLI's choices
     must not depend on training/ having been imported); and every optimizer training/optim.py registers
     is a choice of --optimizer."""
     lines = _readme_flag_lines()
     assert len(lines) >= 10 and any("ortho_adamw" in line for line in lines)
+    commands = _readme_commands()
+    assert len(commands) >= 6 and ["report", "checkpoints/quick"] in commands
     code = f"""
 import json, sys
 from grokinterp.cli import build_parser, _overrides, _check_knobs_used
@@ -236,6 +256,11 @@ for argv in {lines!r}:
         bad.append((argv, "exit %s" % e.code))
     except Exception as e:
         bad.append((argv, repr(e)))
+for argv in {commands!r}:
+    try:
+        build_parser("tiny").parse_args(argv)
+    except SystemExit as e:
+        bad.append((argv, "exit %s" % e.code))
 choices = set(parser.subcommands["train"]._option_string_actions["--optimizer"].choices)
 from grokinterp.training.optim import OPTIMIZERS
 print(json.dumps({{"bad": bad, "unlisted": sorted(set(OPTIMIZERS) - choices)}}))
