@@ -110,6 +110,15 @@ def _nonempty_path(text: str) -> Path:
     return Path(text)
 
 
+def _existing(path: Path | None, what: str) -> Path | None:
+    """Refuse a path that does not exist with the loader's own one-line message (``PATH: no such run
+    directory``), before the command imports torch: a mistyped path is answered in a fraction of a
+    second instead of after torch's few seconds of start-up. Everything else is left to the loader."""
+    if path is not None and not os.path.lexists(path):
+        raise GrokinterpError(f"{path}: no such {what}")
+    return path
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -259,8 +268,9 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                         "the recorded count")
     _add_config_flags(t, preset)
 
+    # descriptions are printed as written (argparse %-formats only help strings): a plain '%'
     i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
-                       "test accuracy passed 99 %%.")
+                       "test accuracy passed 99 %.")
     i.add_argument("run", metavar="RUN")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -318,7 +328,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     _add_config_flags(s, preset)
 
     sr = sub.add_parser("sweep-report", help="tabulate a sweep and write its HTML report",
-                        description="One row per run (config, epochs to 99 %% test accuracy, regime, key frequencies, "
+                        description="One row per run (config, epochs to 99 % test accuracy, regime, key frequencies, "
                                     "circuit date and lead, neuron and logit fits), medians and spreads over seeds, "
                                     "and figures (phase diagram, data-fraction curves, seed distributions, every "
                                     "run's curves) in one self-contained HTML file; the tables as CSV.")
@@ -362,6 +372,11 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     return parser
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless ``n`` is 1 (``1 setting``, ``2 settings``)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _default_out(preset: str, config) -> Path:
     digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     return Path("checkpoints") / f"{preset}-{config.task.operation}-p{config.task.p}-{digest}"
@@ -375,7 +390,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.threads import check_threads  # torch-free
 
         check_threads(args.threads, "--threads")
-    args.out, args.resume = _path(args.out, "--out"), _path(args.resume, "--resume")
+    args.out, args.resume = _path(args.out, "--out"), _existing(_path(args.resume, "--resume"), "run directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if args.resume is not None:
@@ -430,6 +445,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout >= 0):
         raise GrokinterpError(f"--timeout: must be a non-negative number of seconds (leave it out to wait until the "
                               f"run finishes), got {args.timeout}")
+    _existing(args.run, "run directory")
     from .monitor import watch
 
     print(f"watching {args.run} (Ctrl-C to stop)", flush=True)
@@ -470,9 +486,10 @@ def _early_warning(run) -> str | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    path = _existing(_path(args.run, "RUN"), "run directory")
     from .store.run import load_run
 
-    run = load_run(_path(args.run, "RUN"))
+    run = load_run(path)
     s = run.summary()
     if args.json:
         from .config import interventions
@@ -536,6 +553,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    _existing(_path(args.run, "RUN"), "run directory")
     from .store.integrity import verify
 
     report = verify(_path(args.run, "RUN"))
@@ -554,11 +572,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     import warnings
 
+    file, out = _existing(_path(args.file, "FILE"), "file"), _path(args.out, "OUT")
     from .store.legacy import import_legacy
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = import_legacy(_path(args.file, "FILE"), _path(args.out, "OUT"), layout=args.layout,
+        run = import_legacy(file, out, layout=args.layout,
                             split_seed=args.split_seed, frac_train=args.frac_train,
                             epoch_offset=args.epoch_offset, overwrite=args.overwrite)
     src = run.info["imported_from"]
@@ -588,6 +607,7 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import os
 
+    _existing(args.run, "run directory")
     from .viz.report import write_report
 
     if args.summary_json is not None:  # refuse before the analysis, so nothing is half-written
@@ -683,7 +703,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 or args.preset or args.overwrite:
             raise GrokinterpError("--resume continues a sweep with its stored spec; drop SPEC, --out, --preset, "
                                   "--grid, --zip, --seeds, --overwrite and config flags")
-        spec, out = args.resume, None
+        spec, out = _existing(args.resume, "sweep directory"), None
     else:
         spec = _sweep_spec(args)
         if not spec.axes():
@@ -707,7 +727,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("\n".join(plan.describe()), flush=True)
     sw = execute_plan(plan, executor, progress=not args.no_progress)
     st = sw.status()
-    print(f"sweep: {sw.path}: {int(st['finished'].sum())} of {len(st)} runs finished")
+    print(f"sweep: {sw.path}: {int(st['finished'].sum())} of {_count(len(st), 'run')} finished")
     print(f"  runs in {sw.path / 'runs'}; table and report: grokinterp sweep-report {sw.path}")
     return 0
 
@@ -715,6 +735,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_sweep_report(args: argparse.Namespace) -> int:
     if args.max_checkpoints < 2:
         raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
+    _existing(args.sweep, "sweep directory")
     from .viz.sweep_report import write_sweep_report
 
     path, table, summary = write_sweep_report(args.sweep, args.out, analyse=not args.no_analysis,
@@ -722,8 +743,8 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
                                               csv=args.csv, return_table=True)
     n, fin = len(table), int(table["finished"].fillna(False).astype(bool).sum())
     print(f"report: {path}")
-    print(f"  {n} runs, {fin} finished, {int(table['grokked'].fillna(False).astype(bool).sum())} reached 99 % test "
-          f"accuracy; {len(summary)} settings")
+    print(f"  {_count(n, 'run')}, {fin} finished, {int(table['grokked'].fillna(False).astype(bool).sum())} reached "
+          f"99 % test accuracy; {_count(len(summary), 'setting')}")
     print(f"  open it in a browser: file://{Path(path).resolve()}")
     return 0
 

@@ -115,10 +115,13 @@ WARMUP_STYLES = {
 }
 #: Built-in optimizers (``TrainConfig.optimizer``), listed here without importing torch so the CLI can
 #: offer them in ``--help``; :func:`grokinterp.training.optim.register_optimizer` adds new names.
+#: Every optimizer :mod:`grokinterp.training.optim` registers must be named here (the CLI reads only
+#: this list; tests/test_cli.py checks it in a fresh interpreter).
 OPTIMIZER_NAMES: dict[str, str] = {
     "adamw": "AdamW, decoupled weight decay (the paper's)",
     "adam": "Adam, weight decay as an L2 term in the gradient",
     "sgd": "SGD with momentum",
+    "ortho_adamw": "⊥AdamW: AdamW on the gradient made orthogonal to the weights (Prieto et al. 2025)",
 }
 #: MLP non-linearities (``ModelConfig.act_fn``).
 ACT_FNS = ("relu", "gelu")

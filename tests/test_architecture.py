@@ -147,3 +147,66 @@ def test_private_name_checker_catches_planted_uses():
 def test_no_subpackage_shadows_a_facade_function():
     for name in ("train", "sweep", "resume"):
         assert not (PKG / name).exists() and not (PKG / f"{name}.py").exists(), name
+
+
+# -- dependencies --------------------------------------------------------------------------------------
+def _pyproject() -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _import_name(requirement: str) -> str:
+    import re
+
+    dist = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+    return {"scikit-learn": "sklearn", "opentsne": "openTSNE"}.get(dist.lower(), dist.replace("-", "_").lower())
+
+
+def _imported_top_level(paths) -> set[str]:
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_declared_dependency_is_imported():
+    """A runtime dependency the package never imports is a defect (it costs every install); so is an
+    import of a package that is not declared (or is only an optional extra, at module level)."""
+    deps = [_import_name(r) for r in _pyproject()["project"]["dependencies"]]
+    imported = _imported_top_level(PKG.rglob("*.py"))
+    assert [d for d in deps if d not in imported] == []
+
+
+def test_optional_extras_are_declared_and_stay_out_of_the_light_paths(tiny_run):
+    """The optional analyses' packages are extras (`slt`, `embed`; scikit-learn also in `dev`), and
+    `grokinterp --help`, `grokinterp info RUN`, the store and the sweeps (planning, tables) import none
+    of them, nor transformer_lens or plotly: those paths answer without seconds of imports."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert [_import_name(r) for r in extras["slt"]] == ["devinterp"]
+    assert {_import_name(r) for r in extras["embed"]} == {"sklearn", "openTSNE"}
+    assert "sklearn" in {_import_name(r) for r in extras["dev"]}
+    heavy = ("transformer_lens", "plotly", "sklearn", "devinterp", "openTSNE")
+    code = f"""
+import contextlib, io, sys
+from grokinterp.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        main(["--help"])
+    except SystemExit:
+        pass
+    assert main(["info", {str(tiny_run.path)!r}]) == 0
+    assert main(["info", {str(tiny_run.path)!r}, "--json"]) == 0
+import grokinterp, grokinterp.store.run, grokinterp.store.integrity, grokinterp.sweeps.driver
+import grokinterp.sweeps.executor, grokinterp.sweeps.table, grokinterp.monitor
+print(sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] == "[]", res.stdout

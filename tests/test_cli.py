@@ -190,3 +190,158 @@ def test_metrics_nan_semantics_and_evals_property(tiny_run):
     assert old.drop(columns="lr").equals(ev)
     assert isinstance(type(tiny_run).metrics, property) or hasattr(type(tiny_run).metrics, "__get__")
     assert isinstance(type(tiny_run).evals, property)
+
+
+# -- the README's flags ------------------------------------------------------------------------------
+def _readme_flag_lines() -> list[list[str]]:
+    """Every command line of the README's interventions block, as argv after ``train``: comments dropped,
+    ``[optional]`` parts kept, and each ``a|b|c`` choice expanded into one line per value."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Interventions", 1)[1].split("```", 2)[1]
+    lines: list[list[str]] = []
+    for raw in block.splitlines():
+        tokens = raw.split("#", 1)[0].replace("[", " ").replace("]", " ").split()
+        if not tokens:
+            continue
+        choices = [i for i, t in enumerate(tokens) if "|" in t]
+        lines.append([t.split("|")[0] for t in tokens])
+        for i in choices:
+            for value in tokens[i].split("|")[1:]:
+                lines.append([value if j == i else t.split("|")[0] for j, t in enumerate(tokens)])
+    return lines
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every ``grokinterp ...`` command of the README's bash blocks (not the synopsis, which has
+    placeholders), as argv after ``grokinterp``."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    out = []
+    for block in readme.split("```bash")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                words = shlex.split(part)
+                if words[:1] == ["grokinterp"]:
+                    out.append(words[1:])
+    return out
+
+
+def test_every_readme_flag_is_accepted_in_a_fresh_interpreter():
+    """Each flag of the README's interventions block parses and makes a valid config, and every
+    `grokinterp ...` command of its bash blocks parses, in a fresh
+    interpreter where only the CLI module is imported (as for `grokinterp train ...`: the CLI's choices
+    must not depend on training/ having been imported); and every optimizer training/optim.py registers
+    is a choice of --optimizer."""
+    lines = _readme_flag_lines()
+    assert len(lines) >= 10 and any("ortho_adamw" in line for line in lines)
+    commands = _readme_commands()
+    assert len(commands) >= 6 and ["report", "checkpoints/quick"] in commands
+    code = f"""
+import json, sys
+from grokinterp.cli import build_parser, _overrides, _check_knobs_used
+from grokinterp.config import make_config
+assert "grokinterp.training.optim" not in sys.modules
+parser = build_parser("tiny")
+bad = []
+for argv in {lines!r}:
+    try:
+        args = parser.parse_args(["train", "--preset", "tiny", *argv])
+        ov = _overrides(args)
+        _check_knobs_used(ov, make_config("tiny", **ov))
+    except SystemExit as e:
+        bad.append((argv, "exit %s" % e.code))
+    except Exception as e:
+        bad.append((argv, repr(e)))
+for argv in {commands!r}:
+    try:
+        build_parser("tiny").parse_args(argv)
+    except SystemExit as e:
+        bad.append((argv, "exit %s" % e.code))
+choices = set(parser.subcommands["train"]._option_string_actions["--optimizer"].choices)
+from grokinterp.training.optim import OPTIMIZERS
+print(json.dumps({{"bad": bad, "unlisted": sorted(set(OPTIMIZERS) - choices)}}))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out == {"bad": [], "unlisted": []}, (out, res.stderr[-2000:])
+
+
+def test_readme_optimizer_trains_from_the_command_line(tmp_path):
+    res = cli("train", "--preset", "tiny", "--epochs", "2", "--optimizer", "ortho_adamw", "--no-progress",
+              "--out", str(tmp_path / "run"))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["train"]["optimizer"] == "ortho_adamw"
+
+
+# -- rough edges a newcomer meets -------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["train", "info", "report", "verify", "import-legacy", "watch", "sweep",
+                                     "sweep-report"])
+def test_help_prints_percent_signs_once(capsys, command):
+    text = _help(capsys, command)
+    assert "%%" not in text, [line for line in text.splitlines() if "%%" in line]
+
+
+def test_counts_are_pluralised(tmp_path):
+    res = cli("sweep", "--preset", "tiny", "--seeds", "0,1", "--dry-run", "--out", str(tmp_path / "sw"))
+    assert res.returncode == 0, res.stderr
+    assert "2 runs (0 finished" in res.stdout and "1 job: 1 stack of 2 runs, 0 single runs" in res.stdout
+    res = cli("sweep", "--preset", "tiny", "--seeds", "0", "--no-stack", "--dry-run", "--out", str(tmp_path / "one"))
+    assert res.returncode == 0, res.stderr
+    assert "1 run (0 finished" in res.stdout and "1 job: 0 stacks, 1 single run" in res.stdout
+
+
+def test_a_run_trained_from_python_records_no_preset(tmp_path):
+    """`preset` is recorded when a command line named one, and left out (not null) for a config built in
+    Python; runs of release 0.1.0 with "preset": null still load."""
+    run = g.train(make_config("tiny", epochs=2, every=1), tmp_path / "py", progress=False)
+    info = json.loads((run.path / "run.json").read_text())
+    assert "preset" not in info and run.summary()["preset"] is None
+    res = cli("info", str(run.path))
+    assert res.returncode == 0 and "preset" not in res.stdout, res.stdout
+    info["preset"] = None
+    (run.path / "run.json").write_text(json.dumps(info))
+    assert g.load_run(run.path, check=False).info["preset"] is None  # (the manifest's digest is now stale)
+
+
+def test_executed_notebooks_are_ignored_by_git():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    res = subprocess.run(["git", "check-ignore", "-q", "notebooks/01_quickstart.nbconvert.ipynb"], cwd=root)
+    assert res.returncode == 0, "an executed notebook (jupyter nbconvert --execute) would show as untracked"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["report", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["verify", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["watch", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["train", "--resume", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
+    (["sweep", "--resume", "/nonexistent/sw"], "/nonexistent/sw: no such sweep directory"),
+    (["sweep-report", "/nonexistent/sw"], "/nonexistent/sw: no such sweep directory"),
+    (["import-legacy", "/nonexistent/f.pth", "/tmp/out"], "/nonexistent/f.pth: no such file"),
+    (["train", "--preset", "tiny", "--lr", "-1"], "train.lr"),
+    (["train", "--preset", "tiny", "--lrr", "1"], "did you mean --lr"),
+])
+def test_cheap_errors_answer_before_torch_loads(argv, message):
+    """A mistyped path or flag is refused (exit 2, one line naming it) without importing torch, which
+    takes seconds to load."""
+    code = f"""
+import sys
+from grokinterp.cli import main
+try:
+    code = main({argv!r})
+except SystemExit as e:
+    code = e.code
+print("torch loaded" if "torch" in sys.modules else "torch not loaded", code)
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.stdout.strip().endswith("torch not loaded 2"), (res.stdout, res.stderr)
+    assert message in res.stderr and len(res.stderr.strip().splitlines()) <= 2, res.stderr

@@ -11,7 +11,7 @@ import sys
 
 import plotly.graph_objects as go
 import pytest
-from _browser import chromium, dump_dom, overlaps
+from _browser import chromium, inspect_page, overlaps, text_problems, visible_text
 from _helpers import cli as _cli
 
 from grokinterp.analysis.fourier import fourier_basis
@@ -144,21 +144,149 @@ def _browser() -> str:
 
 
 def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
+    """What a reader meets: every figure drawn, nothing logged to the console (plotly's warnings
+    included), no label overprinting another, nothing wider than the 1,180 px column, and no raw
+    JSON, escapes, null / None or 'frequencys' in the text."""
     browser = _browser()
     out = write_report(tiny_run, tmp_path / "r.html")
-    res = dump_dom(browser, out)
-    dom = res.stdout
-    assert "</html>" in dom, res.stderr[-2000:]
-    errors = re.search(r'data-js-errors="(\d+)"', dom)
-    assert errors and errors.group(1) == "0", "a script failed while rendering the report"
+    page = inspect_page(browser, out, tmp_path)
+    dom = page.process.stdout
+    assert "</html>" in dom, page.process.stderr[-2000:]
+    assert page.js_errors == 0, "a script failed while rendering the report"
     n_divs = len(re.findall(r'class="[^"]*js-plotly-plot', dom))
     n_svg = len(re.findall(r'class="main-svg"', dom))
     assert n_divs >= 9, f"only {n_divs} plots were drawn"
     assert n_svg >= n_divs, "every plot draws SVG"
-    assert "Uncaught" not in res.stderr
-    # no text label of any figure overprints another (titles, legend, annotations, tick labels)
-    n_checked, found, _ = overlaps(browser, out.read_text(), tmp_path)
-    assert n_checked == n_divs and found == [], found
+    assert "Uncaught" not in page.process.stderr
+    assert page.n_plots == n_divs and page.problems() == [], page.problems()
+    # the rows that used to show JSON or null say it in words
+    assert "algorithm (clock / pizza)" in page.text  # the rule, under Rules
+    assert re.search(r"interventions none \(the paper's recipe", page.text)
+    assert re.search(r"early warning none: the run recorded no live measures", page.text)
+
+
+def test_page_check_is_not_vacuous(tmp_path):
+    """The browser check catches what it looks for: console warnings, a figure wider than the column,
+    raw values in the text."""
+    browser = _browser()
+    wide = go.Figure(go.Bar(x=[1, 2], y=[1, 2], marker=dict(color=["red", "blue"], pattern=dict(shape="/"))))
+    wide.update_layout(width=1500)
+    div = wide.to_html(full_html=False, include_plotlyjs=False, div_id="f0")
+    page = inspect_page(browser, f"<!DOCTYPE html><html><head><meta charset='utf-8'><script>{_plotlyjs()}</script>"
+                                 f"</head><body><main style='max-width:1180px'><p>key frequencys: null \\u2265</p>"
+                                 f"{div}</main></body></html>", tmp_path)
+    found = "\n".join(page.problems())
+    for what in ("console: WARN: Invalid color specifier", "too wide: f0", "px wide in a 1280 px window",
+                 "a literal escape", "a missing value shown raw", "a bad plural"):
+        assert what in found, (what, found)
+
+
+def _plotlyjs() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def test_wide_figures_fit_the_column(tiny_run, tmp_path):
+    """Figures with many panels (the embedding circles of five key frequencies, a sweep's six seed
+    distributions, eight attention heads, a three-facet phase diagram) wrap into rows and take the
+    column's width: the page is never wider than the window, at 1,280 px or at 900 px."""
+    import numpy as np
+    import pandas as pd
+
+    from grokinterp.analysis.algorithms import embedding_circles
+    from grokinterp.viz import sweep_plots as SP
+    from grokinterp.viz.report import figures_html, html_page
+
+    browser = _browser()
+    rng = np.random.default_rng(0)
+    circles = embedding_circles(tiny_run.params(-1)["embed.W_E"], [1, 2, 7, 11, 13], tiny_run.p)
+    cols = ["test_acc_99_epoch", "circuit_formed_epoch", "lead_time_epochs", "neurons_explained_fraction",
+            "logit_fve_key_freqs", "n_key_frequencies"]
+    table = pd.DataFrame({c: rng.random(8) for c in cols} | {"name": [f"r{i}" for i in range(8)]})
+    summary = pd.DataFrame([{"frac_train": f, "weight_decay": w, "operation": o, "m": 100.0 * (1 + f + w)}
+                            for f in (0.3, 0.6) for w in (0.0, 1.0) for o in ("add", "sub", "mul")])
+    figs = [("circles", "", P.embedding_circles(circles, label="clock")),
+            ("seeds", "", SP.seed_distributions(table, cols)),
+            ("heads", "", P.attention_to_a(rng.random((7, 7, 8, 3)))),
+            ("phases", "", SP.phase_diagram(summary, facet="operation", value="m"))]
+    for fig in (f for _, _, f in figs):
+        assert fig.layout.width is None or fig.layout.width <= P.COLUMN_WIDTH
+    page = html_page("wide figures", "test", figures_html(figs))
+    for width in (1280, 900):
+        check = inspect_page(browser, page, tmp_path, width=width)
+        assert check.n_plots == 4 and check.problems() == [], (width, check.problems())
+
+
+def test_embedding_circle_labels_do_not_pile_up(tiny_run):
+    """Residue labels are thinned so that no two sit closer than the gap; every residue keeps its hover;
+    every panel has axis titles."""
+    import numpy as np
+
+    from grokinterp.analysis.algorithms import embedding_circles
+
+    circles = embedding_circles(tiny_run.params(-1)["embed.W_E"], [1, 7, 11], tiny_run.p)
+    fig = P.embedding_circles(circles)
+    for c, trace in zip(circles, fig.data):
+        xy = np.asarray(c.coords)
+        shown = np.array([bool(t) for t in trace.text])
+        assert shown[0] and list(trace.customdata) == list(range(tiny_run.p))
+        scale = np.median(np.linalg.norm(xy - xy.mean(0), axis=1))
+        pts = xy[shown]
+        gaps = np.linalg.norm(pts[:, None] - pts[None], axis=-1) + np.eye(len(pts)) * 1e9
+        assert gaps.min() >= 0.28 * scale
+    for j in range(1, len(circles) + 1):
+        suffix = "" if j == 1 else str(j)
+        assert fig.layout[f"xaxis{suffix}"].title.text and fig.layout[f"yaxis{suffix}"].title.text
+
+
+def test_non_key_neuron_clusters_are_marked_and_explained(tiny_run, analysis):
+    """A neuron cluster at a frequency the key rule did not choose is grey, named 'not a key frequency'
+    in the legend, and the caption says why."""
+    from grokinterp.viz.report import report_figures
+
+    key, other = analysis.key_freqs[0], analysis.key_freqs[1]
+    fixed = analyze_run(tiny_run, key_freqs=[key], max_checkpoints=10)
+    assert int(other) in {int(f) for f in fixed.neurons.cluster_sizes["freq"]}
+    figs = {title: (caption, fig) for title, caption, fig in report_figures(fixed)}
+    caption, fig = figs["Cluster sizes"]
+    names = {t.name: list(t.x) for t in fig.data}
+    assert names["key frequency"] == [str(key)] and str(other) in names["not a key frequency"]
+    assert "grey" in caption and "did not choose" in caption
+    caption, fig = figs["Neuron activations"]
+    assert any(f"freq {other}, not key" in a.text for a in fig.layout.annotations)
+    assert "did not choose" in caption
+
+
+@pytest.fixture(scope="module")
+def small_runs(tmp_path_factory):
+    """Short tiny runs of a · b mod 31 and of S4: no clock-vs-pizza, no live measures."""
+    import grokinterp as g
+
+    root = tmp_path_factory.mktemp("small_runs")
+    return {op: g.train(g.make_config("tiny", operation=op, epochs=150, every=50), root / op, progress=False)
+            for op in ("mul", "S4")}
+
+
+@pytest.mark.parametrize("op", ["mul", "S4"])
+def test_report_says_why_a_value_is_missing(small_runs, op):
+    """mul and S4 reports: no null, no raw JSON, no escapes, no 'frequencys'; the algorithm row says
+    why clock vs pizza does not apply."""
+    analysis = analyze_run(small_runs[op], max_checkpoints=10)
+    text = visible_text(render_report(analysis))
+    assert text_problems(text) == [], text_problems(text)
+    assert re.search(r"algorithm not applicable: clock vs pizza \(Zhong et al. 2023\) is a question about a \+ b "
+                     r"mod p; this task is ", text)
+    assert "interventions none (the paper's recipe" in text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", ["mul", "S4"])
+def test_group_and_mul_reports_render_cleanly(small_runs, op, tmp_path):
+    browser = _browser()
+    out = write_report(small_runs[op], tmp_path / "r.html", max_checkpoints=10)
+    page = inspect_page(browser, out, tmp_path)
+    assert page.n_plots >= 8 and page.problems() == [], page.problems()
 
 
 def _page(figs) -> str:

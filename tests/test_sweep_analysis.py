@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from _browser import chromium, dump_dom
+from _browser import chromium, inspect_page
 from _helpers import cli
 
 import grokinterp as g
@@ -140,11 +140,11 @@ def test_sweep_report_renders_and_writes_tables(small_sweep, tmp_path):
     browser = chromium()
     if browser is None:
         pytest.skip("no Chromium on this machine")
-    res = dump_dom(browser, out)
-    dom, stderr = res.stdout, res.stderr
-    errors = re.search(r'data-js-errors="(\d+)"', dom)
-    assert errors and errors.group(1) == "0", stderr[-2000:]
-    assert len(re.findall(r'class="[^"]*js-plotly-plot', dom)) >= 5
+    page = inspect_page(browser, out, tmp_path)
+    assert page.js_errors == 0, page.process.stderr[-2000:]
+    assert len(re.findall(r'class="[^"]*js-plotly-plot', page.process.stdout)) >= 5
+    # nothing in the console, nothing overprinted or wider than the column, no raw values in the text
+    assert page.problems() == [], page.problems()
 
 
 def test_sweep_report_cli(small_sweep, tmp_path):

@@ -509,6 +509,11 @@ class TaskStructure:
         """``frequency`` (cyclic groups) or ``irrep``."""
         return "frequency" if self.cyclic else "irrep"
 
+    @property
+    def nouns(self) -> str:
+        """The plural of :attr:`noun`: ``frequencies`` or ``irreps``."""
+        return "frequencies" if self.cyclic else "irreps"
+
     def key_names(self, keys) -> list[str]:
         """Readable names of irrep indices (``3`` for a frequency of a cyclic group, else the irrep's name)."""
         return [str(k) if self.cyclic else self.basis.names[k] for k in self.basis.check_irreps(keys)]

@@ -399,7 +399,7 @@ def _irrep_share(norms, ts, method: str, min_fraction: float, what: str) -> KeyF
     thr = np.maximum(float(min_fraction), np.minimum(2 * base, SHARE_CAP))
     thr[0] = np.inf
     keys = tuple(int(i) for i in np.flatnonzero(scores >= thr))
-    rule = (f"{ts.noun}s of {ts.group.name} holding ≥ max({float(min_fraction):.0%}, min(2 × their share of a flat "
+    rule = (f"{ts.nouns} of {ts.group.name} holding ≥ max({float(min_fraction):.0%}, min(2 × their share of a flat "
             f"spectrum, {SHARE_CAP:.0%})) of the non-trivial squared group-Fourier norm of {what}")
     return KeyFrequencies(keys, method, scores, rule)
 
@@ -441,7 +441,7 @@ def _irrep_logits_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFreq
     fit = model_character_fit(params, mcfg, ts, rows=grid_rows(mcfg))
     scores = fit.fve.cpu().numpy()
     keys = tuple(int(k) for k in np.flatnonzero(scores[1:] >= min_fraction) + 1)
-    rule = (f"{ts.noun}s of {ts.group.name} whose character term χ(s(a,b)·t(c)⁻¹) explains ≥ {min_fraction:.0%} of "
+    rule = (f"{ts.nouns} of {ts.group.name} whose character term χ(s(a,b)·t(c)⁻¹) explains ≥ {min_fraction:.0%} of "
             f"the centred logit variance on the block")
     return KeyFrequencies(keys, "logits", scores, rule)
 
@@ -450,7 +450,7 @@ def _irrep_circuit_rule(model_or_params, min_fraction: float, ts, cfg) -> KeyFre
     neurons = _irrep_neurons_rule(model_or_params, min_fraction, ts, cfg)
     logits = _irrep_logits_rule(model_or_params, min_fraction, ts, cfg)
     keys = tuple(sorted(set(neurons.freqs) | set(logits.freqs)))
-    rule = (f"{ts.noun}s of {ts.group.name} the circuit computes with: a neuron cluster of ≥ {min_fraction:.0%} of the "
+    rule = (f"{ts.nouns} of {ts.group.name} the circuit computes with: a neuron cluster of ≥ {min_fraction:.0%} of the "
             f"neurons explained by one {ts.noun} (FVE > {DEFAULT_THRESHOLD:g}) or a character term χ(s(a,b)·t(c)⁻¹) "
             f"explaining ≥ {min_fraction:.0%} of the centred logit variance on the block (score: the larger share)")
     return KeyFrequencies(keys, "circuit", np.maximum(neurons.scores, logits.scores), rule)

@@ -157,12 +157,13 @@ def _read_run_info(path: Path, checker: ReadChecker) -> tuple[dict[str, Any], Ru
 
 #: Top-level fields of ``run.json`` and their JSON types; unknown fields are refused.
 _RUN_FIELDS: dict[str, Any] = {
-    "kind": str, "format_version": int, "config": dict, "preset": (str, type(None)), "seeds": dict,
+    "kind": str, "format_version": int, "config": dict, "seeds": dict,
     "n_train": int, "n_test": int, "created": str, "versions": dict, "device": dict,
 }
 # imported_from: written by grokinterp.store.legacy; stack: the stack a run was trained in
-# (grokinterp.training.stacked: its members, this run's index, the implementation).
-_RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict, "stack": dict}
+# (grokinterp.training.stacked: its members, this run's index, the implementation); preset: the
+# preset a command line named (absent for a config built in Python; null in runs of release 0.1.0).
+_RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict, "stack": dict, "preset": (str, type(None))}
 
 class Run:
     """A trained (or training) run on disk. Build with :func:`load_run`.

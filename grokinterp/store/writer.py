@@ -315,7 +315,8 @@ class CheckpointWriter:
 
 # -- creating a run directory -----------------------------------------------------------------------
 def run_metadata(config: RunConfig, device: torch.device, preset: str | None, n_train: int, n_test: int) -> dict:
-    """The contents of ``run.json``: config, seeds, sizes, versions and the device."""
+    """The contents of ``run.json``: config, seeds, sizes, versions and the device; ``preset`` only when
+    one was named (``grokinterp train --preset``, a sweep spec), not ``null`` for a config built in Python."""
     import platform
     import time
 
@@ -325,7 +326,7 @@ def run_metadata(config: RunConfig, device: torch.device, preset: str | None, n_
         "kind": _io.RUN_KIND,
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "preset": preset,
+        **({"preset": preset} if preset is not None else {}),  # a config built in Python names no preset
         "seeds": {"split_seed": config.task.split_seed, "init_seed": config.model.init_seed},
         "n_train": n_train,
         "n_test": n_test,

@@ -50,6 +50,11 @@ SWEEP_KIND = "grokinterp-sweep"
 RUNS_DIR = "runs"
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and the noun, plural unless ``n`` is 1: ``_count(1, "stack")`` → ``1 stack``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @dataclass(frozen=True)
 class PlannedRun:
     """One point of a planned sweep: its name, varied values, config, directory and state."""
@@ -86,13 +91,13 @@ class SweepPlan:
         """Lines for the user: runs, jobs, stacks, disk."""
         c = self.counts()
         stacks = [j for j in self.jobs if j.stacked]
-        lines = [f"sweep {self.path}: {len(self.runs)} runs ({c['finished']} finished, {c['unfinished']} to resume, "
+        lines = [f"sweep {self.path}: {_count(len(self.runs), 'run')} ({c['finished']} finished, {c['unfinished']} to resume, "
                  f"{c['new']} to train)"]
         if self.jobs:
             sizes = sorted({len(j.run_dirs) for j in stacks})
-            lines.append(f"  {len(self.jobs)} jobs: {len(stacks)} stacks" + (f" of {', '.join(map(str, sizes))} runs"
-                                                                              if stacks else "")
-                         + f", {len(self.jobs) - len(stacks)} single runs")
+            lines.append(f"  {_count(len(self.jobs), 'job')}: {_count(len(stacks), 'stack')}"
+                         + (f" of {', '.join(map(str, sizes))} {'run' if sizes == [1] else 'runs'}" if stacks else "")
+                         + f", {_count(len(self.jobs) - len(stacks), 'single run')}")
             workers = self.spec.options.workers  # above 1 only with the local executor (SweepOptions)
             if workers > 1 and len(self.jobs) > 1:
                 lines.append(f"  {min(workers, len(self.jobs))} worker processes train jobs side by side")
@@ -352,7 +357,7 @@ def execute_plan(plan: SweepPlan, executor: Executor, *, progress: bool = True) 
     failed = [r for r in results if not r.ok]
     if failed:
         names = "; ".join(f"{', '.join(Path(d).name for d in r.run_dirs)}: {r.error}" for r in failed[:5])
-        more = f" (and {len(failed) - 5} more jobs)" if len(failed) > 5 else ""
+        more = f" (and {_count(len(failed) - 5, 'more job')})" if len(failed) > 5 else ""
         raise RunError(f"{path}: {len(failed)} of {len(results)} jobs failed: {names}{more}; run the sweep again to "
                        f"retry them (finished runs are kept)")
     return load_sweep(path)
@@ -424,7 +429,7 @@ class Sweep:
 
     def __repr__(self) -> str:
         st = self.status()
-        return (f"Sweep({str(self.path)!r}: {len(self.points)} runs over {', '.join(self.axes) or 'no axes'}, "
+        return (f"Sweep({str(self.path)!r}: {_count(len(self.points), 'run')} over {', '.join(self.axes) or 'no axes'}, "
                 f"{int(st['finished'].sum()) if len(st) else 0} finished)")
 
 

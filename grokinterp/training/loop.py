@@ -38,7 +38,6 @@ from ..config import FORMAT_VERSION, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
 from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
-from ..model.hooked import HookedGrokTransformer
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -138,6 +137,10 @@ class TrainLoop:
             x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs))
             plan = FastPlan.build(mc, x) if use_fast and len(x) else None
             self.data[name] = _Data(x, y, plan)
+        # imported here, not with the module: sweeps plan, resume checks and the CLI import this module
+        # without training anything, and transformer_lens takes seconds to import
+        from ..model.hooked import HookedGrokTransformer
+
         self.model = HookedGrokTransformer(mc).to(device)
         self.params = dict(self.model.named_parameters())
         # On CUDA the step of the fast path is replayed from a CUDA graph (see step.py); the graph

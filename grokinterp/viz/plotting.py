@@ -33,6 +33,8 @@ __all__ = [
     "progress_figure",
     "ablation_bars",
     "embedding_circles",
+    "spaced_labels",
+    "plural",
 ]
 
 PHASE_COLORS = {"memorization": "rgba(99,110,250,0.10)", "circuit_formation": "rgba(239,85,59,0.10)",
@@ -46,6 +48,22 @@ _TEMPLATE = "plotly_white"
 # Legend below the plot area, horizontal: phase and marker labels live here, so they never overprint
 # the curves or each other whatever the width of a band.
 _LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.12, xanchor="left", x=0)
+#: The width (px) of the reports' content column: no figure is drawn wider; multi-panel figures wrap
+#: into rows and otherwise take the width of their container (plotly's autosize).
+COLUMN_WIDTH = 1110
+
+
+def plural(noun: str) -> str:
+    """The English plural of the nouns the figures use: ``frequency`` → ``frequencies``, ``irrep`` → ``irreps``."""
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return noun[:-1] + "ies"
+    return noun + "s"
+
+
+def _panel_grid(n: int, max_cols: int) -> tuple[int, int]:
+    """(rows, cols) for ``n`` panels, at most ``max_cols`` side by side."""
+    cols = max(1, min(n, max_cols))
+    return -(-n // cols), cols
 
 
 def _np(x) -> np.ndarray:
@@ -198,22 +216,26 @@ def fourier_norms_bars(norms: dict[str, object], labels: Sequence[str], *, key_f
         v = _np(v)
         if len(v) != len(labels):
             raise AnalysisError(f"norms[{name!r}] has {len(v)} values for {len(labels)} labels")
-        for kind, kind_name, pattern, (c_key, c_other) in (
-                (0, "cos k (and const)" if two_kinds else "norm", "", ("#ef553b", "#636efa")),
-                (1, "sin k", "/", ("#f4a08f", "#a9aefc"))):
+        for kind, kind_name, pattern in ((0, "cos k (and const)" if two_kinds else "norm", ""), (1, "sin k", "/")):
             sel = kinds == kind
             if not sel.any():
                 continue
+            colors = np.where(key[sel], "#ef553b", "#636efa").tolist()
+            # sin bars: the same hue, hatched on a light ground. Per-bar colours go to the pattern's own
+            # fgcolor / bgcolor ("replace" fill): a per-bar marker colour under a pattern makes plotly.js
+            # log "Invalid color specifier" once per bar trace and draw the hatching black.
+            light = np.where(key[sel], "#fbd3cb", "#dcdefe").tolist()
             fig.add_trace(go.Bar(
                 x=freqs[sel], y=v[sel], name=kind_name, offsetgroup=str(kind), legendgroup=kind_name,
                 showlegend=i == 1 and two_kinds,
-                marker=dict(color=np.where(key[sel], c_key, c_other).tolist(),
-                            pattern=dict(shape=pattern, fgcolor="white", size=4) if pattern else None),
+                marker=dict(color=colors,
+                            pattern=dict(shape=pattern, fgcolor=colors, bgcolor=light, size=5, solidity=0.4,
+                                         fillmode="replace") if pattern else None),
                 customdata=np.array(labels, dtype=object)[sel],
                 hovertemplate="%{customdata}: %{y:.3g}<extra>" + name + "</extra>"), row=i, col=1)
         fig.update_yaxes(title_text=f"norm of {name}", row=i, col=1)
         x_title = ("component (basis order, grouped by irrep; hover for its name)" if irreps else
-                   "frequency k" + (" (bars: cos k, then sin k, lighter and hatched)" if two_kinds else ""))
+                   "frequency k" + (" (bars: cos k, then sin k hatched)" if two_kinds else ""))
         fig.update_xaxes(title_text=x_title, row=i, col=1)
     if len(key_freqs):
         _legend_entry(fig, "key irrep" if irreps else "key frequency", group="key", color="#ef553b")
@@ -254,7 +276,7 @@ def fourier_norms_heatmap(norms, epochs, *, key_freqs: Sequence[int] = (), phase
         fig.add_vline(x=k if names is None else k - 1, line=dict(color="white", width=1, dash="dot"))
     if len(key_freqs):
         shown = ", ".join(str(names[k]) if names is not None else str(k) for k in sorted(key_freqs))
-        _legend_entry(fig, f"key {noun}{'s' if len(key_freqs) > 1 else ''} ({shown})", group="key",
+        _legend_entry(fig, f"key {plural(noun) if len(key_freqs) > 1 else noun} ({shown})", group="key",
                       color="#888", symbol=None, dash="dot")
     if phases is not None:
         dashes = {"memorization": "dot", "circuit_formation": "dash", "cleanup": "solid"}
@@ -302,7 +324,7 @@ def neuron_activations(acts, neurons: Sequence[int], *, titles: Sequence[str] | 
                       row=i // cols + 1, col=i % cols + 1)
     fig.update_yaxes(autorange="reversed", title_text="a", title_standoff=2)
     fig.update_xaxes(title_text="b", title_standoff=2)
-    fig.update_layout(title=title, template=_TEMPLATE, height=280 * rows + 80, width=max(900, 230 * cols))
+    fig.update_layout(title=title, template=_TEMPLATE, height=280 * rows + 80)  # width: the container's
     return fig
 
 
@@ -337,15 +359,30 @@ def neuron_fve_heatmap(nf, *, title: str | None = None, max_freq: int | None = N
     return fig
 
 
-def cluster_sizes(nf, *, title: str | None = None) -> go.Figure:
-    """Bar chart of the number of neurons in each frequency (irrep) cluster (FVE above the threshold)."""
+def cluster_sizes(nf, *, title: str | None = None, key_freqs: Sequence[int] | None = None) -> go.Figure:
+    """Bar chart of the number of neurons in each frequency (irrep) cluster (FVE above the threshold).
+
+    With ``key_freqs`` (frequencies, or irrep indices), clusters at a key frequency are red and the others
+    grey, named so in the legend: neurons can be periodic in a frequency the key rule did not choose.
+    """
     sizes = nf.cluster_sizes
     names = getattr(nf, "names", ())
     noun = "irrep" if names else "frequency"
     x = [str(f) if not names else str(names[int(f)]) for f in sizes["freq"]]
-    fig = go.Figure(go.Bar(x=x, y=sizes["n_neurons"], marker_color="#636efa",
-                           text=sizes["n_neurons"], textposition="outside",
-                           hovertemplate=noun + " %{x}: %{y} neurons<extra></extra>"))
+    hover = noun + " %{x}: %{y} neurons<extra></extra>"
+    fig = go.Figure()
+    if key_freqs is None:
+        fig.add_trace(go.Bar(x=x, y=sizes["n_neurons"], marker_color="#636efa", text=sizes["n_neurons"],
+                             textposition="outside", hovertemplate=hover, showlegend=False))
+    else:
+        is_key = np.isin(sizes["freq"].to_numpy(), list(key_freqs))
+        for sel, name, color in ((is_key, f"key {noun}", "#ef553b"), (~is_key, f"not a key {noun}", "#b0b0b0")):
+            if sel.any():
+                fig.add_trace(go.Bar(x=[v for v, s in zip(x, sel) if s], y=sizes["n_neurons"][sel], name=name,
+                                     marker_color=color, text=sizes["n_neurons"][sel], textposition="outside",
+                                     hovertemplate=hover))
+        fig.update_layout(legend=_LEGEND_BELOW | dict(y=-0.2))
+        fig.update_xaxes(categoryorder="array", categoryarray=x)
     unexplained = nf.d_mlp - int(sizes["n_neurons"].sum())
     title = title or f"Neuron clusters by {noun}"
     fig.update_layout(title=f"{title} ({unexplained} of {nf.d_mlp} neurons in no cluster)",
@@ -364,14 +401,17 @@ def attention_to_a(pattern, *, key_pos: int = 0, title: str | None = None) -> go
         raise AnalysisError(f"pattern: expected [a, b, h, key_pos], got shape {list(pat.shape)}")
     H = pat.shape[2]
     names = {0: "a", 1: "b", 2: "="}
-    fig = make_subplots(rows=1, cols=H, subplot_titles=[f"head {h}" for h in range(H)], horizontal_spacing=0.05)
+    rows, cols = _panel_grid(H, 4)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"head {h}" for h in range(H)], horizontal_spacing=0.05,
+                        vertical_spacing=0.15)
     for h in range(H):
         fig.add_trace(go.Heatmap(z=pat[:, :, h, key_pos], zmin=0, zmax=1, colorscale="Viridis", showscale=h == H - 1,
-                                 hovertemplate="a %{y}, b %{x}: %{z:.2f}<extra></extra>"), row=1, col=h + 1)
+                                 hovertemplate="a %{y}, b %{x}: %{z:.2f}<extra></extra>"),
+                      row=h // cols + 1, col=h % cols + 1)
     fig.update_yaxes(autorange="reversed", title_text="a", title_standoff=2)
     fig.update_xaxes(title_text="b", title_standoff=2)
     fig.update_layout(title=title or f"Attention from '=' to '{names.get(key_pos, key_pos)}' per head",
-                      template=_TEMPLATE, height=340, width=max(900, 260 * H))
+                      template=_TEMPLATE, height=300 * rows + 40)  # width: the container's
     return fig
 
 
@@ -574,26 +614,53 @@ def embedding_circles(circles, *, title: str | None = None, label: str | None = 
         label: the algorithm label to show in the title (``clock`` / ``pizza`` / ``neither``).
 
     Each point is a residue ``t`` (hover: its value), coloured by ``t``; a circular embedding of
-    frequency ``k`` puts ``t`` at angle ``2πkt/p``.
+    frequency ``k`` puts ``t`` at angle ``2πkt/p``. The axes are the two directions of the frequency's
+    plane (right singular vectors of its Fourier components of ``W_E``); residues are labelled where
+    the labels do not pile up (:func:`spaced_labels`). At most three panels side by side, then rows.
     """
     circles = list(circles)
     if not circles:
         raise AnalysisError("circles: nothing to draw (no key frequencies)")
-    n = len(circles)
-    fig = make_subplots(rows=1, cols=n, subplot_titles=[
+    rows, cols = _panel_grid(len(circles), 3)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
         f"freq {c.freq}: circularity {c.circularity:.2f}, {c.share:.0%} of W_E" for c in circles],
-        horizontal_spacing=0.06)
-    for j, c in enumerate(circles, start=1):
+        horizontal_spacing=0.09, vertical_spacing=0.14 if rows > 1 else 0.1)
+    for j, c in enumerate(circles):
+        row, col = j // cols + 1, j % cols + 1
         xy = _np(c.coords)
         t = np.arange(len(xy))
-        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text", text=[str(i) for i in t],
-                                 textposition="top center", textfont=dict(size=8),
+        shown = spaced_labels(xy)
+        fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="markers+text",
+                                 text=[str(i) if s else "" for i, s in zip(t, shown)], customdata=t,
+                                 textposition="top center", textfont=dict(size=9),
                                  marker=dict(color=t, colorscale="HSV", size=7, showscale=False),
-                                 hovertemplate="token %{text}<extra></extra>", showlegend=False), row=1, col=j)
-        fig.update_xaxes(scaleanchor=f"y{'' if j == 1 else j}", showticklabels=False, row=1, col=j)
-        fig.update_yaxes(showticklabels=False, row=1, col=j)
+                                 hovertemplate="residue %{customdata}<extra></extra>", showlegend=False),
+                      row=row, col=col)
+        fig.update_xaxes(scaleanchor=f"y{'' if j == 0 else j + 1}", showticklabels=False, zeroline=False,
+                         title_text=f"direction 1 of freq {c.freq}", title_standoff=4, row=row, col=col)
+        fig.update_yaxes(showticklabels=False, zeroline=False, title_text="direction 2", title_standoff=4,
+                         row=row, col=col)
+    fig.update_annotations(font_size=12)  # the panel titles
     head = title or "Embedding circles of the key frequencies"
     if label:
         head += f" — {label}"
-    fig.update_layout(title=head, template=_TEMPLATE, height=360, width=max(360 * n, 500))
+    fig.update_layout(title=head, template=_TEMPLATE, height=330 * rows + 90)  # width: the container's
     return fig
+
+
+def spaced_labels(xy, min_gap: float = 0.28) -> np.ndarray:
+    """Which points of a 2-D scatter to label so that no two labels pile up: residues in order
+    (0, 1, 2, ...), each kept when it lies at least ``min_gap`` × the median distance from the centre
+    away from every label kept before it. Every point keeps its hover text."""
+    xy = _np(xy).astype(np.float64)
+    if len(xy) == 0:
+        return np.zeros(0, dtype=bool)
+    centre = xy.mean(0)
+    scale = float(np.median(np.linalg.norm(xy - centre, axis=1))) or 1.0
+    kept: list[int] = []
+    out = np.zeros(len(xy), dtype=bool)
+    for i in range(len(xy)):
+        if all(np.linalg.norm(xy[i] - xy[k]) >= min_gap * scale for k in kept):
+            kept.append(i)
+            out[i] = True
+    return out

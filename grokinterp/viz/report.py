@@ -18,8 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
+
 from ..analysis.algorithms import embedding_circles, identify_algorithm
-from ..analysis.early import first_warning
+from ..analysis.early import RESTRICTED_THRESHOLD, TEST_BELOW, first_warning, live_table
 from ..analysis.fourier import fourier_basis
 from ..analysis.summary import analyze_run, register_run_analysis, verdict
 from ..config import interventions
@@ -75,6 +77,17 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def _config_value(v: Any) -> Any:
+    """A config value as the configuration table shows it (``None`` → ``none``, lists without JSON)."""
+    if v is None:
+        return "none"
+    if isinstance(v, (int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return ", ".join(":".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x) for x in v) or "none"
+    return json.dumps(v, ensure_ascii=False)
+
+
 def report_figures(analysis) -> list[tuple[str, str, Any]]:
     """The report's figures as ``(title, caption, go.Figure)``, in order, for a :class:`RunAnalysis`.
 
@@ -89,6 +102,7 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     ts = analysis.structure
     where = "" if ts is None else f" ({ts.structure.coordinates})" if ts.structure.coordinates else ""
     kind = "irrep" if irreps else "frequency"
+    kinds = P.plural(kind)
     names = analysis.key_names_all if irreps else None
     key_shown = analysis.key_names if irreps else None
     what = "group Fourier" if ts is not None and (irreps or not ts.full_block or ts.structure.word != "a + b") \
@@ -106,41 +120,54 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
                      P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)))
     figs += [
         (f"{what.capitalize()} norms of W_E and W_L", f"Norm of each {what} component of the embedding (W_E) "
-         f"and of the neuron-to-logit map W_L = W_out W_U{where}, final checkpoint; key {kind}s in red.",
+         f"and of the neuron-to-logit map W_L = W_out W_U{where}, final checkpoint; key {kinds} in red.",
          P.fourier_norms_bars({"W_E": analysis.embed_norms, "W_L": analysis.W_L_norms}, labels,
                               key_freqs=keys, component_freqs=comp_keys, key_names=key_shown,
                               noun="irreps" if irreps else "frequencies", title=f"{what.capitalize()} norms")),
         (f"W_E {what} norms over training", f"Share of W_E's {what} norm in each {kind} at each checkpoint: "
-         f"the key {kind}s appear.",
+         f"the key {kinds} appear.",
          P.fourier_norms_heatmap(analysis.embed_norms_over_time, analysis.epochs, key_freqs=keys,
                                  phases=analysis.phases, names=names, noun=kind,
                                  title=f"{what.capitalize()} norms of W_E over training")),
     ]
-    # One neuron from each of the largest clusters, else the first neurons.
-    sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False)
+    # One neuron from each of the largest clusters (key ones first), else the first neurons.
+    key_set = {int(k) for k in keys}
+    sizes = nf.cluster_sizes.assign(key=[int(f) in key_set for f in nf.cluster_sizes["freq"]]) \
+        .sort_values(["key", "n_neurons"], ascending=False)
     chosen = [int(nf.clusters[int(f)][0]) for f in sizes["freq"][:4]] or list(range(min(4, nf.d_mlp)))
-    tag = (lambda n: nf.names[int(nf.dominant_freq[n])]) if nf.names else (lambda n: f"freq {int(nf.dominant_freq[n])}")
+
+    def tag(n: int) -> str:
+        d = int(nf.dominant_freq[n])
+        name = nf.names[d] if nf.names else f"freq {d}"
+        return name if d in key_set else f"{name}, not key"
+
+    non_key = [tag(n) for n in chosen if int(nf.dominant_freq[n]) not in key_set]
+    why_non_key = (f" A {kind} marked 'not key' is one the key-{kind} rule (under Headline numbers) did not choose: "
+                   f"these neurons are periodic in it, but by that rule it is not part of the circuit.")
     pattern = "periodic in a + b" if ts is not None and ts.structure.word == "a + b" else \
         "over the tokens in their natural order"
     held = analysis.acts_neurons
     if held is not None:  # a large grid: only some neurons' activations were kept
         chosen = [n for n in chosen if n in held] or list(held)
     figs += [
-        ("Neuron activations", f"Final-position activations of neurons from the largest {kind} clusters over "
-         f"all inputs (a, b), {pattern}.",
+        ("Neuron activations", f"Final-position activations of neurons from the largest {kind} clusters (key "
+         f"{kinds} first) over all inputs (a, b), {pattern}." + (why_non_key if non_key else ""),
          P.neuron_activations(analysis.acts, chosen if held is None else [held.index(n) for n in chosen],
                               titles=[f"neuron {n} ({tag(n)})" for n in chosen])),
         (f"Neuron {kind} clusters", f"Fraction of each neuron's variance explained by each {kind}"
          + (" (maps over the group structure's block in its coordinates)." if nf.names else "."),
          P.neuron_fve_heatmap(nf)),
-        ("Cluster sizes", f"Neurons whose dominant {kind} explains more than the threshold of their variance.",
-         P.cluster_sizes(nf)),
+        ("Cluster sizes", f"Neurons whose dominant {kind} explains more than the threshold of their variance; "
+         f"clusters at key {kinds} in red, at other {kinds} in grey. A grey cluster is at a {kind} the key-{kind} "
+         f"rule (under Headline numbers) did not choose: its neurons are periodic in it, but by that rule it is "
+         f"not part of the circuit.",
+         P.cluster_sizes(nf, key_freqs=keys)),
         ("Attention", "Attention paid by the '=' position to the token a, per head, over all inputs.",
          P.attention_to_a(analysis.pattern, key_pos=0)),
     ]
     if analysis.logit_norms_2d is not None:
         figs.append((f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
-                     + (f"{where}: the spectrum is concentrated on the key {kind}s." if ts is not None else
+                     + (f"{where}: the spectrum is concentrated on the key {kinds}." if ts is not None else
                         " over the tokens (the task declares no group structure)."),
                      P.logit_fourier_norms(analysis.logit_norms_2d, labels, key_freqs=() if irreps else keys)))
     if len(analysis.ablations):
@@ -186,6 +213,54 @@ def _early_warning(analysis) -> str | None:
     if w is None:
         return None
     return w.message
+
+
+def _algorithm_text(value, analysis) -> str:
+    if value is None:
+        if not analysis.key_freqs:
+            return "not applicable: the run has no key frequencies whose embedding circles could be measured"
+        return ("not applicable: clock vs pizza (Zhong et al. 2023) is a question about a + b mod p; this task is "
+                f"{analysis.run.task.describe()}")
+    label, reason = value.get("label"), value.get("reason")
+    return f"{label}: {reason}" if reason else str(label)
+
+
+def _interventions_text(value, analysis) -> str:
+    if not value:
+        return "none (the paper's recipe: AdamW, softmax cross-entropy, standard attention and initialisation)"
+    return "; ".join(map(str, value))
+
+
+def _early_warning_text(value, analysis) -> str:
+    if value:
+        return str(value)
+    try:
+        live = len(live_table(analysis.run.metrics)) > 0
+    except (AnalysisError, RunError):
+        live = False
+    if not live:
+        return "none: the run recorded no live measures (train.live_every = 0)"
+    return (f"none: the key-frequency circuit alone never classified {RESTRICTED_THRESHOLD:.0%} of all pairs while "
+            f"test accuracy was below {TEST_BELOW:.0%}")
+
+
+def _plain_value(value: Any) -> Any:
+    """A value for the headline table as a reader reads it: no JSON, no escapes, never null."""
+    if value is None:
+        return "none"
+    if isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return "; ".join(f"{k.replace('_', ' ')}: {_fmt(_plain_value(v))}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(_plain_value(v)) for v in value) or "none"
+    return str(value)
+
+
+#: How the headline table shows a registered run analysis: ``name -> fn(value, analysis) -> str``
+#: (default :func:`_plain_value`). Say why a value is missing rather than show nothing.
+EXTRA_TEXT: dict[str, Callable[[Any, Any], str]] = {
+    "interventions": _interventions_text, "early_warning": _early_warning_text, "algorithm": _algorithm_text}
 
 
 def _circles_figure(analysis):
@@ -258,8 +333,8 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
         numbers.append((f"neuron variance explained by the key {noun} (mean over neurons)",
                         f"{h['neurons_fve_key']:.1%}"))
     numbers += [("note", note) for note in h["notes"]]
-    numbers += [(name.replace("_", " "), v if isinstance(v, (int, float, str)) else json.dumps(v))
-                for name, v in h["extras"].items()]
+    numbers += [(name.replace("_", " "), EXTRA_TEXT[name](v, analysis) if name in EXTRA_TEXT else _plain_value(v))
+                for name, v in analysis.extras.items() if name in h["extras"] or name in EXTRA_TEXT]
     phase_rows = "".join(
         f"<tr><th>{html.escape(b['phase'].replace('_', ' '))} ends</th>"
         f"<td>{'ours' if b['definition'] == 'ours' else 'paper (§5.2)'}</td>"
@@ -270,10 +345,12 @@ def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -
     phases_table = ("<table><tr><th>boundary</th><th>definition</th><th>name</th><th>epoch</th><th>rule</th></tr>"
                     + phase_rows + "</table>")
     rules = [("circuit formed", h["circuit_rule"]), ("excluded loss back above chance", h["excluded_loss_rule"])]
+    algo = analysis.extras.get("algorithm")
+    if isinstance(algo, dict) and algo.get("rule"):
+        rules.append(("algorithm (clock / pizza)", algo["rule"]))
     cfg_rows = []
     for sec, fields in c.to_dict().items():
-        cfg_rows += [(f"{sec}.{k}", v if isinstance(v, (int, float)) else json.dumps(v) if not isinstance(v, str) else v)
-                     for k, v in fields.items()]
+        cfg_rows += [(f"{sec}.{k}", _config_value(v)) for k, v in fields.items()]
     info = run.info
     cfg_rows += [("device", f"{info['device'].get('type')} ({info['device'].get('name')})"),
                  ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items())),
@@ -295,6 +372,9 @@ def figures_html(figures: list[tuple[str, str, Any]]) -> list[str]:
     """``(title, caption, go.Figure)`` triples as page sections (plotly.js is on the page once)."""
     parts: list[str] = []
     for i, (name, caption, fig) in enumerate(figures):
+        if fig.layout.width is not None and fig.layout.width > P.COLUMN_WIDTH:
+            fig = go.Figure(fig)  # wider than the column (a figure registered elsewhere): fit it, not the page
+            fig.layout.width = None
         parts += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(caption)}</p>",
                   "<div class='figure'>",
                   fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig{i}",

@@ -108,7 +108,8 @@ def phase_diagram(summary: pd.DataFrame, x: str = "frac_train", y: str = "weight
         fig.update_xaxes(title_text=x, type="category", row=1, col=col)
     fig.update_yaxes(title_text=y, type="category", row=1, col=1)
     fig.update_layout(title=title or f"Epochs to generalise: {x} × {y}", template=_TEMPLATE,
-                      height=460, width=max(560, 480 * len(facets)), plot_bgcolor="white")
+                      height=460, width=max(560, 480 * len(facets)) if len(facets) <= 2 else None,  # else the container's
+                      plot_bgcolor="white")
     return fig
 
 
@@ -164,19 +165,23 @@ def seed_distributions(table: pd.DataFrame, columns: Sequence[str], *,
     """
     _need(table, list(columns), "seed_distributions")
     references, labels = references or {}, labels or {}
-    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=[labels.get(c, c) for c in columns],
-                        horizontal_spacing=0.07)
+    n_rows, n_cols = -(-len(columns) // min(len(columns), 3)), min(len(columns), 3)  # at most 3 side by side
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[labels.get(c, c) for c in columns],
+                        horizontal_spacing=0.07, vertical_spacing=0.18)
     for i, c in enumerate(columns, start=1):
+        row, col = (i - 1) // n_cols + 1, (i - 1) % n_cols + 1
         v = pd.to_numeric(table[c], errors="coerce").dropna()
         fig.add_trace(go.Box(y=v, boxpoints="all", jitter=0.4, pointpos=0, name=c, marker=dict(size=7),
                              showlegend=False, hovertext=table.loc[v.index, "name"] if "name" in table else None),
-                      row=1, col=i)
+                      row=row, col=col)
         if c in references:
             ref, label = references[c]
-            fig.add_hline(y=ref, line_dash="dash", line_color="#ef553b", row=1, col=i,
+            fig.add_hline(y=ref, line_dash="dash", line_color="#ef553b", row=row, col=col,
                           annotation_text=label, annotation_position="top right", annotation_font_size=10)
-        fig.update_xaxes(showticklabels=False, row=1, col=i)
-    fig.update_layout(title=title, template=_TEMPLATE, height=380, width=max(500, 230 * len(columns)))
+        fig.update_xaxes(showticklabels=False, row=row, col=col)
+    # width: the container's (a report's column, a notebook's cell)
+    fig.update_annotations(font_size=13)  # the panel titles (the reference lines' labels set their own size)
+    fig.update_layout(title=title, template=_TEMPLATE, height=340 * n_rows + 40)
     return fig
 
 
