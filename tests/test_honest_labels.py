@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-import pandas as pd
 import pytest
 from test_legacy import train_saved_run
 
@@ -26,6 +25,7 @@ def runs(tmp_path_factory):
         "add_wd0": dict(weight_decay=0.0),
         "mul_wd0": dict(operation="mul", weight_decay=0.0),
         "S3_wd0": dict(operation="S3", weight_decay=0.0),
+        "mul": dict(operation="mul"),  # the mul control's positive twin (default weight decay)
     }
     return {k: g.train(g.make_config("tiny", **SHORT, **kw), root / k, progress=False) for k, kw in cfgs.items()}
 
@@ -52,6 +52,9 @@ def test_memorizing_controls_get_no_circuit_date(runs):
         assert h["circuit_formed_epoch"] is None and "never classified 99%" in h["circuit_reason"], name
         assert h["last_checkpoint"]["restricted_acc"] < 0.9, name
         assert h["verdict"].startswith("Test accuracy never passed 99 %") and "None" not in h["verdict"]
+    # the rule does tell: the same recipes with weight decay date a circuit (S4 below; add: the tiny run)
+    for run in (runs["mul"], runs["S4"]):
+        assert g.analyze_run(run, max_checkpoints=40).headline()["circuit_formed_epoch"] is not None, run.path
 
 
 def test_a_circuit_date_without_generalization_says_the_run_stopped_before_cleanup(runs):
@@ -101,7 +104,6 @@ def test_a_normal_run_is_not_an_upper_bound(tiny_run):
     assert s["test_acc_99_epoch"] is not None and s["test_acc_99_upper_bound"] is False
     assert _t99_text(s) == f"test accuracy passed 99% at epoch {s['test_acc_99_epoch']}"
     assert _t99_text({"test_acc_99_epoch": None}) == "test accuracy never passed 99%"
-    assert isinstance(tiny_run.evals, pd.DataFrame)
 
 
 def test_cli_report_prints_the_verdict_and_the_key_set(tiny_run, tmp_path, capsys):

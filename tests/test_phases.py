@@ -433,3 +433,21 @@ def test_longer_training_does_not_move_dates():
     short = df[df["epoch"] <= 3000]
     short.attrs.update(df.attrs)
     assert detect_phases(short).dates() == detect_phases(df).dates()
+
+
+def test_a_task_without_structure_is_told_undefined_not_short_of_checkpoints():
+    """All-NaN restricted / excluded columns of a task that declares no group structure: the reason says the
+    measure is undefined for the task, not that too few checkpoints hold a value."""
+    import grokinterp as g
+
+    ep = np.arange(0, 400, 10)
+    df = pd.DataFrame({"epoch": ep, "train_acc": np.minimum(1, ep / 100), "test_acc": np.minimum(1, ep / 300),
+                       "test_loss": 1 / (1 + ep), "train_loss": 1 / (1 + ep), "restricted_acc": np.nan,
+                       "restricted_loss": np.nan, "excluded_loss": np.nan, "sum_sq_weights": 1.0})
+    df.attrs.update(p=31, structure=None)
+    reasons = [b.reason for b in g.detect_phases(df).boundaries() if b.end is None]
+    about = [r for r in reasons if "restricted" in r or "excluded" in r]
+    assert about and all("undefined for this task" in r and "checkpoint(s) hold" not in r for r in about), reasons
+    df.attrs["structure"] = "cyclic"  # a structured task with no values: the old reason stands
+    reasons = [b.reason for b in g.detect_phases(df).boundaries() if b.end is None]
+    assert not any("undefined for this task" in r for r in reasons), reasons

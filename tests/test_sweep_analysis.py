@@ -44,6 +44,9 @@ def test_table_has_one_row_per_run_with_its_numbers(small_sweep):
         assert row["circuit_formed_epoch"] == h["circuit_formed_epoch"] or (
             pd.isna(row["circuit_formed_epoch"]) and h["circuit_formed_epoch"] is None)
         assert math.isclose(row["neurons_explained_fraction"], h["neurons_explained_fraction"])
+        # the key set's epoch and whether it is final (test accuracy reached 99 %) stand beside its dates
+        assert row["key_frequency_epoch"] == h["key_frequency_epoch"] and row["key_set_final"] == h["key_set_final"]
+        assert row["key_set_final"] == row["grokked"]
     assert table["grokked"].any()  # weight decay 2 at 80 % of the pairs generalises within 300 epochs
 
 
@@ -60,6 +63,10 @@ def test_analyses_are_cached_per_run_until_the_run_changes(small_sweep, monkeypa
     name = small_sweep.points[0]["name"]
     doc = (small_sweep.path / "analysis" / f"{name}.json")
     doc.write_text(doc.read_text().replace('"manifest_sha256": "', '"manifest_sha256": "0'))  # stale
+    T.sweep_table(small_sweep, max_checkpoints=10)
+    assert len(calls) == 1
+    calls.clear()
+    doc.write_text(doc.read_text().replace(f'"version": {T._ANALYSIS_VERSION}', '"version": 2'))  # an older rule's row
     T.sweep_table(small_sweep, max_checkpoints=10)
     assert len(calls) == 1
 

@@ -52,7 +52,8 @@ from .inputs import check_freq_list, is_run, resolve_model, task_label_grid
 
 __all__ = ["gradient_symmetricity", "distance_irrelevance", "embedding_circles", "EmbeddingCircle",
            "zhong_circularity", "identify_algorithm", "AlgorithmReport", "algorithm_over_training",
-           "GS_PIZZA", "DI_CLOCK", "CIRCULAR_MIN", "ACCURACY_MIN", "NOT_IDENTIFIABLE", "forced_by_architecture"]
+           "GS_PIZZA", "DI_CLOCK", "CIRCULAR_MIN", "ACCURACY_MIN", "NOT_IDENTIFIABLE", "forced_by_architecture",
+           "untrained_symmetricity"]
 
 #: Gradient symmetricity at or above which a circular, accurate model is labelled pizza.
 GS_PIZZA = 0.98
@@ -84,6 +85,20 @@ def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
                 "architecture forces it); telling clock from pizza needs Zhong et al.'s layout (tokens [a, b], "
                 "read out at b)")
     return None
+
+
+def untrained_symmetricity(cfg: ModelConfig | RunConfig, *, n_samples: int | None = 1000, seed: int = 42) -> float:
+    """The control of :func:`gradient_symmetricity`: its value for the untrained model of ``cfg``
+    (initialised as training would, from ``cfg``'s init seed).
+
+    A pizza label needs the trained model to be symmetric *and* an untrained one not to be: in our layout
+    (read out at ``=``) untrained models sit above :data:`GS_PIZZA` at every attention coefficient
+    (≈ 0.998 at 1, ≈ 0.99999 at 0.1, exactly 1 at 0), so there a high value is not evidence of a pizza.
+    """
+    from ..model.hooked import HookedGrokTransformer
+
+    mcfg = cfg.model if isinstance(cfg, RunConfig) else cfg
+    return gradient_symmetricity(HookedGrokTransformer(mcfg).eval(), cfg=mcfg, n_samples=n_samples, seed=seed)
 
 
 def _model(model_or_run, epoch: int, cfg: ModelConfig | RunConfig | None):
@@ -290,7 +305,8 @@ class AlgorithmReport:
 
 RULE = (f"not identifiable when the architecture forces a signature (attention coefficient 0 read out at '=': "
         f"gradient symmetricity is 1 for any such model); otherwise neither unless the model classifies ≥ {ACCURACY_MIN:.0%} of all pairs and its embedding is circular "
-        f"(Zhong et al.'s circularity ≥ {CIRCULAR_MIN}); then pizza if gradient symmetricity ≥ {GS_PIZZA}, "
+        f"(Zhong et al.'s circularity ≥ {CIRCULAR_MIN}); then pizza if gradient symmetricity ≥ {GS_PIZZA} while an "
+        f"untrained model of the same config stays below it (else not identifiable: the control), "
         f"clock if gradient symmetricity < {GS_PIZZA} and distance irrelevance ≥ {DI_CLOCK}, otherwise neither "
         f"(asymmetric gradients with distance-dependent logits: a mixture)")
 
@@ -319,7 +335,9 @@ def identify_algorithm(model_or_run, *, epoch: int = -1, key_freqs: Sequence[int
         < :data:`ACCURACY_MIN`) or whose embedding is not circular (Zhong et al.'s circularity
         < :data:`CIRCULAR_MIN`, the filter of their released table) is ``neither``. Otherwise it is
         ``pizza`` when the gradient symmetricity is ≥ :data:`GS_PIZZA` — the model reads ``E_a``
-        and ``E_b`` only through their sum — and ``clock`` when it is below and the distance
+        and ``E_b`` only through their sum — *and* the untrained model of the same config is below it
+        (the control, :func:`untrained_symmetricity`; where it is not, the label is again ``"not
+        identifiable"``: in our ``=`` layout untrained models sit at ≈ 0.998 even with full attention), and ``clock`` when it is below and the distance
         irrelevance is ≥ :data:`DI_CLOCK`; anything else is ``neither`` (a mixture). Distance
         irrelevance is not required to be low for a pizza: pizzas that come with their
         "accompanying pizza" cancel the distance dependence (Zhong et al. §5), and half of the
@@ -351,6 +369,12 @@ def identify_algorithm(model_or_run, *, epoch: int = -1, key_freqs: Sequence[int
         label, reason = "neither", f"classifies only {acc:.1%} of all pairs (< {ACCURACY_MIN:.0%})"
     elif zc < CIRCULAR_MIN:
         label, reason = "neither", f"the embedding is not circular (circularity {zc:.2f} < {CIRCULAR_MIN})"
+    elif gs >= GS_PIZZA and (gs0 := untrained_symmetricity(mcfg, n_samples=n_samples, seed=seed)) >= GS_PIZZA:
+        label, reason = NOT_IDENTIFIABLE, (
+            f"gradient symmetricity {gs:.3f} ≥ {GS_PIZZA}, but an untrained model of this architecture (its "
+            f"initialisation, attention coefficient {mcfg.attn_coeff:g}) already has {gs0:.4f}: with the readout at "
+            f"'=' the signature does not tell a pizza from the architecture; only a clock (symmetricity below "
+            f"{GS_PIZZA}) is evidence here")
     elif gs >= GS_PIZZA:
         label, reason = "pizza", f"gradient symmetricity {gs:.3f} ≥ {GS_PIZZA}: reads E_a + E_b"
     elif di >= DI_CLOCK:

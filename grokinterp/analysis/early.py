@@ -16,8 +16,8 @@ column                      definition
 ``live_key_freqs``          the provisional key frequencies, as a JSON list (``W_L`` rule of
                             :func:`~grokinterp.analysis.keyfreqs.key_frequencies` on the current model)
 ``live_n_key_freqs``        how many
-``live_restricted_loss``    restricted loss with those frequencies (all valid pairs)
-``live_restricted_acc``     restricted accuracy (all valid pairs)
+``live_restricted_loss``    restricted loss with those frequencies (all pairs; a, b ≠ 0 for mul / div)
+``live_restricted_acc``     restricted accuracy (the same pairs)
 ``live_excluded_loss``      excluded loss (training pairs)
 ``live_gini_W_E``           Gini of the Fourier norms of ``W_E``
 ``live_sum_sq_weights``     ``Σ θ²`` over every parameter
@@ -27,7 +27,7 @@ column                      definition
 
 The early warning (:func:`check_warning`, :func:`first_warning`) fires at the first live epoch
 where the restricted accuracy reaches ``restricted_threshold`` (99 %: the key-frequency circuit
-alone classifies 99 % of all pairs, the bar :func:`~grokinterp.analysis.phases.circuit_formation_epoch`
+alone classifies 99 % of those pairs, the bar :func:`~grokinterp.analysis.phases.circuit_formation_epoch`
 uses) while the latest test accuracy is still below ``test_below``; see
 :func:`estimate_test99_epoch` for how it dates the test accuracy's 99 %.
 """
@@ -257,7 +257,7 @@ def check_warning(history: pd.DataFrame, *, restricted_threshold: float = RESTRI
     est, method = estimate_test99_epoch(history)
     epoch = int(last["epoch"])
     msg = (f"generalizing circuit forming at epoch {epoch}: the key-frequency circuit alone classifies {r:.1%} of "
-           f"all pairs while test accuracy is {t:.1%}"
+           f"the pairs while test accuracy is {t:.1%}"
            + (f"; test accuracy estimated to pass 99% near epoch {est}" if est is not None else ""))
     return EarlyWarning(epoch, r, t, est, method, msg)
 

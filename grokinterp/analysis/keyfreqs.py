@@ -248,7 +248,7 @@ def key_checkpoint(run) -> tuple[int, bool]:
     move (``final = True``). A run whose test accuracy has not reached 99 % at a checkpoint yet gets its
     last checkpoint (``final = False``: provisional, training longer may change it). Choosing always at
     the last checkpoint made dates move with the run's length: ``quick`` (init seed 42, split seed 43)
-    dated the circuit at 625 when stopped at 925 (test accuracy 91 %; 99 % came at 1,050) and at 725
+    dated the circuit at 625 (650 on a later check) when stopped at 925 (test accuracy 91 %; 99 % came at 1,050) and at 725
     after resuming to 1,644 (keys {4, 5, 10, 27, 45} → {4, 5, 10, 27}); with this rule the 925 set is
     flagged provisional, and from 1,050 on set and date stay fixed.
     """

@@ -11,7 +11,8 @@ boundary twice, and labels every date with the definition that produced it:
 ============================== ====================================================================
 ``memorization_end_acc99``     ours: smoothed train accuracy ≥ 99 %
 ``circuit_formation_end_restricted99``  ours: the key-frequency components of the logits alone
-                               classify 99 % of all pairs (smoothed restricted accuracy ≥ 99 %) —
+                               classify 99 % of the pairs (all pairs; for mul / div the block a, b ≠ 0)
+                               (smoothed restricted accuracy ≥ 99 %) —
                                the same date as :func:`circuit_formation_epoch` ("circuit formed")
 ``cleanup_end_test_loss_flat`` ours: the test loss has finished its drop (its fall rate is below
                                20 % of its fastest)
@@ -188,6 +189,9 @@ class _Curves:
         """Why ``col`` cannot be used (see :meth:`has`): the column is missing, or too few checkpoints hold it."""
         if col not in self.df.columns:
             return f"needs a {col} column: {use}"
+        if col.startswith(("restricted_", "excluded_")) and _undefined(self.df):
+            return (f"undefined for this task: it declares no group structure, so there are no key terms to "
+                    f"restrict to or exclude ({col} is NaN at every checkpoint)")
         k = int(self.df[col].notna().sum())
         return f"only {k} checkpoint(s) hold a {col} value: a curve needs at least 2"
 
@@ -379,7 +383,7 @@ def _circuit_rule(cv: _Curves) -> tuple[str, str, np.ndarray | None]:
     if cv.has("restricted_acc"):
         return ("restricted99",
                 f"first epoch, at or after the memorization end, at which the smoothed restricted accuracy ≥ {_PCT}: "
-                f"the key-frequency components of the logits alone classify {_PCT} of all pairs (the circuit has "
+                f"the key-frequency components of the logits alone classify {_PCT} of the pairs (all pairs; a, b ≠ 0 for mul / div; the circuit has "
                 f"formed; the same date as 'circuit formed')",
                 cv.get("restricted_acc") >= ACC_THRESHOLD)
     if cv.has("restricted_loss"):

@@ -51,11 +51,11 @@ REGIMES = {
     "comprehension": f"test accuracy reached 99 % at most {GROK_DELAY_RATIO:g}x later than train accuracy",
 }
 #: Columns from the run study (finished runs, ``analyse=True``).
-ANALYSIS_COLUMNS = ("key_frequencies", "n_key_frequencies", "memorization_end", "circuit_formation_end",
+ANALYSIS_COLUMNS = ("key_frequencies", "n_key_frequencies", "key_frequency_epoch", "key_set_final", "memorization_end", "circuit_formation_end",
                     "cleanup_end", "circuit_formed_epoch", "excluded_loss_rise_epoch", "lead_time_epochs",
                     "neurons_explained_fraction", "logit_fve_key_freqs")
 _SEED_FIELDS = ("split_seed", "init_seed", SEED_AXIS)
-_ANALYSIS_VERSION = 2  # bump when the cached rows' meaning changes
+_ANALYSIS_VERSION = 3  # bump when the cached rows' meaning changes (3: key set chosen at test accuracy 99 %)
 #: Where a sweep keeps its per-run analysis rows (derived files; safe to delete).
 ANALYSIS_DIR = "analysis"
 

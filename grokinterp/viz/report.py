@@ -240,7 +240,7 @@ def _early_warning_text(value, analysis) -> str:
         live = False
     if not live:
         return "none: the run recorded no live measures (train.live_every = 0)"
-    return (f"none: the key-frequency circuit alone never classified {RESTRICTED_THRESHOLD:.0%} of all pairs while "
+    return (f"none: the key-frequency circuit alone never classified {RESTRICTED_THRESHOLD:.0%} of the pairs while "
             f"test accuracy was below {TEST_BELOW:.0%}")
 
 
