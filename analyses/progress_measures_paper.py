@@ -23,7 +23,7 @@ import re
 import sys
 from pathlib import Path
 
-# Published values (shared/reference/paper_numbers.md): main run, p = 113, 30 % data, wd 1.
+# Published values (docs/paper_numbers.md): main run, p = 113, 30 % data, wd 1.
 # Phase boundaries: the paper read its dates off its curves (§5.2); our `_paper` rules operationalise
 # those descriptions, our own rules date other events. Each row names the definition it uses.
 NOT_REPORTED = "— (not reported)"

@@ -5,7 +5,7 @@ setting the split and the init seed, trained as one stack — analyses every fin
 writes, into `--out`:
 
 * `summary.json` — per quantity: the value of every seed, median, quartiles, min, max, and the
-  published value (shared/reference/paper_numbers.md) where there is one;
+  published value (docs/paper_numbers.md) where there is one;
 * `distributions.csv` — the same as a table; `table.csv` — one row per run;
 * `report.html` — the sweep report (seed distributions against the published values, every run's
   curves).
@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# Published values (shared/reference/paper_numbers.md): main run, p = 113, 30 % data, wd 1, 40k epochs.
+# Published values (docs/paper_numbers.md): main run, p = 113, 30 % data, wd 1, 40k epochs.
 PAPER = {
     "n_key_frequencies": (5, "5 on the main seed (14, 35, 41, 42, 52); 3–4 on other seeds"),
     "memorization_end": (1400, "0–1.4k"),

@@ -76,7 +76,10 @@ class Limits:
         epochs: most training epochs (the paper trains 40k; metrics hold one row per epoch).
         checkpoints: most checkpoints in a schedule (an upper bound computed without building it).
         shards: most shard files (checkpoints / flush_every).
-        seed: largest seed (seeds must fit a signed 64-bit integer: torch and safetensors).
+        seed: largest split seed (``task.split_seed``; a signed 64-bit integer).
+        init_seed: largest ``model.init_seed``: every seed ``torch.manual_seed`` accepts, the full
+            unsigned 64-bit range, so the ``torch.initial_seed()`` an unseeded run of the
+            reference code records can always be given back (JSON keeps it exact).
         json_bytes: largest ``run.json`` / ``progress.json`` read (checked before reading).
         sweep_points: most points (runs) in one sweep, checked from the axis lengths before the grid
             is expanded (planning takes ~5 ms a point here; 10⁶ points got no answer in 240 s).
@@ -89,6 +92,7 @@ class Limits:
     checkpoints: int = 10 ** 7
     shards: int = 10 ** 6
     seed: int = 2 ** 63 - 1
+    init_seed: int = 2 ** 64 - 1
     json_bytes: int = 1 << 20
     sweep_points: int = 10_000
 
@@ -264,7 +268,7 @@ class ModelConfig:
         _require(isinstance(self.eq_logit, bool), "model.eq_logit", "must be true or false", self.eq_logit)
         _require(self.init_method in INIT_METHODS, "model.init_method",
                  f"must be one of {', '.join(INIT_METHODS)}", self.init_method)
-        _require(0 <= self.init_seed <= LIMITS.seed, "model.init_seed", f"must lie in [0, {LIMITS.seed}]",
+        _require(0 <= self.init_seed <= LIMITS.init_seed, "model.init_seed", f"must lie in [0, {LIMITS.init_seed}]",
                  self.init_seed)
         _require(self.n_layers <= LIMITS.n_layers, "model.n_layers", f"must be at most {LIMITS.n_layers}",
                  self.n_layers)

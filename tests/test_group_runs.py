@@ -123,8 +123,12 @@ def test_large_grids_are_streamed_and_agree(tmp_path_factory, monkeypatch):
 
 
 # -- trained runs ------------------------------------------------------------------------------------
-#: A small group run that groks on a CPU in about a minute: S4 with 90 % of its 576 pairs.
-S4_RECIPE = dict(operation="S4", frac_train=0.9, epochs=2600, every=20, eval_every=20, log_early=0)
+#: A small group run that groks on a CPU in a few minutes: S4 with 90 % of its 576 pairs (58 test pairs:
+#: 99 % test accuracy means none wrong), the tiny recipe with d_model 128. Test accuracy stays ≥ 99 % from
+#: epoch 3720, 440, 3960, 2960, 1160 and 4220 on for seeds 0–5 (2-core AMD EPYC; it first reaches 99 % at
+#: 440–2960, then Adam's spikes can dip it again for a while): 6,000 epochs leave 1.4x over the slowest. The tiny model (d_model 64) it replaces is at its edge: 2,240–4,700
+#: epochs over seeds 0–3 and above 5,000 for seed 4; its 2,600 epochs ended at 96.55 % on an Intel Xeon.
+S4_RECIPE = dict(operation="S4", frac_train=0.9, d_model=128, epochs=6000, every=40, eval_every=20, log_early=0)
 
 
 def _check_lead(analysis, fit_min: float) -> None:
@@ -141,14 +145,22 @@ def _check_lead(analysis, fit_min: float) -> None:
     assert ab.loc["logits", "test"] < 0.5  # removing the key terms breaks the model
 
 
+@pytest.mark.slow
 def test_trained_group_run_finds_key_irreps(tmp_path_factory):
     run = g.train(g.make_config("tiny", **S4_RECIPE), tmp_path_factory.mktemp("runs") / "s4", progress=False)
     analysis = g.analyze_run(run, max_checkpoints=150)
     h = analysis.headline()
+    ev = run.evals
+    late = ev[ev["epoch"] >= 0.8 * S4_RECIPE["epochs"]]  # the last fifth of the run: grokked, with room to spare
+    assert (late["test_acc"] >= 0.99).all() and h["test_acc_99_epoch"] <= 0.7 * S4_RECIPE["epochs"], h["test_acc_99_epoch"]
     html = render_report(analysis)
-    assert "key irreps" in html and "[3,1] standard" in html
     assert h["key_kind"] == "irrep" and h["group"] == "S4"
-    assert "[3,1] standard" in h["key_irreps"]  # the faithful 3-dimensional irrep carries the circuit
+    # Which irreps a seed learns varies (Chughtai et al.), but a model right on every pair needs a faithful
+    # one: the kernels of the trivial, sign and [2,2] irreps all contain the Klein four-group, so one of
+    # the two 3-dimensional irreps ([3,1] standard, or [2,1,1] = standard ⊗ sign) must be a key irrep.
+    faithful = [k for k in h["key_irreps"] if k.startswith(("[3,1]", "[2,1,1]"))]
+    assert faithful, h["key_irreps"]
+    assert "key irreps" in html and faithful[0] in html
     _check_lead(analysis, 0.3)
 
 

@@ -59,7 +59,7 @@ def test_the_loader_refuses_exactly_what_config_validation_refuses(tmp_path):
     info = json.loads((run.path / "run.json").read_text())
     for section, field, at_limit, past in [("model", "n_layers", LIMITS.n_layers, LIMITS.n_layers + 1),
                                            ("train", "epochs", LIMITS.epochs, LIMITS.epochs + 1),
-                                           ("model", "init_seed", LIMITS.seed, LIMITS.seed + 1)]:
+                                           ("model", "init_seed", LIMITS.init_seed, LIMITS.init_seed + 1)]:
         cfg = json.loads(json.dumps(info["config"]))
         cfg["checkpoints"]["every"] = 1000  # 10^8 epochs: keep the schedule itself within its limit
         cfg[section][field] = at_limit

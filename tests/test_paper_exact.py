@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from _helpers import close, paper_gen_train_test, perturbed
+from _helpers import cli_here, close, paper_gen_train_test, perturbed
 
 import grokinterp as g
 from grokinterp.analysis.fourier import neuron_logit_fourier_norms
@@ -137,6 +137,33 @@ def test_paper_init_gives_the_reference_tensors_for_the_same_seed(cfg):
     x = torch.from_numpy(make_dataset(cfg.p).tokens)
     with torch.no_grad():
         assert close(model(x), ref(x))
+        theirs = ref(x)[:, :, : model(x).shape[-1]]  # README: initial logits equal to float32 rounding
+        assert (model(x) - theirs).abs().max() <= 5e-7 * max(1.0, theirs.abs().max().item())
+
+
+def test_every_torch_seed_is_an_init_seed_and_survives_run_json(tmp_path):
+    """The published code never seeds torch: its model comes from the global generator, whose
+    ``torch.initial_seed()`` is any unsigned 64-bit value. Every one of them is accepted as
+    ``--init-seed`` and kept exact through ``run.json``, so such a run's initial tensors can be given back."""
+    top = 2 ** 64 - 1
+    torch.manual_seed(2 ** 63 + 12345)  # as if a fresh process had drawn a seed in the upper half
+    recorded = torch.initial_seed()
+    ref = RefTransformer(CFG.p, CFG.d_model, CFG.n_heads, CFG.d_mlp, CFG.n_layers)  # unseeded, as published
+    assert recorded >= 2 ** 63
+    assert torch.equal(init_params(dataclasses.replace(CFG, init_seed=recorded))["embed.W_E"], ref.embed.W_E.detach().T)
+    out = tmp_path / "run"
+    code, _, err = cli_here("train", "--preset", "tiny", "--p", "7", "--d-model", "8", "--n-heads", "2", "--d-mlp", "16",
+                            "--eq-logit", "true", "--init-method", "paper", "--init-seed", str(top), "--epochs", "2",
+                            "--every", "1", "--log-early", "0", "--out", str(out))
+    assert code == 0, err
+    run = g.load_run(out)
+    assert run.config.model.init_seed == top and type(run.config.model.init_seed) is int
+    assert run.info["seeds"]["init_seed"] == top
+    assert torch.equal(run.params(0)["embed.W_E"], reference_init(top, CFG).embed.W_E.detach().T)
+    with pytest.raises(ConfigError, match=r"model.init_seed: must lie in \[0, 18446744073709551615\]"):
+        dataclasses.replace(CFG, init_seed=top + 1)
+    code, _, err = cli_here("train", "--preset", "tiny", "--init-seed", str(top + 1), "--out", str(tmp_path / "no"))
+    assert code == 2 and "model.init_seed" in err and not (tmp_path / "no").exists()
 
 
 def test_paper_init_without_eq_logit_drops_only_the_eq_column():

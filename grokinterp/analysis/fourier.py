@@ -3,7 +3,7 @@ per-frequency norms of W_E / W_U / W_L (one model or a stack of checkpoints), FF
 the one fold of components into frequencies, and Gini coefficients. Key frequencies live in
 :mod:`~grokinterp.analysis.keyfreqs`.
 
-Conventions (also in DESIGN.md):
+Conventions (also in docs/design.md):
 
 * Row 0 of the basis is the constant ``1/√p``; then for ``k = 1 .. ⌊(p−1)/2⌋`` the rows
   ``cos k`` and ``sin k`` **in that order** (cos first), each scaled to unit norm; for even ``p``

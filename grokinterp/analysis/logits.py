@@ -6,7 +6,7 @@ measures that fit, the 2-D Fourier norms of the logit maps over ``(a, b)``, and 
 logits onto / off the ``cos(w(a+b))``, ``sin(w(a+b))`` directions (the restricted and excluded
 logits of the progress measures).
 
-Conventions (see also :mod:`grokinterp.analysis.fourier` and DESIGN.md):
+Conventions (see also :mod:`grokinterp.analysis.fourier` and docs/design.md):
 
 * ``logits`` are ``[a, b, vocab]`` (``vocab = c = p``) or stacked ``[ckpt, a, b, vocab]``; every
   function here works on any number of leading axes.

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AnalysisError, RunError
+from ..model.denormals import with_flushed_denormals
 from ..model.grid import GRID_BUDGET, grid_forward, grid_rows
 from ..tasks import CyclicSum, DiscreteLog
 from .ablations import COLUMNS as ABLATION_COLUMNS
@@ -307,6 +308,7 @@ def _outside_block(run, ts, logits: Tensor) -> dict[str, Any] | None:
     return out
 
 
+@with_flushed_denormals
 def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
                 device: str = "cpu") -> RunAnalysis:
     """The full analysis of a run.

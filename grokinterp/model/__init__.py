@@ -5,7 +5,8 @@
 * :mod:`~grokinterp.model.tables` — the per-(position, token) table fold shared by the two below;
 * :mod:`~grokinterp.model.fastpath` — final-position training forward with a hand-written backward;
 * :mod:`~grokinterp.model.grid` — every input of the task at every checkpoint, for analyses;
-* :mod:`~grokinterp.model.tl_export` — the model as a TransformerLens 4.x ``TransformerBridge``.
+* :mod:`~grokinterp.model.tl_export` — the model as a TransformerLens 4.x ``TransformerBridge``;
+* :mod:`~grokinterp.model.denormals` — denormal floats flushed to zero while grokinterp computes.
 
 ``HookedGrokTransformer`` is loaded on first use (transformer_lens takes seconds to import).
 """

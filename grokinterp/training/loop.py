@@ -37,6 +37,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
+from ..model.denormals import flush_denormals
 from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
 from ..store import layout
 from ..store.integrity import last_flush_complete
@@ -457,7 +458,7 @@ def train(
             return _resume_locked(out, lock, progress=progress, device=None, callbacks=callbacks, threads=threads)
         if claim.decisions[0] == "replace":
             clear_run_dir(out)
-        with torch_threads(n_threads):
+        with torch_threads(n_threads), flush_denormals():
             train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
                                                                config.task.split_method)
             claim.wrote = True
@@ -572,7 +573,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str 
         str(state[0].get("flushed_upto", "")).lstrip("-").isdigit() else -1
     preflight(config, dev, run_dir, int(np.sum(config.checkpoint_epochs() > flushed)))
     tp, sp = run.split_pairs()
-    with torch_threads(n_threads):
+    with torch_threads(n_threads), flush_denormals():
         loop = _build_loop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
         loop.writer.lock = lock
         loop.writer.adopt_unlisted = not run.checked  # the user chose to trust the files as they are

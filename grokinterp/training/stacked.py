@@ -57,6 +57,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
+from ..model.denormals import flush_denormals
 from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
 from ..store import layout
 from ..store.integrity import last_flush_complete
@@ -1004,7 +1005,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
                 raise RunError(f"{o}: another process wrote this run meanwhile; nothing was trained")
             if decision == "replace":
                 clear_run_dir(o)
-        with torch_threads(n_threads):
+        with torch_threads(n_threads), flush_denormals():
             splits = [c.task.task().split(c.task.frac_train, c.task.split_seed, c.task.split_method) for c in configs]
             stack_id = hashlib.sha256(json.dumps([[str(o.absolute()) for o in outs], [c.to_dict() for c in configs]],
                                                  sort_keys=True).encode()).hexdigest()[:16]
@@ -1102,7 +1103,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
         try:
             for run in members:
                 locks.append(acquire(run.path, "resume"))
-            with torch_threads(n_threads):
+            with torch_threads(n_threads), flush_denormals():
                 _resume_group(members, slots, size, configs, dev, impl, mode, pad, finished, locks, progress,
                               callbacks, async_flush)
         finally:

@@ -34,7 +34,7 @@ __all__ = ["write_sweep_report", "render_sweep_report", "sweep_figures", "PUBLIS
 
 SWEEP_REPORT_NAME = "report.html"
 
-#: Published values the seed distributions are drawn against (``../shared/reference/paper_numbers.md``:
+#: Published values the seed distributions are drawn against (``docs/paper_numbers.md``:
 #: Nanda et al. 2023, a + b mod 113, 30 % of the pairs, 40k epochs).
 PUBLISHED = {
     "n_key_frequencies": (5.0, "Nanda et al.: 5 (main seed; 3–4 on others)"),

@@ -59,6 +59,7 @@ import pandas as pd
 import torch
 
 from ...errors import AnalysisError
+from ...model.denormals import with_flushed_denormals
 from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
 from ...tasks import DiscreteLog
 from ..groups import task_structure
@@ -157,6 +158,7 @@ def measures_frame(rows: dict[str, list], keys: ResolvedKeys, epochs: np.ndarray
     return df
 
 
+@with_flushed_denormals
 def progress_measures(
     run,
     key_freqs: Sequence[int] | KeyFrequencies | None = None,
