@@ -572,7 +572,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     import warnings
 
-    file, out = _existing(_path(args.file, "FILE"), "file"), _path(args.out, "OUT")
+    file, out = _path(args.file, "FILE"), _path(args.out, "OUT")  # both checked before either path's existence
+    _existing(file, "file")
     from .store.legacy import import_legacy
 
     with warnings.catch_warnings(record=True) as caught:
