@@ -94,17 +94,9 @@ def _window(text: str) -> tuple[int, int, int]:
     return start, stop, every
 
 
-def _path(text: str | None, flag: str) -> Path | None:
-    """A path argument: refuse an empty one (``Path("")`` would silently mean the current directory)."""
-    if text is None:
-        return None
-    if not text.strip():
-        raise GrokinterpError(f"{flag}: an empty path; give a directory or file name")
-    return Path(text)
-
-
 def _nonempty_path(text: str) -> Path:
-    """argparse type of the path flags: an empty path is refused at parse time (exit 2), not taken as ``.``."""
+    """argparse type of every path argument: an empty path is refused at parse time (exit 2), before any other
+    check, not taken as ``.`` (``Path("")`` is the current directory)."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; give a directory or file name")
     return Path(text)
@@ -258,8 +250,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                     "finished run's command trains nothing and says so.")
     t.add_argument("--preset", choices=list(PRESETS), default=DEFAULT_PRESET,
                    help=f"{presets.replace('%', '%%')} (default {DEFAULT_PRESET})")
-    t.add_argument("--out", help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
-    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run (no config flags)")
+    t.add_argument("--out", type=_nonempty_path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
+    t.add_argument("--resume", type=_nonempty_path, metavar="RUN", help="continue an interrupted run (no config flags)")
     t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=int, metavar="N",
@@ -271,7 +263,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     # descriptions are printed as written (argparse %-formats only help strings): a plain '%'
     i = sub.add_parser("info", help="summarise a run", description="Config, checkpoints, final losses, and when "
                        "test accuracy passed 99 %.")
-    i.add_argument("run", metavar="RUN")
+    i.add_argument("run", type=_nonempty_path, metavar="RUN")
     i.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     r = sub.add_parser("report", help="write a self-contained HTML report of a run",
@@ -291,7 +283,7 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                        description="Re-hash every file of a run and compare with manifest.json; lists each "
                                    "missing, truncated, altered or unlisted file. Exit status: 0 when all is well, "
                                    "1 when a file is damaged, 2 when the run or its manifest cannot be read.")
-    v.add_argument("run", metavar="RUN")
+    v.add_argument("run", type=_nonempty_path, metavar="RUN")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
 
     s = sub.add_parser("sweep", help="train a family of runs (a grid over config fields), resumably",
@@ -346,8 +338,8 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                                    "with torch.load(weights_only=True) (nothing else is unpickled; files that need "
                                    "it are refused) and write a normal run directory. The layout is told by the "
                                    "parameter shapes.")
-    m.add_argument("file", metavar="FILE")
-    m.add_argument("out", metavar="OUT")
+    m.add_argument("file", type=_nonempty_path, metavar="FILE")
+    m.add_argument("out", type=_nonempty_path, metavar="OUT")
     m.add_argument("--layout", choices=["auto", "paper", "tl-demo"], default="auto", help="file layout (default: auto)")
     m.add_argument("--split-seed", type=int, metavar="N",
                    help="seed of the paper code's split when the file stores none (default: its config's seed; "
@@ -390,7 +382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .training.threads import check_threads  # torch-free
 
         check_threads(args.threads, "--threads")
-    args.out, args.resume = _path(args.out, "--out"), _existing(_path(args.resume, "--resume"), "run directory")
+    _existing(args.resume, "run directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if args.resume is not None:
@@ -486,10 +478,10 @@ def _early_warning(run) -> str | None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    path = _existing(_path(args.run, "RUN"), "run directory")
+    _existing(args.run, "run directory")
     from .store.run import load_run
 
-    run = load_run(path)
+    run = load_run(args.run)
     s = run.summary()
     if args.json:
         from .config import interventions
@@ -553,10 +545,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    _existing(_path(args.run, "RUN"), "run directory")
+    _existing(args.run, "run directory")
     from .store.integrity import verify
 
-    report = verify(_path(args.run, "RUN"))
+    report = verify(args.run)
     if args.json:
         print(json.dumps({"path": str(report.path), "ok": report.ok, "status": report.status,
                           "n_listed": report.n_listed,
@@ -572,8 +564,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_import_legacy(args: argparse.Namespace) -> int:
     import warnings
 
-    file, out = _path(args.file, "FILE"), _path(args.out, "OUT")  # both checked before either path's existence
-    _existing(file, "file")
+    file, out = _existing(args.file, "file"), args.out  # both refused when empty at parse time
     from .store.legacy import import_legacy
 
     with warnings.catch_warnings(record=True) as caught:
