@@ -1,0 +1,52 @@
+"""Model families behind one protocol.
+
+A family is a module that answers, for a model config of its kind (``cfg.family`` names it):
+
+``param_shapes(cfg) -> {name: shape}``
+    every parameter's (TransformerLens-style) name and shape, in initialisation order;
+``init_params(cfg) -> {name: tensor}``
+    one run's seeded initial parameters (CPU, float32);
+``hooked(cfg, init=True) -> torch.nn.Module``
+    the analysis module: a TransformerLens ``HookedRootModule`` whose named parameters are exactly
+    :func:`param_shapes`, whose ``forward(tokens)`` takes the task's tokens ``[batch, n_ctx]`` and
+    returns logits ``[batch, pos, d_vocab_out]`` read out at the last position, and whose
+    ``run_with_cache`` gives TransformerLens hook names;
+``hidden_hook(cfg) -> str``
+    the hook whose activations are the family's neurons (the hidden layer that neuron analyses read);
+``describe(cfg) -> str``
+    one line for ``info`` and reports.
+
+Training needs nothing more: a stack of ``R`` runs is one tensor per parameter ``[run, ...]``, and
+the generic stacked forward is the hooked module called functionally on each run's slice
+(``torch.func.functional_call`` under ``vmap``). A family may also offer fast kernels (today's
+transformer has the table fold of :mod:`~grokinterp.model.fastpath` and :mod:`~grokinterp.model.stacked`);
+the training loop picks them where they apply.
+
+The registry holds module paths, so looking a family up imports nothing heavy until it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ...errors import ConfigError
+
+__all__ = ["FAMILIES", "register_family", "get_family"]
+
+#: Registered families: ``{name: module path}``.
+FAMILIES: dict[str, str] = {"transformer": "grokinterp.model.families.transformer"}
+
+
+def register_family(name: str, module: str) -> None:
+    """Register a family implemented by the module at ``module`` (a dotted path; see the module notes)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"model.family: a family name must be an identifier, got {name!r}")
+    FAMILIES[name] = module
+
+
+def get_family(name: str) -> ModuleType:
+    """The module implementing family ``name`` (:class:`ConfigError` naming ``model.family`` if unknown)."""
+    if name not in FAMILIES:
+        raise ConfigError(f"model.family: unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return importlib.import_module(FAMILIES[name])

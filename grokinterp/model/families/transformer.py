@@ -1,0 +1,31 @@
+"""The ``transformer`` family: Nanda et al.'s one-layer transformer and its generalisations.
+
+Parameters and initialisation are :mod:`grokinterp.model.params`; the analysis module is
+:class:`~grokinterp.model.hooked.HookedGrokTransformer`; the fast kernels (one layer, no LayerNorm)
+are :mod:`~grokinterp.model.fastpath` (one run) and :mod:`~grokinterp.model.stacked` (a stack).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..params import init_params, param_shapes
+
+__all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe"]
+
+
+def hooked(cfg: Any, init: bool = True):
+    """The hooked transformer of ``cfg`` (imports transformer_lens on first use)."""
+    from ..hooked import HookedGrokTransformer
+
+    return HookedGrokTransformer(cfg, init=init)
+
+
+def hidden_hook(cfg: Any) -> str:
+    """The neurons: the last block's MLP activations."""
+    return f"blocks.{cfg.n_layers - 1}.mlp.hook_post"
+
+
+def describe(cfg: Any) -> str:
+    return (f"transformer: {cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
+            f"{cfg.act_fn}")
