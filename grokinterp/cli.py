@@ -196,7 +196,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
                 action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
             elif isinstance(default, bool):
                 action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
-            elif isinstance(default, int):
+            elif isinstance(default, int) or f.type == "int | None":  # unset by default (train.batch_size)
                 action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
                 action = group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
