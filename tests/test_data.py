@@ -259,3 +259,12 @@ def test_the_cli_offers_batch_size_and_refuses_one_too_large(tmp_path):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 2 and "train.batch_size" in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_until_the_unified_loop_reads_them_minibatch_runs_are_refused_before_anything_is_written(tmp_path):
+    """Temporary (issue 19): today's trainers train full-batch only, so a batch_size must not be
+    recorded for a run trained without it. The integrator replaces this test with a minibatch run."""
+    cfg = g.make_config("tiny", p=7, d_model=8, n_heads=2, d_mlp=16, epochs=3, batch_size=4)
+    with pytest.raises(ConfigError, match=r"^train\.batch_size: "):
+        g.train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
