@@ -69,8 +69,11 @@ def permutation(seed: int, epoch: int, n: int) -> Tensor:
     """
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be non-negative, got seed {seed}, epoch {epoch}")
-    keys = np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])).random_raw(int(n))
-    return torch.from_numpy(np.argsort(keys, kind="stable").astype(np.int64))
+    return torch.from_numpy(np.argsort(_keys(seed, epoch, n), kind="stable").astype(np.int64))
+
+
+def _keys(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.PCG64(np.random.SeedSequence([int(seed), int(epoch)])).random_raw(int(n))
 
 
 def batch_indices(seed: int, epoch: int, n: int, batch_size: int | None) -> list[Tensor]:
@@ -152,18 +155,18 @@ def stacked_epoch(seeds: Sequence[int], ns: Sequence[int], batch_size: int, epoc
                          f"{sorted(set(int(n) for n in ns))} examples in batches of {batch_size} give "
                          f"{sorted(k for _, k in keys)} steps")
     (_, k), B, R = keys.pop(), int(batch_size), len(ns)
-    index = torch.zeros((k, R, B), dtype=torch.int64)
-    weight = torch.zeros((k, R, B), dtype=torch.float64)
-    for r, (seed, n) in enumerate(zip(seeds, ns)):
-        perm = permutation(seed, epoch, n)
-        full = k * B - int(n)  # padding of this run's last batch
-        padded = torch.cat([perm, perm[(k - 1) * B].repeat(full)]).view(k, B)
-        index[:, r] = padded
-        w = torch.full((k, B), 1.0 / B, dtype=torch.float64)
-        if full:
-            w[-1] = 0.0
-            w[-1, :B - full] = 1.0 / (B - full)
-        weight[:, r] = w
+    n = np.asarray([int(x) for x in ns], dtype=np.int64)
+    raw = np.full((R, k * B), np.iinfo(np.uint64).max, dtype=np.uint64)  # padding sorts last (stable)
+    for r, seed in enumerate(seeds):
+        raw[r, :n[r]] = _keys(seed, epoch, n[r])
+    perm = np.argsort(raw, axis=1, kind="stable").astype(np.int64).reshape(R, k, B)  # row r: permutation(seeds[r], ...), padded
+    last = n - (k - 1) * B  # real members of each run's last batch
+    real = np.arange(B)[None, :] < last[:, None]  # [run, B], the last batch
+    perm[:, -1] = np.where(real, perm[:, -1], perm[:, -1, :1])
+    w = np.full((R, k, B), 1.0 / B)
+    w[:, -1] = np.where(real, 1.0 / last[:, None], 0.0)
+    index = torch.from_numpy(np.ascontiguousarray(perm.transpose(1, 0, 2)))
+    weight = torch.from_numpy(np.ascontiguousarray(w.transpose(1, 0, 2)))
     return index, weight
 
 
