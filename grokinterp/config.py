@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -52,6 +53,7 @@ __all__ = [
     "LR_SCHEDULES",
     "WEIGHT_DECAY_ON",
     "LOSSES",
+    "CHECKPOINT_UNITS",
     "interventions",
 ]
 
@@ -135,6 +137,8 @@ DEFAULT_P = 113
 LR_SCHEDULES = ("constant", "cosine")
 #: Which parameters weight decay applies to (``TrainConfig.weight_decay_on``).
 WEIGHT_DECAY_ON = ("all", "matrices")
+#: What a checkpoint schedule counts (``CheckpointSchedule.unit``).
+CHECKPOINT_UNITS = ("epoch", "step")
 #: Training losses (``TrainConfig.loss``), implemented in :mod:`grokinterp.training.step`.
 LOSSES = ("cross_entropy", "stablemax", "mse")
 
@@ -458,7 +462,9 @@ class CheckpointSchedule:
     """When to snapshot the parameters, and how many snapshots go into one shard file.
 
     Epoch ``e`` means "after ``e`` full-batch steps"; epoch 0 (the initialisation) and the final
-    epoch are always included.
+    epoch are always included. In a minibatch run (``train.batch_size`` set) the schedule counts
+    optimizer steps instead, from step 0 to the last (``train.epochs`` · steps per epoch), unless
+    ``unit`` says ``epoch`` (see :meth:`RunConfig.checkpoint_unit`).
 
     Attributes:
         every: a checkpoint every this many epochs (default 100).
@@ -467,6 +473,9 @@ class CheckpointSchedule:
         log_early: this many log-spaced checkpoints between epoch 1 and ``every`` (the first steps
             change the weights fastest).
         flush_every: snapshots per shard; they wait in a device-side buffer until then.
+        unit: what ``every``, ``windows`` and ``log_early`` count: ``epoch`` or ``step``
+            (optimizer steps); unset (``None``, the default) it is ``step`` for a minibatch run and
+            ``epoch`` otherwise (a full-batch step is an epoch, so there the two agree).
 
     Example:
         >>> CheckpointSchedule(every=100, windows=((200, 300, 50),)).epochs(400).tolist()
@@ -477,9 +486,12 @@ class CheckpointSchedule:
     windows: tuple[tuple[int, int, int], ...] = ()
     log_early: int = 0
     flush_every: int = 50
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         _check_ints(self, "checkpoints")
+        _require(self.unit in (None, *CHECKPOINT_UNITS), "checkpoints.unit",
+                 f"must be one of {', '.join(CHECKPOINT_UNITS)} (or unset)", self.unit)
         _require(self.every >= 1, "checkpoints.every", "must be positive", self.every)
         _require(self.log_early >= 0, "checkpoints.log_early", "must be non-negative", self.log_early)
         _require(self.flush_every >= 1, "checkpoints.flush_every", "must be positive", self.flush_every)
@@ -517,6 +529,7 @@ class CheckpointSchedule:
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
     "model": {"eq_logit", "init_method", "init_scale", "attn_coeff"},
+    "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
               "batch_size", "sampler_seed"},
@@ -561,6 +574,11 @@ class RunConfig:
                 raise ConfigError(f"train.batch_size: {self.train.batch_size} is larger than the {n_train} training "
                                   f"examples of this task and split (task.frac_train {self.task.frac_train}); give at "
                                   f"most {n_train}, or leave it unset for full batch")
+            steps = self.total_steps()
+            if steps > LIMITS.epochs:
+                raise ConfigError(f"train.epochs: {self.train.epochs} epochs of {steps // max(self.train.epochs, 1)} "
+                                  f"steps (batch_size {self.train.batch_size}) are {steps} optimizer steps, more than "
+                                  f"the limit of {LIMITS.epochs}")
         n_ckpt = self.checkpoint_count_bound()
         if n_ckpt > LIMITS.checkpoints:
             raise ConfigError(f"checkpoints: the schedule has up to {n_ckpt} checkpoints over {self.train.epochs} "
@@ -572,16 +590,43 @@ class RunConfig:
 
     def n_train(self) -> int:
         """Number of training examples (the size of the task's seeded train split)."""
+        return self._n_train
+
+    @functools.cached_property
+    def _n_train(self) -> int:
         from .tasks import split_pairs
 
         return len(split_pairs(self.task)[0])
 
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ``ceil(n_train / batch_size)``, 1 for full batch."""
+        B = self.train.batch_size
+        return 1 if B is None else -(-self.n_train() // B)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``train.epochs · steps_per_epoch()``."""
+        return self.train.epochs * self.steps_per_epoch()
+
+    def checkpoint_unit(self) -> str:
+        """What the checkpoint schedule counts: ``checkpoints.unit``, or when unset ``step`` for a
+        minibatch run and ``epoch`` otherwise."""
+        if self.checkpoints.unit is not None:
+            return self.checkpoints.unit
+        return "epoch" if self.train.batch_size is None else "step"
+
     def checkpoint_epochs(self) -> np.ndarray:
-        return self.checkpoints.epochs(self.train.epochs)
+        """The checkpoint schedule, in :meth:`checkpoint_unit` units (epochs, or optimizer steps up to
+        :meth:`total_steps`)."""
+        return self.checkpoints.epochs(self._schedule_end())
+
+    def _schedule_end(self) -> int:
+        if self.train.batch_size is None or self.checkpoint_unit() == "epoch":
+            return self.train.epochs
+        return self.total_steps()
 
     def checkpoint_count_bound(self) -> int:
         """An upper bound on ``len(checkpoint_epochs())``, computed without building the schedule."""
-        E, ck = self.train.epochs, self.checkpoints
+        E, ck = self._schedule_end(), self.checkpoints
         return (E // ck.every + 2 + ck.log_early
                 + sum(max(min(stop, E) - start, -1) // step + 1 for start, stop, step in ck.windows))
 

@@ -268,3 +268,21 @@ def test_until_the_unified_loop_reads_them_minibatch_runs_are_refused_before_any
     with pytest.raises(ConfigError, match=r"^train\.batch_size: "):
         g.train(cfg, tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_minibatch_schedule_counts_optimizer_steps_unless_told_epochs():
+    cfg = g.make_config("tiny", p=7, frac_train=0.5, epochs=10, every=3, log_early=0, batch_size=5)
+    k = steps_per_epoch(cfg.n_train(), 5)  # 24 examples in batches of 5: 5 steps
+    assert cfg.steps_per_epoch() == k == 5 and cfg.total_steps() == 50
+    assert cfg.checkpoint_unit() == "step"
+    assert cfg.checkpoint_epochs().tolist() == sorted(set(range(0, 51, 3)) | {50})
+    by_epoch = cfg.replace(unit="epoch")
+    assert by_epoch.checkpoint_unit() == "epoch" and by_epoch.checkpoint_epochs().tolist() == [0, 3, 6, 9, 10]
+    full = g.make_config("tiny", p=7, epochs=10, every=3, log_early=0)
+    assert full.checkpoint_unit() == "epoch" and full.total_steps() == 10
+    assert full.replace(unit="step").checkpoint_epochs().tolist() == full.checkpoint_epochs().tolist()
+    assert len(cfg.checkpoint_epochs()) <= cfg.checkpoint_count_bound()
+    with pytest.raises(ConfigError, match=r"^checkpoints\.unit: "):
+        full.replace(unit="steps")
+    with pytest.raises(ConfigError, match=r"^train\.epochs: .* optimizer steps, more than the limit"):
+        g.make_config("tiny", p=7, frac_train=0.5, epochs=10 ** 8, every=10 ** 8, batch_size=1)
