@@ -286,3 +286,12 @@ def test_a_minibatch_schedule_counts_optimizer_steps_unless_told_epochs():
         full.replace(unit="steps")
     with pytest.raises(ConfigError, match=r"^train\.epochs: .* optimizer steps, more than the limit"):
         g.make_config("tiny", p=7, frac_train=0.5, epochs=10 ** 8, every=10 ** 8, batch_size=1)
+
+
+def test_grid_flags_read_batch_size_and_sampler_seed_as_integers():
+    from grokinterp.sweeps.spec import parse_grid_flag
+
+    assert parse_grid_flag("batch_size=64,128") == ("batch_size", [64, 128])
+    assert parse_grid_flag("train.sampler_seed=0,7") == ("train.sampler_seed", [0, 7])
+    with pytest.raises(ConfigError, match="grid.batch_size: cannot read"):
+        parse_grid_flag("batch_size=64,x")
