@@ -295,3 +295,13 @@ def test_grid_flags_read_batch_size_and_sampler_seed_as_integers():
     assert parse_grid_flag("train.sampler_seed=0,7") == ("train.sampler_seed", [0, 7])
     with pytest.raises(ConfigError, match="grid.batch_size: cannot read"):
         parse_grid_flag("batch_size=64,x")
+
+
+def test_info_says_full_batch_and_what_the_schedule_counts(tmp_path, capsys):
+    from grokinterp.cli import main
+
+    cfg = g.make_config("tiny", p=7, d_model=8, n_heads=2, d_mlp=16, epochs=3, every=1, log_early=0)
+    run = g.train(cfg, tmp_path / "r", progress=False)
+    assert main(["info", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 epochs, full batch," in out and "checkpoints: 4 (epochs 0..3)" in out
