@@ -305,3 +305,39 @@ def test_info_says_full_batch_and_what_the_schedule_counts(tmp_path, capsys):
     assert main(["info", str(run.path)]) == 0
     out = capsys.readouterr().out
     assert "3 epochs, full batch," in out and "checkpoints: 4 (epochs 0..3)" in out
+
+
+def _reference_minibatch_training(x, y, seed, B, steps, start=None):
+    """How a loop uses the sampler: step s is batch b of epoch e (epoch_of), the epoch's batches are
+    recomputed from (seed, e) alone, so a resume needs only the step count and the model/optimizer state."""
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(x.shape[1], 5))
+    opt = torch.optim.AdamW([w], lr=1e-2)
+    first = 0
+    if start is not None:  # resume: (step, weights, optimizer state) as a checkpoint holds them
+        first, state, opt_state = start
+        with torch.no_grad():
+            w.copy_(state)
+        opt.load_state_dict(opt_state)
+    k = steps_per_epoch(len(x), B)
+    cache: dict[int, list[torch.Tensor]] = {}
+    for s in range(first, steps):
+        e, b = epoch_of(s, k)
+        batch = cache.setdefault(e, batch_indices(seed, e, len(x), B))[b]
+        loss = mse_one_hot(x[batch] @ w, y[batch])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return w.detach().clone(), opt.state_dict()
+
+
+def test_a_minibatch_run_resumed_mid_epoch_is_bit_identical_on_cpu():
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(23, 4, generator=gen), torch.randint(0, 5, (23,), generator=gen)
+    straight, _ = _reference_minibatch_training(x, y, seed=9, B=5, steps=17)  # 5 steps an epoch
+    half, opt_state = _reference_minibatch_training(x, y, seed=9, B=5, steps=7)  # stops mid-epoch 1
+    torch.manual_seed(1234)  # whatever the global generator did meanwhile
+    resumed, _ = _reference_minibatch_training(x, y, seed=9, B=5, steps=17, start=(7, half, opt_state))
+    assert torch.equal(straight, resumed)
+    other, _ = _reference_minibatch_training(x, y, seed=10, B=5, steps=17)
+    assert not torch.equal(straight, other)  # the sampler seed matters
