@@ -196,7 +196,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
                 action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
             elif isinstance(default, bool):
                 action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
-            elif isinstance(default, int):
+            elif isinstance(default, int) or f.type == "int | None":  # unset by default (train.batch_size)
                 action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
                 action = group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
@@ -503,7 +503,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     opt = (f"{t.optimizer} (momentum {t.momentum})" if t.optimizer == "sgd" else
            f"{t.optimizer} (betas {t.beta1}, {t.beta2})" if t.optimizer in ("adam", "adamw") else t.optimizer)
     threads = s.get("torch_threads")
-    print(f"train:  {t.epochs} epochs, {opt}, lr {t.lr}, weight_decay {t.weight_decay}, warmup {t.warmup_epochs}"
+    batches = ("full batch" if t.batch_size is None else  # issue 19: epochs and optimizer steps both said
+               f"batch_size {t.batch_size} ({c.steps_per_epoch()} steps an epoch, {c.total_steps()} steps, "
+               f"sampler_seed {c.model.init_seed if t.sampler_seed is None else t.sampler_seed})")
+    print(f"train:  {t.epochs} epochs, {batches}, {opt}, lr {t.lr}, weight_decay {t.weight_decay}, "
+          f"warmup {t.warmup_epochs}"
           + (" (paper style)" if t.warmup_style == "paper" else "")
           + (f", gradient transforms {', '.join(t.grad_transforms)}" if t.grad_transforms else "")
           + f", device {s['device']}" + (f" ({threads} torch thread{'s' if threads != 1 else ''})" if threads else ""))
@@ -527,7 +531,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if isinstance(stack, dict):
         print(f"stack:  trained with {stack.get('size')} runs at once (place {stack.get('index')}, {stack.get('impl')} "
               f"forward, {stack.get('mode')} split); --resume continues them together")
-    print(f"checkpoints: {s['n_checkpoints']} (epochs {s['first_checkpoint']}..{s['last_checkpoint']})")
+    print(f"checkpoints: {s['n_checkpoints']} ({c.checkpoint_unit()}s {s['first_checkpoint']}..{s['last_checkpoint']})")
     if "metrics_error" in s:
         print(f"metrics: unreadable: {s['metrics_error']}")
     elif s.get("final_epoch") is not None:

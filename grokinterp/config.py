@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -52,6 +53,7 @@ __all__ = [
     "LR_SCHEDULES",
     "WEIGHT_DECAY_ON",
     "LOSSES",
+    "CHECKPOINT_UNITS",
     "interventions",
 ]
 
@@ -135,8 +137,10 @@ DEFAULT_P = 113
 LR_SCHEDULES = ("constant", "cosine")
 #: Which parameters weight decay applies to (``TrainConfig.weight_decay_on``).
 WEIGHT_DECAY_ON = ("all", "matrices")
+#: What a checkpoint schedule counts (``CheckpointSchedule.unit``).
+CHECKPOINT_UNITS = ("epoch", "step")
 #: Training losses (``TrainConfig.loss``), implemented in :mod:`grokinterp.training.step`.
-LOSSES = ("cross_entropy", "stablemax")
+LOSSES = ("cross_entropy", "stablemax", "mse")
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -307,10 +311,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Full-batch training (the paper's AdamW recipe by default).
+    """Training: full-batch by default (the paper's AdamW recipe), or shuffled minibatches.
 
     Attributes:
-        epochs: number of full-batch steps (≥ 0).
+        epochs: number of full-batch steps (≥ 0); with ``batch_size`` set, of passes over the
+            training set (epochs), each ``ceil(n_train / batch_size)`` minibatch steps.
         lr: peak learning rate.
         weight_decay: weight decay (decoupled for ``adamw``, an L2 term in the gradient for
             ``adam`` and ``sgd``, as in ``torch.optim``).
@@ -338,8 +343,17 @@ class TrainConfig:
         loss: the training loss, ``cross_entropy`` (softmax, float64; default) or ``stablemax``
             (StableMax cross-entropy of Prieto et al. 2025, float64: ``s(x) = x + 1`` for
             ``x ≥ 0`` and ``1 / (1 − x)`` for ``x < 0``, normalised; see
-            :func:`grokinterp.training.step.stablemax_cross_entropy`). The metrics' train and test
-            losses are this loss.
+            :func:`grokinterp.training.step.stablemax_cross_entropy`) or ``mse`` (Omnigrok's mean
+            squared error of the logits against one-hot targets, the mean over examples and classes,
+            float64; accuracy stays the argmax). The metrics' train and test losses are this loss.
+        batch_size: examples per optimizer step; unset (``None``, the default) trains full-batch.
+            Each epoch is a fresh seeded permutation of the training set cut into
+            ``ceil(n_train / batch_size)`` batches, the last one smaller when ``batch_size`` does
+            not divide ``n_train`` (as PyTorch's ``DataLoader``; see
+            :mod:`grokinterp.training.data`). At least 1, at most the number of training examples.
+        sampler_seed: seed of the minibatch order (epoch ``e`` is a function of this seed and ``e``
+            alone); unset (``None``) it is ``model.init_seed``, as one ``torch.manual_seed``
+            drives both in the reference scripts. Read only when ``batch_size`` is set.
         grokfast_alpha: EMA momentum of the ``grokfast_ema`` gradient filter (Lee et al. 2024's
             ``alpha``), in ``[0, 1)``.
         grokfast_lamb: amplification of the Grokfast filters (their ``lamb``): the gradient
@@ -376,6 +390,8 @@ class TrainConfig:
     grokfast_window: int = 100
     weight_norm: bool = False
     live_every: int = 0
+    batch_size: int | None = None
+    sampler_seed: int | None = None
 
     def __post_init__(self) -> None:
         _check_ints(self, "train")
@@ -416,6 +432,10 @@ class TrainConfig:
         _require(self.grokfast_window >= 1, "train.grokfast_window", "must be at least 1", self.grokfast_window)
         _require(isinstance(self.weight_norm, bool), "train.weight_norm", "must be true or false", self.weight_norm)
         _require(self.live_every >= 0, "train.live_every", "must be non-negative (0 = off)", self.live_every)
+        _require(self.batch_size is None or (is_int(self.batch_size) and self.batch_size >= 1), "train.batch_size",
+                 "must be a positive integer (or unset for full batch)", self.batch_size)
+        _require(self.sampler_seed is None or (is_int(self.sampler_seed) and 0 <= self.sampler_seed <= LIMITS.init_seed),
+                 "train.sampler_seed", f"must be an integer in [0, {LIMITS.init_seed}] (or unset)", self.sampler_seed)
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
@@ -442,7 +462,9 @@ class CheckpointSchedule:
     """When to snapshot the parameters, and how many snapshots go into one shard file.
 
     Epoch ``e`` means "after ``e`` full-batch steps"; epoch 0 (the initialisation) and the final
-    epoch are always included.
+    epoch are always included. In a minibatch run (``train.batch_size`` set) the schedule counts
+    optimizer steps instead, from step 0 to the last (``train.epochs`` · steps per epoch), unless
+    ``unit`` says ``epoch`` (see :meth:`RunConfig.checkpoint_unit`).
 
     Attributes:
         every: a checkpoint every this many epochs (default 100).
@@ -451,6 +473,9 @@ class CheckpointSchedule:
         log_early: this many log-spaced checkpoints between epoch 1 and ``every`` (the first steps
             change the weights fastest).
         flush_every: snapshots per shard; they wait in a device-side buffer until then.
+        unit: what ``every``, ``windows`` and ``log_early`` count: ``epoch`` or ``step``
+            (optimizer steps); unset (``None``, the default) it is ``step`` for a minibatch run and
+            ``epoch`` otherwise (a full-batch step is an epoch, so there the two agree).
 
     Example:
         >>> CheckpointSchedule(every=100, windows=((200, 300, 50),)).epochs(400).tolist()
@@ -461,9 +486,12 @@ class CheckpointSchedule:
     windows: tuple[tuple[int, int, int], ...] = ()
     log_early: int = 0
     flush_every: int = 50
+    unit: str | None = None
 
     def __post_init__(self) -> None:
         _check_ints(self, "checkpoints")
+        _require(self.unit in (None, *CHECKPOINT_UNITS), "checkpoints.unit",
+                 f"must be one of {', '.join(CHECKPOINT_UNITS)} (or unset)", self.unit)
         _require(self.every >= 1, "checkpoints.every", "must be positive", self.every)
         _require(self.log_early >= 0, "checkpoints.log_early", "must be non-negative", self.log_early)
         _require(self.flush_every >= 1, "checkpoints.flush_every", "must be positive", self.flush_every)
@@ -501,8 +529,10 @@ class CheckpointSchedule:
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
     "model": {"eq_logit", "init_method", "init_scale", "attn_coeff"},
+    "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
-              "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every"},
+              "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
+              "batch_size", "sampler_seed"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -538,6 +568,17 @@ class RunConfig:
         if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
                               f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
+        if self.train.batch_size is not None:
+            n_train = self.n_train()
+            if self.train.batch_size > n_train:
+                raise ConfigError(f"train.batch_size: {self.train.batch_size} is larger than the {n_train} training "
+                                  f"examples of this task and split (task.frac_train {self.task.frac_train}); give at "
+                                  f"most {n_train}, or leave it unset for full batch")
+            steps = self.total_steps()
+            if steps > LIMITS.epochs:
+                raise ConfigError(f"train.epochs: {self.train.epochs} epochs of {steps // max(self.train.epochs, 1)} "
+                                  f"steps (batch_size {self.train.batch_size}) are {steps} optimizer steps, more than "
+                                  f"the limit of {LIMITS.epochs}")
         n_ckpt = self.checkpoint_count_bound()
         if n_ckpt > LIMITS.checkpoints:
             raise ConfigError(f"checkpoints: the schedule has up to {n_ckpt} checkpoints over {self.train.epochs} "
@@ -547,12 +588,45 @@ class RunConfig:
             raise ConfigError(f"checkpoints.flush_every: {n_ckpt} checkpoints in shards of {self.checkpoints.flush_every} "
                               f"make up to {n_shards} files, more than the limit of {LIMITS.shards}")
 
+    def n_train(self) -> int:
+        """Number of training examples (the size of the task's seeded train split)."""
+        return self._n_train
+
+    @functools.cached_property
+    def _n_train(self) -> int:
+        from .tasks import split_pairs
+
+        return len(split_pairs(self.task)[0])
+
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch: ``ceil(n_train / batch_size)``, 1 for full batch."""
+        B = self.train.batch_size
+        return 1 if B is None else -(-self.n_train() // B)
+
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run: ``train.epochs · steps_per_epoch()``."""
+        return self.train.epochs * self.steps_per_epoch()
+
+    def checkpoint_unit(self) -> str:
+        """What the checkpoint schedule counts: ``checkpoints.unit``, or when unset ``step`` for a
+        minibatch run and ``epoch`` otherwise."""
+        if self.checkpoints.unit is not None:
+            return self.checkpoints.unit
+        return "epoch" if self.train.batch_size is None else "step"
+
     def checkpoint_epochs(self) -> np.ndarray:
-        return self.checkpoints.epochs(self.train.epochs)
+        """The checkpoint schedule, in :meth:`checkpoint_unit` units (epochs, or optimizer steps up to
+        :meth:`total_steps`)."""
+        return self.checkpoints.epochs(self._schedule_end())
+
+    def _schedule_end(self) -> int:
+        if self.train.batch_size is None or self.checkpoint_unit() == "epoch":
+            return self.train.epochs
+        return self.total_steps()
 
     def checkpoint_count_bound(self) -> int:
         """An upper bound on ``len(checkpoint_epochs())``, computed without building the schedule."""
-        E, ck = self.train.epochs, self.checkpoints
+        E, ck = self._schedule_end(), self.checkpoints
         return (E // ck.every + 2 + ck.log_early
                 + sum(max(min(stop, E) - start, -1) // step + 1 for start, stop, step in ck.windows))
 

@@ -81,7 +81,9 @@ def test_fields_added_later_default_to_the_old_behaviour():
     d = cfg.to_dict()
     added = {"task": ["split_method", "eq_logit"], "model": ["eq_logit", "init_method", "init_scale", "attn_coeff"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
-                       "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every"]}
+                       "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
+                       "batch_size", "sampler_seed"],
+             "checkpoints": ["unit"]}
     assert added == {sec: sorted(names, key=added[sec].index) for sec, names in _ADDED_FIELDS.items()}
     for sec, names in added.items():
         for name in names:
@@ -93,6 +95,8 @@ def test_fields_added_later_default_to_the_old_behaviour():
     assert (old.model.init_scale, old.model.attn_coeff, old.train.loss, old.train.lr_schedule,
             old.train.weight_decay_on, old.train.weight_norm, old.train.live_every) == \
         (1.0, 1.0, "cross_entropy", "constant", "all", False, 0)
+    assert (old.train.batch_size, old.train.sampler_seed) == (None, None)  # full batch
+    assert old.checkpoints.unit is None and old.checkpoint_unit() == "epoch"
     assert old.model.d_vocab_out == old.task.p
 
 

@@ -314,7 +314,7 @@ def test_a_grokfast_flag_without_its_filter_exits_2_before_anything_is_written(t
     ("--grokfast-alpha", "-0.1", "train.grokfast_alpha"), ("--grokfast-lamb", "-1", "train.grokfast_lamb"),
     ("--attn-coeff", "1.5", "model.attn_coeff"), ("--attn-coeff", "-0.1", "model.attn_coeff"),
     ("--optimizer", "lion", "train.optimizer"), ("--lr-schedule", "step", "train.lr_schedule"),
-    ("--loss", "mse", "train.loss"), ("--weight-decay-on", "biases", "train.weight_decay_on"),
+    ("--loss", "hinge", "train.loss"), ("--weight-decay-on", "biases", "train.weight_decay_on"),
     ("--grad-transforms", "grokfast_ema,nope", "train.grad_transforms"), ("--live-every", "-1", "train.live_every"),
 ])
 def test_bad_intervention_values_exit_2_naming_the_field_before_anything_is_written(tmp_path, flag, value, field):

@@ -165,6 +165,8 @@ def _field_types() -> dict[str, tuple[str, Any]]:
         for f in dataclasses.fields(cls):
             dotted = f"{sec}.{f.name}"
             default = getattr(getattr(paper, sec), f.name)
+            if default is None and f.type == "int | None":  # unset by default (train.batch_size): read ints
+                default = 0
             out[dotted] = (dotted, default)
             out.setdefault(f.name, (dotted, default))
     return out

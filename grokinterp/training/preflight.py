@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import RunError
+from ..errors import ConfigError, RunError
 
 __all__ = ["Estimate", "estimate", "preflight", "device_memory"]
 
@@ -135,6 +135,9 @@ def preflight(config: RunConfig, device: torch.device, out: Path, checkpoints_le
         RunError: the estimated memory exceeds the device's, or the estimated disk use exceeds the
             free space where ``out`` is (the message gives the estimate by part).
     """
+    if config.train.batch_size is not None:  # issue 19: removed when the unified loop reads training.data
+        raise ConfigError("train.batch_size: this trainer trains full-batch only; minibatches arrive with the unified "
+                          "training loop (leave batch_size unset)")
     est = estimate(config, checkpoints_left)
     have = device_memory(device)
     if have is not None and est.memory_bytes > have:

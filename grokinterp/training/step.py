@@ -21,7 +21,8 @@ from torch import Tensor
 from .transforms import GradientTransform
 
 __all__ = ["EagerStep", "CudaGraphStep", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
-           "stablemax", "log_stablemax", "stablemax_cross_entropy", "LOSS_FUNCTIONS", "loss_function"]
+           "stablemax", "log_stablemax", "stablemax_cross_entropy", "mse_one_hot", "LOSS_FUNCTIONS", "loss_function",
+           "PER_EXAMPLE_LOSSES", "per_example_loss"]
 
 #: Eager steps on CUDA before the training step is captured as a graph.
 GRAPH_WARMUP_STEPS = 3
@@ -70,16 +71,75 @@ def stablemax_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     return -logp.gather(-1, labels[:, None].long()).mean()
 
 
+def _mse_one_hot_each(logits: Tensor, labels: Tensor) -> Tensor:
+    x = logits.double()
+    target = F.one_hot(labels.long(), x.shape[-1]).to(x.dtype)
+    return (x - target).square().mean(-1)
+
+
+def mse_one_hot(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean squared error of the raw logits against one-hot targets, in float64 (``loss = "mse"``).
+
+    Args:
+        logits: ``[batch, vocab]`` (no softmax is applied).
+        labels: ``[batch]`` integer classes in ``[0, vocab)``.
+
+    Returns:
+        A float64 scalar.
+
+    Notes:
+        ``(1 / (n V)) Σ_i Σ_c (L_ic − [c = y_i])²``: the mean over the examples *and* the classes,
+        which is ``torch.nn.MSELoss()(logits, one_hot(labels))``, Omnigrok's loss (Liu et al. 2022
+        train with ``nn.MSELoss()`` on one-hot labels). Accuracy is still the argmax of the logits.
+
+    Example:
+        >>> float(mse_one_hot(torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1])))
+        0.25
+    """
+    return _mse_one_hot_each(logits, labels).mean()
+
+
 #: Training losses by the name in ``TrainConfig.loss`` (see :data:`grokinterp.config.LOSSES`).
 LOSS_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": cross_entropy64,
     "stablemax": stablemax_cross_entropy,
+    "mse": mse_one_hot,
 }
 
 
 def loss_function(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss named ``name`` (``TrainConfig.loss``)."""
     return LOSS_FUNCTIONS[name]
+
+
+def _cross_entropy_each(logits: Tensor, labels: Tensor) -> Tensor:
+    return -torch.log_softmax(logits.double(), dim=-1).gather(-1, labels[..., None].long())[..., 0]
+
+
+def _stablemax_each(logits: Tensor, labels: Tensor) -> Tensor:
+    return -log_stablemax(logits.double(), dim=-1).gather(-1, labels[..., None].long())[..., 0]
+
+
+#: Per-example float64 losses by the name in ``TrainConfig.loss``, for stacked runs and
+#: minibatches: ``fn(logits [..., vocab], labels [...]) -> [...]``, any leading axes (``[run, n]``).
+#: The mean of ``fn`` over the examples is :data:`LOSS_FUNCTIONS` ``[name]``; a weighted sum with
+#: weights ``1 / n_r`` on a run's real examples and 0 on padding (:mod:`grokinterp.training.data`)
+#: is each run's own mean loss.
+PER_EXAMPLE_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": _cross_entropy_each,
+    "stablemax": _stablemax_each,
+    "mse": _mse_one_hot_each,
+}
+
+
+def per_example_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    """The per-example form of the loss named ``name`` (:data:`PER_EXAMPLE_LOSSES`).
+
+    Example:
+        >>> per_example_loss("mse")(torch.zeros(2, 5, 4), torch.zeros(2, 5, dtype=torch.long)).shape
+        torch.Size([2, 5])
+    """
+    return PER_EXAMPLE_LOSSES[name]
 
 
 def graphs_enabled() -> bool:
