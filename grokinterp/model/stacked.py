@@ -48,6 +48,10 @@ _NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q"
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
     """Why models of ``cfg`` cannot be trained stacked (``None`` when they can)."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":  # issue 19: the generic vmap forward of any family comes with the unified loop
+        return (f"stacked training has the transformer family's forward only (model.family is {family!r}); "
+                f"such runs train one by one")
     if cfg.n_layers != 1:
         return f"stacked training needs n_layers = 1 (got {cfg.n_layers})"
     return None
