@@ -61,6 +61,8 @@ class MLPConfig:
 
     #: Fields added after the family's first release (a ``run.json`` without them takes the default).
     ADDED_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    #: The allowed values of the enumerated fields (the CLI offers them).
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"act_fn": MLP_ACT_FNS, "combine": tuple(COMBINES)}
 
     family: str = "mlp"
     p: int = 113
