@@ -42,7 +42,7 @@ def test_train_help_shows_the_values_of_the_chosen_preset(capsys, preset):
     argv = ("train", "--preset", preset) if preset else ("train",)
     text = " ".join(_help(capsys, *argv).split())  # argparse wraps lines
     cfg = make_config(preset)
-    for sec, cls in SECTIONS.items():
+    for sec in SECTIONS:
         for f in dataclasses.fields(type(getattr(cfg, sec))):  # the model fields of the preset's family
             if f.name in ("n_ctx", "windows") or (sec, f.name) in (("model", "p"), ("model", "eq_logit")):
                 continue
