@@ -58,6 +58,7 @@ from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
+from ..model.families import family_of
 from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
 from ..store import layout
 from ..store.integrity import last_flush_complete
@@ -839,6 +840,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
+    if getattr(mc, "family", "transformer") != "transformer":  # trained one by one: the family's own estimate
+        per_ex = family_of(mc).activation_bytes(mc)
+        return int(1.3 * (4 * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
+                          + per_ex * n_examples))
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
     per_param = 4 * P * (4 + config.checkpoints.flush_every)
