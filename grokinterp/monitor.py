@@ -305,7 +305,7 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
             new = [dict(r) for _, r in table[table["epoch"] > seen_epoch].iterrows()]
             for r in new:
                 r["epoch"] = int(r["epoch"])
-        else:
+        elif getattr(run.config.model, "family", "transformer") == "transformer":  # another family: progress only
             if arrays is None:
                 arrays = live_arrays(run.config, *run.split_pairs())
             new = _rows_from_checkpoints(run, [e for e in run.epochs if e > seen_epoch], arrays)

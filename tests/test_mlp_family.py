@@ -239,3 +239,17 @@ def test_cli_refuses_an_mlp_flag_on_a_transformer(tmp_path):
     code, _, err = cli_here("train", "--preset", "tiny", "--d-hidden", "32", "--out", str(tmp_path / "r"))
     assert code == 2 and "model.d_hidden: not a field of the transformer family" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_tools_not_yet_defined_for_an_mlp_run_say_so(tmp_path):
+    cfg = make_config("tiny", **{**SMALL, "epochs": 10})
+    run = g.train(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(ConfigError, match=r"^model\.family: 'mlp'"):
+        run.to_transformer_lens()
+    with pytest.raises(g.AnalysisError, match="transformer family"):
+        g.progress_measures(run)
+    events = list(g.watch(run.path, interval=0.01, timeout=0))  # progress only: no live measures to compute
+    assert [e.kind for e in events] == ["finished"]
+    with pytest.warns(UserWarning, match="train.live_every"):  # a preset's live measures: none for this family
+        live = g.train(cfg.replace(live_every=5), tmp_path / "live", progress=False)
+    assert not any(c.startswith("live_") for c in live.metrics.columns)
