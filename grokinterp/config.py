@@ -948,6 +948,8 @@ def _preset_mlp_devinterp() -> RunConfig:
     # a 48 → 53 unembedding without bias; torch's Adam (weight decay 2e-4 as an L2 term, lr 5e-3, betas
     # 0.9 / 0.999, no warm-up), batches of 128, 25k steps: 1,124 training pairs are 9 steps an epoch, so
     # 2,778 epochs (25,002 steps). Checkpoints count steps (a minibatch run): every 250, ~100 as theirs.
+    # Not theirs: each of their steps takes the first batch of a fresh shuffle (next(iter(DataLoader))),
+    # ours go through the training set epoch by epoch; their split shuffles a set's order (not reproducible).
     return _apply_overrides(
         RunConfig(),
         dict(p=53, frac_train=0.4, family="mlp", d_embed=12, d_hidden=48, n_hidden_layers=1, act_fn="gelu",
