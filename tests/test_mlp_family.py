@@ -171,15 +171,44 @@ def test_the_devinterp_preset_is_their_model_and_recipe():
     assert c.steps_per_epoch() == 9 and abs(c.total_steps() - 25_000) < c.steps_per_epoch()
 
 
-def test_fast_path_and_stacks_refuse_other_families_with_a_reason():
+def test_the_fast_path_refuses_other_families_and_stacks_take_the_generic_forward():
     from grokinterp.model.fastpath import fast_path_unsupported
-    from grokinterp.training.stacked import stack_key, stack_unsupported_reason
+    from grokinterp.training.stacked import default_impl, stack_key, stack_unsupported_reason
 
     cfg = make_config("tiny", **SMALL)
     assert "transformer family" in fast_path_unsupported(cfg.model, torch.tensor([[1, 2, 31]]))
-    assert "mlp" in stack_unsupported_reason(cfg) and stack_key(cfg) is None
-    with pytest.raises(ConfigError, match="mlp"):
-        g.train_stacked([cfg, cfg.replace(init_seed=1)], ["/nonexistent/a", "/nonexistent/b"], progress=False)
+    assert stack_unsupported_reason(cfg) is None and stack_key(cfg) == stack_key(cfg.replace(init_seed=4))
+    assert stack_key(cfg) != stack_key(make_config("tiny", **{**SMALL, "d_hidden": 32}))
+    assert "init_scale" in stack_unsupported_reason(cfg.replace(init_scale=2.0))  # as for a transformer
+    assert default_impl(torch.device("cpu"), cfg.model) == "generic"
+    with pytest.raises(ConfigError, match="impl: must be 'generic' for the mlp family"):
+        g.train_stacked([cfg], ["/nonexistent/a"], progress=False, impl="tables")
+
+
+def test_a_stack_of_mlp_runs_equals_the_runs_trained_alone_and_resumes(tmp_path):
+    from grokinterp.model.stacked import StackPlan, stack_params, stacked_final_logits
+
+    cfgs = [make_config("tiny", **{**SMALL, "epochs": 30}, init_seed=s, split_seed=s) for s in range(3)]
+    # the generic forward: each run's module on its own tokens
+    params = stack_params([c.model for c in cfgs])
+    tokens = torch.stack([torch.from_numpy(c.task.task().dataset().select(np.arange(40))[0]) for c in cfgs])
+    plan = StackPlan.build(cfgs[0].model, tokens, impl="generic")
+    logits = stacked_final_logits(params, plan, "generic")
+    for r, c in enumerate(cfgs):
+        alone = get_family("mlp").hooked(c.model)(tokens[r])[:, -1]
+        torch.testing.assert_close(logits[r], alone, rtol=1e-6, atol=1e-6)
+    # trained as one stack: the runs trained alone, to float32 rounding
+    with pytest.raises(TrainingInterrupted):
+        g.train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False, callbacks=[StopAt(11)])
+    with pytest.warns(UserWarning, match="trained in a stack of 3; resuming the 3 members"):
+        g.resume(tmp_path / "s0", progress=False)
+    stacked = [g.load_run(tmp_path / f"s{i}") for i in range(3)]
+    for r, c in enumerate(cfgs):
+        alone = g.train(c, tmp_path / f"a{r}", progress=False)
+        assert stacked[r].info["stack"]["impl"] == "generic" and np.array_equal(stacked[r].epochs, alone.epochs)
+        for name, w in alone.stacks().items():
+            torch.testing.assert_close(stacked[r].stack(name), w, rtol=1e-4, atol=1e-4)
+        assert np.allclose(stacked[r].metrics["train_loss"], alone.metrics["train_loss"], rtol=1e-4)
 
 
 def test_an_mlp_run_trains_loads_and_resumes_bit_identically(tmp_path):

@@ -54,12 +54,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
+from ..config import COMMON_MODEL_FIELDS, FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
 from ..model.families import family_of
-from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
+from ..model.stacked import (
+    IMPLS,
+    StackPlan,
+    stack_impls,
+    stack_params,
+    stack_unsupported,
+    stacked_final_logits,
+    stacked_losses,
+)
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -132,9 +140,13 @@ def _default_of(cls, name: str) -> Any:
 
 def _unknown_fields_changed(config: RunConfig) -> list[str]:
     out = []
-    for sec, cls in SECTIONS.items():
+    for sec in SECTIONS:
+        obj = getattr(config, sec)
+        cls = type(obj)  # the model section: its family's class
         for f in dataclasses.fields(cls):
-            if f.name not in _KNOWN[sec] and getattr(getattr(config, sec), f.name) != _default_of(cls, f.name):
+            # another family's own fields are its forward's, which the generic stacked forward runs as it is
+            own = sec == "model" and cls is not SECTIONS["model"] and f.name not in COMMON_MODEL_FIELDS
+            if f.name not in _KNOWN[sec] and not own and getattr(obj, f.name) != _default_of(cls, f.name):
                 out.append(f"{sec}.{f.name}")
     return out
 
@@ -879,7 +891,7 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
                    impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
     """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
     dev = resolve_device(config.train.device if device is None else str(device))
-    impl = impl or default_impl(dev)
+    impl = impl or default_impl(dev, config.model)
     if n_examples is None:
         n_valid = len(config.task.task().valid_pairs())
         n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
@@ -888,8 +900,11 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device) -> str:
-    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations)."""
+def default_impl(device: torch.device, model: Any = None) -> str:
+    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations); ``generic``
+    for a model of another family than the transformer (:func:`~grokinterp.model.stacked.stack_impls`)."""
+    if model is not None and stack_impls(model) == ("generic",):
+        return "generic"
     return "dense" if device.type == "cuda" else "tables"
 
 
@@ -962,7 +977,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         preset: recorded in each ``run.json``.
         callbacks: :class:`~grokinterp.training.callbacks.Callback` objects; they receive the
             :class:`StackedLoop`.
-        impl: ``tables`` or ``dense`` (default: :func:`default_impl` of the device).
+        impl: ``tables`` or ``dense`` (the transformer), ``generic`` (another family; default:
+            :func:`default_impl` of the device and the family).
         mode: ``gather`` (default) or ``mask`` (module notes).
         async_flush: write flushes in a background thread (default: on CUDA).
         overwrite: replace different runs found in ``outs``.
@@ -990,9 +1006,10 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     device = check_trainable(configs[0])
-    impl = impl or default_impl(device)
-    if impl not in ("tables", "dense"):
-        raise ConfigError(f"impl: must be 'tables' or 'dense', got {impl!r}")
+    impl = impl or default_impl(device, configs[0].model)
+    if impl not in stack_impls(configs[0].model):
+        raise ConfigError(f"impl: must be {' or '.join(map(repr, stack_impls(configs[0].model)))} for the "
+                          f"{configs[0].model.family} family, got {impl!r}")
     cbs = _check_callbacks(progress, callbacks)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]
@@ -1093,7 +1110,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
                 raise RunError(f"{members[0].path}: the runs recorded in one stack differ in {why}")
         dev = resolve_device(device or configs[0].train.device)
         check_trainable(configs[0])
-        if impl not in ("tables", "dense") or mode not in MODES:
+        if impl not in IMPLS or mode not in MODES:
             raise RunError(f"{members[0].path}: run.json records an unknown stack implementation {impl!r} / {mode!r}")
         pad = json.loads(padded) if padded else None
         if pad is not None and not (isinstance(pad, dict) and all(isinstance(v, int) and v > 0 for v in pad.values())

@@ -117,7 +117,7 @@ class HookedMLP(HookedRootModule):
         if self.cfg.d_embed:
             e = self.embed.W_E[ab]  # [batch, 2, d_embed]
         else:
-            e = F.one_hot(ab, self.cfg.p).to(self.unembed.W_U.dtype)
+            e = torch.eye(self.cfg.p, dtype=self.unembed.W_U.dtype, device=ab.device)[ab]  # one-hot (vmap-safe)
         e = self.hook_embed(e)
         first = self.hidden[0]
         if self.cfg.combine == "sum":
