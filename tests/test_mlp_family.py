@@ -173,31 +173,41 @@ def test_the_devinterp_preset_is_their_model_and_recipe():
 
 def test_the_fast_path_refuses_other_families_and_stacks_take_the_generic_forward():
     from grokinterp.model.fastpath import fast_path_unsupported
+    from grokinterp.model.stacked import stack_unsupported
     from grokinterp.training.stacked import default_impl, stack_key, stack_unsupported_reason
 
     cfg = make_config("tiny", **SMALL)
     assert "transformer family" in fast_path_unsupported(cfg.model, torch.tensor([[1, 2, 31]]))
+    assert "transformer family" in stack_unsupported(cfg.model)  # the one-layer kernels
+    assert default_impl(torch.device("cpu"), cfg) == "generic"  # the family's forward
     assert stack_unsupported_reason(cfg) is None and stack_key(cfg) == stack_key(cfg.replace(init_seed=4))
     assert stack_key(cfg) != stack_key(make_config("tiny", **{**SMALL, "d_hidden": 32}))
     assert "init_scale" in stack_unsupported_reason(cfg.replace(init_scale=2.0))  # as for a transformer
-    assert default_impl(torch.device("cpu"), cfg.model) == "generic"
-    with pytest.raises(ConfigError, match="impl: must be 'generic' for the mlp family"):
+    with pytest.raises(ConfigError, match="impl: 'tables' cannot compute this model .*transformer family"):
         g.train_stacked([cfg], ["/nonexistent/a"], progress=False, impl="tables")
 
 
-def test_a_stack_of_mlp_runs_equals_the_runs_trained_alone_and_resumes(tmp_path):
-    from grokinterp.model.stacked import StackPlan, stack_params, stacked_final_logits
-
-    cfgs = [make_config("tiny", **{**SMALL, "epochs": 30}, init_seed=s, split_seed=s) for s in range(3)]
-    # the generic forward: each run's module on its own tokens
-    params = stack_params([c.model for c in cfgs])
-    tokens = torch.stack([torch.from_numpy(c.task.task().dataset().select(np.arange(40))[0]) for c in cfgs])
-    plan = StackPlan.build(cfgs[0].model, tokens, impl="generic")
-    logits = stacked_final_logits(params, plan, "generic")
+@pytest.mark.parametrize("kw", SETTINGS)
+def test_the_functional_forward_equals_the_hooked_module_per_run(kw):
+    cfgs = [_cfg(init_seed=s, **kw) for s in range(3)]
+    params = {n: torch.stack([init_params(c)[n] for c in cfgs]).requires_grad_() for n in param_shapes(cfgs[0])}
+    tokens = torch.stack([torch.randint(0, 11, (20, 3), generator=torch.Generator().manual_seed(s)) for s in range(3)])
+    logits = get_family("mlp").forward(params, tokens, cfgs[0])
+    assert logits.shape == (3, 20, cfgs[0].d_vocab_out)
+    logits.square().sum().backward()
     for r, c in enumerate(cfgs):
-        alone = get_family("mlp").hooked(c.model)(tokens[r])[:, -1]
-        torch.testing.assert_close(logits[r], alone, rtol=1e-6, atol=1e-6)
-    # trained as one stack: the runs trained alone, to float32 rounding
+        model = get_family("mlp").hooked(c)
+        alone = model(tokens[r])[:, -1]
+        torch.testing.assert_close(logits[r], alone, rtol=1e-5, atol=1e-5)
+        alone.square().sum().backward()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(params[n].grad[r], p.grad, rtol=1e-4, atol=1e-5)
+    shared = get_family("mlp").forward(params, tokens[0], cfgs[0])  # [batch, pos]: the same tokens for every run
+    torch.testing.assert_close(shared[0], logits[0])
+
+
+def test_a_stack_of_mlp_runs_equals_the_runs_trained_alone_and_resumes(tmp_path):
+    cfgs = [make_config("tiny", **{**SMALL, "epochs": 30}, init_seed=s, split_seed=s) for s in range(3)]
     with pytest.raises(TrainingInterrupted):
         g.train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False, callbacks=[StopAt(11)])
     with pytest.warns(UserWarning, match="trained in a stack of 3; resuming the 3 members"):

@@ -19,10 +19,6 @@ and the padding weighted out by the caller). Two implementations give the same l
 Both equal ``HookedGrokTransformer(cfg_r)(tokens[r])[:, -1]`` for every run ``r`` up to float32
 rounding (tested to 1e-5).
 
-* ``generic`` (every other model family; issue 19) — the family's hooked module called on each run's
-  parameters with ``torch.func.functional_call`` under ``torch.func.vmap``: no fold, the family's own
-  forward, batched over runs.
-
 Example:
     >>> plan = StackPlan.build(cfg, tokens)                     # tokens [run, batch, 3]   # doctest: +SKIP
     >>> logits = stacked_final_logits(params, plan)              # [run, batch, d_vocab_out]  # doctest: +SKIP
@@ -42,27 +38,24 @@ from .families import family_of
 from .fastpath import BagIndex, bag_sum
 
 __all__ = ["StackPlan", "stacked_final_logits", "stacked_losses", "stack_params", "IMPLS", "stack_unsupported",
-           "CHUNK_ELEMENTS", "stack_impls"]
+           "CHUNK_ELEMENTS"]
 
 #: The implementations of :func:`stacked_final_logits`.
-IMPLS = ("tables", "dense", "generic")
+IMPLS = ("tables", "dense")
 _NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_O")),
           *(f"blocks.0.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")), "unembed.W_U")
 
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
-    """Why models of ``cfg`` cannot be trained stacked (``None`` when they can)."""
-    if getattr(cfg, "family", "transformer") != "transformer":  # the generic forward (stack_impls)
-        return None
+    """Why this module's kernels (``tables``, ``dense``) cannot compute models of ``cfg`` (``None`` when
+    they can). A model of another family than the transformer trains in stacks through its family's
+    functional ``forward`` (the stacked trainer's ``generic`` implementation)."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return f"the stacked kernels are the transformer family's (model.family is {family!r})"
     if cfg.n_layers != 1:
         return f"stacked training needs n_layers = 1 (got {cfg.n_layers})"
     return None
-
-
-def stack_impls(cfg: ModelConfig) -> tuple[str, ...]:
-    """The implementations of :func:`stacked_final_logits` for models of ``cfg``'s family: the
-    transformer's ``tables`` and ``dense``; ``generic`` for every other family."""
-    return ("tables", "dense") if getattr(cfg, "family", "transformer") == "transformer" else ("generic",)
 
 
 def stack_params(configs: list[ModelConfig]) -> dict[str, Tensor]:
@@ -97,8 +90,6 @@ class StackPlan:
     eq_rows: Tensor
     bag: BagIndex | None
     chunks: tuple["_Chunk", ...] = ()
-    tokens: Tensor | None = None  # generic: [run, batch, n_ctx]
-    module: torch.nn.Module | None = None  # generic: the family's hooked module (its parameters unused)
 
     @classmethod
     def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables") -> "StackPlan":
@@ -109,16 +100,6 @@ class StackPlan:
         """
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        if impl == "generic":
-            if tokens.ndim != 3 or tokens.shape[1] == 0:
-                raise ValueError(f"tokens must be [run, batch ≥ 1, n_ctx], got {list(tokens.shape)}")
-            tokens = tokens.long()
-            R, n = tokens.shape[:2]
-            module = family_of(cfg).hooked(cfg, init=False).to(tokens.device)
-            empty = tokens.new_zeros(0)
-            return cls(cfg, R, n, empty, empty, None, tokens=tokens, module=module)
-        if impl not in stack_impls(cfg):
-            raise ValueError(f"impl {impl!r} is the transformer family's; model.family is {cfg.family!r}")
         reason = stack_unsupported(cfg)
         if reason:
             raise ValueError(reason)
@@ -351,18 +332,6 @@ def _padded(vocab: int) -> int:
     return -(-vocab // 8) * 8
 
 
-def _generic_logits(params: dict[str, Tensor], plan: StackPlan) -> Tensor:
-    """``[run, batch, vocab]``: the family's module on each run's parameters and tokens (vmap over runs)."""
-    if plan.module is None or plan.tokens is None:
-        raise ValueError("this StackPlan was not built for impl='generic'")
-    module = plan.module
-
-    def one(p: dict[str, Tensor], tokens: Tensor) -> Tensor:
-        return torch.func.functional_call(module, p, (tokens,))[:, -1]
-
-    return torch.func.vmap(one)(params, plan.tokens)
-
-
 def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str = "tables") -> Tensor:
     """Logits at the last position of every run, ``[run, batch, d_vocab_out]``.
 
@@ -383,8 +352,6 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
         ``z_h = Σ_j A[j, h] EP[j, tok_j] W_V[h]``, ``x = x_q + Σ_h z_h W_O[h]`` and
         ``logits = (x + act(x W_in + b_in) W_out + b_out) W_U``.
     """
-    if impl == "generic":
-        return _generic_logits(params, plan)
     cfg = plan.cfg
     R, n = plan.n_runs, plan.n_examples
     H, dm, n_ctx, V = cfg.n_heads, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab

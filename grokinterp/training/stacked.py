@@ -59,15 +59,7 @@ from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
 from ..model.families import family_of
-from ..model.stacked import (
-    IMPLS,
-    StackPlan,
-    stack_impls,
-    stack_params,
-    stack_unsupported,
-    stacked_final_logits,
-    stacked_losses,
-)
+from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -93,10 +85,12 @@ from .transforms import load_transform_state, transform_state_tensors
 __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
-           "padded_lengths", "default_impl"]
+           "padded_lengths", "default_impl", "IMPLS"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
+#: The stacked forwards (module notes): the one-layer kernels and the generic functional forward.
+IMPLS = ("tables", "dense", "generic")
 #: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
 
@@ -144,7 +138,7 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
         obj = getattr(config, sec)
         cls = type(obj)  # the model section: its family's class
         for f in dataclasses.fields(cls):
-            # another family's own fields are its forward's, which the generic stacked forward runs as it is
+            # another family's own fields are its forward's, which the generic stacked forward computes
             own = sec == "model" and cls is not SECTIONS["model"] and f.name not in COMMON_MODEL_FIELDS
             if f.name not in _KNOWN[sec] and not own and getattr(obj, f.name) != _default_of(cls, f.name):
                 out.append(f"{sec}.{f.name}")
@@ -154,7 +148,7 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
 def stack_unsupported_reason(config: RunConfig) -> str | None:
     """Why ``config`` cannot train in a stack (``None`` when it can)."""
     reason = stack_unsupported(config.model)
-    if reason:
+    if reason and config.model.family == "transformer":  # another family: the generic forward (default_impl)
         return reason
     if config.train.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
@@ -438,7 +432,8 @@ class _RunSlice:
 class _StackSet:
     """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
 
-    plan: StackPlan
+    plan: StackPlan | None  # None for the generic forward, which reads ``tokens``
+    tokens: Tensor  # [run, n, n_ctx] int64
     labels: Tensor  # [run, n] int64
     weights: dict[str, Tensor]  # name -> [run, n] float64, 1 / count on the run's members, 0 elsewhere
     counts: dict[str, list[int]]
@@ -464,8 +459,9 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
-        return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
+        tok_t = torch.from_numpy(tok).to(device)
+        plan = None if impl == "generic" else StackPlan.build(cfg, tok_t, impl=impl)
+        return cls(plan, tok_t, torch.from_numpy(lab).to(device), weights, counts)
 
 
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
@@ -637,6 +633,9 @@ class StackedLoop:
 
     # -- forward and step ----------------------------------------------------------------------------
     def logits(self, data: _StackSet) -> Tensor:
+        if data.plan is None:  # the generic forward: the family's functional forward over stacked parameters
+            mc = self.configs[0].model
+            return family_of(mc).forward(self.params, data.tokens, mc)
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
@@ -852,7 +851,7 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
-    if getattr(mc, "family", "transformer") != "transformer":  # trained one by one: the family's own estimate
+    if getattr(mc, "family", "transformer") != "transformer":  # the family's own estimate (generic forward)
         per_ex = family_of(mc).activation_bytes(mc)
         return int(1.3 * (4 * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
                           + per_ex * n_examples))
@@ -891,7 +890,7 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
                    impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
     """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
     dev = resolve_device(config.train.device if device is None else str(device))
-    impl = impl or default_impl(dev, config.model)
+    impl = impl or default_impl(dev, config)
     if n_examples is None:
         n_valid = len(config.task.task().valid_pairs())
         n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
@@ -900,12 +899,24 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device, model: Any = None) -> str:
-    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations); ``generic``
-    for a model of another family than the transformer (:func:`~grokinterp.model.stacked.stack_impls`)."""
-    if model is not None and stack_impls(model) == ("generic",):
+def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] | None = None) -> str:
+    """``generic`` where the one-layer kernels cannot compute the models of ``config`` (one config or
+    a stack's; :func:`~grokinterp.model.stacked.stack_unsupported`), else ``dense`` on CUDA (batched
+    dense products) and ``tables`` elsewhere (fewer operations)."""
+    configs = [] if config is None else [config] if isinstance(config, RunConfig) else list(config)
+    if any(stack_unsupported(c.model) for c in configs):
         return "generic"
     return "dense" if device.type == "cuda" else "tables"
+
+
+def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
+    if impl not in IMPLS:
+        raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl != "generic":
+        for c in configs:
+            reason = stack_unsupported(c.model)
+            if reason:
+                raise ConfigError(f"impl: {impl!r} cannot compute this model ({reason}); use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
@@ -977,8 +988,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         preset: recorded in each ``run.json``.
         callbacks: :class:`~grokinterp.training.callbacks.Callback` objects; they receive the
             :class:`StackedLoop`.
-        impl: ``tables`` or ``dense`` (the transformer), ``generic`` (another family; default:
-            :func:`default_impl` of the device and the family).
+        impl: ``tables``, ``dense`` or ``generic`` (default: :func:`default_impl` of the device and
+            the configs).
         mode: ``gather`` (default) or ``mask`` (module notes).
         async_flush: write flushes in a background thread (default: on CUDA).
         overwrite: replace different runs found in ``outs``.
@@ -1006,10 +1017,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     device = check_trainable(configs[0])
-    impl = impl or default_impl(device, configs[0].model)
-    if impl not in stack_impls(configs[0].model):
-        raise ConfigError(f"impl: must be {' or '.join(map(repr, stack_impls(configs[0].model)))} for the "
-                          f"{configs[0].model.family} family, got {impl!r}")
+    impl = impl or default_impl(device, configs)
+    _check_impl(impl, configs)
     cbs = _check_callbacks(progress, callbacks)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]

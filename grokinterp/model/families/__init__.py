@@ -19,7 +19,11 @@ A family is a module that answers, for a model config of its kind (``cfg.family`
     one line for ``info`` and reports;
 ``activation_bytes(cfg) -> int``
     bytes of activations one training example holds through a hooked forward and backward (the
-    trainer's pre-flight memory estimate).
+    trainer's pre-flight memory estimate);
+``forward(params, tokens, cfg, attn_coeff=None) -> Tensor``
+    the functional forward over stacked parameters ``{name: [run, ...]}`` and tokens
+    ``[run, batch, pos]``: logits ``[run, batch, d_vocab_out]`` (the stacked trainer's ``generic``
+    implementation, where the family has no fast kernels).
 
 Each family also owns its config: a frozen dataclass registered with
 :func:`grokinterp.config.register_model_config` by a torch-free module that this package imports
@@ -27,9 +31,8 @@ Each family also owns its config: a frozen dataclass registered with
 :mod:`grokinterp.model.families.mlp.config`). ``RunConfig.from_dict`` picks the class from
 ``model.family``; ``--help`` and ``info`` list its fields.
 
-Training needs nothing more: a stack of ``R`` runs is one tensor per parameter ``[run, ...]``, and
-the generic stacked forward is the hooked module called functionally on each run's slice
-(``torch.func.functional_call`` under ``vmap``). A family may also offer fast kernels (today's
+Training needs nothing more: one run trains its hooked module; a stack of ``R`` runs is one tensor
+per parameter ``[run, ...]`` and trains through ``forward``. A family may also offer fast kernels (today's
 transformer has the table fold of :mod:`~grokinterp.model.fastpath` and :mod:`~grokinterp.model.stacked`);
 the training loop picks them where they apply.
 

@@ -16,8 +16,9 @@ parameter                      shape                           when
 ``unembed.b_U``                ``[d_vocab_out]``               ``unembed_bias``
 =============================  ==============================  ==========================================
 
-Layouts are TransformerLens' (``x @ W``). This module imports no torch; :mod:`.params` and
-:mod:`.module` (the :class:`~grokinterp.model.families.mlp.module.HookedMLP`) load on use.
+Layouts are TransformerLens' (``x @ W``). This module imports no torch; :mod:`.params` (the seeded
+initialisation), :mod:`.functional` (the forward over stacked parameters) and :mod:`.module` (the
+:class:`~grokinterp.model.families.mlp.module.HookedMLP`) load on use.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from .config import COMBINES, MLP_ACT_FNS, MLPConfig
 
 __all__ = ["MLPConfig", "MLP_ACT_FNS", "COMBINES", "param_shapes", "init_params", "hooked", "hidden_hook",
-           "describe", "activation_bytes"]
+           "describe", "activation_bytes", "forward"]
 
 
 def param_shapes(cfg: MLPConfig) -> dict[str, tuple[int, ...]]:
@@ -67,6 +68,14 @@ def hooked(cfg: MLPConfig, init: bool = True):
     from .module import HookedMLP
 
     return HookedMLP(cfg, init=init)
+
+
+def forward(params: dict[str, Any], tokens: Any, cfg: MLPConfig, attn_coeff: Any = None) -> Any:
+    """Logits ``[run, batch, vocab]`` of stacked parameters ``{name: [run, ...]}`` on ``[run, batch, pos]``
+    tokens (:func:`grokinterp.model.families.mlp.functional.forward`; the stacked trainer's ``generic``)."""
+    from .functional import forward as fwd
+
+    return fwd(params, tokens, cfg, attn_coeff)
 
 
 def hidden_hook(cfg: MLPConfig) -> str:
