@@ -152,6 +152,7 @@ def test_switching_family_keeps_the_common_fields_and_drops_the_others():
     cfg = make_config("tiny", init_seed=5, init_scale=2.0, family="mlp")
     assert (cfg.model.p, cfg.model.init_seed, cfg.model.init_scale) == (31, 5, 2.0)
     assert not hasattr(cfg.model, "d_model") and cfg.model.d_hidden == MLPConfig.d_hidden
+    assert cfg.model.input_layout == "a_b_eq"  # the task's tokens [a, b, =], as a transformer's default
     back = cfg.replace(family="transformer")
     assert type(back.model) is ModelConfig and back.model.init_seed == 5
     assert interventions(cfg) == ["init_scale: 2.0"]  # no transformer field is read

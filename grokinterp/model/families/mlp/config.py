@@ -115,6 +115,12 @@ class MLPConfig:
         return self.p + int(self.eq_logit)
 
     @property
+    def input_layout(self) -> str:
+        """How the task's examples are presented: ``a_b_eq`` (``[a, b, =]``; the MLP reads ``a`` and ``b``),
+        so code that reads a transformer's token layout reads an MLP's too."""
+        return "a_b_eq"
+
+    @property
     def d_in(self) -> int:
         """Width of one operand's input to the first layer: ``d_embed``, or ``p`` (one-hot)."""
         return self.d_embed or self.p
