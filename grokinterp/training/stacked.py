@@ -59,7 +59,15 @@ from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
 from ..model.families import family_of
-from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
+from ..model.stacked import (
+    IMPLS,
+    StackPlan,
+    stack_impls,
+    stack_params,
+    stack_unsupported,
+    stacked_final_logits,
+    stacked_losses,
+)
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -89,8 +97,6 @@ __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resum
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
-#: The stacked forwards (module notes): the one-layer kernels and the generic functional forward.
-IMPLS = ("tables", "dense", "generic")
 #: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
 
@@ -148,7 +154,7 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
 def stack_unsupported_reason(config: RunConfig) -> str | None:
     """Why ``config`` cannot train in a stack (``None`` when it can)."""
     reason = stack_unsupported(config.model)
-    if reason and config.model.family == "transformer":  # another family: the generic forward (default_impl)
+    if reason and config.model.family == "transformer":  # another family: its forward ('generic', default_impl)
         return reason
     if config.train.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
@@ -432,8 +438,7 @@ class _RunSlice:
 class _StackSet:
     """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
 
-    plan: StackPlan | None  # None for the generic forward, which reads ``tokens``
-    tokens: Tensor  # [run, n, n_ctx] int64
+    plan: StackPlan
     labels: Tensor  # [run, n] int64
     weights: dict[str, Tensor]  # name -> [run, n] float64, 1 / count on the run's members, 0 elsewhere
     counts: dict[str, list[int]]
@@ -459,9 +464,8 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        tok_t = torch.from_numpy(tok).to(device)
-        plan = None if impl == "generic" else StackPlan.build(cfg, tok_t, impl=impl)
-        return cls(plan, tok_t, torch.from_numpy(lab).to(device), weights, counts)
+        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
+        return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
 
 
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
@@ -633,9 +637,6 @@ class StackedLoop:
 
     # -- forward and step ----------------------------------------------------------------------------
     def logits(self, data: _StackSet) -> Tensor:
-        if data.plan is None:  # the generic forward: the family's functional forward over stacked parameters
-            mc = self.configs[0].model
-            return family_of(mc).forward(self.params, data.tokens, mc)
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
@@ -899,12 +900,17 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] | None = None) -> str:
-    """``generic`` where the one-layer kernels cannot compute the models of ``config`` (one config or
-    a stack's; :func:`~grokinterp.model.stacked.stack_unsupported`), else ``dense`` on CUDA (batched
-    dense products) and ``tables`` elsewhere (fewer operations)."""
-    configs = [] if config is None else [config] if isinstance(config, RunConfig) else list(config)
-    if any(stack_unsupported(c.model) for c in configs):
+def _models(model: Any) -> list[Any]:
+    """Model configs from a model config, a run config or a sequence of either."""
+    items = [] if model is None else [model] if not isinstance(model, (list, tuple)) else list(model)
+    return [m.model if isinstance(m, RunConfig) else m for m in items]
+
+
+def default_impl(device: torch.device, model: Any = None) -> str:
+    """``generic`` where the one-layer kernels cannot compute the models of ``model`` (a model or run
+    config, or a stack's; :func:`~grokinterp.model.stacked.stack_impls`), else ``dense`` on CUDA
+    (batched dense products) and ``tables`` elsewhere (fewer operations)."""
+    if any(stack_impls(m) == ("generic",) for m in _models(model)):
         return "generic"
     return "dense" if device.type == "cuda" else "tables"
 
@@ -912,11 +918,9 @@ def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] |
 def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
     if impl not in IMPLS:
         raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
-    if impl != "generic":
-        for c in configs:
-            reason = stack_unsupported(c.model)
-            if reason:
-                raise ConfigError(f"impl: {impl!r} cannot compute this model ({reason}); use 'generic'")
+    for m in _models(configs):
+        if impl not in stack_impls(m):
+            raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
