@@ -437,8 +437,12 @@ class TrainConfig:
         _require(self.sampler_seed is None or (is_int(self.sampler_seed) and 0 <= self.sampler_seed <= LIMITS.init_seed),
                  "train.sampler_seed", f"must be an integer in [0, {LIMITS.init_seed}] (or unset)", self.sampler_seed)
 
-    def lr_at(self, epoch: int) -> float:
+    def lr_at(self, epoch: int, total: int | None = None) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
+
+        In a minibatch run (``batch_size`` set) the schedule counts optimizer steps: ``epoch`` is
+        the step and ``total`` the run's last (:meth:`RunConfig.total_steps`; default ``epochs``),
+        so ``warmup_epochs`` is a number of steps and the cosine reaches 0 at the last step.
 
         Notes:
             Warm-up, ``default``: ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step
@@ -449,7 +453,7 @@ class TrainConfig:
             ``lr`` at the end of the warm-up towards 0 at the last step).
         """
         if self.lr_schedule == "cosine" and epoch >= self.warmup_epochs:
-            span = max(self.epochs - self.warmup_epochs, 1)
+            span = max((self.epochs if total is None else int(total)) - self.warmup_epochs, 1)
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
         if self.warmup_epochs <= 0:
             return self.lr
