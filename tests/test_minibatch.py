@@ -166,3 +166,85 @@ def test_mse_trains_in_the_single_run_loop(tmp_path, batch_size):
     ev = run.evals
     assert ev["train_loss"].iloc[-1] < 0.5 * ev["train_loss"].iloc[0]
     assert ev["train_acc"].iloc[-1] > ev["train_acc"].iloc[0]
+
+
+# -- stacks ----------------------------------------------------------------------------------------------
+def _stack_cfgs(**kw):
+    base = _cfg(**kw)
+    return [base.replace(init_seed=0, sampler_seed=3, lr=1e-2),
+            base.replace(init_seed=1, split_seed=5, lr=3e-3, frac_train=0.52),  # 63 examples: a last batch of 11
+            base.replace(init_seed=2)]  # the sampler seed defaults to the init seed
+
+
+def _close_runs(a, b, rtol=1e-5) -> None:
+    """Same checkpoints and metrics up to float32 rounding: each parameter within ``rtol`` of the
+    largest entry of its tensor, the metrics to 1e-6 (stacked and single forwards sum in other orders)."""
+    assert np.array_equal(a.epochs, b.epochs)
+    for k in b.stacks():
+        want = b.stack(k)
+        assert (a.stack(k) - want).abs().max() <= rtol * want.abs().max(), k
+    assert list(a.metrics.columns) == list(b.metrics.columns)
+    ma, mb = a.metrics.to_numpy(), b.metrics.to_numpy()
+    assert np.array_equal(np.isnan(ma), np.isnan(mb)) and np.allclose(ma, mb, rtol=1e-6, atol=1e-9, equal_nan=True)
+
+
+def test_stacked_minibatch_runs_equal_the_same_runs_trained_alone(tmp_path):
+    from grokinterp.training.stacked import stack_key, train_stacked
+
+    cfgs = _stack_cfgs(epochs=6, lr_schedule="constant")
+    assert [c.steps_per_epoch() for c in cfgs] == [5, 5, 5] and len({stack_key(c) for c in cfgs}) == 1
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
+    for i, c in enumerate(cfgs):
+        alone = g.train(c, tmp_path / f"a{i}", progress=False)
+        _close_runs(runs[i], alone)
+        assert runs[i].metrics["step"].tolist() == alone.metrics["step"].tolist()
+        assert verify(runs[i].path).ok
+
+
+def test_stacks_key_on_batch_size_and_steps_per_epoch():
+    from grokinterp.training.stacked import stack_key, stack_mismatch
+
+    a = _cfg()
+    assert stack_key(a) != stack_key(a.replace(batch_size=12)) != stack_key(a.replace(batch_size=None))
+    assert stack_key(a) == stack_key(a.replace(sampler_seed=9))
+    b = a.replace(frac_train=0.7)  # 85 examples in batches of 13: 7 steps, not 5
+    assert stack_key(a) != stack_key(b)
+    assert "steps per epoch" in stack_mismatch(a, b)
+
+
+def test_an_interrupted_minibatch_stack_resumes_mid_epoch_bit_identically(tmp_path):
+    from grokinterp.training.stacked import resume_stacked, train_stacked
+
+    cfgs = _stack_cfgs(epochs=5, every=2, flush_every=2)
+    ref = train_stacked(cfgs, [tmp_path / f"r{i}" for i in range(3)], progress=False)
+    outs = [tmp_path / f"s{i}" for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked(cfgs, outs, progress=False, callbacks=[StopAtStep(12)])  # stops before step 13 (k = 5)
+    assert all(verify(o).ok and not g.load_run(o).finished for o in outs)
+    torch.manual_seed(99)
+    runs = resume_stacked(outs, progress=False)
+    assert all(_same(a, b) for a, b in zip(runs, ref))
+
+
+def test_a_minibatch_stack_refuses_mask_mode_before_anything_is_written(tmp_path):
+    from grokinterp.errors import ConfigError
+    from grokinterp.training.stacked import train_stacked
+
+    with pytest.raises(ConfigError, match="^mode: minibatch"):
+        train_stacked(_stack_cfgs(epochs=2), [tmp_path / f"s{i}" for i in range(3)], progress=False, mode="mask")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("batch_size", [None, 16])
+def test_mse_trains_in_stacks_as_alone(tmp_path, batch_size):
+    from grokinterp.training.stacked import stack_key, train_stacked
+
+    base = g.make_config("tiny", **{**SMALL, "frac_train": 0.6}, epochs=30, every=10, eval_every=10, log_early=0,
+                         loss="mse", lr=3e-3, weight_decay=0.1, batch_size=batch_size)
+    cfgs = [base.replace(init_seed=s) for s in range(2)]
+    assert stack_key(cfgs[0]) is not None
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(2)], progress=False)
+    alone = g.train(cfgs[1], tmp_path / "a", progress=False)
+    _close_runs(runs[1], alone)
+    ev = runs[0].evals
+    assert ev["train_loss"].iloc[-1] < 0.7 * ev["train_loss"].iloc[0]
