@@ -523,6 +523,19 @@ class Run:
                     raise
         return self.problems
 
+    @property
+    def checkpoint_unit(self) -> str:
+        """What the checkpoint labels (:attr:`epochs`, ``model(label)``, shard names) count: ``epoch``,
+        or ``step`` — optimizer steps — when the schedule counts steps (``checkpoints.unit``, unset:
+        ``step`` for a minibatch run). Metrics rows are epochs in either case; a minibatch run's
+        ``metrics.csv`` has a ``step`` column (``epoch · steps_per_epoch``)."""
+        return self.config.checkpoint_unit()
+
+    def checkpoint_label(self, epoch: int) -> int:
+        """The checkpoint label of the model after ``epoch`` epochs: ``epoch``, or
+        ``epoch · steps_per_epoch`` when labels count steps (:attr:`checkpoint_unit`)."""
+        return int(epoch) * (self.config.steps_per_epoch() if self.checkpoint_unit == "step" else 1)
+
     def resolve_epoch(self, epoch: int) -> int:
         """An epoch number, with negative values counting from the end (``-1`` = last intact checkpoint)."""
         epoch = int(epoch)
