@@ -331,7 +331,8 @@ class TrainConfig:
             (the first step already moves); ``paper``: ``lr · min(e / warmup, 1)``, the reference
             code's ``LambdaLR(lambda step: min(step / 10, 1))``, whose first step has learning rate 0.
         eval_every: test loss/accuracy and train accuracy are recorded every this many epochs
-            (train loss is recorded every epoch).
+            (train loss is recorded every epoch; in a minibatch run train loss and accuracy are a
+            full-training-set evaluation recorded with the test metrics).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         fast_path: train on final-position logits from per-(position, token) tables (1-layer
             models); ``False`` uses the general hooked forward.

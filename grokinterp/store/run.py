@@ -293,6 +293,12 @@ class Run:
         train_acc
         ============  =========================================================================
 
+        Minibatch runs (``train.batch_size`` set; ``k`` optimizer steps an epoch) record row ``e``
+        at the model after ``e · k`` steps: ``train_loss`` / ``train_acc`` are a full-training-set
+        evaluation recorded with the test metrics (every ``eval_every`` epochs and at ``E``; NaN in
+        between), ``lr`` is that of step ``e · k``, and an extra ``step`` column holds ``e · k``
+        (their checkpoints may count steps: :attr:`checkpoint_unit`).
+
         A run still training has rows up to its last flush. Imported runs
         (:mod:`~grokinterp.store.legacy`) hold the recorded curves (test loss possibly every ``k``
         epochs), accuracies only at checkpoint epochs, and no ``lr``. For the evaluations alone,
