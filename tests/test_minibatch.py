@@ -188,12 +188,13 @@ def _close_runs(a, b, rtol=1e-5) -> None:
     assert np.array_equal(np.isnan(ma), np.isnan(mb)) and np.allclose(ma, mb, rtol=1e-6, atol=1e-9, equal_nan=True)
 
 
-def test_stacked_minibatch_runs_equal_the_same_runs_trained_alone(tmp_path):
+@pytest.mark.parametrize("impl", ["tables", "dense"])
+def test_stacked_minibatch_runs_equal_the_same_runs_trained_alone(tmp_path, impl):
     from grokinterp.training.stacked import stack_key, train_stacked
 
     cfgs = _stack_cfgs(epochs=6, lr_schedule="constant")
     assert [c.steps_per_epoch() for c in cfgs] == [5, 5, 5] and len({stack_key(c) for c in cfgs}) == 1
-    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False, impl=impl)
     for i, c in enumerate(cfgs):
         alone = g.train(c, tmp_path / f"a{i}", progress=False)
         _close_runs(runs[i], alone)
