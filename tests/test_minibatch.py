@@ -249,3 +249,16 @@ def test_mse_trains_in_stacks_as_alone(tmp_path, batch_size):
     _close_runs(runs[1], alone)
     ev = runs[0].evals
     assert ev["train_loss"].iloc[-1] < 0.7 * ev["train_loss"].iloc[0]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_the_fast_path_handles_tiny_batches_where_a_position_is_constant(tmp_path, batch_size):
+    """A batch of one example, or whose examples share a or b, makes that position constant for the
+    batch's plan (FastPlan folds constant positions); the run still equals the hooked forward's."""
+    cfg = g.make_config("tiny", p=5, d_model=8, n_heads=2, d_mlp=16, frac_train=0.6, epochs=3, every=1,
+                        log_early=0, eval_every=1, batch_size=batch_size, unit="epoch")
+    fast = g.train(cfg, tmp_path / "f", progress=False)
+    hooked = g.train(cfg.replace(fast_path=False), tmp_path / "h", progress=False)
+    for e in fast.epochs.tolist():
+        for name, t in hooked.params(e).items():
+            assert torch.allclose(fast.params(e)[name], t, rtol=1e-4, atol=1e-6), (e, name)
