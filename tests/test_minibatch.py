@@ -112,7 +112,7 @@ def test_a_minibatch_run_resumed_mid_epoch_is_bit_identical(tmp_path):
     ref = g.train(cfg, tmp_path / "ref", progress=False)
     for stop in (8, 14, 16):  # the stop comes before step stop + 1: mid-epoch (k = 5: 9, 17) or at a boundary (15)
         out = tmp_path / f"s{stop}"
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt, match=rf"at epoch {(stop + 1) // 5} \(optimizer step {stop + 1}\)"):
             g.train(cfg, out, progress=False, callbacks=[StopAtStep(stop)])
         assert verify(out).ok and not g.load_run(out).finished
         torch.manual_seed(1234)  # whatever the global generator does meanwhile

@@ -74,15 +74,17 @@ __all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_devic
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` say where to resume.
+    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` (and, minibatch,
+    ``.step``: optimizer steps taken) say where to resume.
 
     ``.signum`` is the signal that stopped it (the CLI exits with ``128 + signum``).
     """
 
-    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT):
-        super().__init__(f"training interrupted at epoch {epoch}; everything is saved, resume with "
+    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT, step: int | None = None):
+        at = f"epoch {epoch}" if step is None else f"epoch {epoch} (optimizer step {step})"
+        super().__init__(f"training interrupted at {at}; everything is saved, resume with "
                          f"`grokinterp train --resume {run_dir}`")
-        self.run_dir, self.epoch, self.signum = run_dir, epoch, int(signum)
+        self.run_dir, self.epoch, self.signum, self.step = run_dir, epoch, int(signum), step
 
 
 def resolve_device(device: str) -> torch.device:
@@ -407,7 +409,8 @@ class TrainLoop:
                 epoch, b = divmod(s, k)
                 if stop() or self._stop_requested:
                     self.flush(epoch, finished=False, step=s)
-                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT))
+                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT),
+                                              s if minibatch else None)
                 label = s if self.step_unit else (epoch if b == 0 else -1)
                 if label in self.ckpt_epochs and label > self.flushed_upto:
                     self.writer.snapshot(label, self.params)
