@@ -1,4 +1,4 @@
-"""The training loop: full-batch steps, dense checkpoints, resumable bit for bit.
+"""The training loop: full-batch or minibatch steps, dense checkpoints, resumable bit for bit.
 
 Example:
     >>> from grokinterp import make_config, train
@@ -15,6 +15,11 @@ kept on the host). The pieces are seams of their own: the optimizer comes from t
 :mod:`~grokinterp.training.optim`, gradient transforms from :mod:`~grokinterp.training.transforms`,
 the step executor (eager or CUDA graph) from :mod:`~grokinterp.training.step`, and observers are
 :mod:`~grokinterp.training.callbacks`. Files are written through :mod:`grokinterp.store.writer`.
+
+A minibatch run (``train.batch_size``) takes ``k = ceil(n_train / batch_size)`` steps per epoch,
+each on one batch of :mod:`~grokinterp.training.data` (the fast path builds a plan per batch);
+schedules count optimizer steps, checkpoints may fall inside an epoch (``checkpoints.unit`` step),
+and a stop between any two steps resumes there (see :meth:`TrainLoop.run`).
 """
 
 from __future__ import annotations
