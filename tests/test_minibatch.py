@@ -262,3 +262,17 @@ def test_the_fast_path_handles_tiny_batches_where_a_position_is_constant(tmp_pat
     for e in fast.epochs.tolist():
         for name, t in hooked.params(e).items():
             assert torch.allclose(fast.params(e)[name], t, rtol=1e-4, atol=1e-6), (e, name)
+
+
+@pytest.mark.parametrize("schedule", [dict(lr_schedule="cosine"), dict(warmup_style="paper")])
+def test_stacked_minibatch_schedules_count_steps_as_alone(tmp_path, schedule):
+    """Per-run lr schedules in stacks (where the stacked optimizers implement them) count optimizer
+    steps as a single minibatch run's do: the same checkpoints to float32 rounding."""
+    from grokinterp.training.stacked import stack_key, train_stacked
+
+    cfgs = [c.replace(**schedule) for c in _stack_cfgs(epochs=6, warmup_epochs=7)]
+    if stack_key(cfgs[0]) is None:
+        pytest.skip(f"{schedule} does not train in stacks in this tree")
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
+    for i in (0, 1):
+        _close_runs(runs[i], g.train(cfgs[i], tmp_path / f"a{i}", progress=False))

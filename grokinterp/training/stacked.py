@@ -621,7 +621,10 @@ class StackedLoop:
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
         self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
-        tcs = [c.train for c in self.configs]
+        # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
+        # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
+        tcs = [c.train if self.batch_size is None else dataclasses.replace(c.train, epochs=c.total_steps())
+               for c in self.configs]
         self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
         self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
