@@ -276,3 +276,21 @@ def test_stacked_minibatch_schedules_count_steps_as_alone(tmp_path, schedule):
     runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
     for i in (0, 1):
         _close_runs(runs[i], g.train(cfgs[i], tmp_path / f"a{i}", progress=False))
+
+
+def test_stacked_minibatch_two_layer_layernorm_runs_equal_alone(tmp_path):
+    """Where stacks train deeper LayerNorm transformers (the generic stacked forward), minibatch
+    stacks of them equal the runs trained alone to float32 rounding."""
+    from grokinterp.errors import ConfigError
+    from grokinterp.training.stacked import stack_key, train_stacked
+
+    try:
+        base = _cfg(epochs=4, n_layers=2, layer_norm=True)
+    except ConfigError:
+        pytest.skip("this tree has no model.layer_norm")
+    cfgs = [base.replace(init_seed=s, sampler_seed=s + 3) for s in range(3)]
+    if stack_key(cfgs[0]) is None:
+        pytest.skip("two-layer runs do not train in stacks in this tree")
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
+    for i in (0, 2):
+        _close_runs(runs[i], g.train(cfgs[i], tmp_path / f"a{i}", progress=False))
