@@ -294,3 +294,25 @@ def test_stacked_minibatch_two_layer_layernorm_runs_equal_alone(tmp_path):
     runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(3)], progress=False)
     for i in (0, 2):
         _close_runs(runs[i], g.train(cfgs[i], tmp_path / f"a{i}", progress=False))
+
+
+class CrashAfterFirstFlush(Callback):
+    def on_flush(self, loop, epoch: int, finished: bool) -> None:
+        raise RuntimeError("simulated crash after a flush")
+
+
+def test_a_run_that_dies_after_a_mid_epoch_flush_resumes_from_that_step(tmp_path):
+    """A full checkpoint buffer flushes inside an epoch (step schedule); the state it writes is a
+    resume point like a requested stop's."""
+    cfg = _cfg(epochs=5, every=2, flush_every=3)  # the first flush holds steps 0, 2, 4: inside epoch 0 (k = 5)
+    ref = g.train(cfg, tmp_path / "ref", progress=False)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        g.train(cfg, out, progress=False, callbacks=[CrashAfterFirstFlush()])
+    from safetensors import safe_open
+
+    with safe_open(str(out / "state.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert meta["resume_step"] == "4" and meta["resume_epoch"] == "0" and meta["flushed_upto"] == "4"
+    assert g.load_run(out).epochs.tolist() == [0, 2, 4]
+    assert _same(g.resume(out, progress=False), ref)
