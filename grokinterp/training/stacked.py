@@ -579,8 +579,7 @@ class StackedLoop:
         if self.batch_size is not None and mode != "gather":
             raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
                               f"got {mode!r}")
-        self.each_loss = per_example_loss(c0.train.loss)
-        self.fused_loss = c0.train.loss == "cross_entropy"  # the tables implementation fuses this loss
+        self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses cross-entropy
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
@@ -662,9 +661,9 @@ class StackedLoop:
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
-        """Per-example float64 losses ``[run, n]`` of the runs' ``train.loss``."""
-        if not self.fused_loss:
-            return self.each_loss(logits, data.labels)
+        """Per-example float64 losses ``[run, n]`` of the runs' loss (``train.loss``)."""
+        if self.loss_name != "cross_entropy":
+            return per_example_loss(self.loss_name)(logits, data.labels)
         V = logits.shape[-1]
         return F.cross_entropy(logits.double().reshape(-1, V), data.labels.reshape(-1), reduction="none") \
             .view(self.n_runs, -1)
@@ -672,7 +671,7 @@ class StackedLoop:
     def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
-        if self.impl == "tables" and self.fused_loss:  # fused with its gradient, a few runs at a time (model.stacked)
+        if self.impl == "tables" and self.loss_name == "cross_entropy":  # fused with its gradient (model.stacked)
             return stacked_losses(self.params, data.plan, data.labels, w)
         logits = self.logits(data)
         return (self._nll(logits, data) * w).sum(1), logits
