@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError, RunError
+from ..errors import RunError
 from ..model.families import family_of
 
 __all__ = ["Estimate", "estimate", "preflight", "device_memory"]
@@ -69,6 +69,8 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
     task = config.task.task()
     n_pairs = len(task.valid_pairs()) if config.task.p <= 2000 else task.n ** 2
     n_train = int(round(n_pairs * float(config.task.frac_train))) + 1
+    if tc.batch_size is not None:  # a minibatch step's activations; the full-set evaluation has no backward
+        n_train = min(n_train, int(tc.batch_size))
     per_example = family_of(m).activation_bytes(m)  # hooked forward + backward, logits and the loss
     if checkpoints_left is None:
         checkpoints_left = len(config.checkpoint_epochs())
@@ -135,9 +137,6 @@ def preflight(config: RunConfig, device: torch.device, out: Path, checkpoints_le
         RunError: the estimated memory exceeds the device's, or the estimated disk use exceeds the
             free space where ``out`` is (the message gives the estimate by part).
     """
-    if config.train.batch_size is not None:  # issue 19: removed when the unified loop reads training.data
-        raise ConfigError("train.batch_size: this trainer trains full-batch only; minibatches arrive with the unified "
-                          "training loop (leave batch_size unset)")
     est = estimate(config, checkpoints_left)
     have = device_memory(device)
     if have is not None and est.memory_bytes > have:
