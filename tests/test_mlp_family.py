@@ -293,3 +293,25 @@ def test_tools_not_yet_defined_for_an_mlp_run_say_so(tmp_path):
     with pytest.warns(UserWarning, match="train.live_every"):  # a preset's live measures: none for this family
         live = g.train(cfg.replace(live_every=5), tmp_path / "live", progress=False)
     assert not any(c.startswith("live_") for c in live.metrics.columns)
+
+
+def test_minibatch_mlp_runs_alone_and_stacked_agree_and_resume(tmp_path):
+    """The devinterp recipe's minibatches (shortened): a run alone, interrupted and resumed,
+    equals the uninterrupted run bit for bit; a stack of two equals the runs alone to float32 rounding."""
+    base = make_config("mlp-devinterp", p=23, d_embed=8, d_hidden=32, epochs=6, batch_size=64, every=5, flush_every=4,
+                       eval_every=2)
+    assert base.steps_per_epoch() == 4 and base.checkpoint_unit() == "step"
+    ref = g.train(base, tmp_path / "ref", progress=False)
+    with pytest.raises(TrainingInterrupted):
+        g.train(base, tmp_path / "cut", progress=False, callbacks=[StopAt(2)])
+    cut = g.resume(tmp_path / "cut", progress=False)
+    for name, w in ref.stacks().items():
+        assert torch.equal(w, cut.stack(name)), name
+    pd.testing.assert_frame_equal(ref.metrics, cut.metrics)
+    cfgs = [base, base.replace(init_seed=1, split_seed=1)]
+    stacked = g.train_stacked(cfgs, [tmp_path / "s0", tmp_path / "s1"], progress=False)
+    alone = [ref, g.train(cfgs[1], tmp_path / "a1", progress=False)]
+    for s, a in zip(stacked, alone):
+        assert s.info["stack"]["impl"] == "generic" and np.array_equal(s.epochs, a.epochs)
+        for name, w in a.stacks().items():
+            torch.testing.assert_close(s.stack(name), w, rtol=1e-4, atol=1e-4)
