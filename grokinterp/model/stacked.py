@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -76,6 +77,9 @@ class StackPlan:
             ``(r · n_heads + h) · ((n_ctx − 1) · d_vocab + 1) + j · d_vocab + token``. The query (the
             last position) has the last row of each head; the bag does not read it (the fold in
             :func:`stacked_final_logits`).
+        attn: each run's attention coefficient ``a`` (Zhong et al. 2023; ``ModelConfig.attn_coeff``) as
+            ``(a, 1 − a, total)`` float32 ``[run]`` tensors, ``total = a + n_ctx (1 − a)`` the sum of a
+            head's weights; ``None`` when every run has ``a = 1`` (softmax attention).
     """
 
     cfg: ModelConfig
@@ -85,13 +89,16 @@ class StackPlan:
     eq_rows: Tensor
     bag: BagIndex | None
     chunks: tuple["_Chunk", ...] = ()
+    attn: tuple[Tensor, Tensor, Tensor] | None = None
 
     @classmethod
-    def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables") -> "StackPlan":
+    def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables",
+              attn_coeff: Sequence[float] | None = None) -> "StackPlan":
         """Args:
-            cfg: the shared model config.
+            cfg: the shared model config (its ``attn_coeff`` unless ``attn_coeff`` is given).
             tokens: ``[run, batch, n_ctx]`` int64; within a run the last token must be constant.
             impl: ``tables`` (builds the bag) or ``dense``.
+            attn_coeff: each run's attention coefficient (default: ``cfg.attn_coeff`` for every run).
         """
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -111,6 +118,13 @@ class StackPlan:
         base = (torch.arange(R, device=dev)[:, None] * n_ctx + torch.arange(n_ctx, device=dev)) * V  # [R, pos]
         rows = (base[:, None, :] + tokens).contiguous()  # [R, n, pos]
         eq_rows = rows[:, 0, -1].contiguous()
+        a = [float(cfg.attn_coeff)] * R if attn_coeff is None else [float(x) for x in attn_coeff]
+        if len(a) != R:
+            raise ValueError(f"attn_coeff needs one value per run ({R}), got {len(a)}")
+        attn = None
+        if any(x != 1.0 for x in a):  # rounded from float64 once, as the single run's Python floats
+            attn = tuple(torch.tensor(v, dtype=torch.float32, device=dev)
+                         for v in (a, [1.0 - x for x in a], [x + n_ctx * (1.0 - x) for x in a]))
         bag = None
         if impl == "tables":  # value-table rows laid out [run, head, key position · token (+ the query)]
             nv = n_ctx - 1
@@ -119,8 +133,9 @@ class StackPlan:
             key_row = torch.arange(nv, device=dev) * V + tokens[:, :, :-1]  # [R, n, key position]
             idx = run_head[:, None, None, :] * per + key_row[..., None]  # [R, n, key position, H]
             bag = BagIndex.build(idx.reshape(R * n, nv * H), R * H * per)
-            return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)))
-        return cls(cfg, R, n, rows, eq_rows, bag)
+            return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)),
+                       attn)
+        return cls(cfg, R, n, rows, eq_rows, bag, (), attn)
 
 
 #: Elements of one chunk's ``[examples, d_mlp + vocab]`` activations in :func:`stacked_losses`: runs
@@ -195,7 +210,8 @@ class _TablesLoss(torch.autograd.Function):
             # the query's attention weight is 1 − the key positions' (the fold in stacked_final_logits)
             Tq = T4[:, :, -1:].clone()
             T4[:, :, :-1] -= Tq
-            cq = c[r0:r1, None] + Tq.sum(1)  # [nr, 1, k]
+            Tq_sum = Tq.sum(1) if plan.attn is None else Tq.sum(1) * plan.attn[2][r0:r1, None, None]
+            cq = c[r0:r1, None] + Tq_sum  # [nr, 1, k]
             T = T4.view(-1, k)
             out = F.embedding_bag(ch.bag_idx, T, per_sample_weights=w[r0 * n: r1 * n], mode="sum")  # [nr·n, k]
             out.view(nr, n, k).add_(cq)
@@ -234,7 +250,8 @@ class _TablesLoss(torch.autograd.Function):
             grad_w[r0 * n: r1 * n] = gw.values().view(-1, w.shape[1])
             gc = torch.sum(gout.view(nr, n, k), 1, out=grad_c[r0:r1])
             gT4 = gT.view(nr, H, rows, k)
-            torch.sub(gc[:, None], gT4[:, :, :-1].sum(2), out=gT4[:, :, -1])
+            gq = gc[:, None] if plan.attn is None else gc[:, None] * plan.attn[2][r0:r1, None, None]
+            torch.sub(gq, gT4[:, :, :-1].sum(2), out=gT4[:, :, -1])
             gT3 = gT.view(nr * H, rows, k)
             torch.bmm(gT3, OVr_c.transpose(1, 2), out=grad_vals[r0:r1].view(nr * H, rows, e))
             torch.bmm(vals_c.transpose(1, 2), gT3, out=grad_OVr[r0:r1].view(nr * H, e, k))
@@ -270,7 +287,11 @@ def _attention(params: dict[str, Tensor], plan: StackPlan) -> tuple[Tensor, Tens
     kq = tables.query_key_map(x_q, params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"])  # [run, d_model, head]
     S = torch.bmm(EP, kq)  # [run, pos·vocab, head]
     scores = _gather_rows(S.reshape(R * n_ctx * V, H), plan.rows)  # [run, batch, pos, head]
-    return EP, x_q, scores.softmax(dim=2)
+    pattern = scores.softmax(dim=2)
+    if plan.attn is not None:  # attention coefficient (Zhong et al.): every weight a·softmax + (1 − a)
+        a, one_minus_a, _ = plan.attn
+        pattern = pattern * a[:, None, None, None] + one_minus_a[:, None, None, None]
+    return EP, x_q, pattern
 
 
 def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: Tensor, pattern: Tensor,
@@ -358,7 +379,8 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
         T = torch.matmul(vals, OVr)  # [run, head, key rows + the query row, k]
         Tq = T[:, :, -1:]
         k = T.shape[-1]
-        out = bag_sum(w, (T - Tq).reshape(-1, k), plan.bag).view(R, n, k) + (c[:, None] + Tq.sum(1))
+        Tq_sum = Tq.sum(1) if plan.attn is None else Tq.sum(1) * plan.attn[2][:, None, None]
+        out = bag_sum(w, (T - Tq).reshape(-1, k), plan.bag).view(R, n, k) + (c[:, None] + Tq_sum)
         pre, direct = out[..., :dm], out[..., dm:]
         post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
         return torch.baddbmm(direct, post, W_L)

@@ -49,7 +49,8 @@ from ..errors import ConfigError, RunError
 
 __all__ = ["GradientTransform", "TRANSFORMS", "register_gradient_transform", "build_transforms",
            "check_transforms", "transform_state_tensors", "load_transform_state", "GrokfastEMA", "GrokfastMA",
-           "OrthoGrad", "orthogonalize_"]
+           "OrthoGrad", "orthogonalize_", "STACKED_TRANSFORMS", "register_stacked_transform", "stacked_orthogonalize_",
+           "StackedGrokfastEMA", "StackedGrokfastMA", "StackedOrthoGrad"]
 
 
 class GradientTransform(Protocol):
@@ -257,3 +258,117 @@ class OrthoGrad(_StatefulTransform):
 register_gradient_transform("grokfast_ema", GrokfastEMA)
 register_gradient_transform("grokfast_ma", GrokfastMA)
 register_gradient_transform("orthograd", OrthoGrad)
+
+
+# -- stacked transforms: R runs at once, per-run settings ------------------------------------------------------
+#: Stacked gradient transforms by name: ``factory(stacked_params, train_configs)`` (parameters as
+#: ``{name: [run, ...]}`` views) returns an object whose ``__call__(grads)`` acts in place on stacked
+#: gradients ``{name: [run, ...]}`` (tensor ops only) and whose ``state_dict()`` /
+#: ``load_state_dict(state)`` hold ``[run, ...]`` tensors: run ``r``'s slice ``[r]`` of each is the
+#: single-run transform's state under the same key, so each run's state file reads like a single run's.
+STACKED_TRANSFORMS: dict[str, Callable[[dict[str, Tensor], list[TrainConfig]], GradientTransform]] = {}
+
+
+def register_stacked_transform(name: str, factory: Callable[[dict[str, Tensor], list[TrainConfig]],
+                                                            GradientTransform]) -> None:
+    """Give the gradient transform ``name`` a stacked version (see :data:`STACKED_TRANSFORMS`)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
+    STACKED_TRANSFORMS[name] = factory
+
+
+def _runs(values: list[float], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-run values ``[run]`` shaped to broadcast over ``like [run, ...]`` (rounded from float64 once)."""
+    t = torch.tensor(values, dtype=dtype or like.dtype, device=like.device)
+    return t.view(-1, *[1] * (like.ndim - 1))
+
+
+def stacked_orthogonalize_(params: dict[str, Tensor], grads: dict[str, Tensor], eps: float = 1e-30) -> None:
+    """:func:`orthogonalize_` on every run of a stack at once, in place: ``params`` and ``grads`` are
+    ``{name: [run, ...]}``; each run's parameter tensor is treated as the single run's."""
+    for k, g in grads.items():
+        R = g.shape[0]
+        w, gf = params[k].detach().reshape(R, -1), g.reshape(R, -1)
+        proj = (w * gf).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + eps)
+        g_orth = gf - proj * w
+        scale = gf.norm(dim=1, keepdim=True) / (g_orth.norm(dim=1, keepdim=True) + eps)
+        g.copy_((g_orth * scale).view_as(g))
+
+
+class StackedGrokfastEMA(_StatefulTransform):
+    """:class:`GrokfastEMA` over a stack, with per-run ``grokfast_alpha`` and ``grokfast_lamb``: the same
+    float operations in the same order per run; state ``ema/<name> [run, ...]`` and ``steps [run]``."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        self.alpha, self.one_minus_alpha, self.lamb = {}, {}, {}
+        self.state = {}
+        for k, p in params.items():
+            self.alpha[k] = _runs([tc.grokfast_alpha for tc in tcs], p)
+            self.one_minus_alpha[k] = _runs([1 - tc.grokfast_alpha for tc in tcs], p)
+            self.lamb[k] = _runs([tc.grokfast_lamb for tc in tcs], p)
+            self.state[f"ema/{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+        p0 = next(iter(params.values()))
+        self.state["steps"] = torch.zeros(len(tcs), dtype=torch.int64, device=p0.device)
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        first = self.state["steps"] == 0
+        for k, g in grads.items():
+            ema = self.state[f"ema/{k}"]
+            ema.copy_(torch.where(first.view(-1, *[1] * (g.ndim - 1)), g, ema) * self.alpha[k]
+                      + g * self.one_minus_alpha[k])
+            g.add_(ema * self.lamb[k])
+        self.state["steps"].add_(1)
+
+
+class StackedGrokfastMA(_StatefulTransform):
+    """:class:`GrokfastMA` over a stack, per-run ``grokfast_lamb``; the window ``w`` is the stack's
+    (``grokfast_window`` is part of the stack key: it sets the state's shape). State
+    ``buffer/<name> [run, w, ...]``, ``sum/<name> [run, ...]`` (float64), ``steps [run]``."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        windows = {int(tc.grokfast_window) for tc in tcs}
+        if len(windows) != 1:
+            raise ConfigError(f"train.grokfast_window: the runs of a stack need one window, got {sorted(windows)}")
+        self.window = windows.pop()
+        self.lamb = {}
+        self.state = {}
+        for k, p in params.items():
+            self.lamb[k] = _runs([tc.grokfast_lamb for tc in tcs], p)
+            self.state[f"buffer/{k}"] = torch.zeros((p.shape[0], self.window, *p.shape[1:]), dtype=p.dtype,
+                                                    device=p.device)
+            self.state[f"sum/{k}"] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+        p0 = next(iter(params.values()))
+        self.state["steps"] = torch.zeros(len(tcs), dtype=torch.int64, device=p0.device)
+        self.rows = torch.arange(len(tcs), device=p0.device)
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        steps = self.state["steps"]
+        slot = torch.remainder(steps, self.window)  # [run]
+        full = (steps + 1 >= self.window).to(torch.float32)
+        for k, g in grads.items():
+            buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
+            old = buf[self.rows, slot]
+            total.add_(g.double() - old.double())
+            buf[self.rows, slot] = g
+            on = full.view(-1, *[1] * (g.ndim - 1)).to(g.dtype) * self.lamb[k]
+            g.add_((total / self.window).to(g.dtype) * on)
+        steps.add_(1)
+
+
+class StackedOrthoGrad(_StatefulTransform):
+    """:class:`OrthoGrad` over a stack (:func:`stacked_orthogonalize_`). Stateless."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        self.params = params
+        self.state = {}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        stacked_orthogonalize_(self.params, grads)
+
+
+register_stacked_transform("grokfast_ema", StackedGrokfastEMA)
+register_stacked_transform("grokfast_ma", StackedGrokfastMA)
+register_stacked_transform("orthograd", StackedOrthoGrad)
