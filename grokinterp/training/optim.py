@@ -362,10 +362,12 @@ class StackedOptimizer:
         raise NotImplementedError
 
     def _segments(self, tc: TrainConfig, t: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """One run's row ``t [n_params]`` as (decayed, not decayed) tensors for a fused kernel."""
-        if tc.weight_decay_on != "matrices":
-            return [t], []
+        """One run's row ``t [n_params]`` as (decayed, not decayed) parameter tensors for a fused kernel
+        (parameter by parameter, as the single-run optimizer passes them: a kernel's vectorised body
+        and its scalar tail may round differently)."""
         views = self.layout.views(t)
+        if tc.weight_decay_on != "matrices":
+            return list(views.values()), []
         mats = [views[n] for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
         return mats, [views[n] for n, s in zip(self.layout.names, self.layout.shapes) if len(s) < 2]
 
@@ -503,6 +505,7 @@ class StackedSGD(StackedOptimizer):
     def __init__(self, flat, layout, tcs):
         super().__init__(flat, layout, tcs)
         self.momentum = per_run([tc.momentum for tc in tcs], self.device)
+        self.groups = _groups(tcs, (*_LR_FIELDS, "weight_decay", "weight_decay_on", "momentum"))
 
     @torch.no_grad()
     def step(self) -> None:
@@ -510,6 +513,25 @@ class StackedSGD(StackedOptimizer):
         if p.grad is None:
             return
         self.step_count.add_(1)
+        if self.device.type == "cpu":  # torch's fused kernel, as the single-run optimizer's
+            data, g, buf = p.detach(), p.grad, self.state["momentum_buffer"]
+            for ix in self.groups:
+                tc = self.tcs[ix[0]]
+                lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr[ix[0]])
+                first = float(self.step_count[ix[0]]) == 1
+                dec: list[list[Tensor]] = [[], [], []]  # params, grads, momentum buffers
+                rest: list[list[Tensor]] = [[], [], []]
+                for i in ix:
+                    for j, t in enumerate((data[i], g[i], buf[i])):
+                        a, b = self._segments(tc, t)
+                        dec[j] += a
+                        rest[j] += b
+                for (ps, gs, bs), wd in ((dec, tc.weight_decay), (rest, 0.0)):
+                    if ps:
+                        torch._fused_sgd_(ps, gs, bs if tc.momentum != 0 else [], weight_decay=wd,
+                                          momentum=tc.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                                          is_first_step=first and tc.momentum != 0, grad_scale=None, found_inf=None)
+            return
         d = p.grad.add(p * self.weight_decay)
         buf = self.state["momentum_buffer"]
         buf.mul_(self.momentum).add_(d)  # first step: 0 · 0 + d, as torch's clone of d
