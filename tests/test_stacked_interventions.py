@@ -92,9 +92,12 @@ def test_intervention_values_are_per_run_and_only_shapes_split_stacks():
 
 
 # -- the pieces equal their single-run versions on the same gradients ----------------------------------------------
+@pytest.mark.parametrize("shapes", [{"W": (3, 4), "b": (5,), "U": (2, 3)},
+                                    {"W": (4, 32), "V": (64,), "b": (5,), "U": (2, 64), "c": (3,)}])
 @pytest.mark.parametrize("name", sorted(STACKED_OPTIMIZERS))
-def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and_decay_groups(name):
-    shapes = {"W": (3, 4), "b": (5,), "U": (2, 3)}
+def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and_decay_groups(name, shapes):
+    """On CPU, bit for bit (one torch thread): the fused kernels get each run's parameters in pieces
+    whose vectorised bodies and scalar tails are the single run's (``StackedOptimizer._spans``)."""
     lay = ParamLayout(shapes)
     tcs = [g.TrainConfig(optimizer=name, epochs=6, lr=1e-2, weight_decay=1.0, warmup_epochs=0),
            g.TrainConfig(optimizer=name, epochs=6, lr=3e-3, weight_decay=0.1, beta1=0.8, beta2=0.95, momentum=0.0,

@@ -256,6 +256,9 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tc: TrainConfig, names: lis
 # -- stacked optimizers: R runs at once, per-run hyper-parameters ----------------------------------------------
 #: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
+#: Pieces of a run's parameter row passed to a fused CPU kernel keep lengths that are multiples of
+#: this (a multiple of every CPU's float vector width; :meth:`StackedOptimizer._spans`).
+FUSED_SPAN = 64
 
 
 class ParamLayout:
@@ -348,6 +351,7 @@ class StackedOptimizer:
             wd = wd * torch.where(only, layout.matrix_mask().to(dev), torch.ones(layout.total, device=dev))
         self.weight_decay = wd  # [run, 1] or [run, n_params]
         self.state = {slot: torch.zeros_like(flat) for slot in self.slots}
+        self._fused_cache: dict[tuple[int, ...], Any] = {}
 
     def set_lr(self, epoch: Tensor, host_epoch: int | None = None) -> None:
         """Every run's learning rate for the step from ``epoch`` (a 0-d device tensor), in place; with
@@ -361,15 +365,48 @@ class StackedOptimizer:
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _segments(self, tc: TrainConfig, t: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        """One run's row ``t [n_params]`` as (decayed, not decayed) parameter tensors for a fused kernel
-        (parameter by parameter, as the single-run optimizer passes them: a kernel's vectorised body
-        and its scalar tail may round differently)."""
-        views = self.layout.views(t)
-        if tc.weight_decay_on != "matrices":
-            return list(views.values()), []
-        mats = [views[n] for n, s in zip(self.layout.names, self.layout.shapes) if len(s) >= 2]
-        return mats, [views[n] for n, s in zip(self.layout.names, self.layout.shapes) if len(s) < 2]
+    def _spans(self, tc: TrainConfig) -> list[tuple[int, int, bool]]:
+        """``(start, end, decayed)`` of the pieces of a run's row that a fused kernel gets as tensors.
+
+        A fused CPU kernel rounds its vectorised body and its scalar tail differently, so what it
+        computes for an element depends on where the tensor it is passed in ends. Consecutive
+        parameters (in one decay group) are passed as one piece only while the piece's length stays
+        a multiple of :data:`FUSED_SPAN`: then every element falls in the body or the tail exactly as
+        when the single-run optimizer passes the parameters one by one, and a step is bit-identical to
+        theirs on the same gradients (one torch thread), with a few kernel arguments per run.
+        """
+        out: list[tuple[int, int, bool]] = []
+        for off, size, shape in zip(self.layout.offsets, self.layout.sizes, self.layout.shapes):
+            dec = tc.weight_decay_on != "matrices" or len(shape) >= 2
+            if out and out[-1][2] == dec and (out[-1][1] - out[-1][0]) % FUSED_SPAN == 0:
+                out[-1] = (out[-1][0], off + size, dec)
+            else:
+                out.append((off, off + size, dec))
+        return out
+
+    def _fused_args(self, ix: list[int], tensors: tuple[Tensor, ...],
+                    grad: Tensor) -> list[tuple[bool, list[list[Tensor]], list[Tensor]]]:
+        """For the runs ``ix`` (one hyper-parameter group): per decay group (``decayed``, the pieces
+        of each persistent tensor ``[run, n_params]`` and the step counts, the gradient's pieces). The
+        persistent pieces are views made once."""
+        key = tuple(ix)
+        cached = self._fused_cache.get(key)
+        if cached is None:
+            spans = self._spans(self.tcs[ix[0]])
+            per: dict[bool, list[list[Tensor]]] = {True: [[] for _ in range(len(tensors) + 1)],
+                                                   False: [[] for _ in range(len(tensors) + 1)]}
+            for i in ix:
+                for a, b, dec in spans:
+                    for j, t in enumerate(tensors):
+                        per[dec][j].append(t[i, a:b])
+                    per[dec][-1].append(self.step_count[i])
+            self._fused_cache[key] = cached = (spans, per)
+        spans, per = cached
+        out = []
+        for dec in (True, False):
+            if per[dec][0]:
+                out.append((dec, per[dec], [grad[i, a:b] for i in ix for a, b, d in spans if d == dec]))
+        return out
 
     # -- each run's state, as a single run's optimizer would save it ---------------------------------
     def run_state(self, r: int) -> dict[str, Tensor]:
@@ -455,19 +492,9 @@ class StackedAdamW(StackedOptimizer):
             for ix in self.groups:
                 tc = self.tcs[ix[0]]
                 lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr[ix[0]])
-                dec: list[list[Tensor]] = [[], [], [], [], []]  # params, grads, exp_avg, exp_avg_sq, steps
-                rest: list[list[Tensor]] = [[], [], [], [], []]
-                for i in ix:
-                    for j, t in enumerate((data[i], g[i], m[i], v[i])):
-                        a, b = self._segments(tc, t)
-                        dec[j] += a
-                        rest[j] += b
-                    dec[4] += [self.step_count[i]] * (len(dec[0]) - len(dec[4]))
-                    rest[4] += [self.step_count[i]] * (len(rest[0]) - len(rest[4]))
-                for (ps, gs, ms, vs, steps), wd in ((dec, tc.weight_decay), (rest, 0.0)):
-                    if ps:
-                        fused(ps, gs, ms, vs, [], steps, lr=lr, beta1=tc.beta1, beta2=tc.beta2, weight_decay=wd,
-                              eps=EPS, amsgrad=False, maximize=False)
+                for dec, (ps, ms, vs, steps), gs in self._fused_args(ix, (data, m, v), g):
+                    fused(ps, gs, ms, vs, [], steps, lr=lr, beta1=tc.beta1, beta2=tc.beta2,
+                          weight_decay=tc.weight_decay if dec else 0.0, eps=EPS, amsgrad=False, maximize=False)
             return
         bc1 = 1 - self.beta1.pow(self.step_count)
         bc2_sqrt = (1 - self.beta2.pow(self.step_count)).sqrt()
@@ -519,18 +546,10 @@ class StackedSGD(StackedOptimizer):
                 tc = self.tcs[ix[0]]
                 lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr[ix[0]])
                 first = float(self.step_count[ix[0]]) == 1
-                dec: list[list[Tensor]] = [[], [], []]  # params, grads, momentum buffers
-                rest: list[list[Tensor]] = [[], [], []]
-                for i in ix:
-                    for j, t in enumerate((data[i], g[i], buf[i])):
-                        a, b = self._segments(tc, t)
-                        dec[j] += a
-                        rest[j] += b
-                for (ps, gs, bs), wd in ((dec, tc.weight_decay), (rest, 0.0)):
-                    if ps:
-                        torch._fused_sgd_(ps, gs, bs if tc.momentum != 0 else [], weight_decay=wd,
-                                          momentum=tc.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
-                                          is_first_step=first and tc.momentum != 0, grad_scale=None, found_inf=None)
+                for dec, (ps, bs, _), gs in self._fused_args(ix, (data, buf), g):
+                    torch._fused_sgd_(ps, gs, bs if tc.momentum != 0 else [], weight_decay=tc.weight_decay if dec else 0.0,
+                                      momentum=tc.momentum, lr=lr, dampening=0.0, nesterov=False, maximize=False,
+                                      is_first_step=first and tc.momentum != 0, grad_scale=None, found_inf=None)
             return
         d = p.grad.add(p * self.weight_decay)
         buf = self.state["momentum_buffer"]
