@@ -94,10 +94,13 @@ def test_intervention_values_are_per_run_and_only_shapes_split_stacks():
 # -- the pieces equal their single-run versions on the same gradients ----------------------------------------------
 @pytest.mark.parametrize("shapes", [{"W": (3, 4), "b": (5,), "U": (2, 3)},
                                     {"W": (4, 32), "V": (64,), "b": (5,), "U": (2, 64), "c": (3,)}])
+@pytest.mark.parametrize("path", ["fused", "tensor"])
 @pytest.mark.parametrize("name", sorted(STACKED_OPTIMIZERS))
-def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and_decay_groups(name, shapes):
-    """On CPU, bit for bit (one torch thread): the fused kernels get each run's parameters in pieces
-    whose vectorised bodies and scalar tails are the single run's (``StackedOptimizer._spans``)."""
+def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and_decay_groups(name, shapes, path):
+    """On CPU (``fused``), bit for bit: the fused kernels get each run's parameters in pieces whose
+    vectorised bodies and scalar tails are the single run's (``StackedOptimizer._spans``). The
+    ``tensor`` path (a few broadcast kernels for the whole stack, with the learning rate computed on the
+    device: what a CUDA graph replays) runs here on CPU tensors and agrees to float32 rounding."""
     lay = ParamLayout(shapes)
     tcs = [g.TrainConfig(optimizer=name, epochs=6, lr=1e-2, weight_decay=1.0, warmup_epochs=0),
            g.TrainConfig(optimizer=name, epochs=6, lr=3e-3, weight_decay=0.1, beta1=0.8, beta2=0.95, momentum=0.0,
@@ -107,6 +110,8 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
     gen = torch.Generator().manual_seed(1)
     flat = torch.nn.Parameter(torch.randn(len(tcs), lay.total, generator=gen))
     opt = STACKED_OPTIMIZERS[name](flat, lay, tcs)
+    if path == "tensor":
+        opt.device = torch.device("cuda")  # a label only: the tensors stay on the CPU, the step takes the device path
     singles = []
     for r, tc in enumerate(tcs):
         ps = {k: torch.nn.Parameter(v.detach().clone()) for k, v in lay.views(flat[r]).items()}
@@ -117,7 +122,7 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
         grad = torch.randn(flat.shape, generator=gen)
         grad[:, :3] *= 1e-3
         flat.grad = grad.clone()
-        opt.set_lr(epoch, e)
+        opt.set_lr(epoch, e if path == "fused" else None)
         assert torch.allclose(opt.lr[:, 0].double(), torch.tensor([tc.lr_at(e) for tc in tcs], dtype=torch.float64),
                               rtol=1e-6, atol=0)
         opt.step()
@@ -129,15 +134,16 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
                 ps[k].grad = v.clone()
             o.step()
             for k, v in lay.views(flat[r].detach()).items():
-                if name == "ortho_adamw":  # the projection's dot products sum in another order
+                if name == "ortho_adamw" or path == "tensor":  # other summation orders, float32 lr
                     assert torch.allclose(v, ps[k].detach(), rtol=1e-6, atol=1e-7), (name, r, e, k)
                 else:  # the same fused kernel with the same float64 learning rate: bit for bit
                     assert torch.equal(v, ps[k].detach()), (name, r, e, k)
     for r, (_, o, names) in enumerate(singles):  # each run's state has a single run's keys, shapes and values
         mine, theirs = opt.run_state(r), optimizer_state_tensors(o, names)
         assert set(mine) == set(theirs)
+        tol = 1e-6 if path == "fused" else 1e-5
         for k, v in theirs.items():
-            assert mine[k].shape == v.shape and torch.allclose(mine[k].float(), v.float(), rtol=1e-6, atol=1e-7), k
+            assert mine[k].shape == v.shape and torch.allclose(mine[k].float(), v.float(), rtol=tol, atol=tol / 10), k
 
 
 def _grad_sequence(shapes, R, steps, seed=0):

@@ -44,7 +44,7 @@ from .transforms import orthogonalize_, stacked_orthogonalize_
 
 __all__ = ["OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
            "optimizer_state_tensors", "load_optimizer_state", "expected_slots", "param_groups",
-           "optimizer_param_names", "OrthoAdamW", "EPS", "ParamLayout", "per_run", "stacked_lr", "StackedOptimizer",
+           "optimizer_param_names", "OrthoAdamW", "EPS", "ParamLayout", "per_run", "StackedSchedule", "StackedOptimizer",
            "StackedAdamW", "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "STACKED_OPTIMIZERS",
            "register_stacked_optimizer"]
 
@@ -294,20 +294,26 @@ def per_run(values: Sequence[float], device: torch.device, dtype: torch.dtype = 
     return torch.tensor([float(v) for v in values], dtype=dtype, device=device)[:, None]
 
 
-def stacked_lr(tcs: Sequence[TrainConfig], epoch: Tensor, device: torch.device) -> Tensor:
-    """``[run, 1]`` float64: :meth:`~grokinterp.config.TrainConfig.lr_at` of every run at the device
-    epoch ``epoch`` (a 0-d tensor), computed on the device (warm-up style, constant or cosine, per run),
-    so a step replayed from a CUDA graph needs no host value."""
-    f64 = torch.float64
-    lr = per_run([tc.lr for tc in tcs], device, f64)
-    warm = per_run([tc.warmup_epochs for tc in tcs], device, f64)
-    shift = per_run([0 if tc.warmup_style == "paper" else 1 for tc in tcs], device, f64)
-    cosine = per_run([tc.lr_schedule == "cosine" for tc in tcs], device, f64) > 0
-    span = per_run([max(tc.epochs - tc.warmup_epochs, 1) for tc in tcs], device, f64)
-    e = epoch.to(f64)
-    ramp = torch.where(warm > 0, ((e + shift) / warm.clamp(min=1)).clamp(max=1.0), torch.ones_like(warm))
-    cos = 0.5 * (1.0 + torch.cos(math.pi * (e - warm) / span))
-    return lr * torch.where(cosine & (e >= warm), cos, ramp)
+class StackedSchedule:
+    """Every run's :meth:`~grokinterp.config.TrainConfig.lr_at` on the device: ``schedule(epoch)`` with
+    ``epoch`` a 0-d device tensor is ``[run, 1]`` float64 (warm-up style, constant or cosine, per run).
+    The per-run constants are device tensors made once, so a step replayed from a CUDA graph needs no
+    host value and no host→device copy."""
+
+    def __init__(self, tcs: Sequence[TrainConfig], device: torch.device):
+        f64 = torch.float64
+        self.lr = per_run([tc.lr for tc in tcs], device, f64)
+        self.warm = per_run([tc.warmup_epochs for tc in tcs], device, f64)
+        self.shift = per_run([0 if tc.warmup_style == "paper" else 1 for tc in tcs], device, f64)
+        self.cosine = per_run([tc.lr_schedule == "cosine" for tc in tcs], device, f64) > 0
+        self.span = per_run([max(tc.epochs - tc.warmup_epochs, 1) for tc in tcs], device, f64)
+
+    def __call__(self, epoch: Tensor) -> Tensor:
+        e = epoch.to(torch.float64)
+        warm = self.warm
+        ramp = torch.where(warm > 0, ((e + self.shift) / warm.clamp(min=1)).clamp(max=1.0), torch.ones_like(warm))
+        cos = 0.5 * (1.0 + torch.cos(math.pi * (e - warm) / self.span))
+        return self.lr * torch.where(self.cosine & (e >= warm), cos, ramp)
 
 
 def _groups(tcs: Sequence[TrainConfig], fields: tuple[str, ...]) -> list[list[int]]:
@@ -328,7 +334,7 @@ class StackedOptimizer:
 
     Every single-run choice is per run: the learning rate of the step from epoch ``e`` is each run's
     :meth:`~grokinterp.config.TrainConfig.lr_at` (warm-up style, constant or cosine schedule; on the
-    device from a device epoch counter, :func:`stacked_lr`, so a replayed CUDA graph needs no host
+    device from a device epoch counter, :class:`StackedSchedule`, so a replayed CUDA graph needs no host
     value; on CPU the host's float64 value, as the single-run optimizer gets it), and weight decay
     falls on all parameters or on the matrices only (``weight_decay_on``, as :func:`param_groups`).
     Subclasses implement :meth:`step` and name their per-parameter slots (``slots``) as the single-run
@@ -342,6 +348,7 @@ class StackedOptimizer:
         self.flat, self.layout, self.tcs = flat, layout, list(tcs)
         dev = flat.device
         self.device = dev
+        self.schedule = StackedSchedule(tcs, dev)
         self.lr = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
         self.host_lr: list[float] | None = None
         self.step_count = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
@@ -356,7 +363,7 @@ class StackedOptimizer:
     def set_lr(self, epoch: Tensor, host_epoch: int | None = None) -> None:
         """Every run's learning rate for the step from ``epoch`` (a 0-d device tensor), in place; with
         ``host_epoch`` (the same epoch on the host) also each run's float64 value (``host_lr``)."""
-        self.lr.copy_(stacked_lr(self.tcs, epoch, self.device))
+        self.lr.copy_(self.schedule(epoch))
         self.host_lr = None if host_epoch is None else [tc.lr_at(host_epoch) for tc in self.tcs]
 
     def zero_grad(self) -> None:

@@ -345,13 +345,14 @@ class StackedGrokfastMA(_StatefulTransform):
     @torch.no_grad()
     def __call__(self, grads: dict[str, Tensor]) -> None:
         steps = self.state["steps"]
-        slot = torch.remainder(steps, self.window)  # [run]
+        slot = self.rows * self.window + torch.remainder(steps, self.window)  # [run] rows of buffer [run · w, ...]
         full = (steps + 1 >= self.window).to(torch.float32)
         for k, g in grads.items():
             buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
-            old = buf[self.rows, slot]
+            flat = buf.view(-1, *buf.shape[2:])
+            old = flat.index_select(0, slot)
             total.add_(g.double() - old.double())
-            buf[self.rows, slot] = g
+            flat.index_copy_(0, slot, g)
             on = full.view(-1, *[1] * (g.ndim - 1)).to(g.dtype) * self.lamb[k]
             g.add_((total / self.window).to(g.dtype) * on)
         steps.add_(1)
