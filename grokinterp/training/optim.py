@@ -18,6 +18,13 @@ Weight decay goes through parameter groups (:func:`param_groups`): ``TrainConfig
 (the MLP biases) with weight decay 0. The optimizer state is saved per parameter *name*
 (:func:`optimizer_param_names` maps the optimizer's parameter order, group by group, to names).
 
+Every optimizer also has a stacked version (:data:`STACKED_OPTIMIZERS`, :class:`StackedOptimizer`):
+the same update over one flat parameter ``[run, n_params]`` of ``R`` runs
+(:mod:`grokinterp.training.stacked`), with each run's own lr schedule, weight decay and decay groups,
+betas and momentum; on CPU through torch's fused kernels, bit-identical to the single-run optimizer on
+the same gradients; each run's state is saved under the single-run keys ``opt/<param>/<slot>``. A
+new optimizer without a stacked version (:func:`register_stacked_optimizer`) trains alone.
+
 A new optimizer is one :func:`register_optimizer` call; the trainer, resume and the CLI pick it
 up by name. The builder receives the named parameters, the config and :class:`OptimizerOptions`
 (device-specific choices: a fused kernel where one exists, and a *capturable* optimizer with a

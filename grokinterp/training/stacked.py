@@ -1,11 +1,19 @@
 """Many models trained at once: runs that share shapes, stacked into one model on one device.
 
 ``R`` runs whose configs differ only in what does not change a tensor's shape — init and split
-seeds, training fraction, split method, operation, learning rate, weight decay, betas, momentum,
-warm-up — train as one stacked model: every parameter is one tensor ``[run, ...]``, one forward
-computes every run's logits on its own training examples (:mod:`grokinterp.model.stacked`), the
-loss is the sum of the runs' mean float64 cross-entropies (so each run's gradient is its own), and
-a stacked optimizer applies each run's hyper-parameters. Each run writes its own run directory
+seeds, training fraction, split method, operation, and every intervention's value: learning rate
+and its schedule (warm-up length and style, constant or cosine), weight decay and ``weight_decay_on``,
+betas, momentum, the Grokfast filters' ``α`` and ``λ``, the weight-norm constraint, the
+initialisation scale and method, the attention coefficient — train as one stacked model: every
+parameter is one tensor ``[run, ...]``, one forward computes every run's logits on its own training
+examples (:mod:`grokinterp.model.stacked`), the loss is the sum of the runs' mean float64 losses
+(cross-entropy, StableMax or MSE: so each run's gradient is its own), and a stacked optimizer,
+stacked gradient transforms and a stacked weight-norm constraint apply each run's values
+(:mod:`~grokinterp.training.optim`, :mod:`~grokinterp.training.transforms`,
+:mod:`~grokinterp.training.constraints`, beside their single-run versions; each run's state is saved
+under a single run's keys, so a run trained in a stack resumes alone and the other way round). The
+optimizer, the list of gradient transforms, the loss and the Grokfast-MA window (the shape of its
+state) are shared by a stack. Each run writes its own run directory
 through :mod:`grokinterp.store.writer`, exactly the files a single run writes, plus the optional
 ``run.json`` field ``stack`` (the members, this run's index, the implementation), so a run can be
 resumed — in a stack — bit-identically on CPU. A step equals a single-run step to 1e-5 (tested).
@@ -14,8 +22,9 @@ resumed — in a stack — bit-identically on CPU. A step equals a single-run st
 piece               what it does
 ==================  ==========================================================================
 ``stack_key``       runs with equal keys can share a stack (``None``: this run cannot be stacked)
-``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``) and stacked
-                    gradient transforms (a run whose transform has no stacked version trains alone)
+``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``, ``ortho_adamw``) and
+                    stacked gradient transforms (``grokfast_ema``, ``grokfast_ma``, ``orthograd``; a
+                    run whose transform has no stacked version trains alone)
 ``StackedLoop``     the epoch loop (checkpoints, evaluation, flushes, callbacks, signals)
 ``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones
 ``max_stack_size``  how many runs fit the device's memory
@@ -179,8 +188,9 @@ def stack_key(config: RunConfig) -> str | None:
     """Runs whose keys are equal (and not ``None``) can be trained in one stack.
 
     The key is every config field except those a run of the stack may choose for itself
-    (seeds, training fraction, split method, operation, lr, weight decay, betas, momentum,
-    warm-up). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
+    (seeds, training fraction, split method, operation, and the intervention values of the module
+    notes: lr and schedule, weight decay and its groups, betas, momentum, Grokfast ``α`` / ``λ``,
+    weight norm, init scale and method, attention coefficient). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
     """
     if stack_unsupported_reason(config) is not None:
         return None
@@ -657,7 +667,11 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     P = n_params(mc)
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
-    per_param = 4 * P * (4 + config.checkpoints.flush_every)
+    tc = config.train
+    # gradient-transform state, in parameter copies: an EMA; a window of gradients and a float64 sum
+    state = sum(1 if t == "grokfast_ema" else tc.grokfast_window + 2 if t == "grokfast_ma" else 0
+                for t in tc.grad_transforms)
+    per_param = 4 * P * (4 + config.checkpoints.flush_every + state)
     metrics = 8 * 5 * (config.train.epochs + 1)
     if impl == "tables":
         tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
@@ -766,7 +780,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
 
     Args:
         configs: the runs' configs; they must share a :func:`stack_key` (same shapes, schedule,
-            optimizer; seeds, fraction, operation, lr, weight decay, betas, momentum, warm-up free).
+            optimizer, transforms, loss; seeds, fraction, operation and intervention values free).
         outs: one new run directory per config. If every one already holds its run, they are
             resumed (:func:`resume_stacked`); a mix of new and existing runs is refused.
         progress: a progress bar over the stack's epochs.

@@ -24,7 +24,10 @@ name               transform
                    the parameter, rescaled to the original norm (:class:`OrthoGrad`)
 =================  ===================================================================================
 
-All three are tensor operations only (no host syncs), so they run inside the CUDA graph.
+All three are tensor operations only (no host syncs), so they run inside the CUDA graph. Each has a
+stacked version over ``R`` runs at once with per-run settings (:data:`STACKED_TRANSFORMS`:
+:class:`StackedGrokfastEMA`, :class:`StackedGrokfastMA` — the window is the stack's —,
+:class:`StackedOrthoGrad`), whose state is each run's single-run state stacked ``[run, ...]``.
 
 Example:
     >>> class ClipNorm:                                                     # doctest: +SKIP
