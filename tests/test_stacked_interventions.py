@@ -346,3 +346,22 @@ def test_a_sweep_over_intervention_values_trains_one_stack(tmp_path):
     runs = sw.runs()
     assert len(runs) == 12 and all(r.finished and r.info["stack"]["size"] == 12 for r in runs.values())
     assert sorted({r.config.train.grokfast_alpha for r in runs.values()}) == [0.8, 0.9, 0.98]
+
+
+def test_one_registration_gives_an_optimizer_or_transform_its_stacked_version():
+    from grokinterp.training.optim import OPTIMIZERS, StackedSGD, register_optimizer
+    from grokinterp.training.transforms import StackedOrthoGrad, register_gradient_transform
+
+    cfg = BASE.replace(optimizer="my_sgd", grad_transforms=("my_ortho",))
+    try:
+        register_optimizer("my_sgd", OPTIMIZERS["sgd"], stacked=StackedSGD)
+        register_gradient_transform("my_ortho", TRANSFORMS["orthograd"])
+        assert stack_key(cfg) is None  # the transform has no stacked version: such runs train alone
+        register_gradient_transform("my_ortho", TRANSFORMS["orthograd"], stacked=StackedOrthoGrad)
+        assert stack_key(cfg) is not None
+    finally:
+        from grokinterp.config import OPTIMIZER_NAMES
+
+        for reg, key in ((OPTIMIZERS, "my_sgd"), (STACKED_OPTIMIZERS, "my_sgd"), (OPTIMIZER_NAMES, "my_sgd"),
+                         (TRANSFORMS, "my_ortho"), (STACKED_TRANSFORMS, "my_ortho")):
+            reg.pop(key, None)

@@ -86,7 +86,8 @@ Builder = Callable[[dict[str, torch.nn.Parameter], TrainConfig, OptimizerOptions
 OPTIMIZERS: dict[str, Builder] = {}
 
 
-def register_optimizer(name: str, builder: Builder, description: str = "") -> None:
+def register_optimizer(name: str, builder: Builder, description: str = "", *,
+                       stacked: "StackedBuilder | None" = None) -> None:
     """Make an optimizer available as ``TrainConfig.optimizer = name``.
 
     Args:
@@ -96,10 +97,14 @@ def register_optimizer(name: str, builder: Builder, description: str = "") -> No
             ``capturable`` (then a CUDA-graph capture that fails falls back to eager steps).
         description: one line for listings (``grokinterp train --help`` lists the built-in ones
             from :data:`grokinterp.config.OPTIMIZER_NAMES`, which this call extends).
+        stacked: its stacked version, if any (:func:`register_stacked_optimizer`); without one, runs
+            with this optimizer train alone.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
     OPTIMIZERS[name] = builder
+    if stacked is not None:
+        register_stacked_optimizer(name, stacked)
     if description or name not in OPTIMIZER_NAMES:
         OPTIMIZER_NAMES[name] = description or name
 

@@ -70,17 +70,22 @@ Factory = Callable[[dict[str, torch.nn.Parameter], TrainConfig], GradientTransfo
 TRANSFORMS: dict[str, Factory] = {}
 
 
-def register_gradient_transform(name: str, factory: Factory) -> None:
+def register_gradient_transform(name: str, factory: Factory, *, stacked: Callable[..., GradientTransform] | None = None
+                                ) -> None:
     """Make a transform available as a name in ``TrainConfig.grad_transforms``.
 
     Args:
         name: an identifier.
         factory: ``factory(named_params, train_config) -> transform`` (see the module docstring);
             it may read its settings from config fields.
+        stacked: its stacked version, if any (:func:`register_stacked_transform`); without one, runs
+            with this transform train alone.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
     TRANSFORMS[name] = factory
+    if stacked is not None:
+        register_stacked_transform(name, stacked)
 
 
 def check_transforms(tc: TrainConfig) -> list[Factory]:
