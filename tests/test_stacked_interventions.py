@@ -365,3 +365,24 @@ def test_one_registration_gives_an_optimizer_or_transform_its_stacked_version():
         for reg, key in ((OPTIMIZERS, "my_sgd"), (STACKED_OPTIMIZERS, "my_sgd"), (OPTIMIZER_NAMES, "my_sgd"),
                          (TRANSFORMS, "my_ortho"), (STACKED_TRANSFORMS, "my_ortho")):
             reg.pop(key, None)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "stablemax", "mse"])
+def test_fused_stacked_losses_equal_the_per_example_losses_of_the_stacked_logits(loss):
+    from grokinterp.training.step import per_example_loss
+
+    cfg = g.make_config("tiny", **SMALL)
+    mcs = [dataclasses.replace(cfg.model, init_seed=i, init_scale=s) for i, s in enumerate((1.0, 3.0))]
+    params = {k: v.requires_grad_() for k, v in stack_params(mcs).items()}
+    x, y = cfg.task.task().dataset().select(np.arange(50))
+    tokens = torch.from_numpy(x)[None].repeat(len(mcs), 1, 1)
+    labels = torch.from_numpy(y)[None].repeat(len(mcs), 1)
+    plan = StackPlan.build(cfg.model, tokens, impl="tables", attn_coeff=[1.0, 0.4])
+    w = torch.rand(labels.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    got, _ = stacked_losses(params, plan, labels, w, loss)
+    grads = torch.autograd.grad(got.sum(), list(params.values()))
+    ref = (per_example_loss(loss)(stacked_final_logits(params, plan, "tables"), labels) * w).sum(1)
+    ref_grads = torch.autograd.grad(ref.sum(), list(params.values()))
+    assert torch.allclose(got, ref, rtol=1e-6)
+    for a, b in zip(grads, ref_grads):
+        assert close(a, b, 1e-5)

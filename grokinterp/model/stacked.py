@@ -188,7 +188,7 @@ class _TablesLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, vals: Tensor, OVr: Tensor, c: Tensor, W_L: Tensor,  # type: ignore[override]
-                plan: "StackPlan", labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+                plan: "StackPlan", labels: Tensor, weights: Tensor, kind: str = "cross_entropy") -> tuple[Tensor, Tensor]:
         cfg = plan.cfg
         R, n, dm, H, V = plan.n_runs, plan.n_examples, cfg.d_mlp, cfg.n_heads, cfg.d_vocab_out
         Vp = W_L.shape[-1]
@@ -223,20 +223,25 @@ class _TablesLoss(torch.autograd.Function):
                 post.copy_(F.gelu(pre))
             post3 = post.view(nr, n, dm)
             z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1], out=logits[r0:r1])  # [nr, n, Vp]
-            # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
             lab, wt = labels[r0:r1, :, None], weights[r0:r1, :, None]
-            zd = z.double()
-            if Vp > V:
-                zd[..., V:] = -torch.inf  # the padding columns take no part (exp → 0)
-            zd.sub_(zd.amax(-1, keepdim=True))
-            ez = zd.exp()
-            se = ez.sum(-1, keepdim=True)
-            loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
-            if not grads:
-                continue
-            # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32 (0 in the padding)
-            g64 = ez.mul_(wt / se)
-            g64.scatter_add_(-1, lab, -wt)
+            if kind != "cross_entropy":
+                loss[r0:r1], g64 = _other_loss(kind, z, lab, wt, V, grads)
+                if not grads:
+                    continue
+            else:
+                # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
+                zd = z.double()
+                if Vp > V:
+                    zd[..., V:] = -torch.inf  # the padding columns take no part (exp → 0)
+                zd.sub_(zd.amax(-1, keepdim=True))
+                ez = zd.exp()
+                se = ez.sum(-1, keepdim=True)
+                loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
+                if not grads:
+                    continue
+                # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32 (0 in the padding)
+                g64 = ez.mul_(wt / se)
+                g64.scatter_add_(-1, lab, -wt)
             gout = torch.empty_like(out)  # d loss / d [pre | direct | padding]
             g = gout[:, dm:].view(nr, n, Vp)
             g.copy_(g64)
@@ -267,7 +272,42 @@ class _TablesLoss(torch.autograd.Function):
             s = grad_loss.to(saved[0].dtype)
             saved = [t * s.view(-1, *[1] * (t.ndim - 1)) for t in (saved[0].view(len(s), -1), *saved[1:])]
             saved[0] = saved[0].view_as(ctx.saved_tensors[0])
-        return (*saved, None, None, None)
+        return (*saved, None, None, None, None)
+
+
+def _other_loss(kind: str, z: Tensor, lab: Tensor, wt: Tensor, V: int, grads: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-run weighted float64 StableMax cross-entropy or MSE of one chunk's padded logits
+    ``z [runs, n, Vp]`` (the padding columns take no part), and its gradient at ``z`` (float64, 0 in
+    the padding) when ``grads``.
+
+    Notes:
+        StableMax (Prieto et al. 2025): ``s(x) = x + 1`` for ``x ≥ 0``, ``1 / (1 − x)`` below;
+        ``loss = log Σ_c s(z_c) − log s(z_y)``; ``∂/∂z_c = s'(z_c) / Σ s − [c = y] s'(z_y) / s(z_y)``
+        with ``s'(x) = 1`` for ``x ≥ 0`` and ``s(x)²`` below. MSE (Omnigrok):
+        ``loss = (1/V) Σ_c (z_c − [c = y])²``, ``∂/∂z_c = 2 (z_c − [c = y]) / V``.
+    """
+    x = z[..., :V].double()
+    if kind == "stablemax":
+        neg = x < 0
+        s = torch.where(neg, 1.0 / (1.0 - x.clamp(max=0)), x.clamp(min=0) + 1.0)
+        S = s.sum(-1, keepdim=True)
+        sy = s.gather(-1, lab)
+        loss = ((S.log() - sy.log()) * wt).sum((1, 2))
+        if not grads:
+            return loss, None
+        ds = torch.where(neg, s * s, torch.ones_like(s))
+        g = ds * (wt / S)
+        g.scatter_add_(-1, lab, -wt * ds.gather(-1, lab) / sy)
+    elif kind == "mse":
+        d = x.clone()
+        d.scatter_add_(-1, lab, -torch.ones_like(wt))
+        loss = (d.square().mean(-1, keepdim=True) * wt).sum((1, 2))
+        if not grads:
+            return loss, None
+        g = d * (wt * (2.0 / V))
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    return loss, F.pad(g, (0, z.shape[-1] - V))
 
 
 def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
@@ -319,29 +359,32 @@ def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: T
 
 
 def stacked_losses(params: dict[str, Tensor], plan: StackPlan, labels: Tensor,
-                   weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-run weighted float64 cross-entropies of the ``tables`` logits, and the logits (no gradient).
+                   weights: Tensor, loss: str = "cross_entropy") -> tuple[Tensor, Tensor]:
+    """Per-run weighted float64 losses of the ``tables`` logits, and the logits (no gradient).
 
     Args:
         params: TransformerLens-named parameters stacked ``[run, ...]``.
         plan: the :class:`StackPlan` of the token sets (built for ``tables``).
         labels: ``[run, batch]`` int64.
         weights: ``[run, batch]`` float64 weight of each example in its run's loss.
+        loss: ``cross_entropy`` (default), ``stablemax`` or ``mse`` (``TrainConfig.loss``; the
+            per-example losses of :mod:`grokinterp.training.step`, with their gradients in closed form).
 
     Returns:
         ``loss [run]`` (float64, differentiable in ``params``) and ``logits [run, batch, d_vocab_out]``
         (:func:`stacked_final_logits`).
 
     Notes:
-        ``loss[r] = Σ_i weights[r, i] · (−log softmax(logits[r, i])[labels[r, i]])`` in float64. The
+        ``loss[r] = Σ_i weights[r, i] · (−log softmax(logits[r, i])[labels[r, i]])`` in float64 (or the
+        StableMax cross-entropy, or the MSE against one-hot targets: :func:`_other_loss`). The
         bag, the MLP, the unembedding and the loss run a few runs at a time (:data:`CHUNK_ELEMENTS`),
         each chunk's gradients computed while its activations are in the cache.
     """
     EP, x_q, pattern = _attention(params, plan)
     V = plan.cfg.d_vocab_out
     w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern, pad=_padded(V) - V)
-    loss, logits = _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights)
-    return loss, logits[..., :V]
+    loss_r, logits = _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights, loss)
+    return loss_r, logits[..., :V]
 
 
 def _padded(vocab: int) -> int:

@@ -456,8 +456,8 @@ class StackedLoop:
     def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
-        if self.impl == "tables" and self.loss_name == "cross_entropy":  # fused with its gradient (model.stacked)
-            return stacked_losses(self.params, data.plan, data.labels, w)
+        if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
+            return stacked_losses(self.params, data.plan, data.labels, w, self.loss_name)
         logits = self.logits(data)
         return (self._nll(logits, data) * w).sum(1), logits
 
