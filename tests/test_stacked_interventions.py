@@ -273,6 +273,18 @@ def test_a_stack_with_every_intervention_resumes_bit_identically(tmp_path, impl)
     assert all(_same(a, b) for a, b in zip(full, cut))
 
 
+@pytest.mark.parametrize("loss", ["stablemax", "mse"])
+def test_mask_mode_computes_what_gather_mode_does_with_interventions(tmp_path, loss):
+    cfgs = [BASE.replace(init_seed=i, split_seed=i, frac_train=f, loss=loss, attn_coeff=a, grokfast_alpha=al,
+                         grad_transforms=("grokfast_ema",), weight_norm=True, init_scale=s)
+            for i, (f, a, al, s) in enumerate(((0.5, 1.0, 0.9, 1.0), (0.7, 0.3, 0.6, 2.0)))]
+    gat = train_stacked(cfgs, [tmp_path / f"g{i}" for i in range(2)], progress=False, mode="gather")
+    msk = train_stacked(cfgs, [tmp_path / f"m{i}" for i in range(2)], progress=False, mode="mask")
+    for a, b in zip(gat, msk):
+        for col in ("train_loss", "test_loss", "test_acc", "train_acc"):
+            assert np.allclose(a.metrics[col], b.metrics[col], rtol=1e-5, equal_nan=True), col
+
+
 def _state(path):
     from safetensors.torch import load_file
 
