@@ -398,3 +398,21 @@ def test_fused_stacked_losses_equal_the_per_example_losses_of_the_stacked_logits
     assert torch.allclose(got, ref, rtol=1e-6)
     for a, b in zip(grads, ref_grads):
         assert close(a, b, 1e-5)
+
+
+def test_minibatch_stacks_with_interventions_follow_each_run_alone(tmp_path):
+    """Minibatches (train.batch_size) and per-run intervention values together: each run of the stack
+    takes its own batches with its own filters, constraint, attention coefficient and schedule."""
+    base = BASE.replace(epochs=3, batch_size=32, every=2, unit="step", loss="stablemax",
+                        grad_transforms=("grokfast_ema",), lr_schedule="cosine", warmup_epochs=2, optimizer="sgd",
+                        lr=0.1)
+    cfgs = [base.replace(init_seed=i, sampler_seed=i + 3, grokfast_alpha=a, attn_coeff=c, weight_norm=wn, init_scale=s)
+            for i, (a, c, wn, s) in enumerate(((0.9, 1.0, True, 1.0), (0.5, 0.4, False, 2.0)))]
+    assert stack_key(cfgs[0]) is not None and stack_mismatch(cfgs[0], cfgs[1]) is None
+    runs = train_stacked(cfgs, [tmp_path / f"s{i}" for i in range(2)], progress=False)
+    for r, c in enumerate(cfgs):
+        ref = g.train(c, tmp_path / f"r{r}", progress=False)
+        assert np.array_equal(runs[r].epochs, ref.epochs)
+        np.testing.assert_array_equal(runs[r].metrics["lr"], ref.metrics["lr"])
+        for k in ref.stacks():
+            assert close(runs[r].stack(k)[-1], ref.stack(k)[-1]), (r, k)
