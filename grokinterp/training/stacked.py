@@ -413,7 +413,9 @@ class StackedLoop:
         # Runs are padded to the stack's longest example list. The padded length is recorded and kept
         # on resume: products that sum over examples round differently for another length.
         pad = padded or padded_lengths(self.configs, splits, mode)
-        self._attn = attn = [c.model.attn_coeff for c in self.configs]
+        # each run's attention coefficient (None: softmax attention everywhere, or a family without attention)
+        coeffs = [float(getattr(c.model, "attn_coeff", 1.0)) for c in self.configs]
+        self._attn = attn = None if all(a == 1.0 for a in coeffs) else coeffs
         if mode == "mask":
             self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks, "test": tst_masks}, device, impl,
                                          pad["train"], attn)
