@@ -153,6 +153,9 @@ def _grad_sequence(shapes, R, steps, seed=0):
 
 @pytest.mark.parametrize("name", ["grokfast_ema", "grokfast_ma", "orthograd"])
 def test_stacked_transforms_equal_the_single_run_ones_with_per_run_settings(name):
+    """Per-run settings in a stack of three equal each run's own transform. (The single-run Grokfast
+    filters are their stacked versions over a stack of one; test_interventions checks them against a
+    plain transcription of the reference code, bit for bit.)"""
     shapes = {"W": (4, 3), "b": (6,)}
     tcs = [g.TrainConfig(grad_transforms=(name,), grokfast_alpha=a, grokfast_lamb=lamb, grokfast_window=3)
            for a, lamb in ((0.98, 2.0), (0.7, 5.0), (0.0, 0.5))]

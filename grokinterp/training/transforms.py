@@ -159,7 +159,25 @@ class _StatefulTransform:
                 t.copy_(state[k])
 
 
-class GrokfastEMA(_StatefulTransform):
+class _StackOfOne(_StatefulTransform):
+    """A single run's transform that is its stacked version over a stack of one run: the parameters
+    and gradients enter as ``[1, ...]`` views, and the state is the run's slice of the stacked state
+    (views: the keys, shapes and dtypes of a single run's state, loaded in place)."""
+
+    @staticmethod
+    def _stacked_class() -> Callable[[dict[str, Tensor], list[TrainConfig]], _StatefulTransform]:
+        raise NotImplementedError  # pragma: no cover
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
+        self.stack = self._stacked_class()({k: p.detach().unsqueeze(0) for k, p in params.items()}, [tc])
+        self.state = {k: v[0] for k, v in self.stack.state.items()}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        self.stack({k: g.unsqueeze(0) for k, g in grads.items()})
+
+
+class GrokfastEMA(_StackOfOne):
     """Grokfast-EMA gradient filter (Lee et al. 2024, ``gradfilter_ema``): amplify the slow gradient.
 
     Args:
@@ -173,27 +191,16 @@ class GrokfastEMA(_StatefulTransform):
         before it is used, and covers every parameter with a gradient). The same float operations
         in the same order as their code (``ema · α + g · (1 − α)``, then ``g + ema · λ``; at the
         first step ``ema`` is ``g_0`` itself), chosen on the device by ``torch.where`` so the first
-        step needs no host-side branch (CUDA graphs).
+        step needs no host-side branch (CUDA graphs). Written once: this is
+        :class:`StackedGrokfastEMA` over a stack of one run.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
-        self.alpha, self.lamb = float(tc.grokfast_alpha), float(tc.grokfast_lamb)
-        dev = next(iter(params.values())).device
-        self.state = {f"ema/{k}": torch.zeros_like(p, memory_format=torch.contiguous_format)
-                      for k, p in params.items()}
-        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
-
-    @torch.no_grad()
-    def __call__(self, grads: dict[str, Tensor]) -> None:
-        first = self.state["steps"] == 0
-        for k, g in grads.items():
-            ema = self.state[f"ema/{k}"]
-            ema.copy_(torch.where(first, g, ema) * self.alpha + g * (1 - self.alpha))
-            g.add_(ema * self.lamb)
-        self.state["steps"].add_(1)
+    @staticmethod
+    def _stacked_class():
+        return StackedGrokfastEMA
 
 
-class GrokfastMA(_StatefulTransform):
+class GrokfastMA(_StackOfOne):
     """Grokfast-MA gradient filter (Lee et al. 2024, ``gradfilter_ma`` with ``filter_type="mean"``,
     ``warmup=True``): amplify the mean of the last ``w`` gradients.
 
@@ -207,30 +214,12 @@ class GrokfastMA(_StatefulTransform):
         buffer ``[w, ...]`` and its sum a float64 running sum (add the newest, subtract the one
         it replaces), so a step costs ``O(#params)`` whatever ``w``; their code re-sums a deque
         in float32 every step, which agrees to float32 rounding (tested). Memory: ``w`` copies of
-        the parameters.
+        the parameters. Written once: this is :class:`StackedGrokfastMA` over a stack of one run.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
-        self.window, self.lamb = int(tc.grokfast_window), float(tc.grokfast_lamb)
-        dev = next(iter(params.values())).device
-        self.state: dict[str, Tensor] = {}
-        for k, p in params.items():
-            self.state[f"buffer/{k}"] = torch.zeros((self.window, *p.shape), dtype=p.dtype, device=p.device)
-            self.state[f"sum/{k}"] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
-        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
-
-    @torch.no_grad()
-    def __call__(self, grads: dict[str, Tensor]) -> None:
-        steps = self.state["steps"]
-        slot = torch.remainder(steps, self.window).reshape(1)
-        full = (steps + 1 >= self.window).to(torch.float32)  # this step's gradient completes the window
-        for k, g in grads.items():
-            buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
-            old = buf.index_select(0, slot)[0]
-            total.add_(g.double() - old.double())
-            buf.index_copy_(0, slot, g.unsqueeze(0))
-            g.add_((total / self.window).to(g.dtype) * (full.to(g.dtype) * self.lamb))
-        steps.add_(1)
+    @staticmethod
+    def _stacked_class():
+        return StackedGrokfastMA
 
 
 def orthogonalize_(w: Tensor, g: Tensor, eps: float = 1e-30) -> None:
