@@ -24,23 +24,21 @@ class WeightNormConstraint:
         With ``θ`` all parameters as one vector (every weight and bias of the model) and
         ``R = ‖θ₀‖₂`` at initialisation (``= init_scale · ‖w₀‖`` for the default init
         ``w₀``): after each step ``θ ← θ · R / ‖θ‖₂``. ``‖θ‖`` is accumulated in float64 on the
-        device; the rescaling is one multiply per parameter (tensor ops only: capturable).
+        device; the rescaling is one multiply per parameter (tensor ops only: capturable). It is
+        :class:`StackedWeightNorm` over a stack of one run.
     """
 
     def __init__(self, params: dict[str, torch.nn.Parameter]):
-        self.params = list(params.values())
-        with torch.no_grad():
-            self.target = float(torch.sqrt(sum(p.detach().double().pow(2).sum().cpu() for p in self.params)))
+        # written once: the stacked constraint over a stack of one run ([1, ...] views of the parameters)
+        self.stack = StackedWeightNorm({k: p.detach().unsqueeze(0) for k, p in params.items()}, [True])
+        self.target = float(self.stack.target[0])
 
     def norm(self) -> Tensor:
         """The current total norm ``‖θ‖₂`` (float64, on the parameters' device)."""
-        return torch.sqrt(sum(p.detach().double().pow(2).sum() for p in self.params))
+        return self.stack.norm()[0]
 
-    @torch.no_grad()
     def __call__(self) -> None:
-        factor = (self.target / self.norm()).float()
-        for p in self.params:
-            p.mul_(factor)
+        self.stack()
 
 
 class StackedWeightNorm:
