@@ -40,6 +40,9 @@ __all__ = ["FastPlan", "BagIndex", "bag_sum", "final_logits", "fast_path_unsuppo
 
 def fast_path_unsupported(cfg: ModelConfig, tokens: Tensor) -> str | None:
     """Why the table fast path cannot run on ``tokens`` (``None`` when it can)."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return f"the fast path is the transformer family's (model.family is {family!r})"
     if cfg.n_layers != 1:
         return f"the fast path needs n_layers = 1 (got {cfg.n_layers})"
     if tokens.ndim != 2 or tokens.shape[1] != cfg.n_ctx or tokens.shape[0] == 0:

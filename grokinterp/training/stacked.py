@@ -63,11 +63,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import FORMAT_VERSION, SECTIONS, RunConfig
+from ..config import COMMON_MODEL_FIELDS, FORMAT_VERSION, SECTIONS, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
-from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
+from ..model.families import family_of
+from ..model.stacked import (
+    IMPLS,
+    StackPlan,
+    stack_impls,
+    stack_params,
+    stack_unsupported,
+    stacked_final_logits,
+    stacked_losses,
+)
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -111,8 +120,8 @@ from .transforms import (
 __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
-           "padded_lengths", "default_impl", "ParamLayout", "StackedOptimizer", "StackedAdamW", "StackedAdam",
-           "StackedOrthoAdamW", "StackedSGD"]
+           "padded_lengths", "default_impl", "IMPLS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
+           "StackedAdam", "StackedOrthoAdamW", "StackedSGD"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
@@ -164,9 +173,13 @@ def _default_of(cls, name: str) -> Any:
 
 def _unknown_fields_changed(config: RunConfig) -> list[str]:
     out = []
-    for sec, cls in SECTIONS.items():
+    for sec in SECTIONS:
+        obj = getattr(config, sec)
+        cls = type(obj)  # the model section: its family's class
         for f in dataclasses.fields(cls):
-            if f.name not in _KNOWN[sec] and getattr(getattr(config, sec), f.name) != _default_of(cls, f.name):
+            # another family's own fields are its forward's, which the generic stacked forward computes
+            own = sec == "model" and cls is not SECTIONS["model"] and f.name not in COMMON_MODEL_FIELDS
+            if f.name not in _KNOWN[sec] and not own and getattr(obj, f.name) != _default_of(cls, f.name):
                 out.append(f"{sec}.{f.name}")
     return out
 
@@ -174,7 +187,7 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
 def stack_unsupported_reason(config: RunConfig) -> str | None:
     """Why ``config`` cannot train in a stack (``None`` when it can)."""
     reason = stack_unsupported(config.model)
-    if reason:
+    if reason and config.model.family == "transformer":  # another family: its forward ('generic', default_impl)
         return reason
     if config.train.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
@@ -747,6 +760,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
+    if getattr(mc, "family", "transformer") != "transformer":  # the family's own estimate (generic forward)
+        per_ex = family_of(mc).activation_bytes(mc)
+        return int(1.3 * (4 * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
+                          + per_ex * n_examples))
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
     tc = config.train
@@ -786,7 +803,7 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
                    impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
     """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
     dev = resolve_device(config.train.device if device is None else str(device))
-    impl = impl or default_impl(dev)
+    impl = impl or default_impl(dev, config)
     if n_examples is None:
         n_valid = len(config.task.task().valid_pairs())
         n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
@@ -795,9 +812,27 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device) -> str:
-    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations)."""
+def _models(model: Any) -> list[Any]:
+    """Model configs from a model config, a run config or a sequence of either."""
+    items = [] if model is None else [model] if not isinstance(model, (list, tuple)) else list(model)
+    return [m.model if isinstance(m, RunConfig) else m for m in items]
+
+
+def default_impl(device: torch.device, model: Any = None) -> str:
+    """``generic`` where the one-layer kernels cannot compute the models of ``model`` (a model or run
+    config, or a stack's; :func:`~grokinterp.model.stacked.stack_impls`), else ``dense`` on CUDA
+    (batched dense products) and ``tables`` elsewhere (fewer operations)."""
+    if any(stack_impls(m) == ("generic",) for m in _models(model)):
+        return "generic"
     return "dense" if device.type == "cuda" else "tables"
+
+
+def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
+    if impl not in IMPLS:
+        raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
+    for m in _models(configs):
+        if impl not in stack_impls(m):
+            raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
@@ -869,7 +904,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         preset: recorded in each ``run.json``.
         callbacks: :class:`~grokinterp.training.callbacks.Callback` objects; they receive the
             :class:`StackedLoop`.
-        impl: ``tables`` or ``dense`` (default: :func:`default_impl` of the device).
+        impl: ``tables``, ``dense`` or ``generic`` (default: :func:`default_impl` of the device and
+            the configs).
         mode: ``gather`` (default) or ``mask`` (module notes).
         async_flush: write flushes in a background thread (default: on CUDA).
         overwrite: replace different runs found in ``outs``.
@@ -900,9 +936,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         raise ConfigError(f"mode: minibatch runs (train.batch_size {configs[0].train.batch_size}) train in 'gather' "
                           f"mode, got {mode!r}")
     device = check_trainable(configs[0])
-    impl = impl or default_impl(device)
-    if impl not in ("tables", "dense"):
-        raise ConfigError(f"impl: must be 'tables' or 'dense', got {impl!r}")
+    impl = impl or default_impl(device, configs)
+    _check_impl(impl, configs)
     cbs = _check_callbacks(progress, callbacks)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]
@@ -1003,7 +1038,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
                 raise RunError(f"{members[0].path}: the runs recorded in one stack differ in {why}")
         dev = resolve_device(device or configs[0].train.device)
         check_trainable(configs[0])
-        if impl not in ("tables", "dense") or mode not in MODES:
+        if impl not in IMPLS or mode not in MODES:
             raise RunError(f"{members[0].path}: run.json records an unknown stack implementation {impl!r} / {mode!r}")
         pad = json.loads(padded) if padded else None
         if pad is not None and not (isinstance(pad, dict) and all(isinstance(v, int) and v > 0 for v in pad.values())

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..params import init_params, param_shapes
 
-__all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe"]
+__all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe", "activation_bytes"]
 
 
 def hooked(cfg: Any, init: bool = True):
@@ -29,3 +29,9 @@ def hidden_hook(cfg: Any) -> str:
 def describe(cfg: Any) -> str:
     return (f"transformer: {cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
             f"{cfg.act_fn}")
+
+
+def activation_bytes(cfg: Any) -> int:
+    """Bytes one example holds through the hooked forward and backward (the pre-flight estimate)."""
+    return (cfg.n_ctx * cfg.n_layers * (8 * cfg.d_model + 3 * cfg.d_mlp) * 4 * 2  # hooked forward + backward
+            + cfg.d_vocab_out * (4 * 3 + 8 * 2))  # logits, their gradient, the float64 log-softmax
