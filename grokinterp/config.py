@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .tasks import SPLIT_METHODS, fixed_size, get_task
+from .tasks import INPUT_LAYOUTS, SPLIT_METHODS, fixed_size, get_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -43,6 +43,8 @@ __all__ = [
     "WARMUP_STYLES",
     "OPTIMIZER_NAMES",
     "ACT_FNS",
+    "BIAS_MODES",
+    "INPUT_LAYOUTS",
     "make_config",
     "field_docs",
     "SECTIONS",
@@ -131,6 +133,12 @@ OPTIMIZER_NAMES: dict[str, str] = {
 }
 #: MLP non-linearities (``ModelConfig.act_fn``).
 ACT_FNS = ("relu", "gelu")
+#: Which biases a transformer has (``ModelConfig.bias``); the unembedding never has one.
+BIAS_MODES = {
+    "mlp": "the MLP's b_in and b_out only (Nanda et al.'s model; the default)",
+    "all": "also the attention's b_Q, b_K, b_V [n_heads, d_head] and b_O [d_model] (GPT-2 / Power et al. decoders)",
+    "none": "no biases at all (nor the LayerNorms' b)",
+}
 #: ``task.p`` when a config leaves it out (an operation mod p; a group task takes its order).
 DEFAULT_P = 113
 #: Learning-rate schedules after the warm-up (``TrainConfig.lr_schedule``; see ``TrainConfig.lr_at``).
@@ -243,7 +251,18 @@ class ModelConfig:
             their code's definition (it blends towards all ones, not towards ``1/n``); they attend
             bidirectionally over ``[a, b]`` without an ``=`` token, we causally over ``[a, b, =]``,
             which for the final position (the only one the loss reads) is the same set of keys
-            plus ``=``.
+            plus ``=`` (``input_layout = a_b`` gives their layout).
+        layer_norm: pre-LayerNorm blocks as TransformerLens' (and the GPT-2 / Power et al.
+            decoders'): ``ln1`` before attention, ``ln2`` before the MLP, ``ln_final`` before the
+            unembedding, each with a weight ``w`` (initialised to 1) and a bias ``b`` (0; absent
+            with ``bias = none``), eps 1e-5. Off by default (Nanda et al.'s model has none).
+        bias: which biases the model has (:data:`BIAS_MODES`): ``mlp`` (the MLP's ``b_in`` and
+            ``b_out``, today's model and the default), ``all`` (also the attention's ``b_Q``, ``b_K``,
+            ``b_V``, ``b_O``) or ``none``. Biases start at 0; the unembedding has none.
+        input_layout: how an example is presented (:data:`INPUT_LAYOUTS`): ``a_b_eq`` (tokens
+            ``[a, b, =]``, causal attention, read out at ``=``; the default) or ``a_b`` (Zhong et al.
+            2023's ``[a, b]``: no ``=`` token, attention over both positions, read out at ``b``;
+            ``n_ctx`` is then 2).
     """
 
     p: int = 113
@@ -258,9 +277,20 @@ class ModelConfig:
     init_method: str = "default"
     init_scale: float = 1.0
     attn_coeff: float = 1.0
+    layer_norm: bool = False
+    bias: str = "mlp"
+    input_layout: str = "a_b_eq"
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
+        _require(isinstance(self.layer_norm, bool), "model.layer_norm", "must be true or false", self.layer_norm)
+        _require(isinstance(self.bias, str) and self.bias in BIAS_MODES, "model.bias",
+                 f"must be one of {', '.join(BIAS_MODES)}", self.bias)
+        _require(isinstance(self.input_layout, str) and self.input_layout in INPUT_LAYOUTS, "model.input_layout",
+                 f"must be one of {', '.join(INPUT_LAYOUTS)}", self.input_layout)
+        fixed = INPUT_LAYOUTS[self.input_layout].fixed_n_ctx
+        _require(fixed is None or self.n_ctx == fixed, "model.n_ctx",
+                 f"must be {fixed} in the {self.input_layout} layout", self.n_ctx)
         _require(self.p >= 3, "model.p", "must be at least 3", self.p)
         for name in ("d_model", "n_heads", "d_mlp", "n_layers", "n_ctx"):
             _require(getattr(self, name) >= 1, f"model.{name}", "must be positive", getattr(self, name))
@@ -295,8 +325,11 @@ class ModelConfig:
         """Scalar parameters per checkpoint, by formula (cheap even for absurd sizes; equals the sum
         over :func:`grokinterp.model.param_shapes`, tested)."""
         d, dm = self.d_model, self.d_mlp
-        per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm + dm + d
-        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer
+        per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm
+        ln = (1 + (self.bias != "none")) * d if self.layer_norm else 0  # one LayerNorm's w (and b)
+        per_layer += (dm + d if self.bias != "none" else 0) + (3 * self.n_heads * self.d_head + d
+                                                               if self.bias == "all" else 0) + 2 * ln
+        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer + ln
 
     @property
     def d_vocab(self) -> int:
@@ -528,7 +561,7 @@ class CheckpointSchedule:
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
-    "model": {"eq_logit", "init_method", "init_scale", "attn_coeff"},
+    "model": {"eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
@@ -562,9 +595,10 @@ class RunConfig:
             raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
                               f"{self.model.eq_logit}")
         task = self.task.task()
-        if self.model.n_ctx != task.n_ctx:
-            raise ConfigError(f"model.n_ctx: the task {task.describe()} needs n_ctx = {task.n_ctx}, "
-                              f"got {self.model.n_ctx}")
+        n_ctx = INPUT_LAYOUTS[self.model.input_layout].n_ctx(task)
+        if self.model.n_ctx != n_ctx:
+            raise ConfigError(f"model.n_ctx: the task {task.describe()} in the {self.model.input_layout} layout needs "
+                              f"n_ctx = {n_ctx}, got {self.model.n_ctx}")
         if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
                               f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
@@ -780,6 +814,14 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for sec in owner[key]:  # 'p' and 'eq_logit' live in task and model: set both
             per_section[sec][key] = value
     _fix_group_size(cfg, per_section)
+    model = per_section["model"]
+    if "input_layout" in model and "n_ctx" not in model and model["input_layout"] in INPUT_LAYOUTS:
+        # the context follows the layout ([a, b, =]: 3, [a, b]: 2) unless given
+        task = (per_section["task"].get("operation", cfg.task.operation), per_section["task"].get("p", cfg.task.p))
+        try:
+            model["n_ctx"] = INPUT_LAYOUTS[model["input_layout"]].n_ctx(get_task(*task))
+        except (ConfigError, TypeError, ValueError):
+            pass  # the task itself is wrong: its section names the field
     sections = {
         s: dataclasses.replace(getattr(cfg, s), **kw) if kw else getattr(cfg, s)
         for s, kw in per_section.items()
