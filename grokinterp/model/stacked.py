@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from . import tables
+from .families.transformer import fast_kernels_apply
 from .fastpath import BagIndex, bag_sum
 from .params import init_params
 
@@ -47,9 +48,15 @@ _NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q"
 
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
-    """Why models of ``cfg`` cannot be trained stacked (``None`` when they can)."""
-    if cfg.n_layers != 1:
-        return f"stacked training needs n_layers = 1 (got {cfg.n_layers})"
+    """Why this module's kernels (``tables``, ``dense``) cannot compute models of ``cfg`` (``None``
+    when they can): those of :func:`~grokinterp.model.families.transformer.fast_kernels_apply`, and an
+    attention coefficient (these kernels compute softmax attention only). Such models train in
+    stacks through the generic forward, :func:`grokinterp.model.families.transformer.forward`."""
+    reason = fast_kernels_apply(cfg)
+    if reason:
+        return reason
+    if cfg.attn_coeff != 1.0:
+        return f"the stacked kernels compute softmax attention only (model.attn_coeff = {cfg.attn_coeff})"
     return None
 
 

@@ -21,6 +21,12 @@ piece               what it does
 ``max_stack_size``  how many runs fit the device's memory
 ==================  ==========================================================================
 
+The forward (``impl``): ``tables`` and ``dense`` are the one-layer kernels of
+:mod:`grokinterp.model.stacked`; ``generic`` is the transformer family's functional forward over
+stacked parameters (:func:`grokinterp.model.families.transformer.forward`: any number of layers,
+LayerNorm, biases, the ``a_b`` layout, a per-run attention coefficient), chosen by
+:func:`default_impl` wherever the kernels do not apply.
+
 Splits enter in one of two ways (``mode``): ``gather`` (each run's training pairs, padded to the
 longest; test pairs in a second forward every ``eval_every`` epochs) or ``mask`` (every valid pair
 of every run in each step, with the training pairs weighted in; the test metrics come from the
@@ -58,6 +64,7 @@ from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
+from ..model.families.transformer import forward as generic_forward
 from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
 from ..store import layout
 from ..store.integrity import last_flush_complete
@@ -84,10 +91,12 @@ from .transforms import load_transform_state, transform_state_tensors
 __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
-           "padded_lengths", "default_impl"]
+           "padded_lengths", "default_impl", "IMPLS"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
+#: The stacked forwards (module notes): the one-layer kernels and the generic functional forward.
+IMPLS = ("tables", "dense", "generic")
 #: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
 
@@ -97,7 +106,8 @@ EPS = 1e-8
 # their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
-    "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed"},
+    "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "layer_norm", "bias",
+              "input_layout", "attn_coeff"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every"},
     "checkpoints": {"every", "windows", "log_early", "flush_every"},
@@ -105,7 +115,7 @@ _KNOWN = {
 # Fields that may differ between the runs of one stack (no shape or schedule depends on them).
 _PER_RUN = {
     "task": {"operation", "frac_train", "split_seed", "split_method"},
-    "model": {"init_seed"},
+    "model": {"init_seed", "attn_coeff"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path"},
 }
 
@@ -139,10 +149,9 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
 
 
 def stack_unsupported_reason(config: RunConfig) -> str | None:
-    """Why ``config`` cannot train in a stack (``None`` when it can)."""
-    reason = stack_unsupported(config.model)
-    if reason:
-        return reason
+    """Why ``config`` cannot train in a stack (``None`` when it can). Every transformer setting
+    can: where the one-layer kernels do not apply (:func:`~grokinterp.model.stacked.stack_unsupported`)
+    the stack trains through the ``generic`` forward (:func:`default_impl`)."""
     if config.train.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
     missing = [t for t in config.train.grad_transforms if t not in STACKED_TRANSFORMS]
@@ -425,7 +434,8 @@ class _RunSlice:
 class _StackSet:
     """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
 
-    plan: StackPlan
+    plan: StackPlan | None  # None for the generic forward, which reads ``tokens``
+    tokens: Tensor  # [run, n, n_ctx] int64
     labels: Tensor  # [run, n] int64
     weights: dict[str, Tensor]  # name -> [run, n] float64, 1 / count on the run's members, 0 elsewhere
     counts: dict[str, list[int]]
@@ -451,8 +461,9 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
-        return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
+        tok_t = torch.from_numpy(tok).to(device)
+        plan = None if impl == "generic" else StackPlan.build(cfg, tok_t, impl=impl)
+        return cls(plan, tok_t, torch.from_numpy(lab).to(device), weights, counts)
 
 
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
@@ -563,17 +574,17 @@ class StackedLoop:
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
-            ds = cfg.task.task().dataset()
+            ds, lay = cfg.task.task().dataset(), cfg.model.input_layout
             if mode == "mask":
                 allp = np.sort(np.concatenate([trn, tst]))
-                x, y = ds.select(allp)
+                x, y = ds.select(allp, lay)
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.isin(allp, trn)), tst_masks.append(np.isin(allp, tst))
             else:
-                x, y = ds.select(trn)
+                x, y = ds.select(trn, lay)
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.ones(len(trn), bool))
-                xt, yt = ds.select(tst) if len(tst) else ds.select(trn[:1])
+                xt, yt = ds.select(tst, lay) if len(tst) else ds.select(trn[:1], lay)
                 test_tok.append(xt), test_lab.append(yt)
                 tst_masks.append(np.ones(len(tst), bool) if len(tst) else np.zeros(1, bool))
         # Runs are padded to the stack's longest example list. The padded length is recorded and kept
@@ -596,6 +607,9 @@ class StackedLoop:
         self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
         self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
+        coeffs = [c.model.attn_coeff for c in self.configs]  # per run (the generic forward's)
+        self.attn_coeff = (float(coeffs[0]) if len(set(coeffs)) == 1 else
+                           torch.tensor(coeffs, dtype=torch.float32, device=device))
         use_graph = device.type == "cuda" and graphs_enabled()
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
         # metrics, checkpoints, writers
@@ -624,6 +638,8 @@ class StackedLoop:
 
     # -- forward and step ----------------------------------------------------------------------------
     def logits(self, data: _StackSet) -> Tensor:
+        if data.plan is None:  # the generic forward
+            return generic_forward(self.params, data.tokens, self.configs[0].model, self.attn_coeff)
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
@@ -846,6 +862,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     if impl == "tables":
         tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
         per_ex = 4 * (k * 3 + mc.d_mlp * 2 + mc.n_ctx * mc.n_heads * 4) + 8 * 4 * mc.n_ctx * mc.n_heads
+    elif impl == "generic":  # every block's activations at every position, kept for the backward
+        tabl = 0
+        per_layer = mc.n_ctx * (mc.d_model * 12 + mc.d_mlp * 3 + mc.n_heads * mc.n_ctx * 4)
+        per_ex = 4 * (mc.n_layers * per_layer + mc.d_vocab_out * 2)
     else:
         tabl = 4 * rows * mc.d_model * 6
         per_ex = 4 * (mc.n_ctx * mc.d_model * 3 + mc.d_model * 4 + mc.d_mlp * 3 + mc.n_ctx * mc.n_heads * 4)
@@ -874,7 +894,7 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
                    impl: str | None = None, mode: str = "gather", cap: int | None = None) -> int:
     """How many runs like ``config`` one stack can hold on ``device`` (from its free memory)."""
     dev = resolve_device(config.train.device if device is None else str(device))
-    impl = impl or default_impl(dev)
+    impl = impl or default_impl(dev, config)
     if n_examples is None:
         n_valid = len(config.task.task().valid_pairs())
         n_examples = n_valid if mode == "mask" else max(1, math.ceil(n_valid * config.task.frac_train))
@@ -883,9 +903,24 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device) -> str:
-    """``dense`` on CUDA (batched dense products), ``tables`` elsewhere (fewer operations)."""
+def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] | None = None) -> str:
+    """``generic`` where the one-layer kernels cannot compute the models of ``config`` (one config or
+    a stack's; :func:`~grokinterp.model.stacked.stack_unsupported`), else ``dense`` on CUDA (batched
+    dense products) and ``tables`` elsewhere (fewer operations)."""
+    configs = [] if config is None else [config] if isinstance(config, RunConfig) else list(config)
+    if any(stack_unsupported(c.model) for c in configs):
+        return "generic"
     return "dense" if device.type == "cuda" else "tables"
+
+
+def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
+    if impl not in IMPLS:
+        raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl != "generic":
+        for c in configs:
+            reason = stack_unsupported(c.model)
+            if reason:
+                raise ConfigError(f"impl: {impl!r} cannot compute this model ({reason}); use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
@@ -957,7 +992,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         preset: recorded in each ``run.json``.
         callbacks: :class:`~grokinterp.training.callbacks.Callback` objects; they receive the
             :class:`StackedLoop`.
-        impl: ``tables`` or ``dense`` (default: :func:`default_impl` of the device).
+        impl: ``tables``, ``dense`` or ``generic`` (default: :func:`default_impl` of the device and
+            the configs).
         mode: ``gather`` (default) or ``mask`` (module notes).
         async_flush: write flushes in a background thread (default: on CUDA).
         overwrite: replace different runs found in ``outs``.
@@ -985,9 +1021,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
     device = check_trainable(configs[0])
-    impl = impl or default_impl(device)
-    if impl not in ("tables", "dense"):
-        raise ConfigError(f"impl: must be 'tables' or 'dense', got {impl!r}")
+    impl = impl or default_impl(device, configs)
+    _check_impl(impl, configs)
     cbs = _check_callbacks(progress, callbacks)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]
@@ -1088,7 +1123,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
                 raise RunError(f"{members[0].path}: the runs recorded in one stack differ in {why}")
         dev = resolve_device(device or configs[0].train.device)
         check_trainable(configs[0])
-        if impl not in ("tables", "dense") or mode not in MODES:
+        if impl not in IMPLS or mode not in MODES:
             raise RunError(f"{members[0].path}: run.json records an unknown stack implementation {impl!r} / {mode!r}")
         pad = json.loads(padded) if padded else None
         if pad is not None and not (isinstance(pad, dict) and all(isinstance(v, int) and v > 0 for v in pad.values())
