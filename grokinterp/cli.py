@@ -30,7 +30,9 @@ from typing import Any, NoReturn
 
 from .config import (
     ACT_FNS,
+    BIAS_MODES,
     INIT_METHODS,
+    INPUT_LAYOUTS,
     OPTIMIZER_NAMES,
     PRESET_HELP,
     PRESETS,
@@ -145,6 +147,8 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("task", "split_method"): sorted(SPLIT_METHODS),
         ("model", "act_fn"): list(ACT_FNS),
         ("model", "init_method"): list(INIT_METHODS),
+        ("model", "bias"): list(BIAS_MODES),
+        ("model", "input_layout"): list(INPUT_LAYOUTS),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
     }
@@ -194,8 +198,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
                 action = group.add_argument(_flag(f.name), type=_name_list, metavar="NAME[,NAME...]", **kw)
             elif f.name == "device":
                 action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
-            elif isinstance(default, bool):
-                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
+            elif isinstance(default, bool):  # --layer-norm alone means true
+                kw["help"] += "; the flag alone means true"
+                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", nargs="?", const=True, **kw)
             elif isinstance(default, int) or f.type == "int | None":  # unset by default (train.batch_size)
                 action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
@@ -497,8 +502,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"task:   {what}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
     structure = run.task.structure
     print(f"structure: {structure.describe() if structure is not None else 'none declared (no group structure)'}")
-    print(f"model:  d_model {c.model.d_model}, {c.model.n_heads} heads × {c.model.d_head}, d_mlp {c.model.d_mlp}, "
-          f"{c.model.n_layers} layer(s), {c.model.act_fn}, init_seed {c.model.init_seed}")
+    m = c.model
+    print(f"model:  d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, "
+          f"{m.n_layers} layer(s), {m.act_fn}, init_seed {m.init_seed}")
+    print(f"        LayerNorm {'on (pre-LN)' if m.layer_norm else 'off'}, biases {m.bias}, input layout "
+          f"{m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
     t = c.train
     opt = (f"{t.optimizer} (momentum {t.momentum})" if t.optimizer == "sgd" else
            f"{t.optimizer} (betas {t.beta1}, {t.beta2})" if t.optimizer in ("adam", "adamw") else t.optimizer)

@@ -235,7 +235,8 @@ class ModelConfig:
         d_model: residual width; must be divisible by ``n_heads``.
         n_heads: attention heads per layer; ``d_head = d_model // n_heads``.
         d_mlp: MLP width (neurons).
-        n_layers: number of blocks (the paper uses 1; the fast training path needs 1).
+        n_layers: number of blocks (the paper uses 1; the fast kernels need 1, deeper models train
+            through the hooked module, or the generic forward in stacks).
         act_fn: MLP non-linearity, ``relu`` or ``gelu``.
         n_ctx: context length (3 for ``[a, b, =]``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
@@ -370,9 +371,9 @@ class TrainConfig:
             models); ``False`` uses the general hooked forward.
         lr_schedule: after the warm-up, ``constant`` (default) or ``cosine`` (half a cosine from
             ``lr`` down to 0 at the last step); see :meth:`lr_at`.
-        weight_decay_on: ``all`` parameters (default) or only the ``matrices`` (parameters with two
-            or more axes: embeddings, attention, MLP and unembedding weights; the MLP biases are
-            then not decayed). Built as two optimizer parameter groups.
+        weight_decay_on: ``all`` parameters (default) or only the ``matrices`` (embeddings,
+            attention, MLP and unembedding weights; the biases and the LayerNorms' weights and biases
+            are then not decayed). Built as two optimizer parameter groups.
         loss: the training loss, ``cross_entropy`` (softmax, float64; default) or ``stablemax``
             (StableMax cross-entropy of Prieto et al. 2025, float64: ``s(x) = x + 1`` for
             ``x ≥ 0`` and ``1 / (1 − x)`` for ``x < 0``, normalised; see

@@ -14,8 +14,8 @@ name       optimizer
 =========  ====================================================================================
 
 Weight decay goes through parameter groups (:func:`param_groups`): ``TrainConfig.weight_decay_on``
-``all`` gives one group, ``matrices`` a second group of the parameters with fewer than two axes
-(the MLP biases) with weight decay 0. The optimizer state is saved per parameter *name*
+``all`` gives one group, ``matrices`` a second group of the parameters that are not weight
+matrices (:func:`is_matrix`: the biases and the LayerNorms' weights and biases) with weight decay 0. The optimizer state is saved per parameter *name*
 (:func:`optimizer_param_names` maps the optimizer's parameter order, group by group, to names).
 
 A new optimizer is one :func:`register_optimizer` call; the trainer, resume and the CLI pick it
@@ -39,9 +39,10 @@ from torch import Tensor
 
 from ..config import OPTIMIZER_NAMES, TrainConfig
 from ..errors import ConfigError, RunError
+from ..model.params import is_bias, is_norm_weight
 from .transforms import orthogonalize_
 
-__all__ = ["OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
+__all__ = ["is_matrix", "OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
            "optimizer_state_tensors", "load_optimizer_state", "expected_slots", "param_groups",
            "optimizer_param_names", "OrthoAdamW"]
 
@@ -109,17 +110,25 @@ def build_optimizer(params: dict[str, torch.nn.Parameter], tc: TrainConfig,
     return check_optimizer(tc)(params, tc, options)
 
 
+def is_matrix(name: str, p: Tensor) -> bool:
+    """A weight matrix, decayed under ``weight_decay_on = matrices``: two or more axes, and neither
+    a bias (``b_*``, a LayerNorm's ``b``) nor a LayerNorm weight."""
+    return p.ndim >= 2 and not is_bias(name) and not is_norm_weight(name)
+
+
 def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer parameter groups for ``tc.weight_decay_on``, in the parameters' order.
 
-    ``all``: one group with ``weight_decay = tc.weight_decay``. ``matrices``: that group holds the
-    parameters with two or more axes (``W_E``, ``W_pos``, ``W_Q/K/V/O``, ``W_in``, ``W_out``,
-    ``W_U``) and a second group the others (``b_in``, ``b_out``) with weight decay 0.
+    ``all``: one group with ``weight_decay = tc.weight_decay`` (LayerNorm weights and biases
+    included, as ``torch.optim.AdamW(model.parameters())`` in the reference decoders). ``matrices``:
+    that group holds the weight matrices (:func:`is_matrix`: ``W_E``, ``W_pos``, ``W_Q/K/V/O``,
+    ``W_in``, ``W_out``, ``W_U``) and a second group the others (the biases, ``b_Q/K/V`` although they
+    have two axes, and the LayerNorms' ``w`` and ``b``) with weight decay 0.
     """
     if tc.weight_decay_on == "all":
         return [{"params": list(params.values()), "weight_decay": tc.weight_decay}]
-    mats = [p for p in params.values() if p.ndim >= 2]
-    rest = [p for p in params.values() if p.ndim < 2]
+    mats = [p for k, p in params.items() if is_matrix(k, p)]
+    rest = [p for k, p in params.items() if not is_matrix(k, p)]
     return [g for g in ({"params": mats, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0})
             if g["params"]]
 
