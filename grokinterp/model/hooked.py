@@ -45,8 +45,7 @@ from transformer_lens.hook_points import HookPoint
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .families.transformer import LN_EPS
-from .params import init_params, param_shapes
+from .params import LN_EPS, init_params, param_shapes
 
 __all__ = ["HookedGrokTransformer"]
 

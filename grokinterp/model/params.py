@@ -46,7 +46,10 @@ from torch import Tensor
 
 from ..config import ModelConfig
 
-__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight"]
+__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "LN_EPS"]
+
+#: LayerNorm's epsilon (TransformerLens' default), for the hooked module and the functional forward.
+LN_EPS = 1e-5
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:

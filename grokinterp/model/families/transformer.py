@@ -22,14 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...errors import ConfigError
-from ..params import init_params, param_shapes
+from ..params import LN_EPS, init_params, param_shapes
 
 __all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe", "forward", "fast_kernels_apply",
            "LN_EPS"]
-
-#: LayerNorm's epsilon (TransformerLens' default; the hooked module uses the same).
-LN_EPS = 1e-5
-
 
 def hooked(cfg: Any, init: bool = True):
     """The hooked transformer of ``cfg`` (imports transformer_lens on first use)."""
