@@ -254,3 +254,22 @@ def test_cli_flags_and_info(tmp_path):
     assert code == 0 and "LayerNorm on" in text and "biases all" in text and "input layout a_b" in text
     code, _, err = cli_here("train", "--preset", "tiny", "--input-layout", "a_c", "--out", str(tmp_path / "x"))
     assert code == 2 and "input_layout" in err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("kw", [dict(n_layers=2, layer_norm=True, bias="all"), dict(layer_norm=True, bias="none"),
+                                dict(input_layout="a_b", n_layers=2)])
+def test_transformer_lens_export_of_the_settings(kw):
+    from grokinterp.model.tl_export import to_transformer_lens
+
+    cfg = _model_cfg(**kw)
+    params = _noisy(cfg, 0)
+    model = HookedGrokTransformer(cfg, init=False).load_params(params)
+    bridge = to_transformer_lens(params, cfg)
+    x = torch.tensor([[a, b, cfg.p][: cfg.n_ctx] for a in range(cfg.p) for b in range(cfg.p)])
+    with torch.no_grad():
+        ours, ocache = model.run_with_cache(x)
+        theirs, tcache = bridge.run_with_cache(x)
+    assert theirs.shape == ours.shape and close(theirs, ours)
+    last = f"blocks.{cfg.n_layers - 1}"
+    for hook in (f"{last}.attn.hook_pattern", f"{last}.mlp.hook_post", f"{last}.hook_resid_post"):
+        assert close(tcache[hook], ocache[hook]), hook
