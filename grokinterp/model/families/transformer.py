@@ -131,7 +131,7 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
     R, d = W_E.shape[0], W_E.shape[-1]
     tokens = _model_tokens(tokens, cfg, R).to(W_E.device)
     P = tokens.shape[-1]
-    e = cfg.d_head
+    H, e = cfg.n_heads, cfg.d_head
     scale = 1.0 / math.sqrt(e)
     runs = torch.arange(R, device=W_E.device)[:, None, None]
     x = W_E[runs, tokens] + params["pos_embed.W_pos"][:, None, :P]  # [run, batch, pos, d_model]
@@ -143,28 +143,30 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
         b = f"blocks.{layer}"
         last = layer == cfg.n_layers - 1
         h = _layer_norm(x, params, f"{b}.ln1") if ln else x
-        hq = h[:, :, -1:] if last else h  # the last block: only the read-out position queries
-        q = torch.einsum("rbpd,rhde->rbphe", hq, params[f"{b}.attn.W_Q"])
-        k = torch.einsum("rbpd,rhde->rbphe", h, params[f"{b}.attn.W_K"])
-        v = torch.einsum("rbpd,rhde->rbphe", h, params[f"{b}.attn.W_V"])
+        B = h.shape[1]
+        nq = 1 if last else P  # the last block: only the read-out position queries
+        W_Q, W_K, W_V = (params[f"{b}.attn.W_{n}"].permute(0, 2, 1, 3).reshape(R, d, H * e) for n in "QKV")
+        hk = h.reshape(R, B * P, d)
+        q = torch.bmm(h[:, :, P - nq:].reshape(R, B * nq, d), W_Q).view(R, B, nq, H, e)
+        k, v = (torch.bmm(hk, W).view(R, B, P, H, e) for W in (W_K, W_V))  # [run, batch, pos, head, e]
         if attn_bias:
             q = q + params[f"{b}.attn.b_Q"][:, None, None]
             k = k + params[f"{b}.attn.b_K"][:, None, None]
             v = v + params[f"{b}.attn.b_V"][:, None, None]
-        scores = torch.einsum("rbqhe,rbkhe->rbhqk", q, k) * scale  # [run, batch, head, query, key]
-        nq = scores.shape[-2]
+        # positions are few (2 or 3): products over d_head as broadcasts, not tiny batched matmuls
+        scores = (q[:, :, :, None] * k[:, :, None]).sum(-1) * scale  # [run, batch, query, key, head]
         if causal:
             qpos = torch.arange(P - nq, P, device=x.device)[:, None]
-            allowed = torch.arange(P, device=x.device)[None, :] <= qpos  # [query, key]
-            pattern = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
+            allowed = (torch.arange(P, device=x.device)[None, :] <= qpos)[:, :, None]  # [query, key, 1]
+            pattern = scores.masked_fill(~allowed, float("-inf")).softmax(3)
         else:
             allowed = None
-            pattern = scores.softmax(-1)
+            pattern = scores.softmax(3)
         if not (isinstance(a, float) and a == 1.0):  # Zhong et al.'s blend towards ones on the allowed keys
             ones = torch.ones_like(pattern) if allowed is None else allowed.to(pattern.dtype)
             pattern = a * pattern + (1.0 - a) * ones
-        z = torch.einsum("rbhqk,rbkhe->rbqhe", pattern, v)
-        out = torch.einsum("rbqhe,rhed->rbqd", z, params[f"{b}.attn.W_O"])
+        z = (pattern[..., None] * v[:, :, None]).sum(3)  # [run, batch, query, head, e]
+        out = torch.bmm(z.reshape(R, B * nq, H * e), params[f"{b}.attn.W_O"].reshape(R, H * e, d)).view(R, B, nq, d)
         if attn_bias:
             out = out + params[f"{b}.attn.b_O"][:, None, None]
         x = (x[:, :, -1:] if last else x) + out
