@@ -69,9 +69,9 @@ def fast_kernels_apply(cfg: Any) -> str | None:
 
 
 def _layer_norm(x: Tensor, params: dict[str, Tensor], name: str) -> Tensor:
-    """TransformerLens' LayerNorm of ``x [run, ..., d_model]`` with run ``r``'s ``w``, ``b``."""
-    x = x - x.mean(-1, keepdim=True)
-    x = x / (x.pow(2).mean(-1, keepdim=True) + LN_EPS).sqrt()
+    """TransformerLens' LayerNorm of ``x [run, ..., d_model]`` with run ``r``'s ``w``, ``b`` (the
+    normalisation is torch's fused kernel, the same formula: biased variance, eps inside the root)."""
+    x = F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
     x = x * params[f"{name}.w"].view(shape)
     b = params.get(f"{name}.b")
