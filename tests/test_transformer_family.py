@@ -273,3 +273,19 @@ def test_transformer_lens_export_of_the_settings(kw):
     last = f"blocks.{cfg.n_layers - 1}"
     for hook in (f"{last}.attn.hook_pattern", f"{last}.mlp.hook_post", f"{last}.hook_resid_post"):
         assert close(tcache[hook], ocache[hook]), hook
+
+
+def test_clock_or_pizza_is_identifiable_in_zhong_et_als_layout():
+    """Read out at b ([a, b], no '='), constant attention no longer forces gradient symmetricity 1, and an
+    untrained model sits well below the pizza threshold: the control a pizza label needs holds."""
+    from grokinterp.analysis import algorithms as A
+
+    for coeff in (0.0, 1.0):
+        cfg = make_config("tiny", p=11, input_layout="a_b", attn_coeff=coeff)
+        assert A.forced_by_architecture(cfg) is None
+        assert A.untrained_symmetricity(cfg, n_samples=200) < A.GS_PIZZA
+        report = A.identify_algorithm(HookedGrokTransformer(cfg.model), cfg=cfg, n_samples=200)
+        assert report.label == "neither" and "classifies only" in report.reason  # untrained: measured, not forced
+    assert A.forced_by_architecture(make_config("tiny", attn_coeff=0.0)) is not None
+    deep = make_config("tiny", p=11, n_layers=2, layer_norm=True)
+    assert A.identify_algorithm(HookedGrokTransformer(deep.model), cfg=deep, n_samples=50).label == "neither"
