@@ -289,3 +289,20 @@ def test_clock_or_pizza_is_identifiable_in_zhong_et_als_layout():
     assert A.forced_by_architecture(make_config("tiny", attn_coeff=0.0)) is not None
     deep = make_config("tiny", p=11, n_layers=2, layer_norm=True)
     assert A.identify_algorithm(HookedGrokTransformer(deep.model), cfg=deep, n_samples=50).label == "neither"
+
+
+def test_generic_stacks_mask_mode_and_refused_mixes(tmp_path):
+    base = make_config("tiny", p=11, d_model=16, n_heads=2, d_mlp=32, n_layers=2, bias="none", epochs=4, every=2,
+                       log_early=0, eval_every=2)
+    cfgs = [base, base.replace(init_seed=1, split_seed=1, lr=3e-3)]
+    gat = train_stacked(cfgs, [tmp_path / "g0", tmp_path / "g1"], progress=False, mode="gather")
+    msk = train_stacked(cfgs, [tmp_path / "m0", tmp_path / "m1"], progress=False, mode="mask")
+    for a, b in zip(gat, msk):
+        assert a.info["stack"]["impl"] == b.info["stack"]["impl"] == "generic"
+        for col in ("train_loss", "test_loss", "test_acc", "train_acc"):
+            assert np.allclose(a.metrics[col], b.metrics[col], rtol=1e-5, equal_nan=True), col
+    for other, needle in ((base.replace(layer_norm=True), "model.layer_norm differs"),
+                          (base.replace(bias="all"), "model.bias differs"),
+                          (base.replace(input_layout="a_b"), r"model\.(n_ctx|input_layout) differs")):
+        with pytest.raises(ConfigError, match=needle):
+            train_stacked([base, other], [tmp_path / "x", tmp_path / "y"], progress=False)
