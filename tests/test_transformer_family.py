@@ -196,16 +196,39 @@ def test_a_two_layer_layernorm_stack_trains_as_its_single_runs(tmp_path):
         assert a.finished and all(torch.equal(a.stack(k), b.stack(k)) for k in b.stacks())
 
 
-def test_a_b_layout_runs_with_attention_coefficients_train_in_one_stack(tmp_path):
+def test_a_b_layout_runs_train_in_one_stack(tmp_path):
     base = make_config("tiny", p=11, d_model=16, n_heads=2, d_mlp=32, input_layout="a_b", bias="all", epochs=6,
                        every=3, log_early=0, eval_every=3)
-    cfgs = [base, base.replace(init_seed=1, attn_coeff=0.5)]
-    assert stack_key(cfgs[0]) == stack_key(cfgs[1])  # the coefficient may differ per run
+    cfgs = [base, base.replace(init_seed=1, lr=3e-3)]
+    assert stack_key(cfgs[0]) == stack_key(cfgs[1])
     runs = train_stacked(cfgs, [tmp_path / "s0", tmp_path / "s1"], progress=False)
     ref = g.train(cfgs[1], tmp_path / "ref", progress=False)
+    assert runs[1].info["stack"]["impl"] == "generic"
     assert np.allclose(runs[1].metrics["train_loss"], ref.metrics["train_loss"], rtol=1e-5)
     tokens = runs[0].test_data()[0][:4]
     assert runs[0].model(-1)(tokens).shape == (4, 2, 11)
+
+
+def test_generic_plans_compute_each_runs_model_with_its_attention_coefficient():
+    from grokinterp.model.stacked import stack_impls, stacked_final_logits
+
+    cfg = _model_cfg(n_layers=2, layer_norm=True)
+    assert stack_impls(cfg) == ("generic",) and stack_impls(_model_cfg()) == ("tables", "dense", "generic")
+    per_run = [_noisy(dataclasses.replace(cfg, init_seed=r), r) for r in range(2)]
+    P = {k: torch.stack([p[k] for p in per_run]) for k in per_run[0]}
+    tokens = torch.tensor([[[1, 2, 7], [3, 4, 7]], [[5, 6, 7], [0, 1, 7]]])
+    plan = StackPlan.build(cfg, tokens, impl="generic", attn_coeff=[1.0, 0.25])
+    out = stacked_final_logits(P, plan, "generic")
+    for r, a in enumerate((1.0, 0.25)):
+        model = HookedGrokTransformer(dataclasses.replace(cfg, attn_coeff=a), init=False).load_params(per_run[r])
+        assert close(out[r], model(tokens[r])[:, -1].detach())
+    with pytest.raises(ValueError, match="one value per run"):
+        StackPlan.build(cfg, tokens, impl="generic", attn_coeff=[1.0])
+    # the one-layer kernels and the generic forward agree where both apply
+    one = _model_cfg()
+    P1 = {k: torch.stack([_noisy(one, r)[k] for r in range(2)]) for k in param_shapes(one)}
+    ref = stacked_final_logits(P1, StackPlan.build(one, tokens, impl="tables"), "tables")
+    assert close(stacked_final_logits(P1, StackPlan.build(one, tokens, impl="generic"), "generic"), ref)
 
 
 # -- config -------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,11 @@ and the padding weighted out by the caller). Two implementations give the same l
 Both equal ``HookedGrokTransformer(cfg_r)(tokens[r])[:, -1]`` for every run ``r`` up to float32
 rounding (tested to 1e-5).
 
+* ``generic`` (issue 19) — the model family's functional forward over stacked parameters
+  (:func:`grokinterp.model.families.transformer.forward` for the transformer: any number of layers,
+  LayerNorm, biases, the ``a_b`` layout); the plan only holds the tokens. The one choice for a model
+  the two kernels cannot compute (:func:`stack_unsupported`, :func:`stack_impls`).
+
 Example:
     >>> plan = StackPlan.build(cfg, tokens)                     # tokens [run, batch, 3]   # doctest: +SKIP
     >>> logits = stacked_final_logits(params, plan)              # [run, batch, d_vocab_out]  # doctest: +SKIP
@@ -26,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,30 +40,31 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from . import tables
+from .families import get_family
 from .families.transformer import fast_kernels_apply
 from .fastpath import BagIndex, bag_sum
 from .params import init_params
 
 __all__ = ["StackPlan", "stacked_final_logits", "stacked_losses", "stack_params", "IMPLS", "stack_unsupported",
-           "CHUNK_ELEMENTS"]
+           "CHUNK_ELEMENTS", "stack_impls"]
 
 #: The implementations of :func:`stacked_final_logits`.
-IMPLS = ("tables", "dense")
+IMPLS = ("tables", "dense", "generic")
 _NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q", "W_K", "W_V", "W_O")),
           *(f"blocks.0.mlp.{n}" for n in ("W_in", "b_in", "W_out", "b_out")), "unembed.W_U")
 
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
-    """Why this module's kernels (``tables``, ``dense``) cannot compute models of ``cfg`` (``None``
-    when they can): those of :func:`~grokinterp.model.families.transformer.fast_kernels_apply`, and an
-    attention coefficient (these kernels compute softmax attention only). Such models train in
-    stacks through the generic forward, :func:`grokinterp.model.families.transformer.forward`."""
-    reason = fast_kernels_apply(cfg)
-    if reason:
-        return reason
-    if cfg.attn_coeff != 1.0:
-        return f"the stacked kernels compute softmax attention only (model.attn_coeff = {cfg.attn_coeff})"
-    return None
+    """Why the one-layer kernels (``tables``, ``dense``) cannot compute models of ``cfg`` (``None``
+    when they can): :func:`~grokinterp.model.families.transformer.fast_kernels_apply`. Such models
+    train in stacks through ``generic`` (:func:`stack_impls`)."""
+    return fast_kernels_apply(cfg)
+
+
+def stack_impls(cfg: ModelConfig) -> tuple[str, ...]:
+    """The implementations of :func:`stacked_final_logits` that compute models of ``cfg``: all three
+    where the one-layer kernels apply, else ``generic`` only."""
+    return ("generic",) if stack_unsupported(cfg) else IMPLS
 
 
 def stack_params(configs: list[ModelConfig]) -> dict[str, Tensor]:
@@ -92,16 +99,33 @@ class StackPlan:
     eq_rows: Tensor
     bag: BagIndex | None
     chunks: tuple["_Chunk", ...] = ()
+    tokens: Tensor | None = None  # generic: [run, batch, n_ctx]
+    attn_coeff: Tensor | None = None  # generic: each run's attention coefficient [run] (None: cfg's)
 
     @classmethod
-    def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables") -> "StackPlan":
+    def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables",
+              attn_coeff: Sequence[float] | None = None) -> "StackPlan":
         """Args:
             cfg: the shared model config.
-            tokens: ``[run, batch, n_ctx]`` int64; within a run the last token must be constant.
-            impl: ``tables`` (builds the bag) or ``dense``.
+            tokens: ``[run, batch, n_ctx]`` int64; within a run the last token must be constant
+                (``tables``, ``dense``).
+            impl: ``tables`` (builds the bag), ``dense`` or ``generic`` (any model: the tokens only).
+            attn_coeff: each run's attention coefficient (``generic``; default ``cfg.attn_coeff``).
         """
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if impl == "generic":
+            if tokens.ndim != 3 or tokens.shape[1] == 0 or tokens.shape[2] != cfg.n_ctx:
+                raise ValueError(f"tokens must be [run, batch ≥ 1, {cfg.n_ctx}], got {list(tokens.shape)}")
+            tokens = tokens.long()
+            R, n = tokens.shape[:2]
+            a = None
+            if attn_coeff is not None:
+                if len(attn_coeff) != R:
+                    raise ValueError(f"attn_coeff needs one value per run ({R}), got {len(attn_coeff)}")
+                a = torch.tensor([float(x) for x in attn_coeff], dtype=torch.float32, device=tokens.device)
+            empty = tokens.new_zeros(0)
+            return cls(cfg, R, n, empty, empty, None, tokens=tokens, attn_coeff=a)
         reason = stack_unsupported(cfg)
         if reason:
             raise ValueError(reason)
@@ -334,13 +358,21 @@ def _padded(vocab: int) -> int:
     return -(-vocab // 8) * 8
 
 
+def _generic_logits(params: dict[str, Tensor], plan: StackPlan) -> Tensor:
+    """``[run, batch, vocab]``: the family's functional forward over the stacked parameters."""
+    if plan.tokens is None:
+        raise ValueError("this StackPlan was not built for impl='generic'")
+    family = get_family(getattr(plan.cfg, "family", "transformer"))
+    return family.forward(params, plan.tokens, plan.cfg, attn_coeff=plan.attn_coeff)
+
+
 def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str = "tables") -> Tensor:
     """Logits at the last position of every run, ``[run, batch, d_vocab_out]``.
 
     Args:
         params: TransformerLens-named parameters stacked ``[run, ...]``.
         plan: the :class:`StackPlan` of the token sets (built for ``impl``).
-        impl: ``tables`` or ``dense`` (module notes).
+        impl: ``tables``, ``dense`` or ``generic`` (module notes).
 
     Notes:
         Per run, with ``EP[j, t] = W_E[t] + W_pos[j]``, the query ``x_q = EP[last, =]`` and
@@ -354,6 +386,8 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
         ``z_h = Σ_j A[j, h] EP[j, tok_j] W_V[h]``, ``x = x_q + Σ_h z_h W_O[h]`` and
         ``logits = (x + act(x W_in + b_in) W_out + b_out) W_U``.
     """
+    if impl == "generic":
+        return _generic_logits(params, plan)
     cfg = plan.cfg
     R, n = plan.n_runs, plan.n_examples
     H, dm, n_ctx, V = cfg.n_heads, cfg.d_mlp, cfg.n_ctx, cfg.d_vocab

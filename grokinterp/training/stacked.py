@@ -21,11 +21,10 @@ piece               what it does
 ``max_stack_size``  how many runs fit the device's memory
 ==================  ==========================================================================
 
-The forward (``impl``): ``tables`` and ``dense`` are the one-layer kernels of
-:mod:`grokinterp.model.stacked`; ``generic`` is the transformer family's functional forward over
-stacked parameters (:func:`grokinterp.model.families.transformer.forward`: any number of layers,
-LayerNorm, biases, the ``a_b`` layout, a per-run attention coefficient), chosen by
-:func:`default_impl` wherever the kernels do not apply.
+The forward (``impl``, :mod:`grokinterp.model.stacked`): ``tables`` and ``dense`` are the one-layer
+kernels; ``generic`` is the family's functional forward over stacked parameters
+(:func:`grokinterp.model.families.transformer.forward`: any number of layers, LayerNorm, biases, the
+``a_b`` layout), chosen by :func:`default_impl` wherever the kernels do not apply.
 
 Splits enter in one of two ways (``mode``): ``gather`` (each run's training pairs, padded to the
 longest; test pairs in a second forward every ``eval_every`` epochs) or ``mask`` (every valid pair
@@ -64,8 +63,15 @@ from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
-from ..model.families.transformer import forward as generic_forward
-from ..model.stacked import StackPlan, stack_params, stack_unsupported, stacked_final_logits, stacked_losses
+from ..model.stacked import (
+    IMPLS,
+    StackPlan,
+    stack_impls,
+    stack_params,
+    stack_unsupported,
+    stacked_final_logits,
+    stacked_losses,
+)
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
@@ -95,8 +101,6 @@ __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resum
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
-#: The stacked forwards (module notes): the one-layer kernels and the generic functional forward.
-IMPLS = ("tables", "dense", "generic")
 #: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
 
@@ -107,7 +111,7 @@ EPS = 1e-8
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "layer_norm", "bias",
-              "input_layout", "attn_coeff"},
+              "input_layout"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every"},
     "checkpoints": {"every", "windows", "log_early", "flush_every"},
@@ -115,7 +119,7 @@ _KNOWN = {
 # Fields that may differ between the runs of one stack (no shape or schedule depends on them).
 _PER_RUN = {
     "task": {"operation", "frac_train", "split_seed", "split_method"},
-    "model": {"init_seed", "attn_coeff"},
+    "model": {"init_seed"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path"},
 }
 
@@ -434,8 +438,7 @@ class _RunSlice:
 class _StackSet:
     """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
 
-    plan: StackPlan | None  # None for the generic forward, which reads ``tokens``
-    tokens: Tensor  # [run, n, n_ctx] int64
+    plan: StackPlan
     labels: Tensor  # [run, n] int64
     weights: dict[str, Tensor]  # name -> [run, n] float64, 1 / count on the run's members, 0 elsewhere
     counts: dict[str, list[int]]
@@ -461,9 +464,8 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        tok_t = torch.from_numpy(tok).to(device)
-        plan = None if impl == "generic" else StackPlan.build(cfg, tok_t, impl=impl)
-        return cls(plan, tok_t, torch.from_numpy(lab).to(device), weights, counts)
+        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
+        return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
 
 
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
@@ -607,9 +609,6 @@ class StackedLoop:
         self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
         self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
-        coeffs = [c.model.attn_coeff for c in self.configs]  # per run (the generic forward's)
-        self.attn_coeff = (float(coeffs[0]) if len(set(coeffs)) == 1 else
-                           torch.tensor(coeffs, dtype=torch.float32, device=device))
         use_graph = device.type == "cuda" and graphs_enabled()
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
         # metrics, checkpoints, writers
@@ -638,8 +637,6 @@ class StackedLoop:
 
     # -- forward and step ----------------------------------------------------------------------------
     def logits(self, data: _StackSet) -> Tensor:
-        if data.plan is None:  # the generic forward
-            return generic_forward(self.params, data.tokens, self.configs[0].model, self.attn_coeff)
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
@@ -903,12 +900,17 @@ def max_stack_size(config: RunConfig, device: str | torch.device | None = None, 
     return int(max(1, min(cap, _available_memory(dev) // max(per, 1))))
 
 
-def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] | None = None) -> str:
-    """``generic`` where the one-layer kernels cannot compute the models of ``config`` (one config or
-    a stack's; :func:`~grokinterp.model.stacked.stack_unsupported`), else ``dense`` on CUDA (batched
-    dense products) and ``tables`` elsewhere (fewer operations)."""
-    configs = [] if config is None else [config] if isinstance(config, RunConfig) else list(config)
-    if any(stack_unsupported(c.model) for c in configs):
+def _models(model: Any) -> list[Any]:
+    """Model configs from a model config, a run config or a sequence of either."""
+    items = [] if model is None else [model] if not isinstance(model, (list, tuple)) else list(model)
+    return [m.model if isinstance(m, RunConfig) else m for m in items]
+
+
+def default_impl(device: torch.device, model: Any = None) -> str:
+    """``generic`` where the one-layer kernels cannot compute the models of ``model`` (a model or run
+    config, or a stack's; :func:`~grokinterp.model.stacked.stack_impls`), else ``dense`` on CUDA
+    (batched dense products) and ``tables`` elsewhere (fewer operations)."""
+    if any(stack_impls(m) == ("generic",) for m in _models(model)):
         return "generic"
     return "dense" if device.type == "cuda" else "tables"
 
@@ -916,11 +918,9 @@ def default_impl(device: torch.device, config: RunConfig | Sequence[RunConfig] |
 def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
     if impl not in IMPLS:
         raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
-    if impl != "generic":
-        for c in configs:
-            reason = stack_unsupported(c.model)
-            if reason:
-                raise ConfigError(f"impl: {impl!r} cannot compute this model ({reason}); use 'generic'")
+    for m in _models(configs):
+        if impl not in stack_impls(m):
+            raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
