@@ -596,9 +596,10 @@ class RunConfig:
             raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
                               f"{self.model.eq_logit}")
         task = self.task.task()
-        n_ctx = INPUT_LAYOUTS[self.model.input_layout].n_ctx(task)
+        layout = getattr(self.model, "input_layout", "a_b_eq")  # a family without layouts reads the task's rows
+        n_ctx = INPUT_LAYOUTS[layout].n_ctx(task)
         if self.model.n_ctx != n_ctx:
-            raise ConfigError(f"model.n_ctx: the task {task.describe()} in the {self.model.input_layout} layout needs "
+            raise ConfigError(f"model.n_ctx: the task {task.describe()} in the {layout} layout needs "
                               f"n_ctx = {n_ctx}, got {self.model.n_ctx}")
         if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "

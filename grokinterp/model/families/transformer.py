@@ -57,6 +57,9 @@ def fast_kernels_apply(cfg: Any) -> str | None:
     at the constant ``=`` query. Anything else trains through the hooked module (one run) or
     :func:`forward` (a stack).
     """
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return f"the fast kernels are the transformer family's (model.family is {family!r})"
     if cfg.n_layers != 1:
         return f"the fast kernels need n_layers = 1 (got {cfg.n_layers})"
     if getattr(cfg, "layer_norm", False):
