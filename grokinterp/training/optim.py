@@ -110,10 +110,11 @@ def build_optimizer(params: dict[str, torch.nn.Parameter], tc: TrainConfig,
     return check_optimizer(tc)(params, tc, options)
 
 
-def is_matrix(name: str, p: Tensor) -> bool:
-    """A weight matrix, decayed under ``weight_decay_on = matrices``: two or more axes, and neither
-    a bias (``b_*``, a LayerNorm's ``b``) nor a LayerNorm weight."""
-    return p.ndim >= 2 and not is_bias(name) and not is_norm_weight(name)
+def is_matrix(name: str, p: Tensor | tuple[int, ...]) -> bool:
+    """A weight matrix, decayed under ``weight_decay_on = matrices``: two or more axes (``p`` a tensor
+    or its shape), and neither a bias (``b_*``, a LayerNorm's ``b``) nor a LayerNorm weight."""
+    ndim = p.ndim if isinstance(p, Tensor) else len(p)
+    return ndim >= 2 and not is_bias(name) and not is_norm_weight(name)
 
 
 def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[dict[str, Any]]:
