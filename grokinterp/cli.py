@@ -455,7 +455,7 @@ def _short_summary(run) -> str:
     s = run.summary()
     acc = s.get("final_test_acc")
     lines = [f"run: {run.path}",
-             f"  {s['n_checkpoints']} checkpoints, epochs {s['first_checkpoint']}..{s['last_checkpoint']}"]
+             f"  {s['n_checkpoints']} checkpoints, {run.checkpoint_unit}s {s['first_checkpoint']}..{s['last_checkpoint']}"]
     if acc is not None:
         lines.append(f"  final train loss {s['final_train_loss']:.3g}, test loss {s['final_test_loss']:.3g}, "
                      f"test accuracy {acc:.2%}")

@@ -365,7 +365,8 @@ class TrainConfig:
             (the first step already moves); ``paper``: ``lr · min(e / warmup, 1)``, the reference
             code's ``LambdaLR(lambda step: min(step / 10, 1))``, whose first step has learning rate 0.
         eval_every: test loss/accuracy and train accuracy are recorded every this many epochs
-            (train loss is recorded every epoch).
+            (train loss is recorded every epoch; in a minibatch run train loss and accuracy are a
+            full-training-set evaluation recorded with the test metrics).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         fast_path: train on final-position logits from per-(position, token) tables (1-layer
             models); ``False`` uses the general hooked forward.
@@ -471,8 +472,12 @@ class TrainConfig:
         _require(self.sampler_seed is None or (is_int(self.sampler_seed) and 0 <= self.sampler_seed <= LIMITS.init_seed),
                  "train.sampler_seed", f"must be an integer in [0, {LIMITS.init_seed}] (or unset)", self.sampler_seed)
 
-    def lr_at(self, epoch: int) -> float:
+    def lr_at(self, epoch: int, total: int | None = None) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
+
+        In a minibatch run (``batch_size`` set) the schedule counts optimizer steps: ``epoch`` is
+        the step and ``total`` the run's last (:meth:`RunConfig.total_steps`; default ``epochs``),
+        so ``warmup_epochs`` is a number of steps and the cosine reaches 0 at the last step.
 
         Notes:
             Warm-up, ``default``: ``lr · min((epoch + 1) / warmup_epochs, 1)``: the first step
@@ -483,7 +488,7 @@ class TrainConfig:
             ``lr`` at the end of the warm-up towards 0 at the last step).
         """
         if self.lr_schedule == "cosine" and epoch >= self.warmup_epochs:
-            span = max(self.epochs - self.warmup_epochs, 1)
+            span = max((self.epochs if total is None else int(total)) - self.warmup_epochs, 1)
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - self.warmup_epochs) / span))
         if self.warmup_epochs <= 0:
             return self.lr

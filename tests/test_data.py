@@ -261,13 +261,12 @@ def test_the_cli_offers_batch_size_and_refuses_one_too_large(tmp_path):
     assert not out.exists()
 
 
-def test_until_the_unified_loop_reads_them_minibatch_runs_are_refused_before_anything_is_written(tmp_path):
-    """Temporary (issue 19): today's trainers train full-batch only, so a batch_size must not be
-    recorded for a run trained without it. The integrator replaces this test with a minibatch run."""
-    cfg = g.make_config("tiny", p=7, d_model=8, n_heads=2, d_mlp=16, epochs=3, batch_size=4)
-    with pytest.raises(ConfigError, match=r"^train\.batch_size: "):
-        g.train(cfg, tmp_path / "r", progress=False)
-    assert not (tmp_path / "r").exists()
+def test_a_minibatch_run_trains_one_step_per_batch(tmp_path):
+    """The trainer reads grokinterp.training.data (tests/test_minibatch.py has the details)."""
+    cfg = g.make_config("tiny", p=7, d_model=8, n_heads=2, d_mlp=16, epochs=3, batch_size=4, every=1, log_early=0)
+    run = g.train(cfg, tmp_path / "r", progress=False)
+    k = cfg.steps_per_epoch()
+    assert run.epochs.tolist() == list(range(3 * k + 1)) and run.metrics["step"].tolist() == [0, k, 2 * k, 3 * k]
 
 
 def test_a_minibatch_schedule_counts_optimizer_steps_unless_told_epochs():

@@ -259,7 +259,7 @@ def key_checkpoint(run) -> tuple[int, bool]:
         t99 = None
     if t99 is not None:
         eps = np.asarray(run.epochs)
-        after = eps[eps >= int(t99)]
+        after = eps[eps >= run.checkpoint_label(int(t99))]  # t99 is an epoch; labels may count steps
         if len(after):
             return int(after[0]), True
     return last, False

@@ -331,7 +331,8 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     # The 99 % test-accuracy epoch from the training metrics (every eval_every epochs), the same
     # figure `grokinterp info` prints, rather than from the (possibly thinned) checkpoints.
     t99 = run.summary().get("test_acc_99_epoch")
-    circuit = circuit_formation_epoch(measures, test_acc_99_epoch=t99)
+    # measures are indexed by checkpoint label (optimizer steps in a minibatch run's step schedule)
+    circuit = circuit_formation_epoch(measures, test_acc_99_epoch=None if t99 is None else run.checkpoint_label(t99))
     params, cfg = residue_outputs(run.params(-1), run.config.model)  # analyses see the residue logits
     ts = task_structure(run.task)
     grp = None if ts is None or isinstance(ts.structure, CyclicSum) else ts  # a + b: the paper's own analyses

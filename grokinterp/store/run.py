@@ -293,6 +293,12 @@ class Run:
         train_acc
         ============  =========================================================================
 
+        Minibatch runs (``train.batch_size`` set; ``k`` optimizer steps an epoch) record row ``e``
+        at the model after ``e · k`` steps: ``train_loss`` / ``train_acc`` are a full-training-set
+        evaluation recorded with the test metrics (every ``eval_every`` epochs and at ``E``; NaN in
+        between), ``lr`` is that of step ``e · k``, and an extra ``step`` column holds ``e · k``
+        (their checkpoints may count steps: :attr:`checkpoint_unit`).
+
         A run still training has rows up to its last flush. Imported runs
         (:mod:`~grokinterp.store.legacy`) hold the recorded curves (test loss possibly every ``k``
         epochs), accuracies only at checkpoint epochs, and no ``lr``. For the evaluations alone,
@@ -522,6 +528,19 @@ class Run:
                 if self.strict:
                     raise
         return self.problems
+
+    @property
+    def checkpoint_unit(self) -> str:
+        """What the checkpoint labels (:attr:`epochs`, ``model(label)``, shard names) count: ``epoch``,
+        or ``step`` — optimizer steps — when the schedule counts steps (``checkpoints.unit``, unset:
+        ``step`` for a minibatch run). Metrics rows are epochs in either case; a minibatch run's
+        ``metrics.csv`` has a ``step`` column (``epoch · steps_per_epoch``)."""
+        return self.config.checkpoint_unit()
+
+    def checkpoint_label(self, epoch: int) -> int:
+        """The checkpoint label of the model after ``epoch`` epochs: ``epoch``, or
+        ``epoch · steps_per_epoch`` when labels count steps (:attr:`checkpoint_unit`)."""
+        return int(epoch) * (self.config.steps_per_epoch() if self.checkpoint_unit == "step" else 1)
 
     def resolve_epoch(self, epoch: int) -> int:
         """An epoch number, with negative values counting from the end (``-1`` = last intact checkpoint)."""

@@ -57,13 +57,17 @@ from . import layout as _io
 from .integrity import Manifest, entry_matches, load_manifest
 from .lock import RunLock, acquire
 
-__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
+__all__ = ["CheckpointWriter", "METRIC_COLUMNS", "STEP_COLUMN", "metrics_frame", "run_metadata", "start_run", "prepare_out_dir",
            "check_out_dir", "claim_run_dirs", "RunClaim"]
 
 #: Columns every ``metrics.csv`` has, in this order (NaN where a metric was not recorded at that
 #: epoch). Callbacks may add columns after them (the live measures do); readers keep those extra
 #: columns and must not require them (runs without them stay readable).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+#: Extra column of a minibatch run's ``metrics.csv`` (``train.batch_size`` set): the optimizer steps
+#: taken before the row's epoch, ``epoch · steps_per_epoch`` (the step its checkpoint labels count
+#: when ``checkpoints.unit`` is ``step``). Full-batch runs, where a step is an epoch, have none.
+STEP_COLUMN = "step"
 
 
 def _immutable(rel: str) -> bool:
@@ -81,6 +85,8 @@ def metrics_frame(arrays: dict[str, np.ndarray], upto: int) -> pd.DataFrame:
     for name, values in arrays.items():
         if name not in cols:
             cols[name] = values[:upto]
+            if name == STEP_COLUMN and values.dtype.kind == "f" and np.isfinite(values[:upto]).all():
+                cols[name] = values[:upto].astype(np.int64)
     return pd.DataFrame(cols)
 
 

@@ -13,9 +13,11 @@ hook                when
 ``on_epoch``        the model at ``epoch``, evaluated (test metrics every ``eval_every`` epochs)
                     and snapshotted if due, before its step: the place to measure the model at
                     ``epoch`` (the final epoch included, where no step follows)
-``on_step``         after the step from ``epoch`` (the metrics of ``epoch`` are recorded)
+``on_step``         after the step from ``epoch`` (the metrics of ``epoch`` are recorded); in a
+                    minibatch run after the last of the epoch's ``k`` steps
 ``on_eval``         after ``epoch``'s test metrics were recorded (every ``eval_every`` epochs)
-``on_checkpoint``   after the parameters at ``epoch`` were snapshotted
+``on_checkpoint``   after the parameters at ``epoch`` were snapshotted (its checkpoint label: an
+                    optimizer step when the schedule counts steps, ``checkpoints.unit``)
 ``on_flush``        after a flush wrote everything up to ``epoch`` to disk
 ``on_end``          when the loop ends (finished, interrupted or failed)
 ==================  ===============================================================================

@@ -1,4 +1,4 @@
-"""The training loop: full-batch steps, dense checkpoints, resumable bit for bit.
+"""The training loop: full-batch or minibatch steps, dense checkpoints, resumable bit for bit.
 
 Example:
     >>> from grokinterp import make_config, train
@@ -15,6 +15,11 @@ kept on the host). The pieces are seams of their own: the optimizer comes from t
 :mod:`~grokinterp.training.optim`, gradient transforms from :mod:`~grokinterp.training.transforms`,
 the step executor (eager or CUDA graph) from :mod:`~grokinterp.training.step`, and observers are
 :mod:`~grokinterp.training.callbacks`. Files are written through :mod:`grokinterp.store.writer`.
+
+A minibatch run (``train.batch_size``) takes ``k = ceil(n_train / batch_size)`` steps per epoch,
+each on one batch of :mod:`~grokinterp.training.data` (the fast path builds a plan per batch);
+schedules count optimizer steps, checkpoints may fall inside an epoch (``checkpoints.unit`` step),
+and a stop between any two steps resumes there (see :meth:`TrainLoop.run`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from ..store.lock import RunLock, acquire
 from ..store.run import Run, load_run, run_directory
 from ..store.writer import (
     METRIC_COLUMNS,
+    STEP_COLUMN,
     CheckpointWriter,
     check_out_dir,
     claim_run_dirs,
@@ -54,6 +60,7 @@ from ..store.writer import (
 )
 from .callbacks import Callback, ProgressBar
 from .constraints import WeightNormConstraint
+from .data import batch_indices, epoch_of, sampler_seed
 from .optim import (
     OptimizerOptions,
     build_optimizer,
@@ -72,15 +79,17 @@ __all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_devic
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` say where to resume.
+    """Training stopped on SIGINT/SIGTERM after flushing; ``.run_dir``, ``.epoch`` (and, minibatch,
+    ``.step``: optimizer steps taken) say where to resume.
 
     ``.signum`` is the signal that stopped it (the CLI exits with ``128 + signum``).
     """
 
-    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT):
-        super().__init__(f"training interrupted at epoch {epoch}; everything is saved, resume with "
+    def __init__(self, run_dir: Path, epoch: int, signum: int = signal.SIGINT, step: int | None = None):
+        at = f"epoch {epoch}" if step is None else f"epoch {epoch} (optimizer step {step})"
+        super().__init__(f"training interrupted at {at}; everything is saved, resume with "
                          f"`grokinterp train --resume {run_dir}`")
-        self.run_dir, self.epoch, self.signum = run_dir, epoch, int(signum)
+        self.run_dir, self.epoch, self.signum, self.step = run_dir, epoch, int(signum), step
 
 
 def resolve_device(device: str) -> torch.device:
@@ -146,7 +155,8 @@ class TrainLoop:
         self.params = dict(self.model.named_parameters())
         # On CUDA the step of the fast path is replayed from a CUDA graph (see step.py); the graph
         # reads the learning rate from a device tensor.
-        use_graph = device.type == "cuda" and self.data["train"].plan is not None and graphs_enabled()
+        use_graph = (device.type == "cuda" and self.data["train"].plan is not None and graphs_enabled()
+                     and tc.batch_size is None)
         options = OptimizerOptions(lr=torch.tensor(tc.lr, device=device) if use_graph else tc.lr,
                                    fused=device.type in ("cpu", "cuda"), capturable=use_graph)
         self.optimizer = build_optimizer(self.params, tc, options)
@@ -155,14 +165,25 @@ class TrainLoop:
         self.constraints = [WeightNormConstraint(self.params)] if tc.weight_norm else []
         self.loss_fn = loss_function(tc.loss)
         train = self.data["train"]
-        eager = EagerStep(lambda: self.logits(train), train.labels, self.params, self.optimizer, self.transforms,
-                          loss_fn=self.loss_fn, after_step=self.constraints)
+        # Minibatches (train.batch_size): step s takes batch s mod k of epoch s // k, recomputed from
+        # (sampler seed, epoch) alone (training/data.py); its fast-path plan is built per batch.
+        self.batch_size = tc.batch_size
+        self.per_epoch = config.steps_per_epoch()
+        self.total_steps = config.total_steps()
+        self.step_unit = config.checkpoint_unit() == "step"  # checkpoint labels count optimizer steps
+        self._batch = train
+        self._epoch_batches: tuple[int, list[Tensor]] | None = None
+        eager = EagerStep(lambda: self.logits(self._batch), train.labels, self.params, self.optimizer,
+                          self.transforms, loss_fn=self.loss_fn, after_step=self.constraints)
+        self._eager = eager
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(eager, device) if use_graph else eager
         n = tc.epochs + 1
         # The learning rate is known on the host: its column stays there (writing a host value
         # into a CUDA tensor is a host→device copy that waits for the GPU, at every step).
         self.metrics = {c: torch.full((n,), float("nan"), dtype=torch.float64, device="cpu" if c == "lr" else device)
                         for c in METRIC_COLUMNS[1:]}
+        if self.batch_size is not None:  # the optimizer steps taken before each epoch's row: e · k
+            self.metrics[STEP_COLUMN] = torch.full((n,), float("nan"), dtype=torch.float64, device="cpu")
         self.text_metrics: dict[str, list[str | None]] = {}
         for cb in self.callbacks:
             self.add_metric_columns(getattr(cb, "metric_columns", ()), getattr(cb, "text_columns", ()))
@@ -170,7 +191,8 @@ class TrainLoop:
         self.ckpt_epochs = set(config.checkpoint_epochs().tolist())
         self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
         self.start_epoch = 0
-        self.flushed_upto = -1  # last checkpoint epoch already on disk
+        self.start_step = 0  # optimizer steps taken before the first step of this session
+        self.flushed_upto = -1  # last checkpoint (schedule label: epoch, or step) already on disk
         self._stop_requested = False
 
     def add_metric_columns(self, columns: Sequence[str] = (), text_columns: Sequence[str] = ()) -> None:
@@ -241,12 +263,18 @@ class TrainLoop:
         try:
             self.start_epoch = int(meta["resume_epoch"])
             self.flushed_upto = int(meta["flushed_upto"])
+            self.start_step = int(meta.get("resume_step", self.start_epoch * self.per_epoch))
         except (KeyError, ValueError):
             raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
         E = self.config.train.epochs
-        if not (0 <= self.start_epoch <= E and -1 <= self.flushed_upto <= E):
-            raise RunError(f"{path}: resume epoch {self.start_epoch} or flushed epoch {self.flushed_upto} lies "
+        end = self.total_steps if self.step_unit else E  # the schedule's last label
+        if not (0 <= self.start_epoch <= E and -1 <= self.flushed_upto <= end):
+            raise RunError(f"{path}: resume epoch {self.start_epoch} or flushed checkpoint {self.flushed_upto} lies "
                            f"outside the run's 0..{E} epochs")
+        if not (self.start_epoch * self.per_epoch <= self.start_step < (self.start_epoch + 1) * self.per_epoch
+                or self.start_step == self.total_steps == self.start_epoch * self.per_epoch):
+            raise RunError(f"{path}: resume step {self.start_step} does not lie in resume epoch {self.start_epoch} "
+                           f"({self.per_epoch} steps an epoch)")
         rng = tensors.get("rng/torch_cpu")
         if rng is None or rng.dtype != torch.uint8 or rng.ndim != 1:
             raise RunError(f"{path}: the CPU random-number state is missing or malformed")
@@ -286,7 +314,12 @@ class TrainLoop:
         except (RuntimeError, TypeError, ValueError) as e:
             raise RunError(f"{path}: cannot restore the random-number state ({e})") from None
 
-    def flush(self, resume_epoch: int, finished: bool) -> None:
+    def flush(self, resume_epoch: int, finished: bool, step: int | None = None) -> None:
+        """Write the buffered checkpoints, the metrics up to ``resume_epoch``, the state, progress and
+        manifest. ``step``: the optimizer steps taken (default ``resume_epoch · steps_per_epoch``);
+        a minibatch run stopped inside an epoch resumes from it (state metadata ``resume_step``)."""
+        if step is None:
+            step = resume_epoch * self.per_epoch
         if self.writer.epochs:
             self.flushed_upto = self.writer.epochs[-1]
         metrics = {c: v.cpu().numpy() for c, v in self.metrics.items()}
@@ -301,7 +334,8 @@ class TrainLoop:
         self.writer.flush(
             resume_epoch=resume_epoch, finished=finished, metrics=metrics, state=self.state_tensors(),
             state_meta={"flushed_upto": str(max(self.flushed_upto, self.writer.epochs[-1] if self.writer.epochs else -1)),
-                        "format_version": str(FORMAT_VERSION)},
+                        "format_version": str(FORMAT_VERSION),
+                        **({"resume_step": str(step)} if self.batch_size is not None else {})},
             progress=progress,
         )
         self._emit("on_flush", resume_epoch, finished)
@@ -311,51 +345,99 @@ class TrainLoop:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
-    def step(self, epoch: int, record_acc: bool) -> None:
-        """One full-batch step from the model at ``epoch``; records the learning rate and the
-        train loss (and, with ``record_acc``, the train accuracy) into the metrics.
+    def step(self, epoch: int, record_acc: bool, step: int | None = None) -> None:
+        """One optimizer step: full-batch from the model at ``epoch``, or (minibatch runs) batch
+        ``step mod k`` of epoch ``step // k``. Records the learning rate and, full-batch, the train
+        loss (and with ``record_acc`` the train accuracy) of the step into the epoch's row; a
+        minibatch step records the learning rate of the epoch's first step only (its train metrics
+        are full-training-set evaluations, see :meth:`run`).
         Nothing here waits for the device: no host sync per step (tested on CUDA)."""
-        lr = self.config.train.lr_at(epoch)
+        s = epoch * self.per_epoch if step is None else step
+        lr = self.config.train.lr_at(s, total=self.total_steps)
         for group in self.optimizer.param_groups:
             if torch.is_tensor(group["lr"]):
                 group["lr"].fill_(lr)  # a kernel with the value as argument: no host→device copy
             else:
                 group["lr"] = lr
         m = self.metrics
-        m["lr"][epoch] = lr
-        logits, loss = self.step_fn()
-        m["train_loss"][epoch] = loss.detach()
-        if record_acc:
-            m["train_acc"][epoch] = (logits.detach().argmax(-1) == self.data["train"].labels).double().mean()
+        if self.batch_size is None:
+            m["lr"][epoch] = lr
+            logits, loss = self.step_fn()
+            m["train_loss"][epoch] = loss.detach()
+            if record_acc:
+                m["train_acc"][epoch] = (logits.detach().argmax(-1) == self.data["train"].labels).double().mean()
+            return
+        e, b = epoch_of(s, self.per_epoch)
+        if b == 0:
+            m["lr"][e] = lr
+        self._batch = self.batch(s)
+        self._eager.labels = self._batch.labels
+        try:
+            self.step_fn()
+        finally:
+            self._batch = self.data["train"]
+
+    def batch(self, step: int) -> _Data:
+        """The training examples of optimizer step ``step`` (a minibatch run): batch ``step mod k``
+        of epoch ``step // k`` (:func:`~grokinterp.training.data.batch_indices`), with its own
+        fast-path plan when the run uses the fast path."""
+        e, b = epoch_of(step, self.per_epoch)
+        if self._epoch_batches is None or self._epoch_batches[0] != e:
+            idx = batch_indices(sampler_seed(self.config), e, len(self.data["train"].labels), self.batch_size)
+            self._epoch_batches = (e, [i.to(self.device) for i in idx])
+        i = self._epoch_batches[1][b]
+        train = self.data["train"]
+        x, y = train.tokens[i], train.labels[i]
+        return _Data(x, y, FastPlan.build(self.config.model, x) if train.plan is not None else None)
 
     def run(self, stop: Callable[[], bool]) -> None:
+        """Train from :attr:`start_step` to the end.
+
+        Each epoch ``e`` (the model after ``e · k`` optimizer steps, ``k`` = steps per epoch: 1 for
+        full batch) is, in order: a checkpoint if due, its test metrics every ``eval_every`` epochs
+        and at the end, ``on_epoch``, the epoch's ``k`` steps, ``on_step`` and ``on_eval``. Full
+        batch, the train loss of row ``e`` is that of step ``e`` (the model at ``e``, every epoch).
+        Minibatch, row ``e``'s train loss and accuracy are a full-training-set evaluation of the
+        model at ``e`` (before its steps), recorded with the test metrics (every ``eval_every``
+        epochs and at the end; NaN in between), and the ``step`` column holds ``e · k``. A
+        checkpoint schedule in steps (``checkpoints.unit``) snapshots before any step it names,
+        mid-epoch too; a stop between two steps flushes and resumes there (bit for bit on CPU).
+        """
         tc = self.config.train
-        E = tc.epochs
+        E, k = tc.epochs, self.per_epoch
+        minibatch = self.batch_size is not None
         train, test = self.data["train"], self.data["test"]
         m = self.metrics
         self._emit("on_start", self.start_epoch)
         try:
-            for epoch in range(self.start_epoch, E + 1):
+            for s in range(self.start_step, self.total_steps + 1):
+                epoch, b = divmod(s, k)
                 if stop() or self._stop_requested:
-                    self.flush(epoch, finished=False)
-                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT))
-                if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
-                    self.writer.snapshot(epoch, self.params)
-                    self._emit("on_checkpoint", epoch)
+                    self.flush(epoch, finished=False, step=s)
+                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT),
+                                              s if minibatch else None)
+                label = s if self.step_unit else (epoch if b == 0 else -1)
+                if label in self.ckpt_epochs and label > self.flushed_upto:
+                    self.writer.snapshot(label, self.params)
+                    self._emit("on_checkpoint", label)
                     if self.writer.full:
-                        self.flush(epoch, finished=False)
+                        self.flush(epoch, finished=False, step=s)
                 evaluating = epoch % tc.eval_every == 0 or epoch == E
-                if evaluating and len(test.labels):  # the model at this epoch, before its step
-                    m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
-                if epoch == E:
-                    m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
-                self._emit("on_epoch", epoch)
+                if b == 0:
+                    if evaluating and len(test.labels):  # the model at this epoch, before its step
+                        m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
+                    if epoch == E or (minibatch and evaluating):
+                        m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
+                    if minibatch:
+                        m[STEP_COLUMN][epoch] = s
+                    self._emit("on_epoch", epoch)
                 if epoch != E:
-                    self.step(epoch, record_acc=evaluating)
-                self._emit("on_step", epoch)
-                if evaluating:
-                    self._emit("on_eval", epoch)
-            self.flush(E, finished=True)
+                    self.step(epoch, record_acc=evaluating, step=s)
+                if b == k - 1 or epoch == E:
+                    self._emit("on_step", epoch)
+                    if evaluating:
+                        self._emit("on_eval", epoch)
+            self.flush(E, finished=True, step=self.total_steps)
         finally:
             self._emit("on_end")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..config import RunConfig
-from ..errors import ConfigError, RunError
+from ..errors import RunError
 
 __all__ = ["Estimate", "estimate", "preflight", "device_memory"]
 
@@ -67,6 +67,8 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
     task = config.task.task()
     n_pairs = len(task.valid_pairs()) if config.task.p <= 2000 else task.n ** 2
     n_train = int(round(n_pairs * float(config.task.frac_train))) + 1
+    if tc.batch_size is not None:  # a minibatch step's activations; the full-set evaluation has no backward
+        n_train = min(n_train, int(tc.batch_size))
     vocab = m.d_vocab_out
     per_example = (m.n_ctx * m.n_layers * (8 * m.d_model + 3 * m.d_mlp) * 4 * 2  # hooked forward + backward
                    + vocab * (4 * 3 + 8 * 2))  # logits, their gradient, the float64 log-softmax
@@ -135,9 +137,6 @@ def preflight(config: RunConfig, device: torch.device, out: Path, checkpoints_le
         RunError: the estimated memory exceeds the device's, or the estimated disk use exceeds the
             free space where ``out`` is (the message gives the estimate by part).
     """
-    if config.train.batch_size is not None:  # issue 19: removed when the unified loop reads training.data
-        raise ConfigError("train.batch_size: this trainer trains full-batch only; minibatches arrive with the unified "
-                          "training loop (leave batch_size unset)")
     est = estimate(config, checkpoints_left)
     have = device_memory(device)
     if have is not None and est.memory_bytes > have:

@@ -78,6 +78,7 @@ from ..store.lock import RunLock, acquire
 from ..store.run import Run, RunWarning, load_run
 from ..store.writer import (
     METRIC_COLUMNS,
+    STEP_COLUMN,
     CheckpointWriter,
     check_out_dir,
     claim_run_dirs,
@@ -86,11 +87,12 @@ from ..store.writer import (
     start_run,
 )
 from .callbacks import Callback
+from .data import sampler_seed, stacked_epoch
 from .loop import TrainingInterrupted, check_trainable, recorded_threads, resolve_device, stop_on_signals
 from .loop import resume as resume_single
 from .optim import expected_slots
 from .preflight import preflight
-from .step import CudaGraphStep, graphs_enabled
+from .step import CudaGraphStep, graphs_enabled, per_example_loss
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import load_transform_state, transform_state_tensors
 
@@ -113,14 +115,15 @@ _KNOWN = {
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "layer_norm", "bias",
               "input_layout"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
-              "warmup_epochs", "eval_every", "device", "fast_path", "live_every"},
-    "checkpoints": {"every", "windows", "log_early", "flush_every"},
+              "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
+              "loss"},
+    "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
 # Fields that may differ between the runs of one stack (no shape or schedule depends on them).
 _PER_RUN = {
     "task": {"operation", "frac_train", "split_seed", "split_method"},
     "model": {"init_seed"},
-    "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path"},
+    "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed"},
 }
 
 
@@ -171,8 +174,9 @@ def stack_key(config: RunConfig) -> str | None:
     """Runs whose keys are equal (and not ``None``) can be trained in one stack.
 
     The key is every config field except those a run of the stack may choose for itself
-    (seeds, training fraction, split method, operation, lr, weight decay, betas, momentum,
-    warm-up). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
+    (seeds, sampler seed, training fraction, split method, operation, lr, weight decay, betas,
+    momentum, warm-up); a minibatch run's key also holds its steps per epoch (runs of one stack
+    take their steps together: equal ``batch_size`` and ``ceil(n_train / batch_size)``). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
     """
     if stack_unsupported_reason(config) is not None:
         return None
@@ -180,6 +184,8 @@ def stack_key(config: RunConfig) -> str | None:
     for sec, names in _PER_RUN.items():
         for name in names:
             d[sec].pop(name, None)
+    if config.train.batch_size is not None:  # runs of one stack take their steps together
+        d["train"]["steps_per_epoch"] = config.steps_per_epoch()
     return json.dumps(d, sort_keys=True)
 
 
@@ -190,6 +196,10 @@ def stack_mismatch(a: RunConfig, b: RunConfig) -> str | None:
         if reason:
             return reason
     da, db = a.to_dict(), b.to_dict()
+    if (a.train.batch_size is not None and a.train.batch_size == b.train.batch_size
+            and a.steps_per_epoch() != b.steps_per_epoch()):
+        return (f"train.batch_size {a.train.batch_size} gives {a.steps_per_epoch()} steps per epoch over "
+                f"{a.n_train()} training examples but {b.steps_per_epoch()} over {b.n_train()}")
     for sec in da:
         for name in da[sec]:
             if name not in _PER_RUN.get(sec, ()) and da[sec][name] != db[sec][name]:
@@ -573,6 +583,16 @@ class StackedLoop:
         self.shapes = param_shapes(mc)
         self.E = c0.train.epochs
         self.eval_every = c0.train.eval_every
+        # Minibatches: every run takes batch s mod k of epoch s // k of its own seeded order
+        # (training/data.py stacked_epoch); batch_size and k are shared (stack_key).
+        self.batch_size = c0.train.batch_size
+        self.per_epoch = c0.steps_per_epoch()
+        self.total_steps = c0.total_steps()
+        self.step_unit = c0.checkpoint_unit() == "step"
+        if self.batch_size is not None and mode != "gather":
+            raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
+                              f"got {mode!r}")
+        self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses cross-entropy
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
@@ -600,21 +620,34 @@ class StackedLoop:
             self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"])
             self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"])
         self.padded = dict(pad)
+        if self.batch_size is not None:  # each run's padded training examples, gathered per batch
+            n_pad = self.train.labels.shape[1]
+            self._tokens = torch.from_numpy(np.stack([np.concatenate([t, np.repeat(t[:1], n_pad - len(t), 0)])
+                                                      for t in tokens])).to(device)
+            self._seeds = [sampler_seed(c) for c in self.configs]
+            self._ns = [len(trn) for trn, _ in splits]
+            self._epoch_batches: tuple[int, Tensor, Tensor] | None = None
+        self._batch = self.train
         # model and optimizer
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
         self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
-        tcs = [c.train for c in self.configs]
+        # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
+        # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
+        tcs = [c.train if self.batch_size is None else dataclasses.replace(c.train, epochs=c.total_steps())
+               for c in self.configs]
         self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
         self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
-        use_graph = device.type == "cuda" and graphs_enabled()
+        use_graph = device.type == "cuda" and graphs_enabled() and self.batch_size is None  # batches: eager
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
         # metrics, checkpoints, writers
         n = self.E + 1
         self.metrics = {c: torch.full((R, n), float("nan"), dtype=torch.float64,
                                       device="cpu" if c == "lr" else device) for c in METRIC_COLUMNS[1:]}
+        if self.batch_size is not None:
+            self.metrics[STEP_COLUMN] = torch.full((R, n), float("nan"), dtype=torch.float64, device="cpu")
         self.ckpt_epochs = set(c0.checkpoint_epochs().tolist())
         cap = c0.checkpoints.flush_every
         self.buffer = torch.empty((cap, *self.flat.shape), device=device)
@@ -622,6 +655,7 @@ class StackedLoop:
         self.writers = {r: CheckpointWriter(d, self.shapes, cap, device, buffered=False)
                         for r, d in enumerate(self.run_dirs) if self.real[r]}
         self.start_epoch = 0
+        self.start_step = 0
         self.flushed_upto = -1
         self._stop_requested = False
         self.flusher = _Flusher(async_flush)
@@ -640,6 +674,9 @@ class StackedLoop:
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
+        """Per-example float64 losses ``[run, n]`` of the runs' loss (``train.loss``)."""
+        if self.loss_name != "cross_entropy":
+            return per_example_loss(self.loss_name)(logits, data.labels)
         V = logits.shape[-1]
         return F.cross_entropy(logits.double().reshape(-1, V), data.labels.reshape(-1), reduction="none") \
             .view(self.n_runs, -1)
@@ -647,7 +684,7 @@ class StackedLoop:
     def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
-        if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
+        if self.impl == "tables" and self.loss_name == "cross_entropy":  # fused with its gradient (model.stacked)
             return stacked_losses(self.params, data.plan, data.labels, w)
         logits = self.logits(data)
         return (self._nll(logits, data) * w).sum(1), logits
@@ -655,7 +692,7 @@ class StackedLoop:
     def _step(self) -> tuple[Tensor, Tensor]:
         """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
         self.optimizer.set_lr(self.epoch_t)
-        loss, logits = self._losses(self.train, "train")
+        loss, logits = self._losses(self._batch, "train")
         self.optimizer.zero_grad()
         loss.sum().backward()
         if self.transforms and self.flat.grad is not None:
@@ -665,6 +702,19 @@ class StackedLoop:
         self.optimizer.step()
         self.epoch_t.add_(1)
         return logits, loss
+
+    def batch(self, step: int) -> _StackSet:
+        """Every run's training examples of optimizer step ``step`` (minibatch stacks): batch
+        ``step mod k`` of epoch ``step // k`` of its own order, padded to ``batch_size`` with weight 0
+        (:func:`~grokinterp.training.data.stacked_epoch`), with its own plan."""
+        e, b = divmod(step, self.per_epoch)
+        if self._epoch_batches is None or self._epoch_batches[0] != e:
+            index, weight = stacked_epoch(self._seeds, self._ns, self.batch_size, e)
+            self._epoch_batches = (e, index.to(self.device), weight.to(self.device))
+        idx, w = self._epoch_batches[1][b], self._epoch_batches[2][b]  # [run, B]
+        tok = self._tokens.gather(1, idx[..., None].expand(-1, -1, self._tokens.shape[2]))
+        plan = StackPlan.build(self.configs[0].model, tok, impl=self.impl)
+        return _StackSet(plan, self.train.labels.gather(1, idx), {"train": w}, {"train": [self.batch_size] * self.n_runs})
 
     def _acc(self, logits: Tensor, data: _StackSet, which: str) -> Tensor:
         return _weighted((logits.argmax(-1) == data.labels).double(), data.weights[which], data.counts[which])
@@ -710,7 +760,8 @@ class StackedLoop:
             except (OSError, RuntimeError, ValueError, SafetensorError) as e:
                 raise RunError(f"{path}: cannot read the training state ({e})") from None
             try:
-                starts.add(int(meta["resume_epoch"]))
+                starts.add((int(meta["resume_epoch"]),
+                            int(meta.get("resume_step", int(meta["resume_epoch"]) * self.per_epoch))))
                 flushed.add(int(meta["flushed_upto"]))
             except (KeyError, ValueError):
                 raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
@@ -735,10 +786,13 @@ class StackedLoop:
             if got:
                 t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
                                    for k, per_run in got.items()})
-        self.start_epoch, self.flushed_upto = starts.pop(), flushed.pop()
-        if not (0 <= self.start_epoch <= self.E and -1 <= self.flushed_upto <= self.E):
+        (self.start_epoch, self.start_step), self.flushed_upto = starts.pop(), flushed.pop()
+        end = self.total_steps if self.step_unit else self.E  # the schedule's last label
+        if not (0 <= self.start_epoch <= self.E and -1 <= self.flushed_upto <= end):
             raise RunError(f"{paths[0]}: resume epoch {self.start_epoch} lies outside the run's 0..{self.E} epochs")
-        self.epoch_t.fill_(self.start_epoch)
+        if self.start_step // self.per_epoch != self.start_epoch or self.start_step > self.total_steps:
+            raise RunError(f"{paths[0]}: resume step {self.start_step} does not lie in resume epoch {self.start_epoch}")
+        self.epoch_t.fill_(self.start_step)  # the optimizer's step counter (the warm-up counts steps)
 
     # -- flushing ----------------------------------------------------------------------------------------------
     def _host(self, t: Tensor) -> Tensor:
@@ -747,9 +801,12 @@ class StackedLoop:
             return t.detach().clone()
         return t.detach().to("cpu", non_blocking=True)
 
-    def flush(self, resume_epoch: int, finished: bool) -> None:
+    def flush(self, resume_epoch: int, finished: bool, step: int | None = None) -> None:
         """Write every run's buffered checkpoints, metrics, state, progress and manifest (each run
-        in the order of a single run's flush); in the background with ``async_flush``."""
+        in the order of a single run's flush); in the background with ``async_flush``. ``step``:
+        the optimizer steps taken (default ``resume_epoch · k``), recorded for minibatch runs."""
+        step = resume_epoch * self.per_epoch if step is None else step
+        extra_meta = {"resume_step": str(step)} if self.batch_size is not None else {}
         epochs, self.buffered = list(self.buffered), []
         if epochs:
             self.flushed_upto = epochs[-1]
@@ -774,7 +831,8 @@ class StackedLoop:
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 writer.flush(resume_epoch=resume_epoch, finished=finished,
                              metrics={c: v[r].numpy() for c, v in metrics.items()}, state=states[r],
-                             state_meta={"flushed_upto": str(flushed_upto), "format_version": str(FORMAT_VERSION)},
+                             state_meta={"flushed_upto": str(flushed_upto), "format_version": str(FORMAT_VERSION),
+                                         **extra_meta},
                              progress=progress)
 
         self.flusher.submit(write, (resume_epoch, finished))
@@ -789,8 +847,19 @@ class StackedLoop:
             getattr(cb, hook)(self, *args)
 
     # -- loop ------------------------------------------------------------------------------------------------
-    def step(self, epoch: int, record_acc: bool, evaluating: bool) -> None:
+    def step(self, epoch: int, record_acc: bool, evaluating: bool, step: int | None = None) -> None:
         m = self.metrics
+        if self.batch_size is not None:  # one minibatch step; the epoch's row gets its first step's lr
+            s = epoch * self.per_epoch if step is None else step
+            if s % self.per_epoch == 0:
+                m["lr"][:, epoch] = torch.tensor([c.train.lr_at(s, total=self.total_steps) for c in self.configs],
+                                                 dtype=torch.float64)
+            self._batch = self.batch(s)
+            try:
+                self.step_fn()
+            finally:
+                self._batch = self.train
+            return
         m["lr"][:, epoch] = torch.tensor([c.train.lr_at(epoch) for c in self.configs], dtype=torch.float64)
         logits, loss = self.step_fn()
         m["train_loss"][:, epoch] = loss.detach()
@@ -800,42 +869,55 @@ class StackedLoop:
         if evaluating and self.mode == "mask":  # the step's logits are the model at this epoch
             self._record_test(epoch, logits)
 
+    @torch.no_grad()
+    def _record_train(self, epoch: int) -> None:
+        """Every run's train loss and accuracy over its whole training set, the model at ``epoch``."""
+        loss, logits = self._losses(self.train, "train")
+        m = self.metrics
+        m["train_loss"][:, epoch] = _nan_empty(loss.detach(), self.train.counts["train"])
+        m["train_acc"][:, epoch] = self._acc(logits.detach(), self.train, "train")
+        if self.mode == "mask":
+            self._record_test(epoch, logits)
+
     def run(self, stop: Callable[[], bool]) -> None:
-        E = self.E
+        """Train from :attr:`start_step` to the end, as :meth:`TrainLoop.run
+        <grokinterp.training.loop.TrainLoop.run>` does (minibatch rows: full-set evaluations)."""
+        E, k = self.E, self.per_epoch
+        minibatch = self.batch_size is not None
         self._emit("on_start", self.start_epoch)
         try:
-            for epoch in range(self.start_epoch, E + 1):
+            for s in range(self.start_step, self.total_steps + 1):
+                epoch, b = divmod(s, k)
                 if stop() or self._stop_requested:
-                    self.flush(epoch, finished=False)
+                    self.flush(epoch, finished=False, step=s)
                     self.flusher.wait()
                     self._emit_flushes()
                     raise StackInterrupted(self.run_dirs, epoch, getattr(stop, "signum", signal.SIGINT))
-                if epoch in self.ckpt_epochs and epoch > self.flushed_upto:
+                label = s if self.step_unit else (epoch if b == 0 else -1)
+                if label in self.ckpt_epochs and label > self.flushed_upto:
                     with torch.no_grad():
                         self.buffer[len(self.buffered)].copy_(self.flat)
-                    self.buffered.append(epoch)
-                    self._emit("on_checkpoint", epoch)
+                    self.buffered.append(label)
+                    self._emit("on_checkpoint", label)
                     if len(self.buffered) >= self.buffer.shape[0]:
-                        self.flush(epoch, finished=False)
+                        self.flush(epoch, finished=False, step=s)
                 evaluating = epoch % self.eval_every == 0 or epoch == E
-                if evaluating and self.mode == "gather":
-                    self._record_test(epoch, None)
-                if epoch == E:
-                    with torch.no_grad():
-                        loss, logits = self._losses(self.train, "train")
-                        m = self.metrics
-                        m["train_loss"][:, epoch] = _nan_empty(loss, self.train.counts["train"])
-                        m["train_acc"][:, epoch] = self._acc(logits, self.train, "train")
-                        if self.mode == "mask":
-                            self._record_test(epoch, logits)
-                else:
-                    self.step(epoch, record_acc=evaluating, evaluating=evaluating)
-                self._emit("on_step", epoch)
-                if evaluating:
-                    self._emit("on_eval", epoch)
+                if b == 0:
+                    if evaluating and self.mode == "gather":
+                        self._record_test(epoch, None)
+                    if minibatch:
+                        self.metrics[STEP_COLUMN][:, epoch] = s
+                    if epoch == E or (minibatch and evaluating):
+                        self._record_train(epoch)
+                if epoch != E:
+                    self.step(epoch, record_acc=evaluating, evaluating=evaluating, step=s)
+                if b == k - 1 or epoch == E:
+                    self._emit("on_step", epoch)
+                    if evaluating:
+                        self._emit("on_eval", epoch)
                 if self.flusher.background:
                     self._emit_flushes()
-            self.flush(E, finished=True)
+            self.flush(E, finished=True, step=self.total_steps)
             self.flusher.wait()
             self._emit_flushes()
         finally:
@@ -1020,6 +1102,9 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
         raise ConfigError("outs: every run of a stack needs its own directory")
     if mode not in MODES:
         raise ConfigError(f"mode: must be one of {', '.join(MODES)}, got {mode!r}")
+    if configs[0].train.batch_size is not None and mode != "gather":
+        raise ConfigError(f"mode: minibatch runs (train.batch_size {configs[0].train.batch_size}) train in 'gather' "
+                          f"mode, got {mode!r}")
     device = check_trainable(configs[0])
     impl = impl or default_impl(device, configs)
     _check_impl(impl, configs)
@@ -1094,7 +1179,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
         if state_path.exists():
             meta = _state_meta(state_path)
             finished = meta.get("finished") == "true"
-            epoch = meta.get("resume_epoch", "?")
+            epoch = (meta.get("resume_epoch", "?"), meta.get("resume_step"))
         elif (run.path / layout.PROGRESS_JSON).exists():
             raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
                            f"cannot be resumed (its checkpoints stay readable)")
