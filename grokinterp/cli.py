@@ -31,6 +31,7 @@ from typing import Any, NoReturn
 from .config import (
     ACT_FNS,
     BIAS_MODES,
+    COMMON_MODEL_FIELDS,
     INIT_METHODS,
     INPUT_LAYOUTS,
     OPTIMIZER_NAMES,
@@ -40,6 +41,7 @@ from .config import (
     WARMUP_STYLES,
     field_docs,
     make_config,
+    model_config_classes,
 )
 from .errors import GrokinterpError
 from .tasks import SPLIT_METHODS, fixed_size, operations_help, task_names
@@ -141,17 +143,23 @@ class _TaskNames:
 
 
 def _choices() -> dict[tuple[str, str], Any]:
-    """The allowed values of every enumerated config field (no torch import: light-weight lists)."""
-    return {
+    """The allowed values of every enumerated config field (no torch import: light-weight lists); a
+    family's config class declares its own in ``CHOICES`` (``{field: values}``)."""
+    out: dict[tuple[str, str], Any] = {
         ("task", "operation"): _TaskNames(),
         ("task", "split_method"): sorted(SPLIT_METHODS),
         ("model", "act_fn"): list(ACT_FNS),
+        ("model", "family"): list(model_config_classes()),
         ("model", "init_method"): list(INIT_METHODS),
         ("model", "bias"): list(BIAS_MODES),
         ("model", "input_layout"): list(INPUT_LAYOUTS),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
     }
+    for cls in model_config_classes().values():
+        for name, values in getattr(cls, "CHOICES", {}).items():
+            out[("model", name)] = list(dict.fromkeys([*out.get(("model", name), []), *values]))
+    return out
 
 
 def _plain(text: str) -> str:
@@ -170,18 +178,59 @@ def _shown(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
-    """One flag per config field; help shows what it means and its value in ``preset``."""
-    defaults = make_config(preset)
-    docs, choices = field_docs(), _choices()
+def _flag_groups(preset: str, defaults) -> list[tuple[str, str, str, list[tuple[dataclasses.Field, Any, str]]]]:
+    """``(title, section, family, [(field, shown default, its label)])`` per flag group: each section, and the
+    model section split into the fields every family has and each family's own (a field two families share
+    is listed with the first and named in the other's title)."""
+    out = []
     for sec, cls in SECTIONS.items():
-        group = parser.add_argument_group(f"{sec} config ([{preset}: value] = the value of preset {preset!r}; "
-                                          f"a flag overrides it)")
-        for f in dataclasses.fields(cls):
+        title = f"{sec} config ([{preset}: value] = the value of preset {preset!r}; a flag overrides it)"
+        if sec != "model":
+            out.append((title, sec, "", [(f, getattr(getattr(defaults, sec), f.name), preset)
+                                         for f in dataclasses.fields(cls)]))
+            continue
+        families = model_config_classes()
+        current = defaults.model.family
+        by_family = {fam: {f.name: f for f in dataclasses.fields(c)} for fam, c in families.items()}
+        common = [(by_family[current][n], getattr(defaults.model, n), preset) for n in COMMON_MODEL_FIELDS]
+        out.append((f"model config, every family (--family {', '.join(families)}; [{preset}: value] = the "
+                    f"value of preset {preset!r})", sec, current, common))
+        seen = set(COMMON_MODEL_FIELDS)
+        for fam, fields_ in by_family.items():
+            rows, shared = [], []
+            for name, f in fields_.items():
+                if name in COMMON_MODEL_FIELDS:
+                    continue
+                if name in seen:
+                    shared.append(_flag(name))
+                    continue
+                seen.add(name)
+                if name in by_family[current]:  # the preset's family has it (a field two families share)
+                    rows.append((f, getattr(defaults.model, name), preset))
+                else:
+                    rows.append((f, f.default, f"{fam} default"))
+            also = f"; also {', '.join(shared)}" if shared else ""
+            out.append((f"model config, --family {fam} (these flags are refused for another family{also})",
+                        sec, fam, rows))
+    return out
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
+    """One flag per config field; help shows what it means and its value in ``preset`` (a model field
+    of another family than the preset's: the family's default), grouped per section and model family."""
+    defaults = make_config(preset)
+    choices = _choices()
+    docs = {fam: field_docs(fam) for fam in model_config_classes()}
+    for title, sec, fam, rows in _flag_groups(preset, defaults):
+        group = parser.add_argument_group(title)
+        fdocs = docs[fam or defaults.model.family]
+        for f, default, label in rows:
             if (sec, f.name) in _HIDDEN:
                 continue
-            default = getattr(getattr(defaults, sec), f.name)
-            doc = f"{_plain(docs.get((sec, f.name), sec + '.' + f.name))} [{preset}: {_shown(default)}]"
+            doc = f"{_plain(fdocs.get((sec, f.name), sec + '.' + f.name))} [{label}: {_shown(default)}]"
+            if sec == "model" and f.name not in COMMON_MODEL_FIELDS:  # a field other families have too
+                doc += "".join(f"; --family {other}: {_plain(d[(sec, f.name)])}" for other, d in docs.items()
+                               if other != fam and (sec, f.name) in d)
             if (sec, f.name) == ("task", "p"):
                 doc = f"{doc} (also sets the model's vocabulary; refused for a group task, whose vocabulary is the " \
                       f"group's order)"
@@ -211,7 +260,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    classes = [*SECTIONS.values(), *model_config_classes().values()]
+    names = {f.name for cls in classes for f in dataclasses.fields(cls)}
     out = {k: v for k, v in vars(args).items() if k in names and v is not None}
     if "windows" in out:
         out["windows"] = tuple(out["windows"])
@@ -224,9 +274,21 @@ _NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("gr
                     "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
 
 
+#: Training fields that act only on the transformer family (its fast path, its live measures): given
+#: explicitly for a run of another family they would change nothing, so the command refuses them (exit 2).
+_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True, "live_every": lambda v: v != 0}
+
+
 def _check_knobs_used(overrides: dict[str, Any], config) -> None:
-    """A Grokfast flag given without its filter in ``train.grad_transforms`` is a ConfigError naming it."""
+    """A Grokfast flag given without its filter in ``train.grad_transforms``, or a flag that does nothing for
+    the run's model family, is a ConfigError naming it."""
     from .errors import ConfigError
+
+    family = config.model.family
+    for name, acts in _TRANSFORMER_ONLY.items():
+        if family != "transformer" and name in overrides and acts(overrides[name]):
+            raise ConfigError(f"train.{name}: has no effect on a model of the {family} family (the transformer "
+                              f"family's only); leave it out")
 
     for name, needs in _NEEDS_TRANSFORM.items():
         if name in overrides and not set(needs) & set(config.train.grad_transforms):
@@ -482,6 +544,29 @@ def _early_warning(run) -> str | None:
     return f"early warning: circuit forming at epoch {w.epoch} (test accuracy then {w.test_acc:.1%}){est}"
 
 
+def _model_line(m) -> str:
+    """The model in one line: a transformer as before; another family's fields by name."""
+    if m.family == "transformer":
+        return (f"d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, {m.n_layers} layer(s), "
+                f"{m.act_fn}, init_seed {m.init_seed}\n        LayerNorm {'on (pre-LN)' if m.layer_norm else 'off'}, "
+                f"biases {m.bias}, input layout {m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
+    own = [f.name for f in dataclasses.fields(m) if f.name not in COMMON_MODEL_FIELDS]
+    return (f"{m.family}: " + ", ".join(f"{n} {_shown(getattr(m, n))}" for n in own)
+            + f", init_seed {m.init_seed}" + (f", init_scale {m.init_scale}" if m.init_scale != 1.0 else ""))
+
+
+def _unused_preset_fields(preset: Any, config) -> dict[str, Any]:
+    """The model fields of ``preset`` (the run's recorded preset) that the run's family does not have: a
+    preset of another family gave them, and ``--family`` left them unused."""
+    if not isinstance(preset, str) or preset not in PRESETS:
+        return {}
+    base = make_config(preset).model
+    if base.family == config.model.family:
+        return {}
+    own = {f.name for f in dataclasses.fields(config.model)}
+    return {f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name not in own}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     _existing(args.run, "run directory")
     from .store.run import load_run
@@ -492,7 +577,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         from .config import interventions
 
         print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions"),
-                          "interventions": interventions(run.config), "early_warning": _early_warning(run)}, indent=2))
+                          "interventions": interventions(run.config), "early_warning": _early_warning(run),
+                          "unused_preset_fields": _unused_preset_fields(s.get("preset"), run.config)}, indent=2))
         return 0
     c = run.config
     print(f"run: {run.path}" + (f"  (preset {s['preset']})" if s.get("preset") else ""))
@@ -502,11 +588,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"task:   {what}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
     structure = run.task.structure
     print(f"structure: {structure.describe() if structure is not None else 'none declared (no group structure)'}")
-    m = c.model
-    print(f"model:  d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, "
-          f"{m.n_layers} layer(s), {m.act_fn}, init_seed {m.init_seed}")
-    print(f"        LayerNorm {'on (pre-LN)' if m.layer_norm else 'off'}, biases {m.bias}, input layout "
-          f"{m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
+    print(f"model:  {_model_line(c.model)}")
+    unused = _unused_preset_fields(s.get("preset"), c)
+    if unused:
+        print(f"unused: preset {s['preset']}'s model fields that the {c.model.family} family does not have: "
+              + ", ".join(f"{k} {_shown(v)}" for k, v in unused.items()))
     t = c.train
     opt = (f"{t.optimizer} (momentum {t.momentum})" if t.optimizer == "sgd" else
            f"{t.optimizer} (betas {t.beta1}, {t.beta2})" if t.optimizer in ("adam", "adamw") else t.optimizer)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import math
 import re
@@ -57,6 +58,12 @@ __all__ = [
     "LOSSES",
     "CHECKPOINT_UNITS",
     "interventions",
+    "MODEL_CONFIGS",
+    "COMMON_MODEL_FIELDS",
+    "register_model_config",
+    "model_config_class",
+    "model_config_classes",
+    "check_common_model_fields",
 ]
 
 #: Version of the run-directory format written by this package. Readers refuse newer ones.
@@ -230,6 +237,9 @@ class ModelConfig:
     so that ``d_vocab = p + 1`` and ``d_vocab_out = p + eq_logit`` are always the task's.
 
     Attributes:
+        family: the model family (:data:`MODEL_CONFIGS`): ``transformer`` here; another family's
+            config is its own dataclass (``--family mlp``). Runs written before families existed are
+            transformers.
         p: the task's alphabet size (the modulus, or a group's order); sets the vocabulary sizes.
         eq_logit: ``=`` has an output logit (``d_vocab_out = p + 1``); kept equal to ``task.eq_logit``.
         d_model: residual width; must be divisible by ``n_heads``.
@@ -266,6 +276,7 @@ class ModelConfig:
             ``n_ctx`` is then 2).
     """
 
+    family: str = "transformer"
     p: int = 113
     eq_logit: bool = False
     d_model: int = 128
@@ -284,6 +295,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
+        _require(self.family == "transformer", "model.family", "must be 'transformer' for a ModelConfig (another "
+                 "family has its own config class: model_config_class(family))", self.family)
         _require(isinstance(self.layer_norm, bool), "model.layer_norm", "must be true or false", self.layer_norm)
         _require(isinstance(self.bias, str) and self.bias in BIAS_MODES, "model.bias",
                  f"must be one of {', '.join(BIAS_MODES)}", self.bias)
@@ -341,6 +354,76 @@ class ModelConfig:
     def d_vocab_out(self) -> int:
         """Output vocabulary: the residues, plus ``=`` when ``eq_logit`` (the paper's code has it)."""
         return self.p + int(self.eq_logit)
+
+
+#: Fields every family's model config has, with the same meaning: ``family`` itself, the task's
+#: vocabulary (``p``, ``eq_logit``), the token layout (``n_ctx``) and the seeded initialisation
+#: (``init_seed``, ``init_scale``). Switching family (``make_config(..., family="mlp")``) keeps them.
+COMMON_MODEL_FIELDS = ("family", "p", "eq_logit", "n_ctx", "init_seed", "init_scale")
+
+#: Model-config classes by family (``model.family``): ``{family: frozen dataclass}``. The
+#: ``transformer``'s is :class:`ModelConfig`; every other family registers its own from its config module
+#: (:func:`register_model_config`), so this module does not grow with the families.
+MODEL_CONFIGS: dict[str, type] = {"transformer": ModelConfig}
+
+
+def register_model_config(cls: type) -> type:
+    """Register a family's config class under its ``family`` field's default (usable as a decorator).
+
+    The class is a frozen dataclass with every :data:`COMMON_MODEL_FIELDS` field, checks itself in
+    ``__post_init__`` (:class:`ConfigError` naming ``model.<field>``; :func:`check_common_model_fields`
+    checks the common fields) and offers ``d_vocab``, ``d_vocab_out`` and ``n_params``. Its
+    ``Attributes:`` docstring section documents its fields (``--help`` and :func:`field_docs` read it).
+    """
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise ConfigError(f"model.family: a family's config must be a dataclass, got {cls!r}")
+    by_name = {f.name: f for f in fields(cls)}
+    missing = [n for n in COMMON_MODEL_FIELDS if n not in by_name]
+    if missing:
+        raise ConfigError(f"model.family: {cls.__name__} lacks the common field(s) {', '.join(missing)}")
+    family = by_name["family"].default
+    if not (isinstance(family, str) and family.isidentifier()):
+        raise ConfigError(f"model.family: {cls.__name__}.family must default to the family's name, got {family!r}")
+    MODEL_CONFIGS[family] = cls
+    return cls
+
+
+@functools.cache
+def _load_families() -> None:
+    # The families live above this layer (grokinterp.model.families, torch-free to import) and register
+    # their config classes when imported; a run.json naming one is read without the caller importing it.
+    importlib.import_module("grokinterp.model.families")
+
+
+def model_config_classes() -> dict[str, type]:
+    """Every installed family's config class, ``{family: class}``."""
+    _load_families()
+    return dict(MODEL_CONFIGS)
+
+
+def model_config_class(family: Any) -> type:
+    """The config class of ``family`` (:class:`ConfigError` naming ``model.family`` when unknown)."""
+    if family not in MODEL_CONFIGS:
+        _load_families()
+    if not isinstance(family, str) or family not in MODEL_CONFIGS:
+        raise ConfigError(f"model.family: unknown family {family!r}; known: {', '.join(sorted(MODEL_CONFIGS))}")
+    return MODEL_CONFIGS[family]
+
+
+def check_field_types(obj: Any, section: str) -> None:
+    """``int`` fields hold integers and ``float`` fields numbers (:class:`ConfigError` naming ``section.field``)."""
+    _check_ints(obj, section)
+
+
+def check_common_model_fields(cfg: Any) -> None:
+    """The checks of the :data:`COMMON_MODEL_FIELDS` of a family's config, as :class:`ModelConfig` makes them."""
+    _require(is_int(cfg.p) and cfg.p >= 3, "model.p", "must be an integer of at least 3", cfg.p)
+    _require(isinstance(cfg.eq_logit, bool), "model.eq_logit", "must be true or false", cfg.eq_logit)
+    _require(is_int(cfg.n_ctx) and cfg.n_ctx >= 1, "model.n_ctx", "must be positive", cfg.n_ctx)
+    _require(is_int(cfg.init_seed) and 0 <= cfg.init_seed <= LIMITS.init_seed, "model.init_seed",
+             f"must lie in [0, {LIMITS.init_seed}]", cfg.init_seed)
+    _require(_is_number(cfg.init_scale) and math.isfinite(cfg.init_scale) and cfg.init_scale > 0, "model.init_scale",
+             "must be a positive number", cfg.init_scale)
 
 
 @dataclass(frozen=True)
@@ -567,7 +650,7 @@ class CheckpointSchedule:
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
-    "model": {"eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout"},
+    "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
@@ -592,7 +675,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         for name, cls in SECTIONS.items():
-            if not isinstance(getattr(self, name), cls):
+            if not isinstance(getattr(self, name), cls) and not (name == "model" and _is_model_config(self.model)):
                 raise ConfigError(f"{name}: must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
         if self.model.p != self.task.p:
             raise ConfigError(f"model.p: must equal task.p ({self.task.p}: the model's vocabulary follows the task; "
@@ -698,8 +781,15 @@ class RunConfig:
             sec = data[name]
             if not isinstance(sec, dict):
                 raise ConfigError(f"{source}: {name} must be a JSON object, got {type(sec).__name__}")
+            added = _ADDED_FIELDS.get(name, set())
+            if name == "model":  # the family's own class (a run.json without 'family' is a transformer's)
+                try:
+                    sec_cls = model_config_class(sec.get("family", "transformer"))
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
+                added = added if sec_cls is ModelConfig else set(getattr(sec_cls, "ADDED_FIELDS", ()))
             names = {f.name for f in fields(sec_cls)}
-            extra, missing = set(sec) - names, (names - set(sec)) - _ADDED_FIELDS.get(name, set())
+            extra, missing = set(sec) - names, (names - set(sec)) - added
             if extra:
                 raise ConfigError(f"{source}: unexpected field(s) {', '.join(f'{name}.{e}' for e in sorted(extra))} "
                                   f"(written by a newer grokinterp? upgrade to read it)")
@@ -722,12 +812,19 @@ class RunConfig:
 _SHARED = ("p", "eq_logit")
 
 
-def field_docs() -> dict[tuple[str, str], str]:
+def _is_model_config(obj: Any) -> bool:
+    return type(obj) in MODEL_CONFIGS.values()
+
+
+def field_docs(family: str | None = None) -> dict[tuple[str, str], str]:
     """What each config field means: ``{(section, field): text}``, read from the ``Attributes:``
     section of each section class's docstring (the one place fields are documented; the CLI's
-    ``--help`` shows it)."""
+    ``--help`` shows it). ``family`` picks the model section's class (default: the transformer's)."""
     out: dict[tuple[str, str], str] = {}
-    for sec, cls in SECTIONS.items():
+    classes = dict(SECTIONS)
+    if family is not None:
+        classes["model"] = model_config_class(family)
+    for sec, cls in classes.items():
         lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
         if "Attributes:" not in lines:
             continue
@@ -775,17 +872,41 @@ def interventions(cfg: RunConfig) -> list[str]:
         out.append(f"init_scale: {m.init_scale}")
     if t.weight_norm:
         out.append("weight_norm: on (total parameter norm held at init_scale · ‖w₀‖)")
-    if m.attn_coeff != 1.0:
+    if getattr(m, "attn_coeff", 1.0) != 1.0:  # a transformer field
         out.append(f"attn_coeff: {m.attn_coeff}")
     return out
 
 
+def _section_fields(sec: str) -> set[str]:
+    """The fields of a section; for ``model``, of every installed family's config."""
+    if sec == "model":
+        return {f.name for cls in model_config_classes().values() for f in fields(cls)}
+    return {f.name for f in fields(SECTIONS[sec])}
+
+
 def _field_owner() -> dict[str, list[str]]:
     owner: dict[str, list[str]] = {}
-    for sec, cls in SECTIONS.items():
-        for f in fields(cls):
-            owner.setdefault(f.name, []).append(sec)
+    for sec in SECTIONS:
+        for name in sorted(_section_fields(sec)):
+            owner.setdefault(name, []).append(sec)
     return owner
+
+
+def _model_section(current: Any, kw: dict[str, Any]) -> Any:
+    """The model config after overrides ``kw``: the same family's config replaced, or, when ``family``
+    names another, that family's config keeping the :data:`COMMON_MODEL_FIELDS` (the old family's other
+    fields are not its own: unused). A field the target family does not have is refused, naming it."""
+    family = kw.get("family", current.family)
+    cls = model_config_class(family)
+    own = {f.name for f in fields(cls)}
+    foreign = sorted(set(kw) - own)
+    if foreign:
+        owners = [fam for fam, c in model_config_classes().items() if foreign[0] in {f.name for f in fields(c)}]
+        raise ConfigError(f"model.{foreign[0]}: not a field of the {family} family (a field of "
+                          f"{', '.join(owners) or 'no family'}); its fields: {', '.join(sorted(own))}")
+    if type(current) is cls:
+        return dataclasses.replace(current, **kw)
+    return cls(**{**{n: getattr(current, n) for n in COMMON_MODEL_FIELDS if n != "family"}, **kw})
 
 
 def _fix_group_size(cfg: RunConfig, per_section: dict[str, dict[str, Any]]) -> None:
@@ -810,7 +931,7 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     for key, value in overrides.items():
         if "." in key:
             sec, name = key.split(".", 1)
-            if sec not in SECTIONS or name not in {f.name for f in fields(SECTIONS[sec])}:
+            if sec not in SECTIONS or name not in _section_fields(sec):
                 raise ConfigError(f"{key}: no such config field")
             per_section[sec][name] = value
             if name in _SHARED:  # keep the model's vocabulary in step with the task
@@ -830,7 +951,8 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         except (ConfigError, TypeError, ValueError):
             pass  # the task itself is wrong: its section names the field
     sections = {
-        s: dataclasses.replace(getattr(cfg, s), **kw) if kw else getattr(cfg, s)
+        s: (_model_section(cfg.model, kw) if s == "model" else dataclasses.replace(getattr(cfg, s), **kw))
+        if kw else getattr(cfg, s)
         for s, kw in per_section.items()
     }
     return RunConfig(**sections)
@@ -869,18 +991,37 @@ def _preset_paper_exact() -> RunConfig:
     )
 
 
+def _preset_mlp_devinterp() -> RunConfig:
+    # devinterp's grokking example (timaeus-research/devinterp, examples/grokking): p = 53, 40 % of the
+    # pairs; an MLP with one embedding (width 12) shared by a and b, two biased 12 → 48 maps summed, GELU,
+    # a 48 → 53 unembedding without bias; torch's Adam (weight decay 2e-4 as an L2 term, lr 5e-3, betas
+    # 0.9 / 0.999, no warm-up), batches of 128, 25k steps: 1,124 training pairs are 9 steps an epoch, so
+    # 2,778 epochs (25,002 steps). Checkpoints count steps (a minibatch run): every 250, ~100 as theirs.
+    # Not theirs: each of their steps takes the first batch of a fresh shuffle (next(iter(DataLoader))),
+    # ours go through the training set epoch by epoch; their split shuffles a set's order (not reproducible).
+    return _apply_overrides(
+        RunConfig(),
+        dict(p=53, frac_train=0.4, family="mlp", d_embed=12, d_hidden=48, n_hidden_layers=1, act_fn="gelu",
+             combine="sum", unembed_bias=False, optimizer="adam", lr=5e-3, weight_decay=2e-4, beta2=0.999,
+             warmup_epochs=0, batch_size=128, epochs=2778, eval_every=10, every=250, log_early=6, flush_every=20),
+    )
+
+
 #: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs), in our
 #: conventions. ``paper-exact``: the same with the reference code's conventions (``=`` logit, split,
 #: warm-up, initialisation), so a seed gives the published code's split and initial tensors.
 #: ``quick``: groks on a 2-core CPU and shows the phases. ``tiny``: seconds, for tests.
+#: ``mlp-devinterp``: devinterp's grokking MLP (the ``mlp`` family).
 PRESETS = {"paper": _preset_paper, "paper-exact": _preset_paper_exact, "quick": _preset_quick,
-           "tiny": _preset_tiny}
+           "tiny": _preset_tiny, "mlp-devinterp": _preset_mlp_devinterp}
 #: One line per preset, for ``--help`` (no config is built to print it).
 PRESET_HELP = {
     "paper": "Nanda et al. 2023: p = 113, 30% of pairs, AdamW lr 1e-3, wd 1, 40k epochs",
     "paper-exact": "paper, with the reference code's conventions: '=' logit, its split, warm-up and init",
     "quick": "p = 97, 40% of pairs, lr 2e-3, 3k epochs: groks on a CPU and shows the three phases",
     "tiny": "p = 31, small model, 1k epochs: seconds, for tests",
+    "mlp-devinterp": "devinterp's grokking MLP: p = 53, 40% of pairs, embedding 12, hidden 48, GELU, Adam lr 5e-3, "
+                     "wd 2e-4, batch 128, 25k steps",
 }
 
 

@@ -160,7 +160,13 @@ def loop_metrics_frame(loop: Any, upto: int) -> pd.DataFrame:
 
 def live_callbacks(config: RunConfig) -> list[Callback]:
     """The callbacks :func:`train` adds for ``config``: live measures and the early warning when
-    ``config.train.live_every > 0``, else none."""
+    ``config.train.live_every > 0``, else none. The live measures read the transformer's circuit: a run
+    of another family gets none (a warning says so; issue 19 brings the analyses to every family)."""
+    family = getattr(config.model, "family", "transformer")
+    if config.train.live_every > 0 and family != "transformer":
+        warnings.warn(f"train.live_every: the live progress measures are the transformer family's; this "
+                      f"{family} run records none", UserWarning, stacklevel=2)
+        return []
     if config.train.live_every > 0:
         return [LiveMeasures(config.train.live_every), EarlyWarningCallback()]
     return []
@@ -299,7 +305,7 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
             new = [dict(r) for _, r in table[table["epoch"] > seen_epoch].iterrows()]
             for r in new:
                 r["epoch"] = int(r["epoch"])
-        else:
+        elif getattr(run.config.model, "family", "transformer") == "transformer":  # another family: progress only
             if arrays is None:
                 arrays = live_arrays(run.config, *run.split_pairs())
             new = _rows_from_checkpoints(run, [e for e in run.epochs if e > seen_epoch], arrays)

@@ -16,10 +16,15 @@ def test_an_unknown_family_is_refused_naming_the_field():
         register_family("not a name", "x")
 
 
+#: A small model of each family (every registered family must be listed).
+SMALL = {"transformer": dict(d_model=8, n_heads=2, d_mlp=16), "mlp": dict(d_embed=4, d_hidden=16)}
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_every_family_keeps_its_protocol(name):
     fam = get_family(name)
-    cfg = g.make_config("tiny", p=7, d_model=8, n_heads=2, d_mlp=16).model
+    cfg = g.make_config("tiny", p=7, family=name, **SMALL[name]).model
+    assert cfg.family == name and cfg.n_params == sum(int(torch.Size(s).numel()) for s in fam.param_shapes(cfg).values())
     shapes = fam.param_shapes(cfg)
     params = fam.init_params(cfg)
     assert list(params) == list(shapes) and all(tuple(params[k].shape) == s for k, s in shapes.items())

@@ -19,10 +19,11 @@ and the padding weighted out by the caller). Two implementations give the same l
 Both equal ``HookedGrokTransformer(cfg_r)(tokens[r])[:, -1]`` for every run ``r`` up to float32
 rounding (tested to 1e-5).
 
-* ``generic`` (issue 19) — the model family's functional forward over stacked parameters
-  (:func:`grokinterp.model.families.transformer.forward` for the transformer: any number of layers,
-  LayerNorm, biases, the ``a_b`` layout); the plan only holds the tokens. The one choice for a model
-  the two kernels cannot compute (:func:`stack_unsupported`, :func:`stack_impls`).
+* ``generic`` (issue 19) — the model family's functional forward over stacked parameters (the
+  family's ``forward``: for the transformer :func:`grokinterp.model.families.transformer.forward`, any
+  number of layers, LayerNorm, biases, the ``a_b`` layout; the MLP's batched products); the plan only
+  holds the tokens. The one choice for a model the two kernels cannot compute
+  (:func:`stack_unsupported`, :func:`stack_impls`).
 
 Example:
     >>> plan = StackPlan.build(cfg, tokens)                     # tokens [run, batch, 3]   # doctest: +SKIP
@@ -40,10 +41,9 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from . import tables
-from .families import get_family
+from .families import family_of, get_family
 from .families.transformer import fast_kernels_apply
 from .fastpath import BagIndex, bag_sum
-from .params import init_params
 
 __all__ = ["StackPlan", "stacked_final_logits", "stacked_losses", "stack_params", "IMPLS", "stack_unsupported",
            "CHUNK_ELEMENTS", "stack_impls"]
@@ -68,9 +68,9 @@ def stack_impls(cfg: ModelConfig) -> tuple[str, ...]:
 
 
 def stack_params(configs: list[ModelConfig]) -> dict[str, Tensor]:
-    """Each run's initial parameters (:func:`~grokinterp.model.params.init_params`, seeded by its
-    own ``init_seed``), stacked ``{name: [run, ...]}`` (CPU, float32)."""
-    per_run = [init_params(c) for c in configs]
+    """Each run's initial parameters (its family's ``init_params``, seeded by its own ``init_seed``),
+    stacked ``{name: [run, ...]}`` (CPU, float32)."""
+    per_run = [family_of(c).init_params(c) for c in configs]
     return {name: torch.stack([p[name] for p in per_run]) for name in per_run[0]}
 
 

@@ -96,6 +96,10 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
             with an attention coefficient (``attn_coeff < 1``), which TransformerLens attention
             cannot express.
     """
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        raise ConfigError(f"model.family: {family!r} — a TransformerBridge is a transformer; this model is already a "
+                          f"TransformerLens HookedRootModule (Run.model())")
     if cfg.attn_coeff != 1.0:
         raise ConfigError(f"model.attn_coeff: {cfg.attn_coeff} — TransformerLens attention is softmax attention; a model "
                           f"blending it with constant attention (attn_coeff < 1) has no TransformerLens equivalent")

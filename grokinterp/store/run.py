@@ -577,11 +577,13 @@ class Run:
         return {name: torch.from_numpy(np.array(arrays[name][row])) for name in param_shapes(self.config.model)}
 
     def model(self, epoch: int = -1, device: str | torch.device = "cpu"):
-        """A ready :class:`~grokinterp.model.HookedGrokTransformer` at ``epoch`` (``-1`` = last)."""
-        from ..model.hooked import HookedGrokTransformer
+        """The family's hooked module at ``epoch`` (``-1`` = last): a
+        :class:`~grokinterp.model.HookedGrokTransformer` for a transformer run, a
+        :class:`~grokinterp.model.families.mlp.module.HookedMLP` for an MLP run."""
+        from ..model.families import family_of
 
         params = self.params(epoch)  # first: a bad epoch must not cost building the model
-        model = HookedGrokTransformer(self.config.model, init=False)
+        model = family_of(self.config.model).hooked(self.config.model, init=False)
         model.load_params(params)
         return model.to(device).eval()
 

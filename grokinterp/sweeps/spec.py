@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import LIMITS, PRESETS, SECTIONS, RunConfig, make_config
+from ..config import LIMITS, PRESETS, SECTIONS, RunConfig, make_config, model_config_classes
 from ..errors import ConfigError
 
 # False while a sweep directory's own spec is read back: the limit on points applies to new sweeps only
@@ -169,6 +169,12 @@ def _field_types() -> dict[str, tuple[str, Any]]:
                 default = 0
             out[dotted] = (dotted, default)
             out.setdefault(f.name, (dotted, default))
+    for cls in model_config_classes().values():  # every family's model fields (--family mlp: d_hidden, ...)
+        for f in dataclasses.fields(cls):
+            dotted = f"model.{f.name}"
+            if dotted not in out:
+                out[dotted] = (dotted, f.default)
+                out.setdefault(f.name, (dotted, f.default))
     return out
 
 

@@ -43,6 +43,7 @@ from ..config import FORMAT_VERSION, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
 from ..model.denormals import flush_denormals
+from ..model.families import family_of
 from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
 from ..store import layout
 from ..store.integrity import last_flush_complete
@@ -147,11 +148,9 @@ class TrainLoop:
             x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs, mc.input_layout))
             plan = FastPlan.build(mc, x) if use_fast and len(x) else None
             self.data[name] = _Data(x, y, plan)
-        # imported here, not with the module: sweeps plan, resume checks and the CLI import this module
-        # without training anything, and transformer_lens takes seconds to import
-        from ..model.hooked import HookedGrokTransformer
-
-        self.model = HookedGrokTransformer(mc).to(device)
+        # the family's hooked module (it imports transformer_lens on first use: sweeps plan, resume checks
+        # and the CLI import this module without training anything, and transformer_lens takes seconds)
+        self.model = family_of(mc).hooked(mc).to(device)
         self.params = dict(self.model.named_parameters())
         # On CUDA the step of the fast path is replayed from a CUDA graph (see step.py); the graph
         # reads the learning rate from a device tensor.

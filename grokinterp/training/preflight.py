@@ -19,11 +19,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import RunConfig
 from ..errors import RunError
+from ..model.families import family_of
 
 __all__ = ["Estimate", "estimate", "preflight", "device_memory"]
 
@@ -69,9 +71,7 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
     n_train = int(round(n_pairs * float(config.task.frac_train))) + 1
     if tc.batch_size is not None:  # a minibatch step's activations; the full-set evaluation has no backward
         n_train = min(n_train, int(tc.batch_size))
-    vocab = m.d_vocab_out
-    per_example = (m.n_ctx * m.n_layers * (8 * m.d_model + 3 * m.d_mlp) * 4 * 2  # hooked forward + backward
-                   + vocab * (4 * 3 + 8 * 2))  # logits, their gradient, the float64 log-softmax
+    per_example = family_of(m).activation_bytes(m)  # hooked forward + backward, logits and the loss
     if checkpoints_left is None:
         checkpoints_left = len(config.checkpoint_epochs())
     memory = {
@@ -143,7 +143,7 @@ def preflight(config: RunConfig, device: torch.device, out: Path, checkpoints_le
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in est.memory.items() if v >= 0.01 * est.memory_bytes)
         raise RunError(f"{out}: training this run needs about {_gib(est.memory_bytes)} of {device.type} memory "
                        f"({parts}), more than this machine's {_gib(have)}; reduce the model "
-                       f"(d_model, d_mlp, n_layers), checkpoints.flush_every or train.epochs")
+                       f"({_size_fields(config.model)}), checkpoints.flush_every or train.epochs")
     free = _free_disk(Path(out))
     if free is not None and est.disk_bytes > free:
         parts = ", ".join(f"{k} {_gib(v)}" for k, v in est.disk.items() if v >= 0.01 * est.disk_bytes)
@@ -151,3 +151,10 @@ def preflight(config: RunConfig, device: torch.device, out: Path, checkpoints_le
                        f"{_gib(free)} free there; checkpoint less often (checkpoints.every, windows) or write "
                        f"elsewhere")
     return est
+
+
+def _size_fields(m: Any) -> str:
+    """The fields that size a model of its family, for the message."""
+    if getattr(m, "family", "transformer") == "transformer":
+        return "d_model, d_mlp, n_layers"
+    return ", ".join(n for n in ("d_embed", "d_hidden", "n_hidden_layers") if hasattr(m, n)) or "model.*"

@@ -59,10 +59,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
+from ..config import COMMON_MODEL_FIELDS, FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
+from ..model.families import family_of
 from ..model.stacked import (
     IMPLS,
     StackPlan,
@@ -148,9 +149,13 @@ def _default_of(cls, name: str) -> Any:
 
 def _unknown_fields_changed(config: RunConfig) -> list[str]:
     out = []
-    for sec, cls in SECTIONS.items():
+    for sec in SECTIONS:
+        obj = getattr(config, sec)
+        cls = type(obj)  # the model section: its family's class
         for f in dataclasses.fields(cls):
-            if f.name not in _KNOWN[sec] and getattr(getattr(config, sec), f.name) != _default_of(cls, f.name):
+            # another family's own fields are its forward's, which the generic stacked forward computes
+            own = sec == "model" and cls is not SECTIONS["model"] and f.name not in COMMON_MODEL_FIELDS
+            if f.name not in _KNOWN[sec] and not own and getattr(obj, f.name) != _default_of(cls, f.name):
                 out.append(f"{sec}.{f.name}")
     return out
 
@@ -934,6 +939,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
+    if getattr(mc, "family", "transformer") != "transformer":  # the family's own estimate (generic forward)
+        per_ex = family_of(mc).activation_bytes(mc)
+        return int(1.3 * (4 * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
+                          + per_ex * n_examples))
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
     per_param = 4 * P * (4 + config.checkpoints.flush_every)

@@ -209,6 +209,9 @@ def progress_measures(
         definition and split.
     """
     cfg = run.config.model
+    if getattr(cfg, "family", "transformer") != "transformer":  # issue 19: analyses that follow the family
+        raise AnalysisError(f"progress_measures: defined for the transformer family so far (this run's model.family "
+                            f"is {cfg.family!r})")
     model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if cfg.n_layers != 1:
         raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")

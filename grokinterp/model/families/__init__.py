@@ -9,16 +9,30 @@ A family is a module that answers, for a model config of its kind (``cfg.family`
 ``hooked(cfg, init=True) -> torch.nn.Module``
     the analysis module: a TransformerLens ``HookedRootModule`` whose named parameters are exactly
     :func:`param_shapes`, whose ``forward(tokens)`` takes the task's tokens ``[batch, n_ctx]`` and
-    returns logits ``[batch, pos, d_vocab_out]`` read out at the last position, and whose
-    ``run_with_cache`` gives TransformerLens hook names;
+    returns logits ``[batch, pos, d_vocab_out]`` read out at the last position (``[:, -1]``; a
+    family without positions, the MLP, returns one position), whose ``load_params({name: tensor})``
+    fills the parameters (checking names and shapes), and whose ``run_with_cache`` gives
+    TransformerLens hook names;
 ``hidden_hook(cfg) -> str``
     the hook whose activations are the family's neurons (the hidden layer that neuron analyses read);
 ``describe(cfg) -> str``
-    one line for ``info`` and reports.
+    one line for ``info`` and reports;
+``activation_bytes(cfg) -> int``
+    bytes of activations one training example holds through a hooked forward and backward (the
+    trainer's pre-flight memory estimate);
+``forward(params, tokens, cfg, attn_coeff=None) -> Tensor``
+    the functional forward over stacked parameters ``{name: [run, ...]}`` and tokens
+    ``[run, batch, pos]``: logits ``[run, batch, d_vocab_out]`` (the stacked trainer's ``generic``
+    implementation, where the family has no fast kernels).
 
-Training needs nothing more: a stack of ``R`` runs is one tensor per parameter ``[run, ...]``, and
-the generic stacked forward is the hooked module called functionally on each run's slice
-(``torch.func.functional_call`` under ``vmap``). A family may also offer fast kernels (today's
+Each family also owns its config: a frozen dataclass registered with
+:func:`grokinterp.config.register_model_config` by a torch-free module that this package imports
+(the transformer's is :class:`grokinterp.config.ModelConfig`; the MLP's
+:mod:`grokinterp.model.families.mlp.config`). ``RunConfig.from_dict`` picks the class from
+``model.family``; ``--help`` and ``info`` list its fields.
+
+Training needs nothing more: one run trains its hooked module; a stack of ``R`` runs is one tensor
+per parameter ``[run, ...]`` and trains through ``forward``. A family may also offer fast kernels (today's
 transformer has the table fold of :mod:`~grokinterp.model.fastpath` and :mod:`~grokinterp.model.stacked`);
 the training loop picks them where they apply.
 
@@ -29,13 +43,16 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import Any
 
 from ...errors import ConfigError
+from .mlp import config as mlp_config  # noqa: F401  (registers the mlp family's config class; torch-free)
 
-__all__ = ["FAMILIES", "register_family", "get_family"]
+__all__ = ["FAMILIES", "register_family", "get_family", "family_of"]
 
 #: Registered families: ``{name: module path}``.
-FAMILIES: dict[str, str] = {"transformer": "grokinterp.model.families.transformer"}
+FAMILIES: dict[str, str] = {"transformer": "grokinterp.model.families.transformer",
+                            "mlp": "grokinterp.model.families.mlp"}
 
 
 def register_family(name: str, module: str) -> None:
@@ -50,3 +67,8 @@ def get_family(name: str) -> ModuleType:
     if name not in FAMILIES:
         raise ConfigError(f"model.family: unknown family {name!r}; known: {', '.join(sorted(FAMILIES))}")
     return importlib.import_module(FAMILIES[name])
+
+
+def family_of(cfg: Any) -> ModuleType:
+    """The family module of a model config (``cfg.family``; a config without one is a transformer's)."""
+    return get_family(getattr(cfg, "family", "transformer"))

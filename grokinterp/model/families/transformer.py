@@ -24,8 +24,8 @@ from torch import Tensor
 from ...errors import ConfigError
 from ..params import LN_EPS, init_params, param_shapes
 
-__all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe", "forward", "fast_kernels_apply",
-           "LN_EPS"]
+__all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe", "activation_bytes", "forward",
+           "fast_kernels_apply", "LN_EPS"]
 
 def hooked(cfg: Any, init: bool = True):
     """The hooked transformer of ``cfg`` (imports transformer_lens on first use)."""
@@ -47,6 +47,12 @@ def describe(cfg: Any) -> str:
     ) if s]
     return (f"transformer: {cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
             f"{cfg.act_fn}" + "".join(f", {e}" for e in extras))
+
+
+def activation_bytes(cfg: Any) -> int:
+    """Bytes one example holds through the hooked forward and backward (the pre-flight estimate)."""
+    return (cfg.n_ctx * cfg.n_layers * (8 * cfg.d_model + 3 * cfg.d_mlp) * 4 * 2  # hooked forward + backward
+            + cfg.d_vocab_out * (4 * 3 + 8 * 2))  # logits, their gradient, the float64 log-softmax
 
 
 def fast_kernels_apply(cfg: Any) -> str | None:
