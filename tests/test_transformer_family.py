@@ -329,3 +329,11 @@ def test_generic_stacks_mask_mode_and_refused_mixes(tmp_path):
                           (base.replace(input_layout="a_b"), r"model\.(n_ctx|input_layout) differs")):
         with pytest.raises(ConfigError, match=needle):
             train_stacked([base, other], [tmp_path / "x", tmp_path / "y"], progress=False)
+
+
+def test_live_measures_are_skipped_with_a_warning_where_the_grid_fold_does_not_apply(tmp_path):
+    cfg = make_config("tiny", p=11, d_model=16, n_heads=2, d_mlp=32, n_layers=2, layer_norm=True, epochs=6, every=3,
+                      log_early=0, eval_every=3, live_every=3)
+    with pytest.warns(UserWarning, match=r"train\.live_every: .*n_layers = 1.*records none"):
+        run = g.train(cfg, tmp_path / "run", progress=False)
+    assert run.finished and not [c for c in run.metrics.columns if c.startswith("live_")]
