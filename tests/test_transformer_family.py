@@ -337,3 +337,12 @@ def test_live_measures_are_skipped_with_a_warning_where_the_grid_fold_does_not_a
     with pytest.warns(UserWarning, match=r"train\.live_every: .*n_layers = 1.*records none"):
         run = g.train(cfg, tmp_path / "run", progress=False)
     assert run.finished and not [c for c in run.metrics.columns if c.startswith("live_")]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_layers=2, layer_norm=True, bias="all"), dict(bias="none"),
+                                dict(input_layout="a_b", layer_norm=True)])
+def test_analyses_read_the_settings_off_the_parameters(kw):
+    from grokinterp.analysis.inputs import infer_config
+
+    cfg = _model_cfg(**kw)
+    assert infer_config(init_params(cfg)) == dataclasses.replace(cfg, init_seed=0)
