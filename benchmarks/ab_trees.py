@@ -6,6 +6,10 @@ first on ``sys.path`` which measures through the public API only (the same code 
 * ``train``: ``grokinterp.train`` of the paper config for ``--epochs`` epochs, no intermediate
   checkpoints (ms per epoch, set-up included: plan, first and last flush);
 * ``train_ckpt``: the same with a checkpoint every 10 epochs;
+* ``quick``: ``grokinterp.train`` of the ``quick`` preset for ``--epochs`` epochs with its own
+  checkpoint schedule (ms per epoch) — issue 19's single-run target;
+* ``stack16``: ``grokinterp.train_stacked`` of 16 ``tiny`` runs (seeds 0..15) for ``--epochs`` epochs
+  (ms per model-epoch) — issue 19's stacked target;
 * ``analysis``: ``grokinterp.progress_measures`` on a synthetic 400-checkpoint p = 113 run (the one
   of ``benchmarks/analysis_speed.py``, built once by tree A — the older tree, whose run format
   both read), key frequencies fixed.
@@ -14,6 +18,7 @@ It prints every measurement, the median per tree and the ratio B/A.
 
     git worktree add /tmp/old HEAD~1
     python benchmarks/ab_trees.py /tmp/old . --repeats 5
+    python benchmarks/ab_trees.py /tmp/old . --what issue19 --epochs 300 --repeats 5
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ if what in ("train", "all"):
             t0 = time.perf_counter()
             g.train(cfg, Path(tmp) / "r", progress=False)
             out[tag] = (time.perf_counter() - t0) / epochs * 1e3
+if what in ("quick", "issue19"):
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = g.make_config("quick", epochs=epochs, device="cpu")
+        t0 = time.perf_counter()
+        g.train(cfg, Path(tmp) / "q", progress=False)
+        out["quick"] = (time.perf_counter() - t0) / epochs * 1e3
+if what in ("stack16", "issue19"):
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs = [g.make_config("tiny", epochs=epochs, init_seed=s, split_seed=s, device="cpu") for s in range(16)]
+        t0 = time.perf_counter()
+        g.train_stacked(cfgs, [Path(tmp) / f"s{s}" for s in range(16)], progress=False)
+        out["stack16"] = (time.perf_counter() - t0) / (16 * epochs) * 1e3
 if what in ("analysis", "all"):
     run = g.load_run(run_dir)
     t0 = time.perf_counter()
@@ -59,13 +76,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--checkpoints", type=int, default=400)
-    ap.add_argument("--what", choices=("all", "train", "analysis"), default="all")
+    ap.add_argument("--what", choices=("all", "train", "analysis", "quick", "stack16", "issue19"), default="all")
     args = ap.parse_args()
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
     results: dict[str, list[dict]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "synthetic"
-        if args.what != "train":  # built by tree A (the older format, which both trees read)
+        if args.what in ("all", "analysis"):  # built by tree A (the older format, which both trees read)
             build = ("import sys; sys.path.insert(0, 'benchmarks'); from analysis_speed import make_synthetic_run; "
                      f"make_synthetic_run(__import__('pathlib').Path({str(run_dir)!r}), {args.checkpoints})")
             subprocess.run([sys.executable, "-c", build], cwd=trees["A"], check=True,
@@ -79,8 +96,13 @@ def main() -> None:
                 results[name].append(res)
                 print(f"repeat {r} tree {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if k != "file"),
                       flush=True)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from denormal_speed import cpu_name
+
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores")
     print(f"A = {trees['A']} ({results['A'][0]['file']})\nB = {trees['B']} ({results['B'][0]['file']})")
-    for key, unit in (("train", "ms/epoch"), ("train_ckpt", "ms/epoch"), ("analysis", "s")):
+    for key, unit in (("train", "ms/epoch"), ("train_ckpt", "ms/epoch"), ("quick", "ms/epoch"),
+                      ("stack16", "ms/model-epoch"), ("analysis", "s")):
         if key not in results["A"][0]:
             continue
         a, b = (statistics.median(x[key] for x in results[t]) for t in ("A", "B"))
