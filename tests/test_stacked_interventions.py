@@ -419,3 +419,32 @@ def test_minibatch_stacks_with_interventions_follow_each_run_alone(tmp_path):
         np.testing.assert_array_equal(runs[r].metrics["lr"], ref.metrics["lr"])
         for k in ref.stacks():
             assert close(runs[r].stack(k)[-1], ref.stack(k)[-1]), (r, k)
+
+
+def test_grokfast_ema_over_a_flat_stack_runs_in_row_chunks_with_the_same_bits(monkeypatch):
+    """Over views of one ``[run, n_params]`` tensor (the stacked trainer's) the EMA runs over whole rows a
+    few runs at a time: the same elementwise operations as parameter by parameter, so the same bits."""
+    import grokinterp.training.transforms as T
+
+    shapes = {"W": (4, 3), "b": (6,), "U": (2, 5)}
+    lay = ParamLayout(shapes)
+    tcs = [g.TrainConfig(grad_transforms=("grokfast_ema",), grokfast_alpha=a, grokfast_lamb=lamb)
+           for a, lamb in ((0.98, 2.0), (0.7, 5.0), (0.0, 0.5), (0.9, 1.0), (0.5, 3.0))]
+    R = len(tcs)
+    flat = torch.nn.Parameter(torch.randn(R, lay.total, generator=torch.Generator().manual_seed(0)))
+    monkeypatch.setattr(T, "CHUNK_ELEMENTS", 2 * lay.total)  # two runs a chunk
+    chunked = T.StackedGrokfastEMA(lay.views(flat), tcs)
+    assert chunked.flat_ema is not None
+    plain = T.StackedGrokfastEMA({k: v.detach().clone() for k, v in lay.views(flat).items()}, tcs)
+    assert plain.flat_ema is None
+    for grads in _grad_sequence(shapes, R, 5, seed=2):
+        gflat = lay.flatten(grads)
+        chunked(lay.views(gflat))
+        mine = {k: v.clone() for k, v in grads.items()}
+        plain(mine)
+        for k, v in lay.views(gflat).items():
+            assert torch.equal(v, mine[k]), k
+    a, b = chunked.state_dict(), plain.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    chunked.load_state_dict({k: v + 1 for k, v in b.items()})  # loads into the flat state's views
+    assert torch.equal(chunked.flat_ema, lay.flatten({k: b[f"ema/{k}"] + 1 for k in shapes}))

@@ -292,29 +292,78 @@ def stacked_orthogonalize_(params: dict[str, Tensor], grads: dict[str, Tensor], 
         g.copy_((g_orth * scale).view_as(g))
 
 
+#: Elements of one chunk of runs in the CPU passes of :class:`StackedGrokfastEMA` over a whole stack:
+#: a few runs at a time, so what one operation writes is still in the cache for the next.
+CHUNK_ELEMENTS = 1 << 16
+
+
+def _flat_rows(views: dict[str, Tensor]) -> Tensor | None:
+    """The ``[run, n]`` tensor that ``views`` (``{name: [run, ...]}``) tile in order, row by row, when
+    they are views of one (the stacked trainer's flat parameter and its gradient); else ``None``."""
+    vs = list(views.values())
+    base = vs[0]._base if vs else None
+    if base is None or base.ndim != 2 or not base.is_contiguous():
+        return None
+    R, n = base.shape
+    off = base.storage_offset()
+    for v in vs:
+        if (v._base is not base or v.ndim < 1 or v.shape[0] != R or v.stride(0) != n or v.storage_offset() != off
+                or not v[0].is_contiguous()):
+            return None
+        off += v[0].numel()
+    return base if off - base.storage_offset() == n else None
+
+
 class StackedGrokfastEMA(_StatefulTransform):
     """:class:`GrokfastEMA` over a stack, with per-run ``grokfast_alpha`` and ``grokfast_lamb``: the same
-    float operations in the same order per run; state ``ema/<name> [run, ...]`` and ``steps [run]``."""
+    float operations in the same order per run; state ``ema/<name> [run, ...]`` and ``steps [run]``.
+
+    Where the parameters and the gradients are views of one ``[run, n_params]`` tensor (the stacked
+    trainer's), the state is one such tensor too and each step runs over whole rows, a few runs at a
+    time on CPU (:data:`CHUNK_ELEMENTS`): the same elementwise operations, so the same bits."""
 
     def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
         self.alpha, self.one_minus_alpha, self.lamb = {}, {}, {}
         self.state = {}
+        flat = _flat_rows(params)
+        self.flat_ema = None if flat is None else torch.zeros(flat.shape, dtype=flat.dtype, device=flat.device)
+        off = 0
         for k, p in params.items():
             self.alpha[k] = _runs([tc.grokfast_alpha for tc in tcs], p)
             self.one_minus_alpha[k] = _runs([1 - tc.grokfast_alpha for tc in tcs], p)
             self.lamb[k] = _runs([tc.grokfast_lamb for tc in tcs], p)
-            self.state[f"ema/{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+            if self.flat_ema is None:
+                self.state[f"ema/{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+            else:  # views of the flat state, in the parameters' order
+                size = p[0].numel()
+                self.state[f"ema/{k}"] = self.flat_ema[:, off:off + size].view(p.shape)
+                off += size
         p0 = next(iter(params.values()))
         self.state["steps"] = torch.zeros(len(tcs), dtype=torch.int64, device=p0.device)
+        if self.flat_ema is not None:
+            self.rows = {name: _runs([getattr(tc, f) if f != "oma" else 1 - tc.grokfast_alpha for tc in tcs],
+                                     self.flat_ema)
+                         for name, f in (("alpha", "grokfast_alpha"), ("oma", "oma"), ("lamb", "grokfast_lamb"))}
 
     @torch.no_grad()
     def __call__(self, grads: dict[str, Tensor]) -> None:
         first = self.state["steps"] == 0
-        for k, g in grads.items():
-            ema = self.state[f"ema/{k}"]
-            ema.copy_(torch.where(first.view(-1, *[1] * (g.ndim - 1)), g, ema) * self.alpha[k]
-                      + g * self.one_minus_alpha[k])
-            g.add_(ema * self.lamb[k])
+        flat = None if self.flat_ema is None else _flat_rows(grads)
+        if flat is not None and flat.shape == self.flat_ema.shape:
+            R, n = flat.shape
+            step = max(1, CHUNK_ELEMENTS // n) if flat.device.type == "cpu" else R
+            a, oma, lamb = self.rows["alpha"], self.rows["oma"], self.rows["lamb"]
+            for r0 in range(0, R, step):
+                r1 = min(R, r0 + step)
+                g, ema = flat[r0:r1], self.flat_ema[r0:r1]
+                ema.copy_(torch.where(first[r0:r1, None], g, ema) * a[r0:r1] + g * oma[r0:r1])
+                g.add_(ema * lamb[r0:r1])
+        else:
+            for k, g in grads.items():
+                ema = self.state[f"ema/{k}"]
+                ema.copy_(torch.where(first.view(-1, *[1] * (g.ndim - 1)), g, ema) * self.alpha[k]
+                          + g * self.one_minus_alpha[k])
+                g.add_(ema * self.lamb[k])
         self.state["steps"].add_(1)
 
 
