@@ -134,7 +134,14 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
 
     Notes:
         Every block is computed at every position except the last block, whose attention queries
-        and MLP only the read-out (last) position, the only one the logits need.
+        and MLP only the read-out (last) position, the only one the logits need. Pre-LN blocks as
+        TransformerLens': ``x += attn(ln1(x))``, ``x += mlp(ln2(x))``, ``logits = ln_final(x) W_U``.
+
+    Example:
+        >>> cfg = make_config("tiny", p=7, n_layers=2, layer_norm=True).model      # doctest: +SKIP
+        >>> P = stack_params([cfg, dataclasses.replace(cfg, init_seed=1)])          # {name: [2, ...]}  # doctest: +SKIP
+        >>> forward(P, torch.tensor([[1, 2, 7], [3, 4, 7]]), cfg).shape             # doctest: +SKIP
+        torch.Size([2, 2, 7])
     """
     W_E = params["embed.W_E"]
     R, d = W_E.shape[0], W_E.shape[-1]
