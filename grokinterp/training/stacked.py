@@ -114,7 +114,7 @@ EPS = 1e-8
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "layer_norm", "bias",
-              "input_layout"},
+              "input_layout", "ln_style"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss"},
