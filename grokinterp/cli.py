@@ -34,6 +34,7 @@ from .config import (
     COMMON_MODEL_FIELDS,
     INIT_METHODS,
     INPUT_LAYOUTS,
+    LN_STYLES,
     OPTIMIZER_NAMES,
     PRESET_HELP,
     PRESETS,
@@ -153,6 +154,7 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("model", "init_method"): list(INIT_METHODS),
         ("model", "bias"): list(BIAS_MODES),
         ("model", "input_layout"): list(INPUT_LAYOUTS),
+        ("model", "ln_style"): list(LN_STYLES),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
     }
@@ -548,7 +550,7 @@ def _model_line(m) -> str:
     """The model in one line: a transformer as before; another family's fields by name."""
     if m.family == "transformer":
         return (f"d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, {m.n_layers} layer(s), "
-                f"{m.act_fn}, init_seed {m.init_seed}\n        LayerNorm {'on (pre-LN)' if m.layer_norm else 'off'}, "
+                f"{m.act_fn}, init_seed {m.init_seed}\n        LayerNorm {f'on ({m.ln_style})' if m.layer_norm else 'off'}, "
                 f"biases {m.bias}, input layout {m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
     own = [f.name for f in dataclasses.fields(m) if f.name not in COMMON_MODEL_FIELDS]
     return (f"{m.family}: " + ", ".join(f"{n} {_shown(getattr(m, n))}" for n in own)

@@ -45,6 +45,7 @@ __all__ = [
     "OPTIMIZER_NAMES",
     "ACT_FNS",
     "BIAS_MODES",
+    "LN_STYLES",
     "INPUT_LAYOUTS",
     "make_config",
     "field_docs",
@@ -140,6 +141,11 @@ OPTIMIZER_NAMES: dict[str, str] = {
 }
 #: MLP non-linearities (``ModelConfig.act_fn``).
 ACT_FNS = ("relu", "gelu")
+#: Where a transformer's first LayerNorm of a block acts (``ModelConfig.ln_style``).
+LN_STYLES = {
+    "pre": "x + attn(ln1(x)), x + mlp(ln2(x)): TransformerLens' / GPT-2's pre-LN (the default)",
+    "in_place": "x = ln1(x); x + attn(x), then x + mlp(ln2(x)): Lee et al.'s Grokfast decoder",
+}
 #: Which biases a transformer has (``ModelConfig.bias``); the unembedding never has one.
 BIAS_MODES = {
     "mlp": "the MLP's b_in and b_out only (Nanda et al.'s model; the default)",
@@ -267,6 +273,9 @@ class ModelConfig:
             decoders'): ``ln1`` before attention, ``ln2`` before the MLP, ``ln_final`` before the
             unembedding, each with a weight ``w`` (initialised to 1) and a bias ``b`` (0; absent
             with ``bias = none``), eps 1e-5. Off by default (Nanda et al.'s model has none).
+        ln_style: with ``layer_norm``, where a block's first LayerNorm acts (:data:`LN_STYLES`):
+            ``pre`` (``x + attn(ln1(x))``, the default) or ``in_place`` (``x = ln1(x)`` replaces
+            the residual stream before ``x + attn(x)``, as Lee et al.'s Grokfast decoder).
         bias: which biases the model has (:data:`BIAS_MODES`): ``mlp`` (the MLP's ``b_in`` and
             ``b_out``, today's model and the default), ``all`` (also the attention's ``b_Q``, ``b_K``,
             ``b_V``, ``b_O``) or ``none``. Biases start at 0; the unembedding has none.
@@ -290,6 +299,7 @@ class ModelConfig:
     init_scale: float = 1.0
     attn_coeff: float = 1.0
     layer_norm: bool = False
+    ln_style: str = "pre"
     bias: str = "mlp"
     input_layout: str = "a_b_eq"
 
@@ -298,6 +308,10 @@ class ModelConfig:
         _require(self.family == "transformer", "model.family", "must be 'transformer' for a ModelConfig (another "
                  "family has its own config class: model_config_class(family))", self.family)
         _require(isinstance(self.layer_norm, bool), "model.layer_norm", "must be true or false", self.layer_norm)
+        _require(isinstance(self.ln_style, str) and self.ln_style in LN_STYLES, "model.ln_style",
+                 f"must be one of {', '.join(LN_STYLES)}", self.ln_style)
+        _require(self.ln_style == "pre" or self.layer_norm, "model.ln_style",
+                 "needs model.layer_norm (a style of LayerNorm placement)", self.ln_style)
         _require(isinstance(self.bias, str) and self.bias in BIAS_MODES, "model.bias",
                  f"must be one of {', '.join(BIAS_MODES)}", self.bias)
         _require(isinstance(self.input_layout, str) and self.input_layout in INPUT_LAYOUTS, "model.input_layout",
@@ -650,7 +664,8 @@ class CheckpointSchedule:
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
-    "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout"},
+    "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "ln_style", "bias",
+              "input_layout"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",

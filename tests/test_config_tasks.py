@@ -81,7 +81,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     d = cfg.to_dict()
     added = {"task": ["split_method", "eq_logit"],
              "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
-                       "input_layout"],
+                       "input_layout", "ln_style"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
                        "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
                        "batch_size", "sampler_seed"],

@@ -55,9 +55,11 @@ def _noisy(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 
 # -- the functional forward is the hooked module, run by run ----------------------------------------------------
 @pytest.mark.parametrize("n_layers, layer_norm, bias, layout",
-                         list(itertools.product([1, 2], [False, True], ["mlp", "all", "none"], ["a_b_eq", "a_b"])))
+                         [*itertools.product([1, 2], [False, True], ["mlp", "all", "none"], ["a_b_eq", "a_b"]),
+                          (2, "in_place", "all", "a_b_eq"), (1, "in_place", "none", "a_b")])
 def test_functional_forward_equals_the_hooked_module_values_and_gradients(n_layers, layer_norm, bias, layout):
-    cfg = _model_cfg(n_layers=n_layers, layer_norm=layer_norm, bias=bias, input_layout=layout)
+    style = dict(layer_norm=True, ln_style="in_place") if layer_norm == "in_place" else dict(layer_norm=layer_norm)
+    cfg = _model_cfg(n_layers=n_layers, bias=bias, input_layout=layout, **style)
     R = 3
     per_run = [_noisy(dataclasses.replace(cfg, init_seed=r), r) for r in range(R)]
     stacked = {k: torch.stack([p[k] for p in per_run]).requires_grad_(True) for k in per_run[0]}
@@ -235,6 +237,8 @@ def test_generic_plans_compute_each_runs_model_with_its_attention_coefficient():
 @pytest.mark.parametrize("kw, field", [(dict(layer_norm="yes"), "model.layer_norm"), (dict(layer_norm=1), "model.layer_norm"),
                                        (dict(bias="some"), "model.bias"), (dict(bias=True), "model.bias"),
                                        (dict(input_layout="b_a"), "model.input_layout"),
+                                       (dict(ln_style="post", layer_norm=True), "model.ln_style"),
+                                       (dict(ln_style="in_place"), "model.ln_style"),
                                        (dict(input_layout="a_b", n_ctx=3), "model.n_ctx")])
 def test_bad_settings_are_refused_naming_the_field(kw, field):
     with pytest.raises(ConfigError, match=rf"^{field}: "):
@@ -268,13 +272,14 @@ def test_weight_decay_on_matrices_spares_biases_and_layernorms():
 def test_cli_flags_and_info(tmp_path):
     out = tmp_path / "run"
     code, _, err = cli_here("train", "--preset", "tiny", "--p", "7", "--d-model", "8", "--n-heads", "2", "--d-mlp",
-                            "16", "--n-layers", "2", "--layer-norm", "--bias", "all", "--input-layout", "a_b",
+                            "16", "--n-layers", "2", "--layer-norm", "--ln-style", "in_place", "--bias", "all",
+                            "--input-layout", "a_b",
                             "--epochs", "2", "--out", str(out), "--no-progress")
     assert code == 0, err
     m = load_run(out).config.model
-    assert (m.n_layers, m.layer_norm, m.bias, m.input_layout, m.n_ctx) == (2, True, "all", "a_b", 2)
+    assert (m.n_layers, m.layer_norm, m.ln_style, m.bias, m.input_layout, m.n_ctx) == (2, True, "in_place", "all", "a_b", 2)
     code, text, _ = cli_here("info", str(out))
-    assert code == 0 and "LayerNorm on" in text and "biases all" in text and "input layout a_b" in text
+    assert code == 0 and "LayerNorm on (in_place)" in text and "biases all" in text and "input layout a_b" in text
     code, _, err = cli_here("train", "--preset", "tiny", "--input-layout", "a_c", "--out", str(tmp_path / "x"))
     assert code == 2 and "input_layout" in err and not (tmp_path / "x").exists()
 
@@ -346,3 +351,22 @@ def test_analyses_read_the_settings_off_the_parameters(kw):
 
     cfg = _model_cfg(**kw)
     assert infer_config(init_params(cfg)) == dataclasses.replace(cfg, init_seed=0)
+
+
+def test_grokfasts_block_normalises_the_residual_stream_in_place():
+    """Lee et al.'s block: x = ln1(x); x = x + attn(x); x = x + mlp(ln2(x)) — resid_mid is ln1's output plus
+    the attention's, not the stream before ln1 plus it."""
+    cfg = _model_cfg(n_layers=2, layer_norm=True, ln_style="in_place", bias="all")
+    model = HookedGrokTransformer(cfg, init=False).load_params(_noisy(cfg, 0))
+    _, cache = model.run_with_cache(torch.tensor([[1, 2, 7], [3, 4, 7]]))
+    for L in range(2):
+        mid = cache[f"blocks.{L}.ln1.hook_normalized"] + cache[f"blocks.{L}.hook_attn_out"]
+        assert close(cache[f"blocks.{L}.hook_resid_mid"], mid)
+    pre = _model_cfg(n_layers=2, layer_norm=True, bias="all")
+    other = HookedGrokTransformer(pre, init=False).load_params(_noisy(pre, 0))
+    assert not close(other(torch.tensor([[1, 2, 7]])), model(torch.tensor([[1, 2, 7]])))
+    assert "in_place" in get_family("transformer").describe(cfg)
+    from grokinterp.model.tl_export import to_transformer_lens
+
+    with pytest.raises(ConfigError, match="^model.ln_style"):
+        to_transformer_lens(init_params(cfg), cfg)

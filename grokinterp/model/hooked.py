@@ -154,6 +154,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.layer_norm = cfg.layer_norm
+        self.ln_in_place = cfg.layer_norm and cfg.ln_style == "in_place"  # Grokfast's x = ln1(x)
         if self.layer_norm:  # TransformerLens' order: ln1, attn, ln2, mlp
             self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg)
@@ -167,6 +168,8 @@ class TransformerBlock(nn.Module):
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
         x = self.ln1(resid) if self.layer_norm else resid
+        if self.ln_in_place:
+            resid = x
         resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(x)))
         x = self.ln2(resid) if self.layer_norm else resid
         return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(x)))

@@ -100,6 +100,9 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
     if family != "transformer":
         raise ConfigError(f"model.family: {family!r} — a TransformerBridge is a transformer; this model is already a "
                           f"TransformerLens HookedRootModule (Run.model())")
+    if cfg.layer_norm and cfg.ln_style != "pre":
+        raise ConfigError(f"model.ln_style: {cfg.ln_style!r} — TransformerLens blocks are pre-LN; a block whose first "
+                          f"LayerNorm replaces the residual stream has no TransformerLens equivalent")
     if cfg.attn_coeff != 1.0:
         raise ConfigError(f"model.attn_coeff: {cfg.attn_coeff} — TransformerLens attention is softmax attention; a model "
                           f"blending it with constant attention (attn_coeff < 1) has no TransformerLens equivalent")

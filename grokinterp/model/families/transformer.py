@@ -41,7 +41,8 @@ def hidden_hook(cfg: Any) -> str:
 
 def describe(cfg: Any) -> str:
     extras = [s for s in (
-        "LayerNorm" if getattr(cfg, "layer_norm", False) else "",
+        ("LayerNorm" + (f" ({cfg.ln_style})" if getattr(cfg, "ln_style", "pre") != "pre" else ""))
+        if getattr(cfg, "layer_norm", False) else "",
         f"bias {cfg.bias}" if getattr(cfg, "bias", "mlp") != "mlp" else "",
         f"input layout {cfg.input_layout}" if getattr(cfg, "input_layout", "a_b_eq") != "a_b_eq" else "",
     ) if s]
@@ -134,7 +135,14 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
 
     Notes:
         Every block is computed at every position except the last block, whose attention queries
-        and MLP only the read-out (last) position, the only one the logits need.
+        and MLP only the read-out (last) position, the only one the logits need. Pre-LN blocks as
+        TransformerLens': ``x += attn(ln1(x))``, ``x += mlp(ln2(x))``, ``logits = ln_final(x) W_U``.
+
+    Example:
+        >>> cfg = make_config("tiny", p=7, n_layers=2, layer_norm=True).model      # doctest: +SKIP
+        >>> P = stack_params([cfg, dataclasses.replace(cfg, init_seed=1)])          # {name: [2, ...]}  # doctest: +SKIP
+        >>> forward(P, torch.tensor([[1, 2, 7], [3, 4, 7]]), cfg).shape             # doctest: +SKIP
+        torch.Size([2, 2, 7])
     """
     W_E = params["embed.W_E"]
     R, d = W_E.shape[0], W_E.shape[-1]
@@ -147,11 +155,14 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
     a = _coeff(attn_coeff, cfg, R, W_E)
     causal = cfg.input_layout != "a_b"
     ln, attn_bias = cfg.layer_norm, cfg.bias == "all"
+    in_place = ln and getattr(cfg, "ln_style", "pre") == "in_place"
     act = F.relu if cfg.act_fn == "relu" else F.gelu
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = layer == cfg.n_layers - 1
         h = _layer_norm(x, params, f"{b}.ln1") if ln else x
+        if in_place:  # Grokfast's block: the normalised stream replaces the residual
+            x = h
         B = h.shape[1]
         nq = 1 if last else P  # the last block: only the read-out position queries
         W_Q, W_K, W_V = (params[f"{b}.attn.W_{n}"].permute(0, 2, 1, 3).reshape(R, d, H * e) for n in "QKV")
