@@ -52,6 +52,7 @@ from .analysis.early import (
 )
 from .config import RunConfig
 from .errors import ConfigError, RunError
+from .model.families.transformer import fast_kernels_apply
 from .training import loop as _loop
 from .training.callbacks import Callback
 
@@ -160,14 +161,20 @@ def loop_metrics_frame(loop: Any, upto: int) -> pd.DataFrame:
 
 def live_callbacks(config: RunConfig) -> list[Callback]:
     """The callbacks :func:`train` adds for ``config``: live measures and the early warning when
-    ``config.train.live_every > 0``, else none. The live measures read the transformer's circuit: a run
-    of another family gets none (a warning says so; issue 19 brings the analyses to every family)."""
+    ``config.train.live_every > 0``, else none. The live measures read the one-layer ``[a, b, =]``
+    transformer's grid fold: a run of another family, or a transformer it cannot compute (more layers,
+    LayerNorm, other biases, the ``a_b`` layout), gets none, and a warning says so."""
     family = getattr(config.model, "family", "transformer")
     if config.train.live_every > 0 and family != "transformer":
         warnings.warn(f"train.live_every: the live progress measures are the transformer family's; this "
                       f"{family} run records none", UserWarning, stacklevel=2)
         return []
     if config.train.live_every > 0:
+        reason = fast_kernels_apply(config.model)
+        if reason:
+            warnings.warn(f"train.live_every: the live progress measures need the grid fold of a one-layer [a, b, =] "
+                          f"transformer ({reason}); this run records none", UserWarning, stacklevel=2)
+            return []
         return [LiveMeasures(config.train.live_every), EarlyWarningCallback()]
     return []
 

@@ -46,7 +46,9 @@ from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
-from ..model.grid import grid_forward
+from ..model.families.transformer import fast_kernels_apply
+from ..model.families.transformer import forward as stacked_forward
+from ..model.grid import grid_forward, grid_tokens
 from .fourier import fourier_basis
 from .inputs import check_freq_list, is_run, resolve_model, task_label_grid
 
@@ -76,10 +78,12 @@ def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
     ``∂Q/∂E_a = ∂Q/∂E_b`` for every triple — gradient symmetricity is exactly 1 for *any* such model,
     trained or untrained, so it says nothing about the algorithm. (With two or more layers the positions
     of ``a`` and ``b`` are transformed differently before the last layer reads them; that is not forced.)
-    Zhong et al.'s model has no ``=`` token and reads out at ``b``'s position, where the question is open.
+    Zhong et al.'s model has no ``=`` token and reads out at ``b``'s position, where the question is open:
+    ``model.input_layout = a_b`` is their layout, and there nothing is forced (the readout position adds
+    its own ``E_b`` to the attention's sum; untrained models sit far below :data:`GS_PIZZA`).
     """
     mcfg = cfg.model if isinstance(cfg, RunConfig) else cfg
-    if mcfg.attn_coeff == 0.0 and mcfg.n_layers == 1:
+    if mcfg.attn_coeff == 0.0 and mcfg.n_layers == 1 and getattr(mcfg, "input_layout", "a_b_eq") == "a_b_eq":
         return ("attention coefficient 0 with the readout at '=': the final position sees a and b only "
                 "through (E_a + E_b)·W_V, so gradient symmetricity is 1 for any such model, trained or not (the "
                 "architecture forces it); telling clock from pizza needs Zhong et al.'s layout (tokens [a, b], "
@@ -145,7 +149,7 @@ def gradient_symmetricity(model_or_run, *, epoch: int = -1, cfg: ModelConfig | R
     a, b, c = idx // (p * p), (idx // p) % p, idx % p
     sims = []
     for sl in torch.split(torch.arange(len(idx)), 4096):
-        tokens = torch.stack([a[sl], b[sl], torch.full((len(sl),), mcfg.d_vocab - 1)], dim=1)
+        tokens = torch.stack([a[sl], b[sl], torch.full((len(sl),), mcfg.d_vocab - 1)], dim=1)[:, : mcfg.n_ctx]
         dev = next(model.parameters()).device
         tokens = tokens.to(dev)
         emb = model.embed.W_E.detach()[tokens].clone().requires_grad_(True)
@@ -160,7 +164,11 @@ def gradient_symmetricity(model_or_run, *, epoch: int = -1, cfg: ModelConfig | R
 def _grid_logits(model, mcfg: ModelConfig) -> Tensor:
     params = {k: v.detach().float().cpu() for k, v in model.named_parameters()}
     with torch.no_grad():
-        return grid_forward(params, mcfg).logits  # [a, b, c]
+        if fast_kernels_apply(mcfg) is None:
+            return grid_forward(params, mcfg).logits  # [a, b, c]
+        # any other transformer (Zhong et al.'s [a, b] layout, LayerNorm, deeper): the functional forward
+        logits = stacked_forward({k: v[None] for k, v in params.items()}, grid_tokens(mcfg.p), mcfg)[0]
+        return logits.view(mcfg.p, mcfg.p, -1)
 
 
 def distance_irrelevance(logits: Tensor, labels: Tensor | None = None) -> float:

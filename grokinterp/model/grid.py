@@ -26,6 +26,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import AnalysisError
 from . import tables
+from .families.transformer import fast_kernels_apply
 
 __all__ = ["GridOutput", "grid_forward", "grid_tokens", "grid_bytes", "grid_rows", "GRID_BUDGET"]
 
@@ -108,8 +109,9 @@ def grid_forward(
         ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
         Equal to ``model(grid_tokens(p))[:, -1]`` up to float32 rounding (tested).
     """
-    if cfg.n_layers != 1:
-        raise AnalysisError(f"grid_forward supports one-layer models, got n_layers = {cfg.n_layers}")
+    reason = fast_kernels_apply(cfg)
+    if reason:
+        raise AnalysisError(f"grid_forward folds one-layer [a, b, =] models without LayerNorm: {reason}")
     W_E = params["embed.W_E"]
     single = W_E.ndim == 2
     P = {k: (v.unsqueeze(0) if single else v).float() for k, v in params.items()}
