@@ -52,7 +52,7 @@ from torch import Tensor
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
 from ..model import tables
-from ..model.grid import grid_forward
+from ..model.grid import fold_unsupported, grid_outputs, n_neurons
 from ..tasks import CyclicSum, get_task
 from .fourier import dft_index_freqs, fourier_basis
 from .groups import TaskStructure, task_structure
@@ -77,6 +77,7 @@ __all__ = [
     "approximate_neurons",
     "neuron_approximation",
     "ablation_table",
+    "heads_undefined",
 ]
 
 COLUMNS = ("ablation", "component", "split", "loss", "acc", "n")
@@ -122,7 +123,7 @@ class AblationTarget:
     def logits(self) -> Tensor:
         """The unablated grid logits ``[p, p, vocab]`` (computed once)."""
         with torch.no_grad():
-            return grid_forward(self.params, self.cfg).logits
+            return grid_outputs(self.params, self.cfg).logits
 
     @cached_property
     def head_means(self) -> Tensor:
@@ -131,7 +132,7 @@ class AblationTarget:
         P = {k: v.double() for k, v in self.params.items()}
         p = self.p
         with torch.no_grad():
-            A = grid_forward(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
+            A = grid_outputs(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
         W_E, W_pos, W_V, W_O = P["embed.W_E"], P["pos_embed.W_pos"], P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"]
         v0 = tables.head_outputs(W_E[:p] + W_pos[0], W_V, W_O)  # [a, h, d_model]
         v1 = tables.head_outputs(W_E[:p] + W_pos[1], W_V, W_O)  # [b, h, d_model]
@@ -172,9 +173,9 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         if train_pairs is None:
             raise AnalysisError("train_pairs: needed with a model or parameter dict (or pass a Run)")
         params, mcfg = resolve_model(model_or_run, cfg)
-    if params["embed.W_E"].ndim != 2:
+    if params["unembed.W_U"].ndim != 2:
         raise AnalysisError(f"ablations take one checkpoint, got stacked parameters of shape "
-                            f"{list(params['embed.W_E'].shape)}")
+                            f"{list(params['unembed.W_U'].shape)} (unembed.W_U)")
     p = mcfg.p
     labels = task_label_grid(p, operation or "add")
     trn = np.asarray(train_pairs.detach().cpu() if torch.is_tensor(train_pairs) else train_pairs)
@@ -246,7 +247,7 @@ def evaluate_logits(logits: Tensor, target, ablation: str = "none", component: s
 
 def _forward(t: AblationTarget, params: dict[str, Tensor] | None = None, **kw) -> Tensor:
     with torch.no_grad():
-        return grid_forward(t.params if params is None else params, t.cfg, **kw).logits
+        return grid_outputs(t.params if params is None else params, t.cfg, **kw).logits
 
 
 def _with_baseline(t: AblationTarget, df: pd.DataFrame, include_baseline: bool) -> pd.DataFrame:
@@ -427,7 +428,7 @@ def ablate_neurons(target, neurons, method: str = "mean", *, name: str | None = 
     """
     t = _target(target)
     _check_method(method)
-    idx = check_neurons(neurons, t.cfg.d_mlp)
+    idx = check_neurons(neurons, n_neurons(t.cfg))
     L = _forward(t, post_fn=_neuron_post_fn(idx, method))
     label = name or f"{method}-ablate {len(idx)} neuron{'s' if len(idx) != 1 else ''}"
     return _with_baseline(t, evaluate_logits(L, t, label, "neurons"), include_baseline)
@@ -518,7 +519,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
     """
     t = _target(target)
     fs = _freqs(t, freqs, allow_empty=False)
-    idx = None if neurons is None else check_neurons(neurons, t.cfg.d_mlp)
+    idx = None if neurons is None else check_neurons(neurons, n_neurons(t.cfg))
 
     def post_fn(post: Tensor) -> Tensor:
         approx = neuron_approximation(post, fs, ts=t.group).to(post.dtype)
@@ -557,6 +558,9 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
     """
     t = _target(target)
     _check_method(method)
+    why = heads_undefined(t.cfg)
+    if why:
+        raise AnalysisError(f"head ablation: {why}")
     hs = check_indices(heads, t.cfg.n_heads, "head", "n_heads").tolist()
     scale = torch.ones(t.cfg.n_heads, device=t.params["embed.W_E"].device)
     scale[hs] = 0.0
@@ -621,11 +625,12 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
         ctrl = sorted(int(w) for w in rng.choice(non_key, size=min(len(key), len(non_key)), replace=False))
         parts.append(ablate_logit_freqs(t, ctrl, "remove",
                                         name=f"logits: remove {len(ctrl)} non-key {noun} {_fmt_keys(t, ctrl)}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key {noun} {K}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key {noun} {K}", **kw))
+    if "embed.W_E" in t.params:  # an MLP on one-hot inputs has no embedding to project
+        parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key {noun} {K}", **kw))
+        parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key {noun} {K}", **kw))
     parts.append(approximate_neurons(t, key, name=f"neurons: key-{noun[:-1]} approximation {K}", **kw))
     nf = neuron_fourier(t.params, t.cfg, threshold, structure=g)
-    outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)  # host-side selection (check_neurons)
+    outside = torch.ones(n_neurons(t.cfg), dtype=torch.bool)  # host-side selection (check_neurons)
     outside[nf.neurons_of(key).cpu()] = False
     if outside.any():
         ids = torch.nonzero(outside).flatten()
@@ -634,7 +639,21 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
     return pd.concat(parts + _head_rows(t), ignore_index=True)
 
 
+def heads_undefined(cfg) -> str | None:
+    """Why head ablations are undefined for a model (``None``: they are defined): an MLP has no attention
+    heads; a transformer other than the one-layer [a, b, =] model without LayerNorm is not folded into the
+    per-head tables the mean ablation uses."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return f"undefined for the {family} family (it has no attention heads)"
+    reason = fold_unsupported(cfg)
+    return None if reason is None else f"not computed for this transformer ({reason}; the per-head tables are the " \
+                                       f"one-layer fold's)"
+
+
 def _head_rows(t: AblationTarget) -> list[pd.DataFrame]:
+    if heads_undefined(t.cfg):  # analyze_run notes why
+        return []
     kw = dict(include_baseline=False)
     rows = [ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw) for h in range(t.cfg.n_heads)]
     rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))
