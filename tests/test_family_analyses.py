@@ -24,6 +24,7 @@ import grokinterp.analysis.measures.driver as driver
 import grokinterp.model.grid as grid_mod
 from grokinterp.analysis.ablations import ablate_heads, ablation_table, heads_undefined
 from grokinterp.analysis.algorithms import UNDEFINED, identify_algorithm
+from grokinterp.analysis.early import live_arrays, live_measures
 from grokinterp.analysis.keyfreqs import key_frequencies, neuron_key_frequencies
 from grokinterp.analysis.logits import grid_logits, logit_cos_fit
 from grokinterp.analysis.measures import progress_measures
@@ -186,6 +187,30 @@ def test_planted_mlp_neurons_are_read_from_the_hidden_layer():
     assert nf.dominant_freq.tolist() == [w for w in PLANTED for _ in range(8)]
     W_L, what = neuron_logit_map(_params(model), cfg)
     assert "unembed.W_U" in what and torch.equal(W_L, model.unembed.W_U.detach())
+
+
+def test_planted_mlp_restricted_and_excluded_loss():
+    """The planted logits are all key terms: restricted accuracy 1 (loss as the original's), and with the key
+    terms removed nothing is left (excluded loss ln p); an untrained MLP's restricted logits are near chance."""
+    model, cfg = planted_mlp(alpha=8.0)
+    rc = make_config("tiny", p=P, family="mlp", d_embed=cfg.d_embed, d_hidden=cfg.d_hidden, act_fn="quadratic",
+                     hidden_bias=False, unembed_bias=False)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(P * P)
+    arrays = live_arrays(rc, np.sort(order[: P * P // 3]), np.sort(order[P * P // 3:]))
+    res = live_measures(_params(model), cfg, arrays, key_freqs=list(PLANTED))
+    v = {k: float(t) for k, t in res.values.items()}
+    L = expected_planted_logits(alpha=8.0).reshape(P * P, P)
+    labels = (torch.arange(P)[:, None] + torch.arange(P)[None, :]).reshape(-1) % P
+    original = float(torch.nn.functional.cross_entropy(L, labels))  # the planted logits are all key terms
+    assert v["restricted_acc"] == 1.0 and abs(v["restricted_loss"] - original) < 1e-4
+    assert abs(v["excluded_loss"] - math.log(P)) < 1e-4
+    chosen = live_measures(_params(model), cfg, arrays)  # the W_L rule picks the planted ones
+    assert chosen.key_freqs == PLANTED
+    untrained = family_of(rc.model).hooked(rc.model)
+    u = live_measures(_params(untrained), rc.model, arrays, key_freqs=list(PLANTED))
+    assert float(u.values["restricted_acc"]) < 0.2
+    assert live_measures(_params(untrained), rc.model, arrays).key_freqs == ()
 
 
 def test_untrained_mlp_has_no_key_frequency_and_no_circuit(mlp_run):
