@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import grokinterp as g
+import grokinterp.analysis.ablations as ablations_mod
 import grokinterp.analysis.measures.driver as driver
 import grokinterp.model.grid as grid_mod
 from grokinterp.analysis.ablations import ablate_heads, ablation_table, heads_undefined
@@ -166,6 +167,20 @@ def test_generic_grid_equals_the_table_fold_on_a_one_layer_transformer(one_layer
                                grid_forward(stacked, cfg, post_fn=mean_ablate).logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["mean", "zero"])
+def test_head_ablation_through_hook_z_equals_the_fold(one_layer_run, method, monkeypatch):
+    from grokinterp.analysis.ablations import ablation_target
+
+    t = ablation_target(one_layer_run)
+    fold = ablate_heads(t, [0, 2], method)
+    monkeypatch.setattr(ablations_mod, "fold_unsupported", lambda cfg: "forced generic (test)")
+    gen = ablate_heads(t, [0, 2], method)
+    np.testing.assert_allclose(gen["loss"].to_numpy(), fold["loss"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(gen["acc"].to_numpy(), fold["acc"].to_numpy())
+    with pytest.raises(AnalysisError, match="layer"):
+        ablate_heads(t, [0], method, layer=1)
+
+
 def test_progress_measures_computed_generically_equal_the_fold(one_layer_run, monkeypatch):
     keys = [1, 2]
     fold = progress_measures(one_layer_run, keys)
@@ -282,9 +297,10 @@ def test_analyze_run_and_report_work(which, request, tmp_path):
     if which == "mlp_run":
         assert a.pattern is None and any("no attention" in n for n in h["notes"])
         assert any("head ablations: undefined" in n for n in h["notes"])
-    else:  # transformers the one-layer fold does not compute: no pattern, no head ablations, said so
-        assert a.pattern is None and any("head ablations: not computed" in n for n in h["notes"])
-        assert not a.ablations["component"].eq("heads").any()
+    else:  # transformers the one-layer fold does not compute: no pattern (said so); heads through hook_z
+        assert a.pattern is None and any("attention pattern" in n for n in h["notes"])
+        if len(a.ablations):
+            assert a.ablations["component"].eq("heads").any()
     from grokinterp.viz.report import write_report
 
     path = write_report(run, tmp_path / "report.html")

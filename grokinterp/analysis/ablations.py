@@ -49,10 +49,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig, RunConfig
+from ..config import ModelConfig, RunConfig, is_int
 from ..errors import AnalysisError
 from ..model import tables
-from ..model.grid import fold_unsupported, grid_outputs, n_neurons
+from ..model.grid import fold_unsupported, generic_grid_forward, grid_outputs, n_neurons
 from ..tasks import CyclicSum, get_task
 from .fourier import dft_index_freqs, fourier_basis
 from .groups import TaskStructure, task_structure
@@ -538,7 +538,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
 
 # -- attention heads ---------------------------------------------------------------------------
 def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None,
-                 include_baseline: bool = True) -> pd.DataFrame:
+                 include_baseline: bool = True, layer: int = 0) -> pd.DataFrame:
     """Zero- or mean-ablate attention heads (their output at the final position).
 
     Args:
@@ -546,12 +546,20 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
         heads: head indices (non-empty; validated against ``n_heads``).
         method: ``"zero"`` (output 0) or ``"mean"`` (output replaced by its mean over the grid).
         name, include_baseline: see :func:`ablate_logit_freqs`.
+        layer: the block whose heads are ablated (a model of several layers; 0 for the paper's).
 
     Returns:
         DataFrame in the ablation-table layout.
 
+    Raises:
+        AnalysisError: the model has no attention heads (an MLP: :func:`heads_undefined`).
+
     Notes:
         Mean ablation of head ``h`` replaces its output ``o_h(a, b)`` by ``m_h = mean_{a,b} o_h``.
+        Any transformer other than the one-layer model the table fold computes (more layers, LayerNorm,
+        the ``[a, b]`` layout) is ablated through its hooked module: the head's ``z`` (``blocks.L.attn.hook_z``,
+        every position) is set to 0 or to its mean over the grid, per position — the same ablation (for one
+        layer only the final position reaches the logits; tested equal to the fold's).
         In a one-layer model without LayerNorm this equals scaling the head by 0 and adding
         ``m_h`` to the residual after attention, i.e. ``b_in += m_h W_in`` and ``b_out += m_h``
         (``b_out`` reaches the logits through ``W_U`` only).
@@ -562,6 +570,13 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
     if why:
         raise AnalysisError(f"head ablation: {why}")
     hs = check_indices(heads, t.cfg.n_heads, "head", "n_heads").tolist()
+    if not is_int(layer) or not 0 <= int(layer) < t.cfg.n_layers:
+        raise AnalysisError(f"layer: expected a block index in 0..{t.cfg.n_layers - 1}, got {layer!r}")
+    if fold_unsupported(t.cfg) is not None or layer != 0:
+        L = _forward_hooked_heads(t, int(layer), hs, method)
+        label = name or f"{method}-ablate head{'s' if len(hs) > 1 else ''} {_fmt(hs)}" + \
+            (f" of layer {layer}" if t.cfg.n_layers > 1 else "")
+        return _with_baseline(t, evaluate_logits(L, t, label, "heads"), include_baseline)
     scale = torch.ones(t.cfg.n_heads, device=t.params["embed.W_E"].device)
     scale[hs] = 0.0
     params = dict(t.params)
@@ -640,20 +655,40 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
 
 
 def heads_undefined(cfg) -> str | None:
-    """Why head ablations are undefined for a model (``None``: they are defined): an MLP has no attention
-    heads; a transformer other than the one-layer [a, b, =] model without LayerNorm is not folded into the
-    per-head tables the mean ablation uses."""
+    """Why head ablations are undefined for a model (``None``: they are defined): a family without attention
+    (the MLP) has no heads."""
     family = getattr(cfg, "family", "transformer")
     if family != "transformer":
         return f"undefined for the {family} family (it has no attention heads)"
-    reason = fold_unsupported(cfg)
-    return None if reason is None else f"not computed for this transformer ({reason}; the per-head tables are the " \
-                                       f"one-layer fold's)"
+    return None
+
+
+def _forward_hooked_heads(t: AblationTarget, layer: int, hs: list[int], method: str) -> Tensor:
+    """Grid logits with heads ``hs`` of block ``layer`` zero- or mean-ablated at ``blocks.L.attn.hook_z``."""
+    idx = torch.tensor(hs)
+
+    def ablate(z: Tensor, hook=None) -> Tensor:  # noqa: ARG001  z [batch, pos, h, d_head]
+        z = z.clone()
+        i = idx.to(z.device)
+        z[:, :, i] = 0.0 if method == "zero" else z[:, :, i].mean(0, keepdim=True).expand_as(z[:, :, i])
+        return z
+
+    with torch.no_grad():
+        return generic_grid_forward(t.params, t.cfg, hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]).logits
 
 
 def _head_rows(t: AblationTarget) -> list[pd.DataFrame]:
     if heads_undefined(t.cfg):  # analyze_run notes why
         return []
+    if t.cfg.n_layers > 1:
+        kw = dict(include_baseline=False, method="mean")
+        rows = []
+        for layer in range(t.cfg.n_layers):
+            rows += [ablate_heads(t, [h], name=f"heads: mean-ablate head {layer}.{h}", layer=layer, **kw)
+                     for h in range(t.cfg.n_heads)]
+            rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), name=f"heads: mean-ablate all of layer {layer}",
+                                     layer=layer, **kw))
+        return rows
     kw = dict(include_baseline=False)
     rows = [ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw) for h in range(t.cfg.n_heads)]
     rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,14 +264,16 @@ def generic_grid_forward(
     post_fn: PostFn | None = None,
     return_post: bool = False,
     rows: tuple[int, int] | None = None,
+    hooks: Sequence[tuple[str, Callable]] = (),
 ) -> GridOutput:
     """:func:`grid_forward` for any family: the family's hooked module on every input of the grid.
 
     One checkpoint at a time (``params`` single or stacked ``[ckpt, ...]``); the neurons are the family's
     ``hidden_hook`` at the readout position, and ``post_fn`` replaces them there (through a hook) before
     the rest of the model reads them. Equal to :func:`grid_forward` on a one-layer transformer up to
-    float32 rounding (tested). Attention patterns and head scaling are the table fold's only
-    (:func:`grid_outputs` says so).
+    float32 rounding (tested). ``hooks``: further TransformerLens forward hooks ``(name, fn)`` (each sees the
+    whole grid of one checkpoint, or the block of ``rows``; the head ablations use ``blocks.L.attn.hook_z``).
+    Attention patterns and head scaling are the table fold's only (:func:`grid_outputs` says so).
     """
     from .families import family_of
 
@@ -309,8 +311,8 @@ def generic_grid_forward(
         model.load_params({k: v[i].float() for k, v in P.items()})
         seen.clear()
         with torch.no_grad():
-            out = model.run_with_hooks(tokens, fwd_hooks=[(hook, at_neurons)]) if (post_fn or return_post) \
-                else model(tokens)
+            fwd = ([(hook, at_neurons)] if (post_fn or return_post) else []) + list(hooks)
+            out = model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
         logits.append(out[:, -1].float().reshape(A, p, -1))
         if return_post:
             posts.append(seen[0].float().reshape(A, p, -1))
