@@ -389,18 +389,19 @@ def test_runs_that_cannot_be_stacked_train_alone(tmp_path):
     assert any("cannot be stacked" in n and "n_layers" in n for n in plan.notes)
 
 
-def test_interventions_keep_runs_out_of_stacks_and_single_runs_record_live_measures(tmp_path):
-    """A field the stacked trainer does not implement (init_scale ≠ 1) trains alone, never ignored; runs
-    trained alone by a sweep get the live measures their config asks for, stacked ones none."""
+def test_intervention_studies_share_a_stack_and_single_runs_record_live_measures(tmp_path):
+    """Runs that differ in an intervention's value (init_scale) train in one stack; runs trained alone
+    by a sweep get the live measures their config asks for, stacked ones none."""
     spec = {"preset": "tiny", "fixed": {"epochs": 20, "every": 10, "log_early": 0, "live_every": 10},
             "grid": {"init_scale": [1.0, 2.0]}, "seeds": [0, 1]}
-    sw = g.sweep(spec, tmp_path / "sw", progress=False)
-    runs = sw.runs()
-    assert len(runs) == 4 and all(r.finished for r in runs.values())
-    for name, run in runs.items():
-        stacked = isinstance(run.info.get("stack"), dict)
-        assert stacked == (run.config.model.init_scale == 1.0), name
-        live = "live_restricted_acc" in run.metrics.columns
-        assert live == (not stacked), name
-        if live:
-            assert run.metrics["live_restricted_acc"].notna().sum() == 3  # epochs 0, 10, 20
+    for out, stack in (("sw", True), ("alone", False)):
+        sw = g.sweep({**spec, "options": {"stack": stack}}, tmp_path / out, progress=False)
+        runs = sw.runs()
+        assert len(runs) == 4 and all(r.finished for r in runs.values())
+        for name, run in runs.items():
+            stacked = isinstance(run.info.get("stack"), dict)
+            assert stacked == stack and (not stacked or run.info["stack"]["size"] == 4), name
+            live = "live_restricted_acc" in run.metrics.columns
+            assert live == (not stacked), name
+            if live:
+                assert run.metrics["live_restricted_acc"].notna().sum() == 3  # epochs 0, 10, 20

@@ -92,6 +92,9 @@ class StackPlan:
             ``(r · n_heads + h) · ((n_ctx − 1) · d_vocab + 1) + j · d_vocab + token``. The query (the
             last position) has the last row of each head; the bag does not read it (the fold in
             :func:`stacked_final_logits`).
+        attn: each run's attention coefficient ``a`` (Zhong et al. 2023; ``ModelConfig.attn_coeff``) as
+            ``(a, 1 − a, total)`` float32 ``[run]`` tensors, ``total = a + n_ctx (1 − a)`` the sum of a
+            head's weights; ``None`` when every run has ``a = 1`` (softmax attention).
     """
 
     cfg: ModelConfig
@@ -101,6 +104,7 @@ class StackPlan:
     eq_rows: Tensor
     bag: BagIndex | None
     chunks: tuple["_Chunk", ...] = ()
+    attn: tuple[Tensor, Tensor, Tensor] | None = None  # tables, dense
     tokens: Tensor | None = None  # generic: [run, batch, n_ctx]
     attn_coeff: Tensor | None = None  # generic: each run's attention coefficient [run] (None: cfg's)
 
@@ -108,11 +112,11 @@ class StackPlan:
     def build(cls, cfg: ModelConfig, tokens: Tensor, *, impl: str = "tables",
               attn_coeff: Sequence[float] | None = None) -> "StackPlan":
         """Args:
-            cfg: the shared model config.
+            cfg: the shared model config (its ``attn_coeff`` unless ``attn_coeff`` is given).
             tokens: ``[run, batch, n_ctx]`` int64; within a run the last token must be constant
                 (``tables``, ``dense``).
             impl: ``tables`` (builds the bag), ``dense`` or ``generic`` (any model: the tokens only).
-            attn_coeff: each run's attention coefficient (``generic``; default ``cfg.attn_coeff``).
+            attn_coeff: each run's attention coefficient (default: ``cfg.attn_coeff`` for every run).
         """
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
@@ -144,6 +148,13 @@ class StackPlan:
         base = (torch.arange(R, device=dev)[:, None] * n_ctx + torch.arange(n_ctx, device=dev)) * V  # [R, pos]
         rows = (base[:, None, :] + tokens).contiguous()  # [R, n, pos]
         eq_rows = rows[:, 0, -1].contiguous()
+        a = [float(cfg.attn_coeff)] * R if attn_coeff is None else [float(x) for x in attn_coeff]
+        if len(a) != R:
+            raise ValueError(f"attn_coeff needs one value per run ({R}), got {len(a)}")
+        attn = None
+        if any(x != 1.0 for x in a):  # rounded from float64 once, as the single run's Python floats
+            attn = tuple(torch.tensor(v, dtype=torch.float32, device=dev)
+                         for v in (a, [1.0 - x for x in a], [x + n_ctx * (1.0 - x) for x in a]))
         bag = None
         if impl == "tables":  # value-table rows laid out [run, head, key position · token (+ the query)]
             nv = n_ctx - 1
@@ -152,8 +163,9 @@ class StackPlan:
             key_row = torch.arange(nv, device=dev) * V + tokens[:, :, :-1]  # [R, n, key position]
             idx = run_head[:, None, None, :] * per + key_row[..., None]  # [R, n, key position, H]
             bag = BagIndex.build(idx.reshape(R * n, nv * H), R * H * per)
-            return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)))
-        return cls(cfg, R, n, rows, eq_rows, bag)
+            return cls(cfg, R, n, rows, eq_rows, bag, _chunks(bag, R, n, H * per, cfg.d_mlp + _padded(cfg.d_vocab_out)),
+                       attn)
+        return cls(cfg, R, n, rows, eq_rows, bag, (), attn)
 
 
 #: Elements of one chunk's ``[examples, d_mlp + vocab]`` activations in :func:`stacked_losses`: runs
@@ -206,7 +218,7 @@ class _TablesLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, vals: Tensor, OVr: Tensor, c: Tensor, W_L: Tensor,  # type: ignore[override]
-                plan: "StackPlan", labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor]:
+                plan: "StackPlan", labels: Tensor, weights: Tensor, kind: str = "cross_entropy") -> tuple[Tensor, Tensor]:
         cfg = plan.cfg
         R, n, dm, H, V = plan.n_runs, plan.n_examples, cfg.d_mlp, cfg.n_heads, cfg.d_vocab_out
         Vp = W_L.shape[-1]
@@ -228,7 +240,8 @@ class _TablesLoss(torch.autograd.Function):
             # the query's attention weight is 1 − the key positions' (the fold in stacked_final_logits)
             Tq = T4[:, :, -1:].clone()
             T4[:, :, :-1] -= Tq
-            cq = c[r0:r1, None] + Tq.sum(1)  # [nr, 1, k]
+            Tq_sum = Tq.sum(1) if plan.attn is None else Tq.sum(1) * plan.attn[2][r0:r1, None, None]
+            cq = c[r0:r1, None] + Tq_sum  # [nr, 1, k]
             T = T4.view(-1, k)
             out = F.embedding_bag(ch.bag_idx, T, per_sample_weights=w[r0 * n: r1 * n], mode="sum")  # [nr·n, k]
             out.view(nr, n, k).add_(cq)
@@ -240,20 +253,25 @@ class _TablesLoss(torch.autograd.Function):
                 post.copy_(F.gelu(pre))
             post3 = post.view(nr, n, dm)
             z = torch.baddbmm(out[:, dm:].view(nr, n, Vp), post3, W_L[r0:r1], out=logits[r0:r1])  # [nr, n, Vp]
-            # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
             lab, wt = labels[r0:r1, :, None], weights[r0:r1, :, None]
-            zd = z.double()
-            if Vp > V:
-                zd[..., V:] = -torch.inf  # the padding columns take no part (exp → 0)
-            zd.sub_(zd.amax(-1, keepdim=True))
-            ez = zd.exp()
-            se = ez.sum(-1, keepdim=True)
-            loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
-            if not grads:
-                continue
-            # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32 (0 in the padding)
-            g64 = ez.mul_(wt / se)
-            g64.scatter_add_(-1, lab, -wt)
+            if kind != "cross_entropy":
+                loss[r0:r1], g64 = _other_loss(kind, z, lab, wt, V, grads)
+                if not grads:
+                    continue
+            else:
+                # the cross-entropy in float64: nll = log Σ_j exp(z_j − max) − (z_label − max)
+                zd = z.double()
+                if Vp > V:
+                    zd[..., V:] = -torch.inf  # the padding columns take no part (exp → 0)
+                zd.sub_(zd.amax(-1, keepdim=True))
+                ez = zd.exp()
+                se = ez.sum(-1, keepdim=True)
+                loss[r0:r1] = ((se.log() - zd.gather(-1, lab)) * wt).sum((1, 2))
+                if not grads:
+                    continue
+                # d loss_r / d logits = wt · (softmax − onehot(label)), in float64, then float32 (0 in the padding)
+                g64 = ez.mul_(wt / se)
+                g64.scatter_add_(-1, lab, -wt)
             gout = torch.empty_like(out)  # d loss / d [pre | direct | padding]
             g = gout[:, dm:].view(nr, n, Vp)
             g.copy_(g64)
@@ -267,7 +285,8 @@ class _TablesLoss(torch.autograd.Function):
             grad_w[r0 * n: r1 * n] = gw.values().view(-1, w.shape[1])
             gc = torch.sum(gout.view(nr, n, k), 1, out=grad_c[r0:r1])
             gT4 = gT.view(nr, H, rows, k)
-            torch.sub(gc[:, None], gT4[:, :, :-1].sum(2), out=gT4[:, :, -1])
+            gq = gc[:, None] if plan.attn is None else gc[:, None] * plan.attn[2][r0:r1, None, None]
+            torch.sub(gq, gT4[:, :, :-1].sum(2), out=gT4[:, :, -1])
             gT3 = gT.view(nr * H, rows, k)
             torch.bmm(gT3, OVr_c.transpose(1, 2), out=grad_vals[r0:r1].view(nr * H, rows, e))
             torch.bmm(vals_c.transpose(1, 2), gT3, out=grad_OVr[r0:r1].view(nr * H, e, k))
@@ -283,7 +302,42 @@ class _TablesLoss(torch.autograd.Function):
             s = grad_loss.to(saved[0].dtype)
             saved = [t * s.view(-1, *[1] * (t.ndim - 1)) for t in (saved[0].view(len(s), -1), *saved[1:])]
             saved[0] = saved[0].view_as(ctx.saved_tensors[0])
-        return (*saved, None, None, None)
+        return (*saved, None, None, None, None)
+
+
+def _other_loss(kind: str, z: Tensor, lab: Tensor, wt: Tensor, V: int, grads: bool) -> tuple[Tensor, Tensor | None]:
+    """Per-run weighted float64 StableMax cross-entropy or MSE of one chunk's padded logits
+    ``z [runs, n, Vp]`` (the padding columns take no part), and its gradient at ``z`` (float64, 0 in
+    the padding) when ``grads``.
+
+    Notes:
+        StableMax (Prieto et al. 2025): ``s(x) = x + 1`` for ``x ≥ 0``, ``1 / (1 − x)`` below;
+        ``loss = log Σ_c s(z_c) − log s(z_y)``; ``∂/∂z_c = s'(z_c) / Σ s − [c = y] s'(z_y) / s(z_y)``
+        with ``s'(x) = 1`` for ``x ≥ 0`` and ``s(x)²`` below. MSE (Omnigrok):
+        ``loss = (1/V) Σ_c (z_c − [c = y])²``, ``∂/∂z_c = 2 (z_c − [c = y]) / V``.
+    """
+    x = z[..., :V].double()
+    if kind == "stablemax":
+        neg = x < 0
+        s = torch.where(neg, 1.0 / (1.0 - x.clamp(max=0)), x.clamp(min=0) + 1.0)
+        S = s.sum(-1, keepdim=True)
+        sy = s.gather(-1, lab)
+        loss = ((S.log() - sy.log()) * wt).sum((1, 2))
+        if not grads:
+            return loss, None
+        ds = torch.where(neg, s * s, torch.ones_like(s))
+        g = ds * (wt / S)
+        g.scatter_add_(-1, lab, -wt * ds.gather(-1, lab) / sy)
+    elif kind == "mse":
+        d = x.clone()
+        d.scatter_add_(-1, lab, -torch.ones_like(wt))
+        loss = (d.square().mean(-1, keepdim=True) * wt).sum((1, 2))
+        if not grads:
+            return loss, None
+        g = d * (wt * (2.0 / V))
+    else:
+        raise ValueError(f"unknown loss {kind!r}")
+    return loss, F.pad(g, (0, z.shape[-1] - V))
 
 
 def _gather_rows(table: Tensor, idx: Tensor) -> Tensor:
@@ -303,7 +357,11 @@ def _attention(params: dict[str, Tensor], plan: StackPlan) -> tuple[Tensor, Tens
     kq = tables.query_key_map(x_q, params["blocks.0.attn.W_Q"], params["blocks.0.attn.W_K"])  # [run, d_model, head]
     S = torch.bmm(EP, kq)  # [run, pos·vocab, head]
     scores = _gather_rows(S.reshape(R * n_ctx * V, H), plan.rows)  # [run, batch, pos, head]
-    return EP, x_q, scores.softmax(dim=2)
+    pattern = scores.softmax(dim=2)
+    if plan.attn is not None:  # attention coefficient (Zhong et al.): every weight a·softmax + (1 − a)
+        a, one_minus_a, _ = plan.attn
+        pattern = pattern * a[:, None, None, None] + one_minus_a[:, None, None, None]
+    return EP, x_q, pattern
 
 
 def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: Tensor, pattern: Tensor,
@@ -331,29 +389,32 @@ def _tables_parts(params: dict[str, Tensor], plan: StackPlan, EP: Tensor, x_q: T
 
 
 def stacked_losses(params: dict[str, Tensor], plan: StackPlan, labels: Tensor,
-                   weights: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-run weighted float64 cross-entropies of the ``tables`` logits, and the logits (no gradient).
+                   weights: Tensor, loss: str = "cross_entropy") -> tuple[Tensor, Tensor]:
+    """Per-run weighted float64 losses of the ``tables`` logits, and the logits (no gradient).
 
     Args:
         params: TransformerLens-named parameters stacked ``[run, ...]``.
         plan: the :class:`StackPlan` of the token sets (built for ``tables``).
         labels: ``[run, batch]`` int64.
         weights: ``[run, batch]`` float64 weight of each example in its run's loss.
+        loss: ``cross_entropy`` (default), ``stablemax`` or ``mse`` (``TrainConfig.loss``; the
+            per-example losses of :mod:`grokinterp.training.step`, with their gradients in closed form).
 
     Returns:
         ``loss [run]`` (float64, differentiable in ``params``) and ``logits [run, batch, d_vocab_out]``
         (:func:`stacked_final_logits`).
 
     Notes:
-        ``loss[r] = Σ_i weights[r, i] · (−log softmax(logits[r, i])[labels[r, i]])`` in float64. The
+        ``loss[r] = Σ_i weights[r, i] · (−log softmax(logits[r, i])[labels[r, i]])`` in float64 (or the
+        StableMax cross-entropy, or the MSE against one-hot targets: :func:`_other_loss`). The
         bag, the MLP, the unembedding and the loss run a few runs at a time (:data:`CHUNK_ELEMENTS`),
         each chunk's gradients computed while its activations are in the cache.
     """
     EP, x_q, pattern = _attention(params, plan)
     V = plan.cfg.d_vocab_out
     w, vals, OVr, c, W_L = _tables_parts(params, plan, EP, x_q, pattern, pad=_padded(V) - V)
-    loss, logits = _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights)
-    return loss, logits[..., :V]
+    loss_r, logits = _TablesLoss.apply(w, vals, OVr, c, W_L, plan, labels, weights, loss)
+    return loss_r, logits[..., :V]
 
 
 def _padded(vocab: int) -> int:
@@ -401,7 +462,8 @@ def stacked_final_logits(params: dict[str, Tensor], plan: StackPlan, impl: str =
         T = torch.matmul(vals, OVr)  # [run, head, key rows + the query row, k]
         Tq = T[:, :, -1:]
         k = T.shape[-1]
-        out = bag_sum(w, (T - Tq).reshape(-1, k), plan.bag).view(R, n, k) + (c[:, None] + Tq.sum(1))
+        Tq_sum = Tq.sum(1) if plan.attn is None else Tq.sum(1) * plan.attn[2][:, None, None]
+        out = bag_sum(w, (T - Tq).reshape(-1, k), plan.bag).view(R, n, k) + (c[:, None] + Tq_sum)
         pre, direct = out[..., :dm], out[..., dm:]
         post = torch.relu(pre) if cfg.act_fn == "relu" else F.gelu(pre)
         return torch.baddbmm(direct, post, W_L)

@@ -1,11 +1,19 @@
 """Many models trained at once: runs that share shapes, stacked into one model on one device.
 
 ``R`` runs whose configs differ only in what does not change a tensor's shape — init and split
-seeds, training fraction, split method, operation, learning rate, weight decay, betas, momentum,
-warm-up — train as one stacked model: every parameter is one tensor ``[run, ...]``, one forward
-computes every run's logits on its own training examples (:mod:`grokinterp.model.stacked`), the
-loss is the sum of the runs' mean float64 cross-entropies (so each run's gradient is its own), and
-a stacked optimizer applies each run's hyper-parameters. Each run writes its own run directory
+seeds, training fraction, split method, operation, and every intervention's value: learning rate
+and its schedule (warm-up length and style, constant or cosine), weight decay and ``weight_decay_on``,
+betas, momentum, the Grokfast filters' ``α`` and ``λ``, the weight-norm constraint, the
+initialisation scale and method, the attention coefficient — train as one stacked model: every
+parameter is one tensor ``[run, ...]``, one forward computes every run's logits on its own training
+examples (:mod:`grokinterp.model.stacked`), the loss is the sum of the runs' mean float64 losses
+(cross-entropy, StableMax or MSE: so each run's gradient is its own), and a stacked optimizer,
+stacked gradient transforms and a stacked weight-norm constraint apply each run's values
+(:mod:`~grokinterp.training.optim`, :mod:`~grokinterp.training.transforms`,
+:mod:`~grokinterp.training.constraints`, beside their single-run versions; each run's state is saved
+under a single run's keys, so a run trained in a stack resumes alone and the other way round). The
+optimizer, the list of gradient transforms, the loss and the Grokfast-MA window (the shape of its
+state) are shared by a stack. Each run writes its own run directory
 through :mod:`grokinterp.store.writer`, exactly the files a single run writes, plus the optional
 ``run.json`` field ``stack`` (the members, this run's index, the implementation), so a run can be
 resumed — in a stack — bit-identically on CPU. A step equals a single-run step to 1e-5 (tested).
@@ -14,8 +22,9 @@ resumed — in a stack — bit-identically on CPU. A step equals a single-run st
 piece               what it does
 ==================  ==========================================================================
 ``stack_key``       runs with equal keys can share a stack (``None``: this run cannot be stacked)
-``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``) and stacked
-                    gradient transforms (a run whose transform has no stacked version trains alone)
+``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``, ``ortho_adamw``) and
+                    stacked gradient transforms (``grokfast_ema``, ``grokfast_ma``, ``orthograd``; a
+                    run whose transform has no stacked version trains alone)
 ``StackedLoop``     the epoch loop (checkpoints, evaluation, flushes, callbacks, signals)
 ``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones
 ``max_stack_size``  how many runs fit the device's memory
@@ -54,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import COMMON_MODEL_FIELDS, FORMAT_VERSION, SECTIONS, RunConfig, TrainConfig
+from ..config import COMMON_MODEL_FIELDS, FORMAT_VERSION, SECTIONS, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
@@ -83,24 +92,39 @@ from ..store.writer import (
     start_run,
 )
 from .callbacks import Callback
+from .constraints import StackedWeightNorm
 from .data import sampler_seed, stacked_epoch
 from .loop import TrainingInterrupted, check_trainable, recorded_threads, resolve_device, stop_on_signals
 from .loop import resume as resume_single
-from .optim import expected_slots
+from .optim import (
+    EPS,
+    STACKED_OPTIMIZERS,
+    ParamLayout,
+    StackedAdam,
+    StackedAdamW,
+    StackedOptimizer,
+    StackedOrthoAdamW,
+    StackedSGD,
+    register_stacked_optimizer,
+)
 from .preflight import preflight
 from .step import CudaGraphStep, graphs_enabled, per_example_loss
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
-from .transforms import load_transform_state, transform_state_tensors
+from .transforms import (
+    STACKED_TRANSFORMS,
+    load_transform_state,
+    register_stacked_transform,
+    transform_state_tensors,
+)
 
 __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
-           "padded_lengths", "default_impl", "IMPLS"]
+           "padded_lengths", "default_impl", "IMPLS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
+           "StackedAdam", "StackedOrthoAdamW", "StackedSGD"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
-#: Adam's epsilon (torch's default, which the single-run optimizers use).
-EPS = 1e-8
 
 # Config fields the stacked trainer knows. A field added to the config later (by an intervention,
 # say) is not implemented here: a run may be stacked only while it keeps that field's default.
@@ -108,17 +132,23 @@ EPS = 1e-8
 # their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
-    "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed"},
+    "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
+              "init_scale", "attn_coeff"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
-              "loss"},
+              "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
+              "grokfast_window", "weight_norm"},
     "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
-# Fields that may differ between the runs of one stack (no shape or schedule depends on them).
+# Fields that may differ between the runs of one stack (no shape depends on them): each run's
+# initialisation, attention coefficient, optimizer hyper-parameters and schedule, the settings of its
+# gradient transforms (but not the Grokfast-MA window, the shape of its state) and its weight-norm
+# constraint are its own.
 _PER_RUN = {
     "task": {"operation", "frac_train", "split_seed", "split_method"},
-    "model": {"init_seed"},
-    "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed"},
+    "model": {"init_seed", "init_method", "init_scale", "attn_coeff"},
+    "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed",
+              "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm"},
 }
 
 
@@ -174,9 +204,12 @@ def stack_key(config: RunConfig) -> str | None:
     """Runs whose keys are equal (and not ``None``) can be trained in one stack.
 
     The key is every config field except those a run of the stack may choose for itself
-    (seeds, sampler seed, training fraction, split method, operation, lr, weight decay, betas,
-    momentum, warm-up); a minibatch run's key also holds its steps per epoch (runs of one stack
-    take their steps together: equal ``batch_size`` and ``ceil(n_train / batch_size)``). ``None`` when the run cannot be stacked at all (:func:`stack_unsupported_reason`).
+    (seeds, sampler seed, training fraction, split method, operation, and the intervention values of
+    the module notes: lr and schedule, weight decay and its groups, betas, momentum, Grokfast ``α`` /
+    ``λ``, weight norm, init scale and method, attention coefficient); a minibatch run's key also holds
+    its steps per epoch (runs of one stack take their steps together: equal ``batch_size`` and
+    ``ceil(n_train / batch_size)``). ``None`` when the run cannot be stacked at all
+    (:func:`stack_unsupported_reason`).
     """
     if stack_unsupported_reason(config) is not None:
         return None
@@ -207,227 +240,7 @@ def stack_mismatch(a: RunConfig, b: RunConfig) -> str | None:
     return None
 
 
-# -- stacked optimizers -------------------------------------------------------------------------------
-def _per_run(values: Sequence[float], device: torch.device) -> Tensor:
-    """Per-run hyper-parameters as a ``[run, 1]`` float32 device tensor (broadcasts over ``[run, n_params]``)."""
-    return torch.tensor(list(values), dtype=torch.float32, device=device)[:, None]
-
-
-class ParamLayout:
-    """Where each named parameter lives in a run's flat parameter vector (TransformerLens names,
-    in :func:`~grokinterp.model.params.param_shapes` order)."""
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        self.names = list(shapes)
-        self.shapes = [tuple(s) for s in shapes.values()]
-        self.sizes = [math.prod(s) for s in self.shapes]
-        self.offsets = [int(x) for x in np.cumsum([0, *self.sizes[:-1]])]
-        self.total = sum(self.sizes)
-
-    def views(self, flat: Tensor) -> dict[str, Tensor]:
-        """``flat [..., total]`` → ``{name: [..., *shape]}`` views (differentiable)."""
-        lead = flat.shape[:-1]
-        return {n: t.view(*lead, *s) for n, s, t in zip(self.names, self.shapes, flat.split(self.sizes, dim=-1))}
-
-    def flatten(self, params: dict[str, Tensor]) -> Tensor:
-        """``{name: [run, *shape]}`` → ``[run, total]``."""
-        return torch.cat([params[n].reshape(params[n].shape[0], -1) for n in self.names], dim=1)
-
-
-def _groups(tcs: Sequence[TrainConfig], fields: tuple[str, ...]) -> list[list[int]]:
-    """Runs with equal ``fields`` (their optimizer's hyper-parameters), in order of first appearance."""
-    out: dict[tuple, list[int]] = {}
-    for r, tc in enumerate(tcs):
-        out.setdefault(tuple(getattr(tc, f) for f in fields), []).append(r)
-    return list(out.values())
-
-
-class StackedOptimizer:
-    """Base of the stacked optimizers: one flat parameter ``[run, n_params]``, per-run
-    hyper-parameters as ``[run, 1]`` device tensors, a handful of kernels per step for the stack.
-
-    The learning rate of the step from epoch ``e`` is ``lr · min((e + 1) / warmup, 1)``
-    (:meth:`~grokinterp.config.TrainConfig.lr_at`), computed on the device from a device epoch
-    counter, so a step replayed from a CUDA graph needs no host value. Subclasses implement
-    :meth:`step` and name their per-parameter slots (``slots``) as the single-run optimizer's
-    ``state_dict()`` does, so each run's state file reads like a single run's.
-    """
-
-    slots: tuple[str, ...] = ()
-
-    def __init__(self, flat: torch.nn.Parameter, layout: ParamLayout, tcs: Sequence[TrainConfig]):
-        self.flat, self.layout, self.tcs = flat, layout, list(tcs)
-        dev = flat.device
-        self.device = dev
-        self.lr_base = _per_run([tc.lr for tc in tcs], dev)
-        self.warmup = _per_run([tc.warmup_epochs for tc in tcs], dev)
-        self.weight_decay = _per_run([tc.weight_decay for tc in tcs], dev)
-        self.lr = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
-        self.step_count = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
-        self.state = {slot: torch.zeros_like(flat) for slot in self.slots}
-
-    def set_lr(self, epoch: Tensor) -> None:
-        """``lr[r] = lr_base[r] · min((epoch + 1) / warmup[r], 1)`` (1 where there is no warm-up), in place."""
-        factor = torch.where(self.warmup > 0, ((epoch + 1) / self.warmup.clamp(min=1)).clamp(max=1.0),
-                             torch.ones_like(self.warmup))
-        self.lr.copy_(self.lr_base * factor)
-
-    def zero_grad(self) -> None:
-        self.flat.grad = None
-
-    def step(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    # -- each run's state, as a single run's optimizer would save it ---------------------------------
-    def run_state(self, r: int) -> dict[str, Tensor]:
-        """Run ``r``'s ``opt/<param>/<slot>`` tensors (none before the first step, as torch's)."""
-        if float(self.step_count[r]) == 0:
-            return {}
-        keep = expected_slots(self.tcs[r])
-        views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
-        out: dict[str, Tensor] = {}
-        for name in self.layout.names:
-            for slot in keep:
-                out[f"opt/{name}/{slot}"] = (self.step_count[r, 0].detach().clone() if slot == "step"
-                                             else views[slot][name])
-        return out
-
-    def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
-        """Restore run ``r`` from its state file's ``opt/`` tensors (checked like a single run's)."""
-        keep = expected_slots(self.tcs[r])
-        got = {k: t for k, t in tensors.items() if k.startswith("opt/")}
-        if not got:
-            return
-        step = None
-        views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
-        for name, shape in zip(self.layout.names, self.layout.shapes):
-            for slot, shaped in keep.items():
-                t = got.pop(f"opt/{name}/{slot}", None)
-                if t is None:
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} is missing")
-                if shaped and (tuple(t.shape) != shape or t.dtype != self.flat.dtype):
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} has shape {list(t.shape)}, "
-                                   f"expected {list(shape)}")
-                if not shaped and t.ndim != 0:
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} must be a scalar")
-                if slot == "step":
-                    if step is not None and float(t) != step:
-                        raise RunError(f"{where}: optimizer step counts differ between parameters")
-                    step = float(t)
-                elif slot in views:
-                    with torch.no_grad():
-                        views[slot][name].copy_(t)
-                else:
-                    raise RunError(f"{where}: the stacked {self.tcs[r].optimizer} optimizer keeps no slot {slot!r}")
-        if got:
-            raise RunError(f"{where}: optimizer state {sorted(got)[:3]} does not match the model and the "
-                           f"{self.tcs[r].optimizer} optimizer")
-        self.step_count[r] = step if step is not None else 1.0
-
-
-class StackedAdamW(StackedOptimizer):
-    """AdamW (decoupled weight decay) with per-run lr, weight decay and betas; ``step``,
-    ``exp_avg``, ``exp_avg_sq`` as torch's ``AdamW``.
-
-    Notes:
-        ``θ ← θ (1 − lr λ)``, ``m ← β1 m + (1 − β1) g``, ``v ← β2 v + (1 − β2) g²``,
-        ``θ ← θ − lr / (1 − β1^t) · m / (√v / √(1 − β2^t) + ε)``.
-    """
-
-    slots = ("exp_avg", "exp_avg_sq")
-    decoupled = True
-
-    def __init__(self, flat, layout, tcs):
-        super().__init__(flat, layout, tcs)
-        self.beta1 = _per_run([tc.beta1 for tc in tcs], self.device)
-        self.beta2 = _per_run([tc.beta2 for tc in tcs], self.device)
-        self.groups = _groups(tcs, ("lr", "warmup_epochs", "weight_decay", "beta1", "beta2"))
-
-    @torch.no_grad()
-    def step(self) -> None:
-        p, g = self.flat, self.flat.grad
-        if g is None:
-            return
-        self.step_count.add_(1)
-        if self.device.type == "cpu":  # torch's fused kernel: one pass over each run's row, in the cache
-            fused = torch._fused_adamw_ if self.decoupled else torch._fused_adam_
-            rows = lambda t, ix: [t[i] for i in ix]  # noqa: E731
-            data, m, v = p.detach(), self.state["exp_avg"], self.state["exp_avg_sq"]
-            for ix in self.groups:
-                tc = self.tcs[ix[0]]
-                fused(rows(data, ix), rows(g, ix), rows(m, ix), rows(v, ix), [], rows(self.step_count, ix),
-                      lr=float(self.lr[ix[0]]), beta1=tc.beta1, beta2=tc.beta2, weight_decay=tc.weight_decay,
-                      eps=EPS, amsgrad=False, maximize=False)
-            return
-        bc1 = 1 - self.beta1.pow(self.step_count)
-        bc2_sqrt = (1 - self.beta2.pow(self.step_count)).sqrt()
-        if self.decoupled:
-            p.mul_(1 - self.lr * self.weight_decay)
-        else:
-            g = g.add(p * self.weight_decay)
-        m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
-        m.lerp_(g, 1 - self.beta1)
-        v.mul_(self.beta2).add_(g * g * (1 - self.beta2))
-        denom = (v.sqrt() / bc2_sqrt).add_(EPS)
-        p.sub_((self.lr / bc1) * m / denom)
-
-
-class StackedAdam(StackedAdamW):
-    """Adam with weight decay as an L2 term in the gradient (torch's ``Adam``), per-run hyper-parameters."""
-
-    decoupled = False
-
-
-class StackedSGD(StackedOptimizer):
-    """SGD with momentum (torch's ``SGD``: weight decay as an L2 term, buffer ``momentum_buffer``)."""
-
-    slots = ("momentum_buffer",)
-
-    def __init__(self, flat, layout, tcs):
-        super().__init__(flat, layout, tcs)
-        self.momentum = _per_run([tc.momentum for tc in tcs], self.device)
-
-    @torch.no_grad()
-    def step(self) -> None:
-        p = self.flat
-        if p.grad is None:
-            return
-        self.step_count.add_(1)
-        d = p.grad.add(p * self.weight_decay)
-        buf = self.state["momentum_buffer"]
-        buf.mul_(self.momentum).add_(d)  # first step: 0 · 0 + d, as torch's clone of d
-        p.sub_(self.lr * buf)
-
-
-#: Stacked optimizers by the name of the single-run optimizer they reproduce.
-STACKED_OPTIMIZERS: dict[str, Callable[[torch.nn.Parameter, ParamLayout, Sequence[TrainConfig]], StackedOptimizer]] = {
-    "adamw": StackedAdamW, "adam": StackedAdam, "sgd": StackedSGD,
-}
-
-
-def register_stacked_optimizer(name: str, builder) -> None:
-    """Give the optimizer ``name`` (of :mod:`~grokinterp.training.optim`) a stacked version:
-    ``builder(flat_param [run, n_params], layout, train_configs) -> StackedOptimizer``."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
-    STACKED_OPTIMIZERS[name] = builder
-
-
-#: Stacked gradient transforms by name: ``factory(stacked_params, train_configs)`` (parameters as
-#: ``{name: [run, ...]}`` views) returns an object
-#: whose ``__call__(grads)`` acts in place on stacked gradients ``{name: [run, ...]}`` (tensor ops
-#: only) and whose ``state_dict()`` / ``load_state_dict(state)`` hold ``[run, ...]`` tensors (each
-#: run's slice is saved in its own state file, as the single-run transform's state).
-STACKED_TRANSFORMS: dict[str, Callable[[dict[str, torch.nn.Parameter], Sequence[TrainConfig]], Any]] = {}
-
-
-def register_stacked_transform(name: str, factory) -> None:
-    """Give the gradient transform ``name`` a stacked version (see :data:`STACKED_TRANSFORMS`)."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
-    STACKED_TRANSFORMS[name] = factory
-
-
+# -- stacked optimizers and transforms live with the single-run ones (optim.py, transforms.py) ------------
 class _RunSlice:
     """One run's view of a stacked transform's state (so its keys are those of a single run)."""
 
@@ -455,7 +268,8 @@ class _StackSet:
 
     @classmethod
     def build(cls, cfg, tokens: list[np.ndarray], labels: list[np.ndarray], members: dict[str, list[np.ndarray]],
-              device: torch.device, impl: str, n_pad: int | None = None) -> "_StackSet":
+              device: torch.device, impl: str, n_pad: int | None = None,
+              attn_coeff: Sequence[float] | None = None) -> "_StackSet":
         n = max(len(t) for t in tokens)
         if n_pad is not None:
             if n_pad < n:
@@ -474,7 +288,7 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl)
+        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl, attn_coeff=attn_coeff)
         return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
 
 
@@ -592,7 +406,7 @@ class StackedLoop:
         if self.batch_size is not None and mode != "gather":
             raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
                               f"got {mode!r}")
-        self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses cross-entropy
+        self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses it with its gradient
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
@@ -612,13 +426,16 @@ class StackedLoop:
         # Runs are padded to the stack's longest example list. The padded length is recorded and kept
         # on resume: products that sum over examples round differently for another length.
         pad = padded or padded_lengths(self.configs, splits, mode)
+        # each run's attention coefficient (None: softmax attention everywhere, or a family without attention)
+        coeffs = [float(getattr(c.model, "attn_coeff", 1.0)) for c in self.configs]
+        self._attn = attn = None if all(a == 1.0 for a in coeffs) else coeffs
         if mode == "mask":
             self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks, "test": tst_masks}, device, impl,
-                                         pad["train"])
+                                         pad["train"], attn)
             self.test = None
         else:
-            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"])
-            self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"])
+            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"], attn)
+            self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"], attn)
         self.padded = dict(pad)
         if self.batch_size is not None:  # each run's padded training examples, gathered per batch
             n_pad = self.train.labels.shape[1]
@@ -639,7 +456,12 @@ class StackedLoop:
                for c in self.configs]
         self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
         self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
+        # constraints on the weights after each step; their targets come from the initialisation
+        self.constraints: list[Callable[[], None]] = (
+            [StackedWeightNorm(self.params, [tc.weight_norm for tc in tcs])] if any(tc.weight_norm for tc in tcs)
+            else [])
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
+        self._epoch = 0  # epoch_t (the optimizer step counter) on the host: CPU steps give each run its float64 lr
         use_graph = device.type == "cuda" and graphs_enabled() and self.batch_size is None  # batches: eager
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
         # metrics, checkpoints, writers
@@ -684,14 +506,14 @@ class StackedLoop:
     def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
-        if self.impl == "tables" and self.loss_name == "cross_entropy":  # fused with its gradient (model.stacked)
-            return stacked_losses(self.params, data.plan, data.labels, w)
+        if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
+            return stacked_losses(self.params, data.plan, data.labels, w, self.loss_name)
         logits = self.logits(data)
         return (self._nll(logits, data) * w).sum(1), logits
 
     def _step(self) -> tuple[Tensor, Tensor]:
         """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
-        self.optimizer.set_lr(self.epoch_t)
+        self.optimizer.set_lr(self.epoch_t, self._epoch if self.device.type == "cpu" else None)
         loss, logits = self._losses(self._batch, "train")
         self.optimizer.zero_grad()
         loss.sum().backward()
@@ -700,7 +522,10 @@ class StackedLoop:
             for t in self.transforms:
                 t(grads)
         self.optimizer.step()
+        for fn in self.constraints:
+            fn()
         self.epoch_t.add_(1)
+        self._epoch += 1
         return logits, loss
 
     def batch(self, step: int) -> _StackSet:
@@ -713,7 +538,7 @@ class StackedLoop:
             self._epoch_batches = (e, index.to(self.device), weight.to(self.device))
         idx, w = self._epoch_batches[1][b], self._epoch_batches[2][b]  # [run, B]
         tok = self._tokens.gather(1, idx[..., None].expand(-1, -1, self._tokens.shape[2]))
-        plan = StackPlan.build(self.configs[0].model, tok, impl=self.impl)
+        plan = StackPlan.build(self.configs[0].model, tok, impl=self.impl, attn_coeff=self._attn)
         return _StackSet(plan, self.train.labels.gather(1, idx), {"train": w}, {"train": [self.batch_size] * self.n_runs})
 
     def _acc(self, logits: Tensor, data: _StackSet, which: str) -> Tensor:
@@ -793,6 +618,7 @@ class StackedLoop:
         if self.start_step // self.per_epoch != self.start_epoch or self.start_step > self.total_steps:
             raise RunError(f"{paths[0]}: resume step {self.start_step} does not lie in resume epoch {self.start_epoch}")
         self.epoch_t.fill_(self.start_step)  # the optimizer's step counter (the warm-up counts steps)
+        self._epoch = self.start_step
 
     # -- flushing ----------------------------------------------------------------------------------------------
     def _host(self, t: Tensor) -> Tensor:
@@ -940,7 +766,11 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
                           + per_ex * n_examples))
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
-    per_param = 4 * P * (4 + config.checkpoints.flush_every)
+    tc = config.train
+    # gradient-transform state, in parameter copies: an EMA; a window of gradients and a float64 sum
+    state = sum(1 if t == "grokfast_ema" else tc.grokfast_window + 2 if t == "grokfast_ma" else 0
+                for t in tc.grad_transforms)
+    per_param = 4 * P * (4 + config.checkpoints.flush_every + state)
     metrics = 8 * 5 * (config.train.epochs + 1)
     if impl == "tables":
         tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
@@ -1067,7 +897,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
 
     Args:
         configs: the runs' configs; they must share a :func:`stack_key` (same shapes, schedule,
-            optimizer; seeds, fraction, operation, lr, weight decay, betas, momentum, warm-up free).
+            optimizer, transforms, loss; seeds, fraction, operation and intervention values free).
         outs: one new run directory per config. If every one already holds its run, they are
             resumed (:func:`resume_stacked`); a mix of new and existing runs is refused.
         progress: a progress bar over the stack's epochs.

@@ -24,7 +24,10 @@ name               transform
                    the parameter, rescaled to the original norm (:class:`OrthoGrad`)
 =================  ===================================================================================
 
-All three are tensor operations only (no host syncs), so they run inside the CUDA graph.
+All three are tensor operations only (no host syncs), so they run inside the CUDA graph. Each has a
+stacked version over ``R`` runs at once with per-run settings (:data:`STACKED_TRANSFORMS`:
+:class:`StackedGrokfastEMA`, :class:`StackedGrokfastMA` — the window is the stack's —,
+:class:`StackedOrthoGrad`), whose state is each run's single-run state stacked ``[run, ...]``.
 
 Example:
     >>> class ClipNorm:                                                     # doctest: +SKIP
@@ -49,7 +52,8 @@ from ..errors import ConfigError, RunError
 
 __all__ = ["GradientTransform", "TRANSFORMS", "register_gradient_transform", "build_transforms",
            "check_transforms", "transform_state_tensors", "load_transform_state", "GrokfastEMA", "GrokfastMA",
-           "OrthoGrad", "orthogonalize_"]
+           "OrthoGrad", "orthogonalize_", "STACKED_TRANSFORMS", "register_stacked_transform", "stacked_orthogonalize_",
+           "StackedGrokfastEMA", "StackedGrokfastMA", "StackedOrthoGrad"]
 
 
 class GradientTransform(Protocol):
@@ -66,17 +70,22 @@ Factory = Callable[[dict[str, torch.nn.Parameter], TrainConfig], GradientTransfo
 TRANSFORMS: dict[str, Factory] = {}
 
 
-def register_gradient_transform(name: str, factory: Factory) -> None:
+def register_gradient_transform(name: str, factory: Factory, *, stacked: Callable[..., GradientTransform] | None = None
+                                ) -> None:
     """Make a transform available as a name in ``TrainConfig.grad_transforms``.
 
     Args:
         name: an identifier.
         factory: ``factory(named_params, train_config) -> transform`` (see the module docstring);
             it may read its settings from config fields.
+        stacked: its stacked version, if any (:func:`register_stacked_transform`); without one, runs
+            with this transform train alone.
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
     TRANSFORMS[name] = factory
+    if stacked is not None:
+        register_stacked_transform(name, stacked)
 
 
 def check_transforms(tc: TrainConfig) -> list[Factory]:
@@ -150,7 +159,25 @@ class _StatefulTransform:
                 t.copy_(state[k])
 
 
-class GrokfastEMA(_StatefulTransform):
+class _StackOfOne(_StatefulTransform):
+    """A single run's transform that is its stacked version over a stack of one run: the parameters
+    and gradients enter as ``[1, ...]`` views, and the state is the run's slice of the stacked state
+    (views: the keys, shapes and dtypes of a single run's state, loaded in place)."""
+
+    @staticmethod
+    def _stacked_class() -> Callable[[dict[str, Tensor], list[TrainConfig]], _StatefulTransform]:
+        raise NotImplementedError  # pragma: no cover
+
+    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
+        self.stack = self._stacked_class()({k: p.detach().unsqueeze(0) for k, p in params.items()}, [tc])
+        self.state = {k: v[0] for k, v in self.stack.state.items()}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        self.stack({k: g.unsqueeze(0) for k, g in grads.items()})
+
+
+class GrokfastEMA(_StackOfOne):
     """Grokfast-EMA gradient filter (Lee et al. 2024, ``gradfilter_ema``): amplify the slow gradient.
 
     Args:
@@ -164,27 +191,16 @@ class GrokfastEMA(_StatefulTransform):
         before it is used, and covers every parameter with a gradient). The same float operations
         in the same order as their code (``ema · α + g · (1 − α)``, then ``g + ema · λ``; at the
         first step ``ema`` is ``g_0`` itself), chosen on the device by ``torch.where`` so the first
-        step needs no host-side branch (CUDA graphs).
+        step needs no host-side branch (CUDA graphs). Written once: this is
+        :class:`StackedGrokfastEMA` over a stack of one run.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
-        self.alpha, self.lamb = float(tc.grokfast_alpha), float(tc.grokfast_lamb)
-        dev = next(iter(params.values())).device
-        self.state = {f"ema/{k}": torch.zeros_like(p, memory_format=torch.contiguous_format)
-                      for k, p in params.items()}
-        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
-
-    @torch.no_grad()
-    def __call__(self, grads: dict[str, Tensor]) -> None:
-        first = self.state["steps"] == 0
-        for k, g in grads.items():
-            ema = self.state[f"ema/{k}"]
-            ema.copy_(torch.where(first, g, ema) * self.alpha + g * (1 - self.alpha))
-            g.add_(ema * self.lamb)
-        self.state["steps"].add_(1)
+    @staticmethod
+    def _stacked_class():
+        return StackedGrokfastEMA
 
 
-class GrokfastMA(_StatefulTransform):
+class GrokfastMA(_StackOfOne):
     """Grokfast-MA gradient filter (Lee et al. 2024, ``gradfilter_ma`` with ``filter_type="mean"``,
     ``warmup=True``): amplify the mean of the last ``w`` gradients.
 
@@ -198,30 +214,12 @@ class GrokfastMA(_StatefulTransform):
         buffer ``[w, ...]`` and its sum a float64 running sum (add the newest, subtract the one
         it replaces), so a step costs ``O(#params)`` whatever ``w``; their code re-sums a deque
         in float32 every step, which agrees to float32 rounding (tested). Memory: ``w`` copies of
-        the parameters.
+        the parameters. Written once: this is :class:`StackedGrokfastMA` over a stack of one run.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
-        self.window, self.lamb = int(tc.grokfast_window), float(tc.grokfast_lamb)
-        dev = next(iter(params.values())).device
-        self.state: dict[str, Tensor] = {}
-        for k, p in params.items():
-            self.state[f"buffer/{k}"] = torch.zeros((self.window, *p.shape), dtype=p.dtype, device=p.device)
-            self.state[f"sum/{k}"] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
-        self.state["steps"] = torch.zeros((), dtype=torch.int64, device=dev)
-
-    @torch.no_grad()
-    def __call__(self, grads: dict[str, Tensor]) -> None:
-        steps = self.state["steps"]
-        slot = torch.remainder(steps, self.window).reshape(1)
-        full = (steps + 1 >= self.window).to(torch.float32)  # this step's gradient completes the window
-        for k, g in grads.items():
-            buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
-            old = buf.index_select(0, slot)[0]
-            total.add_(g.double() - old.double())
-            buf.index_copy_(0, slot, g.unsqueeze(0))
-            g.add_((total / self.window).to(g.dtype) * (full.to(g.dtype) * self.lamb))
-        steps.add_(1)
+    @staticmethod
+    def _stacked_class():
+        return StackedGrokfastMA
 
 
 def orthogonalize_(w: Tensor, g: Tensor, eps: float = 1e-30) -> None:
@@ -257,3 +255,167 @@ class OrthoGrad(_StatefulTransform):
 register_gradient_transform("grokfast_ema", GrokfastEMA)
 register_gradient_transform("grokfast_ma", GrokfastMA)
 register_gradient_transform("orthograd", OrthoGrad)
+
+
+# -- stacked transforms: R runs at once, per-run settings ------------------------------------------------------
+#: Stacked gradient transforms by name: ``factory(stacked_params, train_configs)`` (parameters as
+#: ``{name: [run, ...]}`` views) returns an object whose ``__call__(grads)`` acts in place on stacked
+#: gradients ``{name: [run, ...]}`` (tensor ops only) and whose ``state_dict()`` /
+#: ``load_state_dict(state)`` hold ``[run, ...]`` tensors: run ``r``'s slice ``[r]`` of each is the
+#: single-run transform's state under the same key, so each run's state file reads like a single run's.
+STACKED_TRANSFORMS: dict[str, Callable[[dict[str, Tensor], list[TrainConfig]], GradientTransform]] = {}
+
+
+def register_stacked_transform(name: str, factory: Callable[[dict[str, Tensor], list[TrainConfig]],
+                                                            GradientTransform]) -> None:
+    """Give the gradient transform ``name`` a stacked version (see :data:`STACKED_TRANSFORMS`)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
+    STACKED_TRANSFORMS[name] = factory
+
+
+def _runs(values: list[float], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Per-run values ``[run]`` shaped to broadcast over ``like [run, ...]`` (rounded from float64 once)."""
+    t = torch.tensor(values, dtype=dtype or like.dtype, device=like.device)
+    return t.view(-1, *[1] * (like.ndim - 1))
+
+
+def stacked_orthogonalize_(params: dict[str, Tensor], grads: dict[str, Tensor], eps: float = 1e-30) -> None:
+    """:func:`orthogonalize_` on every run of a stack at once, in place: ``params`` and ``grads`` are
+    ``{name: [run, ...]}``; each run's parameter tensor is treated as the single run's."""
+    for k, g in grads.items():
+        R = g.shape[0]
+        w, gf = params[k].detach().reshape(R, -1), g.reshape(R, -1)
+        proj = (w * gf).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + eps)
+        g_orth = gf - proj * w
+        scale = gf.norm(dim=1, keepdim=True) / (g_orth.norm(dim=1, keepdim=True) + eps)
+        g.copy_((g_orth * scale).view_as(g))
+
+
+#: Elements of one chunk of runs in the CPU passes of :class:`StackedGrokfastEMA` over a whole stack:
+#: a few runs at a time, so what one operation writes is still in the cache for the next.
+CHUNK_ELEMENTS = 1 << 16
+
+
+def _flat_rows(views: dict[str, Tensor]) -> Tensor | None:
+    """The ``[run, n]`` tensor that ``views`` (``{name: [run, ...]}``) tile in order, row by row, when
+    they are views of one (the stacked trainer's flat parameter and its gradient); else ``None``."""
+    vs = list(views.values())
+    base = vs[0]._base if vs else None
+    if base is None or base.ndim != 2 or not base.is_contiguous():
+        return None
+    R, n = base.shape
+    off = base.storage_offset()
+    for v in vs:
+        if (v._base is not base or v.ndim < 1 or v.shape[0] != R or v.stride(0) != n or v.storage_offset() != off
+                or not v[0].is_contiguous()):
+            return None
+        off += v[0].numel()
+    return base if off - base.storage_offset() == n else None
+
+
+class StackedGrokfastEMA(_StatefulTransform):
+    """:class:`GrokfastEMA` over a stack, with per-run ``grokfast_alpha`` and ``grokfast_lamb``: the same
+    float operations in the same order per run; state ``ema/<name> [run, ...]`` and ``steps [run]``.
+
+    Where the parameters and the gradients are views of one ``[run, n_params]`` tensor (the stacked
+    trainer's), the state is one such tensor too and each step runs over whole rows, a few runs at a
+    time on CPU (:data:`CHUNK_ELEMENTS`): the same elementwise operations, so the same bits."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        self.alpha, self.one_minus_alpha, self.lamb = {}, {}, {}
+        self.state = {}
+        flat = _flat_rows(params)
+        self.flat_ema = None if flat is None else torch.zeros(flat.shape, dtype=flat.dtype, device=flat.device)
+        off = 0
+        for k, p in params.items():
+            self.alpha[k] = _runs([tc.grokfast_alpha for tc in tcs], p)
+            self.one_minus_alpha[k] = _runs([1 - tc.grokfast_alpha for tc in tcs], p)
+            self.lamb[k] = _runs([tc.grokfast_lamb for tc in tcs], p)
+            if self.flat_ema is None:
+                self.state[f"ema/{k}"] = torch.zeros(p.shape, dtype=p.dtype, device=p.device)
+            else:  # views of the flat state, in the parameters' order
+                size = p[0].numel()
+                self.state[f"ema/{k}"] = self.flat_ema[:, off:off + size].view(p.shape)
+                off += size
+        p0 = next(iter(params.values()))
+        self.state["steps"] = torch.zeros(len(tcs), dtype=torch.int64, device=p0.device)
+        if self.flat_ema is not None:
+            self.rows = {name: _runs([getattr(tc, f) if f != "oma" else 1 - tc.grokfast_alpha for tc in tcs],
+                                     self.flat_ema)
+                         for name, f in (("alpha", "grokfast_alpha"), ("oma", "oma"), ("lamb", "grokfast_lamb"))}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        first = self.state["steps"] == 0
+        flat = None if self.flat_ema is None else _flat_rows(grads)
+        if flat is not None and flat.shape == self.flat_ema.shape:
+            R, n = flat.shape
+            step = max(1, CHUNK_ELEMENTS // n) if flat.device.type == "cpu" else R
+            a, oma, lamb = self.rows["alpha"], self.rows["oma"], self.rows["lamb"]
+            for r0 in range(0, R, step):
+                r1 = min(R, r0 + step)
+                g, ema = flat[r0:r1], self.flat_ema[r0:r1]
+                ema.copy_(torch.where(first[r0:r1, None], g, ema) * a[r0:r1] + g * oma[r0:r1])
+                g.add_(ema * lamb[r0:r1])
+        else:
+            for k, g in grads.items():
+                ema = self.state[f"ema/{k}"]
+                ema.copy_(torch.where(first.view(-1, *[1] * (g.ndim - 1)), g, ema) * self.alpha[k]
+                          + g * self.one_minus_alpha[k])
+                g.add_(ema * self.lamb[k])
+        self.state["steps"].add_(1)
+
+
+class StackedGrokfastMA(_StatefulTransform):
+    """:class:`GrokfastMA` over a stack, per-run ``grokfast_lamb``; the window ``w`` is the stack's
+    (``grokfast_window`` is part of the stack key: it sets the state's shape). State
+    ``buffer/<name> [run, w, ...]``, ``sum/<name> [run, ...]`` (float64), ``steps [run]``."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        windows = {int(tc.grokfast_window) for tc in tcs}
+        if len(windows) != 1:
+            raise ConfigError(f"train.grokfast_window: the runs of a stack need one window, got {sorted(windows)}")
+        self.window = windows.pop()
+        self.lamb = {}
+        self.state = {}
+        for k, p in params.items():
+            self.lamb[k] = _runs([tc.grokfast_lamb for tc in tcs], p)
+            self.state[f"buffer/{k}"] = torch.zeros((p.shape[0], self.window, *p.shape[1:]), dtype=p.dtype,
+                                                    device=p.device)
+            self.state[f"sum/{k}"] = torch.zeros(p.shape, dtype=torch.float64, device=p.device)
+        p0 = next(iter(params.values()))
+        self.state["steps"] = torch.zeros(len(tcs), dtype=torch.int64, device=p0.device)
+        self.rows = torch.arange(len(tcs), device=p0.device)
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        steps = self.state["steps"]
+        slot = self.rows * self.window + torch.remainder(steps, self.window)  # [run] rows of buffer [run · w, ...]
+        full = (steps + 1 >= self.window).to(torch.float32)
+        for k, g in grads.items():
+            buf, total = self.state[f"buffer/{k}"], self.state[f"sum/{k}"]
+            flat = buf.view(-1, *buf.shape[2:])
+            old = flat.index_select(0, slot)
+            total.add_(g.double() - old.double())
+            flat.index_copy_(0, slot, g)
+            on = full.view(-1, *[1] * (g.ndim - 1)).to(g.dtype) * self.lamb[k]
+            g.add_((total / self.window).to(g.dtype) * on)
+        steps.add_(1)
+
+
+class StackedOrthoGrad(_StatefulTransform):
+    """:class:`OrthoGrad` over a stack (:func:`stacked_orthogonalize_`). Stateless."""
+
+    def __init__(self, params: dict[str, Tensor], tcs: list[TrainConfig]):
+        self.params = params
+        self.state = {}
+
+    @torch.no_grad()
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        stacked_orthogonalize_(self.params, grads)
+
+
+register_stacked_transform("grokfast_ema", StackedGrokfastEMA)
+register_stacked_transform("grokfast_ma", StackedGrokfastMA)
+register_stacked_transform("orthograd", StackedOrthoGrad)
