@@ -155,10 +155,11 @@ def test_generic_grid_logits_and_neurons_equal_the_hooked_module(which, request)
 def test_generic_grid_equals_the_table_fold_on_a_one_layer_transformer(one_layer_run):
     cfg = one_layer_run.config.model
     stacked = {k: v[-3:] for k, v in one_layer_run.stacks().items()}
-    fold = grid_forward(stacked, cfg, return_post=True)
-    gen = generic_grid_forward(stacked, cfg, return_post=True)
+    fold = grid_forward(stacked, cfg, return_post=True, return_pattern=True)
+    gen = generic_grid_forward(stacked, cfg, return_post=True, return_pattern=True)
     torch.testing.assert_close(gen.logits, fold.logits, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gen.post, fold.post, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gen.pattern, fold.pattern, rtol=1e-5, atol=1e-6)
 
     def mean_ablate(post):
         return post * 0 + post.mean((1, 2), keepdim=True)
@@ -297,8 +298,10 @@ def test_analyze_run_and_report_work(which, request, tmp_path):
     if which == "mlp_run":
         assert a.pattern is None and any("no attention" in n for n in h["notes"])
         assert any("head ablations: undefined" in n for n in h["notes"])
-    else:  # transformers the one-layer fold does not compute: no pattern (said so); heads through hook_z
-        assert a.pattern is None and any("attention pattern" in n for n in h["notes"])
+    else:  # transformers the one-layer fold does not compute: the last block's pattern; heads through hook_z
+        cfg = run.config.model
+        assert a.pattern.shape == (P, P, cfg.n_heads, cfg.n_ctx) and any("last block" in n for n in h["notes"])
+        torch.testing.assert_close(a.pattern.sum(-1), torch.ones(P, P, cfg.n_heads))
         if len(a.ablations):
             assert a.ablations["component"].eq("heads").any()
     from grokinterp.viz.report import write_report

@@ -342,14 +342,16 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     if grp is not None and rows is not None and fold:
         return _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, grp, rows)
     notes = []
+    family = getattr(cfg, "family", "transformer")
+    attention = family == "transformer"
     with torch.no_grad():
-        out = grid_outputs(params, cfg, return_post=True, return_pattern=fold)
+        out = grid_outputs(params, cfg, return_post=True, return_pattern=attention)
     if not fold:
-        family = getattr(cfg, "family", "transformer")
         notes.append(f"{family} model ({family_of(cfg).describe(cfg)}): logits and neurons "
                      f"({family_of(cfg).hidden_hook(cfg)}) through the family's hooked module; " +
-                     ("no attention pattern: the family has no attention" if family != "transformer" else
-                      "the attention pattern of the '=' position over the grid is the one-layer fold's only"))
+                     ("no attention pattern: the family has no attention" if not attention else
+                      f"the attention pattern shown is the readout position's in the last block "
+                      f"(blocks.{cfg.n_layers - 1})"))
     nf = neuron_fourier(out.post, structure=grp)
     W_L, W_L_what = neuron_logit_map(params, cfg)
     W_E = params.get("embed.W_E")

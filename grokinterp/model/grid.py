@@ -265,6 +265,7 @@ def generic_grid_forward(
     return_post: bool = False,
     rows: tuple[int, int] | None = None,
     hooks: Sequence[tuple[str, Callable]] = (),
+    return_pattern: bool = False,
 ) -> GridOutput:
     """:func:`grid_forward` for any family: the family's hooked module on every input of the grid.
 
@@ -273,7 +274,9 @@ def generic_grid_forward(
     the rest of the model reads them. Equal to :func:`grid_forward` on a one-layer transformer up to
     float32 rounding (tested). ``hooks``: further TransformerLens forward hooks ``(name, fn)`` (each sees the
     whole grid of one checkpoint, or the block of ``rows``; the head ablations use ``blocks.L.attn.hook_z``).
-    Attention patterns and head scaling are the table fold's only (:func:`grid_outputs` says so).
+    ``return_pattern``: a transformer's attention of the readout position in its **last** block
+    (``blocks.L.attn.hook_pattern``), ``[ckpt, a, b, h, key_pos]``; a family without attention has none
+    (:class:`AnalysisError`). Head scaling is the table fold's (the head ablations hook ``hook_z`` instead).
     """
     from .families import family_of
 
@@ -292,8 +295,15 @@ def generic_grid_forward(
     tokens = model_tokens(cfg)[a0 * p: a1 * p].to(first.device)
     model = fam.hooked(cfg, init=False).to(first.device)
     hook = fam.hidden_hook(cfg)
-    logits, posts = [], []
+    logits, posts, patterns = [], [], []
     seen: list[Tensor] = []
+    attn: list[Tensor] = []
+    if return_pattern and getattr(cfg, "family", "transformer") != "transformer":
+        raise AnalysisError(f"the attention pattern: undefined for the {cfg.family} family (it has no attention)")
+
+    def at_pattern(x: Tensor, hook=None) -> Tensor:  # noqa: ARG001  x [batch, h, query, key]
+        attn.append(x[:, :, -1].detach())
+        return x
 
     def at_neurons(x: Tensor, hook=None) -> Tensor:  # noqa: ARG001  (TransformerLens' hook signature)
         if post_fn is not None:
@@ -312,16 +322,23 @@ def generic_grid_forward(
         seen.clear()
         with torch.no_grad():
             fwd = ([(hook, at_neurons)] if (post_fn or return_post) else []) + list(hooks)
+            if return_pattern:
+                attn.clear()
+                fwd.append((f"blocks.{cfg.n_layers - 1}.attn.hook_pattern", at_pattern))
             out = model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
         logits.append(out[:, -1].float().reshape(A, p, -1))
         if return_post:
             posts.append(seen[0].float().reshape(A, p, -1))
+        if return_pattern:
+            patterns.append(attn[0].float().reshape(A, p, *attn[0].shape[1:]))
     L = torch.stack(logits)
     post = torch.stack(posts) if return_post else None
+    pattern = torch.stack(patterns) if return_pattern else None
     if single:
         L = L[0]
         post = post[0] if post is not None else None
-    return GridOutput(L, post, None)
+        pattern = pattern[0] if pattern is not None else None
+    return GridOutput(L, post, pattern)
 
 
 def grid_outputs(
@@ -335,15 +352,16 @@ def grid_outputs(
     rows: tuple[int, int] | None = None,
 ) -> GridOutput:
     """The grid of any model: :func:`grid_forward` (the table fold) where it applies, else
-    :func:`generic_grid_forward`. Head scaling and attention patterns need the fold: asked of another
-    model, an :class:`AnalysisError` says why."""
+    :func:`generic_grid_forward` (a transformer's pattern: its last block's). Head scaling needs the fold, and a
+    family without attention has no pattern: asked of another model, an :class:`AnalysisError` says why."""
     reason = fold_unsupported(cfg)
     if reason is None:
         return grid_forward(params, cfg, head_scale=head_scale, post_fn=post_fn, return_post=return_post,
                             return_pattern=return_pattern, rows=rows)
-    if head_scale is not None or return_pattern:
-        what = "head ablation" if head_scale is not None else "the attention pattern over the grid"
+    if head_scale is not None:
         if getattr(cfg, "family", "transformer") != "transformer":
-            raise AnalysisError(f"{what}: undefined for the {cfg.family} family (it has no attention heads)")
-        raise AnalysisError(f"{what}: computed by the one-layer table fold only; {reason}")
-    return generic_grid_forward(params, cfg, post_fn=post_fn, return_post=return_post, rows=rows)
+            raise AnalysisError(f"head ablation: undefined for the {cfg.family} family (it has no attention heads)")
+        raise AnalysisError(f"head_scale: the one-layer table fold's only ({reason}); ablate heads at "
+                            f"blocks.L.attn.hook_z (analysis.ablations.ablate_heads)")
+    return generic_grid_forward(params, cfg, post_fn=post_fn, return_post=return_post, rows=rows,
+                                return_pattern=return_pattern)

@@ -168,7 +168,10 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
          P.cluster_sizes(nf, key_freqs=keys)),
     ]
     if analysis.pattern is not None:  # None: no attention (an MLP), or a transformer the one-layer fold does not compute
-        figs.append(("Attention", "Attention paid by the '=' position to the token a, per head, over all inputs.",
+        mc = run.config.model
+        reader = "the '=' position" if getattr(mc, "input_layout", "a_b_eq") == "a_b_eq" else "the readout position (b)"
+        block = f" in the last block ({mc.n_layers - 1})" if mc.n_layers > 1 else ""
+        figs.append(("Attention", f"Attention paid by {reader}{block} to the token a, per head, over all inputs.",
                      P.attention_to_a(analysis.pattern, key_pos=0)))
     if analysis.logit_norms_2d is not None:
         figs.append((f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
