@@ -731,7 +731,9 @@ def _report_lines(headline: dict[str, Any]) -> list[str]:
                         f" (chosen at epoch {ke}, the last checkpoint, before test accuracy reached 99 %: provisional, "
                         f"training longer may change the set and the circuit date)"))
     algo = headline.get("extras", {}).get("algorithm")
-    if algo:
+    if algo and algo.get("gradient_symmetricity") is None:  # undefined for the model (no attention)
+        lines.append(f"algorithm: {algo['label']}: {algo['reason']}")
+    elif algo:
         lines.append(f"algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, "
                      f"distance irrelevance {algo['distance_irrelevance']:.2f}): {algo['reason']}")
     if headline.get("extras", {}).get("early_warning"):

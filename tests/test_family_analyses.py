@@ -308,3 +308,20 @@ def test_analyze_run_and_report_work(which, request, tmp_path):
 
     path = write_report(run, tmp_path / "report.html")
     assert path.exists() and path.stat().st_size > 10_000
+
+
+def test_cli_report_of_an_mlp_run_with_given_keys(mlp_run, tmp_path):
+    """``grokinterp report RUN`` on an MLP run: exit 0, the HTML, the headline JSON with the undefined parts named."""
+    import json
+
+    from _helpers import cli_here
+
+    out, js = tmp_path / "r.html", tmp_path / "h.json"
+    code, stdout, err = cli_here("report", str(mlp_run.path), "--out", str(out), "--key-freqs", "1,2",
+                                 "--summary-json", str(js))
+    assert code == 0, err
+    h = json.loads(js.read_text())
+    assert h["key_frequencies"] == [1, 2] and h["neurons_total"] == mlp_run.config.model.d_hidden
+    assert any("head ablations: undefined for the mlp family" in n for n in h["notes"])
+    assert h["extras"]["algorithm"]["label"] == "undefined"
+    assert out.stat().st_size > 10_000
