@@ -325,3 +325,17 @@ def test_cli_report_of_an_mlp_run_with_given_keys(mlp_run, tmp_path):
     assert any("head ablations: undefined for the mlp family" in n for n in h["notes"])
     assert h["extras"]["algorithm"]["label"] == "undefined"
     assert out.stat().st_size > 10_000
+
+
+def test_an_mlp_with_an_equals_logit_and_an_unembedding_bias_is_analysed_on_its_residues(tmp_path):
+    """eq_logit: W_U and b_U have a column for '='; analyses drop both (the residue logits), as a transformer's."""
+    cfg = make_config("tiny", p=P, epochs=10, eq_logit=True, **{**MLP, "unembed_bias": True})
+    run = g.train(cfg, tmp_path / "r", progress=False)
+    model = run.model(-1)
+    with torch.no_grad():
+        full = model(model_tokens(cfg.model))[:, -1]
+    L = grid_logits(run)
+    assert full.shape[-1] == P + 1 and L.shape == (P, P, P)
+    torch.testing.assert_close(L.reshape(P * P, P), full[:, :P])
+    m = progress_measures(run, [1])
+    assert m["restricted_loss"].notna().all() and m["gini_W_L"].notna().all()

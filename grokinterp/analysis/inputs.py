@@ -86,6 +86,8 @@ def residue_outputs(params: dict[str, Tensor], cfg: ModelConfig | None = None) -
                             f"got shape {list(W_U.shape)}")
     out = dict(params)
     out["unembed.W_U"] = W_U[..., :p]
+    if "unembed.b_U" in params:  # a family with an unembedding bias (the MLP's unembed_bias)
+        out["unembed.b_U"] = params["unembed.b_U"][..., :p]
     return out, out_cfg
 
 
