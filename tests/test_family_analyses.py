@@ -339,3 +339,14 @@ def test_an_mlp_with_an_equals_logit_and_an_unembedding_bias_is_analysed_on_its_
     torch.testing.assert_close(L.reshape(P * P, P), full[:, :P])
     m = progress_measures(run, [1])
     assert m["restricted_loss"].notna().all() and m["gini_W_L"].notna().all()
+
+
+@pytest.mark.parametrize("op", ["S4", "mul"])
+def test_an_mlp_on_a_group_task_gets_key_irreps_fits_and_ablations(op, tmp_path):
+    kw = dict(operation=op) if op == "S4" else dict(operation=op, p=P)
+    run = g.train(make_config("tiny", epochs=10, **{**MLP, **kw}), tmp_path / "r", progress=False)
+    a = analyze_run(run, key_freqs=[1, 2])
+    h = a.headline()
+    assert h["key_frequencies"] == [1, 2] and len(h["key_irreps"]) == 2 and a.logit_fit is not None
+    assert {"logits", "W_E", "neurons"} <= set(a.ablations["component"]) and "heads" not in set(a.ablations["component"])
+    assert a.measures["restricted_loss"].notna().all()
