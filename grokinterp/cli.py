@@ -269,9 +269,9 @@ _NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("gr
                     "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
 
 
-#: Training fields that act only on the transformer family (its fast path, its live measures): given
-#: explicitly for a run of another family they would change nothing, so the command refuses them (exit 2).
-_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True, "live_every": lambda v: v != 0}
+#: Training fields that act only on the transformer family (its fast path): given explicitly for a run of
+#: another family they would change nothing, so the command refuses them (exit 2).
+_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True}
 
 
 def _check_knobs_used(overrides: dict[str, Any], config) -> None:

@@ -160,13 +160,8 @@ def loop_metrics_frame(loop: Any, upto: int) -> pd.DataFrame:
 
 def live_callbacks(config: RunConfig) -> list[Callback]:
     """The callbacks :func:`train` adds for ``config``: live measures and the early warning when
-    ``config.train.live_every > 0``, else none. The live measures read the transformer's circuit: a run
-    of another family gets none (a warning says so; issue 19 brings the analyses to every family)."""
-    family = getattr(config.model, "family", "transformer")
-    if config.train.live_every > 0 and family != "transformer":
-        warnings.warn(f"train.live_every: the live progress measures are the transformer family's; this "
-                      f"{family} run records none", UserWarning, stacklevel=2)
-        return []
+    ``config.train.live_every > 0``, else none. Every model family has them (the measures read the
+    logits over the grid through the family's module: :func:`grokinterp.model.grid.grid_outputs`)."""
     if config.train.live_every > 0:
         return [LiveMeasures(config.train.live_every), EarlyWarningCallback()]
     return []
@@ -305,7 +300,7 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
             new = [dict(r) for _, r in table[table["epoch"] > seen_epoch].iterrows()]
             for r in new:
                 r["epoch"] = int(r["epoch"])
-        elif getattr(run.config.model, "family", "transformer") == "transformer":  # another family: progress only
+        else:  # no live columns: the measures of each new checkpoint (every family)
             if arrays is None:
                 arrays = live_arrays(run.config, *run.split_pairs())
             new = _rows_from_checkpoints(run, [e for e in run.epochs if e > seen_epoch], arrays)
