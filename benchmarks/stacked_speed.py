@@ -28,6 +28,12 @@ over ≥ 1,000 epochs with a checkpoint every 100; models per hour for the paper
 
 ``--sequential K`` times only ``K`` of the runs one after another (the paper recipe takes ~86 s
 per run on an H100) and scales to ``N``.
+
+``--set FIELD=VALUE`` (repeatable) changes any config field of every run; models the one-layer kernels
+cannot compute stack through ``generic`` (issue 19: 16 two-layer LayerNorm runs, minibatch where the
+trainer has it, stacked ≥ 2× one after another)::
+
+    python benchmarks/stacked_speed.py --set n_layers=2 --set layer_norm=true --variants gather:generic
 """
 
 from __future__ import annotations
@@ -52,8 +58,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _value(text: str):
+    """A ``--set`` value: true/false, an integer, a number, or the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def configs(args) -> list:
     over = {"device": args.device}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        over[name] = _value(value)
     if args.epochs is not None:
         over["epochs"] = args.epochs
     if args.every is not None:
@@ -115,6 +136,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--sequential", type=int, default=None, help="time only K runs one after another, scaled to N")
     ap.add_argument("--variants", default="gather:tables,mask:tables,gather:dense", help="MODE:IMPL,...")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field of every run (repeatable)")
     ap.add_argument("--workers", type=int, default=None,
                     help="also time the sweep with this many local worker processes (stacked, and single runs)")
     ap.add_argument("--threads", type=int, default=None,

@@ -30,8 +30,11 @@ from typing import Any, NoReturn
 
 from .config import (
     ACT_FNS,
+    BIAS_MODES,
     COMMON_MODEL_FIELDS,
     INIT_METHODS,
+    INPUT_LAYOUTS,
+    LN_STYLES,
     OPTIMIZER_NAMES,
     PRESET_HELP,
     PRESETS,
@@ -149,6 +152,9 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("model", "act_fn"): list(ACT_FNS),
         ("model", "family"): list(model_config_classes()),
         ("model", "init_method"): list(INIT_METHODS),
+        ("model", "bias"): list(BIAS_MODES),
+        ("model", "input_layout"): list(INPUT_LAYOUTS),
+        ("model", "ln_style"): list(LN_STYLES),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
     }
@@ -243,8 +249,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
                 action = group.add_argument(_flag(f.name), type=_name_list, metavar="NAME[,NAME...]", **kw)
             elif f.name == "device":
                 action = group.add_argument(_flag(f.name), type=str, metavar="{auto,cpu,cuda,cuda:N,mps}", **kw)
-            elif isinstance(default, bool):
-                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", **kw)
+            elif isinstance(default, bool):  # --layer-norm alone means true
+                kw["help"] += "; the flag alone means true"
+                action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", nargs="?", const=True, **kw)
             elif isinstance(default, int) or f.type == "int | None":  # unset by default (train.batch_size)
                 action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
             elif isinstance(default, float):
@@ -543,7 +550,8 @@ def _model_line(m) -> str:
     """The model in one line: a transformer as before; another family's fields by name."""
     if m.family == "transformer":
         return (f"d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, {m.n_layers} layer(s), "
-                f"{m.act_fn}, init_seed {m.init_seed}")
+                f"{m.act_fn}, init_seed {m.init_seed}\n        LayerNorm {f'on ({m.ln_style})' if m.layer_norm else 'off'}, "
+                f"biases {m.bias}, input layout {m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
     own = [f.name for f in dataclasses.fields(m) if f.name not in COMMON_MODEL_FIELDS]
     return (f"{m.family}: " + ", ".join(f"{n} {_shown(getattr(m, n))}" for n in own)
             + f", init_seed {m.init_seed}" + (f", init_scale {m.init_scale}" if m.init_scale != 1.0 else ""))

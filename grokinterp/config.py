@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .tasks import SPLIT_METHODS, fixed_size, get_task
+from .tasks import INPUT_LAYOUTS, SPLIT_METHODS, fixed_size, get_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -44,6 +44,9 @@ __all__ = [
     "WARMUP_STYLES",
     "OPTIMIZER_NAMES",
     "ACT_FNS",
+    "BIAS_MODES",
+    "LN_STYLES",
+    "INPUT_LAYOUTS",
     "make_config",
     "field_docs",
     "SECTIONS",
@@ -138,6 +141,17 @@ OPTIMIZER_NAMES: dict[str, str] = {
 }
 #: MLP non-linearities (``ModelConfig.act_fn``).
 ACT_FNS = ("relu", "gelu")
+#: Where a transformer's first LayerNorm of a block acts (``ModelConfig.ln_style``).
+LN_STYLES = {
+    "pre": "x + attn(ln1(x)), x + mlp(ln2(x)): TransformerLens' / GPT-2's pre-LN (the default)",
+    "in_place": "x = ln1(x); x + attn(x), then x + mlp(ln2(x)): Lee et al.'s Grokfast decoder",
+}
+#: Which biases a transformer has (``ModelConfig.bias``); the unembedding never has one.
+BIAS_MODES = {
+    "mlp": "the MLP's b_in and b_out only (Nanda et al.'s model; the default)",
+    "all": "also the attention's b_Q, b_K, b_V [n_heads, d_head] and b_O [d_model] (GPT-2 / Power et al. decoders)",
+    "none": "no biases at all (nor the LayerNorms' b)",
+}
 #: ``task.p`` when a config leaves it out (an operation mod p; a group task takes its order).
 DEFAULT_P = 113
 #: Learning-rate schedules after the warm-up (``TrainConfig.lr_schedule``; see ``TrainConfig.lr_at``).
@@ -237,7 +251,8 @@ class ModelConfig:
         d_model: residual width; must be divisible by ``n_heads``.
         n_heads: attention heads per layer; ``d_head = d_model // n_heads``.
         d_mlp: MLP width (neurons).
-        n_layers: number of blocks (the paper uses 1; the fast training path needs 1).
+        n_layers: number of blocks (the paper uses 1; the fast kernels need 1, deeper models train
+            through the hooked module, or the generic forward in stacks).
         act_fn: MLP non-linearity, ``relu`` or ``gelu``.
         n_ctx: context length (3 for ``[a, b, =]``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
@@ -253,7 +268,21 @@ class ModelConfig:
             their code's definition (it blends towards all ones, not towards ``1/n``); they attend
             bidirectionally over ``[a, b]`` without an ``=`` token, we causally over ``[a, b, =]``,
             which for the final position (the only one the loss reads) is the same set of keys
-            plus ``=``.
+            plus ``=`` (``input_layout = a_b`` gives their layout).
+        layer_norm: pre-LayerNorm blocks as TransformerLens' (and the GPT-2 / Power et al.
+            decoders'): ``ln1`` before attention, ``ln2`` before the MLP, ``ln_final`` before the
+            unembedding, each with a weight ``w`` (initialised to 1) and a bias ``b`` (0; absent
+            with ``bias = none``), eps 1e-5. Off by default (Nanda et al.'s model has none).
+        ln_style: with ``layer_norm``, where a block's first LayerNorm acts (:data:`LN_STYLES`):
+            ``pre`` (``x + attn(ln1(x))``, the default) or ``in_place`` (``x = ln1(x)`` replaces
+            the residual stream before ``x + attn(x)``, as Lee et al.'s Grokfast decoder).
+        bias: which biases the model has (:data:`BIAS_MODES`): ``mlp`` (the MLP's ``b_in`` and
+            ``b_out``, today's model and the default), ``all`` (also the attention's ``b_Q``, ``b_K``,
+            ``b_V``, ``b_O``) or ``none``. Biases start at 0; the unembedding has none.
+        input_layout: how an example is presented (:data:`INPUT_LAYOUTS`): ``a_b_eq`` (tokens
+            ``[a, b, =]``, causal attention, read out at ``=``; the default) or ``a_b`` (Zhong et al.
+            2023's ``[a, b]``: no ``=`` token, attention over both positions, read out at ``b``;
+            ``n_ctx`` is then 2).
     """
 
     family: str = "transformer"
@@ -269,11 +298,27 @@ class ModelConfig:
     init_method: str = "default"
     init_scale: float = 1.0
     attn_coeff: float = 1.0
+    layer_norm: bool = False
+    ln_style: str = "pre"
+    bias: str = "mlp"
+    input_layout: str = "a_b_eq"
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
         _require(self.family == "transformer", "model.family", "must be 'transformer' for a ModelConfig (another "
                  "family has its own config class: model_config_class(family))", self.family)
+        _require(isinstance(self.layer_norm, bool), "model.layer_norm", "must be true or false", self.layer_norm)
+        _require(isinstance(self.ln_style, str) and self.ln_style in LN_STYLES, "model.ln_style",
+                 f"must be one of {', '.join(LN_STYLES)}", self.ln_style)
+        _require(self.ln_style == "pre" or self.layer_norm, "model.ln_style",
+                 "needs model.layer_norm (a style of LayerNorm placement)", self.ln_style)
+        _require(isinstance(self.bias, str) and self.bias in BIAS_MODES, "model.bias",
+                 f"must be one of {', '.join(BIAS_MODES)}", self.bias)
+        _require(isinstance(self.input_layout, str) and self.input_layout in INPUT_LAYOUTS, "model.input_layout",
+                 f"must be one of {', '.join(INPUT_LAYOUTS)}", self.input_layout)
+        fixed = INPUT_LAYOUTS[self.input_layout].fixed_n_ctx
+        _require(fixed is None or self.n_ctx == fixed, "model.n_ctx",
+                 f"must be {fixed} in the {self.input_layout} layout", self.n_ctx)
         _require(self.p >= 3, "model.p", "must be at least 3", self.p)
         for name in ("d_model", "n_heads", "d_mlp", "n_layers", "n_ctx"):
             _require(getattr(self, name) >= 1, f"model.{name}", "must be positive", getattr(self, name))
@@ -308,8 +353,11 @@ class ModelConfig:
         """Scalar parameters per checkpoint, by formula (cheap even for absurd sizes; equals the sum
         over :func:`grokinterp.model.param_shapes`, tested)."""
         d, dm = self.d_model, self.d_mlp
-        per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm + dm + d
-        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer
+        per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm
+        ln = (1 + (self.bias != "none")) * d if self.layer_norm else 0  # one LayerNorm's w (and b)
+        per_layer += (dm + d if self.bias != "none" else 0) + (3 * self.n_heads * self.d_head + d
+                                                               if self.bias == "all" else 0) + 2 * ln
+        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer + ln
 
     @property
     def d_vocab(self) -> int:
@@ -421,9 +469,9 @@ class TrainConfig:
             models); ``False`` uses the general hooked forward.
         lr_schedule: after the warm-up, ``constant`` (default) or ``cosine`` (half a cosine from
             ``lr`` down to 0 at the last step); see :meth:`lr_at`.
-        weight_decay_on: ``all`` parameters (default) or only the ``matrices`` (parameters with two
-            or more axes: embeddings, attention, MLP and unembedding weights; the MLP biases are
-            then not decayed). Built as two optimizer parameter groups.
+        weight_decay_on: ``all`` parameters (default) or only the ``matrices`` (embeddings,
+            attention, MLP and unembedding weights; the biases and the LayerNorms' weights and biases
+            are then not decayed). Built as two optimizer parameter groups.
         loss: the training loss, ``cross_entropy`` (softmax, float64; default) or ``stablemax``
             (StableMax cross-entropy of Prieto et al. 2025, float64: ``s(x) = x + 1`` for
             ``x ≥ 0`` and ``1 / (1 − x)`` for ``x < 0``, normalised; see
@@ -616,7 +664,8 @@ class CheckpointSchedule:
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
-    "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff"},
+    "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "ln_style", "bias",
+              "input_layout"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
@@ -650,9 +699,11 @@ class RunConfig:
             raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
                               f"{self.model.eq_logit}")
         task = self.task.task()
-        if self.model.n_ctx != task.n_ctx:
-            raise ConfigError(f"model.n_ctx: the task {task.describe()} needs n_ctx = {task.n_ctx}, "
-                              f"got {self.model.n_ctx}")
+        layout = getattr(self.model, "input_layout", "a_b_eq")  # a family without layouts reads the task's rows
+        n_ctx = INPUT_LAYOUTS[layout].n_ctx(task)
+        if self.model.n_ctx != n_ctx:
+            raise ConfigError(f"model.n_ctx: the task {task.describe()} in the {layout} layout needs "
+                              f"n_ctx = {n_ctx}, got {self.model.n_ctx}")
         if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
                               f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
@@ -906,6 +957,14 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for sec in owner[key]:  # 'p' and 'eq_logit' live in task and model: set both
             per_section[sec][key] = value
     _fix_group_size(cfg, per_section)
+    model = per_section["model"]
+    if "input_layout" in model and "n_ctx" not in model and model["input_layout"] in INPUT_LAYOUTS:
+        # the context follows the layout ([a, b, =]: 3, [a, b]: 2) unless given
+        task = (per_section["task"].get("operation", cfg.task.operation), per_section["task"].get("p", cfg.task.p))
+        try:
+            model["n_ctx"] = INPUT_LAYOUTS[model["input_layout"]].n_ctx(get_task(*task))
+        except (ConfigError, TypeError, ValueError):
+            pass  # the task itself is wrong: its section names the field
     sections = {
         s: (_model_section(cfg.model, kw) if s == "model" else dataclasses.replace(getattr(cfg, s), **kw))
         if kw else getattr(cfg, s)

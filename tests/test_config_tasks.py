@@ -80,7 +80,8 @@ def test_fields_added_later_default_to_the_old_behaviour():
     cfg = make_config("quick", live_every=0)  # the preset turns the (newer) live measures on
     d = cfg.to_dict()
     added = {"task": ["split_method", "eq_logit"],
-             "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff"],
+             "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
+                       "input_layout", "ln_style"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
                        "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
                        "batch_size", "sampler_seed"],

@@ -251,7 +251,10 @@ def test_configs_that_cannot_share_a_stack_are_refused_naming_the_field(tmp_path
         assert not (tmp_path / "x").exists()
     assert stack_key(a) == stack_key(b) and stack_mismatch(a, b) is None
     assert stack_key(a.replace(operation="sub")) == stack_key(a)  # the operation may differ too
-    assert stack_key(a.replace(n_layers=2)) is None
+    deeper = a.replace(n_layers=2, layer_norm=True)  # trains in stacks through the generic forward
+    assert stack_key(deeper) is not None and stack_key(deeper) != stack_key(a)
+    assert stack_key(a.replace(input_layout="a_b")) not in (None, stack_key(a))
+    assert stack_key(a.replace(bias="all")) not in (None, stack_key(a))
     with pytest.raises(ConfigError, match="own directory"):
         train_stacked([a, b], [tmp_path / "x", tmp_path / "x"], progress=False)
     with pytest.raises(ConfigError, match="mode"):

@@ -384,9 +384,14 @@ def test_an_interrupted_stacked_sweep_resumes_bit_identically(tmp_path):
 
 
 def test_runs_that_cannot_be_stacked_train_alone(tmp_path):
-    plan = plan_sweep(_spec(grid={"n_layers": [1, 2]}, seeds=[0], options={}), tmp_path / "sw")
+    plan = plan_sweep(_spec(grid={"eq_logit": [False, True]}, seeds=[0], options={}), tmp_path / "sw")
     assert sorted((j.stacked, len(j.run_dirs)) for j in plan.jobs) == [(False, 1), (False, 1)]
-    assert any("cannot be stacked" in n and "n_layers" in n for n in plan.notes)
+    assert any("cannot be stacked" in n and "eq_logit" in n for n in plan.notes)
+    # every transformer setting stacks (deeper or LayerNorm models through the generic forward)
+    plan = plan_sweep(_spec(grid={"weight_decay": [0.5, 2.0]}, fixed={"epochs": EPOCHS, "every": 10, "log_early": 0,
+                                                                       "n_layers": 2, "layer_norm": True},
+                            seeds=[0], options={}), tmp_path / "sw2")
+    assert [(j.stacked, len(j.run_dirs)) for j in plan.jobs] == [(True, 2)]
 
 
 def test_intervention_studies_share_a_stack_and_single_runs_record_live_measures(tmp_path):

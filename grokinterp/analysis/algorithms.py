@@ -78,10 +78,12 @@ def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
     ``∂Q/∂E_a = ∂Q/∂E_b`` for every triple — gradient symmetricity is exactly 1 for *any* such model,
     trained or untrained, so it says nothing about the algorithm. (With two or more layers the positions
     of ``a`` and ``b`` are transformed differently before the last layer reads them; that is not forced.)
-    Zhong et al.'s model has no ``=`` token and reads out at ``b``'s position, where the question is open.
+    Zhong et al.'s model has no ``=`` token and reads out at ``b``'s position, where the question is open:
+    ``model.input_layout = a_b`` is their layout, and there nothing is forced (the readout position adds
+    its own ``E_b`` to the attention's sum; untrained models sit far below :data:`GS_PIZZA`).
     """
     mcfg = cfg.model if isinstance(cfg, RunConfig) else cfg
-    if mcfg.attn_coeff == 0.0 and mcfg.n_layers == 1:
+    if mcfg.attn_coeff == 0.0 and mcfg.n_layers == 1 and getattr(mcfg, "input_layout", "a_b_eq") == "a_b_eq":
         return ("attention coefficient 0 with the readout at '=': the final position sees a and b only "
                 "through (E_a + E_b)·W_V, so gradient symmetricity is 1 for any such model, trained or not (the "
                 "architecture forces it); telling clock from pizza needs Zhong et al.'s layout (tokens [a, b], "
@@ -167,7 +169,7 @@ def gradient_symmetricity(model_or_run, *, epoch: int = -1, cfg: ModelConfig | R
     a, b, c = idx // (p * p), (idx // p) % p, idx % p
     sims = []
     for sl in torch.split(torch.arange(len(idx)), 4096):
-        tokens = torch.stack([a[sl], b[sl], torch.full((len(sl),), mcfg.d_vocab - 1)], dim=1)
+        tokens = torch.stack([a[sl], b[sl], torch.full((len(sl),), mcfg.d_vocab - 1)], dim=1)[:, : mcfg.n_ctx]
         dev = next(model.parameters()).device
         tokens = tokens.to(dev)
         emb = model.embed.W_E.detach()[tokens].clone().requires_grad_(True)

@@ -34,17 +34,18 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from . import tables
+from .families.transformer import fast_kernels_apply
 
 __all__ = ["FastPlan", "BagIndex", "bag_sum", "final_logits", "fast_path_unsupported"]
 
 
 def fast_path_unsupported(cfg: ModelConfig, tokens: Tensor) -> str | None:
-    """Why the table fast path cannot run on ``tokens`` (``None`` when it can)."""
-    family = getattr(cfg, "family", "transformer")
-    if family != "transformer":
-        return f"the fast path is the transformer family's (model.family is {family!r})"
-    if cfg.n_layers != 1:
-        return f"the fast path needs n_layers = 1 (got {cfg.n_layers})"
+    """Why the table fast path cannot run on ``tokens`` (``None`` when it can): the model is not one
+    the kernels fold (:func:`~grokinterp.model.families.transformer.fast_kernels_apply`: more than one
+    layer, LayerNorm, other biases, the ``a_b`` layout), or the tokens do not fit it."""
+    reason = fast_kernels_apply(cfg)
+    if reason:
+        return reason
     if tokens.ndim != 2 or tokens.shape[1] != cfg.n_ctx or tokens.shape[0] == 0:
         return f"tokens must be [batch ≥ 1, {cfg.n_ctx}], got {list(tokens.shape)}"
     if not bool((tokens[:, -1] == tokens[0, -1]).all()):

@@ -27,6 +27,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import AnalysisError
 from . import tables
+from .families.transformer import fast_kernels_apply
 
 __all__ = ["GridOutput", "grid_forward", "grid_tokens", "grid_bytes", "grid_rows", "GRID_BUDGET", "fold_unsupported",
            "generic_grid_forward", "grid_outputs", "n_neurons", "neuron_logit_map", "model_tokens"]
@@ -110,8 +111,9 @@ def grid_forward(
         ``logits = direct + act(pre + b_in) W_out W_U + b_out W_U``.
         Equal to ``model(grid_tokens(p))[:, -1]`` up to float32 rounding (tested).
     """
-    if cfg.n_layers != 1:
-        raise AnalysisError(f"grid_forward supports one-layer models, got n_layers = {cfg.n_layers}")
+    reason = fast_kernels_apply(cfg)
+    if reason:
+        raise AnalysisError(f"grid_forward folds one-layer [a, b, =] models without LayerNorm: {reason}")
     W_E = params["embed.W_E"]
     single = W_E.ndim == 2
     P = {k: (v.unsqueeze(0) if single else v).float() for k, v in params.items()}
@@ -198,19 +200,10 @@ def grid_forward(
 
 def fold_unsupported(cfg: Any) -> str | None:
     """Why :func:`grid_forward` (the one-layer transformer's table fold) cannot compute ``cfg``'s grid
-    (``None``: it can). Another model goes through :func:`generic_grid_forward`."""
-    family = getattr(cfg, "family", "transformer")
-    if family != "transformer":
-        return f"the table fold is the transformer family's (model.family is {family!r})"
-    if cfg.n_layers != 1:
-        return f"the table fold needs n_layers = 1 (got {cfg.n_layers})"
-    if getattr(cfg, "layer_norm", False):
-        return "the table fold has no LayerNorm (model.layer_norm is set)"
-    if getattr(cfg, "bias", "mlp") != "mlp":
-        return f"the table fold needs the MLP's biases only (model.bias = {cfg.bias!r})"
-    if getattr(cfg, "input_layout", "a_b_eq") != "a_b_eq":
-        return f"the table fold needs the [a, b, =] layout (model.input_layout = {cfg.input_layout!r})"
-    return None
+    (``None``: it can): the training kernels' conditions
+    (:func:`~grokinterp.model.families.transformer.fast_kernels_apply`: another family, more than one layer,
+    LayerNorm, other biases, the ``a_b`` layout). Another model goes through :func:`generic_grid_forward`."""
+    return fast_kernels_apply(cfg)
 
 
 def n_neurons(cfg: Any) -> int:

@@ -3,8 +3,14 @@
 Parameter names, shapes and hook names follow TransformerLens, so code written for its models
 reads ours unchanged. The parameter table (names, shapes, the paper's initialisation) is in :mod:`grokinterp.model.params`.
 
-No LayerNorm, no attention biases, no unembedding bias; causal attention scaled by
-``1/sqrt(d_head)``. With an attention coefficient ``a = cfg.attn_coeff < 1`` (Zhong et al. 2023)
+By default (Nanda et al.'s model) no LayerNorm, no attention biases, no unembedding bias; causal
+attention scaled by ``1/sqrt(d_head)``. ``ModelConfig.layer_norm`` adds TransformerLens' pre-LN
+(``blocks.L.ln1`` before attention, ``blocks.L.ln2`` before the MLP, ``ln_final`` before the
+unembedding; hooks ``hook_scale`` and ``hook_normalized``), ``ModelConfig.bias`` chooses the biases
+(``mlp``: ``b_in``, ``b_out``; ``all``: also ``b_Q``, ``b_K``, ``b_V``, ``b_O``; ``none``), and
+``ModelConfig.input_layout = a_b`` reads ``[a, b]`` (no ``=``) with attention over both positions
+(no causal mask), as Zhong et al. 2023; such a model also accepts the task's ``[a, b, =]`` rows and
+drops the ``=``. With an attention coefficient ``a = cfg.attn_coeff < 1`` (Zhong et al. 2023)
 the weights are ``a · softmax(scores) + (1 − a) · mask`` (``mask`` = 1 on the keys a query may
 see): ``a = 0`` is constant attention; ``hook_pattern`` holds these weights. Hooks: ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,
 ``blocks.L.attn.hook_q/k/v`` ``[batch, pos, n_heads, d_head]``, ``blocks.L.attn.hook_attn_scores``
@@ -39,7 +45,7 @@ from transformer_lens.hook_points import HookPoint
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .params import init_params, param_shapes
+from .params import LN_EPS, init_params, param_shapes
 
 __all__ = ["HookedGrokTransformer"]
 
@@ -62,6 +68,26 @@ class PosEmbed(nn.Module):
         return self.W_pos[: tokens.shape[1]].unsqueeze(0).expand(tokens.shape[0], -1, -1)
 
 
+class LayerNorm(nn.Module):
+    """TransformerLens' LayerNorm: ``(x − mean) / sqrt(var + eps) · w (+ b)``; hooks ``hook_scale``
+    (the ``sqrt(var + eps)``) and ``hook_normalized`` (the output)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(cfg.d_model))
+        if cfg.bias != "none":
+            self.b = nn.Parameter(torch.empty(cfg.d_model))
+        else:
+            self.b = None
+        self.hook_scale, self.hook_normalized = HookPoint(), HookPoint()
+
+    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        x = x - x.mean(-1, keepdim=True)
+        scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + LN_EPS).sqrt())
+        x = x / scale * self.w
+        return self.hook_normalized(x if self.b is None else x + self.b)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -70,16 +96,25 @@ class Attention(nn.Module):
         self.W_K = nn.Parameter(torch.empty(h, d, e))
         self.W_V = nn.Parameter(torch.empty(h, d, e))
         self.W_O = nn.Parameter(torch.empty(h, e, d))
+        self.has_bias = cfg.bias == "all"
+        if self.has_bias:
+            self.b_Q = nn.Parameter(torch.empty(h, e))
+            self.b_K = nn.Parameter(torch.empty(h, e))
+            self.b_V = nn.Parameter(torch.empty(h, e))
+            self.b_O = nn.Parameter(torch.empty(d))
         self.scale = 1.0 / math.sqrt(e)
         self.attn_coeff = float(cfg.attn_coeff)
-        self.register_buffer("mask", torch.tril(torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)), persistent=False)
+        full = torch.ones(cfg.n_ctx, cfg.n_ctx, dtype=torch.bool)
+        mask = full if cfg.input_layout == "a_b" else torch.tril(full)  # [a, b]: both positions see both
+        self.register_buffer("mask", mask, persistent=False)
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_attn_scores, self.hook_pattern, self.hook_z = HookPoint(), HookPoint(), HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        q = self.hook_q(torch.einsum("bpd,hde->bphe", x, self.W_Q))
-        k = self.hook_k(torch.einsum("bpd,hde->bphe", x, self.W_K))
-        v = self.hook_v(torch.einsum("bpd,hde->bphe", x, self.W_V))
+        q, k, v = (torch.einsum("bpd,hde->bphe", x, W) for W in (self.W_Q, self.W_K, self.W_V))
+        if self.has_bias:
+            q, k, v = q + self.b_Q, k + self.b_K, v + self.b_V
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         scores = torch.einsum("bqhe,bkhe->bhqk", q, k) * self.scale
         n = x.shape[1]
         scores = self.hook_attn_scores(scores.masked_fill(~self.mask[:n, :n], float("-inf")))
@@ -89,29 +124,42 @@ class Attention(nn.Module):
             pattern = a * pattern + (1.0 - a) * self.mask[:n, :n].to(pattern.dtype)
         pattern = self.hook_pattern(pattern)
         z = self.hook_z(torch.einsum("bhqk,bkhe->bqhe", pattern, v))
-        return torch.einsum("bqhe,hed->bqd", z, self.W_O)
+        out = torch.einsum("bqhe,hed->bqd", z, self.W_O)
+        return out + self.b_O if self.has_bias else out
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
-        self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
+        self.has_bias = cfg.bias != "none"
+        if self.has_bias:
+            self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
-        self.b_out = nn.Parameter(torch.empty(cfg.d_model))
+        if self.has_bias:
+            self.b_out = nn.Parameter(torch.empty(cfg.d_model))
         self.act = F.relu if cfg.act_fn == "relu" else F.gelu
         self.hook_pre, self.hook_post = HookPoint(), HookPoint()
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
-        pre = self.hook_pre(x @ self.W_in + self.b_in)
-        post = self.hook_post(self.act(pre))
-        return post @ self.W_out + self.b_out
+        if self.has_bias:
+            pre = self.hook_pre(x @ self.W_in + self.b_in)
+            post = self.hook_post(self.act(pre))
+            return post @ self.W_out + self.b_out
+        post = self.hook_post(self.act(self.hook_pre(x @ self.W_in)))
+        return post @ self.W_out
 
 
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.layer_norm = cfg.layer_norm
+        self.ln_in_place = cfg.layer_norm and cfg.ln_style == "in_place"  # Grokfast's x = ln1(x)
+        if self.layer_norm:  # TransformerLens' order: ln1, attn, ln2, mlp
+            self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg)
+        if self.layer_norm:
+            self.ln2 = LayerNorm(cfg)
         self.mlp = MLP(cfg)
         self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
         self.hook_resid_mid, self.hook_mlp_out = HookPoint(), HookPoint()
@@ -119,8 +167,12 @@ class TransformerBlock(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
-        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(resid)))
-        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(resid)))
+        x = self.ln1(resid) if self.layer_norm else resid
+        if self.ln_in_place:
+            resid = x
+        resid = self.hook_resid_mid(resid + self.hook_attn_out(self.attn(x)))
+        x = self.ln2(resid) if self.layer_norm else resid
+        return self.hook_resid_post(resid + self.hook_mlp_out(self.mlp(x)))
 
 
 class Unembed(nn.Module):
@@ -133,7 +185,7 @@ class Unembed(nn.Module):
 
 
 class HookedGrokTransformer(HookedRootModule):
-    """A TransformerLens-style hooked transformer for ``[a, b, =]`` tasks.
+    """A TransformerLens-style hooked transformer for ``[a, b, =]`` (or ``[a, b]``) tasks.
 
     Args:
         cfg: the model's :class:`~grokinterp.config.ModelConfig`.
@@ -153,6 +205,8 @@ class HookedGrokTransformer(HookedRootModule):
         self.pos_embed = PosEmbed(cfg)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
+        if cfg.layer_norm:
+            self.ln_final = LayerNorm(cfg)
         self.unembed = Unembed(cfg)
         if init:
             self.load_params(init_params(cfg))
@@ -173,15 +227,22 @@ class HookedGrokTransformer(HookedRootModule):
                 own[name].copy_(t)
         return self
 
-    def check_tokens(self, tokens: Tensor) -> None:
+    def check_tokens(self, tokens: Tensor) -> Tensor:
+        """The tokens the model reads: ``[batch, pos ≤ n_ctx]``; in the ``a_b`` layout the task's
+        ``[a, b, =]`` rows are accepted and their ``=`` dropped."""
+        if tokens.ndim == 2 and self.cfg.input_layout == "a_b" and tokens.shape[1] == self.cfg.n_ctx + 1:
+            tokens = tokens[:, : self.cfg.n_ctx]
         if tokens.ndim != 2 or tokens.shape[1] > self.cfg.n_ctx:
             raise ConfigError(f"tokens: expected shape [batch, pos ≤ {self.cfg.n_ctx}], got {list(tokens.shape)}")
+        return tokens
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos vocab"]:
-        self.check_tokens(tokens)
+        tokens = self.check_tokens(tokens)
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
         for block in self.blocks:
             resid = block(resid)
+        if self.cfg.layer_norm:
+            resid = self.ln_final(resid)
         return self.unembed(resid)
 
     def run_with_cache(self, *args: Any, **kwargs: Any) -> tuple[Tensor, ActivationCache]:
@@ -196,4 +257,5 @@ class HookedGrokTransformer(HookedRootModule):
 
     def extra_repr(self) -> str:
         c = self.cfg
-        return f"p={c.p}, d_model={c.d_model}, n_heads={c.n_heads}, d_mlp={c.d_mlp}, n_layers={c.n_layers}, act={c.act_fn}"
+        return (f"p={c.p}, d_model={c.d_model}, n_heads={c.n_heads}, d_mlp={c.d_mlp}, n_layers={c.n_layers}, "
+                f"act={c.act_fn}, layer_norm={c.layer_norm}, bias={c.bias}, input_layout={c.input_layout}")

@@ -17,6 +17,13 @@ parameter                  shape                            init (paper's code)
 ``unembed.W_U``            ``[d_model, d_vocab_out]``       N(0, 1/d_vocab)
 =========================  ===============================  ==============================
 
+Settings add parameters (never changing the draws of the others, so the default model and its
+checkpoints stay as they were): ``ModelConfig.bias = all`` adds ``blocks.L.attn.b_Q/b_K/b_V``
+``[n_heads, d_head]`` and ``blocks.L.attn.b_O`` ``[d_model]`` (0), ``bias = none`` drops every bias;
+``ModelConfig.layer_norm`` adds ``blocks.L.ln1.w/b`` (before attention), ``blocks.L.ln2.w/b``
+(before the MLP) and ``ln_final.w/b`` ``[d_model]`` (weights 1, biases 0; no ``b`` with
+``bias = none``), in TransformerLens' order. None of them is drawn from the generator.
+
 Two initialisation methods draw these same distributions (``ModelConfig.init_method``):
 
 * ``default`` — one ``torch.Generator`` seeded with ``init_seed``, each parameter drawn in the
@@ -39,7 +46,10 @@ from torch import Tensor
 
 from ..config import ModelConfig
 
-__all__ = ["param_shapes", "init_params", "n_params"]
+__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "LN_EPS"]
+
+#: LayerNorm's epsilon (TransformerLens' default), for the hooked module and the functional forward.
+LN_EPS = 1e-5
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -48,20 +58,62 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "embed.W_E": (cfg.d_vocab, cfg.d_model),
         "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
     }
+    bias, attn_bias, ln = cfg.bias != "none", cfg.bias == "all", cfg.layer_norm
+    d = cfg.d_model
+
+    def norm(name: str) -> None:
+        if ln:
+            shapes[f"{name}.w"] = (d,)
+            if bias:
+                shapes[f"{name}.b"] = (d,)
+
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
+        norm(f"{b}.ln1")
         shapes.update({
-            f"{b}.attn.W_Q": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_K": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_V": (cfg.n_heads, cfg.d_model, cfg.d_head),
-            f"{b}.attn.W_O": (cfg.n_heads, cfg.d_head, cfg.d_model),
-            f"{b}.mlp.W_in": (cfg.d_model, cfg.d_mlp),
-            f"{b}.mlp.b_in": (cfg.d_mlp,),
-            f"{b}.mlp.W_out": (cfg.d_mlp, cfg.d_model),
-            f"{b}.mlp.b_out": (cfg.d_model,),
+            f"{b}.attn.W_Q": (cfg.n_heads, d, cfg.d_head),
+            f"{b}.attn.W_K": (cfg.n_heads, d, cfg.d_head),
+            f"{b}.attn.W_V": (cfg.n_heads, d, cfg.d_head),
+            f"{b}.attn.W_O": (cfg.n_heads, cfg.d_head, d),
         })
-    shapes["unembed.W_U"] = (cfg.d_model, cfg.d_vocab_out)
+        if attn_bias:
+            shapes.update({
+                f"{b}.attn.b_Q": (cfg.n_heads, cfg.d_head),
+                f"{b}.attn.b_K": (cfg.n_heads, cfg.d_head),
+                f"{b}.attn.b_V": (cfg.n_heads, cfg.d_head),
+                f"{b}.attn.b_O": (d,),
+            })
+        norm(f"{b}.ln2")
+        shapes[f"{b}.mlp.W_in"] = (d, cfg.d_mlp)
+        if bias:
+            shapes[f"{b}.mlp.b_in"] = (cfg.d_mlp,)
+        shapes[f"{b}.mlp.W_out"] = (cfg.d_mlp, d)
+        if bias:
+            shapes[f"{b}.mlp.b_out"] = (d,)
+    norm("ln_final")
+    shapes["unembed.W_U"] = (d, cfg.d_vocab_out)
     return shapes
+
+
+def is_bias(name: str) -> bool:
+    """A bias (``b_*``, or a LayerNorm's ``b``): initialised to 0, never a matrix."""
+    last = name.rsplit(".", 1)[-1]
+    return last == "b" or last.startswith("b_")
+
+
+def is_norm_weight(name: str) -> bool:
+    """A LayerNorm's weight (``ln1.w``, ``ln2.w``, ``ln_final.w``): initialised to 1."""
+    parts = name.split(".")
+    return len(parts) >= 2 and parts[-1] == "w" and parts[-2].startswith("ln")
+
+
+def _fixed_init(name: str, shape: tuple[int, ...]) -> Tensor | None:
+    """The parameters that are not drawn: biases 0, LayerNorm weights 1 (``None`` for the others)."""
+    if is_bias(name):
+        return torch.zeros(shape)
+    if is_norm_weight(name):
+        return torch.ones(shape)
+    return None
 
 
 def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
@@ -84,8 +136,9 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
     scale = float(cfg.init_scale)
     out: dict[str, Tensor] = {}
     for name, shape in param_shapes(cfg).items():
-        if name.split(".")[-1].startswith("b_"):
-            out[name] = torch.zeros(shape)
+        fixed = _fixed_init(name, shape)
+        if fixed is not None:
+            out[name] = fixed
         else:
             fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
             w = torch.randn(shape, generator=gen) / math.sqrt(fan)
@@ -111,11 +164,13 @@ def _init_paper(cfg: ModelConfig) -> dict[str, Tensor]:
             raw[f"{b}.attn.{name}"] = draw(h, e, d, fan=d).transpose(1, 2)
         raw[f"{b}.attn.W_O"] = draw(d, h * e, fan=d).T.reshape(h, e, d)  # theirs [d_model, (head d_head)]
         raw[f"{b}.mlp.W_in"] = draw(m, d, fan=d).T
-        raw[f"{b}.mlp.b_in"] = torch.zeros(m)
         raw[f"{b}.mlp.W_out"] = draw(d, m, fan=d).T
-        raw[f"{b}.mlp.b_out"] = torch.zeros(d)
     raw["unembed.W_U"] = draw(d, V, fan=V)[:, : cfg.d_vocab_out]  # their W_U has d_vocab columns
-    return {name: raw[name].contiguous() for name in param_shapes(cfg)}
+    out = {}
+    for name, shape in param_shapes(cfg).items():  # biases and LayerNorm weights are not drawn
+        fixed = _fixed_init(name, shape)
+        out[name] = fixed if fixed is not None else raw[name].contiguous()
+    return out
 
 
 def n_params(cfg: ModelConfig) -> int:

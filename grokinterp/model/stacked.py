@@ -20,8 +20,10 @@ Both equal ``HookedGrokTransformer(cfg_r)(tokens[r])[:, -1]`` for every run ``r`
 rounding (tested to 1e-5).
 
 * ``generic`` (issue 19) — the model family's functional forward over stacked parameters (the
-  family's ``forward``: the MLP's batched products); the plan only holds the tokens. The one choice
-  for a model the two kernels cannot compute (:func:`stack_unsupported`, :func:`stack_impls`).
+  family's ``forward``: for the transformer :func:`grokinterp.model.families.transformer.forward`, any
+  number of layers, LayerNorm, biases, the ``a_b`` layout; the MLP's batched products); the plan only
+  holds the tokens. The one choice for a model the two kernels cannot compute
+  (:func:`stack_unsupported`, :func:`stack_impls`).
 
 Example:
     >>> plan = StackPlan.build(cfg, tokens)                     # tokens [run, batch, 3]   # doctest: +SKIP
@@ -40,6 +42,7 @@ from torch import Tensor
 from ..config import ModelConfig
 from . import tables
 from .families import family_of, get_family
+from .families.transformer import fast_kernels_apply
 from .fastpath import BagIndex, bag_sum
 
 __all__ = ["StackPlan", "stacked_final_logits", "stacked_losses", "stack_params", "IMPLS", "stack_unsupported",
@@ -53,14 +56,9 @@ _NAMES = ("embed.W_E", "pos_embed.W_pos", *(f"blocks.0.attn.{n}" for n in ("W_Q"
 
 def stack_unsupported(cfg: ModelConfig) -> str | None:
     """Why the one-layer kernels (``tables``, ``dense``) cannot compute models of ``cfg`` (``None``
-    when they can). A model of another family than the transformer trains in stacks through its
-    family's functional ``forward`` (``generic``, :func:`stack_impls`)."""
-    family = getattr(cfg, "family", "transformer")
-    if family != "transformer":
-        return f"the stacked kernels are the transformer family's (model.family is {family!r})"
-    if cfg.n_layers != 1:
-        return f"stacked training needs n_layers = 1 (got {cfg.n_layers})"
-    return None
+    when they can): :func:`~grokinterp.model.families.transformer.fast_kernels_apply`. Such models
+    train in stacks through ``generic`` (:func:`stack_impls`)."""
+    return fast_kernels_apply(cfg)
 
 
 def stack_impls(cfg: ModelConfig) -> tuple[str, ...]:

@@ -7,10 +7,11 @@ TL-native transformer (``nn.Linear`` projections with biases, optional norms) wr
 ``blocks.0.mlp.hook_post``, ...), ``run_with_cache`` and the weight properties ``W_E``, ``W_Q``
 ``[n_layers, n_heads, d_model, d_head]``, ``W_O``, ``W_in``, ``W_out``, ``W_U``, ...
 
-:func:`to_transformer_lens` boots one with our architecture — no LayerNorm
-(``normalization_type=None``), learned positions, causal attention scaled by ``1/sqrt(d_head)``,
+:func:`to_transformer_lens` boots one with our architecture — LayerNorm as ours
+(``normalization_type`` ``LN`` with ``model.layer_norm``, else ``None``; eps 1e-5), learned
+positions, attention scaled by ``1/sqrt(d_head)`` (causal, or bidirectional in the ``a_b`` layout),
 ReLU or GELU, no unembedding bias — with TransformerLens' own initialisation off, and copies our
-parameters in; the attention biases (which our model does not have) are zero. No weight processing
+parameters in; the biases our model does not have (by default the attention's) are zero. No weight processing
 is applied (no ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``:
 the bridge is not put in compatibility mode), so its weights are ours as they are and its logits
 equal ours (tested to float32 rounding, with the hook activations). Call ``bridge.process_weights()``
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .params import param_shapes
+from .params import LN_EPS, param_shapes
 
 __all__ = ["to_transformer_lens", "transformer_lens_state_dict"]
 
@@ -60,15 +61,19 @@ def transformer_lens_state_dict(params: dict[str, Tensor], cfg: ModelConfig) -> 
     sd = {"embed.weight": P["embed.W_E"], "pos_embed.weight": P["pos_embed.W_pos"]}
     for L in range(cfg.n_layers):
         b = f"blocks.{L}"
-        for ours, theirs in (("W_Q", "q"), ("W_K", "k"), ("W_V", "v")):
-            sd[f"{b}.attn.{theirs}.weight"] = P[f"{b}.attn.{ours}"].permute(0, 2, 1).reshape(h * e, d)
-            sd[f"{b}.attn.{theirs}.bias"] = torch.zeros(h * e)
+        for ours, theirs in (("Q", "q"), ("K", "k"), ("V", "v")):
+            sd[f"{b}.attn.{theirs}.weight"] = P[f"{b}.attn.W_{ours}"].permute(0, 2, 1).reshape(h * e, d)
+            sd[f"{b}.attn.{theirs}.bias"] = P.get(f"{b}.attn.b_{ours}", torch.zeros(h, e)).reshape(h * e)
         sd[f"{b}.attn.o.weight"] = P[f"{b}.attn.W_O"].reshape(h * e, d).T
-        sd[f"{b}.attn.o.bias"] = torch.zeros(d)
+        sd[f"{b}.attn.o.bias"] = P.get(f"{b}.attn.b_O", torch.zeros(d))
         sd[f"{b}.mlp.in.weight"] = P[f"{b}.mlp.W_in"].T
-        sd[f"{b}.mlp.in.bias"] = P[f"{b}.mlp.b_in"]
+        sd[f"{b}.mlp.in.bias"] = P.get(f"{b}.mlp.b_in", torch.zeros(cfg.d_mlp))
         sd[f"{b}.mlp.out.weight"] = P[f"{b}.mlp.W_out"].T
-        sd[f"{b}.mlp.out.bias"] = P[f"{b}.mlp.b_out"]
+        sd[f"{b}.mlp.out.bias"] = P.get(f"{b}.mlp.b_out", torch.zeros(d))
+    if cfg.layer_norm:
+        for name in [f"blocks.{L}.{n}" for L in range(cfg.n_layers) for n in ("ln1", "ln2")] + ["ln_final"]:
+            sd[f"{name}.weight"] = P[f"{name}.w"]
+            sd[f"{name}.bias"] = P.get(f"{name}.b", torch.zeros(d))
     sd["unembed.weight"] = P["unembed.W_U"].T
     return {k: v.contiguous() for k, v in sd.items()}
 
@@ -95,6 +100,9 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
     if family != "transformer":
         raise ConfigError(f"model.family: {family!r} — a TransformerBridge is a transformer; this model is already a "
                           f"TransformerLens HookedRootModule (Run.model())")
+    if cfg.layer_norm and cfg.ln_style != "pre":
+        raise ConfigError(f"model.ln_style: {cfg.ln_style!r} — TransformerLens blocks are pre-LN; a block whose first "
+                          f"LayerNorm replaces the residual stream has no TransformerLens equivalent")
     if cfg.attn_coeff != 1.0:
         raise ConfigError(f"model.attn_coeff: {cfg.attn_coeff} — TransformerLens attention is softmax attention; a model "
                           f"blending it with constant attention (attn_coeff < 1) has no TransformerLens equivalent")
@@ -106,7 +114,8 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
     tl_cfg = TransformerBridgeConfig(
         d_model=cfg.d_model, d_head=cfg.d_head, n_heads=cfg.n_heads, d_mlp=cfg.d_mlp, n_layers=cfg.n_layers,
         n_ctx=cfg.n_ctx, d_vocab=cfg.d_vocab, d_vocab_out=cfg.d_vocab_out, act_fn=cfg.act_fn,
-        normalization_type=None, positional_embedding_type="standard", attention_dir="causal",
+        normalization_type="LN" if cfg.layer_norm else None, eps=LN_EPS, positional_embedding_type="standard",
+        attention_dir="bidirectional" if cfg.input_layout == "a_b" else "causal",
         init_weights=False, original_architecture="grokinterp.HookedGrokTransformer",
     )
     bridge = TransformerBridge.boot_native(tl_cfg)

@@ -28,8 +28,10 @@ from .algebra import (
     get_group,
 )
 from .base import (
+    INPUT_LAYOUTS,
     SPLIT_METHODS,
     Dataset,
+    InputLayout,
     Structure,
     Task,
     get_split_method,
@@ -42,7 +44,7 @@ from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime
 
 __all__ = [
     "Task", "Structure", "GroupStructure", "CyclicSum", "CyclicDifference", "DiscreteLog", "GroupProduct",
-    "GroupWord", "FiniteGroup", "get_group", "Dataset", "ModularTask", "GroupTask", "Operation", "OPERATIONS",
+    "GroupWord", "FiniteGroup", "get_group", "Dataset", "InputLayout", "INPUT_LAYOUTS", "ModularTask", "GroupTask", "Operation", "OPERATIONS",
     "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
     "get_split_method", "get_task", "is_prime", "make_dataset", "paper_split_indices", "split_indices", "split_pairs",
     "task_names", "fixed_size", "operations_help",

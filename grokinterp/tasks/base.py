@@ -40,6 +40,8 @@ __all__ = [
     "Task",
     "Structure",
     "Dataset",
+    "InputLayout",
+    "INPUT_LAYOUTS",
     "SPLIT_METHODS",
     "register_split_method",
     "split_indices",
@@ -59,6 +61,42 @@ class Structure:
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """How a model reads an example: which columns of the task's ``[a, b, =]`` rows it gets.
+
+    Attributes:
+        name: the layout's name (``ModelConfig.input_layout``).
+        drop_eq: the ``=`` token (the last column) is left out: Zhong et al. 2023's ``[a, b]``.
+        help: one line for ``--help``.
+    """
+
+    name: str
+    drop_eq: bool
+    help: str
+
+    @property
+    def fixed_n_ctx(self) -> int | None:
+        """The context length the layout fixes whatever the task (``None``: the task's)."""
+        return 2 if self.drop_eq else None
+
+    def n_ctx(self, task: "Task") -> int:
+        """The model's context length for ``task`` in this layout."""
+        return task.n_ctx - 1 if self.drop_eq else task.n_ctx
+
+    def tokens(self, tokens):
+        """The task's token rows ``[..., 3]`` (numpy or torch) as the model reads them."""
+        return tokens[..., :-1] if self.drop_eq else tokens
+
+
+#: Input layouts by name (``ModelConfig.input_layout``).
+INPUT_LAYOUTS: dict[str, InputLayout] = {
+    "a_b_eq": InputLayout("a_b_eq", False, "[a, b, =]: causal attention, read out at '=' (Nanda et al.)"),
+    "a_b": InputLayout("a_b", True, "[a, b]: no '=' token, attention over both positions, read out at b "
+                                    "(Zhong et al. 2023)"),
+}
 
 
 @dataclass(frozen=True)
@@ -86,15 +124,18 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def select(self, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(tokens, labels)`` of the given grid indices (each must be a valid pair)."""
+    def select(self, pairs: np.ndarray, layout: str = "a_b_eq") -> tuple[np.ndarray, np.ndarray]:
+        """``(tokens, labels)`` of the given grid indices (each must be a valid pair); the tokens as
+        a model of input ``layout`` (:data:`INPUT_LAYOUTS`) reads them (``[a, b, =]`` by default)."""
         pos = np.full(self.n * self.n, -1, dtype=np.int64)
         pos[self.pair_index] = np.arange(len(self.pair_index))
         idx = pos[np.asarray(pairs, dtype=np.int64)]
         if (idx < 0).any():
             raise ConfigError(f"pairs: grid indices {np.asarray(pairs)[idx < 0][:5].tolist()} are not pairs of "
                               f"the task {self.operation!r}")
-        return self.tokens[idx], self.labels[idx]
+        if layout not in INPUT_LAYOUTS:
+            raise ConfigError(f"model.input_layout: must be one of {', '.join(INPUT_LAYOUTS)}, got {layout!r}")
+        return np.ascontiguousarray(INPUT_LAYOUTS[layout].tokens(self.tokens[idx])), self.labels[idx]
 
 
 # -- named split methods ----------------------------------------------------------------------------

@@ -141,11 +141,11 @@ class TrainLoop:
         self.split = (np.asarray(train_pairs), np.asarray(test_pairs))  # grid indices a * p + b
         ds = config.task.task().dataset()
         mc, tc = config.model, config.train
-        trn_x = torch.from_numpy(ds.select(train_pairs)[0])
+        trn_x = torch.from_numpy(ds.select(train_pairs, mc.input_layout)[0])
         use_fast = tc.fast_path and fast_path_unsupported(mc, trn_x) is None
         self.data = {}
         for name, pairs in (("train", train_pairs), ("test", test_pairs)):
-            x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs))
+            x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs, mc.input_layout))
             plan = FastPlan.build(mc, x) if use_fast and len(x) else None
             self.data[name] = _Data(x, y, plan)
         # the family's hooked module (it imports transformer_lens on first use: sweeps plan, resume checks

@@ -14,8 +14,8 @@ name       optimizer
 =========  ====================================================================================
 
 Weight decay goes through parameter groups (:func:`param_groups`): ``TrainConfig.weight_decay_on``
-``all`` gives one group, ``matrices`` a second group of the parameters with fewer than two axes
-(the MLP biases) with weight decay 0. The optimizer state is saved per parameter *name*
+``all`` gives one group, ``matrices`` a second group of the parameters that are not weight
+matrices (:func:`is_matrix`: the biases and the LayerNorms' weights and biases) with weight decay 0. The optimizer state is saved per parameter *name*
 (:func:`optimizer_param_names` maps the optimizer's parameter order, group by group, to names).
 
 Every optimizer also has a stacked version (:data:`STACKED_OPTIMIZERS`, :class:`StackedOptimizer`):
@@ -47,9 +47,10 @@ from torch import Tensor
 
 from ..config import OPTIMIZER_NAMES, TrainConfig
 from ..errors import ConfigError, RunError
+from ..model.params import is_bias, is_norm_weight
 from .transforms import orthogonalize_, stacked_orthogonalize_
 
-__all__ = ["OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
+__all__ = ["is_matrix", "OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
            "optimizer_state_tensors", "load_optimizer_state", "expected_slots", "param_groups",
            "optimizer_param_names", "OrthoAdamW", "EPS", "ParamLayout", "per_run", "StackedSchedule", "StackedOptimizer",
            "StackedAdamW", "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "STACKED_OPTIMIZERS",
@@ -124,17 +125,26 @@ def build_optimizer(params: dict[str, torch.nn.Parameter], tc: TrainConfig,
     return check_optimizer(tc)(params, tc, options)
 
 
+def is_matrix(name: str, p: Tensor | tuple[int, ...]) -> bool:
+    """A weight matrix, decayed under ``weight_decay_on = matrices``: two or more axes (``p`` a tensor
+    or its shape), and neither a bias (``b_*``, a LayerNorm's ``b``) nor a LayerNorm weight."""
+    ndim = p.ndim if isinstance(p, Tensor) else len(p)
+    return ndim >= 2 and not is_bias(name) and not is_norm_weight(name)
+
+
 def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer parameter groups for ``tc.weight_decay_on``, in the parameters' order.
 
-    ``all``: one group with ``weight_decay = tc.weight_decay``. ``matrices``: that group holds the
-    parameters with two or more axes (``W_E``, ``W_pos``, ``W_Q/K/V/O``, ``W_in``, ``W_out``,
-    ``W_U``) and a second group the others (``b_in``, ``b_out``) with weight decay 0.
+    ``all``: one group with ``weight_decay = tc.weight_decay`` (LayerNorm weights and biases
+    included, as ``torch.optim.AdamW(model.parameters())`` in the reference decoders). ``matrices``:
+    that group holds the weight matrices (:func:`is_matrix`: ``W_E``, ``W_pos``, ``W_Q/K/V/O``,
+    ``W_in``, ``W_out``, ``W_U``) and a second group the others (the biases, ``b_Q/K/V`` although they
+    have two axes, and the LayerNorms' ``w`` and ``b``) with weight decay 0.
     """
     if tc.weight_decay_on == "all":
         return [{"params": list(params.values()), "weight_decay": tc.weight_decay}]
-    mats = [p for p in params.values() if p.ndim >= 2]
-    rest = [p for p in params.values() if p.ndim < 2]
+    mats = [p for k, p in params.items() if is_matrix(k, p)]
+    rest = [p for k, p in params.items() if not is_matrix(k, p)]
     return [g for g in ({"params": mats, "weight_decay": tc.weight_decay}, {"params": rest, "weight_decay": 0.0})
             if g["params"]]
 
@@ -294,9 +304,10 @@ class ParamLayout:
         return torch.cat([params[n].reshape(params[n].shape[0], -1) for n in self.names], dim=1)
 
     def matrix_mask(self) -> Tensor:
-        """``[total]`` float32: 1 on the parameters with two or more axes, 0 on the others (the
+        """``[total]`` float32: 1 on the weight matrices (:func:`is_matrix`), 0 on the others (the
         ``weight_decay_on = "matrices"`` groups of :func:`param_groups`)."""
-        return torch.cat([torch.full((n,), 1.0 if len(s) >= 2 else 0.0) for n, s in zip(self.sizes, self.shapes)])
+        return torch.cat([torch.full((n,), 1.0 if is_matrix(k, s) else 0.0)
+                          for k, n, s in zip(self.names, self.sizes, self.shapes)])
 
 
 def per_run(values: Sequence[float], device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -395,8 +406,9 @@ class StackedOptimizer:
         theirs on the same gradients (one torch thread), with a few kernel arguments per run.
         """
         out: list[tuple[int, int, bool]] = []
-        for off, size, shape in zip(self.layout.offsets, self.layout.sizes, self.layout.shapes):
-            dec = tc.weight_decay_on != "matrices" or len(shape) >= 2
+        lay = self.layout
+        for name, off, size, shape in zip(lay.names, lay.offsets, lay.sizes, lay.shapes):
+            dec = tc.weight_decay_on != "matrices" or is_matrix(name, shape)
             if out and out[-1][2] == dec and (out[-1][1] - out[-1][0]) % FUSED_SPAN == 0:
                 out[-1] = (out[-1][0], off + size, dec)
             else:

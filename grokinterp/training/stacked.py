@@ -30,6 +30,11 @@ piece               what it does
 ``max_stack_size``  how many runs fit the device's memory
 ==================  ==========================================================================
 
+The forward (``impl``, :mod:`grokinterp.model.stacked`): ``tables`` and ``dense`` are the one-layer
+kernels; ``generic`` is the family's functional forward over stacked parameters
+(:func:`grokinterp.model.families.transformer.forward`: any number of layers, LayerNorm, biases, the
+``a_b`` layout), chosen by :func:`default_impl` wherever the kernels do not apply.
+
 Splits enter in one of two ways (``mode``): ``gather`` (each run's training pairs, padded to the
 longest; test pairs in a second forward every ``eval_every`` epochs) or ``mask`` (every valid pair
 of every run in each step, with the training pairs weighted in; the test metrics come from the
@@ -133,7 +138,7 @@ MODES = ("gather", "mask")
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
-              "init_scale", "attn_coeff"},
+              "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
@@ -185,10 +190,9 @@ def _unknown_fields_changed(config: RunConfig) -> list[str]:
 
 
 def stack_unsupported_reason(config: RunConfig) -> str | None:
-    """Why ``config`` cannot train in a stack (``None`` when it can)."""
-    reason = stack_unsupported(config.model)
-    if reason and config.model.family == "transformer":  # another family: its forward ('generic', default_impl)
-        return reason
+    """Why ``config`` cannot train in a stack (``None`` when it can). Every transformer setting
+    can: where the one-layer kernels do not apply (:func:`~grokinterp.model.stacked.stack_unsupported`)
+    the stack trains through the ``generic`` forward (:func:`default_impl`)."""
     if config.train.optimizer not in STACKED_OPTIMIZERS:
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
     missing = [t for t in config.train.grad_transforms if t not in STACKED_TRANSFORMS]
@@ -410,17 +414,17 @@ class StackedLoop:
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
-            ds = cfg.task.task().dataset()
+            ds, lay = cfg.task.task().dataset(), cfg.model.input_layout
             if mode == "mask":
                 allp = np.sort(np.concatenate([trn, tst]))
-                x, y = ds.select(allp)
+                x, y = ds.select(allp, lay)
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.isin(allp, trn)), tst_masks.append(np.isin(allp, tst))
             else:
-                x, y = ds.select(trn)
+                x, y = ds.select(trn, lay)
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.ones(len(trn), bool))
-                xt, yt = ds.select(tst) if len(tst) else ds.select(trn[:1])
+                xt, yt = ds.select(tst, lay) if len(tst) else ds.select(trn[:1], lay)
                 test_tok.append(xt), test_lab.append(yt)
                 tst_masks.append(np.ones(len(tst), bool) if len(tst) else np.zeros(1, bool))
         # Runs are padded to the stack's longest example list. The padded length is recorded and kept
@@ -775,6 +779,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     if impl == "tables":
         tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
         per_ex = 4 * (k * 3 + mc.d_mlp * 2 + mc.n_ctx * mc.n_heads * 4) + 8 * 4 * mc.n_ctx * mc.n_heads
+    elif impl == "generic":  # every block's activations at every position, kept for the backward
+        tabl = 0
+        per_layer = mc.n_ctx * (mc.d_model * 12 + mc.d_mlp * 3 + mc.n_heads * mc.n_ctx * 4)
+        per_ex = 4 * (mc.n_layers * per_layer + mc.d_vocab_out * 2)
     else:
         tabl = 4 * rows * mc.d_model * 6
         per_ex = 4 * (mc.n_ctx * mc.d_model * 3 + mc.d_model * 4 + mc.d_mlp * 3 + mc.n_ctx * mc.n_heads * 4)
