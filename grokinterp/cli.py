@@ -276,9 +276,9 @@ _NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("gr
                     "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
 
 
-#: Training fields that act only on the transformer family (its fast path, its live measures): given
-#: explicitly for a run of another family they would change nothing, so the command refuses them (exit 2).
-_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True, "live_every": lambda v: v != 0}
+#: Training fields that act only on the transformer family (its fast path): given explicitly for a run of
+#: another family they would change nothing, so the command refuses them (exit 2).
+_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True}
 
 
 def _check_knobs_used(overrides: dict[str, Any], config) -> None:
@@ -739,7 +739,9 @@ def _report_lines(headline: dict[str, Any]) -> list[str]:
                         f" (chosen at epoch {ke}, the last checkpoint, before test accuracy reached 99 %: provisional, "
                         f"training longer may change the set and the circuit date)"))
     algo = headline.get("extras", {}).get("algorithm")
-    if algo:
+    if algo and algo.get("gradient_symmetricity") is None:  # undefined for the model (no attention)
+        lines.append(f"algorithm: {algo['label']}: {algo['reason']}")
+    elif algo:
         lines.append(f"algorithm: {algo['label']} (gradient symmetricity {algo['gradient_symmetricity']:.3f}, "
                      f"distance irrelevance {algo['distance_irrelevance']:.2f}): {algo['reason']}")
     if headline.get("extras", {}).get("early_warning"):

@@ -52,7 +52,6 @@ from .analysis.early import (
 )
 from .config import RunConfig
 from .errors import ConfigError, RunError
-from .model.families.transformer import fast_kernels_apply
 from .training import loop as _loop
 from .training.callbacks import Callback
 
@@ -161,20 +160,9 @@ def loop_metrics_frame(loop: Any, upto: int) -> pd.DataFrame:
 
 def live_callbacks(config: RunConfig) -> list[Callback]:
     """The callbacks :func:`train` adds for ``config``: live measures and the early warning when
-    ``config.train.live_every > 0``, else none. The live measures read the one-layer ``[a, b, =]``
-    transformer's grid fold: a run of another family, or a transformer it cannot compute (more layers,
-    LayerNorm, other biases, the ``a_b`` layout), gets none, and a warning says so."""
-    family = getattr(config.model, "family", "transformer")
-    if config.train.live_every > 0 and family != "transformer":
-        warnings.warn(f"train.live_every: the live progress measures are the transformer family's; this "
-                      f"{family} run records none", UserWarning, stacklevel=2)
-        return []
+    ``config.train.live_every > 0``, else none. Every model family has them (the measures read the
+    logits over the grid through the family's module: :func:`grokinterp.model.grid.grid_outputs`)."""
     if config.train.live_every > 0:
-        reason = fast_kernels_apply(config.model)
-        if reason:
-            warnings.warn(f"train.live_every: the live progress measures need the grid fold of a one-layer [a, b, =] "
-                          f"transformer ({reason}); this run records none", UserWarning, stacklevel=2)
-            return []
         return [LiveMeasures(config.train.live_every), EarlyWarningCallback()]
     return []
 
@@ -312,7 +300,7 @@ def watch(run_dir: str | os.PathLike, *, interval: float = 5.0, timeout: float |
             new = [dict(r) for _, r in table[table["epoch"] > seen_epoch].iterrows()]
             for r in new:
                 r["epoch"] = int(r["epoch"])
-        elif getattr(run.config.model, "family", "transformer") == "transformer":  # another family: progress only
+        else:  # no live columns: the measures of each new checkpoint (every family)
             if arrays is None:
                 arrays = live_arrays(run.config, *run.split_pairs())
             new = _rows_from_checkpoints(run, [e for e in run.epochs if e > seen_epoch], arrays)

@@ -267,7 +267,7 @@ def test_cli_trains_an_mlp_and_info_shows_it(tmp_path):
 @pytest.mark.parametrize("flags,field", [
     (["--n-heads", "4"], "model.n_heads"), (["--d-model", "32"], "model.d_model"),
     (["--attn-coeff", "0.5"], "model.attn_coeff"), (["--init-method", "paper"], "model.init_method"),
-    (["--fast-path", "true"], "train.fast_path"), (["--live-every", "5"], "train.live_every"),
+    (["--fast-path", "true"], "train.fast_path"),
     (["--act-fn", "tanh"], "model.act_fn"), (["--combine", "mean"], "model.combine"),
 ])
 def test_cli_refuses_a_flag_the_family_does_not_have_before_writing(tmp_path, flags, field):
@@ -283,18 +283,16 @@ def test_cli_refuses_an_mlp_flag_on_a_transformer(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_tools_not_yet_defined_for_an_mlp_run_say_so(tmp_path):
+def test_tools_not_yet_defined_for_an_mlp_run_say_so_and_analyses_run(tmp_path):
     cfg = make_config("tiny", **{**SMALL, "epochs": 10})
     run = g.train(cfg, tmp_path / "r", progress=False)
     with pytest.raises(ConfigError, match=r"^model\.family: 'mlp'"):
         run.to_transformer_lens()
-    with pytest.raises(g.AnalysisError, match="transformer family"):
-        g.progress_measures(run)
-    events = list(g.watch(run.path, interval=0.01, timeout=0))  # progress only: no live measures to compute
-    assert [e.kind for e in events] == ["finished"]
-    with pytest.warns(UserWarning, match="train.live_every"):  # a preset's live measures: none for this family
-        live = g.train(cfg.replace(live_every=5), tmp_path / "live", progress=False)
-    assert not any(c.startswith("live_") for c in live.metrics.columns)
+    assert g.progress_measures(run)["restricted_loss"].notna().all()  # analyses follow the family (issue 19)
+    events = list(g.watch(run.path, interval=0.01, timeout=0))  # live measures from the checkpoints
+    assert [e.kind for e in events][-1] == "finished" and "live" in [e.kind for e in events]
+    live = g.train(cfg.replace(live_every=5), tmp_path / "live", progress=False)  # live measures: every family
+    assert live.metrics["live_restricted_loss"].notna().any()
 
 
 def test_minibatch_mlp_runs_alone_and_stacked_agree_and_resume(tmp_path):

@@ -49,10 +49,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig, RunConfig
+from ..config import ModelConfig, RunConfig, is_int
 from ..errors import AnalysisError
 from ..model import tables
-from ..model.grid import grid_forward
+from ..model.grid import fold_unsupported, generic_grid_forward, grid_outputs, n_neurons
 from ..tasks import CyclicSum, get_task
 from .fourier import dft_index_freqs, fourier_basis
 from .groups import TaskStructure, task_structure
@@ -77,6 +77,7 @@ __all__ = [
     "approximate_neurons",
     "neuron_approximation",
     "ablation_table",
+    "heads_undefined",
 ]
 
 COLUMNS = ("ablation", "component", "split", "loss", "acc", "n")
@@ -122,7 +123,7 @@ class AblationTarget:
     def logits(self) -> Tensor:
         """The unablated grid logits ``[p, p, vocab]`` (computed once)."""
         with torch.no_grad():
-            return grid_forward(self.params, self.cfg).logits
+            return grid_outputs(self.params, self.cfg).logits
 
     @cached_property
     def head_means(self) -> Tensor:
@@ -131,7 +132,7 @@ class AblationTarget:
         P = {k: v.double() for k, v in self.params.items()}
         p = self.p
         with torch.no_grad():
-            A = grid_forward(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
+            A = grid_outputs(self.params, self.cfg, return_pattern=True).pattern.double()  # [a, b, h, 3]
         W_E, W_pos, W_V, W_O = P["embed.W_E"], P["pos_embed.W_pos"], P["blocks.0.attn.W_V"], P["blocks.0.attn.W_O"]
         v0 = tables.head_outputs(W_E[:p] + W_pos[0], W_V, W_O)  # [a, h, d_model]
         v1 = tables.head_outputs(W_E[:p] + W_pos[1], W_V, W_O)  # [b, h, d_model]
@@ -172,9 +173,9 @@ def ablation_target(model_or_run, train_pairs=None, *, epoch: int = -1,
         if train_pairs is None:
             raise AnalysisError("train_pairs: needed with a model or parameter dict (or pass a Run)")
         params, mcfg = resolve_model(model_or_run, cfg)
-    if params["embed.W_E"].ndim != 2:
+    if params["unembed.W_U"].ndim != 2:
         raise AnalysisError(f"ablations take one checkpoint, got stacked parameters of shape "
-                            f"{list(params['embed.W_E'].shape)}")
+                            f"{list(params['unembed.W_U'].shape)} (unembed.W_U)")
     p = mcfg.p
     labels = task_label_grid(p, operation or "add")
     trn = np.asarray(train_pairs.detach().cpu() if torch.is_tensor(train_pairs) else train_pairs)
@@ -246,7 +247,7 @@ def evaluate_logits(logits: Tensor, target, ablation: str = "none", component: s
 
 def _forward(t: AblationTarget, params: dict[str, Tensor] | None = None, **kw) -> Tensor:
     with torch.no_grad():
-        return grid_forward(t.params if params is None else params, t.cfg, **kw).logits
+        return grid_outputs(t.params if params is None else params, t.cfg, **kw).logits
 
 
 def _with_baseline(t: AblationTarget, df: pd.DataFrame, include_baseline: bool) -> pd.DataFrame:
@@ -427,7 +428,7 @@ def ablate_neurons(target, neurons, method: str = "mean", *, name: str | None = 
     """
     t = _target(target)
     _check_method(method)
-    idx = check_neurons(neurons, t.cfg.d_mlp)
+    idx = check_neurons(neurons, n_neurons(t.cfg))
     L = _forward(t, post_fn=_neuron_post_fn(idx, method))
     label = name or f"{method}-ablate {len(idx)} neuron{'s' if len(idx) != 1 else ''}"
     return _with_baseline(t, evaluate_logits(L, t, label, "neurons"), include_baseline)
@@ -518,7 +519,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
     """
     t = _target(target)
     fs = _freqs(t, freqs, allow_empty=False)
-    idx = None if neurons is None else check_neurons(neurons, t.cfg.d_mlp)
+    idx = None if neurons is None else check_neurons(neurons, n_neurons(t.cfg))
 
     def post_fn(post: Tensor) -> Tensor:
         approx = neuron_approximation(post, fs, ts=t.group).to(post.dtype)
@@ -537,7 +538,7 @@ def approximate_neurons(target, freqs: Sequence[int], neurons=None, *, name: str
 
 # -- attention heads ---------------------------------------------------------------------------
 def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None,
-                 include_baseline: bool = True) -> pd.DataFrame:
+                 include_baseline: bool = True, layer: int = 0) -> pd.DataFrame:
     """Zero- or mean-ablate attention heads (their output at the final position).
 
     Args:
@@ -545,19 +546,37 @@ def ablate_heads(target, heads, method: str = "mean", *, name: str | None = None
         heads: head indices (non-empty; validated against ``n_heads``).
         method: ``"zero"`` (output 0) or ``"mean"`` (output replaced by its mean over the grid).
         name, include_baseline: see :func:`ablate_logit_freqs`.
+        layer: the block whose heads are ablated (a model of several layers; 0 for the paper's).
 
     Returns:
         DataFrame in the ablation-table layout.
 
+    Raises:
+        AnalysisError: the model has no attention heads (an MLP: :func:`heads_undefined`).
+
     Notes:
         Mean ablation of head ``h`` replaces its output ``o_h(a, b)`` by ``m_h = mean_{a,b} o_h``.
+        Any transformer other than the one-layer model the table fold computes (more layers, LayerNorm,
+        the ``[a, b]`` layout) is ablated through its hooked module: the head's ``z`` (``blocks.L.attn.hook_z``,
+        every position) is set to 0 or to its mean over the grid, per position — the same ablation (for one
+        layer only the final position reaches the logits; tested equal to the fold's).
         In a one-layer model without LayerNorm this equals scaling the head by 0 and adding
         ``m_h`` to the residual after attention, i.e. ``b_in += m_h W_in`` and ``b_out += m_h``
         (``b_out`` reaches the logits through ``W_U`` only).
     """
     t = _target(target)
     _check_method(method)
+    why = heads_undefined(t.cfg)
+    if why:
+        raise AnalysisError(f"head ablation: {why}")
     hs = check_indices(heads, t.cfg.n_heads, "head", "n_heads").tolist()
+    if not is_int(layer) or not 0 <= int(layer) < t.cfg.n_layers:
+        raise AnalysisError(f"layer: expected a block index in 0..{t.cfg.n_layers - 1}, got {layer!r}")
+    if fold_unsupported(t.cfg) is not None or layer != 0:
+        L = _forward_hooked_heads(t, int(layer), hs, method)
+        label = name or f"{method}-ablate head{'s' if len(hs) > 1 else ''} {_fmt(hs)}" + \
+            (f" of layer {layer}" if t.cfg.n_layers > 1 else "")
+        return _with_baseline(t, evaluate_logits(L, t, label, "heads"), include_baseline)
     scale = torch.ones(t.cfg.n_heads, device=t.params["embed.W_E"].device)
     scale[hs] = 0.0
     params = dict(t.params)
@@ -621,11 +640,12 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
         ctrl = sorted(int(w) for w in rng.choice(non_key, size=min(len(key), len(non_key)), replace=False))
         parts.append(ablate_logit_freqs(t, ctrl, "remove",
                                         name=f"logits: remove {len(ctrl)} non-key {noun} {_fmt_keys(t, ctrl)}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key {noun} {K}", **kw))
-    parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key {noun} {K}", **kw))
+    if "embed.W_E" in t.params:  # an MLP on one-hot inputs has no embedding to project
+        parts.append(ablate_embed_freqs(t, key, "keep", name=f"W_E: keep key {noun} {K}", **kw))
+        parts.append(ablate_embed_freqs(t, key, "remove", name=f"W_E: remove key {noun} {K}", **kw))
     parts.append(approximate_neurons(t, key, name=f"neurons: key-{noun[:-1]} approximation {K}", **kw))
     nf = neuron_fourier(t.params, t.cfg, threshold, structure=g)
-    outside = torch.ones(t.cfg.d_mlp, dtype=torch.bool)  # host-side selection (check_neurons)
+    outside = torch.ones(n_neurons(t.cfg), dtype=torch.bool)  # host-side selection (check_neurons)
     outside[nf.neurons_of(key).cpu()] = False
     if outside.any():
         ids = torch.nonzero(outside).flatten()
@@ -634,7 +654,41 @@ def ablation_table(run, key_freqs: Sequence[int] | None = None, *, epoch: int = 
     return pd.concat(parts + _head_rows(t), ignore_index=True)
 
 
+def heads_undefined(cfg) -> str | None:
+    """Why head ablations are undefined for a model (``None``: they are defined): a family without attention
+    (the MLP) has no heads."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return f"undefined for the {family} family (it has no attention heads)"
+    return None
+
+
+def _forward_hooked_heads(t: AblationTarget, layer: int, hs: list[int], method: str) -> Tensor:
+    """Grid logits with heads ``hs`` of block ``layer`` zero- or mean-ablated at ``blocks.L.attn.hook_z``."""
+    idx = torch.tensor(hs)
+
+    def ablate(z: Tensor, hook=None) -> Tensor:  # noqa: ARG001  z [batch, pos, h, d_head]
+        z = z.clone()
+        i = idx.to(z.device)
+        z[:, :, i] = 0.0 if method == "zero" else z[:, :, i].mean(0, keepdim=True).expand_as(z[:, :, i])
+        return z
+
+    with torch.no_grad():
+        return generic_grid_forward(t.params, t.cfg, hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]).logits
+
+
 def _head_rows(t: AblationTarget) -> list[pd.DataFrame]:
+    if heads_undefined(t.cfg):  # analyze_run notes why
+        return []
+    if t.cfg.n_layers > 1:
+        kw = dict(include_baseline=False, method="mean")
+        rows = []
+        for layer in range(t.cfg.n_layers):
+            rows += [ablate_heads(t, [h], name=f"heads: mean-ablate head {layer}.{h}", layer=layer, **kw)
+                     for h in range(t.cfg.n_heads)]
+            rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), name=f"heads: mean-ablate all of layer {layer}",
+                                     layer=layer, **kw))
+        return rows
     kw = dict(include_baseline=False)
     rows = [ablate_heads(t, [h], "mean", name=f"heads: mean-ablate head {h}", **kw) for h in range(t.cfg.n_heads)]
     rows.append(ablate_heads(t, list(range(t.cfg.n_heads)), "mean", name="heads: mean-ablate all", **kw))

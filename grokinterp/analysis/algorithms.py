@@ -46,13 +46,11 @@ from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
-from ..model.families.transformer import fast_kernels_apply
-from ..model.families.transformer import forward as stacked_forward
-from ..model.grid import grid_forward, grid_tokens
+from ..model.grid import grid_outputs
 from .fourier import fourier_basis
 from .inputs import check_freq_list, is_run, resolve_model, task_label_grid
 
-__all__ = ["gradient_symmetricity", "distance_irrelevance", "embedding_circles", "EmbeddingCircle",
+__all__ = ["undefined_for", "UNDEFINED", "gradient_symmetricity", "distance_irrelevance", "embedding_circles", "EmbeddingCircle",
            "zhong_circularity", "identify_algorithm", "AlgorithmReport", "algorithm_over_training",
            "GS_PIZZA", "DI_CLOCK", "CIRCULAR_MIN", "ACCURACY_MIN", "NOT_IDENTIFIABLE", "forced_by_architecture",
            "untrained_symmetricity"]
@@ -67,6 +65,8 @@ CIRCULAR_MIN = 0.8
 ACCURACY_MIN = 0.95
 #: The label of a model whose architecture forces a signature (:func:`forced_by_architecture`).
 NOT_IDENTIFIABLE = "not identifiable"
+#: The label of a model the question is not defined for (no attention: :func:`undefined_for`).
+UNDEFINED = "undefined"
 
 
 def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
@@ -88,6 +88,26 @@ def forced_by_architecture(cfg: ModelConfig | RunConfig) -> str | None:
                 "through (E_a + E_b)·W_V, so gradient symmetricity is 1 for any such model, trained or not (the "
                 "architecture forces it); telling clock from pizza needs Zhong et al.'s layout (tokens [a, b], "
                 "read out at b)")
+    return None
+
+
+def _config_of(model_or_run, cfg) -> Any:
+    """The model config of a run, a model or ``cfg`` (``None``: a parameter dict without one)."""
+    if cfg is not None:
+        return cfg.model if isinstance(cfg, RunConfig) else cfg
+    if is_run(model_or_run):
+        return model_or_run.config.model
+    return getattr(model_or_run, "cfg", None)
+
+
+def undefined_for(cfg) -> str | None:
+    """Why clock vs pizza is undefined for a model (``None``: defined). Zhong et al.'s question is which way
+    attention combines the two operands' embeddings; a model without attention (the ``mlp`` family) has no
+    such choice."""
+    family = getattr(cfg, "family", "transformer")
+    if family != "transformer":
+        return (f"undefined for the {family} family: clock vs pizza (Zhong et al. 2023) asks how attention combines "
+                f"the operands' embeddings, and this model has no attention")
     return None
 
 
@@ -164,11 +184,7 @@ def gradient_symmetricity(model_or_run, *, epoch: int = -1, cfg: ModelConfig | R
 def _grid_logits(model, mcfg: ModelConfig) -> Tensor:
     params = {k: v.detach().float().cpu() for k, v in model.named_parameters()}
     with torch.no_grad():
-        if fast_kernels_apply(mcfg) is None:
-            return grid_forward(params, mcfg).logits  # [a, b, c]
-        # any other transformer (Zhong et al.'s [a, b] layout, LayerNorm, deeper): the functional forward
-        logits = stacked_forward({k: v[None] for k, v in params.items()}, grid_tokens(mcfg.p), mcfg)[0]
-        return logits.view(mcfg.p, mcfg.p, -1)
+        return grid_outputs(params, mcfg).logits  # [a, b, c]
 
 
 def distance_irrelevance(logits: Tensor, labels: Tensor | None = None) -> float:
@@ -278,7 +294,8 @@ class AlgorithmReport:
 
     Attributes:
         label: ``"clock"``, ``"pizza"``, ``"neither"`` or ``"not identifiable"`` (the architecture
-            forces a signature: :func:`forced_by_architecture`).
+            forces a signature: :func:`forced_by_architecture`), or ``"undefined"`` (a model without attention:
+            :func:`undefined_for`; the signatures are then NaN).
         reason: why, in words.
         rule: the rule in words.
         gradient_symmetricity, distance_irrelevance: Zhong et al.'s two signatures.
@@ -304,10 +321,14 @@ class AlgorithmReport:
 
     def summary(self) -> dict[str, Any]:
         """The report as JSON-ready values (no coordinates)."""
+        def f(x: float) -> float | None:  # NaN (undefined) as None
+            return None if x != x else x
+
         return {"label": self.label, "reason": self.reason, "rule": self.rule,
-                "gradient_symmetricity": self.gradient_symmetricity, "distance_irrelevance": self.distance_irrelevance,
+                "gradient_symmetricity": f(self.gradient_symmetricity),
+                "distance_irrelevance": f(self.distance_irrelevance),
                 "circularity": {str(k): v for k, v in self.circularity.items()},
-                "circularity_zhong": self.circularity_zhong, "accuracy": self.accuracy,
+                "circularity_zhong": f(self.circularity_zhong), "accuracy": f(self.accuracy),
                 "key_freqs": list(self.key_freqs), "epoch": self.epoch}
 
 
@@ -356,6 +377,11 @@ def identify_algorithm(model_or_run, *, epoch: int = -1, key_freqs: Sequence[int
     """
     from .keyfreqs import key_frequencies
 
+    why = undefined_for(_config_of(model_or_run, cfg))
+    if why is not None:
+        nan = float("nan")
+        run_epoch = int(model_or_run.resolve_epoch(epoch)) if is_run(model_or_run) else None
+        return AlgorithmReport(UNDEFINED, why, RULE, nan, nan, {}, nan, nan, (), [], run_epoch)
     model, mcfg = _model(model_or_run, epoch, cfg)
     run_epoch = int(model_or_run.resolve_epoch(epoch)) if is_run(model_or_run) else None
     op = model_or_run.config.task.operation if is_run(model_or_run) else "add"

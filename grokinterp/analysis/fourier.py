@@ -26,12 +26,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import cached_property
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..errors import AnalysisError
+from ..model.grid import neuron_logit_map
 from .inputs import as_params, check_freq_list
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "embed_fourier_norms",
     "unembed_fourier_norms",
     "neuron_logit_fourier_norms",
+    "neuron_logit_matrix",
     "gini",
     "fourier_coeffs_fft",
     "dft_index_freqs",
@@ -176,6 +180,30 @@ def _get(params_or_model, name: str) -> Tensor:
     return params[name].detach().float()
 
 
+def _model_p(model: Any) -> int | None:
+    """``p`` of a model that carries its config (``None``: read it off the shapes)."""
+    cfg = getattr(model, "cfg", None)
+    return int(cfg.p) if hasattr(cfg, "p") else None
+
+
+def neuron_logit_matrix(params_or_model) -> Tensor:
+    """The neurons' map to the logits of a model / parameter dict (:func:`~grokinterp.model.grid.neuron_logit_map`):
+    ``W_out W_U`` of a transformer's last block, ``W_U`` of an MLP."""
+    params = as_params(params_or_model)
+    cfg = getattr(params_or_model, "cfg", None)
+    if cfg is None:
+        if any(k.startswith("hidden.") for k in params):
+            cfg = SimpleNamespace(family="mlp", n_hidden_layers=1 + max(int(k.split(".")[1]) for k in params
+                                                                         if k.startswith("hidden.")))
+        else:
+            layers = [int(k.split(".")[1]) for k in params if k.startswith("blocks.") and k.endswith(".mlp.W_out")]
+            cfg = SimpleNamespace(family="transformer", n_layers=1 + max(layers, default=0))
+    W_L, why = neuron_logit_map(params, cfg)
+    if W_L is None:
+        raise AnalysisError(why)
+    return W_L.detach().float()
+
+
 def embed_fourier_norms(W_E, p: int | None = None, per: str = "freq") -> Tensor:
     """Fourier norms of the embedding of the residues ``0..p-1``.
 
@@ -189,6 +217,7 @@ def embed_fourier_norms(W_E, p: int | None = None, per: str = "freq") -> Tensor:
         ``norm_i = ‖(basis @ W_E[:p])[i]‖₂``; per frequency ``√(norm_cos k² + norm_sin k²)``.
     """
     if not torch.is_tensor(W_E):
+        p = _model_p(W_E) if p is None else p
         W_E = _get(W_E, "embed.W_E")
     p = W_E.shape[-2] - 1 if p is None else p
     B = fourier_basis(p)
@@ -217,7 +246,7 @@ def neuron_logit_fourier_norms(W_L, p: int | None = None, per: str = "freq") -> 
     Accepts ``W_L`` itself, or a model / param dict (then ``W_L`` is computed).
     """
     if not torch.is_tensor(W_L):
-        W_L = _get(W_L, "blocks.0.mlp.W_out") @ _get(W_L, "unembed.W_U")
+        W_L = neuron_logit_matrix(W_L)
     return _vocab_axis_norms(W_L, W_L.shape[-1] if p is None else p, per)
 
 

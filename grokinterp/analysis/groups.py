@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ..errors import AnalysisError
-from ..model.grid import grid_forward
+from ..model.grid import grid_outputs
 from ..tasks.algebra import FiniteGroup, GroupStructure, get_group
 
 __all__ = ["Irrep", "RealIrrep", "irreps", "real_irreps", "GroupBasis", "group_basis", "partitions",
@@ -743,7 +743,7 @@ def model_character_fit(params: dict[str, Tensor], cfg, ts: TaskStructure, keys=
     with torch.no_grad():
         for a0 in range(0, n, rows):
             a1 = min(a0 + rows, n)
-            L = grid_forward(params, cfg, rows=(a0, a1)).logits
+            L = grid_outputs(params, cfg, rows=(a0, a1)).logits
             L = L[None] if single else L
             s, t = _character_sums(L, ts, rows=(a0, a1))
             S, total = (s, t) if S is None else (S + s, total + t)

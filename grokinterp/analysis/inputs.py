@@ -42,7 +42,9 @@ def as_params(model_or_params: Any) -> dict[str, Tensor]:
     """Parameters of a model, or a ``{name: tensor}`` dict, as a plain dict (no grad), with the
     residue outputs only (:func:`residue_outputs`: an ``=`` output logit is dropped)."""
     if hasattr(model_or_params, "named_parameters"):
-        return residue_outputs({k: v.detach() for k, v in model_or_params.named_parameters()})[0]
+        cfg = getattr(model_or_params, "cfg", None)
+        return residue_outputs({k: v.detach() for k, v in model_or_params.named_parameters()},
+                               cfg if hasattr(cfg, "eq_logit") and hasattr(cfg, "family") else None)[0]
     if isinstance(model_or_params, dict):
         return residue_outputs(model_or_params)[0]
     raise AnalysisError(f"expected a model or a dict of parameters, got {type(model_or_params).__name__}")
@@ -66,20 +68,40 @@ def residue_outputs(params: dict[str, Tensor], cfg: ModelConfig | None = None) -
         ``(params, cfg)``: the same objects when there is nothing to drop.
     """
     W_U, W_E = params.get("unembed.W_U"), params.get("embed.W_E")
-    eq = cfg.eq_logit if cfg is not None else (
-        W_U is not None and W_E is not None and W_U.ndim >= 2 and W_E.ndim >= 2 and W_U.shape[-1] == W_E.shape[-2])
+    n_in = _mlp_inputs(params)  # an MLP's input rows are the p residues (no '=' row)
+    if cfg is not None:
+        eq = cfg.eq_logit
+    elif n_in is not None:
+        eq = W_U is not None and W_U.ndim >= 2 and W_U.shape[-1] == n_in + 1
+    else:
+        eq = W_U is not None and W_E is not None and W_U.ndim >= 2 and W_E.ndim >= 2 and W_U.shape[-1] == W_E.shape[-2]
     if not eq:
         return params, cfg
     out_cfg = dataclasses.replace(cfg, eq_logit=False) if cfg is not None else None
     if W_U is None:  # nothing to drop (e.g. only the config is wanted)
         return params, out_cfg
-    p = cfg.p if cfg is not None else int(W_E.shape[-2]) - 1
+    p = cfg.p if cfg is not None else n_in if n_in is not None else int(W_E.shape[-2]) - 1
     if W_U.shape[-1] != p + 1:
         raise AnalysisError(f"unembed.W_U: a model with an '=' logit needs p + 1 = {p + 1} output columns, "
                             f"got shape {list(W_U.shape)}")
     out = dict(params)
     out["unembed.W_U"] = W_U[..., :p]
+    if "unembed.b_U" in params:  # a family with an unembedding bias (the MLP's unembed_bias)
+        out["unembed.b_U"] = params["unembed.b_U"][..., :p]
     return out, out_cfg
+
+
+def _mlp_inputs(params: dict[str, Tensor]) -> int | None:
+    """The input rows (residues) of an ``mlp``-family parameter dict (``None``: not an MLP's)."""
+    if not any(k.startswith("hidden.") for k in params):
+        return None
+    if "embed.W_E" in params:
+        return int(params["embed.W_E"].shape[-2])
+    if "hidden.0.W_a" in params:
+        return int(params["hidden.0.W_a"].shape[-2])
+    if "hidden.0.W_in" in params:
+        return int(params["hidden.0.W_in"].shape[-2]) // 2
+    return None
 
 
 def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = None) -> tuple[dict[str, Tensor], ModelConfig]:
@@ -100,14 +122,21 @@ def resolve_model(model_or_params: Any, cfg: ModelConfig | RunConfig | None = No
     if is_run(model_or_params):
         run = model_or_params
         return residue_outputs(run.params(-1), cfg if cfg is not None else run.config.model)
-    if cfg is None and isinstance(getattr(model_or_params, "cfg", None), ModelConfig):
+    if cfg is None and _is_model_config(getattr(model_or_params, "cfg", None)):
         cfg = model_or_params.cfg
     params = as_params(model_or_params)  # residue outputs already
     if cfg is None:
         cfg = infer_config(params)
-    if not isinstance(cfg, ModelConfig):
-        raise AnalysisError(f"cfg: expected a ModelConfig or RunConfig, got {type(cfg).__name__}")
+    if not _is_model_config(cfg):
+        raise AnalysisError(f"cfg: expected a model config (ModelConfig, MLPConfig, ...) or a RunConfig, got "
+                            f"{type(cfg).__name__}")
     return params, dataclasses.replace(cfg, eq_logit=False) if cfg.eq_logit else cfg
+
+
+def _is_model_config(cfg: Any) -> bool:
+    """A model config of any family (a frozen dataclass with ``family``, ``p`` and ``eq_logit``)."""
+    return isinstance(cfg, ModelConfig) or (dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+                                            and all(hasattr(cfg, n) for n in ("family", "p", "eq_logit")))
 
 
 def infer_config(params: dict[str, Tensor]) -> ModelConfig:
@@ -116,6 +145,9 @@ def infer_config(params: dict[str, Tensor]) -> ModelConfig:
     off which parameters exist).
 
     ``eq_logit`` is true when ``W_U`` has an output for every input token (``p + 1``)."""
+    if _mlp_inputs(params) is not None:
+        raise AnalysisError("cannot read an mlp-family model's config off its parameters (activation, combine); "
+                            "pass cfg")
     needed = ("embed.W_E", "blocks.0.attn.W_Q", "blocks.0.mlp.W_in")
     missing = [n for n in needed if n not in params]
     if missing:

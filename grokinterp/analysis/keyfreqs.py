@@ -31,7 +31,7 @@ from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError, RunError
 from ..model.grid import grid_rows
 from ..tasks import CyclicSum
-from .fourier import embed_fourier_norms, neuron_logit_fourier_norms
+from .fourier import embed_fourier_norms, neuron_logit_fourier_norms, neuron_logit_matrix
 from .groups import (
     TaskStructure,
     embed_irrep_norms,
@@ -120,6 +120,9 @@ def key_frequencies(model_or_params, method: str | None = None, min_fraction: fl
         if not isinstance(ts.structure, CyclicSum):
             return key_irreps(model_or_params, ts, method, min_fraction, cfg)
     method = "W_L" if method is None else method
+    if p is None:  # a model that carries its config: its p (an MLP's W_E has no '=' row to drop)
+        c = cfg.model if isinstance(cfg, RunConfig) else cfg if cfg is not None else getattr(model_or_params, "cfg", None)
+        p = int(c.p) if hasattr(c, "p") else None
     if method not in KEY_FREQ_RULES:
         raise AnalysisError(f"method: unknown key-frequency method {method!r}; use "
                             f"{', '.join(repr(m) for m in KEY_FREQ_RULES)}")
@@ -413,12 +416,9 @@ def _irrep_norm_rule(method: str):
             norms = embed_irrep_norms(params["embed.W_E"].detach().float(), ts)
             what = "W_E (rows of the elements)"
         else:
-            missing = [k for k in ("blocks.0.mlp.W_out", "unembed.W_U") if k not in params]
-            if missing:
-                raise AnalysisError(f"parameter(s) {missing} not found")
-            W_L = params["blocks.0.mlp.W_out"].detach().float() @ params["unembed.W_U"].detach().float()
+            W_L = neuron_logit_matrix(model_or_params)
             norms = neuron_logit_irrep_norms(W_L, ts)
-            what = "W_L = W_out W_U (outputs of the elements)"
+            what = "W_L = W_out W_U (outputs of the elements; an MLP's: W_U)"
         return _irrep_share(norms, ts, method, min_fraction, what)
 
     return rule

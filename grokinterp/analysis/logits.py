@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
-from ..model.grid import grid_forward
+from ..model.grid import grid_outputs
 from .fourier import fourier_basis, fourier_coeffs_fft
 from .inputs import check_square_axes, resolve_model
 from .projections import antidiagonal_sums
@@ -64,7 +64,7 @@ def grid_logits(model_or_params, cfg: ModelConfig | RunConfig | None = None) -> 
     """
     params, cfg = resolve_model(model_or_params, cfg)
     with torch.no_grad():
-        return grid_forward(params, cfg).logits
+        return grid_outputs(params, cfg).logits
 
 
 def _check_logits(logits: Tensor) -> int:

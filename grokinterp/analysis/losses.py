@@ -59,7 +59,7 @@ def restricted_loss(logits: Tensor, freqs: Sequence[int], labels: Tensor | None 
     """Cross-entropy over all task pairs of the logits restricted to the key frequencies.
 
     Args:
-        logits: ``[..., a, b, c]`` on the full grid (e.g. ``grid_forward(...).logits``).
+        logits: ``[..., a, b, c]`` on the full grid (e.g. ``grid_outputs(...).logits``).
         freqs: the key frequencies (may be empty: only the per-output mean is kept).
         labels: ``[p²]`` grid labels, ``-1`` for inputs outside the task (default: ``a + b mod p``,
             see :func:`task_label_grid`).

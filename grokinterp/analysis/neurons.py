@@ -34,7 +34,7 @@ from torch import Tensor
 
 from ..config import ModelConfig, RunConfig
 from ..errors import AnalysisError
-from ..model.grid import grid_forward
+from ..model.grid import grid_outputs, n_neurons
 from .fourier import fourier_basis, fourier_coeffs_fft
 from .groups import neuron_irrep_fve
 from .inputs import check_indices, check_square_axes, resolve_model
@@ -71,7 +71,8 @@ def check_neurons(neurons, d_mlp: int, *, allow_empty: bool = False) -> Tensor:
 
 def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = None,
                        neurons=None) -> Tensor:
-    """Activations of the MLP neurons at the final position on every input ``(a, b)``.
+    """Activations of the neurons (the family's hidden layer: a transformer's last MLP, an MLP's last hidden
+    layer) at the final position on every input ``(a, b)``.
 
     Args:
         model_or_params: a model, a ``Run`` (last checkpoint) or a parameter dict, single or
@@ -86,9 +87,9 @@ def neuron_activations(model_or_params, cfg: ModelConfig | RunConfig | None = No
     """
     params, cfg = resolve_model(model_or_params, cfg)
     with torch.no_grad():
-        post = grid_forward(params, cfg, return_post=True).post
+        post = grid_outputs(params, cfg, return_post=True).post
     if neurons is not None:
-        post = post[..., check_neurons(neurons, cfg.d_mlp).to(post.device)]
+        post = post[..., check_neurons(neurons, n_neurons(cfg)).to(post.device)]
     return post
 
 

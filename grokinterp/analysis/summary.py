@@ -32,10 +32,11 @@ from torch import Tensor
 
 from ..errors import AnalysisError, RunError
 from ..model.denormals import with_flushed_denormals
-from ..model.grid import GRID_BUDGET, grid_forward, grid_rows
+from ..model.families import family_of
+from ..model.grid import GRID_BUDGET, fold_unsupported, grid_outputs, grid_rows, neuron_logit_map
 from ..tasks import CyclicSum, DiscreteLog
 from .ablations import COLUMNS as ABLATION_COLUMNS
-from .ablations import ablation_table
+from .ablations import ablation_table, heads_undefined
 from .fourier import embed_fourier_norms, fourier_basis, neuron_logit_fourier_norms
 from .groups import (
     embed_irrep_norms,
@@ -89,12 +90,12 @@ class RunAnalysis:
     circuit: Any
     key_freqs: tuple[int, ...]
     key_rule: str
-    embed_norms_over_time: Tensor  # [ckpt, n_freq + 1]
-    embed_norms: Tensor  # [p] per component, final model
-    W_L_norms: Tensor  # [p] per component, final model
+    embed_norms_over_time: Tensor | None  # [ckpt, n_freq + 1] (None: the family has no embedding)
+    embed_norms: Tensor | None  # [p] per component, final model (None: no embedding)
+    W_L_norms: Tensor | None  # [p] per component, final model (None: no neuron-to-logit map)
     neurons: Any  # NeuronFourier
     acts: Tensor  # [a, b, d_mlp] final model
-    pattern: Tensor  # [a, b, h, 3]
+    pattern: Tensor | None  # [a, b, h, 3] (None: no attention, or a model the one-layer fold does not compute)
     logit_fit: Any  # LogitCosFit (a + b mod p), CharacterFit (other group structures) or None
     logit_norms_2d: Tensor  # [p, p] (group: [|G|, |G|] over the block in the group's coordinates)
     ablations: pd.DataFrame
@@ -337,33 +338,53 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     ts = task_structure(run.task)
     grp = None if ts is None or isinstance(ts.structure, CyclicSum) else ts  # a + b: the paper's own analyses
     rows = grid_rows(cfg)
-    if grp is not None and rows is not None:
+    fold = fold_unsupported(cfg) is None  # the one-layer transformer's table fold (attention patterns, heads)
+    if grp is not None and rows is not None and fold:
         return _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, cfg, grp, rows)
+    notes = []
+    family = getattr(cfg, "family", "transformer")
+    attention = family == "transformer"
     with torch.no_grad():
-        out = grid_forward(params, cfg, return_post=True, return_pattern=True)
+        out = grid_outputs(params, cfg, return_post=True, return_pattern=attention)
+    if not fold:
+        notes.append(f"{family} model ({family_of(cfg).describe(cfg)}): logits and neurons "
+                     f"({family_of(cfg).hidden_hook(cfg)}) through the family's hooked module; " +
+                     ("no attention pattern: the family has no attention" if not attention else
+                      f"the attention pattern shown is the readout position's in the last block "
+                      f"(blocks.{cfg.n_layers - 1})"))
     nf = neuron_fourier(out.post, structure=grp)
-    W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]
+    W_L, W_L_what = neuron_logit_map(params, cfg)
+    W_E = params.get("embed.W_E")
+    if W_L is None:
+        notes.append(f"{W_L_what}: the W_L spectrum is undefined")
+    if W_E is None:
+        notes.append("no embedding W_E (one-hot inputs): the embedding's spectra are undefined")
     if grp is None:
         if ts is None:
             fit = None  # no group structure: the cos(w(a+b−c)) fit would be a wrong number
         else:
             fit = logit_cos_fit(out.logits, keys) if keys else logit_cos_fit(out.logits)
         norms2d = logit_fourier_norms_2d(out.logits, per="component", center=True)
-        over_time = embed_fourier_norms(run.stack("embed.W_E", epochs))
-        embed_norms = embed_fourier_norms(params["embed.W_E"], per="component")
-        W_L_norms = neuron_logit_fourier_norms(W_L, per="component")
+        over_time = None if W_E is None else embed_fourier_norms(run.stack("embed.W_E", epochs), run.p)
+        embed_norms = None if W_E is None else embed_fourier_norms(W_E, run.p, per="component")
+        W_L_norms = None if W_L is None else neuron_logit_fourier_norms(W_L, per="component")
         B = fourier_basis(run.p)
         labels, comp_keys, all_names = B.labels, B.freqs, B.freq_labels
     else:
         fit = logit_character_fit(out.logits, grp, keys if keys else None)
         norms2d = logit_irrep_norms_2d(out.logits, grp, per="component", center=True)
-        over_time = embed_irrep_norms(run.stack("embed.W_E", epochs), grp)
-        embed_norms = embed_irrep_norms(params["embed.W_E"], grp, per="component")
-        W_L_norms = neuron_logit_irrep_norms(W_L, grp, per="component")
+        over_time = None if W_E is None else embed_irrep_norms(run.stack("embed.W_E", epochs), grp)
+        embed_norms = None if W_E is None else embed_irrep_norms(W_E, grp, per="component")
+        W_L_norms = None if W_L is None else neuron_logit_irrep_norms(W_L, grp, per="component")
         B = grp.basis
         labels, comp_keys = B.labels, B.irrep_of_row
         all_names = tuple(n if not grp.cyclic else (str(i) if i else "const") for i, n in enumerate(B.names))
     # Ablations need key frequencies (or, without a group structure, only neurons and heads).
+    heads_why = heads_undefined(cfg)
+    if heads_why:
+        notes.append(f"head ablations: {heads_why}")
+    if W_E is None:
+        notes.append("W_E ablations: undefined without an embedding")
     if ts is None or keys:
         abl = ablation_table(run, list(keys) if ts is not None else None)
     else:  # a run that never formed a circuit has no key terms to ablate
@@ -375,6 +396,7 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
         structure=ts, key_names=tuple(measures.attrs.get("key_irreps", ())), component_labels=tuple(labels),
         component_keys=comp_keys, key_names_all=tuple(all_names), outside_block=_outside_block(run, ts, out.logits),
     )
+    analysis.notes.extend(notes)
     return _finish(analysis)
 
 
@@ -409,15 +431,15 @@ def _analyze_large(run, epochs, measures, phases, circuit, keys, rule, params, c
     with torch.no_grad():
         for i in range(0, dm, per):
             P, k = _post_params(params, slice(i, min(i + per, dm)))
-            post = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+            post = grid_outputs(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
             fves.append(neuron_irrep_fve(post, ts))
             del post
         nf = clusters_from_fve(torch.cat(fves, 0), n, names=ts.basis.names)
         sizes = nf.cluster_sizes.sort_values("n_neurons", ascending=False)
         chosen = [int(nf.clusters[int(f)][0]) for f in sizes["freq"][:4]] or list(range(min(4, dm)))
         P, k = _post_params(params, torch.tensor(chosen))
-        acts = grid_forward(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
-        pattern = torch.cat([grid_forward(params, cfg, rows=(a0, min(a0 + rows, n)), return_pattern=True).pattern
+        acts = grid_outputs(P, dataclasses.replace(cfg, d_mlp=k), return_post=True).post
+        pattern = torch.cat([grid_outputs(params, cfg, rows=(a0, min(a0 + rows, n)), return_pattern=True).pattern
                              for a0 in range(0, n, rows)], 0)
     fit = model_character_fit(params, cfg, ts, keys if keys else None, rows=rows)
     W_L = params["blocks.0.mlp.W_out"] @ params["unembed.W_U"]

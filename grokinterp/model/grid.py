@@ -16,8 +16,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,8 @@ from ..errors import AnalysisError
 from . import tables
 from .families.transformer import fast_kernels_apply
 
-__all__ = ["GridOutput", "grid_forward", "grid_tokens", "grid_bytes", "grid_rows", "GRID_BUDGET"]
+__all__ = ["GridOutput", "grid_forward", "grid_tokens", "grid_bytes", "grid_rows", "GRID_BUDGET", "fold_unsupported",
+           "generic_grid_forward", "grid_outputs", "n_neurons", "neuron_logit_map", "model_tokens"]
 
 #: Working memory aimed at per forward of the grid when a caller does not say (bytes).
 GRID_BUDGET = 768 * 2 ** 20
@@ -61,7 +63,7 @@ def grid_bytes(cfg: ModelConfig) -> int:
     """Working memory of one checkpoint's whole-grid analysis (bytes, an estimate): the forward's
     ``acc [p², d_mlp + p]`` (twice while summing), pre- and post-activations, logits, then float64
     copies of the logits for the losses and projections."""
-    p, dm = cfg.p, cfg.d_mlp
+    p, dm = cfg.p, n_neurons(cfg)
     return 4 * p * p * (3 * (dm + p) + 2 * dm + 2 * p) + 8 * 3 * p ** 3
 
 
@@ -190,3 +192,169 @@ def grid_forward(
 
     return GridOutput(squeeze(logits), squeeze(post) if return_post else None,
                       squeeze(pattern) if return_pattern else None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Every family (issue 19): the grid through the family's hooked module
+# ---------------------------------------------------------------------------------------------------------
+
+def fold_unsupported(cfg: Any) -> str | None:
+    """Why :func:`grid_forward` (the one-layer transformer's table fold) cannot compute ``cfg``'s grid
+    (``None``: it can): the training kernels' conditions
+    (:func:`~grokinterp.model.families.transformer.fast_kernels_apply`: another family, more than one layer,
+    LayerNorm, other biases, the ``a_b`` layout). Another model goes through :func:`generic_grid_forward`."""
+    return fast_kernels_apply(cfg)
+
+
+def n_neurons(cfg: Any) -> int:
+    """Width of the family's neuron layer (:func:`hidden_hook`): ``d_mlp`` of a transformer, ``d_hidden`` of an MLP."""
+    for name in ("d_mlp", "d_hidden"):
+        if hasattr(cfg, name):
+            return int(getattr(cfg, name))
+    raise AnalysisError(f"model: the {getattr(cfg, 'family', '?')} family names no neuron width (d_mlp / d_hidden)")
+
+
+def neuron_logit_map(params: dict[str, Tensor], cfg: Any) -> tuple[Tensor | None, str]:
+    """``(W_L [..., neurons, vocab], what it is)``: the linear map from the family's neurons to the logits.
+
+    Transformer: ``W_L = W_out W_U`` of the last block (exact without LayerNorm; with ``ln_final`` the neurons
+    reach the logits through the final LayerNorm's input-dependent scale, so ``W_L`` is their direction only
+    — said in the text). MLP: the last hidden layer feeds the unembedding directly, so ``W_L = W_U``.
+    ``(None, why)`` where the family has no such map.
+    """
+    family = getattr(cfg, "family", "transformer")
+    W_U = params.get("unembed.W_U")
+    if family == "transformer":
+        W_out = params.get(f"blocks.{cfg.n_layers - 1}.mlp.W_out")
+        if W_out is None or W_U is None:
+            return None, "W_L: the parameters hold no blocks.L.mlp.W_out / unembed.W_U"
+        what = f"W_L = blocks.{cfg.n_layers - 1}.mlp.W_out · W_U"
+        if getattr(cfg, "layer_norm", False):
+            what += " (direction only: ln_final scales it per input)"
+        return W_out.float() @ W_U.float(), what
+    if family == "mlp":
+        if W_U is None:
+            return None, "W_L: the parameters hold no unembed.W_U"
+        return W_U.float(), f"W_L = unembed.W_U (the last hidden layer, {cfg.n_hidden_layers - 1}, feeds the logits directly)"
+    return None, f"W_L: no neuron-to-logit map is defined for the {family} family"
+
+
+def model_tokens(cfg: Any) -> Tensor:
+    """The grid's inputs as the model reads them: ``[a, b, =]`` (:func:`grid_tokens`), or ``[a, b]`` in
+    Zhong et al.'s layout (``n_ctx = 2``)."""
+    return grid_tokens(cfg.p)[:, : min(3, int(cfg.n_ctx))]
+
+
+def _final(x: Tensor) -> Tensor:
+    """Activations at the readout: ``[batch, pos, k]`` -> the last position; ``[batch, k]`` as is."""
+    return x[:, -1] if x.ndim == 3 else x
+
+
+def generic_grid_forward(
+    params: dict[str, Tensor],
+    cfg: Any,
+    *,
+    post_fn: PostFn | None = None,
+    return_post: bool = False,
+    rows: tuple[int, int] | None = None,
+    hooks: Sequence[tuple[str, Callable]] = (),
+    return_pattern: bool = False,
+) -> GridOutput:
+    """:func:`grid_forward` for any family: the family's hooked module on every input of the grid.
+
+    One checkpoint at a time (``params`` single or stacked ``[ckpt, ...]``); the neurons are the family's
+    ``hidden_hook`` at the readout position, and ``post_fn`` replaces them there (through a hook) before
+    the rest of the model reads them. Equal to :func:`grid_forward` on a one-layer transformer up to
+    float32 rounding (tested). ``hooks``: further TransformerLens forward hooks ``(name, fn)`` (each sees the
+    whole grid of one checkpoint, or the block of ``rows``; the head ablations use ``blocks.L.attn.hook_z``).
+    ``return_pattern``: a transformer's attention of the readout position in its **last** block
+    (``blocks.L.attn.hook_pattern``), ``[ckpt, a, b, h, key_pos]``; a family without attention has none
+    (:class:`AnalysisError`). Head scaling is the table fold's (the head ablations hook ``hook_z`` instead).
+    """
+    from .families import family_of
+
+    fam = family_of(cfg)
+    first = next(iter(params.values()))
+    shapes = fam.param_shapes(cfg)
+    name0 = next(iter(shapes))
+    single = params[name0].ndim == len(shapes[name0])
+    P = {k: (v.unsqueeze(0) if single else v) for k, v in params.items()}
+    n = P[name0].shape[0]
+    p = cfg.p
+    a0, a1 = (0, p) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= a0 < a1 <= p:
+        raise AnalysisError(f"rows: expected 0 ≤ start < stop ≤ {p}, got {rows!r}")
+    A = a1 - a0
+    tokens = model_tokens(cfg)[a0 * p: a1 * p].to(first.device)
+    model = fam.hooked(cfg, init=False).to(first.device)
+    hook = fam.hidden_hook(cfg)
+    logits, posts, patterns = [], [], []
+    seen: list[Tensor] = []
+    attn: list[Tensor] = []
+    if return_pattern and getattr(cfg, "family", "transformer") != "transformer":
+        raise AnalysisError(f"the attention pattern: undefined for the {cfg.family} family (it has no attention)")
+
+    def at_pattern(x: Tensor, hook=None) -> Tensor:  # noqa: ARG001  x [batch, h, query, key]
+        attn.append(x[:, :, -1].detach())
+        return x
+
+    def at_neurons(x: Tensor, hook=None) -> Tensor:  # noqa: ARG001  (TransformerLens' hook signature)
+        if post_fn is not None:
+            x = x.clone()
+            last = _final(x)
+            new = post_fn(last.reshape(1, A, p, -1)).reshape(last.shape).to(x.dtype)
+            if x.ndim == 3:
+                x[:, -1] = new
+            else:
+                x = new
+        seen.append(_final(x).detach())
+        return x
+
+    for i in range(n):
+        model.load_params({k: v[i].float() for k, v in P.items()})
+        seen.clear()
+        with torch.no_grad():
+            fwd = ([(hook, at_neurons)] if (post_fn or return_post) else []) + list(hooks)
+            if return_pattern:
+                attn.clear()
+                fwd.append((f"blocks.{cfg.n_layers - 1}.attn.hook_pattern", at_pattern))
+            out = model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
+        logits.append(out[:, -1].float().reshape(A, p, -1))
+        if return_post:
+            posts.append(seen[0].float().reshape(A, p, -1))
+        if return_pattern:
+            patterns.append(attn[0].float().reshape(A, p, *attn[0].shape[1:]))
+    L = torch.stack(logits)
+    post = torch.stack(posts) if return_post else None
+    pattern = torch.stack(patterns) if return_pattern else None
+    if single:
+        L = L[0]
+        post = post[0] if post is not None else None
+        pattern = pattern[0] if pattern is not None else None
+    return GridOutput(L, post, pattern)
+
+
+def grid_outputs(
+    params: dict[str, Tensor],
+    cfg: Any,
+    *,
+    head_scale: Tensor | None = None,
+    post_fn: PostFn | None = None,
+    return_post: bool = False,
+    return_pattern: bool = False,
+    rows: tuple[int, int] | None = None,
+) -> GridOutput:
+    """The grid of any model: :func:`grid_forward` (the table fold) where it applies, else
+    :func:`generic_grid_forward` (a transformer's pattern: its last block's). Head scaling needs the fold, and a
+    family without attention has no pattern: asked of another model, an :class:`AnalysisError` says why."""
+    reason = fold_unsupported(cfg)
+    if reason is None:
+        return grid_forward(params, cfg, head_scale=head_scale, post_fn=post_fn, return_post=return_post,
+                            return_pattern=return_pattern, rows=rows)
+    if head_scale is not None:
+        if getattr(cfg, "family", "transformer") != "transformer":
+            raise AnalysisError(f"head ablation: undefined for the {cfg.family} family (it has no attention heads)")
+        raise AnalysisError(f"head_scale: the one-layer table fold's only ({reason}); ablate heads at "
+                            f"blocks.L.attn.hook_z (analysis.ablations.ablate_heads)")
+    return generic_grid_forward(params, cfg, post_fn=post_fn, return_post=return_post, rows=rows,
+                                return_pattern=return_pattern)

@@ -118,18 +118,22 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
                      "circuit forms. Shaded: the phases by our rules; dashed: the boundaries by the paper's "
                      "definitions.",
                      P.progress_figure(analysis.measures, analysis.phases, analysis.circuit)))
-    figs += [
-        (f"{what.capitalize()} norms of W_E and W_L", f"Norm of each {what} component of the embedding (W_E) "
-         f"and of the neuron-to-logit map W_L = W_out W_U{where}, final checkpoint; key {kinds} in red.",
-         P.fourier_norms_bars({"W_E": analysis.embed_norms, "W_L": analysis.W_L_norms}, labels,
-                              key_freqs=keys, component_freqs=comp_keys, key_names=key_shown,
-                              noun="irreps" if irreps else "frequencies", title=f"{what.capitalize()} norms")),
-        (f"W_E {what} norms over training", f"Share of W_E's {what} norm in each {kind} at each checkpoint: "
-         f"the key {kinds} appear.",
-         P.fourier_norms_heatmap(analysis.embed_norms_over_time, analysis.epochs, key_freqs=keys,
-                                 phases=analysis.phases, names=names, noun=kind,
-                                 title=f"{what.capitalize()} norms of W_E over training")),
-    ]
+    spectra = {k: v for k, v in (("W_E", analysis.embed_norms), ("W_L", analysis.W_L_norms)) if v is not None}
+    family = getattr(run.config.model, "family", "transformer")
+    W_L_words = "W_L = W_U (an MLP's last hidden layer feeds the logits)" if family == "mlp" else "W_L = W_out W_U"
+    if spectra:  # a family without an embedding / a neuron-to-logit map: the notes say which is undefined
+        figs.append((f"{what.capitalize()} norms of {' and '.join(spectra)}", f"Norm of each {what} component of "
+                     + " and of ".join(("the embedding (W_E)" if k == "W_E" else f"the neuron-to-logit map {W_L_words}")
+                                       for k in spectra) + f"{where}, final checkpoint; key {kinds} in red.",
+                     P.fourier_norms_bars(spectra, labels, key_freqs=keys, component_freqs=comp_keys,
+                                          key_names=key_shown, noun="irreps" if irreps else "frequencies",
+                                          title=f"{what.capitalize()} norms")))
+    if analysis.embed_norms_over_time is not None:
+        figs.append((f"W_E {what} norms over training", f"Share of W_E's {what} norm in each {kind} at each "
+                     f"checkpoint: the key {kinds} appear.",
+                     P.fourier_norms_heatmap(analysis.embed_norms_over_time, analysis.epochs, key_freqs=keys,
+                                             phases=analysis.phases, names=names, noun=kind,
+                                             title=f"{what.capitalize()} norms of W_E over training")))
     # One neuron from each of the largest clusters (key ones first), else the first neurons.
     key_set = {int(k) for k in keys}
     sizes = nf.cluster_sizes.assign(key=[int(f) in key_set for f in nf.cluster_sizes["freq"]]) \
@@ -162,9 +166,13 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
          f"rule (under Headline numbers) did not choose: its neurons are periodic in it, but by that rule it is "
          f"not part of the circuit.",
          P.cluster_sizes(nf, key_freqs=keys)),
-        ("Attention", "Attention paid by the '=' position to the token a, per head, over all inputs.",
-         P.attention_to_a(analysis.pattern, key_pos=0)),
     ]
+    if analysis.pattern is not None:  # None: no attention (an MLP), or a transformer the one-layer fold does not compute
+        mc = run.config.model
+        reader = "the '=' position" if getattr(mc, "input_layout", "a_b_eq") == "a_b_eq" else "the readout position (b)"
+        block = f" in the last block ({mc.n_layers - 1})" if mc.n_layers > 1 else ""
+        figs.append(("Attention", f"Attention paid by {reader}{block} to the token a, per head, over all inputs.",
+                     P.attention_to_a(analysis.pattern, key_pos=0)))
     if analysis.logit_norms_2d is not None:
         figs.append((f"Logits in the {what} basis", f"2-D {what} norms over (a, b) of the centred logits"
                      + (f"{where}: the spectrum is concentrated on the key {kinds}." if ts is not None else

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ...config import ModelConfig
 from ...errors import AnalysisError
-from ...model.grid import grid_forward
+from ...model.grid import grid_outputs, neuron_logit_map
 from ..groups import TaskStructure
 from ..keyfreqs import ResolvedKeys
 from ..losses import excluded_nll, nll_and_correct
@@ -135,7 +135,7 @@ class ChunkContext:
     def logits(self) -> Tensor:
         """Final-position logits of every input: float32 ``[n, a, b, vocab]``."""
         with torch.no_grad():
-            return grid_forward(self.params, self.cfg).logits
+            return grid_outputs(self.params, self.cfg).logits
 
     def logit_blocks(self):
         """``(start, stop, logits [n, stop − start, b, vocab])`` over blocks of rows (one block, the cached
@@ -147,7 +147,7 @@ class ChunkContext:
         for a0 in range(0, p, self.rows):
             a1 = min(a0 + self.rows, p)
             with torch.no_grad():
-                yield a0, a1, grid_forward(self.params, self.cfg, rows=(a0, a1)).logits
+                yield a0, a1, grid_outputs(self.params, self.cfg, rows=(a0, a1)).logits
 
     @cached_property
     def _stream(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
@@ -212,9 +212,16 @@ class ChunkContext:
         return total / max(len(trn), 1)
 
     @cached_property
-    def W_L(self) -> Tensor:
-        """``W_out W_U`` ``[n, d_mlp, vocab]`` (float32)."""
-        return self.params["blocks.0.mlp.W_out"].float() @ self.params["unembed.W_U"].float()
+    def W_L(self) -> Tensor | None:
+        """The neurons' map to the logits ``[n, neurons, vocab]`` (float32): ``W_out W_U`` of a transformer's
+        last block, ``W_U`` of an MLP (:func:`~grokinterp.model.grid.neuron_logit_map`); ``None`` where the
+        family has none."""
+        return neuron_logit_map(self.params, self.cfg)[0]
+
+    @property
+    def W_E(self) -> Tensor | None:
+        """The token embedding ``[n, vocab, d]``; ``None`` for a family without one (an MLP on one-hot inputs)."""
+        return self.params.get("embed.W_E")
 
 
 class Measure:

@@ -60,7 +60,7 @@ import torch
 
 from ...errors import AnalysisError
 from ...model.denormals import with_flushed_denormals
-from ...model.grid import GRID_BUDGET, grid_bytes, grid_rows
+from ...model.grid import GRID_BUDGET, fold_unsupported, grid_bytes, grid_rows
 from ...tasks import DiscreteLog
 from ..groups import task_structure
 from ..inputs import residue_outputs, run_task_arrays
@@ -209,12 +209,7 @@ def progress_measures(
         definition and split.
     """
     cfg = run.config.model
-    if getattr(cfg, "family", "transformer") != "transformer":  # issue 19: analyses that follow the family
-        raise AnalysisError(f"progress_measures: defined for the transformer family so far (this run's model.family "
-                            f"is {cfg.family!r})")
     model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
-    if cfg.n_layers != 1:
-        raise AnalysisError(f"progress_measures supports one-layer models, got n_layers = {cfg.n_layers}")
     if rows is None:
         rows = auto_rows(cfg, device)
     elif not isinstance(rows, (int, np.integer)) or isinstance(rows, bool) or rows < 1:
@@ -248,6 +243,9 @@ def progress_measures(
                                    torch.as_tensor(v).double().reshape(ctx.n).cpu().numpy())
         del ctx
     definitions = {c: m.definitions.get(c, "") for m in chosen for c in m.columns}
-    impl = f"vectorised (grid_forward, chunks of {int(chunk)} checkpoints" + \
+    reason = fold_unsupported(cfg)
+    impl = ("vectorised (grid_forward" if reason is None else
+            f"the {getattr(cfg, 'family', 'transformer')} family's hooked module on the whole grid, one checkpoint at a "
+            f"time (generic_grid_forward: {reason}") + f", chunks of {int(chunk)} checkpoints" + \
         (f", blocks of {rows} rows of the grid)" if rows is not None and rows < p else ")")
     return measures_frame(table, keys, eps, impl, p, definitions, structure)

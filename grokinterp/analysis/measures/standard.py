@@ -83,17 +83,19 @@ class FourierGini(Measure):
         "gini_W_E": "Hurley & Rickard Gini of the per-frequency Fourier norms of W_E[:p], frequencies 1..p//2 "
                     "(with a group structure: of the per-irrep norms of its group Fourier transform in the group's "
                     "coordinates, the trivial irrep left out)",
-        "gini_W_L": "the same for W_L = W_out W_U along the output (vocab) axis",
+        "gini_W_L": "the same for W_L = W_out W_U along the output (vocab) axis (an MLP: W_U, the last hidden "
+                    "layer's map to the logits; NaN where the family has no such map, gini_W_E NaN without an "
+                    "embedding)",
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
-        ts = ctx.arrays.structure
+        ts, p = ctx.arrays.structure, ctx.arrays.p
+        W_E, W_L = ctx.W_E, ctx.W_L  # None where the family has no embedding / no neuron-to-logit map
         if ts is not None:
-            return {"gini_W_E": gini(embed_irrep_norms(ctx.params["embed.W_E"], ts)[:, 1:], dim=-1),
-                    "gini_W_L": gini(neuron_logit_irrep_norms(ctx.W_L, ts)[:, 1:], dim=-1)}
-        p = ctx.arrays.p
-        return {"gini_W_E": gini(embed_fourier_norms(ctx.params["embed.W_E"], p)[:, 1:], dim=-1),
-                "gini_W_L": gini(neuron_logit_fourier_norms(ctx.W_L, p)[:, 1:], dim=-1)}
+            return {"gini_W_E": None if W_E is None else gini(embed_irrep_norms(W_E, ts)[:, 1:], dim=-1),
+                    "gini_W_L": None if W_L is None else gini(neuron_logit_irrep_norms(W_L, ts)[:, 1:], dim=-1)}
+        return {"gini_W_E": None if W_E is None else gini(embed_fourier_norms(W_E, p)[:, 1:], dim=-1),
+                "gini_W_L": None if W_L is None else gini(neuron_logit_fourier_norms(W_L, p)[:, 1:], dim=-1)}
 
 
 class WeightNorm(Measure):
