@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,15 +43,8 @@ import grokinterp as gi
 from grokinterp.training.loop import resolve_device
 from grokinterp.training.stacked import stack_key, train_stacked
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from denormal_speed import cpu_name  # noqa: E402
 
 
 def configs(args) -> list:

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 
 __all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "LN_EPS"]
 
@@ -181,3 +182,18 @@ def n_params(cfg: ModelConfig) -> int:
     limits use.
     """
     return cfg.n_params
+
+
+def load_named_params(module: torch.nn.Module, params: dict[str, Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+    """Copy ``params`` into ``module``'s parameters of the same names (any model family): the names must
+    be exactly those of ``expected`` and each shape its shape, else a :class:`ConfigError` naming them."""
+    missing, extra = set(expected) - set(params), set(params) - set(expected)
+    if missing or extra:
+        raise ConfigError(f"parameters: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    own = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, shape in expected.items():
+            t = params[name]
+            if tuple(t.shape) != shape:
+                raise ConfigError(f"parameter {name}: expected shape {list(shape)}, got {list(t.shape)}")
+            own[name].copy_(t)

@@ -29,6 +29,7 @@ from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from ....errors import ConfigError
+from ...params import load_named_params
 from . import param_shapes
 from .config import MLPConfig
 from .params import init_params
@@ -94,17 +95,7 @@ class HookedMLP(HookedRootModule):
 
     def load_params(self, params: dict[str, Tensor]) -> "HookedMLP":
         """Copy a ``{name: tensor}`` dict into the parameters, checking names and shapes."""
-        expected = param_shapes(self.cfg)
-        missing, extra = set(expected) - set(params), set(params) - set(expected)
-        if missing or extra:
-            raise ConfigError(f"parameters: missing {sorted(missing)}, unexpected {sorted(extra)}")
-        own = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, shape in expected.items():
-                t = params[name]
-                if tuple(t.shape) != shape:
-                    raise ConfigError(f"parameter {name}: expected shape {list(shape)}, got {list(t.shape)}")
-                own[name].copy_(t)
+        load_named_params(self, params, param_shapes(self.cfg))
         return self
 
     def check_tokens(self, tokens: Tensor) -> None:
