@@ -276,21 +276,19 @@ _NEEDS_TRANSFORM = {"grokfast_alpha": ("grokfast_ema",), "grokfast_window": ("gr
                     "grokfast_lamb": ("grokfast_ema", "grokfast_ma")}
 
 
-#: Training fields that act only on the transformer family (its fast path): given explicitly for a run of
-#: another family they would change nothing, so the command refuses them (exit 2).
-_TRANSFORMER_ONLY = {"fast_path": lambda v: v is True}
-
-
 def _check_knobs_used(overrides: dict[str, Any], config) -> None:
-    """A Grokfast flag given without its filter in ``train.grad_transforms``, or a flag that does nothing for
-    the run's model family, is a ConfigError naming it."""
+    """A Grokfast flag given without its filter in ``train.grad_transforms``, or ``--fast-path true`` for a
+    model the fast kernels cannot compute (another family, more layers, LayerNorm, other biases or layout),
+    is a ConfigError naming it."""
     from .errors import ConfigError
 
-    family = config.model.family
-    for name, acts in _TRANSFORMER_ONLY.items():
-        if family != "transformer" and name in overrides and acts(overrides[name]):
-            raise ConfigError(f"train.{name}: has no effect on a model of the {family} family (the transformer "
-                              f"family's only); leave it out")
+    if overrides.get("fast_path") is True:  # asked for explicitly: the kernels must be able to compute the model
+        from .model.families.transformer import fast_kernels_apply
+
+        reason = fast_kernels_apply(config.model)
+        if reason is not None:
+            raise ConfigError(f"train.fast_path: {reason}, so this run would train through the hooked module "
+                              f"anyway; leave --fast-path out")
 
     for name, needs in _NEEDS_TRANSFORM.items():
         if name in overrides and not set(needs) & set(config.train.grad_transforms):

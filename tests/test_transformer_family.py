@@ -390,3 +390,18 @@ def test_interventions_with_per_run_values_stack_with_the_generic_forward(tmp_pa
             if k.endswith("attn.b_K"):  # no effect on any output (softmax is shift-invariant): its gradient is
                 continue  # rounding noise, which Adam scales up to lr-sized steps, differently in a stack
             assert close(runs[r].stack(k), ref.stack(k), rel=1e-5), (r, k)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--n-layers", "2"], "n_layers = 1"), (["--layer-norm"], "LayerNorm"), (["--bias", "all"], "model.bias"),
+    (["--input-layout", "a_b"], "model.input_layout"),
+])
+def test_explicit_fast_path_on_a_model_the_kernels_cannot_compute_exits_2_before_writing(tmp_path, flags, needle):
+    out = tmp_path / "r"
+    code, _, err = cli_here("train", "--preset", "tiny", *flags, "--fast-path", "true", "--out", str(out), "--no-progress")
+    assert code == 2 and "train.fast_path" in err and needle in err, err
+    assert not out.exists()
+    # without the explicit flag the same model trains (through the hooked module); the preset's own fast_path
+    # default is not a request
+    code, _, err = cli_here("train", "--preset", "tiny", *flags, "--epochs", "2", "--out", str(out), "--no-progress")
+    assert code == 0, err
