@@ -282,7 +282,9 @@ class ModelConfig:
         input_layout: how an example is presented (:data:`INPUT_LAYOUTS`): ``a_b_eq`` (tokens
             ``[a, b, =]``, causal attention, read out at ``=``; the default) or ``a_b`` (Zhong et al.
             2023's ``[a, b]``: no ``=`` token, attention over both positions, read out at ``b``;
-            ``n_ctx`` is then 2).
+            ``n_ctx`` is then 2) or ``a_op_b_eq`` (``[a, op, b, =]``: a constant operation token
+            ``p + 1`` between the operands, as Power et al.'s and Lee et al.'s decoders; ``n_ctx`` 4,
+            input vocabulary ``p + 2``; causal, read out at ``=``).
     """
 
     family: str = "transformer"
@@ -361,8 +363,9 @@ class ModelConfig:
 
     @property
     def d_vocab(self) -> int:
-        """Input vocabulary: the residues ``0..p-1`` and ``=`` (token ``p``)."""
-        return self.p + 1
+        """Input vocabulary: the residues ``0..p-1``, ``=`` (token ``p``) and, in the ``a_op_b_eq``
+        layout, the operation token ``p + 1``."""
+        return self.p + 1 + INPUT_LAYOUTS[self.input_layout].extra_vocab
 
     @property
     def d_vocab_out(self) -> int:
@@ -700,11 +703,15 @@ class RunConfig:
                               f"{self.model.eq_logit}")
         task = self.task.task()
         layout = getattr(self.model, "input_layout", "a_b_eq")  # a family without layouts reads the task's rows
+        if INPUT_LAYOUTS[layout].op_token and task.n_ctx != 3:
+            raise ConfigError(f"model.input_layout: {layout} inserts an operation token into [a, b, =] rows; the task "
+                              f"{task.describe()} has {task.n_ctx} positions")
         n_ctx = INPUT_LAYOUTS[layout].n_ctx(task)
         if self.model.n_ctx != n_ctx:
             raise ConfigError(f"model.n_ctx: the task {task.describe()} in the {layout} layout needs "
                               f"n_ctx = {n_ctx}, got {self.model.n_ctx}")
-        if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab, task.d_vocab_out):
+        if (self.model.d_vocab, self.model.d_vocab_out) != (task.d_vocab + INPUT_LAYOUTS[layout].extra_vocab,
+                                                            task.d_vocab_out):
             raise ConfigError(f"model.p: the model's vocabulary ({self.model.d_vocab} in, {self.model.d_vocab_out} "
                               f"out) does not match the task's ({task.d_vocab} in, {task.d_vocab_out} out)")
         if self.train.batch_size is not None:
@@ -1022,13 +1029,47 @@ def _preset_mlp_devinterp() -> RunConfig:
     )
 
 
+def _preset_grokfast_lee() -> RunConfig:
+    # Lee et al. 2024's (Grokfast, ironjr/grokfast main.py) algorithmic setting, baseline: x · y mod 97 with
+    # x in 0..96, y in 1..96 (9,312 equations), tokens [x, op, y, =] (vocabulary p + 2), a 2-layer causal
+    # decoder of width 128, 4 heads, MLP 4 × 128 GELU, biases everywhere but the unembedding, their block
+    # (x = ln_1(x); x = x + attn(x); x = x + mlp(ln_2(x))) and a final LayerNorm; half the equations for
+    # training; torch's Adam (weight decay an L2 term; 0 in the baseline), lr 1e-3, betas 0.9 / 0.98, the
+    # LambdaLR warm-up over the first 10 updates (the first at lr 0), batches of 512 over a fresh shuffle
+    # each epoch (10 steps an epoch); test accuracy every epoch as theirs. 10k epochs = 100k steps (theirs:
+    # 300k); their baseline reaches 95 % validation accuracy at 39,890 steps. Checkpoints count steps.
+    # A checkpoint every 250 steps, written every 8 (2,000 steps): an interrupted run loses little.
+    # Not theirs: the initialisation (ours N(0, 1/d_model) for the embeddings, theirs torch's N(0, 1)), the
+    # split and batch order (ours seeded numpy/our sampler, theirs torch.randperm), see docs/anchors.md.
+    return _apply_overrides(
+        RunConfig(),
+        dict(p=97, operation="mul_b_nonzero", frac_train=0.5, input_layout="a_op_b_eq", n_layers=2, d_model=128,
+             n_heads=4, d_mlp=512, act_fn="gelu", layer_norm=True, ln_style="in_place", bias="all",
+             optimizer="adam", lr=1e-3, beta1=0.9, beta2=0.98, weight_decay=0.0, warmup_epochs=10,
+             warmup_style="paper", batch_size=512, epochs=10_000, eval_every=1, every=250, log_early=6,
+             flush_every=8),
+    )
+
+
+def _preset_grokfast_lee_ema() -> RunConfig:
+    # Their headline Grokfast run: --filter ema --alpha 0.98 --lamb 2.0 --weight_decay 0.005 (910 steps to
+    # 95 % validation accuracy). The filter and the weight decay change together, as theirs.
+    return _apply_overrides(
+        _preset_grokfast_lee(),
+        dict(grad_transforms=("grokfast_ema",), grokfast_alpha=0.98, grokfast_lamb=2.0, weight_decay=0.005,
+             epochs=1000),
+    )
+
+
 #: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs), in our
 #: conventions. ``paper-exact``: the same with the reference code's conventions (``=`` logit, split,
 #: warm-up, initialisation), so a seed gives the published code's split and initial tensors.
 #: ``quick``: groks on a 2-core CPU and shows the phases. ``tiny``: seconds, for tests.
-#: ``mlp-devinterp``: devinterp's grokking MLP (the ``mlp`` family).
+#: ``mlp-devinterp``: devinterp's grokking MLP (the ``mlp`` family). ``grokfast-lee`` and
+#: ``grokfast-lee-ema``: Lee et al.'s Grokfast setting, baseline and headline EMA filter.
 PRESETS = {"paper": _preset_paper, "paper-exact": _preset_paper_exact, "quick": _preset_quick,
-           "tiny": _preset_tiny, "mlp-devinterp": _preset_mlp_devinterp}
+           "tiny": _preset_tiny, "mlp-devinterp": _preset_mlp_devinterp, "grokfast-lee": _preset_grokfast_lee,
+           "grokfast-lee-ema": _preset_grokfast_lee_ema}
 #: One line per preset, for ``--help`` (no config is built to print it).
 PRESET_HELP = {
     "paper": "Nanda et al. 2023: p = 113, 30% of pairs, AdamW lr 1e-3, wd 1, 40k epochs",
@@ -1037,6 +1078,10 @@ PRESET_HELP = {
     "tiny": "p = 31, small model, 1k epochs: seconds, for tests",
     "mlp-devinterp": "devinterp's grokking MLP: p = 53, 40% of pairs, embedding 12, hidden 48, GELU, Adam lr 5e-3, "
                      "wd 2e-4, batch 128, 25k steps",
+    "grokfast-lee": "Lee et al.'s Grokfast baseline: x·y mod 97 (y ≠ 0), [x, op, y, =], 2-layer LN decoder width 128, "
+                    "50% of pairs, Adam lr 1e-3, wd 0, batch 512, 100k steps",
+    "grokfast-lee-ema": "grokfast-lee with their headline EMA filter (alpha 0.98, lamb 2) and weight decay 0.005, "
+                        "10k steps",
 }
 
 

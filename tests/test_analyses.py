@@ -14,7 +14,8 @@ PY = sys.executable
 
 
 @pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py", "phase_dates.py",
-                                    "seed_statistics.py", "phase_diagram.py", "clock_pizza.py", "sub_terms.py"])
+                                    "seed_statistics.py", "phase_diagram.py", "clock_pizza.py", "sub_terms.py",
+                                    "grokfast_lee.py"])
 def test_help(script):
     res = subprocess.run([PY, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "usage" in res.stdout.lower()

@@ -47,7 +47,8 @@ def test_train_help_shows_the_values_of_the_chosen_preset(capsys, preset):
             if f.name in ("n_ctx", "windows") or (sec, f.name) in (("model", "p"), ("model", "eq_logit")):
                 continue
             value = getattr(getattr(cfg, sec), f.name)
-            shown = repr(value) if isinstance(value, str) else ("none" if value == () else str(value))
+            shown = (repr(value) if isinstance(value, str) else ",".join(value) or "none" if isinstance(value, tuple)
+                     else str(value))  # a tuple (grad_transforms) as its comma-separated names
             assert f"[{preset}: {shown}]" in text, (sec, f.name, shown)
     other = "paper" if preset != "paper" else "quick"
     assert f"[{other}:" not in text

@@ -56,7 +56,8 @@ def _noisy(cfg: ModelConfig, seed: int) -> dict[str, torch.Tensor]:
 # -- the functional forward is the hooked module, run by run ----------------------------------------------------
 @pytest.mark.parametrize("n_layers, layer_norm, bias, layout",
                          [*itertools.product([1, 2], [False, True], ["mlp", "all", "none"], ["a_b_eq", "a_b"]),
-                          (2, "in_place", "all", "a_b_eq"), (1, "in_place", "none", "a_b")])
+                          (2, "in_place", "all", "a_b_eq"), (1, "in_place", "none", "a_b"),
+                          (2, "in_place", "all", "a_op_b_eq"), (1, False, "mlp", "a_op_b_eq")])
 def test_functional_forward_equals_the_hooked_module_values_and_gradients(n_layers, layer_norm, bias, layout):
     style = dict(layer_norm=True, ln_style="in_place") if layer_norm == "in_place" else dict(layer_norm=layer_norm)
     cfg = _model_cfg(n_layers=n_layers, bias=bias, input_layout=layout, **style)
@@ -95,6 +96,55 @@ def test_the_layouts_tokens_and_attention():
     assert torch.equal(model(torch.tensor(x)), model(torch.tensor(ds.select(np.array([0, 8, 48]))[0])))
     causal = HookedGrokTransformer(_model_cfg()).run_with_cache(torch.tensor([[1, 2, 7]]))[1]
     assert causal["blocks.0.attn.hook_pattern"][0, :, 0, 1:].abs().max() == 0
+
+
+def test_the_op_layout_reads_a_op_b_eq_with_a_vocabulary_of_p_plus_2():
+    cfg = _model_cfg(input_layout="a_op_b_eq")
+    assert (cfg.n_ctx, cfg.d_vocab, cfg.d_vocab_out) == (4, 9, 7)
+    assert cfg.n_params == sum(int(np.prod(s)) for s in param_shapes(cfg).values())
+    ds = g.make_config("tiny", p=7).task.task().dataset()
+    x, y = ds.select(np.array([0, 8, 48]), "a_op_b_eq")
+    assert x.tolist() == [[0, 8, 0, 7], [1, 8, 1, 7], [6, 8, 6, 7]] and y.tolist() == [0, 2, 5]
+    assert ds.select(np.array([8]))[0].tolist() == [[1, 1, 7]]  # the task's rows unchanged
+    model = HookedGrokTransformer(cfg)
+    rows = torch.tensor(ds.select(np.array([0, 8, 48]))[0])
+    assert torch.equal(model(torch.tensor(x)), model(rows))  # [a, b, =] rows get their op token
+    _, cache = model.run_with_cache(torch.tensor(x))
+    assert cache["blocks.0.attn.hook_pattern"][0, :, 1, 2:].abs().max() == 0  # causal
+    with pytest.raises(ConfigError, match=r"^model\.n_ctx: "):
+        ModelConfig(p=7, input_layout="a_op_b_eq", n_ctx=3)
+
+
+def test_lee_et_als_task_and_presets():
+    task = make_config("tiny", p=97, operation="mul_b_nonzero").task.task()
+    ds = task.dataset()
+    a, b = np.divmod(ds.pair_index, 97)
+    assert len(ds) == 9312 and b.min() == 1 and a.min() == 0 and bool((ds.labels == a * b % 97).all())
+    base, ema = make_config("grokfast-lee"), make_config("grokfast-lee-ema")
+    assert base.n_train() == 4656 and base.steps_per_epoch() == 10
+    m = base.model
+    assert (m.input_layout, m.n_ctx, m.d_vocab, m.n_layers, m.ln_style, m.bias, m.act_fn) == (
+        "a_op_b_eq", 4, 99, 2, "in_place", "all", "gelu")
+    # theirs: 422,784 parameters = ours + the head's '=' and 'op' rows + a fifth positional embedding
+    assert m.n_params + 2 * 128 + 128 == 422_784
+    assert (base.train.optimizer, base.train.weight_decay, base.train.grad_transforms) == ("adam", 0.0, ())
+    t = ema.train
+    assert (t.grad_transforms, t.grokfast_alpha, t.grokfast_lamb, t.weight_decay) == (("grokfast_ema",), 0.98, 2.0,
+                                                                                       0.005)
+    assert [base.train.lr_at(s, base.total_steps()) for s in (0, 1, 10, 11)] == [0.0, 1e-4, 1e-3, 1e-3]
+
+
+def test_op_layout_runs_train_in_one_stack(tmp_path):
+    base = make_config("tiny", p=11, d_model=16, n_heads=2, d_mlp=32, n_layers=2, layer_norm=True,
+                       ln_style="in_place", bias="all", input_layout="a_op_b_eq", operation="mul_b_nonzero",
+                       optimizer="adam", batch_size=32, epochs=2, eval_every=1, every=2, device="cpu",
+                       grad_transforms=("grokfast_ema",), weight_decay=0.005)
+    cfgs = [base.replace(init_seed=s, split_seed=s) for s in range(2)]
+    runs = train_stacked(cfgs, [tmp_path / f"r{s}" for s in range(2)], progress=False)
+    for cfg, run in zip(cfgs, runs):
+        solo = g.train(cfg, tmp_path / f"solo{cfg.model.init_seed}", progress=False)
+        assert run.finished and close(torch.tensor(run.metrics["train_loss"].to_numpy()),
+                                      torch.tensor(solo.metrics["train_loss"].to_numpy()), rel=1e-4)
 
 
 def test_parameters_hook_names_and_initialisation_follow_transformer_lens():
@@ -147,12 +197,13 @@ def test_the_default_model_is_todays_bit_for_bit():
 # -- the one-layer kernels are never used where they do not apply ---------------------------------------------------
 @pytest.mark.parametrize("kw, needle", [(dict(n_layers=2), "n_layers = 1"), (dict(layer_norm=True), "LayerNorm"),
                                         (dict(bias="none"), "model.bias"), (dict(bias="all"), "model.bias"),
-                                        (dict(input_layout="a_b"), "input_layout")])
+                                        (dict(input_layout="a_b"), "input_layout"),
+                                        (dict(input_layout="a_op_b_eq"), "input_layout")])
 def test_fast_kernels_refuse_what_they_cannot_compute(kw, needle):
     run_cfg = make_config("tiny", **SMALL, **kw)
     cfg = run_cfg.model
     assert needle in fast_kernels_apply(cfg)
-    tokens = torch.tensor([[1, 2, 7], [3, 4, 7]])[:, : cfg.n_ctx]
+    tokens = torch.tensor([[1, 2, 7, 8], [3, 4, 7, 8]])[:, : cfg.n_ctx]
     assert needle in fast_path_unsupported(cfg, tokens)
     with pytest.raises(ValueError, match=needle):
         StackPlan.build(cfg, tokens[None])
@@ -239,7 +290,8 @@ def test_generic_plans_compute_each_runs_model_with_its_attention_coefficient():
                                        (dict(input_layout="b_a"), "model.input_layout"),
                                        (dict(ln_style="post", layer_norm=True), "model.ln_style"),
                                        (dict(ln_style="in_place"), "model.ln_style"),
-                                       (dict(input_layout="a_b", n_ctx=3), "model.n_ctx")])
+                                       (dict(input_layout="a_b", n_ctx=3), "model.n_ctx"),
+                                       (dict(input_layout="a_op_b_eq", n_ctx=3), "model.n_ctx")])
 def test_bad_settings_are_refused_naming_the_field(kw, field):
     with pytest.raises(ConfigError, match=rf"^{field}: "):
         ModelConfig(**kw)
@@ -346,7 +398,8 @@ def test_live_measures_run_where_the_grid_fold_does_not_apply(tmp_path):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(n_layers=2, layer_norm=True, bias="all"), dict(bias="none"),
-                                dict(input_layout="a_b", layer_norm=True)])
+                                dict(input_layout="a_b", layer_norm=True),
+                                dict(input_layout="a_op_b_eq", n_layers=2, layer_norm=True, bias="all")])
 def test_analyses_read_the_settings_off_the_parameters(kw):
     from grokinterp.analysis.inputs import infer_config
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig, RunConfig, is_int
+from ..config import INPUT_LAYOUTS, ModelConfig, RunConfig, is_int
 from ..errors import AnalysisError
 from ..tasks import get_task
 
@@ -144,7 +144,8 @@ def infer_config(params: dict[str, Tensor]) -> ModelConfig:
     pass ``cfg`` for GELU or an attention coefficient; LayerNorm, biases and the ``a_b`` layout are read
     off which parameters exist).
 
-    ``eq_logit`` is true when ``W_U`` has an output for every input token (``p + 1``)."""
+    ``eq_logit`` is true when ``W_U`` has an output for every residue and ``=`` (``p + 1``); four
+    positions are the ``a_op_b_eq`` layout (input vocabulary ``p + 2``)."""
     if _mlp_inputs(params) is not None:
         raise AnalysisError("cannot read an mlp-family model's config off its parameters (activation, combine); "
                             "pass cfg")
@@ -157,15 +158,18 @@ def infer_config(params: dict[str, Tensor]) -> ModelConfig:
     d_mlp = params["blocks.0.mlp.W_in"].shape[-1]
     n_layers = 1 + max(int(k.split(".")[1]) for k in params if k.startswith("blocks."))
     W_U = params.get("unembed.W_U")
-    eq_logit = W_U is not None and W_U.ndim >= 2 and int(W_U.shape[-1]) == int(V)
     # the transformer's settings, from which parameters exist (model.params): LayerNorm, biases, and the
     # [a, b] layout from a positional embedding of two positions
     bias = "all" if "blocks.0.attn.b_Q" in params else "mlp" if "blocks.0.mlp.b_in" in params else "none"
     W_pos = params.get("pos_embed.W_pos")
     n_ctx = int(W_pos.shape[-2]) if W_pos is not None and W_pos.ndim >= 2 else 3
-    return ModelConfig(p=int(V) - 1, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
+    # [a, op, b, =] from four positions (its vocabulary has the operation token too)
+    layout = {2: "a_b", 4: "a_op_b_eq"}.get(n_ctx, "a_b_eq")
+    p = int(V) - 1 - INPUT_LAYOUTS[layout].extra_vocab
+    eq_logit = W_U is not None and W_U.ndim >= 2 and int(W_U.shape[-1]) == p + 1
+    return ModelConfig(p=p, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
                        n_layers=n_layers, eq_logit=eq_logit, layer_norm="blocks.0.ln1.w" in params, bias=bias,
-                       n_ctx=n_ctx, input_layout="a_b" if n_ctx == 2 else "a_b_eq")
+                       n_ctx=n_ctx, input_layout=layout)
 
 
 def check_square_axes(x: Any, dims: Sequence[int], what: str) -> int:

@@ -43,7 +43,7 @@ from torch import Tensor
 from transformer_lens import ActivationCache, HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
-from ..config import ModelConfig
+from ..config import INPUT_LAYOUTS, ModelConfig
 from ..errors import ConfigError
 from .params import LN_EPS, init_params, load_named_params, param_shapes
 
@@ -219,9 +219,11 @@ class HookedGrokTransformer(HookedRootModule):
 
     def check_tokens(self, tokens: Tensor) -> Tensor:
         """The tokens the model reads: ``[batch, pos ≤ n_ctx]``; in the ``a_b`` layout the task's
-        ``[a, b, =]`` rows are accepted and their ``=`` dropped."""
-        if tokens.ndim == 2 and self.cfg.input_layout == "a_b" and tokens.shape[1] == self.cfg.n_ctx + 1:
-            tokens = tokens[:, : self.cfg.n_ctx]
+        ``[a, b, =]`` rows are accepted and their ``=`` dropped, in the ``a_op_b_eq`` layout they are
+        accepted and get their operation token (three positions there are always such rows)."""
+        lay = self.cfg.input_layout
+        if tokens.ndim == 2 and lay != "a_b_eq" and tokens.shape[1] == 3 and self.cfg.n_ctx != 3:
+            tokens = INPUT_LAYOUTS[lay].tokens(tokens)
         if tokens.ndim != 2 or tokens.shape[1] > self.cfg.n_ctx:
             raise ConfigError(f"tokens: expected shape [batch, pos ≤ {self.cfg.n_ctx}], got {list(tokens.shape)}")
         return tokens

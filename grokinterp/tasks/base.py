@@ -71,23 +71,37 @@ class InputLayout:
         name: the layout's name (``ModelConfig.input_layout``).
         drop_eq: the ``=`` token (the last column) is left out: Zhong et al. 2023's ``[a, b]``.
         help: one line for ``--help``.
+        op_token: a constant operation token (``n + 1``, one more input token) is read between the
+            operands: ``[a, op, b, =]``, as Power et al.'s and Lee et al.'s (Grokfast) decoders.
     """
 
     name: str
     drop_eq: bool
     help: str
+    op_token: bool = False
+
+    @property
+    def extra_vocab(self) -> int:
+        """Input tokens the layout adds to the task's (``op``: 1)."""
+        return int(self.op_token)
 
     @property
     def fixed_n_ctx(self) -> int | None:
-        """The context length the layout fixes whatever the task (``None``: the task's)."""
-        return 2 if self.drop_eq else None
+        """The context length the layout fixes whatever the task (``None``: the task's). A layout that
+        changes the rows reads the ``[a, b, =]`` rows of a two-operand task."""
+        return 3 - int(self.drop_eq) + int(self.op_token) if self.drop_eq or self.op_token else None
 
     def n_ctx(self, task: "Task") -> int:
         """The model's context length for ``task`` in this layout."""
-        return task.n_ctx - 1 if self.drop_eq else task.n_ctx
+        return task.n_ctx - int(self.drop_eq) + int(self.op_token)
 
     def tokens(self, tokens):
-        """The task's token rows ``[..., 3]`` (numpy or torch) as the model reads them."""
+        """The task's token rows ``[..., 3]`` (numpy or torch) as the model reads them (a copy where
+        the layout changes them; the ``op`` token is ``=`` + 1, i.e. ``n + 1``)."""
+        if self.op_token:
+            out = tokens[..., [0, 2, 1, 2]]  # [a, =, b, =] (a copy, numpy or torch) ...
+            out[..., 1] += 1  # ... [a, op, b, =]
+            return out[..., :-1] if self.drop_eq else out
         return tokens[..., :-1] if self.drop_eq else tokens
 
 
@@ -96,6 +110,9 @@ INPUT_LAYOUTS: dict[str, InputLayout] = {
     "a_b_eq": InputLayout("a_b_eq", False, "[a, b, =]: causal attention, read out at '=' (Nanda et al.)"),
     "a_b": InputLayout("a_b", True, "[a, b]: no '=' token, attention over both positions, read out at b "
                                     "(Zhong et al. 2023)"),
+    "a_op_b_eq": InputLayout("a_op_b_eq", False, "[a, op, b, =]: a constant operation token (n + 1) between the "
+                                                 "operands, causal, read out at '=' (Power et al.; Lee et al.'s "
+                                                 "Grokfast)", op_token=True),
 }
 
 

@@ -147,6 +147,9 @@ def _dlog(op: str) -> StructureFn:
 register_operation("add", lambda a, b, p: a + b, formula="a + b", structure=CyclicSum)
 register_operation("sub", lambda a, b, p: a - b, formula="a − b", structure=CyclicDifference)
 register_operation("mul", lambda a, b, p: a * b, formula="a · b", structure=_dlog("mul"))
+# Lee et al.'s Grokfast task (their multiplication_mod_p_data): x · y with x in 0..p-1 and y in 1..p-1
+register_operation("mul_b_nonzero", lambda a, b, p: a * b, valid_pair=lambda a, b, p: b != 0,
+                   formula="a · b (b ≠ 0)", structure=_dlog("mul"))
 register_operation(
     "div", _div, requires_prime=True, valid_pair=lambda a, b, p: b != 0, formula="a / b (b ≠ 0)",
     structure=_dlog("div"),

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ...config import INPUT_LAYOUTS
 from ...errors import ConfigError
 from ..params import LN_EPS, init_params, param_shapes
 
@@ -93,8 +94,8 @@ def _model_tokens(tokens: Tensor, cfg: Any, R: int) -> Tensor:
     ``a_b`` layout the task's ``[a, b, =]`` rows lose their ``=``."""
     if tokens.ndim not in (2, 3):
         raise ConfigError(f"tokens: expected [batch, pos] or [run, batch, pos], got {list(tokens.shape)}")
-    if cfg.input_layout == "a_b" and tokens.shape[-1] == cfg.n_ctx + 1:
-        tokens = tokens[..., : cfg.n_ctx]
+    if cfg.input_layout != "a_b_eq" and tokens.shape[-1] == 3 and cfg.n_ctx != 3:
+        tokens = INPUT_LAYOUTS[cfg.input_layout].tokens(tokens)  # the task's [a, b, =] rows
     if tokens.shape[-1] > cfg.n_ctx or tokens.shape[-1] == 0:
         raise ConfigError(f"tokens: expected at most {cfg.n_ctx} positions, got {list(tokens.shape)}")
     if tokens.ndim == 2:
