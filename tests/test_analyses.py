@@ -115,3 +115,24 @@ def test_seed_statistics_and_phase_diagram_on_small_sweeps(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "pdo" / "summary.json").read_text())
     assert len(summary["cells"]) == 8 and summary["grid"][0].startswith("operation = add")
+
+
+def test_clock_pizza_in_zhong_layout_smoke(tmp_path):
+    """--layout a_b: the runs (coefficients × seeds) train as one stack in Zhong et al.'s layout, and the summary
+    and table carry per-run signatures, medians over seeds, the untrained controls and their released values."""
+    res = subprocess.run([PY, str(ROOT / "analyses" / "clock_pizza.py"), "--layout", "a_b", "--p", "7", "--epochs",
+                          "4", "--seeds", "0,1", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(r["attn_coeff"], r["seed"]) for r in summary["runs"]] == [(1.0, 0), (1.0, 1), (0.0, 0), (0.0, 1)]
+    assert summary["settings"]["epochs"] == 4 and summary["zhong_epochs"] == 20000
+    assert [(c["attn_coeff"], c["seed"]) for c in summary["controls"]] == [(1.0, 0), (1.0, 1), (0.0, 0), (0.0, 1)]
+    assert set(summary["spreads"]) == set(summary["control_spreads"]) == {"1", "0"}
+    assert summary["spreads"]["0"]["gradient_symmetricity"]["n"] == 2
+    infos = [json.loads((Path(r["run"]) / "run.json").read_text()) for r in summary["runs"]]
+    assert all(i["config"]["model"]["input_layout"] == "a_b" for i in infos)
+    assert {i["stack"]["id"] for i in infos} != {None} and len({i["stack"]["id"] for i in infos}) == 1
+    assert [i["config"]["model"]["attn_coeff"] for i in infos] == [1.0, 1.0, 0.0, 0.0]
+    table = (tmp_path / "out" / "table.md").read_text()
+    assert "GS 0.993 (0.947–0.997)" in table and table.count("\n| 1 | ") == 3
