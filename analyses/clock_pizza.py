@@ -79,7 +79,7 @@ NOTE_A_B = ("Zhong et al.'s layout: tokens [a, b] (no '='), both positions atten
             "untrained models sit below the pizza threshold at every coefficient (the controls: each run's own "
             "initialisation, its epoch-0 checkpoint, measured the same way), and a pizza label is evidence. Their "
             "settings otherwise (p 59, 80 %, d_model 128, 4 heads, d_mlp 512, ReLU, AdamW lr 1e-3, weight decay 2, "
-            "betas 0.9/0.98, full batch); every run of the study trains in one stack (the attention coefficient is a "
+            "betas 0.9/0.98, full batch); the runs not yet trained train as one stack (the attention coefficient is a "
             "per-run value).")
 
 #: The values the issue quotes for their released table (median): pizza, clock.
@@ -178,7 +178,8 @@ def _epoch(v) -> str:
 def table_md(args, df, ctl, spreads) -> str:
     """The study's tables (Markdown): per coefficient beside Zhong et al.'s, then per run."""
     lines = [f"Clock vs pizza in Zhong et al.'s layout: a + b mod {args.p}, {len(args.seeds)} seeds per coefficient, "
-             f"{args.epochs} epochs (theirs: 20,000), one stack. Median (min–max) over seeds.", "",
+             f"{args.epochs} epochs (theirs: 20,000); the runs still untrained at each invocation train as one stack. "
+             f"Median (min–max) over seeds.", "",
              "| attention coefficient | labels | gradient symmetricity | distance irrelevance | untrained: GS | "
              "untrained: DI | Zhong et al. released table, median (10–90 %) | issue's quote |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
