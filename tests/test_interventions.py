@@ -22,7 +22,7 @@ from grokinterp.model.grid import grid_forward, grid_tokens
 from grokinterp.training import transforms as T
 from grokinterp.training.callbacks import Callback
 from grokinterp.training.loop import TrainingInterrupted, TrainLoop
-from grokinterp.training.optim import OrthoAdamW
+from grokinterp.training.optim import ParamLayout, StackedOrthoAdamW, param_groups
 from grokinterp.training.step import log_stablemax, stablemax, stablemax_cross_entropy
 
 TINY = make_config("tiny", epochs=60, every=10, flush_every=3, eval_every=10)
@@ -114,18 +114,24 @@ def test_orthograd_removes_the_component_along_the_weights_and_keeps_the_norm():
 
 
 def test_ortho_adamw_is_adamw_on_orthogonalised_gradients():
+    """The registry's ⊥AdamW over a stack of one is torch's AdamW on gradients made orthogonal first."""
     p1, p2 = _toy_params(5), _toy_params(5)
-    kw = dict(lr=0.01, betas=(0.9, 0.98), weight_decay=0.1)
-    o1, o2 = OrthoAdamW(p1.values(), **kw), torch.optim.AdamW(p2.values(), **kw)
-    for grads in _toy_grads(4, seed=6):
+    tc = g.TrainConfig(optimizer="ortho_adamw", lr=0.01, beta1=0.9, beta2=0.98, weight_decay=0.1, warmup_epochs=0)
+    lay = ParamLayout({k: tuple(v.shape) for k, v in p1.items()})
+    flat = torch.nn.Parameter(lay.flatten({k: v.detach()[None] for k, v in p1.items()}))
+    o1 = StackedOrthoAdamW(flat, lay, [tc])
+    o2 = torch.optim.AdamW(p2.values(), lr=0.01, betas=(0.9, 0.98), weight_decay=0.1)
+    for e, grads in enumerate(_toy_grads(4, seed=6)):
+        flat.grad = lay.flatten({k: grads[k].clone()[None] for k in p1})
+        o1.set_lr(torch.tensor(float(e)), e)
+        o1.step()
         for k in p1:
-            p1[k].grad = grads[k].clone()
             g2 = grads[k].clone()
             T.orthogonalize_(p2[k], g2)
             p2[k].grad = g2
-        o1.step(), o2.step()
-        for k in p1:
-            assert torch.allclose(p1[k], p2[k], rtol=1e-6, atol=1e-7)
+        o2.step()
+        for k, v in lay.views(flat.detach()[0]).items():
+            assert torch.allclose(v, p2[k], rtol=1e-6, atol=1e-7)
 
 
 # -- StableMax --------------------------------------------------------------------------------------------
@@ -193,11 +199,13 @@ def test_cosine_schedule_is_recorded_as_defined(tmp_path):
 def test_weight_decay_on_matrices_leaves_the_biases_undecayed(tmp_path):
     cfg = TINY.replace(weight_decay_on="matrices", optimizer="sgd", momentum=0.0, lr=0.1, weight_decay=0.5)
     loop = TrainLoop(cfg, tmp_path, torch.device("cpu"), *cfg.task.task().split(0.7, 0))
-    groups = loop.optimizer.param_groups
+    groups = param_groups(loop.params, cfg.train)
     names = {id(p): k for k, p in loop.params.items()}
     assert [g_["weight_decay"] for g_ in groups] == [0.5, 0.0]
     assert all(loop.params[names[id(p)]].ndim >= 2 for p in groups[0]["params"])
     assert sorted(names[id(p)] for p in groups[1]["params"]) == ["blocks.0.mlp.b_in", "blocks.0.mlp.b_out"]
+    wd = loop.layout.views(loop.optimizer.weight_decay.expand(1, loop.layout.total))  # the optimizer's decay
+    assert all(bool((wd[k] == (0.0 if k.endswith(("b_in", "b_out")) else 0.5)).all()) for k in loop.params)
     # one plain SGD step: matrices lose lr·wd·θ, biases only their gradient
     before = {k: p.detach().clone() for k, p in loop.params.items()}
     loop.step(20, record_acc=False)  # past the warm-up: lr = 0.1

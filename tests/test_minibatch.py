@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from _helpers import StopAt
+from _torch_optim import torch_optimizer
 
 import grokinterp as g
 from grokinterp.model.hooked import HookedGrokTransformer
 from grokinterp.store.integrity import verify
 from grokinterp.training.callbacks import Callback
 from grokinterp.training.data import batch_indices, epoch_of, sampler_seed, steps_per_epoch
-from grokinterp.training.optim import OptimizerOptions, build_optimizer
 from grokinterp.training.step import loss_function
 
 SMALL = dict(p=11, d_model=16, n_heads=2, d_mlp=32, frac_train=0.5)
@@ -48,7 +48,7 @@ def _reference(cfg, run, steps: int) -> dict[int, dict[str, torch.Tensor]]:
     tc = cfg.train
     model = HookedGrokTransformer(cfg.model, init=False).load_params(run.params(0))
     params = dict(model.named_parameters())
-    opt = build_optimizer(params, tc, OptimizerOptions(lr=tc.lr, fused=True))
+    opt = torch_optimizer(params, tc)  # torch's, as the trainer built it before one loop
     x, y = (torch.from_numpy(a) for a in cfg.task.task().dataset().select(run.split_pairs()[0]))
     k, loss_fn = steps_per_epoch(len(x), tc.batch_size), loss_function(tc.loss)
     out = {0: {n: p.detach().clone() for n, p in params.items()}}

@@ -12,22 +12,17 @@ import numpy as np
 import pytest
 import torch
 from _helpers import StopAt, close
+from _torch_optim import torch_optimizer, torch_state_tensors
 
 import grokinterp as g
 from grokinterp.model.hooked import HookedGrokTransformer
 from grokinterp.model.stacked import StackPlan, stack_params, stacked_final_logits, stacked_losses
 from grokinterp.store import layout as store_layout
+from grokinterp.training import transforms as T
 from grokinterp.training.constraints import StackedWeightNorm, WeightNormConstraint
 from grokinterp.training.loop import TrainingInterrupted, TrainLoop
 from grokinterp.training.loop import resume as resume_single
-from grokinterp.training.optim import (
-    STACKED_OPTIMIZERS,
-    OptimizerOptions,
-    ParamLayout,
-    build_optimizer,
-    optimizer_param_names,
-    optimizer_state_tensors,
-)
+from grokinterp.training.optim import STACKED_OPTIMIZERS, ParamLayout
 from grokinterp.training.stacked import StackedLoop, resume_stacked, stack_key, stack_mismatch, train_stacked
 from grokinterp.training.transforms import STACKED_TRANSFORMS, TRANSFORMS, stacked_orthogonalize_
 
@@ -115,8 +110,8 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
     singles = []
     for r, tc in enumerate(tcs):
         ps = {k: torch.nn.Parameter(v.detach().clone()) for k, v in lay.views(flat[r]).items()}
-        o = build_optimizer(ps, tc, OptimizerOptions(lr=tc.lr, fused=True))
-        singles.append((ps, o, optimizer_param_names(o, ps)))
+        o = torch_optimizer(ps, tc)
+        singles.append((ps, o, ps))
     epoch = torch.zeros(())
     for e in range(6):
         grad = torch.randn(flat.shape, generator=gen)
@@ -139,7 +134,7 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
                 else:  # the same fused kernel with the same float64 learning rate: bit for bit
                     assert torch.equal(v, ps[k].detach()), (name, r, e, k)
     for r, (_, o, names) in enumerate(singles):  # each run's state has a single run's keys, shapes and values
-        mine, theirs = opt.run_state(r), optimizer_state_tensors(o, names)
+        mine, theirs = opt.run_state(r), torch_state_tensors(o, names)
         assert set(mine) == set(theirs)
         tol = 1e-6 if path == "fused" else 1e-5
         for k, v in theirs.items():
@@ -163,7 +158,8 @@ def test_stacked_transforms_equal_the_single_run_ones_with_per_run_settings(name
     gen = torch.Generator().manual_seed(3)
     params = {k: torch.randn(R, *s, generator=gen) for k, s in shapes.items()}
     stacked = STACKED_TRANSFORMS[name](params, tcs)
-    singles = [TRANSFORMS[name]({k: torch.nn.Parameter(v[r].clone()) for k, v in params.items()}, tc)
+    single = {"grokfast_ema": T.GrokfastEMA, "grokfast_ma": T.GrokfastMA, "orthograd": T.OrthoGrad}[name]
+    singles = [single({k: torch.nn.Parameter(v[r].clone()) for k, v in params.items()}, tc)
                for r, tc in enumerate(tcs)]
     for grads in _grad_sequence(shapes, R, 7):
         mine = {k: v.clone() for k, v in grads.items()}
@@ -370,9 +366,9 @@ def test_one_registration_gives_an_optimizer_or_transform_its_stacked_version():
     cfg = BASE.replace(optimizer="my_sgd", grad_transforms=("my_ortho",))
     try:
         register_optimizer("my_sgd", OPTIMIZERS["sgd"], stacked=StackedSGD)
-        register_gradient_transform("my_ortho", TRANSFORMS["orthograd"])
+        register_gradient_transform("my_ortho", T.OrthoGrad)  # a single-run factory
         assert stack_key(cfg) is None  # the transform has no stacked version: such runs train alone
-        register_gradient_transform("my_ortho", TRANSFORMS["orthograd"], stacked=StackedOrthoGrad)
+        register_gradient_transform("my_ortho", T.OrthoGrad, stacked=StackedOrthoGrad)
         assert stack_key(cfg) is not None
     finally:
         from grokinterp.config import OPTIMIZER_NAMES

@@ -12,9 +12,12 @@ Per epoch ``e`` (the model after ``e`` full-batch steps) the loop: snapshots the
 backward, gradient transforms, optimizer). The final epoch is evaluated and snapshotted without a
 step. Metrics stay on the device until a flush needs them (the learning rate, a host value, is
 kept on the host). The pieces are seams of their own: the optimizer comes from the registry in
-:mod:`~grokinterp.training.optim`, gradient transforms from :mod:`~grokinterp.training.transforms`,
-the step executor (eager or CUDA graph) from :mod:`~grokinterp.training.step`, and observers are
-:mod:`~grokinterp.training.callbacks`. Files are written through :mod:`grokinterp.store.writer`.
+:mod:`~grokinterp.training.optim`, gradient transforms from :mod:`~grokinterp.training.transforms`
+(one registry each, written once over stacks: a single run is a stack of one, its parameters views
+of one flat row ``[1, n_params]``), the step executor (eager or CUDA graph) from
+:mod:`~grokinterp.training.step`, and observers are :mod:`~grokinterp.training.callbacks`. The epoch
+loop itself is :class:`EpochLoop`, shared with the stacked trainer. Files are written through
+:mod:`grokinterp.store.writer`.
 
 A minibatch run (``train.batch_size``) takes ``k = ceil(n_train / batch_size)`` steps per epoch,
 each on one batch of :mod:`~grokinterp.training.data` (the fast path builds a plan per batch);
@@ -24,6 +27,7 @@ and a stop between any two steps resumes there (see :meth:`TrainLoop.run`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -62,20 +66,19 @@ from ..store.writer import (
 from .callbacks import Callback, ProgressBar
 from .constraints import WeightNormConstraint
 from .data import batch_indices, epoch_of, sampler_seed
-from .optim import (
-    OptimizerOptions,
-    build_optimizer,
-    check_optimizer,
-    load_optimizer_state,
-    optimizer_param_names,
-    optimizer_state_tensors,
-)
+from .optim import ParamLayout, build_optimizer, check_optimizer
 from .preflight import preflight
 from .step import CudaGraphStep, EagerStep, graphs_enabled, loss_function
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
-from .transforms import build_transforms, check_transforms, load_transform_state, transform_state_tensors
+from .transforms import (
+    RunSlice,
+    build_transforms,
+    check_transforms,
+    load_transform_state,
+    transform_state_tensors,
+)
 
-__all__ = ["train", "resume", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable",
+__all__ = ["train", "resume", "EpochLoop", "TrainLoop", "TrainingInterrupted", "resolve_device", "check_trainable",
            "stop_on_signals"]
 
 
@@ -121,7 +124,117 @@ class _Data:
     plan: FastPlan | None
 
 
-class TrainLoop:
+class EpochLoop:
+    """The epoch loop, one for every trainer: ``R ≥ 1`` runs, full batch or minibatch (issue 19).
+
+    Each epoch ``e`` (the model after ``e · k`` optimizer steps, ``k`` = steps per epoch: 1 for full
+    batch) is, in order: a checkpoint if due (:meth:`_snapshot`; a flush when the buffer is full), its
+    metrics (:meth:`_record_epoch`: test metrics every ``eval_every`` epochs and at the end, the train
+    metrics where they are evaluations), ``on_epoch``, the epoch's ``k`` steps (:meth:`step`, through
+    the step executor the subclass chose for its model family and device: eager, CUDA graph, the CPU
+    fused kernels), ``on_step`` and ``on_eval``. A stop request (signal, or a callback's
+    :meth:`request_stop`) between any two steps flushes and raises (:meth:`_interrupt`); the final
+    epoch is evaluated and snapshotted without a step, then flushed as finished.
+
+    A subclass holds the runs' state — :class:`TrainLoop` one run (the hooked model's parameters as
+    views of one flat row), :class:`~grokinterp.training.stacked.StackedLoop` a stack — and sets
+    ``E``, ``eval_every``, ``per_epoch``, ``total_steps``, ``step_unit``, ``batch_size``,
+    ``ckpt_epochs``, ``start_epoch``, ``start_step``, ``flushed_upto`` and ``callbacks``.
+    """
+
+    E: int
+    eval_every: int
+    per_epoch: int
+    total_steps: int
+    step_unit: bool
+    batch_size: int | None
+    ckpt_epochs: set[int]
+    start_epoch: int
+    start_step: int
+    flushed_upto: int
+    callbacks: list[Callback]
+    _stop_requested: bool = False
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop before the next step (a callback may call it, e.g. for early
+        stopping): it flushes and raises :class:`TrainingInterrupted`; the run stays resumable."""
+        self._stop_requested = True
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # -- what a trainer provides -------------------------------------------------------------------
+    def step(self, epoch: int, record_acc: bool, step: int | None = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def flush(self, resume_epoch: int, finished: bool, step: int | None = None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _snapshot(self, label: int) -> bool:  # pragma: no cover
+        """Buffer the parameters under checkpoint ``label``; whether the buffer is now full."""
+        raise NotImplementedError
+
+    def _record_epoch(self, epoch: int, step: int, evaluating: bool) -> None:  # pragma: no cover
+        """The metrics of the model at ``epoch`` that are not those of its step (see :meth:`run`)."""
+        raise NotImplementedError
+
+    def _interrupt(self, epoch: int, step: int, signum: int) -> None:  # pragma: no cover
+        """Flush everything up to ``step`` and raise :class:`TrainingInterrupted` (or a subclass)."""
+        raise NotImplementedError
+
+    def _between_steps(self) -> None:
+        """After every step (a background flusher reports what it finished)."""
+
+    def _finish(self) -> None:
+        self.flush(self.E, finished=True, step=self.total_steps)
+
+    def _close(self) -> None:
+        """When the loop ends, however it ends (before ``on_end``)."""
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        """Train from :attr:`start_step` to the end (class notes for the order of events).
+
+        Full batch, the train loss of row ``e`` is that of step ``e`` (the model at ``e``, every epoch).
+        Minibatch, row ``e``'s train loss and accuracy are a full-training-set evaluation of the
+        model at ``e`` (before its steps), recorded with the test metrics (every ``eval_every``
+        epochs and at the end; NaN in between), and the ``step`` column holds ``e · k``. A
+        checkpoint schedule in steps (``checkpoints.unit``) snapshots before any step it names,
+        mid-epoch too; a stop between two steps flushes and resumes there (bit for bit on CPU).
+        """
+        E, k = self.E, self.per_epoch
+        self._emit("on_start", self.start_epoch)
+        try:
+            for s in range(self.start_step, self.total_steps + 1):
+                epoch, b = divmod(s, k)
+                if stop() or self._stop_requested:
+                    self._interrupt(epoch, s, getattr(stop, "signum", signal.SIGINT))
+                label = s if self.step_unit else (epoch if b == 0 else -1)
+                if label in self.ckpt_epochs and label > self.flushed_upto:
+                    full = self._snapshot(label)
+                    self._emit("on_checkpoint", label)
+                    if full:
+                        self.flush(epoch, finished=False, step=s)
+                evaluating = epoch % self.eval_every == 0 or epoch == E
+                if b == 0:
+                    self._record_epoch(epoch, s, evaluating)
+                    self._emit("on_epoch", epoch)
+                if epoch != E:
+                    self.step(epoch, record_acc=evaluating, step=s)
+                if b == k - 1 or epoch == E:
+                    self._emit("on_step", epoch)
+                    if evaluating:
+                        self._emit("on_eval", epoch)
+                self._between_steps()
+            self._finish()
+        finally:
+            try:
+                self._close()
+            finally:
+                self._emit("on_end")
+
+
+class TrainLoop(EpochLoop):
     """The state of one training run and its epoch loop (built by :func:`train` / :func:`resume`).
 
     Attributes callbacks may read: ``config``, ``run_dir``, ``device``, ``model``, ``params``
@@ -152,29 +265,43 @@ class TrainLoop:
         # and the CLI import this module without training anything, and transformer_lens takes seconds)
         self.model = family_of(mc).hooked(mc).to(device)
         self.params = dict(self.model.named_parameters())
+        # The parameters live in one row of a flat parameter [1, n_params] (a stack of one): the
+        # optimizer and the gradient transforms are the registries' entries over stacks; the hooked
+        # module's parameters are views of that row, so the forward reads what it always read.
+        self.layout = ParamLayout(param_shapes(mc))
+        if sorted(self.layout.names) != sorted(self.params):
+            raise RunError(f"{run_dir}: the model's parameters {sorted(self.params)[:4]}... are not its family's "
+                           f"param_shapes {self.layout.names[:4]}...")
+        with torch.no_grad():
+            self.flat = torch.nn.Parameter(self.layout.flatten({k: p.detach()[None] for k, p in self.params.items()}))
+            for k, v in self.layout.views(self.flat.detach()[0]).items():
+                self.params[k].data = v
+        # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
+        # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
+        self.tcs = [tc if tc.batch_size is None else dataclasses.replace(tc, epochs=config.total_steps())]
+        self.optimizer = build_optimizer(self.flat, self.layout, self.tcs)
         # On CUDA the step of the fast path is replayed from a CUDA graph (see step.py); the graph
-        # reads the learning rate from a device tensor.
+        # reads the learning rate from the device epoch counter.
         use_graph = (device.type == "cuda" and self.data["train"].plan is not None and graphs_enabled()
-                     and tc.batch_size is None)
-        options = OptimizerOptions(lr=torch.tensor(tc.lr, device=device) if use_graph else tc.lr,
-                                   fused=device.type in ("cpu", "cuda"), capturable=use_graph)
-        self.optimizer = build_optimizer(self.params, tc, options)
-        self.param_names = optimizer_param_names(self.optimizer, self.params)
-        self.transforms = build_transforms(self.params, tc)
+                     and tc.batch_size is None and getattr(self.optimizer, "graphable", True))
+        self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
+        self.transforms = build_transforms(self.layout.views(self.flat.detach()), self.tcs)
         self.constraints = [WeightNormConstraint(self.params)] if tc.weight_norm else []
         self.loss_fn = loss_function(tc.loss)
         train = self.data["train"]
         # Minibatches (train.batch_size): step s takes batch s mod k of epoch s // k, recomputed from
         # (sampler seed, epoch) alone (training/data.py); its fast-path plan is built per batch.
         self.batch_size = tc.batch_size
+        self.E, self.eval_every = tc.epochs, tc.eval_every
         self.per_epoch = config.steps_per_epoch()
         self.total_steps = config.total_steps()
         self.step_unit = config.checkpoint_unit() == "step"  # checkpoint labels count optimizer steps
         self._batch = train
         self._epoch_batches: tuple[int, list[Tensor]] | None = None
         eager = EagerStep(lambda: self.logits(self._batch), train.labels, self.params, self.optimizer,
-                          self.transforms, loss_fn=self.loss_fn, after_step=self.constraints)
+                          self.transforms, loss_fn=self.loss_fn, after_step=self.constraints, layout=self.layout)
         self._eager = eager
+        self._graph = use_graph
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(eager, device) if use_graph else eager
         n = tc.epochs + 1
         # The learning rate is known on the host: its column stays there (writing a host value
@@ -212,11 +339,6 @@ class TrainLoop:
                 raise ConfigError(f"callbacks: metric column {c!r} declared as both a number and a text column")
             self.text_metrics.setdefault(c, [None] * n)
 
-    def request_stop(self) -> None:
-        """Ask the loop to stop before the next epoch (a callback may call it, e.g. for early
-        stopping): it flushes and raises :class:`TrainingInterrupted`; the run stays resumable."""
-        self._stop_requested = True
-
     # -- forward -----------------------------------------------------------------------------
     def logits(self, data: _Data) -> Tensor:
         if data.plan is not None:
@@ -233,8 +355,8 @@ class TrainLoop:
     # -- state -------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {f"param/{k}": v.detach() for k, v in self.params.items()}
-        state.update(optimizer_state_tensors(self.optimizer, self.param_names))
-        state.update(transform_state_tensors(self.transforms, self.config.train.grad_transforms))
+        state.update(self.optimizer.run_state(0))
+        state.update(transform_state_tensors([RunSlice(t, 0) for t in self.transforms], self.config.train.grad_transforms))
         state["rng/torch_cpu"] = torch.get_rng_state()
         if self.device.type == "cuda":
             state["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
@@ -283,8 +405,16 @@ class TrainLoop:
                 if t is None or t.shape != p.shape or t.dtype != p.dtype:
                     raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
                 p.copy_(t)
-        load_optimizer_state(self.optimizer, self.config.train, self.param_names, tensors, self.params, str(path))
-        load_transform_state(self.transforms, self.config.train.grad_transforms, tensors, str(path))
+        self.optimizer.load_run_state(0, tensors, str(path))
+        collected: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.transforms]
+        load_transform_state([RunSlice(t, 0, got) for t, got in zip(self.transforms, collected)],
+                             self.config.train.grad_transforms, tensors, str(path))
+        for t, got, name in zip(self.transforms, collected, self.config.train.grad_transforms):
+            try:
+                t.load_state_dict({k: v[0][None] for k, v in got.items()})
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise RunError(f"{path}: cannot restore the state of gradient transform {name!r} ({e})") from None
+        self.epoch_t.fill_(self.start_step)  # the optimizer's step counter (the warm-up counts steps)
         n = self.config.train.epochs + 1
         # Columns of callbacks this resume does not have are carried over (NaN from here on);
         # declared ones the state lacks (a callback added on resume) start empty.
@@ -340,10 +470,6 @@ class TrainLoop:
         self._emit("on_flush", resume_epoch, finished)
 
     # -- loop --------------------------------------------------------------------------------
-    def _emit(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
-
     def step(self, epoch: int, record_acc: bool, step: int | None = None) -> None:
         """One optimizer step: full-batch from the model at ``epoch``, or (minibatch runs) batch
         ``step mod k`` of epoch ``step // k``. Records the learning rate and, full-batch, the train
@@ -353,11 +479,8 @@ class TrainLoop:
         Nothing here waits for the device: no host sync per step (tested on CUDA)."""
         s = epoch * self.per_epoch if step is None else step
         lr = self.config.train.lr_at(s, total=self.total_steps)
-        for group in self.optimizer.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"].fill_(lr)  # a kernel with the value as argument: no host→device copy
-            else:
-                group["lr"] = lr
+        self.epoch_t.fill_(s)  # a kernel with the value as argument: no host→device copy
+        self.optimizer.set_lr(self.epoch_t, s if self.device.type == "cpu" or not self._graph else None)
         m = self.metrics
         if self.batch_size is None:
             m["lr"][epoch] = lr
@@ -389,56 +512,23 @@ class TrainLoop:
         x, y = train.tokens[i], train.labels[i]
         return _Data(x, y, FastPlan.build(self.config.model, x) if train.plan is not None else None)
 
-    def run(self, stop: Callable[[], bool]) -> None:
-        """Train from :attr:`start_step` to the end.
+    def _snapshot(self, label: int) -> bool:
+        self.writer.snapshot(label, self.params)
+        return self.writer.full
 
-        Each epoch ``e`` (the model after ``e · k`` optimizer steps, ``k`` = steps per epoch: 1 for
-        full batch) is, in order: a checkpoint if due, its test metrics every ``eval_every`` epochs
-        and at the end, ``on_epoch``, the epoch's ``k`` steps, ``on_step`` and ``on_eval``. Full
-        batch, the train loss of row ``e`` is that of step ``e`` (the model at ``e``, every epoch).
-        Minibatch, row ``e``'s train loss and accuracy are a full-training-set evaluation of the
-        model at ``e`` (before its steps), recorded with the test metrics (every ``eval_every``
-        epochs and at the end; NaN in between), and the ``step`` column holds ``e · k``. A
-        checkpoint schedule in steps (``checkpoints.unit``) snapshots before any step it names,
-        mid-epoch too; a stop between two steps flushes and resumes there (bit for bit on CPU).
-        """
-        tc = self.config.train
-        E, k = tc.epochs, self.per_epoch
+    def _record_epoch(self, epoch: int, step: int, evaluating: bool) -> None:
+        train, test, m = self.data["train"], self.data["test"], self.metrics
         minibatch = self.batch_size is not None
-        train, test = self.data["train"], self.data["test"]
-        m = self.metrics
-        self._emit("on_start", self.start_epoch)
-        try:
-            for s in range(self.start_step, self.total_steps + 1):
-                epoch, b = divmod(s, k)
-                if stop() or self._stop_requested:
-                    self.flush(epoch, finished=False, step=s)
-                    raise TrainingInterrupted(self.run_dir, epoch, getattr(stop, "signum", signal.SIGINT),
-                                              s if minibatch else None)
-                label = s if self.step_unit else (epoch if b == 0 else -1)
-                if label in self.ckpt_epochs and label > self.flushed_upto:
-                    self.writer.snapshot(label, self.params)
-                    self._emit("on_checkpoint", label)
-                    if self.writer.full:
-                        self.flush(epoch, finished=False, step=s)
-                evaluating = epoch % tc.eval_every == 0 or epoch == E
-                if b == 0:
-                    if evaluating and len(test.labels):  # the model at this epoch, before its step
-                        m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
-                    if epoch == E or (minibatch and evaluating):
-                        m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
-                    if minibatch:
-                        m[STEP_COLUMN][epoch] = s
-                    self._emit("on_epoch", epoch)
-                if epoch != E:
-                    self.step(epoch, record_acc=evaluating, step=s)
-                if b == k - 1 or epoch == E:
-                    self._emit("on_step", epoch)
-                    if evaluating:
-                        self._emit("on_eval", epoch)
-            self.flush(E, finished=True, step=self.total_steps)
-        finally:
-            self._emit("on_end")
+        if evaluating and len(test.labels):  # the model at this epoch, before its step
+            m["test_loss"][epoch], m["test_acc"][epoch] = self.evaluate(test)
+        if epoch == self.E or (minibatch and evaluating):
+            m["train_loss"][epoch], m["train_acc"][epoch] = self.evaluate(train)
+        if minibatch:
+            m[STEP_COLUMN][epoch] = step
+
+    def _interrupt(self, epoch: int, step: int, signum: int) -> None:
+        self.flush(epoch, finished=False, step=step)
+        raise TrainingInterrupted(self.run_dir, epoch, signum, step if self.batch_size is not None else None)
 
 
 @contextmanager
@@ -474,12 +564,14 @@ def _sigint_flag() -> Iterator[Callable[[], bool]]:
 stop_on_signals = _sigint_flag
 
 
-def _callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
+def _callbacks(progress: bool, callbacks: Sequence[Callback], bar: Callable[[], Callback] = ProgressBar
+                ) -> list[Callback]:
+    """The loop's callbacks: ``bar()`` first when ``progress``, then ``callbacks`` (checked)."""
     cbs = list(callbacks)
     bad = [type(cb).__name__ for cb in cbs if not isinstance(cb, Callback)]
     if bad:
         raise ConfigError(f"callbacks: expected grokinterp.training.callbacks.Callback objects, got {', '.join(bad)}")
-    return ([ProgressBar()] if progress else []) + cbs
+    return ([bar()] if progress else []) + cbs
 
 
 def train(

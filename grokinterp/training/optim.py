@@ -1,34 +1,41 @@
-"""The optimizer registry: every optimizer is built from a :class:`~grokinterp.config.TrainConfig`
-in this one place, and its state is saved and restored through ``state_dict()``.
+"""The optimizer registry: one entry per optimizer, written once over a stack of runs.
+
+Every optimizer updates one flat parameter ``[run, n_params]`` of ``R ≥ 1`` runs with each run's own
+hyper-parameters (learning-rate schedule, weight decay and its groups, betas, momentum); a single run
+is a stack of one (:mod:`grokinterp.training.loop`). Each run's state is saved under the keys of
+torch's optimizers, ``opt/<param>/<slot>``, so every state file written before reads as it did.
 
 Built-in entries (``TrainConfig.optimizer``):
 
-=========  ====================================================================================
-name       optimizer
-=========  ====================================================================================
-``adamw``  ``torch.optim.AdamW(lr, betas=(beta1, beta2), weight_decay)`` — decoupled decay (paper)
-``adam``   ``torch.optim.Adam(lr, betas=(beta1, beta2), weight_decay)`` — decay as an L2 gradient term
-``sgd``    ``torch.optim.SGD(lr, momentum, weight_decay)``
-``ortho_adamw``  ⊥AdamW (Prieto et al. 2025): AdamW whose step first makes each parameter's
-           gradient orthogonal to the parameter (:func:`~grokinterp.training.transforms.orthogonalize_`)
-=========  ====================================================================================
+===============  ====================================================================================
+name             update (each bit for bit torch's on CPU, see below)
+===============  ====================================================================================
+``adamw``        :class:`StackedAdamW`: torch's ``AdamW`` — decoupled decay (paper)
+``adam``         :class:`StackedAdam`: torch's ``Adam`` — decay as an L2 gradient term
+``sgd``          :class:`StackedSGD`: torch's ``SGD`` (momentum, no dampening)
+``ortho_adamw``  :class:`StackedOrthoAdamW`: ⊥AdamW (Prieto et al. 2025): AdamW whose step first makes
+                 each parameter's gradient orthogonal to the parameter
+                 (:func:`~grokinterp.training.transforms.stacked_orthogonalize_`)
+===============  ====================================================================================
 
-Weight decay goes through parameter groups (:func:`param_groups`): ``TrainConfig.weight_decay_on``
-``all`` gives one group, ``matrices`` a second group of the parameters that are not weight
-matrices (:func:`is_matrix`: the biases and the LayerNorms' weights and biases) with weight decay 0. The optimizer state is saved per parameter *name*
-(:func:`optimizer_param_names` maps the optimizer's parameter order, group by group, to names).
+Weight decay falls on all parameters or on the weight matrices only (``TrainConfig.weight_decay_on``;
+:func:`param_groups` and :func:`is_matrix` say which are matrices).
 
-Every optimizer also has a stacked version (:data:`STACKED_OPTIMIZERS`, :class:`StackedOptimizer`):
-the same update over one flat parameter ``[run, n_params]`` of ``R`` runs
-(:mod:`grokinterp.training.stacked`), with each run's own lr schedule, weight decay and decay groups,
-betas and momentum; on CPU through torch's fused kernels, bit-identical to the single-run optimizer on
-the same gradients; each run's state is saved under the single-run keys ``opt/<param>/<slot>``. A
-new optimizer without a stacked version (:func:`register_stacked_optimizer`) trains alone.
+Why the bits are torch's. On CPU each entry calls torch's fused kernel (``torch._fused_adamw_``,
+``_fused_adam_``, ``_fused_sgd_``: what ``torch.optim.AdamW(..., fused=True)`` runs, which the trainer
+has always used on CPU) over pieces of each run's row chosen so that every element falls in the
+kernel's vectorised body or scalar tail exactly as when torch gets the parameters one by one
+(:meth:`StackedOptimizer._spans`), with each run's float64 learning rate: a stack of one is bit for bit
+torch's optimizer, and each run of a stack is its own torch optimizer (tested,
+``tests/test_one_loop.py``). Elsewhere (CUDA: broadcast kernels over the whole stack, capturable in a
+CUDA graph) the operations follow torch's ``_single_tensor_adam`` / ``sgd`` in their order, with each
+run's scalars computed in float64 and rounded once.
 
-A new optimizer is one :func:`register_optimizer` call; the trainer, resume and the CLI pick it
-up by name. The builder receives the named parameters, the config and :class:`OptimizerOptions`
-(device-specific choices: a fused kernel where one exists, and a *capturable* optimizer with a
-tensor learning rate when the step is replayed from a CUDA graph).
+A new optimizer is one :func:`register_optimizer` call; the trainer, resume, stacks and the CLI pick
+it up by name. Its builder is either a :class:`StackedOptimizer` class (``builder(flat, layout,
+train_configs)``; such runs also train in stacks) or, as before, a function returning a
+``torch.optim.Optimizer`` over the named parameters (``builder(named_params, train_config, options)``:
+adapted by :class:`TorchOptimizer`; such runs train alone, a stack of one).
 
 Example:
     >>> register_optimizer("rmsprop", lambda params, tc, o: torch.optim.RMSprop(
@@ -48,24 +55,23 @@ from torch import Tensor
 from ..config import OPTIMIZER_NAMES, TrainConfig
 from ..errors import ConfigError, RunError
 from ..model.params import is_bias, is_norm_weight
-from .transforms import orthogonalize_, stacked_orthogonalize_
+from .transforms import stacked_orthogonalize_
 
-__all__ = ["is_matrix", "OptimizerOptions", "OPTIMIZERS", "register_optimizer", "build_optimizer", "check_optimizer",
-           "optimizer_state_tensors", "load_optimizer_state", "expected_slots", "param_groups",
-           "optimizer_param_names", "OrthoAdamW", "EPS", "ParamLayout", "per_run", "StackedSchedule", "StackedOptimizer",
-           "StackedAdamW", "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "STACKED_OPTIMIZERS",
-           "register_stacked_optimizer"]
+__all__ = ["is_matrix", "OptimizerOptions", "OPTIMIZERS", "register_optimizer", "check_optimizer",
+           "build_optimizer", "expected_slots", "param_groups", "EPS", "ParamLayout", "per_run", "StackedSchedule",
+           "StackedOptimizer", "StackedAdamW", "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "TorchOptimizer",
+           "STACKED_OPTIMIZERS", "register_stacked_optimizer", "stackable_optimizer"]
 
 
 @dataclass(frozen=True)
 class OptimizerOptions:
-    """Device-dependent choices the trainer makes for a builder.
+    """Device-dependent choices passed to a ``torch.optim`` builder (:class:`TorchOptimizer`).
 
     Attributes:
-        lr: the learning rate to construct with: a float, or a 0-d device tensor when the step is
-            replayed from a CUDA graph (the loop writes the scheduled value into it in place).
+        lr: the learning rate to construct with (the loop sets each step's value in the groups).
         fused: use a fused kernel where the optimizer has one (CPU and CUDA).
-        capturable: the optimizer must be capturable in a CUDA graph.
+        capturable: the optimizer must be capturable in a CUDA graph (never asked of an adapted
+            ``torch.optim`` builder now: such a run steps eagerly).
     """
 
     lr: float | Tensor
@@ -81,50 +87,6 @@ class OptimizerOptions:
         return kw
 
 
-Builder = Callable[[dict[str, torch.nn.Parameter], TrainConfig, OptimizerOptions], torch.optim.Optimizer]
-
-#: Registered optimizers by name.
-OPTIMIZERS: dict[str, Builder] = {}
-
-
-def register_optimizer(name: str, builder: Builder, description: str = "", *,
-                       stacked: "StackedBuilder | None" = None) -> None:
-    """Make an optimizer available as ``TrainConfig.optimizer = name``.
-
-    Args:
-        name: an identifier.
-        builder: ``builder(named_params, train_config, options) -> torch.optim.Optimizer``; it
-            should honour ``options.lr`` (possibly a tensor) and may ignore ``fused`` /
-            ``capturable`` (then a CUDA-graph capture that fails falls back to eager steps).
-        description: one line for listings (``grokinterp train --help`` lists the built-in ones
-            from :data:`grokinterp.config.OPTIMIZER_NAMES`, which this call extends).
-        stacked: its stacked version, if any (:func:`register_stacked_optimizer`); without one, runs
-            with this optimizer train alone.
-    """
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
-    OPTIMIZERS[name] = builder
-    if stacked is not None:
-        register_stacked_optimizer(name, stacked)
-    if description or name not in OPTIMIZER_NAMES:
-        OPTIMIZER_NAMES[name] = description or name
-
-
-def check_optimizer(tc: TrainConfig) -> Builder:
-    """The registered builder of ``tc.optimizer``; :class:`ConfigError` naming the field if unknown."""
-    try:
-        return OPTIMIZERS[tc.optimizer]
-    except KeyError:
-        raise ConfigError(f"train.optimizer: unknown optimizer {tc.optimizer!r}; known: "
-                          f"{', '.join(sorted(OPTIMIZERS))}") from None
-
-
-def build_optimizer(params: dict[str, torch.nn.Parameter], tc: TrainConfig,
-                    options: OptimizerOptions) -> torch.optim.Optimizer:
-    """The optimizer named by ``tc.optimizer`` over ``params`` (in their order)."""
-    return check_optimizer(tc)(params, tc, options)
-
-
 def is_matrix(name: str, p: Tensor | tuple[int, ...]) -> bool:
     """A weight matrix, decayed under ``weight_decay_on = matrices``: two or more axes (``p`` a tensor
     or its shape), and neither a bias (``b_*``, a LayerNorm's ``b``) nor a LayerNorm weight."""
@@ -133,7 +95,8 @@ def is_matrix(name: str, p: Tensor | tuple[int, ...]) -> bool:
 
 
 def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[dict[str, Any]]:
-    """Optimizer parameter groups for ``tc.weight_decay_on``, in the parameters' order.
+    """``torch.optim`` parameter groups for ``tc.weight_decay_on``, in the parameters' order (what a
+    :class:`TorchOptimizer` builder receives to honour, and the reference the built-in entries match).
 
     ``all``: one group with ``weight_decay = tc.weight_decay`` (LayerNorm weights and biases
     included, as ``torch.optim.AdamW(model.parameters())`` in the reference decoders). ``matrices``:
@@ -149,134 +112,6 @@ def param_groups(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list
             if g["params"]]
 
 
-def optimizer_param_names(opt: torch.optim.Optimizer, params: dict[str, Tensor]) -> list[str]:
-    """The name of each of ``opt``'s parameters in ``state_dict()`` order (group by group)."""
-    name_of = {id(p): k for k, p in params.items()}
-    try:
-        return [name_of[id(p)] for group in opt.param_groups for p in group["params"]]
-    except KeyError:
-        raise RunError("the optimizer holds a parameter that is not one of the model's") from None
-
-
-class OrthoAdamW(torch.optim.AdamW):
-    """⊥AdamW (Prieto et al. 2025): AdamW on ⊥Grad gradients.
-
-    Notes:
-        Before each AdamW step every parameter's gradient ``g`` is replaced by its component
-        orthogonal to the parameter ``w``, rescaled to ``‖g‖``
-        (:func:`~grokinterp.training.transforms.orthogonalize_`); the AdamW update (moments, bias
-        correction, decoupled weight decay) is torch's. Tensor operations only: capturable.
-    """
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    orthogonalize_(p, p.grad)
-        return super().step(closure)
-
-
-def _adam_kwargs(tc: TrainConfig, o: OptimizerOptions) -> dict[str, Any]:
-    return {"betas": (tc.beta1, tc.beta2), "weight_decay": tc.weight_decay, **o.torch_kwargs()}
-
-
-def _adamw(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(params, tc), **_adam_kwargs(tc, o))
-
-
-def _adam(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    return torch.optim.Adam(param_groups(params, tc), **_adam_kwargs(tc, o))
-
-
-def _ortho_adamw(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    return OrthoAdamW(param_groups(params, tc), **_adam_kwargs(tc, o))
-
-
-def _sgd(params, tc: TrainConfig, o: OptimizerOptions) -> torch.optim.Optimizer:
-    kw = o.torch_kwargs()
-    kw.pop("capturable", None)  # SGD keeps no step counter: nothing to capture
-    return torch.optim.SGD(param_groups(params, tc), momentum=tc.momentum, weight_decay=tc.weight_decay, **kw)
-
-
-register_optimizer("adamw", _adamw)
-register_optimizer("adam", _adam)
-register_optimizer("sgd", _sgd)
-register_optimizer("ortho_adamw", _ortho_adamw)
-
-
-# -- state through state_dict() ---------------------------------------------------------------------
-def optimizer_state_tensors(opt: torch.optim.Optimizer, names: list[str]) -> dict[str, Tensor]:
-    """The per-parameter state of ``opt.state_dict()`` as ``{"opt/<param name>/<slot>": tensor}``.
-
-    ``names[i]`` is the name of the optimizer's ``i``-th parameter. Non-tensor values (a step
-    count some optimizers keep as a number) become 0-d tensors. Hyper-parameters are not saved:
-    they come from the run's config.
-    """
-    out: dict[str, Tensor] = {}
-    for idx, slots in opt.state_dict()["state"].items():
-        for slot, val in slots.items():
-            if val is not None:  # e.g. SGD without momentum keeps momentum_buffer = None
-                out[f"opt/{names[idx]}/{slot}"] = val if torch.is_tensor(val) else torch.tensor(val)
-    return out
-
-
-def expected_slots(tc: TrainConfig) -> dict[str, bool]:
-    """The per-parameter state slots of ``tc.optimizer`` after one step: ``{slot: has the parameter's shape}``.
-
-    Found by probing: the registered builder is run on a 2-element parameter for one step, so
-    every registered optimizer is validated the same way on resume.
-    """
-    probe = torch.nn.Parameter(torch.zeros(2))
-    opt = build_optimizer({"probe": probe}, tc, OptimizerOptions(lr=tc.lr))
-    probe.grad = torch.zeros(2)
-    opt.step()
-    state = opt.state_dict()["state"].get(0, {})
-    return {slot: torch.is_tensor(v) and v.ndim > 0 for slot, v in state.items() if v is not None}
-
-
-def load_optimizer_state(opt: torch.optim.Optimizer, tc: TrainConfig, names: list[str],
-                         tensors: dict[str, Tensor], params: dict[str, Tensor], where: str) -> None:
-    """Restore what :func:`optimizer_state_tensors` saved, checked against the model first.
-
-    Every ``opt/<name>/<slot>`` must name a parameter and a slot the optimizer keeps
-    (:func:`expected_slots`), with its parameter's shape and dtype or as a scalar; a parameter
-    with state has all the slots. Raises
-    :class:`RunError` naming ``where`` (the state file) and the key otherwise.
-    """
-    slots_of = expected_slots(tc)
-    per_param: dict[str, dict[str, Tensor]] = {}
-    for key, t in tensors.items():
-        if not key.startswith("opt/"):
-            continue
-        name, _, slot = key[4:].rpartition("/")
-        p = params.get(name)
-        if p is None or slot not in slots_of:
-            ok = False
-        elif slots_of[slot]:
-            ok = tuple(t.shape) == tuple(p.shape) and t.dtype == p.dtype
-        else:
-            ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
-        if not ok:
-            raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {tc.optimizer} "
-                           f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
-        per_param.setdefault(name, {})[slot] = t
-    for name, slots in per_param.items():
-        if set(slots) != set(slots_of):
-            raise RunError(f"{where}: optimizer state of {name} is incomplete (has {sorted(slots)}, the "
-                           f"{tc.optimizer} optimizer keeps {sorted(slots_of)})")
-    sd = opt.state_dict()
-    index = {n: i for i, n in enumerate(names)}
-    device = next(iter(params.values())).device if params else torch.device("cpu")
-    sd["state"] = {index[n]: {k: v.to(device) for k, v in slots.items()} for n, slots in per_param.items()}
-    try:
-        opt.load_state_dict(sd)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{where}: cannot restore the optimizer state ({e})") from None
-
-
-# -- stacked optimizers: R runs at once, per-run hyper-parameters ----------------------------------------------
-#: Adam's epsilon (torch's default, which the single-run optimizers use).
 EPS = 1e-8
 #: Pieces of a run's parameter row passed to a fused CPU kernel keep lengths that are multiples of
 #: this (a multiple of every CPU's float vector width; :meth:`StackedOptimizer._spans`).
@@ -372,22 +207,57 @@ class StackedOptimizer:
         dev = flat.device
         self.device = dev
         self.schedule = StackedSchedule(tcs, dev)
-        self.lr = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
+        self._epoch: Tensor = torch.zeros((), dtype=torch.float32, device=dev)
         self.host_lr: list[float] | None = None
         self.step_count = torch.zeros(len(tcs), 1, dtype=torch.float32, device=dev)
-        wd = per_run([tc.weight_decay for tc in tcs], dev)
+        wd = per_run([tc.weight_decay for tc in tcs], dev, torch.float64)
         if any(tc.weight_decay_on == "matrices" for tc in tcs):
             only = per_run([tc.weight_decay_on == "matrices" for tc in tcs], dev) > 0
-            wd = wd * torch.where(only, layout.matrix_mask().to(dev), torch.ones(layout.total, device=dev))
-        self.weight_decay = wd  # [run, 1] or [run, n_params]
+            wd = wd * torch.where(only, layout.matrix_mask().to(dev, torch.float64),
+                                  torch.ones(layout.total, dtype=torch.float64, device=dev))
+        self.weight_decay64 = wd  # [run, 1] or [run, n_params], float64
+        self.weight_decay = wd.float()
         self.state = {slot: torch.zeros_like(flat) for slot in self.slots}
         self._fused_cache: dict[tuple[int, ...], Any] = {}
+        self._prepared = False
+
+    def prepare_grads(self, grads: dict[str, Tensor]) -> None:
+        """Do now, on ``grads`` (``{name: [run, ...]}``, where the step finds them: views of the
+        flat gradient, or the gradients autograd wrote before they are gathered into it), what the
+        next :meth:`step` does to the gradient first (⊥AdamW's projection); that step then skips it."""
+        self._prepare_views(grads)
+        self._prepared = True
+
+    def _prepare_views(self, grads: dict[str, Tensor]) -> None:
+        """What the gradient needs before the update (nothing here; ⊥AdamW projects it)."""
+
+    def _prepare(self) -> None:
+        if not self._prepared and self.flat.grad is not None:
+            self._prepare_views(self.layout.views(self.flat.grad))
+        self._prepared = False
+
+    @classmethod
+    def slot_names(cls, tc: TrainConfig) -> dict[str, bool]:
+        """The ``opt/<param>/<slot>`` slots of a run's state: ``{slot: has the parameter's shape}``
+        (torch's: a scalar ``step`` and the moments for the Adam family)."""
+        return {"step": False, **{s: True for s in cls.slots}}
 
     def set_lr(self, epoch: Tensor, host_epoch: int | None = None) -> None:
-        """Every run's learning rate for the step from ``epoch`` (a 0-d device tensor), in place; with
-        ``host_epoch`` (the same epoch on the host) also each run's float64 value (``host_lr``)."""
-        self.lr.copy_(self.schedule(epoch))
+        """Take the step from ``epoch`` (a 0-d device tensor, read when the step runs: a CUDA graph
+        replays the schedule on the device); with ``host_epoch`` (the same epoch on the host) each
+        run's float64 learning rate is computed on the host (``host_lr``), as torch's optimizers get it."""
+        self._epoch = epoch
         self.host_lr = None if host_epoch is None else [tc.lr_at(host_epoch) for tc in self.tcs]
+
+    @property
+    def lr64(self) -> Tensor:
+        """Every run's learning rate of the current step, ``[run, 1]`` float64 on the device."""
+        return self.schedule(self._epoch)
+
+    @property
+    def lr(self) -> Tensor:
+        """:attr:`lr64` rounded to float32."""
+        return self.lr64.float()
 
     def zero_grad(self) -> None:
         self.flat.grad = None
@@ -444,7 +314,7 @@ class StackedOptimizer:
         """Run ``r``'s ``opt/<param>/<slot>`` tensors (none before the first step, as torch's)."""
         if float(self.step_count[r]) == 0:
             return {}
-        keep = expected_slots(self.tcs[r])
+        keep = self.slot_names(self.tcs[r])
         views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
         out: dict[str, Tensor] = {}
         for name in self.layout.names:
@@ -455,7 +325,7 @@ class StackedOptimizer:
 
     def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
         """Restore run ``r`` from its state file's ``opt/`` tensors (checked like a single run's)."""
-        keep = expected_slots(self.tcs[r])
+        keep = self.slot_names(self.tcs[r])
         got = {k: t for k, t in tensors.items() if k.startswith("opt/")}
         if not got:
             return
@@ -503,12 +373,11 @@ class StackedAdamW(StackedOptimizer):
         super().__init__(flat, layout, tcs)
         self.beta1 = per_run([tc.beta1 for tc in tcs], self.device)
         self.beta2 = per_run([tc.beta2 for tc in tcs], self.device)
+        self.beta1_64 = per_run([tc.beta1 for tc in tcs], self.device, torch.float64)
+        self.beta2_64 = per_run([tc.beta2 for tc in tcs], self.device, torch.float64)
         self.one_minus_beta1 = per_run([1 - tc.beta1 for tc in tcs], self.device)
         self.one_minus_beta2 = per_run([1 - tc.beta2 for tc in tcs], self.device)
         self.groups = _groups(tcs, (*_LR_FIELDS, "weight_decay", "weight_decay_on", "beta1", "beta2"))
-
-    def _prepare(self) -> None:
-        """What the gradient needs before the Adam update (⊥AdamW projects it)."""
 
     @torch.no_grad()
     def step(self) -> None:
@@ -522,22 +391,25 @@ class StackedAdamW(StackedOptimizer):
             data, m, v = p.detach(), self.state["exp_avg"], self.state["exp_avg_sq"]
             for ix in self.groups:
                 tc = self.tcs[ix[0]]
-                lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr[ix[0]])
+                lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr64[ix[0]])
                 for dec, (ps, ms, vs, steps), gs in self._fused_args(ix, (data, m, v), g):
                     fused(ps, gs, ms, vs, [], steps, lr=lr, beta1=tc.beta1, beta2=tc.beta2,
                           weight_decay=tc.weight_decay if dec else 0.0, eps=EPS, amsgrad=False, maximize=False)
             return
-        bc1 = 1 - self.beta1.pow(self.step_count)
-        bc2_sqrt = (1 - self.beta2.pow(self.step_count)).sqrt()
+        # torch's _single_tensor_adam, operation by operation; each run's scalars in float64, rounded once
+        lr, step = self.lr64, self.step_count.double()
+        bc1 = 1 - self.beta1_64.pow(step)
+        bc2_sqrt = (1 - self.beta2_64.pow(step)).sqrt().float()
+        neg_step_size = (-(lr / bc1)).float()
         if self.decoupled:
-            p.mul_(1 - self.lr * self.weight_decay)
+            p.mul_((1 - lr * self.weight_decay64).float())
         else:
             g = g.add(p * self.weight_decay)
         m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
         m.lerp_(g, self.one_minus_beta1)
-        v.mul_(self.beta2).add_(g * g * self.one_minus_beta2)
+        v.mul_(self.beta2).add_(self.one_minus_beta2 * g * g)
         denom = (v.sqrt() / bc2_sqrt).add_(EPS)
-        p.sub_((self.lr / bc1) * m / denom)
+        p.add_(neg_step_size * m / denom)
 
 
 class StackedAdam(StackedAdamW):
@@ -550,8 +422,8 @@ class StackedOrthoAdamW(StackedAdamW):
     """⊥AdamW over a stack: every run's parameters' gradients made orthogonal to the parameters
     (:func:`~grokinterp.training.transforms.stacked_orthogonalize_`), then :class:`StackedAdamW`."""
 
-    def _prepare(self) -> None:
-        stacked_orthogonalize_(self.layout.views(self.flat.detach()), self.layout.views(self.flat.grad))
+    def _prepare_views(self, grads: dict[str, Tensor]) -> None:
+        stacked_orthogonalize_(self.layout.views(self.flat.detach()), grads)
 
 
 class StackedSGD(StackedOptimizer):
@@ -559,6 +431,11 @@ class StackedSGD(StackedOptimizer):
     per-run lr schedule, momentum, weight decay and its groups."""
 
     slots = ("momentum_buffer",)
+
+    @classmethod
+    def slot_names(cls, tc: TrainConfig) -> dict[str, bool]:
+        """torch's ``SGD`` keeps a momentum buffer only with momentum (and no step count)."""
+        return {"momentum_buffer": True} if tc.momentum != 0 else {}
 
     def __init__(self, flat, layout, tcs):
         super().__init__(flat, layout, tcs)
@@ -570,12 +447,13 @@ class StackedSGD(StackedOptimizer):
         p = self.flat
         if p.grad is None:
             return
+        self._prepare()
         self.step_count.add_(1)
         if self.device.type == "cpu":  # torch's fused kernel, as the single-run optimizer's
             data, g, buf = p.detach(), p.grad, self.state["momentum_buffer"]
             for ix in self.groups:
                 tc = self.tcs[ix[0]]
-                lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr[ix[0]])
+                lr = self.host_lr[ix[0]] if self.host_lr is not None else float(self.lr64[ix[0]])
                 first = float(self.step_count[ix[0]]) == 1
                 for dec, (ps, bs, _), gs in self._fused_args(ix, (data, buf), g):
                     torch._fused_sgd_(ps, gs, bs if tc.momentum != 0 else [], weight_decay=tc.weight_decay if dec else 0.0,
@@ -585,20 +463,178 @@ class StackedSGD(StackedOptimizer):
         d = p.grad.add(p * self.weight_decay)
         buf = self.state["momentum_buffer"]
         buf.mul_(self.momentum).add_(d)  # first step: 0 · 0 + d, as torch's clone of d
-        p.sub_(self.lr * buf)
+        p.add_((-self.lr64).float() * buf)
+
+
+
+class TorchOptimizer(StackedOptimizer):
+    """A ``torch.optim`` builder registered with :func:`register_optimizer` (the extension API of
+    earlier releases), over a stack of one run: the builder gets the run's parameters as leaf tensors
+    that share the flat parameter's memory, their ``.grad`` are views of the flat gradient, and its
+    ``state_dict()`` is saved under the same ``opt/<param>/<slot>`` keys as ever. Such a run trains
+    alone (``max_runs = 1``) and steps eagerly (no CUDA graph: the builder need not be capturable).
+    """
+
+    max_runs = 1
+    graphable = False
+
+    def __init__(self, flat: torch.nn.Parameter, layout: ParamLayout, tcs: Sequence[TrainConfig],
+                 builder: Callable[..., torch.optim.Optimizer]):
+        if len(tcs) != 1:
+            raise ConfigError(f"train.optimizer: {tcs[0].optimizer!r} is a torch.optim builder without a stacked "
+                              f"version; its runs train alone, got a stack of {len(tcs)}")
+        super().__init__(flat, layout, tcs)
+        self.params = {k: torch.nn.Parameter(v) for k, v in layout.views(flat.detach()[0]).items()}
+        dev = flat.device
+        self.opt = builder(self.params, tcs[0], OptimizerOptions(lr=tcs[0].lr, fused=dev.type in ("cpu", "cuda")))
+        name_of = {id(p): k for k, p in self.params.items()}
+        try:
+            self.names = [name_of[id(p)] for group in self.opt.param_groups for p in group["params"]]
+        except KeyError:
+            raise RunError("the optimizer holds a parameter that is not one of the model's") from None
+
+    def set_lr(self, epoch: Tensor, host_epoch: int | None = None) -> None:
+        lr = self.tcs[0].lr_at(int(epoch) if host_epoch is None else host_epoch)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.flat.grad is None:
+            return
+        for k, g in self.layout.views(self.flat.grad[0]).items():
+            self.params[k].grad = g
+        self.opt.step()
+        self.step_count.add_(1)
+
+    def run_state(self, r: int) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for idx, slots in self.opt.state_dict()["state"].items():
+            for slot, val in slots.items():
+                if val is not None:  # e.g. SGD without momentum keeps momentum_buffer = None
+                    out[f"opt/{self.names[idx]}/{slot}"] = val if torch.is_tensor(val) else torch.tensor(val)
+        return out
+
+    def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
+        tc = self.tcs[0]
+        slots_of = expected_slots(tc)
+        per_param: dict[str, dict[str, Tensor]] = {}
+        for key, t in tensors.items():
+            if not key.startswith("opt/"):
+                continue
+            name, _, slot = key[4:].rpartition("/")
+            p = self.params.get(name)
+            if p is None or slot not in slots_of:
+                ok = False
+            elif slots_of[slot]:
+                ok = tuple(t.shape) == tuple(p.shape) and t.dtype == p.dtype
+            else:
+                ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
+            if not ok:
+                raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {tc.optimizer} "
+                               f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
+            per_param.setdefault(name, {})[slot] = t
+        for name, slots in per_param.items():
+            if set(slots) != set(slots_of):
+                raise RunError(f"{where}: optimizer state of {name} is incomplete (has {sorted(slots)}, the "
+                               f"{tc.optimizer} optimizer keeps {sorted(slots_of)})")
+        sd = self.opt.state_dict()
+        index = {n: i for i, n in enumerate(self.names)}
+        sd["state"] = {index[n]: {k: v.to(self.device) for k, v in slots.items()} for n, slots in per_param.items()}
+        try:
+            self.opt.load_state_dict(sd)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise RunError(f"{where}: cannot restore the optimizer state ({e})") from None
+        if per_param:
+            self.step_count.fill_(1.0)
+
+
+class _TorchBuilder:
+    """The registry entry of a ``torch.optim`` builder (:class:`TorchOptimizer`)."""
+
+    max_runs = 1
+
+    def __init__(self, builder: Callable[..., torch.optim.Optimizer]):
+        self.builder = builder
+
+    def __call__(self, flat: torch.nn.Parameter, layout: ParamLayout, tcs: Sequence[TrainConfig]) -> TorchOptimizer:
+        return TorchOptimizer(flat, layout, tcs, self.builder)
 
 
 StackedBuilder = Callable[[torch.nn.Parameter, ParamLayout, Sequence[TrainConfig]], StackedOptimizer]
 
-#: Stacked optimizers by the name of the single-run optimizer they reproduce.
-STACKED_OPTIMIZERS: dict[str, StackedBuilder] = {
+#: The registry: every optimizer by name, as ``builder(flat [run, n_params], layout, train_configs)``.
+OPTIMIZERS: dict[str, StackedBuilder] = {
     "adamw": StackedAdamW, "adam": StackedAdam, "sgd": StackedSGD, "ortho_adamw": StackedOrthoAdamW,
 }
+#: The same registry under its earlier name (there is only one).
+STACKED_OPTIMIZERS = OPTIMIZERS
+
+
+def register_optimizer(name: str, builder: Any, description: str = "", *,
+                       stacked: StackedBuilder | None = None) -> None:
+    """Make an optimizer available as ``TrainConfig.optimizer = name``.
+
+    Args:
+        name: an identifier.
+        builder: a :class:`StackedOptimizer` class (or any ``builder(flat, layout, train_configs)``
+            passed as ``stacked``), or a function ``builder(named_params, train_config, options) ->
+            torch.optim.Optimizer`` (adapted by :class:`TorchOptimizer`: its runs train alone).
+        description: one line for listings (``grokinterp train --help`` lists the built-in ones
+            from :data:`grokinterp.config.OPTIMIZER_NAMES`, which this call extends).
+        stacked: the entry over stacks, when ``builder`` is a ``torch.optim`` builder kept for
+            reference: the registry keeps ``stacked``.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
+    if stacked is not None:
+        entry: StackedBuilder = stacked
+    elif isinstance(builder, type) and issubclass(builder, StackedOptimizer):
+        entry = builder
+    else:
+        entry = _TorchBuilder(builder)
+    OPTIMIZERS[name] = entry
+    if description or name not in OPTIMIZER_NAMES:
+        OPTIMIZER_NAMES[name] = description or name
 
 
 def register_stacked_optimizer(name: str, builder: StackedBuilder) -> None:
-    """Give the optimizer ``name`` a stacked version:
-    ``builder(flat_param [run, n_params], layout, train_configs) -> StackedOptimizer``."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"optimizer name must be an identifier, got {name!r}")
-    STACKED_OPTIMIZERS[name] = builder
+    """Register ``builder(flat_param [run, n_params], layout, train_configs) -> StackedOptimizer``
+    under ``name`` (the same registry as :func:`register_optimizer`)."""
+    register_optimizer(name, builder, stacked=builder)
+
+
+def check_optimizer(tc: TrainConfig) -> StackedBuilder:
+    """The registered builder of ``tc.optimizer``; :class:`ConfigError` naming the field if unknown."""
+    try:
+        return OPTIMIZERS[tc.optimizer]
+    except KeyError:
+        raise ConfigError(f"train.optimizer: unknown optimizer {tc.optimizer!r}; known: "
+                          f"{', '.join(sorted(OPTIMIZERS))}") from None
+
+
+def stackable_optimizer(name: str) -> bool:
+    """Whether the optimizer ``name`` trains runs in stacks of more than one."""
+    return name in OPTIMIZERS and getattr(OPTIMIZERS[name], "max_runs", None) != 1
+
+
+def build_optimizer(flat: torch.nn.Parameter, layout: ParamLayout, tcs: Sequence[TrainConfig]) -> StackedOptimizer:
+    """The optimizer of ``tcs[0].optimizer`` over ``flat [run, n_params]`` (one train config per run)."""
+    return check_optimizer(tcs[0])(flat, layout, tcs)
+
+
+def expected_slots(tc: TrainConfig) -> dict[str, bool]:
+    """The per-parameter state slots of ``tc.optimizer`` after one step: ``{slot: has the parameter's shape}``
+    (the slots of torch's optimizer of the same name: ``step`` a scalar)."""
+    entry = check_optimizer(tc)
+    if isinstance(entry, type) and issubclass(entry, StackedOptimizer):
+        return entry.slot_names(tc)
+    probe = torch.nn.Parameter(torch.zeros(1, 2))
+    opt = entry(probe, ParamLayout({"probe": (2,)}), [tc])
+    probe.grad = torch.zeros(1, 2)
+    opt.set_lr(torch.zeros(()), 0)
+    opt.step()
+    if isinstance(opt, TorchOptimizer):
+        state = opt.opt.state_dict()["state"].get(0, {})
+        return {slot: torch.is_tensor(v) and v.ndim > 0 for slot, v in state.items() if v is not None}
+    return {k.rpartition("/")[2]: v.ndim > 0 for k, v in opt.run_state(0).items()}

@@ -7,11 +7,13 @@ betas, momentum, the Grokfast filters' ``α`` and ``λ``, the weight-norm constr
 initialisation scale and method, the attention coefficient — train as one stacked model: every
 parameter is one tensor ``[run, ...]``, one forward computes every run's logits on its own training
 examples (:mod:`grokinterp.model.stacked`), the loss is the sum of the runs' mean float64 losses
-(cross-entropy, StableMax or MSE: so each run's gradient is its own), and a stacked optimizer,
-stacked gradient transforms and a stacked weight-norm constraint apply each run's values
+(cross-entropy, StableMax or MSE: so each run's gradient is its own), and the optimizer, the
+gradient transforms and the weight-norm constraint apply each run's values
 (:mod:`~grokinterp.training.optim`, :mod:`~grokinterp.training.transforms`,
-:mod:`~grokinterp.training.constraints`, beside their single-run versions; each run's state is saved
-under a single run's keys, so a run trained in a stack resumes alone and the other way round). The
+:mod:`~grokinterp.training.constraints`: one registry each, whose entries a single run uses over a
+stack of one; each run's state is saved under a single run's keys, so a run trained in a stack
+resumes alone and the other way round). The epoch loop is :class:`~grokinterp.training.loop.EpochLoop`,
+the one of every trainer. The
 optimizer, the list of gradient transforms, the loss and the Grokfast-MA window (the shape of its
 state) are shared by a stack. Each run writes its own run directory
 through :mod:`grokinterp.store.writer`, exactly the files a single run writes, plus the optional
@@ -25,7 +27,7 @@ piece               what it does
 ``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``, ``ortho_adamw``) and
                     stacked gradient transforms (``grokfast_ema``, ``grokfast_ma``, ``orthograd``; a
                     run whose transform has no stacked version trains alone)
-``StackedLoop``     the epoch loop (checkpoints, evaluation, flushes, callbacks, signals)
+``StackedLoop``     a stack's state, forward, metrics and flushes (the epoch loop: ``EpochLoop``)
 ``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones
 ``max_stack_size``  how many runs fit the device's memory
 ==================  ==========================================================================
@@ -99,7 +101,15 @@ from ..store.writer import (
 from .callbacks import Callback
 from .constraints import StackedWeightNorm
 from .data import sampler_seed, stacked_epoch
-from .loop import TrainingInterrupted, check_trainable, recorded_threads, resolve_device, stop_on_signals
+from .loop import (
+    EpochLoop,
+    TrainingInterrupted,
+    _callbacks,
+    check_trainable,
+    recorded_threads,
+    resolve_device,
+    stop_on_signals,
+)
 from .loop import resume as resume_single
 from .optim import (
     EPS,
@@ -110,15 +120,20 @@ from .optim import (
     StackedOptimizer,
     StackedOrthoAdamW,
     StackedSGD,
+    build_optimizer,
     register_stacked_optimizer,
+    stackable_optimizer,
 )
 from .preflight import preflight
 from .step import CudaGraphStep, graphs_enabled, per_example_loss
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import (
     STACKED_TRANSFORMS,
+    RunSlice,
+    build_transforms,
     load_transform_state,
     register_stacked_transform,
+    stackable_transform,
     transform_state_tensors,
 )
 
@@ -193,9 +208,9 @@ def stack_unsupported_reason(config: RunConfig) -> str | None:
     """Why ``config`` cannot train in a stack (``None`` when it can). Every transformer setting
     can: where the one-layer kernels do not apply (:func:`~grokinterp.model.stacked.stack_unsupported`)
     the stack trains through the ``generic`` forward (:func:`default_impl`)."""
-    if config.train.optimizer not in STACKED_OPTIMIZERS:
+    if not stackable_optimizer(config.train.optimizer):
         return f"optimizer {config.train.optimizer!r} has no stacked version (register_stacked_optimizer)"
-    missing = [t for t in config.train.grad_transforms if t not in STACKED_TRANSFORMS]
+    missing = [t for t in config.train.grad_transforms if not stackable_transform(t)]
     if missing:
         return f"gradient transform(s) {missing} have no stacked version (register_stacked_transform)"
     changed = _unknown_fields_changed(config)
@@ -242,22 +257,6 @@ def stack_mismatch(a: RunConfig, b: RunConfig) -> str | None:
             if name not in _PER_RUN.get(sec, ()) and da[sec][name] != db[sec][name]:
                 return f"{sec}.{name} differs ({da[sec][name]!r} vs {db[sec][name]!r})"
     return None
-
-
-# -- stacked optimizers and transforms live with the single-run ones (optim.py, transforms.py) ------------
-class _RunSlice:
-    """One run's view of a stacked transform's state (so its keys are those of a single run)."""
-
-    def __init__(self, transform: Any, r: int, collect: dict[str, list] | None = None):
-        self.transform, self.r, self.collect = transform, r, collect
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {k: v[self.r] for k, v in self.transform.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        assert self.collect is not None
-        for k, v in state.items():
-            self.collect.setdefault(k, {})[self.r] = v
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -377,8 +376,9 @@ class _Flusher:
 
 
 # -- the loop ---------------------------------------------------------------------------------------------
-class StackedLoop:
-    """The state of a stack of runs and its epoch loop (built by :func:`train_stacked` / :func:`resume_stacked`).
+class StackedLoop(EpochLoop):
+    """The state of a stack of runs (built by :func:`train_stacked` / :func:`resume_stacked`); the epoch
+    loop is :class:`~grokinterp.training.loop.EpochLoop`'s, the one of every trainer.
 
     Attributes callbacks may read: ``configs``, ``run_dirs``, ``n_runs``, ``device``, ``params``
     (``{name: [run, ...]}``, views of ``flat [run, n_params]``), ``metrics`` (``{column: float64 [run, epochs + 1]}``, on the device
@@ -458,8 +458,8 @@ class StackedLoop:
         # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
         tcs = [c.train if self.batch_size is None else dataclasses.replace(c.train, epochs=c.total_steps())
                for c in self.configs]
-        self.optimizer = STACKED_OPTIMIZERS[c0.train.optimizer](self.flat, self.layout, tcs)
-        self.transforms = [STACKED_TRANSFORMS[name](self.params, tcs) for name in c0.train.grad_transforms]
+        self.optimizer = build_optimizer(self.flat, self.layout, tcs)
+        self.transforms = build_transforms(self.params, tcs)
         # constraints on the weights after each step; their targets come from the initialisation
         self.constraints: list[Callable[[], None]] = (
             [StackedWeightNorm(self.params, [tc.weight_norm for tc in tcs])] if any(tc.weight_norm for tc in tcs)
@@ -490,10 +490,6 @@ class StackedLoop:
     def params(self) -> dict[str, Tensor]:
         """``{name: [run, ...]}``: views of the flat parameter (what the forward reads)."""
         return self.layout.views(self.flat)
-
-    def request_stop(self) -> None:
-        """Stop before the next epoch: flush every run and raise :class:`StackInterrupted` (resumable)."""
-        self._stop_requested = True
 
     # -- forward and step ----------------------------------------------------------------------------
     def logits(self, data: _StackSet) -> Tensor:
@@ -569,7 +565,7 @@ class StackedLoop:
         c = self.configs[r]
         state: dict[str, Tensor] = {f"param/{k}": v for k, v in self.layout.views(self.flat[r].detach()).items()}
         state.update(self.optimizer.run_state(r))
-        state.update(transform_state_tensors([_RunSlice(t, r) for t in self.transforms], c.train.grad_transforms))
+        state.update(transform_state_tensors([RunSlice(t, r) for t in self.transforms], c.train.grad_transforms))
         state["rng/torch_cpu"] = torch.get_rng_state()
         for col, v in self.metrics.items():
             state[f"metrics/{col}"] = v[r]
@@ -606,15 +602,19 @@ class StackedLoop:
                         raise RunError(f"{path}: metrics/{col} is missing or has the wrong length")
                     self.metrics[col][r].copy_(t)
             self.optimizer.load_run_state(r, tensors, str(path))
-            load_transform_state([_RunSlice(t, r, collected[i]) for i, t in enumerate(self.transforms)],
+            load_transform_state([RunSlice(t, r, collected[i]) for i, t in enumerate(self.transforms)],
                                  self.configs[r].train.grad_transforms, tensors, str(path))
         if len(starts) != 1 or len(flushed) != 1:
             raise RunError(f"{paths[0]}: the runs of this stack were saved at different epochs ({sorted(starts)}); "
                            f"resume them in groups (resume_stacked does)")
-        for t, got in zip(self.transforms, collected):
+        for t, got, name in zip(self.transforms, collected, self.configs[0].train.grad_transforms):
             if got:
-                t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
-                                   for k, per_run in got.items()})
+                try:
+                    t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
+                                       for k, per_run in got.items()})
+                except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                    raise RunError(f"{paths[0]}: cannot restore the state of gradient transform {name!r} ({e})") \
+                        from None
         (self.start_epoch, self.start_step), self.flushed_upto = starts.pop(), flushed.pop()
         end = self.total_steps if self.step_unit else self.E  # the schedule's last label
         if not (0 <= self.start_epoch <= self.E and -1 <= self.flushed_upto <= end):
@@ -672,12 +672,11 @@ class StackedLoop:
         for epoch, finished in self.flusher.completed():
             self._emit("on_flush", epoch, finished)
 
-    def _emit(self, hook: str, *args: Any) -> None:
-        for cb in self.callbacks:
-            getattr(cb, hook)(self, *args)
-
     # -- loop ------------------------------------------------------------------------------------------------
-    def step(self, epoch: int, record_acc: bool, evaluating: bool, step: int | None = None) -> None:
+    def step(self, epoch: int, record_acc: bool, step: int | None = None, evaluating: bool | None = None) -> None:
+        """One step of every run (full batch, or batch ``step mod k`` of epoch ``step // k``); in
+        ``mask`` mode an ``evaluating`` step (default: ``record_acc``) records the test metrics too."""
+        evaluating = record_acc if evaluating is None else evaluating
         m = self.metrics
         if self.batch_size is not None:  # one minibatch step; the epoch's row gets its first step's lr
             s = epoch * self.per_epoch if step is None else step
@@ -709,53 +708,40 @@ class StackedLoop:
         if self.mode == "mask":
             self._record_test(epoch, logits)
 
-    def run(self, stop: Callable[[], bool]) -> None:
-        """Train from :attr:`start_step` to the end, as :meth:`TrainLoop.run
-        <grokinterp.training.loop.TrainLoop.run>` does (minibatch rows: full-set evaluations)."""
-        E, k = self.E, self.per_epoch
-        minibatch = self.batch_size is not None
-        self._emit("on_start", self.start_epoch)
-        try:
-            for s in range(self.start_step, self.total_steps + 1):
-                epoch, b = divmod(s, k)
-                if stop() or self._stop_requested:
-                    self.flush(epoch, finished=False, step=s)
-                    self.flusher.wait()
-                    self._emit_flushes()
-                    raise StackInterrupted(self.run_dirs, epoch, getattr(stop, "signum", signal.SIGINT))
-                label = s if self.step_unit else (epoch if b == 0 else -1)
-                if label in self.ckpt_epochs and label > self.flushed_upto:
-                    with torch.no_grad():
-                        self.buffer[len(self.buffered)].copy_(self.flat)
-                    self.buffered.append(label)
-                    self._emit("on_checkpoint", label)
-                    if len(self.buffered) >= self.buffer.shape[0]:
-                        self.flush(epoch, finished=False, step=s)
-                evaluating = epoch % self.eval_every == 0 or epoch == E
-                if b == 0:
-                    if evaluating and self.mode == "gather":
-                        self._record_test(epoch, None)
-                    if minibatch:
-                        self.metrics[STEP_COLUMN][:, epoch] = s
-                    if epoch == E or (minibatch and evaluating):
-                        self._record_train(epoch)
-                if epoch != E:
-                    self.step(epoch, record_acc=evaluating, evaluating=evaluating, step=s)
-                if b == k - 1 or epoch == E:
-                    self._emit("on_step", epoch)
-                    if evaluating:
-                        self._emit("on_eval", epoch)
-                if self.flusher.background:
-                    self._emit_flushes()
-            self.flush(E, finished=True, step=self.total_steps)
-            self.flusher.wait()
+    def _snapshot(self, label: int) -> bool:
+        with torch.no_grad():
+            self.buffer[len(self.buffered)].copy_(self.flat)
+        self.buffered.append(label)
+        return len(self.buffered) >= self.buffer.shape[0]
+
+    def _record_epoch(self, epoch: int, step: int, evaluating: bool) -> None:
+        if evaluating and self.mode == "gather":
+            self._record_test(epoch, None)
+        if self.batch_size is not None:
+            self.metrics[STEP_COLUMN][:, epoch] = step
+        if epoch == self.E or (self.batch_size is not None and evaluating):
+            self._record_train(epoch)
+
+    def _interrupt(self, epoch: int, step: int, signum: int) -> None:
+        self.flush(epoch, finished=False, step=step)
+        self.flusher.wait()
+        self._emit_flushes()
+        raise StackInterrupted(self.run_dirs, epoch, signum)
+
+    def _between_steps(self) -> None:
+        if self.flusher.background:
             self._emit_flushes()
+
+    def _finish(self) -> None:
+        self.flush(self.E, finished=True, step=self.total_steps)
+        self.flusher.wait()
+        self._emit_flushes()
+
+    def _close(self) -> None:
+        try:
+            self.flusher.wait()
         finally:
-            try:
-                self.flusher.wait()
-            finally:
-                self.flusher.close()
-                self._emit("on_end")
+            self.flusher.close()
 
 
 # -- memory ----------------------------------------------------------------------------------------------------
@@ -872,10 +858,7 @@ class StackProgressBar(Callback):
 
 
 def _check_callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
-    bad = [type(cb).__name__ for cb in callbacks if not isinstance(cb, Callback)]
-    if bad:
-        raise ConfigError(f"callbacks: expected grokinterp.training.callbacks.Callback objects, got {', '.join(bad)}")
-    return ([StackProgressBar()] if progress else []) + list(callbacks)
+    return _callbacks(progress, callbacks, StackProgressBar)
 
 
 def padded_lengths(configs: Sequence[RunConfig], splits: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .optim import ParamLayout, StackedOptimizer
 from .transforms import GradientTransform
 
 __all__ = ["EagerStep", "CudaGraphStep", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
@@ -154,30 +155,46 @@ class EagerStep:
         forward: computes the training logits ``[batch, vocab]`` from the live parameters.
         labels: ``[batch]`` int64 on the device.
         params: the named parameters (their ``.grad`` is what the transforms see).
-        optimizer: built by :func:`grokinterp.training.optim.build_optimizer`.
+        optimizer: a :class:`~grokinterp.training.optim.StackedOptimizer` over a stack of one whose flat
+            parameter ``[1, n_params]`` the ``params`` are views of (:func:`~grokinterp.training.optim.build_optimizer`).
         transforms: gradient transforms applied in order between backward and the step.
         loss_fn: ``loss_fn(logits, labels) -> scalar`` (default :func:`cross_entropy64`).
         after_step: callables run after the optimizer step, in order (constraints on the weights
             such as :class:`~grokinterp.training.constraints.WeightNormConstraint`; tensor ops
             only, so they are captured with the step).
+        layout: where each parameter lies in the flat row (default: ``params`` in order).
     """
 
     def __init__(self, forward: Callable[[], Tensor], labels: Tensor, params: dict[str, torch.nn.Parameter],
-                 optimizer: torch.optim.Optimizer, transforms: list[GradientTransform] = (),
-                 loss_fn: LossFn = cross_entropy64, after_step: Sequence[Callable[[], None]] = ()):
+                 optimizer: StackedOptimizer, transforms: list[GradientTransform] = (),
+                 loss_fn: LossFn = cross_entropy64, after_step: Sequence[Callable[[], None]] = (),
+                 layout: ParamLayout | None = None):
         self.forward, self.labels, self.params = forward, labels, params
         self.optimizer, self.transforms, self.loss_fn = optimizer, list(transforms), loss_fn
         self.after_step = list(after_step)
+        self.layout = layout or ParamLayout({k: tuple(p.shape) for k, p in params.items()})
+        self._order = [params[k] for k in self.layout.names]
 
     def __call__(self) -> tuple[Tensor, Tensor]:
         logits = self.forward()
         loss = self.loss_fn(logits, self.labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        for p in self._order:
+            p.grad = None
         loss.backward()
-        if self.transforms:
-            grads = {k: p.grad for k, p in self.params.items() if p.grad is not None}
-            for t in self.transforms:
-                t(grads)
+        # The transforms and the optimizer's own gradient preparation (⊥AdamW) act on the gradients
+        # where autograd wrote them, as a stack of one {name: [1, ...]}; they are then gathered into
+        # the flat gradient [1, n_params] of the optimizer's row (the parameters are views of that
+        # row), and each parameter's .grad becomes its view of it. (In place on autograd's tensors,
+        # every operation reads the memory it always read: bit for bit the releases before one loop.)
+        grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p))[None]
+                 for k, p in zip(self.layout.names, self._order)}
+        for t in self.transforms:
+            t(grads)
+        self.optimizer.prepare_grads(grads)
+        flat = self.optimizer.flat
+        flat.grad = torch.cat([g.reshape(1, -1) for g in grads.values()], dim=1)
+        for p, g in zip(self._order, self.layout.views(flat.grad).values()):
+            p.grad = g[0]
         self.optimizer.step()
         for fn in self.after_step:
             fn()

@@ -24,10 +24,13 @@ name               transform
                    the parameter, rescaled to the original norm (:class:`OrthoGrad`)
 =================  ===================================================================================
 
-All three are tensor operations only (no host syncs), so they run inside the CUDA graph. Each has a
-stacked version over ``R`` runs at once with per-run settings (:data:`STACKED_TRANSFORMS`:
-:class:`StackedGrokfastEMA`, :class:`StackedGrokfastMA` — the window is the stack's —,
-:class:`StackedOrthoGrad`), whose state is each run's single-run state stacked ``[run, ...]``.
+All three are tensor operations only (no host syncs), so they run inside the CUDA graph. There is
+one registry (:data:`TRANSFORMS`; :data:`STACKED_TRANSFORMS` is the same dict) and each entry is
+written once, over ``R ≥ 1`` runs with per-run settings (:class:`StackedGrokfastEMA`,
+:class:`StackedGrokfastMA` — the window is the stack's —, :class:`StackedOrthoGrad`), whose state is
+each run's state stacked ``[run, ...]``; a single run is a stack of one (``GrokfastEMA``,
+``GrokfastMA``, ``OrthoGrad`` are those entries over a stack of one, for code that builds one
+directly). A transform registered with a single-run factory, as below, trains runs alone.
 
 Example:
     >>> class ClipNorm:                                                     # doctest: +SKIP
@@ -53,7 +56,7 @@ from ..errors import ConfigError, RunError
 __all__ = ["GradientTransform", "TRANSFORMS", "register_gradient_transform", "build_transforms",
            "check_transforms", "transform_state_tensors", "load_transform_state", "GrokfastEMA", "GrokfastMA",
            "OrthoGrad", "orthogonalize_", "STACKED_TRANSFORMS", "register_stacked_transform", "stacked_orthogonalize_",
-           "StackedGrokfastEMA", "StackedGrokfastMA", "StackedOrthoGrad"]
+           "StackedGrokfastEMA", "StackedGrokfastMA", "StackedOrthoGrad", "stackable_transform", "RunSlice"]
 
 
 class GradientTransform(Protocol):
@@ -65,30 +68,83 @@ class GradientTransform(Protocol):
 
 
 Factory = Callable[[dict[str, torch.nn.Parameter], TrainConfig], GradientTransform]
+StackedFactory = Callable[[dict[str, Tensor], list[TrainConfig]], GradientTransform]
 
-#: Registered gradient transforms by name.
-TRANSFORMS: dict[str, Factory] = {}
+#: The registry: every gradient transform by name, as ``factory(stacked_params, train_configs)`` over
+#: a stack of ``R ≥ 1`` runs (a single run is a stack of one; :data:`STACKED_TRANSFORMS` names the same
+#: dict). Parameters enter as ``{name: [run, ...]}`` views; the transform's ``__call__(grads)`` acts in
+#: place on stacked gradients ``{name: [run, ...]}`` (tensor ops only) and its ``state_dict()`` /
+#: ``load_state_dict(state)`` hold ``[run, ...]`` tensors: run ``r``'s slice ``[r]`` of each is what a
+#: single run's state file holds under the same key.
+TRANSFORMS: dict[str, StackedFactory] = {}
+#: The same registry under its earlier name (there is only one).
+STACKED_TRANSFORMS = TRANSFORMS
 
 
-def register_gradient_transform(name: str, factory: Factory, *, stacked: Callable[..., GradientTransform] | None = None
-                                ) -> None:
+class _SingleRunOnly:
+    """A transform registered with a single-run factory ``factory(named_params, train_config)`` (the
+    extension API of earlier releases), over a stack of one: it gets the run's parameters and
+    gradients as ``{name: tensor}`` (views of the stack's, the leading run axis dropped), and its
+    state gains the run axis. Runs with such a transform train alone (``max_runs = 1``)."""
+
+    max_runs = 1
+
+    def __init__(self, factory: Factory):
+        self.factory = factory
+
+    def __call__(self, params: dict[str, Tensor], tcs: list[TrainConfig]) -> GradientTransform:
+        if len(tcs) != 1:
+            raise ConfigError(f"train.grad_transforms: {tcs[0].grad_transforms} include a transform without a "
+                              f"stacked version; its runs train alone, got a stack of {len(tcs)}")
+        return _OneRun(self.factory({k: v[0] for k, v in params.items()}, tcs[0]))
+
+
+class _OneRun:
+    """A single-run transform seen over a stack of one (:class:`_SingleRunOnly`)."""
+
+    def __init__(self, inner: GradientTransform):
+        self.inner = inner
+
+    def __call__(self, grads: dict[str, Tensor]) -> None:
+        self.inner({k: g[0] for k, g in grads.items()})
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.unsqueeze(0) for k, v in self.inner.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.inner.load_state_dict({k: v[0] for k, v in state.items()})
+
+
+def register_gradient_transform(name: str, factory: Factory | None = None, *,
+                                stacked: StackedFactory | None = None) -> None:
     """Make a transform available as a name in ``TrainConfig.grad_transforms``.
 
     Args:
         name: an identifier.
-        factory: ``factory(named_params, train_config) -> transform`` (see the module docstring);
-            it may read its settings from config fields.
-        stacked: its stacked version, if any (:func:`register_stacked_transform`); without one, runs
-            with this transform train alone.
+        factory: a single-run ``factory(named_params, train_config) -> transform`` (see the module
+            docstring); it may read its settings from config fields. Without ``stacked``, runs with
+            this transform train alone (a stack of one).
+        stacked: the transform over stacks, ``factory(stacked_params, train_configs)``
+            (:data:`TRANSFORMS`); when given, the registry keeps it (``factory`` is not needed).
     """
     if not isinstance(name, str) or not name.isidentifier():
         raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
-    TRANSFORMS[name] = factory
-    if stacked is not None:
-        register_stacked_transform(name, stacked)
+    if stacked is None and factory is None:
+        raise ConfigError(f"gradient transform {name!r}: give a factory or a stacked factory")
+    TRANSFORMS[name] = stacked if stacked is not None else _SingleRunOnly(factory)  # type: ignore[arg-type]
 
 
-def check_transforms(tc: TrainConfig) -> list[Factory]:
+def register_stacked_transform(name: str, factory: StackedFactory) -> None:
+    """Register the stacked ``factory(stacked_params, train_configs)`` under ``name`` (:data:`TRANSFORMS`)."""
+    register_gradient_transform(name, stacked=factory)
+
+
+def stackable_transform(name: str) -> bool:
+    """Whether the transform ``name`` trains runs in stacks of more than one."""
+    return name in TRANSFORMS and getattr(TRANSFORMS[name], "max_runs", None) != 1
+
+
+def check_transforms(tc: TrainConfig) -> list[StackedFactory]:
     """The factories of ``tc.grad_transforms``; :class:`ConfigError` naming the field if one is unknown."""
     out = []
     for name in tc.grad_transforms:
@@ -99,9 +155,27 @@ def check_transforms(tc: TrainConfig) -> list[Factory]:
     return out
 
 
-def build_transforms(params: dict[str, torch.nn.Parameter], tc: TrainConfig) -> list[GradientTransform]:
-    """The configured transforms, in order (an empty list by default)."""
-    return [factory(params, tc) for factory in check_transforms(tc)]
+def build_transforms(params: dict[str, Tensor], tcs: list[TrainConfig]) -> list[GradientTransform]:
+    """The configured transforms of a stack (``params`` ``{name: [run, ...]}``, one train config per
+    run; the list of names is the stack's), in order (an empty list by default)."""
+    return [factory(params, tcs) for factory in check_transforms(tcs[0])]
+
+
+class RunSlice:
+    """One run's view of a stacked transform's state (so its keys are those of a single run): its
+    ``state_dict()`` is run ``r``'s slice; ``load_state_dict`` collects run ``r``'s tensors into
+    ``collect`` (``{key: {run: tensor}}``), which the caller stacks and loads once every run is read."""
+
+    def __init__(self, transform: GradientTransform, r: int, collect: dict[str, dict[int, Tensor]] | None = None):
+        self.transform, self.r, self.collect = transform, r, collect
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v[self.r] for k, v in self.transform.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        assert self.collect is not None
+        for k, v in state.items():
+            self.collect.setdefault(k, {})[self.r] = v
 
 
 def _prefix(i: int, name: str) -> str:
@@ -231,49 +305,30 @@ def orthogonalize_(w: Tensor, g: Tensor, eps: float = 1e-30) -> None:
         the paper's equation is the projection). A zero parameter (a bias at initialisation)
         leaves ``g`` as it is.
     """
-    wf, gf = w.detach().reshape(-1), g.reshape(-1)
+    # torch.dot is BLAS's, whose rounding depends on where the vectors start in memory: w, a view of
+    # the trainer's flat row, is read from a copy of its own (aligned as a parameter of its own always
+    # was); g is the gradient where autograd wrote it (the single-run step projects before it gathers
+    # the gradients into the flat row, training/step.py), so the bits are those of earlier releases.
+    wf, gf = w.detach().reshape(-1).clone(), g.reshape(-1)
     proj = torch.dot(wf, gf) / (torch.dot(wf, wf) + eps)
     g_orth = gf - proj * wf
     gf.copy_(g_orth * (gf.norm() / (g_orth.norm() + eps)))
 
 
-class OrthoGrad(_StatefulTransform):
+class OrthoGrad(_StackOfOne):
     """⊥Grad (Prieto et al. 2025) as a gradient transform: every parameter's gradient made
     orthogonal to the parameter (:func:`orthogonalize_`). Stateless. The optimizer
-    ``ortho_adamw`` (⊥AdamW) applies the same projection inside AdamW's step."""
+    ``ortho_adamw`` (⊥AdamW) applies the same projection inside AdamW's step. Written once: this is
+    :class:`StackedOrthoGrad` over a stack of one run."""
 
-    def __init__(self, params: dict[str, torch.nn.Parameter], tc: TrainConfig):
-        self.params = params
-        self.state = {}
-
-    @torch.no_grad()
-    def __call__(self, grads: dict[str, Tensor]) -> None:
-        for k, g in grads.items():
-            orthogonalize_(self.params[k], g)
+    @staticmethod
+    def _stacked_class():
+        return StackedOrthoGrad
 
 
-register_gradient_transform("grokfast_ema", GrokfastEMA)
-register_gradient_transform("grokfast_ma", GrokfastMA)
-register_gradient_transform("orthograd", OrthoGrad)
 
 
 # -- stacked transforms: R runs at once, per-run settings ------------------------------------------------------
-#: Stacked gradient transforms by name: ``factory(stacked_params, train_configs)`` (parameters as
-#: ``{name: [run, ...]}`` views) returns an object whose ``__call__(grads)`` acts in place on stacked
-#: gradients ``{name: [run, ...]}`` (tensor ops only) and whose ``state_dict()`` /
-#: ``load_state_dict(state)`` hold ``[run, ...]`` tensors: run ``r``'s slice ``[r]`` of each is the
-#: single-run transform's state under the same key, so each run's state file reads like a single run's.
-STACKED_TRANSFORMS: dict[str, Callable[[dict[str, Tensor], list[TrainConfig]], GradientTransform]] = {}
-
-
-def register_stacked_transform(name: str, factory: Callable[[dict[str, Tensor], list[TrainConfig]],
-                                                            GradientTransform]) -> None:
-    """Give the gradient transform ``name`` a stacked version (see :data:`STACKED_TRANSFORMS`)."""
-    if not isinstance(name, str) or not name.isidentifier():
-        raise ConfigError(f"gradient transform name must be an identifier, got {name!r}")
-    STACKED_TRANSFORMS[name] = factory
-
-
 def _runs(values: list[float], like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Per-run values ``[run]`` shaped to broadcast over ``like [run, ...]`` (rounded from float64 once)."""
     t = torch.tensor(values, dtype=dtype or like.dtype, device=like.device)
@@ -285,6 +340,9 @@ def stacked_orthogonalize_(params: dict[str, Tensor], grads: dict[str, Tensor], 
     ``{name: [run, ...]}``; each run's parameter tensor is treated as the single run's."""
     for k, g in grads.items():
         R = g.shape[0]
+        if R == 1:  # a single run: torch.dot (BLAS) as ever, so its bits are those of earlier releases
+            orthogonalize_(params[k][0], g[0], eps)
+            continue
         w, gf = params[k].detach().reshape(R, -1), g.reshape(R, -1)
         proj = (w * gf).sum(1, keepdim=True) / ((w * w).sum(1, keepdim=True) + eps)
         g_orth = gf - proj * w

@@ -1,0 +1,231 @@
+"""One optimizer registry and one gradient-transform registry for one run or many (issue 19).
+
+A single run is a stack of one: its parameters are views of one flat row ``[1, n_params]`` that the
+registry's optimizer (written once over stacks, per-run hyper-parameters) updates, and its gradient
+transforms are the stacked ones. Nothing about a single run's bits may change: the trajectories of
+``tests/fixtures/trajectories`` were written by the tree before (two optimizer registries, torch's
+optimizers for single runs) and are reproduced bit for bit on a machine with the same float features;
+the optimizers are torch's, bit for bit, over many steps, alone and in a stack of three.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _machine import recorded_features, same_float_machine
+from _torch_optim import torch_optimizer, torch_state_tensors
+
+import grokinterp as g
+from grokinterp.training import transforms as T
+from grokinterp.training.loop import TrainLoop
+from grokinterp.training.optim import OPTIMIZERS, STACKED_OPTIMIZERS, ParamLayout, StackedOptimizer
+from grokinterp.training.transforms import STACKED_TRANSFORMS, TRANSFORMS
+
+TRAJ = Path(__file__).parent / "fixtures" / "trajectories"
+sys.path.insert(0, str(TRAJ))
+import make_trajectories as mt  # noqa: E402
+
+REFERENCE = json.loads((TRAJ / "reference.json").read_text())
+SAME_MACHINE = same_float_machine(recorded_features(TRAJ))
+
+
+# -- a single run's trajectory is the one of the tree before one loop, bit for bit ----------------------------------
+@pytest.mark.parametrize("case", sorted(mt.CASES))
+def test_single_runs_reproduce_the_trajectories_of_the_tree_before_one_loop_bit_for_bit(case, tmp_path):
+    """Every optimizer, every gradient transform, the weight-norm constraint, StableMax and MSE,
+    schedules, minibatches, the hooked forward (no fast path), two LayerNorm layers, the MLP family:
+    each checkpoint, each metric column and the final optimizer / transform state, to the last bit."""
+    if not SAME_MACHINE:
+        pytest.skip("the fixture's float features differ from this machine's (tests/_machine.py)")
+    run = g.train(mt.config(case), tmp_path / case, progress=False)
+    got, ref = mt.fingerprint(run), REFERENCE[case]
+    assert sorted(got) == sorted(ref)
+    assert [k for k in ref if got[k] != ref[k]] == []
+
+
+def test_the_fixture_detects_a_one_ulp_change(tmp_path):
+    """The comparison above can fail: one float32 ulp in one weight changes its fingerprint."""
+    run = g.train(mt.config("adamw"), tmp_path / "r", progress=False)
+    w = torch.as_tensor(run.stack("embed.W_E")).clone()
+    bumped = w.clone()
+    bumped.view(-1)[7] = torch.nextafter(bumped.view(-1)[7], torch.tensor(10.0))
+    assert mt.digest(w) == mt.digest(torch.as_tensor(run.stack("embed.W_E")))
+    assert mt.digest(w) != mt.digest(bumped)
+
+
+# -- one registry each -----------------------------------------------------------------------------------------------
+def test_there_is_one_optimizer_registry_and_one_transform_registry():
+    assert OPTIMIZERS is STACKED_OPTIMIZERS and TRANSFORMS is STACKED_TRANSFORMS
+    assert set(OPTIMIZERS) >= {"adamw", "adam", "sgd", "ortho_adamw"}
+    assert all(isinstance(e, type) and issubclass(e, StackedOptimizer) for k, e in OPTIMIZERS.items()
+               if k in ("adamw", "adam", "sgd", "ortho_adamw"))
+    assert {"grokfast_ema", "grokfast_ma", "orthograd"} <= set(TRANSFORMS)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "ortho_adamw"])
+def test_a_single_run_steps_with_the_registry_entry_over_a_stack_of_one(tmp_path, optimizer):
+    cfg = g.make_config("tiny", **mt.BASE, optimizer=optimizer, momentum=0.9, grad_transforms=("grokfast_ema",))
+    loop = TrainLoop(cfg, tmp_path, torch.device("cpu"), *cfg.task.task().split(0.3, 0))
+    assert type(loop.optimizer) is OPTIMIZERS[optimizer] and loop.optimizer.flat.shape == (1, loop.layout.total)
+    assert isinstance(loop.transforms[0], T.StackedGrokfastEMA)
+    for k, p in loop.params.items():  # the model's parameters are views of the optimizer's row
+        assert p.untyped_storage().data_ptr() == loop.flat.untyped_storage().data_ptr(), k
+    before = loop.flat.detach().clone()
+    loop.step(0, record_acc=False)
+    assert not torch.equal(before, loop.flat.detach())
+    for k, p in loop.params.items():  # .grad: what the transforms and the optimizer saw
+        assert torch.equal(p.grad, loop.layout.views(loop.flat.grad)[k][0]), k
+        assert torch.equal(p.detach(), loop.layout.views(loop.flat.detach())[k][0]), k
+
+
+# -- the optimizers are torch's, bit for bit --------------------------------------------------------------------------
+SHAPES = {"W": (8, 16), "b": (5,), "U": (3, 64), "c": (16,), "V": (7, 9)}
+TCS = [dict(lr=1e-2, weight_decay=1.0, warmup_epochs=0, momentum=0.9),
+       dict(lr=3e-3, weight_decay=0.1, beta1=0.8, beta2=0.95, momentum=0.0, warmup_epochs=5, warmup_style="paper",
+            weight_decay_on="matrices"),
+       dict(lr=5e-3, weight_decay=0.3, warmup_epochs=3, lr_schedule="cosine", momentum=0.5,
+            weight_decay_on="matrices")]
+STEPS = 60
+
+
+def _compare_with_torch(name: str, settings: list[dict], fused: bool) -> None:
+    lay = ParamLayout(SHAPES)
+    tcs = [g.TrainConfig(optimizer=name, epochs=STEPS, **kw) for kw in settings]
+    gen = torch.Generator().manual_seed(4)
+    flat = torch.nn.Parameter(torch.randn(len(tcs), lay.total, generator=gen))
+    opt = OPTIMIZERS[name](flat, lay, tcs)
+    if not fused:
+        opt.device = torch.device("cuda")  # a label only: the tensors stay on the CPU, the step takes the device path
+    singles = []
+    for r, tc in enumerate(tcs):
+        ps = {k: torch.nn.Parameter(v.detach().clone()) for k, v in lay.views(flat[r]).items()}
+        singles.append((ps, torch_optimizer(ps, tc, fused=fused)))
+    epoch = torch.zeros(())
+    for e in range(STEPS):
+        grad = torch.randn(flat.shape, generator=gen) * torch.logspace(-4, 1, lay.total)  # small gradients too
+        flat.grad = grad.clone()
+        opt.set_lr(epoch, e if fused else None)
+        opt.step()
+        epoch += 1
+        for r, (ps, o) in enumerate(singles):
+            for group in o.param_groups:
+                group["lr"] = tcs[r].lr_at(e)
+            for k, v in lay.views(grad[r]).items():
+                ps[k].grad = v.clone()
+            o.step()
+            for k, v in lay.views(flat[r].detach()).items():
+                assert torch.equal(v, ps[k].detach()), (name, len(tcs), r, e, k, (v - ps[k]).abs().max().item())
+    for r, (ps, o) in enumerate(singles):
+        mine, theirs = opt.run_state(r), torch_state_tensors(o, ps)
+        assert sorted(mine) == sorted(theirs)
+        for k, v in theirs.items():
+            assert torch.equal(mine[k], v), k
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+@pytest.mark.parametrize("runs", [1, 3])
+def test_the_registrys_optimizers_are_torchs_fused_ones_bit_for_bit(name, runs):
+    """On CPU (torch's fused kernels, as the trainer has always used them): a stack of one is torch's
+    optimizer over many steps, and each run of a stack of three, with its own schedule, decay groups,
+    betas and momentum, is its own torch optimizer — parameters and saved state, to the last bit."""
+    _compare_with_torch(name, TCS[:runs] if runs == 1 else TCS, fused=True)
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "ortho_adamw"])
+def test_the_device_path_follows_torchs_single_tensor_optimizers(name):
+    """The broadcast path over the whole stack (what a CUDA graph replays; run here on CPU tensors)
+    takes the operations of torch's ``_single_tensor_adam`` / ``sgd`` in their order, with each run's
+    scalars rounded once from float64. It agrees with torch's single-tensor optimizer to float32
+    rounding, not to the bit: a CPU kernel rounds its vectorised body (fused multiply-adds, in
+    ``lerp`` and ``add(alpha=)``) and its scalar tail differently, and the tails of a ``[run, n]`` row
+    are not those of the parameters one by one (the fused path above splits rows so that they are)."""
+    lay = ParamLayout(SHAPES)
+    tcs = [g.TrainConfig(optimizer=name, epochs=STEPS, **kw) for kw in TCS]
+    gen = torch.Generator().manual_seed(4)
+    flat = torch.nn.Parameter(torch.randn(len(tcs), lay.total, generator=gen))
+    opt = OPTIMIZERS[name](flat, lay, tcs)
+    opt.device = torch.device("cuda")  # a label only: the tensors stay on the CPU, the step takes the device path
+    singles = [{k: torch.nn.Parameter(v.detach().clone()) for k, v in lay.views(flat[r]).items()}
+               for r in range(len(tcs))]
+    torch_opts = [torch_optimizer(ps, tc, fused=False) for ps, tc in zip(singles, tcs)]
+    worst = 0.0
+    for e in range(STEPS):
+        grad = torch.randn(flat.shape, generator=gen)
+        flat.grad = grad.clone()
+        opt.set_lr(torch.tensor(float(e)))
+        opt.step()
+        for r, (ps, o) in enumerate(zip(singles, torch_opts)):
+            for group in o.param_groups:
+                group["lr"] = tcs[r].lr_at(e)
+            for k, v in lay.views(grad[r]).items():
+                ps[k].grad = v.clone()
+            o.step()
+            for k, v in lay.views(flat[r].detach()).items():
+                worst = max(worst, (v - ps[k].detach()).abs().max().item())
+                assert torch.allclose(v, ps[k].detach(), rtol=1e-5, atol=1e-6), (name, r, e, k)
+    assert worst < 1e-5
+
+
+def test_ortho_adamw_over_a_stack_of_one_is_torchs_adamw_on_projected_gradients_bit_for_bit():
+    """⊥AdamW as the single-run step runs it: the projection on the gradients where autograd wrote
+    them (``prepare_grads``), then the fused AdamW: torch's AdamW after ``orthogonalize_``, to the bit."""
+    lay = ParamLayout(SHAPES)
+    tc = g.TrainConfig(optimizer="ortho_adamw", epochs=STEPS, lr=1e-2, weight_decay=0.5, warmup_epochs=0)
+    gen = torch.Generator().manual_seed(5)
+    flat = torch.nn.Parameter(torch.randn(1, lay.total, generator=gen))
+    opt = OPTIMIZERS["ortho_adamw"](flat, lay, [tc])
+    ps = {k: torch.nn.Parameter(v.detach().clone()) for k, v in lay.views(flat[0]).items()}
+    ref = torch_optimizer(ps, tc)
+    for e in range(STEPS):
+        grads = {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
+        mine = {k: v.clone()[None] for k, v in grads.items()}
+        opt.prepare_grads(mine)
+        flat.grad = lay.flatten(mine)
+        opt.set_lr(torch.tensor(float(e)), e)
+        opt.step()
+        for k, v in grads.items():
+            ps[k].grad = v.clone()
+        ref.step()
+        for k, v in lay.views(flat.detach()[0]).items():
+            assert torch.equal(v, ps[k].detach()), (e, k)
+
+
+# -- the extension API of earlier releases keeps working ---------------------------------------------------------------
+def test_a_torch_optimizer_builder_and_a_single_run_transform_still_register_and_train_alone(tmp_path):
+    from grokinterp.training.optim import register_optimizer
+    from grokinterp.training.stacked import stack_key
+
+    class Halve:
+        def __init__(self, params, tc):
+            self.n = torch.zeros((), dtype=torch.int64)
+
+        def __call__(self, grads):
+            for gr in grads.values():
+                gr.mul_(0.5)
+            self.n += 1
+
+        def state_dict(self):
+            return {"n": self.n}
+
+        def load_state_dict(self, state):
+            self.n.copy_(state["n"])
+
+    register_optimizer("test_plain_sgd", lambda ps, tc, o: torch.optim.SGD(ps.values(), lr=o.lr))
+    T.register_gradient_transform("test_halve", Halve)
+    try:
+        cfg = g.make_config("tiny", **mt.BASE, optimizer="test_plain_sgd", grad_transforms=("test_halve",), lr=0.1,
+                            warmup_epochs=0)
+        assert stack_key(cfg) is None  # neither has a stacked version: such runs train alone
+        run = g.train(cfg, tmp_path / "r", progress=False)
+        ref = g.train(cfg.replace(optimizer="sgd", momentum=0.0, weight_decay=0.0, grad_transforms=()),
+                      tmp_path / "plain", progress=False)
+        assert run.finished and g.verify(run.path).ok
+        assert not torch.equal(torch.as_tensor(run.stack("embed.W_E")[-1]), torch.as_tensor(ref.stack("embed.W_E")[-1]))
+    finally:
+        OPTIMIZERS.pop("test_plain_sgd", None)
+        TRANSFORMS.pop("test_halve", None)
+        g.config.OPTIMIZER_NAMES.pop("test_plain_sgd", None)
