@@ -1,10 +1,12 @@
 """Training: the epoch loop and its seams, each a small module.
 
-* :mod:`~grokinterp.training.loop` — :func:`train`, :func:`resume`, :class:`TrainLoop` (epochs,
-  evaluation, snapshots, flushes, signals);
-* :mod:`~grokinterp.training.optim` — the optimizer registry (``adamw``, ``adam``, ``sgd``), state
-  through ``state_dict()``;
-* :mod:`~grokinterp.training.transforms` — gradient transforms between backward and step, with state;
+* :mod:`~grokinterp.training.loop` — :func:`train`, :func:`resume`, :class:`TrainLoop` (one run),
+  and :class:`EpochLoop`, the epoch loop of every trainer (evaluation, snapshots, flushes, signals);
+* :mod:`~grokinterp.training.stacked` — many runs as one stacked model (:func:`train_stacked`);
+* :mod:`~grokinterp.training.optim` — the optimizer registry (``adamw``, ``adam``, ``sgd``,
+  ``ortho_adamw``), one entry each, written over stacks of ``R ≥ 1`` runs (a single run is a stack of one);
+* :mod:`~grokinterp.training.transforms` — the gradient-transform registry (between backward and
+  step, with state), likewise one entry each over stacks;
 * :mod:`~grokinterp.training.step` — the step executor: eager, or replayed from a CUDA graph;
 * :mod:`~grokinterp.training.callbacks` — loop callbacks (progress bar, live measures, yours).
 

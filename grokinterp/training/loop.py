@@ -564,7 +564,7 @@ def _sigint_flag() -> Iterator[Callable[[], bool]]:
 stop_on_signals = _sigint_flag
 
 
-def _callbacks(progress: bool, callbacks: Sequence[Callback], bar: Callable[[], Callback] = ProgressBar
+def loop_callbacks(progress: bool, callbacks: Sequence[Callback], bar: Callable[[], Callback] = ProgressBar
                 ) -> list[Callback]:
     """The loop's callbacks: ``bar()`` first when ``progress``, then ``callbacks`` (checked)."""
     cbs = list(callbacks)
@@ -620,7 +620,7 @@ def train(
         raise ConfigError(f"config: expected a RunConfig, got {type(config).__name__}")
     device = check_trainable(config)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
-    cbs = _callbacks(progress, callbacks)
+    cbs = loop_callbacks(progress, callbacks)
     out = Path(out)
     if check_out_dir(out, config, overwrite) != "same":
         preflight(config, device, out)
@@ -747,7 +747,7 @@ def _resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str 
     preflight(config, dev, run_dir, int(np.sum(config.checkpoint_epochs() > flushed)))
     tp, sp = run.split_pairs()
     with torch_threads(n_threads), flush_denormals():
-        loop = _build_loop(config, run_dir, dev, tp, sp, _callbacks(progress, callbacks))
+        loop = _build_loop(config, run_dir, dev, tp, sp, loop_callbacks(progress, callbacks))
         loop.writer.lock = lock
         loop.writer.adopt_unlisted = not run.checked  # the user chose to trust the files as they are
         if state is not None:

@@ -104,8 +104,8 @@ from .data import sampler_seed, stacked_epoch
 from .loop import (
     EpochLoop,
     TrainingInterrupted,
-    _callbacks,
     check_trainable,
+    loop_callbacks,
     recorded_threads,
     resolve_device,
     stop_on_signals,
@@ -858,7 +858,7 @@ class StackProgressBar(Callback):
 
 
 def _check_callbacks(progress: bool, callbacks: Sequence[Callback]) -> list[Callback]:
-    return _callbacks(progress, callbacks, StackProgressBar)
+    return loop_callbacks(progress, callbacks, StackProgressBar)
 
 
 def padded_lengths(configs: Sequence[RunConfig], splits: Sequence[tuple[np.ndarray, np.ndarray]],

@@ -174,6 +174,9 @@ class EagerStep:
         self.after_step = list(after_step)
         self.layout = layout or ParamLayout({k: tuple(p.shape) for k, p in params.items()})
         self._order = [params[k] for k in self.layout.names]
+        # the flat gradient [1, n_params], written in place every step, and each parameter's view of it
+        self._grad = torch.zeros_like(optimizer.flat)
+        self._grad_views = [v[0] for v in self.layout.views(self._grad).values()]
 
     def __call__(self) -> tuple[Tensor, Tensor]:
         logits = self.forward()
@@ -191,10 +194,10 @@ class EagerStep:
         for t in self.transforms:
             t(grads)
         self.optimizer.prepare_grads(grads)
-        flat = self.optimizer.flat
-        flat.grad = torch.cat([g.reshape(1, -1) for g in grads.values()], dim=1)
-        for p, g in zip(self._order, self.layout.views(flat.grad).values()):
-            p.grad = g[0]
+        torch.cat([g.reshape(1, -1) for g in grads.values()], dim=1, out=self._grad)
+        self.optimizer.flat.grad = self._grad
+        for p, g in zip(self._order, self._grad_views):
+            p.grad = g
         self.optimizer.step()
         for fn in self.after_step:
             fn()
