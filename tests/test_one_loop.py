@@ -47,6 +47,38 @@ def test_single_runs_reproduce_the_trajectories_of_the_tree_before_one_loop_bit_
     assert [k for k in ref if got[k] != ref[k]] == []
 
 
+FULL_BATCH = sorted(c for c in mt.CASES if c != "minibatch")
+
+
+@pytest.mark.parametrize("case", ["adamw", "ortho_adamw", "ema_wn_stablemax", "orthograd_mse", "no_fast_path", "mlp"])
+def test_a_single_run_equals_a_stack_of_one_with_the_single_run_executor_bit_for_bit(case, tmp_path):
+    """The stacked trainer over a stack of one with the ``single`` executor (the single-run forward and
+    mean loss, gradients where autograd writes them) trains the single run's trajectory to the last
+    bit, on any machine: checkpoints, metrics, optimizer and transform state."""
+    cfg = mt.config(case)
+    single = mt.fingerprint(g.train(cfg, tmp_path / "single", progress=False))
+    stack = mt.fingerprint(g.train_stacked([cfg], [tmp_path / "stack"], progress=False, impl="single")[0])
+    assert sorted(single) == sorted(stack)
+    assert [k for k in single if single[k] != stack[k]] == []
+
+
+@pytest.mark.parametrize("case", FULL_BATCH)
+def test_a_stack_of_one_reproduces_the_trajectories_of_the_tree_before_one_loop(case, tmp_path):
+    if not SAME_MACHINE:
+        pytest.skip("the fixture's float features differ from this machine's (tests/_machine.py)")
+    run = g.train_stacked([mt.config(case)], [tmp_path / case], progress=False, impl="single")[0]
+    got, ref = mt.fingerprint(run), REFERENCE[case]
+    assert [k for k in ref if got.get(k) != ref[k]] == []
+
+
+def test_the_single_run_executor_takes_one_full_batch_run(tmp_path):
+    cfg = mt.config("adamw")
+    with pytest.raises(g.ConfigError, match="impl"):
+        g.train_stacked([cfg, cfg.replace(init_seed=1)], [tmp_path / "a", tmp_path / "b"], progress=False,
+                        impl="single")
+    assert not (tmp_path / "a").exists()
+
+
 def test_the_fixture_detects_a_one_ulp_change(tmp_path):
     """The comparison above can fail: one float32 ulp in one weight changes its fingerprint."""
     run = g.train(mt.config("adamw"), tmp_path / "r", progress=False)

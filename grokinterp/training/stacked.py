@@ -75,6 +75,7 @@ from ..errors import ConfigError, RunError
 from ..model import n_params, param_shapes
 from ..model.denormals import flush_denormals
 from ..model.families import family_of
+from ..model.fastpath import FastPlan, fast_path_unsupported, final_logits
 from ..model.stacked import (
     IMPLS,
     StackPlan,
@@ -125,7 +126,7 @@ from .optim import (
     stackable_optimizer,
 )
 from .preflight import preflight
-from .step import CudaGraphStep, graphs_enabled, per_example_loss
+from .step import CudaGraphStep, graphs_enabled, loss_function, per_example_loss, step_one_run
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 from .transforms import (
     STACKED_TRANSFORMS,
@@ -140,11 +141,14 @@ from .transforms import (
 __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resume_stacked", "resume",
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
-           "padded_lengths", "default_impl", "IMPLS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
+           "padded_lengths", "default_impl", "IMPLS", "EXECUTORS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
            "StackedAdam", "StackedOrthoAdamW", "StackedSGD"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
+#: The step executors of a stack: the stacked forwards (``IMPLS``) and ``single``, the single-run
+#: forward (fast path or hooked module, mean loss) over a stack of one — bit for bit a single run.
+EXECUTORS = (*IMPLS, "single")
 
 # Config fields the stacked trainer knows. A field added to the config later (by an intervention,
 # say) is not implemented here: a run may be stacked only while it keeps that field's default.
@@ -261,6 +265,22 @@ def stack_mismatch(a: RunConfig, b: RunConfig) -> str | None:
 
 # -- data ---------------------------------------------------------------------------------------------------
 @dataclass(eq=False)
+class _SinglePlan:
+    """The forward of the ``single`` executor: a stack of one through the single-run fast path
+    (:class:`~grokinterp.model.fastpath.FastPlan`) where it applies, else the family's hooked module."""
+
+    tokens: Tensor  # [n, n_ctx] of the one run
+    fast: FastPlan | None
+
+    @classmethod
+    def build(cls, cfg, tokens: Tensor) -> "_SinglePlan":
+        if tokens.shape[0] != 1:
+            raise ConfigError(f"impl: 'single' (the single-run executor) trains a stack of one, got {tokens.shape[0]}")
+        x = tokens[0]
+        return cls(x, FastPlan.build(cfg, x) if fast_path_unsupported(cfg, x) is None else None)
+
+
+@dataclass(eq=False)
 class _StackSet:
     """One token set per run, padded: the plan, labels ``[run, n]`` and loss weights."""
 
@@ -291,7 +311,9 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        plan = StackPlan.build(cfg, torch.from_numpy(tok).to(device), impl=impl, attn_coeff=attn_coeff)
+        x = torch.from_numpy(tok).to(device)
+        plan = _SinglePlan.build(cfg, x) if impl == "single" else StackPlan.build(cfg, x, impl=impl,
+                                                                                   attn_coeff=attn_coeff)
         return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
 
 
@@ -411,6 +433,11 @@ class StackedLoop(EpochLoop):
             raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
                               f"got {mode!r}")
         self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses it with its gradient
+        if impl == "single" and (R != 1 or mode != "gather" or self.batch_size is not None):
+            raise ConfigError(f"impl: 'single' (the single-run executor) trains one full-batch run in 'gather' mode, "
+                              f"got {R} runs, mode {mode!r}, batch_size {self.batch_size}")
+        self._model: torch.nn.Module | None = None
+        self._grad: Tensor | None = None  # the single-run executor's flat gradient buffer
         # data
         tokens, labels, trn_masks, tst_masks, test_tok, test_lab = [], [], [], [], [], []
         for cfg, (trn, tst) in zip(self.configs, splits):
@@ -441,6 +468,8 @@ class StackedLoop(EpochLoop):
             self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"], attn)
             self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"], attn)
         self.padded = dict(pad)
+        # the single-run executor takes the fast path where the training tokens allow it, for both sets
+        self._fast = impl == "single" and c0.train.fast_path and self.train.plan.fast is not None
         if self.batch_size is not None:  # each run's padded training examples, gathered per batch
             n_pad = self.train.labels.shape[1]
             self._tokens = torch.from_numpy(np.stack([np.concatenate([t, np.repeat(t[:1], n_pad - len(t), 0)])
@@ -492,7 +521,14 @@ class StackedLoop(EpochLoop):
         return self.layout.views(self.flat)
 
     # -- forward and step ----------------------------------------------------------------------------
-    def logits(self, data: _StackSet) -> Tensor:
+    def logits(self, data: _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:
+        if self.impl == "single":  # the single-run forward over the views of the one row
+            row = {k: v[0] for k, v in self.params.items()} if row is None else row
+            if data.plan.fast is not None and self._fast:
+                return final_logits(row, data.plan.fast)[None]
+            if self._model is None:  # imports transformer_lens: only where the fast path does not apply
+                self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device)
+            return torch.func.functional_call(self._model, row, (data.plan.tokens,))[:, -1][None]
         return stacked_final_logits(self.params, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
@@ -506,6 +542,9 @@ class StackedLoop(EpochLoop):
     def _losses(self, data: _StackSet, which: str) -> tuple[Tensor, Tensor]:
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
+        if self.impl == "single":  # the single run's mean loss (training/step.py LOSS_FUNCTIONS)
+            logits = self.logits(data)
+            return loss_function(self.loss_name)(logits[0], data.labels[0])[None], logits
         if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
             return stacked_losses(self.params, data.plan, data.labels, w, self.loss_name)
         logits = self.logits(data)
@@ -514,6 +553,21 @@ class StackedLoop(EpochLoop):
     def _step(self) -> tuple[Tensor, Tensor]:
         """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
         self.optimizer.set_lr(self.epoch_t, self._epoch if self.device.type == "cpu" else None)
+        if self.impl == "single":  # the single-run step: gradients where autograd writes them, then gathered
+            row = {k: v[0] for k, v in self.params.items()}
+            logits = self.logits(self._batch, row)
+            loss = loss_function(self.loss_name)(logits[0], self._batch.labels[0])
+            gs = torch.autograd.grad(loss, list(row.values()), allow_unused=True)
+            # as a leaf's .grad would hold them (autograd's layout contract: contiguous, a copy if not)
+            grads = {k: (g.contiguous() if g is not None else torch.zeros_like(row[k]))[None] for k, g in zip(row, gs)}
+            if self._grad is None:
+                self._grad = torch.zeros_like(self.flat)
+            step_one_run(grads, self.transforms, self.optimizer, self._grad)
+            for fn in self.constraints:
+                fn()
+            self.epoch_t.add_(1)
+            self._epoch += 1
+            return logits, loss[None]
         loss, logits = self._losses(self._batch, "train")
         self.optimizer.zero_grad()
         loss.sum().backward()
@@ -542,6 +596,8 @@ class StackedLoop(EpochLoop):
         return _StackSet(plan, self.train.labels.gather(1, idx), {"train": w}, {"train": [self.batch_size] * self.n_runs})
 
     def _acc(self, logits: Tensor, data: _StackSet, which: str) -> Tensor:
+        if self.impl == "single":  # the single run's mean
+            return _nan_empty((logits[0].argmax(-1) == data.labels[0]).double().mean()[None], data.counts[which])
         return _weighted((logits.argmax(-1) == data.labels).double(), data.weights[which], data.counts[which])
 
     @torch.no_grad()
@@ -822,8 +878,12 @@ def default_impl(device: torch.device, model: Any = None) -> str:
 
 
 def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
-    if impl not in IMPLS:
-        raise ConfigError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl not in EXECUTORS:
+        raise ConfigError(f"impl: must be one of {', '.join(EXECUTORS)}, got {impl!r}")
+    if impl == "single":
+        if len(configs) != 1:
+            raise ConfigError(f"impl: 'single' (the single-run executor) trains a stack of one, got {len(configs)}")
+        return
     for m in _models(configs):
         if impl not in stack_impls(m):
             raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
@@ -1029,7 +1089,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
                 raise RunError(f"{members[0].path}: the runs recorded in one stack differ in {why}")
         dev = resolve_device(device or configs[0].train.device)
         check_trainable(configs[0])
-        if impl not in IMPLS or mode not in MODES:
+        if impl not in EXECUTORS or mode not in MODES:
             raise RunError(f"{members[0].path}: run.json records an unknown stack implementation {impl!r} / {mode!r}")
         pad = json.loads(padded) if padded else None
         if pad is not None and not (isinstance(pad, dict) and all(isinstance(v, int) and v > 0 for v in pad.values())

@@ -21,7 +21,7 @@ from torch import Tensor
 from .optim import ParamLayout, StackedOptimizer
 from .transforms import GradientTransform
 
-__all__ = ["EagerStep", "CudaGraphStep", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
+__all__ = ["EagerStep", "CudaGraphStep", "step_one_run", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
            "stablemax", "log_stablemax", "stablemax_cross_entropy", "mse_one_hot", "LOSS_FUNCTIONS", "loss_function",
            "PER_EXAMPLE_LOSSES", "per_example_loss"]
 
@@ -191,17 +191,28 @@ class EagerStep:
         # every operation reads the memory it always read: bit for bit the releases before one loop.)
         grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p))[None]
                  for k, p in zip(self.layout.names, self._order)}
-        for t in self.transforms:
-            t(grads)
-        self.optimizer.prepare_grads(grads)
-        torch.cat([g.reshape(1, -1) for g in grads.values()], dim=1, out=self._grad)
-        self.optimizer.flat.grad = self._grad
+        step_one_run(grads, self.transforms, self.optimizer, self._grad)
         for p, g in zip(self._order, self._grad_views):
             p.grad = g
-        self.optimizer.step()
         for fn in self.after_step:
             fn()
         return logits, loss
+
+
+def step_one_run(grads: dict[str, Tensor], transforms: Sequence[GradientTransform], optimizer: StackedOptimizer,
+                 out: Tensor) -> None:
+    """The update of a stack of one from the gradients where autograd wrote them (``{name: [1, ...]}``):
+    the transforms and the optimizer's own preparation (⊥AdamW) act on them there, then they are
+    gathered into ``out`` (``[1, n_params]``, in the optimizer's layout order), which becomes the
+    flat gradient, and the optimizer steps. Acting before the gather keeps every operation on the
+    memory it always read (``torch.dot`` rounds by alignment): bit for bit the single-run trainer of
+    earlier releases (NOTES.md, "One training loop")."""
+    for t in transforms:
+        t(grads)
+    optimizer.prepare_grads(grads)
+    torch.cat([g.reshape(1, -1) for g in grads.values()], dim=1, out=out)
+    optimizer.flat.grad = out
+    optimizer.step()
 
 
 class CudaGraphStep:
