@@ -20,9 +20,13 @@ parameter                  shape                            init (paper's code)
 Settings add parameters (never changing the draws of the others, so the default model and its
 checkpoints stay as they were): ``ModelConfig.bias = all`` adds ``blocks.L.attn.b_Q/b_K/b_V``
 ``[n_heads, d_head]`` and ``blocks.L.attn.b_O`` ``[d_model]`` (0), ``bias = none`` drops every bias;
-``ModelConfig.layer_norm`` adds ``blocks.L.ln1.w/b`` (before attention), ``blocks.L.ln2.w/b``
+``bias = norm`` keeps only the LayerNorms' ``b``; ``ModelConfig.layer_norm`` adds ``blocks.L.ln1.w/b`` (before attention), ``blocks.L.ln2.w/b``
 (before the MLP) and ``ln_final.w/b`` ``[d_model]`` (weights 1, biases 0; no ``b`` with
 ``bias = none``), in TransformerLens' order. None of them is drawn from the generator.
+``ModelConfig.ln_style = post`` (Power et al.'s post-LN blocks) has no ``ln_final``;
+``ModelConfig.pos_embed = sinusoidal`` has no ``pos_embed.W_pos`` (the fixed table
+:func:`sinusoidal_positions` is not a parameter). Both change the draws of the parameters after
+the missing ones, which only concerns configs that did not exist before.
 
 Two initialisation methods draw these same distributions (``ModelConfig.init_method``):
 
@@ -47,19 +51,38 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import ConfigError
 
-__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "LN_EPS"]
+__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "sinusoidal_positions", "LN_EPS"]
 
 #: LayerNorm's epsilon (TransformerLens' default), for the hooked module and the functional forward.
 LN_EPS = 1e-5
 
 
+def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
+    """Power et al.'s fixed positional encoding ``[n_ctx, d_model]`` (float32).
+
+    Notes:
+        ``PE[pos, i] = sin(pos / 10000^(i / d))`` for even ``i`` and ``cos(pos / 10000^((i − 1) / d))``
+        for odd ``i`` (``openai/grok`` ``grok/transformer.py``, ``Transformer._position_encoding``:
+        sine and cosine interleaved, not concatenated). Computed in float64, rounded once.
+
+    Example:
+        >>> sinusoidal_positions(4, 8).shape
+        torch.Size([4, 8])
+    """
+    pos = torch.arange(n_ctx, dtype=torch.float64)[:, None]
+    i = torch.arange(d_model, dtype=torch.float64)
+    even = (i - i % 2) / d_model  # i / d at even i, (i − 1) / d at odd i
+    angle = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64), even)
+    return torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+
+
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's TransformerLens name and shape, in initialisation order."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "embed.W_E": (cfg.d_vocab, cfg.d_model),
-        "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (cfg.d_vocab, cfg.d_model)}
+    if getattr(cfg, "pos_embed", "learned") == "learned":
+        shapes["pos_embed.W_pos"] = (cfg.n_ctx, cfg.d_model)
     bias, attn_bias, ln = cfg.bias != "none", cfg.bias == "all", cfg.layer_norm
+    mlp_bias = cfg.bias in ("mlp", "all")  # bias = norm: the LayerNorms' b only
     d = cfg.d_model
 
     def norm(name: str) -> None:
@@ -86,12 +109,13 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             })
         norm(f"{b}.ln2")
         shapes[f"{b}.mlp.W_in"] = (d, cfg.d_mlp)
-        if bias:
+        if mlp_bias:
             shapes[f"{b}.mlp.b_in"] = (cfg.d_mlp,)
         shapes[f"{b}.mlp.W_out"] = (cfg.d_mlp, d)
-        if bias:
+        if mlp_bias:
             shapes[f"{b}.mlp.b_out"] = (d,)
-    norm("ln_final")
+    if getattr(cfg, "ln_style", "pre") != "post":  # post-LN blocks end normalised
+        norm("ln_final")
     shapes["unembed.W_U"] = (d, cfg.d_vocab_out)
     return shapes
 
