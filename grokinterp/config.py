@@ -124,6 +124,7 @@ MAX_P = LIMITS.p
 INIT_METHODS = {
     "default": "one seeded generator, parameters drawn in our order and layout",
     "paper": "the reference code's draw order and [d_model, vocab] / [n_heads, d_head, d_model] layouts",
+    "torch": "PyTorch's layer defaults (Power et al.'s decoder): embeddings N(0, 1), weights U(±1/sqrt(fan_in))",
 }
 #: Learning-rate warm-up styles (``TrainConfig.warmup_style``).
 WARMUP_STYLES = {
@@ -266,8 +267,10 @@ class ModelConfig:
         n_ctx: context length (3 for ``[a, b, =]``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
         init_method: how the seeded initial tensors are drawn (:data:`INIT_METHODS`): ``default``
-            (one generator, our parameter order and layout) or ``paper`` (the reference code's
-            order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors).
+            (one generator, our parameter order and layout), ``paper`` (the reference code's
+            order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors) or
+            ``torch`` (PyTorch's layer defaults, as Power et al.'s decoder: embeddings N(0, 1),
+            weights U(±1/√fan_in)).
         init_scale: every initial weight is multiplied by this factor (Liu et al. 2022, Omnigrok's
             ``α``; biases start at 0 either way). ``1`` is the paper's initialisation; must be > 0.
         attn_coeff: attention coefficient ``a ∈ [0, 1]`` of Zhong et al. 2023 ("The clock and the
@@ -1088,7 +1091,9 @@ def _preset_power() -> RunConfig:
     # docs/anchors.md): x / y mod 97 (y ≠ 0, 9,312 equations), half for training; tokens [x, op, y, =]
     # (theirs <eos> x op y = c <eos>); a 2-layer causal decoder, width 128, 4 heads, ReLU MLP 4 × 128, post-LN
     # blocks (x = LN(x + attn(x)), x = LN(x + mlp(x))) with LayerNorm weights and biases, no other bias, fixed
-    # sinusoidal positions, an untied unembedding; no dropout (their default 0). AdamW (decoupled decay of every
+    # sinusoidal positions, an untied unembedding, PyTorch's default initialisation (embeddings N(0, 1): the
+    # fixed positions have entries of size 1, so N(0, 1/d_model) embeddings would be drowned by them); no
+    # dropout (their default 0). AdamW (decoupled decay of every
     # parameter), lr 1e-3, betas 0.9 / 0.98, eps 1e-8, weight decay 1 (the paper's appendix; their code's
     # default is 0), the LambdaLR warm-up over the first 10 updates (the first at lr 0), batches of
     # min(512, ceil(n_train / 2)) = 512 here over a fresh shuffle each epoch (10 steps an epoch), 10^5 updates.
@@ -1096,6 +1101,7 @@ def _preset_power() -> RunConfig:
         RunConfig(),
         dict(p=97, operation="div", frac_train=0.5, input_layout="a_op_b_eq", n_layers=2, d_model=128, n_heads=4,
              d_mlp=512, act_fn="relu", layer_norm=True, ln_style="post", bias="norm", pos_embed="sinusoidal",
+             init_method="torch",
              optimizer="adamw", lr=1e-3, beta1=0.9, beta2=0.98, weight_decay=1.0, weight_decay_on="all",
              warmup_epochs=10, warmup_style="paper", batch_size=512, epochs=10_000, eval_every=10, every=250,
              log_early=6, flush_every=8),

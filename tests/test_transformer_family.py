@@ -594,6 +594,7 @@ def test_power_preset_is_their_setting():
     assert (t.optimizer, t.lr, t.beta1, t.beta2, t.weight_decay, t.weight_decay_on) == ("adamw", 1e-3, 0.9, 0.98, 1.0,
                                                                                         "all")
     assert (t.warmup_epochs, t.warmup_style, t.batch_size) == (10, "paper", 512)
+    assert m.init_method == "torch"
     assert cfg.task.operation == "div" and cfg.task.p == 97 and cfg.total_steps() == 100_000
     # about 4·10^5 non-embedding parameters, as their appendix says
     emb = (m.d_vocab + m.d_vocab_out) * m.d_model
@@ -615,3 +616,24 @@ def test_cli_power_flags_and_info(tmp_path):
     assert code == 2 and "pos_embed" in err and not (tmp_path / "x").exists()
     code, text, _ = cli_here("train", "--help")
     assert "--pos-embed" in text and "sinusoidal" in text and "post" in text
+
+
+def test_torch_initialisation_is_pytorchs_layer_defaults():
+    """init_method torch: embeddings N(0, 1) as nn.Embedding, weights as nn.Linear's Kaiming-uniform (bound
+    1/sqrt(fan_in), checked against nn.Linear's own draw), LayerNorm 1 and 0; seeded and reproducible."""
+    cfg = make_config("power").model
+    P = init_params(cfg)
+    assert torch.equal(P["blocks.1.mlp.W_out"], init_params(cfg)["blocks.1.mlp.W_out"])
+    assert not torch.equal(P["embed.W_E"], init_params(dataclasses.replace(cfg, init_seed=1))["embed.W_E"])
+    assert abs(float(P["embed.W_E"].std()) - 1.0) < 0.05
+    lin = torch.nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)  # PyTorch's own default for W_out's layer
+    ref_bound = float(lin.weight.detach().abs().max())
+    fans = {"blocks.0.attn.W_Q": cfg.d_model, "blocks.0.attn.W_O": cfg.n_heads * cfg.d_head,
+            "blocks.0.mlp.W_in": cfg.d_model, "blocks.0.mlp.W_out": cfg.d_mlp, "unembed.W_U": cfg.d_model}
+    for name, fan in fans.items():
+        w, bound = P[name], 1.0 / math.sqrt(fan)
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.98 * bound, name
+        assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.05 * bound, name
+    assert abs(ref_bound - 1.0 / math.sqrt(cfg.d_mlp)) < 0.02 / math.sqrt(cfg.d_mlp)
+    assert torch.equal(P["blocks.0.ln1.w"], torch.ones(cfg.d_model)) and not P["blocks.0.ln1.b"].any()
+    assert make_config("tiny").model.init_method == "default"  # nothing else changes

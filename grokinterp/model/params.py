@@ -28,7 +28,15 @@ checkpoints stay as they were): ``ModelConfig.bias = all`` adds ``blocks.L.attn.
 :func:`sinusoidal_positions` is not a parameter). Both change the draws of the parameters after
 the missing ones, which only concerns configs that did not exist before.
 
-Two initialisation methods draw these same distributions (``ModelConfig.init_method``):
+``ModelConfig.init_method = torch`` draws other distributions: PyTorch's defaults for the layers of
+Power et al.'s decoder (``openai/grok`` builds ``nn.Embedding`` and ``nn.Linear`` and keeps their
+initialisation): ``W_E`` and a learned ``W_pos`` N(0, 1); ``W_Q/K/V``, ``W_O``, ``W_in``, ``W_out`` and
+``W_U`` U(−1/√fan_in, 1/√fan_in) (``nn.Linear``'s Kaiming-uniform with a = √5; fan_in ``d_model``,
+``n_heads · d_head``, ``d_model``, ``d_mlp``, ``d_model``); biases 0 and LayerNorm weights 1 (their
+model has LayerNorm biases only, which PyTorch also starts at 0); one generator in the order of
+:func:`param_shapes`, times ``init_scale``.
+
+The other two methods draw the same distributions (``ModelConfig.init_method``):
 
 * ``default`` — one ``torch.Generator`` seeded with ``init_seed``, each parameter drawn in the
   order and layout of :func:`param_shapes`.
@@ -157,6 +165,8 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
     """
     if cfg.init_method == "paper":
         return _init_paper(cfg)
+    if cfg.init_method == "torch":
+        return _init_torch(cfg)
     gen = torch.Generator().manual_seed(cfg.init_seed)
     scale = float(cfg.init_scale)
     out: dict[str, Tensor] = {}
@@ -168,6 +178,33 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
             fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
             w = torch.randn(shape, generator=gen) / math.sqrt(fan)
             out[name] = w if scale == 1.0 else w * scale
+    return out
+
+
+def _torch_fan_in(name: str, shape: tuple[int, ...]) -> int:
+    """``nn.Linear``'s fan_in of a weight in our layout (``[..., in, out]``; ``W_O [n_heads, d_head, d_model]``
+    reads ``n_heads · d_head`` inputs)."""
+    if name.endswith("attn.W_O"):
+        return shape[0] * shape[1]
+    return shape[-2]
+
+
+def _init_torch(cfg: ModelConfig) -> dict[str, Tensor]:
+    """PyTorch's default initialisation of Power et al.'s layers (module notes), seeded by ``init_seed``."""
+    gen = torch.Generator().manual_seed(cfg.init_seed)
+    scale = float(cfg.init_scale)
+    out: dict[str, Tensor] = {}
+    for name, shape in param_shapes(cfg).items():
+        fixed = _fixed_init(name, shape)
+        if fixed is not None:
+            out[name] = fixed
+            continue
+        if name in ("embed.W_E", "pos_embed.W_pos"):
+            w = torch.randn(shape, generator=gen)  # nn.Embedding: N(0, 1)
+        else:
+            bound = 1.0 / math.sqrt(_torch_fan_in(name, shape))
+            w = (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+        out[name] = w if scale == 1.0 else w * scale
     return out
 
 
