@@ -36,6 +36,7 @@ from .config import (
     INPUT_LAYOUTS,
     LN_STYLES,
     OPTIMIZER_NAMES,
+    POS_EMBEDS,
     PRESET_HELP,
     PRESETS,
     SECTIONS,
@@ -155,6 +156,7 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("model", "bias"): list(BIAS_MODES),
         ("model", "input_layout"): list(INPUT_LAYOUTS),
         ("model", "ln_style"): list(LN_STYLES),
+        ("model", "pos_embed"): list(POS_EMBEDS),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
     }
@@ -549,7 +551,8 @@ def _model_line(m) -> str:
     if m.family == "transformer":
         return (f"d_model {m.d_model}, {m.n_heads} heads × {m.d_head}, d_mlp {m.d_mlp}, {m.n_layers} layer(s), "
                 f"{m.act_fn}, init_seed {m.init_seed}\n        LayerNorm {f'on ({m.ln_style})' if m.layer_norm else 'off'}, "
-                f"biases {m.bias}, input layout {m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help})")
+                f"biases {m.bias}, input layout {m.input_layout} ({INPUT_LAYOUTS[m.input_layout].help}), "
+                f"{m.pos_embed} positions")
     own = [f.name for f in dataclasses.fields(m) if f.name not in COMMON_MODEL_FIELDS]
     return (f"{m.family}: " + ", ".join(f"{n} {_shown(getattr(m, n))}" for n in own)
             + f", init_seed {m.init_seed}" + (f", init_scale {m.init_scale}" if m.init_scale != 1.0 else ""))

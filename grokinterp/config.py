@@ -46,6 +46,7 @@ __all__ = [
     "ACT_FNS",
     "BIAS_MODES",
     "LN_STYLES",
+    "POS_EMBEDS",
     "INPUT_LAYOUTS",
     "make_config",
     "field_docs",
@@ -123,6 +124,7 @@ MAX_P = LIMITS.p
 INIT_METHODS = {
     "default": "one seeded generator, parameters drawn in our order and layout",
     "paper": "the reference code's draw order and [d_model, vocab] / [n_heads, d_head, d_model] layouts",
+    "torch": "PyTorch's layer defaults (Power et al.'s decoder): embeddings N(0, 1), weights U(±1/sqrt(fan_in))",
 }
 #: Learning-rate warm-up styles (``TrainConfig.warmup_style``).
 WARMUP_STYLES = {
@@ -145,12 +147,20 @@ ACT_FNS = ("relu", "gelu")
 LN_STYLES = {
     "pre": "x + attn(ln1(x)), x + mlp(ln2(x)): TransformerLens' / GPT-2's pre-LN (the default)",
     "in_place": "x = ln1(x); x + attn(x), then x + mlp(ln2(x)): Lee et al.'s Grokfast decoder",
+    "post": "x = ln1(x + attn(x)), x = ln2(x + mlp(x)), no ln_final: Power et al.'s post-LN decoder",
+}
+#: How a transformer's positions are embedded (``ModelConfig.pos_embed``).
+POS_EMBEDS = {
+    "learned": "a trained pos_embed.W_pos [n_ctx, d_model] (the default)",
+    "sinusoidal": "a fixed table, sin(pos / 10000^(i/d)) at even i, cos(pos / 10000^((i-1)/d)) at odd i, "
+                  "not a parameter (Power et al.'s decoder)",
 }
 #: Which biases a transformer has (``ModelConfig.bias``); the unembedding never has one.
 BIAS_MODES = {
     "mlp": "the MLP's b_in and b_out only (Nanda et al.'s model; the default)",
     "all": "also the attention's b_Q, b_K, b_V [n_heads, d_head] and b_O [d_model] (GPT-2 / Power et al. decoders)",
     "none": "no biases at all (nor the LayerNorms' b)",
+    "norm": "the LayerNorms' b only, no projection has one (Power et al.'s decoder: every nn.Linear bias=False)",
 }
 #: ``task.p`` when a config leaves it out (an operation mod p; a group task takes its order).
 DEFAULT_P = 113
@@ -257,8 +267,10 @@ class ModelConfig:
         n_ctx: context length (3 for ``[a, b, =]``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
         init_method: how the seeded initial tensors are drawn (:data:`INIT_METHODS`): ``default``
-            (one generator, our parameter order and layout) or ``paper`` (the reference code's
-            order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors).
+            (one generator, our parameter order and layout), ``paper`` (the reference code's
+            order and layout, so ``torch.manual_seed(init_seed)`` there gives the same tensors) or
+            ``torch`` (PyTorch's layer defaults, as Power et al.'s decoder: embeddings N(0, 1),
+            weights U(±1/√fan_in)).
         init_scale: every initial weight is multiplied by this factor (Liu et al. 2022, Omnigrok's
             ``α``; biases start at 0 either way). ``1`` is the paper's initialisation; must be > 0.
         attn_coeff: attention coefficient ``a ∈ [0, 1]`` of Zhong et al. 2023 ("The clock and the
@@ -275,10 +287,18 @@ class ModelConfig:
             with ``bias = none``), eps 1e-5. Off by default (Nanda et al.'s model has none).
         ln_style: with ``layer_norm``, where a block's first LayerNorm acts (:data:`LN_STYLES`):
             ``pre`` (``x + attn(ln1(x))``, the default) or ``in_place`` (``x = ln1(x)`` replaces
-            the residual stream before ``x + attn(x)``, as Lee et al.'s Grokfast decoder).
+            the residual stream before ``x + attn(x)``, as Lee et al.'s Grokfast decoder) or ``post``
+            (``x = ln1(x + attn(x))``, ``x = ln2(x + mlp(x))``, the original Transformer's post-LN as
+            Power et al.'s decoder; there is no ``ln_final``: the stream leaving the last block is
+            already normalised).
+        pos_embed: how positions are embedded (:data:`POS_EMBEDS`): ``learned`` (the parameter
+            ``pos_embed.W_pos``, the default) or ``sinusoidal`` (a fixed table added to the token
+            embeddings, not a parameter: Power et al.'s ``_position_encoding``; the model then has no
+            ``pos_embed.W_pos``).
         bias: which biases the model has (:data:`BIAS_MODES`): ``mlp`` (the MLP's ``b_in`` and
             ``b_out``, today's model and the default), ``all`` (also the attention's ``b_Q``, ``b_K``,
-            ``b_V``, ``b_O``) or ``none``. Biases start at 0; the unembedding has none.
+            ``b_V``, ``b_O``), ``none``, or ``norm`` (the LayerNorms' ``b`` only, Power et al.'s decoder).
+            Biases start at 0; the unembedding has none.
         input_layout: how an example is presented (:data:`INPUT_LAYOUTS`): ``a_b_eq`` (tokens
             ``[a, b, =]``, causal attention, read out at ``=``; the default) or ``a_b`` (Zhong et al.
             2023's ``[a, b]``: no ``=`` token, attention over both positions, read out at ``b``;
@@ -304,6 +324,7 @@ class ModelConfig:
     ln_style: str = "pre"
     bias: str = "mlp"
     input_layout: str = "a_b_eq"
+    pos_embed: str = "learned"
 
     def __post_init__(self) -> None:
         _check_ints(self, "model")
@@ -314,6 +335,8 @@ class ModelConfig:
                  f"must be one of {', '.join(LN_STYLES)}", self.ln_style)
         _require(self.ln_style == "pre" or self.layer_norm, "model.ln_style",
                  "needs model.layer_norm (a style of LayerNorm placement)", self.ln_style)
+        _require(isinstance(self.pos_embed, str) and self.pos_embed in POS_EMBEDS, "model.pos_embed",
+                 f"must be one of {', '.join(POS_EMBEDS)}", self.pos_embed)
         _require(isinstance(self.bias, str) and self.bias in BIAS_MODES, "model.bias",
                  f"must be one of {', '.join(BIAS_MODES)}", self.bias)
         _require(isinstance(self.input_layout, str) and self.input_layout in INPUT_LAYOUTS, "model.input_layout",
@@ -357,9 +380,11 @@ class ModelConfig:
         d, dm = self.d_model, self.d_mlp
         per_layer = 4 * self.n_heads * d * self.d_head + 2 * d * dm
         ln = (1 + (self.bias != "none")) * d if self.layer_norm else 0  # one LayerNorm's w (and b)
-        per_layer += (dm + d if self.bias != "none" else 0) + (3 * self.n_heads * self.d_head + d
+        per_layer += (dm + d if self.bias in ("mlp", "all") else 0) + (3 * self.n_heads * self.d_head + d
                                                                if self.bias == "all" else 0) + 2 * ln
-        return (self.d_vocab + self.n_ctx + self.d_vocab_out) * d + self.n_layers * per_layer + ln
+        final_ln = ln if self.ln_style != "post" else 0  # post-LN blocks end normalised: no ln_final
+        n_pos = self.n_ctx if self.pos_embed == "learned" else 0  # a sinusoidal table is not a parameter
+        return (self.d_vocab + n_pos + self.d_vocab_out) * d + self.n_layers * per_layer + final_ln
 
     @property
     def d_vocab(self) -> int:
@@ -668,7 +693,7 @@ class CheckpointSchedule:
 _ADDED_FIELDS: dict[str, set[str]] = {
     "task": {"split_method", "eq_logit"},
     "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "ln_style", "bias",
-              "input_layout"},
+              "input_layout", "pos_embed"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
@@ -1061,15 +1086,38 @@ def _preset_grokfast_lee_ema() -> RunConfig:
     )
 
 
+def _preset_power() -> RunConfig:
+    # Power et al. 2022's model and optimizer (openai/grok: grok/transformer.py, grok/training.py, grok/data.py;
+    # docs/anchors.md): x / y mod 97 (y ≠ 0, 9,312 equations), half for training; tokens [x, op, y, =]
+    # (theirs <eos> x op y = c <eos>); a 2-layer causal decoder, width 128, 4 heads, ReLU MLP 4 × 128, post-LN
+    # blocks (x = LN(x + attn(x)), x = LN(x + mlp(x))) with LayerNorm weights and biases, no other bias, fixed
+    # sinusoidal positions, an untied unembedding, PyTorch's default initialisation (embeddings N(0, 1): the
+    # fixed positions have entries of size 1, so N(0, 1/d_model) embeddings would be drowned by them); no
+    # dropout (their default 0). AdamW (decoupled decay of every
+    # parameter), lr 1e-3, betas 0.9 / 0.98, eps 1e-8, weight decay 1 (the paper's appendix; their code's
+    # default is 0), the LambdaLR warm-up over the first 10 updates (the first at lr 0), batches of
+    # min(512, ceil(n_train / 2)) = 512 here over a fresh shuffle each epoch (10 steps an epoch), 10^5 updates.
+    return _apply_overrides(
+        RunConfig(),
+        dict(p=97, operation="div", frac_train=0.5, input_layout="a_op_b_eq", n_layers=2, d_model=128, n_heads=4,
+             d_mlp=512, act_fn="relu", layer_norm=True, ln_style="post", bias="norm", pos_embed="sinusoidal",
+             init_method="torch",
+             optimizer="adamw", lr=1e-3, beta1=0.9, beta2=0.98, weight_decay=1.0, weight_decay_on="all",
+             warmup_epochs=10, warmup_style="paper", batch_size=512, epochs=10_000, eval_every=10, every=250,
+             log_early=6, flush_every=8),
+    )
+
+
 #: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs), in our
 #: conventions. ``paper-exact``: the same with the reference code's conventions (``=`` logit, split,
 #: warm-up, initialisation), so a seed gives the published code's split and initial tensors.
 #: ``quick``: groks on a 2-core CPU and shows the phases. ``tiny``: seconds, for tests.
 #: ``mlp-devinterp``: devinterp's grokking MLP (the ``mlp`` family). ``grokfast-lee`` and
-#: ``grokfast-lee-ema``: Lee et al.'s Grokfast setting, baseline and headline EMA filter.
+#: ``grokfast-lee-ema``: Lee et al.'s Grokfast setting, baseline and headline EMA filter. ``power``: Power et
+#: al. 2022's decoder and optimizer on x / y mod 97.
 PRESETS = {"paper": _preset_paper, "paper-exact": _preset_paper_exact, "quick": _preset_quick,
            "tiny": _preset_tiny, "mlp-devinterp": _preset_mlp_devinterp, "grokfast-lee": _preset_grokfast_lee,
-           "grokfast-lee-ema": _preset_grokfast_lee_ema}
+           "grokfast-lee-ema": _preset_grokfast_lee_ema, "power": _preset_power}
 #: One line per preset, for ``--help`` (no config is built to print it).
 PRESET_HELP = {
     "paper": "Nanda et al. 2023: p = 113, 30% of pairs, AdamW lr 1e-3, wd 1, 40k epochs",
@@ -1082,6 +1130,8 @@ PRESET_HELP = {
                     "50% of pairs, Adam lr 1e-3, wd 0, batch 512, 100k steps",
     "grokfast-lee-ema": "grokfast-lee with their headline EMA filter (alpha 0.98, lamb 2) and weight decay 0.005, "
                         "10k steps",
+    "power": "Power et al. 2022: x/y mod 97 (y ≠ 0), [x, op, y, =], 2-layer post-LN decoder width 128, sinusoidal "
+             "positions, 50% of pairs, AdamW lr 1e-3 wd 1, batch 512, 100k steps",
 }
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,10 @@ def test_the_default_model_is_todays_bit_for_bit():
 @pytest.mark.parametrize("kw, needle", [(dict(n_layers=2), "n_layers = 1"), (dict(layer_norm=True), "LayerNorm"),
                                         (dict(bias="none"), "model.bias"), (dict(bias="all"), "model.bias"),
                                         (dict(input_layout="a_b"), "input_layout"),
-                                        (dict(input_layout="a_op_b_eq"), "input_layout")])
+                                        (dict(input_layout="a_op_b_eq"), "input_layout"),
+                                        (dict(pos_embed="sinusoidal"), "model.pos_embed"),
+                                        (dict(bias="norm"), "model.bias"),
+                                        (dict(layer_norm=True, ln_style="post"), "LayerNorm")])
 def test_fast_kernels_refuse_what_they_cannot_compute(kw, needle):
     run_cfg = make_config("tiny", **SMALL, **kw)
     cfg = run_cfg.model
@@ -288,8 +292,11 @@ def test_generic_plans_compute_each_runs_model_with_its_attention_coefficient():
 @pytest.mark.parametrize("kw, field", [(dict(layer_norm="yes"), "model.layer_norm"), (dict(layer_norm=1), "model.layer_norm"),
                                        (dict(bias="some"), "model.bias"), (dict(bias=True), "model.bias"),
                                        (dict(input_layout="b_a"), "model.input_layout"),
-                                       (dict(ln_style="post", layer_norm=True), "model.ln_style"),
+                                       (dict(ln_style="sideways", layer_norm=True), "model.ln_style"),
                                        (dict(ln_style="in_place"), "model.ln_style"),
+                                       (dict(ln_style="post"), "model.ln_style"),
+                                       (dict(pos_embed="rotary"), "model.pos_embed"),
+                                       (dict(pos_embed=True), "model.pos_embed"),
                                        (dict(input_layout="a_b", n_ctx=3), "model.n_ctx"),
                                        (dict(input_layout="a_op_b_eq", n_ctx=3), "model.n_ctx")])
 def test_bad_settings_are_refused_naming_the_field(kw, field):
@@ -301,7 +308,7 @@ def test_bad_settings_are_refused_naming_the_field(kw, field):
 
 def test_old_run_json_loads_with_the_default_settings(tmp_path):
     d = make_config("tiny").to_dict()
-    for name in ("layer_norm", "bias", "input_layout"):
+    for name in ("layer_norm", "bias", "input_layout", "ln_style", "pos_embed"):
         del d["model"][name]
     assert RunConfig.from_dict(d) == make_config("tiny")
     for run_dir in sorted(p for p in OLD.iterdir() if p.is_dir()):
@@ -309,6 +316,7 @@ def test_old_run_json_loads_with_the_default_settings(tmp_path):
         assert "layer_norm" not in json.dumps(raw)
         m = load_run(run_dir).config.model
         assert (m.layer_norm, m.bias, m.input_layout) == (False, "mlp", "a_b_eq")
+        assert (m.ln_style, m.pos_embed) == ("pre", "learned")
 
 
 def test_weight_decay_on_matrices_spares_biases_and_layernorms():
@@ -399,7 +407,8 @@ def test_live_measures_run_where_the_grid_fold_does_not_apply(tmp_path):
 
 @pytest.mark.parametrize("kw", [dict(), dict(n_layers=2, layer_norm=True, bias="all"), dict(bias="none"),
                                 dict(input_layout="a_b", layer_norm=True),
-                                dict(input_layout="a_op_b_eq", n_layers=2, layer_norm=True, bias="all")])
+                                dict(input_layout="a_op_b_eq", n_layers=2, layer_norm=True, bias="all"),
+                                dict(n_layers=2, layer_norm=True, ln_style="post", bias="norm")])
 def test_analyses_read_the_settings_off_the_parameters(kw):
     from grokinterp.analysis.inputs import infer_config
 
@@ -458,3 +467,173 @@ def test_explicit_fast_path_on_a_model_the_kernels_cannot_compute_exits_2_before
     # default is not a request
     code, _, err = cli_here("train", "--preset", "tiny", *flags, "--epochs", "2", "--out", str(out), "--no-progress")
     assert code == 0, err
+
+
+# -- Power et al.'s decoder: post-LN blocks, fixed sinusoidal positions, LayerNorm biases only ---------------------
+def _power_transcription(context_len: int, d_model: int) -> torch.Tensor:
+    """openai/grok grok/transformer.py ``Transformer._position_encoding``, transcribed (numpy sin/cos per entry)."""
+    from numpy import cos, sin
+
+    rows = [torch.tensor([sin(pos / (10000 ** (i / d_model))) if i % 2 == 0
+                          else cos(pos / (10000 ** ((i - 1) / d_model))) for i in range(d_model)])
+            for pos in range(context_len)]
+    return torch.stack(rows, dim=1).T
+
+
+def test_sinusoidal_positions_are_power_et_als_table():
+    from grokinterp.model.params import sinusoidal_positions
+
+    for n, d in ((4, 8), (5, 128)):
+        assert torch.allclose(sinusoidal_positions(n, d), _power_transcription(n, d).float(), atol=1e-7)
+    cfg = _model_cfg(pos_embed="sinusoidal", input_layout="a_op_b_eq")
+    assert "pos_embed.W_pos" not in param_shapes(cfg) and cfg.n_params == sum(
+        math.prod(s) for s in param_shapes(cfg).values())
+    model = HookedGrokTransformer(cfg)
+    assert "pos_embed.W_pos" not in dict(model.named_parameters()) and "pos_embed.W_pos" not in model.state_dict()
+    _, cache = model.run_with_cache(torch.tensor([[1, 2, 7]]))  # [a, b, =] rows get the op token: 4 positions
+    assert torch.equal(cache["hook_pos_embed"][0], _power_transcription(4, cfg.d_model).float())
+
+
+@pytest.mark.parametrize("kw", [
+    dict(n_layers=2, layer_norm=True, ln_style="post", bias="norm", pos_embed="sinusoidal", input_layout="a_op_b_eq"),
+    dict(n_layers=1, layer_norm=True, ln_style="post", bias="all", pos_embed="learned"),
+    dict(n_layers=2, layer_norm=True, ln_style="post", bias="none", input_layout="a_b"),
+    dict(n_layers=2, layer_norm=False, bias="mlp", pos_embed="sinusoidal"),
+    dict(n_layers=1, layer_norm=True, ln_style="pre", bias="norm", pos_embed="sinusoidal", input_layout="a_b"),
+])
+def test_post_ln_and_sinusoidal_forward_equals_the_hooked_module(kw):
+    """The functional forward over stacked parameters is the hooked module run by run, values and gradients."""
+    cfg = _model_cfg(**kw)
+    R = 3
+    per_run = [_noisy(dataclasses.replace(cfg, init_seed=r), r) for r in range(R)]
+    stacked = {k: torch.stack([p[k] for p in per_run]).requires_grad_(True) for k in per_run[0]}
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, cfg.p, (R, 6, 3), generator=gen)
+    tokens[..., 2] = cfg.p
+    out = forward(stacked, tokens, cfg)
+    weights = torch.randn(out.shape, generator=gen)
+    (out * weights).sum().backward()
+    for r in range(R):
+        model = HookedGrokTransformer(cfg, init=False).load_params(per_run[r])
+        ref = model(tokens[r])[:, -1]
+        (ref * weights[r]).sum().backward()
+        assert close(out[r].detach(), ref.detach()), (r, "logits")
+        names = dict(model.named_parameters())
+        assert set(names) == set(stacked)
+        for name, p in names.items():
+            assert close(stacked[name].grad[r], p.grad, rel=1e-4), (r, name)
+
+
+def test_post_ln_blocks_normalise_the_sums_and_have_no_final_layernorm():
+    """Power et al.'s block: resid_mid = ln1(resid_pre + attn_out), resid_post = ln2(resid_mid + mlp_out); the
+    logits read the last block's output directly (no ln_final), computed here by hand from the cache."""
+    import torch.nn.functional as F
+
+    cfg = _model_cfg(n_layers=2, layer_norm=True, ln_style="post", bias="norm")
+    params = _noisy(cfg, 0)
+    model = HookedGrokTransformer(cfg, init=False).load_params(params)
+    assert "ln_final.w" not in param_shapes(cfg) and not hasattr(model, "ln_final")
+    assert cfg.n_params == sum(math.prod(s) for s in param_shapes(cfg).values())
+    logits, cache = model.run_with_cache(torch.tensor([[1, 2, 7], [3, 4, 7]]))
+
+    def ln(x, name):
+        return F.layer_norm(x, x.shape[-1:], eps=1e-5) * params[f"{name}.w"] + params[f"{name}.b"]
+
+    for L in range(2):
+        mid = ln(cache[f"blocks.{L}.hook_resid_pre"] + cache[f"blocks.{L}.hook_attn_out"], f"blocks.{L}.ln1")
+        assert close(cache[f"blocks.{L}.hook_resid_mid"], mid)
+        post = ln(mid + cache[f"blocks.{L}.hook_mlp_out"], f"blocks.{L}.ln2")
+        assert close(cache[f"blocks.{L}.hook_resid_post"], post)
+    assert close(logits, cache["blocks.1.hook_resid_post"] @ params["unembed.W_U"])
+    pre = dataclasses.replace(cfg, ln_style="pre")
+    other = HookedGrokTransformer(pre, init=False)
+    other.load_params({**params, "ln_final.w": torch.ones(cfg.d_model), "ln_final.b": torch.zeros(cfg.d_model)})
+    assert not close(other(torch.tensor([[1, 2, 7]])), model(torch.tensor([[1, 2, 7]])))
+    assert "post" in get_family("transformer").describe(cfg)
+
+
+def test_transformer_lens_export_names_what_it_cannot_express_and_copies_the_sinusoidal_table():
+    from grokinterp.model.tl_export import to_transformer_lens
+
+    post = _model_cfg(n_layers=2, layer_norm=True, ln_style="post", bias="norm")
+    with pytest.raises(ConfigError, match="^model.ln_style: 'post'"):
+        to_transformer_lens(init_params(post), post)
+    cfg = _model_cfg(n_layers=2, layer_norm=True, bias="norm", pos_embed="sinusoidal")
+    params = _noisy(cfg, 0)
+    model = HookedGrokTransformer(cfg, init=False).load_params(params)
+    bridge = to_transformer_lens(params, cfg)
+    x = torch.tensor([[a, b, cfg.p] for a in range(cfg.p) for b in range(cfg.p)])
+    with torch.no_grad():
+        assert close(bridge(x), model(x))
+
+
+def test_a_power_stack_trains_as_its_single_runs(tmp_path):
+    """Two minibatch runs of Power et al.'s decoder (small widths) in one generic stack equal the runs trained
+    alone; the fixed positions stay fixed (no W_pos in the checkpoints)."""
+    base = make_config("power", p=11, operation="div", frac_train=0.6, d_model=16, n_heads=2, d_mlp=32,
+                       batch_size=16, epochs=3, every=6, log_early=0, eval_every=1, flush_every=1)
+    cfgs = [base, base.replace(init_seed=1, split_seed=1, sampler_seed=1, weight_decay=0.3)]
+    assert stack_key(cfgs[0]) == stack_key(cfgs[1]) and stack_unsupported_reason(base) is None
+    runs = train_stacked(cfgs, [tmp_path / f"s{r}" for r in range(2)], progress=False)
+    for r, c in enumerate(cfgs):
+        ref = g.train(c, tmp_path / f"r{r}", progress=False)
+        assert runs[r].info["stack"]["impl"] == "generic" and runs[r].finished
+        assert "pos_embed.W_pos" not in ref.stacks() and "ln_final.w" not in ref.stacks()
+        assert np.allclose(runs[r].metrics["train_loss"], ref.metrics["train_loss"], rtol=1e-5, equal_nan=True)
+        assert ref.metrics["train_loss"].dropna().iloc[-1] < ref.metrics["train_loss"].dropna().iloc[0]
+        for k in ref.stacks():
+            assert close(runs[r].stack(k), ref.stack(k), rel=1e-5), (r, k)
+
+
+def test_power_preset_is_their_setting():
+    cfg = make_config("power")
+    m, t = cfg.model, cfg.train
+    assert (m.n_layers, m.d_model, m.n_heads, m.d_mlp, m.act_fn) == (2, 128, 4, 512, "relu")
+    assert (m.layer_norm, m.ln_style, m.bias, m.pos_embed, m.input_layout) == (True, "post", "norm", "sinusoidal",
+                                                                             "a_op_b_eq")
+    assert (t.optimizer, t.lr, t.beta1, t.beta2, t.weight_decay, t.weight_decay_on) == ("adamw", 1e-3, 0.9, 0.98, 1.0,
+                                                                                        "all")
+    assert (t.warmup_epochs, t.warmup_style, t.batch_size) == (10, "paper", 512)
+    assert m.init_method == "torch"
+    assert cfg.task.operation == "div" and cfg.task.p == 97 and cfg.total_steps() == 100_000
+    # about 4·10^5 non-embedding parameters, as their appendix says
+    emb = (m.d_vocab + m.d_vocab_out) * m.d_model
+    assert 3.9e5 < m.n_params - emb < 4.0e5
+    assert [t.lr_at(s) for s in (0, 1, 10, 11)] == [0.0, 1e-4, 1e-3, 1e-3]  # their LambdaLR: step 0 at lr 0
+
+
+def test_cli_power_flags_and_info(tmp_path):
+    out = tmp_path / "run"
+    code, _, err = cli_here("train", "--preset", "tiny", "--p", "7", "--d-model", "8", "--n-heads", "2", "--d-mlp",
+                            "16", "--n-layers", "2", "--layer-norm", "--ln-style", "post", "--bias", "norm",
+                            "--pos-embed", "sinusoidal", "--epochs", "2", "--out", str(out), "--no-progress")
+    assert code == 0, err
+    m = load_run(out).config.model
+    assert (m.ln_style, m.pos_embed, m.bias) == ("post", "sinusoidal", "norm")
+    code, text, _ = cli_here("info", str(out))
+    assert code == 0 and "LayerNorm on (post)" in text and "sinusoidal positions" in text
+    code, _, err = cli_here("train", "--preset", "tiny", "--pos-embed", "alibi", "--out", str(tmp_path / "x"))
+    assert code == 2 and "pos_embed" in err and not (tmp_path / "x").exists()
+    code, text, _ = cli_here("train", "--help")
+    assert "--pos-embed" in text and "sinusoidal" in text and "post" in text
+
+
+def test_torch_initialisation_is_pytorchs_layer_defaults():
+    """init_method torch: embeddings N(0, 1) as nn.Embedding, weights as nn.Linear's Kaiming-uniform (bound
+    1/sqrt(fan_in), checked against nn.Linear's own draw), LayerNorm 1 and 0; seeded and reproducible."""
+    cfg = make_config("power").model
+    P = init_params(cfg)
+    assert torch.equal(P["blocks.1.mlp.W_out"], init_params(cfg)["blocks.1.mlp.W_out"])
+    assert not torch.equal(P["embed.W_E"], init_params(dataclasses.replace(cfg, init_seed=1))["embed.W_E"])
+    assert abs(float(P["embed.W_E"].std()) - 1.0) < 0.05
+    lin = torch.nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)  # PyTorch's own default for W_out's layer
+    ref_bound = float(lin.weight.detach().abs().max())
+    fans = {"blocks.0.attn.W_Q": cfg.d_model, "blocks.0.attn.W_O": cfg.n_heads * cfg.d_head,
+            "blocks.0.mlp.W_in": cfg.d_model, "blocks.0.mlp.W_out": cfg.d_mlp, "unembed.W_U": cfg.d_model}
+    for name, fan in fans.items():
+        w, bound = P[name], 1.0 / math.sqrt(fan)
+        assert float(w.abs().max()) <= bound and float(w.abs().max()) > 0.98 * bound, name
+        assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.05 * bound, name
+    assert abs(ref_bound - 1.0 / math.sqrt(cfg.d_mlp)) < 0.02 / math.sqrt(cfg.d_mlp)
+    assert torch.equal(P["blocks.0.ln1.w"], torch.ones(cfg.d_model)) and not P["blocks.0.ln1.b"].any()
+    assert make_config("tiny").model.init_method == "default"  # nothing else changes

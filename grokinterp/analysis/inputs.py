@@ -160,16 +160,22 @@ def infer_config(params: dict[str, Tensor]) -> ModelConfig:
     W_U = params.get("unembed.W_U")
     # the transformer's settings, from which parameters exist (model.params): LayerNorm, biases, and the
     # [a, b] layout from a positional embedding of two positions
-    bias = "all" if "blocks.0.attn.b_Q" in params else "mlp" if "blocks.0.mlp.b_in" in params else "none"
+    bias = ("all" if "blocks.0.attn.b_Q" in params else "mlp" if "blocks.0.mlp.b_in" in params
+            else "norm" if "blocks.0.ln1.b" in params else "none")
     W_pos = params.get("pos_embed.W_pos")
+    if W_pos is None and "blocks.0.attn.W_Q" in params:  # pos_embed = sinusoidal: nothing gives n_ctx
+        raise AnalysisError("cannot read the model config off the parameters: no pos_embed.W_pos (a model with fixed "
+                            "sinusoidal positions, model.pos_embed = 'sinusoidal', or a damaged one); pass cfg")
     n_ctx = int(W_pos.shape[-2]) if W_pos is not None and W_pos.ndim >= 2 else 3
     # [a, op, b, =] from four positions (its vocabulary has the operation token too)
     layout = {2: "a_b", 4: "a_op_b_eq"}.get(n_ctx, "a_b_eq")
     p = int(V) - 1 - INPUT_LAYOUTS[layout].extra_vocab
     eq_logit = W_U is not None and W_U.ndim >= 2 and int(W_U.shape[-1]) == p + 1
+    ln = "blocks.0.ln1.w" in params
+    post = ln and "ln_final.w" not in params  # post-LN blocks (Power et al.) have no final LayerNorm
     return ModelConfig(p=p, d_model=int(d_model), n_heads=int(n_heads), d_mlp=int(d_mlp),
-                       n_layers=n_layers, eq_logit=eq_logit, layer_norm="blocks.0.ln1.w" in params, bias=bias,
-                       n_ctx=n_ctx, input_layout=layout)
+                       n_layers=n_layers, eq_logit=eq_logit, layer_norm=ln, bias=bias,
+                       n_ctx=n_ctx, input_layout=layout, ln_style="post" if post else "pre")
 
 
 def check_square_axes(x: Any, dims: Sequence[int], what: str) -> int:

@@ -7,7 +7,10 @@ By default (Nanda et al.'s model) no LayerNorm, no attention biases, no unembedd
 attention scaled by ``1/sqrt(d_head)``. ``ModelConfig.layer_norm`` adds TransformerLens' pre-LN
 (``blocks.L.ln1`` before attention, ``blocks.L.ln2`` before the MLP, ``ln_final`` before the
 unembedding; hooks ``hook_scale`` and ``hook_normalized``), ``ModelConfig.bias`` chooses the biases
-(``mlp``: ``b_in``, ``b_out``; ``all``: also ``b_Q``, ``b_K``, ``b_V``, ``b_O``; ``none``), and
+(``mlp``: ``b_in``, ``b_out``; ``all``: also ``b_Q``, ``b_K``, ``b_V``, ``b_O``; ``none``);
+``ln_style = post`` makes the blocks Power et al.'s post-LN (``hook_resid_mid = ln1(resid_pre +
+attn_out)``, ``hook_resid_post = ln2(resid_mid + mlp_out)``, no ``ln_final``) and ``pos_embed =
+sinusoidal`` their fixed positional table (a buffer ``pos_embed.W_pos``, not a parameter); and
 ``ModelConfig.input_layout = a_b`` reads ``[a, b]`` (no ``=``) with attention over both positions
 (no causal mask), as Zhong et al. 2023; such a model also accepts the task's ``[a, b, =]`` rows and
 drops the ``=``. With an attention coefficient ``a = cfg.attn_coeff < 1`` (Zhong et al. 2023)
@@ -45,7 +48,7 @@ from transformer_lens.hook_points import HookPoint
 
 from ..config import INPUT_LAYOUTS, ModelConfig
 from ..errors import ConfigError
-from .params import LN_EPS, init_params, load_named_params, param_shapes
+from .params import LN_EPS, init_params, load_named_params, param_shapes, sinusoidal_positions
 
 __all__ = ["HookedGrokTransformer"]
 
@@ -60,9 +63,15 @@ class Embed(nn.Module):
 
 
 class PosEmbed(nn.Module):
+    """Learned positions (the parameter ``W_pos``) or, with ``pos_embed = sinusoidal``, Power et al.'s
+    fixed table as a buffer of the same name (not a parameter, not in the state dict)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
+        if cfg.pos_embed == "sinusoidal":
+            self.register_buffer("W_pos", sinusoidal_positions(cfg.n_ctx, cfg.d_model), persistent=False)
+        else:
+            self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         return self.W_pos[: tokens.shape[1]].unsqueeze(0).expand(tokens.shape[0], -1, -1)
@@ -132,7 +141,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.W_in = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
-        self.has_bias = cfg.bias != "none"
+        self.has_bias = cfg.bias in ("mlp", "all")
         if self.has_bias:
             self.b_in = nn.Parameter(torch.empty(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
@@ -155,6 +164,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.layer_norm = cfg.layer_norm
         self.ln_in_place = cfg.layer_norm and cfg.ln_style == "in_place"  # Grokfast's x = ln1(x)
+        self.ln_post = cfg.layer_norm and cfg.ln_style == "post"  # Power et al.'s x = ln1(x + attn(x))
         if self.layer_norm:  # TransformerLens' order: ln1, attn, ln2, mlp
             self.ln1 = LayerNorm(cfg)
         self.attn = Attention(cfg)
@@ -167,6 +177,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         resid = self.hook_resid_pre(resid)
+        if self.ln_post:  # the normalised sums are the stream: resid_mid = ln1(resid_pre + attn_out), ...
+            resid = self.hook_resid_mid(self.ln1(resid + self.hook_attn_out(self.attn(resid))))
+            return self.hook_resid_post(self.ln2(resid + self.hook_mlp_out(self.mlp(resid))))
         x = self.ln1(resid) if self.layer_norm else resid
         if self.ln_in_place:
             resid = x
@@ -205,7 +218,7 @@ class HookedGrokTransformer(HookedRootModule):
         self.pos_embed = PosEmbed(cfg)
         self.hook_embed, self.hook_pos_embed = HookPoint(), HookPoint()
         self.blocks = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layers)])
-        if cfg.layer_norm:
+        if cfg.layer_norm and cfg.ln_style != "post":  # post-LN blocks end normalised
             self.ln_final = LayerNorm(cfg)
         self.unembed = Unembed(cfg)
         if init:
@@ -233,7 +246,7 @@ class HookedGrokTransformer(HookedRootModule):
         resid = self.hook_embed(self.embed(tokens)) + self.hook_pos_embed(self.pos_embed(tokens))
         for block in self.blocks:
             resid = block(resid)
-        if self.cfg.layer_norm:
+        if self.cfg.layer_norm and self.cfg.ln_style != "post":
             resid = self.ln_final(resid)
         return self.unembed(resid)
 
@@ -250,4 +263,5 @@ class HookedGrokTransformer(HookedRootModule):
     def extra_repr(self) -> str:
         c = self.cfg
         return (f"p={c.p}, d_model={c.d_model}, n_heads={c.n_heads}, d_mlp={c.d_mlp}, n_layers={c.n_layers}, "
-                f"act={c.act_fn}, layer_norm={c.layer_norm}, bias={c.bias}, input_layout={c.input_layout}")
+                f"act={c.act_fn}, layer_norm={c.layer_norm}, ln_style={c.ln_style}, bias={c.bias}, "
+                f"input_layout={c.input_layout}, pos_embed={c.pos_embed}")

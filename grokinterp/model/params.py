@@ -20,11 +20,23 @@ parameter                  shape                            init (paper's code)
 Settings add parameters (never changing the draws of the others, so the default model and its
 checkpoints stay as they were): ``ModelConfig.bias = all`` adds ``blocks.L.attn.b_Q/b_K/b_V``
 ``[n_heads, d_head]`` and ``blocks.L.attn.b_O`` ``[d_model]`` (0), ``bias = none`` drops every bias;
-``ModelConfig.layer_norm`` adds ``blocks.L.ln1.w/b`` (before attention), ``blocks.L.ln2.w/b``
+``bias = norm`` keeps only the LayerNorms' ``b``; ``ModelConfig.layer_norm`` adds ``blocks.L.ln1.w/b`` (before attention), ``blocks.L.ln2.w/b``
 (before the MLP) and ``ln_final.w/b`` ``[d_model]`` (weights 1, biases 0; no ``b`` with
 ``bias = none``), in TransformerLens' order. None of them is drawn from the generator.
+``ModelConfig.ln_style = post`` (Power et al.'s post-LN blocks) has no ``ln_final``;
+``ModelConfig.pos_embed = sinusoidal`` has no ``pos_embed.W_pos`` (the fixed table
+:func:`sinusoidal_positions` is not a parameter). Both change the draws of the parameters after
+the missing ones, which only concerns configs that did not exist before.
 
-Two initialisation methods draw these same distributions (``ModelConfig.init_method``):
+``ModelConfig.init_method = torch`` draws other distributions: PyTorch's defaults for the layers of
+Power et al.'s decoder (``openai/grok`` builds ``nn.Embedding`` and ``nn.Linear`` and keeps their
+initialisation): ``W_E`` and a learned ``W_pos`` N(0, 1); ``W_Q/K/V``, ``W_O``, ``W_in``, ``W_out`` and
+``W_U`` U(−1/√fan_in, 1/√fan_in) (``nn.Linear``'s Kaiming-uniform with a = √5; fan_in ``d_model``,
+``n_heads · d_head``, ``d_model``, ``d_mlp``, ``d_model``); biases 0 and LayerNorm weights 1 (their
+model has LayerNorm biases only, which PyTorch also starts at 0); one generator in the order of
+:func:`param_shapes`, times ``init_scale``.
+
+The other two methods draw the same distributions (``ModelConfig.init_method``):
 
 * ``default`` — one ``torch.Generator`` seeded with ``init_seed``, each parameter drawn in the
   order and layout of :func:`param_shapes`.
@@ -47,19 +59,38 @@ from torch import Tensor
 from ..config import ModelConfig
 from ..errors import ConfigError
 
-__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "LN_EPS"]
+__all__ = ["param_shapes", "init_params", "n_params", "is_bias", "is_norm_weight", "sinusoidal_positions", "LN_EPS"]
 
 #: LayerNorm's epsilon (TransformerLens' default), for the hooked module and the functional forward.
 LN_EPS = 1e-5
 
 
+def sinusoidal_positions(n_ctx: int, d_model: int) -> Tensor:
+    """Power et al.'s fixed positional encoding ``[n_ctx, d_model]`` (float32).
+
+    Notes:
+        ``PE[pos, i] = sin(pos / 10000^(i / d))`` for even ``i`` and ``cos(pos / 10000^((i − 1) / d))``
+        for odd ``i`` (``openai/grok`` ``grok/transformer.py``, ``Transformer._position_encoding``:
+        sine and cosine interleaved, not concatenated). Computed in float64, rounded once.
+
+    Example:
+        >>> sinusoidal_positions(4, 8).shape
+        torch.Size([4, 8])
+    """
+    pos = torch.arange(n_ctx, dtype=torch.float64)[:, None]
+    i = torch.arange(d_model, dtype=torch.float64)
+    even = (i - i % 2) / d_model  # i / d at even i, (i − 1) / d at odd i
+    angle = pos / torch.pow(torch.tensor(10000.0, dtype=torch.float64), even)
+    return torch.where(i % 2 == 0, torch.sin(angle), torch.cos(angle)).float()
+
+
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter's TransformerLens name and shape, in initialisation order."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "embed.W_E": (cfg.d_vocab, cfg.d_model),
-        "pos_embed.W_pos": (cfg.n_ctx, cfg.d_model),
-    }
+    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (cfg.d_vocab, cfg.d_model)}
+    if getattr(cfg, "pos_embed", "learned") == "learned":
+        shapes["pos_embed.W_pos"] = (cfg.n_ctx, cfg.d_model)
     bias, attn_bias, ln = cfg.bias != "none", cfg.bias == "all", cfg.layer_norm
+    mlp_bias = cfg.bias in ("mlp", "all")  # bias = norm: the LayerNorms' b only
     d = cfg.d_model
 
     def norm(name: str) -> None:
@@ -86,12 +117,13 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             })
         norm(f"{b}.ln2")
         shapes[f"{b}.mlp.W_in"] = (d, cfg.d_mlp)
-        if bias:
+        if mlp_bias:
             shapes[f"{b}.mlp.b_in"] = (cfg.d_mlp,)
         shapes[f"{b}.mlp.W_out"] = (cfg.d_mlp, d)
-        if bias:
+        if mlp_bias:
             shapes[f"{b}.mlp.b_out"] = (d,)
-    norm("ln_final")
+    if getattr(cfg, "ln_style", "pre") != "post":  # post-LN blocks end normalised
+        norm("ln_final")
     shapes["unembed.W_U"] = (d, cfg.d_vocab_out)
     return shapes
 
@@ -133,6 +165,8 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
     """
     if cfg.init_method == "paper":
         return _init_paper(cfg)
+    if cfg.init_method == "torch":
+        return _init_torch(cfg)
     gen = torch.Generator().manual_seed(cfg.init_seed)
     scale = float(cfg.init_scale)
     out: dict[str, Tensor] = {}
@@ -144,6 +178,33 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
             fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
             w = torch.randn(shape, generator=gen) / math.sqrt(fan)
             out[name] = w if scale == 1.0 else w * scale
+    return out
+
+
+def _torch_fan_in(name: str, shape: tuple[int, ...]) -> int:
+    """``nn.Linear``'s fan_in of a weight in our layout (``[..., in, out]``; ``W_O [n_heads, d_head, d_model]``
+    reads ``n_heads · d_head`` inputs)."""
+    if name.endswith("attn.W_O"):
+        return shape[0] * shape[1]
+    return shape[-2]
+
+
+def _init_torch(cfg: ModelConfig) -> dict[str, Tensor]:
+    """PyTorch's default initialisation of Power et al.'s layers (module notes), seeded by ``init_seed``."""
+    gen = torch.Generator().manual_seed(cfg.init_seed)
+    scale = float(cfg.init_scale)
+    out: dict[str, Tensor] = {}
+    for name, shape in param_shapes(cfg).items():
+        fixed = _fixed_init(name, shape)
+        if fixed is not None:
+            out[name] = fixed
+            continue
+        if name in ("embed.W_E", "pos_embed.W_pos"):
+            w = torch.randn(shape, generator=gen)  # nn.Embedding: N(0, 1)
+        else:
+            bound = 1.0 / math.sqrt(_torch_fan_in(name, shape))
+            w = (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+        out[name] = w if scale == 1.0 else w * scale
     return out
 
 

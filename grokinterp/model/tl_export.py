@@ -9,7 +9,8 @@ TL-native transformer (``nn.Linear`` projections with biases, optional norms) wr
 
 :func:`to_transformer_lens` boots one with our architecture — LayerNorm as ours
 (``normalization_type`` ``LN`` with ``model.layer_norm``, else ``None``; eps 1e-5), learned
-positions, attention scaled by ``1/sqrt(d_head)`` (causal, or bidirectional in the ``a_b`` layout),
+positions (a ``pos_embed = sinusoidal`` model's fixed table is copied into TransformerLens' learned
+``W_pos``: the same values, so the same logits), attention scaled by ``1/sqrt(d_head)`` (causal, or bidirectional in the ``a_b`` layout),
 ReLU or GELU, no unembedding bias — with TransformerLens' own initialisation off, and copies our
 parameters in; the biases our model does not have (by default the attention's) are zero. No weight processing
 is applied (no ``fold_ln``, ``center_writing_weights``, ``center_unembed``, ``fold_value_biases``:
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .params import LN_EPS, param_shapes
+from .params import LN_EPS, param_shapes, sinusoidal_positions
 
 __all__ = ["to_transformer_lens", "transformer_lens_state_dict"]
 
@@ -58,7 +59,8 @@ def transformer_lens_state_dict(params: dict[str, Tensor], cfg: ModelConfig) -> 
             raise ConfigError(f"parameter {name}: expected shape {list(shape)}, got {list(params[name].shape)}")
     P = {k: v.detach().float().cpu() for k, v in params.items()}
     h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
-    sd = {"embed.weight": P["embed.W_E"], "pos_embed.weight": P["pos_embed.W_pos"]}
+    W_pos = P["pos_embed.W_pos"] if "pos_embed.W_pos" in P else sinusoidal_positions(cfg.n_ctx, d)  # fixed table
+    sd = {"embed.weight": P["embed.W_E"], "pos_embed.weight": W_pos}
     for L in range(cfg.n_layers):
         b = f"blocks.{L}"
         for ours, theirs in (("Q", "q"), ("K", "k"), ("V", "v")):
@@ -101,8 +103,10 @@ def to_transformer_lens(params: dict[str, Tensor], cfg: ModelConfig, device: str
         raise ConfigError(f"model.family: {family!r} — a TransformerBridge is a transformer; this model is already a "
                           f"TransformerLens HookedRootModule (Run.model())")
     if cfg.layer_norm and cfg.ln_style != "pre":
-        raise ConfigError(f"model.ln_style: {cfg.ln_style!r} — TransformerLens blocks are pre-LN; a block whose first "
-                          f"LayerNorm replaces the residual stream has no TransformerLens equivalent")
+        why = ("a block whose first LayerNorm replaces the residual stream" if cfg.ln_style == "in_place" else
+               "a post-LN block (x = ln1(x + attn(x)), x = ln2(x + mlp(x)))")
+        raise ConfigError(f"model.ln_style: {cfg.ln_style!r} — TransformerLens blocks are pre-LN; {why} has no "
+                          f"TransformerLens equivalent")
     if cfg.attn_coeff != 1.0:
         raise ConfigError(f"model.attn_coeff: {cfg.attn_coeff} — TransformerLens attention is softmax attention; a model "
                           f"blending it with constant attention (attn_coeff < 1) has no TransformerLens equivalent")

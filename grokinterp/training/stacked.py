@@ -157,7 +157,7 @@ EXECUTORS = (*IMPLS, "single")
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
-              "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style"},
+              "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style", "pos_embed"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",

@@ -1,6 +1,8 @@
 """The ``transformer`` family: Nanda et al.'s one-layer transformer and its generalisations.
 
-Settings (``ModelConfig``): ``n_layers ≥ 1``, ``layer_norm`` (TransformerLens' pre-LN), ``bias``
+Settings (``ModelConfig``): ``n_layers ≥ 1``, ``layer_norm`` (TransformerLens' pre-LN; ``ln_style``
+``in_place`` for Lee et al.'s block, ``post`` for Power et al.'s post-LN), ``pos_embed`` (``learned``
+or Power et al.'s fixed ``sinusoidal`` table), ``bias``
 (``mlp``, ``all``, ``none``), ``input_layout`` (``a_b_eq``: ``[a, b, =]``, causal; ``a_b``: Zhong et
 al.'s ``[a, b]``, attention over both positions), ``attn_coeff``, ``act_fn``.
 
@@ -23,7 +25,7 @@ from torch import Tensor
 
 from ...config import INPUT_LAYOUTS
 from ...errors import ConfigError
-from ..params import LN_EPS, init_params, param_shapes
+from ..params import LN_EPS, init_params, param_shapes, sinusoidal_positions
 
 __all__ = ["param_shapes", "init_params", "hooked", "hidden_hook", "describe", "activation_bytes", "forward",
            "fast_kernels_apply", "LN_EPS"]
@@ -46,6 +48,7 @@ def describe(cfg: Any) -> str:
         if getattr(cfg, "layer_norm", False) else "",
         f"bias {cfg.bias}" if getattr(cfg, "bias", "mlp") != "mlp" else "",
         f"input layout {cfg.input_layout}" if getattr(cfg, "input_layout", "a_b_eq") != "a_b_eq" else "",
+        f"{cfg.pos_embed} positions" if getattr(cfg, "pos_embed", "learned") != "learned" else "",
     ) if s]
     return (f"transformer: {cfg.n_layers} layer(s), d_model {cfg.d_model}, {cfg.n_heads} heads, d_mlp {cfg.d_mlp}, "
             f"{cfg.act_fn}" + "".join(f", {e}" for e in extras))
@@ -76,6 +79,8 @@ def fast_kernels_apply(cfg: Any) -> str | None:
         return f"the fast kernels need the MLP's biases only (model.bias = {cfg.bias!r})"
     if getattr(cfg, "input_layout", "a_b_eq") != "a_b_eq":
         return f"the fast kernels need the [a, b, =] layout (model.input_layout = {cfg.input_layout!r})"
+    if getattr(cfg, "pos_embed", "learned") != "learned":
+        return f"the fast kernels need learned positions (model.pos_embed = {cfg.pos_embed!r})"
     return None
 
 
@@ -137,7 +142,10 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
     Notes:
         Every block is computed at every position except the last block, whose attention queries
         and MLP only the read-out (last) position, the only one the logits need. Pre-LN blocks as
-        TransformerLens': ``x += attn(ln1(x))``, ``x += mlp(ln2(x))``, ``logits = ln_final(x) W_U``.
+        TransformerLens': ``x += attn(ln1(x))``, ``x += mlp(ln2(x))``, ``logits = ln_final(x) W_U``;
+        ``ln_style = post`` (Power et al.): ``x = ln1(x + attn(x))``, ``x = ln2(x + mlp(x))``,
+        ``logits = x W_U``. ``pos_embed = sinusoidal`` adds the fixed table
+        :func:`~grokinterp.model.params.sinusoidal_positions` instead of ``pos_embed.W_pos``.
 
     Example:
         >>> cfg = make_config("tiny", p=7, n_layers=2, layer_norm=True).model      # doctest: +SKIP
@@ -152,16 +160,21 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
     H, e = cfg.n_heads, cfg.d_head
     scale = 1.0 / math.sqrt(e)
     runs = torch.arange(R, device=W_E.device)[:, None, None]
-    x = W_E[runs, tokens] + params["pos_embed.W_pos"][:, None, :P]  # [run, batch, pos, d_model]
+    if getattr(cfg, "pos_embed", "learned") == "sinusoidal":
+        pos = sinusoidal_positions(P, d).to(device=W_E.device, dtype=W_E.dtype)[None, None]
+    else:
+        pos = params["pos_embed.W_pos"][:, None, :P]
+    x = W_E[runs, tokens] + pos  # [run, batch, pos, d_model]
     a = _coeff(attn_coeff, cfg, R, W_E)
     causal = cfg.input_layout != "a_b"
     ln, attn_bias = cfg.layer_norm, cfg.bias == "all"
     in_place = ln and getattr(cfg, "ln_style", "pre") == "in_place"
+    post = ln and getattr(cfg, "ln_style", "pre") == "post"
     act = F.relu if cfg.act_fn == "relu" else F.gelu
     for layer in range(cfg.n_layers):
         b = f"blocks.{layer}"
         last = layer == cfg.n_layers - 1
-        h = _layer_norm(x, params, f"{b}.ln1") if ln else x
+        h = _layer_norm(x, params, f"{b}.ln1") if ln and not post else x
         if in_place:  # Grokfast's block: the normalised stream replaces the residual
             x = h
         B = h.shape[1]
@@ -191,7 +204,9 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
         if attn_bias:
             out = out + params[f"{b}.attn.b_O"][:, None, None]
         x = (x[:, :, -1:] if last else x) + out
-        h = _layer_norm(x, params, f"{b}.ln2") if ln else x
+        if post:
+            x = _layer_norm(x, params, f"{b}.ln1")
+        h = _layer_norm(x, params, f"{b}.ln2") if ln and not post else x
         nb = h.shape[1] * h.shape[2]
         pre = torch.bmm(h.reshape(R, nb, d), params[f"{b}.mlp.W_in"])
         if f"{b}.mlp.b_in" in params:
@@ -200,7 +215,9 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: Any, attn_coeff: Any
         if f"{b}.mlp.b_out" in params:
             mlp = mlp + params[f"{b}.mlp.b_out"][:, None]
         x = x + mlp.view(x.shape)
+        if post:
+            x = _layer_norm(x, params, f"{b}.ln2")
     x = x[:, :, -1]  # [run, batch, d_model]
-    if ln:
+    if ln and not post:
         x = _layer_norm(x, params, "ln_final")
     return torch.bmm(x, params["unembed.W_U"])
