@@ -37,8 +37,9 @@ Diagnostics (every estimate; :data:`LLC_FLAGS`), which mark an estimate unreliab
 printing a number silently:
 
 - ``nonfinite``: a NaN or infinite loss in some chain (the chain diverged); the estimate is NaN.
-- ``diverged``: some draw's ``nβ (L_B(w) − L_n(w*))`` exceeded ``d``, the number of parameters (the
-  LLC is at most ``d / 2``: a chain that far up left the basin of w*).
+- ``diverged``: some draw's ``nβ (L_B(w) − L_n(w*))`` exceeded ``d + 10 √d``, ``d`` the number of
+  parameters (the LLC is at most ``d / 2``, and a regular model's draws fluctuate by ``√(d / 2)``
+  around it: a chain that far up left the basin of w*).
 - ``negative``: ``llc_mean < 0``: the chains found lower loss than w*, which is then not a local
   minimum at this temperature (devinterp's documented failure mode).
 - ``rhat``: the split-R̂ (Gelman–Rubin over the second half of each chain's draws, each half split
@@ -197,7 +198,8 @@ class LLCResult:
         if not np.isfinite(tr).all():
             out.append("nonfinite")
         finite = tr[np.isfinite(tr)]
-        if finite.size and self.nbeta * (finite.max() - self.init_loss[k]) > self.n_params:
+        d = self.n_params
+        if finite.size and self.nbeta * (finite.max() - self.init_loss[k]) > d + 10 * math.sqrt(d):
             out.append("diverged")
         m = np.nanmean(self.llc[k]) if np.isfinite(self.llc[k]).any() else np.nan
         if np.isfinite(m) and m < 0:
