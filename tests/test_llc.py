@@ -248,3 +248,19 @@ def test_our_estimate_agrees_with_devinterps(mlp_run):
     o = ours[[f"llc_chain_{i}" for i in range(6)]].to_numpy()[0]
     se = math.sqrt(t.var(ddof=1) / 6 + o.var(ddof=1) / 6)
     assert abs(o.mean() - t.mean()) < 3 * se + 0.05 * abs(t.mean())
+
+
+def test_the_report_draws_the_cached_table_and_verify_ignores_it(mlp_run, tmp_path):
+    from grokinterp.cli import main
+    from grokinterp.viz.report import write_report
+
+    report = tmp_path / "before.html"
+    write_report(mlp_run, report)
+    assert "Local learning coefficient" not in report.read_text()  # nothing cached: no figure, no sampling
+    assert main(["llc", str(mlp_run.path), "--draws", "10", "--chains", "2", "--epsilon", "1e-3", "--nbeta", "5",
+                 "--batch-size", "16"]) == 0
+    assert (mlp_run.path / "llc.csv").is_file()
+    report = tmp_path / "after.html"
+    write_report(mlp_run, report)
+    assert "Local learning coefficient" in report.read_text()
+    assert main(["verify", str(mlp_run.path)]) == 0
