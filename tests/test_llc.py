@@ -264,3 +264,13 @@ def test_the_report_draws_the_cached_table_and_verify_ignores_it(mlp_run, tmp_pa
     write_report(mlp_run, report)
     assert "Local learning coefficient" in report.read_text()
     assert main(["verify", str(mlp_run.path)]) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_sampler_runs_on_the_gpu_and_recovers_d_over_2():
+    h = np.linspace(0.5, 2.0, 6)
+    cfg = SGLDConfig(epsilon=1e-3, gamma=1.0, nbeta=100.0, chains=8, draws=2000, burnin=200, batch_size=None)
+    h_gpu = torch.as_tensor(h, dtype=torch.float32, device="cuda")
+    r = sample_llc({"w": torch.zeros(1, 6, device="cuda")}, lambda P, idx: 0.5 * (P["w"].pow(2) * h_gpu).sum(1), 1,
+                   cfg, device="cuda")
+    assert r.mean[0] == pytest.approx(_exact(h, 100.0, 1.0, 1e-3), rel=0.05)
