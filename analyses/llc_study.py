@@ -39,11 +39,14 @@ import numpy as np
 PARTS = {
     "mlp": ("mlp-devinterp", {"epochs": 3334},  # 30,006 steps: seeds 3 and 4 generalize by ~26k (devinterp_mlp)
             dict(epsilon=3e-3, gamma=5.0, nbeta=2.0, draws=500, batch_size=128), 1),
-    "tiny": ("tiny", {"epochs": 1000},
+    # tiny memorizes and forms its circuit within ~40-200 epochs: checkpoints every 5 epochs, the LLC at
+    # each one up to epoch 300 and every 50th epoch after (DENSE_UNTIL)
+    "tiny": ("tiny", {"epochs": 1000, "every": 5},
              dict(epsilon=1e-3, gamma=100.0, nbeta=10.0, draws=300, batch_size=64), 1),
     "quick": ("quick", {"epochs": 2000, "every": 50, "live_every": 0},
               dict(epsilon=1e-3, gamma=100.0, nbeta=None, draws=200, batch_size=64), 2),
 }
+DENSE_UNTIL = {"tiny": (300, 50)}  # part -> (every checkpoint up to this epoch, then every this many epochs)
 FINAL_CALL = dict(epsilon=0.03, gamma=5.0, nbeta=2.0, chains=3, draws=1500, batch_size=128)  # their 27.6
 THEIR_FINAL = 27.6
 
@@ -108,6 +111,9 @@ def study_part(part, seeds, args, summary):
         t0 = time.time()
         run = run_for(part, seed, args)
         eps = run.epochs[::stride]
+        if part in DENSE_UNTIL:
+            until, step = DENSE_UNTIL[part]
+            eps = np.array([e for e in run.epochs if e <= until or e % step == 0 or e == run.epochs[-1]])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LLCWarning)
             llc = llc_over_checkpoints(run, cfg, epochs=eps)
