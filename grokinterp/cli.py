@@ -1,5 +1,5 @@
 """Command-line interface: ``grokinterp train | info | report | verify | import-legacy | watch | sweep |
-sweep-report``.
+sweep-report | llc``.
 
 Only argparse, the config dataclasses and the task registry (numpy) are imported until a command
 runs, so ``--help`` answers at once; torch and transformer_lens load inside the commands.
@@ -429,7 +429,30 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     w.add_argument("run", type=_nonempty_path, metavar="RUN")
     w.add_argument("--interval", type=float, default=5.0, metavar="S", help="seconds between looks (default 5)")
     w.add_argument("--timeout", type=float, metavar="S", help="stop after S seconds without anything new")
-    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w})  # type: ignore[attr-defined]
+    ll = sub.add_parser("llc", help="estimate the local learning coefficient at a run's checkpoints (SGLD)",
+                        description="SGLD estimate of the local learning coefficient (singular learning theory) at each "
+                                    "checkpoint: the checkpoints' chains run as one stacked computation. Prints the table "
+                                    "(llc_mean, llc_std, one column per chain, diagnostics) and writes it to --out (default "
+                                    "RUN/llc.csv, which `grokinterp report` then draws beside the restricted and excluded "
+                                    "loss). Estimates that fail a diagnostic are marked llc_reliable = False, with the reasons "
+                                    "in llc_flags and a warning. Defaults: devinterp's grokking example (epsilon 3e-3, gamma "
+                                    "5); nbeta defaults to devinterp's m / ln m for batches of m.")
+    ll.add_argument("run", type=_nonempty_path, metavar="RUN")
+    ll.add_argument("--draws", type=int, default=200, metavar="N", help="recorded SGLD steps per chain (default 200)")
+    ll.add_argument("--chains", type=int, default=4, metavar="C", help="chains per checkpoint (default 4)")
+    ll.add_argument("--burnin", type=int, default=0, metavar="N", help="unrecorded steps first (default 0)")
+    ll.add_argument("--epsilon", type=float, default=3e-3, help="SGLD step size (default 3e-3)")
+    ll.add_argument("--gamma", type=float, default=5.0, help="localization strength (default 5)")
+    ll.add_argument("--nbeta", type=float, help="inverse temperature n*beta (default m / ln m, m the batch size)")
+    ll.add_argument("--batch-size", type=int, default=128, metavar="M",
+                    help="training pairs per step (default 128; 0: all of them)")
+    ll.add_argument("--seed", type=int, default=0, help="noise and batch seed (default 0)")
+    ll.add_argument("--epochs", type=_int_list, metavar="E1,E2,...", help="checkpoints to estimate (default: all)")
+    ll.add_argument("--every", type=int, metavar="K", help="every K-th checkpoint (default: all)")
+    ll.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ll.add_argument("--out", type=_nonempty_path, metavar="CSV", help="table to write (default RUN/llc.csv)")
+    ll.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w, "llc": ll})  # type: ignore[attr-defined]
     return parser
 
 
@@ -844,7 +867,49 @@ def cmd_sweep_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
+def cmd_llc(args: argparse.Namespace) -> int:
+    import warnings
+
+    _existing(args.run, "run directory")
+    if args.every is not None and args.every < 1:
+        raise GrokinterpError(f"--every: must be a positive integer, got {args.every}")
+    if args.batch_size is not None and args.batch_size < 0:
+        raise GrokinterpError(f"--batch-size: must be ≥ 0 (0: full batch), got {args.batch_size}")
+    from .analysis.llc import SGLDConfig  # validates the sampler values before the run is read
+
+    cfg = SGLDConfig(epsilon=args.epsilon, gamma=args.gamma, nbeta=args.nbeta, chains=args.chains, draws=args.draws,
+                     burnin=args.burnin, batch_size=args.batch_size or None, seed=args.seed)
+    from .analysis.llc import llc_over_checkpoints
+    from .store.layout import LLC_TABLE, write_atomic
+    from .store.run import load_run
+
+    run = load_run(args.run)
+    if len(run.epochs) == 0:
+        raise GrokinterpError(f"{run.path}: the run has no checkpoints to estimate the LLC at")
+    out = None if args.no_write else (args.out if args.out is not None else run.path / LLC_TABLE)
+    if out is not None:
+        parent = out.parent if str(out.parent) else Path(".")
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise GrokinterpError(f"{out}: the directory {parent} does not exist or is not writable")
+    epochs = args.epochs
+    if args.every is not None:
+        epochs = list((run.epochs if epochs is None else epochs)[:: args.every])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        df = llc_over_checkpoints(run, cfg, epochs=epochs, device=args.device)
+    show = ["epoch", "llc_mean", "llc_std", "llc_init_loss", "llc_rhat", "llc_accept", "llc_reliable", "llc_flags"]
+    print(df[show].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    a = df.attrs["llc"]
+    print(f"nbeta {a['nbeta_used']:.4g}, {cfg.chains} chain(s) x {cfg.draws} draws, {a['seconds']:.1f} s")
+    for w in caught:
+        print(f"grokinterp llc: warning: {w.message}", file=sys.stderr)
+    if out is not None:
+        write_atomic(out, df.to_csv(index=False).encode())
+        print(f"table: {out}")
+    return 0
+
+
+COMMANDS = {"llc": cmd_llc, "report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
             "watch": cmd_watch, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
 
 

@@ -42,8 +42,10 @@ MANIFEST_JSON = "manifest.json"  # size and SHA-256 of every file, rewritten aft
 LOCK_FILE = ".grokinterp.lock"  # the run lock (store/lock.py); a dot-file: never listed or verified
 RUN_KIND = "grokinterp-run"
 # Files other tools derive from a run and keep beside it (``grokinterp report``); they are not
-# part of the run, so the manifest neither lists them nor counts them as unlisted.
-DERIVED_FILES = frozenset({"report.html"})
+# part of the run, so the manifest neither lists them nor counts them as unlisted. ``llc.csv``: the
+# local learning coefficient table ``grokinterp llc`` caches (the report draws it when present).
+DERIVED_FILES = frozenset({"report.html", "llc.csv"})
+LLC_TABLE = "llc.csv"
 
 # safetensors dtype strings of the numpy dtypes we read back.
 _ST_DTYPES = {

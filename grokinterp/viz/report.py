@@ -282,6 +282,29 @@ def _circles_figure(analysis):
 register_run_analysis("interventions", lambda analysis: interventions(analysis.run.config) or None)
 register_run_analysis("early_warning", _early_warning)
 register_run_analysis("algorithm", _algorithm)
+def _llc_figure(analysis):
+    """The LLC table ``grokinterp llc`` cached in the run directory, if any (the report never samples)."""
+    path = analysis.run.path / _io.LLC_TABLE
+    if not path.is_file():
+        return None
+    import pandas as pd
+
+    from .llc_plots import llc_figure
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+    if not {"epoch", "llc_mean"} <= set(table.columns):
+        return None
+    return llc_figure(table, analysis.measures, x="epoch")
+
+
+register_figure("Local learning coefficient",
+                "SGLD estimate of the local learning coefficient at each checkpoint (± the spread over chains; crosses: "
+                "an estimate a diagnostic marked unreliable), from RUN/llc.csv as `grokinterp llc RUN` wrote it, beside "
+                "the restricted, excluded and test loss (right axis). The report draws the cached table only: it never "
+                "runs the sampler.", _llc_figure)
 register_figure("Embedding circles (clock or pizza)",
                 "The residues' embeddings in each key frequency's plane (the Fourier cos/sin components of W_E); "
                 "the label comes from gradient symmetricity and distance irrelevance (Zhong et al. 2023), see the "

@@ -1,0 +1,61 @@
+"""The local learning coefficient as a progress measure (issue 20): :class:`LLCMeasure`.
+
+Not in the default set (SGLD chains cost far more than every other measure together): pass an
+instance, ``progress_measures(run, measures=[..., LLCMeasure(SGLDConfig(draws=500))])``. Each chunk of
+checkpoints is one stacked computation of its checkpoints × chains
+(:func:`~grokinterp.analysis.llc.sample_llc`); the chains share their noise and batches across
+checkpoints, so the result does not depend on the chunk size.
+
+Columns: ``llc_mean``, ``llc_std``, ``llc_chain_<c>`` (one per chain), ``llc_rhat``, ``llc_accept``
+and ``llc_reliable`` (1.0 / 0.0; the flags in words are in :func:`~grokinterp.analysis.llc.llc_over_checkpoints`'
+``llc_flags``). The model is the one every measure sees: the residue logits (a run with an output for
+``=`` has that column dropped), on the stored training pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...model.families import family_of
+from ...model.grid import grid_tokens
+from ..llc import SGLDConfig, model_loss_fn, sample_llc
+from .base import ChunkContext, Measure
+
+__all__ = ["LLCMeasure"]
+
+
+class LLCMeasure(Measure):
+    """SGLD estimate of the local learning coefficient at each checkpoint (not registered by default)."""
+
+    name = "llc"
+
+    def __init__(self, config: SGLDConfig | None = None):
+        self.config = config if config is not None else SGLDConfig()
+        chains = tuple(f"llc_chain_{c}" for c in range(self.config.chains))
+        self.columns = ("llc_mean", "llc_std", *chains, "llc_rhat", "llc_accept", "llc_reliable")
+        c = self.config
+        how = (f"SGLD ε = {c.epsilon:g}, γ = {c.gamma:g}, nβ = {'m / ln m' if c.nbeta is None else f'{c.nbeta:g}'}, "
+               f"{c.chains} chain(s) × {c.draws} draws after {c.burnin} burn-in, batches of "
+               f"{c.batch_size or 'all'} training pairs, seed {c.seed}")
+        self.definitions = {
+            "llc_mean": f"local learning coefficient nβ (E[L_batch] − L_train(w*)), mean over chains ({how})",
+            "llc_std": "standard deviation of the per-chain estimates (ddof 1)",
+            **{k: f"chain {i}'s estimate" for i, k in enumerate(chains)},
+            "llc_rhat": "split-R̂ of the chains' loss traces (second half of the draws)",
+            "llc_accept": "mean MALA acceptance probability of the SGLD transitions",
+            "llc_reliable": "1 when no diagnostic (non-finite, diverged, negative, R̂, acceptance) failed",
+        }
+
+    def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
+        a = ctx.arrays
+        trn = a.train.to(ctx.device)
+        tokens = grid_tokens(a.p).to(ctx.device)[trn]
+        labels = a.labels.to(ctx.device)[trn]
+        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels)
+        with torch.enable_grad():
+            r = sample_llc(ctx.params, loss, len(labels), self.config, device=ctx.device)
+        cols = r.columns()
+        out = {k: torch.as_tensor(cols[k].astype("float64")) for k in self.columns if k != "llc_reliable"}
+        out["llc_reliable"] = torch.as_tensor(cols["llc_reliable"].astype("float64"))
+        return out

@@ -1,0 +1,276 @@
+"""The local learning coefficient (issue 20): oracles with known λ, stacking, diagnostics, bad input, CLI,
+and devinterp itself where it is installed (the ``[slt]`` extra)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from grokinterp.analysis.llc import (
+    LLCWarning,
+    SGLDConfig,
+    calibrate,
+    default_nbeta,
+    llc_over_checkpoints,
+    sample_llc,
+    split_rhat,
+)
+from grokinterp.errors import AnalysisError
+
+
+def _exact(h, nbeta, gamma, eps):
+    """E[nβ (L − L*)] of SGLD's stationary law for L = ½ Σ h_i w_i² (per coordinate an AR(1) with
+    a = nβ h + γ: variance 1 / (a (1 − ε a / 4)))."""
+    a = nbeta * h + gamma
+    return float(np.sum(nbeta * h / (2 * a * (1 - eps * a / 4))))
+
+
+def _quadratic(h):
+    h = torch.as_tensor(h, dtype=torch.float32)
+
+    def loss(P, idx):
+        return 0.5 * (P["w"].pow(2) * h).sum(1)
+
+    return loss
+
+
+def test_a_quadratic_potential_gives_d_over_2():
+    """Regular model: λ = d / 2; the estimate matches SGLD's exact stationary value within 5 %."""
+    d = 6
+    h = np.linspace(0.5, 2.0, d)
+    cfg = SGLDConfig(epsilon=1e-3, gamma=1.0, nbeta=100.0, chains=8, draws=2000, burnin=200, batch_size=None)
+    r = sample_llc({"w": torch.zeros(1, d)}, _quadratic(h), 1, cfg)
+    exact = _exact(h, 100.0, 1.0, 1e-3)
+    assert r.mean[0] == pytest.approx(exact, rel=0.05)
+    assert r.mean[0] == pytest.approx(d / 2, rel=0.10)
+    assert r.reliable[0], r.flags
+    assert r.acceptance.mean() > 0.9  # a small step on a quadratic: MALA accepts nearly everything
+
+
+def test_linear_regression_recovers_d_over_2_with_minibatches():
+    """y = x·w + noise, Gaussian likelihood: L_n is quadratic around the least-squares w*, λ = d / 2."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 2000, 10
+    X = torch.randn(n, d, generator=g)
+    y = X @ torch.randn(d, generator=g) + torch.randn(n, generator=g)
+    w_star = torch.linalg.lstsq(X, y[:, None]).solution[:, 0]
+
+    def loss(P, idx):  # P["w"] [R, d], idx [R, m]
+        pred = (X[idx] * P["w"][:, None]).sum(-1)
+        return 0.5 * (y[idx] - pred).pow(2).mean(1)
+
+    cfg = SGLDConfig(epsilon=1e-3, gamma=1.0, chains=4, draws=1500, burnin=200, batch_size=100, seed=1)
+    r = sample_llc({"w": w_star[None]}, loss, n, cfg)
+    assert r.nbeta == pytest.approx(default_nbeta(100))  # the stated default rule: m / ln m
+    expected = _exact(torch.linalg.eigvalsh(X.T @ X / n).numpy(), r.nbeta, 1.0, 1e-3)
+    assert r.mean[0] == pytest.approx(expected, rel=0.10)
+    assert r.mean[0] == pytest.approx(d / 2, rel=0.15)
+
+
+def test_a_degenerate_parametrisation_has_a_lower_coefficient():
+    """θ = w1 w2 with L = ½ (w1 w2 − 1)²: a curve of minima, λ = 1/2 < d / 2 = 1."""
+
+    def loss(P, idx):
+        return 0.5 * (P["w"][:, 0] * P["w"][:, 1] - 1).pow(2)
+
+    cfg = SGLDConfig(epsilon=2e-4, gamma=10.0, nbeta=1000.0, chains=6, draws=1500, burnin=300, batch_size=None)
+    r = sample_llc({"w": torch.ones(1, 2)}, loss, 1, cfg)
+    assert r.mean[0] == pytest.approx(0.5, abs=0.1)
+
+
+def test_stacked_checkpoints_equal_each_estimated_alone_and_repeat_bitwise():
+    """K points in one stack = each point alone (common random numbers: chunking changes nothing but
+    rounding); the same seed gives the same bits."""
+    h = np.array([1.0, 2.0, 3.0])
+    pts = torch.tensor([[0.0, 0.0, 0.0], [0.1, -0.2, 0.05], [0.3, 0.0, -0.1]])
+    cfg = SGLDConfig(epsilon=1e-3, gamma=5.0, nbeta=50.0, chains=3, draws=200, batch_size=None)
+    stacked = sample_llc({"w": pts}, _quadratic(h), 1, cfg)
+    for k in range(3):
+        alone = sample_llc({"w": pts[k: k + 1]}, _quadratic(h), 1, cfg)
+        np.testing.assert_allclose(alone.llc[0], stacked.llc[k], rtol=1e-4, atol=1e-4)
+    again = sample_llc({"w": pts}, _quadratic(h), 1, cfg)
+    assert np.array_equal(again.llc, stacked.llc) and np.array_equal(again.trace, stacked.trace)
+
+
+def test_split_rhat_is_one_for_agreeing_chains_and_large_for_disagreeing_ones():
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(4, 400))
+    assert split_rhat(same) == pytest.approx(1.0, abs=0.02)
+    apart = same + np.arange(4)[:, None]  # chains centred at 0, 1, 2, 3
+    assert split_rhat(apart) > 1.5
+    assert math.isnan(split_rhat(same[:, :3]))
+
+
+def test_diagnostics_flag_divergence_nan_and_a_point_that_is_not_a_minimum():
+    h = np.array([1.0, 1.0])
+    # ε nβ h = 8 > 4: the discretised dynamics are unstable and blow up
+    bad = sample_llc({"w": torch.zeros(1, 2)}, _quadratic(h), 1,
+                     SGLDConfig(epsilon=0.08, gamma=0.0, nbeta=100.0, chains=2, draws=300, batch_size=None))
+    assert not bad.reliable[0]
+    assert {"nonfinite", "diverged"} & set(bad.flags[0]) or "acceptance" in bad.flags[0]
+    # w* away from the minimum, no localization: the chain finds lower loss, λ̂ < 0
+    neg = sample_llc({"w": torch.full((1, 2), 3.0)}, _quadratic(h), 1,
+                     SGLDConfig(epsilon=1e-2, gamma=0.0, nbeta=10.0, chains=2, draws=300, batch_size=None))
+    assert "negative" in neg.flags[0] and not neg.reliable[0]
+    assert neg.columns()["llc_reliable"].tolist() == [False]
+
+
+def test_a_large_step_lowers_the_mala_acceptance():
+    h = np.linspace(1, 3, 4)
+
+    def acc(eps):
+        r = sample_llc({"w": torch.zeros(1, 4)}, _quadratic(h), 1,
+                       SGLDConfig(epsilon=eps, gamma=1.0, nbeta=100.0, chains=2, draws=400, batch_size=None))
+        return r.acceptance.mean()
+
+    small, large = acc(1e-4), acc(1.2e-2)
+    assert small > 0.95 and large < small - 0.2
+
+
+@pytest.mark.parametrize("field,value", [("epsilon", 0.0), ("epsilon", -1e-3), ("gamma", -1.0), ("nbeta", 0.0),
+                                         ("draws", 0), ("chains", 0), ("burnin", -1), ("batch_size", 0),
+                                         ("epsilon", float("nan")), ("init_loss", "mean")])
+def test_bad_sampler_values_name_the_field(field, value):
+    with pytest.raises(AnalysisError, match=rf"llc\.{field}"):
+        SGLDConfig(**{field: value})
+
+
+@pytest.fixture(scope="module")
+def mlp_run(tmp_path_factory):
+    import grokinterp as gi
+
+    cfg = gi.make_config("tiny", p=11, family="mlp", d_embed=4, d_hidden=16, epochs=30, every=10, log_early=0)
+    return gi.train(cfg, tmp_path_factory.mktemp("llc") / "mlp", progress=False)
+
+
+def test_llc_over_checkpoints_of_a_run_is_a_table_and_chunking_changes_nothing(mlp_run):
+    cfg = SGLDConfig(epsilon=1e-3, gamma=10.0, nbeta=5.0, chains=2, draws=40, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        whole = llc_over_checkpoints(mlp_run, cfg)
+        alone = llc_over_checkpoints(mlp_run, cfg, chunk=1)
+    assert whole["epoch"].tolist() == mlp_run.epochs.tolist()
+    for col in ("llc_mean", "llc_std", "llc_chain_0", "llc_chain_1", "llc_reliable", "llc_flags", "llc_rhat",
+                "llc_accept", "llc_init_loss"):
+        assert col in whole.columns
+    np.testing.assert_allclose(whole["llc_chain_0"], alone["llc_chain_0"], rtol=1e-3, atol=1e-3)
+    assert whole.attrs["llc"]["nbeta_used"] == 5.0
+    # L_n(w*) is the run's own training loss at the checkpoint (the plain computation)
+    model = mlp_run.model(int(mlp_run.epochs[-1]))
+    x, y = mlp_run.train_data()
+    with torch.no_grad():
+        plain = torch.nn.functional.cross_entropy(model(x)[:, -1], y).item()
+    assert whole["llc_init_loss"].iloc[-1] == pytest.approx(plain, rel=1e-5)
+
+
+def test_the_measure_adds_llc_columns_to_the_progress_table(mlp_run):
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.analysis.measures.llc import LLCMeasure
+
+    cfg = SGLDConfig(epsilon=1e-3, gamma=10.0, nbeta=5.0, chains=2, draws=30, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        df = progress_measures(mlp_run, measures=["losses", LLCMeasure(cfg)])
+        direct = llc_over_checkpoints(mlp_run, cfg)
+    assert {"llc_mean", "llc_std", "llc_chain_0", "llc_chain_1", "llc_reliable"} <= set(df.columns)
+    np.testing.assert_allclose(df["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
+
+
+def test_calibration_grid_has_one_row_per_cell_and_traces(mlp_run):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        grid, traces = calibrate(mlp_run, [1e-4, 1e-3], [2.0, 5.0], SGLDConfig(chains=2, draws=20, batch_size=16))
+    assert len(grid) == 4 and set(grid["epsilon"]) == {1e-4, 1e-3}
+    assert len(traces) == 4 * 2 * 20 and {"epsilon", "nbeta", "chain", "draw", "loss"} <= set(traces.columns)
+
+
+def test_cli_llc_writes_the_table_and_refuses_bad_values(mlp_run, tmp_path):
+    from grokinterp.cli import main
+
+    out = tmp_path / "llc.csv"
+    assert main(["llc", str(mlp_run.path), "--draws", "20", "--chains", "2", "--epsilon", "1e-3", "--nbeta", "5",
+                 "--batch-size", "16", "--out", str(out)]) == 0
+    import pandas as pd
+
+    df = pd.read_csv(out)
+    assert len(df) == len(mlp_run.epochs) and "llc_mean" in df.columns
+    assert main(["llc", str(mlp_run.path), "--epsilon", "0"]) == 2
+    assert main(["llc", str(mlp_run.path), "--gamma", "-1"]) == 2
+    assert main(["llc", str(mlp_run.path), "--draws", "0"]) == 2
+    assert main(["llc", str(mlp_run.path), "--chains", "0"]) == 2
+    assert main(["llc", str(tmp_path / "nowhere")]) == 2
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_cli_llc_refuses_a_run_without_checkpoints(mlp_run, tmp_path, capsys):
+    import shutil
+
+    from grokinterp.cli import main
+
+    empty = tmp_path / "empty"
+    shutil.copytree(mlp_run.path, empty)
+    for f in (empty / "shards").iterdir():
+        f.unlink()
+    code = main(["llc", str(empty), "--draws", "5"])
+    assert code == 2
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_our_estimate_agrees_with_devinterps(mlp_run):
+    """devinterp 1.3.2 (the ``[slt]`` extra) on the same model, data and sampler values: the means over
+    chains agree within their combined spread (different random streams, so not bit for bit)."""
+    pytest.importorskip("devinterp")
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    from torch.utils.data import DataLoader, TensorDataset
+
+    epoch = int(mlp_run.epochs[-1])
+    x, y = mlp_run.train_data()
+    model = mlp_run.model(epoch)
+
+    def evaluate(m, data):
+        xb, yb = data
+        return torch.nn.functional.cross_entropy(m(xb)[:, -1], yb), {}
+
+    kw = dict(epsilon=1e-3, gamma=10.0, nbeta=5.0, chains=6, draws=200, batch_size=16, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = estimate_learning_coeff_with_summary(
+            model, DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True), evaluate=evaluate,
+            sampling_method=SGLD, optimizer_kwargs=dict(lr=1e-3, localization=10.0, nbeta=5.0),
+            num_chains=6, num_draws=200, seed=3, verbose=False)
+        ours = llc_over_checkpoints(mlp_run, SGLDConfig(**kw, init_loss="batches"), epochs=[epoch])
+    t = np.array([theirs[f"llc-chain/{i}"] for i in range(6)])
+    o = ours[[f"llc_chain_{i}" for i in range(6)]].to_numpy()[0]
+    se = math.sqrt(t.var(ddof=1) / 6 + o.var(ddof=1) / 6)
+    assert abs(o.mean() - t.mean()) < 3 * se + 0.05 * abs(t.mean())
+
+
+def test_the_report_draws_the_cached_table_and_verify_ignores_it(mlp_run, tmp_path):
+    from grokinterp.cli import main
+    from grokinterp.viz.report import write_report
+
+    report = tmp_path / "before.html"
+    write_report(mlp_run, report)
+    assert "Local learning coefficient" not in report.read_text()  # nothing cached: no figure, no sampling
+    assert main(["llc", str(mlp_run.path), "--draws", "10", "--chains", "2", "--epsilon", "1e-3", "--nbeta", "5",
+                 "--batch-size", "16"]) == 0
+    assert (mlp_run.path / "llc.csv").is_file()
+    report = tmp_path / "after.html"
+    write_report(mlp_run, report)
+    assert "Local learning coefficient" in report.read_text()
+    assert main(["verify", str(mlp_run.path)]) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_sampler_runs_on_the_gpu_and_recovers_d_over_2():
+    h = np.linspace(0.5, 2.0, 6)
+    cfg = SGLDConfig(epsilon=1e-3, gamma=1.0, nbeta=100.0, chains=8, draws=2000, burnin=200, batch_size=None)
+    h_gpu = torch.as_tensor(h, dtype=torch.float32, device="cuda")
+    r = sample_llc({"w": torch.zeros(1, 6, device="cuda")}, lambda P, idx: 0.5 * (P["w"].pow(2) * h_gpu).sum(1), 1,
+                   cfg, device="cuda")
+    assert r.mean[0] == pytest.approx(_exact(h, 100.0, 1.0, 1e-3), rel=0.05)
