@@ -1,0 +1,102 @@
+"""Representation quality index (Liu et al. 2022, "Towards understanding grokking: an effective theory of
+representation learning").
+
+Liu et al. call a representation of addition good when its embeddings form parallelograms: for
+``a + b = c + d`` the sums ``E_a + E_b`` and ``E_c + E_d`` coincide. The RQI is the share of the
+non-trivial parallelograms (``{a, b} ≠ {c, d}``) that close.
+
+Our rule (the paper's toy model has scalar-valued, unnormalised embeddings; we state the normalisation):
+
+* ``E = W_E[:p]`` centred over the tokens; scale ``s = sqrt(mean_a ‖E_a‖²)`` (the RMS embedding norm);
+* a parallelogram ``(a, b, c, d)`` — unordered pairs ``{a, b} ≠ {c, d}`` with ``a + b = c + d`` **as integers**
+  (Liu et al.'s addition; ``modular=True``: ``a + b ≡ c + d (mod p)``) — closes when
+  ``‖E_a + E_b − E_c − E_d‖ ≤ tol · s`` (default ``tol = 0.1``);
+* RQI = closed / all. A linear embedding ``E_a = a·v`` gives 1; random embeddings give ≈ 0.
+
+Undefined for a task that is not ``a + b`` mod p (no parallelograms to close) and for a family without a
+token embedding (an MLP on one-hot inputs): :func:`representation_quality` raises, the ``rqi`` measure records
+NaN and says why. Note: the circle a modular-addition transformer learns (Nanda et al.; Liu et al.'s own
+transformer figures) does **not** close integer parallelograms — ``cos wa + cos wb`` depends on ``a − b`` too —
+so on those models the index measures how *linear* (number-line) the embedding is, not whether the circuit
+formed; the study reports what it finds.
+
+Example:
+    >>> W_E = torch.arange(7.0)[:, None] * torch.ones(1, 4)      # a number line
+    >>> representation_quality(W_E, 7)
+    tensor(1., dtype=torch.float64)
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+from ...errors import AnalysisError
+
+__all__ = ["representation_quality", "parallelograms", "DEFAULT_TOL"]
+
+#: Default closing tolerance, relative to the RMS embedding norm.
+DEFAULT_TOL = 0.1
+
+
+@lru_cache(maxsize=16)
+def parallelograms(p: int, modular: bool = False) -> tuple[Tensor, Tensor]:
+    """The non-trivial parallelograms over ``0..p−1`` as two ``[m, 2]`` int64 pair lists ``(a, b)``, ``(c, d)``
+    (unordered pairs ``a ≤ b``, ``c ≤ d``, each parallelogram once)."""
+    if p < 3:
+        raise AnalysisError(f"p: parallelograms need at least 3 tokens, got p = {p}")
+    a, b = torch.triu_indices(p, p)  # a ≤ b
+    s = (a + b) % p if modular else a + b
+    left, right = [], []
+    order = torch.argsort(s, stable=True)
+    s_sorted = s[order]
+    bounds = torch.searchsorted(s_sorted, torch.unique(s_sorted))
+    ends = torch.cat([bounds[1:], torch.tensor([len(s)])])
+    for lo, hi in zip(bounds.tolist(), ends.tolist()):
+        if hi - lo < 2:
+            continue
+        i, j = torch.triu_indices(hi - lo, hi - lo, offset=1)
+        left.append(order[lo:hi][i])
+        right.append(order[lo:hi][j])
+    li, ri = torch.cat(left), torch.cat(right)
+    return torch.stack([a[li], b[li]], 1), torch.stack([a[ri], b[ri]], 1)
+
+
+def representation_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, modular: bool = False) -> Tensor:
+    """The RQI of the embeddings (see the module's rule).
+
+    Args:
+        W_E: ``[vocab, d]`` or stacked ``[n, vocab, d]`` (rows ``0..p−1`` are the residues); ``None`` for a
+            family without an embedding (raises).
+        p: the modulus.
+        tol: closing tolerance relative to the RMS embedding norm (> 0).
+        modular: parallelograms of ``a + b ≡ c + d (mod p)`` instead of integer sums.
+
+    Returns:
+        float64 ``[]`` or ``[n]`` in [0, 1] (NaN where the embedding is all zero after centring).
+    """
+    if W_E is None:
+        raise AnalysisError("W_E: the RQI is undefined for a model without a token embedding "
+                            "(an MLP on one-hot inputs): there are no embeddings to form parallelograms")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise AnalysisError(f"tol: must be a positive number, got {tol!r}")
+    single = W_E.ndim == 2
+    E = W_E[None] if single else W_E
+    if E.ndim != 3 or E.shape[1] < p or E.shape[-1] == 0 or E.shape[0] == 0:
+        raise AnalysisError(f"W_E: expected [vocab ≥ p = {p}, d ≥ 1] or [n ≥ 1, vocab, d], got {list(W_E.shape)}")
+    E = E[:, :p].double()
+    E = E - E.mean(1, keepdim=True)
+    scale = E.pow(2).sum(-1).mean(-1).sqrt()  # [n]
+    L, R = parallelograms(int(p), bool(modular))
+    out = torch.empty(E.shape[0], dtype=torch.float64)
+    step = 1 << 16
+    for i in range(E.shape[0]):
+        closed = 0
+        for lo in range(0, len(L), step):
+            lp, rp = L[lo:lo + step], R[lo:lo + step]
+            gap = (E[i, lp[:, 0]] + E[i, lp[:, 1]] - E[i, rp[:, 0]] - E[i, rp[:, 1]]).norm(dim=-1)
+            closed += int((gap <= tol * scale[i]).sum())
+        out[i] = closed / len(L) if scale[i] > 0 else float("nan")
+    return out[0] if single else out
