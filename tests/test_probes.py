@@ -241,3 +241,48 @@ def test_probe_measures_say_undefined_for_a_family_without_an_embedding(tmp_path
     df = progress_measures(run, measures=["rqi", "logit_scale", "ntk_alignment"])
     assert df["rqi"].isna().all() and "without a token embedding" in df.attrs["definitions"]["rqi"]
     assert df["logit_std"].notna().all() and df["ntk_alignment"].notna().all()
+
+
+# -- the CLI --------------------------------------------------------------------------------------------------
+def test_cli_probes_table_and_bad_input(tiny_run, tmp_path, capsys):
+    import pandas as pd
+
+    from grokinterp.cli import main
+
+    out = tmp_path / "probes.csv"
+    assert main(["probes", str(tiny_run.path), "--max-checkpoints", "3", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert len(df) == 3 and {"sc_train", "update_weight_cos", "logit_margin", "rqi"} <= set(df.columns)
+    assert "ntk_alignment" not in df.columns  # opt-in: not among the cheap probes
+    assert main(["probes", str(tiny_run.path), "--probes", "rqi", "--max-checkpoints", "2", "--definitions"]) == 0
+    assert "parallelograms" in capsys.readouterr().out
+    bad = [(["--probes", "bogus"], "--probes"), (["--ntk-inputs", "0"], "--ntk-inputs"),
+           (["--max-checkpoints", "1"], "--max-checkpoints"),
+           (["--out", str(tmp_path / "missing" / "x.csv")], "--out")]
+    for extra, field in bad:
+        assert main(["probes", str(tiny_run.path), *extra]) == 2
+        assert field in capsys.readouterr().err
+    assert main(["probes", str(tmp_path / "no-run")]) == 2
+    assert "no such run directory" in capsys.readouterr().err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_rqi_gram_shortcut_equals_the_plain_norms_and_sampling_agrees():
+    from grokinterp.analysis.probes.rqi import sampled_parallelograms
+
+    p, g = 13, torch.Generator().manual_seed(3)
+    E = torch.arange(p, dtype=torch.float64)[:, None] * torch.randn(1, 5, generator=g, dtype=torch.float64)
+    E = E + 0.6 * torch.randn(p, 5, generator=g, dtype=torch.float64)  # a noisy line: some close, some do not
+    L, R = parallelograms(p)
+    Ec = E - E.mean(0)
+    s = Ec.pow(2).sum(-1).mean().sqrt()
+    for tol in (0.1, 0.3, 0.6):
+        gap = (Ec[L[:, 0]] + Ec[L[:, 1]] - Ec[R[:, 0]] - Ec[R[:, 1]]).norm(dim=-1)
+        ref = float((gap <= tol * s).double().mean())
+        assert 0 < ref < 1 or tol == 0.1
+        assert representation_quality(E, p, tol=tol).item() == pytest.approx(ref, abs=1e-12)
+    # above MAX_EXACT_P a seeded sample of valid, non-trivial parallelograms
+    Ls, Rs = sampled_parallelograms(300, n=5000)
+    assert len(Ls) == 5000 and torch.equal(Ls.sum(1), Rs.sum(1)) and (Rs >= 0).all() and (Rs < 300).all()
+    line = torch.arange(300.0)[:, None] * torch.ones(1, 3)
+    assert representation_quality(line, 300).item() == 1.0
