@@ -100,6 +100,7 @@ def controls(run, args) -> dict:
 
     import grokinterp.analysis.probes as P
     from grokinterp.analysis.inputs import residue_outputs, run_task_arrays
+    from grokinterp.analysis.probes.rqi import circle_quality
     from grokinterp.model.grid import grid_outputs, grid_tokens
 
     g = torch.Generator().manual_seed(0)
@@ -131,6 +132,8 @@ def controls(run, args) -> dict:
         "ntk_alignment_shuffled": float(P.kernel_alignment(K, P.label_kernel(yk[torch.randperm(len(yk), generator=g)]))),
         "rqi": float(P.representation_quality(W_E, p)),
         "rqi_shuffled": float(P.representation_quality(W_E[torch.randperm(p, generator=g)], p)),
+        "rqi_circle": float(circle_quality(W_E, p)),
+        "rqi_circle_shuffled": float(circle_quality(W_E[torch.randperm(p, generator=g)], p)),
         "update_weight_cos": float(P.update_weight_cosine(prev, full)),
         "update_weight_cos_shuffled": float(P.update_weight_cosine(prev, shuf)),
     }
@@ -181,6 +184,42 @@ def measure(args) -> None:
                   f"{len(ntk_eps)}", flush=True)
 
 
+def backfill(args) -> None:
+    """Columns added to the probes after some runs were measured (``rqi_circle``): computed for those runs."""
+    import pandas as pd
+
+    import grokinterp as gi
+    from grokinterp.analysis.measures import progress_measures
+
+    table = args.out / "probes.csv"
+    if not table.exists():
+        return
+    df = pd.read_csv(table)
+    if "rqi_circle" in df.columns and df["rqi_circle"].notna().all():
+        return
+    parts = []
+    for name, d in df.groupby("run", sort=False):
+        if "rqi_circle" not in d.columns or d["rqi_circle"].isna().all():
+            r = progress_measures(gi.load_run(args.runs_dir / name), measures=["rqi"])
+            d = d.drop(columns=[c for c in ("rqi", "rqi_circle") if c in d.columns]).merge(r, on="epoch", how="left")
+        parts.append(d)
+    out = pd.concat(parts, ignore_index=True)
+    tmp = table.with_suffix(".tmp")
+    out.to_csv(tmp, index=False)
+    tmp.replace(table)
+    ctl = args.out / "controls.csv"
+    cdf = pd.read_csv(ctl)
+    if "rqi_circle" not in cdf.columns:
+        cdf = cdf.set_index("run")
+        for name in cdf.index:
+            c = controls(gi.load_run(args.runs_dir / name), args)
+            for k in ("rqi_circle", "rqi_circle_shuffled"):
+                cdf.loc[name, k] = c[k]
+        cdf.reset_index().to_csv(ctl.with_suffix(".tmp"), index=False)
+        ctl.with_suffix(".tmp").replace(ctl)
+    print(f"backfilled rqi_circle for {df['run'].nunique()} runs", flush=True)
+
+
 def summarize(args) -> None:
     """Per-condition statistics over the seeds, beside the published claims; summary.json and probes.html."""
     import numpy as np
@@ -215,6 +254,8 @@ def summarize(args) -> None:
             "epoch_ntk_alignment_min": int(n.loc[i_min, "epoch"]), "ntk_alignment_final": float(n["ntk_alignment"].iloc[-1]),
             "rqi_init": float(d["rqi"].iloc[0]), "rqi_max": float(d["rqi"].max()), "rqi_final": float(d["rqi"].iloc[-1]),
             "spearman_rqi_test_acc": float(d["rqi"].rank().corr(d["test_acc"].rank())),
+            "rqi_circle_init": float(d["rqi_circle"].iloc[0]), "rqi_circle_final": float(d["rqi_circle"].iloc[-1]),
+            "spearman_rqi_circle_test_acc": float(d["rqi_circle"].rank().corr(d["test_acc"].rank())),
             "spearman_ntk_test_acc": float(n["ntk_alignment"].rank().corr(n["test_acc"].rank())),
         })
     per_run = pd.DataFrame(rows)
@@ -231,7 +272,8 @@ def summarize(args) -> None:
                                              "per_condition": stats, "controls": ctl_stats, "runs": rows})
     cols = [("test_acc", "test accuracy"), ("sc_train", "softmax collapse (train)"),
             ("logit_margin", "logit margin (train)"), ("update_weight_cos", "cos(Δθ, θ)"),
-            ("ntk_alignment", "NTK–label alignment"), ("rqi", "RQI")]
+            ("ntk_alignment", "NTK–label alignment"), ("rqi", "RQI (integer parallelograms)"),
+            ("rqi_circle", "RQI of circles (modular parallelograms as rotations)")]
     fig = make_subplots(rows=len(cols), cols=1, shared_xaxes=True, subplot_titles=[t for _, t in cols],
                         vertical_spacing=0.03)
     palette = dict(zip(CONDITIONS, ["#636efa", "#999999", "#ef553b", "#00cc96"]))
@@ -257,6 +299,7 @@ def summarize(args) -> None:
 
 def probes(args) -> None:
     measure(args)
+    backfill(args)
     summarize(args)
 
 

@@ -286,3 +286,26 @@ def test_rqi_gram_shortcut_equals_the_plain_norms_and_sampling_agrees():
     assert len(Ls) == 5000 and torch.equal(Ls.sum(1), Rs.sum(1)) and (Rs >= 0).all() and (Rs < 300).all()
     line = torch.arange(300.0)[:, None] * torch.ones(1, 3)
     assert representation_quality(line, 300).item() == 1.0
+
+
+def test_rqi_circle_planted_circles_are_one_random_and_lines_are_not():
+    from grokinterp.analysis.probes.rqi import circle_quality
+
+    p, g = 23, torch.Generator().manual_seed(0)
+    x = torch.arange(p, dtype=torch.float64)
+    Q, _ = torch.linalg.qr(torch.randn(16, 4, generator=g, dtype=torch.float64))  # orthonormal 4 columns of R^16
+
+    def ring(k):
+        w = 2 * math.pi * k / p
+        return torch.stack([torch.cos(w * x), torch.sin(w * x)], 1)
+
+    ellipse = ring(5) @ torch.tensor([[3.0, 0.5], [0.2, 1.0]], dtype=torch.float64) @ Q[:, :2].T
+    assert circle_quality(ellipse, p).item() == pytest.approx(1.0)
+    two = ring(5) @ Q[:, :2].T + 0.7 * ring(9) @ Q[:, 2:].T  # two frequencies in orthogonal planes
+    assert circle_quality(two, p).item() == pytest.approx(1.0)
+    assert representation_quality(two, p).item() < 0.05  # while the integer RQI does not see circles
+    r = circle_quality(torch.randn(3, p, 64, generator=g), p)
+    assert r.shape == (3,) and (r < 0.08).all()
+    assert circle_quality(x[:, None] * torch.ones(1, 4, dtype=torch.float64), p).item() < 0.08
+    with pytest.raises(AnalysisError, match="W_E"):
+        circle_quality(None, p)

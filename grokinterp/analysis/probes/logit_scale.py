@@ -32,7 +32,7 @@ def _batch(logits: Tensor, field: str = "logits") -> None:
 def logit_std(logits: Tensor) -> Tensor:
     """Mean over the batch of the per-example population std of the logits over the classes: float64 ``[...]``."""
     _batch(logits)
-    return logits.double().std(-1, correction=0).mean(-1)
+    return logits.float().std(-1, correction=0).double().mean(-1)  # float32 per pair (the logits' precision)
 
 
 def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:

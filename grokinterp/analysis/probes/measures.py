@@ -18,7 +18,7 @@ from ..projections import sum_index
 from .collapse import softmax_collapse, update_weight_cosine
 from .logit_scale import logit_margin, logit_std
 from .ntk import kernel_alignment, label_kernel, ntk_defined, ntk_gram, ntk_subset
-from .rqi import DEFAULT_TOL, representation_quality
+from .rqi import DEFAULT_TOL, circle_quality, representation_quality
 
 __all__ = ["SoftmaxCollapse", "UpdateWeightCosine", "LogitScale", "RQI", "NTKAlignment", "PROBES", "CHEAP_PROBES",
            "is_addition"]
@@ -96,7 +96,7 @@ class LogitScale(Measure):
 
 class RQI(Measure):
     name = "rqi"
-    columns = ("rqi",)
+    columns = ("rqi", "rqi_circle")
 
     def __init__(self, tol: float = DEFAULT_TOL, modular: bool = False):
         self.tol, self.modular = tol, modular
@@ -104,13 +104,18 @@ class RQI(Measure):
         self.definitions = {
             "rqi": f"representation quality index (Liu et al. 2022): share of the non-trivial parallelograms "
                    f"{kind} whose centred embeddings close, ‖E_a + E_b − E_c − E_d‖ ≤ {tol} × RMS embedding norm "
-                   f"(NaN: a task other than a + b mod p, or a family without a token embedding)"}
+                   f"(NaN: a task other than a + b mod p, or a family without a token embedding)",
+            "rqi_circle": f"the modular analogue for circle embeddings: share of the non-trivial parallelograms "
+                          f"a + b ≡ c + d (mod p) that close as rotations, |z_a z_b − z_c z_d| ≤ {tol}, with z the "
+                          f"whitened complex coordinates of the embeddings in one frequency's plane, best frequency "
+                          f"(NaN as rqi)"}
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
         a = ctx.arrays
         if ctx.W_E is None or not is_addition(a.labels, a.valid, a.p):
-            return {"rqi": None}
-        return {"rqi": representation_quality(ctx.W_E, a.p, tol=self.tol, modular=self.modular)}
+            return {"rqi": None, "rqi_circle": None}
+        return {"rqi": representation_quality(ctx.W_E, a.p, tol=self.tol, modular=self.modular),
+                "rqi_circle": circle_quality(ctx.W_E, a.p, tol=self.tol)}
 
 
 class NTKAlignment(Measure):

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ...errors import AnalysisError
 
-__all__ = ["representation_quality", "parallelograms", "DEFAULT_TOL"]
+__all__ = ["representation_quality", "circle_quality", "parallelograms", "DEFAULT_TOL"]
 
 #: Default closing tolerance, relative to the RMS embedding norm.
 DEFAULT_TOL = 0.1
@@ -117,3 +117,53 @@ def sampled_parallelograms(p: int, modular: bool = False, n: int = 1 << 18, seed
     keep = (d >= 0) & (d < p) & (c != a) & (c != b)
     a, b, c, d = a[keep][:n], b[keep][:n], c[keep][:n], d[keep][:n]
     return torch.stack([a, b], 1), torch.stack([c, d], 1)
+
+
+def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL) -> Tensor:
+    """The modular analogue of the RQI for circle embeddings: the share of modular parallelograms
+    ``a + b ≡ c + d (mod p)`` (non-trivial) that close as *rotations* in the best frequency's plane.
+
+    For each frequency ``k = 1..⌊(p−1)/2⌋``: the plane of ``R^d`` spanned by the embedding's ``cos(wa)`` and
+    ``sin(wa)`` Fourier coefficient vectors (``w = 2πk/p``); every (centred) ``E_a`` projected onto it, the
+    projections whitened (their 2 × 2 covariance made the identity, so an ellipse becomes a circle) and read as
+    complex numbers ``z_a`` of RMS modulus 1. The parallelogram closes when ``|z_a z_b − z_c z_d| ≤ tol`` (a
+    circle ``z_a = e^{±iwa}`` closes every one). The index is the largest share over the frequencies.
+
+    A circle at any frequency (ellipse, rotated into any plane of ``R^d``) gives 1; random embeddings give a few
+    per cent (the best of ``⌊(p−1)/2⌋`` chances); a number line does not close mod p. Undefined (raises) as
+    :func:`representation_quality`.
+
+    Returns:
+        float64 ``[]`` or ``[n]`` in [0, 1].
+    """
+    if W_E is None:
+        raise AnalysisError("W_E: the RQI is undefined for a model without a token embedding "
+                            "(an MLP on one-hot inputs): there are no embeddings to form parallelograms")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise AnalysisError(f"tol: must be a positive number, got {tol!r}")
+    single = W_E.ndim == 2
+    E = W_E[None] if single else W_E
+    if E.ndim != 3 or E.shape[1] < p or E.shape[-1] == 0 or E.shape[0] == 0:
+        raise AnalysisError(f"W_E: expected [vocab ≥ p = {p}, d ≥ 1] or [n ≥ 1, vocab, d], got {list(W_E.shape)}")
+    E = E[:, :p].double()
+    E = E - E.mean(1, keepdim=True)
+    L, R = parallelograms(int(p), True) if p <= MAX_EXACT_P else sampled_parallelograms(int(p), True)
+    a, b, c, d = L[:, 0], L[:, 1], R[:, 0], R[:, 1]
+    x = torch.arange(p, dtype=torch.float64)
+    best = torch.zeros(E.shape[0], dtype=torch.float64)
+    for k in range(1, (p - 1) // 2 + 1):
+        w = 2 * torch.pi * k / p
+        F = torch.stack([torch.cos(w * x), torch.sin(w * x)])  # [2, p]
+        B = F @ E  # [n, 2, d] the coefficient vectors
+        Q, _ = torch.linalg.qr(B.transpose(1, 2))  # [n, d, 2] an orthonormal basis of their plane
+        X = E @ Q  # [n, p, 2]
+        C = X.transpose(1, 2) @ X / p  # [n, 2, 2]
+        evals, evecs = torch.linalg.eigh(C)
+        ok = evals[:, 0] > 1e-12 * evals[:, 1].clamp_min(1e-300)
+        W = evecs @ torch.diag_embed(evals.clamp_min(1e-300).rsqrt()) @ evecs.transpose(1, 2)
+        Z = X @ W  # whitened: RMS |z| = sqrt(2)
+        z = torch.complex(Z[..., 0], Z[..., 1]) / (2 ** 0.5)
+        gap = (z[:, a] * z[:, b] - z[:, c] * z[:, d]).abs()
+        share = (gap <= tol).double().mean(-1)
+        best = torch.maximum(best, torch.where(ok, share, torch.zeros_like(share)))
+    return best[0] if single else best
