@@ -309,3 +309,15 @@ def test_rqi_circle_planted_circles_are_one_random_and_lines_are_not():
     assert circle_quality(x[:, None] * torch.ones(1, 4, dtype=torch.float64), p).item() < 0.08
     with pytest.raises(AnalysisError, match="W_E"):
         circle_quality(None, p)
+
+
+def test_probes_figure_draws_the_columns_it_has():
+    import pandas as pd
+
+    from grokinterp.viz.plotting import probes_figure
+
+    df = pd.DataFrame({"epoch": [0, 10, 20], "sc_train": [0, 0.5, 1.0], "rqi": [np.nan] * 3,
+                       "update_weight_cos": [np.nan, 0.2, 0.6]})
+    fig = probes_figure(df)
+    assert [t.name for t in fig.data] == ["sc_train", "update_weight_cos"]  # the all-NaN RQI panel is left out
+    assert probes_figure(pd.DataFrame({"epoch": [0], "train_loss": [1.0]})) is None

@@ -672,7 +672,7 @@ def probes_figure(measures: pd.DataFrame, *, title: str = "Probes of numerical s
     (train / test), logit margin and std, the update–weight cosine, the representation quality index and the
     NTK–label alignment (:mod:`grokinterp.analysis.probes`)."""
     panels = [(("sc_train", "sc_test"), "softmax collapse"), (("logit_margin", "logit_std"), "logit scale"),
-              (("update_weight_cos",), "cos(Δθ, θ)"), (("rqi",), "RQI"), (("ntk_alignment",), "NTK alignment")]
+              (("update_weight_cos",), "cos(Δθ, θ)"), (("rqi", "rqi_circle"), "RQI"), (("ntk_alignment",), "NTK alignment")]
     panels = [(cols, name) for cols, name in panels
               if any(c in measures.columns and measures[c].notna().any() for c in cols)]
     if not panels or "epoch" not in measures.columns:

@@ -290,7 +290,8 @@ register_figure("Probes of numerical stability and representation",
                 "Softmax collapse: share of pairs whose float32 cross-entropy is exactly 0 (Prieto et al. 2025); logit "
                 "margin (label minus best other logit, train pairs) and std; cos(Δθ, θ) between consecutive checkpoints "
                 "(+1: weights scaled up along themselves, −1: a weight-decay step); RQI: share of parallelograms "
-                "a + b = c + d whose embeddings close (Liu et al. 2022; defined only for a + b mod p with an embedding). "
+                "a + b = c + d whose embeddings close (Liu et al. 2022), and rqi_circle, the modular ones closing as rotations in "
+                "the best frequency plane (both defined only for a + b mod p with an embedding). "
                 "Definitions: grokinterp.analysis.probes; the NTK alignment: grokinterp probes RUN --probes all.",
                 lambda analysis: P.probes_figure(analysis.measures))
 
