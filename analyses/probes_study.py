@@ -100,6 +100,7 @@ def controls(run, args) -> dict:
 
     import grokinterp.analysis.probes as P
     from grokinterp.analysis.inputs import residue_outputs, run_task_arrays
+    from grokinterp.analysis.keyfreqs import resolve_key_frequencies
     from grokinterp.analysis.probes.rqi import circle_quality
     from grokinterp.model.grid import grid_outputs, grid_tokens
 
@@ -116,6 +117,7 @@ def controls(run, args) -> dict:
     K = P.ntk_gram(params, cfg, grid_tokens(p)[idx])
     yk = labels[idx]
     W_E = params["embed.W_E"][0, :p]
+    keys = [int(k) for k in resolve_key_frequencies(run, None, None).freqs]
     prev = {k: v[None] for k, v in run.params(run.epochs[-2]).items()}
     flat_d = torch.cat([(full[k] - prev[k]).reshape(-1) for k in full])
     flat_d = flat_d[torch.randperm(len(flat_d), generator=g)]
@@ -134,6 +136,8 @@ def controls(run, args) -> dict:
         "rqi_shuffled": float(P.representation_quality(W_E[torch.randperm(p, generator=g)], p)),
         "rqi_circle": float(circle_quality(W_E, p)),
         "rqi_circle_shuffled": float(circle_quality(W_E[torch.randperm(p, generator=g)], p)),
+        "rqi_circle_key": float(circle_quality(W_E, p, freqs=keys)),
+        "rqi_circle_key_shuffled": float(circle_quality(W_E[torch.randperm(p, generator=g)], p, freqs=keys)),
         "update_weight_cos": float(P.update_weight_cosine(prev, full)),
         "update_weight_cos_shuffled": float(P.update_weight_cosine(prev, shuf)),
     }
@@ -195,13 +199,15 @@ def backfill(args) -> None:
     if not table.exists():
         return
     df = pd.read_csv(table)
-    if "rqi_circle" in df.columns and df["rqi_circle"].notna().all():
+    if "rqi_circle" in df.columns and df["rqi_circle"].notna().all() and "rqi_circle_rule" in df.columns:
         return
     parts = []
     for name, d in df.groupby("run", sort=False):
-        if "rqi_circle" not in d.columns or d["rqi_circle"].isna().all():
+        if "rqi_circle_rule" not in d.columns or d["rqi_circle_rule"].isna().any():
             r = progress_measures(gi.load_run(args.runs_dir / name), measures=["rqi"])
-            d = d.drop(columns=[c for c in ("rqi", "rqi_circle") if c in d.columns]).merge(r, on="epoch", how="left")
+            d = d.drop(columns=[c for c in ("rqi", "rqi_circle", "rqi_circle_rule") if c in d.columns]) \
+                .merge(r, on="epoch", how="left")
+            d["rqi_circle_rule"] = "key frequencies " + ",".join(map(str, r.attrs["key_freqs"]))
         parts.append(d)
     out = pd.concat(parts, ignore_index=True)
     tmp = table.with_suffix(".tmp")
@@ -209,11 +215,11 @@ def backfill(args) -> None:
     tmp.replace(table)
     ctl = args.out / "controls.csv"
     cdf = pd.read_csv(ctl)
-    if "rqi_circle" not in cdf.columns:
+    if "rqi_circle_key" not in cdf.columns:
         cdf = cdf.set_index("run")
         for name in cdf.index:
             c = controls(gi.load_run(args.runs_dir / name), args)
-            for k in ("rqi_circle", "rqi_circle_shuffled"):
+            for k in ("rqi_circle", "rqi_circle_shuffled", "rqi_circle_key", "rqi_circle_key_shuffled"):
                 cdf.loc[name, k] = c[k]
         cdf.reset_index().to_csv(ctl.with_suffix(".tmp"), index=False)
         ctl.with_suffix(".tmp").replace(ctl)

@@ -304,6 +304,10 @@ def test_rqi_circle_planted_circles_are_one_random_and_lines_are_not():
     two = ring(5) @ Q[:, :2].T + 0.7 * ring(9) @ Q[:, 2:].T  # two frequencies in orthogonal planes
     assert circle_quality(two, p).item() == pytest.approx(1.0)
     assert representation_quality(two, p).item() < 0.05  # while the integer RQI does not see circles
+    assert circle_quality(two, p, freqs=[9]).item() == pytest.approx(1.0)  # only the frequencies asked for
+    assert circle_quality(two, p, freqs=[2, 3]).item() < 0.2
+    with pytest.raises(AnalysisError, match="freqs"):
+        circle_quality(two, p, freqs=[12])
     r = circle_quality(torch.randn(3, p, 64, generator=g), p)
     assert r.shape == (3,) and (r < 0.08).all()
     assert circle_quality(x[:, None] * torch.ones(1, 4, dtype=torch.float64), p).item() < 0.08

@@ -107,15 +107,16 @@ class RQI(Measure):
                    f"(NaN: a task other than a + b mod p, or a family without a token embedding)",
             "rqi_circle": f"the modular analogue for circle embeddings: share of the non-trivial parallelograms "
                           f"a + b ≡ c + d (mod p) that close as rotations, |z_a z_b − z_c z_d| ≤ {tol}, with z the "
-                          f"whitened complex coordinates of the embeddings in one frequency's plane, best frequency "
-                          f"(NaN as rqi)"}
+                          f"whitened complex coordinates of the embeddings in one frequency's plane, the best of the "
+                          f"run's key frequencies (NaN as rqi)"}
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
         a = ctx.arrays
         if ctx.W_E is None or not is_addition(a.labels, a.valid, a.p):
             return {"rqi": None, "rqi_circle": None}
+        keys = [int(k) for k in ctx.keys.freqs if 1 <= int(k) <= (a.p - 1) // 2] or None
         return {"rqi": representation_quality(ctx.W_E, a.p, tol=self.tol, modular=self.modular),
-                "rqi_circle": circle_quality(ctx.W_E, a.p, tol=self.tol)}
+                "rqi_circle": circle_quality(ctx.W_E, a.p, tol=self.tol, freqs=keys)}
 
 
 class NTKAlignment(Measure):

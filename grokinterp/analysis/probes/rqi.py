@@ -119,7 +119,7 @@ def sampled_parallelograms(p: int, modular: bool = False, n: int = 1 << 18, seed
     return torch.stack([a, b], 1), torch.stack([c, d], 1)
 
 
-def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL) -> Tensor:
+def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, freqs=None) -> Tensor:
     """The modular analogue of the RQI for circle embeddings: the share of modular parallelograms
     ``a + b ≡ c + d (mod p)`` (non-trivial) that close as *rotations* in the best frequency's plane.
 
@@ -127,7 +127,8 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL) -> T
     ``sin(wa)`` Fourier coefficient vectors (``w = 2πk/p``); every (centred) ``E_a`` projected onto it, the
     projections whitened (their 2 × 2 covariance made the identity, so an ellipse becomes a circle) and read as
     complex numbers ``z_a`` of RMS modulus 1. The parallelogram closes when ``|z_a z_b − z_c z_d| ≤ tol`` (a
-    circle ``z_a = e^{±iwa}`` closes every one). The index is the largest share over the frequencies.
+    circle ``z_a = e^{±iwa}`` closes every one). The index is the largest share over the frequencies (``freqs``:
+    those only; the ``rqi`` measure passes the run's key frequencies, which keeps it cheap in the report).
 
     A circle at any frequency (ellipse, rotated into any plane of ``R^d``) gives 1; random embeddings give a few
     per cent (the best of ``⌊(p−1)/2⌋`` chances); a number line does not close mod p. Undefined (raises) as
@@ -151,7 +152,10 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL) -> T
     a, b, c, d = L[:, 0], L[:, 1], R[:, 0], R[:, 1]
     x = torch.arange(p, dtype=torch.float64)
     best = torch.zeros(E.shape[0], dtype=torch.float64)
-    for k in range(1, (p - 1) // 2 + 1):
+    ks = list(range(1, (p - 1) // 2 + 1)) if freqs is None else [int(k) for k in freqs]
+    if not ks or any(k < 1 or k > (p - 1) // 2 for k in ks):
+        raise AnalysisError(f"freqs: expected frequencies in 1..{(p - 1) // 2}, got {list(ks)}")
+    for k in ks:
         w = 2 * torch.pi * k / p
         F = torch.stack([torch.cos(w * x), torch.sin(w * x)])  # [2, p]
         B = F @ E  # [n, 2, d] the coefficient vectors
