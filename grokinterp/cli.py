@@ -453,7 +453,31 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     ll.add_argument("--out", type=_nonempty_path, metavar="CSV", help="table to write (default RUN/llc.csv)")
     ll.add_argument("--no-write", action="store_true", help="print the table only")
     parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w, "llc": ll})  # type: ignore[attr-defined]
+
+    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w})  # type: ignore[attr-defined]
+    _add_probes_parser(sub, parser)
     return parser
+
+
+def _add_probes_parser(sub, parser) -> None:
+    """``grokinterp probes`` (issue 20, item 4)."""
+    pr = sub.add_parser("probes", help="probes of lazy→rich training and numerical stability over checkpoints",
+                        description="One row per checkpoint: softmax-collapse fraction, update–weight cosine, logit "
+                                    "scale, representation quality index (cheap), and with --probes all or ntk the "
+                                    "NTK–label alignment (a backward per class per checkpoint). Definitions in "
+                                    "grokinterp.analysis.probes; a probe undefined for the run's task or family is "
+                                    "NaN, with the reason in the definitions printed by --definitions.")
+    pr.add_argument("run", type=_nonempty_path, metavar="RUN")
+    pr.add_argument("--probes", type=_name_list, default=("cheap",), metavar="P1,P2,...",
+                    help="probe measures: cheap (default), all, or names among softmax_collapse, update_cos, "
+                         "logit_scale, rqi, ntk_alignment")
+    pr.add_argument("--out", type=_nonempty_path, metavar="CSV", help="write the table as CSV (default: print it)")
+    pr.add_argument("--max-checkpoints", type=int, default=400, metavar="N",
+                    help="at most N checkpoints, evenly spread (default 400)")
+    pr.add_argument("--ntk-inputs", type=int, default=32, metavar="N", help="NTK subset size (default 32)")
+    pr.add_argument("--ntk-classes", type=int, default=4, metavar="K", help="labels in the NTK subset (default 4)")
+    pr.add_argument("--definitions", action="store_true", help="print each column's definition after the table")
+    parser.subcommands["probes"] = pr  # type: ignore[attr-defined]
 
 
 def _count(n: int, noun: str) -> str:
@@ -911,6 +935,61 @@ def cmd_llc(args: argparse.Namespace) -> int:
 
 COMMANDS = {"llc": cmd_llc, "report": cmd_report, "train": cmd_train, "info": cmd_info, "verify": cmd_verify, "import-legacy": cmd_import_legacy,
             "watch": cmd_watch, "sweep": cmd_sweep, "sweep-report": cmd_sweep_report}
+
+
+def cmd_probes(args: argparse.Namespace) -> int:
+    _existing(args.run, "run directory")
+    names = list(args.probes)
+    if args.max_checkpoints is not None and args.max_checkpoints < 2:
+        raise GrokinterpError(f"--max-checkpoints: must be at least 2, got {args.max_checkpoints}")
+    for flag, v in (("--ntk-inputs", args.ntk_inputs), ("--ntk-classes", args.ntk_classes)):
+        if v < 2:
+            raise GrokinterpError(f"{flag}: must be at least 2, got {v}")
+    if args.out is not None:  # refuse before the work, so nothing is half-written
+        parent = args.out.parent if str(args.out.parent) else Path(".")
+        if args.out.is_dir() or not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise GrokinterpError(f"--out: {args.out} is a directory, or its directory {parent} does not exist or is "
+                                  f"not writable")
+    from .analysis.measures import progress_measures
+    from .analysis.probes.measures import CHEAP_PROBES, PROBES, NTKAlignment
+    from .analysis.summary import select_checkpoints
+    from .store.layout import write_atomic
+    from .store.run import load_run
+
+    chosen = []
+    for n in names:
+        if n == "cheap":
+            chosen += CHEAP_PROBES
+        elif n == "all":
+            chosen += PROBES
+        elif n in PROBES:
+            chosen.append(n)
+        else:
+            raise GrokinterpError(f"--probes: unknown probe {n!r}; known: cheap, all, {', '.join(PROBES)}")
+    if not chosen:
+        raise GrokinterpError("--probes: the selection is empty")
+    chosen = list(dict.fromkeys(chosen))
+    measures = ["losses"] + [NTKAlignment(args.ntk_inputs, args.ntk_classes) if n == "ntk_alignment" else n
+                             for n in chosen]
+    run = load_run(args.run)
+    if len(run.epochs) == 0:
+        raise GrokinterpError(f"{run.path}: the run has no readable checkpoints to probe")
+    df = progress_measures(run, epochs=select_checkpoints(run.epochs, args.max_checkpoints), measures=measures)
+    if args.out is not None:
+        try:
+            write_atomic(args.out, df.to_csv(index=False).encode())
+        except OSError as e:
+            raise GrokinterpError(f"{args.out}: cannot write the table ({e.strerror or e})") from None
+        print(f"probes: {args.out} ({len(df)} checkpoints)")
+    else:
+        print(df.to_string(index=False))
+    if args.definitions:
+        for c, d in df.attrs["definitions"].items():
+            print(f"{c}: {d}")
+    return 0
+
+
+COMMANDS["probes"] = cmd_probes
 
 
 def _preset_in(argv: Sequence[str]) -> str:

@@ -50,9 +50,10 @@ from .groups import (
 from .inputs import residue_outputs
 from .keyfreqs import key_checkpoint
 from .logits import logit_cos_fit, logit_fourier_norms_2d
-from .measures import progress_measures
+from .measures import get_measures, progress_measures
 from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
+from .probes.measures import CHEAP_PROBES
 
 __all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis", "verdict"]
 
@@ -67,6 +68,10 @@ def register_run_analysis(name: str, fn: Callable[["RunAnalysis"], Any]) -> None
     if not isinstance(name, str) or not name.isidentifier():
         raise AnalysisError(f"analysis name must be an identifier, got {name!r}")
     RUN_ANALYSES[name] = fn
+
+
+#: Probe measures the report adds to the progress table (the NTK alignment is left out: a backward per class).
+REPORT_PROBES = CHEAP_PROBES
 
 
 def select_checkpoints(epochs: np.ndarray, max_checkpoints: int | None) -> np.ndarray:
@@ -325,7 +330,9 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
     if len(run.epochs) == 0:
         raise RunError(f"{run.path}: the run has no readable checkpoints to analyse")
     epochs = select_checkpoints(run.epochs, max_checkpoints)
-    measures = progress_measures(run, key_freqs, epochs=epochs, device=device)
+    # the cheap probes (issue 20) ride along: they read the grid logits and weights the measures already hold
+    measures = progress_measures(run, key_freqs, epochs=epochs, device=device,
+                                 measures=[*get_measures(), *REPORT_PROBES])
     keys = tuple(measures.attrs["key_freqs"])
     rule = measures.attrs.get("key_freq_rule", "given")
     phases = detect_phases(measures)

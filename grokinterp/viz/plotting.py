@@ -22,6 +22,7 @@ from plotly.subplots import make_subplots
 from ..errors import AnalysisError
 
 __all__ = [
+    "probes_figure",
     "loss_curves",
     "fourier_norms_bars",
     "fourier_norms_heatmap",
@@ -664,3 +665,27 @@ def spaced_labels(xy, min_gap: float = 0.28) -> np.ndarray:
             kept.append(i)
             out[i] = True
     return out
+
+
+def probes_figure(measures: pd.DataFrame, *, title: str = "Probes of numerical stability and representation"):
+    """Panels of the probe columns the table has (``None`` when it has none): softmax-collapse fraction
+    (train / test), logit margin and std, the update–weight cosine, the representation quality index and the
+    NTK–label alignment (:mod:`grokinterp.analysis.probes`)."""
+    panels = [(("sc_train", "sc_test"), "softmax collapse"), (("logit_margin", "logit_std"), "logit scale"),
+              (("update_weight_cos",), "cos(Δθ, θ)"), (("rqi", "rqi_circle"), "RQI"), (("ntk_alignment",), "NTK alignment")]
+    panels = [(cols, name) for cols, name in panels
+              if any(c in measures.columns and measures[c].notna().any() for c in cols)]
+    if not panels or "epoch" not in measures.columns:
+        return None
+    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=[name for _, name in panels])
+    colors = ["#636efa", "#ef553b"]
+    for i, (cols, _) in enumerate(panels, 1):
+        for j, c in enumerate(cols):
+            if c in measures.columns and measures[c].notna().any():
+                m = measures[["epoch", c]].dropna()
+                fig.add_trace(go.Scatter(x=m["epoch"], y=m[c], mode="lines", name=c, line=dict(color=colors[j])),
+                              row=i, col=1)
+    fig.update_layout(template="plotly_white", title=title, height=max(300, 200 * len(panels)))
+    fig.update_xaxes(title_text="epoch", row=len(panels), col=1)
+    return fig

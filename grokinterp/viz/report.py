@@ -309,6 +309,14 @@ register_figure("Embedding circles (clock or pizza)",
                 "The residues' embeddings in each key frequency's plane (the Fourier cos/sin components of W_E); "
                 "the label comes from gradient symmetricity and distance irrelevance (Zhong et al. 2023), see the "
                 "'algorithm' row above.", _circles_figure)
+register_figure("Probes of numerical stability and representation",
+                "Softmax collapse: share of pairs whose float32 cross-entropy is exactly 0 (Prieto et al. 2025); logit "
+                "margin (label minus best other logit, train pairs) and std; cos(Δθ, θ) between consecutive checkpoints "
+                "(+1: weights scaled up along themselves, −1: a weight-decay step); RQI: share of parallelograms "
+                "a + b = c + d whose embeddings close (Liu et al. 2022), and rqi_circle, the modular ones closing as rotations in "
+                "the best frequency plane (both defined only for a + b mod p with an embedding). "
+                "Definitions: grokinterp.analysis.probes; the NTK alignment: grokinterp probes RUN --probes all.",
+                lambda analysis: P.probes_figure(analysis.measures))
 
 
 def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:

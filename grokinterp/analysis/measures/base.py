@@ -106,6 +106,8 @@ class ChunkContext:
             still builds them (whole), for measures that need them.
         model_params: every parameter of the model as trained (``=`` column included), when it
             differs from ``params``; :attr:`all_params` falls back to ``params``.
+        prev_params: every parameter of the checkpoint measured just before this chunk (``{name: [1, ...]}``,
+            as :attr:`all_params`); ``None`` for the first chunk (measures of the change between checkpoints).
     """
 
     epochs: np.ndarray
@@ -116,6 +118,7 @@ class ChunkContext:
     device: torch.device
     rows: int | None = None
     model_params: dict[str, Tensor] | None = None
+    prev_params: dict[str, Tensor] | None = None
 
     @property
     def all_params(self) -> dict[str, Tensor]:
@@ -233,6 +236,8 @@ class Measure:
     columns: tuple[str, ...] = ()
     #: one line per column: what it measures, on which pairs
     definitions: dict[str, str] = {}
+    #: computed by default (``False``: an opt-in measure, computed only when asked for by name)
+    default: bool = True
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
         """``{column: [n] tensor}`` for the chunk (``None``: undefined here, recorded as NaN)."""
@@ -258,9 +263,9 @@ def register_measure(measure: Measure, *, replace: bool = False) -> Measure:
 
 
 def get_measures(measures=None) -> list[Measure]:
-    """Measures by name or instance (default: every registered one)."""
+    """Measures by name or instance (default: every registered one whose ``default`` is true)."""
     if measures is None:
-        return list(MEASURES.values())
+        return [m for m in MEASURES.values() if m.default]
     out = []
     for m in ([measures] if isinstance(measures, (str, Measure)) else list(measures)):
         if isinstance(m, Measure):

@@ -65,6 +65,7 @@ from ...tasks import DiscreteLog
 from ..groups import task_structure
 from ..inputs import residue_outputs, run_task_arrays
 from ..keyfreqs import KeyFrequencies, ResolvedKeys, resolve_key_frequencies
+from ..probes import measures as probe_measures  # noqa: F401  (registers the opt-in probes, issue 20)
 from . import standard  # noqa: F401  (registers the built-in measures)
 from .base import ChunkContext, Measure, RunArrays, get_measures
 
@@ -229,11 +230,13 @@ def progress_measures(
     if len(set(columns)) != len(columns):
         raise AnalysisError(f"measures: two measures produce the same column ({columns})")
     table: dict[str, list] = {c: [] for c in columns}
+    prev = None
     for part, full in run.iter_chunks(int(chunk), epochs=eps):
         full = {k: v.to(dev) for k, v in full.items()}
         params = residue_outputs(full, model_cfg)[0]
         ctx = ChunkContext(part, params, cfg, keys, arrays, dev, rows=rows,
-                           model_params=full if params is not full else None)
+                           model_params=full if params is not full else None, prev_params=prev)
+        prev = {k: v[-1:] for k, v in full.items()}
         with torch.no_grad():
             for m in chosen:
                 out = m.compute(ctx)
