@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _helpers import StopAt, cli_here
 
 import grokinterp as gi
 from grokinterp.config import RunConfig
@@ -18,8 +19,6 @@ from grokinterp.store.lock import acquire
 from grokinterp.tasks import random_label_grid, split_pairs, subset_pairs, training_labels
 from grokinterp.training.lineage import child_config, parse_from
 from grokinterp.training.stacked import train_stacked
-
-from _helpers import StopAt, cli_here
 
 SMALL = dict(p=23, frac_train=0.6, d_model=32, n_heads=2, d_mlp=64, epochs=30, eval_every=5, every=10, log_early=2,
              flush_every=2, device="cpu")
