@@ -24,7 +24,7 @@ median and range, definitions) and `circuit_efficiency.html`. Results are rewrit
 stack, so a partial study is usable. Runs live in `--runs-dir`; finished ones are reused.
 
 Example:
-    python analyses/circuit_efficiency.py --p 113 --sizes 400,700,1000,1500,2000,3000,4500,6000 --seeds 0,1,2
+    python analyses/circuit_efficiency.py --p 59 --sizes 150,250,400,600,900,1300,1900,2800 --seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def _ints(s: str) -> list[int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--p", type=int, default=113)
-    ap.add_argument("--sizes", type=_ints, default=[400, 700, 1000, 1500, 2000, 3000, 4500, 6000], metavar="D1,D2,...")
+    ap.add_argument("--p", type=int, default=59)
+    ap.add_argument("--sizes", type=_ints, default=[150, 250, 400, 600, 900, 1300, 1900, 2800], metavar="D1,D2,...")
     ap.add_argument("--seeds", type=_ints, default=[0, 1, 2], metavar="S1,S2,...",
                     help="each sets the init seed, the subset seed and the label seed (the split seed stays 0)")
-    ap.add_argument("--epochs", type=int, default=4000)
-    ap.add_argument("--every", type=int, default=500, help="checkpoint every this many epochs")
+    ap.add_argument("--epochs", type=int, default=1500)
+    ap.add_argument("--every", type=int, default=250, help="checkpoint every this many epochs")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--weight-decay", type=float, default=1.0)
     ap.add_argument("--d-model", type=int, default=64)
