@@ -75,19 +75,25 @@ def analyse(args, rows: list[dict], curves: list[dict], wall: dict) -> dict:
 
     from grokinterp.analysis.efficiency import DEFINITIONS, crossing
 
-    df = pd.DataFrame(rows).sort_values(["kind", "seed", "D"])
+    df = pd.DataFrame(rows)
+    cur = pd.DataFrame(curves)
+    # Adam's late spikes move the norm of a converged run by a few per cent from one checkpoint to the
+    # next: the measures are averaged over the last third of training (epochs ≥ 2E/3).
+    late = (cur[cur.epoch >= cur.epoch.max() * 2 / 3].groupby(["D", "kind", "seed"])[["param_norm", "efficiency_1"]]
+            .mean().rename(columns=lambda c: f"{c}_late").reset_index())
+    df = df.merge(late, on=["D", "kind", "seed"]).sort_values(["kind", "seed", "D"])
     df.to_csv(args.out / "runs.csv", index=False)
-    pd.DataFrame(curves).to_csv(args.out / "curves.csv", index=False)
+    cur.to_csv(args.out / "curves.csv", index=False)
     per_seed = []
     for seed in sorted(df.seed.unique()):
         g = df[(df.kind == "generalizing") & (df.seed == seed) & (df.test_acc >= 0.99)]
         m = df[(df.kind == "memorizing") & (df.seed == seed)].sort_values("D")
         rec = {"seed": int(seed), "generalized_at": sorted(int(x) for x in g.D)}
         if len(g) and len(m) >= 2:
-            rec["gen_norm"] = float(g.param_norm.median())
-            rec["gen_efficiency_1"] = float(g.efficiency_1.median())
-            rec["D_crit_norm"] = crossing(m.D, m.param_norm, rec["gen_norm"])
-            eff = m.efficiency_1.clip(lower=1e-12)
+            rec["gen_norm"] = float(g.param_norm_late.median())
+            rec["gen_efficiency_1"] = float(g.efficiency_1_late.median())
+            rec["D_crit_norm"] = crossing(m.D, m.param_norm_late, rec["gen_norm"])
+            eff = m.efficiency_1_late.clip(lower=1e-12)
             rec["D_crit_efficiency_1"] = crossing(m.D, eff, rec["gen_efficiency_1"])
         per_seed.append(rec)
 
@@ -108,6 +114,8 @@ def analyse(args, rows: list[dict], curves: list[dict], wall: dict) -> dict:
                  "then n_train = D of them (subset_seed = seed); the rest is the test set",
         "definitions": DEFINITIONS,
         "per_seed": per_seed,
+        "measured_on": "means over the checkpoints of the last third of training (param_norm_late, "
+                       "efficiency_1_late); runs.csv also holds the final checkpoint's values",
         "D_crit_norm": spread("D_crit_norm"),
         "D_crit_efficiency_1": spread("D_crit_efficiency_1"),
         "smallest_D_generalized_per_seed": first,
@@ -123,13 +131,13 @@ def _figure(args, df, summary) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=3, subplot_titles=("parameter norm ‖θ‖ at the end", "efficiency_1 = margin / ‖θ‖",
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("parameter norm ‖θ‖ (mean of the last third)", "efficiency_1 = margin / ‖θ‖ (same)",
                                                         "final test accuracy"))
     colours = {"memorizing": "#d62728", "generalizing": "#1f77b4"}
     for kind, g in df.groupby("kind"):
         for seed, h in g.groupby("seed"):
             h = h.sort_values("D")
-            for col, y in ((1, h.param_norm), (2, h.efficiency_1), (3, h.test_acc)):
+            for col, y in ((1, h.param_norm_late), (2, h.efficiency_1_late), (3, h.test_acc)):
                 fig.add_trace(go.Scatter(x=h.D, y=y, mode="lines+markers", name=f"{kind} seed {seed}",
                                          legendgroup=kind, showlegend=col == 1, line=dict(color=colours[kind]),
                                          opacity=0.8), row=1, col=col)
