@@ -228,3 +228,18 @@ def test_cli_from_and_info(parent, tmp_path):
     assert code == 0 and "lineage: started from" in stdout and "random labels" in stdout
     code, stdout, _ = cli_here("info", "--json", str(out))
     assert json.loads(stdout)["lineage"]["epoch"] == 20
+
+
+def test_sweep_of_children(parent, tmp_path):
+    # a spec names the parent and varies the children's data; the children of one sweep train as one stack
+    spec = {"preset": "tiny", "fixed": {**SMALL, "init_from": str(parent),
+                                        "init_epoch": 20, "epochs": 6},
+            "grid": {"n_train": [40, 60], "random_labels": [False, True]}}
+    sw = gi.sweep(spec, tmp_path / "sweep", progress=False)
+    prun = gi.load_run(parent)
+    runs = [gi.load_run(d) for d in sorted((tmp_path / "sweep" / "runs").iterdir())]
+    assert len(runs) == 4 and sw is not None
+    for run in runs:
+        assert _same_params(run.params(0), prun.params(20))
+        assert run.lineage["epoch"] == 20 and run.info["stack"]["size"] == 4
+        assert set(run.split_pairs()[0]) <= set(prun.split_pairs()[0])
