@@ -243,3 +243,12 @@ def test_sweep_of_children(parent, tmp_path):
         assert _same_params(run.params(0), prun.params(20))
         assert run.lineage["epoch"] == 20 and run.info["stack"]["size"] == 4
         assert set(run.split_pairs()[0]) <= set(prun.split_pairs()[0])
+
+
+@pytest.mark.slow
+def test_report_shows_the_lineage(parent, tmp_path):
+    child = gi.train(child_config(parent, 20, n_train=60, epochs=6), tmp_path / "child", progress=False)
+    code, _, err = cli_here("report", str(child.path), "--out", str(tmp_path / "r.html"))
+    assert code == 0, err
+    text = (tmp_path / "r.html").read_text()
+    assert "lineage</th><td>started from" in text and "trains on 60 of the parent" in text
