@@ -49,6 +49,7 @@ _EXPORTS = {
     "resume": "monitor",
     "watch": "monitor",
     "train_stacked": "training.stacked",
+    "child_config": "training.lineage",
     "Callback": "training.callbacks",
     "register_optimizer": "training.optim",
     "register_gradient_transform": "training.transforms",

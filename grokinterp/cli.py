@@ -321,6 +321,12 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
                    help=f"{presets.replace('%', '%%')} (default {DEFAULT_PRESET})")
     t.add_argument("--out", type=_nonempty_path, help="run directory (default: checkpoints/<preset>-<op>-p<p>-<config hash>)")
     t.add_argument("--resume", type=_nonempty_path, metavar="RUN", help="continue an interrupted run (no config flags)")
+    t.add_argument("--from", dest="from_", metavar="RUN[@EPOCH]",
+                   help="start a new run from a checkpoint of the parent run RUN (its last one unless @EPOCH): its "
+                        "config, split and model, a fresh optimizer, --epochs of its own; with --n-train D (or "
+                        "--frac-train F: D = round(F · all pairs)) it trains on D of the parent's training pairs "
+                        "(--subset-seed), with --random-labels on random labels (--label-seed). The parent must be "
+                        "intact (verify), not being trained, and hold that checkpoint; the lineage goes into run.json")
     t.add_argument("--overwrite", action="store_true", help="replace a different run found in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--threads", type=int, metavar="N",
@@ -501,7 +507,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _existing(args.resume, "run directory")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
-        if args.resume is not None:
+        if args.resume is not None and args.from_ is None:
             device = overrides.pop("device", None)  # the one setting a resume may change (e.g. CUDA → CPU)
             if device is not None:
                 from .config import TrainConfig
@@ -513,6 +519,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             from .monitor import resume  # a run trained alone or in a stack; its live measures
 
             run = resume(args.resume, progress=not args.no_progress, device=device, threads=args.threads)
+        elif args.from_ is not None:
+            run = _train_from(args, overrides)
         else:
             config = make_config(args.preset, **overrides)  # validates before anything is created
             _check_knobs_used(overrides, config)
@@ -527,6 +535,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(_session_line(run))
     print(_short_summary(run))
     return 0
+
+
+def _train_from(args: argparse.Namespace, overrides: dict[str, Any]):
+    """``train --from RUN[@EPOCH]``: a child of a parent run (grokinterp.training.lineage)."""
+    from .training.lineage import child_config, parse_from
+
+    if "init_from" in overrides or "init_epoch" in overrides:
+        raise GrokinterpError("--from sets train.init_from and train.init_epoch; drop --init-from / --init-epoch")
+    if args.resume is not None:
+        raise GrokinterpError("--from starts a new run; --resume continues one: give one of them")
+    path, epoch = parse_from(args.from_)
+    _existing(Path(path), "run directory")
+    data = {k: overrides.pop(k) for k in ("n_train", "frac_train", "subset_seed", "random_labels", "label_seed")
+            if k in overrides}
+    config = child_config(path, epoch, **data, **overrides)
+    _check_knobs_used(overrides, config)
+    if args.out is None:
+        digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        args.out = Path(path).parent / f"{Path(path).absolute().name}-child-{digest}"
+    from .monitor import train
+
+    return train(config, args.out, overwrite=args.overwrite, progress=not args.no_progress, threads=args.threads)
 
 
 def _session_line(run) -> str:
@@ -627,6 +657,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         from .config import interventions
 
         print(json.dumps({**s, "config": run.config.to_dict(), "versions": run.info.get("versions"),
+                          "lineage": run.info.get("lineage"),
                           "interventions": interventions(run.config), "early_warning": _early_warning(run),
                           "unused_preset_fields": _unused_preset_fields(s.get("preset"), run.config)}, indent=2))
         return 0
@@ -671,6 +702,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         status = f"stopped at epoch {s['epoch_reached']} (resume with --resume)"
     print(f"status: {status}")
+    lin = run.info.get("lineage")
+    if isinstance(lin, dict):
+        from .store.run import describe_lineage
+
+        print(f"lineage: {describe_lineage(lin)}")
     stack = run.info.get("stack")
     if isinstance(stack, dict):
         print(f"stack:  trained with {stack.get('size')} runs at once (place {stack.get('index')}, {stack.get('impl')} "

@@ -215,6 +215,17 @@ class TaskConfig:
             row-major pair list, the first ``int(frac_train · n)`` train).
         eq_logit: whether ``=`` has an output logit (``d_vocab_out = p + 1``, as in the paper's
             code) or not (``p``, the default). The model's ``eq_logit`` follows this field.
+        n_train: train on only this many of the split's training pairs (``None``: all of them): the
+            first ``n_train`` of an order seeded by ``subset_seed``, so with one seed a smaller
+            ``n_train`` is a subset of a larger one; the pairs left out join the test set
+            (:mod:`grokinterp.tasks.subsets`). With ``train.init_from`` the split is the parent's,
+            so these are drawn from the parent's training pairs.
+        subset_seed: seed of the order ``n_train`` takes its pairs from.
+        random_labels: train on random labels (the memorization-only baseline): every training pair
+            gets a label drawn uniformly from the task's classes, a function of ``(label_seed, pair)``
+            alone (independent draws, not a permutation of the true labels); test pairs keep the
+            true labels.
+        label_seed: seed of the random labels.
     """
 
     p: int | None = None
@@ -223,6 +234,10 @@ class TaskConfig:
     split_seed: int = 0
     split_method: str = "random"
     eq_logit: bool = False
+    n_train: int | None = None
+    subset_seed: int = 0
+    random_labels: bool = False
+    label_seed: int = 0
 
     def __post_init__(self) -> None:
         size = fixed_size(self.operation) if isinstance(self.operation, str) else None
@@ -238,7 +253,19 @@ class TaskConfig:
         _require(self.split_method in SPLIT_METHODS, "task.split_method",
                  f"must be one of {', '.join(sorted(SPLIT_METHODS))}", self.split_method)
         _require(isinstance(self.eq_logit, bool), "task.eq_logit", "must be true or false", self.eq_logit)
-        self.task()  # the operation exists and is defined for this p (ConfigError naming the field)
+        _require(isinstance(self.random_labels, bool), "task.random_labels", "must be true or false",
+                 self.random_labels)
+        for name in ("subset_seed", "label_seed"):
+            _require(0 <= getattr(self, name) <= LIMITS.seed, f"task.{name}", f"must lie in [0, {LIMITS.seed}]",
+                     getattr(self, name))
+        task = self.task()  # the operation exists and is defined for this p (ConfigError naming the field)
+        if self.n_train is not None:
+            _require(is_int(self.n_train) and self.n_train >= 1, "task.n_train", "must be a positive integer",
+                     self.n_train)
+            n_split = len(task.split(self.frac_train, self.split_seed, self.split_method)[0])
+            _require(self.n_train <= n_split, "task.n_train",
+                     f"must be at most {n_split}, the training pairs of the split (task.frac_train "
+                     f"{self.frac_train}); a subset cannot be larger than the set it is drawn from", self.n_train)
 
     def task(self):
         """The :class:`~grokinterp.tasks.Task` this config describes."""
@@ -527,6 +554,16 @@ class TrainConfig:
             and excluded loss, restricted accuracy, Gini of W_E, Σθ²) every this many epochs
             during training; 0 = off. Wired in by :func:`grokinterp.train` (the training loop
             itself never imports the analyses).
+        init_from: start from a checkpoint of this parent run directory instead of the seeded
+            initialisation (``grokinterp train --from RUN[@EPOCH]``; see
+            :mod:`grokinterp.training.lineage`): the parameters are the checkpoint's bits, the
+            optimizer starts afresh (its state at an arbitrary checkpoint is not stored), and
+            ``epochs`` counts the child's own epochs. The parent's task split and model shapes must
+            be the run's; the lineage (parent, epoch, file digests, subset) is recorded in
+            ``run.json``.
+        init_epoch: the parent's checkpoint (an epoch, or a step label for a step-labelled
+            parent) to start from; ``None``: its last checkpoint, resolved and recorded when the
+            run starts.
     """
 
     epochs: int = 40_000
@@ -552,9 +589,17 @@ class TrainConfig:
     live_every: int = 0
     batch_size: int | None = None
     sampler_seed: int | None = None
+    init_from: str | None = None
+    init_epoch: int | None = None
 
     def __post_init__(self) -> None:
         _check_ints(self, "train")
+        _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
+                 "train.init_from", "must be a run directory (a non-empty path) or unset", self.init_from)
+        _require(self.init_epoch is None or (is_int(self.init_epoch) and self.init_epoch >= 0), "train.init_epoch",
+                 "must be a non-negative checkpoint epoch or unset", self.init_epoch)
+        _require(self.init_epoch is None or self.init_from is not None, "train.init_epoch",
+                 "is read only with train.init_from (a parent run)", self.init_epoch)
         _require(0 <= self.epochs <= LIMITS.epochs, "train.epochs", f"must lie in [0, {LIMITS.epochs}]", self.epochs)
         _require(math.isfinite(self.lr) and self.lr > 0, "train.lr", "must be a positive number", self.lr)
         _require(
@@ -591,6 +636,9 @@ class TrainConfig:
                  "must be a non-negative number", self.grokfast_lamb)
         _require(self.grokfast_window >= 1, "train.grokfast_window", "must be at least 1", self.grokfast_window)
         _require(isinstance(self.weight_norm, bool), "train.weight_norm", "must be true or false", self.weight_norm)
+        _require(not (self.weight_norm and self.init_from is not None), "train.weight_norm",
+                 "cannot be combined with train.init_from (its target norm comes from the seeded initialisation, "
+                 "which a run started from a parent's checkpoint does not have)", self.weight_norm)
         _require(self.live_every >= 0, "train.live_every", "must be non-negative (0 = off)", self.live_every)
         _require(self.batch_size is None or (is_int(self.batch_size) and self.batch_size >= 1), "train.batch_size",
                  "must be a positive integer (or unset for full batch)", self.batch_size)
@@ -691,13 +739,13 @@ class CheckpointSchedule:
 #: and a reader refuses runs of a newer version with a message to upgrade. An older grokinterp
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
-    "task": {"split_method", "eq_logit"},
+    "task": {"split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed"},
     "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "ln_style", "bias",
               "input_layout", "pos_embed"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
-              "batch_size", "sampler_seed"},
+              "batch_size", "sampler_seed", "init_from", "init_epoch"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -921,6 +969,14 @@ def interventions(cfg: RunConfig) -> list[str]:
         out.append("weight_norm: on (total parameter norm held at init_scale · ‖w₀‖)")
     if getattr(m, "attn_coeff", 1.0) != 1.0:  # a transformer field
         out.append(f"attn_coeff: {m.attn_coeff}")
+    k = cfg.task
+    if k.n_train is not None:
+        out.append(f"n_train: {k.n_train} of the split's training pairs (subset_seed {k.subset_seed})")
+    if k.random_labels:
+        out.append(f"random_labels: on (label_seed {k.label_seed})")
+    if t.init_from is not None:
+        at = "its last checkpoint" if t.init_epoch is None else f"checkpoint {t.init_epoch}"
+        out.append(f"init_from: {t.init_from} at {at} (fresh optimizer)")
     return out
 
 

@@ -168,14 +168,27 @@ def live_callbacks(config: RunConfig) -> list[Callback]:
 
 
 def train(config: RunConfig, out: str | os.PathLike, *, overwrite: bool = False, progress: bool = True,
-          preset: str | None = None, callbacks: Sequence[Callback] = (), threads: int | None = None):
+          preset: str | None = None, callbacks: Sequence[Callback] = (), threads: int | None = None,
+          from_: str | os.PathLike | None = None):
     """Train a model and write a run directory (``grokinterp.train``); returns the loaded run.
 
     :func:`grokinterp.training.loop.train` (see there for the arguments and errors) with the live
     measures and the early warning added when ``config.train.live_every > 0``.
+
+    ``from_ = "RUN[@EPOCH]"`` starts from a checkpoint of the parent run ``RUN`` (its last one unless
+    ``@EPOCH``): it sets ``config.train.init_from`` / ``init_epoch``; the config's task split and model
+    must be the parent's (``run.config.replace(n_train=..., epochs=...)`` of the parent, or
+    :func:`grokinterp.training.lineage.child_config`, builds one). See :mod:`grokinterp.training.lineage`.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"config: expected a RunConfig, got {type(config).__name__}")
+    if from_ is not None:
+        from pathlib import Path
+
+        from .training.lineage import parse_from
+
+        parent, epoch = parse_from(str(from_))
+        config = config.replace(init_from=str(Path(parent).absolute()), init_epoch=epoch)
     return _loop.train(config, out, overwrite=overwrite, progress=progress, preset=preset,
                        callbacks=live_callbacks(config) + list(callbacks), threads=threads)
 

@@ -48,12 +48,12 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, LIMITS, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
-from ..tasks import fixed_size
+from ..tasks import fixed_size, training_labels
 from . import layout as _io
 from .integrity import ReadChecker, never_flushed
 from .writer import METRIC_COLUMNS
 
-__all__ = ["Run", "load_run", "RunWarning", "run_directory"]
+__all__ = ["Run", "load_run", "RunWarning", "run_directory", "describe_lineage"]
 
 
 class RunWarning(UserWarning):
@@ -163,7 +163,10 @@ _RUN_FIELDS: dict[str, Any] = {
 # imported_from: written by grokinterp.store.legacy; stack: the stack a run was trained in
 # (grokinterp.training.stacked: its members, this run's index, the implementation); preset: the
 # preset a command line named (absent for a config built in Python; null in runs of release 0.1.0).
-_RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict, "stack": dict, "preset": (str, type(None))}
+# lineage: a run started from a parent's checkpoint or trained on changed data
+# (grokinterp.training.lineage, issue 21).
+_RUN_OPTIONAL: dict[str, Any] = {"imported_from": dict, "stack": dict, "preset": (str, type(None)),
+                                 "lineage": dict}
 
 class Run:
     """A trained (or training) run on disk. Build with :func:`load_run`.
@@ -407,10 +410,20 @@ class Run:
 
     def _data(self, which: int) -> tuple[Tensor, Tensor]:
         tokens, labels = self.task.dataset().select(self._split[which])
+        if which == 0:  # the labels it trained on (random ones for task.random_labels)
+            labels = training_labels(self.config.task, self._split[0], labels)
         return torch.from_numpy(tokens), torch.from_numpy(labels)
 
+    @property
+    def lineage(self) -> dict[str, Any] | None:
+        """``run.json``'s ``lineage`` (issue 21): the parent run and checkpoint this run started from,
+        their digests, and how its training pairs and labels were drawn; ``None`` for a plain run."""
+        lin = self.info.get("lineage")
+        return lin if isinstance(lin, dict) else None
+
     def train_data(self) -> tuple[Tensor, Tensor]:
-        """Training tokens ``[n_train, 3]`` and labels ``[n_train]`` (int64, CPU)."""
+        """Training tokens ``[n_train, 3]`` and labels ``[n_train]`` (int64, CPU): the labels the run
+        trained on (random ones when ``task.random_labels``; :meth:`test_data` keeps the true ones)."""
         return self._data(0)
 
     def test_data(self) -> tuple[Tensor, Tensor]:
@@ -907,6 +920,27 @@ def _coverage(run: Run, schedule_known: bool) -> list[str]:
         out.append(f"{run.path / _io.PROGRESS_JSON}: says {written} checkpoints were written, but no shard in the "
                    f"manifest holds those at epochs {what}; they are missing")
     return out
+
+
+def describe_lineage(lin: dict[str, Any] | None) -> str:
+    """``run.json``'s ``lineage`` (issue 21) in one line, as ``grokinterp info`` and the report show it."""
+    if not isinstance(lin, dict):
+        return "none"
+    parts = []
+    if lin.get("parent"):
+        digest = str(lin.get("params_sha256", ""))[:12]
+        parts.append(f"started from {lin['parent']} at {lin.get('unit', 'epoch')} {lin.get('epoch')} (parameters "
+                     f"sha256 {digest}…; optimizer fresh)")
+    sub = lin.get("subset")
+    if isinstance(sub, dict):
+        of = f" of the parent's {lin['parent_n_train']}" if lin.get("parent_n_train") else ""
+        parts.append(f"trains on {sub.get('n_train')}{of} training pairs (subset_seed {sub.get('subset_seed')})")
+    rl = lin.get("random_labels")
+    if isinstance(rl, dict):
+        parts.append(f"random labels (label_seed {rl.get('label_seed')})")
+    if isinstance(lin.get("parent_lineage"), dict) and lin["parent_lineage"].get("parent"):
+        parts.append(f"the parent itself started from {lin['parent_lineage']['parent']}")
+    return "; ".join(parts) or "none"
 
 
 def run_directory(path: str | os.PathLike) -> Path:

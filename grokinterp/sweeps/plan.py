@@ -180,7 +180,7 @@ def make_jobs(new: Sequence[tuple[str, RunConfig]], unfinished: Sequence[tuple[s
         (buckets.setdefault(key, []) if key is not None else singles).append((run_dir, config))
     for members in buckets.values():
         # Runs of a stack are padded to its largest training set: cut stacks from runs of similar size.
-        members = sorted(members, key=lambda m: m[1].task.frac_train)
+        members = sorted(members, key=lambda m: m[1].n_train())  # task.n_train too (issue 21)
         n_stacks = max(math.ceil(len(members) / max_stack), min(max(spread, 1), len(members)))
         bounds = [round(i * len(members) / n_stacks) for i in range(n_stacks + 1)]
         for i0, i1 in zip(bounds, bounds[1:]):

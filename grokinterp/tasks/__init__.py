@@ -41,13 +41,14 @@ from .base import (
 )
 from .groups import GROUP_TASK_HELP, GroupTask, group_task_kind, group_task_size
 from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime, register_operation
+from .subsets import random_label_grid, subset_pairs, training_labels
 
 __all__ = [
     "Task", "Structure", "GroupStructure", "CyclicSum", "CyclicDifference", "DiscreteLog", "GroupProduct",
     "GroupWord", "FiniteGroup", "get_group", "Dataset", "InputLayout", "INPUT_LAYOUTS", "ModularTask", "GroupTask", "Operation", "OPERATIONS",
     "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
     "get_split_method", "get_task", "is_prime", "make_dataset", "paper_split_indices", "split_indices", "split_pairs",
-    "task_names", "fixed_size", "operations_help",
+    "task_names", "fixed_size", "operations_help", "subset_pairs", "random_label_grid", "training_labels",
 ]
 
 #: Task kinds tried in order: ``factory(name, p) -> Task | None`` (``None``: not this kind's name).
@@ -134,7 +135,16 @@ def make_dataset(p: int, operation: str = "add") -> Dataset:
 
 def split_pairs(task_config: Any) -> tuple[np.ndarray, np.ndarray]:
     """The seeded train / test split of a :class:`~grokinterp.config.TaskConfig`, as grid indices
-    ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64."""
+    ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64.
+
+    With ``task_config.n_train`` set, the training pairs are that many of the split's
+    (:func:`~grokinterp.tasks.subsets.subset_pairs`, ``subset_seed``) and the rest join the test pairs.
+    """
     task = get_task(task_config.operation, task_config.p, getattr(task_config, "eq_logit", None))
-    return task.split(task_config.frac_train, task_config.split_seed,
-                      getattr(task_config, "split_method", "random"))
+    trn, tst = task.split(task_config.frac_train, task_config.split_seed,
+                          getattr(task_config, "split_method", "random"))
+    n = getattr(task_config, "n_train", None)
+    if n is None:
+        return trn, tst
+    keep = subset_pairs(trn, n, int(getattr(task_config, "subset_seed", 0)))
+    return keep, np.sort(np.concatenate([tst, np.setdiff1d(trn, keep, assume_unique=True)]))

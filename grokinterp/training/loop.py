@@ -63,9 +63,11 @@ from ..store.writer import (
     run_metadata,
     start_run,
 )
+from ..tasks import split_pairs, training_labels
 from .callbacks import Callback, ProgressBar
 from .constraints import WeightNormConstraint
 from .data import batch_indices, epoch_of, sampler_seed
+from .lineage import init_from_parent, lineage_record
 from .optim import ParamLayout, build_optimizer, check_optimizer
 from .preflight import preflight
 from .step import CudaGraphStep, EagerStep, graphs_enabled, loss_function
@@ -258,13 +260,16 @@ class TrainLoop(EpochLoop):
         use_fast = tc.fast_path and fast_path_unsupported(mc, trn_x) is None
         self.data = {}
         for name, pairs in (("train", train_pairs), ("test", test_pairs)):
-            x, y = (torch.from_numpy(a).to(device) for a in ds.select(pairs, mc.input_layout))
+            x, y = ds.select(pairs, mc.input_layout)
+            y = training_labels(config.task, pairs, y) if name == "train" else y  # task.random_labels
+            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             plan = FastPlan.build(mc, x) if use_fast and len(x) else None
             self.data[name] = _Data(x, y, plan)
         # the family's hooked module (it imports transformer_lens on first use: sweeps plan, resume checks
         # and the CLI import this module without training anything, and transformer_lens takes seconds)
         self.model = family_of(mc).hooked(mc).to(device)
         self.params = dict(self.model.named_parameters())
+        init_from_parent(self.params, config, run_dir)  # train.init_from: a parent's checkpoint (lineage.py)
         # The parameters live in one row of a flat parameter [1, n_params] (a stack of one): the
         # optimizer and the gradient transforms are the registries' entries over stacks; the hooked
         # module's parameters are views of that row, so the forward reads what it always read.
@@ -622,6 +627,7 @@ def train(
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     cbs = loop_callbacks(progress, callbacks)
     out = Path(out)
+    lineage = lineage_record(config) if check_out_dir(out, config, overwrite) != "same" else None  # refusals
     if check_out_dir(out, config, overwrite) != "same":
         preflight(config, device, out)
     with claim_run_dirs([out], [config], overwrite) as claim:
@@ -632,11 +638,10 @@ def train(
         if claim.decisions[0] == "replace":
             clear_run_dir(out)
         with torch_threads(n_threads), flush_denormals():
-            train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
-                                                               config.task.split_method)
+            train_pairs, test_pairs = split_pairs(config.task)  # task.n_train: a subset (tasks/subsets.py)
             claim.wrote = True
-            start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
-                      test_pairs)
+            meta = run_metadata(config, device, preset, len(train_pairs), len(test_pairs))
+            start_run(out, {**meta, "lineage": lineage} if lineage else meta, train_pairs, test_pairs)
             loop = _build_loop(config, out, device, train_pairs, test_pairs, cbs)
             claim.started = True
             loop.writer.lock = lock

@@ -99,9 +99,11 @@ from ..store.writer import (
     run_metadata,
     start_run,
 )
+from ..tasks import split_pairs, training_labels
 from .callbacks import Callback
 from .constraints import StackedWeightNorm
 from .data import sampler_seed, stacked_epoch
+from .lineage import init_stack_from_parents, lineage_record
 from .loop import (
     EpochLoop,
     TrainingInterrupted,
@@ -155,13 +157,14 @@ EXECUTORS = (*IMPLS, "single")
 # ``live_every`` is known but not acted on: stacks record no live measures (``live_*`` columns);
 # their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
-    "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
+    "task": {"p", "operation", "frac_train", "split_seed", "split_method", "n_train", "subset_seed", "random_labels",
+             "label_seed"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
               "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style", "pos_embed"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
-              "grokfast_window", "weight_norm"},
+              "grokfast_window", "weight_norm", "init_from", "init_epoch"},
     "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
 # Fields that may differ between the runs of one stack (no shape depends on them): each run's
@@ -169,10 +172,12 @@ _KNOWN = {
 # gradient transforms (but not the Grokfast-MA window, the shape of its state) and its weight-norm
 # constraint are its own.
 _PER_RUN = {
-    "task": {"operation", "frac_train", "split_seed", "split_method"},
+    "task": {"operation", "frac_train", "split_seed", "split_method", "n_train", "subset_seed", "random_labels",
+             "label_seed"},
     "model": {"init_seed", "init_method", "init_scale", "attn_coeff"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed",
-              "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm"},
+              "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm",
+              "init_from", "init_epoch"},
 }
 
 
@@ -445,10 +450,12 @@ class StackedLoop(EpochLoop):
             if mode == "mask":
                 allp = np.sort(np.concatenate([trn, tst]))
                 x, y = ds.select(allp, lay)
+                y = np.where(np.isin(allp, trn), training_labels(cfg.task, allp, y), y)  # task.random_labels
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.isin(allp, trn)), tst_masks.append(np.isin(allp, tst))
             else:
                 x, y = ds.select(trn, lay)
+                y = training_labels(cfg.task, trn, y)  # task.random_labels
                 tokens.append(x), labels.append(y)
                 trn_masks.append(np.ones(len(trn), bool))
                 xt, yt = ds.select(tst, lay) if len(tst) else ds.select(trn[:1], lay)
@@ -483,6 +490,7 @@ class StackedLoop(EpochLoop):
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
         self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
+        init_stack_from_parents(self.params, self.configs, self.run_dirs)  # train.init_from (lineage.py)
         # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
         # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
         tcs = [c.train if self.batch_size is None else dataclasses.replace(c.train, epochs=c.total_steps())
@@ -992,6 +1000,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
     cbs = _check_callbacks(progress, callbacks)
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     states = [check_out_dir(o, c, overwrite) for o, c in zip(outs, configs)]
+    lineages = [lineage_record(c) if s != "same" else None for c, s in zip(configs, states)]  # refusals (lineage.py)
     if all(s == "same" for s in states):
         return resume_stacked(outs, progress=progress, callbacks=callbacks, threads=threads)
     if any(s == "same" for s in states):
@@ -1007,7 +1016,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
             if decision == "replace":
                 clear_run_dir(o)
         with torch_threads(n_threads), flush_denormals():
-            splits = [c.task.task().split(c.task.frac_train, c.task.split_seed, c.task.split_method) for c in configs]
+            splits = [split_pairs(c.task) for c in configs]  # task.n_train: a subset (tasks/subsets.py)
             stack_id = hashlib.sha256(json.dumps([[str(o.absolute()) for o in outs], [c.to_dict() for c in configs]],
                                                  sort_keys=True).encode()).hexdigest()[:16]
             padded = padded_lengths(configs, splits, mode)
@@ -1015,6 +1024,8 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
             for r, (c, o, (trn, tst)) in enumerate(zip(configs, outs, splits)):
                 info = run_metadata(c, device, preset, len(trn), len(tst))
                 info["stack"] = _stack_record(outs, r, stack_id, impl, mode, padded)
+                if lineages[r]:
+                    info["lineage"] = lineages[r]
                 start_run(o, info, trn, tst)
             if async_flush is None:
                 async_flush = device.type == "cuda"

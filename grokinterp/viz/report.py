@@ -27,7 +27,7 @@ from ..analysis.summary import analyze_run, register_run_analysis, verdict
 from ..config import interventions
 from ..errors import AnalysisError, RunError
 from ..store import layout as _io
-from ..store.run import Run, load_run
+from ..store.run import Run, describe_lineage, load_run
 from ..tasks import CyclicSum
 from . import plotting as P
 
@@ -281,6 +281,7 @@ def _circles_figure(analysis):
 
 register_run_analysis("interventions", lambda analysis: interventions(analysis.run.config) or None)
 register_run_analysis("early_warning", _early_warning)
+register_run_analysis("lineage", lambda analysis: describe_lineage(analysis.run.lineage) if analysis.run.lineage else None)
 register_run_analysis("algorithm", _algorithm)
 def _llc_figure(analysis):
     """The LLC table ``grokinterp llc`` cached in the run directory, if any (the report never samples)."""
