@@ -59,6 +59,7 @@ from ..store.writer import (
     run_metadata,
     start_run,
 )
+from ..tasks import split_pairs
 from .callbacks import Callback, ProgressBar
 from .constraints import WeightNormConstraint
 from .data import batch_indices, epoch_of, sampler_seed
@@ -540,8 +541,7 @@ def train(
         if claim.decisions[0] == "replace":
             clear_run_dir(out)
         with torch_threads(n_threads), flush_denormals():
-            train_pairs, test_pairs = config.task.task().split(config.task.frac_train, config.task.split_seed,
-                                                               config.task.split_method)
+            train_pairs, test_pairs = split_pairs(config.task)
             claim.wrote = True
             start_run(out, run_metadata(config, device, preset, len(train_pairs), len(test_pairs)), train_pairs,
                       test_pairs)

@@ -96,6 +96,7 @@ from ..store.writer import (
     run_metadata,
     start_run,
 )
+from ..tasks import split_pairs
 from .callbacks import Callback
 from .constraints import StackedWeightNorm
 from .data import sampler_seed, stacked_epoch
@@ -136,7 +137,7 @@ MODES = ("gather", "mask")
 # ``live_every`` is known but not acted on: stacks record no live measures (``live_*`` columns);
 # their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
-    "task": {"p", "operation", "frac_train", "split_seed", "split_method"},
+    "task": {"p", "operation", "frac_train", "split_seed", "split_method", "train_size", "data"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
               "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
@@ -150,7 +151,7 @@ _KNOWN = {
 # gradient transforms (but not the Grokfast-MA window, the shape of its state) and its weight-norm
 # constraint are its own.
 _PER_RUN = {
-    "task": {"operation", "frac_train", "split_seed", "split_method"},
+    "task": {"operation", "frac_train", "split_seed", "split_method", "train_size", "data"},
     "model": {"init_seed", "init_method", "init_scale", "attn_coeff"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed",
               "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm"},
@@ -964,7 +965,7 @@ def train_stacked(configs: Sequence[RunConfig], outs: Sequence[str | os.PathLike
             if decision == "replace":
                 clear_run_dir(o)
         with torch_threads(n_threads), flush_denormals():
-            splits = [c.task.task().split(c.task.frac_train, c.task.split_seed, c.task.split_method) for c in configs]
+            splits = [split_pairs(c.task) for c in configs]
             stack_id = hashlib.sha256(json.dumps([[str(o.absolute()) for o in outs], [c.to_dict() for c in configs]],
                                                  sort_keys=True).encode()).hexdigest()[:16]
             padded = padded_lengths(configs, splits, mode)
