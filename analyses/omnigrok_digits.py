@@ -186,7 +186,7 @@ def summarise(args, walls: dict) -> dict:
 
     rows, curves = [], {}
     for arm in ("recipe", "gamma", "grokfast"):
-        for group, seed, cfg, out in arm_items(args, arm):
+        for _group, seed, _cfg, out in arm_items(args, arm):
             try:
                 run = gi.load_run(out)
                 ev = run.metrics
