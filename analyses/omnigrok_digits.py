@@ -43,6 +43,8 @@ import _study as S
 THEIRS = {"omnigrok_mnist": {"train_acc_100_step": 2_000, "test_acc_at_1e4": 0.2, "test_acc_at_1e5": 0.88,
                              "weight_norm_start": 92, "weight_norm_end": 52, "gamma_law_slope": -1.0},
           "grokfast_mnist": {"baseline_steps": 44_022, "ema_steps": 2_001, "ratio": 22.0}}
+#: Further test-accuracy levels whose first step each run reports (the ratio and the law at each).
+LEVELS = (0.7, 0.8, 0.9)
 GROKFAST = {"grad_transforms": ("grokfast_ema",), "grokfast_alpha": 0.98, "grokfast_lamb": 2.0}
 
 
@@ -210,7 +212,9 @@ def summarise(args, walls: dict) -> dict:
                          "grokfast": "grokfast_ema" in tc.grad_transforms, "train_100_step": d.train_100_step,
                          "test_at_train_100": d.test_at_train_100, "test_final": d.test_final, "rise": d.rise,
                          "grokked": d.grokked, "generalized_step": d.generalized_step,
-                         "t_gen": first_step(ev, args.level), "steps_trained": int(ev["step"].iloc[-1]),
+                         "t_gen": first_step(ev, args.level),
+                         **{f"t_test_{lv:g}": first_step(ev, lv) for lv in LEVELS},
+                         "steps_trained": int(ev["step"].iloc[-1]),
                          "budget_steps": run.config.total_steps(), "finished": bool(run.finished),
                          "weight_norm_start": wn[0] if wn else None, "weight_norm_end": wn[1] if wn else None,
                          "run": str(out)})
@@ -234,6 +238,19 @@ def summarise(args, walls: dict) -> dict:
                 "rise": S.seed_spread(g["rise"].tolist()),
                 "t_gen": S.seed_spread(g["t_gen"].tolist(), trained)}
         out["groups"] = per
+        for lv in LEVELS:
+            col = f"t_test_{lv:g}"
+            g_ = df[df["arm"] == "gamma"].dropna(subset=[col])
+            if len(g_):
+                out[f"gamma_law_{lv:g}"] = slope_interval(np.log(g_["weight_decay"]), np.log(g_[col].astype(float)))
+            rec_, gf_ = df[df["arm"] == "recipe"], df[df["arm"] == "grokfast"]
+            if len(rec_) and len(gf_):
+                a_ = S.seed_spread(rec_[col].tolist(), int(rec_["steps_trained"].max()))
+                b_ = S.seed_spread(gf_[col].tolist(), int(gf_["steps_trained"].max()))
+                ok = b_["n_reached"] >= b_["n"] // 2 + 1
+                out[f"grokfast_ratio_{lv:g}"] = {
+                    "ratio": a_["median"] / b_["median"] if a_["median"] and b_["median"] and ok else None,
+                    "lower_bound": a_["n_reached"] < a_["n"] // 2 + 1, "recipe": a_, "grokfast": b_}
         gam = df[df["arm"] == "gamma"].dropna(subset=["t_gen"])
         if len(gam):
             out["gamma_law"] = {**slope_interval(np.log(gam["weight_decay"]), np.log(gam["t_gen"].astype(float))),
@@ -285,7 +302,7 @@ def main(argv=None) -> int:
             print(f"{arm}: {len(items)} runs, {wall:.0f} s, {steps} model-steps", flush=True)
             summarise(args, walls)
     s = summarise(args, walls)
-    print({k: s.get(k) for k in ("groups", "gamma_law", "grokfast_ratio")})
+    print({k: v for k, v in s.items() if k.startswith(("gamma_law", "grokfast_ratio"))})
     return 0
 
 

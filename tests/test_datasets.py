@@ -84,6 +84,8 @@ def test_mnist_tasks_read_the_users_idx_files_and_name_what_is_missing(tmp_path)
     assert len(trn) == 10 and trn.max() < 40 and np.array_equal(tst, np.arange(40, 52))  # test = the test file
     assert np.array_equal(trn, task.split(0.5, seed=3, train_size=10)[0])  # seeded
     assert not np.array_equal(trn, task.split(0.5, seed=4, train_size=10)[0])
+    fashion = g.get_task("fashion_mnist", 10, data=str(d))  # the same IDX layout
+    assert fashion.name == "fashion_mnist" and np.array_equal(fashion.dataset().select([5])[0], task.dataset().select([5])[0])
     (d / (MNIST_FILES["test_labels"] + ".gz")).unlink()
     with pytest.raises(ConfigError, match="t10k-labels-idx1-ubyte"):
         g.get_task("mnist", 10, data=str(d))
@@ -178,6 +180,18 @@ def test_digits_runs_stack_like_runs_trained_alone(tmp_path):
             a, b = alone.stack(k), stack[i].stack(k)
             assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max())), (i, k)
         np.testing.assert_allclose(stack[i].evals["test_acc"], alone.evals["test_acc"], atol=2 / 1497)
+
+
+def test_cross_entropy_digits_runs_train_and_their_evaluations_agree(tmp_path):
+    from grokinterp.analysis.vectors import checkpoint_metrics
+
+    run = g.train(_digits(loss="cross_entropy", init_scale=1.0, epochs=3, lr=1e-2), tmp_path / "ce", progress=False)
+    ev = run.evals
+    assert ev["train_loss"].iloc[-1] < ev["train_loss"].iloc[0] and ev["train_loss"].iloc[0] == pytest.approx(
+        np.log(10), abs=0.3)  # α = 1: near-uniform logits at the start
+    m = checkpoint_metrics(run, run.epochs[[0, -1]])
+    assert m.attrs["loss"] == "cross_entropy"
+    assert m["train_loss"].iloc[-1] == pytest.approx(ev["train_loss"].iloc[-1], rel=1e-4)
 
 
 def test_cli_refuses_bad_data_with_exit_2_and_writes_nothing(tmp_path):
