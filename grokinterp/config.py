@@ -725,6 +725,10 @@ class RunConfig:
         if getattr(task, "vector_input", False) and d_input != task.n_ctx:
             raise ConfigError(f"model.d_input: the task {task.describe()} gives vectors of {task.n_ctx}; the model "
                               f"must read them (an mlp with d_input = {task.n_ctx}), got d_input = {d_input}")
+        if getattr(task, "vector_input", False) and self.train.live_every:
+            raise ConfigError(f"train.live_every: the live measures (restricted / excluded loss, Gini of the Fourier "
+                              f"spectra) are undefined for the dataset task {self.task.operation}; leave it 0, got "
+                              f"{self.train.live_every}")
         if not getattr(task, "vector_input", False) and d_input:
             raise ConfigError(f"model.d_input: the task {task.describe()} gives operand tokens, not vectors; give "
                               f"d_input 0, got {d_input}")

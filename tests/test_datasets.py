@@ -117,6 +117,8 @@ def test_digits_task_split_and_normalisation():
         g.make_config("omnigrok-digits", p=113)
     with pytest.raises(ConfigError, match="^model.family: digits classifies input vectors"):
         g.make_config("tiny", operation="digits")
+    with pytest.raises(ConfigError, match="^train.live_every: the live measures .* undefined for the dataset task"):
+        g.make_config("omnigrok-digits", live_every=10)
     # a preset's p is ignored; the task sets the model's input width
     c = g.make_config("tiny", family="mlp", operation="digits")
     assert (c.task.p, c.model.d_input, c.model.n_ctx, c.model.d_embed) == (10, 64, 64, 0)
