@@ -314,3 +314,15 @@ def test_embedding_labels_residues_for_addition_and_classes_for_s5(tmp_path):
     ids, names = s5.color_labels(np.arange(120))
     assert sorted(np.bincount(ids).tolist()) == [1, 10, 15, 20, 20, 24, 30]  # S5's conjugacy classes
     assert ids[0] == 0 and names[0].startswith("class 0") and len(names) == 7
+
+
+def test_the_report_of_a_digits_run_adapts(tmp_path, monkeypatch):
+    import grokinterp.viz.report as R
+
+    monkeypatch.setattr(R, "REPORT_MAP_POINTS", 80)
+    run = g.train(_digits(epochs=3), tmp_path / "r", progress=False)
+    path, h = R.write_report(run, return_headline=True)
+    text = path.read_text()
+    assert h["key_frequencies"] is None and h["verdict"] in text
+    assert "undefined for this task" in text and "Hidden layer, embedded" in text and "Weight norm" in text
+    assert "Progress measures" not in text and "key frequencies</th><td>undefined" in text.replace("\n", "")
