@@ -666,7 +666,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .tasks import fixed_size
 
     what = run.task.describe() if fixed_size(c.task.operation) is not None else f"{c.task.operation} mod {c.task.p}"
-    print(f"task:   {what}, frac_train {c.task.frac_train}, split_seed {c.task.split_seed}")
+    size = (f"train_size {c.task.train_size}" if getattr(c.task, "train_size", None) is not None
+            else f"frac_train {c.task.frac_train}")
+    data = f", data {c.task.data}" if getattr(c.task, "data", None) else ""
+    print(f"task:   {what}, {size}, split_seed {c.task.split_seed}{data}")
     structure = run.task.structure
     print(f"structure: {structure.describe() if structure is not None else 'none declared (no group structure)'}")
     print(f"model:  {_model_line(c.model)}")

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError
-from .tasks import INPUT_LAYOUTS, SPLIT_METHODS, fixed_size, get_task
+from .tasks import INPUT_LAYOUTS, SPLIT_METHODS, fixed_size, get_task, is_dataset_task
 
 __all__ = [
     "FORMAT_VERSION",
@@ -226,6 +226,11 @@ class TaskConfig:
             alone (independent draws, not a permutation of the true labels); test pairs keep the
             true labels.
         label_seed: seed of the random labels.
+        train_size: dataset tasks (``digits``, ``mnist``, ``fashion_mnist``): the number of training
+            examples drawn (seeded by ``split_seed``) from the training pool (Omnigrok: 1,000); unset:
+            ``round(frac_train · pool)``. Refused for the algebraic tasks (use ``frac_train``).
+        data: ``mnist`` / ``fashion_mnist``: the directory holding the four IDX files (raw or ``.gz``);
+            nothing is downloaded. Refused for other tasks.
     """
 
     p: int | None = None
@@ -238,6 +243,8 @@ class TaskConfig:
     subset_seed: int = 0
     random_labels: bool = False
     label_seed: int = 0
+    train_size: int | None = None
+    data: str | None = None
 
     def __post_init__(self) -> None:
         size = fixed_size(self.operation) if isinstance(self.operation, str) else None
@@ -253,6 +260,16 @@ class TaskConfig:
         _require(self.split_method in SPLIT_METHODS, "task.split_method",
                  f"must be one of {', '.join(sorted(SPLIT_METHODS))}", self.split_method)
         _require(isinstance(self.eq_logit, bool), "task.eq_logit", "must be true or false", self.eq_logit)
+        dataset = is_dataset_task(self.operation)
+        if self.train_size is not None:
+            _require(dataset, "task.train_size", "is for dataset tasks (digits, mnist, fashion_mnist); the "
+                     "algebraic tasks use task.frac_train", self.train_size)
+            _require(is_int(self.train_size) and self.train_size >= 1, "task.train_size", "must be a positive integer",
+                     self.train_size)
+        if self.data is not None:
+            _require(dataset, "task.data", "is a directory of IDX files for mnist / fashion_mnist; the algebraic "
+                     "tasks read no files", self.data)
+            _require(isinstance(self.data, str) and self.data != "", "task.data", "must be a directory path", self.data)
         _require(isinstance(self.random_labels, bool), "task.random_labels", "must be true or false",
                  self.random_labels)
         for name in ("subset_seed", "label_seed"):
@@ -262,14 +279,17 @@ class TaskConfig:
         if self.n_train is not None:
             _require(is_int(self.n_train) and self.n_train >= 1, "task.n_train", "must be a positive integer",
                      self.n_train)
-            n_split = len(task.split(self.frac_train, self.split_seed, self.split_method)[0])
+            n_split = len(task.split(self.frac_train, self.split_seed, self.split_method,
+                                     *((self.train_size,) if dataset else ()))[0])
             _require(self.n_train <= n_split, "task.n_train",
                      f"must be at most {n_split}, the training pairs of the split (task.frac_train "
                      f"{self.frac_train}); a subset cannot be larger than the set it is drawn from", self.n_train)
+        if dataset:
+            task.split(self.frac_train, self.split_seed, self.split_method, self.train_size)  # train_size fits
 
     def task(self):
         """The :class:`~grokinterp.tasks.Task` this config describes."""
-        return get_task(self.operation, self.p, self.eq_logit)
+        return get_task(self.operation, self.p, self.eq_logit, self.data)
 
 
 @dataclass(frozen=True)
@@ -739,7 +759,8 @@ class CheckpointSchedule:
 #: and a reader refuses runs of a newer version with a message to upgrade. An older grokinterp
 #: reading a run that uses a newer field refuses it, naming the field.
 _ADDED_FIELDS: dict[str, set[str]] = {
-    "task": {"split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed"},
+    "task": {"split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed", "train_size",
+             "data"},
     "model": {"family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "ln_style", "bias",
               "input_layout", "pos_embed"},
     "checkpoints": {"unit"},
@@ -775,6 +796,17 @@ class RunConfig:
             raise ConfigError(f"model.eq_logit: must equal task.eq_logit ({self.task.eq_logit}), got "
                               f"{self.model.eq_logit}")
         task = self.task.task()
+        d_input = getattr(self.model, "d_input", 0)
+        if getattr(task, "vector_input", False) and d_input != task.n_ctx:
+            raise ConfigError(f"model.d_input: the task {task.describe()} gives vectors of {task.n_ctx}; the model "
+                              f"must read them (an mlp with d_input = {task.n_ctx}), got d_input = {d_input}")
+        if getattr(task, "vector_input", False) and self.train.live_every:
+            raise ConfigError(f"train.live_every: the live measures (restricted / excluded loss, Gini of the Fourier "
+                              f"spectra) are undefined for the dataset task {self.task.operation}; leave it 0, got "
+                              f"{self.train.live_every}")
+        if not getattr(task, "vector_input", False) and d_input:
+            raise ConfigError(f"model.d_input: the task {task.describe()} gives operand tokens, not vectors; give "
+                              f"d_input 0, got {d_input}")
         layout = getattr(self.model, "input_layout", "a_b_eq")  # a family without layouts reads the task's rows
         if INPUT_LAYOUTS[layout].op_token and task.n_ctx != 3:
             raise ConfigError(f"model.input_layout: {layout} inserts an operation token into [a, b, =] rows; the task "
@@ -1023,9 +1055,44 @@ def _fix_group_size(cfg: RunConfig, per_section: dict[str, dict[str, Any]]) -> N
     given = [v for v in (per_section["task"].get("p"), per_section["model"].get("p")) if v is not None]
     for v in given:
         if not (is_int(v) and int(v) == size):
-            raise ConfigError(f"task.p: {op} is a group of order {size}: its vocabulary is set by the group; leave p "
-                              f"out, got {v!r}")
+            what = (f"a dataset task of {size} classes: its output vocabulary is set by the data" if is_dataset_task(op)
+                    else f"a group of order {size}: its vocabulary is set by the group")
+            raise ConfigError(f"task.p: {op} is {what}; leave p out, got {v!r}")
     per_section["task"]["p"] = per_section["model"]["p"] = size
+
+
+def _fix_input_width(cfg: RunConfig, per_section: dict[str, dict[str, Any]]) -> None:
+    """A dataset task (vectors) sets the model's ``d_input`` and ``n_ctx`` to its input width (and
+    ``d_embed`` to 0 unless given); leaving one for a token task resets them. Only the ``mlp`` family
+    reads vectors: another family is refused, naming the field."""
+    op = per_section["task"].get("operation", cfg.task.operation)
+    model = per_section["model"]
+    family = model.get("family", cfg.model.family)
+    if not isinstance(op, str):
+        return
+    if is_dataset_task(op):
+        data = per_section["task"].get("data", getattr(cfg.task, "data", None))
+        try:
+            width = get_task(op, per_section["task"].get("p", 10), None, data).n_ctx
+        except ConfigError:
+            if "operation" in per_section["task"] or "data" in per_section["task"]:
+                raise
+            return  # the task section itself names what is wrong
+        if family != "mlp":
+            raise ConfigError(f"model.family: {op} classifies input vectors; only the mlp family reads them "
+                              f"(give --family mlp, or --preset omnigrok-digits), got {family!r}")
+        model.setdefault("d_input", width)
+        model["n_ctx"] = width
+        if "d_embed" not in model and (family != cfg.model.family or getattr(cfg.model, "d_embed", 0)):
+            model["d_embed"] = 0
+        return
+    for name in ("train_size", "data"):  # a dataset task's fields do not carry over to a token task
+        if getattr(cfg.task, name, None) is not None and name not in per_section["task"]:
+            per_section["task"][name] = None
+    if family == "mlp" and getattr(cfg.model, "d_input", 0) and "d_input" not in model \
+            and cfg.model.family == "mlp":
+        model["d_input"] = 0
+        model.setdefault("n_ctx", 3)
 
 
 def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -1045,6 +1112,7 @@ def _apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for sec in owner[key]:  # 'p' and 'eq_logit' live in task and model: set both
             per_section[sec][key] = value
     _fix_group_size(cfg, per_section)
+    _fix_input_width(cfg, per_section)
     model = per_section["model"]
     if "input_layout" in model and "n_ctx" not in model and model["input_layout"] in INPUT_LAYOUTS:
         # the context follows the layout ([a, b, =]: 3, [a, b]: 2) unless given
@@ -1164,6 +1232,22 @@ def _preset_power() -> RunConfig:
     )
 
 
+def _preset_omnigrok_digits() -> RunConfig:
+    # Omnigrok's MNIST recipe (Liu, Michaud & Tegmark 2022; their mnist-grokking notebook and
+    # train-mnist-mlp script) on scikit-learn's 8x8 digits (no download): 1,000 training images, an MLP of
+    # three Linear layers (64 -> 200 -> 200 -> 10, biases, ReLU), every initial parameter times alpha = 8,
+    # MSE on one-hot targets, AdamW lr 1e-3 (torch's betas 0.9 / 0.999), weight decay 0.01, batches of 200
+    # (5 steps an epoch), 100k steps = 20,000 epochs. Not theirs: float32 (they train in float64), a seeded
+    # draw of the 1,000 images (theirs: the first 1,000), and the 797 other digits as the test set.
+    return _apply_overrides(
+        RunConfig(),
+        dict(operation="digits", train_size=1000, family="mlp", d_embed=0, d_hidden=200, n_hidden_layers=2,
+             act_fn="relu", hidden_bias=True, unembed_bias=True, init_scale=8.0, loss="mse", optimizer="adamw",
+             lr=1e-3, weight_decay=0.01, beta2=0.999, warmup_epochs=0, batch_size=200, epochs=20000,
+             eval_every=10, every=500, log_early=6, flush_every=20),
+    )
+
+
 #: Named starting points. ``paper``: Nanda et al. 2023 (p = 113, 30 % data, 40k epochs), in our
 #: conventions. ``paper-exact``: the same with the reference code's conventions (``=`` logit, split,
 #: warm-up, initialisation), so a seed gives the published code's split and initial tensors.
@@ -1173,7 +1257,8 @@ def _preset_power() -> RunConfig:
 #: al. 2022's decoder and optimizer on x / y mod 97.
 PRESETS = {"paper": _preset_paper, "paper-exact": _preset_paper_exact, "quick": _preset_quick,
            "tiny": _preset_tiny, "mlp-devinterp": _preset_mlp_devinterp, "grokfast-lee": _preset_grokfast_lee,
-           "grokfast-lee-ema": _preset_grokfast_lee_ema, "power": _preset_power}
+           "grokfast-lee-ema": _preset_grokfast_lee_ema, "power": _preset_power,
+           "omnigrok-digits": _preset_omnigrok_digits}
 #: One line per preset, for ``--help`` (no config is built to print it).
 PRESET_HELP = {
     "paper": "Nanda et al. 2023: p = 113, 30% of pairs, AdamW lr 1e-3, wd 1, 40k epochs",
@@ -1188,6 +1273,8 @@ PRESET_HELP = {
                         "10k steps",
     "power": "Power et al. 2022: x/y mod 97 (y ≠ 0), [x, op, y, =], 2-layer post-LN decoder width 128, sinusoidal "
              "positions, 50% of pairs, AdamW lr 1e-3 wd 1, batch 512, 100k steps",
+    "omnigrok-digits": "Omnigrok's MNIST recipe on sklearn's 8x8 digits: 1,000 images, MLP 64-200-200-10 ReLU, "
+                       "init x8, MSE, AdamW lr 1e-3 wd 0.01, batch 200, 100k steps",
 }
 
 

@@ -79,7 +79,8 @@ def test_fields_added_later_default_to_the_old_behaviour():
     """A run.json written before a field existed lacks it; the default reproduces the old run."""
     cfg = make_config("quick", live_every=0)  # the preset turns the (newer) live measures on
     d = cfg.to_dict()
-    added = {"task": ["split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed"],
+    added = {"task": ["split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed",
+                      "train_size", "data"],
              "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
                        "input_layout", "ln_style"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",

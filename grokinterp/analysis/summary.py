@@ -54,6 +54,14 @@ from .measures import get_measures, progress_measures
 from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
 from .probes.measures import CHEAP_PROBES
+from .vectors import (
+    UNDEFINED,
+    checkpoint_metrics,
+    grokking_dates,
+    hidden_activations,
+    is_vector_run,
+    neuron_statistics,
+)
 
 __all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis", "verdict"]
 
@@ -113,6 +121,7 @@ class RunAnalysis:
     outside_block: dict[str, Any] | None = None  # mul / div mod p: the row and column of 0
     acts_neurons: tuple[int, ...] | None = None  # large grids: the neurons `acts` holds (else all of them)
     notes: list[str] = field(default_factory=list)  # what was left out, and why
+    vector: dict[str, Any] | None = None  # a dataset task (vectors): grokking dates, neuron statistics, ...
 
     @property
     def noun(self) -> str:
@@ -121,6 +130,8 @@ class RunAnalysis:
 
     def headline(self) -> dict[str, Any]:
         """The headline numbers as plain Python values (JSON-ready)."""
+        if self.vector is not None:
+            return _vector_headline(self)
         s = self.run.summary()
         ph, cf = self.phases, self.circuit
         nf = self.neurons
@@ -331,6 +342,10 @@ def analyze_run(run, *, key_freqs=None, max_checkpoints: int | None = 400,
         raise RunError(f"{run.path}: the run has no readable checkpoints to analyse")
     epochs = select_checkpoints(run.epochs, max_checkpoints)
     # the cheap probes (issue 20) ride along: they read the grid logits and weights the measures already hold
+    if is_vector_run(run):
+        if key_freqs is not None:
+            raise AnalysisError(f"key_freqs: {UNDEFINED}")
+        return _analyze_vector(run, epochs)
     measures = progress_measures(run, key_freqs, epochs=epochs, device=device,
                                  measures=[*get_measures(), *REPORT_PROBES])
     keys = tuple(measures.attrs["key_freqs"])
@@ -473,3 +488,100 @@ def _json_ready(x: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+# -- dataset tasks (vectors) -------------------------------------------------------------------------------
+def _analyze_vector(run, epochs: np.ndarray) -> RunAnalysis:
+    """:func:`analyze_run` for a run on a dataset task: what is defined (losses and accuracies per checkpoint,
+    the weight norm, grokking dates on test accuracy, neuron statistics per hidden layer) and a note on what is
+    not (:data:`~grokinterp.analysis.vectors.UNDEFINED`)."""
+    measures = checkpoint_metrics(run, epochs)
+    measures.attrs["p"] = run.p
+    evals = run.evals
+    try:
+        phases = detect_phases(evals, p=run.p)
+    except AnalysisError:
+        phases = None
+    k = run.config.steps_per_epoch()
+    dates = grokking_dates(evals, k)
+    cfg = run.config.model
+    layers = []
+    acts = None
+    for layer in range(cfg.n_hidden_layers):
+        a, y = hidden_activations(run, -1, layer, "all")
+        st = neuron_statistics(a, y)
+        layers.append({"layer": layer, "neurons": int(len(st)), "dead": int(st["dead"].sum()),
+                       "mean_frac_active": float(st["frac_active"].mean()),
+                       "median_class_fve": _finite(float(st["class_fve"].median())),
+                       "neurons_class_fve_over_0.5": int((st["class_fve"] > 0.5).sum())})
+        acts = a
+    wn = measures["weight_norm"].to_numpy()
+    vector = {"grokking": dates.as_dict(), "neuron_layers": layers,
+              "weight_norm_first": float(wn[0]), "weight_norm_last": float(wn[-1]),
+              "weight_norm_min": float(wn.min()), "steps_per_epoch": k,
+              "checkpoint_unit": run.checkpoint_unit}
+    empty = pd.DataFrame(columns=list(ABLATION_COLUMNS))
+    analysis = RunAnalysis(
+        run=run, epochs=epochs, measures=measures, phases=phases, circuit=None, key_freqs=(), key_rule="undefined",
+        embed_norms_over_time=None, embed_norms=None, W_L_norms=None, neurons=None, acts=acts, pattern=None,
+        logit_fit=None, logit_norms_2d=None, ablations=empty, structure=None, vector=vector)
+    analysis.notes.append(f"{run.task.describe()}: {UNDEFINED}")
+    return _finish(analysis)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _vector_headline(a: RunAnalysis) -> dict[str, Any]:
+    run, v = a.run, a.vector
+    s = run.summary()
+    g = v["grokking"]
+    last = a.measures.iloc[-1]
+    out = {
+        "run": str(run.path),
+        "task": run.task.describe(),
+        "structure": None,
+        "train_size": int(s.get("n_train") or run.info.get("n_train") or 0) or None,
+        "epochs_trained": s.get("epoch_reached"),
+        "n_checkpoints": int(len(run.epochs)),
+        "n_checkpoints_analysed": int(len(a.epochs)),
+        "key_frequencies": None,
+        "key_frequencies_note": UNDEFINED,
+        "circuit_formed_epoch": None,
+        "circuit_reason": UNDEFINED,
+        "memorization_end": a.phases.memorization_end if a.phases is not None else None,
+        "train_acc_100_epoch": g["train_100_epoch"], "train_acc_100_step": g["train_100_step"],
+        "test_acc_at_train_100": g["test_at_train_100"], "test_acc_final": g["test_final"],
+        "test_acc_rise": g["rise"], "grokked": g["grokked"], "generalized_epoch": g["generalized_epoch"],
+        "generalized_step": g["generalized_step"], "grokking_reasons": g["reasons"],
+        "weight_norm_first": v["weight_norm_first"], "weight_norm_last": v["weight_norm_last"],
+        "weight_norm_min": v["weight_norm_min"],
+        "last_checkpoint": {"label": int(last["epoch"]), "unit": v["checkpoint_unit"],
+                            "train_acc": _finite(float(last["train_acc"])), "test_acc": _finite(float(last["test_acc"]))},
+        "final_train_loss": _finite(float(s.get("final_train_loss") or math.nan)),
+        "final_test_loss": _finite(float(s.get("final_test_loss") or math.nan)),
+        "final_test_acc": _finite(float(s.get("final_test_acc") or math.nan)),
+        "neuron_layers": v["neuron_layers"],
+        "notes": list(a.notes),
+        "extras": {k: x for k, x in a.extras.items() if _json_ready(x)},
+    }
+    out["verdict"] = vector_verdict(out)
+    return out
+
+
+def vector_verdict(h: dict[str, Any]) -> str:
+    """The headline sentence of a run on a dataset task: did test accuracy rise (grok) after training accuracy
+    reached 100 %?"""
+    if h.get("train_acc_100_epoch") is None:
+        return (f"Training accuracy never reached 100 % (final test accuracy {h.get('test_acc_final') or 0:.1%}); "
+                f"grokking is not dated. Key frequencies and the other algebraic measures are undefined for this task.")
+    e, t0, t1, r = (h["train_acc_100_epoch"], h["test_acc_at_train_100"], h["test_acc_final"], h["test_acc_rise"])
+    step = h.get("train_acc_100_step")
+    at = f"epoch {e}" + (f" (step {step})" if step is not None and step != e else "")
+    if h.get("grokked"):
+        g = h.get("generalized_epoch")
+        return (f"Grokked: training accuracy reached 100 % at {at} with test accuracy {t0:.1%}; test accuracy then "
+                f"rose by {r:.1%} to {t1:.1%}" + (f" (90 % of the rise by epoch {g})" if g is not None else "") + ".")
+    return (f"No grokking by the rule (a rise ≥ 20 %): training accuracy reached 100 % at {at} with test accuracy "
+            f"{t0:.1%}; at the end {t1:.1%} (a rise of {r:+.1%}).")

@@ -121,7 +121,8 @@ class StackPlan:
         if impl == "generic":
             if tokens.ndim != 3 or tokens.shape[1] == 0 or tokens.shape[2] != cfg.n_ctx:
                 raise ValueError(f"tokens must be [run, batch ≥ 1, {cfg.n_ctx}], got {list(tokens.shape)}")
-            tokens = tokens.long()
+            if not (getattr(cfg, "d_input", 0) and tokens.is_floating_point()):  # input vectors stay float
+                tokens = tokens.long()
             R, n = tokens.shape[:2]
             a = None
             if attn_coeff is not None:

@@ -48,7 +48,7 @@ from torch import Tensor
 from ..config import FORMAT_VERSION, LIMITS, RunConfig
 from ..errors import ConfigError, RunError
 from ..model import param_shapes
-from ..tasks import fixed_size, training_labels
+from ..tasks import fixed_size, split_pairs, training_labels
 from . import layout as _io
 from .integrity import ReadChecker, never_flushed
 from .writer import METRIC_COLUMNS
@@ -384,11 +384,13 @@ class Run:
     @cached_property
     def _split(self) -> tuple[np.ndarray, np.ndarray]:
         path = self.path / _io.SPLIT_FILE
-        raw = _read_checked(self.path, self._checker, _io.SPLIT_FILE, "split", 8 * self.p ** 2 + (1 << 16))
+        vector = getattr(self.task, "vector_input", False)  # a dataset task: example ids, not grid indices
+        n_ids = len(self.task.valid_pairs()) if vector else self.p ** 2
+        raw = _read_checked(self.path, self._checker, _io.SPLIT_FILE, "split", 8 * n_ids + (1 << 16))
         header, start = _io.parse_safetensors_header(raw, path)
         arrays = _io.tensor_views(bytearray(raw), header, start, ["train_pairs", "test_pairs"], path)
         trn, tst = (np.array(arrays[k]) for k in ("train_pairs", "test_pairs"))
-        p2 = self.p ** 2
+        p2 = n_ids
         for name, a in (("train_pairs", trn), ("test_pairs", tst)):
             if a.ndim != 1 or a.dtype != np.int64 or (len(a) and (a.min() < 0 or a.max() >= p2)):
                 raise RunError(f"{path}: {name} must be int64 indices in [0, {p2})")
@@ -398,6 +400,13 @@ class Run:
         for key, have in (("n_train", len(trn)), ("n_test", len(tst))):
             if self.info.get(key) != have:
                 raise RunError(f"{path}: holds {have} {key[2:]} pairs, {_io.RUN_JSON} says {key} = {self.info.get(key)}")
+        if vector:  # the task's own seeded split, exactly (train_size ids of the pool; the test ids)
+            want = split_pairs(self.config.task)
+            if not (np.array_equal(trn, want[0]) and np.array_equal(tst, want[1])):
+                raise RunError(f"{path}: the train / test example ids are not the seeded split of "
+                               f"{self.config.task.operation} (split_seed {self.config.task.split_seed}, train_size "
+                               f"{self.config.task.train_size})")
+            return trn, tst
         # The split must cover exactly the task's valid pairs. (Bound p first: a damaged p must not
         # make us build a p² grid far larger than the split; the built-in tasks keep ≥ p(p-1) pairs.)
         if p2 > 4 * n + 64:
@@ -707,7 +716,9 @@ class Run:
         out: dict[str, Any] = {
             "path": str(self.path),
             "preset": self.info.get("preset"),
-            "task": f"{self.config.task.operation} mod {self.p}, frac_train {self.config.task.frac_train}",
+            "task": (f"{self.config.task.operation}, train_size {self.config.task.train_size}"
+                     if getattr(self.task, "vector_input", False) else
+                     f"{self.config.task.operation} mod {self.p}, frac_train {self.config.task.frac_train}"),
             "device": (self.info.get("device") or {}).get("type"),
             "torch_threads": (self.info.get("device") or {}).get("torch_threads"),
             "finished": self.finished,

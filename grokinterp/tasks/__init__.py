@@ -39,6 +39,15 @@ from .base import (
     register_split_method,
     split_indices,
 )
+from .datasets import (
+    DATASET_TASKS,
+    VectorTask,
+    dataset_task,
+    dataset_task_size,
+    is_dataset_task,
+    read_idx,
+    write_idx,
+)
 from .groups import GROUP_TASK_HELP, GroupTask, group_task_kind, group_task_size
 from .modular import OPERATIONS, ModularTask, Operation, get_operation, is_prime, register_operation
 from .subsets import random_label_grid, subset_pairs, training_labels
@@ -49,6 +58,7 @@ __all__ = [
     "SPLIT_METHODS", "register_operation", "register_split_method", "register_task_kind", "get_operation",
     "get_split_method", "get_task", "is_prime", "make_dataset", "paper_split_indices", "split_indices", "split_pairs",
     "task_names", "fixed_size", "operations_help", "subset_pairs", "random_label_grid", "training_labels",
+    "DATASET_TASKS", "VectorTask", "dataset_task", "is_dataset_task", "read_idx", "write_idx",
 ]
 
 #: Task kinds tried in order: ``factory(name, p) -> Task | None`` (``None``: not this kind's name).
@@ -77,6 +87,7 @@ def _modular(name: str, p: int) -> Task | None:
 
 _KINDS.append(_modular)
 register_task_kind(group_task_kind, group_task_size)
+_SIZES.insert(0, dataset_task_size)  # a dataset task's p is its number of classes (10)
 
 
 def fixed_size(operation: str) -> int | None:
@@ -100,10 +111,11 @@ def task_names() -> list[str]:
 
 def operations_help() -> str:
     """Every operation a config may name, in one line (for ``--help``)."""
-    return "mod p: " + ", ".join(sorted(OPERATIONS)) + "; " + GROUP_TASK_HELP
+    return ("mod p: " + ", ".join(sorted(OPERATIONS)) + "; " + GROUP_TASK_HELP + "; datasets (vectors, the mlp "
+            "family): " + ", ".join(DATASET_TASKS))
 
 
-def get_task(operation: str, p: int, eq_logit: bool | None = None) -> Task:
+def get_task(operation: str, p: int, eq_logit: bool | None = None, data: str | None = None) -> Task:
     """The task called ``operation`` at size ``p`` (cached; raises :class:`ConfigError` if unknown).
 
     Args:
@@ -111,7 +123,14 @@ def get_task(operation: str, p: int, eq_logit: bool | None = None) -> Task:
         p: the operand alphabet size.
         eq_logit: give ``=`` an output logit (``d_vocab_out = p + 1``, as the paper's code does) or
             not (``p``); ``None`` keeps the task's own choice (none for the operations mod p).
+        data: a dataset task's directory of IDX files (``task.data``; :mod:`~grokinterp.tasks.datasets`).
     """
+    if is_dataset_task(operation):
+        task = dataset_task(operation, data)
+        if int(p) != task.n or eq_logit:
+            raise ConfigError(f"task.p: {operation} has {task.n} classes (p = {task.n}, no '=' logit), got p = {p}"
+                              f"{' with eq_logit' if eq_logit else ''}")
+        return task
     key = (operation, int(p), None if eq_logit is None else bool(eq_logit))
     task = _CACHE.get(key)
     if task is None or (isinstance(task, ModularTask) and OPERATIONS.get(operation) is not task.op):
@@ -135,14 +154,19 @@ def make_dataset(p: int, operation: str = "add") -> Dataset:
 
 def split_pairs(task_config: Any) -> tuple[np.ndarray, np.ndarray]:
     """The seeded train / test split of a :class:`~grokinterp.config.TaskConfig`, as grid indices
-    ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64.
+    ``a * p + b``: ``(train_pairs, test_pairs)``, each sorted int64 (dataset tasks: example ids).
 
     With ``task_config.n_train`` set, the training pairs are that many of the split's
     (:func:`~grokinterp.tasks.subsets.subset_pairs`, ``subset_seed``) and the rest join the test pairs.
     """
-    task = get_task(task_config.operation, task_config.p, getattr(task_config, "eq_logit", None))
-    trn, tst = task.split(task_config.frac_train, task_config.split_seed,
-                          getattr(task_config, "split_method", "random"))
+    task = get_task(task_config.operation, task_config.p, getattr(task_config, "eq_logit", None),
+                    getattr(task_config, "data", None))
+    if isinstance(task, VectorTask):  # example ids; train_size examples (or frac_train of the pool)
+        trn, tst = task.split(task_config.frac_train, task_config.split_seed,
+                              getattr(task_config, "split_method", "random"), getattr(task_config, "train_size", None))
+    else:
+        trn, tst = task.split(task_config.frac_train, task_config.split_seed,
+                              getattr(task_config, "split_method", "random"))
     n = getattr(task_config, "n_train", None)
     if n is None:
         return trn, tst

@@ -274,5 +274,12 @@ class Task(ABC):
         trn, tst = get_split_method(method)(len(ds), frac_train, seed)
         return np.sort(ds.pair_index[trn]), np.sort(ds.pair_index[tst])
 
+    def color_labels(self, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """The label an embedding picture colours a symbol or class by: ``(ids [m], names)`` for the
+        symbols ``values`` (residues, group elements, classes). Default: the symbol itself (``a + b``:
+        the residue); a group: its conjugacy class (:class:`~grokinterp.tasks.groups.GroupTask`)."""
+        v = np.asarray(values, dtype=np.int64)
+        return v, [str(int(x)) for x in range(int(v.max()) + 1 if len(v) else 0)]
+
     def describe(self) -> str:
         return f"{self.name} on {self.n} symbols"

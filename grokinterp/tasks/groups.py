@@ -85,6 +85,16 @@ class GroupTask(Task):
     def labels_of(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(self.structure.coordinate(np.asarray(a), np.asarray(b)), dtype=np.int64)
 
+    def color_labels(self, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """An element's conjugacy class (classes in :attr:`FiniteGroup.conjugacy_classes` order, the
+        identity's first; named by a representative and the class size)."""
+        classes = self.group.conjugacy_classes
+        of = np.empty(self.group.order, dtype=np.int64)
+        for i, c in enumerate(classes):
+            of[c] = i
+        names = [f"class {i}: {self.group.labels[int(c[0])]} (size {len(c)})" for i, c in enumerate(classes)]
+        return of[np.asarray(values, dtype=np.int64)], names
+
     def describe(self) -> str:
         return f"{self.name}: {self.structure.word} in {self.group.name} ({self.group.describe()})"
 

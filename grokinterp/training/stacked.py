@@ -158,7 +158,7 @@ EXECUTORS = (*IMPLS, "single")
 # their runs get them afterwards from the checkpoints (``grokinterp watch``, the report).
 _KNOWN = {
     "task": {"p", "operation", "frac_train", "split_seed", "split_method", "n_train", "subset_seed", "random_labels",
-             "label_seed"},
+             "label_seed", "train_size", "data"},
     "model": {"p", "d_model", "n_heads", "d_mlp", "n_layers", "act_fn", "n_ctx", "init_seed", "init_method",
               "init_scale", "attn_coeff", "layer_norm", "bias", "input_layout", "ln_style", "pos_embed"},
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
@@ -173,7 +173,7 @@ _KNOWN = {
 # constraint are its own.
 _PER_RUN = {
     "task": {"operation", "frac_train", "split_seed", "split_method", "n_train", "subset_seed", "random_labels",
-             "label_seed"},
+             "label_seed", "train_size", "data"},
     "model": {"init_seed", "init_method", "init_scale", "attn_coeff"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed",
               "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm",

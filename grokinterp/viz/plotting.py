@@ -688,4 +688,38 @@ def probes_figure(measures: pd.DataFrame, *, title: str = "Probes of numerical s
                               row=i, col=1)
     fig.update_layout(template="plotly_white", title=title, height=max(300, 200 * len(panels)))
     fig.update_xaxes(title_text="epoch", row=len(panels), col=1)
+# -- embedding pictures and dataset tasks (issue 22) ---------------------------------------------------------
+def embedding_scatter(maps, *, title: str | None = None) -> go.Figure:
+    """Side-by-side 2-D maps (:class:`~grokinterp.analysis.embeddings.EmbeddingMap`), points coloured by
+    their task-defined label (one legend entry per label, shared by the panels)."""
+    maps = list(maps)
+    if not maps:
+        raise AnalysisError("embedding_scatter: no maps")
+    fig = make_subplots(rows=1, cols=len(maps), subplot_titles=[m.title + (
+        f" (PC1 {m.explained[0]:.0%}, PC2 {m.explained[1]:.0%})" if m.explained else "") for m in maps])
+    labels = sorted({int(x) for m in maps for x in m.points["label"]})
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff",
+               "#fecb52"]
+    for j, m in enumerate(maps):
+        pts = m.points
+        for i, lab in enumerate(labels):
+            sel = pts[pts["label"] == lab]
+            if not len(sel):
+                continue
+            name = str(sel["label_name"].iloc[0])
+            fig.add_trace(go.Scattergl(x=sel["x"], y=sel["y"], mode="markers", name=name, legendgroup=name,
+                                       showlegend=j == 0, marker=dict(size=5, color=palette[i % len(palette)]),
+                                       text=[f"{name} (#{k})" for k in sel["index"]], hoverinfo="text"),
+                          row=1, col=j + 1)
+    fig.update_layout(title=title, height=460, legend_title_text="label")
+    return fig
+
+
+def weight_norm_curve(measures: pd.DataFrame, *, unit: str = "epoch", title: str = "Weight norm ‖θ‖") -> go.Figure:
+    """The weight norm (``weight_norm`` column, one row per checkpoint) against the checkpoint label."""
+    if "weight_norm" not in measures.columns or "epoch" not in measures.columns:
+        raise AnalysisError("measures: need columns 'epoch' and 'weight_norm'")
+    fig = go.Figure(go.Scatter(x=measures["epoch"], y=measures["weight_norm"], name="‖θ‖", mode="lines+markers",
+                               marker=dict(size=3)))
+    fig.update_layout(title=title, height=360, xaxis_title=unit, yaxis_title="‖θ‖ (all parameters)")
     return fig

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from ..analysis.algorithms import embedding_circles, identify_algorithm
 from ..analysis.early import RESTRICTED_THRESHOLD, TEST_BELOW, first_warning, live_table
+from ..analysis.embeddings import embedding_map
 from ..analysis.fourier import fourier_basis
 from ..analysis.summary import analyze_run, register_run_analysis, verdict
 from ..config import interventions
@@ -92,7 +93,10 @@ def report_figures(analysis) -> list[tuple[str, str, Any]]:
     """The report's figures as ``(title, caption, go.Figure)``, in order, for a :class:`RunAnalysis`.
 
     For a task with a group structure other than ``a + b`` the spectra are over the group's irreps in its
-    coordinates (frequencies of ``Z_{p−1}`` for ``a·b`` mod p); without a structure, over the tokens."""
+    coordinates (frequencies of ``Z_{p−1}`` for ``a·b`` mod p); without a structure, over the tokens.
+    A dataset task (vectors) gets its own figures (:func:`_vector_figures`)."""
+    if analysis.vector is not None:
+        return _vector_figures(analysis)
     run = analysis.run
     keys = analysis.key_freqs
     nf = analysis.neurons
@@ -279,6 +283,82 @@ def _circles_figure(analysis):
     return P.embedding_circles(embedding_circles(W_E, analysis.key_freqs, analysis.run.p), label=algo.get("label"))
 
 
+#: Points of the hidden-layer embedding maps in reports (t-SNE is quadratic in them).
+REPORT_MAP_POINTS = 600
+
+
+def _maps(run, what: str) -> list:
+    """PCA and (when scikit-learn is installed) t-SNE maps of ``what`` for the report."""
+    maps = [embedding_map(run, what=what, method="pca", max_points=REPORT_MAP_POINTS)]
+    try:
+        maps.append(embedding_map(run, what=what, method="tsne", seed=0, max_points=REPORT_MAP_POINTS))
+    except AnalysisError:  # no scikit-learn: PCA alone
+        pass
+    return maps
+
+
+def _embedding_figure(analysis):
+    """The token embeddings (or, without them, the hidden layer) of an algebraic run, coloured by the task's label."""
+    if analysis.vector is not None:
+        return None
+    run = analysis.run
+    what = "embed" if "embed.W_E" in run.params(-1) else "hidden"
+    return P.embedding_scatter(_maps(run, what))
+
+
+def _vector_figures(analysis) -> list[tuple[str, str, Any]]:
+    run, v = analysis.run, analysis.vector
+    unit = "optimizer step" if v["checkpoint_unit"] == "step" else "epoch"
+    figs = [
+        ("Training curves", "Train and test loss (log axis) and accuracy at each evaluation (x: epochs). Grokking "
+         "on this task: test accuracy rising long after training accuracy reached 100 %.",
+         P.loss_curves(run.metrics, None)),
+        ("Weight norm", f"‖θ‖ (every parameter) at each checkpoint (x: {unit}); Omnigrok: a large initialisation "
+         "(α) starts it high and weight decay brings it down to where the network generalizes.",
+         P.weight_norm_curve(analysis.measures, unit=unit)),
+        ("Hidden layer, embedded", f"The last hidden layer's activations on every image (at most "
+         f"{REPORT_MAP_POINTS}, a seeded draw), final checkpoint, as PCA and t-SNE maps coloured by the digit.",
+         P.embedding_scatter(_maps(run, "hidden"))),
+    ]
+    for title, caption, fn in REPORT_FIGURES:
+        fig = fn(analysis)
+        if fig is not None:
+            figs.append((title, caption, fig))
+    return figs
+
+
+def _render_vector(analysis, figures) -> str:
+    run = analysis.run
+    h = analysis.headline()
+    g = h
+    numbers = [
+        ("task", h["task"]),
+        ("training examples", h["train_size"]),
+        ("key frequencies", "undefined for this task (no group structure)"),
+        ("training accuracy first 100 %", "never" if g["train_acc_100_epoch"] is None else
+         f"epoch {g['train_acc_100_epoch']} (step {g['train_acc_100_step']})"),
+        ("test accuracy there / at the end", f"{_pct(g['test_acc_at_train_100'])} / {_pct(g['test_acc_final'])}"),
+        ("rise (grokking: ≥ 20 %)", "—" if g["test_acc_rise"] is None else f"{g['test_acc_rise']:+.1%}"),
+        ("90 % of the rise by", "—" if g["generalized_epoch"] is None else
+         f"epoch {g['generalized_epoch']} (step {g['generalized_step']})"),
+        ("weight norm ‖θ‖: first / last / lowest checkpoint",
+         f"{_fmt(h['weight_norm_first'])} / {_fmt(h['weight_norm_last'])} / {_fmt(h['weight_norm_min'])}"),
+        ("final train / test loss", f"{_fmt(h['final_train_loss'])} / {_fmt(h['final_test_loss'])}"),
+    ]
+    for lay in h["neuron_layers"]:
+        numbers.append((f"hidden layer {lay['layer']}: dead neurons, mean share active, median class FVE",
+                        f"{lay['dead']} of {lay['neurons']}, {_pct(lay['mean_frac_active'])}, "
+                        f"{_fmt(lay['median_class_fve'])}"))
+    numbers += [("note", note) for note in h["notes"]]
+    cfg_rows = []
+    for sec, fields in run.config.to_dict().items():
+        cfg_rows += [(f"{sec}.{k}", _config_value(v)) for k, v in fields.items()]
+    parts = [f"<p class='headline'>{html.escape(h['verdict'])}</p>", "<h2>Headline numbers</h2>", _table(numbers)]
+    parts += figures_html(report_figures(analysis) if figures is None else figures)
+    parts += ["<h2>Configuration</h2>", _table(cfg_rows)]
+    return html_page(f"grokinterp report — {run.task.describe()} ({run.path.name})", str(run.path), parts)
+
+
 register_run_analysis("interventions", lambda analysis: interventions(analysis.run.config) or None)
 register_run_analysis("early_warning", _early_warning)
 register_run_analysis("lineage", lambda analysis: describe_lineage(analysis.run.lineage) if analysis.run.lineage else None)
@@ -318,12 +398,18 @@ register_figure("Probes of numerical stability and representation",
                 "the best frequency plane (both defined only for a + b mod p with an embedding). "
                 "Definitions: grokinterp.analysis.probes; the NTK alignment: grokinterp probes RUN --probes all.",
                 lambda analysis: P.probes_figure(analysis.measures))
+register_figure("Embedding map (PCA and t-SNE)",
+                "The token embeddings W_E (or, for a model without them, the hidden layer on the task's inputs), "
+                "final checkpoint, as PCA and t-SNE maps (seed 0), coloured by the task's label: a residue for "
+                "arithmetic mod p, the conjugacy class for a group.", _embedding_figure)
 
 
 def render_report(analysis, figures: list[tuple[str, str, Any]] | None = None) -> str:
     """The report of a :class:`~grokinterp.analysis.summary.RunAnalysis` as one HTML string.
 
     ``figures``: the output of :func:`report_figures` when the caller has built it already."""
+    if analysis.vector is not None:
+        return _render_vector(analysis, figures)
     run = analysis.run
     h = analysis.headline()
     c = run.config

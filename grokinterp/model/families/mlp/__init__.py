@@ -10,6 +10,7 @@ parameter                      shape                           when
 ``hidden.0.W_a``, ``W_b``      ``[d_in, d_hidden]``            ``combine = sum`` (``d_in = d_embed or p``)
 ``hidden.0.b_a``, ``b_b``      ``[d_hidden]``                  ``combine = sum`` and ``hidden_bias``
 ``hidden.0.W_in``              ``[2 d_in, d_hidden]``          ``combine = concat`` (rows: a's, then b's)
+``hidden.0.W_in``, ``b_in``    ``[d_input, d_hidden]``         ``d_input > 0``: input vectors (dataset tasks)
 ``hidden.L.W_in``              ``[d_hidden, d_hidden]``        layers ``L ≥ 1``
 ``hidden.L.b_in``              ``[d_hidden]``                  ``hidden_bias`` (``L ≥ 1``, or concat)
 ``unembed.W_U``                ``[d_hidden, d_vocab_out]``
@@ -37,7 +38,11 @@ def param_shapes(cfg: MLPConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     if cfg.d_embed:
         shapes["embed.W_E"] = (cfg.p, cfg.d_embed)
-    if cfg.combine == "sum":
+    if cfg.d_input:  # a vector model: one map of the input vector
+        shapes["hidden.0.W_in"] = (d_in, h)
+        if cfg.hidden_bias:
+            shapes["hidden.0.b_in"] = (h,)
+    elif cfg.combine == "sum":
         for x in "ab":
             shapes[f"hidden.0.W_{x}"] = (d_in, h)
             if cfg.hidden_bias:
@@ -85,12 +90,14 @@ def hidden_hook(cfg: MLPConfig) -> str:
 
 def describe(cfg: MLPConfig) -> str:
     emb = f"embedding {cfg.d_embed} shared by a and b" if cfg.d_embed else "one-hot inputs"
-    return (f"mlp: {emb}, {cfg.combine}, {cfg.n_hidden_layers} hidden layer(s) of {cfg.d_hidden} "
+    if cfg.d_input:
+        emb = f"input vectors of {cfg.d_input}"
+    return (f"mlp: {emb}{'' if cfg.d_input else ', ' + cfg.combine}, {cfg.n_hidden_layers} hidden layer(s) of {cfg.d_hidden} "
             f"({cfg.act_fn}{'' if cfg.hidden_bias else ', no bias'}), unembedding "
             f"{'with' if cfg.unembed_bias else 'without'} bias")
 
 
 def activation_bytes(cfg: MLPConfig) -> int:
     """Bytes one example holds through a forward and backward (float32, kept for the backward)."""
-    floats = 2 * cfg.d_in + 3 * cfg.n_hidden_layers * cfg.d_hidden + cfg.d_vocab_out
+    floats = (1 if cfg.d_input else 2) * cfg.d_in + 3 * cfg.n_hidden_layers * cfg.d_hidden + cfg.d_vocab_out
     return 4 * 2 * floats + cfg.d_vocab_out * (4 * 3 + 8 * 2)

@@ -57,10 +57,15 @@ class MLPConfig:
         unembed_bias: the unembedding has a bias (``unembed.b_U``).
         init_seed: seed of the parameter initialisation (independent of the split seed).
         init_scale: every initial parameter is multiplied by this factor (Omnigrok's ``α``); > 0.
+        d_input: 0 (default): the model reads the two operand tokens. ``> 0``: the model reads the
+            task's input vectors of this width (a dataset task, ``digits`` 64, MNIST 784; set from the
+            task, with ``n_ctx = d_input``): ``hidden.0.W_in [d_input, d_hidden]``, no embedding
+            (``d_embed`` must be 0; ``combine`` is not read). Omnigrok's MNIST MLP is
+            ``d_input 784, d_hidden 200, n_hidden_layers 2, relu, unembed_bias``.
     """
 
     #: Fields added after the family's first release (a ``run.json`` without them takes the default).
-    ADDED_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    ADDED_FIELDS: ClassVar[frozenset[str]] = frozenset({"d_input"})
     #: The allowed values of the enumerated fields (the CLI offers them).
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"act_fn": MLP_ACT_FNS, "combine": tuple(COMBINES)}
 
@@ -77,6 +82,7 @@ class MLPConfig:
     unembed_bias: bool = False
     init_seed: int = 0
     init_scale: float = 1.0
+    d_input: int = 0
 
     def __post_init__(self) -> None:
         check_field_types(self, "model")
@@ -85,6 +91,14 @@ class MLPConfig:
         check_common_model_fields(self)
         if self.n_ctx < 2:
             raise ConfigError(f"model.n_ctx: the MLP reads two operands (tokens a, b), got {self.n_ctx}")
+        if not isinstance(self.d_input, int) or isinstance(self.d_input, bool) or self.d_input < 0:
+            raise ConfigError(f"model.d_input: must be a non-negative integer (0 = operand tokens), got {self.d_input!r}")
+        if self.d_input and self.d_embed:
+            raise ConfigError(f"model.d_embed: a model over input vectors (d_input {self.d_input}) has no embedding; "
+                              f"give d_embed 0, got {self.d_embed}")
+        if self.d_input and self.n_ctx != self.d_input:
+            raise ConfigError(f"model.n_ctx: a model over input vectors reads d_input = {self.d_input} values per "
+                              f"example, got n_ctx {self.n_ctx}")
         if self.d_embed < 0:
             raise ConfigError(f"model.d_embed: must be non-negative (0 = one-hot inputs), got {self.d_embed}")
         for name in ("d_hidden", "n_hidden_layers"):
@@ -122,13 +136,21 @@ class MLPConfig:
 
     @property
     def d_in(self) -> int:
-        """Width of one operand's input to the first layer: ``d_embed``, or ``p`` (one-hot)."""
-        return self.d_embed or self.p
+        """Width of one operand's input to the first layer: ``d_embed``, or ``p`` (one-hot); a vector
+        model's whole input, ``d_input``."""
+        return self.d_input or self.d_embed or self.p
+
+    @property
+    def vector_input(self) -> bool:
+        """The model reads input vectors (``d_input > 0``), not operand tokens."""
+        return self.d_input > 0
 
     @property
     def n_params(self) -> int:
         """Scalar parameters per checkpoint, by formula (equals the sum over ``param_shapes``, tested)."""
         h, hb = self.d_hidden, int(self.hidden_bias)
         first = 2 * self.d_in * h + (2 if self.combine == "sum" else 1) * h * hb
+        if self.d_input:
+            first = self.d_input * h + h * hb
         rest = (self.n_hidden_layers - 1) * (h * h + h * hb)
         return self.p * self.d_embed + first + rest + h * self.d_vocab_out + self.d_vocab_out * int(self.unembed_bias)

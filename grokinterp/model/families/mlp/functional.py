@@ -34,6 +34,18 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: MLPConfig, attn_coef
     """
     W_U = params["unembed.W_U"]
     R = W_U.shape[0]
+    act = activation(cfg.act_fn)
+    if cfg.d_input:  # input vectors [run, batch, d_input] (or [batch, d_input], shared)
+        x = tokens.to(device=W_U.device, dtype=W_U.dtype)
+        if x.ndim == 2:
+            x = x.unsqueeze(0).expand(R, -1, -1)
+        if x.ndim != 3 or x.shape[0] != R or x.shape[-1] != cfg.d_input:
+            raise ConfigError(f"inputs: expected [run = {R}, batch, {cfg.d_input}] or [batch, {cfg.d_input}], got "
+                              f"{list(tokens.shape)}")
+        pre = torch.bmm(x, params["hidden.0.W_in"])
+        if cfg.hidden_bias:
+            pre = pre + params["hidden.0.b_in"][:, None]
+        return _rest(params, act(pre), cfg, act)
     if tokens.ndim == 2:
         tokens = tokens.unsqueeze(0).expand(R, -1, -1)
     if tokens.ndim != 3 or tokens.shape[0] != R or tokens.shape[-1] < 2:
@@ -47,7 +59,6 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: MLPConfig, attn_coef
     else:
         eye = torch.eye(cfg.p, dtype=W_U.dtype, device=W_U.device)
         e_a, e_b = eye[a], eye[b]
-    act = activation(cfg.act_fn)
     if cfg.combine == "sum":
         pre = torch.bmm(e_a, params["hidden.0.W_a"]) + torch.bmm(e_b, params["hidden.0.W_b"])
         if cfg.hidden_bias:
@@ -56,7 +67,12 @@ def forward(params: dict[str, Tensor], tokens: Tensor, cfg: MLPConfig, attn_coef
         pre = torch.bmm(torch.cat([e_a, e_b], dim=-1), params["hidden.0.W_in"])
         if cfg.hidden_bias:
             pre = pre + params["hidden.0.b_in"][:, None]
-    x = act(pre)
+    return _rest(params, act(pre), cfg, act)
+
+
+def _rest(params: dict[str, Tensor], x: Tensor, cfg: MLPConfig, act) -> Tensor:
+    """The hidden layers after the first and the unembedding, over stacked runs."""
+    W_U = params["unembed.W_U"]
     for layer in range(1, cfg.n_hidden_layers):
         pre = torch.bmm(x, params[f"hidden.{layer}.W_in"])
         if cfg.hidden_bias:

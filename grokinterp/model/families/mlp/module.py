@@ -99,18 +99,29 @@ class HookedMLP(HookedRootModule):
         return self
 
     def check_tokens(self, tokens: Tensor) -> None:
+        if self.cfg.d_input:
+            if tokens.ndim != 2 or tokens.shape[1] != self.cfg.d_input:
+                raise ConfigError(f"inputs: expected vectors [batch, d_input = {self.cfg.d_input}], got "
+                                  f"{list(tokens.shape)}")
+            return
         if tokens.ndim != 2 or not 2 <= tokens.shape[1] <= self.cfg.n_ctx:
             raise ConfigError(f"tokens: expected shape [batch, 2 ≤ pos ≤ {self.cfg.n_ctx}], got {list(tokens.shape)}")
 
     def forward(self, tokens: Tensor) -> Tensor:
         self.check_tokens(tokens)
+        first = self.hidden[0]
+        if self.cfg.d_input:  # input vectors (a dataset task): hook_embed holds them [batch, d_input]
+            x = self.hook_embed(tokens.to(first.W_in.dtype))
+            pre = x @ first.W_in
+            if self.cfg.hidden_bias:
+                pre = pre + first.b_in
+            return self._rest(first.hook_post(self.act(first.hook_pre(pre))))
         ab = tokens[:, :2]
         if self.cfg.d_embed:
             e = self.embed.W_E[ab]  # [batch, 2, d_embed]
         else:
             e = torch.eye(self.cfg.p, dtype=self.unembed.W_U.dtype, device=ab.device)[ab]  # one-hot (vmap-safe)
         e = self.hook_embed(e)
-        first = self.hidden[0]
         if self.cfg.combine == "sum":
             pre = e[:, 0] @ first.W_a + e[:, 1] @ first.W_b
             if self.cfg.hidden_bias:
@@ -119,7 +130,9 @@ class HookedMLP(HookedRootModule):
             pre = e.flatten(1) @ first.W_in
             if self.cfg.hidden_bias:
                 pre = pre + first.b_in
-        x = first.hook_post(self.act(first.hook_pre(pre)))
+        return self._rest(first.hook_post(self.act(first.hook_pre(pre))))
+
+    def _rest(self, x: Tensor) -> Tensor:
         for layer in self.hidden[1:]:
             pre = x @ layer.W_in
             if self.cfg.hidden_bias:

@@ -26,7 +26,7 @@ def _fan_in(cfg: MLPConfig, name: str) -> int:
     if layer == "unembed":
         return cfg.d_hidden
     if name.startswith("hidden.0."):
-        return cfg.d_in * (2 if cfg.combine == "concat" else 1)
+        return cfg.d_in * (2 if cfg.combine == "concat" and not cfg.d_input else 1)
     return cfg.d_hidden
 
 

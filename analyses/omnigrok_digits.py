@@ -1,0 +1,310 @@
+"""Omnigrok's MNIST grokking recipe on scikit-learn's 8×8 digits (issue 22): does test accuracy rise long after
+training accuracy reached 100 %, does the time to generalize follow 1/γ (γ the weight decay), and how much does
+Grokfast's EMA filter shorten it?
+
+The recipe (preset ``omnigrok-digits``; Liu, Michaud & Tegmark 2022, their MNIST code): 1,000 training images,
+an MLP 64 → 200 → 200 → 10 with biases and ReLU, every initial parameter × α = 8, MSE on one-hot targets, AdamW
+lr 1e-3 (betas 0.9 / 0.999), weight decay 0.01, batches of 200. The 797 other digits are the test set. Digits,
+not MNIST: nothing downloads; pass ``--mnist DIR`` (IDX files) to run the recipe arm on MNIST instead.
+
+Arms (each one stack: its runs train together):
+
+* ``recipe``: weight decay 0.01 (theirs), ``--seeds``; budget ``--recipe-steps`` optimizer steps;
+* ``gamma``: weight decay γ ∈ ``--gammas`` × ``--seeds``; each stack stops once every run has held test accuracy
+  ≥ ``--level`` for ``--margin`` epochs (or at ``--gamma-steps``);
+* ``grokfast``: the recipe with Grokfast's EMA filter (α 0.98, λ 2, Lee et al.'s values), ``--seeds``, stopped as
+  ``gamma``.
+
+Measures, per run, from the evaluations (every 10 epochs = 50 steps): the step training accuracy first reached
+100 % and test accuracy there; final test accuracy; the rise (grokking: ≥ 0.2, the issue's bar); ``t_gen``, the
+first step with test accuracy ≥ ``--level``. The 1/γ law: the least-squares slope of log t_gen against log γ
+over every run that reached the level, with a 95 % interval (t distribution; Omnigrok: −1). Grokfast: the
+ratio of the median t_gen without and with the filter (a lower bound when the recipe's runs did not reach the
+level in their budget), beside Lee et al.'s 22× on MNIST (44,022 → 2,001 steps).
+
+Writes ``runs.csv``, ``summary.json`` and ``omnigrok_digits.html`` into ``--out`` after every arm.
+
+Example:
+    python analyses/omnigrok_digits.py --arms gamma,grokfast,recipe --seeds 0,1,2
+    python analyses/omnigrok_digits.py --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import _study as S
+
+THEIRS = {"omnigrok_mnist": {"train_acc_100_step": 2_000, "test_acc_at_1e4": 0.2, "test_acc_at_1e5": 0.88,
+                             "weight_norm_start": 92, "weight_norm_end": 52, "gamma_law_slope": -1.0},
+          "grokfast_mnist": {"baseline_steps": 44_022, "ema_steps": 2_001, "ratio": 22.0}}
+#: Further test-accuracy levels whose first step each run reports (the ratio and the law at each).
+LEVELS = (0.7, 0.8, 0.9)
+GROKFAST = {"grad_transforms": ("grokfast_ema",), "grokfast_alpha": 0.98, "grokfast_lamb": 2.0}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arms", default="gamma,grokfast,recipe", help="comma-separated, of recipe, gamma, grokfast")
+    ap.add_argument("--seeds", type=S.ints, default=[0, 1, 2], help="init, split and sampler seed of each run")
+    ap.add_argument("--gammas", type=S.floats, default=[0.1, 0.2, 0.4, 1.0], help="weight decays of the 1/γ law")
+    ap.add_argument("--level", type=float, default=0.9, help="test accuracy that dates t_gen")
+    ap.add_argument("--margin", type=int, default=100, help="epochs every run of a stack holds the level before it stops")
+    ap.add_argument("--recipe-steps", type=int, default=40_000, help="optimizer-step budget of the recipe arm")
+    ap.add_argument("--gamma-steps", type=int, default=20_000, help="optimizer-step budget of a gamma / grokfast stack")
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop each stack after this much wall time")
+    ap.add_argument("--mnist", type=Path, default=None, help="run the recipe on MNIST IDX files in this directory")
+    ap.add_argument("--report-only", action="store_true", help="train nothing; summarise the runs on disk")
+    ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/study_omnigrok_digits"))
+    ap.add_argument("--out", type=Path, default=Path("analyses/results/omnigrok_digits"))
+    return ap.parse_args(argv)
+
+
+def arm_items(args, arm: str):
+    """``[(group, seed, config, run dir)]`` of an arm; runs of one group share a stack."""
+    import grokinterp as gi
+
+    task = dict(operation="mnist", data=str(args.mnist)) if args.mnist and arm == "recipe" else {}
+    out = []
+    if arm == "recipe":
+        base = gi.make_config("omnigrok-digits", **task)
+        epochs = math.ceil(args.recipe_steps / base.steps_per_epoch())
+        for s in args.seeds:
+            cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
+                                 device="cpu", **task)
+            out.append(("recipe", s, cfg, args.runs_dir / f"recipe-s{s}"))
+    elif arm == "gamma":
+        epochs = math.ceil(args.gamma_steps / 5)
+        for g in args.gammas:
+            for s in args.seeds:
+                cfg = gi.make_config("omnigrok-digits", epochs=epochs, weight_decay=g, init_seed=s, split_seed=s,
+                                     sampler_seed=s, device="cpu")
+                out.append(("gamma", s, cfg, args.runs_dir / f"gamma{g:g}-s{s}"))
+    elif arm == "grokfast":
+        epochs = math.ceil(args.gamma_steps / 5)
+        for s in args.seeds:
+            cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
+                                 device="cpu", **GROKFAST)
+            out.append(("grokfast", s, cfg, args.runs_dir / f"grokfast-s{s}"))
+    else:
+        raise SystemExit(f"--arms: unknown arm {arm!r}")
+    return out
+
+
+class StopStack(S.Callback):
+    """Stop a stack once every run has held ``test_acc ≥ level`` for ``margin`` epochs, or at a wall-clock limit."""
+
+    def __init__(self, margin: int | None, level: float, max_minutes: float | None):
+        self.margin, self.level = margin, level
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.since = None
+
+    def on_eval(self, loop, epoch: int) -> None:
+        if self.margin is not None:
+            acc = loop.metrics["test_acc"][:, epoch]
+            if bool((acc >= self.level).all()):
+                self.since = epoch if self.since is None else self.since
+                if epoch - self.since >= self.margin:
+                    loop.request_stop()
+            else:
+                self.since = None
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            loop.request_stop()
+
+
+def train_stack(items, args, stop: bool) -> float:
+    """Train (or resume) one arm's runs as one stack; returns the wall seconds."""
+    import grokinterp as gi
+    from grokinterp.training.stacked import StackInterrupted, resume_stacked
+
+    cfgs, outs = [c for *_, c, _ in items], [o for *_, o in items]
+    cbs = [StopStack(args.margin if stop else None, args.level, args.max_minutes)]
+    existing = []
+    for cfg, out in zip(cfgs, outs):
+        try:
+            existing.append(gi.load_run(out).config == cfg)
+        except gi.GrokinterpError:
+            existing.append(False)
+    t0 = time.time()
+    try:
+        if all(existing):
+            resume_stacked(outs, progress=False, callbacks=cbs)
+        else:
+            gi.train_stacked(cfgs, outs, progress=False, overwrite=True, callbacks=cbs)
+    except StackInterrupted as e:
+        print(f"  stack stopped at epoch {e.epoch}", flush=True)
+    except gi.GrokinterpError as e:  # resuming a finished stack
+        print(f"  {e}", flush=True)
+    return time.time() - t0
+
+
+def first_step(ev, level: float, column: str = "test_acc") -> int | None:
+    hit = ev[ev[column] >= level]
+    return int(hit["step"].iloc[0]) if len(hit) else None
+
+
+def slope_interval(x, y) -> dict:
+    """Least-squares slope of ``y`` on ``x`` with a 95 % interval (t distribution, n − 2 degrees of freedom)."""
+    import numpy as np
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0:
+        return {"slope": None, "ci95": None, "n": n}
+    A = np.stack([x, np.ones(n)], 1)
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ coef
+    se = math.sqrt(float(resid @ resid) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
+    try:
+        from scipy.stats import t as student
+
+        q = float(student.ppf(0.975, n - 2))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        q = 1.96
+    return {"slope": float(coef[0]), "intercept": float(coef[1]), "ci95": [float(coef[0] - q * se),
+                                                                            float(coef[0] + q * se)], "n": n}
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration, subprocess.SubprocessError):
+        return platform.processor() or "unknown"
+
+
+def summarise(args, walls: dict) -> dict:
+    import numpy as np
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    import grokinterp as gi
+    from grokinterp.analysis.vectors import grokking_dates
+
+    rows, curves = [], {}
+    for arm in ("recipe", "gamma", "grokfast"):
+        for _group, seed, _cfg, out in arm_items(args, arm):
+            try:
+                run = gi.load_run(out)
+                ev = run.metrics
+            except gi.GrokinterpError:
+                continue
+            ev = ev[ev["test_acc"].notna()]
+            if not len(ev):
+                continue
+            tc = run.config.train
+            d = grokking_dates(ev, run.config.steps_per_epoch())
+            curves[out.name] = ev
+            wn = None
+            try:
+                from grokinterp.analysis.vectors import weight_norms
+
+                w = weight_norms(run, run.epochs[[0, -1]])
+                wn = (float(w["weight_norm"].iloc[0]), float(w["weight_norm"].iloc[-1]))
+            except gi.GrokinterpError:
+                pass
+            rows.append({"arm": arm, "seed": seed, "task": run.config.task.operation, "weight_decay": tc.weight_decay,
+                         "grokfast": "grokfast_ema" in tc.grad_transforms, "train_100_step": d.train_100_step,
+                         "test_at_train_100": d.test_at_train_100, "test_final": d.test_final, "rise": d.rise,
+                         "grokked": d.grokked, "generalized_step": d.generalized_step,
+                         "t_gen": first_step(ev, args.level),
+                         **{f"t_test_{lv:g}": first_step(ev, lv) for lv in LEVELS},
+                         "steps_trained": int(ev["step"].iloc[-1]),
+                         "budget_steps": run.config.total_steps(), "finished": bool(run.finished),
+                         "weight_norm_start": wn[0] if wn else None, "weight_norm_end": wn[1] if wn else None,
+                         "run": str(out)})
+    df = pd.DataFrame(rows)
+    try:  # wall times of arms trained by earlier invocations
+        import json
+
+        walls = {**json.loads((args.out / "summary.json").read_text()).get("walls_s", {}), **walls}
+    except (OSError, ValueError):
+        pass
+    out = {"settings": S.settings(args), "theirs": THEIRS, "cpu": cpu_name(), "walls_s": walls, "runs": rows}
+    if len(df):
+        per = {}
+        for (arm, wd), g in df.groupby(["arm", "weight_decay"], sort=False):
+            trained = int(g["steps_trained"].max())
+            per[f"{arm} wd={wd:g}"] = {
+                "n": len(g), "grokked": int(g["grokked"].sum()),
+                "train_100_step": S.seed_spread(g["train_100_step"].tolist()),
+                "test_at_train_100": S.seed_spread(g["test_at_train_100"].tolist()),
+                "test_final": S.seed_spread(g["test_final"].tolist()),
+                "rise": S.seed_spread(g["rise"].tolist()),
+                "t_gen": S.seed_spread(g["t_gen"].tolist(), trained)}
+        out["groups"] = per
+        for lv in LEVELS:
+            col = f"t_test_{lv:g}"
+            g_ = df[df["arm"] == "gamma"].dropna(subset=[col])
+            if len(g_):
+                out[f"gamma_law_{lv:g}"] = slope_interval(np.log(g_["weight_decay"]), np.log(g_[col].astype(float)))
+            rec_, gf_ = df[df["arm"] == "recipe"], df[df["arm"] == "grokfast"]
+            if len(rec_) and len(gf_):
+                a_ = S.seed_spread(rec_[col].tolist(), int(rec_["steps_trained"].max()))
+                b_ = S.seed_spread(gf_[col].tolist(), int(gf_["steps_trained"].max()))
+                ok = b_["n_reached"] >= b_["n"] // 2 + 1
+                out[f"grokfast_ratio_{lv:g}"] = {
+                    "ratio": a_["median"] / b_["median"] if a_["median"] and b_["median"] and ok else None,
+                    "lower_bound": a_["n_reached"] < a_["n"] // 2 + 1, "recipe": a_, "grokfast": b_}
+        gam = df[df["arm"] == "gamma"].dropna(subset=["t_gen"])
+        if len(gam):
+            out["gamma_law"] = {**slope_interval(np.log(gam["weight_decay"]), np.log(gam["t_gen"].astype(float))),
+                                "x": "log weight decay", "y": "log t_gen (steps to test acc ≥ level)",
+                                "runs_not_reached": int((df[df["arm"] == "gamma"]["t_gen"].isna()).sum())}
+        rec, gf = df[df["arm"] == "recipe"], df[df["arm"] == "grokfast"]
+        if len(rec) and len(gf):
+            a = S.seed_spread(rec["t_gen"].tolist(), int(rec["steps_trained"].max()))
+            b = S.seed_spread(gf["t_gen"].tolist(), int(gf["steps_trained"].max()))
+            exact = lambda s: s["n_reached"] >= s["n"] // 2 + 1  # noqa: E731
+            out["grokfast_ratio"] = (
+                {"ratio": a["median"] / b["median"] if a["median"] and b["median"] and exact(b) else None,
+                 "lower_bound": not exact(a), "recipe_t_gen": a, "grokfast_t_gen": b, "theirs": 22.0})
+    S.write_json(args.out / "summary.json", out)
+    if len(df):
+        df.to_csv(args.out / "runs.csv", index=False)
+        fig = go.Figure()
+        for name, ev in curves.items():
+            fig.add_scatter(x=ev["step"], y=ev["test_acc"], name=f"{name} test", mode="lines")
+            fig.add_scatter(x=ev["step"], y=ev["train_acc"], name=f"{name} train", mode="lines",
+                            line={"dash": "dot"}, visible="legendonly")
+        fig.update_layout(xaxis={"type": "log", "title": "optimizer step"}, yaxis={"title": "accuracy"},
+                          height=520, title="Test accuracy (train: dotted, in the legend)")
+        table = df.drop(columns=["run"]).to_html(index=False, float_format=lambda v: f"{v:.3g}")
+        S.write_report(args.out / "omnigrok_digits.html", "Omnigrok's recipe on 8×8 digits",
+                       f"<p>CPU: {cpu_name()}. See analyses/README.md.</p>",
+                       [("Curves", "Accuracy against optimizer steps (log axis).", fig), ("Runs", "", table)])
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    walls = {}
+    if not args.report_only:
+        for arm in [a for a in args.arms.split(",") if a]:
+            items = arm_items(args, arm)
+            wall = train_stack(items, args, stop=arm != "recipe")
+            steps = 0
+            import grokinterp as gi
+
+            for *_, out in items:
+                try:
+                    steps += int(gi.load_run(out).metrics["step"].dropna().iloc[-1])
+                except (gi.GrokinterpError, IndexError):
+                    pass
+            walls[arm] = {"runs": len(items), "wall_s": wall, "model_steps": steps,
+                          "model_steps_per_s": steps / wall if wall > 0 else None}
+            print(f"{arm}: {len(items)} runs, {wall:.0f} s, {steps} model-steps", flush=True)
+            summarise(args, walls)
+    s = summarise(args, walls)
+    print({k: v for k, v in s.items() if k.startswith(("gamma_law", "grokfast_ratio"))})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
