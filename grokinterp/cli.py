@@ -460,7 +460,6 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     ll.add_argument("--no-write", action="store_true", help="print the table only")
     parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w, "llc": ll})  # type: ignore[attr-defined]
 
-    parser.subcommands.update({"train": t, "info": i, "report": r, "verify": v, "import-legacy": m, "watch": w})  # type: ignore[attr-defined]
     _add_probes_parser(sub, parser)
     return parser
 
