@@ -82,7 +82,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     added = {"task": ["split_method", "eq_logit", "n_train", "subset_seed", "random_labels", "label_seed",
                       "train_size", "data"],
              "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
-                       "input_layout", "ln_style"],
+                       "input_layout", "ln_style", "pos_embed"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
                        "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
                        "batch_size", "sampler_seed", "init_from", "init_epoch"],
