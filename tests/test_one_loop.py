@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import StopAt
 from _machine import recorded_features, same_float_machine
 from _torch_optim import torch_optimizer, torch_state_tensors
 
@@ -69,6 +70,18 @@ def test_a_stack_of_one_reproduces_the_trajectories_of_the_tree_before_one_loop(
     run = g.train_stacked([mt.config(case)], [tmp_path / case], progress=False, impl="single")[0]
     got, ref = mt.fingerprint(run), REFERENCE[case]
     assert [k for k in ref if got.get(k) != ref[k]] == []
+
+
+def test_a_stack_of_one_with_the_single_run_executor_resumes_bit_for_bit(tmp_path):
+    from grokinterp.training.stacked import StackInterrupted, resume_stacked
+
+    cfg = mt.config("ema_wn_stablemax")
+    with pytest.raises(StackInterrupted):
+        g.train_stacked([cfg], [tmp_path / "cut"], progress=False, impl="single", callbacks=[StopAt(6)])
+    assert g.load_run(tmp_path / "cut").info["stack"]["impl"] == "single"
+    resumed = mt.fingerprint(resume_stacked([tmp_path / "cut"], progress=False)[0])
+    whole = mt.fingerprint(g.train(cfg, tmp_path / "whole", progress=False))
+    assert [k for k in whole if whole[k] != resumed[k]] == []
 
 
 def test_the_single_run_executor_takes_one_full_batch_run(tmp_path):
