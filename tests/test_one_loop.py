@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import StopAt
 from _machine import recorded_features, same_float_machine
 from _torch_optim import torch_optimizer, torch_state_tensors
 
@@ -47,10 +48,8 @@ def test_single_runs_reproduce_the_trajectories_of_the_tree_before_one_loop_bit_
     assert [k for k in ref if got[k] != ref[k]] == []
 
 
-FULL_BATCH = sorted(c for c in mt.CASES if c != "minibatch")
-
-
-@pytest.mark.parametrize("case", ["adamw", "ortho_adamw", "ema_wn_stablemax", "orthograd_mse", "no_fast_path", "mlp"])
+@pytest.mark.parametrize("case", ["adamw", "ortho_adamw", "ema_wn_stablemax", "orthograd_mse", "no_fast_path", "mlp",
+                                  "minibatch"])
 def test_a_single_run_equals_a_stack_of_one_with_the_single_run_executor_bit_for_bit(case, tmp_path):
     """The stacked trainer over a stack of one with the ``single`` executor (the single-run forward and
     mean loss, gradients where autograd writes them) trains the single run's trajectory to the last
@@ -62,7 +61,7 @@ def test_a_single_run_equals_a_stack_of_one_with_the_single_run_executor_bit_for
     assert [k for k in single if single[k] != stack[k]] == []
 
 
-@pytest.mark.parametrize("case", FULL_BATCH)
+@pytest.mark.parametrize("case", sorted(mt.CASES))
 def test_a_stack_of_one_reproduces_the_trajectories_of_the_tree_before_one_loop(case, tmp_path):
     if not SAME_MACHINE:
         pytest.skip("the fixture's float features differ from this machine's (tests/_machine.py)")
@@ -71,7 +70,19 @@ def test_a_stack_of_one_reproduces_the_trajectories_of_the_tree_before_one_loop(
     assert [k for k in ref if got.get(k) != ref[k]] == []
 
 
-def test_the_single_run_executor_takes_one_full_batch_run(tmp_path):
+def test_a_stack_of_one_with_the_single_run_executor_resumes_bit_for_bit(tmp_path):
+    from grokinterp.training.stacked import StackInterrupted, resume_stacked
+
+    cfg = mt.config("ema_wn_stablemax")
+    with pytest.raises(StackInterrupted):
+        g.train_stacked([cfg], [tmp_path / "cut"], progress=False, impl="single", callbacks=[StopAt(6)])
+    assert g.load_run(tmp_path / "cut").info["stack"]["impl"] == "single"
+    resumed = mt.fingerprint(resume_stacked([tmp_path / "cut"], progress=False)[0])
+    whole = mt.fingerprint(g.train(cfg, tmp_path / "whole", progress=False))
+    assert [k for k in whole if whole[k] != resumed[k]] == []
+
+
+def test_the_single_run_executor_takes_one_run(tmp_path):
     cfg = mt.config("adamw")
     with pytest.raises(g.ConfigError, match="impl"):
         g.train_stacked([cfg, cfg.replace(init_seed=1)], [tmp_path / "a", tmp_path / "b"], progress=False,

@@ -102,7 +102,7 @@ from ..store.writer import (
 from ..tasks import split_pairs, training_labels
 from .callbacks import Callback
 from .constraints import StackedWeightNorm
-from .data import sampler_seed, stacked_epoch
+from .data import batch_indices, sampler_seed, stacked_epoch
 from .lineage import init_stack_from_parents, lineage_record
 from .loop import (
     EpochLoop,
@@ -438,9 +438,9 @@ class StackedLoop(EpochLoop):
             raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
                               f"got {mode!r}")
         self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses it with its gradient
-        if impl == "single" and (R != 1 or mode != "gather" or self.batch_size is not None):
-            raise ConfigError(f"impl: 'single' (the single-run executor) trains one full-batch run in 'gather' mode, "
-                              f"got {R} runs, mode {mode!r}, batch_size {self.batch_size}")
+        if impl == "single" and (R != 1 or mode != "gather"):
+            raise ConfigError(f"impl: 'single' (the single-run executor) trains one run in 'gather' mode, got {R} "
+                              f"runs, mode {mode!r}")
         self._model: torch.nn.Module | None = None
         self._grad: Tensor | None = None  # the single-run executor's flat gradient buffer
         # data
@@ -483,7 +483,7 @@ class StackedLoop(EpochLoop):
                                                       for t in tokens])).to(device)
             self._seeds = [sampler_seed(c) for c in self.configs]
             self._ns = [len(trn) for trn, _ in splits]
-            self._epoch_batches: tuple[int, Tensor, Tensor] | None = None
+            self._epoch_batches: tuple[int, Any, Any] | None = None
         self._batch = self.train
         # model and optimizer
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
@@ -595,6 +595,15 @@ class StackedLoop(EpochLoop):
         ``step mod k`` of epoch ``step // k`` of its own order, padded to ``batch_size`` with weight 0
         (:func:`~grokinterp.training.data.stacked_epoch`), with its own plan."""
         e, b = divmod(step, self.per_epoch)
+        if self.impl == "single":  # the single run's batch, unpadded (training/data.py batch_indices)
+            if self._epoch_batches is None or self._epoch_batches[0] != e:
+                idx = batch_indices(self._seeds[0], e, self._ns[0], self.batch_size)
+                self._epoch_batches = (e, [i.to(self.device) for i in idx], None)
+            i = self._epoch_batches[1][b]
+            y = self.train.labels[0][i]
+            return _StackSet(_SinglePlan.build(self.configs[0].model, self._tokens[0][i][None]), y[None],
+                             {"train": torch.full((1, len(i)), 1.0 / len(i), dtype=torch.float64, device=self.device)},
+                             {"train": [len(i)]})
         if self._epoch_batches is None or self._epoch_batches[0] != e:
             index, weight = stacked_epoch(self._seeds, self._ns, self.batch_size, e)
             self._epoch_batches = (e, index.to(self.device), weight.to(self.device))
