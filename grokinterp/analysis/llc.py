@@ -353,7 +353,7 @@ def sample_llc(params: dict[str, Tensor], loss_fn: LossFn, n: int, config: SGLDC
                 init = full_loss(views(w0, K)).double()
             else:
                 tot = torch.zeros(K, dtype=torch.float64, device=dev)
-                step = max(1, min(n, 4096))
+                step = max(1, min(n, 262_144 // K))  # rows per forward: bounds K × rows activations
                 for a in range(0, n, step):
                     idx = torch.arange(a, min(a + step, n), device=dev).expand(K, -1)
                     tot += loss_fn(views(w0, K), idx).double() * idx.shape[1]
