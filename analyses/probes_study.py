@@ -182,8 +182,10 @@ def measure(args) -> None:
                  "untrained_logit_margin": float(df["logit_margin"].iloc[0]),
                  "seconds_cheap_probes": t_cheap, "seconds_ntk": t_ntk, "n_ntk_checkpoints": len(ntk_eps),
                  "n_checkpoints": len(df)}
-            df.to_csv(table, mode="a", header=not table.exists(), index=False)
-            pd.DataFrame([c]).to_csv(ctl, mode="a", header=not ctl.exists(), index=False)
+            for path, new in ((table, df), (ctl, pd.DataFrame([c]))):  # rewritten whole: columns may have grown
+                both = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.exists() else new
+                both.to_csv(path.with_suffix(".tmp"), index=False)
+                path.with_suffix(".tmp").replace(path)
             print(f"probed {name}: cheap {t_cheap:.1f} s for {len(df)} checkpoints, NTK {t_ntk:.1f} s for "
                   f"{len(ntk_eps)}", flush=True)
 

@@ -325,3 +325,20 @@ def test_probes_figure_draws_the_columns_it_has():
     fig = probes_figure(df)
     assert [t.name for t in fig.data] == ["sc_train", "update_weight_cos"]  # the all-NaN RQI panel is left out
     assert probes_figure(pd.DataFrame({"epoch": [0], "train_loss": [1.0]})) is None
+
+
+def test_logit_probes_streamed_equal_whole_grid_and_the_plain_computation(tiny_run):
+    from grokinterp.analysis.inputs import residue_outputs, run_task_arrays
+    from grokinterp.model.grid import grid_outputs
+
+    eps = tiny_run.epochs[[1, -1]]
+    cols = ["sc_train", "sc_test", "logit_std", "logit_margin"]
+    whole = progress_measures(tiny_run, epochs=eps, measures=["softmax_collapse", "logit_scale"])
+    rows = progress_measures(tiny_run, epochs=eps, measures=["softmax_collapse", "logit_scale"], rows=4)
+    np.testing.assert_allclose(rows[cols].to_numpy(), whole[cols].to_numpy(), rtol=1e-6)
+    labels, train, test, valid = run_task_arrays(tiny_run)
+    params, cfg = residue_outputs({k: v[None] for k, v in tiny_run.params(int(eps[-1])).items()}, tiny_run.config.model)
+    L = grid_outputs(params, cfg).logits.reshape(1, tiny_run.p ** 2, -1)
+    assert whole["sc_train"].iloc[-1] == pytest.approx(float(softmax_collapse(L[:, train], labels[train][None])))
+    assert whole["logit_margin"].iloc[-1] == pytest.approx(float(logit_margin(L[:, train], labels[train][None])))
+    assert whole["logit_std"].iloc[-1] == pytest.approx(float(logit_std(L[:, valid])), rel=1e-6)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ...errors import AnalysisError
 
-__all__ = ["logit_std", "logit_margin"]
+__all__ = ["logit_std", "logit_margin", "pair_margins"]
 
 
 def _batch(logits: Tensor, field: str = "logits") -> None:
@@ -35,13 +35,19 @@ def logit_std(logits: Tensor) -> Tensor:
     return logits.float().std(-1, correction=0).double().mean(-1)  # float32 per pair (the logits' precision)
 
 
+def pair_margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per example ``z_y − max_{j≠y} z_j``: float64 ``[..., batch]``."""
+    if logits.ndim < 1 or logits.shape[-1] < 2:
+        raise AnalysisError(f"logits: expected [..., classes ≥ 2], got shape {list(logits.shape)}")
+    if labels.shape != logits.shape[:-1]:
+        raise AnalysisError(f"labels: expected shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
+    y = labels.long().unsqueeze(-1)
+    zy = logits.gather(-1, y).squeeze(-1).double()
+    other = logits.scatter(-1, y, float("-inf")).amax(-1).double()
+    return zy - other
+
+
 def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
     """Mean over the batch of ``z_y − max_{j≠y} z_j``: float64 ``[...]`` (``logits [..., batch, classes]``)."""
     _batch(logits)
-    if labels.shape != logits.shape[:-1]:
-        raise AnalysisError(f"labels: expected shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
-    z = logits.double()
-    y = labels.long().unsqueeze(-1)
-    zy = z.gather(-1, y).squeeze(-1)
-    other = z.scatter(-1, y, float("-inf")).amax(-1)
-    return (zy - other).mean(-1)
+    return pair_margins(logits, labels).mean(-1)

@@ -15,8 +15,8 @@ from torch import Tensor
 from ...model.grid import grid_tokens
 from ..measures.base import ChunkContext, Measure, register_measure
 from ..projections import sum_index
-from .collapse import softmax_collapse, update_weight_cosine
-from .logit_scale import logit_margin, logit_std
+from .collapse import collapsed, update_weight_cosine
+from .logit_scale import pair_margins
 from .ntk import kernel_alignment, label_kernel, ntk_defined, ntk_gram, ntk_subset
 from .rqi import DEFAULT_TOL, circle_quality, representation_quality
 
@@ -28,10 +28,24 @@ CHEAP_PROBES = ("softmax_collapse", "update_cos", "logit_scale", "rqi")
 PROBES = (*CHEAP_PROBES, "ntk_alignment")
 
 
-def _split_logits(ctx: ChunkContext, idx: Tensor) -> Tensor:
-    """The grid logits ``[n, len(idx), vocab]`` of the grid indices ``idx``."""
-    L = ctx.logits
-    return L.reshape(ctx.n, -1, L.shape[-1])[:, idx.to(L.device)]
+def _pair_stats(ctx: ChunkContext) -> tuple[Tensor, Tensor, Tensor]:
+    """Per valid pair ``[n, valid]``: collapsed (bool), label margin, logit std — one pass over the grid's blocks of
+    rows (a streamed context never holds the whole grid), cached on the context for the measures that share it."""
+    got = ctx.__dict__.get("probe_pair_stats")
+    if got is not None:
+        return got
+    a, p = ctx.arrays, ctx.arrays.p
+    coll, marg, std = [], [], []
+    for a0, a1, L in ctx.logit_blocks():
+        lo, hi = torch.searchsorted(a.valid, torch.tensor([a0 * p, a1 * p])).tolist()
+        Lv = L.reshape(ctx.n, (a1 - a0) * p, -1)[:, (a.valid[lo:hi] - a0 * p).to(L.device)]
+        y = a.y_valid[lo:hi].to(L.device).expand(ctx.n, -1)
+        coll.append(collapsed(Lv, y))
+        marg.append(pair_margins(Lv, y))
+        std.append(Lv.float().std(-1, correction=0).double())
+    got = (torch.cat(coll, 1), torch.cat(marg, 1), torch.cat(std, 1))
+    ctx.__dict__["probe_pair_stats"] = got
+    return got
 
 
 def is_addition(labels: Tensor, valid: Tensor, p: int) -> bool:
@@ -51,11 +65,9 @@ class SoftmaxCollapse(Measure):
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
         a = ctx.arrays
-        out = {}
-        for col, idx in (("sc_train", a.train), ("sc_test", a.test)):
-            out[col] = softmax_collapse(_split_logits(ctx, idx), a.labels[idx].to(ctx.device).expand(ctx.n, -1)) \
-                if len(idx) else None
-        return out
+        coll = _pair_stats(ctx)[0].double()
+        return {col: coll[:, pos].mean(-1) if len(pos) else None
+                for col, pos in (("sc_train", a.train_pos), ("sc_test", a.test_pos))}
 
 
 class UpdateWeightCosine(Measure):
@@ -88,10 +100,9 @@ class LogitScale(Measure):
     }
 
     def compute(self, ctx: ChunkContext) -> dict[str, Tensor | None]:
-        a = ctx.arrays
-        return {"logit_std": logit_std(_split_logits(ctx, a.valid)),
-                "logit_margin": logit_margin(_split_logits(ctx, a.train),
-                                             a.labels[a.train].to(ctx.device).expand(ctx.n, -1))}
+        _, marg, std = _pair_stats(ctx)
+        pos = ctx.arrays.train_pos
+        return {"logit_std": std.mean(-1), "logit_margin": marg[:, pos].mean(-1) if len(pos) else None}
 
 
 class RQI(Measure):
