@@ -252,3 +252,29 @@ def test_report_shows_the_lineage(parent, tmp_path):
     assert code == 0, err
     text = (tmp_path / "r.html").read_text()
     assert "lineage</th><td>started from" in text and "trains on 60 of the parent" in text
+
+
+def test_child_resumes_without_its_parent_once_flushed(parent, tmp_path):
+    p2 = tmp_path / "p2"
+    shutil.copytree(parent, p2)
+    cfg = child_config(p2, 10, n_train=50, epochs=14)
+    full = gi.train(cfg, tmp_path / "full", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        gi.train(cfg, tmp_path / "cut", progress=False, callbacks=[StopAt(7)])
+    shutil.rmtree(p2)  # the parent is gone: the child's own state is enough
+    resumed = gi.resume(tmp_path / "cut", progress=False)
+    assert _all_checkpoints_equal(full, resumed)
+
+
+def test_stacked_children_resume_bit_identical(parent, tmp_path):
+    from grokinterp.training.stacked import resume_stacked
+
+    cfgs = [child_config(parent, 20, n_train=60, epochs=12), child_config(parent, 30, n_train=40, random_labels=True,
+                                                                          epochs=12)]
+    full = train_stacked(cfgs, [tmp_path / "f0", tmp_path / "f1"], progress=False)
+    cut = [tmp_path / "c0", tmp_path / "c1"]
+    with pytest.raises(KeyboardInterrupt):
+        train_stacked(cfgs, cut, progress=False, callbacks=[StopAt(5)])
+    resumed = resume_stacked(cut, progress=False)
+    for a, b in zip(full, resumed):
+        assert _all_checkpoints_equal(a, b) and a.metrics.equals(b.metrics)

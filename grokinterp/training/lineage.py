@@ -26,8 +26,9 @@ Decisions (NOTES.md, "Continuing a run on changed data (issue 21)"):
   SHA-256 of the parent's ``run.json``, ``split.safetensors`` and the shard holding the checkpoint
   (from its manifest, checked by ``verify``), the SHA-256 of the checkpoint's parameters as
   loaded, how the subset and labels were drawn, the optimizer choice and the parent's own lineage.
-- **Resume.** A child resumes as any run does; before its first flush it starts again from the
-  parent's checkpoint, whose parameter digest must still match the recorded one.
+- **Resume.** A child resumes as any run does, from its own state; only before its first flush
+  (no state yet) does it read the parent's checkpoint again, whose parameter digest must then still
+  match the recorded one.
 
 Example:
     >>> import grokinterp as gi                                                   # doctest: +SKIP
@@ -285,11 +286,17 @@ def _effective_epoch(config: RunConfig, run_dir: Path | None) -> RunConfig:
                      checkpoints=config.checkpoints)
 
 
+def _has_state(run_dir: Path | None) -> bool:
+    """The run has flushed its training state: a resume loads its parameters from there, and the
+    parent is not read (it may have moved or gone since)."""
+    return run_dir is not None and os.path.lexists(Path(run_dir) / layout.STATE_FILE)
+
+
 @torch.no_grad()
 def init_from_parent(params: dict[str, Tensor], config: RunConfig, run_dir: Path | None = None) -> None:
     """Overwrite a single run's parameters (``{name: Parameter}``) with its parent's checkpoint (a no-op
     without ``train.init_from``). ``run_dir``: the child's directory, whose recorded digest is checked."""
-    if config.train.init_from is None:
+    if config.train.init_from is None or _has_state(run_dir):
         return
     src = parent_params(_effective_epoch(config, run_dir), _recorded_digest(run_dir))
     for name, p in params.items():
@@ -302,9 +309,9 @@ def init_stack_from_parents(params: dict[str, Tensor], configs: Sequence[RunConf
     """The same for a stack: ``params`` are ``{name: [run, ...]}`` views; run ``r`` with a parent gets
     its parent's checkpoint, the others keep their seeded initialisation."""
     for r, cfg in enumerate(configs):
-        if cfg.train.init_from is None:
-            continue
         d = None if run_dirs is None else run_dirs[r]
+        if cfg.train.init_from is None or _has_state(d):
+            continue
         src = parent_params(_effective_epoch(cfg, d), _recorded_digest(d))
         for name, p in params.items():
             p[r].copy_(src[name].to(p.device, p.dtype))
