@@ -7,7 +7,9 @@ first on ``sys.path`` which measures through the public API only (the same code 
   checkpoints (ms per epoch, set-up included: plan, first and last flush);
 * ``train_ckpt``: the same with a checkpoint every 10 epochs;
 * ``quick``: ``grokinterp.train`` of the ``quick`` preset for ``--epochs`` epochs with its own
-  checkpoint schedule (ms per epoch) — issue 19's single-run target;
+  checkpoint schedule (ms per epoch) — issue 19's single-run target; ``quick_cpu`` (and
+  ``stack16_cpu``) the process's CPU time for the same call, which a machine shared with other
+  jobs disturbs far less than wall time;
 * ``stack16``: ``grokinterp.train_stacked`` of 16 ``tiny`` runs (seeds 0..15) for ``--epochs`` epochs
   (ms per model-epoch) — issue 19's stacked target;
 * ``analysis``: ``grokinterp.progress_measures`` on a synthetic 400-checkpoint p = 113 run (the one
@@ -50,15 +52,17 @@ if what in ("train", "all"):
 if what in ("quick", "issue19"):
     with tempfile.TemporaryDirectory() as tmp:
         cfg = g.make_config("quick", epochs=epochs, device="cpu")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g.train(cfg, Path(tmp) / "q", progress=False)
         out["quick"] = (time.perf_counter() - t0) / epochs * 1e3
+        out["quick_cpu"] = (time.process_time() - c0) / epochs * 1e3
 if what in ("stack16", "issue19"):
     with tempfile.TemporaryDirectory() as tmp:
         cfgs = [g.make_config("tiny", epochs=epochs, init_seed=s, split_seed=s, device="cpu") for s in range(16)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g.train_stacked(cfgs, [Path(tmp) / f"s{s}" for s in range(16)], progress=False)
         out["stack16"] = (time.perf_counter() - t0) / (16 * epochs) * 1e3
+        out["stack16_cpu"] = (time.process_time() - c0) / (16 * epochs) * 1e3
 if what in ("analysis", "all"):
     run = g.load_run(run_dir)
     t0 = time.perf_counter()
@@ -102,7 +106,8 @@ def main() -> None:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores")
     print(f"A = {trees['A']} ({results['A'][0]['file']})\nB = {trees['B']} ({results['B'][0]['file']})")
     for key, unit in (("train", "ms/epoch"), ("train_ckpt", "ms/epoch"), ("quick", "ms/epoch"),
-                      ("stack16", "ms/model-epoch"), ("analysis", "s")):
+                      ("quick_cpu", "CPU ms/epoch"), ("stack16", "ms/model-epoch"),
+                      ("stack16_cpu", "CPU ms/model-epoch"), ("analysis", "s")):
         if key not in results["A"][0]:
             continue
         a, b = (statistics.median(x[key] for x in results[t]) for t in ("A", "B"))

@@ -324,36 +324,45 @@ class StackedOptimizer:
         return out
 
     def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
-        """Restore run ``r`` from its state file's ``opt/`` tensors (checked like a single run's)."""
-        keep = self.slot_names(self.tcs[r])
-        got = {k: t for k, t in tensors.items() if k.startswith("opt/")}
-        if not got:
+        """Restore run ``r`` from its state file's ``opt/<param>/<slot>`` tensors, checked against the
+        model first (the checks and messages of the single-run trainer of earlier releases): every key
+        names a parameter and a slot this optimizer keeps (:meth:`slot_names`), with the parameter's
+        shape and dtype or as a scalar; every parameter has all the slots, with one step count."""
+        tc = self.tcs[r]
+        keep = self.slot_names(tc)
+        shapes = dict(zip(self.layout.names, self.layout.shapes))
+        per_param: dict[str, dict[str, Tensor]] = {}
+        for key, t in tensors.items():
+            if not key.startswith("opt/"):
+                continue
+            name, _, slot = key[4:].rpartition("/")
+            if name not in shapes or slot not in keep:
+                ok = False
+            elif keep[slot]:
+                ok = tuple(t.shape) == shapes[name] and t.dtype == self.flat.dtype
+            else:
+                ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
+            if not ok:
+                raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {tc.optimizer} "
+                               f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
+            per_param.setdefault(name, {})[slot] = t
+        if not per_param:  # saved before the first step (torch keeps no state then)
             return
-        step = None
-        views = {slot: self.layout.views(self.state[slot][r]) for slot in self.slots}
-        for name, shape in zip(self.layout.names, self.layout.shapes):
-            for slot, shaped in keep.items():
-                t = got.pop(f"opt/{name}/{slot}", None)
-                if t is None:
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} is missing")
-                if shaped and (tuple(t.shape) != shape or t.dtype != self.flat.dtype):
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} has shape {list(t.shape)}, "
-                                   f"expected {list(shape)}")
-                if not shaped and t.ndim != 0:
-                    raise RunError(f"{where}: optimizer state opt/{name}/{slot} must be a scalar")
-                if slot == "step":
-                    if step is not None and float(t) != step:
-                        raise RunError(f"{where}: optimizer step counts differ between parameters")
-                    step = float(t)
-                elif slot in views:
-                    with torch.no_grad():
-                        views[slot][name].copy_(t)
-                else:
-                    raise RunError(f"{where}: the stacked {self.tcs[r].optimizer} optimizer keeps no slot {slot!r}")
-        if got:
-            raise RunError(f"{where}: optimizer state {sorted(got)[:3]} does not match the model and the "
-                           f"{self.tcs[r].optimizer} optimizer")
-        self.step_count[r] = step if step is not None else 1.0
+        for name in self.layout.names:
+            slots = per_param.get(name, {})
+            if set(slots) != set(keep):
+                raise RunError(f"{where}: optimizer state of {name} is incomplete (has {sorted(slots)}, the "
+                               f"{tc.optimizer} optimizer keeps {sorted(keep)})")
+        steps = {float(slots["step"]) for slots in per_param.values() if "step" in slots}
+        if len(steps) > 1:
+            raise RunError(f"{where}: optimizer step counts differ between parameters ({sorted(steps)[:3]})")
+        with torch.no_grad():
+            for slot in self.slots:
+                views = self.layout.views(self.state[slot][r])
+                for name, slots in per_param.items():
+                    if slot in slots:
+                        views[name].copy_(slots[slot])
+        self.step_count[r] = steps.pop() if steps else 1.0
 
 
 class StackedAdamW(StackedOptimizer):
