@@ -44,7 +44,7 @@ PARTS = {
     "tiny": ("tiny", {"epochs": 1000, "every": 5},
              dict(epsilon=1e-3, gamma=100.0, nbeta=10.0, draws=300, batch_size=64), 1),
     "quick": ("quick", {"epochs": 2000, "every": 50, "live_every": 0},
-              dict(epsilon=1e-3, gamma=100.0, nbeta=None, draws=200, batch_size=64), 2),
+              dict(epsilon=1e-3, gamma=100.0, nbeta=10.0, draws=200, batch_size=64), 2),
 }
 DENSE_UNTIL = {"tiny": (300, 50)}  # part -> (every checkpoint up to this epoch, then every this many epochs)
 FINAL_CALL = dict(epsilon=0.03, gamma=5.0, nbeta=2.0, chains=3, draws=1500, batch_size=128)  # their 27.6

@@ -274,3 +274,24 @@ def test_the_sampler_runs_on_the_gpu_and_recovers_d_over_2():
     r = sample_llc({"w": torch.zeros(1, 6, device="cuda")}, lambda P, idx: 0.5 * (P["w"].pow(2) * h_gpu).sum(1), 1,
                    cfg, device="cuda")
     assert r.mean[0] == pytest.approx(_exact(h, 100.0, 1.0, 1e-3), rel=0.05)
+
+
+def test_llc_help_answers_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom grokinterp.cli import main\ntry:\n    main(['llc', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO_TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "--draws" in out.stdout and "%%" not in out.stdout
+    assert out.stdout.strip().endswith("NO_TORCH"), out.stdout[-200:]
+
+
+def test_the_acceptance_stays_exact_in_many_dimensions():
+    """2·10⁵ parameters, a tiny step: the true MALA acceptance is ≈ 1 (log α is a difference of sums over every
+    parameter; it must not drown in their rounding)."""
+    d = 200_000
+    r = sample_llc({"w": torch.zeros(1, d)}, _quadratic(np.ones(d)), 1,
+                   SGLDConfig(epsilon=1e-4, gamma=1.0, nbeta=10.0, chains=2, draws=40, batch_size=None,
+                              accept_every=1))
+    assert r.acceptance.min() > 0.97

@@ -371,28 +371,33 @@ def sample_llc(params: dict[str, Tensor], loss_fn: LossFn, n: int, config: SGLDC
     sq = math.sqrt(eps)
 
     def potential(wt: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(L_B [R], U [R] float64, ∇U [R, P]) at ``wt`` on the batches ``idx``: U = nβ L_B + γ/2 ‖w − w*‖²."""
+        """(L_B [R], None, ∇U [R, P]) at ``wt`` on the batches ``idx``: U = nβ L_B + γ/2 ‖w − w*‖²."""
         wt = wt.detach().requires_grad_(True)
         loss = loss_fn(views(wt, R), idx)
         (grad,) = torch.autograd.grad(loss.sum(), wt)
         with torch.no_grad():
-            d = wt.detach() - anchor
-            U = nbeta * loss.detach().double() + (0.5 * gamma) * d.pow(2).sum(1).double()
-            return loss.detach(), U, grad.mul_(nbeta).add_(d, alpha=gamma)
+            return loss.detach(), None, grad.mul_(nbeta).add_(wt.detach() - anchor, alpha=gamma)
 
     for t in range(c.burnin + c.draws):
         idx = nxt().repeat(K, 1)  # [R, m]: chain c's batch at every checkpoint
-        loss, U, gU = potential(w, idx)
+        loss, _, gU = potential(w, idx)
         with torch.no_grad():
             if t >= c.burnin:
                 trace[:, :, t - c.burnin] = loss.view(K, C)
             xi = torch.randn(C, P_, generator=g, device=dev)
             w_new = (w - (0.5 * eps) * gU).view(K, C, P_).add_(xi, alpha=sq).view(R, P_)
         if t % c.accept_every == 0:  # this transition as a MALA proposal, on its own batch
-            _, U1, gU1 = potential(w_new, idx)
+            loss1, _, gU1 = potential(w_new, idx)
             with torch.no_grad():
-                back = (gU.add(gU1).mul_(0.5 * eps).view(K, C, P_) - sq * xi).pow(2).sum(2).view(R).double()
-                log_a = (U - U1) + (0.5 * xi.pow(2).sum(1).double()).repeat(K) - back / (2 * eps)
+                # log α = U − U' − ‖a‖²/2 + a·ξ, a = √ε/2 (∇U + ∇U'): the proposal densities' ‖ξ‖² cancel
+                # analytically rather than as two large float sums; U − U' from its parts, in float64 sums:
+                # nβ (L − L') − γ/2 (w' − w)·(w' + w − 2 w*)
+                a = gU.add(gU1).mul_(0.5 * sq).view(K, C, P_)
+                step = (w_new - w).view(K, C, P_)
+                loc = (step * ((w_new - anchor) + (w - anchor)).view(K, C, P_)).double().sum(2).view(R)
+                dU = nbeta * (loss.double() - loss1.double()) - 0.5 * gamma * loc
+                quad = a.double().pow(2).sum(2).view(R) / 2 - (a * xi).double().sum(2).view(R)
+                log_a = dU - quad
                 acc_sum += torch.nan_to_num(torch.exp(torch.clamp(log_a, max=0.0)), nan=0.0)
                 acc_n += 1
         w = w_new
