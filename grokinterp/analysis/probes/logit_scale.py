@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ...errors import AnalysisError
@@ -42,9 +43,10 @@ def pair_margins(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.shape != logits.shape[:-1]:
         raise AnalysisError(f"labels: expected shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
     y = labels.long().unsqueeze(-1)
-    zy = logits.gather(-1, y).squeeze(-1).double()
-    other = logits.scatter(-1, y, float("-inf")).amax(-1).double()
-    return zy - other
+    zy = logits.gather(-1, y).squeeze(-1)
+    top, idx = logits.topk(2, dim=-1)  # the best other logit: the runner-up where the label is the top one
+    other = torch.where(idx[..., 0] == y[..., 0], top[..., 1], top[..., 0])
+    return zy.double() - other.double()
 
 
 def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:

@@ -96,13 +96,16 @@ def representation_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_T
     L, R = parallelograms(int(p), bool(modular)) if p <= MAX_EXACT_P else sampled_parallelograms(int(p), bool(modular))
     a, b, c, d = L[:, 0], L[:, 1], R[:, 0], R[:, 1]
     closed = torch.zeros(E.shape[0], dtype=torch.float64)
+    Gf = G.reshape(G.shape[0], -1)  # flat [n, p²]: one gather per term
+    diag = torch.diagonal(G, dim1=1, dim2=2)  # [n, p]
     step = 1 << 16
     for lo in range(0, len(a), step):
         i = slice(lo, lo + step)
         ai, bi, ci, di = a[i], b[i], c[i], d[i]
-        gap2 = (G[:, ai, ai] + G[:, bi, bi] + G[:, ci, ci] + G[:, di, di]
-                + 2 * (G[:, ai, bi] + G[:, ci, di] - G[:, ai, ci] - G[:, ai, di] - G[:, bi, ci] - G[:, bi, di]))
-        closed += (gap2 <= (tol ** 2) * scale2[:, None]).double().sum(-1)
+        sq = diag[:, ai] + diag[:, bi] + diag[:, ci] + diag[:, di]
+        cross = Gf[:, ai * p + bi] + Gf[:, ci * p + di] - Gf[:, ai * p + ci] - Gf[:, ai * p + di] \
+            - Gf[:, bi * p + ci] - Gf[:, bi * p + di]
+        closed += (sq + 2 * cross <= (tol ** 2) * scale2[:, None]).double().sum(-1)
     out = torch.where(scale2 > 0, closed / len(a), torch.full_like(closed, float("nan")))
     return out[0] if single else out
 
@@ -149,7 +152,7 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, freq
     E = E[:, :p].double()
     E = E - E.mean(1, keepdim=True)
     L, R = parallelograms(int(p), True) if p <= MAX_EXACT_P else sampled_parallelograms(int(p), True)
-    a, b, c, d = L[:, 0], L[:, 1], R[:, 0], R[:, 1]
+    left, right = L[:, 0] * p + L[:, 1], R[:, 0] * p + R[:, 1]  # flat indices of the products z_a z_b, z_c z_d
     x = torch.arange(p, dtype=torch.float64)
     best = torch.zeros(E.shape[0], dtype=torch.float64)
     ks = list(range(1, (p - 1) // 2 + 1)) if freqs is None else [int(k) for k in freqs]
@@ -167,7 +170,8 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, freq
         W = evecs @ torch.diag_embed(evals.clamp_min(1e-300).rsqrt()) @ evecs.transpose(1, 2)
         Z = X @ W  # whitened: RMS |z| = sqrt(2)
         z = torch.complex(Z[..., 0], Z[..., 1]) / (2 ** 0.5)
-        gap = (z[:, a] * z[:, b] - z[:, c] * z[:, d]).abs()
-        share = (gap <= tol).double().mean(-1)
+        prod = torch.view_as_real((z[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1))  # [n, p², 2] z_a z_b
+        diff = prod[:, left] - prod[:, right]
+        share = (diff.square().sum(-1) <= tol ** 2).double().mean(-1)
         best = torch.maximum(best, torch.where(ok, share, torch.zeros_like(share)))
     return best[0] if single else best
