@@ -55,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--d-mlp", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--kinds", default="generalizing,memorizing",
+                    help="which runs to train at each D (default both; 'generalizing' alone: a long-budget check of "
+                         "grokking / semi-grokking near D_crit)")
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/circuit_efficiency"))
     ap.add_argument("--out", type=Path, default=Path("analyses/results/circuit_efficiency"))
     return ap.parse_args(argv)
@@ -164,6 +167,8 @@ def main(argv=None) -> int:
         cfgs, outs, meta = [], [], []
         for seed in args.seeds:
             for kind, rl in (("generalizing", False), ("memorizing", True)):
+                if kind not in args.kinds.split(","):
+                    continue
                 cfgs.append(config(args, D, seed, rl))
                 outs.append(args.runs_dir / f"D{D}_{kind}_seed{seed}")
                 meta.append((kind, seed))

@@ -627,8 +627,9 @@ def train(
     n_threads = DEFAULT_THREADS if threads is None else check_threads(threads)
     cbs = loop_callbacks(progress, callbacks)
     out = Path(out)
-    lineage = lineage_record(config) if check_out_dir(out, config, overwrite) != "same" else None  # refusals
-    if check_out_dir(out, config, overwrite) != "same":
+    new = check_out_dir(out, config, overwrite) != "same"
+    lineage = lineage_record(config) if new else None  # a parent's checks and record (lineage.py)
+    if new:
         preflight(config, device, out)
     with claim_run_dirs([out], [config], overwrite) as claim:
         lock = claim.locks[0]
