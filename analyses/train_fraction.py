@@ -83,7 +83,8 @@ def main(argv=None) -> int:
         circuit_rule = circuit.rule
         dates.append({"n_train": run.info["n_train"], "circuit_formed": circuit.epoch, "lead_time": circuit.lead_time,
                       "key_freqs": " ".join(map(str, measures.attrs["key_freqs"])), **phases.dates()})
-    df = df.reset_index(drop=True).join(pd.DataFrame(dates))
+    # the table's n_train is the config field task.n_train (a subset size, unset here); ours is the run's count
+    df = df.drop(columns=["n_train"], errors="ignore").reset_index(drop=True).join(pd.DataFrame(dates))
     cols = ["frac_train", "seed", "n_train", "epochs_to_train_99", "epochs_to_test_99", "circuit_formed", "lead_time",
             "key_freqs", *rules, "final_test_acc", "final_test_loss", "run"]
     df = df[cols]
