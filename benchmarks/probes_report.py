@@ -3,8 +3,8 @@
 Times :func:`~grokinterp.analysis.measures.progress_measures` over a run's checkpoints with the default measures
 (the plain report before the probes) and with the default measures plus the cheap probes the report now adds
 (softmax collapse, update cosine, logit scale, RQI), interleaved, ``--repeats`` times each; prints the medians and
-their ratio, then the NTK alignment's cost per checkpoint (opt-in, not in the report). Also times the whole
-``write_report`` once with the probes.
+their ratio, then the NTK alignment's cost per checkpoint (opt-in, not in the report), then the whole
+``write_report`` with and without the probes (``analysis.summary.REPORT_PROBES`` emptied), interleaved.
 
 Example:
     OMP_NUM_THREADS=1 python benchmarks/probes_report.py checkpoints/study_probes/add-p59-adamw_wd-s0
@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ntk-checkpoints", type=int, default=2)
+    ap.add_argument("--report-repeats", type=int, default=3)
     args = ap.parse_args(argv)
 
     import torch
@@ -64,10 +65,22 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     progress_measures(run, epochs=eps, measures=["ntk_alignment"])
     print(f"NTK alignment (32 inputs, opt-in): {(time.perf_counter() - t) / len(eps):.2f} s per checkpoint")
+    import grokinterp.analysis.summary as summary
+
+    kept = summary.REPORT_PROBES
+    with_p, without = [], []
     with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        write_report(run, Path(d) / "report.html")
-        print(f"write_report with the probes: {time.perf_counter() - t:.1f} s")
+        for _ in range(args.report_repeats):
+            for probes_on, times in ((False, without), (True, with_p)):
+                summary.REPORT_PROBES = kept if probes_on else ()
+                t = time.perf_counter()
+                write_report(run, Path(d) / "report.html")
+                times.append(time.perf_counter() - t)
+    summary.REPORT_PROBES = kept
+    rw, rp = statistics.median(without), statistics.median(with_p)
+    print(f"write_report without the probes: median {rw:.2f} s  ({', '.join(f'{x:.2f}' for x in without)})")
+    print(f"write_report with the probes:    median {rp:.2f} s  ({', '.join(f'{x:.2f}' for x in with_p)})")
+    print(f"report ratio with / without probes: {rp / rw:.3f}")
     return 0
 
 

@@ -14,6 +14,8 @@ module                       what it holds
                              irreps' matrix elements for any group structure)
 ``losses``                   cross-entropy on grid logits; restricted and excluded loss
 ``measures``                 progress measures: Measure protocol, registry, chunked driver
+``probes``                   NTK–label alignment, RQI, softmax collapse, update–weight cosine, logit
+                             scale (issue 20): functions and opt-in measures
 ``neurons``                  neuron activations, 2-D Fourier FVE, frequency clusters
 ``logits``                   the cos(w(a+b−c)) fit and 2-D spectra of the logits
 ``ablations``                circuit ablations in one tidy table layout

@@ -95,8 +95,10 @@ def update_weight_cosine(prev: dict[str, Tensor], cur: dict[str, Tensor]) -> Ten
     for k in prev:
         if prev[k].shape != cur[k].shape:
             raise AnalysisError(f"params[{k!r}]: shapes differ ({list(prev[k].shape)} vs {list(cur[k].shape)})")
-        t = prev[k].double().reshape(prev[k].shape[0], -1)
-        u = cur[k].double().reshape(t.shape) - t
-        dot, nu, nt = dot + (u * t).sum(-1), nu + u.pow(2).sum(-1), nt + t.pow(2).sum(-1)
+        t = prev[k].reshape(prev[k].shape[0], -1)
+        u = cur[k].reshape(t.shape) - t  # the weights' own precision; each tensor's sums added in float64
+        dot = dot + (u * t).sum(-1, dtype=torch.float64)
+        nu = nu + u.square().sum(-1, dtype=torch.float64)
+        nt = nt + t.square().sum(-1, dtype=torch.float64)
     den = (nu * nt).sqrt()
     return torch.where(den > 0, dot / den.clamp_min(1e-300), torch.full_like(den, float("nan")))

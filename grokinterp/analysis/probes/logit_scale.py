@@ -17,12 +17,11 @@ Example:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from ...errors import AnalysisError
 
-__all__ = ["logit_std", "logit_margin", "pair_margins"]
+__all__ = ["logit_std", "logit_margin", "pair_margins", "pair_std"]
 
 
 def _batch(logits: Tensor, field: str = "logits") -> None:
@@ -33,7 +32,17 @@ def _batch(logits: Tensor, field: str = "logits") -> None:
 def logit_std(logits: Tensor) -> Tensor:
     """Mean over the batch of the per-example population std of the logits over the classes: float64 ``[...]``."""
     _batch(logits)
-    return logits.float().std(-1, correction=0).double().mean(-1)  # float32 per pair (the logits' precision)
+    return pair_std(logits).mean(-1)
+
+
+def pair_std(logits: Tensor) -> Tensor:
+    """Per example population std of the logits over the classes: float64 ``[..., batch]``.
+
+    In float32 as ``sqrt(E[x²] − E[x]²)`` of the logits shifted by their first entry (the std is shift-free, and
+    the shift keeps the two moments of the same size, so the difference does not cancel)."""
+    x = logits.float()
+    x = x - x[..., :1]
+    return (x.square().mean(-1) - x.mean(-1).square()).clamp_min(0).sqrt().double()
 
 
 def pair_margins(logits: Tensor, labels: Tensor) -> Tensor:
@@ -44,8 +53,7 @@ def pair_margins(logits: Tensor, labels: Tensor) -> Tensor:
         raise AnalysisError(f"labels: expected shape {list(logits.shape[:-1])}, got {list(labels.shape)}")
     y = labels.long().unsqueeze(-1)
     zy = logits.gather(-1, y).squeeze(-1)
-    top, idx = logits.topk(2, dim=-1)  # the best other logit: the runner-up where the label is the top one
-    other = torch.where(idx[..., 0] == y[..., 0], top[..., 1], top[..., 0])
+    other = logits.scatter(-1, y, float("-inf")).amax(-1)  # the best other logit
     return zy.double() - other.double()
 
 

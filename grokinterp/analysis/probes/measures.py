@@ -16,7 +16,7 @@ from ...model.grid import grid_tokens
 from ..measures.base import ChunkContext, Measure, register_measure
 from ..projections import sum_index
 from .collapse import collapsed, update_weight_cosine
-from .logit_scale import pair_margins
+from .logit_scale import pair_margins, pair_std
 from .ntk import kernel_alignment, label_kernel, ntk_defined, ntk_gram, ntk_subset
 from .rqi import DEFAULT_TOL, circle_quality, representation_quality
 
@@ -42,7 +42,7 @@ def _pair_stats(ctx: ChunkContext) -> tuple[Tensor, Tensor, Tensor]:
         y = a.y_valid[lo:hi].to(L.device).expand(ctx.n, -1)
         coll.append(collapsed(Lv, y))
         marg.append(pair_margins(Lv, y))
-        std.append(Lv.float().std(-1, correction=0).double())
+        std.append(pair_std(Lv))
     got = (torch.cat(coll, 1), torch.cat(marg, 1), torch.cat(std, 1))
     ctx.__dict__["probe_pair_stats"] = got
     return got

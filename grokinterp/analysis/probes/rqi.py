@@ -169,9 +169,8 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, freq
         ok = evals[:, 0] > 1e-12 * evals[:, 1].clamp_min(1e-300)
         W = evecs @ torch.diag_embed(evals.clamp_min(1e-300).rsqrt()) @ evecs.transpose(1, 2)
         Z = X @ W  # whitened: RMS |z| = sqrt(2)
-        z = torch.complex(Z[..., 0], Z[..., 1]) / (2 ** 0.5)
-        prod = torch.view_as_real((z[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1))  # [n, p², 2] z_a z_b
-        diff = prod[:, left] - prod[:, right]
-        share = (diff.square().sum(-1) <= tol ** 2).double().mean(-1)
+        z = torch.complex(Z[..., 0], Z[..., 1]).to(torch.complex64) / (2 ** 0.5)  # float32: ample for tol ~ 0.1
+        prod = (z[:, :, None] * z[:, None, :]).reshape(z.shape[0], -1)  # [n, p²] the products z_a z_b
+        share = ((prod[:, left] - prod[:, right]).abs() <= tol).double().mean(-1)
         best = torch.maximum(best, torch.where(ok, share, torch.zeros_like(share)))
     return best[0] if single else best
