@@ -251,6 +251,9 @@ def summarise(args, walls: dict) -> dict:
                 out[f"grokfast_ratio_{lv:g}"] = {
                     "ratio": a_["median"] / b_["median"] if a_["median"] and b_["median"] and ok else None,
                     "lower_bound": a_["n_reached"] < a_["n"] // 2 + 1, "recipe": a_, "grokfast": b_}
+        both = df[df["arm"].isin(["gamma", "recipe"])].dropna(subset=["t_gen"])
+        if len(both) and (both["arm"] == "recipe").any():  # the law over γ ∈ {0.01} ∪ --gammas
+            out["gamma_law_with_recipe"] = slope_interval(np.log(both["weight_decay"]), np.log(both["t_gen"].astype(float)))
         gam = df[df["arm"] == "gamma"].dropna(subset=["t_gen"])
         if len(gam):
             out["gamma_law"] = {**slope_interval(np.log(gam["weight_decay"]), np.log(gam["t_gen"].astype(float))),
@@ -269,6 +272,7 @@ def summarise(args, walls: dict) -> dict:
         df.to_csv(args.out / "runs.csv", index=False)
         fig = go.Figure()
         for name, ev in curves.items():
+            ev = ev.iloc[:: max(1, len(ev) // 150)]  # at most ~150 points a curve: the page stays small
             fig.add_scatter(x=ev["step"], y=ev["test_acc"], name=f"{name} test", mode="lines")
             fig.add_scatter(x=ev["step"], y=ev["train_acc"], name=f"{name} train", mode="lines",
                             line={"dash": "dot"}, visible="legendonly")
