@@ -79,8 +79,11 @@ def test_functional_forward_equals_the_hooked_module_values_and_gradients(n_laye
         ref = model(tokens[r])[:, -1]
         (ref * weights[r]).sum().backward()
         assert close(out[r].detach(), ref.detach()), (r, "logits")
+        # float32 rounding of two orders of summation: with these noisy weights and no LayerNorm the
+        # second block's W_Q gradients part by up to 1.7e-4 of their scale on a 2-core AMD EPYC (< 1e-4 on
+        # an Intel Xeon); a wrong term would be off by O(1)
         for name, p in model.named_parameters():
-            assert close(stacked[name].grad[r], p.grad, rel=1e-4), (r, name)
+            assert close(stacked[name].grad[r], p.grad, rel=1e-3), (r, name)
 
 
 def test_the_layouts_tokens_and_attention():

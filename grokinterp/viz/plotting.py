@@ -688,6 +688,9 @@ def probes_figure(measures: pd.DataFrame, *, title: str = "Probes of numerical s
                               row=i, col=1)
     fig.update_layout(template="plotly_white", title=title, height=max(300, 200 * len(panels)))
     fig.update_xaxes(title_text="epoch", row=len(panels), col=1)
+    return fig
+
+
 # -- embedding pictures and dataset tasks (issue 22) ---------------------------------------------------------
 def embedding_scatter(maps, *, title: str | None = None) -> go.Figure:
     """Side-by-side 2-D maps (:class:`~grokinterp.analysis.embeddings.EmbeddingMap`), points coloured by

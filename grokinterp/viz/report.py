@@ -363,6 +363,8 @@ register_run_analysis("interventions", lambda analysis: interventions(analysis.r
 register_run_analysis("early_warning", _early_warning)
 register_run_analysis("lineage", lambda analysis: describe_lineage(analysis.run.lineage) if analysis.run.lineage else None)
 register_run_analysis("algorithm", _algorithm)
+
+
 def _llc_figure(analysis):
     """The LLC table ``grokinterp llc`` cached in the run directory, if any (the report never samples)."""
     path = analysis.run.path / _io.LLC_TABLE
