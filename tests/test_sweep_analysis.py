@@ -12,6 +12,7 @@ from _browser import chromium, inspect_page
 from _helpers import cli
 
 import grokinterp as g
+from grokinterp.analysis.curves import curve_pattern
 from grokinterp.sweeps import table as T
 from grokinterp.viz import sweep_plots as SP
 from grokinterp.viz.sweep_report import write_sweep_report
@@ -37,6 +38,10 @@ def test_table_has_one_row_per_run_with_its_numbers(small_sweep):
                                                                       and s["test_acc_99_epoch"] is None)
         assert row["grokked"] == (s["test_acc_99_epoch"] is not None)
         assert row["regime"] == T.regime(s["train_acc_99_epoch"], s["test_acc_99_epoch"])
+        # the curve pattern is the rule applied to the run's evaluations; its grokking is the regime's
+        assert row["curve_pattern"] == curve_pattern(run.evals).pattern
+        assert (row["curve_pattern"] == "grokking") == (row["regime"] == "grokking")
+        assert (row["curve_pattern"] == "not_generalized") <= (not row["grokked"])
         assert math.isclose(row["final_test_loss"], s["final_test_loss"])
         h = g.analyze_run(run, max_checkpoints=20).headline()
         assert row["n_key_frequencies"] == h["n_key_frequencies"]
@@ -89,7 +94,9 @@ def test_seed_summary_medians_and_spreads_equal_numpy_per_group():
                 rows.append({"name": f"{wd}-{f}-{s}", "weight_decay": wd, "frac_train": f, "seed": s,
                              "split_seed": s, "init_seed": s, "p": 31, "test_acc_99_epoch": ep,
                              "train_acc_99_epoch": 50, "grokked": ep is not None,
-                             "regime": T.regime(50, ep), "neurons_explained_fraction": rng.random()})
+                             "regime": T.regime(50, ep), "neurons_explained_fraction": rng.random(),
+                             "curve_pattern": ("double_descent", "grokking")[s % 2] if wd == 1.0 else
+                             ("not_generalized" if ep is None else "neither")})
     table = pd.DataFrame(rows)
     assert T.varying_columns(table) == ["weight_decay", "frac_train"]
     summ = T.seed_summary(table)
@@ -103,9 +110,11 @@ def test_seed_summary_medians_and_spreads_equal_numpy_per_group():
         eps = grp["test_acc_99_epoch"].dropna().to_numpy()
         if r.weight_decay == 0.1:  # 3 of 5 never generalised: the censored median is undefined
             assert math.isnan(r["test_acc_99_epoch_censored_median"]) and r["regime"] == "memorization"
+            assert r["curve_pattern"] == "not_generalized"  # 3 of 5
             assert math.isclose(r["test_acc_99_epoch_median"], np.median(eps))
         else:
             assert math.isclose(r["test_acc_99_epoch_censored_median"], np.median(eps))
+            assert r["curve_pattern"] == "double_descent"  # seeds 0, 2, 4 of 5
 
 
 def test_phase_diagram_colours_medians_and_greys_cells_that_did_not_generalise():

@@ -410,3 +410,51 @@ def test_intervention_studies_share_a_stack_and_single_runs_record_live_measures
             assert live == (not stacked), name
             if live:
                 assert run.metrics["live_restricted_acc"].notna().sum() == 3  # epochs 0, 10, 20
+
+
+# -- width as a sweep axis (issue 21 item 4) ----------------------------------------------------------------------
+@pytest.mark.parametrize("axis,values", [("d_mlp", [32, 64]), ("d_model", [32, 64]), ("n_heads", [2, 4])])
+def test_each_width_trains_in_its_own_stack(tmp_path, axis, values):
+    """Runs of different widths never share a stack (a stack holds models of one shape); runs of one
+    width do, whatever their weight decay and seed."""
+    from grokinterp.training.stacked import stack_key
+
+    doc = _spec(grid={axis: values, "weight_decay": [0.5, 2.0]}, seeds=[0, 1], options={"max_stack": 8})
+    plan = plan_sweep(doc, tmp_path / "sw")
+    width = {str(r.run_dir.absolute()): getattr(r.config.model, axis) for r in plan.runs}
+    assert len(plan.jobs) == len(values) and all(j.stacked and len(j.run_dirs) == 4 for j in plan.jobs)
+    assert sorted(next(iter({width[d] for d in j.run_dirs})) for j in plan.jobs) == sorted(values)
+    for j in plan.jobs:
+        assert len({width[d] for d in j.run_dirs}) == 1
+        assert len({stack_key(g.RunConfig.from_dict(c)) for c in j.configs}) == 1
+
+
+def test_stacks_are_sized_for_the_largest_width(tmp_path, monkeypatch):
+    """Without options.max_stack the stack size comes from the device's memory: it is taken for the
+    most demanding width (not the first point's), so the largest model's stack fits too."""
+    from grokinterp.sweeps import driver
+
+    monkeypatch.setattr(driver, "max_stack_size", lambda c, *a, **k: 256 // c.model.d_mlp)  # 8 at 32, 4 at 64
+    doc = _spec(grid={"d_mlp": [32, 64]}, seeds=[0, 1, 2, 3, 4, 5], options={})
+    plan = plan_sweep(doc, tmp_path / "sw")
+    assert any("stacks of up to 4 runs" in n for n in plan.notes)  # the first point's (d_mlp 32) would give 8
+    assert sorted(len(j.run_dirs) for j in plan.jobs) == [3, 3, 3, 3]  # 6 runs per width, cut into 2 stacks of 3
+
+
+def test_cli_width_grid_trains_one_stack_per_width(tmp_path):
+    out = tmp_path / "sw"
+    args = ["sweep", "--preset", "tiny", "--epochs", "20", "--every", "10", "--log-early", "0",
+            "--grid", "d_mlp=32,64", "--seeds", "0,1", "--out", str(out)]
+    r = cli(*args, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "2 jobs: 2 stacks of 2 runs" in r.stdout, r.stdout
+    r = cli(*args, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    sw = load_sweep(out)
+    runs = sw.runs()
+    stacks = {}
+    for p in sw.points:
+        run = runs[p["name"]]
+        assert run.config.model.d_mlp == p["values"]["d_mlp"] and run.info["stack"]["size"] == 2
+        stacks.setdefault(p["values"]["d_mlp"], set()).add(run.info["stack"]["id"])
+    assert len(stacks[32]) == 1 and len(stacks[64]) == 1 and stacks[32] != stacks[64]

@@ -20,6 +20,8 @@ module                       what it holds
 ``logits``                   the cos(w(a+b−c)) fit and 2-D spectra of the logits
 ``ablations``                circuit ablations in one tidy table layout
 ``phases``                   phase boundaries and the circuit-formation date, by written rules
+``curves``                   a run's curve pattern (grokking / epoch-wise double descent / neither),
+                             by written rules on its evaluations
 ``summary``                  :func:`analyze_run`: everything the report says about a run
 ===========================  ==================================================================
 

@@ -302,7 +302,15 @@ def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
         elif o.executor == "ray":  # the workers' devices are not this machine's: each splits its job further
             max_stack = DEFAULT_MAX_STACK["cuda" if o.num_gpus else "cpu"]
         else:
-            max_stack = max_stack_size(new[0][1])
+            # Size stacks for the most demanding group (a width axis puts each width in its own stack, and
+            # the largest width's stack needs the most memory per run): one representative per stack key,
+            # the one with the largest training set (a stack is padded to its largest).
+            reps: dict[str, RunConfig] = {}
+            for _, c in new:
+                k = stack_key(c)
+                if k is not None and (k not in reps or c.task.frac_train > reps[k].task.frac_train):
+                    reps[k] = c
+            max_stack = min(max_stack_size(c) for c in reps.values()) if reps else max_stack_size(new[0][1])
     return make_jobs(new, unfinished, preset=spec.preset, group=stack_key if o.stack else None,
                      max_stack=max_stack, spread=o.workers), max_stack
 

@@ -1,7 +1,8 @@
 """A sweep as a table: one row per run, and medians and spreads over seeds.
 
 :func:`sweep_table` gives one row per point: the varied values, every config field, what the
-training metrics say (epochs to 99 % train / test accuracy, grokked or not, final losses) and —
+training metrics say (epochs to 99 % train / test accuracy, grokked or not, the regime, the curve
+pattern of :func:`grokinterp.analysis.curves.curve_pattern`, final losses) and —
 for finished runs, with ``analyse=True`` — the numbers of the run study
 (:func:`grokinterp.analysis.summary.analyze_run`): key frequencies, phase ends, when the circuit
 formed and its lead over test accuracy, the fraction of neurons explained by one frequency, the
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..analysis.curves import GROK_DELAY_RATIO, PATTERNS, curve_pattern
 from ..analysis.summary import analyze_run
 from ..config import SECTIONS, RunConfig
 from ..errors import GrokinterpError, RunError
@@ -36,13 +38,14 @@ from ..store.run import load_run
 from .spec import SEED_AXIS
 
 __all__ = ["sweep_table", "seed_summary", "run_row", "ANALYSIS_COLUMNS", "METRIC_COLUMNS", "censored_median",
-           "varying_columns", "regime", "REGIMES", "GROK_DELAY_RATIO"]
+           "varying_columns", "regime", "REGIMES", "GROK_DELAY_RATIO", "PATTERNS"]
 
 #: Columns from the training metrics (every run).
 METRIC_COLUMNS = ("finished", "epochs_trained", "train_acc_99_epoch", "test_acc_99_epoch", "grokked", "regime",
+                  "curve_pattern",
                   "final_train_loss", "final_test_loss", "final_train_acc", "final_test_acc")
-#: How much later than the training set test accuracy must reach 99 % for a run to count as grokking.
-GROK_DELAY_RATIO = 2.0
+# GROK_DELAY_RATIO (how much later than the training set test accuracy must reach 99 % for a run to
+# count as grokking) is defined once, in analysis.curves, and shared by ``regime`` and ``curve_pattern``.
 #: The regimes of Liu et al. 2022's phase diagrams, by rules on the training metrics.
 REGIMES = {
     "confusion": "train accuracy never reached 99 %",
@@ -55,7 +58,8 @@ ANALYSIS_COLUMNS = ("key_frequencies", "n_key_frequencies", "key_frequency_epoch
                     "cleanup_end", "circuit_formed_epoch", "excluded_loss_rise_epoch", "lead_time_epochs",
                     "neurons_explained_fraction", "logit_fve_key_freqs")
 _SEED_FIELDS = ("split_seed", "init_seed", SEED_AXIS)
-_ANALYSIS_VERSION = 3  # bump when the cached rows' meaning changes (3: key set chosen at test accuracy 99 %)
+_ANALYSIS_VERSION = 4  # bump when the cached rows' meaning changes (3: key set chosen at test accuracy 99 %;
+#                        4: curve_pattern)
 #: Where a sweep keeps its per-run analysis rows (derived files; safe to delete).
 ANALYSIS_DIR = "analysis"
 
@@ -104,6 +108,7 @@ def run_row(run, *, analyse: bool = True, max_checkpoints: int | None = 100) -> 
         "test_acc_99_epoch": s.get("test_acc_99_epoch"),
         "grokked": s.get("test_acc_99_epoch") is not None,
         "regime": regime(s.get("train_acc_99_epoch"), s.get("test_acc_99_epoch")) if s.get("finished") else None,
+        "curve_pattern": curve_pattern(run.evals).pattern if s.get("finished") else None,
         **{k: s.get(k) for k in ("final_train_loss", "final_test_loss", "final_train_acc", "final_test_acc")},
     }
     if analyse and row["finished"]:
@@ -212,14 +217,15 @@ def seed_summary(table: pd.DataFrame, by: Sequence[str] | None = None,
 
     Returns:
         DataFrame: the ``by`` columns, ``n_runs``, ``n_grokked``, ``grokked_fraction``, ``regime`` (the
-        most common; ties go to the earlier of :data:`REGIMES`),
+        most common; ties go to the earlier of :data:`REGIMES`), ``curve_pattern`` (the most common;
+        ties go to the earlier of :data:`PATTERNS`),
         ``test_acc_99_epoch_censored_median`` (:func:`censored_median`), and for each column
         ``<col>_median``, ``_q25``, ``_q75``, ``_min``, ``_max``, ``_n`` over the runs where it is defined.
     """
     by = list(varying_columns(table) if by is None else by)
     if columns is None:
         numeric = [c for c in (*METRIC_COLUMNS, *ANALYSIS_COLUMNS) if c in table.columns and c not in
-                   ("finished", "grokked", "regime", "key_frequencies")]
+                   ("finished", "grokked", "regime", "curve_pattern", "key_frequencies")]
         columns = [c for c in numeric if pd.to_numeric(table[c], errors="coerce").notna().any()]
     groups = table.groupby(by, dropna=False, sort=True) if by else [((), table)]
     rows = []
@@ -231,6 +237,9 @@ def seed_summary(table: pd.DataFrame, by: Sequence[str] | None = None,
         if "regime" in df and df["regime"].notna().any():
             counts = df["regime"].value_counts()
             row["regime"] = min(counts.index[counts == counts.max()], key=list(REGIMES).index)
+        if "curve_pattern" in df and df["curve_pattern"].notna().any():
+            counts = df["curve_pattern"].value_counts()
+            row["curve_pattern"] = min(counts.index[counts == counts.max()], key=list(PATTERNS).index)
         if "test_acc_99_epoch" in df:
             row["test_acc_99_epoch_censored_median"] = censored_median(
                 [None if not g else e for g, e in zip(grokked, df["test_acc_99_epoch"])])

@@ -128,11 +128,11 @@ def render_sweep_report(sweep, table: pd.DataFrame, summary: pd.DataFrame,
         spec_rows.append(("seeds", json.dumps(list(spec.seeds))))
     spec_rows.append(("checkpoints", str(sweep.info.get("checkpoints", {}).get("note", ""))))
     keep = [c for c in vary if c in summary] + [c for c in (
-        "n_runs", "n_grokked", "regime", "test_acc_99_epoch_censored_median", "test_acc_99_epoch_q25",
+        "n_runs", "n_grokked", "regime", "curve_pattern", "test_acc_99_epoch_censored_median", "test_acc_99_epoch_q25",
         "test_acc_99_epoch_q75", "circuit_formed_epoch_median", "lead_time_epochs_median", "n_key_frequencies_median",
         "neurons_explained_fraction_median", "logit_fve_key_freqs_median", "final_test_acc_median") if c in summary]
     runs_cols = ["name", *[c for c in vary if c in table], *[c for c in (
-        "seed", "train_acc_99_epoch", "test_acc_99_epoch", "regime", "key_frequencies", "circuit_formed_epoch",
+        "seed", "train_acc_99_epoch", "test_acc_99_epoch", "regime", "curve_pattern", "key_frequencies", "circuit_formed_epoch",
         "lead_time_epochs", "neurons_explained_fraction", "logit_fve_key_freqs", "final_test_acc") if c in table]]
     parts = [f"<p class='headline'>{headline}</p>", "<h2>Spec</h2>", table_html(spec_rows),
              "<h2>Medians and spreads over seeds</h2>",
