@@ -81,7 +81,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     d = cfg.to_dict()
     added = {"task": ["split_method", "eq_logit"],
              "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
-                       "input_layout", "ln_style"],
+                       "input_layout", "ln_style", "pos_embed"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
                        "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
                        "batch_size", "sampler_seed"],
@@ -100,6 +100,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     assert (old.train.batch_size, old.train.sampler_seed) == (None, None)  # full batch
     assert old.checkpoints.unit is None and old.checkpoint_unit() == "epoch"
     assert old.model.d_vocab_out == old.task.p and old.model.family == "transformer"
+    assert old.model.pos_embed == "learned"
 
 
 def test_frozen():
