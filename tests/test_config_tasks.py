@@ -101,6 +101,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     assert (old.train.batch_size, old.train.sampler_seed) == (None, None)  # full batch
     assert old.checkpoints.unit is None and old.checkpoint_unit() == "epoch"
     assert old.model.d_vocab_out == old.task.p and old.model.family == "transformer"
+    assert old.model.pos_embed == "learned"
 
 
 def test_frozen():
