@@ -60,7 +60,7 @@ from .transforms import stacked_orthogonalize_
 __all__ = ["is_matrix", "OptimizerOptions", "OPTIMIZERS", "register_optimizer", "check_optimizer",
            "build_optimizer", "expected_slots", "param_groups", "EPS", "ParamLayout", "per_run", "StackedSchedule",
            "StackedOptimizer", "StackedAdamW", "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "TorchOptimizer",
-           "STACKED_OPTIMIZERS", "register_stacked_optimizer", "stackable_optimizer"]
+           "STACKED_OPTIMIZERS", "register_stacked_optimizer", "stackable_optimizer", "checked_optimizer_state"]
 
 
 @dataclass(frozen=True)
@@ -184,6 +184,29 @@ def _groups(tcs: Sequence[TrainConfig], fields: tuple[str, ...]) -> list[list[in
 
 #: The fields that decide a run's learning rate at every step (:meth:`TrainConfig.lr_at`).
 _LR_FIELDS = ("lr", "warmup_epochs", "warmup_style", "lr_schedule", "epochs")
+
+
+def checked_optimizer_state(tensors: dict[str, Tensor], slots: dict[str, bool], shapes: dict[str, tuple[int, ...]],
+                            dtype: torch.dtype, optimizer: str, where: str) -> dict[str, dict[str, Tensor]]:
+    """A state file's ``opt/<param>/<slot>`` tensors as ``{param: {slot: tensor}}``, each checked: a
+    parameter of ``shapes`` and a slot of ``slots`` (``{slot: has the parameter's shape}``), with the
+    parameter's shape and ``dtype``, or a scalar. :class:`RunError` naming ``where`` and the key."""
+    per_param: dict[str, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        if not key.startswith("opt/"):
+            continue
+        name, _, slot = key[4:].rpartition("/")
+        if name not in shapes or slot not in slots:
+            ok = False
+        elif slots[slot]:
+            ok = tuple(t.shape) == tuple(shapes[name]) and t.dtype == dtype
+        else:
+            ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
+        if not ok:
+            raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {optimizer} "
+                           f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
+        per_param.setdefault(name, {})[slot] = t
+    return per_param
 
 
 class StackedOptimizer:
@@ -330,22 +353,8 @@ class StackedOptimizer:
         shape and dtype or as a scalar; every parameter has all the slots, with one step count."""
         tc = self.tcs[r]
         keep = self.slot_names(tc)
-        shapes = dict(zip(self.layout.names, self.layout.shapes))
-        per_param: dict[str, dict[str, Tensor]] = {}
-        for key, t in tensors.items():
-            if not key.startswith("opt/"):
-                continue
-            name, _, slot = key[4:].rpartition("/")
-            if name not in shapes or slot not in keep:
-                ok = False
-            elif keep[slot]:
-                ok = tuple(t.shape) == shapes[name] and t.dtype == self.flat.dtype
-            else:
-                ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
-            if not ok:
-                raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {tc.optimizer} "
-                               f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
-            per_param.setdefault(name, {})[slot] = t
+        per_param = checked_optimizer_state(tensors, keep, dict(zip(self.layout.names, self.layout.shapes)),
+                                            self.flat.dtype, tc.optimizer, where)
         if not per_param:  # saved before the first step (torch keeps no state then)
             return
         for name in self.layout.names:
@@ -527,22 +536,8 @@ class TorchOptimizer(StackedOptimizer):
     def load_run_state(self, r: int, tensors: dict[str, Tensor], where: str) -> None:
         tc = self.tcs[0]
         slots_of = expected_slots(tc)
-        per_param: dict[str, dict[str, Tensor]] = {}
-        for key, t in tensors.items():
-            if not key.startswith("opt/"):
-                continue
-            name, _, slot = key[4:].rpartition("/")
-            p = self.params.get(name)
-            if p is None or slot not in slots_of:
-                ok = False
-            elif slots_of[slot]:
-                ok = tuple(t.shape) == tuple(p.shape) and t.dtype == p.dtype
-            else:
-                ok = t.ndim == 0 and (t.is_floating_point() or t.dtype in (torch.int64, torch.int32))
-            if not ok:
-                raise RunError(f"{where}: optimizer state {key!r} does not match the model and the {tc.optimizer} "
-                               f"optimizer (shape {list(t.shape)}, dtype {t.dtype})")
-            per_param.setdefault(name, {})[slot] = t
+        per_param = checked_optimizer_state(tensors, slots_of, {k: tuple(p.shape) for k, p in self.params.items()},
+                                            self.flat.dtype, tc.optimizer, where)
         for name, slots in per_param.items():
             if set(slots) != set(slots_of):
                 raise RunError(f"{where}: optimizer state of {name} is incomplete (has {sorted(slots)}, the "
