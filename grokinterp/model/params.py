@@ -167,6 +167,16 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
         return _init_paper(cfg)
     if cfg.init_method == "torch":
         return _init_torch(cfg)
+    def draw(name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+        fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
+        return torch.randn(shape, generator=gen) / math.sqrt(fan)
+
+    return _seeded_init(cfg, draw)
+
+
+def _seeded_init(cfg: ModelConfig, draw) -> dict[str, Tensor]:
+    """Every parameter in ``param_shapes`` order: the fixed ones (LayerNorm, biases) as they are, the others
+    ``draw(name, shape, generator)`` from one generator seeded by ``init_seed``, times ``init_scale``."""
     gen = torch.Generator().manual_seed(cfg.init_seed)
     scale = float(cfg.init_scale)
     out: dict[str, Tensor] = {}
@@ -175,8 +185,7 @@ def init_params(cfg: ModelConfig) -> dict[str, Tensor]:
         if fixed is not None:
             out[name] = fixed
         else:
-            fan = cfg.d_vocab if name == "unembed.W_U" else cfg.d_model
-            w = torch.randn(shape, generator=gen) / math.sqrt(fan)
+            w = draw(name, shape, gen)
             out[name] = w if scale == 1.0 else w * scale
     return out
 
@@ -191,21 +200,13 @@ def _torch_fan_in(name: str, shape: tuple[int, ...]) -> int:
 
 def _init_torch(cfg: ModelConfig) -> dict[str, Tensor]:
     """PyTorch's default initialisation of Power et al.'s layers (module notes), seeded by ``init_seed``."""
-    gen = torch.Generator().manual_seed(cfg.init_seed)
-    scale = float(cfg.init_scale)
-    out: dict[str, Tensor] = {}
-    for name, shape in param_shapes(cfg).items():
-        fixed = _fixed_init(name, shape)
-        if fixed is not None:
-            out[name] = fixed
-            continue
+    def draw(name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
         if name in ("embed.W_E", "pos_embed.W_pos"):
-            w = torch.randn(shape, generator=gen)  # nn.Embedding: N(0, 1)
-        else:
-            bound = 1.0 / math.sqrt(_torch_fan_in(name, shape))
-            w = (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
-        out[name] = w if scale == 1.0 else w * scale
-    return out
+            return torch.randn(shape, generator=gen)  # nn.Embedding: N(0, 1)
+        bound = 1.0 / math.sqrt(_torch_fan_in(name, shape))
+        return (torch.rand(shape, generator=gen) * 2.0 - 1.0) * bound
+
+    return _seeded_init(cfg, draw)
 
 
 def _init_paper(cfg: ModelConfig) -> dict[str, Tensor]:

@@ -67,6 +67,23 @@ def parallelograms(p: int, modular: bool = False) -> tuple[Tensor, Tensor]:
     return torch.stack([a[li], b[li]], 1), torch.stack([a[ri], b[ri]], 1)
 
 
+def _centred_embeddings(W_E: Tensor | None, p: int, tol: float) -> tuple[Tensor, bool]:
+    """The checked, centred float64 embeddings of the ``p`` residues, ``[n, p, d]``, and whether ``W_E``
+    was one matrix (``[vocab, d]``) rather than a stack of them."""
+    if W_E is None:
+        raise AnalysisError("W_E: the RQI is undefined for a model without a token embedding "
+                            "(an MLP on one-hot inputs): there are no embeddings to form parallelograms")
+    if not (isinstance(tol, (int, float)) and tol > 0):
+        raise AnalysisError(f"tol: must be a positive number, got {tol!r}")
+    single = W_E.ndim == 2
+    E = W_E[None] if single else W_E
+    if E.ndim != 3 or E.shape[1] < p or E.shape[-1] == 0 or E.shape[0] == 0:
+        raise AnalysisError(f"W_E: expected [vocab ≥ p = {p}, d ≥ 1] or [n ≥ 1, vocab, d], got {list(W_E.shape)}")
+    E = E[:, :p].double()
+    E = E - E.mean(1, keepdim=True)
+    return E, single
+
+
 def representation_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, modular: bool = False) -> Tensor:
     """The RQI of the embeddings (see the module's rule).
 
@@ -80,17 +97,7 @@ def representation_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_T
     Returns:
         float64 ``[]`` or ``[n]`` in [0, 1] (NaN where the embedding is all zero after centring).
     """
-    if W_E is None:
-        raise AnalysisError("W_E: the RQI is undefined for a model without a token embedding "
-                            "(an MLP on one-hot inputs): there are no embeddings to form parallelograms")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise AnalysisError(f"tol: must be a positive number, got {tol!r}")
-    single = W_E.ndim == 2
-    E = W_E[None] if single else W_E
-    if E.ndim != 3 or E.shape[1] < p or E.shape[-1] == 0 or E.shape[0] == 0:
-        raise AnalysisError(f"W_E: expected [vocab ≥ p = {p}, d ≥ 1] or [n ≥ 1, vocab, d], got {list(W_E.shape)}")
-    E = E[:, :p].double()
-    E = E - E.mean(1, keepdim=True)
+    E, single = _centred_embeddings(W_E, p, tol)
     G = E @ E.transpose(1, 2)  # [n, p, p]: ‖E_a + E_b − E_c − E_d‖² is a signed sum of ten Gram entries
     scale2 = torch.diagonal(G, dim1=1, dim2=2).mean(-1)  # [n] mean ‖E_a‖²
     L, R = parallelograms(int(p), bool(modular)) if p <= MAX_EXACT_P else sampled_parallelograms(int(p), bool(modular))
@@ -140,17 +147,7 @@ def circle_quality(W_E: Tensor | None, p: int, *, tol: float = DEFAULT_TOL, freq
     Returns:
         float64 ``[]`` or ``[n]`` in [0, 1].
     """
-    if W_E is None:
-        raise AnalysisError("W_E: the RQI is undefined for a model without a token embedding "
-                            "(an MLP on one-hot inputs): there are no embeddings to form parallelograms")
-    if not (isinstance(tol, (int, float)) and tol > 0):
-        raise AnalysisError(f"tol: must be a positive number, got {tol!r}")
-    single = W_E.ndim == 2
-    E = W_E[None] if single else W_E
-    if E.ndim != 3 or E.shape[1] < p or E.shape[-1] == 0 or E.shape[0] == 0:
-        raise AnalysisError(f"W_E: expected [vocab ≥ p = {p}, d ≥ 1] or [n ≥ 1, vocab, d], got {list(W_E.shape)}")
-    E = E[:, :p].double()
-    E = E - E.mean(1, keepdim=True)
+    E, single = _centred_embeddings(W_E, p, tol)
     L, R = parallelograms(int(p), True) if p <= MAX_EXACT_P else sampled_parallelograms(int(p), True)
     left, right = L[:, 0] * p + L[:, 1], R[:, 0] * p + R[:, 1]  # flat indices of the products z_a z_b, z_c z_d
     x = torch.arange(p, dtype=torch.float64)
