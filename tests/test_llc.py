@@ -295,3 +295,22 @@ def test_the_acceptance_stays_exact_in_many_dimensions():
                    SGLDConfig(epsilon=1e-4, gamma=1.0, nbeta=10.0, chains=2, draws=40, batch_size=None,
                               accept_every=1))
     assert r.acceptance.min() > 0.97
+
+
+def test_llc_on_a_digits_run_goes_through_the_mlp_forward(tmp_path):
+    """A dataset task (input vectors, MSE): the estimate runs through the mlp family's functional forward, and its
+    L_n(w*) is the run's training loss at the checkpoint as the vector analyses compute it (another path)."""
+    import grokinterp as g
+    from grokinterp.analysis.vectors import checkpoint_metrics
+
+    cfg = g.make_config("omnigrok-digits", d_hidden=16, epochs=4, every=2, eval_every=1, log_early=0, flush_every=4,
+                        train_size=300)
+    run = g.train(cfg, tmp_path / "digits", progress=False)
+    sgld = SGLDConfig(epsilon=1e-5, gamma=10.0, nbeta=5.0, chains=2, draws=8, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        df = llc_over_checkpoints(run, sgld)
+    assert df["epoch"].tolist() == run.epochs.tolist()
+    assert np.isfinite(df["llc_mean"]).all() and np.isfinite(df["llc_init_loss"]).all()
+    ref = checkpoint_metrics(run)
+    np.testing.assert_allclose(df["llc_init_loss"], ref["train_loss"], rtol=1e-4)
