@@ -314,3 +314,16 @@ def test_llc_on_a_digits_run_goes_through_the_mlp_forward(tmp_path):
     assert np.isfinite(df["llc_mean"]).all() and np.isfinite(df["llc_init_loss"]).all()
     ref = checkpoint_metrics(run)
     np.testing.assert_allclose(df["llc_init_loss"], ref["train_loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "stablemax", "mse"])
+def test_llc_losses_equal_the_training_losses(name):
+    from grokinterp.analysis.llc import LLC_LOSSES
+    from grokinterp.training.step import per_example_loss
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, 7, generator=gen) * 4
+    labels = torch.randint(0, 7, (50,), generator=gen)
+    ours = LLC_LOSSES[name](logits, labels)
+    ref = per_example_loss(name)(logits, labels)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)

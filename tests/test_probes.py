@@ -347,8 +347,9 @@ def test_logit_probes_streamed_equal_whole_grid_and_the_plain_computation(tiny_r
 def test_probes_on_a_digits_run_say_undefined_naming_the_task(tmp_path):
     """The probes and progress measures read the p × p grid of an algebraic task: on a dataset task they refuse
     with a message naming the task (API: AnalysisError; CLI: exit 2, one line, nothing written)."""
-    import grokinterp as g
     from _helpers import cli
+
+    import grokinterp as g
 
     cfg = make_config("omnigrok-digits", d_hidden=16, epochs=2, every=2, eval_every=1, log_early=0, train_size=300)
     run = g.train(cfg, tmp_path / "digits", progress=False)
