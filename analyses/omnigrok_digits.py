@@ -15,9 +15,10 @@ Arms (each one stack: its runs train together):
 * ``grokfast``: the recipe with Grokfast's EMA filter (α 0.98, λ 2, Lee et al.'s values), ``--seeds``, stopped as
   ``gamma``;
 * ``fixed_norm``: Omnigrok's "training at a fixed weight norm removes grokking": the recipe with the total parameter
-  norm held at ``--fixed-norm`` (≈ 49, the recipe's grokked norm; ``train.weight_norm_target``, the parameters
-  rescaled to it after every step) beside the recipe itself, ``--seeds`` each, all in one stack, budget
-  ``--fixed-steps`` steps (rows ``fixed_norm`` and ``fixed_norm_recipe``).
+  norm held at each of ``--fixed-norms`` (49: the recipe's grokked norm; ``train.weight_norm_target``, the
+  parameters rescaled to it after every step; 0 means the initial norm, ≈ 94, plain ``train.weight_norm``) beside
+  the recipe itself, ``--seeds`` each, all in one stack, budget ``--fixed-steps`` steps (rows ``fixed_norm_49``,
+  ``fixed_norm_init``, ..., and ``fixed_norm_recipe``).
 
 Measures, per run, from the evaluations (every 10 epochs = 50 steps): the step training accuracy first reached
 100 % and test accuracy there; final test accuracy; the rise (grokking: ≥ 0.2, the issue's bar); ``t_gen``, the
@@ -61,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--margin", type=int, default=100, help="epochs every run of a stack holds the level before it stops")
     ap.add_argument("--recipe-steps", type=int, default=40_000, help="optimizer-step budget of the recipe arm")
     ap.add_argument("--gamma-steps", type=int, default=20_000, help="optimizer-step budget of a gamma / grokfast stack")
-    ap.add_argument("--fixed-norm", type=float, default=49.0, help="total parameter norm of the fixed_norm arm")
+    ap.add_argument("--fixed-norms", type=S.floats, default=[49.0],
+                    help="total parameter norms of the fixed_norm arm (0: the initial norm)")
     ap.add_argument("--fixed-steps", type=int, default=10_000, help="optimizer-step budget of the fixed_norm arm")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop each stack after this much wall time")
     ap.add_argument("--mnist", type=Path, default=None, help="run the recipe on MNIST IDX files in this directory")
@@ -99,13 +101,13 @@ def arm_items(args, arm: str):
             out.append(("grokfast", s, cfg, args.runs_dir / f"grokfast-s{s}"))
     elif arm == "fixed_norm":
         epochs = math.ceil(args.fixed_steps / 5)
-        for fixed in (False, True):
+        for norm in (None, *args.fixed_norms):
             for s in args.seeds:
-                kw = dict(weight_norm=True, weight_norm_target=args.fixed_norm) if fixed else {}
+                kw = {} if norm is None else dict(weight_norm=True, weight_norm_target=norm or None)
                 cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
                                      device="cpu", **kw)
-                name = f"fixednorm{args.fixed_norm:g}-s{s}" if fixed else f"fixednorm-recipe-s{s}"
-                out.append(("fixed_norm" if fixed else "fixed_norm_recipe", s, cfg, args.runs_dir / name))
+                label = "recipe" if norm is None else f"{norm:g}" if norm else "init"
+                out.append((f"fixed_norm_{label}", s, cfg, args.runs_dir / f"fixednorm-{label}-s{s}"))
     else:
         raise SystemExit(f"--arms: unknown arm {arm!r}")
     return out
@@ -268,9 +270,9 @@ def summarise(args, walls: dict) -> dict:
                 out[f"grokfast_ratio_{lv:g}"] = {
                     "ratio": a_["median"] / b_["median"] if a_["median"] and b_["median"] and ok else None,
                     "lower_bound": a_["n_reached"] < a_["n"] // 2 + 1, "recipe": a_, "grokfast": b_}
-        fx = {a: df[df["arm"] == a] for a in ("fixed_norm_recipe", "fixed_norm")}
-        if all(len(v) for v in fx.values()):  # Omnigrok: a fixed norm removes grokking
-            out["fixed_norm"] = {a: {"norm": args.fixed_norm if a == "fixed_norm" else None,
+        fx = {a: df[df["arm"] == a] for a in sorted(set(df["arm"])) if a.startswith("fixed_norm_")}
+        if len(fx) > 1:  # Omnigrok: a fixed norm removes grokking
+            out["fixed_norm"] = {a: {"norm": None if a == "fixed_norm_recipe" else float(v["weight_norm_end"].median()),
                                      "train_100_step": S.seed_spread(v["train_100_step"].tolist()),
                                      "test_at_train_100": S.seed_spread(v["test_at_train_100"].tolist()),
                                      "test_at_budget": S.seed_spread(v["test_final"].tolist()),
