@@ -13,7 +13,12 @@ Arms (each one stack: its runs train together):
 * ``gamma``: weight decay γ ∈ ``--gammas`` × ``--seeds``; each stack stops once every run has held test accuracy
   ≥ ``--level`` for ``--margin`` epochs (or at ``--gamma-steps``);
 * ``grokfast``: the recipe with Grokfast's EMA filter (α 0.98, λ 2, Lee et al.'s values), ``--seeds``, stopped as
-  ``gamma``.
+  ``gamma``;
+* ``fixed_norm``: Omnigrok's "training at a fixed weight norm removes grokking": the recipe with the total parameter
+  norm held at each of ``--fixed-norms`` (49: the recipe's grokked norm; ``train.weight_norm_target``, the
+  parameters rescaled to it after every step; 0 means the initial norm, ≈ 94, plain ``train.weight_norm``) beside
+  the recipe itself, ``--seeds`` each, all in one stack, budget ``--fixed-steps`` steps (rows ``fixed_norm_49``,
+  ``fixed_norm_init``, ..., and ``fixed_norm_recipe``).
 
 Measures, per run, from the evaluations (every 10 epochs = 50 steps): the step training accuracy first reached
 100 % and test accuracy there; final test accuracy; the rise (grokking: ≥ 0.2, the issue's bar); ``t_gen``, the
@@ -57,6 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--margin", type=int, default=100, help="epochs every run of a stack holds the level before it stops")
     ap.add_argument("--recipe-steps", type=int, default=40_000, help="optimizer-step budget of the recipe arm")
     ap.add_argument("--gamma-steps", type=int, default=20_000, help="optimizer-step budget of a gamma / grokfast stack")
+    ap.add_argument("--fixed-norms", type=S.floats, default=[49.0],
+                    help="total parameter norms of the fixed_norm arm (0: the initial norm)")
+    ap.add_argument("--fixed-steps", type=int, default=10_000, help="optimizer-step budget of the fixed_norm arm")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop each stack after this much wall time")
     ap.add_argument("--mnist", type=Path, default=None, help="run the recipe on MNIST IDX files in this directory")
     ap.add_argument("--report-only", action="store_true", help="train nothing; summarise the runs on disk")
@@ -91,6 +99,15 @@ def arm_items(args, arm: str):
             cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
                                  device="cpu", **GROKFAST)
             out.append(("grokfast", s, cfg, args.runs_dir / f"grokfast-s{s}"))
+    elif arm == "fixed_norm":
+        epochs = math.ceil(args.fixed_steps / 5)
+        for norm in (None, *args.fixed_norms):
+            for s in args.seeds:
+                kw = {} if norm is None else dict(weight_norm=True, weight_norm_target=norm or None)
+                cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
+                                     device="cpu", **kw)
+                label = "recipe" if norm is None else f"{norm:g}" if norm else "init"
+                out.append((f"fixed_norm_{label}", s, cfg, args.runs_dir / f"fixednorm-{label}-s{s}"))
     else:
         raise SystemExit(f"--arms: unknown arm {arm!r}")
     return out
@@ -187,8 +204,8 @@ def summarise(args, walls: dict) -> dict:
     from grokinterp.analysis.vectors import grokking_dates
 
     rows, curves = [], {}
-    for arm in ("recipe", "gamma", "grokfast"):
-        for _group, seed, _cfg, out in arm_items(args, arm):
+    for arm_ in ("recipe", "gamma", "grokfast", "fixed_norm"):
+        for arm, seed, _cfg, out in arm_items(args, arm_):
             try:
                 run = gi.load_run(out)
                 ev = run.metrics
@@ -209,7 +226,9 @@ def summarise(args, walls: dict) -> dict:
             except gi.GrokinterpError:
                 pass
             rows.append({"arm": arm, "seed": seed, "task": run.config.task.operation, "weight_decay": tc.weight_decay,
-                         "grokfast": "grokfast_ema" in tc.grad_transforms, "train_100_step": d.train_100_step,
+                         "grokfast": "grokfast_ema" in tc.grad_transforms,
+                         "weight_norm_target": tc.weight_norm_target if tc.weight_norm else None,
+                         "train_100_step": d.train_100_step,
                          "test_at_train_100": d.test_at_train_100, "test_final": d.test_final, "rise": d.rise,
                          "grokked": d.grokked, "generalized_step": d.generalized_step,
                          "t_gen": first_step(ev, args.level),
@@ -251,6 +270,16 @@ def summarise(args, walls: dict) -> dict:
                 out[f"grokfast_ratio_{lv:g}"] = {
                     "ratio": a_["median"] / b_["median"] if a_["median"] and b_["median"] and ok else None,
                     "lower_bound": a_["n_reached"] < a_["n"] // 2 + 1, "recipe": a_, "grokfast": b_}
+        fx = {a: df[df["arm"] == a] for a in sorted(set(df["arm"])) if a.startswith("fixed_norm_")}
+        if len(fx) > 1:  # Omnigrok: a fixed norm removes grokking
+            out["fixed_norm"] = {a: {"norm": None if a == "fixed_norm_recipe" else float(v["weight_norm_end"].median()),
+                                     "train_100_step": S.seed_spread(v["train_100_step"].tolist()),
+                                     "test_at_train_100": S.seed_spread(v["test_at_train_100"].tolist()),
+                                     "test_at_budget": S.seed_spread(v["test_final"].tolist()),
+                                     **{f"t_test_{lv:g}": S.seed_spread(v[f"t_test_{lv:g}"].tolist(),
+                                                                        int(v["steps_trained"].max())) for lv in LEVELS},
+                                     "weight_norm_end": S.seed_spread(v["weight_norm_end"].tolist()),
+                                     "budget_steps": int(v["steps_trained"].max())} for a, v in fx.items()}
         both = df[df["arm"].isin(["gamma", "recipe"])].dropna(subset=["t_gen"])
         if len(both) and (both["arm"] == "recipe").any():  # the law over γ ∈ {0.01} ∪ --gammas
             out["gamma_law_with_recipe"] = slope_interval(np.log(both["weight_decay"]), np.log(both["t_gen"].astype(float)))
@@ -292,7 +321,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         for arm in [a for a in args.arms.split(",") if a]:
             items = arm_items(args, arm)
-            wall = train_stack(items, args, stop=arm != "recipe")
+            wall = train_stack(items, args, stop=arm not in ("recipe", "fixed_norm"))
             steps = 0
             import grokinterp as gi
 

@@ -256,7 +256,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, preset: str) -> None:
                 action = group.add_argument(_flag(f.name), type=_bool, metavar="BOOL", nargs="?", const=True, **kw)
             elif isinstance(default, int) or f.type == "int | None":  # unset by default (train.batch_size)
                 action = group.add_argument(_flag(f.name), type=int, metavar="N", **kw)
-            elif isinstance(default, float):
+            elif isinstance(default, float) or f.type == "float | None":  # unset by default (weight_norm_target)
                 action = group.add_argument(_flag(f.name), type=float, metavar="X", **kw)
             else:
                 action = group.add_argument(_flag(f.name), type=str, metavar=None if "choices" in kw else "S", **kw)

@@ -570,6 +570,9 @@ class TrainConfig:
         weight_norm: keep the total parameter norm fixed: after every optimizer step all
             parameters (weights and biases, as one vector) are rescaled to the norm of the initial
             parameters, ``init_scale · ‖w₀‖`` (Omnigrok's constrained-norm runs).
+        weight_norm_target: with ``weight_norm``, the total norm to hold instead of the initial
+            one (a positive number; the parameters are rescaled to it after every step, the first
+            included, as Omnigrok's runs at a fixed norm); unset: the initial norm.
         live_every: compute the live progress measures (provisional key frequencies, restricted
             and excluded loss, restricted accuracy, Gini of W_E, Σθ²) every this many epochs
             during training; 0 = off. Wired in by :func:`grokinterp.train` (the training loop
@@ -606,6 +609,7 @@ class TrainConfig:
     grokfast_lamb: float = 2.0
     grokfast_window: int = 100
     weight_norm: bool = False
+    weight_norm_target: float | None = None
     live_every: int = 0
     batch_size: int | None = None
     sampler_seed: int | None = None
@@ -659,6 +663,13 @@ class TrainConfig:
         _require(not (self.weight_norm and self.init_from is not None), "train.weight_norm",
                  "cannot be combined with train.init_from (its target norm comes from the seeded initialisation, "
                  "which a run started from a parent's checkpoint does not have)", self.weight_norm)
+        wt = self.weight_norm_target
+        _require(wt is None or (isinstance(wt, (int, float)) and not isinstance(wt, bool) and math.isfinite(wt)
+                                and wt > 0), "train.weight_norm_target", "must be a positive number (or unset)", wt)
+        _require(wt is None or self.weight_norm, "train.weight_norm_target",
+                 "is read only with train.weight_norm true", wt)
+        if wt is not None:
+            object.__setattr__(self, "weight_norm_target", float(wt))
         _require(self.live_every >= 0, "train.live_every", "must be non-negative (0 = off)", self.live_every)
         _require(self.batch_size is None or (is_int(self.batch_size) and self.batch_size >= 1), "train.batch_size",
                  "must be a positive integer (or unset for full batch)", self.batch_size)
@@ -765,8 +776,8 @@ _ADDED_FIELDS: dict[str, set[str]] = {
               "input_layout", "pos_embed"},
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
-              "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
-              "batch_size", "sampler_seed", "init_from", "init_epoch"},
+              "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "weight_norm_target",
+              "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -998,7 +1009,8 @@ def interventions(cfg: RunConfig) -> list[str]:
     if m.init_scale != 1.0:
         out.append(f"init_scale: {m.init_scale}")
     if t.weight_norm:
-        out.append("weight_norm: on (total parameter norm held at init_scale · ‖w₀‖)")
+        out.append("weight_norm: on (total parameter norm held at "
+                   + ("init_scale · ‖w₀‖)" if t.weight_norm_target is None else f"{t.weight_norm_target:g})"))
     if getattr(m, "attn_coeff", 1.0) != 1.0:  # a transformer field
         out.append(f"attn_coeff: {m.attn_coeff}")
     k = cfg.task

@@ -84,8 +84,8 @@ def test_fields_added_later_default_to_the_old_behaviour():
              "model": ["family", "eq_logit", "init_method", "init_scale", "attn_coeff", "layer_norm", "bias",
                        "input_layout", "ln_style", "pos_embed"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
-                       "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "live_every",
-                       "batch_size", "sampler_seed", "init_from", "init_epoch"],
+                       "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm",
+                       "weight_norm_target", "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch"],
              "checkpoints": ["unit"]}
     assert added == {sec: sorted(names, key=added[sec].index) for sec, names in _ADDED_FIELDS.items()}
     for sec, names in added.items():
@@ -99,6 +99,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
             old.train.weight_decay_on, old.train.weight_norm, old.train.live_every) == \
         (1.0, 1.0, "cross_entropy", "constant", "all", False, 0)
     assert (old.train.batch_size, old.train.sampler_seed) == (None, None)  # full batch
+    assert old.train.weight_norm_target is None  # the initial norm, as before the field existed
     assert old.checkpoints.unit is None and old.checkpoint_unit() == "epoch"
     assert old.model.d_vocab_out == old.task.p and old.model.family == "transformer"
     assert old.model.pos_embed == "learned"

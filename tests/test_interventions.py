@@ -184,6 +184,36 @@ def test_weight_norm_constraint_holds_the_initial_norm(tmp_path):
     assert abs(sum(float(v.double().pow(2).sum()) for v in free.params(-1).values()) / r0 - 1) > 1e-2
 
 
+def test_weight_norm_target_holds_the_given_norm_after_every_step(tmp_path):
+    # checkpoints every epoch: the norm after each step is the target, not the initial norm
+    cfg = TINY.replace(init_scale=2.0, weight_norm=True, weight_norm_target=7.5, weight_decay=0.0, epochs=12,
+                       every=1)
+    run = g.train(cfg, tmp_path / "wt", progress=False)
+    norms = {int(e): math.sqrt(sum(float(v.double().pow(2).sum()) for v in run.params(int(e)).values()))
+             for e in run.epochs}
+    init = math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in HookedGrokTransformer(cfg.model).parameters()))
+    assert abs(norms[0] - init) < 1e-4 * init and abs(init - 7.5) > 1.0  # epoch 0: the untouched initialisation
+    assert all(abs(v - 7.5) < 1e-5 * 7.5 for e, v in norms.items() if e > 0), norms
+    assert any("held at 7.5" in line for line in interventions(cfg))
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(weight_norm=True, weight_norm_target=0.0), "positive"),
+                                    (dict(weight_norm=True, weight_norm_target=-1.0), "positive"),
+                                    (dict(weight_norm=True, weight_norm_target=float("nan")), "positive"),
+                                    (dict(weight_norm=True, weight_norm_target="49"), "positive"),
+                                    (dict(weight_norm=False, weight_norm_target=49.0), "train.weight_norm true")])
+def test_bad_weight_norm_target_is_a_config_error_naming_the_field(kw, msg):
+    with pytest.raises(g.ConfigError, match="train.weight_norm_target") as e:
+        TINY.replace(**kw)
+    assert msg in str(e.value)
+
+
+def test_weight_norm_target_flag_reaches_the_config(tmp_path):
+    out = tmp_path / "never"
+    res = cli("train", "--preset", "tiny", "--out", str(out), "--weight-norm-target", "5")
+    assert res.returncode == 2 and "train.weight_norm_target" in res.stderr and not out.exists(), res.stderr
+
+
 # -- schedules and weight-decay groups ---------------------------------------------------------------------
 def test_cosine_schedule_is_recorded_as_defined(tmp_path):
     cfg = TINY.replace(lr_schedule="cosine", warmup_epochs=5, epochs=30)

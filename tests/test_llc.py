@@ -295,3 +295,35 @@ def test_the_acceptance_stays_exact_in_many_dimensions():
                    SGLDConfig(epsilon=1e-4, gamma=1.0, nbeta=10.0, chains=2, draws=40, batch_size=None,
                               accept_every=1))
     assert r.acceptance.min() > 0.97
+
+
+def test_llc_on_a_digits_run_goes_through_the_mlp_forward(tmp_path):
+    """A dataset task (input vectors, MSE): the estimate runs through the mlp family's functional forward, and its
+    L_n(w*) is the run's training loss at the checkpoint as the vector analyses compute it (another path)."""
+    import grokinterp as g
+    from grokinterp.analysis.vectors import checkpoint_metrics
+
+    cfg = g.make_config("omnigrok-digits", d_hidden=16, epochs=4, every=2, eval_every=1, log_early=0, flush_every=4,
+                        train_size=300)
+    run = g.train(cfg, tmp_path / "digits", progress=False)
+    sgld = SGLDConfig(epsilon=1e-5, gamma=10.0, nbeta=5.0, chains=2, draws=8, batch_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        df = llc_over_checkpoints(run, sgld)
+    assert df["epoch"].tolist() == run.epochs.tolist()
+    assert np.isfinite(df["llc_mean"]).all() and np.isfinite(df["llc_init_loss"]).all()
+    ref = checkpoint_metrics(run)
+    np.testing.assert_allclose(df["llc_init_loss"], ref["train_loss"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "stablemax", "mse"])
+def test_llc_losses_equal_the_training_losses(name):
+    from grokinterp.analysis.llc import LLC_LOSSES
+    from grokinterp.training.step import per_example_loss
+
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(50, 7, generator=gen) * 4
+    labels = torch.randint(0, 7, (50,), generator=gen)
+    ours = LLC_LOSSES[name](logits, labels)
+    ref = per_example_loss(name)(logits, labels)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)

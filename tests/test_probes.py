@@ -342,3 +342,20 @@ def test_logit_probes_streamed_equal_whole_grid_and_the_plain_computation(tiny_r
     assert whole["sc_train"].iloc[-1] == pytest.approx(float(softmax_collapse(L[:, train], labels[train][None])))
     assert whole["logit_margin"].iloc[-1] == pytest.approx(float(logit_margin(L[:, train], labels[train][None])))
     assert whole["logit_std"].iloc[-1] == pytest.approx(float(logit_std(L[:, valid])), rel=1e-6)
+
+
+def test_probes_on_a_digits_run_say_undefined_naming_the_task(tmp_path):
+    """The probes and progress measures read the p × p grid of an algebraic task: on a dataset task they refuse
+    with a message naming the task (API: AnalysisError; CLI: exit 2, one line, nothing written)."""
+    from _helpers import cli
+
+    import grokinterp as g
+
+    cfg = make_config("omnigrok-digits", d_hidden=16, epochs=2, every=2, eval_every=1, log_early=0, train_size=300)
+    run = g.train(cfg, tmp_path / "digits", progress=False)
+    with pytest.raises(AnalysisError, match="undefined for the dataset task 'digits'"):
+        progress_measures(run, measures=["losses", "softmax_collapse"])
+    out = tmp_path / "probes.csv"
+    res = cli("probes", str(run.path), "--probes", "all", "--out", str(out))
+    assert res.returncode == 2 and "dataset task 'digits'" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()

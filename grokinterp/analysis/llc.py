@@ -274,16 +274,41 @@ def split_rhat(trace: np.ndarray) -> float:
 LossFn = Callable[[dict[str, Tensor], Tensor], Tensor]
 
 
-def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor) -> LossFn:
-    """A loss over stacked parameters from a family's functional forward: ``loss(P, idx) -> [R]``, the mean
-    cross-entropy of run ``r`` on the training pairs ``idx[r]`` (``idx [R, m]`` rows of ``tokens``)."""
+#: The per-example losses :func:`model_loss_fn` knows, by ``TrainConfig.loss`` (differentiable, in the logits'
+#: dtype): the sampler explores the loss the run was trained on.
+def _ce_each(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
 
-    def loss(P: dict[str, Tensor], idx: Tensor) -> Tensor:
+
+def _stablemax_each(logits: Tensor, labels: Tensor) -> Tensor:
+    # StableMax (Prieto et al. 2025): s(x) = x + 1 for x ≥ 0, 1 / (1 − x) below; loss = log Σ_c s(z_c) − log s(z_y)
+    s = torch.where(logits < 0, 1.0 / (1.0 - logits.clamp(max=0)), logits.clamp(min=0) + 1.0)
+    return s.sum(-1).log() - s.gather(-1, labels[:, None])[:, 0].log()
+
+
+def _mse_each(logits: Tensor, labels: Tensor) -> Tensor:
+    # Omnigrok's MSE on one-hot targets: (1/V) Σ_c (z_c − [c = y])²
+    return (logits - F.one_hot(labels, logits.shape[-1]).to(logits.dtype)).square().mean(-1)
+
+
+LLC_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": _ce_each, "stablemax": _stablemax_each, "mse": _mse_each}
+
+
+def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor, loss: str = "cross_entropy") -> LossFn:
+    """A loss over stacked parameters from a family's functional forward: ``loss(P, idx) -> [R]``, the mean
+    loss of run ``r`` on the training pairs ``idx[r]`` (``idx [R, m]`` rows of ``tokens``): ``loss`` names the
+    run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or ``mse`` on one-hot targets)."""
+    if loss not in LLC_LOSSES:
+        raise AnalysisError(f"loss: must be one of {', '.join(LLC_LOSSES)}, got {loss!r}")
+    each = LLC_LOSSES[loss]
+
+    def fn(P: dict[str, Tensor], idx: Tensor) -> Tensor:
         R, m = idx.shape
         logits = forward(P, tokens[idx], cfg)  # [R, m, vocab]
-        return F.cross_entropy(logits.reshape(R * m, -1), labels[idx].reshape(-1), reduction="none").view(R, m).mean(1)
+        return each(logits.reshape(R * m, -1), labels[idx].reshape(-1)).view(R, m).mean(1)
 
-    return loss
+    return fn
 
 
 def _batches(n: int, m: int, chains: int, seed: int, device) -> Callable[[], Tensor]:
@@ -434,13 +459,13 @@ def llc_frame(results: Sequence[tuple[Sequence[int], LLCResult]]) -> pd.DataFram
 
 
 def _run_pieces(run, device):
-    """A run's family forward, model config and training data on ``device``."""
+    """A run's family forward, model config, training data on ``device`` and training loss."""
     from ..model.families import family_of
 
     mc = run.config.model
     fam = family_of(mc)
     tokens, labels = run.train_data()  # [a, b, =] rows: every family's forward reads them
-    return fam.forward, mc, tokens.to(device), labels.to(device)
+    return fam.forward, mc, tokens.to(device), labels.to(device), run.config.train.loss
 
 
 def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None, device: str | torch.device = "cpu",
@@ -471,9 +496,9 @@ def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None,
     if len(eps) == 0:
         raise AnalysisError("epochs: the selection is empty")
     dev = torch.device(device)
-    forward, mc, tokens, labels = _run_pieces(run, dev)
+    forward, mc, tokens, labels, loss_name = _run_pieces(run, dev)
     n = len(labels)
-    loss = model_loss_fn(forward, mc, tokens, labels)
+    loss = model_loss_fn(forward, mc, tokens, labels, loss_name)
     if chunk is None:
         from ..model.families import family_of
 
@@ -519,8 +544,8 @@ def calibrate(run, epsilons: Sequence[float], nbetas: Sequence[float], base: SGL
     if len(run.epochs) == 0:
         raise AnalysisError(f"{run.path}: the run has no checkpoints to estimate the LLC at")
     e = run.resolve_epoch(int(epoch))
-    forward, mc, tokens, labels = _run_pieces(run, torch.device(device))
-    loss = model_loss_fn(forward, mc, tokens, labels)
+    forward, mc, tokens, labels, loss_name = _run_pieces(run, torch.device(device))
+    loss = model_loss_fn(forward, mc, tokens, labels, loss_name)
     P = {k: v.to(device) for k, v in run.stacks(epochs=[e]).items()}
     rows, traces = [], []
     import dataclasses

@@ -1,9 +1,9 @@
 """Constraints on the weights, applied after every optimizer step (inside the captured step).
 
 :class:`WeightNormConstraint` is Omnigrok's constrained-norm training (Liu et al. 2022): the
-total parameter norm is held at its initial value, so the optimizer can only move the weights
-along the sphere. It is stateless (the target comes from the initial parameters, which are
-seeded), so a resumed run needs nothing saved for it.
+total parameter norm is held at its initial value (or at ``train.weight_norm_target``), so the
+optimizer can only move the weights along the sphere. It is stateless (the target comes from the
+initial parameters, which are seeded, or from the config), so a resumed run needs nothing saved for it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ class WeightNormConstraint:
 
     Args:
         params: the named parameters, at their initialisation (the target norm is read now).
+        target: the norm to hold (``train.weight_norm_target``); ``None``: the initial norm.
 
     Notes:
         With ``θ`` all parameters as one vector (every weight and bias of the model) and
@@ -28,9 +29,9 @@ class WeightNormConstraint:
         :class:`StackedWeightNorm` over a stack of one run.
     """
 
-    def __init__(self, params: dict[str, torch.nn.Parameter]):
+    def __init__(self, params: dict[str, torch.nn.Parameter], target: float | None = None):
         # written once: the stacked constraint over a stack of one run ([1, ...] views of the parameters)
-        self.stack = StackedWeightNorm({k: p.detach().unsqueeze(0) for k, p in params.items()}, [True])
+        self.stack = StackedWeightNorm({k: p.detach().unsqueeze(0) for k, p in params.items()}, [True], [target])
         self.target = float(self.stack.target[0])
 
     def norm(self) -> Tensor:
@@ -43,11 +44,13 @@ class WeightNormConstraint:
 
 class StackedWeightNorm:
     """:class:`WeightNormConstraint` over a stack: the runs with ``weight_norm`` set are held at their
-    own initial total norm, the others are left alone.
+    own initial total norm (or at their ``weight_norm_target``), the others are left alone.
 
     Args:
         params: ``{name: [run, ...]}`` views of the stacked parameters, at their initialisation.
         enabled: per run, whether its norm is held (``TrainConfig.weight_norm``).
+        targets: per run, the norm to hold (``TrainConfig.weight_norm_target``; ``None``: its initial
+            norm); default: every run its initial norm.
 
     Notes:
         Per run the same float operations as the single run's: the squared norm summed parameter by
@@ -55,12 +58,15 @@ class StackedWeightNorm:
         without the constraint gets the factor 1 (exact).
     """
 
-    def __init__(self, params: dict[str, Tensor], enabled: list[bool]):
+    def __init__(self, params: dict[str, Tensor], enabled: list[bool], targets: list[float | None] | None = None):
         self.params = list(params.values())
         dev = self.params[0].device
         self.enabled = torch.tensor(enabled, dtype=torch.bool, device=dev)
         with torch.no_grad():
             self.target = self.norm().clone()
+        for r, t in enumerate(targets or []):
+            if t is not None:
+                self.target[r] = float(t)
 
     def norm(self) -> Tensor:
         """Every run's total norm ``‖θ_r‖₂`` ``[run]`` (float64, on the parameters' device)."""

@@ -138,7 +138,8 @@ def child_config(parent: str | os.PathLike, epoch: int | None = None, *, n_train
         n_train = parent_n
     task = replace(cfg.task, n_train=n_train, subset_seed=subset_seed if n_train is not None else 0,
                    random_labels=bool(random_labels), label_seed=label_seed)
-    train = replace(cfg.train, init_from=str(Path(parent).absolute()), init_epoch=epoch, weight_norm=False)
+    train = replace(cfg.train, init_from=str(Path(parent).absolute()), init_epoch=epoch, weight_norm=False,
+                    weight_norm_target=None)
     out = RunConfig(task=task, model=cfg.model, train=train, checkpoints=cfg.checkpoints)
     return out.replace(**overrides) if overrides else out
 

@@ -291,7 +291,7 @@ class TrainLoop(EpochLoop):
                      and tc.batch_size is None and getattr(self.optimizer, "graphable", True))
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
         self.transforms = build_transforms(self.layout.views(self.flat.detach()), self.tcs)
-        self.constraints = [WeightNormConstraint(self.params)] if tc.weight_norm else []
+        self.constraints = [WeightNormConstraint(self.params, tc.weight_norm_target)] if tc.weight_norm else []
         self.loss_fn = loss_function(tc.loss)
         train = self.data["train"]
         # Minibatches (train.batch_size): step s takes batch s mod k of epoch s // k, recomputed from

@@ -164,7 +164,7 @@ _KNOWN = {
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
-              "grokfast_window", "weight_norm", "init_from", "init_epoch"},
+              "grokfast_window", "weight_norm", "weight_norm_target", "init_from", "init_epoch"},
     "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
 # Fields that may differ between the runs of one stack (no shape depends on them): each run's
@@ -177,7 +177,7 @@ _PER_RUN = {
     "model": {"init_seed", "init_method", "init_scale", "attn_coeff"},
     "train": {"lr", "weight_decay", "beta1", "beta2", "momentum", "warmup_epochs", "fast_path", "sampler_seed",
               "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb", "weight_norm",
-              "init_from", "init_epoch"},
+              "weight_norm_target", "init_from", "init_epoch"},
 }
 
 
@@ -499,7 +499,7 @@ class StackedLoop(EpochLoop):
         self.transforms = build_transforms(self.params, tcs)
         # constraints on the weights after each step; their targets come from the initialisation
         self.constraints: list[Callable[[], None]] = (
-            [StackedWeightNorm(self.params, [tc.weight_norm for tc in tcs])] if any(tc.weight_norm for tc in tcs)
+            [StackedWeightNorm(self.params, [tc.weight_norm for tc in tcs], [tc.weight_norm_target for tc in tcs])] if any(tc.weight_norm for tc in tcs)
             else [])
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
         self._epoch = 0  # epoch_t (the optimizer step counter) on the host: CPU steps give each run its float64 lr

@@ -210,6 +210,12 @@ def progress_measures(
         definition and split.
     """
     cfg = run.config.model
+    if getattr(cfg, "d_input", 0):  # a dataset task: no p × p grid of inputs to measure over
+        raise AnalysisError(
+            f"{getattr(run, 'path', 'run')}: the progress measures and probes are undefined for the dataset task "
+            f"{run.config.task.operation!r} (input vectors, no a ∘ b grid of an algebraic task); use "
+            f"grokinterp.analysis.vectors (checkpoint_metrics, weight_norms, neuron_statistics), `grokinterp report` "
+            f"or `grokinterp llc`")
     model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if rows is None:
         rows = auto_rows(cfg, device)
