@@ -710,9 +710,9 @@ def embedding_scatter(maps, *, title: str | None = None) -> go.Figure:
             if not len(sel):
                 continue
             name = str(sel["label_name"].iloc[0])
-            fig.add_trace(go.Scattergl(x=sel["x"], y=sel["y"], mode="markers", name=name, legendgroup=name,
-                                       showlegend=j == 0, marker=dict(size=5, color=palette[i % len(palette)]),
-                                       text=[f"{name} (#{k})" for k in sel["index"]], hoverinfo="text"),
+            fig.add_trace(go.Scatter(x=sel["x"], y=sel["y"], mode="markers", name=name, legendgroup=name,
+                                     showlegend=j == 0, marker=dict(size=5, color=palette[i % len(palette)]),
+                                     text=[f"{name} (#{k})" for k in sel["index"]], hoverinfo="text"),
                           row=1, col=j + 1)
     fig.update_layout(title=title, height=460, legend_title_text="label")
     return fig
