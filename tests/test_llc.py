@@ -180,6 +180,27 @@ def test_the_measure_adds_llc_columns_to_the_progress_table(mlp_run):
     np.testing.assert_allclose(df["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
 
 
+def test_the_measure_samples_the_loss_it_is_given(tmp_path):
+    """An MSE-trained run: the measure with ``loss="mse"`` is the estimate ``llc_over_checkpoints`` makes
+    from the run's own loss, and differs from the cross-entropy default; an unknown loss names the field."""
+    import grokinterp as gi
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.analysis.measures.llc import LLCMeasure
+
+    run = gi.train(gi.make_config("tiny", p=11, family="mlp", d_embed=4, d_hidden=16, epochs=20, every=10,
+                                  log_early=0, loss="mse"), tmp_path / "mse", progress=False)
+    cfg = SGLDConfig(epsilon=1e-3, gamma=10.0, nbeta=5.0, chains=2, draws=30, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        mse = progress_measures(run, measures=["losses", LLCMeasure(cfg, loss="mse")])
+        ce = progress_measures(run, measures=["losses", LLCMeasure(cfg)])
+        direct = llc_over_checkpoints(run, cfg)
+    np.testing.assert_allclose(mse["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(ce["llc_mean"], direct["llc_mean"], rtol=1e-2)
+    with pytest.raises(AnalysisError, match="loss"):
+        LLCMeasure(cfg, loss="hinge")
+
+
 def test_calibration_grid_has_one_row_per_cell_and_traces(mlp_run):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LLCWarning)

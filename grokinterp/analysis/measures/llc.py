@@ -17,21 +17,30 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...errors import AnalysisError
 from ...model.families import family_of
 from ...model.grid import grid_tokens
-from ..llc import SGLDConfig, model_loss_fn, sample_llc
+from ..llc import LLC_LOSSES, SGLDConfig, model_loss_fn, sample_llc
 from .base import ChunkContext, Measure
 
 __all__ = ["LLCMeasure"]
 
 
 class LLCMeasure(Measure):
-    """SGLD estimate of the local learning coefficient at each checkpoint (not registered by default)."""
+    """SGLD estimate of the local learning coefficient at each checkpoint (not registered by default).
+
+    ``loss``: the training loss the sampler uses (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or
+    ``mse``); pass the run's own, ``LLCMeasure(cfg, loss=run.config.train.loss)``, as
+    :func:`~grokinterp.analysis.llc.llc_over_checkpoints` does by itself.
+    """
 
     name = "llc"
 
-    def __init__(self, config: SGLDConfig | None = None):
+    def __init__(self, config: SGLDConfig | None = None, *, loss: str = "cross_entropy"):
         self.config = config if config is not None else SGLDConfig()
+        if loss not in LLC_LOSSES:
+            raise AnalysisError(f"loss: must be one of {', '.join(LLC_LOSSES)}, got {loss!r}")
+        self.loss = loss
         chains = tuple(f"llc_chain_{c}" for c in range(self.config.chains))
         self.columns = ("llc_mean", "llc_std", *chains, "llc_rhat", "llc_accept", "llc_reliable")
         c = self.config
@@ -39,7 +48,8 @@ class LLCMeasure(Measure):
                f"{c.chains} chain(s) × {c.draws} draws after {c.burnin} burn-in, batches of "
                f"{c.batch_size or 'all'} training pairs, seed {c.seed}")
         self.definitions = {
-            "llc_mean": f"local learning coefficient nβ (E[L_batch] − L_train(w*)), mean over chains ({how})",
+            "llc_mean": f"local learning coefficient nβ (E[L_batch] − L_train(w*)) of the {loss} loss, mean over "
+                        f"chains ({how})",
             "llc_std": "standard deviation of the per-chain estimates (ddof 1)",
             **{k: f"chain {i}'s estimate" for i, k in enumerate(chains)},
             "llc_rhat": "split-R̂ of the chains' loss traces (second half of the draws)",
@@ -52,7 +62,7 @@ class LLCMeasure(Measure):
         trn = a.train.to(ctx.device)
         tokens = grid_tokens(a.p).to(ctx.device)[trn]
         labels = a.labels.to(ctx.device)[trn]
-        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels)
+        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels, self.loss)
         with torch.enable_grad():
             r = sample_llc(ctx.params, loss, len(labels), self.config, device=ctx.device)
         cols = r.columns()
