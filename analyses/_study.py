@@ -89,6 +89,37 @@ def train_until(cfg, out: Path, *, margin: int | None = None, log=print):
     return run
 
 
+def same_runs_on_disk(cfgs, outs) -> list[bool]:
+    """Whether each ``out`` holds a run of exactly that config (finished or not)."""
+    found = []
+    for cfg, out in zip(cfgs, outs):
+        try:
+            found.append(gi.load_run(out).config == cfg)
+        except gi.GrokinterpError:
+            found.append(False)
+    return found
+
+
+def train_or_resume_stack(cfgs, outs, callbacks=()) -> float:
+    """Train ``cfgs`` into ``outs`` as one stack, or resume the stack when every run is already there with its
+    config; a stop by a callback or a finished stack is printed, not raised. Returns the wall seconds."""
+    import time
+
+    from grokinterp.training.stacked import StackInterrupted, resume_stacked
+
+    t0 = time.time()
+    try:
+        if all(same_runs_on_disk(cfgs, outs)):
+            resume_stacked(outs, progress=False, callbacks=list(callbacks))
+        else:
+            gi.train_stacked(cfgs, outs, progress=False, overwrite=True, callbacks=list(callbacks))
+    except StackInterrupted as e:
+        print(f"  stack stopped at epoch {e.epoch}", flush=True)
+    except gi.GrokinterpError as e:  # resuming a finished stack
+        print(f"  {e}", flush=True)
+    return time.time() - t0
+
+
 def epochs_to(run_or_metrics, level: float = 0.99, column: str = "test_acc") -> int | None:
     """First epoch at which ``column`` (evaluation rows) reached ``level`` (``None``: never)."""
     m = run_or_metrics.evals if hasattr(run_or_metrics, "evals") else run_or_metrics

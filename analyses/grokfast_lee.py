@@ -100,27 +100,8 @@ class StopStack(S.Callback):
 
 def train_arm(items, args) -> None:
     """The arm's runs as one stack: skipped where all are there (finished or stopped), resumed where interrupted."""
-    import grokinterp as gi
-    from grokinterp.training.stacked import StackInterrupted, resume_stacked
-
     cfgs, outs = [c for _, c, _ in items], [o for _, _, o in items]
-    cbs = [StopStack(args.margin, max_minutes=args.max_minutes)]
-    existing = []
-    for cfg, out in zip(cfgs, outs):
-        try:
-            run = gi.load_run(out)
-            existing.append(run.config == cfg)
-        except gi.GrokinterpError:
-            existing.append(False)
-    try:
-        if all(existing):
-            resume_stacked(outs, progress=False, callbacks=cbs)
-        else:
-            gi.train_stacked(cfgs, outs, progress=False, overwrite=True, callbacks=cbs)
-    except StackInterrupted as e:
-        print(f"  stack stopped at epoch {e.epoch}", flush=True)
-    except gi.GrokinterpError as e:  # resuming a finished stack
-        print(f"  {e}", flush=True)
+    S.train_or_resume_stack(cfgs, outs, [StopStack(args.margin, max_minutes=args.max_minutes)])
 
 
 def first_step(ev, level: float, column: str = "test_acc") -> int | None:

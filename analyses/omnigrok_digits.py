@@ -136,28 +136,8 @@ class StopStack(S.Callback):
 
 def train_stack(items, args, stop: bool) -> float:
     """Train (or resume) one arm's runs as one stack; returns the wall seconds."""
-    import grokinterp as gi
-    from grokinterp.training.stacked import StackInterrupted, resume_stacked
-
     cfgs, outs = [c for *_, c, _ in items], [o for *_, o in items]
-    cbs = [StopStack(args.margin if stop else None, args.level, args.max_minutes)]
-    existing = []
-    for cfg, out in zip(cfgs, outs):
-        try:
-            existing.append(gi.load_run(out).config == cfg)
-        except gi.GrokinterpError:
-            existing.append(False)
-    t0 = time.time()
-    try:
-        if all(existing):
-            resume_stacked(outs, progress=False, callbacks=cbs)
-        else:
-            gi.train_stacked(cfgs, outs, progress=False, overwrite=True, callbacks=cbs)
-    except StackInterrupted as e:
-        print(f"  stack stopped at epoch {e.epoch}", flush=True)
-    except gi.GrokinterpError as e:  # resuming a finished stack
-        print(f"  {e}", flush=True)
-    return time.time() - t0
+    return S.train_or_resume_stack(cfgs, outs, [StopStack(args.margin if stop else None, args.level, args.max_minutes)])
 
 
 def first_step(ev, level: float, column: str = "test_acc") -> int | None:

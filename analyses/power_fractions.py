@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import _study as S
@@ -104,7 +103,6 @@ def train_cell(items, args) -> float:
     """One cell's runs as one stack: skipped where all are there and finished or stopped, resumed where
     interrupted. Returns the wall seconds spent."""
     import grokinterp as gi
-    from grokinterp.training.stacked import StackInterrupted, resume_stacked
 
     cfgs, outs = [c for _, c, _ in items], [o for _, _, o in items]
     left = _seconds_left(args.until)
@@ -122,17 +120,7 @@ def train_cell(items, args) -> float:
             done.append(False)
     if all(existing) and all(done):
         return 0.0
-    t0 = time.time()
-    try:
-        if all(existing):
-            resume_stacked(outs, progress=False, callbacks=[stop])
-        else:
-            gi.train_stacked(cfgs, outs, progress=False, overwrite=True, callbacks=[stop])
-    except StackInterrupted as e:
-        print(f"  stack stopped at epoch {e.epoch}", flush=True)
-    except gi.GrokinterpError as e:  # resuming a finished stack
-        print(f"  {e}", flush=True)
-    return time.time() - t0
+    return S.train_or_resume_stack(cfgs, outs, [stop])
 
 
 def summarise(args, wall: dict[str, float]) -> dict:
