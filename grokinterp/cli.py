@@ -471,7 +471,9 @@ def _add_probes_parser(sub, parser) -> None:
                                     "scale, representation quality index (cheap), and with --probes all or ntk the "
                                     "NTK–label alignment (a backward per class per checkpoint). Definitions in "
                                     "grokinterp.analysis.probes; a probe undefined for the run's task or family is "
-                                    "NaN, with the reason in the definitions printed by --definitions.")
+                                    "NaN, with the reason in the definitions printed by --definitions. On a dataset task "
+                                    "(--operation digits) the probes read the logits on its input vectors; RQI and "
+                                    "the NTK alignment are NaN there.")
     pr.add_argument("run", type=_nonempty_path, metavar="RUN")
     pr.add_argument("--probes", type=_name_list, default=("cheap",), metavar="P1,P2,...",
                     help="probe measures: cheap (default), all, or names among softmax_collapse, update_cos, "
@@ -1012,7 +1014,13 @@ def cmd_probes(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     if len(run.epochs) == 0:
         raise GrokinterpError(f"{run.path}: the run has no readable checkpoints to probe")
-    df = progress_measures(run, epochs=select_checkpoints(run.epochs, args.max_checkpoints), measures=measures)
+    eps = select_checkpoints(run.epochs, args.max_checkpoints)
+    if getattr(run.config.model, "d_input", 0):  # a dataset task: the probes over its input vectors (issue 22)
+        from .analysis.probes.vectors import vector_probes
+
+        df = vector_probes(run, chosen, eps)
+    else:
+        df = progress_measures(run, epochs=eps, measures=measures)
     if args.out is not None:
         try:
             write_atomic(args.out, df.to_csv(index=False).encode())

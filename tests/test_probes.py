@@ -344,18 +344,78 @@ def test_logit_probes_streamed_equal_whole_grid_and_the_plain_computation(tiny_r
     assert whole["logit_std"].iloc[-1] == pytest.approx(float(logit_std(L[:, valid])), rel=1e-6)
 
 
-def test_probes_on_a_digits_run_say_undefined_naming_the_task(tmp_path):
-    """The probes and progress measures read the p × p grid of an algebraic task: on a dataset task they refuse
-    with a message naming the task (API: AnalysisError; CLI: exit 2, one line, nothing written)."""
-    from _helpers import cli
-
+def test_progress_measures_on_a_digits_run_say_undefined_naming_the_task(tmp_path):
+    """The progress measures read the p × p grid of an algebraic task: on a dataset task they refuse with a message
+    naming the task and pointing at the vector probes."""
     import grokinterp as g
 
     cfg = make_config("omnigrok-digits", d_hidden=16, epochs=2, every=2, eval_every=1, log_early=0, train_size=300)
     run = g.train(cfg, tmp_path / "digits", progress=False)
-    with pytest.raises(AnalysisError, match="undefined for the dataset task 'digits'"):
+    with pytest.raises(AnalysisError, match="undefined for the dataset task 'digits'.*vector_probes"):
         progress_measures(run, measures=["losses", "softmax_collapse"])
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    import grokinterp as g
+
+    cfg = make_config("omnigrok-digits", d_hidden=16, epochs=6, every=2, eval_every=1, log_early=0, train_size=300,
+                      loss="cross_entropy", init_scale=8.0)
+    return g.train(cfg, tmp_path_factory.mktemp("vprobes") / "digits", progress=False)
+
+
+def test_vector_probes_equal_the_plain_computation_on_a_digits_run(digits_run):
+    """sc / logit std / margin from the plain float32 logits of the run's model, loss as checkpoint_metrics, the
+    update–weight cosine from the flattened parameters; RQI and NTK NaN with the reason."""
+    from grokinterp.analysis.probes.vectors import vector_probes
+    from grokinterp.analysis.vectors import checkpoint_metrics
+
+    run = digits_run
+    eps = np.asarray(run.epochs)
+    assert len(eps) >= 3
+    df = vector_probes(run, PROBES, eps, chunk=2)  # chunks of 2: the cosine crosses chunk boundaries
+    assert df["epoch"].tolist() == eps.tolist()
+    (xtr, ytr), (xte, yte) = run.train_data(), run.test_data()
+    flat = []
+    for k, e in enumerate(eps):
+        model = run.model(int(e))
+        with torch.no_grad():
+            Ltr, Lte = (model(x).float().reshape(len(x), -1) for x in (xtr, xte))
+        logp = torch.log_softmax(Ltr, -1)
+        assert df["sc_train"].iloc[k] == (logp[torch.arange(len(ytr)), ytr] == 0).double().mean().item()
+        logp = torch.log_softmax(Lte, -1)
+        assert df["sc_test"].iloc[k] == (logp[torch.arange(len(yte)), yte] == 0).double().mean().item()
+        Lall = torch.cat([Ltr, Lte]).double()
+        assert df["logit_std"].iloc[k] == pytest.approx(Lall.std(-1, unbiased=False).mean().item(), rel=1e-5)
+        other = Ltr.double().clone()
+        other[torch.arange(len(ytr)), ytr] = -math.inf
+        margin = (Ltr.double()[torch.arange(len(ytr)), ytr] - other.max(-1).values).mean().item()
+        assert df["logit_margin"].iloc[k] == pytest.approx(margin, rel=1e-6)
+        flat.append(torch.cat([v.double().flatten() for _, v in sorted(run.params(int(e)).items())]))
+    cos = [math.nan] + [torch.nn.functional.cosine_similarity(b - a, a, dim=0).item() for a, b in zip(flat, flat[1:])]
+    np.testing.assert_allclose(df["update_weight_cos"], cos, rtol=1e-5)
+    assert np.isfinite(df["update_weight_cos"].iloc[1:]).all()
+    assert df["sc_train"].between(0, 1).all() and (df["logit_margin"] != 0).any()
+    cm = checkpoint_metrics(run, eps)
+    np.testing.assert_allclose(df["train_loss"], cm["train_loss"], rtol=1e-6)
+    assert df[["rqi", "rqi_circle", "ntk_alignment"]].isna().all().all()
+    assert "undefined for this task" in df.attrs["definitions"]["rqi"]
+    assert "undefined for this task" in df.attrs["definitions"]["ntk_alignment"]
+    with pytest.raises(AnalysisError, match="probes: unknown"):
+        vector_probes(run, ["bogus"])
+
+
+def test_cli_probes_on_a_digits_run(digits_run, tmp_path, capsys):
+    import pandas as pd
+
+    from grokinterp.analysis.probes.vectors import vector_probes
+    from grokinterp.cli import main
+
     out = tmp_path / "probes.csv"
-    res = cli("probes", str(run.path), "--probes", "all", "--out", str(out))
-    assert res.returncode == 2 and "dataset task 'digits'" in res.stderr, res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1 and not out.exists()
+    assert main(["probes", str(digits_run.path), "--probes", "all", "--out", str(out), "--definitions"]) == 0
+    assert "undefined for this task" in capsys.readouterr().out
+    df = pd.read_csv(out)
+    want = vector_probes(digits_run, PROBES)
+    assert {"sc_train", "sc_test", "logit_std", "logit_margin", "update_weight_cos"} <= set(df.columns)
+    np.testing.assert_allclose(df[want.columns].to_numpy(float), want.to_numpy(float), rtol=1e-12)
+    assert df["ntk_alignment"].isna().all()

@@ -33,7 +33,7 @@ from ..errors import AnalysisError
 from ..model.families import family_of
 
 __all__ = ["UNDEFINED", "is_vector_run", "checkpoint_metrics", "grokking_dates", "GrokkingDates",
-           "neuron_statistics", "weight_norms", "hidden_activations"]
+           "neuron_statistics", "weight_norms", "hidden_activations", "mean_loss", "stacked_params"]
 
 #: The analyses a dataset task leaves undefined, and why (for notes and the report).
 UNDEFINED = ("undefined for this task (it classifies vectors: no group structure, so no Fourier basis over "
@@ -71,12 +71,13 @@ def weight_norms(run: Any, epochs: np.ndarray | None = None) -> pd.DataFrame:
     return out
 
 
-def _stacked(run: Any, epochs: np.ndarray) -> dict[str, Tensor]:
+def stacked_params(run: Any, epochs: np.ndarray) -> dict[str, Tensor]:
+    """Every parameter of the checkpoints ``epochs``, stacked: ``{name: float32 [ckpt, ...]}``."""
     names = list(run.params(int(epochs[-1])))
     return {n: run.stack(n, epochs).float() for n in names}
 
 
-def _loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
+def mean_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
     """Per-checkpoint mean loss ``[ckpt]`` (float64) of ``logits [ckpt, n, classes]``: the run's training loss
     (``mse`` on one-hot targets, else softmax cross-entropy)."""
     x = logits.double()
@@ -106,7 +107,7 @@ def checkpoint_metrics(run: Any, epochs: np.ndarray | None = None, *, chunk: int
     out: dict[str, list[float]] = {f"{s}_{m}": [] for s in data for m in ("loss", "acc")}
     with torch.no_grad():
         for i in range(0, len(epochs), chunk):
-            P = _stacked(run, epochs[i:i + chunk])
+            P = stacked_params(run, epochs[i:i + chunk])
             for s, (x, y) in data.items():
                 if len(y) == 0:
                     out[f"{s}_loss"].extend([math.nan] * len(epochs[i:i + chunk]))
@@ -114,7 +115,7 @@ def checkpoint_metrics(run: Any, epochs: np.ndarray | None = None, *, chunk: int
                     continue
                 logits = torch.cat([fam.forward(P, x[j:j + CHUNK_INPUTS], cfg) for j in range(0, len(y), CHUNK_INPUTS)],
                                    1)
-                out[f"{s}_loss"].extend(_loss(logits, y, loss).tolist())
+                out[f"{s}_loss"].extend(mean_loss(logits, y, loss).tolist())
                 out[f"{s}_acc"].extend((logits.argmax(-1) == y).double().mean(1).tolist())
     df = weight_norms(run, epochs)[["epoch", "weight_norm"]]
     for k, v in out.items():

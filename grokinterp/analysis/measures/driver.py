@@ -214,7 +214,8 @@ def progress_measures(
         raise AnalysisError(
             f"{getattr(run, 'path', 'run')}: the progress measures and probes are undefined for the dataset task "
             f"{run.config.task.operation!r} (input vectors, no a ∘ b grid of an algebraic task); use "
-            f"grokinterp.analysis.vectors (checkpoint_metrics, weight_norms, neuron_statistics), `grokinterp report` "
+            f"grokinterp.analysis.vectors (checkpoint_metrics, weight_norms, neuron_statistics), "
+            f"grokinterp.analysis.probes.vectors.vector_probes (`grokinterp probes`), `grokinterp report` "
             f"or `grokinterp llc`")
     model_cfg, cfg = cfg, residue_outputs({}, cfg)[1]  # analyses see the residue logits only
     if rows is None:
