@@ -32,8 +32,8 @@ from torch import Tensor
 from ..errors import AnalysisError
 from ..model.families import family_of
 
-__all__ = ["UNDEFINED", "is_vector_run", "checkpoint_metrics", "grokking_dates", "GrokkingDates",
-           "neuron_statistics", "weight_norms", "hidden_activations", "mean_loss", "stacked_params"]
+__all__ = ["UNDEFINED", "is_vector_run", "checkpoint_metrics", "input_logits", "run_loss", "grokking_dates",
+           "GrokkingDates", "neuron_statistics", "weight_norms", "hidden_activations", "mean_loss", "stacked_params"]
 
 #: The analyses a dataset task leaves undefined, and why (for notes and the report).
 UNDEFINED = ("undefined for this task (it classifies vectors: no group structure, so no Fourier basis over "
@@ -88,6 +88,17 @@ def mean_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:
     return -logp.gather(-1, labels.expand(x.shape[0], -1).unsqueeze(-1)).squeeze(-1).mean(1)
 
 
+def input_logits(fam: Any, P: dict[str, Tensor], x: Tensor, cfg: Any) -> Tensor:
+    """The family's forward of stacked checkpoints ``P`` on input rows ``x [n, ...]``, ``CHUNK_INPUTS`` rows at a
+    time: logits ``[ckpt, n, classes]``."""
+    return torch.cat([fam.forward(P, x[j:j + CHUNK_INPUTS], cfg) for j in range(0, len(x), CHUNK_INPUTS)], 1)
+
+
+def run_loss(run: Any) -> str:
+    """The name :func:`mean_loss` takes for the run's training loss: ``mse``, else ``cross_entropy``."""
+    return "mse" if run.config.train.loss == "mse" else "cross_entropy"
+
+
 def checkpoint_metrics(run: Any, epochs: np.ndarray | None = None, *, chunk: int = 64) -> pd.DataFrame:
     """Loss and accuracy of every checkpoint on the whole training and test sets, and the weight norm.
 
@@ -102,7 +113,7 @@ def checkpoint_metrics(run: Any, epochs: np.ndarray | None = None, *, chunk: int
         raise AnalysisError(f"{run.path}: no checkpoints to evaluate")
     cfg = run.config.model
     fam = family_of(cfg)
-    loss = "mse" if run.config.train.loss == "mse" else "cross_entropy"
+    loss = run_loss(run)
     data = {"train": run.train_data(), "test": run.test_data()}
     out: dict[str, list[float]] = {f"{s}_{m}": [] for s in data for m in ("loss", "acc")}
     with torch.no_grad():
@@ -113,8 +124,7 @@ def checkpoint_metrics(run: Any, epochs: np.ndarray | None = None, *, chunk: int
                     out[f"{s}_loss"].extend([math.nan] * len(epochs[i:i + chunk]))
                     out[f"{s}_acc"].extend([math.nan] * len(epochs[i:i + chunk]))
                     continue
-                logits = torch.cat([fam.forward(P, x[j:j + CHUNK_INPUTS], cfg) for j in range(0, len(y), CHUNK_INPUTS)],
-                                   1)
+                logits = input_logits(fam, P, x, cfg)
                 out[f"{s}_loss"].extend(mean_loss(logits, y, loss).tolist())
                 out[f"{s}_acc"].extend((logits.argmax(-1) == y).double().mean(1).tolist())
     df = weight_norms(run, epochs)[["epoch", "weight_norm"]]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ...errors import AnalysisError
 from ...model.families import family_of
-from ..vectors import CHUNK_INPUTS, is_vector_run, mean_loss, stacked_params
+from ..vectors import input_logits, is_vector_run, mean_loss, run_loss, stacked_params
 from .collapse import collapsed, update_weight_cosine
 from .logit_scale import pair_margins, pair_std
 from .measures import PROBES, LogitScale, SoftmaxCollapse, UpdateWeightCosine
@@ -38,10 +38,6 @@ VECTOR_UNDEFINED = {
 }
 _COLUMNS = {"softmax_collapse": SoftmaxCollapse.columns, "update_cos": UpdateWeightCosine.columns,
             "logit_scale": LogitScale.columns, "rqi": ("rqi", "rqi_circle"), "ntk_alignment": ("ntk_alignment",)}
-
-
-def _logits(fam, P: dict[str, Tensor], x: Tensor, cfg) -> Tensor:
-    return torch.cat([fam.forward(P, x[j:j + CHUNK_INPUTS], cfg) for j in range(0, len(x), CHUNK_INPUTS)], 1)
 
 
 def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray | None = None, *,
@@ -71,7 +67,7 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
         raise AnalysisError(f"{run.path}: no checkpoints to probe")
     cfg = run.config.model
     fam = family_of(cfg)
-    loss = "mse" if run.config.train.loss == "mse" else "cross_entropy"
+    loss = run_loss(run)
     (xtr, ytr), (xte, yte) = run.train_data(), run.test_data()
     if len(ytr) == 0:
         raise AnalysisError(f"{run.path}: the run has no training examples to probe")
@@ -82,8 +78,8 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
         for i in range(0, len(epochs), chunk):
             P = stacked_params(run, epochs[i:i + chunk])
             n = len(epochs[i:i + chunk])
-            Ltr = _logits(fam, P, xtr, cfg)
-            Lte = _logits(fam, P, xte, cfg) if len(yte) else None
+            Ltr = input_logits(fam, P, xtr, cfg)
+            Lte = input_logits(fam, P, xte, cfg) if len(yte) else None
             out: dict[str, Tensor | None] = {
                 "train_loss": mean_loss(Ltr, ytr, loss), "test_loss": None if Lte is None else mean_loss(Lte, yte, loss)}
             if "softmax_collapse" in probes:
