@@ -78,36 +78,30 @@ def arm_items(args, arm: str):
     import grokinterp as gi
 
     task = dict(operation="mnist", data=str(args.mnist)) if args.mnist and arm == "recipe" else {}
+    per_epoch = gi.make_config("omnigrok-digits", **task).steps_per_epoch()
+
+    def seeded(s: int, steps: int, **kw):  # the recipe for seed s, trained for at least `steps` optimizer steps
+        return gi.make_config("omnigrok-digits", epochs=math.ceil(steps / per_epoch), init_seed=s, split_seed=s,
+                              sampler_seed=s, device="cpu", **task, **kw)
+
     out = []
     if arm == "recipe":
-        base = gi.make_config("omnigrok-digits", **task)
-        epochs = math.ceil(args.recipe_steps / base.steps_per_epoch())
         for s in args.seeds:
-            cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
-                                 device="cpu", **task)
-            out.append(("recipe", s, cfg, args.runs_dir / f"recipe-s{s}"))
+            out.append(("recipe", s, seeded(s, args.recipe_steps), args.runs_dir / f"recipe-s{s}"))
     elif arm == "gamma":
-        epochs = math.ceil(args.gamma_steps / 5)
         for g in args.gammas:
             for s in args.seeds:
-                cfg = gi.make_config("omnigrok-digits", epochs=epochs, weight_decay=g, init_seed=s, split_seed=s,
-                                     sampler_seed=s, device="cpu")
-                out.append(("gamma", s, cfg, args.runs_dir / f"gamma{g:g}-s{s}"))
+                out.append(("gamma", s, seeded(s, args.gamma_steps, weight_decay=g), args.runs_dir / f"gamma{g:g}-s{s}"))
     elif arm == "grokfast":
-        epochs = math.ceil(args.gamma_steps / 5)
         for s in args.seeds:
-            cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
-                                 device="cpu", **GROKFAST)
-            out.append(("grokfast", s, cfg, args.runs_dir / f"grokfast-s{s}"))
+            out.append(("grokfast", s, seeded(s, args.gamma_steps, **GROKFAST), args.runs_dir / f"grokfast-s{s}"))
     elif arm == "fixed_norm":
-        epochs = math.ceil(args.fixed_steps / 5)
         for norm in (None, *args.fixed_norms):
             for s in args.seeds:
                 kw = {} if norm is None else dict(weight_norm=True, weight_norm_target=norm or None)
-                cfg = gi.make_config("omnigrok-digits", epochs=epochs, init_seed=s, split_seed=s, sampler_seed=s,
-                                     device="cpu", **kw)
                 label = "recipe" if norm is None else f"{norm:g}" if norm else "init"
-                out.append((f"fixed_norm_{label}", s, cfg, args.runs_dir / f"fixednorm-{label}-s{s}"))
+                out.append((f"fixed_norm_{label}", s, seeded(s, args.fixed_steps, **kw),
+                            args.runs_dir / f"fixednorm-{label}-s{s}"))
     else:
         raise SystemExit(f"--arms: unknown arm {arm!r}")
     return out
