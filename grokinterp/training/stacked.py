@@ -88,7 +88,7 @@ from ..model.stacked import (
 from ..store import layout
 from ..store.integrity import last_flush_complete
 from ..store.lock import RunLock, acquire
-from ..store.run import Run, RunWarning, load_run
+from ..store.run import Run, RunWarning, load_run, run_directory
 from ..store.writer import (
     METRIC_COLUMNS,
     STEP_COLUMN,
@@ -103,17 +103,19 @@ from ..tasks import split_pairs, training_labels
 from .callbacks import Callback
 from .constraints import StackedWeightNorm
 from .data import batch_indices, sampler_seed, stacked_epoch
-from .lineage import init_stack_from_parents, lineage_record
-from .loop import (
+from .epochs import (
     EpochLoop,
     TrainingInterrupted,
     check_trainable,
+    decode_text,
+    encode_text,
     loop_callbacks,
     recorded_threads,
     resolve_device,
     stop_on_signals,
+    with_session,
 )
-from .loop import resume as resume_single
+from .lineage import init_stack_from_parents, lineage_record
 from .optim import (
     EPS,
     STACKED_OPTIMIZERS,
@@ -144,7 +146,7 @@ __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resum
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
            "padded_lengths", "default_impl", "IMPLS", "EXECUTORS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
-           "StackedAdam", "StackedOrthoAdamW", "StackedSGD"]
+           "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "TrainLoop", "RunData", "resume_single", "StateSource"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
@@ -335,6 +337,30 @@ def _nan_empty(out: Tensor, counts: list[int]) -> Tensor:
     return out
 
 
+#: Where a run's training state comes from (:meth:`StackedLoop.load_states`).
+StateSource = Path | Run | tuple[dict[str, str], dict[str, Tensor]]
+
+
+def _read_state(source: StateSource, where: Path | None, default: Path) -> tuple[dict[str, str], dict[str, Tensor], Path]:
+    """``(metadata, tensors, the path named in errors)`` of one run's training state."""
+    if isinstance(source, Run):
+        meta, tensors = source.training_state()  # through the run's checks
+        return meta, tensors, where or source.path / layout.STATE_FILE
+    if isinstance(source, tuple):
+        meta, tensors = source
+        return meta, tensors, where if where is not None else default
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(source)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
+        raise RunError(f"{path}: cannot read the training state ({e})") from None
+    return meta, tensors, where or path
+
+
 # -- the flusher --------------------------------------------------------------------------------------------
 class _Flusher:
     """Runs flush jobs in order, inline or in one background thread (at most one job pending)."""
@@ -490,27 +516,40 @@ class StackedLoop(EpochLoop):
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
         self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
-        init_stack_from_parents(self.params, self.configs, self.run_dirs)  # train.init_from (lineage.py)
+        init_stack_from_parents(self.flat_views, self.configs, self.run_dirs)  # train.init_from (lineage.py)
         # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
         # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
         tcs = [c.train if self.batch_size is None else dataclasses.replace(c.train, epochs=c.total_steps())
                for c in self.configs]
         self.optimizer = build_optimizer(self.flat, self.layout, tcs)
-        self.transforms = build_transforms(self.params, tcs)
+        self.transforms = build_transforms(self.flat_views, tcs)
         # constraints on the weights after each step; their targets come from the initialisation
         self.constraints: list[Callable[[], None]] = (
-            [StackedWeightNorm(self.params, [tc.weight_norm for tc in tcs], [tc.weight_norm_target for tc in tcs])] if any(tc.weight_norm for tc in tcs)
+            [StackedWeightNorm(self.flat_views, [tc.weight_norm for tc in tcs], [tc.weight_norm_target for tc in tcs])] if any(tc.weight_norm for tc in tcs)
             else [])
         self.epoch_t = torch.zeros((), dtype=torch.float32, device=device)
         self._epoch = 0  # epoch_t (the optimizer step counter) on the host: CPU steps give each run its float64 lr
+        # Step executors per model family and device: a CUDA graph of the step on CUDA (not for
+        # minibatches; the single-run executor only on its fast path and with a capturable optimizer,
+        # as the single-run trainer always did), else eager.
         use_graph = device.type == "cuda" and graphs_enabled() and self.batch_size is None  # batches: eager
+        if impl == "single":
+            use_graph = use_graph and self._fast and getattr(self.optimizer, "graphable", True)
+            self._grad = torch.zeros_like(self.flat)  # the flat gradient, written in place every step
+        self._graph = use_graph
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
+        # leaves whose .grad become their views of the flat gradient after each step (TrainLoop's params)
+        self._leaf_grads: list[tuple[Tensor, Tensor]] = []
         # metrics, checkpoints, writers
         n = self.E + 1
-        self.metrics = {c: torch.full((R, n), float("nan"), dtype=torch.float64,
+        self.columns = {c: torch.full((R, n), float("nan"), dtype=torch.float64,
                                       device="cpu" if c == "lr" else device) for c in METRIC_COLUMNS[1:]}
         if self.batch_size is not None:
-            self.metrics[STEP_COLUMN] = torch.full((R, n), float("nan"), dtype=torch.float64, device="cpu")
+            self.columns[STEP_COLUMN] = torch.full((R, n), float("nan"), dtype=torch.float64, device="cpu")
+        self.text: dict[str, list[list[str | None]]] = {}  # text columns of callbacks: one list per run
+        for cb in self.callbacks:
+            self.add_metric_columns(getattr(cb, "metric_columns", ()), getattr(cb, "text_columns", ()))
+        self.postfix: dict[str, str] = {}
         self.ckpt_epochs = set(c0.checkpoint_epochs().tolist())
         cap = c0.checkpoints.flush_every
         self.buffer = torch.empty((cap, *self.flat.shape), device=device)
@@ -524,20 +563,63 @@ class StackedLoop(EpochLoop):
         self.flusher = _Flusher(async_flush)
 
     @property
-    def params(self) -> dict[str, Tensor]:
+    def flat_views(self) -> dict[str, Tensor]:
         """``{name: [run, ...]}``: views of the flat parameter (what the forward reads)."""
         return self.layout.views(self.flat)
 
-    # -- forward and step ----------------------------------------------------------------------------
+    @property
+    def params(self) -> dict[str, Tensor]:
+        """``{name: [run, ...]}``: views of the flat parameter (:attr:`flat_views`)."""
+        return self.flat_views
+
+    @property
+    def metrics(self) -> dict[str, Tensor]:
+        """``{column: float64 [run, epochs + 1]}`` (on the device, except ``lr`` and ``step``)."""
+        return self.columns
+
+    @property
+    def text_metrics(self) -> dict[str, list[list[str | None]]]:
+        """``{column: [[str | None] * (epochs + 1)] * runs}``: the callbacks' text columns (on the host)."""
+        return self.text
+
     def logits(self, data: _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:
+        """Every run's final-position logits ``[run, n, vocab]`` on ``data`` (the stack's forward)."""
+        return self._forward(data, row)
+
+    def add_metric_columns(self, columns: Sequence[str] = (), text_columns: Sequence[str] = ()) -> None:
+        """Add metric columns (float64 ``[run, epochs + 1]`` on the device, NaN until written; text on
+        the host, ``None`` until written). They are saved with each run's state and written to its
+        ``metrics.csv`` after the built-in columns. A column that exists already is kept as it is."""
+        n = self.E + 1
+        for c in list(columns) + list(text_columns):
+            if not isinstance(c, str) or not c.isidentifier() or c in METRIC_COLUMNS[:1]:
+                raise ConfigError(f"callbacks: metric column names must be identifiers other than 'epoch', got {c!r}")
+        for c in columns:
+            if c in self.text:
+                raise ConfigError(f"callbacks: metric column {c!r} declared as both a number and a text column")
+            if c not in self.columns:
+                self.columns[c] = torch.full((self.n_runs, n), float("nan"), dtype=torch.float64, device=self.device)
+        for c in text_columns:
+            if c in self.columns:
+                raise ConfigError(f"callbacks: metric column {c!r} declared as both a number and a text column")
+            if c not in self.text:
+                self.text[c] = [[None] * n for _ in range(self.n_runs)]
+
+    def _module(self) -> torch.nn.Module:
+        """The family's hooked module (imports transformer_lens: built only where it is needed)."""
+        if self._model is None:
+            self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device)
+        return self._model
+
+    # -- forward and step ----------------------------------------------------------------------------
+    def _forward(self, data: _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:
         if self.impl == "single":  # the single-run forward over the views of the one row
-            row = {k: v[0] for k, v in self.params.items()} if row is None else row
+            row = {k: v[0] for k, v in self.flat_views.items()} if row is None else row
             if data.plan.fast is not None and self._fast:
                 return final_logits(row, data.plan.fast)[None]
-            if self._model is None:  # imports transformer_lens: only where the fast path does not apply
-                self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device)
-            return torch.func.functional_call(self._model, row, (data.plan.tokens,))[:, -1][None]
-        return stacked_final_logits(self.params, data.plan, self.impl)
+            # the hooked module (transformer_lens: only where the fast path does not apply)
+            return torch.func.functional_call(self._module(), row, (data.plan.tokens,))[:, -1][None]
+        return stacked_final_logits(self.flat_views, data.plan, self.impl)
 
     def _nll(self, logits: Tensor, data: _StackSet) -> Tensor:
         """Per-example float64 losses ``[run, n]`` of the runs' loss (``train.loss``)."""
@@ -551,26 +633,27 @@ class StackedLoop(EpochLoop):
         """(per-run weighted float64 loss ``[run]`` over the members ``which``, logits ``[run, n, vocab]``)."""
         w = data.weights[which]
         if self.impl == "single":  # the single run's mean loss (training/step.py LOSS_FUNCTIONS)
-            logits = self.logits(data)
+            logits = self._forward(data)
             return loss_function(self.loss_name)(logits[0], data.labels[0])[None], logits
         if self.impl == "tables":  # fused with its gradient, a few runs at a time (model.stacked)
-            return stacked_losses(self.params, data.plan, data.labels, w, self.loss_name)
-        logits = self.logits(data)
+            return stacked_losses(self.flat_views, data.plan, data.labels, w, self.loss_name)
+        logits = self._forward(data)
         return (self._nll(logits, data) * w).sum(1), logits
 
     def _step(self) -> tuple[Tensor, Tensor]:
         """One step of every run: returns (logits ``[run, n, vocab]``, per-run loss ``[run]``)."""
-        self.optimizer.set_lr(self.epoch_t, self._epoch if self.device.type == "cpu" else None)
+        host = self.device.type == "cpu" or (self.impl == "single" and not self._graph)
+        self.optimizer.set_lr(self.epoch_t, self._epoch if host else None)
         if self.impl == "single":  # the single-run step: gradients where autograd writes them, then gathered
-            row = {k: v[0] for k, v in self.params.items()}
-            logits = self.logits(self._batch, row)
+            row = {k: v[0] for k, v in self.flat_views.items()}
+            logits = self._forward(self._batch, row)
             loss = loss_function(self.loss_name)(logits[0], self._batch.labels[0])
             gs = torch.autograd.grad(loss, list(row.values()), allow_unused=True)
             # as a leaf's .grad would hold them (autograd's layout contract: contiguous, a copy if not)
             grads = {k: (g.contiguous() if g is not None else torch.zeros_like(row[k]))[None] for k, g in zip(row, gs)}
-            if self._grad is None:
-                self._grad = torch.zeros_like(self.flat)
             step_one_run(grads, self.transforms, self.optimizer, self._grad)
+            for p, g in self._leaf_grads:  # a single run's parameters: .grad is their view of the flat gradient
+                p.grad = g
             for fn in self.constraints:
                 fn()
             self.epoch_t.add_(1)
@@ -619,10 +702,10 @@ class StackedLoop(EpochLoop):
 
     @torch.no_grad()
     def _record_test(self, epoch: int, logits: Tensor | None) -> None:
-        m = self.metrics
+        m = self.columns
         if self.mode == "mask":
             data = self.train
-            logits = self.logits(data) if logits is None else logits.detach()
+            logits = self._forward(data) if logits is None else logits.detach()
         else:
             data = self.test
             loss, logits = self._losses(data, "test")
@@ -640,62 +723,103 @@ class StackedLoop(EpochLoop):
         state.update(self.optimizer.run_state(r))
         state.update(transform_state_tensors([RunSlice(t, r) for t in self.transforms], c.train.grad_transforms))
         state["rng/torch_cpu"] = torch.get_rng_state()
-        for col, v in self.metrics.items():
+        if self.device.type == "cuda":
+            state["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
+        for col, v in self.columns.items():
             state[f"metrics/{col}"] = v[r]
+        for col, v in self.text.items():
+            state[f"metrics_text/{col}"] = encode_text(v[r])
         return state
 
-    def load_states(self, paths: Sequence[Path]) -> None:
-        """Restore every run from its state file (all must be at the same epoch)."""
-        from safetensors import SafetensorError, safe_open
+    def load_states(self, sources: Sequence[StateSource], wheres: Sequence[Path | None] | None = None) -> None:
+        """Restore every run's parameters, optimizer and transform state, metrics (callbacks' columns
+        too) and the random-number state from its training state; all runs must be at the same epoch.
+        The one state loader of every trainer (a single run: a stack of one), with its checks.
 
+        Args:
+            sources: one per run: its :class:`~grokinterp.store.run.Run` (the state is read through the
+                run's checks, :meth:`~grokinterp.store.run.Run.training_state`), the result
+                ``(metadata, tensors)`` of such a read, or the path of a state file (read as it is).
+            wheres: the file named in error messages, per run (default: the run's state file).
+        """
         starts, flushed = set(), set()
         collected: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.transforms]
-        for r, path in enumerate(paths):
+        E, n = self.E, self.E + 1
+        end = self.total_steps if self.step_unit else E  # the schedule's last label
+        rng: tuple[Path, Tensor, Tensor | None] | None = None
+        first: Path | None = None
+        for r, source in enumerate(sources):
+            where = wheres[r] if wheres is not None else None
+            meta, tensors, path = _read_state(source, where, self.run_dirs[r] / layout.STATE_FILE)
+            first = first or path
             try:
-                with safe_open(str(path), framework="pt") as f:
-                    meta = f.metadata() or {}
-                    tensors = {k: f.get_tensor(k) for k in f.keys()}
-            except (OSError, RuntimeError, ValueError, SafetensorError) as e:
-                raise RunError(f"{path}: cannot read the training state ({e})") from None
-            try:
-                starts.add((int(meta["resume_epoch"]),
-                            int(meta.get("resume_step", int(meta["resume_epoch"]) * self.per_epoch))))
-                flushed.add(int(meta["flushed_upto"]))
+                start_epoch = int(meta["resume_epoch"])
+                flushed_upto = int(meta["flushed_upto"])
+                start_step = int(meta.get("resume_step", start_epoch * self.per_epoch))
             except (KeyError, ValueError):
                 raise RunError(f"{path}: training state has no resume epoch in its metadata") from None
+            if not (0 <= start_epoch <= E and -1 <= flushed_upto <= end):
+                raise RunError(f"{path}: resume epoch {start_epoch} or flushed checkpoint {flushed_upto} lies "
+                               f"outside the run's 0..{E} epochs")
+            if not (start_epoch * self.per_epoch <= start_step < (start_epoch + 1) * self.per_epoch
+                    or start_step == self.total_steps == start_epoch * self.per_epoch):
+                raise RunError(f"{path}: resume step {start_step} does not lie in resume epoch {start_epoch} "
+                               f"({self.per_epoch} steps an epoch)")
+            cpu_rng = tensors.get("rng/torch_cpu")
+            if cpu_rng is None or cpu_rng.dtype != torch.uint8 or cpu_rng.ndim != 1:
+                raise RunError(f"{path}: the CPU random-number state is missing or malformed")
             with torch.no_grad():
                 for k, p in self.layout.views(self.flat[r]).items():
                     t = tensors.get(f"param/{k}")
                     if t is None or t.shape != p.shape or t.dtype != p.dtype:
                         raise RunError(f"{path}: parameter {k} is missing or has the wrong shape or dtype")
                     p.copy_(t)
-                for col in self.metrics:
-                    t = tensors.get(f"metrics/{col}")
-                    if t is None or t.shape != self.metrics[col].shape[1:]:
-                        raise RunError(f"{path}: metrics/{col} is missing or has the wrong length")
-                    self.metrics[col][r].copy_(t)
             self.optimizer.load_run_state(r, tensors, str(path))
             load_transform_state([RunSlice(t, r, collected[i]) for i, t in enumerate(self.transforms)],
                                  self.configs[r].train.grad_transforms, tensors, str(path))
+            # Columns of callbacks this resume does not have are carried over (NaN from here on);
+            # declared ones the state lacks (a callback added on resume) start empty.
+            extra = [k[len("metrics/"):] for k in tensors if k.startswith("metrics/")]
+            self.add_metric_columns([c for c in extra if c not in self.columns and c not in self.text
+                                     and c.isidentifier() and c != "epoch"],
+                                    [c for c in (k[len("metrics_text/"):] for k in tensors
+                                                 if k.startswith("metrics_text/"))
+                                     if c.isidentifier() and c != "epoch" and c not in self.columns])
+            for c, col in self.columns.items():
+                t = tensors.get(f"metrics/{c}")
+                if t is None:
+                    if c in METRIC_COLUMNS:
+                        raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
+                    continue
+                if t.shape != col.shape[1:] or t.dtype != torch.float64:
+                    raise RunError(f"{path}: metrics/{c} is missing or has the wrong length")
+                col[r].copy_(t)
+            for c, runs in self.text.items():
+                t = tensors.get(f"metrics_text/{c}")
+                if t is not None:
+                    runs[r] = decode_text(t, n, f"{path}: metrics_text/{c}")
+            starts.add((start_epoch, start_step))
+            flushed.add(flushed_upto)
+            rng = rng or (path, cpu_rng, tensors.get("rng/torch_cuda"))
         if len(starts) != 1 or len(flushed) != 1:
-            raise RunError(f"{paths[0]}: the runs of this stack were saved at different epochs ({sorted(starts)}); "
+            raise RunError(f"{first}: the runs of this stack were saved at different epochs ({sorted(starts)}); "
                            f"resume them in groups (resume_stacked does)")
         for t, got, name in zip(self.transforms, collected, self.configs[0].train.grad_transforms):
-            if got:
-                try:
-                    t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
-                                       for k, per_run in got.items()})
-                except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                    raise RunError(f"{paths[0]}: cannot restore the state of gradient transform {name!r} ({e})") \
-                        from None
+            try:
+                t.load_state_dict({k: torch.stack([per_run[r] for r in range(self.n_runs)]).to(self.device)
+                                   for k, per_run in got.items()})
+            except (KeyError, RuntimeError, ValueError, TypeError) as e:
+                raise RunError(f"{first}: cannot restore the state of gradient transform {name!r} ({e})") from None
         (self.start_epoch, self.start_step), self.flushed_upto = starts.pop(), flushed.pop()
-        end = self.total_steps if self.step_unit else self.E  # the schedule's last label
-        if not (0 <= self.start_epoch <= self.E and -1 <= self.flushed_upto <= end):
-            raise RunError(f"{paths[0]}: resume epoch {self.start_epoch} lies outside the run's 0..{self.E} epochs")
-        if self.start_step // self.per_epoch != self.start_epoch or self.start_step > self.total_steps:
-            raise RunError(f"{paths[0]}: resume step {self.start_step} does not lie in resume epoch {self.start_epoch}")
         self.epoch_t.fill_(self.start_step)  # the optimizer's step counter (the warm-up counts steps)
         self._epoch = self.start_step
+        assert rng is not None
+        try:
+            torch.set_rng_state(rng[1])
+            if self.device.type == "cuda" and rng[2] is not None:
+                torch.cuda.set_rng_state(rng[2], self.device)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise RunError(f"{rng[0]}: cannot restore the random-number state ({e})") from None
 
     # -- flushing ----------------------------------------------------------------------------------------------
     def _host(self, t: Tensor) -> Tensor:
@@ -716,7 +840,8 @@ class StackedLoop(EpochLoop):
         n = len(epochs)
         shard = self._host(self.buffer[:n]) if n else None
         states = {r: {k: self._host(v) for k, v in self.run_state(r).items()} for r in self.writers}
-        metrics = {c: self._host(v) for c, v in self.metrics.items()}
+        metrics = {c: self._host(v) for c, v in self.columns.items()}
+        texts = {c: [list(v) for v in runs] for c, runs in self.text.items()}
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
@@ -733,7 +858,9 @@ class StackedLoop(EpochLoop):
                             "checkpoints_written": writer.n_written + len(writer.epochs),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
                 writer.flush(resume_epoch=resume_epoch, finished=finished,
-                             metrics={c: v[r].numpy() for c, v in metrics.items()}, state=states[r],
+                             metrics={**{c: v[r].numpy() for c, v in metrics.items()},
+                                      **{c: np.array(v[r], dtype=object) for c, v in texts.items()}},
+                             state=states[r],
                              state_meta={"flushed_upto": str(flushed_upto), "format_version": str(FORMAT_VERSION),
                                          **extra_meta},
                              progress=progress)
@@ -750,9 +877,11 @@ class StackedLoop(EpochLoop):
         """One step of every run (full batch, or batch ``step mod k`` of epoch ``step // k``); in
         ``mask`` mode an ``evaluating`` step (default: ``record_acc``) records the test metrics too."""
         evaluating = record_acc if evaluating is None else evaluating
-        m = self.metrics
+        m = self.columns
+        s = epoch * self.per_epoch if step is None else step
+        self._epoch = s  # the optimizer's step counter, on the host and (a kernel, no copy) on the device
+        self.epoch_t.fill_(s)
         if self.batch_size is not None:  # one minibatch step; the epoch's row gets its first step's lr
-            s = epoch * self.per_epoch if step is None else step
             if s % self.per_epoch == 0:
                 m["lr"][:, epoch] = torch.tensor([c.train.lr_at(s, total=self.total_steps) for c in self.configs],
                                                  dtype=torch.float64)
@@ -775,7 +904,7 @@ class StackedLoop(EpochLoop):
     def _record_train(self, epoch: int) -> None:
         """Every run's train loss and accuracy over its whole training set, the model at ``epoch``."""
         loss, logits = self._losses(self.train, "train")
-        m = self.metrics
+        m = self.columns
         m["train_loss"][:, epoch] = _nan_empty(loss.detach(), self.train.counts["train"])
         m["train_acc"][:, epoch] = self._acc(logits.detach(), self.train, "train")
         if self.mode == "mask":
@@ -791,7 +920,7 @@ class StackedLoop(EpochLoop):
         if evaluating and self.mode == "gather":
             self._record_test(epoch, None)
         if self.batch_size is not None:
-            self.metrics[STEP_COLUMN][:, epoch] = step
+            self.columns[STEP_COLUMN][:, epoch] = step
         if epoch == self.E or (self.batch_size is not None and evaluating):
             self._record_train(epoch)
 
@@ -815,6 +944,114 @@ class StackedLoop(EpochLoop):
             self.flusher.wait()
         finally:
             self.flusher.close()
+
+
+@dataclass(eq=False)
+class RunData:
+    """One run's examples as a single run's callbacks see them (``TrainLoop.data``): tokens
+    ``[n, n_ctx]``, labels ``[n]`` and the fast-path plan (``None``: the hooked module's forward)."""
+
+    tokens: Tensor
+    labels: Tensor
+    plan: FastPlan | None
+
+
+class TrainLoop(StackedLoop):
+    """One training run (built by :func:`grokinterp.train` / ``resume``): a stack of one with the
+    ``single`` executor, seen as a single run. It holds no state of its own; what it adds are views.
+
+    Attributes callbacks may read: ``config``, ``run_dir``, ``device``, ``model`` (the family's hooked
+    module, built on first use), ``params`` (``{name: Parameter}``: leaves whose data are views of the
+    row ``flat[0]`` and whose ``.grad`` after a step is their view of the flat gradient), ``metrics``
+    (``{column: float64 [epochs + 1]}``: views of the stack's rows, on the device except ``lr``;
+    columns declared by callbacks in ``Callback.metric_columns`` too), ``text_metrics`` (``{column:
+    [str | None] * (epochs + 1)}``, on the host: ``Callback.text_columns``), ``optimizer``,
+    ``transforms``, ``constraints``, ``loss_fn``, ``data`` (``{"train" | "test": RunData}``),
+    ``split`` (train and test grid indices ``a * p + b``), ``postfix`` (``{label: text}`` shown in the
+    progress bar), ``writer``. Callbacks write the values of their own columns at the epoch they
+    describe; :meth:`request_stop` stops the run (:class:`TrainingInterrupted`), :meth:`evaluate`
+    gives the loss and accuracy of the model as it is on ``data["train" | "test"]``.
+    """
+
+    def __init__(self, config: RunConfig, run_dir: Path, device: torch.device, train_pairs, test_pairs,
+                 callbacks: Sequence[Callback] = ()):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.split = (np.asarray(train_pairs), np.asarray(test_pairs))  # grid indices a * p + b
+        super().__init__([config], [self.run_dir], device, [self.split], callbacks, impl="single")
+        self.writer = self.writers[0]
+        self.loss_fn = loss_function(config.train.loss)
+        with torch.no_grad():  # leaves aliasing the row: what the optimizer updates, the callbacks see
+            self._params = {k: torch.nn.Parameter(v[0]) for k, v in self.layout.views(self.flat.detach()).items()}
+        assert self._grad is not None
+        self._leaf_grads = [(p, g[0]) for p, g in zip(self._params.values(), self.layout.views(self._grad).values())]
+        n_test = len(self.split[1])
+        self.data = {"train": self._run_data(self.train, len(self.split[0])), "test": self._run_data(self.test, n_test)}
+
+    def _run_data(self, data: _StackSet | None, n: int) -> RunData:
+        assert data is not None
+        plan = data.plan.fast if self._fast and n else None
+        return RunData(data.plan.tokens[:n], data.labels[0, :n], plan)
+
+    @property
+    def params(self) -> dict[str, Tensor]:  # type: ignore[override]
+        """``{name: Parameter}``: the run's parameters, views of the row ``flat[0]``."""
+        return self._params
+
+    @property
+    def metrics(self) -> dict[str, Tensor]:  # type: ignore[override]
+        """``{column: float64 [epochs + 1]}``: the run's row of every metric column (views: writes go through)."""
+        return {c: v[0] for c, v in self.columns.items()}
+
+    @property
+    def text_metrics(self) -> dict[str, list[str | None]]:  # type: ignore[override]
+        """``{column: [str | None] * (epochs + 1)}``: the run's text columns (writes go through)."""
+        return {c: runs[0] for c, runs in self.text.items()}
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The family's hooked module over the run's parameters (imports transformer_lens on first use)."""
+        return self._module()
+
+    def _module(self) -> torch.nn.Module:
+        if self._model is None:
+            model = super()._module()
+            names = sorted(k for k, _ in model.named_parameters())
+            if names != sorted(self._params):
+                raise RunError(f"{self.run_dir}: the model's parameters {names[:4]}... are not its family's "
+                               f"param_shapes {self.layout.names[:4]}...")
+            for name, p in self._params.items():  # the module's parameters are the run's leaves
+                owner, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(owner) if owner else model, leaf, p)
+        assert self._model is not None
+        return self._model
+
+    def logits(self, data: RunData | _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        """The run's final-position logits ``[n, vocab]`` on ``data`` (a :class:`RunData`)."""
+        if not isinstance(data, RunData):
+            return super().logits(data, row)
+        if data.plan is not None:
+            return final_logits(self._params, data.plan)
+        return self.model(data.tokens)[:, -1]
+
+    @torch.no_grad()
+    def evaluate(self, data: RunData) -> tuple[Tensor, Tensor]:
+        """(loss, accuracy) of the model as it is on ``data`` (0-d device tensors, float64)."""
+        logits = self.logits(data)
+        return self.loss_fn(logits, data.labels), (logits.argmax(-1) == data.labels).double().mean()
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """The run's training state (what ``state.safetensors`` holds)."""
+        return self.run_state(0)
+
+    def load_state(self, source: StateSource, where: Path | None = None) -> None:
+        """Restore the run from its training state (:meth:`StackedLoop.load_states` of one source)."""
+        self.load_states([source], [where])
+
+    def _interrupt(self, epoch: int, step: int, signum: int) -> None:
+        self.flush(epoch, finished=False, step=step)
+        self.flusher.wait()
+        self._emit_flushes()
+        raise TrainingInterrupted(self.run_dir, epoch, signum, step if self.batch_size is not None else None)
 
 
 # -- memory ----------------------------------------------------------------------------------------------------
@@ -1191,3 +1428,110 @@ def resume(run_dir: str | os.PathLike, *, progress: bool = True, device: str | N
                       f"together", stacklevel=2)
     out = resume_stacked(same, progress=progress, device=device, callbacks=callbacks, threads=threads)
     return out[same.index(str(run.path.resolve()))]
+
+
+# -- a single run: a stack of one ------------------------------------------------------------------------
+def build_single_loop(config: RunConfig, out: Path, device: torch.device, train_pairs, test_pairs,
+                cbs: Sequence[Callback]) -> "TrainLoop":
+    """The loop; an allocation the pre-flight estimate did not foresee fails as a :class:`RunError`."""
+    try:
+        return TrainLoop(config, out, device, train_pairs, test_pairs, cbs)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise RunError(f"{out}: not enough memory to train this run ({type(e).__name__}: {str(e)[:200]})") from None
+    except RuntimeError as e:
+        if "alloc" in str(e).lower() or "out of memory" in str(e).lower():
+            raise RunError(f"{out}: not enough memory to train this run ({str(e)[:200]})") from None
+        raise
+
+
+def resume_single(run_dir: str | os.PathLike, *, progress: bool = True, device: str | None = None,
+           callbacks: Sequence[Callback] = (), threads: int | None = None, check: bool | None = None):
+    """Continue an interrupted run from its last flush; returns the loaded run when done.
+
+    The resumed run ends with checkpoints bit-identical (on CPU) to an uninterrupted one: it
+    trains with the torch thread count recorded in ``run.json`` unless ``threads`` asks for
+    another (then it warns: the bits of a float32 product can depend on the thread count).
+    A run killed before its first flush completed (no state, no progress file) starts again from
+    its seeded initialisation; a run killed during its final flush gets that flush rewritten; a
+    finished or imported run (:mod:`grokinterp.store.legacy`) is returned as it is
+    (``run.session["action"]``: ``already_finished`` or ``imported``). The run lock is held
+    throughout (a run being written by another process is refused, naming it), and every file is
+    read through the run's checks (``check=False``, or ``GROKINTERP_TRUST_STORAGE=1``, reads
+    without the manifest checks).
+    """
+    if threads is not None:
+        check_threads(threads)
+    run_dir = run_directory(run_dir)
+    try:
+        lock = acquire(run_dir, "resume")
+    except RunError:
+        if os.path.lexists(run_dir / layout.LOCK_FILE) or os.access(run_dir, os.W_OK):
+            raise
+        run = load_run(run_dir, check=check)  # a read-only run: fine if there is nothing left to write
+        if run.finished and last_flush_complete(run_dir):
+            E = run.config.train.epochs
+            return with_session(run, "already_finished", E, E, None)
+        raise
+    try:
+        return resume_locked(run_dir, lock, progress=progress, device=device, callbacks=callbacks, check=check,
+                              threads=threads)
+    finally:
+        lock.release()
+
+
+def resume_locked(run_dir: Path, lock: RunLock, *, progress: bool, device: str | None,
+                   callbacks: Sequence[Callback], check: bool | None = None, threads: int | None = None):
+    run = load_run(run_dir, check=check)
+    config = run.config
+    run_dir = run.path
+    E = config.train.epochs
+    if "imported_from" in run.info:  # checkpoints of another codebase: nothing to continue
+        reached = int(run.progress.get("epoch", 0) or 0)
+        return with_session(run, "imported", reached, reached, None)
+    state_path = run_dir / layout.STATE_FILE
+    state = None
+    if os.path.lexists(state_path):
+        try:
+            state = run.training_state()
+        except RunError as e:
+            if not run.checked:
+                raise
+            raise RunError(f"{e}; cannot resume from it. (If an older grokinterp was killed during a flush, its "
+                           f"manifest has no record of the flush and the state is simply newer: check the run with "
+                           f"`grokinterp verify {run_dir}`, then resume with GROKINTERP_TRUST_STORAGE=1, or "
+                           f"resume(..., check=False).)") from None
+        finished = state[0].get("finished") == "true"
+    elif os.path.lexists(run_dir / layout.PROGRESS_JSON):
+        raise RunError(f"{state_path}: the training state is missing although the run has flushed before; it "
+                       f"cannot be resumed (its checkpoints stay readable)")
+    else:  # killed before its first flush completed: start again from the (seeded) initialisation
+        finished = False
+    if finished and last_flush_complete(run_dir):
+        return with_session(run, "already_finished", E, E, None)
+    dev = resolve_device(device or config.train.device)
+    check_trainable(config)
+    recorded = recorded_threads(run)
+    n_threads = threads if threads is not None else (recorded or DEFAULT_THREADS)
+    if threads is not None and recorded is not None and threads != recorded and dev.type == "cpu":
+        warnings.warn(f"{run_dir}: resuming with {threads} torch threads; the run was trained with {recorded}. The "
+                      f"checkpoints may then differ in the last bits from an uninterrupted run (drop --threads to "
+                      f"use the recorded count)", UserWarning, stacklevel=2)
+    flushed = int(state[0].get("flushed_upto", -1)) if state is not None and \
+        str(state[0].get("flushed_upto", "")).lstrip("-").isdigit() else -1
+    preflight(config, dev, run_dir, int(np.sum(config.checkpoint_epochs() > flushed)))
+    tp, sp = run.split_pairs()
+    with torch_threads(n_threads), flush_denormals():
+        loop = build_single_loop(config, run_dir, dev, tp, sp, loop_callbacks(progress, callbacks))
+        loop.writer.lock = lock
+        loop.writer.adopt_unlisted = not run.checked  # the user chose to trust the files as they are
+        if state is not None:
+            loop.load_state(state, state_path)
+        start = loop.start_epoch
+        loop.writer.drop_shards_after(loop.flushed_upto)
+        loop.writer.n_written = int(np.sum(run.epochs <= loop.flushed_upto))
+        if finished:  # killed during the final flush, after the state: write progress and manifest again
+            loop.flush(E, finished=True)
+        else:
+            with stop_on_signals() as stop:
+                loop.run(stop)
+    return with_session(load_run(run_dir, check=check), "resumed", start, E, n_threads)
