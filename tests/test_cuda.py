@@ -66,7 +66,7 @@ def test_training_step_and_snapshot_never_wait_for_the_gpu(tmp_path):
     """Snapshots go to a device-side buffer and a step records its metrics on the device: with
     CUDA's sync debug mode set to 'error', any host sync in a step or a snapshot raises."""
     tr = _trainer(TINY, tmp_path)
-    assert all(b.is_cuda for b in tr.writer.buffer.values())
+    assert tr.buffer.is_cuda  # the stack's snapshot buffer [flush_every, 1, n_params]
     assert all(v.is_cuda for c, v in tr.metrics.items() if c != "lr")  # lr: a host value, kept on the host
     assert all(p.is_cuda for p in tr.params.values())
     assert isinstance(tr.step_fn, CudaGraphStep) and tr.step_fn.graph is None
@@ -78,14 +78,14 @@ def test_training_step_and_snapshot_never_wait_for_the_gpu(tmp_path):
     torch.cuda.set_sync_debug_mode("error")
     try:
         for epoch in range(4, 9):
-            tr.writer.snapshot(epoch, tr.params)
+            tr._snapshot(epoch)
             tr.step(epoch, record_acc=epoch % 2 == 0)
             tr.metrics["test_loss"][epoch], tr.metrics["test_acc"][epoch] = tr.evaluate(tr.data["test"])
     finally:
         torch.cuda.set_sync_debug_mode(0)
     torch.cuda.synchronize()
-    assert tr.writer.epochs == [4, 5, 6, 7, 8]
-    buf = tr.writer.buffer["embed.W_E"]
+    assert tr.buffered == [4, 5, 6, 7, 8]
+    buf = tr.layout.views(tr.buffer[:5, 0])["embed.W_E"]
     assert torch.equal(buf[0], before["embed.W_E"])  # epoch 4's snapshot: the model after step 3
     assert not torch.equal(buf[0], buf[1])  # each snapshot is a copy, not a view of the parameters
     loss = tr.metrics["train_loss"][:9].cpu().numpy()

@@ -22,7 +22,7 @@ from _torch_optim import torch_optimizer, torch_state_tensors
 
 import grokinterp as g
 from grokinterp.training import transforms as T
-from grokinterp.training.loop import TrainLoop
+from grokinterp.training.loop import TrainingInterrupted, TrainLoop
 from grokinterp.training.optim import OPTIMIZERS, STACKED_OPTIMIZERS, ParamLayout, StackedOptimizer
 from grokinterp.training.transforms import STACKED_TRANSFORMS, TRANSFORMS
 
@@ -254,3 +254,104 @@ def test_a_torch_optimizer_builder_and_a_single_run_transform_still_register_and
         OPTIMIZERS.pop("test_plain_sgd", None)
         TRANSFORMS.pop("test_halve", None)
         g.config.OPTIMIZER_NAMES.pop("test_plain_sgd", None)
+
+
+# -- train() / resume() build the one trainer: a stack of one seen as a single run ----------------------------------
+#: run.json's keys as the tree before one trainer wrote them for a single run (main at bc6b4d7): no ``stack``.
+RUN_JSON_KEYS = ["config", "created", "device", "format_version", "kind", "n_test", "n_train", "seeds", "versions"]
+
+
+class _Contract(g.Callback):
+    """Records what a single run's callback sees, writes its own columns, stops at ``stop``."""
+
+    metric_columns = ("mine",)
+    text_columns = ("note",)
+
+    def __init__(self, stop: int | None = None):
+        self.stop, self.seen, self.evals = stop, None, {}
+
+    def on_epoch(self, loop, epoch):
+        loop.metrics["mine"][epoch] = 2.0 * epoch  # a 1-D row: a view, the write goes through
+        loop.text_metrics["note"][epoch] = f"e{epoch}"
+        if epoch % loop.eval_every == 0:  # the model at epoch, as the loop recorded it before its step
+            self.evals[epoch] = tuple(t.item() for t in loop.evaluate(loop.data["test"]))
+
+    def on_step(self, loop, epoch):
+        loop.postfix["seen"] = str(epoch)
+        if epoch == 1:
+            flat_grad = loop.layout.views(loop.flat.grad)
+            self.seen = {
+                "type": type(loop),
+                "leaves": all(p.is_leaf and p.requires_grad for p in loop.params.values()),
+                "grad": all(torch.equal(p.grad, flat_grad[k][0]) for k, p in loop.params.items()),
+                "alias": all(p.untyped_storage().data_ptr() == loop.flat.untyped_storage().data_ptr()
+                             for p in loop.params.values()),
+                "model": {k: id(p) for k, p in loop.model.named_parameters()} == {k: id(p) for k, p in loop.params.items()},
+                "rows": {k: tuple(v.shape) for k, v in loop.metrics.items()},
+                "data": (tuple(loop.data["train"].tokens.shape), tuple(loop.data["test"].labels.shape)),
+            }
+        if epoch == self.stop:
+            loop.request_stop()
+
+
+def test_train_builds_the_one_trainer_and_a_callback_sees_a_single_run(tmp_path):
+    from grokinterp.training.stacked import StackedLoop
+
+    cfg = g.make_config("tiny", **mt.BASE)
+    cb = _Contract()
+    run = g.train(cfg, tmp_path / "r", progress=False, callbacks=[cb])
+    s, E = cb.seen, cfg.train.epochs
+    assert issubclass(s["type"], StackedLoop) and s["type"] is TrainLoop  # the one trainer, seen as one run
+    assert s["leaves"] and s["grad"] and s["alias"] and s["model"]
+    assert all(shape == (E + 1,) for shape in s["rows"].values()) and "mine" in s["rows"]
+    assert s["data"] == ((cfg.n_train(), 3), (len(run.split_pairs()[1]),))
+    m = run.metrics
+    assert list(m["mine"]) == [2.0 * e for e in range(E + 1)] and list(m["note"]) == [f"e{e}" for e in range(E + 1)]
+    for e, (loss, acc) in cb.evals.items():  # evaluate() is the loop's own test metric, to the bit
+        assert (loss, acc) == (m["test_loss"][e], m["test_acc"][e]), e
+    info = json.loads((run.path / "run.json").read_text())
+    assert sorted(info) == RUN_JSON_KEYS and "stack" not in info
+
+
+def test_a_single_run_stopped_by_a_callback_raises_training_interrupted_and_resumes_bit_for_bit(tmp_path):
+    from grokinterp.training.stacked import StackInterrupted
+
+    cfg = g.make_config("tiny", **mt.BASE, grad_transforms=("grokfast_ema",))
+    ref = mt.fingerprint(g.train(cfg, tmp_path / "ref", progress=False, callbacks=[_Contract()]))
+    with pytest.raises(TrainingInterrupted) as e:
+        g.train(cfg, tmp_path / "r", progress=False, callbacks=[_Contract(stop=5)])
+    assert not isinstance(e.value, StackInterrupted) and e.value.run_dir == tmp_path / "r" and e.value.epoch == 6
+    assert "stack" not in json.loads((tmp_path / "r" / "run.json").read_text())
+    run = g.resume(tmp_path / "r", progress=False, callbacks=[_Contract()])
+    assert run.session["action"] == "resumed" and mt.fingerprint(run) == ref
+    assert list(run.metrics["note"]) == [f"e{e}" for e in range(cfg.train.epochs + 1)]
+
+
+def test_one_state_loader_for_a_single_run_and_a_stack(tmp_path):
+    """The stack's loader is the single run's: the same checks, the same messages."""
+    from safetensors.torch import load_file
+
+    from grokinterp.errors import RunError
+    from grokinterp.training.stacked import StackedLoop
+
+    cfg = g.make_config("tiny", **mt.BASE)
+    cfgs = [cfg, cfg.replace(init_seed=1)]
+    runs = g.train_stacked(cfgs, [tmp_path / "s0", tmp_path / "s1"], progress=False)
+    tensors = load_file(runs[0].path / "state.safetensors")
+    bad = {"resume_epoch": "99", "flushed_upto": "12"}
+    for d in ("a", "b0", "b1"):
+        (tmp_path / d).mkdir()
+    single = TrainLoop(cfg, tmp_path / "a", torch.device("cpu"), *runs[0].split_pairs())
+    stack = StackedLoop(cfgs, [tmp_path / "b0", tmp_path / "b1"], torch.device("cpu"), [r.split_pairs() for r in runs])
+    for load in (lambda src: single.load_state(src, tmp_path / "x.safetensors"),
+                 lambda src: stack.load_states([src, src], [tmp_path / "x.safetensors"] * 2)):
+        with pytest.raises(RunError, match=r"x.safetensors: resume epoch 99 or flushed checkpoint 12 lies outside"):
+            load((bad, tensors))
+        no_rng = {k: v for k, v in tensors.items() if k != "rng/torch_cpu"}
+        with pytest.raises(RunError, match="the CPU random-number state is missing or malformed"):
+            load(({"resume_epoch": "12", "flushed_upto": "12"}, no_rng))
+    # a stack's run loads alone, and the other way round: the same parameters and metrics
+    single.load_state(runs[0])
+    assert torch.equal(single.flat.detach()[0], torch.cat([t.reshape(-1) for t in
+                                                           (tensors[f"param/{k}"] for k in single.layout.names)]))
+    assert single.start_epoch == 12 and torch.equal(single.metrics["train_loss"], tensors["metrics/train_loss"])

@@ -2,7 +2,8 @@
 
 A callback subclasses :class:`Callback` and overrides what it needs; every hook receives the
 :class:`~grokinterp.training.loop.TrainLoop` (its ``config``, ``params``, ``metrics`` on the device,
-``run_dir``). Hooks run on the host between steps: anything that reads a device value
+``run_dir``: a single run's view of the one trainer; a stack's callbacks receive the
+:class:`~grokinterp.training.stacked.StackedLoop`, whose ``metrics`` are ``[run, epochs + 1]``). Hooks run on the host between steps: anything that reads a device value
 (``.item()``) synchronises with the device, so do that only every so often (``on_eval`` is the
 natural place).
 

@@ -76,10 +76,10 @@ class EpochLoop:
     :meth:`request_stop`) between any two steps flushes and raises (:meth:`_interrupt`); the final
     epoch is evaluated and snapshotted without a step, then flushed as finished.
 
-    A subclass holds the runs' state — :class:`TrainLoop` one run (the hooked model's parameters as
-    views of one flat row), :class:`~grokinterp.training.stacked.StackedLoop` a stack — and sets
-    ``E``, ``eval_every``, ``per_epoch``, ``total_steps``, ``step_unit``, ``batch_size``,
-    ``ckpt_epochs``, ``start_epoch``, ``start_step``, ``flushed_upto`` and ``callbacks``.
+    The trainer that holds the runs' state is :class:`~grokinterp.training.stacked.StackedLoop` (a
+    single run is a stack of one; :class:`~grokinterp.training.stacked.TrainLoop` is its single-run
+    view); it sets ``E``, ``eval_every``, ``per_epoch``, ``total_steps``, ``step_unit``,
+    ``batch_size``, ``ckpt_epochs``, ``start_epoch``, ``start_step``, ``flushed_upto`` and ``callbacks``.
     """
 
     E: int

@@ -12,8 +12,8 @@ gradient transforms and the weight-norm constraint apply each run's values
 (:mod:`~grokinterp.training.optim`, :mod:`~grokinterp.training.transforms`,
 :mod:`~grokinterp.training.constraints`: one registry each, whose entries a single run uses over a
 stack of one; each run's state is saved under a single run's keys, so a run trained in a stack
-resumes alone and the other way round). The epoch loop is :class:`~grokinterp.training.loop.EpochLoop`,
-the one of every trainer. The
+resumes alone and the other way round). The epoch loop is :class:`~grokinterp.training.epochs.EpochLoop`.
+A single run is a stack of one (``impl = "single"``, :class:`TrainLoop`): this is the one trainer. The
 optimizer, the list of gradient transforms, the loss and the Grokfast-MA window (the shape of its
 state) are shared by a stack. Each run writes its own run directory
 through :mod:`grokinterp.store.writer`, exactly the files a single run writes, plus the optional
@@ -27,8 +27,9 @@ piece               what it does
 ``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``, ``ortho_adamw``) and
                     stacked gradient transforms (``grokfast_ema``, ``grokfast_ma``, ``orthograd``; a
                     run whose transform has no stacked version trains alone)
-``StackedLoop``     a stack's state, forward, metrics and flushes (the epoch loop: ``EpochLoop``)
-``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones
+``StackedLoop``     the one trainer: a stack's state, forward, metrics and flushes (epoch loop: ``EpochLoop``)
+``TrainLoop``       a stack of one with the ``single`` executor seen as one run (``grokinterp.train``)
+``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones; ``resume_single``: one run
 ``max_stack_size``  how many runs fit the device's memory
 ==================  ==========================================================================
 
@@ -430,12 +431,16 @@ class _Flusher:
 
 # -- the loop ---------------------------------------------------------------------------------------------
 class StackedLoop(EpochLoop):
-    """The state of a stack of runs (built by :func:`train_stacked` / :func:`resume_stacked`); the epoch
-    loop is :class:`~grokinterp.training.loop.EpochLoop`'s, the one of every trainer.
+    """The one trainer: the state of ``R ≥ 1`` runs trained as one stacked model (built by
+    :func:`train_stacked` / :func:`resume_stacked`; a single run, by :func:`grokinterp.train` /
+    ``resume``, is a stack of one with the ``single`` executor, seen through :class:`TrainLoop`). The
+    epoch loop is :class:`~grokinterp.training.epochs.EpochLoop`'s.
 
     Attributes callbacks may read: ``configs``, ``run_dirs``, ``n_runs``, ``device``, ``params``
-    (``{name: [run, ...]}``, views of ``flat [run, n_params]``), ``metrics`` (``{column: float64 [run, epochs + 1]}``, on the device
-    except ``lr``), ``optimizer``, ``impl``, ``mode``.
+    (``{name: [run, ...]}``, views of ``flat [run, n_params]``), ``metrics`` (``{column: float64
+    [run, epochs + 1]}``, on the device except ``lr``; callbacks' ``metric_columns`` too),
+    ``text_metrics`` (``{column: [[str | None] * (epochs + 1)] * runs}``), ``postfix``, ``optimizer``,
+    ``impl``, ``mode``.
     """
 
     def __init__(self, configs: Sequence[RunConfig], run_dirs: Sequence[Path], device: torch.device,
@@ -1302,7 +1307,7 @@ def resume_stacked(run_dirs: Sequence[str | os.PathLike], *, progress: bool = Tr
     members not in the group hold stand-ins that are computed and never written. So every
     product has the shapes it had, and a resumed run ends bit-identical on CPU (same thread
     count) to an uninterrupted one — tested. Finished runs are returned as they are; a run
-    without a ``stack`` record is resumed alone by :func:`grokinterp.training.loop.resume`. Each
+    without a ``stack`` record is resumed alone by :func:`resume_single` (= :func:`grokinterp.training.loop.resume`). Each
     group trains with the thread count its runs recorded unless ``threads`` asks for another, and
     holds the locks of its run directories while it writes.
     """

@@ -1,7 +1,8 @@
 """Step executors: one full-batch training step, run eagerly or replayed from a CUDA graph.
 
-:class:`EagerStep` is the step itself — forward, loss, ``backward()``, the gradient transforms,
-the optimizer step — and returns ``(logits, loss)`` without waiting for the device.
+The step itself is the trainer's (:meth:`grokinterp.training.stacked.StackedLoop._step`: forward,
+loss, gradients, the gradient transforms, the optimizer step; a single run's update through
+:func:`step_one_run`); it returns ``(logits, loss)`` without waiting for the device.
 :class:`CudaGraphStep` wraps any such step: a few eager warm-up steps on a side stream (CUDA's
 requirement before a capture; they are real steps), one capture, then a replay per call. A step
 is a few hundred small kernels; replaying them is ~3.5× faster than launching them one by one from
@@ -18,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .optim import ParamLayout, StackedOptimizer
+from .optim import StackedOptimizer
 from .transforms import GradientTransform
 
-__all__ = ["EagerStep", "CudaGraphStep", "step_one_run", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
+__all__ = ["CudaGraphStep", "step_one_run", "graphs_enabled", "GRAPH_WARMUP_STEPS", "cross_entropy64",
            "stablemax", "log_stablemax", "stablemax_cross_entropy", "mse_one_hot", "LOSS_FUNCTIONS", "loss_function",
            "PER_EXAMPLE_LOSSES", "per_example_loss"]
 
@@ -146,57 +147,6 @@ def per_example_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
 def graphs_enabled() -> bool:
     """CUDA graphs for the training step, unless ``GROKINTERP_CUDA_GRAPHS=0``."""
     return os.environ.get("GROKINTERP_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-class EagerStep:
-    """One step: ``logits = forward()``, ``loss = loss_fn(logits, labels)``, backward, transforms, step.
-
-    Args:
-        forward: computes the training logits ``[batch, vocab]`` from the live parameters.
-        labels: ``[batch]`` int64 on the device.
-        params: the named parameters (their ``.grad`` is what the transforms see).
-        optimizer: a :class:`~grokinterp.training.optim.StackedOptimizer` over a stack of one whose flat
-            parameter ``[1, n_params]`` the ``params`` are views of (:func:`~grokinterp.training.optim.build_optimizer`).
-        transforms: gradient transforms applied in order between backward and the step.
-        loss_fn: ``loss_fn(logits, labels) -> scalar`` (default :func:`cross_entropy64`).
-        after_step: callables run after the optimizer step, in order (constraints on the weights
-            such as :class:`~grokinterp.training.constraints.WeightNormConstraint`; tensor ops
-            only, so they are captured with the step).
-        layout: where each parameter lies in the flat row (default: ``params`` in order).
-    """
-
-    def __init__(self, forward: Callable[[], Tensor], labels: Tensor, params: dict[str, torch.nn.Parameter],
-                 optimizer: StackedOptimizer, transforms: list[GradientTransform] = (),
-                 loss_fn: LossFn = cross_entropy64, after_step: Sequence[Callable[[], None]] = (),
-                 layout: ParamLayout | None = None):
-        self.forward, self.labels, self.params = forward, labels, params
-        self.optimizer, self.transforms, self.loss_fn = optimizer, list(transforms), loss_fn
-        self.after_step = list(after_step)
-        self.layout = layout or ParamLayout({k: tuple(p.shape) for k, p in params.items()})
-        self._order = [params[k] for k in self.layout.names]
-        # the flat gradient [1, n_params], written in place every step, and each parameter's view of it
-        self._grad = torch.zeros_like(optimizer.flat)
-        self._grad_views = [v[0] for v in self.layout.views(self._grad).values()]
-
-    def __call__(self) -> tuple[Tensor, Tensor]:
-        logits = self.forward()
-        loss = self.loss_fn(logits, self.labels)
-        for p in self._order:
-            p.grad = None
-        loss.backward()
-        # The transforms and the optimizer's own gradient preparation (⊥AdamW) act on the gradients
-        # where autograd wrote them, as a stack of one {name: [1, ...]}; they are then gathered into
-        # the flat gradient [1, n_params] of the optimizer's row (the parameters are views of that
-        # row), and each parameter's .grad becomes its view of it. (In place on autograd's tensors,
-        # every operation reads the memory it always read: bit for bit the releases before one loop.)
-        grads = {k: (p.grad if p.grad is not None else torch.zeros_like(p))[None]
-                 for k, p in zip(self.layout.names, self._order)}
-        step_one_run(grads, self.transforms, self.optimizer, self._grad)
-        for p, g in zip(self._order, self._grad_views):
-            p.grad = g
-        for fn in self.after_step:
-            fn()
-        return logits, loss
 
 
 def step_one_run(grads: dict[str, Tensor], transforms: Sequence[GradientTransform], optimizer: StackedOptimizer,
