@@ -61,7 +61,7 @@ def main() -> None:
         for s in range(50):
             b = loop.batch(s)
             t = time.perf_counter()
-            FastPlan.build(cfg.model, b.tokens)
+            FastPlan.build(cfg.model, b.plan.tokens)  # the batch of the stack of one (its single-run plan)
             plan_t.append(time.perf_counter() - t)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     print(f"{args.preset}: p {cfg.task.p}, d_model {cfg.model.d_model}, d_mlp {cfg.model.d_mlp}, n_train "
