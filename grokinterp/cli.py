@@ -1018,7 +1018,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     if getattr(run.config.model, "d_input", 0):  # a dataset task: the probes over its input vectors (issue 22)
         from .analysis.probes.vectors import vector_probes
 
-        df = vector_probes(run, chosen, eps)
+        df = vector_probes(run, chosen, eps, ntk_inputs=args.ntk_inputs, ntk_classes=args.ntk_classes)
     else:
         df = progress_measures(run, epochs=eps, measures=measures)
     if args.out is not None:
