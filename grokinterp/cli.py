@@ -32,6 +32,7 @@ from .config import (
     ACT_FNS,
     BIAS_MODES,
     COMMON_MODEL_FIELDS,
+    DTYPES,
     INIT_METHODS,
     INPUT_LAYOUTS,
     LN_STYLES,
@@ -159,6 +160,7 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("model", "pos_embed"): list(POS_EMBEDS),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
+        ("train", "dtype"): list(DTYPES),
     }
     for cls in model_config_classes().values():
         for name, values in getattr(cls, "CHOICES", {}).items():

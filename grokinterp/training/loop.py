@@ -256,18 +256,20 @@ class TrainLoop(EpochLoop):
         self.split = (np.asarray(train_pairs), np.asarray(test_pairs))  # grid indices a * p + b
         ds = config.task.task().dataset()
         mc, tc = config.model, config.train
+        dtype = getattr(torch, tc.dtype)  # train.dtype: parameters, optimizer state, checkpoints (float32 / float64)
         trn_x = torch.from_numpy(ds.select(train_pairs, mc.input_layout)[0])
-        use_fast = tc.fast_path and fast_path_unsupported(mc, trn_x) is None
+        use_fast = tc.fast_path and tc.dtype == "float32" and fast_path_unsupported(mc, trn_x) is None  # float32 kernels
         self.data = {}
         for name, pairs in (("train", train_pairs), ("test", test_pairs)):
             x, y = ds.select(pairs, mc.input_layout)
             y = training_labels(config.task, pairs, y) if name == "train" else y  # task.random_labels
             x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+            x = x.to(dtype) if x.is_floating_point() else x  # input vectors in the run's dtype
             plan = FastPlan.build(mc, x) if use_fast and len(x) else None
             self.data[name] = _Data(x, y, plan)
         # the family's hooked module (it imports transformer_lens on first use: sweeps plan, resume checks
         # and the CLI import this module without training anything, and transformer_lens takes seconds)
-        self.model = family_of(mc).hooked(mc).to(device)
+        self.model = family_of(mc).hooked(mc).to(device=device, dtype=dtype)  # float64: the float32 init, exactly
         self.params = dict(self.model.named_parameters())
         init_from_parent(self.params, config, run_dir)  # train.init_from: a parent's checkpoint (lineage.py)
         # The parameters live in one row of a flat parameter [1, n_params] (a stack of one): the
@@ -320,7 +322,7 @@ class TrainLoop(EpochLoop):
             self.add_metric_columns(getattr(cb, "metric_columns", ()), getattr(cb, "text_columns", ()))
         self.postfix: dict[str, str] = {}
         self.ckpt_epochs = set(config.checkpoint_epochs().tolist())
-        self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device)
+        self.writer = CheckpointWriter(run_dir, param_shapes(mc), config.checkpoints.flush_every, device, dtype=dtype)
         self.start_epoch = 0
         self.start_step = 0  # optimizer steps taken before the first step of this session
         self.flushed_upto = -1  # last checkpoint (schedule label: epoch, or step) already on disk

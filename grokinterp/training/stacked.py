@@ -164,7 +164,7 @@ _KNOWN = {
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
-              "grokfast_window", "weight_norm", "weight_norm_target", "init_from", "init_epoch"},
+              "grokfast_window", "weight_norm", "weight_norm_target", "init_from", "init_epoch", "dtype"},
     "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
 # Fields that may differ between the runs of one stack (no shape depends on them): each run's
@@ -476,7 +476,8 @@ class StackedLoop(EpochLoop):
             self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"], attn)
         self.padded = dict(pad)
         # the single-run executor takes the fast path where the training tokens allow it, for both sets
-        self._fast = impl == "single" and c0.train.fast_path and self.train.plan.fast is not None
+        self._fast = (impl == "single" and c0.train.fast_path and c0.train.dtype == "float32"  # float32 kernels
+                      and self.train.plan.fast is not None)
         if self.batch_size is not None:  # each run's padded training examples, gathered per batch
             n_pad = self.train.labels.shape[1]
             self._tokens = torch.from_numpy(np.stack([np.concatenate([t, np.repeat(t[:1], n_pad - len(t), 0)])
@@ -489,7 +490,8 @@ class StackedLoop(EpochLoop):
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
-        self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
+        self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs]))
+                                       .to(device=device, dtype=getattr(torch, c0.train.dtype)))  # train.dtype (shared)
         init_stack_from_parents(self.params, self.configs, self.run_dirs)  # train.init_from (lineage.py)
         # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
         # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
@@ -513,7 +515,7 @@ class StackedLoop(EpochLoop):
             self.metrics[STEP_COLUMN] = torch.full((R, n), float("nan"), dtype=torch.float64, device="cpu")
         self.ckpt_epochs = set(c0.checkpoint_epochs().tolist())
         cap = c0.checkpoints.flush_every
-        self.buffer = torch.empty((cap, *self.flat.shape), device=device)
+        self.buffer = torch.empty((cap, *self.flat.shape), device=device, dtype=self.flat.dtype)
         self.buffered: list[int] = []
         self.writers = {r: CheckpointWriter(d, self.shapes, cap, device, buffered=False)
                         for r, d in enumerate(self.run_dirs) if self.real[r]}
@@ -535,7 +537,8 @@ class StackedLoop(EpochLoop):
             if data.plan.fast is not None and self._fast:
                 return final_logits(row, data.plan.fast)[None]
             if self._model is None:  # imports transformer_lens: only where the fast path does not apply
-                self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device)
+                self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device,
+                                                                                                  self.flat.dtype)
             return torch.func.functional_call(self._model, row, (data.plan.tokens,))[:, -1][None]
         return stacked_final_logits(self.params, data.plan, self.impl)
 
@@ -889,9 +892,16 @@ def default_impl(device: torch.device, model: Any = None) -> str:
     """``generic`` where the one-layer kernels cannot compute the models of ``model`` (a model or run
     config, or a stack's; :func:`~grokinterp.model.stacked.stack_impls`), else ``dense`` on CUDA
     (batched dense products) and ``tables`` elsewhere (fewer operations)."""
-    if any(stack_impls(m) == ("generic",) for m in _models(model)):
+    if any(stack_impls(m) == ("generic",) for m in _models(model)) or _float64(model):
         return "generic"
     return "dense" if device.type == "cuda" else "tables"
+
+
+def _float64(configs: Any) -> bool:
+    """Whether a run config of ``configs`` trains in float64 (``train.dtype``): the one-layer ``tables`` / ``dense``
+    kernels and the single-run fast path are float32-only; such stacks train through ``generic``."""
+    items = configs if isinstance(configs, (list, tuple)) else [configs]
+    return any(isinstance(c, RunConfig) and c.train.dtype != "float32" for c in items)
 
 
 def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
@@ -904,6 +914,8 @@ def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
     for m in _models(configs):
         if impl not in stack_impls(m):
             raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
+    if impl != "generic" and _float64(list(configs)):
+        raise ConfigError(f"impl: {impl!r} is float32-only and train.dtype is float64; use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------
