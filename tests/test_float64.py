@@ -213,3 +213,17 @@ def test_a_float64_transformer_falls_back_from_the_float32_fast_path(tmp_path):
     assert _shard_dtypes(fast.path) == {"F64"} and verify(fast.path).ok
     df = progress_measures(fast)  # the grid analyses read float32 copies
     assert len(df) == len(fast.epochs) and np.isfinite(df["train_loss"]).all()
+
+
+def test_a_float64_stack_resumes_bit_for_bit(tmp_path):
+    from grokinterp.training.stacked import StackInterrupted, resume_stacked
+
+    cfgs = [_digits(dtype="float64", init_seed=s, split_seed=s, sampler_seed=s) for s in (0, 1)]
+    with pytest.raises(StackInterrupted):
+        g.train_stacked(cfgs, [tmp_path / "c0", tmp_path / "c1"], progress=False, callbacks=[StopAt(1)])
+    resumed = resume_stacked([tmp_path / "c0", tmp_path / "c1"], progress=False)
+    whole = g.train_stacked(cfgs, [tmp_path / "w0", tmp_path / "w1"], progress=False)
+    for a, b in zip(whole, resumed):
+        fa, fb = _fingerprint(a), _fingerprint(b)
+        assert [k for k in fa if fa[k] != fb[k]] == []
+        assert _shard_dtypes(b.path) == {"F64"}
