@@ -614,7 +614,8 @@ class Run:
     def model(self, epoch: int = -1, device: str | torch.device = "cpu"):
         """The family's hooked module at ``epoch`` (``-1`` = last): a
         :class:`~grokinterp.model.HookedGrokTransformer` for a transformer run, a
-        :class:`~grokinterp.model.families.mlp.module.HookedMLP` for an MLP run."""
+        :class:`~grokinterp.model.families.mlp.module.HookedMLP` for an MLP run (float32, as :meth:`params`; a
+        float64 run's model in float64: ``model.double().load_params(run.params(epoch, dtype=None))``)."""
         from ..model.families import family_of
 
         params = self.params(epoch)  # first: a bad epoch must not cost building the model
