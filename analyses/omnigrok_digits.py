@@ -14,6 +14,10 @@ Arms (each one stack: its runs train together):
   ≥ ``--level`` for ``--margin`` epochs (or at ``--gamma-steps``);
 * ``grokfast``: the recipe with Grokfast's EMA filter (α 0.98, λ 2, Lee et al.'s values), ``--seeds``, stopped as
   ``gamma``;
+* ``recipe64``: the recipe in float64 (``train.dtype``; Omnigrok trains in float64, the other arms in float32),
+  ``--seeds``, budget ``--recipe64-steps``; the same seeded initialisation (float32, converted exactly), split and
+  batch order as the ``recipe`` arm's run of that seed, so ``summary.json["float64"]`` compares them seed by seed
+  (the step training accuracy first reached 100 %, test accuracy there, the steps to 70/80/90 % test accuracy);
 * ``fixed_norm``: Omnigrok's "training at a fixed weight norm removes grokking": the recipe with the total parameter
   norm held at each of ``--fixed-norms`` (49: the recipe's grokked norm; ``train.weight_norm_target``, the
   parameters rescaled to it after every step; 0 means the initial norm, ≈ 94, plain ``train.weight_norm``) beside
@@ -62,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--margin", type=int, default=100, help="epochs every run of a stack holds the level before it stops")
     ap.add_argument("--recipe-steps", type=int, default=40_000, help="optimizer-step budget of the recipe arm")
     ap.add_argument("--gamma-steps", type=int, default=20_000, help="optimizer-step budget of a gamma / grokfast stack")
+    ap.add_argument("--recipe64-steps", type=int, default=48_000, help="optimizer-step budget of the recipe64 arm")
+    ap.add_argument("--float32-csv", type=Path, default=Path("analyses/results/omnigrok_digits/runs.csv"),
+                    help="runs.csv whose recipe rows the float64 arm is compared with when the recipe's runs are not in "
+                         "--runs-dir")
     ap.add_argument("--fixed-norms", type=S.floats, default=[49.0],
                     help="total parameter norms of the fixed_norm arm (0: the initial norm)")
     ap.add_argument("--fixed-steps", type=int, default=10_000, help="optimizer-step budget of the fixed_norm arm")
@@ -95,6 +103,9 @@ def arm_items(args, arm: str):
     elif arm == "grokfast":
         for s in args.seeds:
             out.append(("grokfast", s, seeded(s, args.gamma_steps, **GROKFAST), args.runs_dir / f"grokfast-s{s}"))
+    elif arm == "recipe64":
+        for s in args.seeds:
+            out.append(("recipe64", s, seeded(s, args.recipe64_steps, dtype="float64"), args.runs_dir / f"recipe64-s{s}"))
     elif arm == "fixed_norm":
         for norm in (None, *args.fixed_norms):
             for s in args.seeds:
@@ -161,6 +172,12 @@ def slope_interval(x, y) -> dict:
                                                                             float(coef[0] + q * se)], "n": n}
 
 
+def _num(v):
+    """A table value as JSON: ``None`` for NaN."""
+    v = float("nan") if v is None else float(v)
+    return None if math.isnan(v) else v
+
+
 def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -178,7 +195,7 @@ def summarise(args, walls: dict) -> dict:
     from grokinterp.analysis.vectors import grokking_dates
 
     rows, curves = [], {}
-    for arm_ in ("recipe", "gamma", "grokfast", "fixed_norm"):
+    for arm_ in ("recipe", "recipe64", "gamma", "grokfast", "fixed_norm"):
         for arm, seed, _cfg, out in arm_items(args, arm_):
             try:
                 run = gi.load_run(out)
@@ -199,7 +216,8 @@ def summarise(args, walls: dict) -> dict:
                 wn = (float(w["weight_norm"].iloc[0]), float(w["weight_norm"].iloc[-1]))
             except gi.GrokinterpError:
                 pass
-            rows.append({"arm": arm, "seed": seed, "task": run.config.task.operation, "weight_decay": tc.weight_decay,
+            rows.append({"arm": arm, "seed": seed, "task": run.config.task.operation, "dtype": tc.dtype,
+                         "weight_decay": tc.weight_decay,
                          "grokfast": "grokfast_ema" in tc.grad_transforms,
                          "weight_norm_target": tc.weight_norm_target if tc.weight_norm else None,
                          "train_100_step": d.train_100_step,
@@ -254,6 +272,25 @@ def summarise(args, walls: dict) -> dict:
                                                                         int(v["steps_trained"].max())) for lv in LEVELS},
                                      "weight_norm_end": S.seed_spread(v["weight_norm_end"].tolist()),
                                      "budget_steps": int(v["steps_trained"].max())} for a, v in fx.items()}
+        f32, f64 = df[df["arm"] == "recipe"].set_index("seed"), df[df["arm"] == "recipe64"].set_index("seed")
+        if len(f64) and not len(f32) and args.float32_csv.is_file():  # the float32 arm as committed
+            old = pd.read_csv(args.float32_csv)
+            f32 = old[old["arm"] == "recipe"].set_index("seed")
+        if len(f64):  # the recipe in float64 beside float32, seed by seed (same init, split and batches)
+            cols = ["train_100_step", "test_at_train_100", *[f"t_test_{lv:g}" for lv in LEVELS]]
+            paired = []
+            for seed in f64.index:
+                row = {"seed": int(seed), **{f"{c}_float64": _num(f64.loc[seed, c]) for c in cols}}
+                if seed in f32.index:
+                    row.update({f"{c}_float32": _num(f32.loc[seed, c]) for c in cols})
+                paired.append(row)
+            out["float64"] = {
+                "budget_steps": int(f64["steps_trained"].max()),
+                "float32_from": "--runs-dir" if (df["arm"] == "recipe").any() else str(args.float32_csv),
+                "per_seed": paired,
+                **{c: {"float64": S.seed_spread(f64[c].tolist(), int(f64["steps_trained"].max())),
+                       "float32": S.seed_spread(f32[c].tolist(), int(f32["steps_trained"].max())) if len(f32) else None}
+                   for c in cols}}
         both = df[df["arm"].isin(["gamma", "recipe"])].dropna(subset=["t_gen"])
         if len(both) and (both["arm"] == "recipe").any():  # the law over γ ∈ {0.01} ∪ --gammas
             out["gamma_law_with_recipe"] = slope_interval(np.log(both["weight_decay"]), np.log(both["t_gen"].astype(float)))
@@ -295,7 +332,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         for arm in [a for a in args.arms.split(",") if a]:
             items = arm_items(args, arm)
-            wall = train_stack(items, args, stop=arm not in ("recipe", "fixed_norm"))
+            wall = train_stack(items, args, stop=arm not in ("recipe", "recipe64", "fixed_norm"))
             steps = 0
             import grokinterp as gi
 

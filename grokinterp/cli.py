@@ -32,6 +32,7 @@ from .config import (
     ACT_FNS,
     BIAS_MODES,
     COMMON_MODEL_FIELDS,
+    DTYPES,
     INIT_METHODS,
     INPUT_LAYOUTS,
     LN_STYLES,
@@ -159,6 +160,7 @@ def _choices() -> dict[tuple[str, str], Any]:
         ("model", "pos_embed"): list(POS_EMBEDS),
         ("train", "optimizer"): list(OPTIMIZER_NAMES),
         ("train", "warmup_style"): list(WARMUP_STYLES),
+        ("train", "dtype"): list(DTYPES),
     }
     for cls in model_config_classes().values():
         for name, values in getattr(cls, "CHOICES", {}).items():
@@ -1018,7 +1020,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
     if getattr(run.config.model, "d_input", 0):  # a dataset task: the probes over its input vectors (issue 22)
         from .analysis.probes.vectors import vector_probes
 
-        df = vector_probes(run, chosen, eps)
+        df = vector_probes(run, chosen, eps, ntk_inputs=args.ntk_inputs, ntk_classes=args.ntk_classes)
     else:
         df = progress_measures(run, epochs=eps, measures=measures)
     if args.out is not None:

@@ -172,6 +172,8 @@ WEIGHT_DECAY_ON = ("all", "matrices")
 CHECKPOINT_UNITS = ("epoch", "step")
 #: Training losses (``TrainConfig.loss``), implemented in :mod:`grokinterp.training.step`.
 LOSSES = ("cross_entropy", "stablemax", "mse")
+#: Floating-point precisions of training (``TrainConfig.dtype``): parameters, optimizer state and checkpoints.
+DTYPES = ("float32", "float64")
 
 
 def _require(cond: bool, field_name: str, msg: str, value: Any) -> None:
@@ -587,6 +589,11 @@ class TrainConfig:
         init_epoch: the parent's checkpoint (an epoch, or a step label for a step-labelled
             parent) to start from; ``None``: its last checkpoint, resolved and recorded when the
             run starts.
+        dtype: the precision of training, ``float32`` (default) or ``float64`` (Omnigrok trains in
+            float64): the parameters (the seeded float32 initialisation, converted exactly), the
+            optimizer state, the forward and backward, the gradient transforms and the checkpoints
+            (safetensors ``F64``) are in this dtype; the loss is float64 either way. Runs of one
+            stack share it. Not with ``init_from`` (a parent's checkpoint is read as float32).
     """
 
     epochs: int = 40_000
@@ -615,9 +622,14 @@ class TrainConfig:
     sampler_seed: int | None = None
     init_from: str | None = None
     init_epoch: int | None = None
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         _check_ints(self, "train")
+        _require(self.dtype in DTYPES, "train.dtype", f"must be one of {', '.join(DTYPES)}", self.dtype)
+        _require(self.dtype == "float32" or self.init_from is None, "train.dtype",
+                 "float64 cannot be combined with train.init_from (the parent's checkpoint is read as float32)",
+                 self.dtype)
         _require(self.init_from is None or (isinstance(self.init_from, str) and self.init_from.strip() != ""),
                  "train.init_from", "must be a run directory (a non-empty path) or unset", self.init_from)
         _require(self.init_epoch is None or (is_int(self.init_epoch) and self.init_epoch >= 0), "train.init_epoch",
@@ -777,7 +789,7 @@ _ADDED_FIELDS: dict[str, set[str]] = {
     "checkpoints": {"unit"},
     "train": {"optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on", "loss",
               "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm", "weight_norm_target",
-              "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch"},
+              "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch", "dtype"},
 }
 
 #: The sections of a :class:`RunConfig`, in ``run.json`` order.
@@ -1008,6 +1020,8 @@ def interventions(cfg: RunConfig) -> list[str]:
             out.append(f"{name}: {getattr(t, name)}")
     if m.init_scale != 1.0:
         out.append(f"init_scale: {m.init_scale}")
+    if t.dtype != "float32":
+        out.append(f"dtype: {t.dtype}")
     if t.weight_norm:
         out.append("weight_norm: on (total parameter norm held at "
                    + ("init_scale · ‖w₀‖)" if t.weight_norm_target is None else f"{t.weight_norm_target:g})"))
@@ -1249,7 +1263,8 @@ def _preset_omnigrok_digits() -> RunConfig:
     # train-mnist-mlp script) on scikit-learn's 8x8 digits (no download): 1,000 training images, an MLP of
     # three Linear layers (64 -> 200 -> 200 -> 10, biases, ReLU), every initial parameter times alpha = 8,
     # MSE on one-hot targets, AdamW lr 1e-3 (torch's betas 0.9 / 0.999), weight decay 0.01, batches of 200
-    # (5 steps an epoch), 100k steps = 20,000 epochs. Not theirs: float32 (they train in float64), a seeded
+    # (5 steps an epoch), 100k steps = 20,000 epochs. Not theirs: float32 (they train in float64: `dtype="float64"`,
+    # `--dtype float64`, trains as they do; analyses/omnigrok_digits.py --arms recipe64), a seeded
     # draw of the 1,000 images (theirs: the first 1,000), and the 797 other digits as the test set.
     return _apply_overrides(
         RunConfig(),

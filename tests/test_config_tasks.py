@@ -85,7 +85,8 @@ def test_fields_added_later_default_to_the_old_behaviour():
                        "input_layout", "ln_style", "pos_embed"],
              "train": ["optimizer", "momentum", "grad_transforms", "warmup_style", "lr_schedule", "weight_decay_on",
                        "loss", "grokfast_alpha", "grokfast_lamb", "grokfast_window", "weight_norm",
-                       "weight_norm_target", "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch"],
+                       "weight_norm_target", "live_every", "batch_size", "sampler_seed", "init_from", "init_epoch",
+                       "dtype"],
              "checkpoints": ["unit"]}
     assert added == {sec: sorted(names, key=added[sec].index) for sec, names in _ADDED_FIELDS.items()}
     for sec, names in added.items():
@@ -103,6 +104,7 @@ def test_fields_added_later_default_to_the_old_behaviour():
     assert old.checkpoints.unit is None and old.checkpoint_unit() == "epoch"
     assert old.model.d_vocab_out == old.task.p and old.model.family == "transformer"
     assert old.model.pos_embed == "learned"
+    assert old.train.dtype == "float32"  # float32, as every run before the field
 
 
 def test_frozen():

@@ -326,3 +326,56 @@ def test_the_report_of_a_digits_run_adapts(tmp_path, monkeypatch):
     assert h["key_frequencies"] is None and h["verdict"] in text
     assert "undefined for this task" in text and "Hidden layer, embedded" in text and "Weight norm" in text
     assert "Progress measures" not in text and "key frequencies</th><td>undefined" in text.replace("\n", "")
+
+
+def test_the_report_of_a_digits_run_end_to_end_probes_llc_and_undefined(tmp_path, monkeypatch):
+    """The whole report of a dataset run: the sections that apply are there (curves, weight norm, hidden-layer map,
+    the probes computed over the run's vectors, the LLC once ``RUN/llc.csv`` exists), the algebraic ones are not,
+    and the "Undefined for this task" table says so in words — no number in any of its rows."""
+    import re
+    import warnings
+
+    import pandas as pd
+
+    import grokinterp.viz.report as R
+    from grokinterp.analysis.llc import LLCWarning, SGLDConfig, llc_over_checkpoints
+    from grokinterp.analysis.probes.vectors import vector_probes
+    from grokinterp.analysis.summary import analyze_run
+
+    monkeypatch.setattr(R, "REPORT_MAP_POINTS", 60)
+    run = g.train(_digits(epochs=4, every=2), tmp_path / "r", progress=False)
+    a = analyze_run(run)
+    # the probe columns the report draws are vector_probes' values at the same checkpoints
+    want = vector_probes(run, ["softmax_collapse", "update_cos", "logit_scale"], a.epochs)
+    for c in ("sc_train", "sc_test", "logit_std", "logit_margin", "update_weight_cos"):
+        np.testing.assert_array_equal(a.measures[c].to_numpy(), want[c].to_numpy())
+    assert "rqi" not in a.measures.columns and a.measures["logit_std"].notna().all()
+
+    def sections(text):
+        return re.findall(r"<h2>(.*?)</h2>", text)
+
+    text = R.render_report(a)
+    heads = sections(text)
+    for s in ("Headline numbers", "Training curves", "Weight norm", "Hidden layer, embedded", R.VECTOR_PROBES_TITLE,
+              "Undefined for this task", "Configuration"):
+        assert s in heads, s
+    for s in ("Progress measures", "Phases", "Neuron frequency clusters", "Cluster sizes", "Attention",
+              "Circuit ablations", "Embedding circles (clock or pizza)", "Local learning coefficient",
+              "Probes of numerical stability and representation", "Embedding map (PCA and t-SNE)"):
+        assert s not in heads, s
+    assert not any(h.startswith("Fourier norms") or "Fourier basis" in h for h in heads)
+    undefined = text.split("<h2>Undefined for this task</h2>")[1].split("<h2>")[0]
+    rows = re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", undefined)
+    assert len(rows) == len(R.VECTOR_UNDEFINED_SECTIONS) >= 6
+    assert all(v.startswith("undefined for this task") and not re.search(r"\d", v) for _, v in rows)
+    # with the LLC cached by `grokinterp llc`, the figure appears (the report itself never samples)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        llc = llc_over_checkpoints(run, SGLDConfig(epsilon=1e-4, gamma=10.0, nbeta=5.0, chains=2, draws=8,
+                                                   batch_size=32))
+    llc.to_csv(run.path / "llc.csv", index=False)
+    path = R.write_report(run)
+    heads = sections(path.read_text())
+    assert "Local learning coefficient" in heads and heads.count("Local learning coefficient") == 1
+    figs = dict((t, f) for t, _, f in R.report_figures(analyze_run(run)))
+    np.testing.assert_allclose(figs["Local learning coefficient"].data[0].y, pd.read_csv(run.path / "llc.csv")["llc_mean"])

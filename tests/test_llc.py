@@ -193,9 +193,11 @@ def test_the_measure_samples_the_loss_it_is_given(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", LLCWarning)
         mse = progress_measures(run, measures=["losses", LLCMeasure(cfg, loss="mse")])
-        ce = progress_measures(run, measures=["losses", LLCMeasure(cfg)])
+        own = progress_measures(run, measures=["losses", LLCMeasure(cfg)])  # default: the run's own loss
+        ce = progress_measures(run, measures=["losses", LLCMeasure(cfg, loss="cross_entropy")])
         direct = llc_over_checkpoints(run, cfg)
     np.testing.assert_allclose(mse["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(own["llc_mean"], mse["llc_mean"])
     assert not np.allclose(ce["llc_mean"], direct["llc_mean"], rtol=1e-2)
     with pytest.raises(AnalysisError, match="loss"):
         LLCMeasure(cfg, loss="hinge")
@@ -348,3 +350,28 @@ def test_llc_losses_equal_the_training_losses(name):
     ours = LLC_LOSSES[name](logits, labels)
     ref = per_example_loss(name)(logits, labels)
     torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["mse", "stablemax"])
+def test_the_measure_samples_a_transformer_runs_own_loss(tmp_path, loss):
+    """A transformer trained with MSE (or StableMax): the measure, given no loss, samples the run's own — its
+    L_n(w*) at each checkpoint is the training loss the trainer recorded at that epoch (full batch), and its
+    estimate is the one ``llc_over_checkpoints`` makes; under cross-entropy L_n(w*) would be another number."""
+    import grokinterp as gi
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.analysis.measures.llc import LLCMeasure
+
+    run = gi.train(gi.make_config("tiny", p=7, epochs=20, every=10, log_early=0, loss=loss), tmp_path / loss,
+                   progress=False)
+    assert run.config.train.loss == loss
+    cfg = SGLDConfig(epsilon=1e-4, gamma=10.0, nbeta=5.0, chains=2, draws=10, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        df = progress_measures(run, measures=["losses", LLCMeasure(cfg)])
+        ce = progress_measures(run, measures=["losses", LLCMeasure(cfg, loss="cross_entropy")])
+        direct = llc_over_checkpoints(run, cfg)
+    recorded = run.metrics.set_index("epoch")["train_loss"]
+    for e, init in zip(df["epoch"], df["llc_init_loss"]):
+        assert init == pytest.approx(recorded.loc[int(e)], rel=1e-5), e
+    np.testing.assert_allclose(df["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(ce["llc_init_loss"], df["llc_init_loss"], rtol=1e-2)

@@ -54,6 +54,7 @@ from .measures import get_measures, progress_measures
 from .neurons import clusters_from_fve, neuron_fourier
 from .phases import circuit_formation_epoch, detect_phases
 from .probes.measures import CHEAP_PROBES
+from .probes.vectors import VECTOR_UNDEFINED, vector_probes
 from .vectors import (
     UNDEFINED,
     checkpoint_metrics,
@@ -61,6 +62,7 @@ from .vectors import (
     hidden_activations,
     is_vector_run,
     neuron_statistics,
+    run_loss,
 )
 
 __all__ = ["RunAnalysis", "analyze_run", "select_checkpoints", "RUN_ANALYSES", "register_run_analysis", "verdict"]
@@ -496,6 +498,15 @@ def _analyze_vector(run, epochs: np.ndarray) -> RunAnalysis:
     the weight norm, grokking dates on test accuracy, neuron statistics per hidden layer) and a note on what is
     not (:data:`~grokinterp.analysis.vectors.UNDEFINED`)."""
     measures = checkpoint_metrics(run, epochs)
+    # the report's probes that apply to a classifier of vectors, on the same checkpoints (issue 22): softmax
+    # collapse, logit scale, update–weight cosine; the ones that need token pairs (RQI) are left out, not NaN-drawn
+    probes = [p for p in REPORT_PROBES if p not in VECTOR_UNDEFINED]
+    if probes:
+        pr = vector_probes(run, probes, epochs)
+        extra = [c for c in pr.columns if c not in measures.columns]
+        measures = measures.merge(pr[["epoch", *extra]], on="epoch", how="left")
+        measures.attrs["definitions"] = {c: pr.attrs["definitions"][c] for c in extra}
+    measures.attrs["loss"] = run_loss(run)
     measures.attrs["p"] = run.p
     evals = run.evals
     try:

@@ -63,7 +63,7 @@ def weight_norms(run: Any, epochs: np.ndarray | None = None) -> pd.DataFrame:
     rows = {"epoch": epochs}
     total = np.zeros(len(epochs))
     for name in run.params(int(epochs[-1])):
-        sq = run.stack(name, epochs).double().pow(2).flatten(1).sum(1).numpy()
+        sq = run.stack(name, epochs, dtype=None).double().pow(2).flatten(1).sum(1).numpy()  # as stored (train.dtype)
         rows[f"sq_{name}"] = sq
         total += sq
     out = pd.DataFrame(rows)
@@ -72,9 +72,10 @@ def weight_norms(run: Any, epochs: np.ndarray | None = None) -> pd.DataFrame:
 
 
 def stacked_params(run: Any, epochs: np.ndarray) -> dict[str, Tensor]:
-    """Every parameter of the checkpoints ``epochs``, stacked: ``{name: float32 [ckpt, ...]}``."""
+    """Every parameter of the checkpoints ``epochs``, stacked: ``{name: [ckpt, ...]}`` in the run's ``train.dtype``
+    (float32, or float64 for a run trained in it: evaluated as it was trained)."""
     names = list(run.params(int(epochs[-1])))
-    return {n: run.stack(n, epochs).float() for n in names}
+    return {n: run.stack(n, epochs, dtype=None) for n in names}
 
 
 def mean_loss(logits: Tensor, labels: Tensor, loss: str) -> Tensor:

@@ -73,6 +73,15 @@ class _Shard:
     epochs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
+#: The safetensors dtype of a run's checkpoint tensors, by ``train.dtype``.
+_STORED = {"float32": "F32", "float64": "F64"}
+
+
+def _as(t: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``t`` in ``dtype`` (``None``: as it is; no copy when it already is)."""
+    return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+
 def _fmt_epochs(epochs: Sequence[int] | np.ndarray) -> str:
     e = [int(x) for x in epochs]
     if not e:
@@ -471,12 +480,14 @@ class Run:
             raise RunError(f"{sh.path}: 'epochs' must be an int64 vector")
         n = int(info["shape"][0])
         shapes = param_shapes(self.config.model)
+        want = _STORED[self.config.train.dtype]  # F32, or F64 for a run with train.dtype = float64
         for name, shape in shapes.items():
             t = header.get(name)
             if t is None:
                 raise RunError(f"{sh.path}: parameter {name!r} is missing")
-            if t["dtype"] != "F32":
-                raise RunError(f"{sh.path}: parameter {name!r} has dtype {t['dtype']}, expected F32")
+            if t["dtype"] != want:
+                raise RunError(f"{sh.path}: parameter {name!r} has dtype {t['dtype']}, expected {want} (train.dtype "
+                               f"{self.config.train.dtype})")
             if list(t["shape"]) != [n, *shape]:
                 raise RunError(f"{sh.path}: parameter {name!r} has shape {t['shape']}, expected {[n, *shape]}")
         extra = set(header) - set(shapes) - {"epochs", "__metadata__"}
@@ -591,17 +602,20 @@ class Run:
             raise RunError(f"{self.path}: no checkpoint at epoch {epoch}{why}; nearest: {near}")
         return epoch
 
-    def params(self, epoch: int = -1) -> dict[str, Tensor]:
-        """``{name: tensor}`` at ``epoch`` (copies, float32, CPU)."""
+    def params(self, epoch: int = -1, dtype: torch.dtype | None = torch.float32) -> dict[str, Tensor]:
+        """``{name: tensor}`` at ``epoch`` (copies, CPU), in ``dtype``: float32 by default, what every analysis reads
+        (a run trained in float64, ``train.dtype``, is rounded to it); ``None``: as stored (float64 for such a run)."""
         e = self.resolve_epoch(epoch)
         si, row = self._where[e]
         arrays = self._shard_arrays(si)
-        return {name: torch.from_numpy(np.array(arrays[name][row])) for name in param_shapes(self.config.model)}
+        return {name: _as(torch.from_numpy(np.array(arrays[name][row])), dtype)
+                for name in param_shapes(self.config.model)}
 
     def model(self, epoch: int = -1, device: str | torch.device = "cpu"):
         """The family's hooked module at ``epoch`` (``-1`` = last): a
         :class:`~grokinterp.model.HookedGrokTransformer` for a transformer run, a
-        :class:`~grokinterp.model.families.mlp.module.HookedMLP` for an MLP run."""
+        :class:`~grokinterp.model.families.mlp.module.HookedMLP` for an MLP run (float32, as :meth:`params`; a
+        float64 run's model in float64: ``model.double().load_params(run.params(epoch, dtype=None))``)."""
         from ..model.families import family_of
 
         params = self.params(epoch)  # first: a bad epoch must not cost building the model
@@ -632,17 +646,20 @@ class Run:
             self.resolve_epoch(missing[0])  # raises, naming the damaged file
         return eps
 
-    def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None) -> Tensor:
+    def stack(self, name: str, epochs: Sequence[int] | np.ndarray | None = None,
+              dtype: torch.dtype | None = torch.float32) -> Tensor:
         """One parameter across checkpoints, ``[ckpt, ...]``.
 
         Args:
             name: a TransformerLens parameter name (``embed.W_E``, ``blocks.0.mlp.W_out``, ...).
             epochs: which checkpoints (default: all of :attr:`epochs`, after checking every shard:
                 damaged ones are left out with a :class:`RunWarning`).
+            dtype: float32 (default: what every analysis reads; a float64 run's checkpoints are rounded to it),
+                or ``None``: as stored (``train.dtype``).
 
         Returns:
-            float32 tensor. When the checkpoints asked for are consecutive rows of one shard it is
-            a memory-mapped view of that file (copy-on-write: nothing is read until used);
+            a tensor in ``dtype``. When the checkpoints asked for are consecutive rows of one shard (and stored
+            in that dtype) it is a memory-mapped view of that file (copy-on-write: nothing is read until used);
             otherwise a copy.
 
         Raises:
@@ -660,7 +677,7 @@ class Run:
             si = locs[0][0]
             rows = [r for _, r in locs]
             if rows == list(range(rows[0], rows[0] + len(rows))):
-                return torch.from_numpy(self._shard_arrays(si)[name][rows[0]: rows[-1] + 1])
+                return _as(torch.from_numpy(self._shard_arrays(si)[name][rows[0]: rows[-1] + 1]), dtype)
         parts = []
         i = 0
         while i < len(locs):  # gather runs of rows from the same shard
@@ -670,23 +687,27 @@ class Run:
                 j += 1
             parts.append(np.asarray(self._shard_arrays(si)[name][r0: locs[j][1] + 1]))
             i = j + 1
-        return torch.from_numpy(np.concatenate(parts, axis=0))
+        return _as(torch.from_numpy(np.concatenate(parts, axis=0)), dtype)
 
-    def stacks(self, names: Sequence[str] | None = None, epochs=None) -> dict[str, Tensor]:
-        """Several parameters at once: ``{name: [ckpt, ...]}`` (all parameters by default)."""
+    def stacks(self, names: Sequence[str] | None = None, epochs=None,
+               dtype: torch.dtype | None = torch.float32) -> dict[str, Tensor]:
+        """Several parameters at once: ``{name: [ckpt, ...]}`` (all parameters by default; ``dtype`` as
+        :meth:`stack`)."""
         names = list(param_shapes(self.config.model)) if names is None else list(names)
         eps = self._resolve_many(epochs)
-        return {n: self.stack(n, eps) for n in names}
+        return {n: self.stack(n, eps, dtype) for n in names}
 
     def iter_chunks(self, chunk: int = 64, names: Sequence[str] | None = None,
-                    epochs=None) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
-        """Yield ``(epochs, {name: [≤ chunk, ...]})`` over the checkpoints, bounding memory."""
+                    epochs=None, dtype: torch.dtype | None = torch.float32
+                    ) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+        """Yield ``(epochs, {name: [≤ chunk, ...]})`` over the checkpoints, bounding memory (``dtype`` as
+        :meth:`stack`)."""
         if chunk < 1:
             raise RunError(f"chunk: must be positive, got {chunk}")
         eps = np.array(self._resolve_many(epochs), dtype=np.int64)
         for i in range(0, len(eps), chunk):
             part = eps[i: i + chunk]
-            yield part, self.stacks(names, part)
+            yield part, self.stacks(names, part, dtype)
 
     def training_state(self) -> tuple[dict[str, str], dict[str, Tensor]]:
         """``state.safetensors``, checked like every other file: ``(header metadata, tensors)``.

@@ -101,10 +101,11 @@ class CheckpointWriter:
         buffered: keep a snapshot buffer (default). ``False``: the caller buffers snapshots itself
             (a stack of runs keeps one buffer for all of them) and hands each shard over with
             :meth:`stage` before :meth:`flush`.
+        dtype: of the buffer, so of the shards (``train.dtype``: float32, or float64 stored as ``F64``).
     """
 
     def __init__(self, run_dir: Path, shapes: dict[str, tuple[int, ...]], flush_every: int, device: torch.device,
-                 *, buffered: bool = True):
+                 *, buffered: bool = True, dtype: torch.dtype = torch.float32):
         self.run_dir = Path(run_dir)
         self.shard_dir = self.run_dir / _io.SHARD_DIR
         try:
@@ -112,8 +113,8 @@ class CheckpointWriter:
         except OSError as e:
             raise RunError(f"{self.shard_dir}: cannot create the shard directory ({e.strerror or e})") from e
         self.capacity = flush_every
-        self.buffer = ({name: torch.empty((flush_every, *shape), device=device) for name, shape in shapes.items()}
-                       if buffered else {})
+        self.buffer = ({name: torch.empty((flush_every, *shape), device=device, dtype=dtype)
+                        for name, shape in shapes.items()} if buffered else {})
         self._staged: dict[str, Tensor] | None = None
         self.epochs: list[int] = []
         self.lock = None  # a held grokinterp.store.lock.RunLock, checked before each flush (fencing)

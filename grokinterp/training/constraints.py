@@ -54,7 +54,7 @@ class StackedWeightNorm:
 
     Notes:
         Per run the same float operations as the single run's: the squared norm summed parameter by
-        parameter in float64, ``factor = (R / ‖θ‖).float()``, one multiply per parameter; a run
+        parameter in float64, ``factor = (R / ‖θ‖)`` rounded to the parameters' dtype, one multiply per parameter; a run
         without the constraint gets the factor 1 (exact).
     """
 
@@ -79,6 +79,7 @@ class StackedWeightNorm:
 
     @torch.no_grad()
     def __call__(self) -> None:
-        factor = torch.where(self.enabled, self.target / self.norm(), torch.ones_like(self.target)).float()
+        factor = torch.where(self.enabled, self.target / self.norm(),
+                             torch.ones_like(self.target)).to(self.params[0].dtype)  # float32 (float64 runs: float64)
         for p in self.params:
             p.mul_(factor.view(-1, *[1] * (p.ndim - 1)))

@@ -229,6 +229,7 @@ class StackedOptimizer:
         self.flat, self.layout, self.tcs = flat, layout, list(tcs)
         dev = flat.device
         self.device = dev
+        self.dtype = flat.dtype  # train.dtype: the device path's per-run scalars are rounded to it once
         self.schedule = StackedSchedule(tcs, dev)
         self._epoch: Tensor = torch.zeros((), dtype=torch.float32, device=dev)
         self.host_lr: list[float] | None = None
@@ -239,7 +240,7 @@ class StackedOptimizer:
             wd = wd * torch.where(only, layout.matrix_mask().to(dev, torch.float64),
                                   torch.ones(layout.total, dtype=torch.float64, device=dev))
         self.weight_decay64 = wd  # [run, 1] or [run, n_params], float64
-        self.weight_decay = wd.float()
+        self.weight_decay = wd.to(self.dtype)
         self.state = {slot: torch.zeros_like(flat) for slot in self.slots}
         self._fused_cache: dict[tuple[int, ...], Any] = {}
         self._prepared = False
@@ -389,12 +390,12 @@ class StackedAdamW(StackedOptimizer):
 
     def __init__(self, flat, layout, tcs):
         super().__init__(flat, layout, tcs)
-        self.beta1 = per_run([tc.beta1 for tc in tcs], self.device)
-        self.beta2 = per_run([tc.beta2 for tc in tcs], self.device)
+        self.beta1 = per_run([tc.beta1 for tc in tcs], self.device, self.dtype)
+        self.beta2 = per_run([tc.beta2 for tc in tcs], self.device, self.dtype)
         self.beta1_64 = per_run([tc.beta1 for tc in tcs], self.device, torch.float64)
         self.beta2_64 = per_run([tc.beta2 for tc in tcs], self.device, torch.float64)
-        self.one_minus_beta1 = per_run([1 - tc.beta1 for tc in tcs], self.device)
-        self.one_minus_beta2 = per_run([1 - tc.beta2 for tc in tcs], self.device)
+        self.one_minus_beta1 = per_run([1 - tc.beta1 for tc in tcs], self.device, self.dtype)
+        self.one_minus_beta2 = per_run([1 - tc.beta2 for tc in tcs], self.device, self.dtype)
         self.groups = _groups(tcs, (*_LR_FIELDS, "weight_decay", "weight_decay_on", "beta1", "beta2"))
 
     @torch.no_grad()
@@ -417,10 +418,10 @@ class StackedAdamW(StackedOptimizer):
         # torch's _single_tensor_adam, operation by operation; each run's scalars in float64, rounded once
         lr, step = self.lr64, self.step_count.double()
         bc1 = 1 - self.beta1_64.pow(step)
-        bc2_sqrt = (1 - self.beta2_64.pow(step)).sqrt().float()
-        neg_step_size = (-(lr / bc1)).float()
+        bc2_sqrt = (1 - self.beta2_64.pow(step)).sqrt().to(self.dtype)
+        neg_step_size = (-(lr / bc1)).to(self.dtype)
         if self.decoupled:
-            p.mul_((1 - lr * self.weight_decay64).float())
+            p.mul_((1 - lr * self.weight_decay64).to(self.dtype))
         else:
             g = g.add(p * self.weight_decay)
         m, v = self.state["exp_avg"], self.state["exp_avg_sq"]
@@ -457,7 +458,7 @@ class StackedSGD(StackedOptimizer):
 
     def __init__(self, flat, layout, tcs):
         super().__init__(flat, layout, tcs)
-        self.momentum = per_run([tc.momentum for tc in tcs], self.device)
+        self.momentum = per_run([tc.momentum for tc in tcs], self.device, self.dtype)
         self.groups = _groups(tcs, (*_LR_FIELDS, "weight_decay", "weight_decay_on", "momentum"))
 
     @torch.no_grad()
@@ -481,7 +482,7 @@ class StackedSGD(StackedOptimizer):
         d = p.grad.add(p * self.weight_decay)
         buf = self.state["momentum_buffer"]
         buf.mul_(self.momentum).add_(d)  # first step: 0 · 0 + d, as torch's clone of d
-        p.add_((-self.lr64).float() * buf)
+        p.add_((-self.lr64).to(self.dtype) * buf)
 
 
 

@@ -167,7 +167,7 @@ _KNOWN = {
     "train": {"epochs", "lr", "weight_decay", "optimizer", "beta1", "beta2", "momentum", "grad_transforms",
               "warmup_epochs", "eval_every", "device", "fast_path", "live_every", "batch_size", "sampler_seed",
               "loss", "warmup_style", "lr_schedule", "weight_decay_on", "grokfast_alpha", "grokfast_lamb",
-              "grokfast_window", "weight_norm", "weight_norm_target", "init_from", "init_epoch"},
+              "grokfast_window", "weight_norm", "weight_norm_target", "init_from", "init_epoch", "dtype"},
     "checkpoints": {"every", "windows", "log_early", "flush_every", "unit"},
 }
 # Fields that may differ between the runs of one stack (no shape depends on them): each run's
@@ -300,7 +300,7 @@ class _StackSet:
     @classmethod
     def build(cls, cfg, tokens: list[np.ndarray], labels: list[np.ndarray], members: dict[str, list[np.ndarray]],
               device: torch.device, impl: str, n_pad: int | None = None,
-              attn_coeff: Sequence[float] | None = None) -> "_StackSet":
+              attn_coeff: Sequence[float] | None = None, dtype: torch.dtype = torch.float32) -> "_StackSet":
         n = max(len(t) for t in tokens)
         if n_pad is not None:
             if n_pad < n:
@@ -319,10 +319,16 @@ class _StackSet:
                     w[r, : len(m)][m] = 1.0 / k
             weights[name] = torch.from_numpy(w).to(device)
             counts[name] = cnt
-        x = torch.from_numpy(tok).to(device)
+        x = _as_input(torch.from_numpy(tok).to(device), dtype)  # input vectors in the run's dtype (train.dtype)
         plan = _SinglePlan.build(cfg, x) if impl == "single" else StackPlan.build(cfg, x, impl=impl,
                                                                                    attn_coeff=attn_coeff)
         return cls(plan, torch.from_numpy(lab).to(device), weights, counts)
+
+
+def _as_input(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Examples in the run's dtype: input vectors (floating point) converted (exactly: float32 → float64),
+    token ids as they are."""
+    return x.to(dtype) if x.is_floating_point() and x.dtype != dtype else x
 
 
 def _weighted(values: Tensor, w: Tensor, counts: list[int]) -> Tensor:
@@ -469,6 +475,9 @@ class StackedLoop(EpochLoop):
             raise ConfigError(f"mode: minibatch runs (train.batch_size {self.batch_size}) train in 'gather' mode, "
                               f"got {mode!r}")
         self.loss_name = c0.train.loss  # shared (stack key); the tables implementation fuses it with its gradient
+        # train.dtype (shared, stack key): the flat parameters, optimizer state, transforms, snapshot buffer,
+        # checkpoints, the hooked module and input vectors are in it (float64: the float32 init, exactly)
+        self.dtype: torch.dtype = getattr(torch, c0.train.dtype)
         if impl == "single" and (R != 1 or mode != "gather"):
             raise ConfigError(f"impl: 'single' (the single-run executor) trains one run in 'gather' mode, got {R} "
                               f"runs, mode {mode!r}")
@@ -500,18 +509,21 @@ class StackedLoop(EpochLoop):
         self._attn = attn = None if all(a == 1.0 for a in coeffs) else coeffs
         if mode == "mask":
             self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks, "test": tst_masks}, device, impl,
-                                         pad["train"], attn)
+                                         pad["train"], attn, self.dtype)
             self.test = None
         else:
-            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"], attn)
-            self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"], attn)
+            self.train = _StackSet.build(mc, tokens, labels, {"train": trn_masks}, device, impl, pad["train"], attn,
+                                         self.dtype)
+            self.test = _StackSet.build(mc, test_tok, test_lab, {"test": tst_masks}, device, impl, pad["test"], attn,
+                                        self.dtype)
         self.padded = dict(pad)
         # the single-run executor takes the fast path where the training tokens allow it, for both sets
-        self._fast = impl == "single" and c0.train.fast_path and self.train.plan.fast is not None
+        self._fast = (impl == "single" and c0.train.fast_path and c0.train.dtype == "float32"  # float32 kernels
+                      and self.train.plan.fast is not None)
         if self.batch_size is not None:  # each run's padded training examples, gathered per batch
             n_pad = self.train.labels.shape[1]
-            self._tokens = torch.from_numpy(np.stack([np.concatenate([t, np.repeat(t[:1], n_pad - len(t), 0)])
-                                                      for t in tokens])).to(device)
+            padded_tokens = np.stack([np.concatenate([t, np.repeat(t[:1], n_pad - len(t), 0)]) for t in tokens])
+            self._tokens = _as_input(torch.from_numpy(padded_tokens).to(device), self.dtype)
             self._seeds = [sampler_seed(c) for c in self.configs]
             self._ns = [len(trn) for trn, _ in splits]
             self._epoch_batches: tuple[int, Any, Any] | None = None
@@ -520,7 +532,8 @@ class StackedLoop(EpochLoop):
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
         # snapshots and flushes handle one tensor; the forward reads named views of it.
         self.layout = ParamLayout(self.shapes)
-        self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs])).to(device))
+        self.flat = torch.nn.Parameter(self.layout.flatten(stack_params([c.model for c in self.configs]))
+                                       .to(device=device, dtype=self.dtype))  # train.dtype (shared)
         init_stack_from_parents(self.flat_views, self.configs, self.run_dirs)  # train.init_from (lineage.py)
         # A minibatch run's schedules count optimizer steps: its optimizer sees train.epochs = the
         # run's total steps (TrainConfig.lr_at(step) then spans the run, as lr_at(step, total_steps)).
@@ -557,9 +570,9 @@ class StackedLoop(EpochLoop):
         self.postfix: dict[str, str] = {}
         self.ckpt_epochs = set(c0.checkpoint_epochs().tolist())
         cap = c0.checkpoints.flush_every
-        self.buffer = torch.empty((cap, *self.flat.shape), device=device)
+        self.buffer = torch.empty((cap, *self.flat.shape), device=device, dtype=self.flat.dtype)
         self.buffered: list[int] = []
-        self.writers = {r: CheckpointWriter(d, self.shapes, cap, device, buffered=False)
+        self.writers = {r: CheckpointWriter(d, self.shapes, cap, device, buffered=False, dtype=self.dtype)
                         for r, d in enumerate(self.run_dirs) if self.real[r]}
         self.start_epoch = 0
         self.start_step = 0
@@ -613,7 +626,9 @@ class StackedLoop(EpochLoop):
     def _module(self) -> torch.nn.Module:
         """The family's hooked module (imports transformer_lens: built only where it is needed)."""
         if self._model is None:
-            self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(self.device)
+            # in the run's dtype (train.dtype; float64: the module's buffers too, as the parameters)
+            self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(device=self.device,
+                                                                                            dtype=self.dtype)
         return self._model
 
     # -- forward and step ----------------------------------------------------------------------------
@@ -1131,9 +1146,16 @@ def default_impl(device: torch.device, model: Any = None) -> str:
     """``generic`` where the one-layer kernels cannot compute the models of ``model`` (a model or run
     config, or a stack's; :func:`~grokinterp.model.stacked.stack_impls`), else ``dense`` on CUDA
     (batched dense products) and ``tables`` elsewhere (fewer operations)."""
-    if any(stack_impls(m) == ("generic",) for m in _models(model)):
+    if any(stack_impls(m) == ("generic",) for m in _models(model)) or _float64(model):
         return "generic"
     return "dense" if device.type == "cuda" else "tables"
+
+
+def _float64(configs: Any) -> bool:
+    """Whether a run config of ``configs`` trains in float64 (``train.dtype``): the one-layer ``tables`` / ``dense``
+    kernels and the single-run fast path are float32-only; such stacks train through ``generic``."""
+    items = configs if isinstance(configs, (list, tuple)) else [configs]
+    return any(isinstance(c, RunConfig) and c.train.dtype != "float32" for c in items)
 
 
 def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
@@ -1146,6 +1168,8 @@ def _check_impl(impl: str, configs: Sequence[RunConfig]) -> None:
     for m in _models(configs):
         if impl not in stack_impls(m):
             raise ConfigError(f"impl: {impl!r} cannot compute this model ({stack_unsupported(m)}); use 'generic'")
+    if impl != "generic" and _float64(list(configs)):
+        raise ConfigError(f"impl: {impl!r} is float32-only and train.dtype is float64; use 'generic'")
 
 
 # -- training and resuming ---------------------------------------------------------------------------------------

@@ -283,6 +283,23 @@ def _circles_figure(analysis):
     return P.embedding_circles(embedding_circles(W_E, analysis.key_freqs, analysis.run.p), label=algo.get("label"))
 
 
+#: The title of a dataset run's probes figure.
+VECTOR_PROBES_TITLE = "Probes of numerical stability"
+
+#: What the report of a dataset run leaves out, and why: ``(section of an algebraic run's report, reason)``. Shown
+#: as the "Undefined for this task" table — words, never a number.
+VECTOR_UNDEFINED_SECTIONS = (
+    ("Key frequencies and the key-frequency rule", "no group structure over the inputs (images, not a ∘ b)"),
+    ("Fourier norms of W_E and W_L, over training", "no Fourier basis over the inputs, and no token embedding"),
+    ("Restricted and excluded loss (the progress measures)", "they keep or remove key-frequency components of the logits"),
+    ("Circuit formation and the paper's phases", "dated from the restricted and excluded loss"),
+    ("Neuron frequency clusters, logits in the Fourier basis",
+     "periodicity in a + b (here: neuron statistics per hidden layer, above)"),
+    ("Attention and head ablations", "the MLP over vectors has no attention heads"),
+    ("Clock or pizza, embedding circles", "a question about a + b mod p"),
+    ("Representation quality index", "parallelograms a + b = c + d of token embeddings"),
+)
+
 #: Points of the hidden-layer embedding maps in reports (t-SNE is quadratic in them).
 REPORT_MAP_POINTS = 600
 
@@ -320,6 +337,23 @@ def _vector_figures(analysis) -> list[tuple[str, str, Any]]:
          f"{REPORT_MAP_POINTS}, a seeded draw), final checkpoint, as PCA and t-SNE maps coloured by the digit.",
          P.embedding_scatter(_maps(run, "hidden"))),
     ]
+    probes = P.probes_figure(analysis.measures)
+    if probes is not None:
+        figs.append((VECTOR_PROBES_TITLE, "Softmax collapse: share of examples whose float32 cross-entropy is exactly 0 "
+                     "(Prieto et al. 2025), on the training and test examples; logit margin (label minus best other "
+                     "logit, training examples) and std (all examples); cos(Δθ, θ) between consecutive checkpoints (+1: "
+                     "weights scaled up along themselves, −1: a weight-decay step). From the family's forward on the "
+                     "run's own input vectors (grokinterp.analysis.probes.vectors). The representation quality index "
+                     "needs token embeddings and is undefined for this task.", probes))
+    llc = _llc_table(analysis)
+    if llc is not None:
+        from .llc_plots import llc_figure
+
+        figs.append(("Local learning coefficient", "SGLD estimate of the local learning coefficient of the run's own "
+                     f"training loss ({run.config.train.loss}) at each checkpoint (± the spread over chains; crosses: an "
+                     "estimate a diagnostic marked unreliable), from RUN/llc.csv as `grokinterp llc RUN` wrote it, beside "
+                     "the test loss (right axis). The report draws the cached table only: it never runs the sampler.",
+                     llc_figure(llc, analysis.measures, x="epoch")))
     for title, caption, fn in REPORT_FIGURES:
         fig = fn(analysis)
         if fig is not None:
@@ -355,6 +389,10 @@ def _render_vector(analysis, figures) -> str:
         cfg_rows += [(f"{sec}.{k}", _config_value(v)) for k, v in fields.items()]
     parts = [f"<p class='headline'>{html.escape(h['verdict'])}</p>", "<h2>Headline numbers</h2>", _table(numbers)]
     parts += figures_html(report_figures(analysis) if figures is None else figures)
+    parts += ["<h2>Undefined for this task</h2>",
+              f"<p>{html.escape(run.task.describe())} classifies vectors: these parts of an algebraic run's report have no "
+              "meaning here and are not computed.</p>",
+              _table([(name, f"undefined for this task: {why}") for name, why in VECTOR_UNDEFINED_SECTIONS])]
     parts += ["<h2>Configuration</h2>", _table(cfg_rows)]
     return html_page(f"grokinterp report — {run.task.describe()} ({run.path.name})", str(run.path), parts)
 
@@ -365,14 +403,12 @@ register_run_analysis("lineage", lambda analysis: describe_lineage(analysis.run.
 register_run_analysis("algorithm", _algorithm)
 
 
-def _llc_figure(analysis):
-    """The LLC table ``grokinterp llc`` cached in the run directory, if any (the report never samples)."""
+def _llc_table(analysis):
+    """The LLC table ``grokinterp llc`` cached in the run directory (``None``: none, or unreadable)."""
     path = analysis.run.path / _io.LLC_TABLE
     if not path.is_file():
         return None
     import pandas as pd
-
-    from .llc_plots import llc_figure
 
     try:
         table = pd.read_csv(path)
@@ -380,6 +416,17 @@ def _llc_figure(analysis):
         return None
     if not {"epoch", "llc_mean"} <= set(table.columns):
         return None
+    return table
+
+
+def _llc_figure(analysis):
+    """The LLC table ``grokinterp llc`` cached in the run directory, if any (the report never samples); a dataset
+    run draws it among its own figures (:func:`_vector_figures`)."""
+    table = None if analysis.vector is not None else _llc_table(analysis)
+    if table is None:
+        return None
+    from .llc_plots import llc_figure
+
     return llc_figure(table, analysis.measures, x="epoch")
 
 
@@ -399,7 +446,7 @@ register_figure("Probes of numerical stability and representation",
                 "a + b = c + d whose embeddings close (Liu et al. 2022), and rqi_circle, the modular ones closing as rotations in "
                 "the best frequency plane (both defined only for a + b mod p with an embedding). "
                 "Definitions: grokinterp.analysis.probes; the NTK alignment: grokinterp probes RUN --probes all.",
-                lambda analysis: P.probes_figure(analysis.measures))
+                lambda analysis: None if analysis.vector is not None else P.probes_figure(analysis.measures))
 register_figure("Embedding map (PCA and t-SNE)",
                 "The token embeddings W_E (or, for a model without them, the hidden layer on the task's inputs), "
                 "final checkpoint, as PCA and t-SNE maps (seed 0), coloured by the task's label: a residue for "

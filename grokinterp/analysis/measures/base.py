@@ -108,6 +108,8 @@ class ChunkContext:
             differs from ``params``; :attr:`all_params` falls back to ``params``.
         prev_params: every parameter of the checkpoint measured just before this chunk (``{name: [1, ...]}``,
             as :attr:`all_params`); ``None`` for the first chunk (measures of the change between checkpoints).
+        train_loss: the run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax``, ``mse``);
+            ``None`` where the caller does not know it (measures that need it then assume cross-entropy).
     """
 
     epochs: np.ndarray
@@ -119,6 +121,7 @@ class ChunkContext:
     rows: int | None = None
     model_params: dict[str, Tensor] | None = None
     prev_params: dict[str, Tensor] | None = None
+    train_loss: str | None = None
 
     @property
     def all_params(self) -> dict[str, Tensor]:

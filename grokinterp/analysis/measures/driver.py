@@ -242,7 +242,8 @@ def progress_measures(
         full = {k: v.to(dev) for k, v in full.items()}
         params = residue_outputs(full, model_cfg)[0]
         ctx = ChunkContext(part, params, cfg, keys, arrays, dev, rows=rows,
-                           model_params=full if params is not full else None, prev_params=prev)
+                           model_params=full if params is not full else None, prev_params=prev,
+                           train_loss=run.config.train.loss)
         prev = {k: v[-1:] for k, v in full.items()}
         with torch.no_grad():
             for m in chosen:

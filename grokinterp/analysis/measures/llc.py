@@ -6,8 +6,12 @@ checkpoints is one stacked computation of its checkpoints × chains
 (:func:`~grokinterp.analysis.llc.sample_llc`); the chains share their noise and batches across
 checkpoints, so the result does not depend on the chunk size.
 
-Columns: ``llc_mean``, ``llc_std``, ``llc_chain_<c>`` (one per chain), ``llc_rhat``, ``llc_accept``
-and ``llc_reliable`` (1.0 / 0.0; the flags in words are in :func:`~grokinterp.analysis.llc.llc_over_checkpoints`'
+The sampled loss is the run's own training loss (``train.loss``: cross-entropy, StableMax or MSE on one-hot
+targets), as :func:`~grokinterp.analysis.llc.llc_over_checkpoints` samples it: the driver hands it to the measure
+(``ChunkContext.train_loss``); ``LLCMeasure(loss=...)`` overrides it.
+
+Columns: ``llc_mean``, ``llc_std``, ``llc_chain_<c>`` (one per chain), ``llc_rhat``, ``llc_accept``,
+``llc_init_loss`` (L_n(w*), the sampled loss at the checkpoint) and ``llc_reliable`` (1.0 / 0.0; the flags in words are in :func:`~grokinterp.analysis.llc.llc_over_checkpoints`'
 ``llc_flags``). The model is the one every measure sees: the residue logits (a run with an output for
 ``=`` has that column dropped), on the stored training pairs.
 """
@@ -30,30 +34,32 @@ class LLCMeasure(Measure):
     """SGLD estimate of the local learning coefficient at each checkpoint (not registered by default).
 
     ``loss``: the training loss the sampler uses (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or
-    ``mse``); pass the run's own, ``LLCMeasure(cfg, loss=run.config.train.loss)``, as
-    :func:`~grokinterp.analysis.llc.llc_over_checkpoints` does by itself.
+    ``mse``); ``None`` (default): the run's own (``ChunkContext.train_loss``, which
+    :func:`~grokinterp.analysis.measures.progress_measures` sets; cross-entropy where a context does not know it),
+    as :func:`~grokinterp.analysis.llc.llc_over_checkpoints` samples it.
     """
 
     name = "llc"
 
-    def __init__(self, config: SGLDConfig | None = None, *, loss: str = "cross_entropy"):
+    def __init__(self, config: SGLDConfig | None = None, *, loss: str | None = None):
         self.config = config if config is not None else SGLDConfig()
-        if loss not in LLC_LOSSES:
+        if loss is not None and loss not in LLC_LOSSES:
             raise AnalysisError(f"loss: must be one of {', '.join(LLC_LOSSES)}, got {loss!r}")
         self.loss = loss
         chains = tuple(f"llc_chain_{c}" for c in range(self.config.chains))
-        self.columns = ("llc_mean", "llc_std", *chains, "llc_rhat", "llc_accept", "llc_reliable")
+        self.columns = ("llc_mean", "llc_std", *chains, "llc_rhat", "llc_accept", "llc_init_loss", "llc_reliable")
         c = self.config
         how = (f"SGLD ε = {c.epsilon:g}, γ = {c.gamma:g}, nβ = {'m / ln m' if c.nbeta is None else f'{c.nbeta:g}'}, "
                f"{c.chains} chain(s) × {c.draws} draws after {c.burnin} burn-in, batches of "
                f"{c.batch_size or 'all'} training pairs, seed {c.seed}")
         self.definitions = {
-            "llc_mean": f"local learning coefficient nβ (E[L_batch] − L_train(w*)) of the {loss} loss, mean over "
-                        f"chains ({how})",
+            "llc_mean": f"local learning coefficient nβ (E[L_batch] − L_train(w*)) of the "
+                        f"{'run' + chr(39) + 's training' if loss is None else loss} loss, mean over chains ({how})",
             "llc_std": "standard deviation of the per-chain estimates (ddof 1)",
             **{k: f"chain {i}'s estimate" for i, k in enumerate(chains)},
             "llc_rhat": "split-R̂ of the chains' loss traces (second half of the draws)",
             "llc_accept": "mean MALA acceptance probability of the SGLD transitions",
+            "llc_init_loss": "L_n(w*): the sampled loss at the checkpoint (the SGLD chains' centre)",
             "llc_reliable": "1 when no diagnostic (non-finite, diverged, negative, R̂, acceptance) failed",
         }
 
@@ -62,7 +68,10 @@ class LLCMeasure(Measure):
         trn = a.train.to(ctx.device)
         tokens = grid_tokens(a.p).to(ctx.device)[trn]
         labels = a.labels.to(ctx.device)[trn]
-        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels, self.loss)
+        name = self.loss or ctx.train_loss or "cross_entropy"
+        if name not in LLC_LOSSES:
+            raise AnalysisError(f"train.loss: the LLC samples {', '.join(LLC_LOSSES)}, the run trained with {name!r}")
+        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels, name)
         with torch.enable_grad():
             r = sample_llc(ctx.params, loss, len(labels), self.config, device=ctx.device)
         cols = r.columns()

@@ -52,13 +52,19 @@ def ntk_defined(cfg) -> str | None:
     return None
 
 
+def _float(t: Tensor) -> Tensor:
+    """A checkpoint's parameter as the NTK differentiates it: float64 stays float64 (a float64 run), else float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def ntk_gram(params: dict[str, Tensor], cfg, tokens: Tensor) -> Tensor:
     """The empirical (trace) NTK of each stacked checkpoint on ``tokens``: float64 ``[n, N, N]``.
 
     Args:
         params: ``{name: [n, ...]}`` stacked checkpoints (every parameter the family's forward reads).
         cfg: the model config.
-        tokens: ``[N, pos]`` the task's input rows (``[a, b, =]``).
+        tokens: ``[N, pos]`` the task's input rows (``[a, b, =]``), or ``[N, d_input]`` input vectors (a dataset
+            task: the family's forward reads them as vectors).
     """
     why = ntk_defined(cfg)
     if why is not None:
@@ -76,7 +82,7 @@ def ntk_gram(params: dict[str, Tensor], cfg, tokens: Tensor) -> Tensor:
     out = torch.zeros(n, N, N, dtype=torch.float64, device=dev)
     for r in range(n):
         # N copies of checkpoint r, one per input: one backward gives every input's own gradient
-        theta = {k: params[k][r].detach().float().unsqueeze(0).repeat(N, *([1] * (params[k].ndim - 1)))
+        theta = {k: _float(params[k][r].detach()).unsqueeze(0).repeat(N, *([1] * (params[k].ndim - 1)))
                  .requires_grad_(True) for k in names}
         with torch.enable_grad():
             F = fwd(theta, tokens, cfg)[:, 0, :]  # [N, C]
@@ -84,7 +90,7 @@ def ntk_gram(params: dict[str, Tensor], cfg, tokens: Tensor) -> Tensor:
             C = F.shape[-1]
             for c in range(C):
                 grads = torch.autograd.grad(F[:, c].sum(), leaves, retain_graph=c < C - 1, allow_unused=True)
-                for g in grads:  # float32 products (the gradients are float32), summed in float64
+                for g in grads:  # products in the parameters' dtype (float32; float64 runs: float64), summed in float64
                     if g is not None:
                         g = g.reshape(N, -1)
                         out[r] += (g @ g.T).double()

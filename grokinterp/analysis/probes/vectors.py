@@ -4,9 +4,12 @@ Softmax collapse, the logit scale (std, margin) and the update–weight cosine a
 they read the logits of the family's functional forward on the run's own training and test examples (as
 :func:`~grokinterp.analysis.vectors.checkpoint_metrics` does), with the same functions and the same splits as on
 an algebraic run (``sc_train`` / ``logit_margin`` over the training examples, ``sc_test`` over the test examples,
-``logit_std`` over all of them). The representation quality index (parallelograms ``a + b = c + d`` of token
-embeddings) and the NTK alignment (measured on the grid of token pairs) are **undefined** for such a task: their
-columns are NaN and the definitions say why — never a number.
+``logit_std`` over all of them). The NTK–label alignment has the token version's definition
+(:mod:`~grokinterp.analysis.probes.ntk`): the centred alignment of the trace-over-logits empirical NTK with ``Y Yᵀ``
+over a seeded class-balanced subset of the training examples (:func:`~grokinterp.analysis.probes.ntk.ntk_subset`
+over their positions ``0 .. n_train − 1`` in the run's split order, where the token version draws grid indices),
+the inputs being the examples' vectors. The representation quality index (parallelograms ``a + b = c + d`` of token
+embeddings) is **undefined** for such a task: its columns are NaN and the definitions say why — never a number.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ..vectors import input_logits, is_vector_run, mean_loss, run_loss, stacked_
 from .collapse import collapsed, update_weight_cosine
 from .logit_scale import pair_margins, pair_std
 from .measures import PROBES, LogitScale, SoftmaxCollapse, UpdateWeightCosine
+from .ntk import kernel_alignment, label_kernel, ntk_gram, ntk_subset
 
 __all__ = ["vector_probes", "VECTOR_UNDEFINED"]
 
@@ -33,15 +37,13 @@ __all__ = ["vector_probes", "VECTOR_UNDEFINED"]
 VECTOR_UNDEFINED = {
     "rqi": "undefined for this task (it classifies vectors: no token embedding and no a + b = c + d "
            "parallelograms): NaN",
-    "ntk_alignment": "undefined for this task here (the NTK alignment is measured on the grid of token pairs of an "
-                     "algebraic task; not implemented over input vectors): NaN",
 }
 _COLUMNS = {"softmax_collapse": SoftmaxCollapse.columns, "update_cos": UpdateWeightCosine.columns,
             "logit_scale": LogitScale.columns, "rqi": ("rqi", "rqi_circle"), "ntk_alignment": ("ntk_alignment",)}
 
 
 def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray | None = None, *,
-                  chunk: int = 64) -> pd.DataFrame:
+                  chunk: int = 64, ntk_inputs: int = 32, ntk_classes: int = 4, ntk_seed: int = 0) -> pd.DataFrame:
     """The probes at checkpoints of a run on a dataset task, one row per checkpoint.
 
     Args:
@@ -50,6 +52,8 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
         epochs: the checkpoints (default: all); the update–weight cosine compares consecutive ones of this
             selection (NaN at the first).
         chunk: checkpoints per stacked forward.
+        ntk_inputs, ntk_classes, ntk_seed: the NTK subset (``ntk_classes`` labels × ``ntk_inputs // ntk_classes``
+            training examples, seeded; :func:`~grokinterp.analysis.probes.ntk.ntk_subset`).
 
     Returns:
         DataFrame ``epoch``, ``train_loss``, ``test_loss`` (the run's loss, as ``checkpoint_metrics``), then the
@@ -71,6 +75,9 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
     (xtr, ytr), (xte, yte) = run.train_data(), run.test_data()
     if len(ytr) == 0:
         raise AnalysisError(f"{run.path}: the run has no training examples to probe")
+    if "ntk_alignment" in probes:  # the same examples at every checkpoint
+        ntk_idx = ntk_subset(torch.arange(len(ytr)), ytr, n_inputs=ntk_inputs, n_classes=ntk_classes, seed=ntk_seed)
+        ntk_x, ntk_L = xtr[ntk_idx], label_kernel(ytr[ntk_idx])
     cols = ["train_loss", "test_loss"] + [c for p in probes for c in _COLUMNS[p]]
     table: dict[str, list[float]] = {c: [] for c in cols}
     prev = None
@@ -95,6 +102,8 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
                 cos = update_weight_cosine(before, after) if len(next(iter(after.values()))) else torch.zeros(0)
                 out["update_weight_cos"] = cos if prev is not None else torch.cat(
                     [torch.full((1,), math.nan, dtype=torch.float64), cos.double()])
+            if "ntk_alignment" in probes:
+                out["ntk_alignment"] = kernel_alignment(ntk_gram(P, cfg, ntk_x), ntk_L)
             prev = {k: v[-1:] for k, v in P.items()}
             for c in cols:
                 v = out.get(c)
@@ -106,6 +115,11 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
         for c in _COLUMNS[p]:
             if p in VECTOR_UNDEFINED:
                 definitions[c] = VECTOR_UNDEFINED[p]
+            elif p == "ntk_alignment":
+                definitions[c] = (f"centred kernel alignment (Kumar et al. 2023) of the empirical trace NTK "
+                                  f"Σ_c ⟨∂f_c(x_i), ∂f_c(x_j)⟩ with the one-hot label kernel Y Yᵀ, on a fixed seeded "
+                                  f"class-balanced subset of the training examples ({ntk_classes} labels × "
+                                  f"{ntk_inputs // ntk_classes} examples, seed {ntk_seed})")
             else:
                 d = {**SoftmaxCollapse.definitions, **UpdateWeightCosine.definitions, **LogitScale.definitions}[c]
                 definitions[c] = d.replace("pairs", "examples")
