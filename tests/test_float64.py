@@ -227,3 +227,54 @@ def test_a_float64_stack_resumes_bit_for_bit(tmp_path):
         fa, fb = _fingerprint(a), _fingerprint(b)
         assert [k for k in fa if fa[k] != fb[k]] == []
         assert _shard_dtypes(b.path) == {"F64"}
+
+
+class _Look(g.Callback):
+    """A callback that records what the loop holds at the start and after the first step."""
+
+    def __init__(self):
+        self.seen: dict = {}
+
+    def on_start(self, loop, epoch):
+        self.seen["loop"] = loop
+
+    def on_step(self, loop, epoch):
+        if "grads" not in self.seen:
+            self.seen["grads"] = {k: p.grad.dtype for k, p in loop.params.items() if p.grad is not None}
+            self.seen["state"] = {k: v.dtype for k, v in loop.state_tensors().items()
+                                  if k.startswith(("param/", "opt/", "transform/")) and v.is_floating_point()
+                                  and not k.endswith("/step")}  # Adam's step counter: float32, as torch's
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_single_run_is_a_stack_of_one_in_the_runs_dtype(tmp_path, dtype):
+    """The single run (``train()``: a stack of one with the ``single`` executor, seen through ``TrainLoop``) holds
+    everything in ``train.dtype``: the flat row, its leaves and their gradients, the snapshot buffer, the hooked
+    module (parameters and floating-point buffers), the input vectors (full set and minibatches), the optimizer and
+    gradient-transform state; the float32 fast path is taken for float32 only."""
+    from grokinterp.training.loop import TrainLoop
+
+    want = getattr(torch, dtype)
+    look = _Look()
+    g.train(_digits(dtype=dtype, epochs=2, grad_transforms=["grokfast_ema"]), tmp_path / "digits", progress=False,
+            callbacks=[look])
+    loop = look.seen["loop"]
+    assert isinstance(loop, TrainLoop) and loop.impl == "single" and loop.n_runs == 1
+    assert loop.flat.dtype == want and loop.buffer.dtype == want and loop.dtype == want
+    assert {p.dtype for p in loop.params.values()} == {want}
+    assert {p.dtype for p in loop.model.parameters()} == {want}
+    assert {b.dtype for b in loop.model.buffers() if b.is_floating_point()} <= {want}
+    assert loop.data["train"].tokens.dtype == want and loop.data["test"].tokens.dtype == want
+    assert loop.batch(0).plan.tokens.dtype == want  # a minibatch's input vectors
+    assert set(look.seen["grads"].values()) == {want}
+    assert any(k.startswith("transform/") for k in look.seen["state"]) and set(look.seen["state"].values()) == {want}
+    assert _shard_dtypes(tmp_path / "digits") == {"F32" if dtype == "float32" else "F64"}
+
+    look = _Look()
+    g.train(g.make_config("tiny", p=7, epochs=2, every=1, log_early=0, dtype=dtype), tmp_path / "tiny",
+            progress=False, callbacks=[look])
+    loop = look.seen["loop"]
+    assert loop.flat.dtype == want and {p.dtype for p in loop.model.parameters()} == {want}
+    assert loop.data["train"].tokens.dtype == torch.int64  # token ids stay ids
+    assert (loop.data["train"].plan is not None) == (dtype == "float32")  # the fast path: float32 kernels only
+    assert loop._fast == (dtype == "float32") and (loop.data["test"].plan is not None) == (dtype == "float32")
