@@ -12,7 +12,7 @@ trajectories of earlier releases bit for bit on CPU. :class:`TrainLoop` is that 
 single run (the callback contract: ``params`` as leaves with ``.grad``, the hooked ``model``, 1-D
 ``metrics`` rows, ``text_metrics``, ``data``, ``evaluate``, ``postfix``), a view holding no state of its own.
 
-Per epoch ``e`` (the model after ``e`` full-batch steps) the loop (:class:`EpochLoop`): snapshots
+Per epoch ``e`` (the model after ``e`` full-batch steps) the loop (:meth:`StackedLoop.run <grokinterp.training.stacked.StackedLoop.run>`): snapshots
 the parameters if ``e`` is a checkpoint epoch, flushes when the buffer is full, records test loss
 and accuracy every ``eval_every`` epochs (the model at ``e``, before its step), then takes one step
 (forward on the final position, float64 loss, backward, gradient transforms, optimizer). The final
@@ -25,7 +25,7 @@ executor (eager or CUDA graph) from :mod:`~grokinterp.training.step`, and observ
 A minibatch run (``train.batch_size``) takes ``k = ceil(n_train / batch_size)`` steps per epoch,
 each on one batch of :mod:`~grokinterp.training.data`; schedules count optimizer steps, checkpoints
 may fall inside an epoch (``checkpoints.unit`` step), and a stop between any two steps resumes there
-(see :meth:`EpochLoop.run`).
+(see :meth:`grokinterp.training.stacked.StackedLoop.run`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ from ..store.run import load_run
 from ..store.writer import check_out_dir, claim_run_dirs, clear_run_dir, run_metadata, start_run
 from ..tasks import split_pairs
 from .callbacks import Callback
-from .epochs import (
-    EpochLoop,
+from .common import (
     TrainingInterrupted,
     check_trainable,
     loop_callbacks,
@@ -53,7 +52,7 @@ from .epochs import (
 )
 from .lineage import lineage_record
 from .preflight import preflight
-from .stacked import TrainLoop, build_single_loop, resume_locked
+from .stacked import EpochLoop, TrainLoop, build_single_loop, resume_locked
 from .stacked import resume_single as resume
 from .threads import DEFAULT_THREADS, check_threads, torch_threads
 

@@ -12,7 +12,7 @@ gradient transforms and the weight-norm constraint apply each run's values
 (:mod:`~grokinterp.training.optim`, :mod:`~grokinterp.training.transforms`,
 :mod:`~grokinterp.training.constraints`: one registry each, whose entries a single run uses over a
 stack of one; each run's state is saved under a single run's keys, so a run trained in a stack
-resumes alone and the other way round). The epoch loop is :class:`~grokinterp.training.epochs.EpochLoop`.
+resumes alone and the other way round). Its epoch loop is :meth:`StackedLoop.run`.
 A single run is a stack of one (``impl = "single"``, :class:`TrainLoop`): this is the one trainer. The
 optimizer, the list of gradient transforms, the loss and the Grokfast-MA window (the shape of its
 state) are shared by a stack. Each run writes its own run directory
@@ -27,7 +27,7 @@ piece               what it does
 ``STACKED_*``       registries: stacked optimizers (``adamw``, ``adam``, ``sgd``, ``ortho_adamw``) and
                     stacked gradient transforms (``grokfast_ema``, ``grokfast_ma``, ``orthograd``; a
                     run whose transform has no stacked version trains alone)
-``StackedLoop``     the one trainer: a stack's state, forward, metrics and flushes (epoch loop: ``EpochLoop``)
+``StackedLoop``     the one trainer: a stack's state, forward, metrics, flushes and epoch loop (``run``)
 ``TrainLoop``       a stack of one with the ``single`` executor seen as one run (``grokinterp.train``)
 ``train_stacked``   new runs; ``resume_stacked`` / ``resume``: interrupted ones; ``resume_single``: one run
 ``max_stack_size``  how many runs fit the device's memory
@@ -102,10 +102,7 @@ from ..store.writer import (
 )
 from ..tasks import split_pairs, training_labels
 from .callbacks import Callback
-from .constraints import StackedWeightNorm
-from .data import batch_indices, sampler_seed, stacked_epoch
-from .epochs import (
-    EpochLoop,
+from .common import (
     TrainingInterrupted,
     check_trainable,
     decode_text,
@@ -116,6 +113,8 @@ from .epochs import (
     stop_on_signals,
     with_session,
 )
+from .constraints import StackedWeightNorm
+from .data import batch_indices, sampler_seed, stacked_epoch
 from .lineage import init_stack_from_parents, lineage_record
 from .optim import (
     EPS,
@@ -147,7 +146,7 @@ __all__ = ["stack_key", "stack_mismatch", "StackedLoop", "train_stacked", "resum
            "max_stack_size", "stack_memory_bytes", "STACKED_OPTIMIZERS", "register_stacked_optimizer",
            "STACKED_TRANSFORMS", "register_stacked_transform", "StackInterrupted", "MODES", "EPS",
            "padded_lengths", "default_impl", "IMPLS", "EXECUTORS", "ParamLayout", "StackedOptimizer", "StackedAdamW",
-           "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "TrainLoop", "RunData", "resume_single", "StateSource"]
+           "StackedAdam", "StackedOrthoAdamW", "StackedSGD", "TrainLoop", "RunData", "resume_single", "StateSource", "EpochLoop"]
 
 #: How splits enter a stacked step (module notes).
 MODES = ("gather", "mask")
@@ -436,11 +435,20 @@ class _Flusher:
 
 
 # -- the loop ---------------------------------------------------------------------------------------------
-class StackedLoop(EpochLoop):
+class StackedLoop:
     """The one trainer: the state of ``R ≥ 1`` runs trained as one stacked model (built by
     :func:`train_stacked` / :func:`resume_stacked`; a single run, by :func:`grokinterp.train` /
-    ``resume``, is a stack of one with the ``single`` executor, seen through :class:`TrainLoop`). The
-    epoch loop is :class:`~grokinterp.training.epochs.EpochLoop`'s.
+    ``resume``, is a stack of one with the ``single`` executor, seen through :class:`TrainLoop`).
+
+    The epoch loop (:meth:`run`), for full batch or minibatch: each epoch ``e`` (the model after
+    ``e · k`` optimizer steps, ``k`` = steps per epoch: 1 for full batch) is, in order: a checkpoint if
+    due (a flush when the buffer is full), its metrics (test metrics every ``eval_every`` epochs and at
+    the end, the train metrics where they are evaluations), ``on_epoch``, the epoch's ``k`` steps
+    (:meth:`step`, through the step executor chosen for the model family and device: the one-layer
+    kernels, the generic forward or the single-run forward, eager or replayed as a CUDA graph),
+    ``on_step`` and ``on_eval``. A stop request (signal, or a callback's :meth:`request_stop`) between
+    any two steps flushes and raises (:meth:`_interrupt`); the final epoch is evaluated and
+    snapshotted without a step, then flushed as finished.
 
     Attributes callbacks may read: ``configs``, ``run_dirs``, ``n_runs``, ``device``, ``params``
     (``{name: [run, ...]}``, views of ``flat [run, n_params]``), ``metrics`` (``{column: float64
@@ -893,6 +901,57 @@ class StackedLoop(EpochLoop):
             self._emit("on_flush", epoch, finished)
 
     # -- loop ------------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop before the next step (a callback may call it, e.g. for early
+        stopping): it flushes and raises :class:`StackInterrupted` (a single run:
+        :class:`TrainingInterrupted`); the runs stay resumable."""
+        self._stop_requested = True
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def run(self, stop: Callable[[], bool]) -> None:
+        """Train from :attr:`start_step` to the end (class notes for the order of events).
+
+        Full batch, the train loss of row ``e`` is that of step ``e`` (the model at ``e``, every epoch).
+        Minibatch, row ``e``'s train loss and accuracy are a full-training-set evaluation of the
+        model at ``e`` (before its steps), recorded with the test metrics (every ``eval_every``
+        epochs and at the end; NaN in between), and the ``step`` column holds ``e · k``. A
+        checkpoint schedule in steps (``checkpoints.unit``) snapshots before any step it names,
+        mid-epoch too; a stop between two steps flushes and resumes there (bit for bit on CPU).
+        """
+        E, k = self.E, self.per_epoch
+        self._emit("on_start", self.start_epoch)
+        try:
+            for s in range(self.start_step, self.total_steps + 1):
+                epoch, b = divmod(s, k)
+                if stop() or self._stop_requested:
+                    self._interrupt(epoch, s, getattr(stop, "signum", signal.SIGINT))
+                label = s if self.step_unit else (epoch if b == 0 else -1)
+                if label in self.ckpt_epochs and label > self.flushed_upto:
+                    full = self._snapshot(label)
+                    self._emit("on_checkpoint", label)
+                    if full:
+                        self.flush(epoch, finished=False, step=s)
+                evaluating = epoch % self.eval_every == 0 or epoch == E
+                if b == 0:
+                    self._record_epoch(epoch, s, evaluating)
+                    self._emit("on_epoch", epoch)
+                if epoch != E:
+                    self.step(epoch, record_acc=evaluating, step=s)
+                if b == k - 1 or epoch == E:
+                    self._emit("on_step", epoch)
+                    if evaluating:
+                        self._emit("on_eval", epoch)
+                self._between_steps()
+            self._finish()
+        finally:
+            try:
+                self._close()
+            finally:
+                self._emit("on_end")
+
     def step(self, epoch: int, record_acc: bool, step: int | None = None, evaluating: bool | None = None) -> None:
         """One step of every run (full batch, or batch ``step mod k`` of epoch ``step // k``); in
         ``mask`` mode an ``evaluating`` step (default: ``record_acc``) records the test metrics too."""
@@ -1072,6 +1131,10 @@ class TrainLoop(StackedLoop):
         self.flusher.wait()
         self._emit_flushes()
         raise TrainingInterrupted(self.run_dir, epoch, signum, step if self.batch_size is not None else None)
+
+
+#: The epoch loop of every trainer (the name of earlier releases): the one trainer's class.
+EpochLoop = StackedLoop
 
 
 # -- memory ----------------------------------------------------------------------------------------------------
