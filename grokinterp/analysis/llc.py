@@ -75,7 +75,7 @@ from torch import Tensor
 from ..errors import AnalysisError
 
 __all__ = ["SGLDConfig", "LLCResult", "LLCWarning", "LLC_FLAGS", "default_nbeta", "sample_llc",
-           "model_loss_fn", "llc_over_checkpoints", "llc_frame", "calibrate", "split_rhat"]
+           "model_loss_fn", "fast_forward_applies", "llc_over_checkpoints", "llc_frame", "calibrate", "split_rhat"]
 
 #: The diagnostics that can mark an estimate unreliable (module notes).
 LLC_FLAGS = ("nonfinite", "diverged", "negative", "rhat", "acceptance")
@@ -295,19 +295,59 @@ LLC_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": _ce_each, "stablemax": _stablemax_each, "mse": _mse_each}
 
 
-def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor, loss: str = "cross_entropy") -> LossFn:
+def fast_forward_applies(cfg, tokens: Tensor) -> str | None:
+    """Why :func:`model_loss_fn`'s fast forward cannot compute models of ``cfg`` on ``tokens`` (``None`` when it
+    can): it is the one-layer kernels' ``dense`` final-position forward (:mod:`grokinterp.model.stacked`), which
+    needs :func:`~grokinterp.model.families.transformer.fast_kernels_apply` and a query token (the last) that is
+    the same in every row."""
+    from ..model.stacked import stack_unsupported
+
+    if getattr(cfg, "family", "transformer") != "transformer":
+        return f"model.family is {cfg.family!r}"
+    why = stack_unsupported(cfg)
+    if why:
+        return why
+    if tokens.ndim != 2 or tokens.shape[1] != cfg.n_ctx or tokens.is_floating_point():
+        return f"tokens must be [pairs, {cfg.n_ctx}] integers, got {list(tokens.shape)}"
+    if len(tokens) and not bool((tokens[:, -1] == tokens[0, -1]).all()):
+        return "the last token differs between rows"
+    return None
+
+
+def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor, loss: str = "cross_entropy", *,
+                  fast: bool | None = None) -> LossFn:
     """A loss over stacked parameters from a family's functional forward: ``loss(P, idx) -> [R]``, the mean
     loss of run ``r`` on the training pairs ``idx[r]`` (``idx [R, m]`` rows of ``tokens``): ``loss`` names the
-    run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or ``mse`` on one-hot targets)."""
+    run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or ``mse`` on one-hot targets).
+
+    ``fast`` (default: wherever it applies, :func:`fast_forward_applies`): compute the logits with the one-layer
+    kernels' ``dense`` forward instead of ``forward`` — the same logits (tested to float32 rounding, values and
+    gradients), with keys, values and scores as per-(position, token) tables and one query per run (the ``=``
+    row), about a quarter fewer operations at a batch of 128 than the family's forward, which computes them per
+    example. ``fast=True`` where it does not apply raises :class:`AnalysisError` naming the reason.
+    """
     if loss not in LLC_LOSSES:
         raise AnalysisError(f"loss: must be one of {', '.join(LLC_LOSSES)}, got {loss!r}")
     each = LLC_LOSSES[loss]
+    why = fast_forward_applies(cfg, tokens) if fast is not False else "not asked for"
+    if fast and why:
+        raise AnalysisError(f"fast: the fast forward does not apply: {why}")
+    if why is None:
+        from ..model.stacked import StackPlan, stacked_final_logits
+
+        def logits_of(P: dict[str, Tensor], idx: Tensor) -> Tensor:
+            plan = StackPlan.build(cfg, tokens[idx], impl="dense")
+            return stacked_final_logits(P, plan, "dense")
+    else:
+        def logits_of(P: dict[str, Tensor], idx: Tensor) -> Tensor:
+            return forward(P, tokens[idx], cfg)
 
     def fn(P: dict[str, Tensor], idx: Tensor) -> Tensor:
         R, m = idx.shape
-        logits = forward(P, tokens[idx], cfg)  # [R, m, vocab]
+        logits = logits_of(P, idx)  # [R, m, vocab]
         return each(logits.reshape(R * m, -1), labels[idx].reshape(-1)).view(R, m).mean(1)
 
+    fn.fast = why is None  # type: ignore[attr-defined]
     return fn
 
 
@@ -388,43 +428,66 @@ def sample_llc(params: dict[str, Tensor], loss_fn: LossFn, n: int, config: SGLDC
             first = [peek()[0] for _ in range(C)]
             init = torch.stack([loss_fn(views(w0, K), b.expand(K, -1)).double() for b in first]).mean(0)
 
-    anchor = w0.repeat_interleave(C, 0)  # [R, P], run r = k C + chain
-    w = anchor.clone()
+    w = w0.repeat_interleave(C, 0)  # [R, P], run r = k C + chain
+    anchor = w0[:, None]  # [K, 1, P]: w* of run k C + c, broadcast over the chains (not copied C times)
     trace = torch.empty(K, C, c.draws, dtype=torch.float32, device=dev)
     acc_sum = torch.zeros(R, dtype=torch.float64, device=dev)
     acc_n = 0
     sq = math.sqrt(eps)
+    h_loc, h_grad = 0.5 * eps * gamma, -0.5 * eps * nbeta
 
-    def potential(wt: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(L_B [R], None, ∇U [R, P]) at ``wt`` on the batches ``idx``: U = nβ L_B + γ/2 ‖w − w*‖²."""
-        wt = wt.detach().requires_grad_(True)
-        loss = loss_fn(views(wt, R), idx)
-        (grad,) = torch.autograd.grad(loss.sum(), wt)
-        with torch.no_grad():
-            return loss.detach(), None, grad.mul_(nbeta).add_(wt.detach() - anchor, alpha=gamma)
+    def loss_grad(wt: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``L_B [R]`` at ``wt`` on the batches ``idx`` and ``∇ Σ_r L_B`` per parameter (each run's gradient
+        is its own: the runs are independent). The parameters are leaf views of ``wt``, so their gradients
+        are never concatenated into a flat tensor."""
+        leaves = [v.detach().view(R, *s).requires_grad_(True) for v, s in zip(wt.split(sizes, 1), shapes)]
+        loss = loss_fn(dict(zip(names, leaves)), idx)
+        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
+
+    def grad_u(wt: Tensor, grads: list[Tensor]) -> Tensor:
+        """``∇U [R, P]`` = nβ ∇L_B + γ (w − w*) (the acceptance's only)."""
+        flat = torch.cat([g.reshape(R, -1) for g in grads], 1).mul_(nbeta)
+        return flat.view(K, C, P_).add_(wt.view(K, C, P_) - anchor, alpha=gamma).view(R, P_)
+
+    def sgld_step(wt: Tensor, grads: list[Tensor], xi: Tensor, out: Tensor) -> Tensor:
+        """``out ← wt − ε/2 (nβ ∇L_B + γ (wt − w*)) + √ε ξ`` as three passes (``out`` may be ``wt``): the
+        localization as a ``lerp`` towards w*, the gradient added per parameter, the noise per chain."""
+        out3 = out.view(K, C, P_)
+        torch.lerp(wt.view(K, C, P_), anchor.expand(K, C, P_), h_loc, out=out3)
+        torch._foreach_add_([o.view_as(g) for o, g in zip(out.split(sizes, 1), grads)], grads, alpha=h_grad)
+        out3.add_(xi, alpha=sq)
+        return out
 
     for t in range(c.burnin + c.draws):
         idx = nxt().repeat(K, 1)  # [R, m]: chain c's batch at every checkpoint
-        loss, _, gU = potential(w, idx)
+        loss, grads = loss_grad(w, idx)
         with torch.no_grad():
             if t >= c.burnin:
                 trace[:, :, t - c.burnin] = loss.view(K, C)
             xi = torch.randn(C, P_, generator=g, device=dev)
-            w_new = (w - (0.5 * eps) * gU).view(K, C, P_).add_(xi, alpha=sq).view(R, P_)
-        if t % c.accept_every == 0:  # this transition as a MALA proposal, on its own batch
-            loss1, _, gU1 = potential(w_new, idx)
+        if t % c.accept_every:
             with torch.no_grad():
-                # log α = U − U' − ‖a‖²/2 + a·ξ, a = √ε/2 (∇U + ∇U'): the proposal densities' ‖ξ‖² cancel
-                # analytically rather than as two large float sums; U − U' from its parts, in float64 sums:
-                # nβ (L − L') − γ/2 (w' − w)·(w' + w − 2 w*)
-                a = gU.add(gU1).mul_(0.5 * sq).view(K, C, P_)
-                step = (w_new - w).view(K, C, P_)
-                loc = (step * ((w_new - anchor) + (w - anchor)).view(K, C, P_)).double().sum(2).view(R)
-                dU = nbeta * (loss.double() - loss1.double()) - 0.5 * gamma * loc
-                quad = a.double().pow(2).sum(2).view(R) / 2 - (a * xi).double().sum(2).view(R)
-                log_a = dU - quad
-                acc_sum += torch.nan_to_num(torch.exp(torch.clamp(log_a, max=0.0)), nan=0.0)
-                acc_n += 1
+                sgld_step(w, grads, xi, w)  # in place: the same arithmetic as below, so the chains do not
+            continue  # depend on accept_every
+        # this transition as a MALA proposal, on its own batch
+        with torch.no_grad():
+            gU = grad_u(w, grads)
+            w_new = sgld_step(w, grads, xi, torch.empty_like(w))
+        loss1, grads1 = loss_grad(w_new, idx)
+        with torch.no_grad():
+            gU1 = grad_u(w_new, grads1)
+            # log α = U − U' − ‖a‖²/2 + a·ξ, a = √ε/2 (∇U + ∇U'): the proposal densities' ‖ξ‖² cancel
+            # analytically rather than as two large float sums; U − U' from its parts, in float64 sums:
+            # nβ (L − L') − γ/2 (w' − w)·(w' + w − 2 w*)
+            a = gU.add_(gU1).mul_(0.5 * sq).view(K, C, P_)
+            step = (w_new - w).view(K, C, P_)
+            loc = (step * ((w_new.view(K, C, P_) - anchor) + (w.view(K, C, P_) - anchor))).double().sum(2).view(R)
+            dU = nbeta * (loss.double() - loss1.double()) - 0.5 * gamma * loc
+            quad = a.double().pow(2).sum(2).view(R) / 2 - (a * xi).double().sum(2).view(R)
+            log_a = dU - quad
+            acc_sum += torch.nan_to_num(torch.exp(torch.clamp(log_a, max=0.0)), nan=0.0)
+            acc_n += 1
         w = w_new
     tr = trace.cpu().numpy()
     init_np = init.cpu().numpy().astype(np.float64)
