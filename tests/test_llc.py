@@ -439,3 +439,32 @@ def test_the_fast_forward_refuses_a_model_it_cannot_compute():
     with pytest.raises(AnalysisError, match="fast"):
         model_loss_fn(family_of(cfg).forward, cfg, tokens, torch.tensor([3, 0]), fast=True)
     assert model_loss_fn(family_of(cfg).forward, cfg, tokens, torch.tensor([3, 0])).fast is False
+
+
+def test_llc_over_runs_equals_each_run_alone_and_refuses_other_shapes(tmp_path):
+    """Two seeds (their own splits) in one stack, interleaved and chunked: each estimate equals
+    llc_over_checkpoints of its run alone (common random numbers) up to rounding; on_chunk sees every chunk."""
+    import grokinterp as gi
+    from grokinterp.analysis.llc import llc_over_runs
+
+    cfgs = [gi.make_config("tiny", init_seed=s, split_seed=s, epochs=30, every=10, log_early=0) for s in (0, 1)]
+    runs = gi.train_stacked(cfgs, [tmp_path / f"s{s}" for s in (0, 1)], progress=False)
+    cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, nbeta=10.0, chains=2, draws=30, batch_size=32)
+    order = [(j, int(e)) for e in runs[0].epochs[::-1] for j in (1, 0)]
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        both = llc_over_runs(runs, cfg, order=order, chunk=3, on_chunk=seen.append)
+        alone = [llc_over_checkpoints(r, cfg) for r in runs]
+    assert [(int(j), int(e)) for j, e in zip(both["run"], both["epoch"])] == order
+    assert sum(len(d) for d in seen) == len(order) and len(seen) == -(-len(order) // 3)
+    for j in (0, 1):
+        got = both[both["run"] == j].sort_values("epoch")
+        np.testing.assert_allclose(got["llc_init_loss"], alone[j]["llc_init_loss"], rtol=1e-6)
+        np.testing.assert_allclose(got["llc_chain_0"], alone[j]["llc_chain_0"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got["llc_chain_1"], alone[j]["llc_chain_1"], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(both[both["run"] == 0]["llc_init_loss"].to_numpy(),
+                           both[both["run"] == 1]["llc_init_loss"].to_numpy())  # each run its own loss
+    other = gi.train(gi.make_config("tiny", p=11, epochs=2, every=1, log_early=0), tmp_path / "other", progress=False)
+    with pytest.raises(AnalysisError, match=r"runs\[1\]"):
+        llc_over_runs([runs[0], other], cfg)

@@ -60,6 +60,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -75,7 +76,7 @@ from torch import Tensor
 from ..errors import AnalysisError
 
 __all__ = ["SGLDConfig", "LLCResult", "LLCWarning", "LLC_FLAGS", "default_nbeta", "sample_llc",
-           "model_loss_fn", "fast_forward_applies", "llc_over_checkpoints", "llc_frame", "calibrate", "split_rhat"]
+           "model_loss_fn", "fast_forward_applies", "llc_over_checkpoints", "llc_over_runs", "llc_frame", "calibrate", "split_rhat"]
 
 #: The diagnostics that can mark an estimate unreliable (module notes).
 LLC_FLAGS = ("nonfinite", "diverged", "negative", "rhat", "acceptance")
@@ -578,6 +579,100 @@ def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None,
     if warn:
         _warn(_merge(out), df["epoch"].tolist())
     return df
+
+
+def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: Sequence | None = None,
+                  device: str | torch.device = "cpu", chunk: int | None = None,
+                  order: Sequence[tuple[int, int]] | None = None,
+                  on_chunk: Callable[[pd.DataFrame], None] | None = None, warn: bool = True) -> pd.DataFrame:
+    """The LLC at the checkpoints of several runs of one model shape (e.g. seeds), as one stacked computation.
+
+    Each run's checkpoints sample that run's own training loss (its own split): run ``j``'s pairs are rows
+    ``j n … (j + 1) n`` of one table, and a chain's batch indices are offset by its run's rows, so chain ``c``
+    draws the same batch *positions* and noise at every checkpoint of every run (common random numbers, as
+    :func:`llc_over_checkpoints`): an estimate equals the one :func:`llc_over_checkpoints` makes for its run
+    alone, up to float rounding (tested).
+
+    Args:
+        runs: :class:`~grokinterp.store.Run` objects (or paths) with equal model configs, training losses and
+            numbers of training pairs.
+        config: the sampler.
+        epochs: per run, which checkpoints (default: all of each).
+        chunk: checkpoints per stacked computation (default: as :func:`llc_over_checkpoints`).
+        order: the ``(run index, epoch)`` pairs in the order to sample them (default: by epoch, then run), e.g.
+            interleaved so that a partial result covers the whole curve; every pair must be one of ``epochs``.
+        on_chunk: called with each chunk's table (columns ``run``, ``epoch`` and the LLC columns) when it is
+            done, to write a partial result.
+        warn: emit an :class:`LLCWarning` naming unreliable estimates.
+
+    Returns:
+        One row per ``(run, epoch)`` in ``order``: ``run`` (the index into ``runs``), ``epoch``, the LLC columns.
+
+    Raises:
+        AnalysisError: no runs, runs of different shapes, losses or training-set sizes, a run without checkpoints.
+    """
+    from ..store.run import load_run
+
+    runs = [r if hasattr(r, "stacks") else load_run(r) for r in runs]
+    if not runs:
+        raise AnalysisError("runs: no runs to estimate the LLC of")
+    dev = torch.device(device)
+    pieces = [_run_pieces(r, dev) for r in runs]
+    forward, mc, _, _, loss_name = pieces[0]
+    n = len(pieces[0][3])
+    for j, (r, (_, mc_j, _, lab_j, loss_j)) in enumerate(zip(runs, pieces)):
+        if len(r.epochs) == 0:
+            raise AnalysisError(f"{r.path}: the run has no checkpoints to estimate the LLC at")
+        if dataclasses.replace(mc_j, init_seed=mc.init_seed) != mc or loss_j != loss_name or len(lab_j) != n:
+            raise AnalysisError(f"runs[{j}]: {r.path} differs from runs[0] in its model config, training loss or "
+                                f"number of training pairs ({len(lab_j)} vs {n}); one stack needs them equal")
+    tokens = torch.cat([p[2] for p in pieces])
+    labels = torch.cat([p[3] for p in pieces])
+    base = model_loss_fn(forward, mc, tokens, labels, loss_name)
+    eps = [np.asarray(r.epochs if epochs is None else [r.resolve_epoch(int(e)) for e in epochs[j]], dtype=np.int64)
+           for j, r in enumerate(runs)]
+    if order is None:
+        order = sorted(((j, int(e)) for j in range(len(runs)) for e in eps[j]), key=lambda x: (x[1], x[0]))
+    else:
+        allowed = {(j, int(e)) for j in range(len(runs)) for e in eps[j]}
+        order = [(int(j), int(runs[int(j)].resolve_epoch(int(e)))) for j, e in order]
+        missing = [x for x in order if x not in allowed]
+        if missing:
+            raise AnalysisError(f"order: {missing[:3]} are not among the selected checkpoints")
+    if not order:
+        raise AnalysisError("epochs: the selection is empty")
+    if chunk is None:
+        from ..model.families import family_of
+
+        chunk = max(1, int(1e9 // max(family_of(mc).activation_bytes(mc) * config.batch(n) * config.chains, 1)))
+    C = config.chains
+    frames, parts = [], []
+    for i in range(0, len(order), chunk):
+        part = order[i: i + chunk]
+        stacks = {}
+        for j, e in part:
+            for name, v in runs[j].stacks(epochs=[e]).items():
+                stacks.setdefault(name, []).append(v)
+        P = {name: torch.cat(v).to(dev) for name, v in stacks.items()}
+        off_k = torch.tensor([j * n for j, _ in part], device=dev)
+        off_r = off_k.repeat_interleave(C)
+
+        def loss(Pr, idx, off_k=off_k, off_r=off_r):  # idx [K, rows] (L_n(w*)) or [K C, m] (the chains)
+            return base(Pr, idx + (off_k if idx.shape[0] == off_k.shape[0] else off_r)[:, None])
+
+        r = sample_llc(P, loss, n, config, device=dev)
+        parts.append(([e for _, e in part], r))
+        df = pd.DataFrame({"run": np.array([j for j, _ in part], dtype=np.int64),
+                           "epoch": np.array([e for _, e in part], dtype=np.int64), **r.columns()})
+        frames.append(df)
+        if on_chunk is not None:
+            on_chunk(df)
+    out = pd.concat(frames, ignore_index=True)
+    merged = _merge(parts)
+    out.attrs["llc"] = {**asdict(config), "nbeta_used": merged.nbeta, "seconds": float(merged.seconds)}
+    if warn:
+        _warn(merged, out["epoch"].tolist())
+    return out
 
 
 def _merge(parts: Sequence[tuple[Sequence[int], LLCResult]]) -> LLCResult:
