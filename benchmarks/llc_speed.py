@@ -283,7 +283,8 @@ def part_b(args):
         err = (PlainTransformer({k: v[-1] for k, v in P.items()}, cfg0)(x) - ref).abs().max().item()
     assert err < 1e-4, f"the plain transformer differs from ours by {err}"
     draws = args.paper_draws
-    cfg = SGLDConfig(epsilon=3e-3, gamma=5.0, nbeta=2.0, chains=4, draws=draws, batch_size=128)
+    # analyses/llc_paper.py's sampler: devinterp's ε 3e-3, γ 5, nβ 2 diverge on this model (NaN chains time differently)
+    cfg = SGLDConfig(epsilon=1e-3, gamma=100.0, nbeta=10.0, chains=4, draws=draws, batch_size=128)
     plain_loss = model_loss_fn(fam.forward, cfg0, tokens, labels, fast=False)
     fast_loss = model_loss_fn(fam.forward, cfg0, tokens, labels)
     print(f"\n(b) paper model (p = 113, d_model 128, d_mlp 512), {'checkpoints ' + str(eps) if args.paper_run else 'fresh initialisations'}: "
