@@ -46,9 +46,10 @@ def outs(args, seeds=SEEDS):
     return [args.runs_dir / f"paper-s{s}" for s in seeds]
 
 
-#: devinterp's grokking sampler values (their notebook: ε 3e-3, γ 5, nβ 2) diverge on this model (calibration.csv:
-#: at epoch 150 every chain with γ = 5 and ε ≥ 1e-3 went non-finite); γ = 100 keeps the chains local at every ε of the
-#: grid. The study takes ε 1e-3, γ 100, nβ 10 (R̂ 1.01 there), the values of llc_study.py's tiny / quick parts.
+#: devinterp's grokking sampler values (their notebook: ε 3e-3, γ 5, nβ 2) diverge on this model (calibration grids
+#: at seed 0's epochs 150 and 4,500: with γ = 5 every chain at ε = 3e-3 went non-finite); γ = 100 keeps the chains
+#: local up to ε = 3e-3 at nβ ≤ 10. The study takes ε 1e-3, γ 100, nβ 10 (R̂ ≤ 1.01 at both checkpoints), the values
+#: of llc_study.py's tiny / quick parts, so the three transformer studies compare.
 DEVINTERP = dict(epsilon=3e-3, gamma=5.0, nbeta=2.0)
 SAMPLER = dict(epsilon=1e-3, gamma=100.0, nbeta=10.0, chains=4, draws=500, batch_size=128, seed=0)
 CAL_EPS, CAL_NBETA, CAL_GAMMA = (3e-4, 1e-3, 3e-3), (2.0, 10.0, 30.0), (5.0, 100.0)
@@ -60,7 +61,8 @@ def parse_args(argv=None):
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/llc_paper"))
     ap.add_argument("--out", type=Path, default=Path("analyses/results/llc_paper"))
     ap.add_argument("--calibrate-epochs", type=S.ints, default=None,
-                    help="seed 0's checkpoints the calibration grid samples (default: 150 and the last)")
+                    help="seed 0's checkpoints the calibration grid samples (default: 150 and the last); the grid goes to "
+                         "calibration.csv (the committed calibration_epoch{150,4500}.csv are two such calls)")
     ap.add_argument("--sampler", default="", help="overrides of SAMPLER, e.g. 'epsilon=1e-3,gamma=100,nbeta=10'")
     ap.add_argument("--chunk", type=int, default=15, help="checkpoints per stacked computation (llc stage)")
     ap.add_argument("--wait", action="store_true",
@@ -237,6 +239,8 @@ def report_stage(args):
                                                      "9.4k–14k epochs"},
                "runs": rows, **{k: S.seed_spread([r.get(k) for r in rows]) for k in keys},
                "benchmark": benchmark(llc, cfg)}
+    if (args.out / "train.json").exists():
+        summary["training"] = json.loads((args.out / "train.json").read_text())
     S.write_json(args.out / "summary.json", summary)
     S.write_report(args.out / "llc_paper.html", "The LLC of the paper's one-layer transformer, 3 seeds",
                    "<p>SGLD estimates of the local learning coefficient (grokinterp.analysis.llc.llc_over_runs: the "
@@ -251,6 +255,7 @@ def train(args):
     cfgs = configs()
     sec = S.train_or_resume_stack(cfgs, outs(args))
     print(f"trained {len(cfgs)} seeds as one stack in {sec:.0f} s", flush=True)
+    S.write_json(args.out / "train.json", {"seconds": round(sec), "runs": len(cfgs), "epochs": EPOCHS, "threads": 1})
 
 
 def main(argv=None) -> int:
