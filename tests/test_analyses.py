@@ -136,3 +136,13 @@ def test_clock_pizza_in_zhong_layout_smoke(tmp_path):
     assert [i["config"]["model"]["attn_coeff"] for i in infos] == [1.0, 1.0, 0.0, 0.0]
     table = (tmp_path / "out" / "table.md").read_text()
     assert "GS 0.993 (0.947–0.997)" in table and table.count("\n| 1 | ") == 3
+
+
+def test_llc_paper_help_and_a_report_without_chunks_exits_2(tmp_path):
+    script = str(ROOT / "analyses" / "llc_paper.py")
+    res = subprocess.run([PY, script, "--help"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "--stage" in res.stdout
+    res = subprocess.run([PY, script, "--stage", "report", "--out", str(tmp_path / "out"), "--runs-dir",
+                          str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "llc_chunks" in res.stderr
+    assert not (tmp_path / "out" / "summary.json").exists()

@@ -375,3 +375,123 @@ def test_the_measure_samples_a_transformer_runs_own_loss(tmp_path, loss):
         assert init == pytest.approx(recorded.loc[int(e)], rel=1e-5), e
     np.testing.assert_allclose(df["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
     assert not np.allclose(ce["llc_init_loss"], df["llc_init_loss"], rtol=1e-2)
+
+
+def _plain_sgld_trace(w0: np.ndarray, h: np.ndarray, cfg: SGLDConfig) -> np.ndarray:
+    """The SGLD chain written out plainly, one chain and one step at a time in float64, on the quadratic
+    L = ½ Σ h w² (full batch), with the sampler's noise stream: ``[K, C, draws]`` recorded losses."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    K, P = w0.shape
+    C = cfg.chains
+    w = np.repeat(w0[:, None], C, 1).astype(np.float64)  # [K, C, P]
+    out = np.empty((K, C, cfg.draws))
+    for t in range(cfg.burnin + cfg.draws):
+        loss = 0.5 * (h * w * w).sum(-1)
+        if t >= cfg.burnin:
+            out[:, :, t - cfg.burnin] = loss
+        xi = torch.randn(C, P, generator=g).double().numpy()
+        for k in range(K):
+            for c in range(C):
+                grad_u = cfg.nbeta * h * w[k, c] + cfg.gamma * (w[k, c] - w0[k])
+                w[k, c] = w[k, c] - cfg.epsilon / 2 * grad_u + math.sqrt(cfg.epsilon) * xi[c]
+    return out
+
+
+@pytest.mark.parametrize("accept_every", [1, 3])
+def test_the_stacked_in_place_step_equals_the_plain_sgld_step(accept_every):
+    """The sampler's update (a lerp towards w*, the gradient per parameter, the noise per chain; a separate
+    copy on the acceptance steps) is the textbook SGLD step: traces equal a float64 loop to float32 rounding."""
+    h = np.array([1.0, 2.0, 0.5, 3.0])
+    pts = np.array([[0.0, 0.0, 0.0, 0.0], [0.2, -0.1, 0.3, 0.05]], dtype=np.float32)
+    cfg = SGLDConfig(epsilon=2e-3, gamma=5.0, nbeta=20.0, chains=3, draws=150, burnin=5, batch_size=None,
+                     accept_every=accept_every)
+    ours = sample_llc({"w": torch.from_numpy(pts)}, _quadratic(h), 1, cfg)
+    plain = _plain_sgld_trace(pts.astype(np.float64), h, cfg)
+    np.testing.assert_allclose(ours.trace, plain, rtol=1e-4, atol=1e-6)
+
+
+def test_acceptance_on_a_subset_of_draws_agrees_with_every_draw():
+    """``accept_every`` only thins the acceptance estimate: the chains (hence λ̂) are bit-identical, and the
+    acceptance read on every 10th transition agrees with the one read on every transition."""
+    h = np.linspace(0.5, 4.0, 50)
+    base = dict(epsilon=8e-3, gamma=1.0, nbeta=30.0, chains=4, draws=1000, batch_size=None)
+    every = sample_llc({"w": torch.zeros(1, 50)}, _quadratic(h), 1, SGLDConfig(**base, accept_every=1))
+    tenth = sample_llc({"w": torch.zeros(1, 50)}, _quadratic(h), 1, SGLDConfig(**base, accept_every=10))
+    assert np.array_equal(every.trace, tenth.trace) and np.array_equal(every.llc, tenth.llc)
+    assert 0.2 < every.acceptance.mean() < 0.95  # a step large enough that acceptance varies
+    np.testing.assert_allclose(tenth.acceptance.mean(), every.acceptance.mean(), atol=0.03)
+
+
+@pytest.mark.parametrize("preset,over", [("tiny", {}), ("tiny", {"attn_coeff": 0.5}), ("tiny", {"eq_logit": True})])
+def test_the_fast_forward_equals_the_family_forward_in_value_and_gradient(preset, over):
+    """model_loss_fn's fast forward (the one-layer kernels' dense final-position forward) = the family's
+    functional forward: per-run losses and every parameter's gradient, on different batches per run."""
+    import dataclasses
+
+    import grokinterp as gi
+    from grokinterp.analysis.llc import fast_forward_applies, model_loss_fn
+    from grokinterp.model.families import family_of
+    from grokinterp.tasks import get_task
+
+    rc = gi.make_config(preset, **over)
+    cfg = rc.model
+    fam = family_of(cfg)
+    per = [fam.init_params(dataclasses.replace(cfg, init_seed=s)) for s in range(3)]
+    P = {k: torch.stack([p[k] for p in per]) for k in per[0]}
+    tokens, labels = (torch.from_numpy(x) for x in get_task(rc.task.operation, rc.task.p).dataset().select(
+        np.arange(60)))
+    assert fast_forward_applies(cfg, tokens) is None
+    idx = torch.stack([torch.randperm(60, generator=torch.Generator().manual_seed(s))[:16] for s in range(3)])
+    out = {}
+    for fast in (False, True):
+        fn = model_loss_fn(fam.forward, cfg, tokens, labels, fast=fast)
+        assert fn.fast is fast
+        leaves = {k: v.clone().requires_grad_(True) for k, v in P.items()}
+        loss = fn(leaves, idx)
+        grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        out[fast] = (loss, dict(zip(leaves, grads)))
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-5, atol=1e-5)
+    for k in P:
+        torch.testing.assert_close(out[True][1][k], out[False][1][k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_the_fast_forward_refuses_a_model_it_cannot_compute():
+    import grokinterp as gi
+    from grokinterp.analysis.llc import fast_forward_applies, model_loss_fn
+    from grokinterp.model.families import family_of
+
+    cfg = gi.make_config("tiny", p=7, n_layers=2).model
+    tokens = torch.tensor([[1, 2, 7], [3, 4, 7]])
+    assert "n_layers" in fast_forward_applies(cfg, tokens)
+    with pytest.raises(AnalysisError, match="fast"):
+        model_loss_fn(family_of(cfg).forward, cfg, tokens, torch.tensor([3, 0]), fast=True)
+    assert model_loss_fn(family_of(cfg).forward, cfg, tokens, torch.tensor([3, 0])).fast is False
+
+
+def test_llc_over_runs_equals_each_run_alone_and_refuses_other_shapes(tmp_path):
+    """Two seeds (their own splits) in one stack, interleaved and chunked: each estimate equals
+    llc_over_checkpoints of its run alone (common random numbers) up to rounding; on_chunk sees every chunk."""
+    import grokinterp as gi
+    from grokinterp.analysis.llc import llc_over_runs
+
+    cfgs = [gi.make_config("tiny", init_seed=s, split_seed=s, epochs=30, every=10, log_early=0) for s in (0, 1)]
+    runs = gi.train_stacked(cfgs, [tmp_path / f"s{s}" for s in (0, 1)], progress=False)
+    cfg = SGLDConfig(epsilon=1e-4, gamma=100.0, nbeta=10.0, chains=2, draws=30, batch_size=32)
+    order = [(j, int(e)) for e in runs[0].epochs[::-1] for j in (1, 0)]
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        both = llc_over_runs(runs, cfg, order=order, chunk=3, on_chunk=seen.append)
+        alone = [llc_over_checkpoints(r, cfg) for r in runs]
+    assert [(int(j), int(e)) for j, e in zip(both["run"], both["epoch"])] == order
+    assert sum(len(d) for d in seen) == len(order) and len(seen) == -(-len(order) // 3)
+    for j in (0, 1):
+        got = both[both["run"] == j].sort_values("epoch")
+        np.testing.assert_allclose(got["llc_init_loss"], alone[j]["llc_init_loss"], rtol=1e-6)
+        np.testing.assert_allclose(got["llc_chain_0"], alone[j]["llc_chain_0"], rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(got["llc_chain_1"], alone[j]["llc_chain_1"], rtol=1e-3, atol=1e-3)
+    assert not np.allclose(both[both["run"] == 0]["llc_init_loss"].to_numpy(),
+                           both[both["run"] == 1]["llc_init_loss"].to_numpy())  # each run its own loss
+    other = gi.train(gi.make_config("tiny", p=11, epochs=2, every=1, log_early=0), tmp_path / "other", progress=False)
+    with pytest.raises(AnalysisError, match=r"runs\[1\]"):
+        llc_over_runs([runs[0], other], cfg)

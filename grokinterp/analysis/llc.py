@@ -60,6 +60,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -75,7 +76,7 @@ from torch import Tensor
 from ..errors import AnalysisError
 
 __all__ = ["SGLDConfig", "LLCResult", "LLCWarning", "LLC_FLAGS", "default_nbeta", "sample_llc",
-           "model_loss_fn", "llc_over_checkpoints", "llc_frame", "calibrate", "split_rhat"]
+           "model_loss_fn", "fast_forward_applies", "llc_over_checkpoints", "llc_over_runs", "llc_frame", "calibrate", "split_rhat"]
 
 #: The diagnostics that can mark an estimate unreliable (module notes).
 LLC_FLAGS = ("nonfinite", "diverged", "negative", "rhat", "acceptance")
@@ -295,19 +296,59 @@ LLC_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "cross_entropy": _ce_each, "stablemax": _stablemax_each, "mse": _mse_each}
 
 
-def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor, loss: str = "cross_entropy") -> LossFn:
+def fast_forward_applies(cfg, tokens: Tensor) -> str | None:
+    """Why :func:`model_loss_fn`'s fast forward cannot compute models of ``cfg`` on ``tokens`` (``None`` when it
+    can): it is the one-layer kernels' ``dense`` final-position forward (:mod:`grokinterp.model.stacked`), which
+    needs :func:`~grokinterp.model.families.transformer.fast_kernels_apply` and a query token (the last) that is
+    the same in every row."""
+    from ..model.stacked import stack_unsupported
+
+    if getattr(cfg, "family", "transformer") != "transformer":
+        return f"model.family is {cfg.family!r}"
+    why = stack_unsupported(cfg)
+    if why:
+        return why
+    if tokens.ndim != 2 or tokens.shape[1] != cfg.n_ctx or tokens.is_floating_point():
+        return f"tokens must be [pairs, {cfg.n_ctx}] integers, got {list(tokens.shape)}"
+    if len(tokens) and not bool((tokens[:, -1] == tokens[0, -1]).all()):
+        return "the last token differs between rows"
+    return None
+
+
+def model_loss_fn(forward: Callable, cfg, tokens: Tensor, labels: Tensor, loss: str = "cross_entropy", *,
+                  fast: bool | None = None) -> LossFn:
     """A loss over stacked parameters from a family's functional forward: ``loss(P, idx) -> [R]``, the mean
     loss of run ``r`` on the training pairs ``idx[r]`` (``idx [R, m]`` rows of ``tokens``): ``loss`` names the
-    run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or ``mse`` on one-hot targets)."""
+    run's training loss (``TrainConfig.loss``: ``cross_entropy``, ``stablemax`` or ``mse`` on one-hot targets).
+
+    ``fast`` (default: wherever it applies, :func:`fast_forward_applies`): compute the logits with the one-layer
+    kernels' ``dense`` forward instead of ``forward`` — the same logits (tested to float32 rounding, values and
+    gradients), with keys, values and scores as per-(position, token) tables and one query per run (the ``=``
+    row), about a quarter fewer operations at a batch of 128 than the family's forward, which computes them per
+    example. ``fast=True`` where it does not apply raises :class:`AnalysisError` naming the reason.
+    """
     if loss not in LLC_LOSSES:
         raise AnalysisError(f"loss: must be one of {', '.join(LLC_LOSSES)}, got {loss!r}")
     each = LLC_LOSSES[loss]
+    why = fast_forward_applies(cfg, tokens) if fast is not False else "not asked for"
+    if fast and why:
+        raise AnalysisError(f"fast: the fast forward does not apply: {why}")
+    if why is None:
+        from ..model.stacked import StackPlan, stacked_final_logits
+
+        def logits_of(P: dict[str, Tensor], idx: Tensor) -> Tensor:
+            plan = StackPlan.build(cfg, tokens[idx], impl="dense")
+            return stacked_final_logits(P, plan, "dense")
+    else:
+        def logits_of(P: dict[str, Tensor], idx: Tensor) -> Tensor:
+            return forward(P, tokens[idx], cfg)
 
     def fn(P: dict[str, Tensor], idx: Tensor) -> Tensor:
         R, m = idx.shape
-        logits = forward(P, tokens[idx], cfg)  # [R, m, vocab]
+        logits = logits_of(P, idx)  # [R, m, vocab]
         return each(logits.reshape(R * m, -1), labels[idx].reshape(-1)).view(R, m).mean(1)
 
+    fn.fast = why is None  # type: ignore[attr-defined]
     return fn
 
 
@@ -388,43 +429,66 @@ def sample_llc(params: dict[str, Tensor], loss_fn: LossFn, n: int, config: SGLDC
             first = [peek()[0] for _ in range(C)]
             init = torch.stack([loss_fn(views(w0, K), b.expand(K, -1)).double() for b in first]).mean(0)
 
-    anchor = w0.repeat_interleave(C, 0)  # [R, P], run r = k C + chain
-    w = anchor.clone()
+    w = w0.repeat_interleave(C, 0)  # [R, P], run r = k C + chain
+    anchor = w0[:, None]  # [K, 1, P]: w* of run k C + c, broadcast over the chains (not copied C times)
     trace = torch.empty(K, C, c.draws, dtype=torch.float32, device=dev)
     acc_sum = torch.zeros(R, dtype=torch.float64, device=dev)
     acc_n = 0
     sq = math.sqrt(eps)
+    h_loc, h_grad = 0.5 * eps * gamma, -0.5 * eps * nbeta
 
-    def potential(wt: Tensor, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(L_B [R], None, ∇U [R, P]) at ``wt`` on the batches ``idx``: U = nβ L_B + γ/2 ‖w − w*‖²."""
-        wt = wt.detach().requires_grad_(True)
-        loss = loss_fn(views(wt, R), idx)
-        (grad,) = torch.autograd.grad(loss.sum(), wt)
-        with torch.no_grad():
-            return loss.detach(), None, grad.mul_(nbeta).add_(wt.detach() - anchor, alpha=gamma)
+    def loss_grad(wt: Tensor, idx: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """``L_B [R]`` at ``wt`` on the batches ``idx`` and ``∇ Σ_r L_B`` per parameter (each run's gradient
+        is its own: the runs are independent). The parameters are leaf views of ``wt``, so their gradients
+        are never concatenated into a flat tensor."""
+        leaves = [v.detach().view(R, *s).requires_grad_(True) for v, s in zip(wt.split(sizes, 1), shapes)]
+        loss = loss_fn(dict(zip(names, leaves)), idx)
+        grads = torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+        return loss.detach(), [torch.zeros_like(v) if g is None else g for v, g in zip(leaves, grads)]
+
+    def grad_u(wt: Tensor, grads: list[Tensor]) -> Tensor:
+        """``∇U [R, P]`` = nβ ∇L_B + γ (w − w*) (the acceptance's only)."""
+        flat = torch.cat([g.reshape(R, -1) for g in grads], 1).mul_(nbeta)
+        return flat.view(K, C, P_).add_(wt.view(K, C, P_) - anchor, alpha=gamma).view(R, P_)
+
+    def sgld_step(wt: Tensor, grads: list[Tensor], xi: Tensor, out: Tensor) -> Tensor:
+        """``out ← wt − ε/2 (nβ ∇L_B + γ (wt − w*)) + √ε ξ`` as three passes (``out`` may be ``wt``): the
+        localization as a ``lerp`` towards w*, the gradient added per parameter, the noise per chain."""
+        out3 = out.view(K, C, P_)
+        torch.lerp(wt.view(K, C, P_), anchor.expand(K, C, P_), h_loc, out=out3)
+        torch._foreach_add_([o.view_as(g) for o, g in zip(out.split(sizes, 1), grads)], grads, alpha=h_grad)
+        out3.add_(xi, alpha=sq)
+        return out
 
     for t in range(c.burnin + c.draws):
         idx = nxt().repeat(K, 1)  # [R, m]: chain c's batch at every checkpoint
-        loss, _, gU = potential(w, idx)
+        loss, grads = loss_grad(w, idx)
         with torch.no_grad():
             if t >= c.burnin:
                 trace[:, :, t - c.burnin] = loss.view(K, C)
             xi = torch.randn(C, P_, generator=g, device=dev)
-            w_new = (w - (0.5 * eps) * gU).view(K, C, P_).add_(xi, alpha=sq).view(R, P_)
-        if t % c.accept_every == 0:  # this transition as a MALA proposal, on its own batch
-            loss1, _, gU1 = potential(w_new, idx)
+        if t % c.accept_every:
             with torch.no_grad():
-                # log α = U − U' − ‖a‖²/2 + a·ξ, a = √ε/2 (∇U + ∇U'): the proposal densities' ‖ξ‖² cancel
-                # analytically rather than as two large float sums; U − U' from its parts, in float64 sums:
-                # nβ (L − L') − γ/2 (w' − w)·(w' + w − 2 w*)
-                a = gU.add(gU1).mul_(0.5 * sq).view(K, C, P_)
-                step = (w_new - w).view(K, C, P_)
-                loc = (step * ((w_new - anchor) + (w - anchor)).view(K, C, P_)).double().sum(2).view(R)
-                dU = nbeta * (loss.double() - loss1.double()) - 0.5 * gamma * loc
-                quad = a.double().pow(2).sum(2).view(R) / 2 - (a * xi).double().sum(2).view(R)
-                log_a = dU - quad
-                acc_sum += torch.nan_to_num(torch.exp(torch.clamp(log_a, max=0.0)), nan=0.0)
-                acc_n += 1
+                sgld_step(w, grads, xi, w)  # in place: the same arithmetic as below, so the chains do not
+            continue  # depend on accept_every
+        # this transition as a MALA proposal, on its own batch
+        with torch.no_grad():
+            gU = grad_u(w, grads)
+            w_new = sgld_step(w, grads, xi, torch.empty_like(w))
+        loss1, grads1 = loss_grad(w_new, idx)
+        with torch.no_grad():
+            gU1 = grad_u(w_new, grads1)
+            # log α = U − U' − ‖a‖²/2 + a·ξ, a = √ε/2 (∇U + ∇U'): the proposal densities' ‖ξ‖² cancel
+            # analytically rather than as two large float sums; U − U' from its parts, in float64 sums:
+            # nβ (L − L') − γ/2 (w' − w)·(w' + w − 2 w*)
+            a = gU.add_(gU1).mul_(0.5 * sq).view(K, C, P_)
+            step = (w_new - w).view(K, C, P_)
+            loc = (step * ((w_new.view(K, C, P_) - anchor) + (w.view(K, C, P_) - anchor))).double().sum(2).view(R)
+            dU = nbeta * (loss.double() - loss1.double()) - 0.5 * gamma * loc
+            quad = a.double().pow(2).sum(2).view(R) / 2 - (a * xi).double().sum(2).view(R)
+            log_a = dU - quad
+            acc_sum += torch.nan_to_num(torch.exp(torch.clamp(log_a, max=0.0)), nan=0.0)
+            acc_n += 1
         w = w_new
     tr = trace.cpu().numpy()
     init_np = init.cpu().numpy().astype(np.float64)
@@ -515,6 +579,100 @@ def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None,
     if warn:
         _warn(_merge(out), df["epoch"].tolist())
     return df
+
+
+def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: Sequence | None = None,
+                  device: str | torch.device = "cpu", chunk: int | None = None,
+                  order: Sequence[tuple[int, int]] | None = None,
+                  on_chunk: Callable[[pd.DataFrame], None] | None = None, warn: bool = True) -> pd.DataFrame:
+    """The LLC at the checkpoints of several runs of one model shape (e.g. seeds), as one stacked computation.
+
+    Each run's checkpoints sample that run's own training loss (its own split): run ``j``'s pairs are rows
+    ``j n … (j + 1) n`` of one table, and a chain's batch indices are offset by its run's rows, so chain ``c``
+    draws the same batch *positions* and noise at every checkpoint of every run (common random numbers, as
+    :func:`llc_over_checkpoints`): an estimate equals the one :func:`llc_over_checkpoints` makes for its run
+    alone, up to float rounding (tested).
+
+    Args:
+        runs: :class:`~grokinterp.store.Run` objects (or paths) with equal model configs, training losses and
+            numbers of training pairs.
+        config: the sampler.
+        epochs: per run, which checkpoints (default: all of each).
+        chunk: checkpoints per stacked computation (default: as :func:`llc_over_checkpoints`).
+        order: the ``(run index, epoch)`` pairs in the order to sample them (default: by epoch, then run), e.g.
+            interleaved so that a partial result covers the whole curve; every pair must be one of ``epochs``.
+        on_chunk: called with each chunk's table (columns ``run``, ``epoch`` and the LLC columns) when it is
+            done, to write a partial result.
+        warn: emit an :class:`LLCWarning` naming unreliable estimates.
+
+    Returns:
+        One row per ``(run, epoch)`` in ``order``: ``run`` (the index into ``runs``), ``epoch``, the LLC columns.
+
+    Raises:
+        AnalysisError: no runs, runs of different shapes, losses or training-set sizes, a run without checkpoints.
+    """
+    from ..store.run import load_run
+
+    runs = [r if hasattr(r, "stacks") else load_run(r) for r in runs]
+    if not runs:
+        raise AnalysisError("runs: no runs to estimate the LLC of")
+    dev = torch.device(device)
+    pieces = [_run_pieces(r, dev) for r in runs]
+    forward, mc, _, _, loss_name = pieces[0]
+    n = len(pieces[0][3])
+    for j, (r, (_, mc_j, _, lab_j, loss_j)) in enumerate(zip(runs, pieces)):
+        if len(r.epochs) == 0:
+            raise AnalysisError(f"{r.path}: the run has no checkpoints to estimate the LLC at")
+        if dataclasses.replace(mc_j, init_seed=mc.init_seed) != mc or loss_j != loss_name or len(lab_j) != n:
+            raise AnalysisError(f"runs[{j}]: {r.path} differs from runs[0] in its model config, training loss or "
+                                f"number of training pairs ({len(lab_j)} vs {n}); one stack needs them equal")
+    tokens = torch.cat([p[2] for p in pieces])
+    labels = torch.cat([p[3] for p in pieces])
+    base = model_loss_fn(forward, mc, tokens, labels, loss_name)
+    eps = [np.asarray(r.epochs if epochs is None else [r.resolve_epoch(int(e)) for e in epochs[j]], dtype=np.int64)
+           for j, r in enumerate(runs)]
+    if order is None:
+        order = sorted(((j, int(e)) for j in range(len(runs)) for e in eps[j]), key=lambda x: (x[1], x[0]))
+    else:
+        allowed = {(j, int(e)) for j in range(len(runs)) for e in eps[j]}
+        order = [(int(j), int(runs[int(j)].resolve_epoch(int(e)))) for j, e in order]
+        missing = [x for x in order if x not in allowed]
+        if missing:
+            raise AnalysisError(f"order: {missing[:3]} are not among the selected checkpoints")
+    if not order:
+        raise AnalysisError("epochs: the selection is empty")
+    if chunk is None:
+        from ..model.families import family_of
+
+        chunk = max(1, int(1e9 // max(family_of(mc).activation_bytes(mc) * config.batch(n) * config.chains, 1)))
+    C = config.chains
+    frames, parts = [], []
+    for i in range(0, len(order), chunk):
+        part = order[i: i + chunk]
+        stacks = {}
+        for j, e in part:
+            for name, v in runs[j].stacks(epochs=[e]).items():
+                stacks.setdefault(name, []).append(v)
+        P = {name: torch.cat(v).to(dev) for name, v in stacks.items()}
+        off_k = torch.tensor([j * n for j, _ in part], device=dev)
+        off_r = off_k.repeat_interleave(C)
+
+        def loss(Pr, idx, off_k=off_k, off_r=off_r):  # idx [K, rows] (L_n(w*)) or [K C, m] (the chains)
+            return base(Pr, idx + (off_k if idx.shape[0] == off_k.shape[0] else off_r)[:, None])
+
+        r = sample_llc(P, loss, n, config, device=dev)
+        parts.append(([e for _, e in part], r))
+        df = pd.DataFrame({"run": np.array([j for j, _ in part], dtype=np.int64),
+                           "epoch": np.array([e for _, e in part], dtype=np.int64), **r.columns()})
+        frames.append(df)
+        if on_chunk is not None:
+            on_chunk(df)
+    out = pd.concat(frames, ignore_index=True)
+    merged = _merge(parts)
+    out.attrs["llc"] = {**asdict(config), "nbeta_used": merged.nbeta, "seconds": float(merged.seconds)}
+    if warn:
+        _warn(merged, out["epoch"].tolist())
+    return out
 
 
 def _merge(parts: Sequence[tuple[Sequence[int], LLCResult]]) -> LLCResult:
