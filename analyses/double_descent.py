@@ -1,0 +1,432 @@
+"""Model-wise and epoch-wise double descent, and Huang et al. 2024's grid (issue 21, item 4).
+
+Huang, Hu, Han, Liu & Sun 2024, "Unified view of grokking, double descent and emergent abilities: a
+perspective from circuits competition": a + b mod 113, a 1-layer transformer with 4 heads, the model
+size varied through its hidden size d_h, the training set through its number of examples. Their
+numbers (Takeaway-1, Figure 3; Section 4.2, Figure 6; means of 11 seeds):
+
+* hidden 64 reaches near-perfect validation accuracy with 3,000 training examples;
+* hidden 32 needs 4,000;
+* the critical dataset size D_crit falls as the hidden size grows (Assumption 3.1);
+* at 2,600 examples the final validation accuracy against the hidden size dips to zero for hidden
+  24–40 (model-wise double descent: progression, ungrokking, then semi-grokking);
+* near D_crit the models semi-grok (middling final accuracy).
+
+Here (the recipe and how it differs from theirs: docs/anchors.md) every cell of hidden size ×
+training examples × seed is one run of the sweep spec `analyses/specs/double_descent.toml`
+(`d_model` = d_h, `d_mlp` = 4 d_h), trained by `grokinterp.sweep` in stacks, one group per width
+(`--workers 2`: two stacks per width, trained side by side). Runs that did not finish within the
+budget are analysed as far as they got (`epochs_reached`) and named in the summary.
+
+What is computed, per run (`runs.csv`): final train/test accuracy and loss (last evaluation), the
+test loss and accuracy at fixed budgets (`--budgets`, epochs), `curve_pattern` of
+`grokinterp.analysis.curves` (grokking / double_descent / not_generalized / neither; the epoch-wise
+double descent's epochs), the epochs at which train and test accuracy first reached 99 %.
+Per cell (`cells.csv`): median, min and max over seeds, generalized seeds (final test accuracy ≥ 99 %),
+the most common pattern and the counts of each. Per width: D_crit = the fewest training examples at
+which most seeds generalized. Model-wise double descent of the test loss against the width at a budget
+uses the same rule as the epoch-wise one (`curves.double_descent`, without smoothing: a fall ≥ 10 %,
+a rise ≥ 20 % and ≥ 0.05 nats, a new low). `summary.json` holds the settings, CPU, wall time, cells,
+D_crit, and one reproduce-or-contradict statement per claim with its seeds' spread;
+`double_descent.html` the figures (their heat map, model-wise curves, epoch-wise curves), and
+`sweep_report.html` + `table.csv` the sweep's own report (`grokinterp sweep-report`).
+
+Examples:
+    python analyses/double_descent.py                       # train (resumes) and analyse
+    python analyses/double_descent.py --analyse-only        # analyse what is on disk (while it trains)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _study  # noqa: E402
+
+#: Huang et al.'s claims, checked by :func:`claims` (their wording, shortened).
+PAPER = {
+    "hidden 64 generalizes at 3,000": "d_h = 64 reaches near-perfect validation accuracy with 3,000 examples "
+                                      "(Takeaway-1, Figure 3)",
+    "hidden 32 needs 4,000": "d_h = 32 needs 4,000 examples for near-perfect validation accuracy (Takeaway-1)",
+    "D_crit falls with width": "the critical dataset size decreases as the hidden size grows (Assumption 3.1)",
+    "dip at 2,600 for hidden 24-40": "at 2,600 examples validation accuracy against hidden size dips to zero "
+                                     "for d_h 24-40 (ungrokking; model-wise double descent, Figure 6a)",
+    "semi-grokking near D_crit": "near D_crit final validation accuracy is middling (semi-grokking, Figure 3)",
+}
+GENERALIZED = 0.99
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=Path(__file__).resolve().parent / "specs" / "double_descent.toml")
+    ap.add_argument("--sweep-dir", type=Path, default=Path("checkpoints/double_descent"))
+    ap.add_argument("--out", type=Path, default=Path("analyses/results/double_descent"))
+    ap.add_argument("--workers", type=int, default=None, help="worker processes (default: the spec's)")
+    ap.add_argument("--budgets", type=_study.ints, default=None, metavar="E1,E2",
+                    help="epochs at which the model-wise curves are read (default: half the budget and the budget)")
+    ap.add_argument("--analyse-only", action="store_true", help="do not train; analyse the runs on disk")
+    ap.add_argument("--no-sweep-report", action="store_true", help="skip the sweep's own HTML report")
+    return ap.parse_args(argv)
+
+
+# -- per run ---------------------------------------------------------------------------------------------
+
+def run_row(values: dict, evals, epochs: int, budgets: list[int]) -> dict:
+    """The numbers of one run from its evaluations (``epoch, train_acc, test_acc, train_loss, test_loss``)."""
+    from grokinterp.analysis.curves import curve_pattern
+
+    ev = evals.sort_values("epoch")
+    last = ev.iloc[-1]
+    reached = int(last["epoch"])
+    cp = curve_pattern(ev)
+    row = {**values, "epochs": epochs, "epochs_reached": reached, "finished": reached >= epochs,
+           "final_train_acc": float(last["train_acc"]), "final_test_acc": float(last["test_acc"]),
+           "final_train_loss": float(last["train_loss"]), "final_test_loss": float(last["test_loss"]),
+           "min_test_loss": float(ev["test_loss"].min()), "max_test_acc": float(ev["test_acc"].max()),
+           "curve_pattern": cp.pattern, "epochwise_double_descent": cp.double_descent,
+           "dd_first_min_epoch": cp.first_min_epoch, "dd_peak_epoch": cp.peak_epoch,
+           "dd_second_min_epoch": cp.second_min_epoch, "dd_rise": cp.rise,
+           "train_acc_99_epoch": cp.train_acc_99_epoch, "test_acc_99_epoch": cp.test_acc_99_epoch,
+           "generalized": float(last["test_acc"]) >= GENERALIZED}
+    for b in budgets:
+        at = ev[ev["epoch"] == b]
+        row[f"test_loss_at_{b}"] = float(at["test_loss"].iloc[0]) if len(at) else math.nan
+        row[f"test_acc_at_{b}"] = float(at["test_acc"].iloc[0]) if len(at) else math.nan
+    return row
+
+
+# -- per cell --------------------------------------------------------------------------------------------
+
+def cells(df, budgets: list[int]):
+    """One row per (width, examples): medians and ranges over seeds, generalized seeds, pattern counts."""
+    import pandas as pd
+
+    from grokinterp.analysis.curves import PATTERNS
+
+    out = []
+    for (w, n), g in df.groupby(["hidden", "n_train"]):
+        row = {"hidden": int(w), "n_train": int(n), "n_seeds": len(g), "n_finished": int(g["finished"].sum()),
+               "min_epochs_reached": int(g["epochs_reached"].min()), "n_generalized": int(g["generalized"].sum())}
+        cols = ["final_test_acc", "final_test_loss", "final_train_acc"]
+        cols += [f"test_loss_at_{b}" for b in budgets] + [f"test_acc_at_{b}" for b in budgets]
+        for c in cols:
+            v = pd.to_numeric(g[c], errors="coerce").dropna()
+            row[f"{c}_median"] = float(v.median()) if len(v) else math.nan
+            row[f"{c}_min"] = float(v.min()) if len(v) else math.nan
+            row[f"{c}_max"] = float(v.max()) if len(v) else math.nan
+        counts = g["curve_pattern"].value_counts()
+        row["curve_pattern"] = min(counts.index[counts == counts.max()], key=list(PATTERNS).index)
+        row["curve_patterns"] = ", ".join(f"{k} {int(v)}" for k, v in counts.items())
+        out.append(row)
+    return pd.DataFrame(out).sort_values(["hidden", "n_train"]).reset_index(drop=True)
+
+
+def d_crit(cell_df) -> dict[int, int | None]:
+    """Per width: the fewest training examples at which most seeds generalized (``None``: at none of the grid's)."""
+    out = {}
+    for w, g in cell_df.groupby("hidden"):
+        ok = g[g["n_generalized"] * 2 > g["n_seeds"]]
+        out[int(w)] = int(ok["n_train"].min()) if len(ok) else None
+    return out
+
+
+def modelwise_double_descent(cell_df, n_train: int, column: str) -> dict:
+    """Model-wise double descent of ``column`` (a loss: medians over seeds) against the width at ``n_train``,
+    by the epoch-wise rule of :func:`grokinterp.analysis.curves.double_descent` without smoothing."""
+    from grokinterp.analysis.curves import double_descent
+
+    g = cell_df[cell_df["n_train"] == n_train].sort_values("hidden")
+    g = g[g[column].notna()]
+    widths, loss = g["hidden"].tolist(), g[column].to_numpy(dtype=float)
+    if len(loss) < 3:
+        return {"n_train": n_train, "column": column, "double_descent": None, "widths": widths}
+    dd = double_descent(loss, smooth=1)
+    res = {"n_train": n_train, "column": column, "widths": widths, "loss": [float(x) for x in loss],
+           "double_descent": dd is not None}
+    if dd is not None:
+        i1, i2, i3, rise = dd
+        res.update(first_min_width=widths[i1], peak_width=widths[i2], second_min_width=widths[i3], rise=float(rise))
+    return res
+
+
+def accuracy_dip(cell_df, n_train: int, lo: int, hi: int, column: str = "final_test_acc_median",
+                 margin: float = 0.1) -> dict:
+    """Whether the accuracy at ``n_train`` for widths in ``[lo, hi]`` falls below both a narrower and a wider
+    width's by at least ``margin`` (Huang et al.'s model-wise dip: progression, ungrokking, semi-grokking)."""
+    g = cell_df[cell_df["n_train"] == n_train].sort_values("hidden")
+    g = g[g[column].notna()]
+    inside = g[(g["hidden"] >= lo) & (g["hidden"] <= hi)]
+    below, above = g[g["hidden"] < lo], g[g["hidden"] > hi]
+    res = {"n_train": n_train, "widths": [lo, hi], "by_width": dict(zip(g["hidden"].astype(int), g[column]))}
+    if inside.empty or below.empty or above.empty:
+        return {**res, "dip": None, "why": "the grid lacks widths inside, below or above the range"}
+    low = float(inside[column].min())
+    res.update(dip_min=low, dip_width=int(inside.loc[inside[column].idxmin(), "hidden"]),
+               narrower_max=float(below[column].max()), wider_max=float(above[column].max()))
+    res["dip"] = bool(low <= res["narrower_max"] - margin and low <= res["wider_max"] - margin)
+    return res
+
+
+def _cell(cell_df, w: int, n: int):
+    g = cell_df[(cell_df["hidden"] == w) & (cell_df["n_train"] == n)]
+    return None if g.empty else g.iloc[0]
+
+
+def _acc_text(c) -> str:
+    return (f"{int(c['n_generalized'])}/{int(c['n_seeds'])} seeds generalized, final test accuracy median "
+            f"{c['final_test_acc_median']:.3f} [{c['final_test_acc_min']:.3f}, {c['final_test_acc_max']:.3f}]"
+            + ("" if c["n_finished"] == c["n_seeds"] else f" (only {int(c['n_finished'])} finished; "
+               f"the others reached epoch {int(c['min_epochs_reached'])})"))
+
+
+def claims(cell_df, budget: int) -> list[dict]:
+    """One reproduce-or-contradict statement per claim of :data:`PAPER`, with the seeds' spread."""
+    out = []
+    dc = d_crit(cell_df)
+
+    def add(key, verdict, ours):
+        out.append({"claim": key, "paper": PAPER[key], "ours": ours, "verdict": verdict})
+
+    c = _cell(cell_df, 64, 3000)
+    if c is None:
+        add("hidden 64 generalizes at 3,000", "not run", "the grid lacks (64, 3000)")
+    else:
+        ok = c["n_generalized"] * 2 > c["n_seeds"]
+        add("hidden 64 generalizes at 3,000", "reproduced" if ok else f"contradicted at {budget} epochs",
+            f"hidden 64, 3,000 examples: {_acc_text(c)}; D_crit(64) = {dc.get(64)}")
+    c4, w32 = _cell(cell_df, 32, 4000), cell_df[cell_df["hidden"] == 32]
+    if c4 is None:
+        add("hidden 32 needs 4,000", "not run", "the grid lacks (32, 4000)")
+    else:
+        d32 = dc.get(32)
+        if d32 == 4000:
+            verdict = "reproduced"
+        elif d32 is None:
+            verdict = f"contradicted at {budget} epochs: hidden 32 did not generalize even at 4,000"
+        else:
+            verdict = f"contradicted: hidden 32 already generalizes at {d32:,} examples (D_crit(32) < 4,000)"
+        smaller = "; ".join(f"{int(r.n_train)}: {int(r.n_generalized)}/{int(r.n_seeds)} generalized, median "
+                            f"{r.final_test_acc_median:.3f}" for r in w32.itertuples())
+        add("hidden 32 needs 4,000", verdict, f"hidden 32 by examples — {smaller}")
+    known = {w: d for w, d in dc.items() if d is not None}
+    ws = sorted(dc)
+    # D_crit as a number per width (censored at 'more than the grid' when no cell generalized)
+    big = max(cell_df["n_train"]) + 1
+    seq = [dc[w] if dc[w] is not None else big for w in ws]
+    mono = all(a >= b for a, b in zip(seq, seq[1:]))
+    strict = seq[0] > seq[-1]
+    verdict = ("reproduced" if mono and strict else
+               "partly: D_crit is smaller for wider models overall but not at every step" if strict else
+               "contradicted: D_crit does not fall with width")
+    add("D_crit falls with width", verdict,
+        "D_crit by hidden size (fewest examples at which most seeds generalized; '>grid' = none): "
+        + ", ".join(f"{w}: {dc[w] if dc[w] is not None else '>' + str(big - 1)}" for w in ws)
+        + f" ({len(known)} of {len(ws)} widths generalized somewhere)")
+    dip = accuracy_dip(cell_df, 2600, 24, 40)
+    if dip["dip"] is None:
+        add("dip at 2,600 for hidden 24-40", "not decidable", dip["why"])
+    else:
+        by = ", ".join(f"{w}: {a:.3f}" for w, a in dip["by_width"].items())
+        mw = modelwise_double_descent(cell_df, 2600, f"test_loss_at_{budget}_median")
+        add("dip at 2,600 for hidden 24-40",
+            "reproduced" if dip["dip"] else "contradicted: no dip of ≥ 0.1 in final test accuracy inside 24-40",
+            f"final test accuracy (median of seeds) by hidden size at 2,600 examples: {by}; lowest inside 24-40 "
+            f"{dip['dip_min']:.3f} at {dip['dip_width']}, best narrower {dip['narrower_max']:.3f}, best wider "
+            f"{dip['wider_max']:.3f}; model-wise double descent of the test loss at {budget} epochs: "
+            f"{mw['double_descent']}")
+    semi = cell_df[(cell_df["final_test_acc_median"] > 0.1) & (cell_df["final_test_acc_median"] < 0.9)]
+    near = []
+    for r in semi.itertuples():
+        d = dc.get(int(r.hidden))
+        near.append(f"({r.hidden}, {r.n_train}): {r.final_test_acc_median:.2f}"
+                    + (f", D_crit {d}" if d is not None else ", D_crit > grid"))
+    add("semi-grokking near D_crit", "reproduced" if len(semi) else "not seen",
+        f"{len(semi)} cells with a middling median final test accuracy (0.1-0.9): " + ("; ".join(near) or "none"))
+    return out
+
+
+# -- figures ---------------------------------------------------------------------------------------------
+
+def figures(df, cell_df, curves: dict, budgets: list[int]):
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ws = sorted(cell_df["hidden"].unique())
+    ns = sorted(cell_df["n_train"].unique())
+    out = []
+    for col, title, scale in (("final_test_acc_median", "final test accuracy (median of seeds)", "Viridis"),
+                              ("final_test_loss_median", "final test loss (median of seeds, nats)", "Magma")):
+        z = [[_val(cell_df, w, n, col) for n in ns] for w in ws]
+        text = [[_hover(cell_df, w, n) for n in ns] for w in ws]
+        fig = go.Figure(go.Heatmap(z=z, x=[str(n) for n in ns], y=[str(w) for w in ws], colorscale=scale,
+                                   text=text, hovertemplate="hidden %{y}, %{x} examples<br>%{text}<extra></extra>",
+                                   texttemplate="%{z:.2f}"))
+        fig.update_layout(title=title, xaxis_title="training examples", yaxis_title="hidden size d_h (d_model)",
+                          height=420)
+        out.append((f"Huang et al.'s grid: {title}", "Each cell: median over seeds at the last evaluation "
+                    "(hover: seeds generalized, range, curve patterns).", fig))
+    for b in budgets:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=(f"test loss at epoch {b}", f"test accuracy at epoch {b}"))
+        for n in ns:
+            g = cell_df[cell_df["n_train"] == n].sort_values("hidden")
+            for j, what in enumerate(("test_loss", "test_acc")):
+                med, lo, hi = (g[f"{what}_at_{b}_{s}"] for s in ("median", "min", "max"))
+                fig.add_trace(go.Scatter(x=g["hidden"], y=med, mode="lines+markers", name=f"{n} examples",
+                                         legendgroup=str(n), showlegend=j == 0,
+                                         error_y=dict(type="data", symmetric=False, array=hi - med,
+                                                      arrayminus=med - lo)), row=1, col=j + 1)
+        fig.update_xaxes(title_text="hidden size d_h")
+        fig.update_yaxes(type="log", row=1, col=1)
+        fig.update_layout(height=430)
+        out.append((f"Model-wise curves at epoch {b}", "Median over seeds, bars: min–max. Model-wise double descent "
+                    "= the test loss falls, rises and falls again with the width (the epoch-wise rule, unsmoothed).",
+                    fig))
+    fig = make_subplots(rows=len(ns), cols=1, shared_xaxes=True, vertical_spacing=0.03,
+                        subplot_titles=[f"{n} training examples" for n in ns])
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    for i, n in enumerate(ns):
+        for k, w in enumerate(ws):
+            sel = df[(df["hidden"] == w) & (df["n_train"] == n)].sort_values("seed")
+            for j, r in enumerate(sel.itertuples()):
+                ev = curves.get(r.name)
+                if ev is None:
+                    continue
+                fig.add_trace(go.Scatter(x=ev["epoch"], y=ev["test_loss"], mode="lines", line=dict(
+                    color=colors[k % len(colors)], width=1, dash=["solid", "dot", "dash"][j % 3]),
+                    name=f"hidden {w}", legendgroup=f"w{w}", showlegend=(i == 0 and j == 0),
+                    hovertemplate=f"hidden {w}, seed {r.seed}: {r.curve_pattern}<br>epoch %{{x}}, loss %{{y:.3g}}"
+                                  "<extra></extra>"), row=i + 1, col=1)
+        fig.update_yaxes(type="log", row=i + 1, col=1)
+    fig.update_xaxes(title_text="epoch", row=len(ns), col=1)
+    fig.update_layout(height=260 * len(ns))
+    out.append(("Epoch-wise test-loss curves", "Every run (colour: hidden size; solid, dotted, dashed: seeds 0, 1, 2); "
+                "hover shows its curve_pattern.", fig))
+    return out
+
+
+def _val(cell_df, w, n, col):
+    c = _cell(cell_df, w, n)
+    return None if c is None else c[col]
+
+
+def _hover(cell_df, w, n):
+    c = _cell(cell_df, w, n)
+    return "" if c is None else (f"{int(c['n_generalized'])}/{int(c['n_seeds'])} generalized; acc "
+                                 f"[{c['final_test_acc_min']:.2f}, {c['final_test_acc_max']:.2f}]; "
+                                 f"{c['curve_patterns']}")
+
+
+# -- driver ----------------------------------------------------------------------------------------------
+
+def analyse(args) -> dict:
+    import pandas as pd
+
+    import grokinterp as gi
+
+    sw = gi.load_sweep(args.sweep_dir)
+    rows, curves = [], {}
+    epochs = None
+    for p in sw.points:
+        cfg = gi.RunConfig.from_dict(p["config"])
+        epochs = cfg.train.epochs
+        budgets = args.budgets or [epochs // 2, epochs]
+        values = {"name": p["name"], "hidden": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
+                  "n_train": cfg.n_train(), "seed": cfg.model.init_seed}
+        try:
+            ev = gi.load_run(sw.path / p["run"]).evals
+        except gi.GrokinterpError:
+            rows.append({**values, "epochs": epochs, "epochs_reached": -1, "finished": False})
+            continue
+        if ev.empty:
+            rows.append({**values, "epochs": epochs, "epochs_reached": -1, "finished": False})
+            continue
+        rows.append(run_row(values, ev, epochs, budgets))
+        curves[p["name"]] = ev[["epoch", "test_loss", "test_acc", "train_acc"]]
+    budgets = args.budgets or [epochs // 2, epochs]
+    df = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "runs.csv", index=False)
+    started = df[df["epochs_reached"] >= 0]
+    summary: dict = {"settings": _study.settings(args), "cpu": _cpu(), "epochs": epochs, "budgets": budgets,
+                     "runs": len(df), "runs_started": len(started), "runs_finished": int(df["finished"].sum()),
+                     "unfinished": df.loc[~df["finished"].astype(bool), ["name", "epochs_reached"]].to_dict("records"),
+                     "generalized_threshold": GENERALIZED}
+    if len(started):
+        cell_df = cells(started, budgets)
+        cell_df.to_csv(args.out / "cells.csv", index=False)
+        summary["d_crit"] = {str(k): v for k, v in d_crit(cell_df).items()}
+        summary["claims"] = claims(cell_df, budgets[-1])
+        summary["modelwise_double_descent"] = [modelwise_double_descent(cell_df, int(n), f"test_loss_at_{b}_median")
+                                               for b in budgets for n in sorted(cell_df["n_train"].unique())]
+        summary["epochwise_patterns"] = started["curve_pattern"].value_counts().to_dict()
+        summary["cells"] = cell_df.to_dict("records")
+        intro = ("<p>Huang et al. 2024's grid (a + b mod 113, hidden size × training examples) trained by "
+                 f"<code>grokinterp.sweep</code> in stacks (one group per width); {summary['runs_finished']} of "
+                 f"{len(df)} runs finished their {epochs} epochs. CPU: {html_escape(summary['cpu'])}.</p>"
+                 + _claims_html(summary["claims"]))
+        _study.write_report(args.out / "double_descent.html", "Double descent and Huang et al.'s grid", intro,
+                            figures(started, cell_df, curves, budgets))
+    _study.write_json(args.out / "summary.json", summary)
+    if not args.no_sweep_report:
+        from grokinterp.viz.sweep_report import write_sweep_report
+
+        write_sweep_report(sw, args.out / "sweep_report.html", analyse=False, csv=args.out / "table.csv")
+    return summary
+
+
+def html_escape(s: str) -> str:
+    import html
+
+    return html.escape(str(s))
+
+
+def _claims_html(cl: list[dict]) -> str:
+    rows = "".join(f"<tr><td style='text-align:left'>{html_escape(c['paper'])}</td><td style='text-align:left'>"
+                   f"{html_escape(c['ours'])}</td><td style='text-align:left'><b>{html_escape(c['verdict'])}</b></td></tr>"
+                   for c in cl)
+    return ("<h2>Claims</h2><table><tr><th>Huang et al. 2024</th><th>ours</th><th>verdict</th></tr>"
+            f"{rows}</table>")
+
+
+def _cpu() -> str:
+    import platform
+
+    try:
+        out = subprocess.run(["sh", "-c", "lscpu | grep 'Model name' | sed 's/.*: *//'"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return out or platform.processor() or "unknown"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import grokinterp as gi
+
+    if not args.analyse_only:
+        t0 = time.time()
+        opts = {} if args.workers is None else {"workers": args.workers}
+        try:
+            gi.sweep(args.spec, args.sweep_dir, progress=False, **opts)
+        except gi.GrokinterpError as e:
+            print(f"sweep: {e}", file=sys.stderr)
+            return 2
+        print(f"trained in {time.time() - t0:.0f} s", flush=True)
+    try:
+        s = analyse(args)
+    except gi.GrokinterpError as e:
+        print(f"analysis: {e}", file=sys.stderr)
+        return 2
+    print(f"{s['runs_finished']} of {s['runs']} runs finished; D_crit {s.get('d_crit')}")
+    for c in s.get("claims", []):
+        print(f"- {c['claim']}: {c['verdict']}\n    {c['ours']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
