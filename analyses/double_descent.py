@@ -215,18 +215,22 @@ def claims(cell_df, budget: int) -> list[dict]:
         add("hidden 32 needs 4,000", verdict, f"hidden 32 by examples — {smaller}")
     known = {w: d for w, d in dc.items() if d is not None}
     ws = sorted(dc)
+    if len(ws) < 3:
+        add("D_crit falls with width", "not decidable", f"only {len(ws)} width(s) trained so far")
+        ws = []
     # D_crit as a number per width (censored at 'more than the grid' when no cell generalized)
     big = max(cell_df["n_train"]) + 1
     seq = [dc[w] if dc[w] is not None else big for w in ws]
-    mono = all(a >= b for a, b in zip(seq, seq[1:]))
-    strict = seq[0] > seq[-1]
-    verdict = ("reproduced" if mono and strict else
-               "partly: D_crit is smaller for wider models overall but not at every step" if strict else
-               "contradicted: D_crit does not fall with width")
-    add("D_crit falls with width", verdict,
-        "D_crit by hidden size (fewest examples at which most seeds generalized; '>grid' = none): "
-        + ", ".join(f"{w}: {dc[w] if dc[w] is not None else '>' + str(big - 1)}" for w in ws)
-        + f" ({len(known)} of {len(ws)} widths generalized somewhere)")
+    if ws:
+        mono = all(a >= b for a, b in zip(seq, seq[1:]))
+        strict = seq[0] > seq[-1]
+        verdict = ("reproduced" if mono and strict else
+                   "partly: D_crit is smaller for wider models overall but not at every step" if strict else
+                   "contradicted: D_crit does not fall with width")
+        add("D_crit falls with width", verdict,
+            "D_crit by hidden size (fewest examples at which most seeds generalized; '>N' = at none of the grid's): "
+            + ", ".join(f"{w}: {dc[w] if dc[w] is not None else '>' + str(big - 1)}" for w in ws)
+            + f" ({len(known)} of {len(ws)} widths generalized somewhere)")
     dip = accuracy_dip(cell_df, 2600, 24, 40)
     if dip["dip"] is None:
         add("dip at 2,600 for hidden 24-40", "not decidable", dip["why"])
@@ -247,6 +251,10 @@ def claims(cell_df, budget: int) -> list[dict]:
                     + (f", D_crit {d}" if d is not None else ", D_crit > grid"))
     add("semi-grokking near D_crit", "reproduced" if len(semi) else "not seen",
         f"{len(semi)} cells with a middling median final test accuracy (0.1-0.9): " + ("; ".join(near) or "none"))
+    unfinished = cell_df[cell_df["n_finished"] < cell_df["n_seeds"]]
+    if len(unfinished):
+        for c in out:
+            c["verdict"] = f"provisional ({len(unfinished)} cells unfinished): {c['verdict']}"
     return out
 
 
