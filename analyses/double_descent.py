@@ -14,8 +14,9 @@ numbers (Takeaway-1, Figure 3; Section 4.2, Figure 6; means of 11 seeds):
 
 Here (the recipe and how it differs from theirs: docs/anchors.md) every cell of hidden size ×
 training examples × seed is one run of the sweep spec `analyses/specs/double_descent.toml`
-(`d_model` = d_h, `d_mlp` = 4 d_h), trained by `grokinterp.sweep` in stacks, one group per width
-(`--workers 2`: two stacks per width, trained side by side). Runs that did not finish within the
+(`d_model` = d_h, `d_mlp` = 4 d_h; its narrow half, hidden 32-16, is `double_descent_narrow.toml`, a
+second sweep run beside the first to fit the CPU budget), trained by `grokinterp.sweep` in stacks, one
+group per width (two workers: two stacks per width, trained side by side). Runs that did not finish within the
 budget are analysed as far as they got (`epochs_reached`) and named in the summary.
 
 What is computed, per run (`runs.csv`): final train/test accuracy and loss (last evaluation), the
@@ -32,8 +33,9 @@ D_crit, and one reproduce-or-contradict statement per claim with its seeds' spre
 `sweep_report.html` + `table.csv` the sweep's own report (`grokinterp sweep-report`).
 
 Examples:
-    python analyses/double_descent.py                       # train (resumes) and analyse
+    python analyses/double_descent.py                       # train both sweeps (resumes) and analyse
     python analyses/double_descent.py --analyse-only        # analyse what is on disk (while it trains)
+    python analyses/double_descent.py --analyse-only --budgets 750,1500   # compare every cell at epoch 1500
 """
 
 from __future__ import annotations
@@ -63,12 +65,19 @@ GENERALIZED = 0.99
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", type=Path, default=Path(__file__).resolve().parent / "specs" / "double_descent.toml")
-    ap.add_argument("--sweep-dir", type=Path, default=Path("checkpoints/double_descent"))
+    specs = Path(__file__).resolve().parent / "specs"
+    ap.add_argument("--spec", type=Path, nargs="+", default=[specs / "double_descent.toml",
+                                                             specs / "double_descent_narrow.toml"],
+                    help="sweep spec(s) to train, one per --sweep-dir")
+    ap.add_argument("--sweep-dir", type=Path, nargs="+",
+                    default=[Path("checkpoints/double_descent"), Path("checkpoints/double_descent_narrow")],
+                    help="sweep directories (read together; a cell found in two is taken from the one that got "
+                         "further)")
     ap.add_argument("--out", type=Path, default=Path("analyses/results/double_descent"))
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: the spec's)")
     ap.add_argument("--budgets", type=_study.ints, default=None, metavar="E1,E2",
-                    help="epochs at which the model-wise curves are read (default: half the budget and the budget)")
+                    help="epochs at which the model-wise curves are read; the last is the analysis budget at which "
+                         "every cell is compared (default: half the runs' epochs and their epochs)")
     ap.add_argument("--analyse-only", action="store_true", help="do not train; analyse the runs on disk")
     ap.add_argument("--no-sweep-report", action="store_true", help="skip the sweep's own HTML report")
     return ap.parse_args(argv)
@@ -77,14 +86,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 # -- per run ---------------------------------------------------------------------------------------------
 
 def run_row(values: dict, evals, epochs: int, budgets: list[int]) -> dict:
-    """The numbers of one run from its evaluations (``epoch, train_acc, test_acc, train_loss, test_loss``)."""
+    """The numbers of one run from its evaluations (``epoch, train_acc, test_acc, train_loss, test_loss``).
+
+    The last of ``budgets`` is the analysis budget: the ``final_*`` numbers, the curve pattern and
+    ``generalized`` are read from the evaluations up to that epoch (a run trained further is cut there), so
+    that every cell is compared at the same epoch; ``finished`` says the run reached it."""
     from grokinterp.analysis.curves import curve_pattern
 
-    ev = evals.sort_values("epoch")
+    full = evals.sort_values("epoch")
+    reached = int(full["epoch"].iloc[-1])
+    ev = full[full["epoch"] <= budgets[-1]]
     last = ev.iloc[-1]
-    reached = int(last["epoch"])
     cp = curve_pattern(ev)
-    row = {**values, "epochs": epochs, "epochs_reached": reached, "finished": reached >= epochs,
+    row = {**values, "epochs": epochs, "budget": budgets[-1], "epochs_reached": reached,
+           "finished": reached >= budgets[-1],
            "final_train_acc": float(last["train_acc"]), "final_test_acc": float(last["test_acc"]),
            "final_train_loss": float(last["train_loss"]), "final_test_loss": float(last["test_loss"]),
            "min_test_loss": float(ev["test_loss"].min()), "max_test_acc": float(ev["test_acc"].max()),
@@ -94,7 +109,7 @@ def run_row(values: dict, evals, epochs: int, budgets: list[int]) -> dict:
            "train_acc_99_epoch": cp.train_acc_99_epoch, "test_acc_99_epoch": cp.test_acc_99_epoch,
            "generalized": float(last["test_acc"]) >= GENERALIZED}
     for b in budgets:
-        at = ev[ev["epoch"] == b]
+        at = full[full["epoch"] == b]
         row[f"test_loss_at_{b}"] = float(at["test_loss"].iloc[0]) if len(at) else math.nan
         row[f"test_acc_at_{b}"] = float(at["test_acc"].iloc[0]) if len(at) else math.nan
     return row
@@ -336,27 +351,27 @@ def analyse(args) -> dict:
 
     import grokinterp as gi
 
-    sw = gi.load_sweep(args.sweep_dir)
+    sweeps = [gi.load_sweep(d) for d in args.sweep_dir]
+    points = [(sw, p, gi.RunConfig.from_dict(p["config"])) for sw in sweeps for p in sw.points]
+    epochs = max(c.train.epochs for _, _, c in points)
+    budgets = args.budgets or [epochs // 2, epochs]
     rows, curves = [], {}
-    epochs = None
-    for p in sw.points:
-        cfg = gi.RunConfig.from_dict(p["config"])
-        epochs = cfg.train.epochs
-        budgets = args.budgets or [epochs // 2, epochs]
-        values = {"name": p["name"], "hidden": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
+    for sw, p, cfg in points:
+        values = {"name": p["name"], "sweep": sw.path.name, "hidden": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
                   "n_train": cfg.n_train(), "seed": cfg.model.init_seed}
         try:
             ev = gi.load_run(sw.path / p["run"]).evals
         except gi.GrokinterpError:
-            rows.append({**values, "epochs": epochs, "epochs_reached": -1, "finished": False})
+            ev = None
+        if ev is None or ev.empty:
+            rows.append({**values, "epochs": cfg.train.epochs, "epochs_reached": -1, "finished": False})
             continue
-        if ev.empty:
-            rows.append({**values, "epochs": epochs, "epochs_reached": -1, "finished": False})
-            continue
-        rows.append(run_row(values, ev, epochs, budgets))
+        rows.append(run_row(values, ev, cfg.train.epochs, budgets))
         curves[p["name"]] = ev[["epoch", "test_loss", "test_acc", "train_acc"]]
-    budgets = args.budgets or [epochs // 2, epochs]
     df = pd.DataFrame(rows)
+    # a cell trained in two sweeps: the run that got further
+    df = (df.sort_values("epochs_reached", ascending=False).drop_duplicates(["hidden", "d_mlp", "n_train", "seed"])
+          .sort_values(["hidden", "n_train", "seed"]).reset_index(drop=True))
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "runs.csv", index=False)
     started = df[df["epochs_reached"] >= 0]
@@ -375,7 +390,8 @@ def analyse(args) -> dict:
         summary["cells"] = cell_df.to_dict("records")
         intro = ("<p>Huang et al. 2024's grid (a + b mod 113, hidden size × training examples) trained by "
                  f"<code>grokinterp.sweep</code> in stacks (one group per width); {summary['runs_finished']} of "
-                 f"{len(df)} runs finished their {epochs} epochs. CPU: {html_escape(summary['cpu'])}.</p>"
+                 f"{len(df)} runs reached the analysis budget of {budgets[-1]} epochs (of {epochs} planned), at "
+                 f"which every cell is compared. CPU: {html_escape(summary['cpu'])}.</p>"
                  + _claims_html(summary["claims"]))
         _study.write_report(args.out / "double_descent.html", "Double descent and Huang et al.'s grid", intro,
                             figures(started, cell_df, curves, budgets))
@@ -383,7 +399,10 @@ def analyse(args) -> dict:
     if not args.no_sweep_report:
         from grokinterp.viz.sweep_report import write_sweep_report
 
-        write_sweep_report(sw, args.out / "sweep_report.html", analyse=False, csv=args.out / "table.csv")
+        for sw in sweeps:
+            tag = "" if len(sweeps) == 1 else f"_{sw.path.name}"
+            write_sweep_report(sw, args.out / f"sweep_report{tag}.html", analyse=False,
+                               csv=args.out / f"table{tag}.csv")
     return summary
 
 
@@ -417,14 +436,19 @@ def main(argv=None) -> int:
     import grokinterp as gi
 
     if not args.analyse_only:
-        t0 = time.time()
-        opts = {} if args.workers is None else {"workers": args.workers}
-        try:
-            gi.sweep(args.spec, args.sweep_dir, progress=False, **opts)
-        except gi.GrokinterpError as e:
-            print(f"sweep: {e}", file=sys.stderr)
+        if len(args.spec) != len(args.sweep_dir):
+            print(f"--spec: {len(args.spec)} spec(s) for {len(args.sweep_dir)} --sweep-dir(s); give one each",
+                  file=sys.stderr)
             return 2
-        print(f"trained in {time.time() - t0:.0f} s", flush=True)
+        opts = {} if args.workers is None else {"workers": args.workers}
+        for spec, d in zip(args.spec, args.sweep_dir):
+            t0 = time.time()
+            try:
+                gi.sweep(spec, d, progress=False, **opts)
+            except gi.GrokinterpError as e:
+                print(f"sweep {spec}: {e}", file=sys.stderr)
+                return 2
+            print(f"{d}: trained in {time.time() - t0:.0f} s", flush=True)
     try:
         s = analyse(args)
     except gi.GrokinterpError as e:

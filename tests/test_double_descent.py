@@ -61,12 +61,19 @@ def test_run_row_reads_final_budget_and_pattern(dd):
     loss = np.r_[np.linspace(4, 3, 5), np.linspace(3, 8, 5), np.linspace(8, 0.01, 11)]
     acc = np.r_[np.zeros(15), np.ones(6)]
     train = np.r_[0.5, np.ones(20)]
-    row = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[100, 200, 300])
+    row = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[100, 200])
     assert row["finished"] and row["epochs_reached"] == 200
     assert row["curve_pattern"] == "grokking" and row["epochwise_double_descent"]
     assert row["test_acc_99_epoch"] == 150 and row["train_acc_99_epoch"] == 10
-    assert row["test_loss_at_100"] == pytest.approx(loss[10]) and np.isnan(row["test_loss_at_300"])
+    assert row["test_loss_at_100"] == pytest.approx(loss[10]) and row["test_loss_at_200"] == pytest.approx(0.01)
     assert row["final_test_loss"] == pytest.approx(0.01) and row["generalized"]
+    # compared at epoch 120, the same run has not generalized yet and its loss has not come down again
+    cut = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[120])
+    assert cut["finished"] and cut["epochs_reached"] == 200 and not cut["generalized"]
+    assert cut["final_test_loss"] == pytest.approx(loss[12]) and cut["curve_pattern"] == "not_generalized"
+    assert cut["test_acc_99_epoch"] is None
+    beyond = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[300])
+    assert not beyond["finished"] and np.isnan(beyond["test_loss_at_300"])
     short = dd.run_row({"name": "y"}, _evals(loss[:8], acc[:8]), epochs=200, budgets=[100])
     assert not short["finished"] and short["epochs_reached"] == 70 and not short["generalized"]
 
