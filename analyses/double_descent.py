@@ -325,10 +325,11 @@ def figures(df, cell_df, curves: dict, budgets: list[int]):
                     hovertemplate=f"hidden {w}, seed {r.seed}: {r.curve_pattern}<br>epoch %{{x}}, loss %{{y:.3g}}"
                                   "<extra></extra>"), row=i + 1, col=1)
         fig.update_yaxes(type="log", row=i + 1, col=1)
+    fig.add_vline(x=budgets[-1], line_dash="dot", line_color="gray", row="all", col=1)
     fig.update_xaxes(title_text="epoch", row=len(ns), col=1)
     fig.update_layout(height=260 * len(ns))
     out.append(("Epoch-wise test-loss curves", "Every run (colour: hidden size; solid, dotted, dashed: seeds 0, 1, 2); "
-                "hover shows its curve_pattern.", fig))
+                "hover shows its curve_pattern (read up to the analysis budget, the dotted vertical line).", fig))
     return out
 
 
@@ -401,9 +402,27 @@ def analyse(args) -> dict:
 
         for sw in sweeps:
             tag = "" if len(sweeps) == 1 else f"_{sw.path.name}"
-            write_sweep_report(sw, args.out / f"sweep_report{tag}.html", analyse=False,
-                               csv=args.out / f"table{tag}.csv")
+            path = write_sweep_report(sw, args.out / f"sweep_report{tag}.html", analyse=False,
+                                      csv=args.out / f"table{tag}.csv")
+            _plotly_from_cdn(Path(path))
     return summary
+
+
+def _plotly_from_cdn(path: Path) -> None:
+    """Swap the sweep report's embedded plotly.js (≈ 4 MB) for its CDN script tag, to keep the committed page
+    small (as `_study.write_report` does)."""
+    from plotly.offline import get_plotlyjs_version
+
+    text = path.read_text()
+    start = text.find("<script type='text/javascript'>/* plotly.js")
+    end = text.find("</script>", start)
+    if start < 0 or end < 0:
+        return
+    text = (text[:start] + f"<script src='https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js'></script>"
+            + text[end + len("</script>"):])
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def html_escape(s: str) -> str:

@@ -176,6 +176,8 @@ d_mlp = [64, 32]
         "dip at 2,600 for hidden 24-40", "semi-grokking near D_crit"}
     for f in ("double_descent.html", "sweep_report.html", "table.csv"):
         assert (out / f).stat().st_size > 1000, f
+    page = (out / "sweep_report.html").read_text()  # plotly.js from its CDN, not embedded (small to commit)
+    assert "cdn.plot.ly" in page and len(page) < 1_000_000 and "grokinterp sweep" in page
     # analysing again reads the same runs (the sweep is not retrained) and gives the same numbers
     res2 = subprocess.run([PY, str(ROOT / "analyses" / "double_descent.py"), "--spec", str(spec), "--sweep-dir",
                            str(tmp_path / "sw"), "--out", str(tmp_path / "out2"), "--analyse-only"],
