@@ -61,6 +61,8 @@ PAPER = {
     "semi-grokking near D_crit": "near D_crit final validation accuracy is middling (semi-grokking, Figure 3)",
 }
 GENERALIZED = 0.99
+#: The hidden sizes of their Figure 3 (critical dataset size against width): the D_crit trend is judged there.
+FIG3_WIDTHS = (32, 64)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -229,8 +231,10 @@ def claims(cell_df, budget: int, earlier: int | None = None) -> list[dict]:
         smaller = "; ".join(f"{int(r.n_train)}: {int(r.n_generalized)}/{int(r.n_seeds)} generalized, median "
                             f"{r.final_test_acc_median:.3f}" for r in w32.itertuples())
         add("hidden 32 needs 4,000", verdict, f"hidden 32 by examples — {smaller}")
+    # the trend is their Figure 3's, over its widths (32-64, models that memorize first); narrower ones are listed
     known = {w: d for w, d in dc.items() if d is not None}
-    ws = sorted(dc)
+    all_ws = sorted(dc)
+    ws = [w for w in all_ws if FIG3_WIDTHS[0] <= w <= FIG3_WIDTHS[1]]
     if len(ws) < 3:
         add("D_crit falls with width", "not decidable", f"only {len(ws)} width(s) trained so far")
         ws = []
@@ -244,9 +248,10 @@ def claims(cell_df, budget: int, earlier: int | None = None) -> list[dict]:
                    "partly: D_crit is smaller for wider models overall but not at every step" if strict else
                    "contradicted: D_crit does not fall with width")
         add("D_crit falls with width", verdict,
-            "D_crit by hidden size (fewest examples at which most seeds generalized; '>N' = at none of the grid's): "
-            + ", ".join(f"{w}: {dc[w] if dc[w] is not None else '>' + str(big - 1)}" for w in ws)
-            + f" ({len(known)} of {len(ws)} widths generalized somewhere)")
+            f"over hidden {FIG3_WIDTHS[0]}-{FIG3_WIDTHS[1]} (their Figure 3's range); D_crit by hidden size (fewest "
+            "examples at which most seeds generalized; '>N' = at none of the grid's), every width: "
+            + ", ".join(f"{w}: {dc[w] if dc[w] is not None else '>' + str(big - 1)}" for w in all_ws)
+            + f" ({len(known)} of {len(all_ws)} widths generalized somewhere)")
     dip = accuracy_dip(cell_df, 2600, 24, 40)
     if dip["dip"] is None:
         add("dip at 2,600 for hidden 24-40", "not decidable", dip["why"])

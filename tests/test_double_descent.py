@@ -119,6 +119,9 @@ def test_claims_reproduced_on_huangs_own_picture(dd):
     for k in ("hidden 64 generalizes at 3,000", "hidden 32 needs 4,000", "D_crit falls with width",
               "dip at 2,600 for hidden 24-40", "semi-grokking near D_crit"):
         assert cl[k]["verdict"] == "reproduced", (k, cl[k])
+    # a narrow width outside their Figure 3's range (32-64) that generalizes early (progression) leaves the trend
+    cl = {x["claim"]: x for x in dd.claims(dd.cells(_grid({**HUANG, 16: 2600}, DIP), [50, 100]), 100, 50)}
+    assert cl["D_crit falls with width"]["verdict"] == "reproduced" and "16: 2600" in cl["D_crit falls with width"]["ours"]
     # the same middling accuracies still rising at the budget (0 at epoch 50) are not semi-grokking
     rising = grid.assign(test_acc_at_50=np.where(grid["final_test_acc"] < 0.99, 0.0, grid["final_test_acc"]))
     cl = {x["claim"]: x for x in dd.claims(dd.cells(rising, [50, 100]), 100, 50)}
