@@ -110,10 +110,11 @@ def run_row(values: dict, evals, epochs: int, budgets: list[int]) -> dict:
            "dd_second_min_epoch": cp.second_min_epoch, "dd_rise": cp.rise,
            "train_acc_99_epoch": cp.train_acc_99_epoch, "test_acc_99_epoch": cp.test_acc_99_epoch,
            "generalized": float(last["test_acc"]) >= GENERALIZED}
-    for b in budgets:
-        at = full[full["epoch"] == b]
-        row[f"test_loss_at_{b}"] = float(at["test_loss"].iloc[0]) if len(at) else math.nan
-        row[f"test_acc_at_{b}"] = float(at["test_acc"].iloc[0]) if len(at) else math.nan
+    for b in budgets:  # the last evaluation at or before b (NaN when the run has not reached b)
+        at = full[full["epoch"] <= b]
+        ok = reached >= b and len(at)
+        row[f"test_loss_at_{b}"] = float(at["test_loss"].iloc[-1]) if ok else math.nan
+        row[f"test_acc_at_{b}"] = float(at["test_acc"].iloc[-1]) if ok else math.nan
     return row
 
 

@@ -72,6 +72,8 @@ def test_run_row_reads_final_budget_and_pattern(dd):
     assert cut["finished"] and cut["epochs_reached"] == 200 and not cut["generalized"]
     assert cut["final_test_loss"] == pytest.approx(loss[12]) and cut["curve_pattern"] == "not_generalized"
     assert cut["test_acc_99_epoch"] is None
+    between = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[105, 200])
+    assert between["test_loss_at_105"] == pytest.approx(loss[10])  # the last evaluation at or before 105
     beyond = dd.run_row({"name": "x"}, _evals(loss, acc, train), epochs=200, budgets=[300])
     assert not beyond["finished"] and np.isnan(beyond["test_loss_at_300"])
     short = dd.run_row({"name": "y"}, _evals(loss[:8], acc[:8]), epochs=200, budgets=[100])
