@@ -280,14 +280,34 @@ def claims(cell_df, budget: int, earlier: int | None = None) -> list[dict]:
                        if before == before else "")
                     + (f", D_crit {d}" if d is not None else ", D_crit > grid"))
     add("semi-grokking near D_crit",
-        "reproduced" if settled else ("not separable from slow grokking at this budget: every middling cell was "
-                                      "still moving" if len(semi) else "not seen"),
+        "reproduced" if settled else ("not seen" if not len(semi) else
+                                      "not decidable: no earlier budget to tell settled from rising" if early is None
+                                      else "not separable from slow grokking at this budget: every middling cell "
+                                           "was still moving"),
         f"{len(semi)} cells with a middling median final test accuracy (0.1-0.9), {settled} settled: "
         + ("; ".join(near) or "none"))
     unfinished = cell_df[cell_df["n_finished"] < cell_df["n_seeds"]]
     if len(unfinished):
         for c in out:
             c["verdict"] = f"provisional ({len(unfinished)} cells unfinished): {c['verdict']}"
+    return out
+
+
+def claims_by_budget(df, inputs: dict, budgets: list[int]) -> dict:
+    """The verdicts read at each budget in turn (the previous one as the earlier reading): how they move with
+    the training budget. Only budgets every started run reached."""
+    import pandas as pd
+
+    keep = df[df["epochs_reached"] >= 0]
+    out = {}
+    for i, b in enumerate(budgets):
+        if (keep["epochs_reached"] < b).any():
+            continue
+        bs = [budgets[i - 1], b] if i else [b]
+        rows = [run_row(*inputs[n][:1], inputs[n][1], inputs[n][2], bs) for n in keep["name"]]
+        c = cells(pd.DataFrame(rows), bs)
+        out[str(b)] = {x["claim"]: x["verdict"] for x in claims(c, b, bs[0] if i else None)}
+        out[str(b)]["D_crit"] = {str(k): v for k, v in d_crit(c).items()}
     return out
 
 
@@ -374,7 +394,7 @@ def analyse(args) -> dict:
     points = [(sw, p, gi.RunConfig.from_dict(p["config"])) for sw in sweeps for p in sw.points]
     epochs = max(c.train.epochs for _, _, c in points)
     budgets = args.budgets or [epochs // 2, epochs]
-    rows, curves = [], {}
+    rows, curves, inputs = [], {}, {}
     for sw, p, cfg in points:
         values = {"name": p["name"], "sweep": sw.path.name, "hidden": cfg.model.d_model, "d_mlp": cfg.model.d_mlp,
                   "n_train": cfg.n_train(), "seed": cfg.model.init_seed}
@@ -387,6 +407,7 @@ def analyse(args) -> dict:
             continue
         rows.append(run_row(values, ev, cfg.train.epochs, budgets))
         curves[p["name"]] = ev[["epoch", "test_loss", "test_acc", "train_acc"]]
+        inputs[p["name"]] = (values, ev, cfg.train.epochs)
     df = pd.DataFrame(rows)
     # a cell trained in two sweeps: the run that got further
     df = (df.sort_values("epochs_reached", ascending=False).drop_duplicates(["hidden", "d_mlp", "n_train", "seed"])
@@ -407,11 +428,12 @@ def analyse(args) -> dict:
                                                for b in budgets for n in sorted(cell_df["n_train"].unique())]
         summary["epochwise_patterns"] = started["curve_pattern"].value_counts().to_dict()
         summary["cells"] = cell_df.to_dict("records")
+        summary["claims_by_budget"] = claims_by_budget(df, inputs, budgets)
         intro = ("<p>Huang et al. 2024's grid (a + b mod 113, hidden size × training examples) trained by "
                  f"<code>grokinterp.sweep</code> in stacks (one group per width); {summary['runs_finished']} of "
                  f"{len(df)} runs reached the analysis budget of {budgets[-1]} epochs (of {epochs} planned), at "
                  f"which every cell is compared. CPU: {html_escape(summary['cpu'])}.</p>"
-                 + _claims_html(summary["claims"]))
+                 + _claims_html(summary["claims"]) + _by_budget_html(summary["claims_by_budget"]))
         _study.write_report(args.out / "double_descent.html", "Double descent and Huang et al.'s grid", intro,
                             figures(started, cell_df, curves, budgets))
     _study.write_json(args.out / "summary.json", summary)
@@ -455,6 +477,17 @@ def _claims_html(cl: list[dict]) -> str:
                    for c in cl)
     return ("<h2>Claims</h2><table><tr><th>Huang et al. 2024</th><th>ours</th><th>verdict</th></tr>"
             f"{rows}</table>")
+
+
+def _by_budget_html(by: dict) -> str:
+    if not by:
+        return ""
+    keys = [k for k in PAPER]
+    head = "".join(f"<th>epoch {html_escape(b)}</th>" for b in by)
+    rows = "".join(f"<tr><td style='text-align:left'>{html_escape(k)}</td>"
+                   + "".join(f"<td style='text-align:left'>{html_escape(by[b][k])}</td>" for b in by) + "</tr>"
+                   for k in keys)
+    return f"<h2>Verdicts by budget</h2><table><tr><th>claim</th>{head}</tr>{rows}</table>"
 
 
 def _cpu() -> str:
