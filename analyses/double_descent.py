@@ -445,6 +445,8 @@ def analyse(args) -> dict:
             path = write_sweep_report(sw, args.out / f"sweep_report{tag}.html", analyse=False,
                                       csv=args.out / f"table{tag}.csv")
             _plotly_from_cdn(Path(path))
+            if tag:  # the per-setting summary is written as summary.csv beside the table: keep each sweep's
+                (args.out / "summary.csv").replace(args.out / f"summary{tag}.csv")
     return summary
 
 

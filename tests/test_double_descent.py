@@ -177,6 +177,8 @@ d_mlp = [64, 32]
     assert res.returncode == 0, res.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["runs"] == 8 and s["runs_finished"] == 8 and s["budgets"] == [30, 60]
+    assert set(s["claims_by_budget"]) == {"30", "60"}
+    assert s["claims_by_budget"]["60"]["dip at 2,600 for hidden 24-40"] == s["claims"][3]["verdict"]
     runs = pd.read_csv(out / "runs.csv")
     assert sorted(runs["hidden"].unique()) == [8, 16] and set(runs["curve_pattern"]) <= set(
         ["grokking", "double_descent", "not_generalized", "neither", "too_short"])
