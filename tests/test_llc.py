@@ -495,3 +495,17 @@ def test_llc_over_runs_equals_each_run_alone_and_refuses_other_shapes(tmp_path):
     other = gi.train(gi.make_config("tiny", p=11, epochs=2, every=1, log_early=0), tmp_path / "other", progress=False)
     with pytest.raises(AnalysisError, match=r"runs\[1\]"):
         llc_over_runs([runs[0], other], cfg)
+
+
+def test_llc_over_runs_names_a_bad_epochs_or_order_argument(tmp_path):
+    """``epochs`` must be one list per run and ``order``'s run indices must be runs: an AnalysisError naming the
+    argument, not an IndexError / TypeError from inside (or a silently ignored extra list)."""
+    import grokinterp as gi
+    from grokinterp.analysis.llc import llc_over_runs
+
+    run = gi.train(gi.make_config("tiny", epochs=2, every=1, log_early=0), tmp_path / "r", progress=False)
+    cfg = SGLDConfig(chains=1, draws=2, burnin=0, batch_size=16)
+    for kw, field in [(dict(order=[(1, 1)]), "order"), (dict(order=[(-1, 1)]), "order"),
+                      (dict(epochs=[1]), "epochs"), (dict(epochs=[[1], [2]]), "epochs")]:
+        with pytest.raises(AnalysisError, match=rf"^{field}:"):
+            llc_over_runs([run], cfg, **kw)
