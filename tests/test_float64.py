@@ -278,3 +278,24 @@ def test_the_single_run_is_a_stack_of_one_in_the_runs_dtype(tmp_path, dtype):
     assert loop.data["train"].tokens.dtype == torch.int64  # token ids stay ids
     assert (loop.data["train"].plan is not None) == (dtype == "float32")  # the fast path: float32 kernels only
     assert loop._fast == (dtype == "float32") and (loop.data["test"].plan is not None) == (dtype == "float32")
+
+
+def test_the_preflight_estimates_count_8_bytes_a_value_for_float64(tmp_path):
+    """The pre-flight disk / memory estimate and the stack memory estimate size a float64 run by its 8-byte values:
+    the checkpoint shards a float64 run writes fit in the estimate (with 4-byte values they did not: 158 kB written,
+    107 kB estimated), and the parameter-sized parts are twice the float32 run's."""
+    from grokinterp.training.preflight import estimate
+    from grokinterp.training.stacked import stack_memory_bytes
+
+    cfg64, cfg32 = _digits(dtype="float64", epochs=6), _digits(epochs=6)
+    run = g.train(cfg64, tmp_path / "f64", progress=False)
+    shards = sum(f.stat().st_size for f in (run.path / _io.SHARD_DIR).glob("*.safetensors"))
+    est64, est32 = estimate(cfg64), estimate(cfg32)
+    assert shards <= est64.disk["checkpoints"]
+    assert est64.disk["training state"] - est32.disk["training state"] == 2 * 4 * cfg64.model.n_params * (1 + 2)  # adamw
+    n = cfg64.model.n_params
+    for part in ("parameters", "gradients", "optimizer state", "checkpoint buffer"):
+        assert est64.memory[part] == 2 * est32.memory[part] >= 8 * n
+    P = sum(v.numel() for v in run.params().values())
+    grow = stack_memory_bytes(cfg64, 300, "generic") - stack_memory_bytes(cfg32, 300, "generic")
+    assert grow >= 1.3 * 4 * P * (4 + cfg64.checkpoints.flush_every)

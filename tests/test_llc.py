@@ -377,6 +377,27 @@ def test_the_measure_samples_a_transformer_runs_own_loss(tmp_path, loss):
     assert not np.allclose(ce["llc_init_loss"], df["llc_init_loss"], rtol=1e-2)
 
 
+def test_the_measure_samples_the_model_as_trained_with_an_eq_logit(tmp_path):
+    """A run with an output logit for '=' (eq_logit): the measure samples the model as trained (every parameter, the
+    '=' column kept), not the residue logits the other measures see — its L_n(w*) is the trainer's recorded training
+    loss and its estimate is llc_over_checkpoints'."""
+    import grokinterp as gi
+    from grokinterp.analysis.measures import progress_measures
+    from grokinterp.analysis.measures.llc import LLCMeasure
+
+    run = gi.train(gi.make_config("tiny", p=7, epochs=20, every=10, log_early=0, eq_logit=True), tmp_path / "eq",
+                   progress=False)
+    cfg = SGLDConfig(epsilon=1e-4, gamma=10.0, nbeta=5.0, chains=2, draws=10, batch_size=16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LLCWarning)
+        df = progress_measures(run, measures=["losses", LLCMeasure(cfg)])
+        direct = llc_over_checkpoints(run, cfg)
+    recorded = run.metrics.set_index("epoch")["train_loss"]
+    for e, init in zip(df["epoch"], df["llc_init_loss"]):
+        assert init == pytest.approx(recorded.loc[int(e)], rel=1e-5), e
+    np.testing.assert_allclose(df["llc_mean"], direct["llc_mean"], rtol=1e-3, atol=1e-3)
+
+
 def _plain_sgld_trace(w0: np.ndarray, h: np.ndarray, cfg: SGLDConfig) -> np.ndarray:
     """The SGLD chain written out plainly, one chain and one step at a time in float64, on the quadratic
     L = ½ Σ h w² (full batch), with the sampler's noise stream: ``[K, C, draws]`` recorded losses."""
@@ -495,3 +516,17 @@ def test_llc_over_runs_equals_each_run_alone_and_refuses_other_shapes(tmp_path):
     other = gi.train(gi.make_config("tiny", p=11, epochs=2, every=1, log_early=0), tmp_path / "other", progress=False)
     with pytest.raises(AnalysisError, match=r"runs\[1\]"):
         llc_over_runs([runs[0], other], cfg)
+
+
+def test_llc_over_runs_names_a_bad_epochs_or_order_argument(tmp_path):
+    """``epochs`` must be one list per run and ``order``'s run indices must be runs: an AnalysisError naming the
+    argument, not an IndexError / TypeError from inside (or a silently ignored extra list)."""
+    import grokinterp as gi
+    from grokinterp.analysis.llc import llc_over_runs
+
+    run = gi.train(gi.make_config("tiny", epochs=2, every=1, log_early=0), tmp_path / "r", progress=False)
+    cfg = SGLDConfig(chains=1, draws=2, burnin=0, batch_size=16)
+    for kw, field in [(dict(order=[(1, 1)]), "order"), (dict(order=[(-1, 1)]), "order"),
+                      (dict(epochs=[1]), "epochs"), (dict(epochs=[[1], [2]]), "epochs")]:
+        with pytest.raises(AnalysisError, match=rf"^{field}:"):
+            llc_over_runs([run], cfg, **kw)

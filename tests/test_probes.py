@@ -460,6 +460,23 @@ def test_vector_ntk_alignment_equals_the_per_example_jacobian_oracle(digits_run)
     assert not torch.allclose(K[0], K[1])
 
 
+def test_vector_ntk_definition_states_the_subset_as_drawn(digits_run):
+    """The column's definition names the subset actually used: ntk_subset clamps more labels than the run has (and
+    fewer inputs than labels), so '50 labels × 0 examples' would be a false record of what was computed."""
+    from grokinterp.analysis.probes.vectors import vector_probes
+
+    eps = np.asarray(digits_run.epochs)[[-1]]
+    _, ytr = digits_run.train_data()
+    for n_inputs, n_classes in [(9, 3), (32, 50), (3, 4)]:
+        df = vector_probes(digits_run, ["ntk_alignment"], eps, ntk_inputs=n_inputs, ntk_classes=n_classes)
+        idx = ntk_subset(torch.arange(len(ytr)), ytr, n_inputs=n_inputs, n_classes=n_classes, seed=0)
+        k = len(set(ytr[idx].tolist()))
+        text = df.attrs["definitions"]["ntk_alignment"]
+        assert f"{k} labels" in text and " 0 examples" not in text, text
+        if len(idx) % k == 0 and len(idx) // k == n_inputs // k:
+            assert f"{k} labels × {len(idx) // k} examples" in text, text
+
+
 def test_vector_ntk_alignment_controls_training_raises_it_shuffled_labels_do_not(tmp_path):
     """Controls: training a digits MLP (cross-entropy, lr 1e-2) rotates its NTK towards the labels — the alignment
     of the trained checkpoint is above the untrained one — while the same trained kernel against shuffled labels of

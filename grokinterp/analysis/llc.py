@@ -609,7 +609,8 @@ def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: 
         One row per ``(run, epoch)`` in ``order``: ``run`` (the index into ``runs``), ``epoch``, the LLC columns.
 
     Raises:
-        AnalysisError: no runs, runs of different shapes, losses or training-set sizes, a run without checkpoints.
+        AnalysisError: no runs, runs of different shapes, losses or training-set sizes, a run without checkpoints,
+            ``epochs`` not one list per run, an ``order`` entry outside the runs or the selected checkpoints.
     """
     from ..store.run import load_run
 
@@ -629,12 +630,17 @@ def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: 
     tokens = torch.cat([p[2] for p in pieces])
     labels = torch.cat([p[3] for p in pieces])
     base = model_loss_fn(forward, mc, tokens, labels, loss_name)
+    if epochs is not None and (len(epochs) != len(runs) or any(np.ndim(e) != 1 for e in epochs)):
+        raise AnalysisError(f"epochs: one list of checkpoints per run ({len(runs)} lists), got {list(epochs)[:3]!r}")
     eps = [np.asarray(r.epochs if epochs is None else [r.resolve_epoch(int(e)) for e in epochs[j]], dtype=np.int64)
            for j, r in enumerate(runs)]
     if order is None:
         order = sorted(((j, int(e)) for j in range(len(runs)) for e in eps[j]), key=lambda x: (x[1], x[0]))
     else:
         allowed = {(j, int(e)) for j in range(len(runs)) for e in eps[j]}
+        bad = [j for j, _ in order if not 0 <= int(j) < len(runs)]
+        if bad:
+            raise AnalysisError(f"order: run indices must lie in 0..{len(runs) - 1}, got {bad[:3]}")
         order = [(int(j), int(runs[int(j)].resolve_epoch(int(e)))) for j, e in order]
         missing = [x for x in order if x not in allowed]
         if missing:

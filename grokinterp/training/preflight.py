@@ -61,6 +61,8 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
         memory ≈ 4n (parameters) + 4n (gradients) + 4n·slots (optimizer) + 4n·flush_every (buffer)
         + 48(E + 1) (metrics) + activations of a full-batch step; disk ≈ 4n·checkpoints (shards)
         + 2·(4n(1 + slots) + 48(E + 1)) (the state, twice while it is replaced) + 128(E + 1) (metrics).
+        A float64 run (``train.dtype``) holds and writes 8 bytes where these say 4 (parameters, gradients,
+        optimizer state, buffer, shards, state) and its activations are float64 too.
     """
     m, tc, ck = config.model, config.train, config.checkpoints
     n = m.n_params
@@ -71,20 +73,21 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
     n_train = int(round(n_pairs * float(config.task.frac_train))) + 1
     if tc.batch_size is not None:  # a minibatch step's activations; the full-set evaluation has no backward
         n_train = min(n_train, int(tc.batch_size))
-    per_example = family_of(m).activation_bytes(m)  # hooked forward + backward, logits and the loss
+    b = 8 if tc.dtype == "float64" else 4  # bytes per value (train.dtype)
+    per_example = family_of(m).activation_bytes(m) * (b // 4)  # hooked forward + backward, logits and the loss
     if checkpoints_left is None:
         checkpoints_left = len(config.checkpoint_epochs())
     memory = {
-        "parameters": 4 * n,
-        "gradients": 4 * n,
-        "optimizer state": 4 * n * slots,
-        "checkpoint buffer": 4 * n * ck.flush_every,
+        "parameters": b * n,
+        "gradients": b * n,
+        "optimizer state": b * n * slots,
+        "checkpoint buffer": b * n * ck.flush_every,
         "metrics": 48 * (E + 1),
         "data and activations": n_pairs * 64 + n_train * per_example,
     }
     disk = {
-        "checkpoints": (4 * n + 64) * checkpoints_left + 4096 * -(-checkpoints_left // ck.flush_every),
-        "training state": 2 * (4 * n * (1 + slots) + 48 * (E + 1)),
+        "checkpoints": (b * n + 64) * checkpoints_left + 4096 * -(-checkpoints_left // ck.flush_every),
+        "training state": 2 * (b * n * (1 + slots) + 48 * (E + 1)),
         "metrics": 2 * 128 * (E + 1),
         "split": 16 * n_pairs,
     }

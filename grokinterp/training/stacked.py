@@ -1143,9 +1143,10 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
+    b = 8 if config.train.dtype == "float64" else 4  # bytes per parameter and activation value (train.dtype)
     if getattr(mc, "family", "transformer") != "transformer":  # the family's own estimate (generic forward)
-        per_ex = family_of(mc).activation_bytes(mc)
-        return int(1.3 * (4 * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
+        per_ex = family_of(mc).activation_bytes(mc) * (b // 4)
+        return int(1.3 * (b * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
                           + per_ex * n_examples))
     k = mc.d_mlp + mc.d_vocab_out
     rows = mc.n_ctx * mc.d_vocab
@@ -1153,7 +1154,7 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     # gradient-transform state, in parameter copies: an EMA; a window of gradients and a float64 sum
     state = sum(1 if t == "grokfast_ema" else tc.grokfast_window + 2 if t == "grokfast_ma" else 0
                 for t in tc.grad_transforms)
-    per_param = 4 * P * (4 + config.checkpoints.flush_every + state)
+    per_param = b * P * (4 + config.checkpoints.flush_every + state)
     metrics = 8 * 5 * (config.train.epochs + 1)
     if impl == "tables":
         tabl = 4 * rows * mc.n_heads * k * 4 + 4 * rows * mc.d_model * 3
@@ -1165,7 +1166,7 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     else:
         tabl = 4 * rows * mc.d_model * 6
         per_ex = 4 * (mc.n_ctx * mc.d_model * 3 + mc.d_model * 4 + mc.d_mlp * 3 + mc.n_ctx * mc.n_heads * 4)
-    per_ex += 8 * mc.d_vocab_out * 3 + 4 * mc.d_vocab_out * 2  # float64 log-softmax and its gradient
+    per_ex = per_ex * (b // 4) + 8 * mc.d_vocab_out * 3 + 4 * mc.d_vocab_out * 2  # float64 log-softmax and its gradient
     return int(1.3 * (per_param + metrics + tabl + per_ex * n_examples))
 
 

@@ -12,11 +12,16 @@ targets), as :func:`~grokinterp.analysis.llc.llc_over_checkpoints` samples it: t
 
 Columns: ``llc_mean``, ``llc_std``, ``llc_chain_<c>`` (one per chain), ``llc_rhat``, ``llc_accept``,
 ``llc_init_loss`` (L_n(w*), the sampled loss at the checkpoint) and ``llc_reliable`` (1.0 / 0.0; the flags in words are in :func:`~grokinterp.analysis.llc.llc_over_checkpoints`'
-``llc_flags``). The model is the one every measure sees: the residue logits (a run with an output for
-``=`` has that column dropped), on the stored training pairs.
+``llc_flags``). The model is the one the run trained (``ChunkContext.all_params``): a run with an output for
+``=`` keeps that column, unlike the other measures' residue logits, because the LLC is a property of the training
+loss's landscape over every parameter (before, its L_n(w*) was not the run's training loss, and its estimate was
+up to 14 % below :func:`~grokinterp.analysis.llc.llc_over_checkpoints`' on a ``tiny`` ``eq_logit`` run); on the
+stored training pairs.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import Tensor
@@ -71,9 +76,12 @@ class LLCMeasure(Measure):
         name = self.loss or ctx.train_loss or "cross_entropy"
         if name not in LLC_LOSSES:
             raise AnalysisError(f"train.loss: the LLC samples {', '.join(LLC_LOSSES)}, the run trained with {name!r}")
-        loss = model_loss_fn(family_of(ctx.cfg).forward, ctx.cfg, tokens, labels, name)
+        params, cfg = ctx.params, ctx.cfg
+        if ctx.model_params is not None:  # an output for '=' (eq_logit): the model as trained, its own loss
+            params, cfg = ctx.model_params, dataclasses.replace(ctx.cfg, eq_logit=True)
+        loss = model_loss_fn(family_of(cfg).forward, cfg, tokens, labels, name)
         with torch.enable_grad():
-            r = sample_llc(ctx.params, loss, len(labels), self.config, device=ctx.device)
+            r = sample_llc(params, loss, len(labels), self.config, device=ctx.device)
         cols = r.columns()
         out = {k: torch.as_tensor(cols[k].astype("float64")) for k in self.columns if k != "llc_reliable"}
         out["llc_reliable"] = torch.as_tensor(cols["llc_reliable"].astype("float64"))

@@ -53,7 +53,8 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
             selection (NaN at the first).
         chunk: checkpoints per stacked forward.
         ntk_inputs, ntk_classes, ntk_seed: the NTK subset (``ntk_classes`` labels × ``ntk_inputs // ntk_classes``
-            training examples, seeded; :func:`~grokinterp.analysis.probes.ntk.ntk_subset`).
+            training examples, seeded, fewer where the run has fewer; :func:`~grokinterp.analysis.probes.ntk.ntk_subset`;
+            the column's definition states the subset as drawn).
 
     Returns:
         DataFrame ``epoch``, ``train_loss``, ``test_loss`` (the run's loss, as ``checkpoint_metrics``), then the
@@ -78,6 +79,11 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
     if "ntk_alignment" in probes:  # the same examples at every checkpoint
         ntk_idx = ntk_subset(torch.arange(len(ytr)), ytr, n_inputs=ntk_inputs, n_classes=ntk_classes, seed=ntk_seed)
         ntk_x, ntk_L = xtr[ntk_idx], label_kernel(ytr[ntk_idx])
+        # the subset as drawn (ntk_subset clamps the labels and examples to what the training set has)
+        _, per_label = torch.unique(ytr[ntk_idx], return_counts=True)
+        sizes = sorted({int(c) for c in per_label})
+        ntk_subset_size = (f"{len(per_label)} labels × {sizes[0]} examples" if len(sizes) == 1 else
+                           f"{len(ntk_idx)} examples over {len(per_label)} labels, {sizes[0]}–{sizes[-1]} each")
     cols = ["train_loss", "test_loss"] + [c for p in probes for c in _COLUMNS[p]]
     table: dict[str, list[float]] = {c: [] for c in cols}
     prev = None
@@ -118,8 +124,8 @@ def vector_probes(run: Any, probes: Sequence[str] = PROBES, epochs: np.ndarray |
             elif p == "ntk_alignment":
                 definitions[c] = (f"centred kernel alignment (Kumar et al. 2023) of the empirical trace NTK "
                                   f"Σ_c ⟨∂f_c(x_i), ∂f_c(x_j)⟩ with the one-hot label kernel Y Yᵀ, on a fixed seeded "
-                                  f"class-balanced subset of the training examples ({ntk_classes} labels × "
-                                  f"{ntk_inputs // ntk_classes} examples, seed {ntk_seed})")
+                                  f"class-balanced subset of the training examples ({ntk_subset_size}, seed "
+                                  f"{ntk_seed})")
             else:
                 d = {**SoftmaxCollapse.definitions, **UpdateWeightCosine.definitions, **LogitScale.definitions}[c]
                 definitions[c] = d.replace("pairs", "examples")
