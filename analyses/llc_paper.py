@@ -74,11 +74,23 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+def _usage(msg: str):
+    """Bad command-line input: the message on stderr and exit status 2, as the CLI does."""
+    print(f"llc_paper.py: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def sampler(args):
     vals = dict(SAMPLER)
     for item in filter(None, args.sampler.split(",")):
-        k, v = item.split("=")
-        vals[k.strip()] = type(SAMPLER[k.strip()])(float(v)) if k.strip() in SAMPLER else float(v)
+        k, sep, v = item.partition("=")
+        k = k.strip()
+        if not sep or k not in SAMPLER:
+            _usage(f"--sampler {item!r}: expected NAME=VALUE with NAME one of {', '.join(SAMPLER)}")
+        try:
+            vals[k] = type(SAMPLER[k])(float(v))
+        except ValueError:
+            _usage(f"--sampler {k}: {v!r} is not a number")
     return vals
 
 
@@ -107,7 +119,9 @@ def calibrate_stage(args):
             print(g[["epsilon", "nbeta", "llc_mean", "llc_std", "llc_rhat", "llc_accept", "llc_flags"]].to_string(),
                   flush=True)
             args.out.mkdir(parents=True, exist_ok=True)
-            pd.concat(grids).to_csv(args.out / "calibration.csv", index=False)
+            tmp = args.out / "calibration.csv.tmp"
+            pd.concat(grids).to_csv(tmp, index=False)
+            tmp.replace(args.out / "calibration.csv")  # never a half-written table
     return pd.concat(grids), pd.concat(traces)
 
 

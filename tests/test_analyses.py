@@ -146,3 +146,15 @@ def test_llc_paper_help_and_a_report_without_chunks_exits_2(tmp_path):
                           str(tmp_path / "runs")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "llc_chunks" in res.stderr
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["foo=1", "epsilon", "epsilon=abc"])
+def test_llc_paper_a_malformed_sampler_exits_2_naming_it(tmp_path, bad):
+    """--sampler NAME=VALUE with an unknown name, no '=' or a non-number: exit 2 naming the item, before any
+    run is read or written (the llc stage parses it first)."""
+    res = subprocess.run([PY, str(ROOT / "analyses" / "llc_paper.py"), "--stage", "llc", "--sampler", bad,
+                          "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "--sampler" in res.stderr and bad.split("=")[0] in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out").exists()
