@@ -17,7 +17,9 @@ first on ``sys.path`` which measures through the public API only (the same code 
   (``digits``) and float64 (``digits64``, where both trees have ``train.dtype``), and of ``tiny`` with ``batch_size=64`` (the transformer's
   fast path, 11 steps an epoch; ``tiny_mb``), in ms per optimizer step, wall and CPU (``*_cpu``). Each
   is preceded in its process by a 2-epoch run of the same config, so imports (transformer_lens for
-  the MLP's hooked module) and one-time allocations stay out of the figure;
+  the MLP's hooked module) and one-time allocations stay out of the figure; ``*_step_cpu``: the CPU time
+  of ``TrainLoop.step`` alone (no evaluations, checkpoints or flushes; the median of 20 chunks of 50
+  steps after 100 warm-up steps);
 * ``analysis``: ``grokinterp.progress_measures`` on a synthetic 400-checkpoint p = 113 run (the one
   of ``benchmarks/analysis_speed.py``, built once by tree A — the older tree, whose run format
   both read), key frequencies fixed.
@@ -84,6 +86,23 @@ if what == "minibatch":
             g.train(cfg, Path(tmp) / "m", progress=False)
             out[tag] = (time.perf_counter() - t0) / cfg.total_steps() * 1e3
             out[tag + "_cpu"] = (time.process_time() - c0) / cfg.total_steps() * 1e3
+        # the step alone (TrainLoop.step: the same constructor and signature in trees before and after the
+        # one-trainer refactor), CPU time: the median of 20 chunks of 50 steps after 100 warm-up steps
+        import statistics, torch
+        from grokinterp.tasks import split_pairs
+        from grokinterp.training.loop import TrainLoop
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "s").mkdir()
+            k, chunks = cfg.steps_per_epoch(), []
+            scfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1100 // k + 1))
+            loop = TrainLoop(scfg, Path(tmp) / "s", torch.device("cpu"), *split_pairs(cfg.task))
+            for s in range(1100):
+                if s >= 100 and s % 50 == 0:
+                    c0 = time.process_time()
+                loop.step(s // k, record_acc=False, step=s)
+                if s >= 100 and s % 50 == 49:
+                    chunks.append((time.process_time() - c0) / 50 * 1e3)
+            out[tag + "_step_cpu"] = statistics.median(chunks)
 if what in ("analysis", "all"):
     run = g.load_run(run_dir)
     t0 = time.perf_counter()
@@ -130,7 +149,8 @@ def main() -> None:
                       ("quick_cpu", "CPU ms/epoch"), ("stack16", "ms/model-epoch"),
                       ("stack16_cpu", "CPU ms/model-epoch"), ("digits", "ms/step"), ("digits_cpu", "CPU ms/step"),
                       ("digits64", "ms/step"), ("digits64_cpu", "CPU ms/step"), ("tiny_mb", "ms/step"),
-                      ("tiny_mb_cpu", "CPU ms/step"), ("analysis", "s")):
+                      ("tiny_mb_cpu", "CPU ms/step"), ("digits_step_cpu", "CPU ms/step"),
+                      ("digits64_step_cpu", "CPU ms/step"), ("tiny_mb_step_cpu", "CPU ms/step"), ("analysis", "s")):
         if key not in results["A"][0] or key not in results["B"][0]:
             continue
         a, b = (statistics.median(x[key] for x in results[t]) for t in ("A", "B"))

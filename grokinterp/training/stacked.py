@@ -536,6 +536,7 @@ class StackedLoop:
             self._ns = [len(trn) for trn, _ in splits]
             self._epoch_batches: tuple[int, Any, Any] | None = None
             self._batch_weights: dict[int, Tensor] = {}  # the single executor's batch weights, by length
+            self._tokens0, self._labels0 = self._tokens[0], self.train.labels[0]  # the single executor's run
         self._batch = self.train
         # model and optimizer
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
@@ -729,7 +730,7 @@ class StackedLoop:
                 idx = batch_indices(self._seeds[0], e, self._ns[0], self.batch_size)
                 self._epoch_batches = (e, [i.to(self.device) for i in idx], None)
             i = self._epoch_batches[1][b]
-            x, y, n = self._tokens[0][i], self.train.labels[0][i], len(i)
+            x, y, n = self._tokens0.index_select(0, i), self._labels0.index_select(0, i), len(i)
             # a fast-path plan only where the step uses it (a float64 run or fast_path = false builds none)
             plan = _SinglePlan(x, FastPlan.build(self.configs[0].model, x) if self._fast else None)
             w = self._batch_weights.get(n)
