@@ -12,6 +12,14 @@ first on ``sys.path`` which measures through the public API only (the same code 
   jobs disturbs far less than wall time;
 * ``stack16``: ``grokinterp.train_stacked`` of 16 ``tiny`` runs (seeds 0..15) for ``--epochs`` epochs
   (ms per model-epoch) — issue 19's stacked target;
+* ``minibatch`` (issue 19's minibatch single-run target): ``grokinterp.train`` of the
+  ``omnigrok-digits`` preset (MLP, batches of 200, 5 steps an epoch) for ``--epochs`` epochs in float32
+  (``digits``) and float64 (``digits64``, where both trees have ``train.dtype``), and of ``tiny`` with ``batch_size=64`` (the transformer's
+  fast path, 11 steps an epoch; ``tiny_mb``), in ms per optimizer step, wall and CPU (``*_cpu``). Each
+  is preceded in its process by a 2-epoch run of the same config, so imports (transformer_lens for
+  the MLP's hooked module) and one-time allocations stay out of the figure; ``*_step_cpu``: the CPU time
+  of ``TrainLoop.step`` alone (no evaluations, checkpoints or flushes; the median of 20 chunks of 50
+  steps after 100 warm-up steps);
 * ``analysis``: ``grokinterp.progress_measures`` on a synthetic 400-checkpoint p = 113 run (the one
   of ``benchmarks/analysis_speed.py``, built once by tree A — the older tree, whose run format
   both read), key frequencies fixed.
@@ -21,6 +29,7 @@ It prints every measurement, the median per tree and the ratio B/A.
     git worktree add /tmp/old HEAD~1
     python benchmarks/ab_trees.py /tmp/old . --repeats 5
     python benchmarks/ab_trees.py /tmp/old . --what issue19 --epochs 300 --repeats 5
+    python benchmarks/ab_trees.py /tmp/old . --what minibatch --epochs 300 --repeats 6
 """
 
 from __future__ import annotations
@@ -63,6 +72,37 @@ if what in ("stack16", "issue19"):
         g.train_stacked(cfgs, [Path(tmp) / f"s{s}" for s in range(16)], progress=False)
         out["stack16"] = (time.perf_counter() - t0) / (16 * epochs) * 1e3
         out["stack16_cpu"] = (time.process_time() - c0) / (16 * epochs) * 1e3
+if what == "minibatch":
+    import dataclasses
+    cfgs = {"digits": g.make_config("omnigrok-digits", epochs=epochs, device="cpu"),
+            "tiny_mb": g.make_config("tiny", epochs=epochs, batch_size=64, device="cpu")}
+    if "dtype" in {f.name for f in dataclasses.fields(g.TrainConfig)}:  # trees before float64 (issue 22) skip it
+        cfgs["digits64"] = g.make_config("omnigrok-digits", epochs=epochs, device="cpu", dtype="float64")
+    for tag, cfg in cfgs.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            g.train(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=2)), Path(tmp) / "w",
+                    progress=False)
+            t0, c0 = time.perf_counter(), time.process_time()
+            g.train(cfg, Path(tmp) / "m", progress=False)
+            out[tag] = (time.perf_counter() - t0) / cfg.total_steps() * 1e3
+            out[tag + "_cpu"] = (time.process_time() - c0) / cfg.total_steps() * 1e3
+        # the step alone (TrainLoop.step: the same constructor and signature in trees before and after the
+        # one-trainer refactor), CPU time: the median of 20 chunks of 50 steps after 100 warm-up steps
+        import statistics, torch
+        from grokinterp.tasks import split_pairs
+        from grokinterp.training.loop import TrainLoop
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "s").mkdir()
+            k, chunks = cfg.steps_per_epoch(), []
+            scfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=1100 // k + 1))
+            loop = TrainLoop(scfg, Path(tmp) / "s", torch.device("cpu"), *split_pairs(cfg.task))
+            for s in range(1100):
+                if s >= 100 and s % 50 == 0:
+                    c0 = time.process_time()
+                loop.step(s // k, record_acc=False, step=s)
+                if s >= 100 and s % 50 == 49:
+                    chunks.append((time.process_time() - c0) / 50 * 1e3)
+            out[tag + "_step_cpu"] = statistics.median(chunks)
 if what in ("analysis", "all"):
     run = g.load_run(run_dir)
     t0 = time.perf_counter()
@@ -80,7 +120,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--checkpoints", type=int, default=400)
-    ap.add_argument("--what", choices=("all", "train", "analysis", "quick", "stack16", "issue19"), default="all")
+    ap.add_argument("--what", choices=("all", "train", "analysis", "quick", "stack16", "issue19", "minibatch"), default="all")
     args = ap.parse_args()
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
     results: dict[str, list[dict]] = {"A": [], "B": []}
@@ -98,8 +138,8 @@ def main() -> None:
                                      cwd=trees[name], env=env, check=True, capture_output=True, text=True)
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 results[name].append(res)
-                print(f"repeat {r} tree {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if k != "file"),
-                      flush=True)
+                print(f"repeat {r} tree {name}: " + ", ".join(f"{k} {v:.4g}" for k, v in res.items() if k != "file")
+                      + f" (load average {os.getloadavg()[0]:.2f})", flush=True)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from denormal_speed import cpu_name
 
@@ -107,11 +147,16 @@ def main() -> None:
     print(f"A = {trees['A']} ({results['A'][0]['file']})\nB = {trees['B']} ({results['B'][0]['file']})")
     for key, unit in (("train", "ms/epoch"), ("train_ckpt", "ms/epoch"), ("quick", "ms/epoch"),
                       ("quick_cpu", "CPU ms/epoch"), ("stack16", "ms/model-epoch"),
-                      ("stack16_cpu", "CPU ms/model-epoch"), ("analysis", "s")):
-        if key not in results["A"][0]:
+                      ("stack16_cpu", "CPU ms/model-epoch"), ("digits", "ms/step"), ("digits_cpu", "CPU ms/step"),
+                      ("digits64", "ms/step"), ("digits64_cpu", "CPU ms/step"), ("tiny_mb", "ms/step"),
+                      ("tiny_mb_cpu", "CPU ms/step"), ("digits_step_cpu", "CPU ms/step"),
+                      ("digits64_step_cpu", "CPU ms/step"), ("tiny_mb_step_cpu", "CPU ms/step"), ("analysis", "s")):
+        if key not in results["A"][0] or key not in results["B"][0]:
             continue
         a, b = (statistics.median(x[key] for x in results[t]) for t in ("A", "B"))
-        print(f"{key:11s} median A {a:9.3f} {unit}, B {b:9.3f} {unit}, B/A {b / a:.3f}")
+        lo_a, hi_a, lo_b, hi_b = (f(x[key] for x in results[t]) for t in ("A", "B") for f in (min, max))
+        print(f"{key:12s} median A {a:9.3f} {unit}, B {b:9.3f} {unit}, B/A {b / a:.3f} "
+              f"(A {lo_a:.3f}-{hi_a:.3f}, B {lo_b:.3f}-{hi_b:.3f})")
 
 
 if __name__ == "__main__":

@@ -316,3 +316,38 @@ def test_a_run_that_dies_after_a_mid_epoch_flush_resumes_from_that_step(tmp_path
     assert meta["resume_step"] == "4" and meta["resume_epoch"] == "0" and meta["flushed_upto"] == "4"
     assert g.load_run(out).epochs.tolist() == [0, 2, 4]
     assert _same(g.resume(out, progress=False), ref)
+
+
+class _PeekSingle(Callback):
+    """At the first step's end: the single executor's batch 2 and its forward over another row."""
+
+    def on_step(self, loop, epoch):
+        if epoch != 0:
+            return
+        b = loop.batch(2)
+        self.fast, self.tokens, self.labels = b.plan.fast, b.plan.tokens, b.labels[0]
+        with torch.no_grad():
+            zeros = {k: torch.zeros_like(p) for k, p in loop.params.items()}
+            self.zero_logits = loop.logits(loop.train, zeros)  # another row: not the leaves
+            self.own = loop.logits(loop.train)[0]  # the default row: the leaves the optimizer updates
+            self.plain = loop.model(loop.train.plan.tokens)[:, -1]
+        self.held = {k: id(p) for k, p in loop.model.named_parameters()} == {k: id(p) for k, p in loop.params.items()}
+
+
+@pytest.mark.parametrize("fast_path", [False, True])
+def test_the_single_executors_batch_builds_a_fast_plan_only_where_its_step_uses_one(tmp_path, fast_path):
+    cfg = _cfg(epochs=2, fast_path=fast_path)
+    peek = _PeekSingle()
+    run = g.train(cfg, tmp_path / "r", progress=False, callbacks=[peek])
+    x, y = (torch.from_numpy(a) for a in cfg.task.task().dataset().select(run.split_pairs()[0]))
+    i = batch_indices(sampler_seed(cfg), 0, len(x), cfg.train.batch_size)[2]
+    assert torch.equal(peek.tokens, x[i]) and torch.equal(peek.labels, y[i])  # batch 2 of epoch 0
+    assert (peek.fast is not None) == fast_path
+    if fast_path:  # a plan of the batch's tokens
+        from grokinterp.model.fastpath import FastPlan
+
+        want = FastPlan.build(cfg.model, x[i])
+        assert torch.equal(peek.fast.bag_idx, want.bag_idx)
+    else:  # a row other than the leaves goes through functional_call; the module keeps the leaves
+        assert peek.zero_logits.shape == (1, len(x), cfg.task.p) and not peek.zero_logits.any()
+        assert torch.equal(peek.own, peek.plain) and peek.held

@@ -535,6 +535,8 @@ class StackedLoop:
             self._seeds = [sampler_seed(c) for c in self.configs]
             self._ns = [len(trn) for trn, _ in splits]
             self._epoch_batches: tuple[int, Any, Any] | None = None
+            self._batch_weights: dict[int, Tensor] = {}  # the single executor's batch weights, by length
+            self._tokens0, self._labels0 = self._tokens[0], self.train.labels[0]  # the single executor's run
         self._batch = self.train
         # model and optimizer
         # All of a run's parameters live in one row of a flat tensor [run, n_params]: the optimizer,
@@ -559,9 +561,14 @@ class StackedLoop:
         # minibatches; the single-run executor only on its fast path and with a capturable optimizer,
         # as the single-run trainer always did), else eager.
         use_graph = device.type == "cuda" and graphs_enabled() and self.batch_size is None  # batches: eager
+        # The single executor's parameters: leaves aliasing the row flat[0] (what the optimizer updates),
+        # built once; its step differentiates them and its hooked module holds them (no functional_call).
+        self._row: dict[str, torch.nn.Parameter] = {}
         if impl == "single":
             use_graph = use_graph and self._fast and getattr(self.optimizer, "graphable", True)
             self._grad = torch.zeros_like(self.flat)  # the flat gradient, written in place every step
+            with torch.no_grad():
+                self._row = {k: torch.nn.Parameter(v[0]) for k, v in self.layout.views(self.flat.detach()).items()}
         self._graph = use_graph
         self.step_fn: Callable[[], tuple[Tensor, Tensor]] = CudaGraphStep(self._step, device) if use_graph else self._step
         # leaves whose .grad become their views of the flat gradient after each step (TrainLoop's params)
@@ -635,17 +642,29 @@ class StackedLoop:
         """The family's hooked module (imports transformer_lens: built only where it is needed)."""
         if self._model is None:
             # in the run's dtype (train.dtype; float64: the module's buffers too, as the parameters)
-            self._model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(device=self.device,
-                                                                                            dtype=self.dtype)
+            model = family_of(self.configs[0].model).hooked(self.configs[0].model).to(device=self.device,
+                                                                                       dtype=self.dtype)
+            if self.impl == "single":  # the module's parameters are the row's leaves
+                names = sorted(k for k, _ in model.named_parameters())
+                if names != sorted(self._row):
+                    raise RunError(f"{self.run_dirs[0]}: the model's parameters {names[:4]}... are not its family's "
+                                   f"param_shapes {self.layout.names[:4]}...")
+                for name, p in self._row.items():
+                    owner, _, leaf = name.rpartition(".")
+                    setattr(model.get_submodule(owner) if owner else model, leaf, p)
+            self._model = model
         return self._model
 
     # -- forward and step ----------------------------------------------------------------------------
     def _forward(self, data: _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:
-        if self.impl == "single":  # the single-run forward over the views of the one row
-            row = {k: v[0] for k, v in self.flat_views.items()} if row is None else row
+        if self.impl == "single":  # the single-run forward over the one row (default: its leaves)
+            row = self._row if row is None else row
             if data.plan.fast is not None and self._fast:
                 return final_logits(row, data.plan.fast)[None]
-            # the hooked module (transformer_lens: only where the fast path does not apply)
+            # the hooked module (transformer_lens: only where the fast path does not apply), which holds the
+            # leaves; another row goes through functional_call
+            if row is self._row:
+                return self._module()(data.plan.tokens)[:, -1][None]
             return torch.func.functional_call(self._module(), row, (data.plan.tokens,))[:, -1][None]
         return stacked_final_logits(self.flat_views, data.plan, self.impl)
 
@@ -673,7 +692,7 @@ class StackedLoop:
         host = self.device.type == "cpu" or (self.impl == "single" and not self._graph)
         self.optimizer.set_lr(self.epoch_t, self._epoch if host else None)
         if self.impl == "single":  # the single-run step: gradients where autograd writes them, then gathered
-            row = {k: v[0] for k, v in self.flat_views.items()}
+            row = self._row
             logits = self._forward(self._batch, row)
             loss = loss_function(self.loss_name)(logits[0], self._batch.labels[0])
             gs = torch.autograd.grad(loss, list(row.values()), allow_unused=True)
@@ -711,10 +730,13 @@ class StackedLoop:
                 idx = batch_indices(self._seeds[0], e, self._ns[0], self.batch_size)
                 self._epoch_batches = (e, [i.to(self.device) for i in idx], None)
             i = self._epoch_batches[1][b]
-            y = self.train.labels[0][i]
-            return _StackSet(_SinglePlan.build(self.configs[0].model, self._tokens[0][i][None]), y[None],
-                             {"train": torch.full((1, len(i)), 1.0 / len(i), dtype=torch.float64, device=self.device)},
-                             {"train": [len(i)]})
+            x, y, n = self._tokens0.index_select(0, i), self._labels0.index_select(0, i), len(i)
+            # a fast-path plan only where the step uses it (a float64 run or fast_path = false builds none)
+            plan = _SinglePlan(x, FastPlan.build(self.configs[0].model, x) if self._fast else None)
+            w = self._batch_weights.get(n)
+            if w is None:  # read by no single-run step (its loss is the mean): one tensor per batch length
+                w = self._batch_weights[n] = torch.full((1, n), 1.0 / n, dtype=torch.float64, device=self.device)
+            return _StackSet(plan, y[None], {"train": w}, {"train": [n]})
         if self._epoch_batches is None or self._epoch_batches[0] != e:
             index, weight = stacked_epoch(self._seeds, self._ns, self.batch_size, e)
             self._epoch_batches = (e, index.to(self.device), weight.to(self.device))
@@ -1059,8 +1081,7 @@ class TrainLoop(StackedLoop):
         super().__init__([config], [self.run_dir], device, [self.split], callbacks, impl="single")
         self.writer = self.writers[0]
         self.loss_fn = loss_function(config.train.loss)
-        with torch.no_grad():  # leaves aliasing the row: what the optimizer updates, the callbacks see
-            self._params = {k: torch.nn.Parameter(v[0]) for k, v in self.layout.views(self.flat.detach()).items()}
+        self._params = self._row  # leaves aliasing the row: what the optimizer updates, the callbacks see
         assert self._grad is not None
         self._leaf_grads = [(p, g[0]) for p, g in zip(self._params.values(), self.layout.views(self._grad).values())]
         n_test = len(self.split[1])
@@ -1090,19 +1111,6 @@ class TrainLoop(StackedLoop):
     def model(self) -> torch.nn.Module:
         """The family's hooked module over the run's parameters (imports transformer_lens on first use)."""
         return self._module()
-
-    def _module(self) -> torch.nn.Module:
-        if self._model is None:
-            model = super()._module()
-            names = sorted(k for k, _ in model.named_parameters())
-            if names != sorted(self._params):
-                raise RunError(f"{self.run_dir}: the model's parameters {names[:4]}... are not its family's "
-                               f"param_shapes {self.layout.names[:4]}...")
-            for name, p in self._params.items():  # the module's parameters are the run's leaves
-                owner, _, leaf = name.rpartition(".")
-                setattr(model.get_submodule(owner) if owner else model, leaf, p)
-        assert self._model is not None
-        return self._model
 
     def logits(self, data: RunData | _StackSet, row: dict[str, Tensor] | None = None) -> Tensor:  # type: ignore[override]
         """The run's final-position logits ``[n, vocab]`` on ``data`` (a :class:`RunData`)."""
