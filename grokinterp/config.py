@@ -688,6 +688,11 @@ class TrainConfig:
         _require(self.sampler_seed is None or (is_int(self.sampler_seed) and 0 <= self.sampler_seed <= LIMITS.init_seed),
                  "train.sampler_seed", f"must be an integer in [0, {LIMITS.init_seed}] (or unset)", self.sampler_seed)
 
+    @property
+    def value_bytes(self) -> int:
+        """Bytes per parameter, gradient, optimizer-state and activation value (``dtype``): 4 or 8."""
+        return 8 if self.dtype == "float64" else 4
+
     def lr_at(self, epoch: int, total: int | None = None) -> float:
         """Learning rate of the step that takes the model from ``epoch`` to ``epoch + 1``.
 

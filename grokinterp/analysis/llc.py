@@ -532,6 +532,14 @@ def _run_pieces(run, device):
     return fam.forward, mc, tokens.to(device), labels.to(device), run.config.train.loss
 
 
+def _default_chunk(mc, config: SGLDConfig, n: int) -> int:
+    """Checkpoints per stacked computation that keep the ``K C`` models' batch activations under ~1 GB."""
+    from ..model.families import family_of
+
+    per_run = family_of(mc).activation_bytes(mc) * config.batch(n)
+    return max(1, int(1e9 // max(per_run * config.chains, 1)))
+
+
 def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None, device: str | torch.device = "cpu",
                          chunk: int | None = None, warn: bool = True, progress: Callable[[int, int], None] | None = None
                          ) -> pd.DataFrame:
@@ -564,10 +572,7 @@ def llc_over_checkpoints(run, config: SGLDConfig = SGLDConfig(), *, epochs=None,
     n = len(labels)
     loss = model_loss_fn(forward, mc, tokens, labels, loss_name)
     if chunk is None:
-        from ..model.families import family_of
-
-        per_run = family_of(mc).activation_bytes(mc) * config.batch(n)
-        chunk = max(1, int(1e9 // max(per_run * config.chains, 1)))
+        chunk = _default_chunk(mc, config, n)
     out = []
     for i in range(0, len(eps), chunk):
         part = eps[i: i + chunk]
@@ -648,9 +653,7 @@ def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: 
     if not order:
         raise AnalysisError("epochs: the selection is empty")
     if chunk is None:
-        from ..model.families import family_of
-
-        chunk = max(1, int(1e9 // max(family_of(mc).activation_bytes(mc) * config.batch(n) * config.chains, 1)))
+        chunk = _default_chunk(mc, config, n)
     C = config.chains
     frames, parts = [], []
     for i in range(0, len(order), chunk):

@@ -73,7 +73,7 @@ def estimate(config: RunConfig, checkpoints_left: int | None = None) -> Estimate
     n_train = int(round(n_pairs * float(config.task.frac_train))) + 1
     if tc.batch_size is not None:  # a minibatch step's activations; the full-set evaluation has no backward
         n_train = min(n_train, int(tc.batch_size))
-    b = 8 if tc.dtype == "float64" else 4  # bytes per value (train.dtype)
+    b = tc.value_bytes  # bytes per value (train.dtype)
     per_example = family_of(m).activation_bytes(m) * (b // 4)  # hooked forward + backward, logits and the loss
     if checkpoints_left is None:
         checkpoints_left = len(config.checkpoint_epochs())

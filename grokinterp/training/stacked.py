@@ -1151,7 +1151,7 @@ def stack_memory_bytes(config: RunConfig, n_examples: int, impl: str = "tables")
     state, checkpoint buffer, the forward's tables and per-example activations (with backward)."""
     mc = config.model
     P = n_params(mc)
-    b = 8 if config.train.dtype == "float64" else 4  # bytes per parameter and activation value (train.dtype)
+    b = config.train.value_bytes  # bytes per parameter and activation value (train.dtype)
     if getattr(mc, "family", "transformer") != "transformer":  # the family's own estimate (generic forward)
         per_ex = family_of(mc).activation_bytes(mc) * (b // 4)
         return int(1.3 * (b * P * (4 + config.checkpoints.flush_every) + 8 * 5 * (config.train.epochs + 1)
