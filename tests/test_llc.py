@@ -530,3 +530,17 @@ def test_llc_over_runs_names_a_bad_epochs_or_order_argument(tmp_path):
                       (dict(epochs=[1]), "epochs"), (dict(epochs=[[1], [2]]), "epochs")]:
         with pytest.raises(AnalysisError, match=rf"^{field}:"):
             llc_over_runs([run], cfg, **kw)
+
+
+def test_llc_warnings_name_the_run_of_each_unreliable_estimate():
+    """``llc_over_runs`` mixes runs whose epochs coincide: its warning names ``run j @ epoch``, not the epoch alone."""
+    from types import SimpleNamespace
+
+    from grokinterp.analysis.llc import _warn
+
+    result = SimpleNamespace(flags=[[], ["rhat"], ["acceptance", "rhat"]])
+    with pytest.warns(LLCWarning, match=r"2 of 3 estimate\(s\) unreliable: run 1 @ 100 \(rhat\), run 0 @ 100 "
+                                        r"\(acceptance;rhat\)"):
+        _warn(result, [100, 100, 100], [0, 1, 0])
+    with pytest.warns(LLCWarning, match=r"unreliable: 200 \(rhat\), 300 "):
+        _warn(result, [100, 200, 300])

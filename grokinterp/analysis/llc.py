@@ -31,6 +31,10 @@ Every rule, stated (devinterp 1.3's where it has one):
   and batches at every checkpoint (common random numbers): each checkpoint's chains are valid SGLD
   chains, an estimate does not depend on which other checkpoints share its stack (chunking changes
   nothing but float rounding), and differences between checkpoints have less noise.
+- **Precision**: the chains run in float32 whatever the run's ``train.dtype``: a ``float64`` run's
+  checkpoints are read as float32 (as its hooked model is), w* is that rounded point, and the loss sums
+  (``L_n(w*)``, the MALA energies) are accumulated in float64. Float32's relative rounding (≈ 6e-8) is far
+  below the SGLD noise of any useful ε.
 
 Diagnostics (every estimate; :data:`LLC_FLAGS`), which mark an estimate unreliable
 (``llc_reliable = False``, the reasons in ``llc_flags``, and an :class:`LLCWarning`) rather than
@@ -499,8 +503,10 @@ def sample_llc(params: dict[str, Tensor], loss_fn: LossFn, n: int, config: SGLDC
     return LLCResult(llc, init_np, tr, acc, rhat, nbeta, c, P_, time.perf_counter() - t0)
 
 
-def _warn(result: LLCResult, epochs: Sequence[int]) -> None:
-    bad = [(int(e), f) for e, f in zip(epochs, result.flags) if f]
+def _warn(result: LLCResult, epochs: Sequence[int], runs: Sequence[int] | None = None) -> None:
+    """One :class:`LLCWarning` naming the unreliable estimates by epoch (``run j @ epoch`` with ``runs``)."""
+    where = [str(int(e)) for e in epochs] if runs is None else [f"run {int(j)} @ {int(e)}" for j, e in zip(runs, epochs)]
+    bad = [(e, f) for e, f in zip(where, result.flags) if f]
     if bad:
         shown = ", ".join(f"{e} ({';'.join(f)})" for e, f in bad[:5]) + (" …" if len(bad) > 5 else "")
         warnings.warn(f"LLC: {len(bad)} of {len(result.flags)} estimate(s) unreliable: {shown}", LLCWarning,
@@ -680,7 +686,7 @@ def llc_over_runs(runs: Sequence, config: SGLDConfig = SGLDConfig(), *, epochs: 
     merged = _merge(parts)
     out.attrs["llc"] = {**asdict(config), "nbeta_used": merged.nbeta, "seconds": float(merged.seconds)}
     if warn:
-        _warn(merged, out["epoch"].tolist())
+        _warn(merged, out["epoch"].tolist(), out["run"].tolist())
     return out
 
 
