@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--margin", type=int, default=10, help="epochs a stack holds ≥ 99 %% test accuracy before it stops")
     ap.add_argument("--baseline-eval-every", type=int, default=5, help="epochs between the baseline's evaluations")
     ap.add_argument("--max-minutes", type=float, default=None, help="stop each stack after this much wall time")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, ... (the device is part of a run's config: give "
+                    "runs on another device their own --runs-dir, since a run found there with another config is "
+                    "trained anew)")
     ap.add_argument("--report-only", action="store_true", help="train nothing; summarise the runs on disk")
     ap.add_argument("--runs-dir", type=Path, default=Path("checkpoints/study_grokfast_lee"))
     ap.add_argument("--out", type=Path, default=Path("analyses/results/grokfast_lee"))
@@ -74,7 +77,8 @@ def configs(args, arm: str):
     seeds = (args.baseline_seeds or args.seeds) if arm == "baseline" else args.seeds
     more = {"eval_every": args.baseline_eval_every} if arm == "baseline" else {}
     for seed in seeds:
-        cfg = gi.make_config(preset, epochs=epochs, init_seed=seed, split_seed=seed, device="cpu", **extra, **more)
+        cfg = gi.make_config(preset, epochs=epochs, init_seed=seed, split_seed=seed, device=args.device, **extra,
+                             **more)
         yield seed, cfg, args.runs_dir / f"{arm}-s{seed}"
 
 

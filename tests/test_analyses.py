@@ -15,7 +15,7 @@ PY = sys.executable
 
 @pytest.mark.parametrize("script", ["progress_measures_paper.py", "train_fraction.py", "phase_dates.py",
                                     "seed_statistics.py", "phase_diagram.py", "clock_pizza.py", "sub_terms.py",
-                                    "grokfast_lee.py"])
+                                    "grokfast_lee.py", "semi_grokking.py"])
 def test_help(script):
     res = subprocess.run([PY, str(ROOT / "analyses" / script), "--help"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "usage" in res.stdout.lower()
@@ -158,3 +158,38 @@ def test_llc_paper_a_malformed_sampler_exits_2_naming_it(tmp_path, bad):
     assert res.returncode == 2, res.stderr
     assert "--sampler" in res.stderr and bad.split("=")[0] in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_semi_grokking_hysteresis_on_planted_results(tmp_path):
+    """Planted runs.csv files: the per-size medians, the thresholds (smallest D from which every larger D has a
+    median ≥ 95 %) and the middling runs come out as planted; a bad --scratch exits 2 and writes nothing."""
+    import pandas as pd
+
+    scratch, ung = tmp_path / "scratch", tmp_path / "ung"
+    scratch.mkdir()
+    ung.mkdir()
+    rows = [(400, s, a) for s, a in enumerate([0.01, 0.02, 0.01])] + [(900, s, a) for s, a in enumerate([0.3, 0.97, 0.99])] \
+        + [(1300, s, 1.0) for s in range(3)]
+    pd.DataFrame([{"D": D, "kind": k, "seed": s, "test_acc": a if k == "generalizing" else 0.0, "train_acc": 1.0}
+                  for D, s, a in rows for k in ("generalizing", "memorizing")]).to_csv(scratch / "runs.csv", index=False)
+    pd.DataFrame([{"D_prime": D, "weight_decay": 1.0, "seed": s, "test_acc": a, "train_acc": 1.0,
+                   "test_acc_parent_test": a}
+                  for D, acc in [(250, [0.5, 0.6, 0.4]), (400, [0.99, 0.98, 1.0])] for s, a in enumerate(acc)]
+                 ).to_csv(ung / "runs.csv", index=False)
+    out = tmp_path / "out"
+    script = str(ROOT / "analyses" / "semi_grokking.py")
+    res = subprocess.run([PY, script, "--scratch", f"{scratch}:1500", "--ungrok", str(ung), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["thresholds_median_95"] == {"from scratch, 1,500 epochs": 900, "ungrokking, weight decay 1": 400}
+    table = pd.read_csv(out / "hysteresis.csv")
+    got = table.set_index(["condition", "D"])["median"]
+    assert got[("from scratch, 1,500 epochs", 900)] == 0.97 and got[("ungrokking, weight decay 1", 250)] == 0.5
+    mid = pd.read_csv(out / "middling.csv")
+    assert sorted(mid["test_acc"]) == [0.3, 0.4, 0.5, 0.6]  # memorizing rows are not read; 0.97 is not middling
+    for bad in ([f"{scratch}"], [f"{tmp_path / 'nope'}:10"]):
+        res = subprocess.run([PY, script, "--scratch", *bad, "--ungrok", str(ung), "--out", str(tmp_path / "o2")],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "--scratch" in res.stderr and "Traceback" not in res.stderr
+        assert not (tmp_path / "o2").exists()
