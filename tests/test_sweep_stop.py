@@ -236,3 +236,25 @@ def test_power_study_specs_follow_their_batch_rule_and_step_budget():
     assert ops == {"add", "sub", "mul", "div", "div_odd_sub", "x2_y2", "x2_xy_y2", "x2_xy_y2_x", "x3_xy", "x3_xy2_y",
                    "S5", "S5_conj", "S5_xyx"}
     assert sorted(fracs) == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+
+
+def test_a_zip_axis_may_repeat_values_but_not_rows():
+    base = {"preset": "tiny", "fixed": {"epochs": 4}, "seeds": [0]}
+    spec = SweepSpec.from_dict({**base, "zip": {"frac_train": [0.5, 0.7], "batch_size": [64, 64]}})
+    assert [p.config.train.batch_size for p in spec.points()] == [64, 64]
+    with pytest.raises(ConfigError, match=r"zip: row 1 \(frac_train = 0.5, batch_size = 64\) repeats an earlier row"):
+        SweepSpec.from_dict({**base, "zip": {"frac_train": [0.5, 0.5], "batch_size": [64, 64]}})
+    with pytest.raises(ConfigError, match="zip.frac_train: repeated values"):
+        SweepSpec.from_dict({**base, "zip": {"frac_train": [0.5, 0.5]}})
+
+
+def test_minibatch_schedules_are_thinned_over_their_steps():
+    from grokinterp.sweeps.plan import MIN_CHECKPOINTS, fit_schedules
+
+    cfg = g.make_config("power", frac_train=0.5, epochs=10_000)  # 10 steps an epoch, a checkpoint every 250 steps
+    assert cfg.checkpoint_unit() == "step" and len(cfg.checkpoint_epochs()) > 400
+    fit = fit_schedules([cfg] * 4, 1e6)  # far too small: every run keeps the fewest checkpoints
+    for c in fit.configs:
+        n = len(c.checkpoint_epochs())
+        assert MIN_CHECKPOINTS // 2 <= n <= MIN_CHECKPOINTS + c.checkpoints.log_early + 2, n
+    assert "steps" in fit.note
