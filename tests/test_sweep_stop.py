@@ -258,3 +258,26 @@ def test_minibatch_schedules_are_thinned_over_their_steps():
         n = len(c.checkpoint_epochs())
         assert MIN_CHECKPOINTS // 2 <= n <= MIN_CHECKPOINTS + c.checkpoints.log_early + 2, n
     assert "steps" in fit.note
+
+
+def test_power_fractions_restricts_the_study_specs_into_derived_sweeps(monkeypatch):
+    import argparse
+    import importlib
+
+    root = SPECS[0].parents[2]
+    monkeypatch.syspath_prepend(str(root / "analyses"))
+    pf = importlib.import_module("power_fractions")
+    ns = argparse.Namespace(ops="add,div", fracs=[0.8], seeds=[0, 1], steps=300, workers=None, max_stack=2)
+    got = {p.stem: pf.derived_spec(p, ns) for p in pf.SPECS}
+    assert got["power_study_s5"] is None  # nothing of it is asked for
+    doc, name = got["power_study_p97"]
+    assert name.startswith("power_study_p97-") and doc["grid"]["operation"] == ["add"] and doc["seeds"] == [0, 1]
+    assert doc["zip"] == {"frac_train": [0.8], "batch_size": [512], "epochs": [20], "eval_every": [7]}  # 15 steps/epoch
+    assert doc["stop"] == RULE and doc["options"]["max_stack"] == 2
+    pts = SweepSpec.from_dict(doc).points()
+    assert [p.config.total_steps() for p in pts] == [300, 300]
+    assert got["power_study_div"][0]["grid"]["operation"] == ["div"]
+    # the same restriction names the same directory (a second invocation resumes it); no restriction: the spec's stem
+    assert pf.derived_spec(pf.SPECS[0], ns)[1] == name
+    full = argparse.Namespace(ops=None, fracs=None, seeds=None, steps=None, workers=None, max_stack=None)
+    assert pf.derived_spec(pf.SPECS[0], full)[1] == "power_study_p97"
