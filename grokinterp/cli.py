@@ -391,7 +391,10 @@ def build_parser(preset: str = DEFAULT_PRESET) -> argparse.ArgumentParser:
     s.add_argument("--max-disk-gb", type=float, metavar="X",
                    help="disk budget; checkpoint schedules are thinned to fit (default 20)")
     s.add_argument("--keep-checkpoints", action="store_true", help="never thin the checkpoint schedules")
-    s.add_argument("--dry-run", action="store_true", help="print the plan (runs, stacks, disk) and write nothing")
+    s.add_argument("--dry-run", action="store_true", help="print the plan (runs, stacks, disk, cost) and write nothing")
+    s.add_argument("--max-minutes", type=float, metavar="M", help="wall-clock budget of this invocation: running "
+                   "stacks stop cleanly (flushed, resumable) after M minutes and no new one starts")
+    s.add_argument("--until", metavar="HH:MM", help="the same budget as a UTC time of day (the next such time)")
     s.add_argument("--overwrite", action="store_true", help="replace a different sweep found in --out")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_config_flags(s, preset)
@@ -899,7 +902,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         args.out = out  # for the resume hint, should the command run out of memory
     from .sweeps.driver import execute_plan, plan_sweep
     from .sweeps.executor import executor_for
+    from .sweeps.stop import deadline_from
 
+    deadline = deadline_from(args.max_minutes, args.until)  # a bad value: ConfigError (exit 2) before anything
     plan = plan_sweep(spec, out, overwrite=args.overwrite, **options)
     if args.dry_run:
         print("\n".join(plan.describe()))
@@ -909,9 +914,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     executor = executor_for(plan.spec.options)
     if args.no_progress:
         print("\n".join(plan.describe()), flush=True)
-    sw = execute_plan(plan, executor, progress=not args.no_progress)
+    sw = execute_plan(plan, executor, progress=not args.no_progress, deadline=deadline)
     st = sw.status()
-    print(f"sweep: {sw.path}: {int(st['finished'].sum())} of {_count(len(st), 'run')} finished")
+    stopped = int(st["stopped"].sum()) if len(st) else 0
+    print(f"sweep: {sw.path}: {int(st['finished'].sum())} of {_count(len(st), 'run')} finished"
+          + (f", {stopped} stopped by the stop rule (done)" if stopped else "")
+          + ("" if sw.finished else f"; {int((~st['done']).sum())} not done: continue with "
+                                    f"`grokinterp sweep --resume {sw.path}`"))
     print(f"  runs in {sw.path / 'runs'}; table and report: grokinterp sweep-report {sw.path}")
     return 0
 

@@ -181,7 +181,7 @@ def test_rerunning_skips_finished_runs_and_resumes_interrupted_ones(tmp_path):
     st = sw.status().set_index("name")
     assert not st.loc[first, "finished"] and 0 < st.loc[first, "epochs_done"] < EPOCHS
     plan = plan_sweep(out)
-    assert plan.counts() == {"new": 3, "unfinished": 1, "finished": 0}
+    assert plan.counts() == {"new": 3, "unfinished": 1, "finished": 0, "stopped": 0}
     assert [j.kind for j in plan.jobs].count("resume") == 1
     mtimes = {}
     sw = g.sweep(out, progress=False)  # the directory alone resumes it

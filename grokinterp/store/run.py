@@ -279,7 +279,21 @@ class Run:
         written = prog.get("checkpoints_written", 0)
         if not isinstance(written, int) or isinstance(written, bool) or written < 0:
             raise RunError(f"{path}: 'checkpoints_written' must be a non-negative integer, got {written!r}")
+        stopped = prog.get("stopped")
+        if stopped is not None and not (isinstance(stopped, dict) and all(
+                isinstance(stopped.get(k), int) and not isinstance(stopped.get(k), bool) and stopped[k] >= 0
+                for k in ("epoch", "step"))):
+            raise RunError(f"{path}: 'stopped' must be an object with non-negative integers 'epoch' and 'step', "
+                           f"got {stopped!r}")
         return prog
+
+    @property
+    def stopped(self) -> dict[str, Any] | None:
+        """The ``stopped`` record of ``progress.json``: the run was stopped early by a rule (a sweep's
+        ``[stop]``) at ``epoch`` / ``step``, and counts as done; ``None`` for every other run (finished,
+        interrupted, or written before the record existed). Resuming the run drops it."""
+        rec = self.progress.get("stopped")
+        return None if self.finished or rec is None else dict(rec)
 
     @property
     def finished(self) -> bool:
@@ -743,6 +757,7 @@ class Run:
             "device": (self.info.get("device") or {}).get("type"),
             "torch_threads": (self.info.get("device") or {}).get("torch_threads"),
             "finished": self.finished,
+            **({"stopped": self.stopped} if self.stopped is not None else {}),
             "epoch_reached": self.progress.get("epoch"),
             "epochs_total": self.config.train.epochs,
             "n_checkpoints": int(len(self.epochs)),

@@ -8,8 +8,9 @@ A sweep directory::
       runs/<point name>/  one ordinary run directory per point (load_run, verify, --resume all work)
       analysis/           cached per-run analysis rows of the sweep table (derived, may be deleted)
 
-Running a sweep again (the same spec, or the directory alone) skips finished runs, resumes
-interrupted ones and trains the rest. Everything is checked before anything is written: the spec
+Running a sweep again (the same spec, or the directory alone) skips finished runs (and runs the
+spec's stop rule ended: :mod:`grokinterp.sweeps.stop`), resumes interrupted ones and trains the rest.
+A wall-clock budget (``deadline``) stops the running stacks cleanly and starts no new one. Everything is checked before anything is written: the spec
 and every point's config, the registries (optimizer, gradient transforms), the device, runs already
 in the directory (same config?) and the free disk space.
 
@@ -22,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import time
@@ -63,7 +66,7 @@ class PlannedRun:
     values: dict[str, Any]
     config: RunConfig
     run_dir: Path
-    state: str  # "new", "unfinished" or "finished"
+    state: str  # "new", "unfinished", "finished" or "stopped" (by the spec's stop rule: done)
     epoch: int = 0  # loop epochs already flushed
 
 
@@ -82,17 +85,33 @@ class SweepPlan:
     notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        out = {"new": 0, "unfinished": 0, "finished": 0}
+        out = {"new": 0, "unfinished": 0, "finished": 0, "stopped": 0}
         for r in self.runs:
             out[r.state] += 1
         return out
+
+    def cost(self) -> dict[str, int]:
+        """What the sweep costs at most (every run to its budget): ``runs``, ``model_steps`` (optimizer
+        steps summed over the runs), ``model_epochs``; and what is left (``*_left``: new and unfinished runs)."""
+        left = [r for r in self.runs if r.state in ("new", "unfinished")]
+        return {"runs": len(self.runs), "model_steps": sum(r.config.total_steps() for r in self.runs),
+                "model_epochs": sum(r.config.train.epochs for r in self.runs), "runs_left": len(left),
+                "model_steps_left": sum(r.config.total_steps() - min(r.epoch, r.config.train.epochs)
+                                        * r.config.steps_per_epoch() for r in left)}
 
     def describe(self) -> list[str]:
         """Lines for the user: runs, jobs, stacks, disk."""
         c = self.counts()
         stacks = [j for j in self.jobs if j.stacked]
-        lines = [f"sweep {self.path}: {_count(len(self.runs), 'run')} ({c['finished']} finished, {c['unfinished']} to resume, "
-                 f"{c['new']} to train)"]
+        lines = [f"sweep {self.path}: {_count(len(self.runs), 'run')} ({c['finished']} finished, "
+                 + (f"{c['stopped']} stopped by the rule, " if c["stopped"] else "")
+                 + f"{c['unfinished']} to resume, {c['new']} to train)"]
+        cost = self.cost()
+        lines.append(f"  cost: {cost['model_steps']:,} model-steps ({cost['model_epochs']:,} model-epochs) at every "
+                     f"run's budget; {cost['model_steps_left']:,} model-steps left in {_count(cost['runs_left'], 'run')}"
+                     + ("; the stop rule ends stacks early" if self.spec.stop is not None else ""))
+        if self.spec.stop is not None:
+            lines.append(f"  stop rule: {self.spec.stop.describe()}")
         if self.jobs:
             sizes = sorted({len(j.run_dirs) for j in stacks})
             lines.append(f"  {_count(len(self.jobs), 'job')}: {_count(len(stacks), 'stack')}"
@@ -111,7 +130,7 @@ class SweepPlan:
 
     @property
     def model_epochs_done(self) -> int:
-        return sum(r.epoch for r in self.runs)
+        return sum(r.config.train.epochs + 1 if r.state == "stopped" else r.epoch for r in self.runs)
 
 
 # -- reading and writing sweep.json --------------------------------------------------------------------
@@ -174,7 +193,19 @@ def _run_state(run_dir: Path, config: RunConfig) -> tuple[str, int]:
         raise RunError(f"{run_dir}: holds a run with a different config than this sweep's point; the sweep "
                        f"directory was changed by hand (move the run away to retrain it)")
     done = epochs_done(run_dir)
-    return ("finished" if done >= config.train.epochs + 1 else "unfinished"), done
+    if done >= config.train.epochs + 1:
+        return "finished", done
+    return ("stopped" if stop_record(run_dir) is not None else "unfinished"), done
+
+
+def stop_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``stopped`` record of a run's ``progress.json`` (the sweep's stop rule ended it: done), or ``None``."""
+    try:
+        prog = json.loads((Path(run_dir) / layout.PROGRESS_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    rec = prog.get("stopped") if isinstance(prog, dict) and not prog.get("finished") else None
+    return rec if isinstance(rec, dict) else None
 
 
 def _resolve(spec: Any, out: str | os.PathLike | None) -> tuple[SweepSpec, Path]:
@@ -316,7 +347,7 @@ def _jobs(spec: SweepSpec, runs: list[PlannedRun]) -> tuple[list[Job], int]:
 
 
 def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor | str | None = None,
-          progress: bool = True, overwrite: bool = False, **options: Any) -> "Sweep":
+          progress: bool = True, overwrite: bool = False, deadline: float | None = None, **options: Any) -> "Sweep":
     """Train every run of a sweep (skipping finished ones, resuming interrupted ones); returns the :class:`Sweep`.
 
     Args:
@@ -327,6 +358,8 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
             ``"ray"`` (default: ``options.executor``, local).
         progress: one progress bar for the sweep (and the plan printed above it).
         overwrite: replace a different sweep found in ``out``.
+        deadline: wall-clock time (``time.time()``; :func:`~grokinterp.sweeps.stop.deadline_from`) at
+            which running stacks stop (flushed, resumable) and no new job starts; ``None``: no limit.
         **options: :class:`~grokinterp.sweeps.spec.SweepOptions` overrides (``max_stack=8``,
             ``workers=2`` for two local worker processes, ...).
 
@@ -340,12 +373,15 @@ def sweep(spec: Any, out: str | os.PathLike | None = None, *, executor: Executor
     plan = plan_sweep(spec, out, overwrite=overwrite, **options)
     if executor is None:
         executor = executor_for(plan.spec.options)
-    return execute_plan(plan, executor, progress=progress)
+    return execute_plan(plan, executor, progress=progress, deadline=deadline)
 
 
-def execute_plan(plan: SweepPlan, executor: Executor, *, progress: bool = True) -> "Sweep":
-    """Write the sweep manifest (new sweeps) and run the plan's jobs on ``executor``."""
+def execute_plan(plan: SweepPlan, executor: Executor, *, progress: bool = True,
+                 deadline: float | None = None) -> "Sweep":
+    """Write the sweep manifest (new sweeps) and run the plan's jobs on ``executor`` (until ``deadline``)."""
     path = plan.path
+    stop = plan.spec.stop.to_dict() if plan.spec.stop is not None else None
+    jobs = [dataclasses.replace(j, stop=stop, deadline=deadline) for j in plan.jobs]
     if plan.stored is None:
         if path.exists() and (path / SWEEP_JSON).exists():  # overwrite: a readable sweep, replaced
             shutil.rmtree(path)
@@ -354,12 +390,18 @@ def execute_plan(plan: SweepPlan, executor: Executor, *, progress: bool = True) 
             layout.write_json_atomic(path / SWEEP_JSON, _sweep_json(plan))
         except OSError as e:
             raise RunError(f"{path}: cannot create the sweep directory ({e.strerror or e})") from e
+    counts = plan.counts()
     bar = SweepProgress(plan.model_epochs_total, plan.model_epochs_done, len(plan.runs),
-                        plan.counts()["finished"], enabled=progress)
+                        counts["finished"] + counts["stopped"], enabled=progress)
     try:
         for line in plan.describe():
             bar.write(line)
-        results: list[JobResult] = executor.run(plan.jobs, bar) if plan.jobs else []
+        results: list[JobResult] = executor.run(jobs, bar) if jobs else []
+        cut = sum(len(r.run_dirs) for r in results if r.ok and r.stopped == "deadline")
+        unstarted = sum(len(r.run_dirs) for r in results if r.ok and r.stopped == "not_started")
+        if cut or unstarted:
+            bar.write(f"wall-clock budget reached: {_count(cut, 'run')} stopped (flushed), {_count(unstarted, 'run')} "
+                      f"not started; continue with `grokinterp sweep --resume {path}`")
     finally:
         bar.close()
     failed = [r for r in results if not r.ok]
@@ -414,20 +456,27 @@ class Sweep:
         return out
 
     def status(self) -> pd.DataFrame:
-        """One row per point: its varied values, the run directory, epochs flushed, finished or not."""
+        """One row per point: its varied values, the run directory, epochs flushed, finished or not,
+        ``stopped`` by the spec's stop rule (then ``stopped_epoch`` / ``stopped_step``: where it stopped),
+        and ``done`` (finished or stopped: running the sweep again does not train it)."""
         rows = []
         for p in self.points:
             d = self.path / p["run"]
             cfg = RunConfig.from_dict(p["config"])
             done = epochs_done(d)
+            finished = done >= cfg.train.epochs + 1
+            rec = None if finished else stop_record(d)
             rows.append({"name": p["name"], **p.get("values", {}), "run": str(d),
                          "epochs_done": max(done - 1, 0) if done else 0, "epochs": cfg.train.epochs,
-                         "finished": done >= cfg.train.epochs + 1})
+                         "finished": finished, "stopped": rec is not None,
+                         "stopped_epoch": rec.get("epoch") if rec else None,
+                         "stopped_step": rec.get("step") if rec else None, "done": finished or rec is not None})
         return pd.DataFrame(rows)
 
     @property
     def finished(self) -> bool:
-        return bool(self.status()["finished"].all()) if self.points else True
+        """Every run done: finished, or stopped by the spec's stop rule."""
+        return bool(self.status()["done"].all()) if self.points else True
 
     def table(self, **kwargs: Any) -> pd.DataFrame:
         """One row per run with its numbers (:func:`grokinterp.sweeps.table.sweep_table`)."""
@@ -438,7 +487,8 @@ class Sweep:
     def __repr__(self) -> str:
         st = self.status()
         return (f"Sweep({str(self.path)!r}: {_count(len(self.points), 'run')} over {', '.join(self.axes) or 'no axes'}, "
-                f"{int(st['finished'].sum()) if len(st) else 0} finished)")
+                f"{int(st['finished'].sum()) if len(st) else 0} finished"
+                + (f", {int(st['stopped'].sum())} stopped by the rule" if len(st) and st["stopped"].any() else "") + ")")
 
 
 def load_sweep(path: str | os.PathLike) -> Sweep:

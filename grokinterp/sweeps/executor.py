@@ -10,6 +10,11 @@ An executor takes the :class:`~grokinterp.sweeps.plan.Job` s of a sweep and runs
   must be on a filesystem all nodes share, at the same path. Progress is read from the runs'
   ``progress.json`` files.
 
+A sweep's stop rule (:mod:`grokinterp.sweeps.stop`) and wall-clock deadline travel with each job
+(``Job.stop``, ``Job.deadline``): a stack the rule stops is a job that ended well (its runs count as
+done); one the deadline stops ends with ``stopped = "deadline"`` (its runs flushed and resumable), and a
+job whose deadline passed before it started does not start (``stopped = "not_started"``).
+
 A job that fails does not stop the others: its error is recorded, the sweep raises at the end
 naming the failed runs, and running the sweep again retries them (finished runs are skipped,
 interrupted ones resumed). Ctrl-C or SIGTERM stops the sweep at once, on either executor: every run
@@ -38,6 +43,7 @@ from ..training.callbacks import Callback
 from ..training.loop import TrainingInterrupted, stop_on_signals
 from ..training.stacked import max_stack_size, resume_stacked, train_stacked
 from .plan import Job
+from .stop import DeadlineCallback, StopRule, StopRuleCallback
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor",
            "executor_for", "SweepInterrupted"]
@@ -45,13 +51,19 @@ __all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgre
 
 @dataclass(frozen=True)
 class JobResult:
-    """How a job ended: ``ok``, or the ``error`` (one line) and ``detail`` (traceback)."""
+    """How a job ended: ``ok``, or the ``error`` (one line) and ``detail`` (traceback).
+
+    ``stopped``: ``None`` (trained to the end), ``"rule"`` (the sweep's stop rule ended a stack of it:
+    its runs are done), ``"deadline"`` (the wall-clock budget stopped it: flushed, resumable) or
+    ``"not_started"`` (the deadline had passed before it started).
+    """
 
     run_dirs: tuple[str, ...]
     ok: bool
     seconds: float
     error: str | None = None
     detail: str | None = None
+    stopped: str | None = None
 
 
 class SweepProgress:
@@ -112,28 +124,51 @@ def run_job(job: Job, on_epochs: Callable[[int], None] | None = None) -> JobResu
     """Run one job in this process; returns how it ended (failures are caught and described;
     Ctrl-C / SIGTERM propagate after the runs flushed)."""
     t0 = time.perf_counter()
+    if job.deadline is not None and time.time() >= job.deadline:
+        return JobResult(job.run_dirs, True, 0.0, stopped="not_started")
     cbs = [_EpochCounter(on_epochs)] if on_epochs else []
+    rule = StopRule.from_dict(job.stop) if job.stop is not None else None
+    ends: list[str] = []
+
+    def guarded(fn: Callable[[list[Callback]], Any]) -> None:
+        """``fn(callbacks)`` with a fresh stop rule and deadline (one per stack); their stops are not errors."""
+        extra: list[Any] = ([StopRuleCallback(rule)] if rule is not None else []) + \
+            ([DeadlineCallback(job.deadline)] if job.deadline is not None else [])
+        try:
+            fn(cbs + extra)
+        except TrainingInterrupted:
+            if any(isinstance(c, StopRuleCallback) and c.fired for c in extra):
+                ends.append("rule")
+            elif any(isinstance(c, DeadlineCallback) and c.fired for c in extra):
+                ends.append("deadline")
+            else:
+                raise  # Ctrl-C / SIGTERM: stop the sweep
+
     try:
         if job.stacked:
             if job.kind == "resume":
-                resume_stacked(job.run_dirs, progress=False, callbacks=cbs)
+                guarded(lambda c: resume_stacked(job.run_dirs, progress=False, callbacks=c))
             else:
                 configs = [RunConfig.from_dict(c) for c in job.configs]
                 size = max_stack_size(configs[0])  # this machine's memory decides (a Ray worker's own)
                 for i in range(0, len(configs), size):
-                    train_stacked(configs[i: i + size], job.run_dirs[i: i + size], progress=False, preset=job.preset,
-                                  callbacks=cbs)
+                    if job.deadline is not None and time.time() >= job.deadline:
+                        ends.append("deadline")
+                        break
+                    guarded(lambda c, i=i: train_stacked(configs[i: i + size], job.run_dirs[i: i + size],
+                                                         progress=False, preset=job.preset, callbacks=c))
         elif job.kind == "resume":
-            resume(job.run_dirs[0], progress=False, callbacks=cbs)
+            guarded(lambda c: resume(job.run_dirs[0], progress=False, callbacks=c))
         else:
-            train(RunConfig.from_dict(job.configs[0]), job.run_dirs[0], progress=False, preset=job.preset,
-                  callbacks=cbs)
+            guarded(lambda c: train(RunConfig.from_dict(job.configs[0]), job.run_dirs[0], progress=False,
+                                    preset=job.preset, callbacks=c))
     except KeyboardInterrupt:  # TrainingInterrupted too: the runs flushed; stop the sweep
         raise
     except Exception as e:  # noqa: BLE001 - one failed job must not stop a sweep of hundreds
         return JobResult(job.run_dirs, False, time.perf_counter() - t0, f"{type(e).__name__}: {e}",
                          traceback.format_exc())
-    return JobResult(job.run_dirs, True, time.perf_counter() - t0)
+    stopped = "deadline" if "deadline" in ends else "rule" if ends else None
+    return JobResult(job.run_dirs, True, time.perf_counter() - t0, stopped=stopped)
 
 
 class Executor(Protocol):
@@ -178,6 +213,8 @@ class LocalExecutor:
 
 
 def _report(result: JobResult, progress: SweepProgress) -> None:
+    if result.ok and result.stopped in ("deadline", "not_started"):
+        return  # not done: the sweep resumes these runs when it runs again
     if result.ok:
         progress.run_finished(len(result.run_dirs))
     else:
@@ -249,6 +286,9 @@ def _run_in_workers(jobs: Sequence[Job], progress: SweepProgress, workers: int) 
                     _signal_all(running, None)  # every worker flushes and stops
                 while queue and stop is None and len(running) < workers:
                     job = queue.pop(0)
+                    if job.deadline is not None and time.time() >= job.deadline:
+                        results.append(JobResult(job.run_dirs, True, 0.0, stopped="not_started"))
+                        continue
                     recv, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=_worker_main, args=(job, send), name="grokinterp-sweep-worker")
                     proc.start()
@@ -361,10 +401,7 @@ class RayExecutor:
                         if stop is not None:
                             continue  # stopping: the runs flushed (or finished); the sweep resumes them
                         results.append(result)
-                        if result.ok:
-                            progress.run_finished(len(job.run_dirs))
-                        else:
-                            progress.write(f"failed: {', '.join(Path(d).name for d in job.run_dirs)}: {result.error}")
+                        _report(result, progress)
                     if time.monotonic() - last_poll >= self.poll_seconds or not pending:
                         last_poll = time.monotonic()
                         progress.set_done(base + sum(epochs_done(d) for job in jobs for d in job.run_dirs))

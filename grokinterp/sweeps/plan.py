@@ -110,12 +110,16 @@ def fit_schedules(configs: Sequence[RunConfig], max_bytes: float, *, allow_thinn
     fixed = sum(run_disk_bytes(c) - 4 * n_params(c.model) * len(c.checkpoint_epochs()) for c in configs)
     per_ckpt = sum(4 * n_params(c.model) for c in configs)  # one checkpoint of every run
     cap = max(int((max_bytes - fixed) // max(per_ckpt, 1)), MIN_CHECKPOINTS)
+    # a minibatch run's schedule counts optimizer steps (RunConfig.checkpoint_unit): thin over its steps
     out = [c if len(c.checkpoint_epochs()) <= cap else
-           dataclasses.replace(c, checkpoints=thin_schedule(c.checkpoints, c.train.epochs, cap)) for c in configs]
+           dataclasses.replace(c, checkpoints=thin_schedule(
+               c.checkpoints, c.total_steps() if c.checkpoint_unit() == "step" else c.train.epochs, cap))
+           for c in configs]
     after = sum(run_disk_bytes(c) for c in out)
     everies = sorted({c.checkpoints.every for c in out})
+    units = sorted({c.checkpoint_unit() + "s" for c in out})
     note = (f"checkpoint schedules thinned to at most ~{cap} checkpoints per run (every "
-            f"{', '.join(map(str, everies))} epochs) to fit the disk budget of {format_bytes(max_bytes)}: "
+            f"{', '.join(map(str, everies))} {' or '.join(units)}) to fit the disk budget of {format_bytes(max_bytes)}: "
             f"{format_bytes(before)} at the preset's schedule, {format_bytes(after)} thinned")
     return ScheduleFit(out, before, after, True, note)
 
@@ -134,6 +138,9 @@ class Job:
         preset: recorded in each ``run.json``.
         model_epochs: loop epochs still to run, summed over the runs (for progress): a run of ``E``
             epochs passes epochs ``0..E``; a resumed one those from where it stopped.
+        stop: the sweep's stop rule (:meth:`~grokinterp.sweeps.stop.StopRule.to_dict`), or ``None``.
+        deadline: wall-clock time (``time.time()``) after which the job stops (flushed, resumable)
+            and, not yet started, does not start; ``None``: no limit.
     """
 
     kind: str
@@ -142,6 +149,8 @@ class Job:
     stacked: bool = False
     preset: str | None = None
     model_epochs: int = 0
+    stop: dict | None = None
+    deadline: float | None = None
 
     def describe(self) -> str:
         what = f"a stack of {len(self.run_dirs)}" if self.stacked else "one run"

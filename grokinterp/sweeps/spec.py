@@ -25,6 +25,11 @@ A spec file is TOML or JSON with the same structure::
     lr = [1e-3, 3e-3]
     warmup_epochs = [10, 30]
 
+    [stop]                         # optional: end a stack once every run generalized (sweeps.stop)
+    column = "test_acc"
+    level = 0.99
+    hold = 3                       # consecutive evaluations at or above the level
+
     [options]                      # how it runs (see SweepOptions; command-line flags override)
     max_disk_gb = 20
 
@@ -50,6 +55,7 @@ from typing import Any
 
 from ..config import LIMITS, PRESETS, SECTIONS, RunConfig, make_config, model_config_classes
 from ..errors import ConfigError
+from .stop import StopRule
 
 # False while a sweep directory's own spec is read back: the limit on points applies to new sweeps only
 _LIMIT_POINTS: contextvars.ContextVar[bool] = contextvars.ContextVar("_LIMIT_POINTS", default=True)
@@ -58,7 +64,7 @@ __all__ = ["SweepSpec", "SweepOptions", "SweepPoint", "load_spec", "parse_grid_f
 
 #: The pseudo-field that sets both seeds of a run.
 SEED_AXIS = "seed"
-_SPEC_KEYS = {"preset", "name", "seeds", "fixed", "grid", "zip", "options"}
+_SPEC_KEYS = {"preset", "name", "seeds", "fixed", "grid", "zip", "stop", "options"}
 _NAME_MAX = 120
 
 
@@ -259,6 +265,8 @@ class SweepSpec:
         zip: axes varied together (all lists of one length): point ``i`` takes value ``i`` of each.
         seeds: shorthand for a last grid axis ``seed`` (each sets the split and init seeds).
         name: a label for reports.
+        stop: a :class:`~grokinterp.sweeps.stop.StopRule` (or its dict): stacks stop once every run
+            generalized; ``None`` (default) trains every run to its budget.
         options: :class:`SweepOptions`.
 
     Raises:
@@ -273,8 +281,11 @@ class SweepSpec:
     seeds: Sequence[int] | None = None
     name: str | None = None
     options: SweepOptions = field(default_factory=SweepOptions)
+    stop: StopRule | None = None
 
     def __post_init__(self) -> None:
+        if self.stop is not None and not isinstance(self.stop, StopRule):
+            object.__setattr__(self, "stop", StopRule.from_dict(self.stop))
         if self.preset not in PRESETS:
             raise ConfigError(f"preset: unknown preset {self.preset!r}; known: {', '.join(PRESETS)}")
         if self.name is not None and not isinstance(self.name, str):
@@ -311,10 +322,19 @@ class SweepSpec:
                 if t in seen:
                     raise ConfigError(f"{part}.{k}: {t} is already set by {seen[t]}")
                 seen[t] = f"{part}.{k}"
-        for part in ("grid", "zip"):
-            for k, vals in getattr(self, part).items():
-                if len({json.dumps(_json_value(v), sort_keys=True) for v in vals}) != len(vals):
-                    raise ConfigError(f"{part}.{k}: repeated values in {list(vals)}")
+        for k, vals in self.grid.items():
+            if len({json.dumps(_json_value(v), sort_keys=True) for v in vals}) != len(vals):
+                raise ConfigError(f"grid.{k}: repeated values in {list(vals)}")
+        if self.zip:  # an axis of a zip may repeat a value (batch_size 512 at most fractions); its rows may not
+            rows = [json.dumps([_json_value(v[i]) for v in self.zip.values()], sort_keys=True)
+                    for i in range(len(next(iter(self.zip.values()))))]
+            if len(set(rows)) != len(rows):
+                if len(self.zip) == 1:
+                    k, vals = next(iter(self.zip.items()))
+                    raise ConfigError(f"zip.{k}: repeated values in {list(vals)}")
+                dup = next(i for i, r in enumerate(rows) if rows.index(r) != i)
+                raise ConfigError(f"zip: row {dup} ({', '.join(f'{k} = {_json_value(v[dup])!r}' for k, v in self.zip.items())}) "
+                                  f"repeats an earlier row")
         self.n_points()  # within the limit, before anything is expanded
         self.points()  # every point's config is valid (ConfigError naming the axis and value)
 
@@ -401,6 +421,8 @@ class SweepSpec:
             "fixed": {k: _json_value(v) for k, v in self.fixed.items()},
             "grid": {k: _json_value(v) for k, v in self.grid.items()},
             "zip": {k: _json_value(v) for k, v in self.zip.items()},
+            # left out when unset: a sweep written before the stop rule existed compares equal
+            **({"stop": self.stop.to_dict()} if self.stop is not None else {}),
             "options": self.options.to_dict(),
         }
 
@@ -421,6 +443,11 @@ class SweepSpec:
             raise ConfigError(f"{where}: unknown key(s) {', '.join(extra)}; a spec has {', '.join(sorted(_SPEC_KEYS))}")
         kw = {k: data[k] for k in ("preset", "name", "seeds", "fixed", "grid", "zip") if data.get(k) is not None}
         kw["options"] = SweepOptions.from_dict(data.get("options") or {}, "options")
+        if data.get("stop") is not None:
+            try:
+                kw["stop"] = StopRule.from_dict(data["stop"])
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e}") from None
         try:
             return cls(**kw)
         except ConfigError as e:

@@ -41,8 +41,8 @@ __all__ = ["sweep_table", "seed_summary", "run_row", "ANALYSIS_COLUMNS", "METRIC
            "varying_columns", "regime", "REGIMES", "GROK_DELAY_RATIO", "PATTERNS"]
 
 #: Columns from the training metrics (every run).
-METRIC_COLUMNS = ("finished", "epochs_trained", "train_acc_99_epoch", "test_acc_99_epoch", "grokked", "regime",
-                  "curve_pattern",
+METRIC_COLUMNS = ("finished", "stopped", "stopped_epoch", "stopped_step", "epochs_trained", "train_acc_99_epoch",
+                  "test_acc_99_epoch", "grokked", "regime", "curve_pattern",
                   "final_train_loss", "final_test_loss", "final_train_acc", "final_test_acc")
 # GROK_DELAY_RATIO (how much later than the training set test accuracy must reach 99 % for a run to
 # count as grokking) is defined once, in analysis.curves, and shared by ``regime`` and ``curve_pattern``.
@@ -101,17 +101,22 @@ def run_row(run, *, analyse: bool = True, max_checkpoints: int | None = 100) -> 
         max_checkpoints: checkpoints the study uses (evenly spread).
     """
     s = run.summary()
+    stopped = s.get("stopped")  # the sweep's stop rule ended it: done, analysed as a finished run is
+    done = bool(s.get("finished")) or stopped is not None
     row: dict[str, Any] = {
         "finished": bool(s.get("finished")),
+        "stopped": stopped is not None,
+        "stopped_epoch": stopped.get("epoch") if stopped else None,
+        "stopped_step": stopped.get("step") if stopped else None,
         "epochs_trained": s.get("final_epoch") if s.get("finished") else s.get("epoch_reached"),
         "train_acc_99_epoch": s.get("train_acc_99_epoch"),
         "test_acc_99_epoch": s.get("test_acc_99_epoch"),
         "grokked": s.get("test_acc_99_epoch") is not None,
-        "regime": regime(s.get("train_acc_99_epoch"), s.get("test_acc_99_epoch")) if s.get("finished") else None,
-        "curve_pattern": curve_pattern(run.evals).pattern if s.get("finished") else None,
+        "regime": regime(s.get("train_acc_99_epoch"), s.get("test_acc_99_epoch")) if done else None,
+        "curve_pattern": curve_pattern(run.evals).pattern if done else None,
         **{k: s.get(k) for k in ("final_train_loss", "final_test_loss", "final_train_acc", "final_test_acc")},
     }
-    if analyse and row["finished"]:
+    if analyse and done:
         h = analyze_run(run, max_checkpoints=max_checkpoints).headline()
         row.update({k: h.get(k) for k in ANALYSIS_COLUMNS})
         row["key_frequencies"] = ",".join(map(str, h.get("key_frequencies") or []))
@@ -167,7 +172,7 @@ def sweep_table(sweep, *, analyse: bool = True, max_checkpoints: int | None = 10
                 cached = run_row(load_run(d), analyse=analyse, max_checkpoints=max_checkpoints)
             except GrokinterpError as e:
                 cached = {"finished": False, "error": str(e)}
-            if cache and analyse and key is not None and cached.get("finished"):
+            if cache and analyse and key is not None and (cached.get("finished") or cached.get("stopped")):
                 try:
                     cache_dir.mkdir(exist_ok=True)
                     layout.write_json_atomic(cache_dir / f"{p['name']}.json",
@@ -175,7 +180,7 @@ def sweep_table(sweep, *, analyse: bool = True, max_checkpoints: int | None = 10
                                               "max_checkpoints": max_checkpoints, "row": cached})
                 except OSError:
                     pass
-        rows.append({**row, **cached, "run": str(d)})
+        rows.append({**row, "stopped": False, **cached, "run": str(d)})  # rows cached before `stopped` existed
     df = pd.DataFrame(rows)
     for c in METRIC_COLUMNS + (ANALYSIS_COLUMNS if analyse else ()):
         if c not in df.columns:
@@ -225,7 +230,8 @@ def seed_summary(table: pd.DataFrame, by: Sequence[str] | None = None,
     by = list(varying_columns(table) if by is None else by)
     if columns is None:
         numeric = [c for c in (*METRIC_COLUMNS, *ANALYSIS_COLUMNS) if c in table.columns and c not in
-                   ("finished", "grokked", "regime", "curve_pattern", "key_frequencies")]
+                   ("finished", "grokked", "regime", "curve_pattern", "key_frequencies", "stopped", "stopped_epoch",
+                    "stopped_step")]
         columns = [c for c in numeric if pd.to_numeric(table[c], errors="coerce").notna().any()]
     groups = table.groupby(by, dropna=False, sort=True) if by else [((), table)]
     rows = []

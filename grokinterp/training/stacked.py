@@ -593,6 +593,8 @@ class StackedLoop:
         self.start_step = 0
         self.flushed_upto = -1
         self._stop_requested = False
+        self._stop_record: dict[str, Any] | None = None  # request_stop(record=...): written into progress.json
+        self._stopping: dict[str, Any] | None = None  # the record of the stop being flushed
         self.flusher = _Flusher(async_flush)
 
     @property
@@ -897,6 +899,7 @@ class StackedLoop:
             event = torch.cuda.Event()
             event.record()
         flushed_upto = self.flushed_upto
+        stopped = None if finished or self._stopping is None else {**self._stopping, "epoch": resume_epoch, "step": step}
 
         def write() -> None:
             if event is not None:
@@ -907,6 +910,8 @@ class StackedLoop:
                 progress = {"epoch": resume_epoch, "epochs_total": self.E, "finished": finished,
                             "checkpoints_written": writer.n_written + len(writer.epochs),
                             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                if stopped is not None:
+                    progress["stopped"] = stopped
                 writer.flush(resume_epoch=resume_epoch, finished=finished,
                              metrics={**{c: v[r].numpy() for c, v in metrics.items()},
                                       **{c: np.array(v[r], dtype=object) for c, v in texts.items()}},
@@ -923,11 +928,16 @@ class StackedLoop:
             self._emit("on_flush", epoch, finished)
 
     # -- loop ------------------------------------------------------------------------------------------------
-    def request_stop(self) -> None:
+    def request_stop(self, record: dict[str, Any] | None = None) -> None:
         """Ask the loop to stop before the next step (a callback may call it, e.g. for early
         stopping): it flushes and raises :class:`StackInterrupted` (a single run:
-        :class:`TrainingInterrupted`); the runs stay resumable."""
+        :class:`TrainingInterrupted`); the runs stay resumable. ``record`` (JSON-ready), when
+        given, is written into every run's ``progress.json`` as ``stopped`` (with the ``epoch`` and
+        ``step`` it stopped at) by that flush: a sweep's stop rule marks its runs done this way; the
+        next flush of a resumed run drops it."""
         self._stop_requested = True
+        if record is not None:
+            self._stop_record = dict(record)
 
     def _emit(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -948,7 +958,9 @@ class StackedLoop:
         try:
             for s in range(self.start_step, self.total_steps + 1):
                 epoch, b = divmod(s, k)
-                if stop() or self._stop_requested:
+                by_signal = stop()
+                if by_signal or self._stop_requested:
+                    self._stopping = None if by_signal else self._stop_record
                     self._interrupt(epoch, s, getattr(stop, "signum", signal.SIGINT))
                 label = s if self.step_unit else (epoch if b == 0 else -1)
                 if label in self.ckpt_epochs and label > self.flushed_upto:
