@@ -134,17 +134,22 @@ def derived_spec(path: Path, args) -> tuple[dict, str] | None:
     return doc, f"{path.stem}-{hashlib.sha256(json.dumps(runs, sort_keys=True).encode()).hexdigest()[:8]}"
 
 
+def derived_sweeps(args):
+    """``(spec dict, sweep name, sweep directory)`` of each spec as this invocation restricts it (specs left
+    with no runs are skipped): the directories :func:`train` writes and :func:`sweep_rows` reads."""
+    for path in args.specs:
+        got = derived_spec(path, args)
+        if got is not None:
+            doc, name = got
+            yield doc, name, args.runs_dir / name
+
+
 def train(args, wall: list[dict]) -> None:
     import grokinterp as gi
     from grokinterp.sweeps.stop import deadline_from
 
     deadline = deadline_from(args.max_minutes, args.until)
-    for path in args.specs:
-        got = derived_spec(path, args)
-        if got is None:
-            continue
-        doc, name = got
-        out = args.runs_dir / name
+    for doc, name, out in derived_sweeps(args):
         before = _progress(out)
         t0 = time.time()
         print(f"{name}: sweep into {out}", flush=True)
@@ -223,12 +228,7 @@ def sweep_rows(args) -> tuple[list[dict], list[dict]]:
     from grokinterp.sweeps.spec import SweepSpec
 
     rows, missing = [], []
-    for path in args.specs:
-        got = derived_spec(path, args)
-        if got is None:
-            continue
-        doc, name = got
-        d = args.runs_dir / name
+    for doc, name, d in derived_sweeps(args):
         if not (d / "sweep.json").exists():
             for p in SweepSpec.from_dict(doc).points():
                 v = p.values
