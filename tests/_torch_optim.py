@@ -42,3 +42,15 @@ def torch_state_tensors(opt: torch.optim.Optimizer, params: dict[str, Tensor]) -
             if val is not None:
                 out[f"opt/{names[idx]}/{slot}"] = val if torch.is_tensor(val) else torch.tensor(val)
     return out
+
+
+def step_singles(singles, tcs, layout, grad: Tensor, e: int) -> None:
+    """One step of each run's own torch optimizer beside a stacked one: run ``r``'s ``(params, optimizer, ...)``
+    in ``singles`` takes its schedule's lr at epoch ``e`` (``tcs[r].lr_at(e)``) and its row of the stacked
+    gradient ``grad`` ``[runs, total]``, split by ``layout``."""
+    for r, (ps, o, *_) in enumerate(singles):
+        for group in o.param_groups:
+            group["lr"] = tcs[r].lr_at(e)
+        for k, v in layout.views(grad[r]).items():
+            ps[k].grad = v.clone()
+        o.step()

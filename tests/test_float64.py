@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import StopAt
-from _torch_optim import torch_optimizer, torch_state_tensors
+from _torch_optim import step_singles, torch_optimizer, torch_state_tensors
 
 import grokinterp as g
 from grokinterp.config import interventions
@@ -114,12 +114,8 @@ def test_float64_optimizers_are_torchs_float64_optimizers(name, runs, fused):
         opt.set_lr(epoch, e if fused else None)
         opt.step()
         epoch += 1
-        for r, (ps, o) in enumerate(singles):
-            for group in o.param_groups:
-                group["lr"] = tcs[r].lr_at(e)
-            for k, v in lay.views(grad[r]).items():
-                ps[k].grad = v.clone()
-            o.step()
+        step_singles(singles, tcs, lay, grad, e)
+        for r, (ps, _) in enumerate(singles):
             for k, v in lay.views(flat[r].detach()).items():
                 assert v.dtype == torch.float64
                 assert (torch.equal(v, ps[k].detach()) if fused else

@@ -18,7 +18,7 @@ import pytest
 import torch
 from _helpers import StopAt
 from _machine import recorded_features, same_float_machine
-from _torch_optim import torch_optimizer, torch_state_tensors
+from _torch_optim import step_singles, torch_optimizer, torch_state_tensors
 
 import grokinterp as g
 from grokinterp.training import transforms as T
@@ -157,12 +157,8 @@ def _compare_with_torch(name: str, settings: list[dict], fused: bool) -> float:
         opt.set_lr(epoch, e if fused else None)
         opt.step()
         epoch += 1
-        for r, (ps, o) in enumerate(singles):
-            for group in o.param_groups:
-                group["lr"] = tcs[r].lr_at(e)
-            for k, v in lay.views(grad[r]).items():
-                ps[k].grad = v.clone()
-            o.step()
+        step_singles(singles, tcs, lay, grad, e)
+        for r, (ps, _) in enumerate(singles):
             for k, v in lay.views(flat[r].detach()).items():
                 worst = max(worst, (v - ps[k].detach()).abs().max().item())
                 assert (torch.equal(v, ps[k].detach()) if fused else

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import StopAt, close
+from _torch_optim import step_singles
 
 import grokinterp as g
 import grokinterp.model.stacked as stacked_model
@@ -148,12 +149,8 @@ def test_stacked_optimizers_step_like_torchs_with_per_run_hyperparameters(name, 
         opt.set_lr(epoch)
         opt.step()
         epoch += 1
-        for r, (ps, o) in enumerate(singles):
-            for group in o.param_groups:
-                group["lr"] = tcs[r].lr_at(e)
-            for k, v in layout.views(grad[r]).items():
-                ps[k].grad = v.clone()
-            o.step()
+        step_singles(singles, tcs, layout, grad, e)
+        for r, (ps, _) in enumerate(singles):
             for k, v in layout.views(flat[r].detach()).items():
                 assert torch.allclose(v, ps[k].detach(), rtol=1e-6, atol=1e-7), (name, r, e, k)
     # each run's saved optimizer state has a single run's keys and values

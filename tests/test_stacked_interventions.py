@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _helpers import StopAt, close
-from _torch_optim import torch_optimizer, torch_state_tensors
+from _torch_optim import step_singles, torch_optimizer, torch_state_tensors
 
 import grokinterp as g
 from grokinterp.model.hooked import HookedGrokTransformer
@@ -126,12 +126,8 @@ def test_stacked_optimizers_equal_the_single_run_ones_with_per_run_schedules_and
                               rtol=1e-6, atol=0)
         opt.step()
         epoch += 1
-        for r, (ps, o, _) in enumerate(singles):
-            for group in o.param_groups:
-                group["lr"] = tcs[r].lr_at(e)
-            for k, v in lay.views(grad[r]).items():
-                ps[k].grad = v.clone()
-            o.step()
+        step_singles(singles, tcs, lay, grad, e)
+        for r, (ps, _, _) in enumerate(singles):
             for k, v in lay.views(flat[r].detach()).items():
                 if name == "ortho_adamw" or path == "tensor":  # other summation orders, float32 lr
                     assert torch.allclose(v, ps[k].detach(), rtol=1e-6, atol=1e-7), (name, r, e, k)
