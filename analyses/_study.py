@@ -3,6 +3,7 @@
 * :func:`train_until` — train a config into a run directory, or reuse the run already there; optionally
   stop once test accuracy has stayed ≥ 99 % for a margin of epochs (the run is then left interrupted and
   resumable; a re-run of the study reuses it as it is);
+* :class:`StopStack` — stop a stack once every run has held a level for a margin of epochs, or at a wall-clock limit;
 * :func:`epochs_to` — first epoch a metrics column reached a level;
 * :func:`seed_spread` — median, min and max over seeds, and how many reached the level;
 * :func:`write_report` — the study's figures and tables as one HTML file (plotly.js from its CDN, to
@@ -15,6 +16,7 @@ import html
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,29 @@ class StopAfter(Callback):
                 loop.request_stop()
         else:
             self.since = None
+
+
+class StopStack(Callback):
+    """Stop a stack once every run has held ``column ≥ level`` for ``margin`` epochs (checked at evaluations;
+    ``margin=None``: never), or once ``max_minutes`` of wall time have passed since it was made."""
+
+    def __init__(self, margin: int | None, level: float = 0.99, column: str = "test_acc",
+                 max_minutes: float | None = None):
+        self.margin, self.level, self.column = margin, level, column
+        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
+        self.since: int | None = None
+
+    def on_eval(self, loop, epoch: int) -> None:
+        if self.margin is not None:
+            acc = loop.metrics[self.column][:, epoch]
+            if bool((acc >= self.level).all()):
+                self.since = epoch if self.since is None else self.since
+                if epoch - self.since >= self.margin:
+                    loop.request_stop()
+            else:
+                self.since = None
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            loop.request_stop()
 
 
 def _held(run, margin: int, level: float = 0.99) -> bool:

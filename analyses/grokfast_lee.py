@@ -82,30 +82,10 @@ def configs(args, arm: str):
         yield seed, cfg, args.runs_dir / f"{arm}-s{seed}"
 
 
-class StopStack(S.Callback):
-    """Stop a stack once every run has held ``column ≥ level`` for ``margin`` epochs, or at a wall-clock limit."""
-
-    def __init__(self, margin: int, level: float = 0.99, column: str = "test_acc", max_minutes: float | None = None):
-        self.margin, self.level, self.column = margin, level, column
-        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-        self.since = None
-
-    def on_eval(self, loop, epoch: int) -> None:
-        acc = loop.metrics[self.column][:, epoch]
-        if bool((acc >= self.level).all()):
-            self.since = epoch if self.since is None else self.since
-            if epoch - self.since >= self.margin:
-                loop.request_stop()
-        else:
-            self.since = None
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            loop.request_stop()
-
-
 def train_arm(items, args) -> None:
     """The arm's runs as one stack: skipped where all are there (finished or stopped), resumed where interrupted."""
     cfgs, outs = [c for _, c, _ in items], [o for _, _, o in items]
-    S.train_or_resume_stack(cfgs, outs, [StopStack(args.margin, max_minutes=args.max_minutes)])
+    S.train_or_resume_stack(cfgs, outs, [S.StopStack(args.margin, max_minutes=args.max_minutes)])
 
 
 def first_step(ev, level: float, column: str = "test_acc") -> int | None:

@@ -44,7 +44,6 @@ import argparse
 import math
 import platform
 import subprocess
-import time
 from pathlib import Path
 
 import _study as S
@@ -118,31 +117,11 @@ def arm_items(args, arm: str):
     return out
 
 
-class StopStack(S.Callback):
-    """Stop a stack once every run has held ``test_acc ≥ level`` for ``margin`` epochs, or at a wall-clock limit."""
-
-    def __init__(self, margin: int | None, level: float, max_minutes: float | None):
-        self.margin, self.level = margin, level
-        self.deadline = None if max_minutes is None else time.monotonic() + 60 * max_minutes
-        self.since = None
-
-    def on_eval(self, loop, epoch: int) -> None:
-        if self.margin is not None:
-            acc = loop.metrics["test_acc"][:, epoch]
-            if bool((acc >= self.level).all()):
-                self.since = epoch if self.since is None else self.since
-                if epoch - self.since >= self.margin:
-                    loop.request_stop()
-            else:
-                self.since = None
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            loop.request_stop()
-
-
 def train_stack(items, args, stop: bool) -> float:
     """Train (or resume) one arm's runs as one stack; returns the wall seconds."""
     cfgs, outs = [c for *_, c, _ in items], [o for *_, o in items]
-    return S.train_or_resume_stack(cfgs, outs, [StopStack(args.margin if stop else None, args.level, args.max_minutes)])
+    stopper = S.StopStack(args.margin if stop else None, args.level, max_minutes=args.max_minutes)
+    return S.train_or_resume_stack(cfgs, outs, [stopper])
 
 
 def first_step(ev, level: float, column: str = "test_acc") -> int | None:
