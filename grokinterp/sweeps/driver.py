@@ -24,7 +24,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -42,7 +41,7 @@ from ..store.run import Run, load_run
 from ..store.writer import creation_leftovers
 from ..training.loop import check_trainable
 from ..training.stacked import DEFAULT_MAX_STACK, max_stack_size, stack_key, stack_unsupported_reason
-from .executor import Executor, JobResult, SweepProgress, epochs_done, executor_for
+from .executor import Executor, JobResult, SweepProgress, epochs_done, executor_for, read_progress
 from .plan import Job, fit_schedules, format_bytes, make_jobs, run_disk_bytes
 from .spec import SweepSpec, load_spec
 
@@ -192,19 +191,19 @@ def _run_state(run_dir: Path, config: RunConfig) -> tuple[str, int]:
     if not same:
         raise RunError(f"{run_dir}: holds a run with a different config than this sweep's point; the sweep "
                        f"directory was changed by hand (move the run away to retrain it)")
-    done = epochs_done(run_dir)
+    prog = read_progress(run_dir)
+    done = epochs_done(run_dir, prog)
     if done >= config.train.epochs + 1:
         return "finished", done
-    return ("stopped" if stop_record(run_dir) is not None else "unfinished"), done
+    return ("stopped" if stop_record(run_dir, prog) is not None else "unfinished"), done
 
 
-def stop_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``stopped`` record of a run's ``progress.json`` (the sweep's stop rule ended it: done), or ``None``."""
-    try:
-        prog = json.loads((Path(run_dir) / layout.PROGRESS_JSON).read_text())
-    except (OSError, ValueError):
-        return None
-    rec = prog.get("stopped") if isinstance(prog, dict) and not prog.get("finished") else None
+def stop_record(run_dir: str | os.PathLike, progress: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``stopped`` record of a run's ``progress.json`` (or of the ``progress`` already read by
+    :func:`~grokinterp.sweeps.executor.read_progress`): the sweep's stop rule ended it, it is done; ``None``
+    otherwise."""
+    prog = read_progress(run_dir) if progress is None else progress
+    rec = prog.get("stopped") if not prog.get("finished") else None
     return rec if isinstance(rec, dict) else None
 
 
@@ -463,9 +462,10 @@ class Sweep:
         for p in self.points:
             d = self.path / p["run"]
             cfg = RunConfig.from_dict(p["config"])
-            done = epochs_done(d)
+            prog = read_progress(d)
+            done = epochs_done(d, prog)
             finished = done >= cfg.train.epochs + 1
-            rec = None if finished else stop_record(d)
+            rec = None if finished else stop_record(d, prog)
             rows.append({"name": p["name"], **p.get("values", {}), "run": str(d),
                          "epochs_done": max(done - 1, 0) if done else 0, "epochs": cfg.train.epochs,
                          "finished": finished, "stopped": rec is not None,

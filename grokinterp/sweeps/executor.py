@@ -338,12 +338,22 @@ def _signal_all(running: dict[Any, tuple[Any, Job]], skip: Any) -> None:
                 pass
 
 
-def epochs_done(run_dir: str | Path) -> int:
-    """Loop epochs a run directory has flushed (from ``progress.json``; 0 if there is none yet)."""
+def read_progress(run_dir: str | Path) -> dict[str, Any]:
+    """A run directory's ``progress.json`` as a dict; ``{}`` when there is none yet or it cannot be read."""
     try:
         prog = json.loads((Path(run_dir) / layout.PROGRESS_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return prog if isinstance(prog, dict) else {}
+
+
+def epochs_done(run_dir: str | Path, progress: dict[str, Any] | None = None) -> int:
+    """Loop epochs a run directory has flushed (from ``progress.json``, or the ``progress`` already read
+    by :func:`read_progress`; 0 if there is none yet)."""
+    prog = read_progress(run_dir) if progress is None else progress
+    try:
         return int(prog.get("epoch", 0)) + (1 if prog.get("finished") else 0)
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (TypeError, ValueError):
         return 0
 
 
