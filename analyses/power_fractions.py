@@ -166,6 +166,7 @@ def train(args, wall: list[dict]) -> None:
 def _progress(sweep_dir: Path) -> dict:
     """Runs done and optimizer steps trained, summed over a sweep's runs (0 for a sweep not there)."""
     import grokinterp as gi
+    from grokinterp.sweeps.executor import read_progress
 
     try:
         sw = gi.load_sweep(sweep_dir)
@@ -174,19 +175,11 @@ def _progress(sweep_dir: Path) -> dict:
     st = sw.status()
     steps = 0
     for p in sw.points:
-        prog = _read_json(sweep_dir / p["run"] / "progress.json")
+        prog = read_progress(sweep_dir / p["run"])
         cfg = gi.RunConfig.from_dict(p["config"])
         epoch = int(prog.get("epoch", 0))
         steps += min(epoch, cfg.train.epochs) * cfg.steps_per_epoch()
     return {"done": int(st["done"].sum()), "steps": steps}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        doc = json.loads(path.read_text())
-        return doc if isinstance(doc, dict) else {}
-    except (OSError, ValueError):
-        return {}
 
 
 # -- reading the runs ----------------------------------------------------------------------------------------------
