@@ -46,7 +46,7 @@ from .plan import Job
 from .stop import DeadlineCallback, StopRule, StopRuleCallback
 
 __all__ = ["Executor", "LocalExecutor", "RayExecutor", "JobResult", "SweepProgress", "run_job", "make_executor",
-           "executor_for", "SweepInterrupted"]
+           "executor_for", "SweepInterrupted", "read_progress", "epochs_done"]
 
 
 @dataclass(frozen=True)
