@@ -4,6 +4,7 @@
   stop once test accuracy has stayed ≥ 99 % for a margin of epochs (the run is then left interrupted and
   resumable; a re-run of the study reuses it as it is);
 * :class:`StopStack` — stop a stack once every run has held a level for a margin of epochs, or at a wall-clock limit;
+* :func:`fail` — a bad argument: the message and exit status 2;
 * :func:`epochs_to` — first epoch a metrics column reached a level;
 * :func:`seed_spread` — median, min and max over seeds, and how many reached the level;
 * :func:`write_report` — the study's figures and tables as one HTML file (plotly.js from its CDN, to
@@ -16,6 +17,7 @@ import html
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +28,13 @@ import numpy as np
 import grokinterp as gi
 from grokinterp.training.callbacks import Callback
 from grokinterp.training.loop import TrainingInterrupted
+
+
+def fail(message: str):
+    """Bad command-line input or input file: ``<script>: message`` on stderr and exit status 2, as the CLI
+    does (raised before anything is written)."""
+    print(f"{Path(sys.argv[0]).name}: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def ints(text: str) -> list[int]:

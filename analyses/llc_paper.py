@@ -74,23 +74,17 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def _usage(msg: str):
-    """Bad command-line input: the message on stderr and exit status 2, as the CLI does."""
-    print(f"llc_paper.py: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def sampler(args):
     vals = dict(SAMPLER)
     for item in filter(None, args.sampler.split(",")):
         k, sep, v = item.partition("=")
         k = k.strip()
         if not sep or k not in SAMPLER:
-            _usage(f"--sampler {item!r}: expected NAME=VALUE with NAME one of {', '.join(SAMPLER)}")
+            S.fail(f"--sampler {item!r}: expected NAME=VALUE with NAME one of {', '.join(SAMPLER)}")
         try:
             vals[k] = type(SAMPLER[k])(float(v))
         except ValueError:
-            _usage(f"--sampler {k}: {v!r} is not a number")
+            S.fail(f"--sampler {k}: {v!r} is not a number")
     return vals
 
 

@@ -40,12 +40,6 @@ import _study as S
 MIDDLE = (0.05, 0.95)
 
 
-def _fail(message: str):
-    """A bad argument or input file: the message on stderr, exit 2, nothing written."""
-    print(f"semi_grokking.py: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scratch", action="append", default=[], metavar="DIR:EPOCHS",
@@ -64,14 +58,14 @@ def _scratch_frames(specs: list[str]):
     for spec in specs:
         folder, sep, epochs = spec.rpartition(":")
         if not sep or not epochs.isdigit():
-            _fail(f"--scratch: expected DIR:EPOCHS, got {spec!r}")
+            S.fail(f"--scratch: expected DIR:EPOCHS, got {spec!r}")
         path = Path(folder) / "runs.csv"
         if not path.is_file():
-            _fail(f"--scratch: {path} not found")
+            S.fail(f"--scratch: {path} not found")
         df = pd.read_csv(path)
         missing = {"D", "kind", "seed", "test_acc", "train_acc"} - set(df.columns)
         if missing:
-            _fail(f"--scratch: {path} lacks the column(s) {sorted(missing)}")
+            S.fail(f"--scratch: {path} lacks the column(s) {sorted(missing)}")
         df = df[df["kind"] == "generalizing"].copy()
         df["condition"] = f"from scratch, {int(epochs):,} epochs"
         df["budget"] = int(epochs)
@@ -109,11 +103,11 @@ def main(argv=None) -> int:
     import plotly.graph_objects as go
 
     if not args.scratch:
-        _fail("--scratch: give at least one DIR:EPOCHS")
+        S.fail("--scratch: give at least one DIR:EPOCHS")
     frames = _scratch_frames(args.scratch)
     upath = args.ungrok / "runs.csv"
     if not upath.is_file():
-        _fail(f"--ungrok: {upath} not found")
+        S.fail(f"--ungrok: {upath} not found")
     ung = pd.read_csv(upath)
     ung = ung.rename(columns={"D_prime": "D", "test_acc_parent_test": "test_acc_parent"})
     ung["condition"] = [f"ungrokking, weight decay {w:g}" for w in ung["weight_decay"]]
